@@ -1,0 +1,77 @@
+/**
+ * The closed set of errors the domain raises. The domain knows nothing of
+ * gRPC: `rpc/status.ts` is the one place that maps these (and any foreign
+ * error) to gRPC status codes, messages and rich details.
+ *
+ * Messages are for the caller: short, naming the field or limit and saying
+ * what to do. They never contain a code, a secret or a full address.
+ */
+export type OtpErrorKind =
+  | "invalid_argument"
+  | "not_found"
+  | "already_exists"
+  | "resource_exhausted"
+  | "failed_precondition"
+  | "unavailable"
+  | "unauthenticated"
+  | "permission_denied"
+  | "internal";
+
+/** One broken rule of one request field (google.rpc.BadRequest.FieldViolation). */
+export interface FieldViolation {
+  /** The field's name as in the .proto (`recipient`, `ttl`). */
+  readonly field: string;
+  /** What is wrong and what is allowed. */
+  readonly description: string;
+  /** A stable, machine-readable reason (`RECIPIENT_INVALID`). */
+  readonly reason: string;
+}
+
+export interface OtpErrorOptions {
+  /** Machine-readable reason for google.rpc.ErrorInfo, UPPER_SNAKE_CASE. */
+  readonly reason?: string;
+  readonly violations?: readonly FieldViolation[];
+  /** For resource_exhausted and unavailable: when a retry may succeed. */
+  readonly retryAfterMs?: number;
+  /** Extra ErrorInfo metadata; never personal data. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  readonly cause?: unknown;
+}
+
+export class OtpError extends Error {
+  override readonly name = "OtpError";
+  readonly kind: OtpErrorKind;
+  readonly reason: string;
+  readonly violations: readonly FieldViolation[];
+  readonly retryAfterMs: number | undefined;
+  readonly metadata: Readonly<Record<string, string>>;
+
+  constructor(kind: OtpErrorKind, message: string, options: OtpErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.kind = kind;
+    this.reason = options.reason ?? kind.toUpperCase();
+    this.violations = options.violations ?? [];
+    this.retryAfterMs = options.retryAfterMs;
+    this.metadata = options.metadata ?? {};
+  }
+
+  /** An INVALID_ARGUMENT naming the violated rules; the message is the first one's. */
+  static invalid(violations: readonly FieldViolation[]): OtpError {
+    const first = violations[0];
+    if (first === undefined) throw new TypeError("OtpError.invalid needs at least one violation");
+    const message =
+      violations.length === 1
+        ? `${first.field}: ${first.description}`
+        : `${first.field}: ${first.description} (and ${violations.length - 1} more field error(s))`;
+    return new OtpError("invalid_argument", message, { reason: first.reason, violations });
+  }
+}
+
+/** Storage (Redis) could not be reached or answered in time: retryable. */
+export function storageUnavailable(cause: unknown): OtpError {
+  return new OtpError("unavailable", "storage is unavailable; retry shortly", {
+    reason: "STORAGE_UNAVAILABLE",
+    retryAfterMs: 1000,
+    cause,
+  });
+}
