@@ -1,0 +1,187 @@
+/**
+ * The in-memory OtpStore for the zero-config dev mode: one process, nothing
+ * shared, everything lost on restart. It mirrors the Redis store's semantics
+ * (and passes the same contract suite), including TTLs, which follow the
+ * injected clock: entries expire lazily when read, and a periodic sweep drops
+ * the ones nobody reads again.
+ *
+ * Every operation runs synchronously between two awaits, so it is atomic
+ * just as a Lua script is in Redis.
+ */
+import type { Clock } from "../clock.js";
+import type { DeliveryRecord } from "../delivery/record.js";
+import { storageUnavailable } from "../errors.js";
+import type {
+  ClaimResult,
+  CodeEntry,
+  CodeSetOptions,
+  GuessReservation,
+  IdempotencyClaim,
+  OtpStore,
+} from "./types.js";
+
+export interface MemoryStoreOptions {
+  /** Drives every TTL; tests pass a fake clock. */
+  readonly clock: Clock;
+}
+
+/** How often expired entries are swept; reads never return one in between. */
+const sweepIntervalMs = 60_000;
+
+/** A value and when it expires, on the injected clock's timeline. */
+interface Slot<T> {
+  value: T;
+  expiresAt: number;
+}
+
+interface CodeSet {
+  failures: number;
+  /** entryId -> code; insertion order kept, as in a Redis hash of this size. */
+  readonly entries: Map<string, { readonly hmac: string; readonly expiresAt: number }>;
+}
+
+/** Creates an empty in-memory store. Development only. */
+export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
+  const { clock } = options;
+  const codeSets = new Map<string, Slot<CodeSet>>();
+  // Records are kept serialized so a caller mutating its object (or the one
+  // it got back) cannot change what is stored, as with Redis.
+  const records = new Map<string, Slot<string>>();
+  const claims = new Map<string, Slot<IdempotencyClaim>>();
+  const tables: readonly Map<string, Slot<unknown>>[] = [codeSets, records, claims];
+  const listeners = new Set<(ready: boolean) => void>();
+  let closed = false;
+
+  const sweep = setInterval(() => {
+    const now = clock.now();
+    for (const table of tables) {
+      for (const [key, slot] of table) if (slot.expiresAt <= now) table.delete(key);
+    }
+  }, sweepIntervalMs);
+  // The sweep alone must not keep the process alive.
+  sweep.unref();
+
+  function read<T>(table: Map<string, Slot<T>>, key: string): T | undefined {
+    const slot = table.get(key);
+    if (slot === undefined) return undefined;
+    if (slot.expiresAt <= clock.now()) {
+      table.delete(key);
+      return undefined;
+    }
+    return slot.value;
+  }
+
+  /** Sets the TTL the way PEXPIRE does: `ttlMs` from now, gone at once when not positive. */
+  function expireIn<T>(table: Map<string, Slot<T>>, key: string, value: T, ttlMs: number): void {
+    if (ttlMs <= 0) table.delete(key);
+    else table.set(key, { value, expiresAt: clock.now() + ttlMs });
+  }
+
+  /** Runs one operation like the Redis store would, rejecting once closed. */
+  function run<T>(body: () => T): Promise<T> {
+    return new Promise((resolve) => {
+      if (closed) throw storageUnavailable(new Error("the memory store is closed"));
+      resolve(body());
+    });
+  }
+
+  return {
+    addCode(setId: string, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
+      return run(() => {
+        const { now, maxFailures, keepExpiredMs } = setOptions;
+        let set = read(codeSets, setId);
+        if (set === undefined || set.failures >= maxFailures) {
+          // Locked (or new): a fresh code starts over.
+          set = { failures: 0, entries: new Map() };
+        }
+        let lastExpiry = entry.expiresAt;
+        for (const [id, code] of set.entries) {
+          if (code.expiresAt < now) set.entries.delete(id);
+          else lastExpiry = Math.max(lastExpiry, code.expiresAt);
+        }
+        set.entries.set(entry.id, { hmac: entry.hmac, expiresAt: entry.expiresAt });
+        expireIn(codeSets, setId, set, lastExpiry + keepExpiredMs - now);
+      });
+    },
+
+    reserveGuess(setId: string, setOptions: CodeSetOptions): Promise<GuessReservation> {
+      return run((): GuessReservation => {
+        const { now, maxFailures, keepExpiredMs } = setOptions;
+        const set = read(codeSets, setId);
+        if (set === undefined || set.entries.size === 0) return { state: "none" };
+        // A code is live while now <= expiresAt ("after which it no longer verifies").
+        const live: CodeEntry[] = [];
+        let lastExpiry = 0;
+        for (const [id, code] of set.entries) {
+          lastExpiry = Math.max(lastExpiry, code.expiresAt);
+          if (code.expiresAt >= now) live.push({ id, hmac: code.hmac, expiresAt: code.expiresAt });
+        }
+        if (live.length === 0) {
+          if (now >= lastExpiry + keepExpiredMs) {
+            codeSets.delete(setId);
+            return { state: "none" };
+          }
+          return { state: "expired" };
+        }
+        if (set.failures >= maxFailures) return { state: "locked", failures: set.failures };
+        set.failures += 1;
+        return { state: "open", failures: set.failures, entries: live };
+      });
+    },
+
+    consumeCode(setId: string, entryId: string, hmac: string): Promise<boolean> {
+      return run(() => {
+        const code = read(codeSets, setId)?.entries.get(entryId);
+        if (code?.hmac !== hmac) return false;
+        codeSets.delete(setId);
+        return true;
+      });
+    },
+
+    putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
+      return run(() => expireIn(records, record.messageId, JSON.stringify(record), Math.max(1, ttlMs)));
+    },
+
+    getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
+      return run(() => {
+        const value = read(records, messageId);
+        return value === undefined ? undefined : (JSON.parse(value) as DeliveryRecord);
+      });
+    },
+
+    claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
+      return run((): ClaimResult => {
+        const existing = read(claims, keyId);
+        if (existing !== undefined) return { claimed: false, existing: { ...existing } };
+        const value = { fingerprint: claim.fingerprint, messageId: claim.messageId };
+        expireIn(claims, keyId, value, Math.max(1, ttlMs));
+        return { claimed: true };
+      });
+    },
+
+    releaseIdempotencyKey(keyId: string, messageId: string): Promise<void> {
+      return run(() => {
+        if (read(claims, keyId)?.messageId === messageId) claims.delete(keyId);
+      });
+    },
+
+    ping: () => run(() => undefined),
+
+    isReady: () => !closed,
+
+    onReadyChange(listener: (ready: boolean) => void): () => void {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+
+    close(): Promise<void> {
+      if (!closed) {
+        closed = true;
+        clearInterval(sweep);
+        for (const table of tables) table.clear();
+        for (const listener of listeners) listener(false);
+      }
+      return Promise.resolve();
+    },
+  };
+}

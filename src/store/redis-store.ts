@@ -1,0 +1,490 @@
+/**
+ * The production OtpStore: Redis through ioredis, one Lua script per
+ * operation so each is atomic across any number of service instances.
+ *
+ * Key layout (every key carries a TTL; the part in braces is a Redis Cluster
+ * hash tag, and every operation touches exactly one key):
+ *
+ *   <prefix>code:{<setId>}   hash   f = failures, c:<entryId> = <hmac>:<expiresAt>
+ *   <prefix>msg:{<messageId>} string delivery record as JSON
+ *   <prefix>idem:{<keyId>}   string idempotency claim as JSON {fingerprint, messageId}
+ *
+ * Times in scripts come from the caller's injected clock (`options.now`),
+ * never from Redis TIME, and TTLs are set relative to that `now` (PEXPIRE,
+ * not PEXPIREAT) so a skewed or fake application clock never makes Redis drop
+ * a key early or keep it for ever.
+ */
+import { Redis, type RedisOptions } from "ioredis";
+import type { DeliveryRecord } from "../delivery/record.js";
+import { storageUnavailable, type OtpError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type {
+  ClaimResult,
+  CodeEntry,
+  CodeSetOptions,
+  GuessReservation,
+  IdempotencyClaim,
+  OtpStore,
+} from "./types.js";
+
+export interface RedisStoreOptions {
+  /** `redis://[user:pass@]host:port[/db]` or `rediss://...` for TLS. */
+  readonly url: string;
+  /**
+   * Prepended to every key (`otp:`). Keep braces out of it: a `{...}` in the
+   * prefix would become the hash tag and put every key in one cluster slot.
+   */
+  readonly prefix: string;
+  readonly logger: Logger;
+  /** A command not answered within this many ms rejects as unavailable. Default 1000. */
+  readonly commandTimeoutMs?: number;
+  /** How long one connection attempt may take before it is retried. ioredis default (10 s) when unset. */
+  readonly connectTimeoutMs?: number;
+}
+
+/** Reconnect delays grow from 50 ms and never exceed this, so recovery is quick once Redis is back. */
+const maxReconnectDelayMs = 2000;
+
+// --- Lua scripts -----------------------------------------------------------
+// A code is live while now <= expiresAt ("after which it no longer
+// verifies"); the set is dropped once now >= last expiry + keepExpiredMs.
+// Entry values are "<hmac>:<expiresAt>"; the hmac is matched greedily up to
+// the last colon, so it may itself contain colons.
+
+/** KEYS[1] code set; ARGV entryId, hmac, expiresAt, maxFailures, now, keepExpiredMs. */
+const addCodeLua = `
+local key = KEYS[1]
+local maxFailures = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+local keep = tonumber(ARGV[6])
+local failures = tonumber(redis.call('HGET', key, 'f') or 0)
+if failures >= maxFailures then
+  -- Locked: a fresh code starts over, the old ones go with the lock.
+  redis.call('DEL', key)
+  failures = 0
+end
+local lastExpiry = tonumber(ARGV[3])
+local fields = redis.call('HGETALL', key)
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 2) == 'c:' then
+    local expiry = tonumber(string.match(fields[i + 1], ':(%d+)$'))
+    if expiry < now then
+      redis.call('HDEL', key, name)
+    elseif expiry > lastExpiry then
+      lastExpiry = expiry
+    end
+  end
+end
+redis.call('HSET', key, 'f', failures, 'c:' .. ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+local ttl = lastExpiry + keep - now
+if ttl > 0 then
+  redis.call('PEXPIRE', key, string.format('%d', ttl))
+else
+  redis.call('DEL', key)
+end
+return 1
+`;
+
+/**
+ * KEYS[1] code set; ARGV maxFailures, now, keepExpiredMs.
+ * Returns {'none'} | {'expired'} | {'locked', failures} |
+ * {'open', failures, id1, hmac1, expiresAt1, id2, ...}.
+ */
+const reserveGuessLua = `
+local key = KEYS[1]
+local maxFailures = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
+local fields = redis.call('HGETALL', key)
+local failures = 0
+local anyCode = false
+local lastExpiry = 0
+local live = {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if name == 'f' then
+    failures = tonumber(fields[i + 1])
+  elseif string.sub(name, 1, 2) == 'c:' then
+    local hmac, expiryText = string.match(fields[i + 1], '^(.*):(%d+)$')
+    local expiry = tonumber(expiryText)
+    anyCode = true
+    if expiry > lastExpiry then lastExpiry = expiry end
+    if expiry >= now then
+      live[#live + 1] = string.sub(name, 3)
+      live[#live + 1] = hmac
+      live[#live + 1] = expiryText
+    end
+  end
+end
+if not anyCode then return {'none'} end
+if #live == 0 then
+  if now >= lastExpiry + keep then
+    redis.call('DEL', key)
+    return {'none'}
+  end
+  return {'expired'}
+end
+if failures >= maxFailures then return {'locked', failures} end
+-- Counted before the caller compares: concurrent guesses can never exceed maxFailures.
+failures = redis.call('HINCRBY', key, 'f', 1)
+local reply = {'open', failures}
+for i = 1, #live do reply[#reply + 1] = live[i] end
+return reply
+`;
+
+/** KEYS[1] code set; ARGV entryId, hmac. Returns 1 when this call consumed the set. */
+const consumeCodeLua = `
+local value = redis.call('HGET', KEYS[1], 'c:' .. ARGV[1])
+if not value then return 0 end
+if string.match(value, '^(.*):%d+$') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`;
+
+/**
+ * KEYS[1] idempotency key; ARGV claim JSON, ttlMs.
+ * Returns {1} claimed, {2} claimed over an unreadable value, {0, existing JSON}.
+ */
+const claimLua = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
+local existing = redis.call('GET', KEYS[1])
+local ok, claim = pcall(cjson.decode, existing)
+if ok and type(claim) == 'table' and type(claim.messageId) == 'string' and type(claim.fingerprint) == 'string' then
+  return {0, existing}
+end
+-- Unreadable: nothing could ever match it, so it would block the key until it expires.
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {2}
+`;
+
+/** KEYS[1] idempotency key; ARGV messageId. Deletes only the owner's claim. */
+const releaseLua = `
+local existing = redis.call('GET', KEYS[1])
+if not existing then return 0 end
+local ok, claim = pcall(cjson.decode, existing)
+if ok and type(claim) == 'table' and claim.messageId == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+`;
+
+const scripts = {
+  otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
+  otpReserveGuess: { lua: reserveGuessLua, numberOfKeys: 1 },
+  otpConsumeCode: { lua: consumeCodeLua, numberOfKeys: 1 },
+  otpClaim: { lua: claimLua, numberOfKeys: 1 },
+  otpRelease: { lua: releaseLua, numberOfKeys: 1 },
+} as const;
+
+type ScriptArg = string | number;
+/** The commands ioredis adds for `scripts` (EVALSHA, falling back to EVAL on NOSCRIPT). */
+type ScriptCommands = {
+  readonly [name in keyof typeof scripts]: (key: string, ...args: ScriptArg[]) => Promise<unknown>;
+};
+
+/**
+ * Creates the Redis store. It connects at once and keeps reconnecting for
+ * ever (backoff capped at 2 s); while Redis is unreachable every operation
+ * rejects at once with `storageUnavailable` rather than queueing.
+ */
+export function createRedisStore(options: RedisStoreOptions): OtpStore {
+  const { url, prefix } = options;
+  if (url === "") throw new TypeError("createRedisStore: url is required");
+  const commandTimeoutMs = options.commandTimeoutMs ?? 1000;
+  if (!(Number.isInteger(commandTimeoutMs) && commandTimeoutMs > 0)) {
+    throw new TypeError("createRedisStore: commandTimeoutMs must be a positive integer");
+  }
+  const logger = options.logger.child({ component: "redis-store" });
+
+  const redisOptions: RedisOptions = {
+    scripts,
+    commandTimeout: commandTimeoutMs,
+    // Fail fast instead of queueing while disconnected: the caller gets
+    // UNAVAILABLE and can retry, rather than a request that hangs.
+    enableOfflineQueue: false,
+    // Reject commands in flight when the connection drops, and never resend
+    // them after reconnecting: a resent reserveGuess would count a guess the
+    // caller was already told failed.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt - 1, 10) + Math.random() * 100, maxReconnectDelayMs),
+  };
+  if (options.connectTimeoutMs !== undefined) redisOptions.connectTimeout = options.connectTimeoutMs;
+  // ioredis defines the script commands from `scripts` in its constructor.
+  const redis = new Redis(url, redisOptions) as Redis & ScriptCommands;
+
+  const readiness = trackReadiness(redis, logger);
+
+  const codeKey = (setId: string): string => `${prefix}code:{${setId}}`;
+  const recordKey = (messageId: string): string => `${prefix}msg:{${messageId}}`;
+  const idempotencyKey = (keyId: string): string => `${prefix}idem:{${keyId}}`;
+
+  /** Runs one Redis operation, turning any failure into storageUnavailable. */
+  async function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    try {
+      // Only the very first connection attempt is waited for (at most one
+      // command timeout), so calls made right after start-up do not fail for
+      // a handshake still in flight. Later outages fail fast: nothing queues.
+      await readiness.firstAttempt(commandTimeoutMs);
+      const result = await body();
+      readiness.noteSuccess();
+      return result;
+    } catch (error) {
+      const unavailable = toUnavailable(error);
+      readiness.noteFailure(operation, unavailable);
+      throw unavailable;
+    }
+  }
+
+  // Arguments are checked before `run`, so a programming error surfaces as
+  // a TypeError rather than as a retryable "storage unavailable".
+  return {
+    async addCode(setId: string, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
+      const args = [entry.id, entry.hmac, wholeMs(entry.expiresAt), ...codeSetArgs(setOptions)];
+      return run("addCode", async () => {
+        await redis.otpAddCode(codeKey(setId), ...args);
+      });
+    },
+
+    async reserveGuess(setId: string, setOptions: CodeSetOptions): Promise<GuessReservation> {
+      const args = codeSetArgs(setOptions);
+      return run("reserveGuess", async () => parseReservation(await redis.otpReserveGuess(codeKey(setId), ...args)));
+    },
+
+    consumeCode(setId: string, entryId: string, hmac: string): Promise<boolean> {
+      return run("consumeCode", async () => (await redis.otpConsumeCode(codeKey(setId), entryId, hmac)) === 1);
+    },
+
+    async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
+      const px = ttl(ttlMs);
+      return run("putRecord", async () => {
+        await redis.set(recordKey(record.messageId), JSON.stringify(record), "PX", px);
+      });
+    },
+
+    getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
+      return run("getRecord", async () => {
+        const value = await redis.get(recordKey(messageId));
+        if (value === null) return undefined;
+        const record = parseRecord(value);
+        if (record === undefined) {
+          logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
+        }
+        return record;
+      });
+    },
+
+    async claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
+      const px = ttl(ttlMs);
+      const value = JSON.stringify({ fingerprint: claim.fingerprint, messageId: claim.messageId });
+      return run("claimIdempotencyKey", async () => {
+        const reply = await redis.otpClaim(idempotencyKey(keyId), value, px);
+        if (!Array.isArray(reply)) throw new Error("unexpected reply to the claim script");
+        if (reply[0] === 2) logger.warn("unreadable idempotency claim replaced");
+        if (reply[0] === 1 || reply[0] === 2) return { claimed: true };
+        return { claimed: false, existing: parseClaim(reply[1]) };
+      });
+    },
+
+    releaseIdempotencyKey(keyId: string, messageId: string): Promise<void> {
+      return run("releaseIdempotencyKey", async () => {
+        await redis.otpRelease(idempotencyKey(keyId), messageId);
+      });
+    },
+
+    ping(): Promise<void> {
+      return run("ping", async () => {
+        await redis.ping();
+      });
+    },
+
+    isReady: () => readiness.isReady(),
+
+    onReadyChange: (listener) => readiness.subscribe(listener),
+
+    async close(): Promise<void> {
+      if (readiness.isClosing()) return;
+      const wasReady = redis.status === "ready";
+      readiness.markClosed();
+      if (wasReady) {
+        try {
+          // QUIT lets replies already on their way arrive first.
+          await redis.quit();
+          return;
+        } catch {
+          // Lost meanwhile: disconnect below stops reconnecting all the same.
+        }
+      }
+      redis.disconnect();
+    },
+  };
+}
+
+/**
+ * Follows ioredis' connection events: readiness for health checks, and one
+ * warning per outage (not one per reconnect attempt or failed command).
+ */
+function trackReadiness(redis: Redis, logger: Logger) {
+  const listeners = new Set<(ready: boolean) => void>();
+  let ready = false;
+  let down = false;
+  let closing = false;
+  let firstAttemptDone = false;
+  const firstAttemptSettled = new Promise<void>((resolve) => {
+    const done = (): void => {
+      firstAttemptDone = true;
+      resolve();
+    };
+    redis.once("ready", done);
+    redis.once("error", done);
+    redis.once("close", done);
+  });
+
+  function setReady(next: boolean): void {
+    if (ready === next) return;
+    ready = next;
+    for (const listener of listeners) {
+      try {
+        listener(next);
+      } catch (error) {
+        logger.error({ err: error }, "storage readiness listener threw");
+      }
+    }
+  }
+
+  function markDown(message: string, error?: unknown): void {
+    if (down || closing) return;
+    down = true;
+    logger.warn({ err: describe(error) }, message);
+  }
+
+  function markUp(message: string): void {
+    if (!down) return;
+    down = false;
+    logger.info(message);
+  }
+
+  // Without an 'error' listener ioredis prints every failed reconnect to the console.
+  redis.on("error", (error: unknown) => markDown("redis is unreachable; retrying", error));
+  redis.on("ready", () => {
+    if (closing) return;
+    markUp("redis connection restored");
+    setReady(true);
+  });
+  redis.on("close", () => {
+    if (ready) markDown("redis connection lost; retrying");
+    setReady(false);
+  });
+  redis.on("end", () => setReady(false));
+
+  return {
+    isReady: () => ready,
+    /** Resolves when the first connection attempt succeeded or failed, or after `timeoutMs`. */
+    async firstAttempt(timeoutMs: number): Promise<void> {
+      if (firstAttemptDone || closing) return;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      await Promise.race([firstAttemptSettled, timeout]);
+      clearTimeout(timer);
+    },
+    isClosing: () => closing,
+    /** From now on the store is closed: unready, and no outage is reported. */
+    markClosed: () => {
+      closing = true;
+      setReady(false);
+    },
+    subscribe(listener: (ready: boolean) => void): () => void {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    /** A command answered: a command-level failure streak (timeouts on a live connection) is over. */
+    noteSuccess(): void {
+      if (down && redis.status === "ready") markUp("redis answering again");
+    },
+    noteFailure(operation: string, error: OtpError): void {
+      markDown(`redis ${operation} failed; storage unavailable`, error.cause);
+    },
+  };
+}
+
+/**
+ * ioredis attaches the failed command, arguments included (HMACs, addresses
+ * in records), to its errors. Keep only the words, so nothing sensitive
+ * travels with the cause into logs.
+ */
+function toUnavailable(error: unknown): OtpError {
+  return storageUnavailable(describe(error));
+}
+
+function describe(error: unknown): Error | undefined {
+  if (error === undefined) return undefined;
+  if (!(error instanceof Error)) return new Error(typeof error === "string" ? error : "non-Error failure");
+  const clean = new Error(error.message);
+  clean.name = error.name;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string") Object.assign(clean, { code });
+  return clean;
+}
+
+/** maxFailures, now, keepExpiredMs: the tail of the add script's arguments and all of reserve's. */
+function codeSetArgs(setOptions: CodeSetOptions): ScriptArg[] {
+  if (!(Number.isInteger(setOptions.maxFailures) && setOptions.maxFailures > 0)) {
+    throw new TypeError(`maxFailures must be a positive integer, got ${setOptions.maxFailures}`);
+  }
+  return [setOptions.maxFailures, wholeMs(setOptions.now), wholeMs(setOptions.keepExpiredMs)];
+}
+
+/** Scripts take integer milliseconds. */
+function wholeMs(value: number): number {
+  if (!Number.isFinite(value)) throw new TypeError(`expected a finite number of milliseconds, got ${value}`);
+  return Math.floor(value);
+}
+
+function ttl(ttlMs: number): number {
+  if (!Number.isFinite(ttlMs)) throw new TypeError(`expected a finite TTL in milliseconds, got ${ttlMs}`);
+  return Math.max(1, Math.ceil(ttlMs));
+}
+
+function parseReservation(reply: unknown): GuessReservation {
+  if (!Array.isArray(reply)) throw new Error("unexpected reply to the reserve script");
+  const [state, failures, ...rest] = reply as unknown[];
+  switch (state) {
+    case "none":
+      return { state: "none" };
+    case "expired":
+      return { state: "expired" };
+    case "locked":
+      return { state: "locked", failures: Number(failures) };
+    case "open": {
+      const entries: CodeEntry[] = [];
+      for (let i = 0; i + 2 < rest.length; i += 3) {
+        entries.push({ id: String(rest[i]), hmac: String(rest[i + 1]), expiresAt: Number(rest[i + 2]) });
+      }
+      return { state: "open", failures: Number(failures), entries };
+    }
+    default:
+      throw new Error("unexpected state from the reserve script");
+  }
+}
+
+function parseRecord(value: string): DeliveryRecord | undefined {
+  try {
+    const parsed: unknown = JSON.parse(value);
+    if (typeof parsed === "object" && parsed !== null && typeof (parsed as { messageId?: unknown }).messageId === "string") {
+      return parsed as DeliveryRecord;
+    }
+  } catch {
+    // Fall through: unreadable.
+  }
+  return undefined;
+}
+
+function parseClaim(value: unknown): IdempotencyClaim {
+  // The script only returns claims it could decode with both fields as strings.
+  const parsed = JSON.parse(String(value)) as IdempotencyClaim;
+  return { fingerprint: parsed.fingerprint, messageId: parsed.messageId };
+}

@@ -1,0 +1,349 @@
+/**
+ * The OtpStore contract: behaviour every implementation must show, run
+ * against each of them (store-memory.test.ts, store-redis.test.ts).
+ *
+ * Code-set times are passed explicitly (`now`), as the domain does with its
+ * clock; TTL-driven expiry (records, claims) goes through `elapse`.
+ */
+import { createHash } from "node:crypto";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { DeliveryRecord } from "../../src/delivery/record.js";
+import { OtpError } from "../../src/errors.js";
+import type { CodeEntry, CodeSetOptions, GuessReservation, OtpStore } from "../../src/store/types.js";
+
+/** One store, fresh and empty, for one test. */
+export interface StoreUnderTest {
+  readonly store: OtpStore;
+  /** Lets `ms` pass for the store's TTLs: a fake clock jumps, Redis really waits (keep it short). */
+  elapse(ms: number): Promise<void>;
+  /** After the test: closes the store (maybe already closed) and checks/cleans what it left. */
+  teardown(): Promise<void>;
+}
+
+/** Defines the contract tests for a store factory. */
+export function describeStoreContract(name: string, open: () => Promise<StoreUnderTest>): void {
+  describe(`OtpStore contract: ${name}`, () => {
+    let subject: StoreUnderTest;
+    let store: OtpStore;
+
+    beforeEach(async () => {
+      subject = await open();
+      store = subject.store;
+    });
+
+    afterEach(async () => {
+      await subject.teardown();
+    });
+
+    describe("code sets", () => {
+      it("answers none for a set that never had a code", async () => {
+        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "none" });
+      });
+
+      it("counts a guess before comparison and offers the live code", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode("set", a, at(t0));
+
+        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "open", failures: 1, entries: [a] });
+        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "open", failures: 2, entries: [a] });
+      });
+
+      it("keeps two outstanding codes verifiable, and consuming either uses up the set", async () => {
+        const a = code("a", "111111", t0 + minute);
+        const b = code("b", "222222", t0 + 2 * minute);
+        await store.addCode("set", a, at(t0));
+        await store.addCode("set", b, at(t0 + 1000));
+
+        const reservation = await store.reserveGuess("set", at(t0 + 2000));
+        expect(entriesOf(reservation)).toEqual([a, b]);
+
+        expect(await store.consumeCode("set", b.id, b.hmac)).toBe(true);
+        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(false);
+        expect(await store.reserveGuess("set", at(t0 + 2000))).toEqual({ state: "none" });
+      });
+
+      it("locks after maxFailures guesses and stops counting", async () => {
+        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 3));
+
+        const failures: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const reservation = await store.reserveGuess("set", at(t0, 3));
+          expect(reservation.state).toBe("open");
+          if (reservation.state === "open") failures.push(reservation.failures);
+        }
+        expect(failures).toEqual([1, 2, 3]);
+        expect(await store.reserveGuess("set", at(t0, 3))).toEqual({ state: "locked", failures: 3 });
+        expect(await store.reserveGuess("set", at(t0, 3))).toEqual({ state: "locked", failures: 3 });
+      });
+
+      it("resets a locked set when a fresh code is added, discarding the old codes", async () => {
+        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 2));
+        await store.reserveGuess("set", at(t0, 2));
+        await store.reserveGuess("set", at(t0, 2));
+        expect((await store.reserveGuess("set", at(t0, 2))).state).toBe("locked");
+
+        const b = code("b", "222222", t0 + 2 * minute);
+        await store.addCode("set", b, at(t0 + 1000, 2));
+
+        expect(await store.reserveGuess("set", at(t0 + 1000, 2))).toEqual({ state: "open", failures: 1, entries: [b] });
+      });
+
+      it("keeps earlier codes and the failure count when a code is added to an unlocked set", async () => {
+        const a = code("a", "111111", t0 + minute);
+        const b = code("b", "222222", t0 + minute);
+        await store.addCode("set", a, at(t0));
+        await store.reserveGuess("set", at(t0));
+        await store.addCode("set", b, at(t0));
+
+        const reservation = await store.reserveGuess("set", at(t0));
+        expect(reservation.state === "open" && reservation.failures).toBe(2);
+        expect(entriesOf(reservation)).toEqual([a, b]);
+      });
+
+      it("keeps a code live until its expiresAt, then answers expired without counting", async () => {
+        const a = code("a", "111111", t0 + 1000);
+        await store.addCode("set", a, at(t0));
+
+        expect(await store.reserveGuess("set", at(t0 + 1000))).toEqual({ state: "open", failures: 1, entries: [a] });
+        expect(await store.reserveGuess("set", at(t0 + 1001))).toEqual({ state: "expired" });
+        expect(await store.reserveGuess("set", at(t0 + 5000))).toEqual({ state: "expired" });
+
+        // A new code prunes the expired one; the expired answers were not counted.
+        const b = code("b", "222222", t0 + minute);
+        await store.addCode("set", b, at(t0 + 5000));
+        expect(await store.reserveGuess("set", at(t0 + 5000))).toEqual({ state: "open", failures: 2, entries: [b] });
+      });
+
+      it("offers only the live codes when some have expired", async () => {
+        const a = code("a", "111111", t0 + 1000);
+        const b = code("b", "222222", t0 + minute);
+        await store.addCode("set", a, at(t0));
+        await store.addCode("set", b, at(t0));
+
+        expect(entriesOf(await store.reserveGuess("set", at(t0 + 2000)))).toEqual([b]);
+      });
+
+      it("forgets an expired set once keepExpiredMs has passed", async () => {
+        await store.addCode("set", code("a", "111111", t0 + 1000), at(t0));
+        const keepExpiredMs = defaults.keepExpiredMs;
+
+        expect(await store.reserveGuess("set", at(t0 + 1000 + keepExpiredMs - 1))).toEqual({ state: "expired" });
+        expect(await store.reserveGuess("set", at(t0 + 1000 + keepExpiredMs))).toEqual({ state: "none" });
+      });
+
+      it("answers expired, not locked, once a locked set's codes have expired", async () => {
+        await store.addCode("set", code("a", "111111", t0 + 1000), at(t0, 1));
+        await store.reserveGuess("set", at(t0, 1));
+        expect(await store.reserveGuess("set", at(t0, 1))).toEqual({ state: "locked", failures: 1 });
+
+        expect(await store.reserveGuess("set", at(t0 + 2000, 1))).toEqual({ state: "expired" });
+      });
+
+      it("consumes a code once: the second consume is false and the set is gone", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode("set", a, at(t0));
+
+        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(true);
+        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(false);
+        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "none" });
+      });
+
+      it("does not consume when the entry no longer holds that hmac", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode("set", a, at(t0));
+
+        expect(await store.consumeCode("set", a.id, hmac("999999"))).toBe(false);
+        expect(await store.consumeCode("set", "unknown", a.hmac)).toBe(false);
+        expect(await store.consumeCode("other-set", a.id, a.hmac)).toBe(false);
+        expect(entriesOf(await store.reserveGuess("set", at(t0)))).toEqual([a]);
+      });
+
+      it("lets exactly one of many concurrent consumes win", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode("set", a, at(t0));
+
+        const results = await Promise.all(Array.from({ length: 20 }, () => store.consumeCode("set", a.id, a.hmac)));
+
+        expect(results.filter(Boolean)).toHaveLength(1);
+      });
+
+      it("opens exactly maxFailures of 50 concurrent guesses", async () => {
+        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 5));
+
+        const reservations = await Promise.all(Array.from({ length: 50 }, () => store.reserveGuess("set", at(t0, 5))));
+
+        const open = reservations.flatMap((r) => (r.state === "open" ? [r.failures] : []));
+        expect(open.sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5]);
+        expect(reservations.filter((r) => r.state === "locked")).toHaveLength(45);
+      });
+
+      it("loses no code when many are added concurrently", async () => {
+        const codes = Array.from({ length: 10 }, (_, i) => code(`m${i}`, `${100000 + i}`, t0 + minute));
+
+        await Promise.all(codes.map((c) => store.addCode("set", c, at(t0))));
+
+        expect(entriesOf(await store.reserveGuess("set", at(t0)))).toEqual(codes);
+      });
+
+      it("keeps sets apart", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode("set-1", a, at(t0));
+
+        expect(await store.reserveGuess("set-2", at(t0))).toEqual({ state: "none" });
+        expect(entriesOf(await store.reserveGuess("set-1", at(t0)))).toEqual([a]);
+      });
+    });
+
+    describe("idempotency keys", () => {
+      const first = { fingerprint: "fp-1", messageId: "msg-1" };
+      const second = { fingerprint: "fp-2", messageId: "msg-2" };
+
+      it("lets the first claim win and shows it to later claims", async () => {
+        expect(await store.claimIdempotencyKey("key", first, minute)).toEqual({ claimed: true });
+        expect(await store.claimIdempotencyKey("key", second, minute)).toEqual({ claimed: false, existing: first });
+        expect(await store.claimIdempotencyKey("other-key", second, minute)).toEqual({ claimed: true });
+      });
+
+      it("releases a claim only for the message it names", async () => {
+        await store.claimIdempotencyKey("key", first, minute);
+
+        await store.releaseIdempotencyKey("key", second.messageId);
+        expect(await store.claimIdempotencyKey("key", second, minute)).toEqual({ claimed: false, existing: first });
+
+        await store.releaseIdempotencyKey("key", first.messageId);
+        expect(await store.claimIdempotencyKey("key", second, minute)).toEqual({ claimed: true });
+      });
+
+      it("releasing an unknown key is harmless", async () => {
+        await expect(store.releaseIdempotencyKey("never-claimed", "msg-1")).resolves.toBeUndefined();
+      });
+
+      it("frees a claim after its TTL", async () => {
+        await store.claimIdempotencyKey("key", first, 50);
+        await subject.elapse(120);
+
+        expect(await store.claimIdempotencyKey("key", second, minute)).toEqual({ claimed: true });
+      });
+
+      it("lets exactly one of many concurrent claims win", async () => {
+        const claims = Array.from({ length: 20 }, (_, i) => ({ fingerprint: "fp", messageId: `msg-${i}` }));
+
+        const results = await Promise.all(claims.map((c) => store.claimIdempotencyKey("key", c, minute)));
+
+        const winners = claims.filter((_, i) => results[i]?.claimed === true);
+        expect(winners).toHaveLength(1);
+        for (const result of results) {
+          if (!result.claimed) expect(result.existing).toEqual(winners[0]);
+        }
+      });
+    });
+
+    describe("delivery records", () => {
+      it("reads an unknown record as undefined", async () => {
+        expect(await store.getRecord("unknown")).toBeUndefined();
+      });
+
+      it("reads a record back as written, and putRecord overwrites", async () => {
+        const queued = record("msg-1");
+        await store.putRecord(queued, minute);
+        expect(await store.getRecord("msg-1")).toEqual(queued);
+
+        const accepted: DeliveryRecord = {
+          ...queued,
+          state: "ACCEPTED",
+          updatedAt: t0 + 900,
+          attempts: [
+            {
+              number: 1,
+              startedAt: t0 + 100,
+              durationMs: 800,
+              outcome: "accepted",
+              replyCode: 250,
+              enhancedStatus: "2.0.0",
+              replyText: "250 2.0.0 Ok: queued as 4bX",
+              errorCode: "",
+            },
+          ],
+          relayReply: { relay: "relay.example:587", text: "250 2.0.0 Ok: queued as 4bX", queueId: "4bX", acceptedAt: t0 + 900 },
+        };
+        await store.putRecord(accepted, minute);
+        expect(await store.getRecord("msg-1")).toEqual(accepted);
+        expect(await store.getRecord("msg-2")).toBeUndefined();
+      });
+
+      it("forgets a record after its TTL", async () => {
+        await store.putRecord(record("msg-1"), 50);
+        await subject.elapse(120);
+
+        expect(await store.getRecord("msg-1")).toBeUndefined();
+      });
+    });
+
+    describe("lifecycle", () => {
+      it("answers ping and reports ready", async () => {
+        await expect(store.ping()).resolves.toBeUndefined();
+        expect(store.isReady()).toBe(true);
+      });
+
+      it("on close: unready, listeners told, safe to repeat, operations reject as unavailable", async () => {
+        await store.ping();
+        const seen: boolean[] = [];
+        const unsubscribed: boolean[] = [];
+        store.onReadyChange((ready) => seen.push(ready));
+        const unsubscribe = store.onReadyChange((ready) => unsubscribed.push(ready));
+        unsubscribe();
+
+        await store.close();
+        await store.close();
+
+        expect(store.isReady()).toBe(false);
+        expect(seen).toEqual([false]);
+        expect(unsubscribed).toEqual([]);
+        const failure: unknown = await store.getRecord("msg-1").catch((error: unknown) => error);
+        expect(failure).toBeInstanceOf(OtpError);
+        expect((failure as OtpError).kind).toBe("unavailable");
+      });
+    });
+  });
+}
+
+/** A fixed, realistic epoch time (2030) unrelated to the wall clock. */
+export const t0 = Date.UTC(2030, 0, 1);
+const minute = 60_000;
+const defaults = { maxFailures: 5, keepExpiredMs: 10 * minute };
+
+function at(now: number, maxFailures = defaults.maxFailures): CodeSetOptions {
+  return { now, maxFailures, keepExpiredMs: defaults.keepExpiredMs };
+}
+
+function hmac(value: string): string {
+  return createHash("sha256").update(`test-secret:${value}`).digest("hex");
+}
+
+function code(id: string, value: string, expiresAt: number): CodeEntry {
+  return { id, hmac: hmac(value), expiresAt };
+}
+
+/** The offered entries, ordered by id (stores need not keep insertion order). */
+function entriesOf(reservation: GuessReservation): CodeEntry[] {
+  expect(reservation.state).toBe("open");
+  const entries = reservation.state === "open" ? [...reservation.entries] : [];
+  return entries.sort((x, y) => x.id.localeCompare(y.id, "en", { numeric: true }));
+}
+
+function record(messageId: string): DeliveryRecord {
+  return {
+    messageId,
+    caller: "billing",
+    state: "QUEUED",
+    recipientMasked: "j***@example.com",
+    recipientDomain: "example.com",
+    purpose: "login",
+    locale: "en",
+    createdAt: t0,
+    updatedAt: t0,
+    expiresAt: t0 + 10 * minute,
+    attempts: [],
+    traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
+  };
+}

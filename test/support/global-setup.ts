@@ -1,0 +1,30 @@
+/**
+ * vitest globalSetup: one Redis for the whole run, handed to test files with
+ * `provide("redisUrl")`; tests read it with `redisUrlForTests()` from
+ * ./redis.ts (which declares the typed ProvidedContext).
+ *
+ * REDIS_URL wins when set; otherwise a private redis-server is started here
+ * and stopped at the end. No Redis means a failed run, never skipped tests.
+ */
+import type { TestProject } from "vitest/node";
+import { pingRedis, startRedisServer } from "./redis.js";
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const fromEnvironment = process.env["REDIS_URL"];
+  if (fromEnvironment !== undefined && fromEnvironment !== "") {
+    try {
+      await pingRedis(fromEnvironment, 5000);
+    } catch (error) {
+      throw new Error(
+        `REDIS_URL is set but no Redis answers there (${String(error)}). ` +
+          "Start that Redis, or unset REDIS_URL to let the tests start a private redis-server.",
+        { cause: error },
+      );
+    }
+    project.provide("redisUrl", fromEnvironment);
+    return () => Promise.resolve();
+  }
+  const server = await startRedisServer();
+  project.provide("redisUrl", server.url);
+  return () => server.stop();
+}
