@@ -1,0 +1,195 @@
+/**
+ * otp.v1.OtpEmailService handlers: translate protobuf messages to the
+ * domain's `OtpService` and back, and nothing more. Validation is the
+ * domain's job: an unknown purpose or an absurd ttl is passed through in a
+ * form the domain rejects, so the rule and its message live in one place.
+ */
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import {
+  AttemptOutcome,
+  DeliveryState,
+  Purpose,
+  VerifyResult,
+  type DeliveryAttemptSchema,
+  type GetDeliveryStatusResponseSchema,
+  type OtpEmailService,
+} from "../../gen/otp/v1/otp_email_pb.js";
+import type {
+  AttemptOutcome as DomainAttemptOutcome,
+  DeliveryState as DomainDeliveryState,
+  Purpose as DomainPurpose,
+  AttemptRecord,
+} from "../delivery/record.js";
+import type {
+  CallContext,
+  DeliveryStatus,
+  OtpService,
+  VerifyResult as DomainVerifyResult,
+} from "../otp/types.js";
+import type { HandlerContext, ServerCall, ServiceImpl } from "./service-adapter.js";
+
+/**
+ * Names the caller of a call (from its metadata, peer or TLS identity).
+ * Throwing an `OtpError("unauthenticated", ...)` refuses the call.
+ */
+export type IdentifyCaller = (call: ServerCall) => string | Promise<string>;
+
+/** The W3C trace id of a call, or "" when it is not traced. */
+export type TraceIdOf = (call: ServerCall) => string;
+
+export interface OtpHandlersOptions {
+  readonly otp: OtpService;
+  /** Default: every caller is "dev" (until authentication is wired in). */
+  readonly identify?: IdentifyCaller | undefined;
+  /** Default: "" (until tracing is wired in). */
+  readonly traceIdOf?: TraceIdOf | undefined;
+}
+
+/** Creates the OtpEmailService handlers over a domain `OtpService`. */
+export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<typeof OtpEmailService> {
+  const { otp } = options;
+  const identify = options.identify ?? (() => "dev");
+  const traceIdOf = options.traceIdOf ?? (() => "");
+
+  const contextOf = async ({ call }: HandlerContext): Promise<CallContext> => ({
+    caller: await identify(call),
+    traceId: traceIdOf(call),
+  });
+
+  return {
+    async sendOtp(request, handler) {
+      const result = await otp.sendOtp(await contextOf(handler), {
+        recipient: request.recipient,
+        purpose: domainPurpose(request.purpose),
+        locale: request.locale,
+        code: request.code,
+        ttlMs: ttlMs(request.ttl),
+        idempotencyKey: request.idempotencyKey,
+        endUserIp: request.endUserIp,
+      });
+      return {
+        messageId: result.messageId,
+        state: protoDeliveryState[result.state],
+        expiresAt: timestamp(result.expiresAt),
+        resendAvailableAt: timestamp(result.resendAvailableAt),
+      };
+    },
+
+    async getDeliveryStatus(request, handler) {
+      const status = await otp.getDeliveryStatus(await contextOf(handler), request.messageId);
+      return deliveryStatusResponse(status);
+    },
+
+    async verifyOtp(request, handler) {
+      const result = await otp.verifyOtp(await contextOf(handler), {
+        recipient: request.recipient,
+        purpose: domainPurpose(request.purpose),
+        code: request.code,
+      });
+      return { result: protoVerifyResult[result.result], attemptsRemaining: result.attemptsRemaining };
+    },
+  };
+}
+
+const domainPurposeOf: ReadonlyMap<Purpose, DomainPurpose> = new Map([
+  [Purpose.LOGIN, "login"],
+  [Purpose.SIGNUP, "signup"],
+  [Purpose.PASSWORD_RESET, "password_reset"],
+]);
+
+const protoPurposeOf: Readonly<Record<DomainPurpose, Purpose>> = {
+  login: Purpose.LOGIN,
+  signup: Purpose.SIGNUP,
+  password_reset: Purpose.PASSWORD_RESET,
+};
+
+/** UNSPECIFIED and numbers this build does not know become "", which the domain rejects. */
+function domainPurpose(purpose: Purpose): string {
+  return domainPurposeOf.get(purpose) ?? "";
+}
+
+/**
+ * Unset -> undefined (the default TTL). Otherwise plain arithmetic, with no
+ * clamping: a negative or enormous duration stays so, for the domain to reject.
+ */
+function ttlMs(ttl: Duration | undefined): number | undefined {
+  if (ttl === undefined) return undefined;
+  return Number(ttl.seconds) * 1000 + ttl.nanos / 1e6;
+}
+
+const protoDeliveryState: Readonly<Record<DomainDeliveryState, DeliveryState>> = {
+  QUEUED: DeliveryState.QUEUED,
+  SENDING: DeliveryState.SENDING,
+  RETRYING: DeliveryState.RETRYING,
+  ACCEPTED: DeliveryState.ACCEPTED,
+  DELAYED: DeliveryState.DELAYED,
+  DELIVERED: DeliveryState.DELIVERED,
+  BOUNCED: DeliveryState.BOUNCED,
+  FAILED: DeliveryState.FAILED,
+  SUPPRESSED: DeliveryState.SUPPRESSED,
+};
+
+const protoAttemptOutcome: Readonly<Record<DomainAttemptOutcome, AttemptOutcome>> = {
+  accepted: AttemptOutcome.ACCEPTED,
+  transient: AttemptOutcome.TRANSIENT_FAILURE,
+  permanent: AttemptOutcome.PERMANENT_FAILURE,
+};
+
+const protoVerifyResult: Readonly<Record<DomainVerifyResult, VerifyResult>> = {
+  VERIFIED: VerifyResult.VERIFIED,
+  INVALID: VerifyResult.INVALID,
+  EXPIRED: VerifyResult.EXPIRED,
+  LOCKED: VerifyResult.LOCKED,
+  NOT_FOUND: VerifyResult.NOT_FOUND,
+};
+
+type Init<S extends DescMessage> = MessageInitShape<S>;
+
+function deliveryStatusResponse({ record, explanation }: DeliveryStatus): Init<typeof GetDeliveryStatusResponseSchema> {
+  return {
+    messageId: record.messageId,
+    state: protoDeliveryState[record.state],
+    recipient: record.recipientMasked,
+    purpose: protoPurposeOf[record.purpose],
+    createdAt: timestamp(record.createdAt),
+    updatedAt: timestamp(record.updatedAt),
+    attempts: record.attempts.map(deliveryAttempt),
+    relayReply:
+      record.relayReply === undefined
+        ? undefined
+        : {
+            relay: record.relayReply.relay,
+            text: record.relayReply.text,
+            queueId: record.relayReply.queueId,
+            acceptedAt: timestamp(record.relayReply.acceptedAt),
+          },
+    traceId: record.traceId,
+    explanation,
+    failureReason: record.failureReason ?? "",
+    expiresAt: timestamp(record.expiresAt),
+  };
+}
+
+function deliveryAttempt(attempt: AttemptRecord): Init<typeof DeliveryAttemptSchema> {
+  return {
+    number: attempt.number,
+    startedAt: timestamp(attempt.startedAt),
+    duration: duration(attempt.durationMs),
+    outcome: protoAttemptOutcome[attempt.outcome],
+    replyCode: attempt.replyCode,
+    enhancedStatusCode: attempt.enhancedStatus,
+    replyText: attempt.replyText,
+    errorCode: attempt.errorCode,
+  };
+}
+
+// Whole milliseconds: fractional ones would give fractional nanos, which do not encode.
+function timestamp(epochMs: number): Timestamp {
+  return timestampFromMs(Math.round(epochMs));
+}
+
+function duration(ms: number): Duration {
+  return durationFromMs(Math.round(ms));
+}
+

@@ -1,0 +1,148 @@
+/**
+ * The gRPC server: OtpEmailService, grpc.health.v1.Health and server
+ * reflection (v1 + v1alpha) on one grpc-js Server.
+ *
+ * Built here, started by whoever owns the process (`main.ts`, tests): the
+ * factory binds nothing until `listen`.
+ */
+import {
+  Server,
+  ServerCredentials,
+  type ServerInterceptor,
+  type ServerOptions,
+} from "@grpc/grpc-js";
+import { file_health_v1_health, Health } from "../../gen/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_otp_v1_otp_email, OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
+import type { HealthState } from "../health.js";
+import type { Logger } from "../logger.js";
+import type { OtpService } from "../otp/types.js";
+import { createHealthService } from "./health.js";
+import { createOtpHandlers, type IdentifyCaller, type TraceIdOf } from "./otp-handlers.js";
+import { addReflection } from "./reflection.js";
+import { bindService } from "./service-adapter.js";
+
+/**
+ * Largest request accepted, in bytes. Above the largest valid request (a few
+ * KiB) by far, on purpose: a request with a 1 MB field must reach validation
+ * and be refused as INVALID_ARGUMENT naming the field, not cut off by the
+ * transport as RESOURCE_EXHAUSTED, which callers read as "retry later".
+ * Anything over 2 MiB is still refused by grpc-js before it is decoded.
+ */
+export const maxRequestBytes = 2 * 1024 * 1024;
+
+/** grpc-js options: the size cap above and keepalive that notices dead peers. */
+const serverOptions: ServerOptions = {
+  "grpc.max_receive_message_length": maxRequestBytes,
+  "grpc.max_send_message_length": 4 * 1024 * 1024,
+  // Ping an idle connection every minute and drop it if the ping goes
+  // unanswered for 20 s: half-open TCP connections otherwise live for hours.
+  "grpc.keepalive_time_ms": 60_000,
+  "grpc.keepalive_timeout_ms": 20_000,
+  // Recycle connections now and then so that new instances behind an L4
+  // balancer get a share; clients reconnect transparently on GOAWAY.
+  "grpc.max_connection_age_ms": 30 * 60_000,
+  "grpc.max_connection_age_grace_ms": 30_000,
+};
+
+export interface GrpcServerOptions {
+  readonly otp: OtpService;
+  readonly health: HealthState;
+  readonly logger: Logger;
+  /** Names the caller of a call; default "dev" for every call. */
+  readonly identify?: IdentifyCaller | undefined;
+  /** The W3C trace id of a call; default "". */
+  readonly traceIdOf?: TraceIdOf | undefined;
+  /** Default: insecure (plaintext HTTP/2). */
+  readonly credentials?: ServerCredentials | undefined;
+  /** Run around every call, in order (authentication, metrics...). */
+  readonly interceptors?: readonly ServerInterceptor[] | undefined;
+}
+
+export interface GrpcServer {
+  /**
+   * Binds `host:port` (port 0 picks a free one) and starts serving.
+   * Resolves with the host as given and the port actually bound.
+   */
+  listen(address: string): Promise<{ host: string; port: number }>;
+  /**
+   * Stops: health turns NOT_SERVING and Watch streams end, new calls are
+   * refused, calls in flight may finish for `graceMs`, then the rest are
+   * cancelled. Resolves when every connection is closed. Later calls return
+   * the first call's promise.
+   */
+  shutdown(graceMs: number): Promise<void>;
+  /** The underlying grpc-js server, for what this wrapper does not cover. */
+  readonly server: Server;
+}
+
+/** Creates the gRPC server with every service registered. */
+export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
+  const { logger } = options;
+  const credentials = options.credentials ?? ServerCredentials.createInsecure();
+  const server = new Server({ ...serverOptions, interceptors: [...(options.interceptors ?? [])] });
+
+  const otp = bindService(
+    OtpEmailService,
+    createOtpHandlers({ otp: options.otp, identify: options.identify, traceIdOf: options.traceIdOf }),
+    { logger },
+  );
+  server.addService(otp.definition, otp.implementation);
+
+  const healthService = createHealthService({ health: options.health });
+  const health = bindService(Health, healthService.impl, { logger });
+  server.addService(health.definition, health.implementation);
+
+  addReflection(server, {
+    files: [
+      file_otp_v1_otp_email,
+      file_health_v1_health,
+      file_grpc_reflection_v1_reflection,
+      file_grpc_reflection_v1alpha_reflection,
+    ],
+  });
+
+  let shuttingDown: Promise<void> | undefined;
+
+  return {
+    server,
+
+    listen(address) {
+      const host = hostOf(address);
+      return new Promise((resolve, reject) => {
+        server.bindAsync(address, credentials, (error, port) => {
+          if (error) {
+            reject(error);
+            return;
+          }
+          logger.info({ address: `${host}:${port}` }, "gRPC server listening");
+          resolve({ host, port });
+        });
+      });
+    },
+
+    shutdown(graceMs) {
+      shuttingDown ??= new Promise<void>((resolve) => {
+        healthService.close();
+        const force = setTimeout(() => {
+          logger.warn({ grace_ms: graceMs }, "calls still running after the grace period; cancelling them");
+          server.forceShutdown();
+        }, graceMs);
+        server.tryShutdown((error) => {
+          clearTimeout(force);
+          if (error) logger.warn({ err: error }, "gRPC server shutdown reported an error");
+          resolve();
+        });
+      });
+      return shuttingDown;
+    },
+  };
+}
+
+/** `127.0.0.1:0` -> `127.0.0.1`; `[::1]:0` -> `::1`. */
+function hostOf(address: string): string {
+  const colon = address.lastIndexOf(":");
+  const host = colon === -1 ? address : address.slice(0, colon);
+  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
+}
