@@ -1,0 +1,62 @@
+/**
+ * Recipient addresses: RFC 5321 syntax and length rules, normalisation, and
+ * masking for logs and records.
+ */
+import { domainToASCII } from "node:url";
+
+/** Control, format (bidi overrides, zero-width) and line/paragraph separator characters. */
+const unsafeCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\uFFFD]/u;
+
+/** True when `text` holds CR, LF, another control character or an invisible format character. */
+export function hasUnsafeCharacters(text: string): boolean {
+  return unsafeCharacters.test(text);
+}
+
+// RFC 5322 atext; a dot-atom local part. Quoted local parts are refused: no
+// mail provider issues them and they are a classic header-injection vector.
+const dotAtom = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
+const label = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+export interface ParsedAddress {
+  /** The address to send to: local part as given, domain in ASCII (punycode), lower-cased. */
+  readonly address: string;
+  /** Lower-cased form used to key codes and limits (`John@x` and `john@x` are one person). */
+  readonly key: string;
+  readonly domain: string;
+}
+
+/** Returns the parsed address, or a sentence saying which rule it breaks. */
+export function parseAddress(raw: string): ParsedAddress | string {
+  if (raw.length === 0) return "required";
+  if (raw.length > 254) return "must be at most 254 characters (RFC 5321)";
+  if (hasUnsafeCharacters(raw)) return "must not contain CR, LF or other control characters";
+  if (/\s/.test(raw)) return "must not contain spaces; send only the address, without a display name";
+  const at = raw.lastIndexOf("@");
+  if (at <= 0 || at === raw.length - 1) return "must be an address of the form local@domain";
+  const local = raw.slice(0, at);
+  const domainInput = raw.slice(at + 1);
+  if (local.includes("@") || local.includes('"')) return "must be a plain address (no quoted local part)";
+  if (local.length > 64) return "local part must be at most 64 characters (RFC 5321)";
+  if (!dotAtom.test(local)) {
+    return /[^\x00-\x7F]/.test(local)
+      ? "non-ASCII local parts (SMTPUTF8) are not supported"
+      : "local part has a character or dot placement RFC 5321 does not allow";
+  }
+  if (domainInput.startsWith("[")) return "address literals ([1.2.3.4]) are not accepted; use a domain name";
+  const domain = domainToASCII(domainInput.toLowerCase());
+  if (domain === "" || domain.length > 253) return "domain is not a valid host name";
+  const labels = domain.split(".");
+  if (labels.length < 2 || !labels.every((part) => label.test(part)) || /^\d+$/.test(labels.at(-1) ?? "")) {
+    return "domain is not a valid host name";
+  }
+  const address = `${local}@${domain}`;
+  if (address.length > 254) return "must be at most 254 characters (RFC 5321)";
+  return { address, key: address.toLowerCase(), domain };
+}
+
+/** `john.doe@gmail.com` -> `j***@gmail.com`. Safe for logs, records and explanations. */
+export function maskAddress(address: string): string {
+  const at = address.lastIndexOf("@");
+  if (at <= 0) return "***";
+  return `${address.slice(0, 1)}***${address.slice(at)}`;
+}

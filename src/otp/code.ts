@@ -1,0 +1,84 @@
+/**
+ * Codes and ids: generation from the CSPRNG, the keyed HMACs that are all the
+ * store ever sees, and the constant-time comparison.
+ */
+import { createHmac, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+
+/** A caller-supplied or normalised typed code: 4-10 of [0-9A-Z]. */
+export const codePattern = /^[0-9A-Z]{4,10}$/;
+
+/** A fresh numeric code of `length` digits, uniformly distributed. */
+export function generateCode(length: number): string {
+  let code = "";
+  for (let i = 0; i < length; i++) code += String(randomInt(10));
+  return code;
+}
+
+/** What the user typed, made comparable: spaces and dashes dropped, letters upper-cased. */
+export function normalizeTypedCode(typed: string): string {
+  return typed.replace(/[\s-]/g, "").toUpperCase();
+}
+
+const crockford = "0123456789abcdefghjkmnpqrstvwxyz";
+
+/**
+ * A message id: 48 bits of milliseconds then 80 random bits, in lower-case
+ * Crockford base32 (26 characters). Sortable by time, and safe inside an SMTP
+ * local part (`bounce+<id>@...`) where case may not survive.
+ */
+export function newMessageId(now: number): string {
+  let id = "";
+  let time = now;
+  for (let i = 0; i < 10; i++) {
+    id = crockford[time % 32] + id;
+    time = Math.floor(time / 32);
+  }
+  const random = randomBytes(10);
+  let bits = 0;
+  let value = 0;
+  for (const byte of random) {
+    value = (value << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      id += crockford[(value >> bits) & 31];
+    }
+  }
+  return id;
+}
+
+export const messageIdPattern = /^[0-9a-hjkmnp-tv-z]{26}$/;
+
+/**
+ * Keyed HMACs under the server secret. Each use has its own label so that a
+ * value derived for one purpose can never stand in for another; the code's
+ * HMAC is bound to its caller, recipient and purpose.
+ */
+export interface Hasher {
+  /** Opaque id of the code set of (caller, recipient, purpose); no address appears in storage keys. */
+  codeSetId(caller: string, recipientKey: string, purpose: string): string;
+  /** HMAC of a code within its set. */
+  codeHmac(setId: string, code: string): string;
+  /** Opaque id of an idempotency key of a caller. */
+  idempotencyKeyId(caller: string, key: string): string;
+  /** Fingerprint of the fields that make two SendOtp requests "the same request". */
+  requestFingerprint(parts: readonly string[]): string;
+}
+
+export function createHasher(secret: Buffer): Hasher {
+  const mac = (label: string, parts: readonly string[]): string =>
+    createHmac("sha256", secret).update(`${label}\0${parts.join("\0")}`).digest("hex");
+  return {
+    codeSetId: (caller, recipientKey, purpose) => mac("code-set", [caller, recipientKey, purpose]).slice(0, 32),
+    codeHmac: (setId, code) => mac("code", [setId, code]),
+    idempotencyKeyId: (caller, key) => mac("idempotency", [caller, key]).slice(0, 32),
+    requestFingerprint: (parts) => mac("request", parts),
+  };
+}
+
+/** Constant-time equality of two hex HMACs (false for different lengths). */
+export function hmacEquals(a: string, b: string): boolean {
+  const left = Buffer.from(a, "hex");
+  const right = Buffer.from(b, "hex");
+  return left.length === right.length && timingSafeEqual(left, right);
+}

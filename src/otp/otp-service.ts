@@ -1,0 +1,232 @@
+/**
+ * The OTP domain: SendOtp, GetDeliveryStatus and VerifyOtp over injected
+ * storage, limits, rendering and delivery. Knows nothing of gRPC.
+ */
+import type { Clock } from "../clock.js";
+import type { DeliveryService } from "../delivery/delivery-service.js";
+import { effectiveState, explain } from "../delivery/explain.js";
+import { buildOtpMail } from "../delivery/message.js";
+import type { DeliveryRecord } from "../delivery/record.js";
+import type { Renderer } from "../delivery/render.js";
+import { OtpError } from "../errors.js";
+import type { SendLimiter } from "../limits/types.js";
+import type { Logger } from "../logger.js";
+import type { OtpStore } from "../store/types.js";
+import { maskAddress } from "./address.js";
+import { generateCode, hmacEquals, newMessageId, type Hasher } from "./code.js";
+import type {
+  CallContext,
+  DeliveryStatus,
+  OtpService,
+  SendOtpInput,
+  SendOtpResult,
+  VerifyOtpInput,
+  VerifyOtpResult,
+} from "./types.js";
+import { validateMessageId, validateSendOtp, validateVerifyOtp, type TtlRule } from "./validate.js";
+
+export interface OtpServiceOptions {
+  readonly store: OtpStore;
+  readonly delivery: Pick<DeliveryService, "dispatch">;
+  readonly renderer: Renderer;
+  readonly limiter: SendLimiter;
+  readonly hasher: Hasher;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** The From header's display name and address. */
+  readonly from: { readonly name: string; readonly address: string };
+  /** Digits in a generated code. */
+  readonly codeLength: number;
+  readonly ttl: TtlRule;
+  /** Wrong guesses per (caller, recipient, purpose) before the outstanding codes lock. */
+  readonly maxFailedAttempts: number;
+  /** How long delivery records are kept. */
+  readonly recordRetentionMs: number;
+  /** How long an idempotency key is remembered. */
+  readonly idempotencyTtlMs: number;
+  /** How long a code set outlives its last code, so VerifyOtp can say EXPIRED (default 1 h). */
+  readonly keepExpiredMs?: number;
+}
+
+export function createOtpService(options: OtpServiceOptions): OtpService {
+  const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
+  const keepExpiredMs = options.keepExpiredMs ?? 3_600_000;
+  const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
+
+  async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult> {
+    const record = await store.getRecord(messageId);
+    if (record === undefined || record.caller !== ctx.caller) {
+      throw new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
+        reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
+        retryAfterMs: 1000,
+      });
+    }
+    const now = clock.now();
+    const state = effectiveState(record, now);
+    if (state === "FAILED") throw sendFailure({ ...record, state });
+    return { messageId, state, expiresAt: record.expiresAt, resendAvailableAt: now };
+  }
+
+  async function sendOtp(ctx: CallContext, input: SendOtpInput): Promise<SendOtpResult> {
+    const request = validateSendOtp(input, options.ttl);
+    const now = clock.now();
+    const messageId = newMessageId(now);
+    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+
+    let idempotencyKeyId: string | undefined;
+    if (request.idempotencyKey !== "") {
+      idempotencyKeyId = hasher.idempotencyKeyId(ctx.caller, request.idempotencyKey);
+      const fingerprint = hasher.requestFingerprint([
+        request.recipient.key,
+        request.purpose,
+        request.locale,
+        String(request.ttlMs),
+        request.code === "" ? "" : hasher.codeHmac(setId, request.code),
+        request.endUserIp,
+      ]);
+      const claim = await store.claimIdempotencyKey(idempotencyKeyId, { fingerprint, messageId }, options.idempotencyTtlMs);
+      if (!claim.claimed) {
+        if (claim.existing.fingerprint !== fingerprint) {
+          throw new OtpError(
+            "already_exists",
+            "idempotency_key was already used for a different request; use a new key for a new request",
+            { reason: "IDEMPOTENCY_KEY_REUSED", metadata: { message_id: claim.existing.messageId } },
+          );
+        }
+        return replay(ctx, claim.existing.messageId);
+      }
+    }
+
+    try {
+      const admission = await limiter.admit(ctx, {
+        recipientKey: request.recipient.key,
+        purpose: request.purpose,
+        endUserIp: request.endUserIp,
+        now,
+      });
+      const code = request.code === "" ? generateCode(options.codeLength) : request.code;
+      const expiresAt = now + request.ttlMs;
+      const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
+      const mail = buildOtpMail({
+        rendered,
+        to: request.recipient.address,
+        fromName: options.from.name,
+        fromAddress: options.from.address,
+        messageId,
+      });
+      const record: DeliveryRecord = {
+        messageId,
+        caller: ctx.caller,
+        state: "QUEUED",
+        recipientMasked: maskAddress(request.recipient.address),
+        recipientDomain: request.recipient.domain,
+        purpose: request.purpose,
+        locale: rendered.locale,
+        createdAt: now,
+        updatedAt: now,
+        expiresAt,
+        attempts: [],
+        traceId: ctx.traceId,
+      };
+      // The record exists before the code and before any attempt, so a status
+      // query (or a bounce) can never find a message it does not know.
+      await store.putRecord(record, options.recordRetentionMs);
+      await store.addCode(setId, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now));
+      logger.info(
+        { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
+        "otp queued",
+      );
+
+      const result = await delivery.dispatch(record, mail);
+      if (result.state === "FAILED") throw sendFailure(result);
+      return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };
+    } catch (error) {
+      // A retryable failure must not pin its idempotency key for a day: the
+      // caller's retry with the same key should really try again. Only a
+      // permanent refusal by the relay is remembered and replayed.
+      const permanent = error instanceof OtpError && error.reason === "RELAY_REJECTED";
+      if (idempotencyKeyId !== undefined && !permanent) {
+        await store.releaseIdempotencyKey(idempotencyKeyId, messageId).catch((releaseError: unknown) => {
+          logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
+        });
+      }
+      throw error;
+    }
+  }
+
+  async function getDeliveryStatus(ctx: CallContext, rawMessageId: string): Promise<DeliveryStatus> {
+    const messageId = validateMessageId(rawMessageId);
+    const record = await store.getRecord(messageId);
+    // Another caller's message answers exactly like an unknown one: existence is not leaked.
+    if (record === undefined || record.caller !== ctx.caller) {
+      throw new OtpError("not_found", "no message with this message_id (records are kept for a limited time)", {
+        reason: "MESSAGE_NOT_FOUND",
+      });
+    }
+    const now = clock.now();
+    return { record: { ...record, state: effectiveState(record, now) }, explanation: explain(record, now) };
+  }
+
+  async function verifyOtp(ctx: CallContext, input: VerifyOtpInput): Promise<VerifyOtpResult> {
+    const request = validateVerifyOtp(input);
+    const now = clock.now();
+    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+    const max = options.maxFailedAttempts;
+    const reservation = await store.reserveGuess(setId, setOptions(now));
+    switch (reservation.state) {
+      case "none":
+        return { result: "NOT_FOUND", attemptsRemaining: max };
+      case "expired":
+        return { result: "EXPIRED", attemptsRemaining: 0 };
+      case "locked":
+        return { result: "LOCKED", attemptsRemaining: 0 };
+      case "open":
+        break;
+    }
+    const guess = hasher.codeHmac(setId, request.code);
+    // Compare against every live code, without stopping at the first match,
+    // so the time taken says nothing about which code (if any) matched.
+    let match: { id: string; hmac: string } | undefined;
+    for (const entry of reservation.entries) {
+      if (hmacEquals(entry.hmac, guess) && match === undefined) match = entry;
+    }
+    if (match === undefined) {
+      const remaining = Math.max(0, max - reservation.failures);
+      logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
+      return { result: "INVALID", attemptsRemaining: remaining };
+    }
+    if (!(await store.consumeCode(setId, match.id, match.hmac))) {
+      // A concurrent call used the code first: it is gone.
+      return { result: "NOT_FOUND", attemptsRemaining: max };
+    }
+    logger.info({ message_id: match.id, purpose: request.purpose }, "otp verified");
+    return { result: "VERIFIED", attemptsRemaining: max };
+  }
+
+  return { sendOtp, getDeliveryStatus, verifyOtp };
+}
+
+/** The error SendOtp answers when the relay never accepted the message. */
+function sendFailure(record: DeliveryRecord): OtpError {
+  const last = record.attempts.at(-1);
+  const metadata = { message_id: record.messageId };
+  const reason = record.failureReason ?? "the message could not be sent";
+  if (last?.errorCode === "EAUTH") {
+    return new OtpError(
+      "unavailable",
+      `email not sent: the SMTP relay rejected the service's credentials; an operator must fix SMTP_URL (message_id ${record.messageId})`,
+      { reason: "RELAY_AUTH_FAILED", metadata, retryAfterMs: 60_000 },
+    );
+  }
+  if (last?.outcome === "permanent") {
+    return new OtpError("failed_precondition", `email not sent: ${reason} (message_id ${record.messageId})`, {
+      reason: "RELAY_REJECTED",
+      metadata,
+    });
+  }
+  return new OtpError("unavailable", `email not sent: ${reason}; retry later (message_id ${record.messageId})`, {
+    reason: "RELAY_UNAVAILABLE",
+    metadata,
+    retryAfterMs: 5000,
+  });
+}

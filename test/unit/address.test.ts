@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import { maskAddress, parseAddress } from "../../src/otp/address.js";
+
+describe("parseAddress", () => {
+  it.each([
+    ["ana@example.com", "ana@example.com"],
+    ["Ana.Lee+otp@Example.COM", "Ana.Lee+otp@example.com"],
+    ["o'brien@example.co.uk", "o'brien@example.co.uk"],
+    ["user@bücher.example", "user@xn--bcher-kva.example"],
+    ["user@xn--bcher-kva.example", "user@xn--bcher-kva.example"],
+  ])("accepts %s", (raw, address) => {
+    const parsed = parseAddress(raw);
+    expect(parsed).toMatchObject({ address });
+    expect(typeof parsed === "object" && parsed.key).toBe(address.toLowerCase());
+  });
+
+  it.each([
+    ["", /required/],
+    ["ana@example.com\r\nBcc: victim@example.com", /CR, LF/],
+    ["ana@example.com\n", /CR, LF/],
+    ["ana\u0000@example.com", /control/],
+    ["ana\u202e@example.com", /control/],
+    ["ana\u200b@example.com", /control/],
+    ["Ana <ana@example.com>", /spaces/],
+    ["ana@", /local@domain/],
+    ["@example.com", /local@domain/],
+    ["ana", /local@domain/],
+    ['"a b"@example.com', /spaces/],
+    ['"ab"@example.com', /quoted/],
+    ["a@b@example.com", /quoted|plain/],
+    [".ana@example.com", /dot/],
+    ["an..a@example.com", /dot/],
+    ["ana.@example.com", /dot/],
+    ["ánä@example.com", /SMTPUTF8/],
+    ["ana@localhost", /host name/],
+    ["ana@[127.0.0.1]", /literals/],
+    ["ana@-bad.example", /host name/],
+    ["ana@bad_domain.example", /host name/],
+    ["ana@example.123", /host name/],
+    [`${"a".repeat(65)}@example.com`, /64/],
+    [`ana@${"a".repeat(250)}.com`, /254/],
+    [`ana@${"a".repeat(64)}.com`, /host name/],
+  ])("rejects %j", (raw, rule) => {
+    const parsed = parseAddress(raw);
+    expect(typeof parsed).toBe("string");
+    expect(parsed).toMatch(rule);
+  });
+});
+
+describe("maskAddress", () => {
+  it("keeps the first character and the domain", () => {
+    expect(maskAddress("john.doe@gmail.com")).toBe("j***@gmail.com");
+    expect(maskAddress("j@gmail.com")).toBe("j***@gmail.com");
+    expect(maskAddress("nonsense")).toBe("***");
+  });
+});

@@ -1,0 +1,62 @@
+import { describe, expect, it } from "vitest";
+import {
+  codePattern,
+  createHasher,
+  generateCode,
+  hmacEquals,
+  messageIdPattern,
+  newMessageId,
+  normalizeTypedCode,
+} from "../../src/otp/code.js";
+
+describe("generateCode", () => {
+  it("makes digits of the configured length, uniformly spread", () => {
+    const counts = new Array<number>(10).fill(0);
+    for (let i = 0; i < 2000; i++) {
+      const code = generateCode(8);
+      expect(code).toMatch(/^\d{8}$/);
+      for (const digit of code) counts[Number(digit)] = (counts[Number(digit)] ?? 0) + 1;
+    }
+    // 16,000 digits: each should appear about 1,600 times.
+    for (const count of counts) expect(count).toBeGreaterThan(1300);
+    expect(codePattern.test(generateCode(4))).toBe(true);
+  });
+});
+
+describe("normalizeTypedCode", () => {
+  it("drops spaces and dashes and upper-cases letters", () => {
+    expect(normalizeTypedCode(" 123 456 ")).toBe("123456");
+    expect(normalizeTypedCode("ab-12-cd")).toBe("AB12CD");
+  });
+});
+
+describe("newMessageId", () => {
+  it("is 26 lower-case base32 characters, sortable by time, and unique", () => {
+    const a = newMessageId(1_700_000_000_000);
+    const b = newMessageId(1_700_000_000_001);
+    expect(a).toMatch(messageIdPattern);
+    expect(a < b).toBe(true);
+    const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000)));
+    expect(ids.size).toBe(1000);
+  });
+});
+
+describe("hasher", () => {
+  const hasher = createHasher(Buffer.from("a test secret that is long enough!!"));
+  it("binds a code's HMAC to its set and depends on the secret", () => {
+    const set = hasher.codeSetId("caller", "ana@example.com", "login");
+    const other = hasher.codeSetId("caller", "ana@example.com", "signup");
+    expect(set).not.toBe(other);
+    expect(set).not.toContain("ana");
+    expect(hasher.codeHmac(set, "123456")).not.toBe(hasher.codeHmac(other, "123456"));
+    const otherSecret = createHasher(Buffer.from("another secret, also long enough!!!"));
+    expect(otherSecret.codeHmac(set, "123456")).not.toBe(hasher.codeHmac(set, "123456"));
+  });
+
+  it("compares HMACs in constant time and rejects different lengths", () => {
+    const mac = hasher.codeHmac("s", "123456");
+    expect(hmacEquals(mac, mac)).toBe(true);
+    expect(hmacEquals(mac, hasher.codeHmac("s", "123457"))).toBe(false);
+    expect(hmacEquals(mac, mac.slice(0, 10))).toBe(false);
+  });
+});

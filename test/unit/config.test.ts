@@ -1,0 +1,78 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, parseDuration } from "../../src/config.js";
+
+describe("loadConfig", () => {
+  it("runs with nothing configured, in development mode", () => {
+    const config = loadConfig({});
+    expect(config.env).toBe("development");
+    expect(config.redis).toBeUndefined();
+    expect(config.smtp.url).toBeUndefined();
+    expect(config.otp.secretGenerated).toBe(true);
+    expect(config.otp.length).toBe(6);
+    expect(config.otp.ttlDefaultMs).toBe(600_000);
+    expect(config.otp.maxFailedAttempts).toBe(5);
+    expect(config.grpcAddr).toBe("127.0.0.1:50051");
+    expect(config.smtp.waitBudgetMs).toBe(3000);
+    expect(config.recordRetentionMs).toBe(7 * 86_400_000);
+  });
+
+  it.each([
+    [{}, /REDIS_URL: required when NODE_ENV=production/],
+    [{ REDIS_URL: "redis://r:6379" }, /SMTP_URL: required/],
+    [{ REDIS_URL: "redis://r:6379", SMTP_URL: "smtp://relay:587" }, /OTP_SECRET: required/],
+    [
+      { REDIS_URL: "redis://r:6379", SMTP_URL: "smtp://relay:587", OTP_SECRET: "x".repeat(40) },
+      /MAIL_FROM: required/,
+    ],
+  ])("production refuses the development fallbacks: %j", (env, message) => {
+    expect(() => loadConfig({ NODE_ENV: "production", ...env })).toThrow(message);
+  });
+
+  it("accepts a complete production configuration", () => {
+    const config = loadConfig({
+      NODE_ENV: "production",
+      REDIS_URL: "redis://r:6379",
+      SMTP_URL: "smtp://user:pass@relay:587",
+      OTP_SECRET: "x".repeat(40),
+      MAIL_FROM: '"Acme Login" <no-reply@acme.example>',
+      OTP_TTL: "5m",
+    });
+    expect(config.mail).toMatchObject({ fromName: "Acme Login", fromAddress: "no-reply@acme.example" });
+    expect(config.otp.ttlDefaultMs).toBe(300_000);
+    expect(config.otp.secretGenerated).toBe(false);
+  });
+
+  it.each([
+    [{ OTP_LENGTH: "3" }, /OTP_LENGTH=3: must be a whole number from 4 to 10/],
+    [{ OTP_TTL: "2d" }, /OTP_TTL=2d/],
+    [{ OTP_TTL: "ten minutes" }, /OTP_TTL=ten minutes: must be a duration/],
+    [{ SMTP_URL: "http://relay" }, /SMTP_URL: must be an smtp/],
+    [{ REDIS_URL: "localhost:6379" }, /REDIS_URL: must be a redis/],
+    [{ OTP_SECRET: "short" }, /OTP_SECRET: must be at least 32/],
+    [{ MAIL_FROM: "not an address" }, /MAIL_FROM=/],
+    [{ MAIL_FROM: "a@b.example\r\nBcc: x@y.example" }, /MAIL_FROM=/],
+    [{ GRPC_ADDR: "50051" }, /GRPC_ADDR=50051: must be host:port/],
+    [{ NODE_ENV: "staging" }, /NODE_ENV=staging/],
+    [{ LOG_LEVEL: "loud" }, /LOG_LEVEL=loud/],
+    [{ OTP_TTL_MIN: "30m", OTP_TTL_MAX: "10m" }, /OTP_TTL_MIN: must not exceed/],
+  ])("names the variable in the error: %j", (env, message) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+});
+
+describe("parseDuration", () => {
+  it.each([
+    ["500ms", 500],
+    ["30s", 30_000],
+    ["10m", 600_000],
+    ["2h", 7_200_000],
+    ["7d", 604_800_000],
+    ["1500", 1500],
+    ["1.5s", 1500],
+  ])("%s = %d ms", (text, ms) => expect(parseDuration(text)).toBe(ms));
+  it("rejects nonsense", () => {
+    expect(parseDuration("5 minutes")).toBeUndefined();
+    expect(parseDuration("-5s")).toBeUndefined();
+  });
+});
