@@ -38,7 +38,7 @@ export function parseAddress(raw: string): ParsedAddress | string {
   if (local.includes("@") || local.includes('"')) return "must be a plain address (no quoted local part)";
   if (local.length > 64) return "local part must be at most 64 characters (RFC 5321)";
   if (!dotAtom.test(local)) {
-    return /[^\x00-\x7F]/.test(local)
+    return /[^ -~]/.test(local)
       ? "non-ASCII local parts (SMTPUTF8) are not supported"
       : "local part has a character or dot placement RFC 5321 does not allow";
   }
