@@ -1,0 +1,363 @@
+/**
+ * The dispatcher: runs the SMTP attempts of one message, records each one,
+ * and retries where retrying helps. Transient failures (connection errors,
+ * timeouts, 4xx) are retried with exponential backoff and full jitter,
+ * never past the code's expiry; permanent refusals (5xx) and rejected
+ * credentials stop at once. The caller gets an answer within a wait budget;
+ * attempts still running then continue in the background and land in the
+ * store.
+ */
+import type { Clock } from "../clock.js";
+import type { Logger } from "../logger.js";
+import type { OtpStore } from "../store/types.js";
+import type { AttemptRecord, DeliveryRecord } from "./record.js";
+import {
+  SmtpSendError,
+  type OutgoingMail,
+  type SmtpAcceptance,
+  type SmtpTransport,
+} from "./smtp-transport-types.js";
+
+/** How long drain() waits for the FAILED writes it makes after its grace period. */
+const finalWriteGraceMs = 1000;
+
+/** What one attempt says about the relay: up, unreachable, or refusing our credentials. */
+export type RelayHealthEvent = "ok" | "down" | "auth_failed";
+
+export interface DeliveryServiceOptions {
+  /** Where records are written (only `putRecord` is used). */
+  readonly store: Pick<OtpStore, "putRecord">;
+  readonly transport: SmtpTransport;
+  /** Timestamps of records and attempts. Sleeps use real timers. */
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** Attempts per message, the first included (>= 1). */
+  readonly maxAttempts: number;
+  /** Backoff before retry n is `random() × min(retryMaxDelayMs, retryBaseDelayMs × 2^(n-1))`. */
+  readonly retryBaseDelayMs: number;
+  readonly retryMaxDelayMs: number;
+  /** How long dispatch() waits for the relay's verdict before answering with the record as it stands. */
+  readonly waitBudgetMs: number;
+  /** TTL of every record write. */
+  readonly recordTtlMs: number;
+  /** Jitter source in [0, 1); Math.random by default. */
+  readonly random?: () => number;
+  /**
+   * Told after every attempt: "ok" when the relay replied at all (2xx, 4xx or
+   * 5xx), "down" when it could not be reached or talked to, "auth_failed"
+   * when it rejected the service's credentials.
+   */
+  readonly onRelayHealth?: (event: RelayHealthEvent) => void;
+}
+
+export interface DeliveryService {
+  /**
+   * Sends `mail`, whose `record` (state QUEUED) is already stored. Resolves
+   * with the latest record as soon as the relay accepted or refused for good,
+   * or after the wait budget (then SENDING or RETRYING, with attempts going
+   * on in the background). Never rejects.
+   */
+  dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord>;
+  /**
+   * Stops sending. An attempt in progress may finish; a message waiting for
+   * its retry is marked FAILED at once; after `graceMs` whatever is still in
+   * flight is marked FAILED. Later dispatches fail without an attempt.
+   */
+  drain(graceMs: number): Promise<void>;
+  /** Messages whose attempts have not finished. */
+  inFlight(): number;
+}
+
+/** One message being dispatched. */
+interface Job {
+  /** The latest state of the record, written or about to be. */
+  record: DeliveryRecord;
+  /** Set when drain() gave up on it: nothing about it is written any more. */
+  abandoned: boolean;
+  /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
+  wake: (() => void) | undefined;
+  /** Record writes, in order. */
+  writes: Promise<void>;
+  /** Settles when the job has finished (never rejects). */
+  done: Promise<void>;
+}
+
+type AttemptResult =
+  | { readonly ok: true; readonly acceptance: SmtpAcceptance }
+  | { readonly ok: false; readonly error: SmtpSendError };
+
+export function createDeliveryService(options: DeliveryServiceOptions): DeliveryService {
+  const { store, transport, clock } = options;
+  const logger = options.logger.child({ component: "delivery" });
+  const random = options.random ?? Math.random;
+  if (!Number.isInteger(options.maxAttempts) || options.maxAttempts < 1) {
+    throw new Error(`delivery: maxAttempts must be a positive integer, got ${options.maxAttempts}`);
+  }
+  if (options.retryBaseDelayMs < 0 || options.retryMaxDelayMs < options.retryBaseDelayMs) {
+    throw new Error("delivery: need 0 <= retryBaseDelayMs <= retryMaxDelayMs");
+  }
+
+  const jobs = new Set<Job>();
+  let stopping = false;
+
+  function write(job: Job, next: DeliveryRecord): Promise<void> {
+    if (job.abandoned) return job.writes;
+    job.record = next;
+    // Chained, so a slow write can never be overtaken by a later state.
+    job.writes = job.writes.then(async () => {
+      try {
+        await store.putRecord(next, options.recordTtlMs);
+      } catch (error) {
+        logger.error({ err: error, message_id: next.messageId, state: next.state }, "could not write delivery record");
+      }
+    });
+    return job.writes;
+  }
+
+  function fail(job: Job, reason: string, attempts: readonly AttemptRecord[] = job.record.attempts): Promise<void> {
+    logger.warn({ message_id: job.record.messageId, attempts: attempts.length, reason }, "message failed");
+    return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: clock.now() });
+  }
+
+  function reportHealth(result: AttemptResult): void {
+    const event: RelayHealthEvent | undefined = result.ok
+      ? "ok"
+      : result.error.kind === "auth"
+        ? "auth_failed"
+        : result.error.replyCode > 0
+          ? "ok"
+          : "down";
+    try {
+      options.onRelayHealth?.(event);
+    } catch (error) {
+      logger.error({ err: error }, "onRelayHealth listener threw");
+    }
+  }
+
+  async function attempt(mail: OutgoingMail): Promise<AttemptResult> {
+    try {
+      return { ok: true, acceptance: await transport.send(mail) };
+    } catch (error) {
+      if (error instanceof SmtpSendError) return { ok: false, error };
+      // The transport promises SmtpSendError only; anything else is a bug
+      // there, treated like a failed connection so the message still retries.
+      logger.error({ err: error }, "SMTP transport failed with an unexpected error");
+      return { ok: false, error: new SmtpSendError("transient", "internal error in the SMTP transport", 0, "", "EINTERNAL") };
+    }
+  }
+
+  /** Backoff before the attempt after attempt `n`: full jitter over a capped exponential. */
+  function backoff(n: number): number {
+    const ceiling = Math.min(options.retryMaxDelayMs, options.retryBaseDelayMs * 2 ** (n - 1));
+    return Math.floor(ceiling * random());
+  }
+
+  /** Sleeps `ms`; resolves false when drain() woke it early. */
+  function sleep(job: Job, ms: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      // drain() may have started while the RETRYING write was in progress.
+      if (stopping) {
+        resolve(false);
+        return;
+      }
+      const timer = setTimeout(() => {
+        job.wake = undefined;
+        resolve(true);
+      }, ms);
+      // The process lives for its servers, not for a pending retry: shutdown goes through drain().
+      timer.unref();
+      job.wake = () => {
+        clearTimeout(timer);
+        job.wake = undefined;
+        resolve(false);
+      };
+    });
+  }
+
+  async function run(job: Job, mail: OutgoingMail): Promise<void> {
+    const { relay } = transport;
+    const { messageId, expiresAt } = job.record;
+    for (;;) {
+      const number = job.record.attempts.length + 1;
+      if (stopping) {
+        await fail(job, number === 1 ? "the sender stopped before the first attempt" : stoppedBeforeRetry(job.record));
+        return;
+      }
+      if (clock.now() >= expiresAt) {
+        await fail(job, expiredBeforeSending(job.record));
+        return;
+      }
+
+      await write(job, { ...job.record, state: "SENDING", updatedAt: clock.now() });
+      if (job.abandoned) return;
+      const startedAt = clock.now();
+      const result = await attempt(mail);
+      const durationMs = clock.now() - startedAt;
+      reportHealth(result);
+      const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
+      const attempts = [...job.record.attempts, attemptRecord];
+      logger.info(
+        {
+          message_id: messageId,
+          attempt: number,
+          outcome: attemptRecord.outcome,
+          reply_code: attemptRecord.replyCode,
+          enhanced_status: attemptRecord.enhancedStatus,
+          error_code: attemptRecord.errorCode,
+          relay,
+          duration_ms: durationMs,
+        },
+        "smtp attempt",
+      );
+      if (job.abandoned) {
+        // drain() already recorded this message as FAILED; the store keeps that.
+        logger.warn({ message_id: messageId, outcome: attemptRecord.outcome }, "attempt finished after the sender stopped");
+        return;
+      }
+
+      if (result.ok) {
+        const { acceptance } = result;
+        await write(job, {
+          ...job.record,
+          state: "ACCEPTED",
+          attempts,
+          relayReply: { relay: acceptance.relay, text: acceptance.text, queueId: acceptance.queueId, acceptedAt: clock.now() },
+          failureReason: undefined,
+          updatedAt: clock.now(),
+        });
+        return;
+      }
+
+      const { error } = result;
+      if (error.kind === "auth") {
+        logger.error(
+          { message_id: messageId, relay, reply: error.replyText },
+          "the SMTP relay rejected the service's credentials: fix the SMTP URL's user and password",
+        );
+        await fail(
+          job,
+          `the relay ${relay} rejected the service's SMTP credentials (an operator error, not the recipient's): "${error.replyText}"`,
+          attempts,
+        );
+        return;
+      }
+      if (error.kind === "permanent") {
+        await fail(job, `the relay ${relay} refused the message: "${error.replyText}"`, attempts);
+        return;
+      }
+
+      // Transient: retry if attempts, time and the process allow.
+      if (number >= options.maxAttempts) {
+        await fail(job, `gave up after ${number} attempts; the last failed with: "${error.replyText}"`, attempts);
+        return;
+      }
+      const delay = backoff(number);
+      if (clock.now() + delay >= expiresAt) {
+        await fail(job, expiredBeforeSending({ ...job.record, attempts }), attempts);
+        return;
+      }
+      if (stopping) {
+        await fail(job, stoppedBeforeRetry({ ...job.record, attempts }), attempts);
+        return;
+      }
+      await write(job, { ...job.record, state: "RETRYING", attempts, updatedAt: clock.now() });
+      if (!(await sleep(job, delay))) {
+        await fail(job, stoppedBeforeRetry(job.record));
+        return;
+      }
+    }
+  }
+
+  return {
+    dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord> {
+      const job: Job = { record, abandoned: false, wake: undefined, writes: Promise.resolve(), done: Promise.resolve() };
+      jobs.add(job);
+      job.done = run(job, mail)
+        .catch((error: unknown) => {
+          logger.error({ err: error, message_id: record.messageId }, "delivery failed unexpectedly");
+        })
+        .then(() => job.writes)
+        .finally(() => jobs.delete(job));
+      return settleWithin(job.done, options.waitBudgetMs).then(() => job.record);
+    },
+
+    async drain(graceMs: number): Promise<void> {
+      stopping = true;
+      for (const job of jobs) job.wake?.();
+      const finished = await settleWithin(Promise.all([...jobs].map((job) => job.done)), graceMs);
+      if (finished) return;
+      const writes: Array<Promise<void>> = [];
+      for (const job of jobs) {
+        const number = job.record.attempts.length + 1;
+        writes.push(
+          fail(
+            job,
+            `the sender stopped while attempt ${number} was in progress; ` +
+              "the relay's answer is unknown (it may still have accepted the message)",
+          ),
+        );
+        job.abandoned = true;
+        jobs.delete(job);
+      }
+      // Bounded too: a store that hangs must not hang shutdown.
+      await settleWithin(Promise.all(writes), finalWriteGraceMs);
+    },
+
+    inFlight: () => jobs.size,
+  };
+}
+
+/** Resolves true when `work` settled within `ms`, false otherwise; the timer never holds the process. */
+function settleWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    timer.unref();
+    void work.finally(() => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+function toAttemptRecord(number: number, startedAt: number, durationMs: number, result: AttemptResult): AttemptRecord {
+  if (result.ok) {
+    const { acceptance } = result;
+    return {
+      number,
+      startedAt,
+      durationMs,
+      outcome: "accepted",
+      replyCode: acceptance.replyCode,
+      enhancedStatus: acceptance.enhancedStatus,
+      replyText: acceptance.text,
+      errorCode: "",
+    };
+  }
+  const { error } = result;
+  return {
+    number,
+    startedAt,
+    durationMs,
+    // Rejected credentials are permanent for the message: retrying cannot fix them.
+    outcome: error.kind === "transient" ? "transient" : "permanent",
+    replyCode: error.replyCode,
+    enhancedStatus: error.enhancedStatus,
+    replyText: error.replyText,
+    errorCode: error.errorCode,
+  };
+}
+
+function lastFailure(record: DeliveryRecord): string {
+  const last = record.attempts.at(-1);
+  return last === undefined ? "" : `; attempt ${last.number} failed with: "${last.replyText}"`;
+}
+
+function expiredBeforeSending(record: DeliveryRecord): string {
+  return record.attempts.length === 0
+    ? "the code expired before it could be sent"
+    : `the code expired before it could be sent (no retry may start after expiry)${lastFailure(record)}`;
+}
+
+function stoppedBeforeRetry(record: DeliveryRecord): string {
+  return `the sender stopped before the retry${lastFailure(record)}`;
+}

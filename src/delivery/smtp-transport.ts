@@ -1,0 +1,479 @@
+/**
+ * The SMTP transport: one pooled nodemailer transport per process, speaking
+ * to one relay. It sends finished messages and reports, truthfully, either
+ * the relay's acceptance (with its own reply) or a classified failure. It
+ * knows nothing about OTPs; retry policy lives in the delivery service.
+ */
+import { isIP } from "node:net";
+import { createSecureContext, rootCertificates } from "node:tls";
+import { createTransport } from "nodemailer";
+import type { Logger } from "../logger.js";
+import {
+  SmtpSendError,
+  type OutgoingMail,
+  type SmtpAcceptance,
+  type SmtpFailureKind,
+  type SmtpTransport,
+} from "./smtp-transport-types.js";
+
+/** Options of {@link createSmtpTransport}. */
+export interface SmtpTransportOptions {
+  /**
+   * The relay, as one URL:
+   * - `smtp://user:pass@host:587`: STARTTLS is required (nodemailer
+   *   `requireTLS`); a relay that does not offer it fails the send with
+   *   errorCode `ETLS` instead of falling back to plaintext. Port 587 by default.
+   * - `smtp://host:2525?starttls=off`: plaintext, no STARTTLS even if offered.
+   *   Meant for loopback sinks and tests only (a warning is logged otherwise).
+   * - `smtps://user:pass@host:465`: implicit TLS. Port 465 by default.
+   *
+   * Certificates are always verified (`rejectUnauthorized: true`). User and
+   * password are URL-decoded (`p%40ss` is `p@ss`); when present they are
+   * always used (AUTH is attempted even if the relay does not advertise it).
+   * A malformed URL throws an Error that names the problem (never the password).
+   */
+  readonly url: string;
+  /** PEM text of a private CA to trust in addition to the public roots. */
+  readonly tlsCa?: string | undefined;
+  /** Pooled connections to the relay; default 5. */
+  readonly maxConnections?: number | undefined;
+  /** Messages per connection before it is replaced; default 100. */
+  readonly maxMessages?: number | undefined;
+  /** Time to open the TCP connection (DNS included); default 10 s. */
+  readonly connectionTimeoutMs?: number | undefined;
+  /** Time from connecting to the relay's 220 greeting (and a STARTTLS upgrade); default 10 s. */
+  readonly greetingTimeoutMs?: number | undefined;
+  /** Longest silence from the relay while a command waits for its reply; default 30 s. */
+  readonly socketTimeoutMs?: number | undefined;
+  /**
+   * Upper bound on one send, from queueing in the pool to the final reply.
+   * The other timeouts only notice silence; this one also stops a relay that
+   * trickles bytes forever, and a send stuck behind a full pool. Default:
+   * connectionTimeoutMs + greetingTimeoutMs + 2 × socketTimeoutMs.
+   */
+  readonly sendTimeoutMs?: number | undefined;
+  readonly logger: Logger;
+}
+
+/** Where and how to reach the relay, parsed from the URL. */
+interface RelayEndpoint {
+  readonly host: string;
+  readonly port: number;
+  /** Implicit TLS (`smtps://`). */
+  readonly secure: boolean;
+  /** STARTTLS is mandatory (plain `smtp://` without `starttls=off`). */
+  readonly requireTls: boolean;
+  readonly auth: { readonly user: string; readonly pass: string } | undefined;
+  /** `host:port` (`[v6]:port`), for records and explanations. */
+  readonly relay: string;
+}
+
+const defaults = {
+  maxConnections: 5,
+  maxMessages: 100,
+  connectionTimeoutMs: 10_000,
+  greetingTimeoutMs: 10_000,
+  socketTimeoutMs: 30_000,
+} as const;
+
+/**
+ * Creates the pooled transport. Throws a descriptive Error for a bad URL,
+ * bad CA or nonsensical number; nothing connects until the first send or
+ * verify().
+ */
+export function createSmtpTransport(options: SmtpTransportOptions): SmtpTransport {
+  const endpoint = parseSmtpUrl(options.url);
+  const maxConnections = positiveInt("maxConnections", options.maxConnections ?? defaults.maxConnections);
+  const maxMessages = positiveInt("maxMessages", options.maxMessages ?? defaults.maxMessages);
+  const connectionTimeoutMs = positiveInt("connectionTimeoutMs", options.connectionTimeoutMs ?? defaults.connectionTimeoutMs);
+  const greetingTimeoutMs = positiveInt("greetingTimeoutMs", options.greetingTimeoutMs ?? defaults.greetingTimeoutMs);
+  const socketTimeoutMs = positiveInt("socketTimeoutMs", options.socketTimeoutMs ?? defaults.socketTimeoutMs);
+  const sendTimeoutMs = positiveInt(
+    "sendTimeoutMs",
+    options.sendTimeoutMs ?? connectionTimeoutMs + greetingTimeoutMs + 2 * socketTimeoutMs,
+  );
+  if (options.tlsCa !== undefined) assertPemCa(options.tlsCa);
+  const logger = options.logger.child({ component: "smtp-transport", relay: endpoint.relay });
+
+  if (!endpoint.secure && !endpoint.requireTls && !isLoopback(endpoint.host)) {
+    logger.warn("SMTP URL has starttls=off for a host that is not loopback: mail and credentials travel in clear text");
+  }
+
+  const transporter = createTransport({
+    pool: true,
+    host: endpoint.host,
+    port: endpoint.port,
+    secure: endpoint.secure,
+    requireTLS: endpoint.requireTls,
+    // `starttls=off` means plaintext, even when the relay offers STARTTLS.
+    ignoreTLS: !endpoint.secure && !endpoint.requireTls,
+    auth: endpoint.auth === undefined ? undefined : { user: endpoint.auth.user, pass: endpoint.auth.pass },
+    // nodemailer silently skips AUTH when the relay does not advertise it;
+    // configured credentials must be used or fail loudly.
+    forceAuth: endpoint.auth !== undefined,
+    tls: {
+      rejectUnauthorized: true,
+      minVersion: "TLSv1.2",
+      // `ca` replaces Node's trust store, so keep the public roots next to the private CA.
+      ...(options.tlsCa === undefined ? {} : { ca: [...rootCertificates, options.tlsCa] }),
+    },
+    maxConnections,
+    maxMessages,
+    // One send() is exactly one SMTP transaction: the delivery service
+    // records every attempt and owns retries (backoff, expiry, drain), so
+    // the pool must not silently resend a message on a new connection.
+    maxRequeues: 0,
+    connectionTimeout: connectionTimeoutMs,
+    greetingTimeout: greetingTimeoutMs,
+    socketTimeout: socketTimeoutMs,
+    dnsTimeout: connectionTimeoutMs,
+    // nodemailer's own log lines name the recipients; we log outcomes ourselves.
+    logger: false,
+    debug: false,
+    // Messages are built from templates; nothing may pull in files or URLs.
+    disableFileAccess: true,
+    disableUrlAccess: true,
+  });
+
+  const inFlight = new Set<Promise<unknown>>();
+  let closed: Promise<void> | undefined;
+
+  async function sendOnce(mail: OutgoingMail): Promise<SmtpAcceptance> {
+    const startedAt = Date.now();
+    try {
+      const info = await transporter.sendMail({
+        from: mail.from,
+        to: mail.to,
+        subject: mail.subject,
+        text: mail.text,
+        html: mail.html,
+        // Explicit, or nodemailer derives one from the envelope sender.
+        messageId: mail.messageId,
+        headers: { ...mail.headers },
+        ...(mail.envelope === undefined ? {} : { envelope: { from: mail.envelope.from, to: mail.envelope.to } }),
+        signal: AbortSignal.timeout(sendTimeoutMs),
+      });
+      const acceptance = parseAcceptance(endpoint.relay, info.response);
+      logger.debug(
+        { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Date.now() - startedAt },
+        "relay accepted message",
+      );
+      return acceptance;
+    } catch (error) {
+      const failure = toSmtpSendError(error, sendTimeoutMs);
+      logger.debug(
+        {
+          kind: failure.kind,
+          reply_code: failure.replyCode,
+          enhanced_status: failure.enhancedStatus,
+          error_code: failure.errorCode,
+          reply: failure.replyText,
+          duration_ms: Date.now() - startedAt,
+        },
+        "relay did not accept message",
+      );
+      throw failure;
+    }
+  }
+
+  return {
+    relay: endpoint.relay,
+
+    send(mail: OutgoingMail): Promise<SmtpAcceptance> {
+      if (closed !== undefined) {
+        return Promise.reject(
+          new SmtpSendError("transient", "the SMTP transport is closed (the service is stopping)", 0, "", "ECONNECTION"),
+        );
+      }
+      const sending = sendOnce(mail);
+      const tracked = sending.then(
+        () => undefined,
+        () => undefined,
+      );
+      inFlight.add(tracked);
+      void tracked.finally(() => inFlight.delete(tracked));
+      return sending;
+    },
+
+    async verify(): Promise<void> {
+      // verify() opens its own connection outside the pool; bound it like a send.
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => {
+          reject(
+            new SmtpSendError(
+              "transient",
+              `the relay did not complete connect, TLS and authentication within ${sendTimeoutMs} ms`,
+              0,
+              "",
+              "ETIMEDOUT",
+            ),
+          );
+        }, sendTimeoutMs);
+        timer.unref();
+      });
+      try {
+        await Promise.race([
+          transporter.verify().catch((error: unknown) => {
+            throw toSmtpSendError(error, sendTimeoutMs);
+          }),
+          timeout,
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+
+    close(): Promise<void> {
+      closed ??= (async () => {
+        // Idle connections close now; busy ones finish their message first.
+        transporter.close();
+        await Promise.all([...inFlight]);
+      })();
+      return closed;
+    },
+  };
+}
+
+/** Parses and validates the relay URL; see {@link SmtpTransportOptions.url}. */
+function parseSmtpUrl(raw: string): RelayEndpoint {
+  const shown = redactUrl(raw);
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`SMTP URL is not a valid URL: ${shown}`);
+  }
+  if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
+    throw new Error(
+      `SMTP URL must start with smtp:// (STARTTLS) or smtps:// (implicit TLS), not ${url.protocol}//: ${shown}`,
+    );
+  }
+  const secure = url.protocol === "smtps:";
+  // URL keeps the brackets of an IPv6 literal in `hostname`.
+  const host = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
+  if (host === "") throw new Error(`SMTP URL has no host: ${shown}`);
+  const port = url.port === "" ? (secure ? 465 : 587) : Number(url.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65_535) {
+    throw new Error(`SMTP URL port must be 1 to 65535: ${shown}`);
+  }
+  if (url.pathname !== "" && url.pathname !== "/") {
+    throw new Error(`SMTP URL must not have a path (${url.pathname}): ${shown}`);
+  }
+  if (url.hash !== "") throw new Error(`SMTP URL must not have a #fragment: ${shown}`);
+
+  let requireTls = !secure;
+  for (const [key, value] of url.searchParams) {
+    if (key !== "starttls") {
+      throw new Error(`SMTP URL has an unknown parameter "${key}" (only starttls=off is known): ${shown}`);
+    }
+    if (secure) throw new Error(`SMTP URL: starttls applies to smtp:// only, smtps:// is always TLS: ${shown}`);
+    if (value === "off") requireTls = false;
+    else if (value !== "required") {
+      throw new Error(`SMTP URL: starttls must be "off" or "required", not "${value}": ${shown}`);
+    }
+  }
+
+  let auth: RelayEndpoint["auth"];
+  if (url.username !== "" || url.password !== "") {
+    let user: string;
+    let pass: string;
+    try {
+      user = decodeURIComponent(url.username);
+      pass = decodeURIComponent(url.password);
+    } catch {
+      throw new Error(`SMTP URL user or password has a malformed %-escape: ${shown}`);
+    }
+    if (user === "") throw new Error(`SMTP URL has a password but no user: ${shown}`);
+    auth = { user, pass };
+  }
+
+  const relay = `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+  return { host, port, secure, requireTls, auth, relay };
+}
+
+/** The URL as it may appear in an error or log: the password replaced. */
+function redactUrl(raw: string): string {
+  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@?#]*?):[^/@?#]*@/i, "$1:***@");
+}
+
+function positiveInt(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) throw new Error(`SMTP transport: ${name} must be a positive integer, got ${value}`);
+  return value;
+}
+
+/** Fails at start-up, not at the first send, when the CA text is not usable. */
+function assertPemCa(pem: string): void {
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new Error("SMTP transport: tlsCa must be PEM text (-----BEGIN CERTIFICATE-----...), not a file name");
+  }
+  try {
+    createSecureContext({ ca: pem });
+  } catch (error) {
+    throw new Error(
+      `SMTP transport: tlsCa is not a usable PEM certificate: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+// ---------------------------------------------------------------------------
+// Replies
+
+const replyLine = /^(\d{3})[ -](?:([245]\.\d{1,3}\.\d{1,3})\b)?/;
+
+/** Forms relays use to name their queue id in the final 250 reply. */
+const queueIdPatterns: readonly RegExp[] = [
+  /\bqueued as ([A-Za-z0-9._-]+)/i, // Postfix: "250 2.0.0 Ok: queued as 4F2A"
+  /\bid=([A-Za-z0-9._-]+)/i, // Exim: "250 OK id=1tXyZa-000123-AB"
+  /^250 2\.0\.0 ([A-Za-z0-9]{8,}) Message accepted/i, // Sendmail
+];
+
+function parseAcceptance(relay: string, response: string): SmtpAcceptance {
+  const text = maskAddresses(response.trim());
+  const [, code, enhanced] = replyLine.exec(text) ?? [];
+  let queueId = "";
+  for (const pattern of queueIdPatterns) {
+    const match = pattern.exec(text);
+    if (match?.[1] !== undefined) {
+      queueId = match[1].replace(/[.]+$/, "");
+      break;
+    }
+  }
+  return { relay, replyCode: code === undefined ? 250 : Number(code), enhancedStatus: enhanced ?? "", text, queueId };
+}
+
+/**
+ * Masks every address in a relay's text (`j***@example.com`). Relays often
+ * echo the recipient (`550 5.1.1 <jane@x>: Recipient address rejected`),
+ * and their words end up in records, logs and API answers.
+ */
+function maskAddresses(text: string): string {
+  return text.replace(
+    /([^\s<>()[\]"',;:@]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[^\]\s]+\])/g,
+    (_all, local: string, domain: string) => `${local.slice(0, 1)}***@${domain}`,
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Failures
+
+/** The fields of a nodemailer error we read; everything else is ignored. */
+interface NodemailerErrorFields {
+  readonly code?: unknown;
+  readonly originalCode?: unknown;
+  readonly responseCode?: unknown;
+  readonly response?: unknown;
+  readonly command?: unknown;
+  readonly timeoutType?: unknown;
+  readonly message?: unknown;
+}
+
+/** Node's codes for a certificate the TLS client refused to trust. */
+const certificateErrorCodes = new Set([
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "CERT_REVOKED",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "CERT_SIGNATURE_FAILURE",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "HOSTNAME_MISMATCH",
+]);
+
+/** Errors about the message or envelope we built: retrying cannot help. */
+const localPermanentCodes = new Set(["EENVELOPE", "EMESSAGE", "ECONFIG", "EMAXRECIPIENTS", "ESTREAM", "EREQUIRETLS"]);
+
+/**
+ * The one place that maps a nodemailer (or Node socket) error to an
+ * SmtpSendError. Never copies the raw error (its message and fields may name
+ * the recipient): only the relay's reply and a description, both masked.
+ */
+function toSmtpSendError(error: unknown, sendTimeoutMs: number): SmtpSendError {
+  if (error instanceof SmtpSendError) return error;
+  const fields: NodemailerErrorFields = typeof error === "object" && error !== null ? error : {};
+  const code = typeof fields.code === "string" ? fields.code : "";
+  const originalCode = typeof fields.originalCode === "string" ? fields.originalCode : "";
+  const command = typeof fields.command === "string" ? fields.command : "";
+  const response = typeof fields.response === "string" ? maskAddresses(fields.response.trim()) : "";
+  const message = maskAddresses(typeof fields.message === "string" ? fields.message : String(error));
+  const [, replyCodeText, enhanced] = replyLine.exec(response) ?? [];
+  const replyCode =
+    typeof fields.responseCode === "number" ? fields.responseCode : replyCodeText === undefined ? 0 : Number(replyCodeText);
+  const enhancedStatus = enhanced ?? "";
+  const make = (kind: SmtpFailureKind, text: string, errorCode: string): SmtpSendError =>
+    new SmtpSendError(kind, text, replyCode, enhancedStatus, errorCode);
+
+  // Credentials: the relay refused them (EAUTH, 535) or demands them (530).
+  // A 4xx during AUTH (454 "temporary authentication failure") is the relay
+  // being unwell, not a verdict on the credentials: it falls through to 4xx.
+  const authStep = code === "EAUTH" || code === "ENOAUTH" || command.startsWith("AUTH");
+  if (replyCode === 535 || replyCode === 530 || (authStep && !(replyCode >= 400 && replyCode < 500))) {
+    return make("auth", response || `authentication with the relay failed (${message})`, "EAUTH");
+  }
+
+  const tlsCode = certificateErrorCodes.has(originalCode) ? originalCode : certificateErrorCodes.has(code) ? code : "";
+  if (tlsCode !== "") {
+    return make("permanent", `the relay's TLS certificate was not trusted (${tlsCode}): ${message}`, "ETLS");
+  }
+  if (code === "ETLS") {
+    // 454 "TLS not available due to temporary reason" is worth another try.
+    if (replyCode >= 400 && replyCode < 500) return make("transient", response, "ETLS");
+    return make(
+      "permanent",
+      response === ""
+        ? `TLS with the relay failed: ${message}`
+        : `the relay refused STARTTLS, which an smtp:// URL requires (${response})`,
+      "ETLS",
+    );
+  }
+
+  // The relay replied: its words are the evidence; errorCode is for replies that never came.
+  if (replyCode >= 500) return make("permanent", response || message, "");
+  if (replyCode >= 400) return make("transient", response || message, "");
+
+  // The relay never replied.
+  if (code === "EABORT") {
+    return make("transient", `the relay gave no final reply within ${sendTimeoutMs} ms`, "ETIMEDOUT");
+  }
+  if (localPermanentCodes.has(code)) return make("permanent", `the message could not be sent: ${message}`, code);
+  const errorCode = originalCode || code || "ECONNECTION";
+  return make("transient", describeConnectionFailure(errorCode, fields.timeoutType, message), errorCode);
+}
+
+function describeConnectionFailure(errorCode: string, timeoutType: unknown, message: string): string {
+  switch (errorCode) {
+    case "ECONNREFUSED":
+      return `the relay refused the connection (${message})`;
+    case "ECONNRESET":
+      return `the relay reset the connection (${message})`;
+    case "ETIMEDOUT": {
+      const what =
+        timeoutType === "CONNECT_TIMEOUT"
+          ? "connecting to the relay"
+          : timeoutType === "GREETING_TIMEOUT"
+            ? "waiting for the relay's greeting"
+            : timeoutType === "UPGRADE_TIMEOUT"
+              ? "the TLS handshake"
+              : "waiting for the relay's reply";
+      return `timed out ${what} (${message})`;
+    }
+    case "ECONNECTION":
+      return `the relay closed the connection unexpectedly (${message})`;
+    case "EDNS":
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `the relay's host name could not be resolved (${message})`;
+    default:
+      return `the connection to the relay failed (${message})`;
+  }
+}

@@ -1,0 +1,270 @@
+/**
+ * OTP email templates: the placeholder format, the built-in English and
+ * Korean templates, and the operator's template folder.
+ *
+ * A template is three texts (subject, plain text, HTML) with placeholders
+ * `{{code}}`, `{{minutes}}` and `{{product}}`. Every text must contain
+ * `{{code}}`. In HTML, placeholder values are HTML-escaped when filled in; the
+ * template's own markup is the operator's (simple inline styles, no links,
+ * no images).
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { purposes, type Purpose } from "./record.js";
+
+export const placeholderNames = ["code", "minutes", "product"] as const;
+export type PlaceholderName = (typeof placeholderNames)[number];
+export type PlaceholderValues = Readonly<Record<PlaceholderName, string>>;
+
+/** One purpose's message in one locale. */
+export interface MessageTemplate {
+  /** The locale tag as written (canonical case: `ko`, `pt-BR`). */
+  readonly locale: string;
+  readonly subject: string;
+  readonly text: string;
+  readonly html: string;
+  /** `built-in` or the operator's folder, for error messages. */
+  readonly source: string;
+}
+
+/** Templates by purpose, then by lower-cased locale tag. */
+export type TemplateCatalog = ReadonlyMap<Purpose, ReadonlyMap<string, MessageTemplate>>;
+
+// `{{ name }}`; anything else that opens with `{{` or closes with `}}` is a mistake.
+const placeholderPattern = /\{\{\s*([^{}]*?)\s*\}\}/g;
+
+/**
+ * Checks one template text; throws an Error that starts with `where` (the
+ * file name) on an unknown placeholder, a missing `{{code}}` or a stray brace pair.
+ */
+export function checkTemplateText(source: string, where: string): void {
+  let hasCode = false;
+  for (const match of source.matchAll(placeholderPattern)) {
+    const name = match[1] ?? "";
+    if (!(placeholderNames as readonly string[]).includes(name)) {
+      throw new Error(
+        `${where}: unknown placeholder {{${name}}}; the known ones are ${placeholderNames.map((known) => `{{${known}}}`).join(", ")}`,
+      );
+    }
+    if (name === "code") hasCode = true;
+  }
+  const rest = source.replace(placeholderPattern, "");
+  if (rest.includes("{{") || rest.includes("}}")) {
+    throw new Error(`${where}: has a "{{" or "}}" that is not part of a placeholder such as {{code}}`);
+  }
+  if (!hasCode) throw new Error(`${where}: must contain {{code}}, the code the email exists to carry`);
+}
+
+/** Fills placeholders; `escape` is applied to each value (HTML-escaping for HTML). */
+export function fillTemplate(source: string, values: PlaceholderValues, escape: (value: string) => string = (v) => v): string {
+  return source.replace(placeholderPattern, (_all, name: string) => escape(values[name as PlaceholderName]));
+}
+
+/** Escapes text for HTML element content and double-quoted attribute values. */
+export function escapeHtml(value: string): string {
+  return value
+    .replaceAll("&", "&amp;")
+    .replaceAll("<", "&lt;")
+    .replaceAll(">", "&gt;")
+    .replaceAll('"', "&quot;")
+    .replaceAll("'", "&#39;");
+}
+
+// ---------------------------------------------------------------------------
+// Built-in templates
+
+/** The words of one purpose in one language; `{{...}}` placeholders allowed. */
+interface Phrases {
+  readonly subject: string;
+  readonly heading: string;
+  readonly intro: string;
+}
+
+/** Lines every purpose shares in one language. */
+interface CommonPhrases {
+  readonly validity: string;
+  readonly ignore: string;
+  readonly share: string;
+}
+
+const builtinPhrases: Readonly<Record<string, { common: CommonPhrases; purposes: Readonly<Record<Purpose, Phrases>> }>> = {
+  en: {
+    common: {
+      validity: "The code is valid for {{minutes}} min.",
+      ignore: "If you did not ask for this code, you can safely ignore this email.",
+      share: "Never share this code with anyone.",
+    },
+    purposes: {
+      login: {
+        subject: "{{code}} is your {{product}} sign-in code",
+        heading: "Sign in to {{product}}",
+        intro: "Use this code to sign in to {{product}}:",
+      },
+      signup: {
+        subject: "{{code}} is your {{product}} verification code",
+        heading: "Confirm your email address",
+        intro: "Use this code to confirm your email address for {{product}}:",
+      },
+      password_reset: {
+        subject: "{{code}} is your {{product}} password reset code",
+        heading: "Reset your password",
+        intro: "Use this code to reset your {{product}} password:",
+      },
+    },
+  },
+  ko: {
+    common: {
+      validity: "이 코드는 {{minutes}}분 동안 유효합니다.",
+      ignore: "본인이 요청하지 않았다면 이 메일을 무시하셔도 됩니다.",
+      share: "이 코드를 다른 사람에게 알려 주지 마세요.",
+    },
+    purposes: {
+      login: {
+        subject: "[{{product}}] 로그인 인증 코드: {{code}}",
+        heading: "{{product}} 로그인",
+        intro: "{{product}}에 로그인하려면 아래 인증 코드를 입력하세요.",
+      },
+      signup: {
+        subject: "[{{product}}] 회원가입 인증 코드: {{code}}",
+        heading: "이메일 주소 확인",
+        intro: "{{product}} 회원가입을 완료하려면 아래 인증 코드를 입력하세요.",
+      },
+      password_reset: {
+        subject: "[{{product}}] 비밀번호 재설정 인증 코드: {{code}}",
+        heading: "비밀번호 재설정",
+        intro: "{{product}} 비밀번호를 재설정하려면 아래 인증 코드를 입력하세요.",
+      },
+    },
+  },
+};
+
+function builtinTemplate(locale: string, common: CommonPhrases, phrases: Phrases): MessageTemplate {
+  const text = [phrases.intro, "", "    {{code}}", "", common.validity, common.ignore, common.share, ""].join("\n");
+  // Static words are escaped here; placeholder values are escaped when filled in.
+  const e = escapeHtml;
+  const paragraph = "margin:0 0 16px;font-size:15px;line-height:1.5;";
+  const html = [
+    "<!DOCTYPE html>",
+    `<html lang="${e(locale)}">`,
+    '<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
+    `<title>${e(phrases.heading)}</title></head>`,
+    '<body style="margin:0;padding:24px;background-color:#f4f5f7;color:#1f2328;' +
+      "font-family:-apple-system,'Segoe UI',Roboto,'Apple SD Gothic Neo','Malgun Gothic',sans-serif;\">",
+    '<div style="max-width:480px;margin:0 auto;padding:32px;background-color:#ffffff;border-radius:8px;">',
+    `<h1 style="margin:0 0 16px;font-size:20px;">${e(phrases.heading)}</h1>`,
+    `<p style="${paragraph}">${e(phrases.intro)}</p>`,
+    '<p style="margin:0 0 16px;font-size:32px;font-weight:bold;letter-spacing:6px;' +
+      `font-family:Menlo,Consolas,'Courier New',monospace;">{{code}}</p>`,
+    `<p style="${paragraph}">${e(common.validity)}</p>`,
+    `<p style="margin:0;font-size:13px;line-height:1.5;color:#57606a;">${e(common.ignore)} ${e(common.share)}</p>`,
+    "</div>",
+    "</body>",
+    "</html>",
+    "",
+  ].join("\n");
+  return { locale, subject: phrases.subject, text, html, source: "built-in" };
+}
+
+/** The built-in templates: every purpose in English (`en`) and Korean (`ko`). */
+export function builtinTemplates(): TemplateCatalog {
+  const catalog = new Map<Purpose, Map<string, MessageTemplate>>();
+  for (const purpose of purposes) {
+    const byLocale = new Map<string, MessageTemplate>();
+    for (const [locale, { common, purposes: perPurpose }] of Object.entries(builtinPhrases)) {
+      byLocale.set(locale, builtinTemplate(locale, common, perPurpose[purpose]));
+    }
+    catalog.set(purpose, byLocale);
+  }
+  return catalog;
+}
+
+// ---------------------------------------------------------------------------
+// Operator templates
+
+const templateParts = { "subject.txt": "subject", txt: "text", html: "html" } as const;
+type TemplatePart = (typeof templateParts)[keyof typeof templateParts];
+const templateFileName = /^([^.]+)\.([^.]+)\.(subject\.txt|txt|html)$/;
+
+/**
+ * Reads an operator's template folder (synchronously, once at start-up).
+ *
+ * Files are named `<purpose>.<locale>.subject.txt`, `<purpose>.<locale>.txt`
+ * and `<purpose>.<locale>.html`, e.g. `login.ja.subject.txt`; purpose is one
+ * of `login`, `signup`, `password_reset`, locale a BCP 47 tag. All three
+ * files of a purpose and locale must be present. Files are UTF-8; the
+ * subject is one line. Placeholders: `{{code}}` (required in every file),
+ * `{{minutes}}` (validity, whole minutes) and `{{product}}`; values are
+ * HTML-escaped in the .html file. Other files (README.md...) are ignored.
+ *
+ * Throws an Error naming the offending file on any mistake.
+ */
+export function loadTemplateDir(dir: string): TemplateCatalog {
+  let names: string[];
+  try {
+    names = readdirSync(dir, { withFileTypes: true })
+      .filter((entry) => entry.isFile())
+      .map((entry) => entry.name)
+      .sort();
+  } catch (error) {
+    throw new Error(`templates folder ${dir} cannot be read: ${error instanceof Error ? error.message : String(error)}`, {
+      cause: error,
+    });
+  }
+
+  const found = new Map<string, { purpose: Purpose; locale: string; parts: Partial<Record<TemplatePart, string>> }>();
+  for (const name of names) {
+    if (name.startsWith(".") || !/\.(txt|html)$/.test(name)) continue;
+    const file = join(dir, name);
+    const match = templateFileName.exec(name);
+    if (match === null) {
+      throw new Error(
+        `${file}: template files are named <purpose>.<locale>.subject.txt, <purpose>.<locale>.txt or <purpose>.<locale>.html`,
+      );
+    }
+    const [, purposeName = "", tag = "", suffix = ""] = match;
+    if (!(purposes as readonly string[]).includes(purposeName)) {
+      throw new Error(`${file}: unknown purpose "${purposeName}"; the known ones are ${purposes.join(", ")}`);
+    }
+    let locale: string;
+    try {
+      locale = Intl.getCanonicalLocales(tag)[0] ?? tag;
+    } catch {
+      throw new Error(`${file}: "${tag}" is not a BCP 47 language tag such as en, ko or pt-BR`);
+    }
+    const part = templateParts[suffix as keyof typeof templateParts];
+    let content = readFileSync(file, "utf8").replace(/^\uFEFF/, "");
+    if (part === "subject") {
+      content = content.trim();
+      if (/[\r\n]/.test(content)) throw new Error(`${file}: a subject must be a single line`);
+    }
+    checkTemplateText(content, file);
+    const key = `${purposeName}.${locale.toLowerCase()}`;
+    const entry = found.get(key) ?? { purpose: purposeName as Purpose, locale, parts: {} };
+    entry.parts[part] = content;
+    found.set(key, entry);
+  }
+
+  const catalog = new Map<Purpose, Map<string, MessageTemplate>>();
+  for (const { purpose, locale, parts } of found.values()) {
+    const { subject, text, html } = parts;
+    if (subject === undefined || text === undefined || html === undefined) {
+      const missing = Object.entries(templateParts)
+        .filter(([, part]) => parts[part] === undefined)
+        .map(([suffix]) => join(dir, `${purpose}.${locale}.${suffix}`));
+      throw new Error(`${missing.join(", ")}: missing; a template needs its .subject.txt, .txt and .html files`);
+    }
+    const byLocale = catalog.get(purpose) ?? new Map<string, MessageTemplate>();
+    byLocale.set(locale.toLowerCase(), { locale, subject, text, html, source: dir });
+    catalog.set(purpose, byLocale);
+  }
+  return catalog;
+}
+
+/** `overrides` replace or add to `base`, template by template. */
+export function mergeCatalogs(base: TemplateCatalog, overrides: TemplateCatalog): TemplateCatalog {
+  const merged = new Map<Purpose, Map<string, MessageTemplate>>();
+  for (const purpose of purposes) {
+    merged.set(purpose, new Map([...(base.get(purpose) ?? []), ...(overrides.get(purpose) ?? [])]));
+  }
+  return merged;
+}

@@ -1,0 +1,350 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { createSmtpTransport, type SmtpTransportOptions } from "../../src/delivery/smtp-transport.js";
+import { SmtpSendError, type OutgoingMail, type SmtpTransport } from "../../src/delivery/smtp-transport-types.js";
+import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+const logger = pino({ level: "silent" });
+const recipient = "jane.doe@example.com";
+
+function mail(overrides: Partial<OutgoingMail> = {}): OutgoingMail {
+  return {
+    from: '"Acme" <no-reply@acme.test>',
+    to: recipient,
+    subject: "123456 is your code",
+    text: "Your code is 123456",
+    html: "<p>Your code is <b>123456</b></p>",
+    messageId: "<m-1@acme.test>",
+    headers: { "Auto-Submitted": "auto-generated" },
+    ...overrides,
+  };
+}
+
+/** Small timeouts: every failure in this file must come back well under a second. */
+function transportFor(url: string, extra: Partial<SmtpTransportOptions> = {}): SmtpTransport {
+  const transport = createSmtpTransport({
+    url,
+    logger,
+    connectionTimeoutMs: 500,
+    greetingTimeoutMs: 500,
+    socketTimeoutMs: 300,
+    ...extra,
+  });
+  cleanups.push(() => transport.close());
+  return transport;
+}
+
+async function startSink(options?: Parameters<typeof startSmtpSink>[0]): Promise<SmtpSink> {
+  const sink = await startSmtpSink(options);
+  cleanups.push(() => sink.close());
+  return sink;
+}
+
+async function sendError(transport: SmtpTransport, message = mail()): Promise<SmtpSendError> {
+  const error: unknown = await transport.send(message).then(
+    () => {
+      throw new Error("expected the send to fail");
+    },
+    (failure: unknown) => failure,
+  );
+  expect(error).toBeInstanceOf(SmtpSendError);
+  const failure = error as SmtpSendError;
+  // Whatever happened, the recipient's address never leaks into the error.
+  expect(JSON.stringify({ ...failure, message: failure.message })).not.toContain(recipient);
+  return failure;
+}
+
+let cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  const pending = cleanups.reverse();
+  cleanups = [];
+  for (const cleanup of pending) await cleanup();
+});
+
+describe("smtp transport against a real SMTP server", () => {
+  it("reports the relay's acceptance with reply code, enhanced status and queue id", async () => {
+    const sink = await startSink();
+    const transport = transportFor(sink.url);
+
+    const acceptance = await transport.send(mail());
+
+    const [received] = await sink.waitForMessages(1);
+    expect(acceptance).toEqual({
+      relay: `127.0.0.1:${sink.port}`,
+      replyCode: 250,
+      enhancedStatus: "2.0.0",
+      text: `250 2.0.0 Ok: queued as ${received?.queueId}`,
+      queueId: received?.queueId,
+    });
+    expect(transport.relay).toBe(`127.0.0.1:${sink.port}`);
+    expect(received?.envelope).toEqual({ mailFrom: "no-reply@acme.test", rcptTo: [recipient] });
+    expect(received?.parsed.messageId).toBe("<m-1@acme.test>");
+  });
+
+  it("reuses pooled connections for consecutive messages", async () => {
+    const sink = await startSink();
+    const transport = transportFor(sink.url, { maxConnections: 1 });
+    await transport.send(mail());
+    await transport.send(mail({ messageId: "<m-2@acme.test>" }));
+    await sink.waitForMessages(2);
+    expect(sink.transactions()).toBe(2);
+  });
+
+  it.each([
+    ["MAIL FROM", 421, "4.7.0", "Too many connections, try later"],
+    ["RCPT TO", 451, "4.3.0", "Temporary local problem"],
+    ["DATA", 451, "4.3.0", "Queue file write error"],
+  ] as const)("a %s %i is a transient failure with the relay's words", async (stage, code, enhanced, text) => {
+    const sink = await startSink();
+    sink.respondWith(behave.reply(stage, code, enhanced, text));
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({
+      kind: "transient",
+      replyCode: code,
+      enhancedStatus: enhanced,
+      replyText: `${code} ${enhanced} ${text}`,
+      errorCode: "",
+    });
+    // The next transaction goes through: the transport is still usable.
+    await transport.send(mail());
+    expect(sink.messages).toHaveLength(1);
+  });
+
+  it("a 550 at RCPT TO is permanent, keeps the relay's text and masks the echoed address", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", `<${recipient}>: Recipient address rejected: User unknown`));
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({
+      kind: "permanent",
+      replyCode: 550,
+      enhancedStatus: "5.1.1",
+      replyText: "550 5.1.1 <j***@example.com>: Recipient address rejected: User unknown",
+      errorCode: "",
+    });
+    expect(failure.message).toBe(failure.replyText);
+  });
+
+  it("a 550 at end of DATA is permanent with the relay's text", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.reply("DATA", 550, "5.7.1", "Message rejected as spam"));
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({
+      kind: "permanent",
+      replyCode: 550,
+      enhancedStatus: "5.7.1",
+      replyText: "550 5.7.1 Message rejected as spam",
+    });
+    expect(sink.messages).toHaveLength(0);
+  });
+
+  it("rejected credentials are an auth failure, not a transient one", async () => {
+    const sink = await startSink({ auth: { user: "svc", pass: "s3cret" } });
+    sink.respondWith(behave.rejectAuth());
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "auth", replyCode: 535, enhancedStatus: "5.7.8", errorCode: "EAUTH" });
+    expect(failure.replyText).toContain("535 5.7.8");
+    expect(failure.replyText).not.toContain("s3cret");
+  });
+
+  it("URL-encoded credentials are decoded and accepted", async () => {
+    const sink = await startSink({ auth: { user: "svc@acme.test", pass: "p@ss:w/rd%" } });
+    expect(sink.url).toContain("svc%40acme.test:p%40ss%3Aw%2Frd%25@");
+    const transport = transportFor(sink.url);
+    await expect(transport.send(mail())).resolves.toMatchObject({ replyCode: 250 });
+    await expect(transport.verify()).resolves.toBeUndefined();
+  });
+
+  it("a refused connection is transient with ECONNREFUSED", async () => {
+    const port = await unusedPort();
+    const transport = transportFor(`smtp://127.0.0.1:${port}?starttls=off`);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ECONNREFUSED" });
+    await expect(transport.verify()).rejects.toMatchObject({ kind: "transient", errorCode: "ECONNREFUSED" });
+  });
+
+  it("a relay that never answers DATA fails as a transient timeout, bounded by socketTimeoutMs", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall());
+    const transport = transportFor(sink.url, { socketTimeoutMs: 300 });
+
+    const started = Date.now();
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ETIMEDOUT" });
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("sendTimeoutMs bounds a send even when the socket timeout is long", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall());
+    const transport = transportFor(sink.url, { socketTimeoutMs: 60_000, sendTimeoutMs: 300 });
+
+    const started = Date.now();
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", errorCode: "ETIMEDOUT" });
+    expect(failure.replyText).toContain("300 ms");
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("a connection dropped mid-DATA is transient", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.dropMidData());
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0 });
+    expect(["ECONNECTION", "ECONNRESET", "ESOCKET"]).toContain(failure.errorCode);
+    // One send is one transaction: the pool did not silently resend it.
+    expect(sink.transactions()).toBe(1);
+    expect(sink.messages).toHaveLength(0);
+  });
+
+  it("a relay that hangs up before its greeting is one transient failure, not resent by the pool", async () => {
+    let connections = 0;
+    const hangUp = createServer((socket) => {
+      connections++;
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => hangUp.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => hangUp.close(() => resolve())));
+    const address = hangUp.address();
+    if (address === null || typeof address === "string") throw new Error("no port");
+    const transport = transportFor(`smtp://127.0.0.1:${address.port}?starttls=off`);
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0 });
+    expect(["ECONNECTION", "ECONNRESET"]).toContain(failure.errorCode);
+    expect(connections).toBe(1);
+  });
+
+  describe("TLS", () => {
+    let pki: { key: string; cert: string };
+    beforeAll(() => {
+      const dir = mkdtempSync(join(tmpdir(), "otp-smtp-tls-"));
+      try {
+        execFileSync(
+          "/usr/bin/openssl",
+          [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+          ],
+          { stdio: "ignore" },
+        );
+        pki = { key: readFileSync(join(dir, "key.pem"), "utf8"), cert: readFileSync(join(dir, "cert.pem"), "utf8") };
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it("requires STARTTLS by default: a plaintext-only relay is refused, nothing is sent in clear", async () => {
+      const sink = await startSink();
+      const transport = transportFor(sink.url.replace("?starttls=off", ""));
+
+      const failure = await sendError(transport);
+
+      expect(failure).toMatchObject({ kind: "permanent", errorCode: "ETLS" });
+      expect(sink.transactions()).toBe(0);
+    });
+
+    it("refuses a self-signed certificate without tlsCa", async () => {
+      const sink = await startSink({ tls: pki });
+      const transport = transportFor(sink.url);
+
+      const failure = await sendError(transport);
+
+      expect(failure).toMatchObject({ kind: "permanent", replyCode: 0, errorCode: "ETLS" });
+      expect(failure.replyText).toMatch(/certificate/i);
+      expect(sink.transactions()).toBe(0);
+    });
+
+    it("accepts the relay's certificate when its CA is given as tlsCa", async () => {
+      const sink = await startSink({ tls: pki, auth: { user: "svc", pass: "s3cret" } });
+      const transport = transportFor(sink.url, { tlsCa: pki.cert });
+
+      await expect(transport.send(mail())).resolves.toMatchObject({ replyCode: 250 });
+      await expect(transport.verify()).resolves.toBeUndefined();
+      expect(sink.messages).toHaveLength(1);
+    });
+  });
+
+  it.each([
+    ["http://relay.test:25", /smtp:\/\/ \(STARTTLS\) or smtps:\/\//],
+    ["smtp://", /no host|not a valid URL/],
+    ["smtp://relay.test:0", /port/],
+    ["smtp://relay.test:99999", /not a valid URL|port/],
+    ["smtp://relay.test:25/inbox", /path/],
+    ["smtp://relay.test:25?tls=1", /unknown parameter "tls"/],
+    ["smtp://relay.test:25?starttls=maybe", /starttls must be/],
+    ["smtps://relay.test?starttls=off", /smtp:\/\/ only/],
+    ["smtp://:secret@relay.test", /no user/],
+    ["not a url", /not a valid URL/],
+  ])("rejects the bad URL %s with a clear error", (url, message) => {
+    expect(() => createSmtpTransport({ url, logger })).toThrow(message);
+  });
+
+  it("never repeats the password of a bad URL in its error", () => {
+    expect(() => createSmtpTransport({ url: "smtp://svc:hunter2@relay.test:25/x", logger })).toThrow(
+      "smtp://svc:***@relay.test:25/x",
+    );
+    try {
+      createSmtpTransport({ url: "ftp://svc:hunter2@relay.test", logger });
+    } catch (error) {
+      expect(String(error)).not.toContain("hunter2");
+    }
+  });
+
+  it("rejects a tlsCa that is not PEM", () => {
+    expect(() => createSmtpTransport({ url: "smtps://relay.test", tlsCa: "/etc/ssl/ca.pem", logger })).toThrow(/PEM/);
+  });
+
+  it("accepts the documented URL forms", () => {
+    expect(transportFor("smtp://u:p@relay.test").relay).toBe("relay.test:587");
+    expect(transportFor("smtps://relay.test").relay).toBe("relay.test:465");
+    expect(transportFor("smtp://[::1]:2525?starttls=off").relay).toBe("[::1]:2525");
+  });
+
+  it("refuses to send once closed", async () => {
+    const sink = await startSink();
+    const transport = transportFor(sink.url);
+    await transport.send(mail());
+    await transport.close();
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", errorCode: "ECONNECTION" });
+    expect(sink.messages).toHaveLength(1);
+  });
+});
+
+/** A loopback port with nothing listening on it. */
+async function unusedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}

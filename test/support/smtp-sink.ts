@@ -1,0 +1,257 @@
+/**
+ * A real SMTP server (smtp-server) in the test process, on a free loopback
+ * port, that captures what it receives and answers the way a test tells it
+ * to: accept, reply 421/451/550... at MAIL FROM, RCPT TO or end of DATA,
+ * drop the connection mid-DATA, stall, or refuse AUTH.
+ *
+ *   const sink = await startSmtpSink();
+ *   sink.respondWith(behave.reply("RCPT TO", 451, "4.3.0", "try later"), behave.accept());
+ *   ... send twice through createSmtpTransport({ url: sink.url, ... }) ...
+ *   await sink.close();
+ *
+ * Behaviours form a queue consumed one per mail transaction (at MAIL FROM);
+ * when it is empty every transaction is accepted. `rejectAuth` is consumed
+ * by the next AUTH instead.
+ */
+import { randomBytes } from "node:crypto";
+import type { Socket } from "node:net";
+import { simpleParser, type ParsedMail } from "mailparser";
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
+
+/** Where a scripted reply is given. "DATA" means after the message, at end of data. */
+export type SinkStage = "MAIL FROM" | "RCPT TO" | "DATA";
+
+export type SinkBehaviour =
+  /** `250 2.0.0 Ok: queued as <ID>`, optionally after a delay. */
+  | { readonly kind: "accept"; readonly delayMs?: number }
+  /** Replies `<code> <enhancedStatus> <text>` at the given stage. */
+  | {
+      readonly kind: "reply";
+      readonly stage: SinkStage;
+      readonly code: number;
+      readonly enhancedStatus: string;
+      readonly text: string;
+    }
+  /** Closes the TCP connection as soon as message data arrives. */
+  | { readonly kind: "drop-mid-data" }
+  /** Takes the whole message and never answers it. */
+  | { readonly kind: "stall" }
+  /** Answers the next AUTH with `535 5.7.8`, whatever the credentials. */
+  | { readonly kind: "reject-auth" };
+
+/** Shorthands for SinkBehaviour values. */
+export const behave = {
+  accept: (options: { delayMs?: number } = {}): SinkBehaviour => ({ kind: "accept", ...options }),
+  reply: (stage: SinkStage, code: number, enhancedStatus: string, text: string): SinkBehaviour => ({
+    kind: "reply",
+    stage,
+    code,
+    enhancedStatus,
+    text,
+  }),
+  dropMidData: (): SinkBehaviour => ({ kind: "drop-mid-data" }),
+  stall: (): SinkBehaviour => ({ kind: "stall" }),
+  rejectAuth: (): SinkBehaviour => ({ kind: "reject-auth" }),
+};
+
+export interface CapturedMail {
+  /** The message exactly as received (.eml). */
+  readonly raw: Buffer;
+  readonly parsed: ParsedMail;
+  readonly envelope: { readonly mailFrom: string; readonly rcptTo: readonly string[] };
+  /** The queue id the sink announced in its 250 reply. */
+  readonly queueId: string;
+}
+
+export interface SmtpSinkOptions {
+  /** Require AUTH (PLAIN/LOGIN) with these credentials. */
+  readonly auth?: { readonly user: string; readonly pass: string };
+  /** Offer STARTTLS with this PEM key and certificate; without it STARTTLS is not offered. */
+  readonly tls?: { readonly key: string; readonly cert: string };
+}
+
+export interface SmtpSink {
+  /**
+   * A URL for createSmtpTransport: `smtp://127.0.0.1:PORT?starttls=off`
+   * (with `user:pass@` when auth is on); without `?starttls=off` when TLS is on.
+   */
+  readonly url: string;
+  readonly port: number;
+  /** Accepted messages, in order. */
+  readonly messages: CapturedMail[];
+  /** How many mail transactions (MAIL FROM commands) the sink has seen. */
+  transactions(): number;
+  /** Queues behaviours, consumed one per transaction; then every transaction is accepted. */
+  respondWith(...behaviours: SinkBehaviour[]): void;
+  /** Resolves once `count` messages were accepted; rejects after `timeoutMs`. */
+  waitForMessages(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
+  /** Destroys every connection (stalled ones too) and stops listening. */
+  close(): Promise<void>;
+}
+
+function smtpError(code: number, enhancedStatus: string, text: string): Error {
+  // hideENHANCEDSTATUSCODES keeps smtp-server from adding its own, so the
+  // reply is exactly `<code> <enhancedStatus> <text>`.
+  return Object.assign(new Error(enhancedStatus === "" ? text : `${enhancedStatus} ${text}`), { responseCode: code });
+}
+
+export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<SmtpSink> {
+  const queue: SinkBehaviour[] = [];
+  const messages: CapturedMail[] = [];
+  const current = new Map<string, SinkBehaviour>();
+  const sockets = new Set<Socket>();
+  const socketsByClientPort = new Map<number, Socket>();
+  const waiters = new Set<() => void>();
+  let transactions = 0;
+
+  const behaviourOf = (session: SMTPServerSession): SinkBehaviour => current.get(session.id) ?? { kind: "accept" };
+  const replyAt = (behaviour: SinkBehaviour, stage: SinkStage): Error | undefined =>
+    behaviour.kind === "reply" && behaviour.stage === stage
+      ? smtpError(behaviour.code, behaviour.enhancedStatus, behaviour.text)
+      : undefined;
+
+  async function capture(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<CapturedMail> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    const raw = Buffer.concat(chunks);
+    const parsed = await simpleParser(raw);
+    const mailFrom = session.envelope.mailFrom === false ? "" : session.envelope.mailFrom.address;
+    const rcptTo = session.envelope.rcptTo.map((rcpt) => rcpt.address);
+    return { raw, parsed, envelope: { mailFrom, rcptTo }, queueId: randomBytes(5).toString("hex").toUpperCase() };
+  }
+
+  const disabledCommands: string[] = [];
+  if (options.tls === undefined) disabledCommands.push("STARTTLS");
+  if (options.auth === undefined) disabledCommands.push("AUTH");
+
+  const server = new SMTPServer({
+    name: "sink.test",
+    banner: "test sink",
+    logger: false,
+    disableReverseLookup: true,
+    hideENHANCEDSTATUSCODES: true,
+    authOptional: options.auth === undefined,
+    allowInsecureAuth: options.tls === undefined,
+    disabledCommands,
+    ...(options.tls === undefined ? {} : { key: options.tls.key, cert: options.tls.cert }),
+    closeTimeout: 100,
+
+    onAuth(auth, _session, callback) {
+      if (queue[0]?.kind === "reject-auth") {
+        queue.shift();
+        callback(smtpError(535, "5.7.8", "Error: authentication credentials invalid"));
+        return;
+      }
+      if (auth.username === options.auth?.user && auth.password === options.auth?.pass) {
+        callback(null, { user: auth.username });
+        return;
+      }
+      callback(smtpError(535, "5.7.8", "Error: authentication credentials invalid"));
+    },
+
+    onMailFrom(_address, session, callback) {
+      transactions++;
+      // A queued AUTH refusal waits for the next AUTH, not for a transaction.
+      const next = queue[0]?.kind === "reject-auth" ? undefined : queue.shift();
+      const behaviour = next ?? { kind: "accept" };
+      current.set(session.id, behaviour);
+      callback(replyAt(behaviour, "MAIL FROM"));
+    },
+
+    onRcptTo(_address, session, callback) {
+      callback(replyAt(behaviourOf(session), "RCPT TO"));
+    },
+
+    onData(stream, session, callback) {
+      const behaviour = behaviourOf(session);
+      switch (behaviour.kind) {
+        case "drop-mid-data":
+          stream.once("data", () => socketsByClientPort.get(session.remotePort)?.destroy());
+          return;
+        case "stall":
+          // Read everything, answer nothing: the client is left waiting for the final reply.
+          stream.resume();
+          return;
+        case "reply":
+        case "reject-auth":
+          stream.resume();
+          stream.once("end", () => callback(replyAt(behaviour, "DATA")));
+          return;
+        case "accept":
+          capture(stream, session).then(
+            (mail) => {
+              messages.push(mail);
+              for (const wake of waiters) wake();
+              const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
+              if (behaviour.delayMs === undefined) reply();
+              else setTimeout(reply, behaviour.delayMs);
+            },
+            (error: unknown) => callback(smtpError(451, "4.3.0", `sink could not parse the message: ${String(error)}`)),
+          );
+          return;
+      }
+    },
+  });
+
+  server.server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    const clientPort = socket.remotePort;
+    if (clientPort !== undefined) socketsByClientPort.set(clientPort, socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      if (clientPort !== undefined) socketsByClientPort.delete(clientPort);
+    });
+  });
+  // A connection the client or a behaviour tore down is not a test failure.
+  server.on("error", () => undefined);
+
+  await new Promise<void>((resolve, reject) => {
+    server.server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      server.server.off("error", reject);
+      resolve();
+    });
+  });
+  const address = server.server.address();
+  if (address === null || typeof address === "string") throw new Error("smtp sink: no TCP address");
+  const port = address.port;
+  const credentials =
+    options.auth === undefined
+      ? ""
+      : `${encodeURIComponent(options.auth.user)}:${encodeURIComponent(options.auth.pass)}@`;
+  const url = `smtp://${credentials}127.0.0.1:${port}${options.tls === undefined ? "?starttls=off" : ""}`;
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    messages,
+    transactions: () => transactions,
+    respondWith(...behaviours) {
+      queue.push(...behaviours);
+    },
+    waitForMessages(count, timeoutMs = 5000) {
+      return new Promise<CapturedMail[]>((resolve, reject) => {
+        const check = (): void => {
+          if (messages.length < count) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(messages.slice(0, count));
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`smtp sink: ${messages.length} of ${count} messages after ${timeoutMs} ms`));
+        }, timeoutMs);
+        waiters.add(check);
+        check();
+      });
+    },
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      });
+      return closing;
+    },
+  };
+}
