@@ -25,7 +25,10 @@ export default tseslint.config(
   {
     files: ["**/*.js", "**/*.mjs"],
     ...tseslint.configs.disableTypeChecked,
-    languageOptions: { globals: { process: "readonly", console: "readonly", URL: "readonly" } },
+    languageOptions: {
+      parserOptions: { projectService: false, project: null },
+      globals: { process: "readonly", console: "readonly", URL: "readonly" },
+    },
   },
   {
     files: ["scripts/**", "test/**", "bench/**"],

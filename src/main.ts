@@ -1,0 +1,66 @@
+/**
+ * The service's entry point: config -> app -> signals. Wiring only.
+ */
+import { startApp } from "./app.js";
+import { ConfigError, loadConfig, type Config } from "./config.js";
+import { createLogger, type Logger } from "./logger.js";
+
+function devBanner(config: Config, logger: Logger, port: number, host: string, sinkUrl: string | undefined): void {
+  const target = `${host}:${port}`;
+  const data = `{"recipient":"you@example.com","purpose":"PURPOSE_LOGIN"}`;
+  logger.warn(
+    {
+      mode: config.env,
+      store: config.redis ? "redis" : "memory (development only; codes vanish on restart)",
+      smtp: sinkUrl ? `capture sink ${sinkUrl}, mails written to ${config.outboxDir}/` : "relay from SMTP_URL",
+      otp_secret: config.otp.secretGenerated ? "random for this process (set OTP_SECRET to keep codes across restarts)" : "from OTP_SECRET",
+      try_grpcurl: `grpcurl -plaintext -d '${data}' ${target} otp.v1.OtpEmailService/SendOtp`,
+      try_buf_curl: `npx buf curl --protocol grpc --http2-prior-knowledge -d '${data}' http://${target}/otp.v1.OtpEmailService/SendOtp`,
+    },
+    "DEVELOPMENT MODE: not for production (NODE_ENV=production requires REDIS_URL, SMTP_URL, OTP_SECRET and MAIL_FROM)",
+  );
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`otp-email: configuration error: ${error.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw error;
+  }
+  const logger = createLogger({ level: config.logLevel });
+  const app = await startApp({ config, logger });
+  logger.info({ grpc: `${app.address.host}:${app.address.port}`, env: config.env }, "otp-email listening");
+  if (config.env !== "production") devBanner(config, logger, app.address.port, app.address.host, app.captureSinkUrl);
+
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (signalled) {
+      logger.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    signalled = true;
+    logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down: finishing in-flight sends");
+    app.stop().then(
+      () => {
+        logger.info("stopped");
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`otp-email: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});
