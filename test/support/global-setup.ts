@@ -3,13 +3,19 @@
  * `provide("redisUrl")`; tests read it with `redisUrlForTests()` from
  * ./redis.ts (which declares the typed ProvidedContext).
  *
+ * It first compiles the service (dist/), for the tests that spawn it.
+ *
  * REDIS_URL wins when set; otherwise a private redis-server is started here
  * and stopped at the end. No Redis means a failed run, never skipped tests.
  */
+import { execFileSync } from "node:child_process";
 import type { TestProject } from "vitest/node";
 import { pingRedis, startRedisServer } from "./redis.js";
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // Some tests run the compiled service as a separate process, exactly as
+  // `npm start` does: compile once for the whole run.
+  execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
   const fromEnvironment = process.env["REDIS_URL"];
   if (fromEnvironment !== undefined && fromEnvironment !== "") {
     try {

@@ -1,0 +1,339 @@
+/**
+ * The whole service over real sockets: a grpc-js client and the exported
+ * connect-node client call SendOtp, GetDeliveryStatus and VerifyOtp against
+ * the real app, real Redis and a real SMTP server; buf curl goes through
+ * reflection; hostile requests are refused and send nothing.
+ */
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { status as GrpcStatus } from "@grpc/grpc-js";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
+import {
+  AttemptOutcome,
+  DeliveryState,
+  OtpEmailService,
+  Purpose,
+  SendOtpRequestSchema,
+  VerifyResult,
+  type SendOtpRequest,
+  type VerifyOtpRequest,
+} from "../../gen/otp/v1/otp_email_pb.js";
+import { createOtpEmailClient } from "../../src/client.js";
+import { bufCurl, errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
+import { codeFromMail, startTestService, type TestService } from "../support/service.js";
+import { behave, startSmtpSink } from "../support/smtp-sink.js";
+
+const { sendOtp, getDeliveryStatus, verifyOtp } = OtpEmailService.method;
+
+let recipientCounter = 0;
+/** A fresh recipient per test, so code sets never collide. */
+function recipient(): string {
+  recipientCounter += 1;
+  return `user${recipientCounter}.${Date.now().toString(36)}@example.com`;
+}
+
+describe("OtpEmail end to end (Redis store, real SMTP)", () => {
+  let svc: TestService;
+
+  beforeAll(async () => {
+    svc = await startTestService();
+  });
+  afterAll(async () => {
+    await svc.stop();
+  });
+  afterEach(() => {
+    // Scripted behaviours never leak into the next test.
+    svc.sink.respondWith();
+  });
+
+  it("sends a code with grpc-js, reports the relay's acceptance, and verifies it once", async () => {
+    const to = recipient();
+    const before = svc.sink.messages.length;
+    const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN });
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    expect(sent.messageId).toMatch(/^[0-9a-z]{26}$/);
+    expect(Number(sent.expiresAt?.seconds) * 1000).toBeGreaterThan(Date.now() + 9 * 60_000);
+
+    const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);
+    expect(mail?.envelope.rcptTo).toEqual([to]);
+    const code = codeFromMail(mail?.parsed.subject);
+    expect(code).toMatch(/^\d{6}$/);
+
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    expect(status.state).toBe(DeliveryState.ACCEPTED);
+    expect(status.recipient).toBe(`u***@example.com`);
+    expect(status.purpose).toBe(Purpose.LOGIN);
+    expect(status.attempts).toHaveLength(1);
+    expect(status.attempts[0]).toMatchObject({ number: 1, outcome: AttemptOutcome.ACCEPTED, replyCode: 250 });
+    expect(status.relayReply?.queueId).toBe(mail?.queueId);
+    expect(status.relayReply?.text).toContain("250");
+    expect(status.explanation).toMatch(/not delivery/i);
+
+    const wrong = await grpcUnary(svc.grpcClient, verifyOtp, {
+      recipient: to,
+      purpose: Purpose.LOGIN,
+      code: code === "000000" ? "111111" : "000000",
+    });
+    expect(wrong).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 4 });
+    // Another purpose never verifies this code.
+    const otherPurpose = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.SIGNUP, code });
+    expect(otherPurpose.result).toBe(VerifyResult.NOT_FOUND);
+    const right = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to.toUpperCase(), purpose: Purpose.LOGIN, code });
+    expect(right.result).toBe(VerifyResult.VERIFIED);
+    const again = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code });
+    expect(again.result).toBe(VerifyResult.NOT_FOUND);
+
+    // Neither the code nor the full address reached the logs.
+    const logText = JSON.stringify(svc.logs);
+    expect(logText).not.toContain(code);
+    expect(logText).not.toContain(to);
+  });
+
+  it("does the same through the exported connect-node client, with a caller's own code and a Korean template", async () => {
+    const client = createOtpEmailClient({ baseUrl: `http://${svc.address}` });
+    const to = recipient();
+    const before = svc.sink.messages.length;
+    const sent = await client.sendOtp({ recipient: to, purpose: Purpose.SIGNUP, code: "AB12CD", locale: "ko-KR" });
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);
+    expect(mail?.parsed.subject).toContain("AB12CD");
+    expect(mail?.parsed.subject).toContain("회원가입");
+
+    const status = await client.getDeliveryStatus({ messageId: sent.messageId });
+    expect(status.state).toBe(DeliveryState.ACCEPTED);
+    // What the user typed: spaces, dashes and lower case are forgiven.
+    const verified = await client.verifyOtp({ recipient: to, purpose: Purpose.SIGNUP, code: " ab-12 cd " });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
+  it("keeps an earlier code valid after a resend and counts guesses against both together", async () => {
+    const to = recipient();
+    const before = svc.sink.messages.length;
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "1111" });
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "2222" });
+    await svc.sink.waitForMessages(before + 2);
+    const first = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "3333" });
+    const second = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "4444" });
+    expect([first.attemptsRemaining, second.attemptsRemaining]).toEqual([4, 3]);
+    // The first email's code still works although a newer one was sent.
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "1111" });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+    // ...and using it used up its sibling too.
+    const sibling = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "2222" });
+    expect(sibling.result).toBe(VerifyResult.NOT_FOUND);
+  });
+
+  it("locks after 5 wrong guesses until a new code is sent", async () => {
+    const to = recipient();
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: "7777" });
+    const remaining: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const guess = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: "0000" });
+      expect(guess.result).toBe(VerifyResult.INVALID);
+      remaining.push(guess.attemptsRemaining);
+    }
+    expect(remaining).toEqual([4, 3, 2, 1, 0]);
+    const locked = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: "7777" });
+    expect(locked).toMatchObject({ result: VerifyResult.LOCKED, attemptsRemaining: 0 });
+
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: "8888" });
+    const fresh = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: "8888" });
+    expect(fresh.result).toBe(VerifyResult.VERIFIED);
+  });
+
+  it("answers 100 concurrent guesses with exactly 5 counted before the lock", async () => {
+    const to = recipient();
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "5555" });
+    const results = await Promise.all(
+      Array.from({ length: 100 }, () =>
+        grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "0000" }),
+      ),
+    );
+    expect(results.filter((r) => r.result === VerifyResult.INVALID)).toHaveLength(5);
+    expect(results.filter((r) => r.result === VerifyResult.LOCKED)).toHaveLength(95);
+  });
+
+  it("repeats an idempotent request without sending again, and refuses the key for a different request", async () => {
+    const to = recipient();
+    const key = `signup-${Date.now()}`;
+    const before = svc.sink.transactions();
+    const first = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.SIGNUP, idempotencyKey: key });
+    const second = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.SIGNUP, idempotencyKey: key });
+    expect(second.messageId).toBe(first.messageId);
+    expect(second.state).toBe(DeliveryState.ACCEPTED);
+    expect(svc.sink.transactions()).toBe(before + 1);
+
+    const error = await grpcError(
+      grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.SIGNUP, idempotencyKey: key }),
+    );
+    expect(error.code).toBe(GrpcStatus.ALREADY_EXISTS);
+    expect(error.details).toMatch(/idempotency_key/);
+    expect(errorDetails(error).errorInfo?.metadata["message_id"]).toBe(first.messageId);
+    expect(svc.sink.transactions()).toBe(before + 1);
+  });
+
+  it("retries a greylisting 451 and records both attempts", async () => {
+    svc.sink.respondWith(behave.reply("RCPT TO", 451, "4.7.1", "Greylisted, try again later"));
+    const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN });
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    expect(status.attempts.map((a) => [a.outcome, a.replyCode])).toEqual([
+      [AttemptOutcome.TRANSIENT_FAILURE, 451],
+      [AttemptOutcome.ACCEPTED, 250],
+    ]);
+    expect(status.attempts[0]?.enhancedStatusCode).toBe("4.7.1");
+    expect(status.attempts[0]?.replyText).toContain("try again");
+  });
+
+  it("stops at a 550 and fails the call with the relay's own words", async () => {
+    svc.sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", "No such user here"));
+    const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN }));
+    expect(error.code).toBe(GrpcStatus.FAILED_PRECONDITION);
+    expect(error.details).toContain("No such user here");
+    const { errorInfo } = errorDetails(error);
+    expect(errorInfo?.reason).toBe("RELAY_REJECTED");
+    const messageId = errorInfo?.metadata["message_id"] ?? "";
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId });
+    expect(status.state).toBe(DeliveryState.FAILED);
+    expect(status.attempts).toHaveLength(1);
+    expect(status.attempts[0]).toMatchObject({
+      outcome: AttemptOutcome.PERMANENT_FAILURE,
+      replyCode: 550,
+      enhancedStatusCode: "5.1.1",
+    });
+    expect(status.failureReason).toContain("No such user here");
+  });
+
+  it("answers NOT_FOUND for an unknown message and INVALID_ARGUMENT for a malformed id", async () => {
+    const unknown = await grpcError(grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: "0".repeat(26) }));
+    expect(unknown.code).toBe(GrpcStatus.NOT_FOUND);
+    const malformed = await grpcError(grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: "../../etc/passwd" }));
+    expect(malformed.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+    expect(errorDetails(malformed).badRequest?.fieldViolations[0]?.field).toBe("message_id");
+  });
+
+  describe("refuses hostile requests with INVALID_ARGUMENT and sends nothing", () => {
+    const mb = "a".repeat(1024 * 1024);
+    const valid: Partial<SendOtpRequest> = { recipient: "victim@example.com", purpose: Purpose.LOGIN };
+    const sendCases: [string, Partial<SendOtpRequest>, string][] = [
+      ["CRLF in recipient", { recipient: "victim@example.com\r\nBcc: all@example.com" }, "recipient"],
+      ["LF at the end of recipient", { recipient: "victim@example.com\n" }, "recipient"],
+      ["NUL in recipient", { recipient: "vic\u0000tim@example.com" }, "recipient"],
+      ["bidi override in recipient", { recipient: "vic\u202etim@example.com" }, "recipient"],
+      ["display name in recipient", { recipient: "Victim <victim@example.com>" }, "recipient"],
+      ["1 MB recipient", { recipient: `${mb}@example.com` }, "recipient"],
+      ["empty recipient", { recipient: "" }, "recipient"],
+      ["no purpose", { purpose: Purpose.UNSPECIFIED }, "purpose"],
+      ["unknown purpose number", { purpose: 99 as Purpose }, "purpose"],
+      ["CRLF in locale", { locale: "en\r\nX-Evil: 1" }, "locale"],
+      ["malformed locale", { locale: "en_US!!" }, "locale"],
+      ["1 MB locale", { locale: mb }, "locale"],
+      ["CRLF in code", { code: "1234\r\n" }, "code"],
+      ["lower-case code", { code: "abcd12" }, "code"],
+      ["too short code", { code: "12" }, "code"],
+      ["1 MB code", { code: mb }, "code"],
+      ["CRLF in idempotency_key", { idempotencyKey: "key\r\n1" }, "idempotency_key"],
+      ["1 MB idempotency_key", { idempotencyKey: mb }, "idempotency_key"],
+      ["CRLF in end_user_ip", { endUserIp: "1.2.3.4\r\n" }, "end_user_ip"],
+      ["not an IP", { endUserIp: "999.1.1.1" }, "end_user_ip"],
+      ["zero ttl", { ttl: durationFromMs(0) }, "ttl"],
+      ["negative ttl", { ttl: durationFromMs(-5000) }, "ttl"],
+      ["ten-year ttl", { ttl: durationFromMs(10 * 365 * 86_400_000) }, "ttl"],
+      ["absurd ttl", { ttl: { seconds: 9_223_372_036_854_775_807n, nanos: 999_999_999 } }, "ttl"],
+    ];
+
+    it.each(sendCases)("SendOtp: %s", async (_name, fields, field) => {
+      const before = svc.sink.transactions();
+      const request = create(SendOtpRequestSchema, { ...valid, ...fields });
+      const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, request));
+      expect(error.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+      expect(error.details).toContain(field);
+      expect(error.details.length).toBeLessThan(300);
+      expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toContain(field);
+      expect(svc.sink.transactions()).toBe(before);
+    });
+
+    const verifyCases: [string, Partial<VerifyOtpRequest>, string][] = [
+      ["CRLF in code", { code: "1234\r\n" }, "code"],
+      ["empty code", { code: "" }, "code"],
+      ["1 MB code", { code: mb }, "code"],
+      ["CRLF in recipient", { recipient: "a@example.com\r\n" }, "recipient"],
+      ["no purpose", { purpose: Purpose.UNSPECIFIED }, "purpose"],
+    ];
+    it.each(verifyCases)("VerifyOtp: %s", async (_name, fields, field) => {
+      const error = await grpcError(
+        grpcUnary(svc.grpcClient, verifyOtp, { recipient: "a@example.com", purpose: Purpose.LOGIN, code: "123456", ...fields }),
+      );
+      expect(error.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+      expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toContain(field);
+    });
+
+    it("reports every broken field at once", async () => {
+      const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { recipient: "nope", purpose: Purpose.UNSPECIFIED, code: "x" }));
+      expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toEqual(["recipient", "purpose", "code"]);
+    });
+  });
+
+  it("is reachable with buf curl through reflection alone", async () => {
+    const services = await bufCurl(["--list-services", `http://${svc.address}`]);
+    expect(services.split("\n")).toEqual(
+      expect.arrayContaining(["otp.v1.OtpEmailService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]),
+    );
+    const before = svc.sink.transactions();
+    const out = await bufCurl([
+      "-d",
+      JSON.stringify({ recipient: recipient(), purpose: "PURPOSE_LOGIN" }),
+      `http://${svc.address}/otp.v1.OtpEmailService/SendOtp`,
+    ]);
+    expect(JSON.parse(out)).toMatchObject({ state: "DELIVERY_STATE_ACCEPTED" });
+    expect(svc.sink.transactions()).toBe(before + 1);
+  });
+
+  it("reports SERVING on the health service", async () => {
+    const response = await svc.connectHealth.check({ service: "otp.v1.OtpEmailService" });
+    expect(response.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+  });
+});
+
+describe("OtpEmail with a relay that rejects its credentials", () => {
+  it("fails the send as UNAVAILABLE, records FAILED and reports NOT_SERVING", async () => {
+    const sink = await startSmtpSink({ auth: { user: "otp", pass: "secret" } });
+    const svc = await startTestService({ sink, store: "memory" });
+    try {
+      sink.respondWith(behave.rejectAuth());
+      const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN }));
+      expect(error.code).toBe(GrpcStatus.UNAVAILABLE);
+      expect(error.details).toMatch(/credentials/);
+      const messageId = errorDetails(error).errorInfo?.metadata["message_id"] ?? "";
+      const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId });
+      expect(status.state).toBe(DeliveryState.FAILED);
+      expect(status.attempts).toHaveLength(1);
+      const health = await svc.connectHealth.check({ service: "" });
+      expect(health.status).toBe(HealthCheckResponse_ServingStatus.NOT_SERVING);
+      expect(svc.logs.some((line) => line["level"] === "error" && /credentials/.test(String(line["msg"])))).toBe(true);
+    } finally {
+      await svc.stop();
+      await sink.close();
+    }
+  });
+});
+
+describe("OtpEmail with an injected clock", () => {
+  it("answers EXPIRED once every code's ttl has passed", async () => {
+    let now = Date.now();
+    const svc = await startTestService({ clock: { now: () => now } });
+    try {
+      const to = recipient();
+      await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "9999", ttl: durationFromMs(60_000) });
+      now += 59_000;
+      const early = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "0000" });
+      expect(early.result).toBe(VerifyResult.INVALID);
+      now += 2000;
+      const late = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "9999" });
+      expect(late.result).toBe(VerifyResult.EXPIRED);
+    } finally {
+      await svc.stop();
+    }
+  });
+});
