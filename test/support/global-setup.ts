@@ -14,8 +14,14 @@ import { pingRedis, startRedisServer } from "./redis.js";
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   // Some tests run the compiled service as a separate process, exactly as
-  // `npm start` does: compile once for the whole run.
-  execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
+  // `npm start` does: compile once for the whole run. tsc emits even when a
+  // type is wrong; type errors are `npm run typecheck`'s to report (CI runs
+  // it first), so here they are only shown.
+  try {
+    execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
+  } catch {
+    console.warn("global-setup: tsc reported errors (see above); tests run against what it emitted");
+  }
   const fromEnvironment = process.env["REDIS_URL"];
   if (fromEnvironment !== undefined && fromEnvironment !== "") {
     try {

@@ -1,0 +1,184 @@
+/**
+ * The compiled service as a separate process, as `npm start` runs it: the
+ * zero-config development mode, and a graceful SIGTERM during a slow send.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { createLogger } from "../../src/logger.js";
+import { createRedisStore } from "../../src/store/redis-store.js";
+import { GrpcOtpClient, grpcUnary } from "../support/grpc.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { behave, startSmtpSink } from "../support/smtp-sink.js";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const { sendOtp, verifyOtp } = OtpEmailService.method;
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (typeof address !== "object" || address === null) throw new Error("no port");
+  return address.port;
+}
+
+interface Service {
+  readonly child: ChildProcess;
+  readonly lines: Record<string, unknown>[];
+  readonly stderr: string[];
+  /** Resolves with the first log line matching `predicate`. */
+  waitForLine(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  readonly exited: Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+afterEach(() => {
+  for (const child of running) child.kill("SIGKILL");
+  running.clear();
+});
+
+/** Starts `node dist/src/main.js` with only the given environment (and PATH). */
+function startService(env: Record<string, string>): Service {
+  const child = spawn(process.execPath, ["dist/src/main.js"], {
+    cwd: root,
+    env: { PATH: process.env["PATH"] ?? "", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  const lines: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  const listeners = new Set<() => void>();
+  let buffer = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    buffer += chunk.toString("utf8");
+    let newline: number;
+    while ((newline = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, newline);
+      buffer = buffer.slice(newline + 1);
+      if (line.trim() !== "") lines.push(JSON.parse(line) as Record<string, unknown>);
+    }
+    for (const listener of listeners) listener();
+  });
+  child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return {
+    child,
+    lines,
+    stderr,
+    exited,
+    waitForLine(predicate, timeoutMs = 15_000) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const found = lines.find(predicate);
+          if (found !== undefined) {
+            listeners.delete(check);
+            clearTimeout(timer);
+            resolve(found);
+          }
+        };
+        const timer = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`no matching log line within ${timeoutMs} ms; stderr: ${stderr.join("")}`));
+        }, timeoutMs);
+        listeners.add(check);
+        check();
+      });
+    },
+  };
+}
+
+describe("npm start with nothing configured", () => {
+  it("runs the development mode: memory store, capture sink, .eml files, copy-paste examples", async () => {
+    const outbox = await mkdtemp(join(tmpdir(), "otp-outbox-"));
+    const port = await freePort();
+    const service = startService({ GRPC_ADDR: `127.0.0.1:${port}`, OUTBOX_DIR: outbox });
+    try {
+      const banner = await service.waitForLine((line) => /DEVELOPMENT MODE/.test(String(line["msg"])));
+      expect(String(banner["try_grpcurl"])).toContain(`grpcurl -plaintext`);
+      expect(String(banner["try_buf_curl"])).toContain(`buf curl --protocol grpc --http2-prior-knowledge`);
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      try {
+        const sent = await grpcUnary(client, sendOtp, { recipient: "dev@example.com", purpose: Purpose.LOGIN });
+        expect(sent.state).toBe(DeliveryState.ACCEPTED);
+        // Development mode shows the code in the capture log line (there is no inbox).
+        const captured = await service.waitForLine((line) => line["captured"] === true);
+        const code = /(\d{6})/.exec(String(captured["subject"]))?.[1] ?? "";
+        expect(code).toMatch(/^\d{6}$/);
+        expect(captured["to"]).toEqual(["d***@example.com"]);
+
+        const files = await readdir(outbox);
+        expect(files.filter((file) => file.endsWith(".eml"))).toHaveLength(1);
+        const eml = await readFile(join(outbox, files[0] ?? ""), "utf8");
+        expect(eml).toMatch(/^Auto-Submitted: auto-generated/m);
+
+        const verified = await grpcUnary(client, verifyOtp, { recipient: "dev@example.com", purpose: Purpose.LOGIN, code });
+        expect(verified.result).toBe(VerifyResult.VERIFIED);
+      } finally {
+        client.close();
+      }
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await rm(outbox, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses to start in production without its required settings, naming the variable", async () => {
+    const service = startService({ NODE_ENV: "production" });
+    expect(await service.exited).toBe(78);
+    expect(service.stderr.join("")).toMatch(/REDIS_URL: required when NODE_ENV=production/);
+  });
+});
+
+describe("SIGTERM", () => {
+  it("lets a slow send finish, records its result and exits 0", async () => {
+    const sink = await startSmtpSink();
+    const prefix = randomPrefix();
+    const secret = "process-test-secret-0123456789abcdef";
+    const port = await freePort();
+    try {
+      sink.respondWith(behave.accept({ delayMs: 1500 }));
+      const service = startService({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        REDIS_URL: redisUrlForTests(),
+        REDIS_PREFIX: prefix,
+        SMTP_URL: sink.url,
+        OTP_SECRET: secret,
+        SEND_WAIT_BUDGET: "200ms",
+        SHUTDOWN_GRACE: "10s",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const sent = await grpcUnary(client, sendOtp, { recipient: "slow@example.com", purpose: Purpose.LOGIN });
+      client.close();
+      // The wait budget ran out while the relay was still thinking.
+      expect(sent.state).toBe(DeliveryState.SENDING);
+
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+      expect(sink.messages).toHaveLength(1);
+
+      const store = createRedisStore({ url: redisUrlForTests(), prefix, logger: createLogger({ level: "silent" }) });
+      try {
+        const record = await store.getRecord(sent.messageId);
+        expect(record?.state).toBe("ACCEPTED");
+        expect(record?.relayReply?.queueId).toBe(sink.messages[0]?.queueId);
+      } finally {
+        await store.close();
+      }
+      expect(service.lines.some((line) => /shutting down/.test(String(line["msg"])))).toBe(true);
+    } finally {
+      await sink.close();
+    }
+  });
+});
