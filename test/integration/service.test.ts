@@ -4,8 +4,8 @@
  * the real app, real Redis and a real SMTP server; buf curl goes through
  * reflection; hostile requests are refused and send nothing.
  */
-import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { DurationSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
@@ -16,8 +16,6 @@ import {
   Purpose,
   SendOtpRequestSchema,
   VerifyResult,
-  type SendOtpRequest,
-  type VerifyOtpRequest,
 } from "../../gen/otp/v1/otp_email_pb.js";
 import { createOtpEmailClient } from "../../src/client.js";
 import { bufCurl, errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
@@ -215,8 +213,9 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
 
   describe("refuses hostile requests with INVALID_ARGUMENT and sends nothing", () => {
     const mb = "a".repeat(1024 * 1024);
-    const valid: Partial<SendOtpRequest> = { recipient: "victim@example.com", purpose: Purpose.LOGIN };
-    const sendCases: [string, Partial<SendOtpRequest>, string][] = [
+    type SendInit = MessageInitShape<typeof SendOtpRequestSchema>;
+    const valid: SendInit = { recipient: "victim@example.com", purpose: Purpose.LOGIN };
+    const sendCases: [string, SendInit, string][] = [
       ["CRLF in recipient", { recipient: "victim@example.com\r\nBcc: all@example.com" }, "recipient"],
       ["LF at the end of recipient", { recipient: "victim@example.com\n" }, "recipient"],
       ["NUL in recipient", { recipient: "vic\u0000tim@example.com" }, "recipient"],
@@ -240,12 +239,12 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["zero ttl", { ttl: durationFromMs(0) }, "ttl"],
       ["negative ttl", { ttl: durationFromMs(-5000) }, "ttl"],
       ["ten-year ttl", { ttl: durationFromMs(10 * 365 * 86_400_000) }, "ttl"],
-      ["absurd ttl", { ttl: { seconds: 9_223_372_036_854_775_807n, nanos: 999_999_999 } }, "ttl"],
+      ["absurd ttl", { ttl: create(DurationSchema, { seconds: 9_223_372_036_854_775_807n, nanos: 999_999_999 }) }, "ttl"],
     ];
 
     it.each(sendCases)("SendOtp: %s", async (_name, fields, field) => {
       const before = svc.sink.transactions();
-      const request = create(SendOtpRequestSchema, { ...valid, ...fields });
+      const request = create(SendOtpRequestSchema, { ...valid, ...fields } as SendInit);
       const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, request));
       expect(error.code).toBe(GrpcStatus.INVALID_ARGUMENT);
       expect(error.details).toContain(field);
@@ -254,7 +253,7 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       expect(svc.sink.transactions()).toBe(before);
     });
 
-    const verifyCases: [string, Partial<VerifyOtpRequest>, string][] = [
+    const verifyCases: [string, MessageInitShape<typeof OtpEmailService.method.verifyOtp.input>, string][] = [
       ["CRLF in code", { code: "1234\r\n" }, "code"],
       ["empty code", { code: "" }, "code"],
       ["1 MB code", { code: mb }, "code"],

@@ -1,0 +1,120 @@
+/**
+ * The OTP domain on the memory store with a recording delivery double: the
+ * store and the delivery are not the boundaries under test here (the
+ * integration suites cover them for real); the code rules are.
+ */
+import * as crypto from "node:crypto";
+import { describe, expect, it, vi } from "vitest";
+import type { DeliveryRecord } from "../../src/delivery/record.js";
+import { createRenderer } from "../../src/delivery/render.js";
+import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
+import { OtpError } from "../../src/errors.js";
+import { unlimited } from "../../src/limits/types.js";
+import { createLogger } from "../../src/logger.js";
+import { createHasher } from "../../src/otp/code.js";
+import { createOtpService } from "../../src/otp/otp-service.js";
+import { createMemoryStore } from "../../src/store/memory-store.js";
+
+vi.mock("node:crypto", async (importOriginal) => {
+  const actual = await importOriginal<typeof crypto>();
+  return { ...actual, timingSafeEqual: vi.fn(actual.timingSafeEqual) };
+});
+
+const ctx = { caller: "tests", traceId: "" };
+
+function setup(outcome: DeliveryRecord["state"] = "ACCEPTED") {
+  let now = 1_800_000_000_000;
+  const clock = { now: () => now };
+  const store = createMemoryStore({ clock });
+  const sent: OutgoingMail[] = [];
+  const service = createOtpService({
+    store,
+    delivery: {
+      // Like the real delivery service, the double writes its final record.
+      dispatch: async (record: DeliveryRecord, mail: OutgoingMail) => {
+        sent.push(mail);
+        const attempts =
+          outcome === "FAILED"
+            ? [{ number: 1, startedAt: now, durationMs: 1, outcome: "permanent" as const, replyCode: 550, enhancedStatus: "5.1.1", replyText: "550 5.1.1 no such user", errorCode: "" }]
+            : [];
+        const final = { ...record, state: outcome, attempts, failureReason: outcome === "FAILED" ? "the relay refused" : undefined };
+        await store.putRecord(final, 86_400_000);
+        return final;
+      },
+    },
+    renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
+    limiter: unlimited,
+    hasher: createHasher(Buffer.from("unit-test-secret-0123456789abcdefgh")),
+    clock,
+    logger: createLogger({ level: "silent" }),
+    from: { name: "Acme", address: "no-reply@acme.test" },
+    codeLength: 6,
+    ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
+    maxFailedAttempts: 5,
+    recordRetentionMs: 7 * 86_400_000,
+    idempotencyTtlMs: 86_400_000,
+  });
+  return { service, store, sent, advance: (ms: number) => (now += ms) };
+}
+
+const send = { recipient: "ana@example.com", purpose: "login", locale: "", code: "", ttlMs: undefined, idempotencyKey: "", endUserIp: "" };
+
+describe("otp service", () => {
+  it("compares a guess with timingSafeEqual against every live code", async () => {
+    const { service } = setup();
+    await service.sendOtp(ctx, { ...send, code: "1111" });
+    await service.sendOtp(ctx, { ...send, code: "2222" });
+    await service.sendOtp(ctx, { ...send, code: "3333" });
+    const spy = vi.mocked(crypto.timingSafeEqual);
+    spy.mockClear();
+    const result = await service.verifyOtp(ctx, { recipient: "ana@example.com", purpose: "login", code: "1111" });
+    expect(result.result).toBe("VERIFIED");
+    // No early exit on the first match: all three were compared.
+    expect(spy).toHaveBeenCalledTimes(3);
+  });
+
+  it("stores only an HMAC: the code appears nowhere in the stored record", async () => {
+    const { service, store, sent } = setup();
+    const result = await service.sendOtp(ctx, { ...send, code: "9Z8Y7X" });
+    expect(sent[0]?.subject).toContain("9Z8Y7X");
+    const record = await store.getRecord(result.messageId);
+    expect(JSON.stringify(record)).not.toContain("9Z8Y7X");
+    expect(JSON.stringify(record)).not.toContain("ana@example.com");
+    expect(record?.recipientMasked).toBe("a***@example.com");
+  });
+
+  it("generates six-digit codes by default and answers with the expiry", async () => {
+    const { service, sent } = setup();
+    const result = await service.sendOtp(ctx, send);
+    expect(sent[0]?.subject).toMatch(/\b\d{6}\b/);
+    expect(result.expiresAt - result.resendAvailableAt).toBe(600_000);
+  });
+
+  it("scopes codes to their caller", async () => {
+    const { service } = setup();
+    await service.sendOtp(ctx, { ...send, code: "4444" });
+    const other = await service.verifyOtp({ caller: "someone-else", traceId: "" }, { recipient: "ana@example.com", purpose: "login", code: "4444" });
+    expect(other.result).toBe("NOT_FOUND");
+    await expect(service.getDeliveryStatus({ caller: "someone-else", traceId: "" }, "0".repeat(26))).rejects.toMatchObject({ kind: "not_found" });
+  });
+
+  it("reports a permanent relay refusal as FAILED_PRECONDITION and replays it for the same idempotency key", async () => {
+    const { service, sent } = setup("FAILED");
+    const first = await service.sendOtp(ctx, { ...send, idempotencyKey: "k1" }).catch((error: unknown) => error);
+    expect(first).toBeInstanceOf(OtpError);
+    expect(first).toMatchObject({ kind: "failed_precondition", reason: "RELAY_REJECTED" });
+    const again = await service.sendOtp(ctx, { ...send, idempotencyKey: "k1" }).catch((error: unknown) => error);
+    expect(again).toMatchObject({ kind: "failed_precondition" });
+    expect(sent).toHaveLength(1);
+  });
+
+  it("lets a retryable failure's idempotency key be used again, so the retry really sends", async () => {
+    const { service, store, sent } = setup();
+    const failing = vi.spyOn(store, "addCode").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k2" })).rejects.toMatchObject({ kind: "unavailable" });
+    failing.mockRestore();
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k2" });
+    expect(retried.state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(1);
+  });
+});
