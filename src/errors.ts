@@ -35,7 +35,21 @@ export interface OtpErrorOptions {
   readonly retryAfterMs?: number;
   /** Extra ErrorInfo metadata; never personal data. */
   readonly metadata?: Readonly<Record<string, string>>;
+  /** For resource_exhausted: every limit that refused the request (google.rpc.QuotaFailure). */
+  readonly quotaViolations?: readonly QuotaViolation[];
   readonly cause?: unknown;
+}
+
+/** One limit that refused a request (google.rpc.QuotaFailure.Violation). */
+export interface QuotaViolation {
+  /** What was limited: `recipient`, `end_user_ip`, `caller:<name>`, `global`. Never an address. */
+  readonly subject: string;
+  /** The limit in words: "at most 5 codes per 15m to one recipient". */
+  readonly description: string;
+  /** Stable id of the limit and window: `recipient:15m`. */
+  readonly quotaId: string;
+  /** The limit's count per window. */
+  readonly quotaValue: number;
 }
 
 export class OtpError extends Error {
@@ -45,6 +59,7 @@ export class OtpError extends Error {
   readonly violations: readonly FieldViolation[];
   readonly retryAfterMs: number | undefined;
   readonly metadata: Readonly<Record<string, string>>;
+  readonly quotaViolations: readonly QuotaViolation[];
 
   constructor(kind: OtpErrorKind, message: string, options: OtpErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -53,6 +68,7 @@ export class OtpError extends Error {
     this.violations = options.violations ?? [];
     this.retryAfterMs = options.retryAfterMs;
     this.metadata = options.metadata ?? {};
+    this.quotaViolations = options.quotaViolations ?? [];
   }
 
   /** An INVALID_ARGUMENT naming the violated rules; the message is the first one's. */

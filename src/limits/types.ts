@@ -1,8 +1,12 @@
 /**
- * The seam for rate limits. The core service admits every send through a
- * SendLimiter; the limits issue supplies the Redis-backed one.
+ * The seams for rate limits. The OTP service admits every send through a
+ * SendLimiter and every verification through a VerifyLimiter; `limiter.ts`
+ * implements both over the store's atomic limit logs.
  */
 import type { CallContext } from "../otp/types.js";
+import type { LimitWindow } from "../store/types.js";
+
+export type { LimitWindow };
 
 export interface SendAdmission {
   /** The earliest time another send to this recipient and purpose will be admitted. */
@@ -26,7 +30,50 @@ export interface SendLimiter {
   admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission>;
 }
 
-/** No limits: every send is admitted and may be repeated at once. */
-export const unlimited: SendLimiter = {
+export interface VerifyLimitRequest {
+  /** Lower-cased recipient address. */
+  readonly recipientKey: string;
+  readonly now: number;
+}
+
+/** A failed verification reserved before the guess is compared. */
+export interface VerifyReservation {
+  /** Gives the reservation back: the guess turned out not to be a failure. */
+  release(): Promise<void>;
+}
+
+export interface VerifyLimiter {
+  /**
+   * Reserves one failed verification of (caller, recipient) before the
+   * guess is compared, so concurrent guesses can never exceed the cap, or
+   * rejects with an OtpError of kind "resource_exhausted" when it is used up.
+   */
+  reserveFailure(ctx: CallContext, request: VerifyLimitRequest): Promise<VerifyReservation>;
+}
+
+/**
+ * Every limit, as configured. A list of windows is "at most `max` per
+ * `windowMs`" for each of them; an empty list turns that limit off.
+ */
+export interface LimitsConfig {
+  /** Sends to one recipient, whoever the caller and whatever the purpose (LIMIT_RECIPIENT). */
+  readonly recipient: readonly LimitWindow[];
+  /** Time between two sends by one caller to one recipient for one purpose; 0 is off (LIMIT_RESEND_COOLDOWN). */
+  readonly resendCooldownMs: number;
+  /** Sends for one end-user IP (an IPv6 /64 counts as one), when the caller gives it (LIMIT_END_USER_IP). */
+  readonly endUserIp: readonly LimitWindow[];
+  /** Sends by one caller (LIMIT_CALLER). */
+  readonly caller: readonly LimitWindow[];
+  /** Sends by the whole service: the sending domain's budget (LIMIT_GLOBAL). */
+  readonly global: readonly LimitWindow[];
+  /** Failed verifications of one caller for one recipient, across purposes and codes (LIMIT_VERIFY_FAILURES). */
+  readonly verifyFailures: readonly LimitWindow[];
+}
+
+const admitNow: VerifyReservation = { release: () => Promise.resolve() };
+
+/** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
+export const unlimited: SendLimiter & VerifyLimiter = {
   admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now }),
+  reserveFailure: () => Promise.resolve(admitNow),
 };

@@ -3,7 +3,7 @@
  *
  * Domain errors (`OtpError`) keep their caller-facing message and gain rich
  * details in the `grpc-status-details-bin` trailer (a google.rpc.Status with
- * Any-packed ErrorInfo, BadRequest and RetryInfo), which grpc-go, grpc-java,
+ * Any-packed ErrorInfo, BadRequest, RetryInfo and QuotaFailure), which grpc-go, grpc-java,
  * connect-es and grpcurl all know how to decode. Anything else is a bug or an
  * unexpected failure: it is logged and answered with a bare INTERNAL so that
  * no internal text (addresses, codes, stack traces) ever reaches the caller.
@@ -14,6 +14,7 @@ import { Metadata, status as GrpcCode } from "@grpc/grpc-js";
 import {
   BadRequestSchema,
   ErrorInfoSchema,
+  QuotaFailureSchema,
   RetryInfoSchema,
 } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
@@ -74,7 +75,7 @@ export function toGrpcStatus(error: unknown, logger: Logger, site: ErrorSite): G
   return withDetails(codeOfKind[error.kind], error.message, detailsOf(error));
 }
 
-/** ErrorInfo always; BadRequest and RetryInfo when the error carries them. */
+/** ErrorInfo always; BadRequest, RetryInfo and QuotaFailure when the error carries them. */
 function detailsOf(error: OtpError): Any[] {
   const details: Any[] = [
     anyPack(
@@ -104,6 +105,22 @@ function detailsOf(error: OtpError): Any[] {
     // Duration nanos must be whole numbers; a retry hint needs no sub-millisecond precision.
     const retryDelay = durationFromMs(Math.max(0, Math.ceil(error.retryAfterMs)));
     details.push(anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay })));
+  }
+  if (error.quotaViolations.length > 0) {
+    details.push(
+      anyPack(
+        QuotaFailureSchema,
+        create(QuotaFailureSchema, {
+          violations: error.quotaViolations.map((v) => ({
+            subject: v.subject,
+            description: v.description,
+            apiService: errorDomain,
+            quotaId: v.quotaId,
+            quotaValue: BigInt(v.quotaValue),
+          })),
+        }),
+      ),
+    );
   }
   return details;
 }

@@ -9,7 +9,7 @@
  * just as a Lua script is in Redis.
  */
 import type { Clock } from "../clock.js";
-import type { DeliveryRecord } from "../delivery/record.js";
+import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
 import { storageUnavailable } from "../errors.js";
 import type {
   ClaimResult,
@@ -17,8 +17,12 @@ import type {
   CodeSetOptions,
   GuessReservation,
   IdempotencyClaim,
+  LimitLog,
+  LimitOutcome,
+  FullWindow,
   OtpStore,
 } from "./types.js";
+import { maxDeliveryReports } from "./types.js";
 
 export interface MemoryStoreOptions {
   /** Drives every TTL; tests pass a fake clock. */
@@ -40,6 +44,22 @@ interface CodeSet {
   readonly entries: Map<string, { readonly hmac: string; readonly expiresAt: number }>;
 }
 
+/** One admission in a limit log. */
+interface LimitEntry {
+  readonly at: number;
+  readonly entry: string;
+}
+
+/**
+ * undefined when the window (entries younger than `windowMs`) has room for
+ * one more; otherwise when it will: the entry whose departure leaves `max - 1`.
+ */
+function whenRoomFor(entries: readonly LimitEntry[], max: number, windowMs: number, now: number): number | undefined {
+  const inWindow = entries.filter((e) => e.at > now - windowMs);
+  if (inWindow.length < max) return undefined;
+  return inWindow[inWindow.length - max].at + windowMs;
+}
+
 /** Creates an empty in-memory store. Development only. */
 export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
   const { clock } = options;
@@ -48,7 +68,12 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
   // it got back) cannot change what is stored, as with Redis.
   const records = new Map<string, Slot<string>>();
   const claims = new Map<string, Slot<IdempotencyClaim>>();
-  const tables: readonly Map<string, Slot<unknown>>[] = [codeSets, records, claims];
+  /** Limit logs: entries oldest first, as a Redis sorted set orders them. */
+  const limitLogs = new Map<string, Slot<LimitEntry[]>>();
+  /** DSNs per message and suppressions, serialized like records. */
+  const reports = new Map<string, Slot<string[]>>();
+  const suppressions = new Map<string, Slot<string>>();
+  const tables: readonly Map<string, Slot<unknown>>[] = [codeSets, records, claims, limitLogs, reports, suppressions];
   const listeners = new Set<(ready: boolean) => void>();
   let closed = false;
 
@@ -149,6 +174,28 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
+    addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
+      return run(() => {
+        const list = [...(read(reports, messageId) ?? []), JSON.stringify(report)].slice(-maxDeliveryReports);
+        expireIn(reports, messageId, list, Math.max(1, ttlMs));
+      });
+    },
+
+    getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {
+      return run(() => (read(reports, messageId) ?? []).map((value) => JSON.parse(value) as DeliveryReport));
+    },
+
+    putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
+      return run(() => expireIn(suppressions, recipientHash, JSON.stringify(entry), Math.max(1, ttlMs)));
+    },
+
+    getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined> {
+      return run(() => {
+        const value = read(suppressions, recipientHash);
+        return value === undefined ? undefined : (JSON.parse(value) as SuppressionEntry);
+      });
+    },
+
     claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
       return run((): ClaimResult => {
         const existing = read(claims, keyId);
@@ -162,6 +209,38 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
     releaseIdempotencyKey(keyId: string, messageId: string): Promise<void> {
       return run(() => {
         if (read(claims, keyId)?.messageId === messageId) claims.delete(keyId);
+      });
+    },
+
+    consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
+      return run((): LimitOutcome => {
+        const full: FullWindow[] = [];
+        const current = logs.map((log, index) => {
+          const longest = Math.max(...log.windows.map((w) => w.windowMs));
+          const entries = (read(limitLogs, log.id) ?? []).filter((e) => e.at > now - longest);
+          log.windows.forEach((w, window) => {
+            const retryAt = whenRoomFor(entries, w.max, w.windowMs, now);
+            if (retryAt !== undefined) full.push({ log: index, window, retryAt });
+          });
+          return { log, longest, entries };
+        });
+        if (full.length > 0) return { admitted: false, full };
+        const nextAt = current.map(({ log, longest, entries }) => {
+          const position = entries.findIndex((e) => e.at > now);
+          entries.splice(position === -1 ? entries.length : position, 0, { at: now, entry });
+          expireIn(limitLogs, log.id, entries, longest);
+          return Math.max(now, ...log.windows.map((w) => whenRoomFor(entries, w.max, w.windowMs, now) ?? now));
+        });
+        return { admitted: true, nextAt };
+      });
+    },
+
+    releaseLimit(logId: string, entry: string): Promise<void> {
+      return run(() => {
+        const entries = read(limitLogs, logId);
+        const index = entries?.findIndex((e) => e.entry === entry) ?? -1;
+        if (entries !== undefined && index !== -1) entries.splice(index, 1);
+        if (entries?.length === 0) limitLogs.delete(logId);
       });
     },
 

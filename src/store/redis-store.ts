@@ -8,14 +8,24 @@
  *   <prefix>code:{<setId>}   hash   f = failures, c:<entryId> = <hmac>:<expiresAt>
  *   <prefix>msg:{<messageId>} string delivery record as JSON
  *   <prefix>idem:{<keyId>}   string idempotency claim as JSON {fingerprint, messageId}
+ *   <prefix>dsn:{<messageId>} list  delivery reports (DSNs) as JSON, oldest first
+ *   <prefix>supp:{<recipientHash>} string suppression entry as JSON
+ *   <prefix>{limits}:<logId> zset   limit log: member = admission id, score = admitted at
+ *
+ * The limit logs all share the hash tag `{limits}`: one SendOtp checks and
+ * consumes every limit it is subject to (recipient, caller, global...) in
+ * one script, which Redis Cluster only allows within one slot. Every
+ * SendOtp touches the global log anyway, so that slot's node sees every
+ * send whatever the layout; keeping the small per-recipient logs beside it
+ * buys exactness and one round trip for a little memory on that node.
  *
  * Times in scripts come from the caller's injected clock (`options.now`),
  * never from Redis TIME, and TTLs are set relative to that `now` (PEXPIRE,
  * not PEXPIREAT) so a skewed or fake application clock never makes Redis drop
  * a key early or keep it for ever.
  */
-import { Redis, type RedisOptions } from "ioredis";
-import type { DeliveryRecord } from "../delivery/record.js";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
+import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
 import { storageUnavailable, type OtpError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type {
@@ -24,8 +34,11 @@ import type {
   CodeSetOptions,
   GuessReservation,
   IdempotencyClaim,
+  LimitLog,
+  LimitOutcome,
   OtpStore,
 } from "./types.js";
+import { maxDeliveryReports } from "./types.js";
 
 export interface RedisStoreOptions {
   /** `redis://[user:pass@]host:port[/db]` or `rediss://...` for TLS. */
@@ -40,6 +53,13 @@ export interface RedisStoreOptions {
   readonly commandTimeoutMs?: number;
   /** How long one connection attempt may take before it is retried. ioredis default (10 s) when unset. */
   readonly connectTimeoutMs?: number;
+  /** Told of every failed operation (by name: `getRecord`...), for the Redis error metric. */
+  readonly onCommandError?: ((operation: string) => void) | undefined;
+  /**
+   * Redis Cluster: `url` is one or more comma-separated seed nodes
+   * (`redis://a:7000,redis://b:7001`); the client discovers the rest.
+   */
+  readonly cluster?: boolean;
 }
 
 /** Reconnect delays grow from 50 ms and never exceed this, so recovery is quick once Redis is back. */
@@ -170,7 +190,64 @@ end
 return 0
 `;
 
+/**
+ * KEYS: the limit logs. ARGV: now, entry, then per key: number of windows,
+ * then max and windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
+ * Returns {1, nextAt1, nextAt2, ...} or {0, log, window, retryAt, ...} with
+ * 1-based log and window indices.
+ */
+const consumeLimitsLua = `
+local now = tonumber(ARGV[1])
+local entry = ARGV[2]
+local function ms(value) return string.format('%d', value) end
+-- When the window has room for one more: nil; else the time it will.
+local function roomAt(key, max, window)
+  local since = '(' .. ms(now - window)
+  local count = redis.call('ZCOUNT', key, since, '+inf')
+  if count < max then return nil end
+  local oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', count - max, 1)
+  return tonumber(oldest[2]) + window
+end
+local logs = {}
+local full = {0}
+local pos = 3
+for i = 1, #KEYS do
+  local windows = {}
+  local longest = 0
+  for j = 1, tonumber(ARGV[pos]) do
+    local max, window = tonumber(ARGV[pos + 2 * j - 1]), tonumber(ARGV[pos + 2 * j])
+    windows[j] = {max, window}
+    if window > longest then longest = window end
+  end
+  pos = pos + 1 + 2 * #windows
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ms(now - longest))
+  for j = 1, #windows do
+    local retryAt = roomAt(KEYS[i], windows[j][1], windows[j][2])
+    if retryAt then
+      full[#full + 1] = i
+      full[#full + 1] = j
+      full[#full + 1] = retryAt
+    end
+  end
+  logs[i] = {windows, longest}
+end
+if #full > 1 then return full end
+local reply = {1}
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], ms(now), entry)
+  redis.call('PEXPIRE', KEYS[i], ms(logs[i][2]))
+  local nextAt = now
+  for _, w in ipairs(logs[i][1]) do
+    local at = roomAt(KEYS[i], w[1], w[2])
+    if at and at > nextAt then nextAt = at end
+  end
+  reply[#reply + 1] = nextAt
+end
+return reply
+`;
+
 const scripts = {
+  otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpReserveGuess: { lua: reserveGuessLua, numberOfKeys: 1 },
   otpConsumeCode: { lua: consumeCodeLua, numberOfKeys: 1 },
@@ -181,7 +258,7 @@ const scripts = {
 type ScriptArg = string | number;
 /** The commands ioredis adds for `scripts` (EVALSHA, falling back to EVAL on NOSCRIPT). */
 type ScriptCommands = {
-  readonly [name in keyof typeof scripts]: (key: string, ...args: ScriptArg[]) => Promise<unknown>;
+  readonly [name in keyof typeof scripts]: (...keysThenArgs: ScriptArg[]) => Promise<unknown>;
 };
 
 /**
@@ -213,13 +290,20 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   };
   if (options.connectTimeoutMs !== undefined) redisOptions.connectTimeout = options.connectTimeoutMs;
   // ioredis defines the script commands from `scripts` in its constructor.
-  const redis = new Redis(url, redisOptions) as Redis & ScriptCommands;
+  const redis = (options.cluster === true ? connectCluster(url, redisOptions) : new Redis(url, redisOptions)) as (
+    | Redis
+    | Cluster
+  ) &
+    ScriptCommands;
 
   const readiness = trackReadiness(redis, logger);
 
   const codeKey = (setId: string): string => `${prefix}code:{${setId}}`;
   const recordKey = (messageId: string): string => `${prefix}msg:{${messageId}}`;
   const idempotencyKey = (keyId: string): string => `${prefix}idem:{${keyId}}`;
+  const reportsKey = (messageId: string): string => `${prefix}dsn:{${messageId}}`;
+  const suppressionKey = (recipientHash: string): string => `${prefix}supp:{${recipientHash}}`;
+  const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
   /** Runs one Redis operation, turning any failure into storageUnavailable. */
   async function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
@@ -234,6 +318,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     } catch (error) {
       const unavailable = toUnavailable(error);
       readiness.noteFailure(operation, unavailable);
+      options.onCommandError?.(operation);
       throw unavailable;
     }
   }
@@ -276,6 +361,43 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       });
     },
 
+    async addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
+      const px = ttl(ttlMs);
+      const key = reportsKey(messageId);
+      return run("addDeliveryReport", async () => {
+        // One key, one MULTI: append, cap and expire together.
+        const replies = await redis
+          .multi()
+          .rpush(key, JSON.stringify(report))
+          .ltrim(key, -maxDeliveryReports, -1)
+          .pexpire(key, px)
+          .exec();
+        const failed = replies?.find(([error]) => error !== null);
+        if (replies === null || failed !== undefined) throw failed?.[0] ?? new Error("MULTI was discarded");
+      });
+    },
+
+    getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {
+      return run("getDeliveryReports", async () => {
+        const values = await redis.lrange(reportsKey(messageId), 0, -1);
+        return values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? []);
+      });
+    },
+
+    async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
+      const px = ttl(ttlMs);
+      return run("putSuppression", async () => {
+        await redis.set(suppressionKey(recipientHash), JSON.stringify(entry), "PX", px);
+      });
+    },
+
+    getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined> {
+      return run("getSuppression", async () => {
+        const value = await redis.get(suppressionKey(recipientHash));
+        return value === null ? undefined : parseJsonObject<SuppressionEntry>(value, "messageId");
+      });
+    },
+
     async claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
       const px = ttl(ttlMs);
       const value = JSON.stringify({ fingerprint: claim.fingerprint, messageId: claim.messageId });
@@ -291,6 +413,22 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     releaseIdempotencyKey(keyId: string, messageId: string): Promise<void> {
       return run("releaseIdempotencyKey", async () => {
         await redis.otpRelease(idempotencyKey(keyId), messageId);
+      });
+    },
+
+    async consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
+      if (logs.length === 0) return { admitted: true, nextAt: [] };
+      const args = limitArgs(logs, entry, now);
+      const keys = logs.map((log) => limitKey(log.id));
+      return run("consumeLimits", async () =>
+        parseLimitOutcome(await redis.otpConsumeLimits(keys.length, ...keys, ...args), logs.length),
+      );
+    },
+
+    releaseLimit(logId: string, entry: string): Promise<void> {
+      return run("releaseLimit", async () => {
+        // Removing the last entry removes the key: nothing is left without a TTL.
+        await redis.zrem(limitKey(logId), entry);
       });
     },
 
@@ -326,7 +464,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
  * Follows ioredis' connection events: readiness for health checks, and one
  * warning per outage (not one per reconnect attempt or failed command).
  */
-function trackReadiness(redis: Redis, logger: Logger) {
+function trackReadiness(redis: Redis | Cluster, logger: Logger) {
   const listeners = new Set<(ready: boolean) => void>();
   let ready = false;
   let down = false;
@@ -471,6 +609,19 @@ function parseReservation(reply: unknown): GuessReservation {
   }
 }
 
+/** A JSON object that has string field `field`, or undefined for anything unreadable. */
+function parseJsonObject<T>(value: string, field: string): T | undefined {
+  try {
+    const parsed: unknown = JSON.parse(value);
+    if (typeof parsed === "object" && parsed !== null && typeof (parsed as Record<string, unknown>)[field] === "string") {
+      return parsed as T;
+    }
+  } catch {
+    // Fall through: unreadable.
+  }
+  return undefined;
+}
+
 function parseRecord(value: string): DeliveryRecord | undefined {
   try {
     const parsed: unknown = JSON.parse(value);
@@ -487,4 +638,57 @@ function parseClaim(value: unknown): IdempotencyClaim {
   // The script only returns claims it could decode with both fields as strings.
   const parsed = JSON.parse(String(value)) as IdempotencyClaim;
   return { fingerprint: parsed.fingerprint, messageId: parsed.messageId };
+}
+
+/**
+ * A Cluster client with the single-node client's failure behaviour (no
+ * offline queue, no resending, capped reconnect backoff). Credentials and
+ * TLS come from the first seed URL and apply to every node.
+ */
+function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
+  const seeds = urls.split(",").map((url) => new URL(url.trim()));
+  const first = seeds[0];
+  const { retryStrategy, enableOfflineQueue, scripts: clusterScripts, ...nodeOptions } = redisOptions;
+  return new Cluster(
+    seeds.map((seed) => ({ host: seed.hostname.replace(/^\[|\]$/g, ""), port: Number(seed.port === "" ? 6379 : seed.port) })),
+    {
+      scripts: clusterScripts,
+      enableOfflineQueue,
+      clusterRetryStrategy: retryStrategy ?? undefined,
+      redisOptions: {
+        ...nodeOptions,
+        ...(first.username === "" ? {} : { username: decodeURIComponent(first.username) }),
+        ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
+        ...(first.protocol === "rediss:" ? { tls: {} } : {}),
+      },
+    },
+  );
+}
+
+/** ARGV of the consume script after the keys; validates every window. */
+function limitArgs(logs: readonly LimitLog[], entry: string, now: number): ScriptArg[] {
+  const args: ScriptArg[] = [wholeMs(now), entry];
+  for (const log of logs) {
+    if (log.windows.length === 0) throw new TypeError(`limit log ${log.id} has no window`);
+    args.push(log.windows.length);
+    for (const { max, windowMs } of log.windows) {
+      if (!(Number.isInteger(max) && max > 0 && Number.isInteger(windowMs) && windowMs > 0)) {
+        throw new TypeError(`limit log ${log.id}: max and windowMs must be positive integers`);
+      }
+      args.push(max, windowMs);
+    }
+  }
+  return args;
+}
+
+function parseLimitOutcome(reply: unknown, logCount: number): LimitOutcome {
+  if (!Array.isArray(reply)) throw new Error("unexpected reply to the limits script");
+  const [admitted, ...rest] = (reply as unknown[]).map(Number);
+  if (admitted === 1 && rest.length === logCount) return { admitted: true, nextAt: rest };
+  if (admitted !== 0 || rest.length === 0 || rest.length % 3 !== 0) throw new Error("unexpected reply to the limits script");
+  const full = [];
+  for (let i = 0; i < rest.length; i += 3) {
+    full.push({ log: rest[i] - 1, window: rest[i + 1] - 1, retryAt: rest[i + 2] });
+  }
+  return { admitted: false, full };
 }

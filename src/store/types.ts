@@ -4,14 +4,18 @@
  * zero-config dev mode). Both pass the same contract suite
  * (test/integration/store-contract.ts).
  *
- * Every operation touches exactly one key, so the Redis implementation works
- * on Redis Cluster; every key carries a TTL.
+ * Every operation touches exactly one key, or (consumeLimits) several keys
+ * that share one hash tag, so the Redis implementation works on Redis
+ * Cluster; every key carries a TTL.
  *
  * Errors: an unreachable or failing backend rejects with
  * `storageUnavailable(cause)` from `../errors.ts` (an OtpError of kind
  * "unavailable"), never with a raw ioredis error.
  */
-import type { DeliveryRecord } from "../delivery/record.js";
+import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
+
+/** DSNs kept per message; a flood of reports keeps the newest. */
+export const maxDeliveryReports = 20;
 
 /** One outstanding code: only its keyed HMAC is stored, never the code. */
 export interface CodeEntry {
@@ -64,6 +68,43 @@ export type ClaimResult =
   | { readonly claimed: true }
   | { readonly claimed: false; readonly existing: IdempotencyClaim };
 
+/** One cap on a limit log: at most `max` entries younger than `windowMs`. */
+export interface LimitWindow {
+  readonly max: number;
+  readonly windowMs: number;
+}
+
+/**
+ * A sliding-window log: each admission it took part in is an entry stamped
+ * with the time it was admitted, kept for its longest window. Several windows
+ * over one log (5 per 15 min and 20 per day) cost one key.
+ */
+export interface LimitLog {
+  /** Opaque id; the store adds its prefix and the limits' shared hash tag. */
+  readonly id: string;
+  /** At least one; every `max` >= 1 and `windowMs` >= 1, whole numbers. */
+  readonly windows: readonly LimitWindow[];
+}
+
+/** A window that refused an admission, and when it will have room again. */
+export interface FullWindow {
+  /** Index into the logs passed to consumeLimits. */
+  readonly log: number;
+  /** Index into that log's windows. */
+  readonly window: number;
+  /** Epoch ms at which an entry leaves the window (if nothing else is added meanwhile). */
+  readonly retryAt: number;
+}
+
+export type LimitOutcome =
+  /**
+   * Admitted: the entry was added to every log. `nextAt[i]` is when log `i`
+   * alone would admit the next entry (`now` when it has room already).
+   */
+  | { readonly admitted: true; readonly nextAt: readonly number[] }
+  /** Refused: no log changed. `full` lists every full window. */
+  | { readonly admitted: false; readonly full: readonly FullWindow[] };
+
 export interface OtpStore {
   /**
    * Adds a code to the set `setId` (an opaque id derived from caller,
@@ -99,6 +140,39 @@ export interface OtpStore {
 
   /** Frees a claim, only if it still names `messageId` (the first call failed). */
   releaseIdempotencyKey(keyId: string, messageId: string): Promise<void>;
+
+  /**
+   * Checks every window of every log and, only if all have room, adds
+   * `entry` (unique per admission) stamped `now` to every log: all or
+   * nothing, atomically, so concurrent callers can never overshoot a limit
+   * and a refused request consumes nothing. Entries at or before
+   * `now - windowMs` no longer count. Each log's key lives for its longest
+   * window after its newest entry.
+   */
+  consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome>;
+
+  /** Removes `entry` from log `logId` (an admission given back). No-op when absent. */
+  releaseLimit(logId: string, entry: string): Promise<void>;
+
+  /**
+   * Appends a DSN to the reports of `messageId` (oldest first; beyond
+   * `maxDeliveryReports` the oldest are dropped); the reports live `ttlMs`
+   * from now. Kept apart from the record so the sender's writes and the
+   * bounce intake's never overwrite each other.
+   */
+  addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void>;
+
+  /** The reports of a message, oldest first; empty when none. */
+  getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]>;
+
+  /**
+   * Suppresses a recipient, identified by an opaque HMAC (never the address),
+   * for `ttlMs` from now; replaces an earlier suppression.
+   */
+  putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void>;
+
+  /** The recipient's suppression, or undefined when none is in force. */
+  getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined>;
 
   /** Resolves when the backend answers; rejects with storageUnavailable otherwise. */
   ping(): Promise<void>;

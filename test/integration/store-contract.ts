@@ -7,9 +7,10 @@
  */
 import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { DeliveryRecord } from "../../src/delivery/record.js";
+import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../../src/delivery/record.js";
 import { OtpError } from "../../src/errors.js";
 import type { CodeEntry, CodeSetOptions, GuessReservation, OtpStore } from "../../src/store/types.js";
+import { maxDeliveryReports } from "../../src/store/types.js";
 
 /** One store, fresh and empty, for one test. */
 export interface StoreUnderTest {
@@ -279,6 +280,85 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
       });
     });
 
+    describe("delivery reports (DSNs)", () => {
+      it("answers no reports for a message that has none", async () => {
+        expect(await store.getDeliveryReports("msg-1")).toEqual([]);
+      });
+
+      it("keeps reports in arrival order, per message, apart from the record", async () => {
+        const delayed = report("delayed", "4.4.1", t0 + 1000);
+        const failed = report("failed", "5.1.1", t0 + 2000);
+        await store.putRecord(record("msg-1"), minute);
+        await store.addDeliveryReport("msg-1", delayed, minute);
+        await store.addDeliveryReport("msg-1", failed, minute);
+        await store.addDeliveryReport("msg-2", failed, minute);
+
+        expect(await store.getDeliveryReports("msg-1")).toEqual([delayed, failed]);
+        expect(await store.getDeliveryReports("msg-2")).toEqual([failed]);
+        // A later write of the record (the sender's) leaves the reports alone.
+        await store.putRecord({ ...record("msg-1"), state: "ACCEPTED" }, minute);
+        expect(await store.getDeliveryReports("msg-1")).toHaveLength(2);
+      });
+
+      it(`keeps the newest ${maxDeliveryReports} reports when flooded`, async () => {
+        for (let i = 0; i < maxDeliveryReports + 5; i++) {
+          await store.addDeliveryReport("msg-1", report("delayed", "4.4.1", t0 + i), minute);
+        }
+
+        const kept = await store.getDeliveryReports("msg-1");
+        expect(kept).toHaveLength(maxDeliveryReports);
+        expect(kept[0]?.receivedAt).toBe(t0 + 5);
+        expect(kept.at(-1)?.receivedAt).toBe(t0 + maxDeliveryReports + 4);
+      });
+
+      it("loses no report when many arrive at once", async () => {
+        const many = Array.from({ length: 10 }, (_, i) => report("delayed", "4.4.1", t0 + i));
+
+        await Promise.all(many.map((r) => store.addDeliveryReport("msg-1", r, minute)));
+
+        const kept = await store.getDeliveryReports("msg-1");
+        expect([...kept].sort((x, y) => x.receivedAt - y.receivedAt)).toEqual(many);
+      });
+
+      it("forgets reports after their TTL", async () => {
+        await store.addDeliveryReport("msg-1", report("failed", "5.1.1", t0), 50);
+        await subject.elapse(120);
+
+        expect(await store.getDeliveryReports("msg-1")).toEqual([]);
+      });
+    });
+
+    describe("suppressions", () => {
+      const entry: SuppressionEntry = {
+        messageId: "msg-1",
+        status: "5.1.1",
+        diagnosticCode: "smtp; 550 5.1.1 <j***@example.com>: Recipient address rejected: User unknown",
+        bouncedAt: t0,
+        expiresAt: t0 + 30 * 86_400_000,
+      };
+
+      it("answers undefined for a recipient that is not suppressed", async () => {
+        expect(await store.getSuppression("hash-1")).toBeUndefined();
+      });
+
+      it("reads a suppression back, per recipient hash, and a later one replaces it", async () => {
+        await store.putSuppression("hash-1", entry, minute);
+        expect(await store.getSuppression("hash-1")).toEqual(entry);
+        expect(await store.getSuppression("hash-2")).toBeUndefined();
+
+        const later = { ...entry, messageId: "msg-2", bouncedAt: t0 + 1000 };
+        await store.putSuppression("hash-1", later, minute);
+        expect(await store.getSuppression("hash-1")).toEqual(later);
+      });
+
+      it("lifts a suppression after its TTL", async () => {
+        await store.putSuppression("hash-1", entry, 50);
+        await subject.elapse(120);
+
+        expect(await store.getSuppression("hash-1")).toBeUndefined();
+      });
+    });
+
     describe("lifecycle", () => {
       it("answers ping and reports ready", async () => {
         await expect(store.ping()).resolves.toBeUndefined();
@@ -329,6 +409,19 @@ function entriesOf(reservation: GuessReservation): CodeEntry[] {
   expect(reservation.state).toBe("open");
   const entries = reservation.state === "open" ? [...reservation.entries] : [];
   return entries.sort((x, y) => x.id.localeCompare(y.id, "en", { numeric: true }));
+}
+
+function report(action: DeliveryReport["action"], status: string, receivedAt: number): DeliveryReport {
+  return {
+    receivedAt,
+    action,
+    status,
+    diagnosticCode: `smtp; ${status.startsWith("5") ? 550 : 451} ${status} test`,
+    remoteMta: "dns; mx.example.com",
+    reportingMta: "dns; relay.example.com",
+    finalRecipient: "rfc822; j***@example.com",
+    envelopeId: "msg-1",
+  };
 }
 
 function record(messageId: string): DeliveryRecord {

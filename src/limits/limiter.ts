@@ -1,0 +1,181 @@
+/**
+ * The limits of issue 3 over the store's atomic limit logs (sliding windows):
+ * which logs a request is subject to, and what a caller is told when one is
+ * full.
+ *
+ * A SendOtp is subject to up to five logs, checked and consumed together in
+ * one store operation (one Redis round trip, all or nothing):
+ *
+ *   recipient        every send to the address, whoever the caller and purpose
+ *   resend_cooldown  one caller's sends to the address for one purpose
+ *   end_user_ip      sends for one end-user IP (an IPv6 /64), when given
+ *   caller           one caller's sends
+ *   global           every send: the sending domain's budget
+ *
+ * A VerifyOtp reserves one failed verification of (caller, recipient) before
+ * its guess is compared and gives it back when the guess was not wrong.
+ *
+ * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
+ */
+import { createHmac, randomBytes } from "node:crypto";
+import { OtpError, type QuotaViolation } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { CallContext } from "../otp/types.js";
+import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
+import { endUserIpSubject } from "./end-user-ip.js";
+import type { LimitsConfig, LimitWindow, SendLimiter, VerifyLimiter, VerifyReservation } from "./types.js";
+
+export interface LimiterOptions {
+  readonly store: Pick<OtpStore, "consumeLimits" | "releaseLimit">;
+  readonly limits: LimitsConfig;
+  /** Keys the log ids (the OTP secret will do: each use of it has its own label). */
+  readonly secret: Buffer;
+  readonly logger: Logger;
+}
+
+/** The name a limit goes by in messages, ErrorInfo metadata and QuotaFailure ids. */
+export type LimitName = "recipient" | "resend_cooldown" | "end_user_ip" | "caller" | "global" | "verify_failures";
+
+interface LimitKind {
+  /** ErrorInfo.reason when this limit is the one that decides the retry delay. */
+  readonly reason: string;
+  /** "codes per 15m <scope>" */
+  readonly counted: string;
+  readonly scope: string;
+  /** Whether it decides when the same recipient and purpose may be sent to again. */
+  readonly resend: boolean;
+}
+
+const kinds: Readonly<Record<LimitName, LimitKind>> = {
+  recipient: { reason: "RECIPIENT_RATE_LIMITED", counted: "codes", scope: "to one recipient", resend: true },
+  resend_cooldown: {
+    reason: "RESEND_COOLDOWN",
+    counted: "code",
+    scope: "to one recipient for one purpose",
+    resend: true,
+  },
+  end_user_ip: { reason: "END_USER_IP_RATE_LIMITED", counted: "codes", scope: "for one end-user IP", resend: false },
+  caller: { reason: "CALLER_QUOTA_EXCEEDED", counted: "codes", scope: "for this caller", resend: false },
+  global: {
+    reason: "GLOBAL_BUDGET_EXHAUSTED",
+    counted: "codes",
+    scope: "for the whole service (the sending domain's budget)",
+    resend: false,
+  },
+  verify_failures: {
+    reason: "VERIFY_FAILURES_EXCEEDED",
+    counted: "failed verifications",
+    scope: "for one recipient",
+    resend: false,
+  },
+};
+
+/** A log together with what it limits. */
+interface NamedLog {
+  readonly name: LimitName;
+  /** QuotaFailure.Violation.subject: never an address or an IP. */
+  readonly subject: string;
+  readonly log: LimitLog;
+}
+
+/** Creates the SendLimiter and VerifyLimiter over a store. */
+export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimiter {
+  const { store, limits } = options;
+  const logger = options.logger.child({ component: "limits" });
+  const id = (label: string, ...parts: string[]): string =>
+    createHmac("sha256", options.secret).update(`limit-${label}\0${parts.join("\0")}`).digest("hex").slice(0, 32);
+
+  const named = (name: LimitName, subject: string, logId: string, windows: readonly LimitWindow[]): NamedLog[] =>
+    windows.length === 0 ? [] : [{ name, subject, log: { id: logId, windows } }];
+
+  /** Fails with RESOURCE_EXHAUSTED naming the full window that frees up last. */
+  function refuse(logs: readonly NamedLog[], full: readonly FullWindow[], now: number, caller: string): never {
+    const violations = full.map((f) => {
+      const { name, subject, log } = logs[f.log];
+      const window = log.windows[f.window];
+      return { name, subject, window, retryAt: f.retryAt };
+    });
+    const binding = violations.reduce((a, b) => (b.retryAt > a.retryAt ? b : a));
+    const retryAfterMs = Math.max(0, binding.retryAt - now);
+    // Debug only: under an attack every refusal would be a line (metrics count them).
+    logger.debug({ limit: binding.name, caller, retry_after_ms: retryAfterMs }, "request refused by a rate limit");
+    const quotaViolations: QuotaViolation[] = violations.map((v) => ({
+      subject: v.subject,
+      description: describe(v.name, v.window),
+      quotaId: `${v.name}:${formatWindow(v.window.windowMs)}`,
+      quotaValue: v.window.max,
+    }));
+    throw new OtpError(
+      "resource_exhausted",
+      `limit ${binding.name} reached: ${describe(binding.name, binding.window)}; retry in ${Math.ceil(retryAfterMs / 1000)}s`,
+      {
+        reason: kinds[binding.name].reason,
+        retryAfterMs,
+        quotaViolations,
+        metadata: {
+          limit: binding.name,
+          max: String(binding.window.max),
+          window: formatWindow(binding.window.windowMs),
+          retry_at: new Date(binding.retryAt).toISOString(),
+        },
+      },
+    );
+  }
+
+  return {
+    async admit(ctx: CallContext, request) {
+      const { recipientKey, purpose, now } = request;
+      const ip = endUserIpSubject(request.endUserIp);
+      const cooldown: LimitWindow[] = limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : [];
+      const logs = [
+        ...named("recipient", "recipient", `r:${id("recipient", recipientKey)}`, limits.recipient),
+        ...named("resend_cooldown", "recipient+purpose", `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
+        ...named("end_user_ip", "end_user_ip", `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
+        ...named("caller", `caller:${ctx.caller}`, `c:${id("caller", ctx.caller)}`, limits.caller),
+        ...named("global", "global", "g", limits.global),
+      ];
+      if (logs.length === 0) return { resendAvailableAt: now };
+      const outcome = await store.consumeLimits(
+        logs.map((l) => l.log),
+        newEntry(now),
+        now,
+      );
+      if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
+      let resendAvailableAt = now;
+      logs.forEach((l, index) => {
+        if (kinds[l.name].resend) resendAvailableAt = Math.max(resendAvailableAt, outcome.nextAt[index] ?? now);
+      });
+      return { resendAvailableAt };
+    },
+
+    async reserveFailure(ctx: CallContext, request): Promise<VerifyReservation> {
+      const { recipientKey, now } = request;
+      const logs = named("verify_failures", "recipient", `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
+      const [only] = logs;
+      if (only === undefined) return { release: () => Promise.resolve() };
+      const entry = newEntry(now);
+      const outcome = await store.consumeLimits([only.log], entry, now);
+      if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
+      return { release: () => store.releaseLimit(only.log.id, entry) };
+    },
+  };
+}
+
+/** A unique admission id: time first, so entries read in order in a dump. */
+function newEntry(now: number): string {
+  return `${Math.floor(now).toString(36)}.${randomBytes(8).toString("hex")}`;
+}
+
+/** "at most 5 codes per 15m to one recipient" */
+function describe(name: LimitName, window: LimitWindow): string {
+  const kind = kinds[name];
+  return `at most ${window.max} ${kind.counted} per ${formatWindow(window.windowMs)} ${kind.scope}`;
+}
+
+/** 900000 -> "15m", 86400000 -> "1d", 90000 -> "90s". */
+export function formatWindow(ms: number): string {
+  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

@@ -1,0 +1,213 @@
+/**
+ * The limits contract: what the limiter must do over any store, run against
+ * the memory store (limits-memory.test.ts) and Redis (limits-redis.test.ts).
+ * Times are passed explicitly (`now`), as the domain does with its clock, so
+ * windows pass without sleeping.
+ */
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { OtpError } from "../../src/errors.js";
+import { createLogger } from "../../src/logger.js";
+import { createLimiter } from "../../src/limits/limiter.js";
+import type { LimitsConfig, SendLimiter, VerifyLimiter } from "../../src/limits/types.js";
+import type { CallContext } from "../../src/otp/types.js";
+import type { OtpStore } from "../../src/store/types.js";
+
+export interface LimitStoreUnderTest {
+  readonly store: OtpStore;
+  /** After the test: checks what the store left (TTLs) and cleans up. */
+  teardown(): Promise<void>;
+}
+
+export const t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const second = 1000;
+const minute = 60 * second;
+
+const off: LimitsConfig = {
+  recipient: [],
+  resendCooldownMs: 0,
+  endUserIp: [],
+  caller: [],
+  global: [],
+  verifyFailures: [],
+};
+
+const alpha: CallContext = { caller: "alpha", traceId: "" };
+const beta: CallContext = { caller: "beta", traceId: "" };
+
+function send(recipientKey: string, now: number, extra: { purpose?: string; endUserIp?: string } = {}) {
+  return { recipientKey, purpose: extra.purpose ?? "login", endUserIp: extra.endUserIp ?? "", now };
+}
+
+/** The OtpError a promise rejected with; fails when it resolved. */
+async function refusal(promise: Promise<unknown>): Promise<OtpError> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof OtpError) return error;
+    throw error;
+  }
+  throw new Error("expected a refusal");
+}
+
+export function describeLimitsContract(name: string, open: () => Promise<LimitStoreUnderTest>): void {
+  describe(`limits contract: ${name}`, () => {
+    let subject: LimitStoreUnderTest;
+
+    beforeEach(async () => {
+      subject = await open();
+    });
+
+    afterEach(async () => {
+      await subject.teardown();
+    });
+
+    const limiter = (limits: Partial<LimitsConfig>): SendLimiter & VerifyLimiter =>
+      createLimiter({
+        store: subject.store,
+        limits: { ...off, ...limits },
+        secret: Buffer.from("limits-contract-secret-0123456789abcdef"),
+        logger: createLogger({ level: "silent" }),
+      });
+
+    it("admits exactly the limit out of 1,000 concurrent sends and refuses the rest", async () => {
+      const limits = limiter({ recipient: [{ max: 5, windowMs: 15 * minute }] });
+      const results = await Promise.allSettled(
+        Array.from({ length: 1000 }, (_, i) => limits.admit(alpha, send("victim@example.com", t0 + (i % 7)))),
+      );
+      const refused = results.filter((r) => r.status === "rejected").map((r) => r.reason as unknown);
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(5);
+      expect(refused).toHaveLength(995);
+      for (const error of refused) {
+        expect(error).toBeInstanceOf(OtpError);
+        expect(error).toMatchObject({ kind: "resource_exhausted", reason: "RECIPIENT_RATE_LIMITED" });
+      }
+    });
+
+    it("a refused send consumes nothing, not even the limits it passed", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }], global: [{ max: 3, windowMs: minute }] });
+      await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0));
+      for (let i = 0; i < 10; i++) {
+        expect(await refusal(limits.admit(alpha, send("a@example.com", t0)))).toMatchObject({ reason: "RECIPIENT_RATE_LIMITED" });
+      }
+      // The ten refusals did not touch the global budget: one send remains.
+      await limits.admit(alpha, send("b@example.com", t0));
+      expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
+    });
+
+    it("admits again exactly when the oldest send leaves the window, and says when in RetryInfo", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
+      await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0 + 10 * second));
+
+      const early = await refusal(limits.admit(alpha, send("a@example.com", t0 + minute)));
+      expect(early.retryAfterMs).toBe(14 * minute);
+      expect(early.message).toBe("limit recipient reached: at most 2 codes per 15m to one recipient; retry in 840s");
+      expect(early.metadata).toMatchObject({ limit: "recipient", max: "2", window: "15m" });
+      expect(early.quotaViolations).toEqual([
+        { subject: "recipient", description: "at most 2 codes per 15m to one recipient", quotaId: "recipient:15m", quotaValue: 2 },
+      ]);
+
+      await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)));
+      await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
+      // The second send (t0 + 10 s) is still in the window: full again until it leaves.
+      const again = await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute)));
+      expect(again.retryAfterMs).toBe(10 * second);
+    });
+
+    it("resendAvailableAt is exact: the cooldown, or the window when the send filled it", async () => {
+      const limits = limiter({ recipient: [{ max: 3, windowMs: 15 * minute }], resendCooldownMs: 30 * second });
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 + 30 * second });
+
+      const cooling = await refusal(limits.admit(alpha, send("a@example.com", t0 + 10 * second)));
+      expect(cooling).toMatchObject({ reason: "RESEND_COOLDOWN", retryAfterMs: 20 * second });
+
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 30 * second))).toEqual({ resendAvailableAt: t0 + 60 * second });
+      // The third fills the 15-minute window: the next send waits for the first to leave it.
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 60 * second))).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)));
+      await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
+    });
+
+    it("the cooldown is per caller and purpose; the recipient windows count every caller and purpose", async () => {
+      const limits = limiter({ recipient: [{ max: 3, windowMs: 15 * minute }], resendCooldownMs: 30 * second });
+      await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0, { purpose: "signup" }));
+      await limits.admit(beta, send("a@example.com", t0));
+      const full = await refusal(limits.admit(beta, send("a@example.com", t0, { purpose: "password_reset" })));
+      expect(full).toMatchObject({ reason: "RECIPIENT_RATE_LIMITED" });
+    });
+
+    it("with several full windows, the one that frees up last decides, and every one is listed", async () => {
+      const limits = limiter({
+        recipient: [
+          { max: 2, windowMs: minute },
+          { max: 3, windowMs: 60 * minute },
+        ],
+        global: [{ max: 3, windowMs: 60 * minute }],
+      });
+      await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0 + 1));
+      expect((await refusal(limits.admit(alpha, send("a@example.com", t0 + 2)))).retryAfterMs).toBe(minute - 2);
+      await limits.admit(alpha, send("a@example.com", t0 + minute));
+
+      const error = await refusal(limits.admit(alpha, send("a@example.com", t0 + minute + 1)));
+      expect(error.reason).toBe("RECIPIENT_RATE_LIMITED");
+      expect(error.retryAfterMs).toBe(59 * minute - 1);
+      expect(error.quotaViolations.map((v) => v.quotaId)).toEqual(["recipient:1h", "global:1h"]);
+    });
+
+    it("counts each caller's quota apart and every caller's sends in the global budget", async () => {
+      const limits = limiter({ caller: [{ max: 2, windowMs: minute }], global: [{ max: 3, windowMs: minute }] });
+      await limits.admit(alpha, send("a1@example.com", t0));
+      await limits.admit(alpha, send("a2@example.com", t0));
+      const quota = await refusal(limits.admit(alpha, send("a3@example.com", t0)));
+      expect(quota).toMatchObject({ reason: "CALLER_QUOTA_EXCEEDED" });
+      expect(quota.quotaViolations[0]?.subject).toBe("caller:alpha");
+      await limits.admit(beta, send("b1@example.com", t0));
+      expect(await refusal(limits.admit(beta, send("b2@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
+      await limits.admit(beta, send("b2@example.com", t0 + minute));
+    });
+
+    it("limits an end-user IP only when given; an IPv6 /64 is one end user", async () => {
+      const limits = limiter({ endUserIp: [{ max: 2, windowMs: minute }] });
+      await limits.admit(alpha, send("a@example.com", t0, { endUserIp: "2001:db8:1:2::1" }));
+      await limits.admit(alpha, send("b@example.com", t0, { endUserIp: "2001:db8:1:2:ffff::9" }));
+      const error = await refusal(limits.admit(alpha, send("c@example.com", t0, { endUserIp: "2001:0db8:0001:0002::abcd" })));
+      expect(error).toMatchObject({ reason: "END_USER_IP_RATE_LIMITED" });
+      await limits.admit(alpha, send("c@example.com", t0, { endUserIp: "2001:db8:1:3::1" }));
+      await limits.admit(alpha, send("c@example.com", t0, { endUserIp: "192.0.2.7" }));
+      await limits.admit(alpha, send("d@example.com", t0, { endUserIp: "::ffff:192.0.2.7" }));
+      await refusal(limits.admit(alpha, send("e@example.com", t0, { endUserIp: "192.0.2.7" })));
+      for (let i = 0; i < 5; i++) await limits.admit(alpha, send(`f${i}@example.com`, t0));
+    });
+
+    it("reserves failed verifications up to the cap under concurrency; a released one is given back", async () => {
+      const limits = limiter({ verifyFailures: [{ max: 3, windowMs: 24 * 60 * minute }] });
+      const request = { recipientKey: "a@example.com", now: t0 };
+      const results = await Promise.allSettled(Array.from({ length: 50 }, () => limits.reserveFailure(alpha, request)));
+      const reserved = results.filter((r) => r.status === "fulfilled").map((r) => r.value);
+      expect(reserved).toHaveLength(3);
+      const refused = results.find((r) => r.status === "rejected")?.reason as unknown;
+      expect(refused).toMatchObject({ kind: "resource_exhausted", reason: "VERIFY_FAILURES_EXCEEDED" });
+
+      // Another caller's failures are its own.
+      await limits.reserveFailure(beta, request);
+      await reserved[0]?.release();
+      const again = await limits.reserveFailure(alpha, request);
+      await refusal(limits.reserveFailure(alpha, request));
+      await again.release();
+      await again.release();
+      await limits.reserveFailure(alpha, { ...request, now: t0 + 1 });
+      await refusal(limits.reserveFailure(alpha, { ...request, now: t0 + 1 }));
+      await limits.reserveFailure(alpha, { ...request, now: t0 + 24 * 60 * minute });
+    });
+
+    it("with every limit off, admits without asking the store", async () => {
+      const limits = limiter({});
+      await subject.store.close();
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 });
+      await (await limits.reserveFailure(alpha, { recipientKey: "a@example.com", now: t0 })).release();
+    });
+  });
+}

@@ -1,0 +1,204 @@
+/**
+ * Whole OtpEmail instances in the test process for the callers-and-limits
+ * tests: the real app from `startApp` (config from `loadConfig`), several of
+ * them on one Redis prefix when a test needs them, a grpc-js client per
+ * instance, bearer-token helpers, and the rich error details of a failed call
+ * (QuotaFailure included).
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { create, fromBinary, type DescMessage, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import {
+  ErrorInfoSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+} from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
+import { startApp, type App } from "../../src/app.js";
+import type { Clock } from "../../src/clock.js";
+import { loadConfig } from "../../src/config.js";
+import { createLogger } from "../../src/logger.js";
+import { serviceDefinition } from "../../src/rpc/service-adapter.js";
+
+const OtpClient = grpc.makeGenericClientConstructor(serviceDefinition(OtpEmailService), "OtpEmailService");
+const HealthClient = grpc.makeGenericClientConstructor(serviceDefinition(Health), "Health");
+
+export const sendOtp = OtpEmailService.method.sendOtp;
+export const verifyOtp = OtpEmailService.method.verifyOtp;
+export const getDeliveryStatus = OtpEmailService.method.getDeliveryStatus;
+
+/** A fixed secret so that instances agree on codes and limit keys. */
+export const testOtpSecret = "callers-and-limits-test-secret-0123456789";
+
+/** A fresh random token and its AUTH_TOKENS entry. */
+export function newToken(caller: string): { token: string; entry: string } {
+  const token = randomBytes(24).toString("base64url");
+  return { token, entry: `${caller}:${createHash("sha256").update(token).digest("hex")}` };
+}
+
+/** Metadata carrying `authorization: Bearer <token>`. */
+export function bearer(token: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+}
+
+export interface Instance {
+  readonly app: App;
+  /** `127.0.0.1:PORT` */
+  readonly address: string;
+  readonly client: grpc.Client;
+  readonly health: grpc.Client;
+  /** Every log line so far, parsed. */
+  readonly logs: Record<string, unknown>[];
+  stop(): Promise<void>;
+}
+
+export interface InstanceOptions {
+  /** Environment for loadConfig, over the defaults below (NODE_ENV=test, GRPC_ADDR port 0...). */
+  readonly env: Record<string, string>;
+  readonly clock?: Clock;
+  /** Client credentials (TLS); plaintext by default. */
+  readonly credentials?: grpc.ChannelCredentials;
+  /** Channel options of the instance's clients (`grpc.ssl_target_name_override`...). */
+  readonly channelOptions?: grpc.ChannelOptions;
+}
+
+/** A grpc-js OtpEmailService client with its own connection. */
+export function otpClient(address: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions = {}): grpc.Client {
+  return new OtpClient(address, credentials, options);
+}
+
+/** Starts one instance of the whole service. */
+export async function startInstance(options: InstanceOptions): Promise<Instance> {
+  const config = loadConfig({
+    NODE_ENV: "test",
+    GRPC_ADDR: "127.0.0.1:0",
+    LOG_LEVEL: "info",
+    OTP_SECRET: testOtpSecret,
+    MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
+    SMTP_SOCKET_TIMEOUT: "5s",
+    SEND_WAIT_BUDGET: "10s",
+    SMTP_POOL_SIZE: "3",
+    // Generous: a thousand calls in one test process may stall the event loop
+    // for a while, and these tests are about exactness, not latency.
+    REDIS_COMMAND_TIMEOUT: "15s",
+    ...options.env,
+  });
+  const logs: Record<string, unknown>[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString("utf8").split("\n")) {
+        if (line.trim() !== "") logs.push(JSON.parse(line) as Record<string, unknown>);
+      }
+      callback();
+    },
+  });
+  const logger = createLogger({ level: config.logLevel, destination });
+  const app = await startApp({ config, logger, ...(options.clock === undefined ? {} : { clock: options.clock }) });
+  const address = `${app.address.host}:${app.address.port}`;
+  const credentials = options.credentials ?? grpc.credentials.createInsecure();
+  const client = new OtpClient(address, credentials, options.channelOptions ?? {});
+  const health = new HealthClient(address, credentials, options.channelOptions ?? {});
+  return {
+    app,
+    address,
+    client,
+    health,
+    logs,
+    async stop() {
+      client.close();
+      health.close();
+      await app.stop(2000);
+    },
+  };
+}
+
+type UnaryFn = (
+  request: unknown,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (error: grpc.ServiceError | null, response?: unknown) => void,
+) => grpc.ClientUnaryCall;
+
+/** One unary call; rejects with the grpc-js ServiceError. */
+export function call<I extends DescMessage, O extends DescMessage>(
+  client: grpc.Client,
+  method: DescMethodUnary<I, O>,
+  request: MessageInitShape<I>,
+  metadata: grpc.Metadata = new grpc.Metadata(),
+  deadlineMs = 20_000,
+): Promise<MessageShape<O>> {
+  const fn = (client as unknown as Record<string, UnaryFn>)[method.name];
+  if (fn === undefined) throw new Error(`client has no ${method.name}`);
+  return new Promise((resolve, reject) => {
+    fn.call(client, create(method.input, request), metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
+      if (error) reject(error);
+      else resolve(response as MessageShape<O>);
+    });
+  });
+}
+
+/** The ServiceError a call failed with; fails the test when it succeeded. */
+export async function failure(promise: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await promise;
+  } catch (error) {
+    if (typeof error === "object" && error !== null && "code" in error) return error as grpc.ServiceError;
+    throw error;
+  }
+  throw new Error("expected the call to fail");
+}
+
+/** The google.rpc details of a failed call, unpacked. */
+export function detailsOf(error: grpc.ServiceError) {
+  const [bytes] = error.metadata.get("grpc-status-details-bin");
+  if (!(bytes instanceof Buffer)) throw new Error("no grpc-status-details-bin trailer");
+  const status = fromBinary(StatusSchema, bytes);
+  const unpack = <T extends DescMessage>(schema: T) =>
+    status.details.map((any) => anyUnpack(any, schema)).find((value) => value !== undefined);
+  return {
+    errorInfo: unpack(ErrorInfoSchema),
+    retryInfo: unpack(RetryInfoSchema),
+    quotaFailure: unpack(QuotaFailureSchema),
+  };
+}
+
+/** RetryInfo's delay in milliseconds. */
+export function retryDelayMs(error: grpc.ServiceError): number | undefined {
+  const delay = detailsOf(error).retryInfo?.retryDelay;
+  return delay === undefined ? undefined : Number(delay.seconds) * 1000 + delay.nanos / 1e6;
+}
+
+/** grpc.health.v1 Check of the whole server. */
+export async function servingStatus(instance: Instance): Promise<HealthCheckResponse_ServingStatus> {
+  const response = await call(instance.health, Health.method.check, { service: "" }, new grpc.Metadata(), 5000);
+  return response.status;
+}
+
+/** Resolves once the instance's health says SERVING (its Redis connected); rejects after `timeoutMs`. */
+export async function untilServing(instance: Instance, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while ((await servingStatus(instance)) !== HealthCheckResponse_ServingStatus.SERVING) {
+    if (Date.now() > deadline) throw new Error(`instance ${instance.address} not SERVING after ${timeoutMs} ms`);
+    await sleep(20);
+  }
+}
+
+/** Settles every promise and counts the outcomes by gRPC status code (0 = OK). */
+export async function tally(calls: readonly Promise<unknown>[]): Promise<{ codes: Map<number, number>; errors: grpc.ServiceError[] }> {
+  const results = await Promise.allSettled(calls);
+  const codes = new Map<number, number>();
+  const errors: grpc.ServiceError[] = [];
+  for (const result of results) {
+    const code = result.status === "fulfilled" ? 0 : (result.reason as grpc.ServiceError).code;
+    if (result.status === "rejected") errors.push(result.reason as grpc.ServiceError);
+    codes.set(code, (codes.get(code) ?? 0) + 1);
+  }
+  return { codes, errors };
+}

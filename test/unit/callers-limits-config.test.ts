@@ -1,0 +1,116 @@
+import { createHash } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../../src/config.js";
+
+const sha = (token: string): string => createHash("sha256").update(token).digest("hex");
+const production = {
+  NODE_ENV: "production",
+  REDIS_URL: "redis://r:6379",
+  SMTP_URL: "smtp://user:pass@relay:587",
+  OTP_SECRET: "x".repeat(40),
+  MAIL_FROM: '"Acme" <no-reply@acme.example>',
+};
+
+describe("callers in the configuration", () => {
+  it("development with no caller configured admits the anonymous caller", () => {
+    const config = loadConfig({});
+    expect(config.auth).toEqual({ tokens: [], purposes: new Map(), anonymous: true });
+    expect(config.tls).toBeUndefined();
+  });
+
+  it("production refuses to start with no caller configured", () => {
+    expect(() => loadConfig(production)).toThrow(/AUTH_TOKENS: required when NODE_ENV=production/);
+  });
+
+  it("reads token hashes (several per caller for rotation) and purpose restrictions", () => {
+    const config = loadConfig({
+      ...production,
+      AUTH_TOKENS: `billing:${sha("a")}, billing:${sha("b")},web:${sha("c").toUpperCase()}`,
+      CALLER_PURPOSES: "web:login|SIGNUP",
+    });
+    expect(config.auth.anonymous).toBe(false);
+    expect(config.auth.tokens.map((t) => [t.caller, t.sha256.toString("hex")])).toEqual([
+      ["billing", sha("a")],
+      ["billing", sha("b")],
+      ["web", sha("c")],
+    ]);
+    expect(config.auth.purposes).toEqual(new Map([["web", ["login", "signup"]]]));
+  });
+
+  it.each([
+    [{ AUTH_TOKENS: "billing:not-a-hash" }, /AUTH_TOKENS: entry 1 must be CALLER:SHA256/],
+    [{ AUTH_TOKENS: `:${sha("a")}` }, /AUTH_TOKENS: entry 1/],
+    [{ AUTH_TOKENS: `a:${sha("a")},b:${sha("a")}` }, /AUTH_TOKENS: the same token hash is listed twice/],
+    [{ AUTH_TOKENS: `a:${sha("a")}`, CALLER_PURPOSES: "a:login|billing" }, /CALLER_PURPOSES: a: must be/],
+    [{ AUTH_TOKENS: `a:${sha("a")}`, CALLER_PURPOSES: "b:login" }, /CALLER_PURPOSES: b is not a caller of AUTH_TOKENS/],
+    [{ TLS_CERT: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----" }, /TLS_KEY: required with TLS_CERT/],
+    [{ TLS_CLIENT_CA: "/nonexistent/ca.pem" }, /TLS_CLIENT_CA: client certificates need TLS/],
+    [{ TLS_CERT: "/nonexistent/cert.pem", TLS_KEY: "/nonexistent/key.pem" }, /TLS_CERT: cannot read/],
+  ])("names the variable in the error: %j", (env, message) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+});
+
+describe("limits in the configuration", () => {
+  it("has documented defaults", () => {
+    expect(loadConfig({}).limits).toEqual({
+      recipient: [
+        { max: 5, windowMs: 15 * 60_000 },
+        { max: 20, windowMs: 86_400_000 },
+      ],
+      resendCooldownMs: 30_000,
+      endUserIp: [
+        { max: 30, windowMs: 10 * 60_000 },
+        { max: 300, windowMs: 86_400_000 },
+      ],
+      caller: [{ max: 300, windowMs: 60_000 }],
+      global: [
+        { max: 1000, windowMs: 60_000 },
+        { max: 50_000, windowMs: 86_400_000 },
+      ],
+      verifyFailures: [{ max: 10, windowMs: 86_400_000 }],
+    });
+  });
+
+  it("reads COUNT/WINDOW lists, off, and a cooldown of 0", () => {
+    const limits = loadConfig({
+      LIMIT_RECIPIENT: "3/10m, 10/12h",
+      LIMIT_END_USER_IP: "off",
+      LIMIT_CALLER: "1000/1m",
+      LIMIT_GLOBAL: "OFF",
+      LIMIT_VERIFY_FAILURES: "8/1d",
+      LIMIT_RESEND_COOLDOWN: "0",
+    }).limits;
+    expect(limits).toEqual({
+      recipient: [
+        { max: 3, windowMs: 600_000 },
+        { max: 10, windowMs: 12 * 3_600_000 },
+      ],
+      resendCooldownMs: 0,
+      endUserIp: [],
+      caller: [{ max: 1000, windowMs: 60_000 }],
+      global: [],
+      verifyFailures: [{ max: 8, windowMs: 86_400_000 }],
+    });
+  });
+
+  it.each([
+    [{ LIMIT_RECIPIENT: "5 per 15m" }, /LIMIT_RECIPIENT=5 per 15m: must be COUNT\/WINDOW pairs/],
+    [{ LIMIT_CALLER: "0/1m" }, /LIMIT_CALLER=0\/1m/],
+    [{ LIMIT_GLOBAL: "10/500ms" }, /LIMIT_GLOBAL=10\/500ms/],
+    [{ LIMIT_GLOBAL: "10/60d" }, /LIMIT_GLOBAL=10\/60d/],
+    [{ LIMIT_RESEND_COOLDOWN: "2h" }, /LIMIT_RESEND_COOLDOWN=2h/],
+    [{ REDIS_URL: "redis://a:1,redis://b:2" }, /REDIS_URL: several URLs .* REDIS_CLUSTER=true/],
+    [{ REDIS_CLUSTER: "maybe" }, /REDIS_CLUSTER=maybe: must be true or false/],
+  ])("names the variable in the error: %j", (env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+
+  it("reads a cluster's seed nodes", () => {
+    expect(loadConfig({ REDIS_URL: "redis://a:7000,redis://b:7001", REDIS_CLUSTER: "true" }).redis).toMatchObject({
+      url: "redis://a:7000,redis://b:7001",
+      cluster: true,
+    });
+  });
+});
