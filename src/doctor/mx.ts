@@ -1,0 +1,51 @@
+/**
+ * MX of the bounce domain: where will the relay's bounces (DSNs) for our
+ * envelope sender go? Without a usable MX they are lost, and a message the
+ * relay accepted stays ACCEPTED forever even when it bounced.
+ */
+import { isNoRecord, type DnsResolver } from "./resolver.js";
+import { check, type CheckResult } from "./types.js";
+
+/** Options of {@link checkMx}. */
+export interface MxCheckOptions {
+  /** The envelope sender's domain (BOUNCE_DOMAIN, else the From domain). */
+  readonly domain: string;
+  readonly resolver: DnsResolver;
+}
+
+export async function checkMx(options: MxCheckOptions): Promise<CheckResult> {
+  const { domain, resolver } = options;
+  const fix = `publish MX at ${domain} pointing at the host that receives bounces (the bounce intake, BOUNCE_SMTP_ADDR)`;
+  let records;
+  try {
+    records = await resolver.mx(domain);
+  } catch (error) {
+    if (isNoRecord(error)) {
+      const missing = (error as { code: string }).code === "ENOTFOUND" ? `${domain} does not exist in DNS` : `no MX at ${domain}`;
+      return check("mx.bounce", domain, "fail", `${missing}: bounces to our envelope sender have nowhere reliable to go`, fix);
+    }
+    return check("mx.bounce", domain, "warn", `the MX could not be looked up: ${(error as Error).message}`, "check that DNS answers and run the doctor again");
+  }
+
+  const hosts = [...records].sort((a, b) => a.priority - b.priority);
+  const details = { mx: hosts.map((record) => ({ priority: record.priority, exchange: record.exchange })) };
+  // RFC 7505: a single "." MX says the domain accepts no mail.
+  if (hosts.length === 0 || hosts.every((record) => record.exchange === "" || record.exchange === ".")) {
+    return check("mx.bounce", domain, "fail", `${domain} has a null MX: it accepts no mail, so bounces are refused`, fix, details);
+  }
+
+  const unresolved: string[] = [];
+  for (const { exchange } of hosts) {
+    const [v4, v6] = await Promise.allSettled([resolver.a(exchange), resolver.aaaa(exchange)]);
+    const addresses = [v4, v6].flatMap((settled) => (settled.status === "fulfilled" ? settled.value : []));
+    if (addresses.length === 0) unresolved.push(exchange);
+  }
+  const list = hosts.map((record) => `${record.exchange} (${record.priority})`).join(", ");
+  if (unresolved.length === hosts.length) {
+    return check("mx.bounce", domain, "fail", `MX ${list}: no MX host has an address`, `publish A/AAAA records for ${unresolved.join(", ")}`, details);
+  }
+  if (unresolved.length > 0) {
+    return check("mx.bounce", domain, "warn", `MX ${list}: ${unresolved.join(", ")} has no address`, `publish A/AAAA records for ${unresolved.join(", ")} or remove it from the MX`, details);
+  }
+  return check("mx.bounce", domain, "pass", `bounces go to ${list}`, "", details);
+}

@@ -1,0 +1,84 @@
+/**
+ * Fixture zones for the doctor tests, one domain per story:
+ *
+ * - good.test: passes everything (SPF with the relay IP, DKIM key matching
+ *   ours, DMARC p=reject aligned, bounces.good.test with SPF and MX).
+ * - nospf.test: no SPF record (DKIM and DMARC p=none otherwise fine).
+ * - badkey.test: the DKIM record holds another key than ours.
+ * - misaligned.test: p=reject, but we sign as esp.test and bounce to
+ *   esp.test: both pass, neither aligns, so DMARC fails.
+ * - listed.test: fine, but its relay IP is listed in the fixture DNSBL.
+ *
+ * Keys are generated per run (no private key lives in the repository).
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { expectedRecord } from "../../src/doctor/dkim.js";
+import { a, mx, txt, type FixtureRecord } from "./dns-server.js";
+
+export const relayIp = "192.0.2.10";
+export const listedRelayIp = "192.0.2.66";
+export const dnsblZone = "dnsbl.test";
+export const selector = "s1";
+
+export interface DoctorFixtures {
+  /** Our DKIM private key (PEM), the one the service would sign with. */
+  readonly privateKey: string;
+  readonly records: readonly FixtureRecord[];
+}
+
+export function buildDoctorFixtures(): DoctorFixtures {
+  const ours = rsaPrivateKeyPem();
+  const other = rsaPrivateKeyPem();
+  const ourKey = expectedRecord(ours);
+  const spf = `v=spf1 ip4:${relayIp} -all`;
+
+  const records: FixtureRecord[] = [
+    // good.test
+    txt("good.test", spf),
+    txt("good.test", "google-site-verification=unrelated"),
+    txt(`${selector}._domainkey.good.test`, ourKey),
+    txt("_dmarc.good.test", "v=DMARC1; p=reject; adkim=s; aspf=r; rua=mailto:dmarc@good.test"),
+    txt("bounces.good.test", spf),
+    mx("bounces.good.test", "mx.good.test"),
+    a("mx.good.test", "192.0.2.25"),
+
+    // nospf.test
+    txt(`${selector}._domainkey.nospf.test`, ourKey),
+    txt("_dmarc.nospf.test", "v=DMARC1; p=none"),
+    mx("nospf.test", "mx.nospf.test"),
+    a("mx.nospf.test", "192.0.2.26"),
+
+    // badkey.test
+    txt("badkey.test", spf),
+    txt(`${selector}._domainkey.badkey.test`, expectedRecord(other)),
+    txt("_dmarc.badkey.test", "v=DMARC1; p=quarantine"),
+    mx("badkey.test", "mx.badkey.test"),
+    a("mx.badkey.test", "192.0.2.27"),
+
+    // misaligned.test, sending through esp.test
+    txt("misaligned.test", spf),
+    txt("_dmarc.misaligned.test", "v=DMARC1; p=reject"),
+    txt("esp.test", spf),
+    txt(`${selector}._domainkey.esp.test`, ourKey),
+    mx("esp.test", "mx.esp.test"),
+    a("mx.esp.test", "192.0.2.28"),
+
+    // listed.test, whose relay is on the fixture blocklist
+    txt("listed.test", `v=spf1 ip4:${listedRelayIp} -all`),
+    txt(`${selector}._domainkey.listed.test`, ourKey),
+    txt("_dmarc.listed.test", "v=DMARC1; p=reject"),
+    mx("listed.test", "mx.listed.test"),
+    a("mx.listed.test", "192.0.2.29"),
+    a(`${listedRelayIp.split(".").reverse().join(".")}.${dnsblZone}`, "127.0.0.2"),
+    txt(`${listedRelayIp.split(".").reverse().join(".")}.${dnsblZone}`, "listed in the fixture blocklist"),
+  ];
+  return { privateKey: ours, records };
+}
+
+function rsaPrivateKeyPem(): string {
+  return generateKeyPairSync("rsa", {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: "spki", format: "pem" },
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+  }).privateKey;
+}
