@@ -10,6 +10,7 @@
 import type { Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
 import type { OtpStore } from "../store/types.js";
+import { noopDeliveryObserver, type DeliveryObserver, type SendObservation } from "./observer.js";
 import type { AttemptRecord, DeliveryRecord } from "./record.js";
 import {
   SmtpSendError,
@@ -48,6 +49,8 @@ export interface DeliveryServiceOptions {
    * when it rejected the service's credentials.
    */
   readonly onRelayHealth?: (event: RelayHealthEvent) => void;
+  /** Told of every send, attempt and state change (metrics, traces); nothing by default. */
+  readonly observer?: DeliveryObserver | undefined;
 }
 
 export interface DeliveryService {
@@ -76,6 +79,8 @@ interface Job {
   abandoned: boolean;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
   wake: (() => void) | undefined;
+  /** Follows this send for metrics and traces. */
+  readonly observation: SendObservation;
   /** Record writes, in order. */
   writes: Promise<void>;
   /** Settles when the job has finished (never rejects). */
@@ -90,6 +95,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   const { store, transport, clock } = options;
   const logger = options.logger.child({ component: "delivery" });
   const random = options.random ?? Math.random;
+  const observer = options.observer ?? noopDeliveryObserver;
   if (!Number.isInteger(options.maxAttempts) || options.maxAttempts < 1) {
     throw new Error(`delivery: maxAttempts must be a positive integer, got ${options.maxAttempts}`);
   }
@@ -102,6 +108,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
 
   function write(job: Job, next: DeliveryRecord): Promise<void> {
     if (job.abandoned) return job.writes;
+    if (next.state !== job.record.state) observer.stateChanged(next);
     job.record = next;
     // Chained, so a slow write can never be overtaken by a later state.
     job.writes = job.writes.then(async () => {
@@ -191,10 +198,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       await write(job, { ...job.record, state: "SENDING", updatedAt: clock.now() });
       if (job.abandoned) return;
       const startedAt = clock.now();
+      job.observation.attemptStarted(number);
       const result = await attempt(mail);
       const durationMs = clock.now() - startedAt;
       reportHealth(result);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
+      job.observation.attemptFinished(attemptRecord);
       const attempts = [...job.record.attempts, attemptRecord];
       logger.info(
         {
@@ -221,7 +230,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           ...job.record,
           state: "ACCEPTED",
           attempts,
-          relayReply: { relay: acceptance.relay, text: acceptance.text, queueId: acceptance.queueId, acceptedAt: clock.now() },
+          relayReply: {
+            relay: acceptance.relay,
+            text: acceptance.text,
+            queueId: acceptance.queueId,
+            acceptedAt: clock.now(),
+            dsnRequested: acceptance.dsnRequested,
+          },
           failureReason: undefined,
           updatedAt: clock.now(),
         });
@@ -260,6 +275,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         await fail(job, stoppedBeforeRetry({ ...job.record, attempts }), attempts);
         return;
       }
+      job.observation.retryScheduled(number, delay);
       await write(job, { ...job.record, state: "RETRYING", attempts, updatedAt: clock.now() });
       if (!(await sleep(job, delay))) {
         await fail(job, stoppedBeforeRetry(job.record));
@@ -270,14 +286,24 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
 
   return {
     dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord> {
-      const job: Job = { record, abandoned: false, wake: undefined, writes: Promise.resolve(), done: Promise.resolve() };
+      const job: Job = {
+        record,
+        abandoned: false,
+        wake: undefined,
+        observation: observer.sendStarted(record, transport.relay),
+        writes: Promise.resolve(),
+        done: Promise.resolve(),
+      };
       jobs.add(job);
       job.done = run(job, mail)
         .catch((error: unknown) => {
           logger.error({ err: error, message_id: record.messageId }, "delivery failed unexpectedly");
         })
         .then(() => job.writes)
-        .finally(() => jobs.delete(job));
+        .finally(() => {
+          jobs.delete(job);
+          job.observation.finished(job.record);
+        });
       return settleWithin(job.done, options.waitBudgetMs).then(() => job.record);
     },
 

@@ -2,7 +2,8 @@
  * What a delivery record means, in one sentence: what is known, and what is
  * not. Deterministic: UTC times, no locale-dependent formatting.
  */
-import type { DeliveryRecord, DeliveryState } from "./record.js";
+import type { DeliveryRecord, DeliveryReport, DeliveryState } from "./record.js";
+import { classifyStatus, decisiveReport, reportStatus } from "./reports.js";
 
 /**
  * How long after its code expired a record may still honestly be SENDING:
@@ -54,30 +55,109 @@ export function explain(record: DeliveryRecord, now: number): string {
         return "Accepted by the relay; acceptance is not delivery: the relay may still bounce it.";
       }
       const queue = reply.queueId === "" ? "" : ` (queue id ${reply.queueId})`;
+      const accepted = `Accepted by ${reply.relay} at ${utc(reply.acceptedAt)}${queue}; acceptance is not delivery`;
+      if (reply.dsnRequested === true) {
+        return (
+          `${accepted}: the relay may still bounce it. A delivery status notification (DSN) was requested ` +
+          "on failure or delay, and none has arrived so far."
+        );
+      }
+      if (reply.dsnRequested === false) {
+        return (
+          `${accepted}; the relay does not support DSN, so a later bounce will only be seen ` +
+          "if it reaches the bounce domain's mailbox."
+        );
+      }
+      return `${accepted}: the relay may still bounce it.`;
+    }
+    case "DELAYED": {
+      const report = decisiveReport(record.reports ?? []);
+      if (report === undefined) {
+        return (
+          `A delivery status notification at ${utc(record.updatedAt)} said delivery is delayed` +
+          `${detail(record.failureReason)}; the relay is still trying, and the message may yet be delivered or bounce.`
+        );
+      }
       return (
-        `Accepted by ${reply.relay} at ${utc(reply.acceptedAt)}${queue}; ` +
-        "acceptance is not delivery: the relay may still bounce it."
+        `A delivery status notification${from(report)} at ${utc(report.receivedAt)} said delivery is delayed` +
+        `${evidence(report)}; the relay is still trying, and the message may yet be delivered or bounce.`
       );
     }
-    case "DELAYED":
+    case "DELIVERED": {
+      const report = decisiveReport(record.reports ?? []);
+      if (report !== undefined && report.action !== "delivered") {
+        return (
+          `A delivery status notification${from(report)} at ${utc(report.receivedAt)} said the message was ` +
+          `${report.action}${evidence(report)}: handed on to a system that sends no further notifications, ` +
+          "so final delivery is not confirmed."
+        );
+      }
       return (
-        `A delivery status notification at ${utc(record.updatedAt)} said delivery is delayed` +
-        `${detail(record.failureReason)}; the relay is still trying, and the message may yet be delivered or bounce.`
+        `A delivery status notification${report === undefined ? "" : from(report)} at ` +
+        `${utc(report?.receivedAt ?? record.updatedAt)} said the receiving server took the message` +
+        `${report === undefined ? "" : evidence(report)}; whether it reached the inbox or the junk folder is not known.`
       );
-    case "DELIVERED":
+    }
+    case "BOUNCED": {
+      const report = decisiveReport(record.reports ?? []);
+      if (report === undefined) {
+        return (
+          `The relay accepted the message, but a delivery status notification at ${utc(record.updatedAt)} said ` +
+          `delivery failed${detail(record.failureReason)}.`
+        );
+      }
       return (
-        `A delivery status notification at ${utc(record.updatedAt)} said the receiving server took the message; ` +
-        "whether it reached the inbox or the junk folder is not known."
+        `The relay accepted the message, but a delivery status notification${from(report)} at ` +
+        `${utc(report.receivedAt)} said delivery failed${evidence(report)}. ${bounceMeaning(report)}`
       );
-    case "BOUNCED":
-      return (
-        `The relay accepted the message, but a delivery status notification at ${utc(record.updatedAt)} said ` +
-        `delivery failed${detail(record.failureReason)}.`
-      );
+    }
     case "FAILED":
       return `Never accepted by the relay: ${record.failureReason ?? "no reason was recorded"}.`;
-    case "SUPPRESSED":
-      return `Not sent: the recipient hard-bounced recently${detail(record.failureReason)}.`;
+    case "SUPPRESSED": {
+      const cause = record.suppressedBy;
+      if (cause === undefined) return `Not sent: the recipient hard-bounced recently${detail(record.failureReason)}.`;
+      return (
+        `Not sent: the recipient hard-bounced at ${utc(cause.bouncedAt)} (status ${cause.status}` +
+        `${cause.diagnosticCode === "" ? "" : `, "${cause.diagnosticCode}"`}; message ${cause.messageId}), ` +
+        `so sends to it are refused until ${utc(cause.expiresAt)}. Nothing was sent and no rate budget was spent.`
+      );
+    }
+  }
+}
+
+/** ` from <reporting MTA>`, or "" when the report does not name it. */
+function from(report: DeliveryReport): string {
+  const mta = report.reportingMta.replace(/^\s*dns\s*;\s*/i, "");
+  return mta === "" ? "" : ` from ${mta}`;
+}
+
+/** ` (status 5.7.26, "smtp; 550 5.7.26 ...", remote MTA mx.example.com)`. */
+function evidence(report: DeliveryReport): string {
+  const parts: string[] = [];
+  const status = reportStatus(report);
+  if (status !== "") parts.push(`status ${status}`);
+  if (report.diagnosticCode !== "") parts.push(`"${report.diagnosticCode}"`);
+  const remote = report.remoteMta.replace(/^\s*dns\s*;\s*/i, "");
+  if (remote !== "") parts.push(`remote MTA ${remote}`);
+  return parts.length === 0 ? "" : ` (${parts.join(", ")})`;
+}
+
+/** What a failed DSN means for the operator, by status class. */
+function bounceMeaning(report: DeliveryReport): string {
+  switch (classifyStatus(reportStatus(report))) {
+    case "no_such_mailbox":
+      return "The address does not exist: the recipient is suppressed, and further codes to it are refused for a while.";
+    case "policy":
+      return (
+        "This is a policy or authentication rejection (5.7.x): it points at our sending domain's DNS " +
+        "(SPF, DKIM, DMARC) or the relay's reputation, not at the recipient, so the recipient is not suppressed; " +
+        "run `npm run doctor -- <sender domain>` to see what to fix."
+      );
+    case "permanent":
+    case "transient":
+    case "success":
+    case "unknown":
+      return "The recipient is not suppressed: the failure does not say the address is wrong.";
   }
 }
 

@@ -16,6 +16,18 @@ export interface BuildOtpMailOptions {
   readonly fromAddress: string;
   /** The delivery record's id; becomes `<messageId@sender-domain>`. */
   readonly messageId: string;
+  /**
+   * The domain whose MX receives bounces. When set, the envelope sender is
+   * `bounce+<messageId>@<bounceDomain>` (VERP: a bounce names its message)
+   * and a DSN is asked for on failure or delay, headers only, with the
+   * message id as ENVID. When unset, the From address is the envelope sender.
+   */
+  readonly bounceDomain?: string | undefined;
+}
+
+/** The VERP envelope sender of a message: `bounce+<messageId>@<bounceDomain>`. */
+export function verpAddress(messageId: string, bounceDomain: string): string {
+  return `bounce+${messageId}@${bounceDomain.toLowerCase()}`;
 }
 
 // RFC 5322 dot-atom-text, for the left part of the Message-ID.
@@ -30,7 +42,10 @@ export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
   const domain = plainAddress.exec(options.fromAddress)?.[1];
   if (domain === undefined) throw new Error(`buildOtpMail: fromAddress "${options.fromAddress}" is not a plain address`);
   if (!dotAtom.test(options.messageId)) throw new Error(`buildOtpMail: messageId "${options.messageId}" is not a dot-atom`);
-  const { rendered } = options;
+  const { rendered, bounceDomain } = options;
+  if (bounceDomain !== undefined && !/^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$/.test(bounceDomain)) {
+    throw new Error(`buildOtpMail: bounceDomain "${bounceDomain}" is not a domain name`);
+  }
   return {
     from: formatFrom(options.fromName, options.fromAddress),
     to: options.to,
@@ -46,6 +61,14 @@ export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
       "X-Auto-Response-Suppress": "All",
       "Content-Language": rendered.locale,
     },
+    ...(bounceDomain === undefined
+      ? {}
+      : {
+          envelope: { from: verpAddress(options.messageId, bounceDomain), to: options.to },
+          // RET=HDRS: a bounce returns the headers, not the body; the intake
+          // keeps nothing of the returned message (its Subject holds the code).
+          dsn: { envelopeId: options.messageId, notify: ["FAILURE", "DELAY"], ret: "HDRS" },
+        }),
   };
 }
 

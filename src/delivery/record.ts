@@ -52,6 +52,52 @@ export interface RelayReplyRecord {
   readonly text: string;
   readonly queueId: string;
   readonly acceptedAt: number;
+  /**
+   * True when the message asked for a DSN (NOTIFY=FAILURE,DELAY) and the
+   * connection that carried it advertised DSN in EHLO; false when the relay
+   * did not, so nodemailer left the parameters out. Absent on older records.
+   */
+  readonly dsnRequested?: boolean | undefined;
+}
+
+/** RFC 3464 Action values. */
+export const deliveryReportActions = ["failed", "delayed", "delivered", "relayed", "expanded"] as const;
+export type DeliveryReportAction = (typeof deliveryReportActions)[number];
+
+/**
+ * One per-recipient block of a delivery status notification (RFC 3464) that
+ * the bounce intake tied to this message. Addresses in it are masked.
+ */
+export interface DeliveryReport {
+  /** When the intake received the DSN (epoch ms). */
+  readonly receivedAt: number;
+  readonly action: DeliveryReportAction;
+  /** RFC 3463 status (`5.1.1`, `5.7.26`, `4.4.1`), or "". */
+  readonly status: string;
+  /** Diagnostic-Code as sent (`smtp; 550 5.7.26 Unauthenticated email ...`), or "". */
+  readonly diagnosticCode: string;
+  /** Remote-MTA (`dns; gmail-smtp-in.l.google.com`), or "". */
+  readonly remoteMta: string;
+  /** Reporting-MTA (`dns; relay.example.com`), or "". */
+  readonly reportingMta: string;
+  /** Final-Recipient, masked (`rfc822; j***@gmail.com`), or "". */
+  readonly finalRecipient: string;
+  /** Original-Envelope-Id, or "" when the DSN had none. */
+  readonly envelopeId: string;
+}
+
+/**
+ * A recipient's suppression: the hard bounce that caused it. Stored under an
+ * HMAC of the recipient (never the address) until `expiresAt`.
+ */
+export interface SuppressionEntry {
+  /** The message whose bounce caused the suppression. */
+  readonly messageId: string;
+  /** The DSN's status (`5.1.1`). */
+  readonly status: string;
+  readonly diagnosticCode: string;
+  readonly bouncedAt: number;
+  readonly expiresAt: number;
 }
 
 export interface DeliveryRecord {
@@ -73,4 +119,17 @@ export interface DeliveryRecord {
   readonly relayReply?: RelayReplyRecord | undefined;
   readonly failureReason?: string | undefined;
   readonly traceId: string;
+  /**
+   * Opaque keyed HMAC of the recipient (see bounce/suppression.ts): what a
+   * hard bounce of this message suppresses. Never shown to callers.
+   */
+  readonly recipientHash?: string | undefined;
+  /**
+   * DSNs tied to this message, oldest first. Stored apart from the record
+   * (the sender and the bounce intake never overwrite each other) and joined
+   * to it when read; see delivery/reports.ts.
+   */
+  readonly reports?: readonly DeliveryReport[] | undefined;
+  /** For SUPPRESSED: the earlier hard bounce that stopped this send. */
+  readonly suppressedBy?: SuppressionEntry | undefined;
 }

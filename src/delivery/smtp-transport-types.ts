@@ -19,6 +19,21 @@ export interface OutgoingMail {
   readonly headers: Readonly<Record<string, string>>;
   /** SMTP envelope; defaults to the From address and `to`. */
   readonly envelope?: { readonly from: string; readonly to: string };
+  /**
+   * Delivery status notifications to ask the relay for (RFC 3461). Sent only
+   * when the relay advertises DSN in EHLO; SmtpAcceptance.dsnRequested says
+   * whether it did.
+   */
+  readonly dsn?: DsnRequest;
+}
+
+/** The DSN parameters of one message: `MAIL FROM ... RET= ENVID=`, `RCPT TO ... NOTIFY=`. */
+export interface DsnRequest {
+  /** ENVID: comes back as Original-Envelope-Id in the DSN. xtext-safe characters only. */
+  readonly envelopeId: string;
+  readonly notify: readonly ("SUCCESS" | "FAILURE" | "DELAY")[];
+  /** HDRS: the DSN returns only the headers (the code stays out of the bounce). */
+  readonly ret: "HDRS" | "FULL";
 }
 
 /** The relay accepted the message (2xx). Acceptance is not delivery. */
@@ -31,6 +46,10 @@ export interface SmtpAcceptance {
   readonly text: string;
   /** Queue id parsed from the reply, or "". */
   readonly queueId: string;
+  /** Whether the connection that carried the message advertised DSN in its EHLO reply. */
+  readonly dsnSupported: boolean;
+  /** The message asked for a DSN and the relay advertised DSN: the parameters really went out. */
+  readonly dsnRequested: boolean;
 }
 
 /**

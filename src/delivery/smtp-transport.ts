@@ -8,6 +8,7 @@ import { isIP } from "node:net";
 import { createSecureContext, rootCertificates } from "node:tls";
 import { createTransport } from "nodemailer";
 import type { Logger } from "../logger.js";
+import type { DkimSigningOptions } from "./dkim.js";
 import {
   SmtpSendError,
   type OutgoingMail,
@@ -52,6 +53,8 @@ export interface SmtpTransportOptions {
    * connectionTimeoutMs + greetingTimeoutMs + 2 × socketTimeoutMs.
    */
   readonly sendTimeoutMs?: number | undefined;
+  /** Sign every message with this key (from `prepareDkim`, which checked it can sign). */
+  readonly dkim?: DkimSigningOptions | undefined;
   readonly logger: Logger;
 }
 
@@ -133,7 +136,23 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     // Messages are built from templates; nothing may pull in files or URLs.
     disableFileAccess: true,
     disableUrlAccess: true,
+    ...(options.dkim === undefined ? {} : { dkim: { ...options.dkim } }),
   });
+
+  // Whether the relay advertised DSN, as last seen on a pool connection:
+  // logged when first seen and whenever it changes, not per message.
+  let dsnAdvertised: boolean | undefined;
+  function noteDsnSupport(supported: boolean): void {
+    if (supported === dsnAdvertised) return;
+    dsnAdvertised = supported;
+    if (supported) logger.info("the relay advertises DSN: bounces will be asked for and tied to their message");
+    else {
+      logger.warn(
+        "the relay does not advertise DSN in EHLO: no delivery status notification can be requested, " +
+          "so a later bounce is only seen if it reaches the bounce domain's mailbox",
+      );
+    }
+  }
 
   const inFlight = new Set<Promise<unknown>>();
   let closed: Promise<void> | undefined;
@@ -141,7 +160,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   async function sendOnce(mail: OutgoingMail): Promise<SmtpAcceptance> {
     const startedAt = Date.now();
     try {
-      const info = await transporter.sendMail({
+      const message: Parameters<typeof transporter.sendMail>[0] & { dsn?: DsnParameters } = {
         from: mail.from,
         to: mail.to,
         subject: mail.subject,
@@ -151,9 +170,19 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
         messageId: mail.messageId,
         headers: { ...mail.headers },
         ...(mail.envelope === undefined ? {} : { envelope: { from: mail.envelope.from, to: mail.envelope.to } }),
+        // nodemailer reads `dsn` from the message (its typings omit it) and
+        // drops it when the connection's EHLO lacks DSN.
+        ...(mail.dsn === undefined
+          ? {}
+          : { dsn: { envid: mail.dsn.envelopeId, notify: [...mail.dsn.notify], ret: mail.dsn.ret } }),
         signal: AbortSignal.timeout(sendTimeoutMs),
-      });
-      const acceptance = parseAcceptance(endpoint.relay, info.response);
+      };
+      const info = await transporter.sendMail(message);
+      // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that
+      // carried this message: the truth about whether DSN went out with it.
+      const dsnSupported = ehloHasDsn((info as { ehlo?: unknown }).ehlo);
+      noteDsnSupport(dsnSupported);
+      const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined);
       logger.debug(
         { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Date.now() - startedAt },
         "relay accepted message",
@@ -333,7 +362,19 @@ const queueIdPatterns: readonly RegExp[] = [
   /^250 2\.0\.0 ([A-Za-z0-9]{8,}) Message accepted/i, // Sendmail
 ];
 
-function parseAcceptance(relay: string, response: string): SmtpAcceptance {
+/** nodemailer's `dsn` message option (missing from @types/nodemailer). */
+interface DsnParameters {
+  readonly envid: string;
+  readonly notify: string[];
+  readonly ret: "HDRS" | "FULL";
+}
+
+/** True when EHLO lines (`["PIPELINING", "SIZE 10240000", "DSN"]`) name the DSN extension. */
+function ehloHasDsn(ehlo: unknown): boolean {
+  return Array.isArray(ehlo) && ehlo.some((line) => typeof line === "string" && /^DSN\b/i.test(line.trim()));
+}
+
+function parseAcceptance(relay: string, response: string, dsnSupported: boolean, dsnAsked: boolean): SmtpAcceptance {
   const text = maskAddresses(response.trim());
   const [, code, enhanced] = replyLine.exec(text) ?? [];
   let queueId = "";
@@ -344,7 +385,15 @@ function parseAcceptance(relay: string, response: string): SmtpAcceptance {
       break;
     }
   }
-  return { relay, replyCode: code === undefined ? 250 : Number(code), enhancedStatus: enhanced ?? "", text, queueId };
+  return {
+    relay,
+    replyCode: code === undefined ? 250 : Number(code),
+    enhancedStatus: enhanced ?? "",
+    text,
+    queueId,
+    dsnSupported,
+    dsnRequested: dsnAsked && dsnSupported,
+  };
 }
 
 /**

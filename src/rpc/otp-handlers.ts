@@ -8,10 +8,12 @@ import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   AttemptOutcome,
+  DeliveryReportAction,
   DeliveryState,
   Purpose,
   VerifyResult,
   type DeliveryAttemptSchema,
+  type DeliveryReportSchema,
   type GetDeliveryStatusResponseSchema,
   type OtpEmailService,
 } from "../../gen/otp/v1/otp_email_pb.js";
@@ -20,6 +22,8 @@ import type {
   DeliveryState as DomainDeliveryState,
   Purpose as DomainPurpose,
   AttemptRecord,
+  DeliveryReport as DomainDeliveryReport,
+  DeliveryReportAction as DomainDeliveryReportAction,
 } from "../delivery/record.js";
 import type {
   CallContext,
@@ -163,11 +167,44 @@ function deliveryStatusResponse({ record, explanation }: DeliveryStatus): Init<t
             text: record.relayReply.text,
             queueId: record.relayReply.queueId,
             acceptedAt: timestamp(record.relayReply.acceptedAt),
+            dsnRequested: record.relayReply.dsnRequested === true,
           },
     traceId: record.traceId,
     explanation,
     failureReason: record.failureReason ?? "",
     expiresAt: timestamp(record.expiresAt),
+    deliveryReports: (record.reports ?? []).map(deliveryReport),
+    suppression:
+      record.suppressedBy === undefined
+        ? undefined
+        : {
+            bouncedMessageId: record.suppressedBy.messageId,
+            status: record.suppressedBy.status,
+            diagnosticCode: record.suppressedBy.diagnosticCode,
+            bouncedAt: timestamp(record.suppressedBy.bouncedAt),
+            expiresAt: timestamp(record.suppressedBy.expiresAt),
+          },
+  };
+}
+
+const protoReportAction: Readonly<Record<DomainDeliveryReportAction, DeliveryReportAction>> = {
+  failed: DeliveryReportAction.FAILED,
+  delayed: DeliveryReportAction.DELAYED,
+  delivered: DeliveryReportAction.DELIVERED,
+  relayed: DeliveryReportAction.RELAYED,
+  expanded: DeliveryReportAction.EXPANDED,
+};
+
+function deliveryReport(report: DomainDeliveryReport): Init<typeof DeliveryReportSchema> {
+  return {
+    receivedAt: timestamp(report.receivedAt),
+    action: protoReportAction[report.action],
+    status: report.status,
+    diagnosticCode: report.diagnosticCode,
+    remoteMta: report.remoteMta,
+    reportingMta: report.reportingMta,
+    finalRecipient: report.finalRecipient,
+    originalEnvelopeId: report.envelopeId,
   };
 }
 

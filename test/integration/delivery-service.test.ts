@@ -92,9 +92,11 @@ async function harness(
   const transport = createSmtpTransport({
     url: options.url ?? sink.url,
     logger,
-    connectionTimeoutMs: 500,
-    greetingTimeoutMs: 500,
-    socketTimeoutMs: 300,
+    // Short enough for the stall tests, long enough that a loaded CI machine
+    // (many test files at once) does not turn a slow reply into a timeout.
+    connectionTimeoutMs: 2000,
+    greetingTimeoutMs: 2000,
+    socketTimeoutMs: 1000,
     ...options.transport,
   });
   transports.push(transport);
@@ -292,6 +294,8 @@ describe("delivery service against a real SMTP server", () => {
 
   it("drain fails a message waiting for its retry at once and lets an attempt in progress finish", async () => {
     const { sink, service, store } = await harness({
+      // B's relay answers after 150 ms: a loaded machine must not turn that into a socket timeout.
+      transport: { socketTimeoutMs: 5000 },
       service: { waitBudgetMs: 50, retryBaseDelayMs: 60_000, retryMaxDelayMs: 60_000 },
     });
     // A: refused transiently, then waits a minute for its retry.

@@ -58,7 +58,14 @@ export interface CapturedMail {
   /** The message exactly as received (.eml). */
   readonly raw: Buffer;
   readonly parsed: ParsedMail;
-  readonly envelope: { readonly mailFrom: string; readonly rcptTo: readonly string[] };
+  readonly envelope: {
+    readonly mailFrom: string;
+    readonly rcptTo: readonly string[];
+    /** MAIL FROM parameters, names upper-cased (`RET`, `ENVID`, `BODY`...). */
+    readonly mailFromArgs: Readonly<Record<string, string>>;
+    /** RCPT TO parameters of each recipient (`NOTIFY`, `ORCPT`...). */
+    readonly rcptArgs: readonly Readonly<Record<string, string>>[];
+  };
   /** The queue id the sink announced in its 250 reply. */
   readonly queueId: string;
 }
@@ -68,6 +75,14 @@ export interface SmtpSinkOptions {
   readonly auth?: { readonly user: string; readonly pass: string };
   /** Offer STARTTLS with this PEM key and certificate; without it STARTTLS is not offered. */
   readonly tls?: { readonly key: string; readonly cert: string };
+  /** Advertise DSN in EHLO (smtp-server hides it by default), so clients send RET/ENVID/NOTIFY. */
+  readonly dsn?: boolean;
+  /**
+   * Picks a behaviour by recipient at RCPT TO, overriding the queued one
+   * (e.g. a fake mailbox provider that refuses some addresses for good and
+   * defers others). Return undefined to keep the transaction's behaviour.
+   */
+  readonly route?: (recipient: string) => SinkBehaviour | undefined;
 }
 
 export interface SmtpSink {
@@ -87,6 +102,12 @@ export interface SmtpSink {
   waitForMessages(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
   /** Destroys every connection (stalled ones too) and stops listening. */
   close(): Promise<void>;
+}
+
+/** smtp-server's parsed parameters (`{ RET: "HDRS" }`, or false when none) as strings. */
+function argsOf(args: unknown): Record<string, string> {
+  if (typeof args !== "object" || args === null) return {};
+  return Object.fromEntries(Object.entries(args).map(([name, value]) => [name.toUpperCase(), String(value)]));
 }
 
 function smtpError(code: number, enhancedStatus: string, text: string): Error {
@@ -116,8 +137,15 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     const raw = Buffer.concat(chunks);
     const parsed = await simpleParser(raw);
     const mailFrom = session.envelope.mailFrom === false ? "" : session.envelope.mailFrom.address;
+    const mailFromArgs = session.envelope.mailFrom === false ? {} : argsOf(session.envelope.mailFrom.args);
     const rcptTo = session.envelope.rcptTo.map((rcpt) => rcpt.address);
-    return { raw, parsed, envelope: { mailFrom, rcptTo }, queueId: randomBytes(5).toString("hex").toUpperCase() };
+    const rcptArgs = session.envelope.rcptTo.map((rcpt) => argsOf(rcpt.args));
+    return {
+      raw,
+      parsed,
+      envelope: { mailFrom, rcptTo, mailFromArgs, rcptArgs },
+      queueId: randomBytes(5).toString("hex").toUpperCase(),
+    };
   }
 
   const disabledCommands: string[] = [];
@@ -130,6 +158,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     logger: false,
     disableReverseLookup: true,
     hideENHANCEDSTATUSCODES: true,
+    hideDSN: options.dsn !== true,
     authOptional: options.auth === undefined,
     allowInsecureAuth: options.tls === undefined,
     disabledCommands,
@@ -158,7 +187,9 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       callback(replyAt(behaviour, "MAIL FROM"));
     },
 
-    onRcptTo(_address, session, callback) {
+    onRcptTo(address, session, callback) {
+      const routed = options.route?.(address.address);
+      if (routed !== undefined) current.set(session.id, routed);
       callback(replyAt(behaviourOf(session), "RCPT TO"));
     },
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file otp/v1/otp_email.proto.
  */
 export const file_otp_v1_otp_email: GenFile = /*@__PURE__*/
-  fileDesc("ChZvdHAvdjEvb3RwX2VtYWlsLnByb3RvEgZvdHAudjEiuQEKDlNlbmRPdHBSZXF1ZXN0EhEKCXJlY2lwaWVudBgBIAEoCRIgCgdwdXJwb3NlGAIgASgOMg8ub3RwLnYxLlB1cnBvc2USDgoGbG9jYWxlGAMgASgJEgwKBGNvZGUYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRITCgtlbmRfdXNlcl9pcBgHIAEoCSK0AQoPU2VuZE90cFJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5vdHAudjEuRGVsaXZlcnlTdGF0ZRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNyZXNlbmRfYXZhaWxhYmxlX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIuChhHZXREZWxpdmVyeVN0YXR1c1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSKtAwoZR2V0RGVsaXZlcnlTdGF0dXNSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUub3RwLnYxLkRlbGl2ZXJ5U3RhdGUSEQoJcmVjaXBpZW50GAMgASgJEiAKB3B1cnBvc2UYBCABKA4yDy5vdHAudjEuUHVycG9zZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghhdHRlbXB0cxgHIAMoCzIXLm90cC52MS5EZWxpdmVyeUF0dGVtcHQSJwoLcmVsYXlfcmVwbHkYCCABKAsyEi5vdHAudjEuUmVsYXlSZXBseRIQCgh0cmFjZV9pZBgJIAEoCRITCgtleHBsYW5hdGlvbhgKIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgLIAEoCRIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAgoPRGVsaXZlcnlBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhInCgdvdXRjb21lGAQgASgOMhYub3RwLnYxLkF0dGVtcHRPdXRjb21lEhIKCnJlcGx5X2NvZGUYBSABKAUSHAoUZW5oYW5jZWRfc3RhdHVzX2NvZGUYBiABKAkSEgoKcmVwbHlfdGV4dBgHIAEoCRISCgplcnJvcl9jb2RlGAggASgJImwKClJlbGF5UmVwbHkSDQoFcmVsYXkYASABKAkSDAoEdGV4dBgCIAEoCRIQCghxdWV1ZV9pZBgDIAEoCRIvCgthY2NlcHRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVQoQVmVyaWZ5T3RwUmVxdWVzdBIRCglyZWNpcGllbnQYASABKAkSIAoHcHVycG9zZRgCIAEoDjIPLm90cC52MS5QdXJwb3NlEgwKBGNvZGUYAyABKAkiVQoRVmVyaWZ5T3RwUmVzcG9uc2USJAoGcmVzdWx0GAEgASgOMhQub3RwLnYxLlZlcmlmeVJlc3VsdBIaChJhdHRlbXB0c19yZW1haW5pbmcYAiABKAUqZQoHUHVycG9zZRIXChNQVVJQT1NFX1VOU1BFQ0lGSUVEEAASEQoNUFVSUE9TRV9MT0dJThABEhIKDlBVUlBPU0VfU0lHTlVQEAISGgoWUFVSUE9TRV9QQVNTV09SRF9SRVNFVBADKrACCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVREVMSVZFUllfU1RBVEVfUVVFVUVEEAESGgoWREVMSVZFUllfU1RBVEVfU0VORElORxACEhsKF0RFTElWRVJZX1NUQVRFX1JFVFJZSU5HEAMSGwoXREVMSVZFUllfU1RBVEVfQUNDRVBURUQQBBIaChZERUxJVkVSWV9TVEFURV9ERUxBWUVEEAUSHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAYSGgoWREVMSVZFUllfU1RBVEVfQk9VTkNFRBAHEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBAIEh0KGURFTElWRVJZX1NUQVRFX1NVUFBSRVNTRUQQCSqdAQoOQXR0ZW1wdE91dGNvbWUSHwobQVRURU1QVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQVRURU1QVF9PVVRDT01FX0FDQ0VQVEVEEAESJQohQVRURU1QVF9PVVRDT01FX1RSQU5TSUVOVF9GQUlMVVJFEAISJQohQVRURU1QVF9PVVRDT01FX1BFUk1BTkVOVF9GQUlMVVJFEAMqtgEKDFZlcmlmeVJlc3VsdBIdChlWRVJJRllfUkVTVUxUX1VOU1BFQ0lGSUVEEAASGgoWVkVSSUZZX1JFU1VMVF9WRVJJRklFRBABEhkKFVZFUklGWV9SRVNVTFRfSU5WQUxJRBACEhkKFVZFUklGWV9SRVNVTFRfRVhQSVJFRBADEhgKFFZFUklGWV9SRVNVTFRfTE9DS0VEEAQSGwoXVkVSSUZZX1JFU1VMVF9OT1RfRk9VTkQQBTLpAQoPT3RwRW1haWxTZXJ2aWNlEjoKB1NlbmRPdHASFi5vdHAudjEuU2VuZE90cFJlcXVlc3QaFy5vdHAudjEuU2VuZE90cFJlc3BvbnNlElgKEUdldERlbGl2ZXJ5U3RhdHVzEiAub3RwLnYxLkdldERlbGl2ZXJ5U3RhdHVzUmVxdWVzdBohLm90cC52MS5HZXREZWxpdmVyeVN0YXR1c1Jlc3BvbnNlEkAKCVZlcmlmeU90cBIYLm90cC52MS5WZXJpZnlPdHBSZXF1ZXN0Ghkub3RwLnYxLlZlcmlmeU90cFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZvdHAvdjEvb3RwX2VtYWlsLnByb3RvEgZvdHAudjEiuQEKDlNlbmRPdHBSZXF1ZXN0EhEKCXJlY2lwaWVudBgBIAEoCRIgCgdwdXJwb3NlGAIgASgOMg8ub3RwLnYxLlB1cnBvc2USDgoGbG9jYWxlGAMgASgJEgwKBGNvZGUYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRITCgtlbmRfdXNlcl9pcBgHIAEoCSK0AQoPU2VuZE90cFJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5vdHAudjEuRGVsaXZlcnlTdGF0ZRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNyZXNlbmRfYXZhaWxhYmxlX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIuChhHZXREZWxpdmVyeVN0YXR1c1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSKJBAoZR2V0RGVsaXZlcnlTdGF0dXNSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUub3RwLnYxLkRlbGl2ZXJ5U3RhdGUSEQoJcmVjaXBpZW50GAMgASgJEiAKB3B1cnBvc2UYBCABKA4yDy5vdHAudjEuUHVycG9zZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghhdHRlbXB0cxgHIAMoCzIXLm90cC52MS5EZWxpdmVyeUF0dGVtcHQSJwoLcmVsYXlfcmVwbHkYCCABKAsyEi5vdHAudjEuUmVsYXlSZXBseRIQCgh0cmFjZV9pZBgJIAEoCRITCgtleHBsYW5hdGlvbhgKIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgLIAEoCRIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwChBkZWxpdmVyeV9yZXBvcnRzGA0gAygLMhYub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0EigKC3N1cHByZXNzaW9uGA4gASgLMhMub3RwLnYxLlN1cHByZXNzaW9uIvoBCg5EZWxpdmVyeVJlcG9ydBIvCgtyZWNlaXZlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoGYWN0aW9uGAIgASgOMhwub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0QWN0aW9uEg4KBnN0YXR1cxgDIAEoCRIXCg9kaWFnbm9zdGljX2NvZGUYBCABKAkSEgoKcmVtb3RlX210YRgFIAEoCRIVCg1yZXBvcnRpbmdfbXRhGAYgASgJEhcKD2ZpbmFsX3JlY2lwaWVudBgHIAEoCRIcChRvcmlnaW5hbF9lbnZlbG9wZV9pZBgIIAEoCSKyAQoLU3VwcHJlc3Npb24SGgoSYm91bmNlZF9tZXNzYWdlX2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIXCg9kaWFnbm9zdGljX2NvZGUYAyABKAkSLgoKYm91bmNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigQIKD0RlbGl2ZXJ5QXR0ZW1wdBIOCgZudW1iZXIYASABKAUSLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoHb3V0Y29tZRgEIAEoDjIWLm90cC52MS5BdHRlbXB0T3V0Y29tZRISCgpyZXBseV9jb2RlGAUgASgFEhwKFGVuaGFuY2VkX3N0YXR1c19jb2RlGAYgASgJEhIKCnJlcGx5X3RleHQYByABKAkSEgoKZXJyb3JfY29kZRgIIAEoCSKDAQoKUmVsYXlSZXBseRINCgVyZWxheRgBIAEoCRIMCgR0ZXh0GAIgASgJEhAKCHF1ZXVlX2lkGAMgASgJEi8KC2FjY2VwdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1kc25fcmVxdWVzdGVkGAUgASgIIlUKEFZlcmlmeU90cFJlcXVlc3QSEQoJcmVjaXBpZW50GAEgASgJEiAKB3B1cnBvc2UYAiABKA4yDy5vdHAudjEuUHVycG9zZRIMCgRjb2RlGAMgASgJIlUKEVZlcmlmeU90cFJlc3BvbnNlEiQKBnJlc3VsdBgBIAEoDjIULm90cC52MS5WZXJpZnlSZXN1bHQSGgoSYXR0ZW1wdHNfcmVtYWluaW5nGAIgASgFKmUKB1B1cnBvc2USFwoTUFVSUE9TRV9VTlNQRUNJRklFRBAAEhEKDVBVUlBPU0VfTE9HSU4QARISCg5QVVJQT1NFX1NJR05VUBACEhoKFlBVUlBPU0VfUEFTU1dPUkRfUkVTRVQQAyqwAgoNRGVsaXZlcnlTdGF0ZRIeChpERUxJVkVSWV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFURFTElWRVJZX1NUQVRFX1FVRVVFRBABEhoKFkRFTElWRVJZX1NUQVRFX1NFTkRJTkcQAhIbChdERUxJVkVSWV9TVEFURV9SRVRSWUlORxADEhsKF0RFTElWRVJZX1NUQVRFX0FDQ0VQVEVEEAQSGgoWREVMSVZFUllfU1RBVEVfREVMQVlFRBAFEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBAGEhoKFkRFTElWRVJZX1NUQVRFX0JPVU5DRUQQBxIZChVERUxJVkVSWV9TVEFURV9GQUlMRUQQCBIdChlERUxJVkVSWV9TVEFURV9TVVBQUkVTU0VEEAkq9AEKFERlbGl2ZXJ5UmVwb3J0QWN0aW9uEiYKIkRFTElWRVJZX1JFUE9SVF9BQ1RJT05fVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9SRVBPUlRfQUNUSU9OX0ZBSUxFRBABEiIKHkRFTElWRVJZX1JFUE9SVF9BQ1RJT05fREVMQVlFRBACEiQKIERFTElWRVJZX1JFUE9SVF9BQ1RJT05fREVMSVZFUkVEEAMSIgoeREVMSVZFUllfUkVQT1JUX0FDVElPTl9SRUxBWUVEEAQSIwofREVMSVZFUllfUkVQT1JUX0FDVElPTl9FWFBBTkRFRBAFKp0BCg5BdHRlbXB0T3V0Y29tZRIfChtBVFRFTVBUX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhBVFRFTVBUX09VVENPTUVfQUNDRVBURUQQARIlCiFBVFRFTVBUX09VVENPTUVfVFJBTlNJRU5UX0ZBSUxVUkUQAhIlCiFBVFRFTVBUX09VVENPTUVfUEVSTUFORU5UX0ZBSUxVUkUQAyq2AQoMVmVyaWZ5UmVzdWx0Eh0KGVZFUklGWV9SRVNVTFRfVU5TUEVDSUZJRUQQABIaChZWRVJJRllfUkVTVUxUX1ZFUklGSUVEEAESGQoVVkVSSUZZX1JFU1VMVF9JTlZBTElEEAISGQoVVkVSSUZZX1JFU1VMVF9FWFBJUkVEEAMSGAoUVkVSSUZZX1JFU1VMVF9MT0NLRUQQBBIbChdWRVJJRllfUkVTVUxUX05PVF9GT1VORBAFMukBCg9PdHBFbWFpbFNlcnZpY2USOgoHU2VuZE90cBIWLm90cC52MS5TZW5kT3RwUmVxdWVzdBoXLm90cC52MS5TZW5kT3RwUmVzcG9uc2USWAoRR2V0RGVsaXZlcnlTdGF0dXMSIC5vdHAudjEuR2V0RGVsaXZlcnlTdGF0dXNSZXF1ZXN0GiEub3RwLnYxLkdldERlbGl2ZXJ5U3RhdHVzUmVzcG9uc2USQAoJVmVyaWZ5T3RwEhgub3RwLnYxLlZlcmlmeU90cFJlcXVlc3QaGS5vdHAudjEuVmVyaWZ5T3RwUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * SendOtpRequest asks for a code to be emailed.
@@ -247,6 +247,23 @@ export type GetDeliveryStatusResponse = Message<"otp.v1.GetDeliveryStatusRespons
    * @generated from field: google.protobuf.Timestamp expires_at = 12;
    */
   expiresAt?: Timestamp | undefined;
+
+  /**
+   * Every delivery status notification (RFC 3464) the relay sent back for
+   * this message and the bounce intake tied to it, oldest first. DELAYED,
+   * DELIVERED and BOUNCED rest on these.
+   *
+   * @generated from field: repeated otp.v1.DeliveryReport delivery_reports = 13;
+   */
+  deliveryReports: DeliveryReport[];
+
+  /**
+   * When state is SUPPRESSED: the earlier hard bounce of this recipient that
+   * stopped the send.
+   *
+   * @generated from field: otp.v1.Suppression suppression = 14;
+   */
+  suppression?: Suppression | undefined;
 };
 
 /**
@@ -255,6 +272,131 @@ export type GetDeliveryStatusResponse = Message<"otp.v1.GetDeliveryStatusRespons
  */
 export const GetDeliveryStatusResponseSchema: GenMessage<GetDeliveryStatusResponse> = /*@__PURE__*/
   messageDesc(file_otp_v1_otp_email, 3);
+
+/**
+ * DeliveryReport is one delivery status notification (DSN) about a message,
+ * as the relay or a later server sent it back to the message's envelope
+ * sender. Addresses in it are masked.
+ *
+ * @generated from message otp.v1.DeliveryReport
+ */
+export type DeliveryReport = Message<"otp.v1.DeliveryReport"> & {
+  /**
+   * When the bounce intake received it.
+   *
+   * @generated from field: google.protobuf.Timestamp received_at = 1;
+   */
+  receivedAt?: Timestamp | undefined;
+
+  /**
+   * What the DSN says happened.
+   *
+   * @generated from field: otp.v1.DeliveryReportAction action = 2;
+   */
+  action: DeliveryReportAction;
+
+  /**
+   * The RFC 3463 status (`5.1.1`, `5.7.26`, `4.4.1`), when given.
+   *
+   * @generated from field: string status = 3;
+   */
+  status: string;
+
+  /**
+   * The Diagnostic-Code as sent, usually the remote server's own reply
+   * (`smtp; 550 5.7.26 Unauthenticated email from example.com is not
+   * accepted due to domain's DMARC policy`).
+   *
+   * @generated from field: string diagnostic_code = 4;
+   */
+  diagnosticCode: string;
+
+  /**
+   * The Remote-MTA: the server that gave the diagnostic (`dns; mx.example.com`).
+   *
+   * @generated from field: string remote_mta = 5;
+   */
+  remoteMta: string;
+
+  /**
+   * The Reporting-MTA: the server that sent the DSN (`dns; relay.example.com`).
+   *
+   * @generated from field: string reporting_mta = 6;
+   */
+  reportingMta: string;
+
+  /**
+   * The Final-Recipient, masked (`rfc822; j***@gmail.com`).
+   *
+   * @generated from field: string final_recipient = 7;
+   */
+  finalRecipient: string;
+
+  /**
+   * The Original-Envelope-Id: the message_id the DSN was requested with,
+   * when the DSN carries it.
+   *
+   * @generated from field: string original_envelope_id = 8;
+   */
+  originalEnvelopeId: string;
+};
+
+/**
+ * Describes the message otp.v1.DeliveryReport.
+ * Use `create(DeliveryReportSchema)` to create a new message.
+ */
+export const DeliveryReportSchema: GenMessage<DeliveryReport> = /*@__PURE__*/
+  messageDesc(file_otp_v1_otp_email, 4);
+
+/**
+ * Suppression is a recipient's hard bounce ("no such mailbox", 5.1.1 and
+ * the like) that makes the service refuse further sends to it for a while.
+ *
+ * @generated from message otp.v1.Suppression
+ */
+export type Suppression = Message<"otp.v1.Suppression"> & {
+  /**
+   * The message whose bounce caused the suppression.
+   *
+   * @generated from field: string bounced_message_id = 1;
+   */
+  bouncedMessageId: string;
+
+  /**
+   * The bounce's RFC 3463 status (`5.1.1`).
+   *
+   * @generated from field: string status = 2;
+   */
+  status: string;
+
+  /**
+   * The bounce's Diagnostic-Code.
+   *
+   * @generated from field: string diagnostic_code = 3;
+   */
+  diagnosticCode: string;
+
+  /**
+   * When the bounce arrived.
+   *
+   * @generated from field: google.protobuf.Timestamp bounced_at = 4;
+   */
+  bouncedAt?: Timestamp | undefined;
+
+  /**
+   * When sends to the recipient are accepted again.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 5;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message otp.v1.Suppression.
+ * Use `create(SuppressionSchema)` to create a new message.
+ */
+export const SuppressionSchema: GenMessage<Suppression> = /*@__PURE__*/
+  messageDesc(file_otp_v1_otp_email, 5);
 
 /**
  * DeliveryAttempt is one SMTP transaction with the relay.
@@ -326,7 +468,7 @@ export type DeliveryAttempt = Message<"otp.v1.DeliveryAttempt"> & {
  * Use `create(DeliveryAttemptSchema)` to create a new message.
  */
 export const DeliveryAttemptSchema: GenMessage<DeliveryAttempt> = /*@__PURE__*/
-  messageDesc(file_otp_v1_otp_email, 4);
+  messageDesc(file_otp_v1_otp_email, 6);
 
 /**
  * RelayReply is the relay's reply that accepted a message.
@@ -361,6 +503,16 @@ export type RelayReply = Message<"otp.v1.RelayReply"> & {
    * @generated from field: google.protobuf.Timestamp accepted_at = 4;
    */
   acceptedAt?: Timestamp | undefined;
+
+  /**
+   * True when a delivery status notification (NOTIFY=FAILURE,DELAY) was
+   * really requested: the relay advertised DSN on the connection that carried
+   * the message. False when it did not, so a later bounce is only seen if it
+   * reaches the bounce domain's mailbox.
+   *
+   * @generated from field: bool dsn_requested = 5;
+   */
+  dsnRequested: boolean;
 };
 
 /**
@@ -368,7 +520,7 @@ export type RelayReply = Message<"otp.v1.RelayReply"> & {
  * Use `create(RelayReplySchema)` to create a new message.
  */
 export const RelayReplySchema: GenMessage<RelayReply> = /*@__PURE__*/
-  messageDesc(file_otp_v1_otp_email, 5);
+  messageDesc(file_otp_v1_otp_email, 7);
 
 /**
  * VerifyOtpRequest carries a code the user typed.
@@ -404,7 +556,7 @@ export type VerifyOtpRequest = Message<"otp.v1.VerifyOtpRequest"> & {
  * Use `create(VerifyOtpRequestSchema)` to create a new message.
  */
 export const VerifyOtpRequestSchema: GenMessage<VerifyOtpRequest> = /*@__PURE__*/
-  messageDesc(file_otp_v1_otp_email, 6);
+  messageDesc(file_otp_v1_otp_email, 8);
 
 /**
  * VerifyOtpResponse says whether the code verified.
@@ -432,7 +584,7 @@ export type VerifyOtpResponse = Message<"otp.v1.VerifyOtpResponse"> & {
  * Use `create(VerifyOtpResponseSchema)` to create a new message.
  */
 export const VerifyOtpResponseSchema: GenMessage<VerifyOtpResponse> = /*@__PURE__*/
-  messageDesc(file_otp_v1_otp_email, 7);
+  messageDesc(file_otp_v1_otp_email, 9);
 
 /**
  * Purpose says why a code is sent. It selects the email template and scopes
@@ -565,6 +717,61 @@ export const DeliveryStateSchema: GenEnum<DeliveryState> = /*@__PURE__*/
   enumDesc(file_otp_v1_otp_email, 1);
 
 /**
+ * DeliveryReportAction is the Action field of a DSN (RFC 3464).
+ *
+ * @generated from enum otp.v1.DeliveryReportAction
+ */
+export enum DeliveryReportAction {
+  /**
+   * Never returned by the service.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Delivery failed: the message bounced.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_FAILED = 1;
+   */
+  FAILED = 1,
+
+  /**
+   * Delivery is delayed; the reporting server keeps trying.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_DELAYED = 2;
+   */
+  DELAYED = 2,
+
+  /**
+   * The receiving server took the message.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_DELIVERED = 3;
+   */
+  DELIVERED = 3,
+
+  /**
+   * Handed to a system that sends no further DSNs.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_RELAYED = 4;
+   */
+  RELAYED = 4,
+
+  /**
+   * Delivered to a list or alias that expands to further recipients.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_EXPANDED = 5;
+   */
+  EXPANDED = 5,
+}
+
+/**
+ * Describes the enum otp.v1.DeliveryReportAction.
+ */
+export const DeliveryReportActionSchema: GenEnum<DeliveryReportAction> = /*@__PURE__*/
+  enumDesc(file_otp_v1_otp_email, 2);
+
+/**
  * AttemptOutcome classifies an SMTP attempt.
  *
  * @generated from enum otp.v1.AttemptOutcome
@@ -603,7 +810,7 @@ export enum AttemptOutcome {
  * Describes the enum otp.v1.AttemptOutcome.
  */
 export const AttemptOutcomeSchema: GenEnum<AttemptOutcome> = /*@__PURE__*/
-  enumDesc(file_otp_v1_otp_email, 2);
+  enumDesc(file_otp_v1_otp_email, 3);
 
 /**
  * VerifyResult is the outcome of VerifyOtp.
@@ -658,7 +865,7 @@ export enum VerifyResult {
  * Describes the enum otp.v1.VerifyResult.
  */
 export const VerifyResultSchema: GenEnum<VerifyResult> = /*@__PURE__*/
-  enumDesc(file_otp_v1_otp_email, 3);
+  enumDesc(file_otp_v1_otp_email, 4);
 
 /**
  * OtpEmailService emails one-time codes and reports, with evidence, what
@@ -691,6 +898,10 @@ export const OtpEmailService: GenService<{
    *
    * A relay's acceptance (state DELIVERY_STATE_ACCEPTED) is not delivery: the
    * relay may still bounce the message.
+   *
+   * A recipient whose mailbox was recently reported not to exist (a 5.1.1
+   * bounce) is refused with FAILED_PRECONDITION (ErrorInfo reason
+   * RECIPIENT_SUPPRESSED): nothing is sent and no rate limit is spent.
    *
    * @generated from rpc otp.v1.OtpEmailService.SendOtp
    */

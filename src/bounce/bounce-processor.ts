@@ -1,0 +1,168 @@
+/**
+ * Turns one received bounce into evidence on its message: parse (RFC 3464),
+ * correlate (VERP id and Original-Envelope-Id), append the report beside the
+ * record, suppress the recipient on a "no such mailbox" failure, and tell
+ * listeners. A bounce that cannot be tied to exactly one sent message is
+ * counted and logged, never applied.
+ */
+import type { Clock } from "../clock.js";
+import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
+import { reportStatus, suppresses, withReports } from "../delivery/reports.js";
+import type { Logger } from "../logger.js";
+import type { OtpStore } from "../store/types.js";
+import { parseDsn, type DsnRecipient } from "./dsn.js";
+import type { SuppressionList } from "./suppression.js";
+
+export type UnmatchedReason =
+  /** No record with the VERP id (never sent by us, or expired). */
+  | "unknown_message"
+  /** The DSN's Original-Envelope-Id names another message than the VERP address. */
+  | "envelope_id_mismatch"
+  /** The record says nothing was ever sent (QUEUED, SUPPRESSED): the bounce cannot be about it. */
+  | "not_sent";
+
+export type BounceOutcome =
+  | {
+      readonly kind: "applied";
+      readonly messageId: string;
+      readonly report: DeliveryReport;
+      readonly previousState: DeliveryState;
+      readonly state: DeliveryState;
+      readonly suppressed: boolean;
+    }
+  | { readonly kind: "unmatched"; readonly messageId: string; readonly reason: UnmatchedReason }
+  /** Not an RFC 3464 DSN (auto-reply, home-made bounce text, garbage). */
+  | { readonly kind: "not_dsn"; readonly messageId: string; readonly reason: string };
+
+export interface BounceProcessorOptions {
+  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport">;
+  readonly suppression: SuppressionList;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** How long reports are kept (the record retention). */
+  readonly reportTtlMs: number;
+  /**
+   * Called after a bounce changed what is known about a message, with the
+   * record as a status query now sees it and the trace id of the send, so
+   * the change can be traced as a span linked to that trace. Must not throw
+   * (a throw is logged and ignored).
+   */
+  readonly onBounceApplied?: ((record: DeliveryRecord, previousTraceId: string) => void) | undefined;
+  /** Told every outcome (metrics). Must not throw. */
+  readonly onOutcome?: ((outcome: BounceOutcome) => void) | undefined;
+}
+
+export interface BounceProcessor {
+  /**
+   * Processes the bounce `raw` received for `bounce+<messageId>@...`.
+   * Resolves with the outcome; rejects only when storage failed, so the
+   * sending MTA should be told to retry (4xx).
+   */
+  process(messageId: string, raw: Buffer): Promise<BounceOutcome>;
+  /** Outcomes so far, by kind. */
+  counts(): Readonly<Record<BounceOutcome["kind"], number>>;
+}
+
+/** Severity order for picking the block that speaks for the message. */
+const severity: Readonly<Record<DsnRecipient["action"], number>> = {
+  failed: 3,
+  delayed: 2,
+  delivered: 1,
+  relayed: 1,
+  expanded: 1,
+};
+
+export function createBounceProcessor(options: BounceProcessorOptions): BounceProcessor {
+  const { store, suppression, clock } = options;
+  const logger = options.logger.child({ component: "bounce" });
+  const counts = { applied: 0, unmatched: 0, not_dsn: 0 };
+
+  function finish(outcome: BounceOutcome): BounceOutcome {
+    counts[outcome.kind]++;
+    try {
+      options.onOutcome?.(outcome);
+    } catch (error) {
+      logger.error({ err: error }, "bounce onOutcome listener threw");
+    }
+    return outcome;
+  }
+
+  async function processBounce(messageId: string, raw: Buffer): Promise<BounceOutcome> {
+    const parsed = await parseDsn(raw);
+    if (!parsed.ok) {
+      logger.warn({ message_id: messageId, reason: parsed.reason, bytes: raw.length }, "bounce is not an RFC 3464 DSN; not applied");
+      return finish({ kind: "not_dsn", messageId, reason: parsed.reason });
+    }
+    const { dsn } = parsed;
+    // The VERP address names the message; an ENVID, when present, must agree.
+    if (dsn.envelopeId !== "" && dsn.envelopeId.toLowerCase() !== messageId) {
+      logger.warn(
+        { message_id: messageId, envelope_id: dsn.envelopeId.slice(0, 64), reporting_mta: dsn.reportingMta },
+        "bounce's Original-Envelope-Id does not match its VERP address; not applied",
+      );
+      return finish({ kind: "unmatched", messageId, reason: "envelope_id_mismatch" });
+    }
+    const record = await store.getRecord(messageId);
+    if (record === undefined) {
+      logger.warn({ message_id: messageId, reporting_mta: dsn.reportingMta }, "bounce for an unknown message; not applied");
+      return finish({ kind: "unmatched", messageId, reason: "unknown_message" });
+    }
+    if (record.state === "QUEUED" || record.state === "SUPPRESSED") {
+      logger.warn({ message_id: messageId, state: record.state }, "bounce for a message that was never sent; not applied");
+      return finish({ kind: "unmatched", messageId, reason: "not_sent" });
+    }
+
+    // One recipient per message: the most severe block speaks for it.
+    const block = [...dsn.recipients].sort((a, b) => severity[b.action] - severity[a.action])[0];
+    if (block === undefined) return finish({ kind: "not_dsn", messageId, reason: "no recipient block" });
+    const report: DeliveryReport = {
+      receivedAt: clock.now(),
+      action: block.action,
+      status: block.status,
+      diagnosticCode: block.diagnosticCode,
+      remoteMta: block.remoteMta,
+      reportingMta: dsn.reportingMta,
+      finalRecipient: block.finalRecipient,
+      envelopeId: dsn.envelopeId,
+    };
+    const earlier = await store.getDeliveryReports(messageId);
+    const previousState = withReports(record, earlier).state;
+    await store.addDeliveryReport(messageId, report, options.reportTtlMs);
+    const updated = withReports(record, [...earlier, report]);
+
+    let suppressed = false;
+    if (suppresses(report)) {
+      if (record.recipientHash === undefined) {
+        logger.warn({ message_id: messageId }, "hard bounce for a record without a recipient hash; recipient not suppressed");
+      } else {
+        await suppression.suppress(record.recipientHash, {
+          messageId,
+          status: reportStatus(report),
+          diagnosticCode: report.diagnosticCode,
+        });
+        suppressed = true;
+      }
+    }
+
+    logger.info(
+      {
+        message_id: messageId,
+        action: report.action,
+        status: reportStatus(report),
+        previous_state: previousState,
+        state: updated.state,
+        suppressed,
+        reporting_mta: report.reportingMta,
+      },
+      "bounce applied",
+    );
+    try {
+      options.onBounceApplied?.(updated, record.traceId);
+    } catch (error) {
+      logger.error({ err: error, message_id: messageId }, "onBounceApplied listener threw");
+    }
+    return finish({ kind: "applied", messageId, report, previousState, state: updated.state, suppressed });
+  }
+
+  return { process: processBounce, counts: () => ({ ...counts }) };
+}

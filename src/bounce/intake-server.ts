@@ -1,0 +1,248 @@
+/**
+ * The bounce intake: an SMTP listener (smtp-server) for the MX of the bounce
+ * domain. It takes mail only for `bounce+<message id>@<bounce domain>` (the
+ * VERP envelope senders of our messages), from anyone and with the null
+ * sender bounces use, up to a size limit and a per-address connection rate,
+ * and hands each message to the bounce processor.
+ *
+ * Replies: 550 for any other recipient; 552 for an oversized message; 451
+ * (try again later) when storage could not record the bounce; 250 otherwise,
+ * including for bounces that are not usable, which are counted and logged
+ * rather than sent back to be retried for days.
+ */
+import type { Socket } from "node:net";
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
+import type { Logger } from "../logger.js";
+import { messageIdPattern } from "../otp/code.js";
+import type { BounceProcessor } from "./bounce-processor.js";
+
+export interface BounceIntakeOptions {
+  /** Address to listen on (`127.0.0.1`, `0.0.0.0`). */
+  readonly host: string;
+  /** Port; 0 picks a free one. */
+  readonly port: number;
+  /** The domain of the VERP addresses (BOUNCE_DOMAIN). */
+  readonly bounceDomain: string;
+  readonly processor: Pick<BounceProcessor, "process">;
+  readonly logger: Logger;
+  /** Largest message accepted (default 1 MiB); real DSNs with RET=HDRS are a few KB. */
+  readonly maxBytes?: number | undefined;
+  /** New connections per remote address per minute (default 60); more get 421. */
+  readonly connectionsPerMinute?: number | undefined;
+  /** Simultaneous connections (default 50). */
+  readonly maxClients?: number | undefined;
+  /** Idle time before a connection is dropped (default 60 s). */
+  readonly socketTimeoutMs?: number | undefined;
+  /** Longest time one message may take to record before the sender is told to retry (default 10 s). */
+  readonly processTimeoutMs?: number | undefined;
+  /**
+   * When the port is taken, listen on a free one instead of failing (for
+   * development, where several instances may run side by side).
+   */
+  readonly fallbackToFreePort?: boolean | undefined;
+}
+
+export interface BounceIntake {
+  /** Where it listens (the real port when 0 or a fallback was used). */
+  readonly address: { readonly host: string; readonly port: number };
+  /** Connections refused by the rate limit, and recipients refused with 550, so far. */
+  rejections(): { readonly rateLimited: number; readonly badRecipient: number };
+  /** Stops listening and drops open connections. */
+  close(): Promise<void>;
+}
+
+const defaults = {
+  maxBytes: 1024 * 1024,
+  connectionsPerMinute: 60,
+  maxClients: 50,
+  socketTimeoutMs: 60_000,
+  processTimeoutMs: 10_000,
+} as const;
+
+/** A bounce message rarely has more than one recipient; a few is generous. */
+const maxRecipients = 5;
+
+function smtpError(code: number, text: string): Error {
+  return Object.assign(new Error(text), { responseCode: code });
+}
+
+export async function startBounceIntake(options: BounceIntakeOptions): Promise<BounceIntake> {
+  const maxBytes = options.maxBytes ?? defaults.maxBytes;
+  const perMinute = options.connectionsPerMinute ?? defaults.connectionsPerMinute;
+  const processTimeoutMs = options.processTimeoutMs ?? defaults.processTimeoutMs;
+  const domain = options.bounceDomain.toLowerCase();
+  const logger = options.logger.child({ component: "bounce-intake" });
+  const recipient = new RegExp(`^bounce\\+([0-9a-z]+)@${domain.replace(/\./g, "\\.")}$`, "i");
+  const connections = createRateWindow(perMinute, 60_000);
+  const sockets = new Set<Socket>();
+  let rateLimited = 0;
+  let badRecipient = 0;
+
+  /** The message id a recipient names, or undefined when it is not one of ours. */
+  function messageIdOf(address: string): string | undefined {
+    const id = recipient.exec(address)?.[1]?.toLowerCase();
+    return id !== undefined && messageIdPattern.test(id) ? id : undefined;
+  }
+
+  async function receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const chunk of stream) {
+      const buffer = chunk as Buffer;
+      bytes += buffer.length;
+      // Keep reading to the end (the client waits for our reply), but stop keeping.
+      if (bytes <= maxBytes) chunks.push(buffer);
+    }
+    if (stream.sizeExceeded || bytes > maxBytes) {
+      logger.warn({ remote: session.remoteAddress, bytes }, "bounce larger than the size limit refused");
+      throw smtpError(552, `5.3.4 Message too big (limit ${maxBytes} bytes)`);
+    }
+    const raw = Buffer.concat(chunks);
+    const ids = [...new Set(session.envelope.rcptTo.flatMap((rcpt) => messageIdOf(rcpt.address) ?? []))];
+    const work = Promise.all(ids.map((id) => options.processor.process(id, raw)));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`recording took longer than ${processTimeoutMs} ms`)), processTimeoutMs);
+    });
+    try {
+      await Promise.race([work, timeout]);
+    } catch (error) {
+      logger.warn({ err: error, remote: session.remoteAddress }, "could not record a bounce; the sender is asked to retry");
+      throw smtpError(451, "4.3.0 Could not record the report now; try again later");
+    } finally {
+      clearTimeout(timer);
+      // A late rejection after the timeout is already answered.
+      work.catch(() => undefined);
+    }
+    return `2.0.0 Report received for ${ids.length} message(s)`;
+  }
+
+  const server = new SMTPServer({
+    name: `bounces.${domain}`,
+    banner: "OtpEmail bounce intake: delivery status notifications only",
+    logger: false,
+    authOptional: true,
+    disabledCommands: ["AUTH", "STARTTLS"],
+    disableReverseLookup: true,
+    size: maxBytes,
+    maxClients: options.maxClients ?? defaults.maxClients,
+    socketTimeout: options.socketTimeoutMs ?? defaults.socketTimeoutMs,
+    closeTimeout: 1000,
+
+    onConnect(session, callback) {
+      if (!connections.admit(session.remoteAddress)) {
+        rateLimited++;
+        logger.warn({ remote: session.remoteAddress }, "bounce intake connection refused: rate limit");
+        callback(smtpError(421, "4.7.0 Too many connections from your address; try again later"));
+        return;
+      }
+      callback();
+    },
+
+    onMailFrom(_address, _session, callback) {
+      // Bounces come with the null sender (`MAIL FROM:<>`); anything else is fine too.
+      callback();
+    },
+
+    onRcptTo(address, session, callback) {
+      if (messageIdOf(address.address) === undefined) {
+        badRecipient++;
+        callback(smtpError(550, "5.1.1 No such recipient here: this host only takes bounces of its own messages"));
+        return;
+      }
+      if (session.envelope.rcptTo.length >= maxRecipients) {
+        callback(smtpError(452, "4.5.3 Too many recipients"));
+        return;
+      }
+      callback();
+    },
+
+    onData(stream, session, callback) {
+      let answered = false;
+      const answer = (error: Error | null, message?: string): void => {
+        if (answered) return;
+        answered = true;
+        callback(error, message);
+      };
+      stream.once("error", (error) => answer(smtpError(451, `4.3.0 Could not read the message (${error.message})`)));
+      receive(stream, session).then(
+        (message) => answer(null, message),
+        (error: unknown) => {
+          if (error instanceof Error && "responseCode" in error) answer(error);
+          else {
+            logger.error({ err: error }, "bounce intake failed unexpectedly");
+            answer(smtpError(451, "4.3.0 Internal error; try again later"));
+          }
+        },
+      );
+    },
+  });
+
+  // A client tearing down its connection is not our failure: log, never crash.
+  server.on("error", (error) => logger.debug({ err: error }, "bounce intake connection error"));
+  server.server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+
+  const port = await listen(server, options.host, options.port).catch(async (error: unknown) => {
+    if (!(options.fallbackToFreePort === true && (error as NodeJS.ErrnoException).code === "EADDRINUSE")) throw error;
+    const free = await listen(server, options.host, 0);
+    logger.warn(
+      { wanted: `${options.host}:${options.port}`, using: `${options.host}:${free}` },
+      "bounce intake port is taken (another instance?); listening on a free port instead",
+    );
+    return free;
+  });
+  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain }, "bounce intake listening");
+
+  let closing: Promise<void> | undefined;
+  return {
+    address: { host: options.host, port },
+    rejections: () => ({ rateLimited, badRecipient }),
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        connections.stop();
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      });
+      return closing;
+    },
+  };
+}
+
+function listen(server: SMTPServer, host: string, port: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const onError = (error: Error): void => reject(error);
+    server.server.once("error", onError);
+    server.listen(port, host, () => {
+      server.server.off("error", onError);
+      const address = server.server.address();
+      resolve(typeof address === "object" && address !== null ? address.port : port);
+    });
+  });
+}
+
+/** At most `max` events per key within a sliding `windowMs`; memory bounded by a periodic sweep. */
+function createRateWindow(max: number, windowMs: number) {
+  const seen = new Map<string, number[]>();
+  const sweep = setInterval(() => {
+    const cutoff = Date.now() - windowMs;
+    for (const [key, times] of seen) if ((times.at(-1) ?? 0) <= cutoff) seen.delete(key);
+  }, windowMs);
+  sweep.unref();
+  return {
+    admit(key: string): boolean {
+      const now = Date.now();
+      const times = (seen.get(key) ?? []).filter((time) => time > now - windowMs);
+      if (times.length >= max) {
+        seen.set(key, times);
+        return false;
+      }
+      times.push(now);
+      seen.set(key, times);
+      return true;
+    },
+    stop: () => clearInterval(sweep),
+  };
+}

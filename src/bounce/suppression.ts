@@ -1,0 +1,54 @@
+/**
+ * The suppression list: recipients whose mailbox was reported not to exist
+ * (a hard bounce, 5.1.1 and the like) get no more mail for a while. A
+ * recipient is known only by a keyed HMAC of its normalised address, so
+ * storage never holds an address, and the key cannot be recomputed without
+ * the server secret.
+ */
+import { createHmac } from "node:crypto";
+import type { Clock } from "../clock.js";
+import type { SuppressionEntry } from "../delivery/record.js";
+import type { OtpStore } from "../store/types.js";
+
+export interface SuppressionListOptions {
+  readonly store: Pick<OtpStore, "getSuppression" | "putSuppression">;
+  /** The server secret (OTP_SECRET) that keys the recipient HMAC. */
+  readonly secret: Buffer;
+  /** How long a hard bounce suppresses its recipient (SUPPRESSION_TTL). */
+  readonly ttlMs: number;
+  readonly clock: Clock;
+}
+
+/** What caused a suppression: the bounced message and its DSN. */
+export interface SuppressionCause {
+  readonly messageId: string;
+  readonly status: string;
+  readonly diagnosticCode: string;
+}
+
+export interface SuppressionList {
+  /** The opaque id of a recipient (its lower-cased address): stored on records, keys the list. */
+  recipientHash(recipientKey: string): string;
+  /** The suppression in force for a recipient, or undefined. */
+  check(recipientHash: string): Promise<SuppressionEntry | undefined>;
+  /** Suppresses a recipient from now for the configured time; returns the entry stored. */
+  suppress(recipientHash: string, cause: SuppressionCause): Promise<SuppressionEntry>;
+}
+
+export function createSuppressionList(options: SuppressionListOptions): SuppressionList {
+  const { store, secret, ttlMs, clock } = options;
+  if (!(Number.isInteger(ttlMs) && ttlMs > 0)) throw new Error(`suppression: ttlMs must be a positive integer, got ${ttlMs}`);
+  if (secret.length === 0) throw new Error("suppression: the secret must not be empty");
+  return {
+    recipientHash: (recipientKey) =>
+      // Its own label, so the value can never collide with another HMAC of the service.
+      createHmac("sha256", secret).update(`suppression\0${recipientKey.toLowerCase()}`).digest("hex").slice(0, 32),
+    check: (recipientHash) => store.getSuppression(recipientHash),
+    async suppress(recipientHash, cause) {
+      const now = clock.now();
+      const entry: SuppressionEntry = { ...cause, bouncedAt: now, expiresAt: now + ttlMs };
+      await store.putSuppression(recipientHash, entry, ttlMs);
+      return entry;
+    },
+  };
+}

@@ -1,0 +1,49 @@
+/**
+ * What the delivery code tells an onlooker (metrics, traces) as a message
+ * moves: the seam that keeps OpenTelemetry and Prometheus out of delivery/.
+ * The implementation lives in src/telemetry/delivery-telemetry.ts.
+ *
+ * Calls happen in the async context of the work they describe (the request
+ * that dispatched the message, for its send), so an implementation can take
+ * the active trace from there. Implementations must be cheap and must not
+ * throw; callers do not guard them.
+ */
+import type { AttemptRecord, DeliveryRecord } from "./record.js";
+
+/** Follows one message's send, from its first attempt to the final verdict. */
+export interface SendObservation {
+  /** Attempt `number` (1 for the first) is about to be handed to the transport. */
+  attemptStarted(number: number): void;
+  /** The attempt ended with the relay's answer (or a connection failure). */
+  attemptFinished(attempt: AttemptRecord): void;
+  /** After attempt `number` failed transiently, the next one starts in `delayMs`. */
+  retryScheduled(number: number, delayMs: number): void;
+  /** No attempt will follow; `record` is the last state written (ACCEPTED, FAILED...). */
+  finished(record: DeliveryRecord): void;
+}
+
+export interface DeliveryObserver {
+  /**
+   * A stored record (QUEUED) is dispatched; `relay` is the transport's
+   * `host:port`. Called once per message, in the dispatching request's context.
+   */
+  sendStarted(record: DeliveryRecord, relay: string): SendObservation;
+  /**
+   * A record was written in a new state (`record.state`), by the dispatcher
+   * or by anyone else who moves records (bounce intake).
+   */
+  stateChanged(record: DeliveryRecord): void;
+}
+
+const noopSend: SendObservation = {
+  attemptStarted: () => undefined,
+  attemptFinished: () => undefined,
+  retryScheduled: () => undefined,
+  finished: () => undefined,
+};
+
+/** Observes nothing: the default. */
+export const noopDeliveryObserver: DeliveryObserver = {
+  sendStarted: () => noopSend,
+  stateChanged: () => undefined,
+};

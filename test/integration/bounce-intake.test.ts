@@ -1,0 +1,340 @@
+/**
+ * The bounce intake over real SMTP (smtp-server on 127.0.0.1:0, nodemailer
+ * and raw sockets as clients) with the memory store: who may send, what is
+ * applied to which message, what suppresses, and that no garbage can crash
+ * it or touch a record it does not name.
+ */
+import { randomBytes } from "node:crypto";
+import { connect } from "node:net";
+import { createTransport } from "nodemailer";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createBounceProcessor, type BounceOutcome, type BounceProcessor } from "../../src/bounce/bounce-processor.js";
+import { startBounceIntake, type BounceIntake } from "../../src/bounce/intake-server.js";
+import { createSuppressionList, type SuppressionList } from "../../src/bounce/suppression.js";
+import { systemClock } from "../../src/clock.js";
+import type { DeliveryRecord } from "../../src/delivery/record.js";
+import { withReports } from "../../src/delivery/reports.js";
+import { newMessageId } from "../../src/otp/code.js";
+import { createMemoryStore } from "../../src/store/memory-store.js";
+import type { OtpStore } from "../../src/store/types.js";
+import { dsnMessage, gmailDmarcDiagnostic, postfixUnknownUserDsn } from "../support/dsn-fixtures.js";
+
+const logger = pino({ level: "silent" });
+const bounceDomain = "bounces.acme.test";
+const recipientKey = "jane.doe@gmail.test";
+
+let store: OtpStore;
+let suppression: SuppressionList;
+let processor: BounceProcessor;
+let intake: BounceIntake;
+let outcomes: BounceOutcome[];
+let applied: { record: DeliveryRecord; traceId: string }[];
+
+async function start(options: { connectionsPerMinute?: number; maxBytes?: number } = {}): Promise<void> {
+  await intake.close();
+  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, ...options });
+}
+
+beforeEach(async () => {
+  store = createMemoryStore({ clock: systemClock });
+  suppression = createSuppressionList({ store, secret: randomBytes(32), ttlMs: 3_600_000, clock: systemClock });
+  outcomes = [];
+  applied = [];
+  processor = createBounceProcessor({
+    store,
+    suppression,
+    clock: systemClock,
+    logger,
+    reportTtlMs: 3_600_000,
+    onOutcome: (outcome) => outcomes.push(outcome),
+    onBounceApplied: (record, traceId) => applied.push({ record, traceId }),
+  });
+  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger });
+});
+
+afterEach(async () => {
+  await intake.close();
+  await store.close();
+});
+
+/** Stores an ACCEPTED record for a fresh message id, as the sender would leave it. */
+async function acceptedMessage(): Promise<DeliveryRecord> {
+  const now = Date.now();
+  const record: DeliveryRecord = {
+    messageId: newMessageId(now),
+    caller: "billing",
+    state: "ACCEPTED",
+    recipientMasked: "j***@gmail.test",
+    recipientDomain: "gmail.test",
+    purpose: "login",
+    locale: "en",
+    createdAt: now,
+    updatedAt: now,
+    expiresAt: now + 600_000,
+    attempts: [],
+    relayReply: { relay: "relay.test:25", text: "250 2.0.0 Ok: queued as 4F2A", queueId: "4F2A", acceptedAt: now, dsnRequested: true },
+    traceId: "0af7651916cd43dd8448eb211c80319c",
+    recipientHash: suppression.recipientHash(recipientKey),
+  };
+  await store.putRecord(record, 3_600_000);
+  return record;
+}
+
+async function status(messageId: string): Promise<DeliveryRecord | undefined> {
+  const record = await store.getRecord(messageId);
+  return record === undefined ? undefined : withReports(record, await store.getDeliveryReports(messageId));
+}
+
+/** Sends `raw` over SMTP with the null sender, as an MTA sends a bounce. Resolves with the final reply. */
+async function deliver(to: string | string[], raw: Buffer): Promise<string> {
+  const client = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
+  try {
+    const info = await client.sendMail({ envelope: { from: "", to }, raw });
+    return info.response;
+  } finally {
+    client.close();
+  }
+}
+
+/** Sends and returns the SMTP error's reply code (or 250). */
+async function replyCode(to: string | string[], raw: Buffer): Promise<number> {
+  try {
+    await deliver(to, raw);
+    return 250;
+  } catch (error) {
+    return (error as { responseCode?: number }).responseCode ?? -1;
+  }
+}
+
+const verp = (messageId: string): string => `bounce+${messageId}@${bounceDomain}`;
+
+describe("bounce intake: who may send what", () => {
+  it("takes a bounce from the null sender for bounce+<id>@<bounce domain>, and 550s every other recipient", async () => {
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action: "delayed", status: "4.4.1" }] });
+
+    expect(await deliver(verp(record.messageId), dsn)).toMatch(/^250 /);
+    for (const other of [
+      "postmaster@bounces.acme.test",
+      `bounce+${record.messageId}@acme.test`,
+      `bounce+${record.messageId}@bounces.acme.test.evil.test`,
+      "bounce+not-a-message-id@bounces.acme.test",
+      `bounce+${record.messageId}x@bounces.acme.test`,
+    ]) {
+      expect(await replyCode(other, dsn), other).toBe(550);
+    }
+    expect(intake.rejections().badRecipient).toBe(5);
+    expect(outcomes.map((outcome) => outcome.kind)).toEqual(["applied"]);
+  });
+
+  it("refuses a message over the size limit with 552 and records nothing", async () => {
+    await start({ maxBytes: 10_000 });
+    const record = await acceptedMessage();
+    const big = dsnMessage({
+      to: verp(record.messageId),
+      recipients: [{ action: "failed", status: "5.1.1", extra: [`X-Padding: ${"x".repeat(20_000)}`] }],
+    });
+
+    expect(await replyCode(verp(record.messageId), big)).toBe(552);
+    expect(outcomes).toEqual([]);
+    expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+  });
+
+  it("limits new connections per address: the one over the limit gets 421", async () => {
+    await start({ connectionsPerMinute: 3 });
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delayed", status: "4.4.1" }] });
+
+    const codes: number[] = [];
+    for (let i = 0; i < 4; i++) codes.push(await replyCode(verp(record.messageId), dsn));
+
+    expect(codes).toEqual([250, 250, 250, 421]);
+    expect(intake.rejections().rateLimited).toBe(1);
+  });
+});
+
+describe("bounce intake: correlation and evidence", () => {
+  it("a failed 5.1.1 DSN makes the message BOUNCED with its evidence and suppresses the recipient (by HMAC)", async () => {
+    const record = await acceptedMessage();
+    const raw = postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", record.messageId);
+
+    expect(await deliver(verp(record.messageId), Buffer.from(raw, "latin1"))).toMatch(/^250 /);
+
+    expect(await status(record.messageId)).toMatchObject({
+      state: "BOUNCED",
+      reports: [
+        {
+          action: "failed",
+          status: "5.1.1",
+          diagnosticCode: 'X-Postfix; unknown user: "n***"',
+          reportingMta: "dns; relay.local.test",
+          finalRecipient: "rfc822; n***@local.test",
+          envelopeId: record.messageId,
+        },
+      ],
+    });
+    expect(await suppression.check(suppression.recipientHash(recipientKey))).toMatchObject({
+      messageId: record.messageId,
+      status: "5.1.1",
+    });
+    expect(outcomes).toMatchObject([{ kind: "applied", previousState: "ACCEPTED", state: "BOUNCED", suppressed: true }]);
+    // The hook gets the record as a status query sees it, and the send's trace.
+    expect(applied).toMatchObject([{ record: { messageId: record.messageId, state: "BOUNCED" }, traceId: record.traceId }]);
+  });
+
+  it("a 5.7.26 DSN makes the message BOUNCED with the diagnostic and does not suppress", async () => {
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({
+      to: verp(record.messageId),
+      envelopeId: record.messageId,
+      recipients: [{ action: "failed", status: "5.7.26", remoteMta: "dns; gmail-smtp-in.l.google.com", diagnosticCode: gmailDmarcDiagnostic }],
+    });
+
+    await deliver(verp(record.messageId), dsn);
+
+    const bounced = await status(record.messageId);
+    expect(bounced?.state).toBe("BOUNCED");
+    expect(bounced?.reports?.[0]?.diagnosticCode).toMatch(/^smtp; 550-5\.7\.26 Unauthenticated email from acme\.test is not accepted due to domain's DMARC policy/);
+    expect(await suppression.check(suppression.recipientHash(recipientKey))).toBeUndefined();
+  });
+
+  it("delayed, then failed, then a late delay: DELAYED, BOUNCED, still BOUNCED", async () => {
+    const record = await acceptedMessage();
+    const send = (action: string, status: string): Promise<string> =>
+      deliver(verp(record.messageId), dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action, status }] }));
+
+    await send("delayed", "4.4.1");
+    expect((await status(record.messageId))?.state).toBe("DELAYED");
+    await send("failed", "5.2.2");
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
+    await send("delayed", "4.4.1");
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
+    expect((await status(record.messageId))?.reports).toHaveLength(3);
+  });
+
+  it("an Original-Envelope-Id that names another message is not applied to either", async () => {
+    const record = await acceptedMessage();
+    const other = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), envelopeId: other.messageId, recipients: [{ action: "failed", status: "5.1.1" }] });
+
+    expect(await deliver(verp(record.messageId), dsn)).toMatch(/^250 /);
+
+    expect(outcomes).toEqual([{ kind: "unmatched", messageId: record.messageId, reason: "envelope_id_mismatch" }]);
+    expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+    expect((await status(other.messageId))?.state).toBe("ACCEPTED");
+    expect(await suppression.check(suppression.recipientHash(recipientKey))).toBeUndefined();
+  });
+
+  it("a bounce for an unknown message, and a non-RFC 3464 bounce, are counted and applied to nothing", async () => {
+    const record = await acceptedMessage();
+    const unknown = newMessageId(Date.now());
+    const plain = Buffer.from(
+      `From: MAILER-DAEMON@relay.test\r\nTo: ${verp(record.messageId)}\r\nSubject: failure notice\r\n\r\nHi. This is the qmail-send program. Sorry.\r\n`,
+    );
+
+    await deliver(verp(unknown), dsnMessage({ to: verp(unknown), recipients: [{ action: "failed", status: "5.1.1" }] }));
+    await deliver(verp(record.messageId), plain);
+
+    expect(outcomes.map((outcome) => [outcome.kind, "reason" in outcome ? outcome.reason : ""])).toEqual([
+      ["unmatched", "unknown_message"],
+      ["not_dsn", expect.stringMatching(/^no message\/delivery-status part/)],
+    ]);
+    expect(processor.counts()).toEqual({ applied: 0, unmatched: 1, not_dsn: 1 });
+    expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+    expect(await store.getDeliveryReports(unknown)).toEqual([]);
+  });
+
+  it("asks the sending MTA to retry (451) when storage cannot record the bounce", async () => {
+    const record = await acceptedMessage();
+    await store.close();
+
+    const code = await replyCode(
+      verp(record.messageId),
+      dsnMessage({ to: verp(record.messageId), recipients: [{ action: "failed", status: "5.1.1" }] }),
+    );
+
+    expect(code).toBe(451);
+  });
+});
+
+describe("bounce intake: garbage", () => {
+  /** Deterministic pseudo-random bytes, so a failure can be replayed. */
+  function prng(seed: number): () => number {
+    let state = seed;
+    return () => {
+      state = (state * 1_103_515_245 + 12_345) % 2 ** 31;
+      return state / 2 ** 31;
+    };
+  }
+
+  it("survives truncated, oversized and malformed reports: never throws, never applies to another record", async () => {
+    const victim = await acceptedMessage();
+    const bystander = await acceptedMessage();
+    const unknown = newMessageId(Date.now());
+    const real = postfixUnknownUserDsn();
+    const random = prng(20261127);
+    const corpus: Buffer[] = [
+      Buffer.alloc(0),
+      Buffer.from("\r\n\r\n\r\n"),
+      randomBytes(4096),
+      Buffer.from(`Content-Type: multipart/report; boundary="x"\r\n\r\n--x\r\nContent-Type: message/delivery-status\r\n\r\n`),
+      Buffer.from(`Content-Type: multipart/report; boundary=\r\n\r\n--\r\n--\r\n`),
+      Buffer.from(`Content-Type: multipart/report; boundary="a"\r\n\r\n${"--a\r\nContent-Type: multipart/mixed; boundary=\"a\"\r\n\r\n".repeat(200)}`),
+      Buffer.from(`Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64!!!\r\n`),
+      Buffer.from(`Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nAction: failed\r\nStatus: 5.1.1\r\n${"Diagnostic-Code: " + "y".repeat(200_000)}\r\n`),
+      Buffer.from(`Content-Type: message/delivery-status\r\n\r\n${"Reporting-MTA: x\r\n\r\nAction: failed\r\n\r\n".repeat(5000)}`),
+      Buffer.from("Subject: =?utf-8?B?////?=\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\n\u0000\u0001\u0002"),
+    ];
+    // Truncations of a real bounce at random points, and random byte flips.
+    for (let i = 0; i < 40; i++) corpus.push(real.subarray(0, Math.floor(random() * real.length)));
+    for (let i = 0; i < 20; i++) {
+      const copy = Buffer.from(real);
+      for (let flips = 0; flips < 20; flips++) copy[Math.floor(random() * copy.length)] = Math.floor(random() * 256);
+      corpus.push(copy);
+    }
+
+    // Straight into the processor (every input), for the unknown id and for the victim.
+    for (const raw of corpus) {
+      expect(["unmatched", "not_dsn"]).toContain((await processor.process(unknown, raw)).kind);
+      await expect(processor.process(victim.messageId, raw)).resolves.toBeDefined();
+    }
+    // And over SMTP, a sample.
+    for (const raw of corpus.slice(0, 15)) {
+      expect([250, 552]).toContain(await replyCode(verp(victim.messageId), raw));
+    }
+
+    expect(await store.getDeliveryReports(unknown)).toEqual([]);
+    expect(await store.getDeliveryReports(bystander.messageId)).toEqual([]);
+    expect((await status(bystander.messageId))?.state).toBe("ACCEPTED");
+    // Whatever was applied to the victim came from a parseable report about it.
+    for (const report of (await status(victim.messageId))?.reports ?? []) {
+      expect(["failed", "delayed", "delivered", "relayed", "expanded"]).toContain(report.action);
+    }
+  });
+
+  it("survives SMTP-level garbage and still takes a good bounce afterwards", async () => {
+    const garbage = [
+      "HELO\r\nMAIL FROM:<<<>>>\r\nRCPT TO:\r\nDATA\r\n",
+      "EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounce+@bounces.acme.test>\r\nDATA\r\n.\r\n",
+      `${"A".repeat(100_000)}\r\n`,
+      "EHLO x\r\nBDAT 10 LAST\r\n0123456789",
+      "\u0000\u0001\u0002\r\n\u00ff\u00fe\r\n",
+      "EHLO x\r\nMAIL FROM:<> SIZE=999999999999\r\n",
+      "EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bounce+01kbf3vq0m4x2c9d8e7f6g5h4j@bounces.acme.test>\r\nDATA\r\nSubject: half", // no end of data
+    ];
+    for (const text of garbage) {
+      await new Promise<void>((resolve) => {
+        const socket = connect(intake.address.port, "127.0.0.1");
+        socket.on("error", () => resolve());
+        socket.on("data", () => undefined);
+        socket.write(text, "latin1", () => setTimeout(() => socket.destroy(), 50));
+        socket.on("close", () => resolve());
+      });
+    }
+
+    const record = await acceptedMessage();
+    await deliver(verp(record.messageId), dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delivered", status: "2.0.0" }] }));
+    expect((await status(record.messageId))?.state).toBe("DELIVERED");
+  });
+});
