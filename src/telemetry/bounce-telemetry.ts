@@ -1,0 +1,65 @@
+/**
+ * Telemetry for what the bounce intake learns hours after a send: each
+ * change is a span of its own (the send's trace ended long ago), linked to
+ * the send's trace, and the reports are counted.
+ *
+ * Records keep the send's trace id but not a span id, so the link names the
+ * trace with a fixed placeholder span id (`0000000000000001`): Jaeger and
+ * Tempo open the linked trace from it.
+ */
+import { SpanKind, TraceFlags, type Link, type Tracer } from "@opentelemetry/api";
+import type { DeliveryRecord } from "../delivery/record.js";
+import type { Metrics } from "./metrics.js";
+import { attributes, spanNames } from "./semconv.js";
+import { serviceTracer } from "./tracing.js";
+
+/** The span id a link to a send's trace carries (see the module comment). */
+export const linkedTraceSpanId = "0000000000000001";
+
+/** What the bounce processor reports for every message it reads. */
+export interface BounceReportOutcome {
+  /** applied, unmatched or not_dsn. */
+  readonly kind: string;
+  /** The record's state after an applied report (DELIVERED, DELAYED, BOUNCED...). */
+  readonly state?: string;
+}
+
+export interface BounceTelemetry {
+  /** A report changed a record (now `record.state`); `sendTraceId` is the trace of its send. */
+  applied(record: DeliveryRecord, sendTraceId: string): void;
+  outcome(outcome: BounceReportOutcome): void;
+}
+
+export function createBounceTelemetry(options: {
+  readonly metrics: Pick<Metrics, "providers" | "deliveryTransitions" | "bounceReports">;
+  readonly tracer?: Tracer;
+}): BounceTelemetry {
+  const { metrics } = options;
+  const tracer = options.tracer ?? serviceTracer();
+  return {
+    applied(record, sendTraceId) {
+      const provider = metrics.providers.classify(record.recipientDomain);
+      metrics.deliveryTransitions.inc({ state: record.state, provider });
+      const links: Link[] = /^(?!0{32})[0-9a-f]{32}$/.test(sendTraceId)
+        ? [{ context: { traceId: sendTraceId, spanId: linkedTraceSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true } }]
+        : [];
+      tracer
+        .startSpan(spanNames.deliveryReport, {
+          kind: SpanKind.INTERNAL,
+          root: true,
+          links,
+          attributes: {
+            [attributes.messageId]: record.messageId,
+            [attributes.deliveryState]: record.state,
+            [attributes.recipientMasked]: record.recipientMasked,
+            [attributes.recipientProvider]: provider,
+          },
+        })
+        .end();
+    },
+    outcome(outcome) {
+      const kind = ["applied", "unmatched", "not_dsn"].includes(outcome.kind) ? outcome.kind : "other";
+      metrics.bounceReports.inc({ kind, state: kind === "applied" ? (outcome.state ?? "unknown") : "none" });
+    },
+  };
+}

@@ -1,0 +1,177 @@
+/**
+ * The DeliveryObserver that turns what delivery/ reports into spans and
+ * metrics:
+ *
+ *   smtp.send    one per message, child of the request that dispatched it;
+ *                a `smtp.retry` event per retry; ends with the final state.
+ *   smtp.attempt one per SMTP transaction, child of smtp.send: relay address
+ *                and port, reply code, enhanced status, error.type, attempt
+ *                and retry number.
+ *
+ * plus otp_smtp_attempts_total, the attempt and send duration histograms
+ * (with the trace as exemplar), the pool gauges and
+ * otp_delivery_state_transitions_total by provider class.
+ */
+import { context, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
+import type { DeliveryObserver, SendObservation } from "../delivery/observer.js";
+import type { AttemptRecord, DeliveryRecord } from "../delivery/record.js";
+import { observeWithTrace, type Metrics } from "./metrics.js";
+import { attributes, eventNames, spanNames } from "./semconv.js";
+import { serviceTracer } from "./tracing.js";
+
+export interface DeliveryTelemetryOptions {
+  readonly metrics: Pick<
+    Metrics,
+    | "providers"
+    | "smtpAttempts"
+    | "smtpAttemptSeconds"
+    | "smtpSendSeconds"
+    | "smtpAttemptsInFlight"
+    | "smtpPoolConnectionsInUse"
+    | "smtpPoolSize"
+    | "deliveryTransitions"
+  >;
+  /** The transport's pool size (SMTP_POOL_SIZE): attempts beyond it wait for a connection. */
+  readonly poolSize: number;
+  readonly tracer?: Tracer;
+}
+
+/** `relay.example:587` -> relay.example, 587; `[::1]:25` -> ::1, 25. */
+function splitRelay(relay: string): { address: string; port: number | undefined } {
+  const colon = relay.lastIndexOf(":");
+  const host = colon === -1 ? relay : relay.slice(0, colon);
+  const port = colon === -1 ? Number.NaN : Number(relay.slice(colon + 1));
+  return {
+    address: host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host,
+    port: Number.isInteger(port) ? port : undefined,
+  };
+}
+
+/** ok / transient / permanent, as the metrics name attempt outcomes. */
+function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" {
+  return attempt.outcome === "accepted" ? "ok" : attempt.outcome;
+}
+
+function replyClassOf(replyCode: number): string {
+  return replyCode >= 200 && replyCode < 600 ? `${Math.floor(replyCode / 100)}xx` : "none";
+}
+
+/** The low-cardinality error.type of a failed attempt: the connection error code, else the reply code. */
+function errorTypeOf(attempt: AttemptRecord): string {
+  if (attempt.errorCode !== "") return attempt.errorCode;
+  return attempt.replyCode > 0 ? String(attempt.replyCode) : "_OTHER";
+}
+
+export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): DeliveryObserver {
+  const { metrics, poolSize } = options;
+  const tracer = options.tracer ?? serviceTracer();
+  metrics.smtpPoolSize.set(poolSize);
+  let inFlight = 0;
+  const setInFlight = (delta: number): void => {
+    inFlight += delta;
+    metrics.smtpAttemptsInFlight.set(inFlight);
+    metrics.smtpPoolConnectionsInUse.set(Math.min(inFlight, poolSize));
+  };
+  const providerOf = (record: DeliveryRecord): string => metrics.providers.classify(record.recipientDomain);
+
+  return {
+    stateChanged(record) {
+      metrics.deliveryTransitions.inc({ state: record.state, provider: providerOf(record) });
+    },
+
+    sendStarted(record, relay): SendObservation {
+      const provider = providerOf(record);
+      metrics.deliveryTransitions.inc({ state: record.state, provider });
+      const server = splitRelay(relay);
+      const serverAttributes = {
+        [attributes.serverAddress]: server.address,
+        ...(server.port === undefined ? {} : { [attributes.serverPort]: server.port }),
+      };
+      const sendSpan = tracer.startSpan(
+        spanNames.smtpSend,
+        {
+          kind: SpanKind.INTERNAL,
+          attributes: {
+            [attributes.messageId]: record.messageId,
+            [attributes.purpose]: record.purpose,
+            [attributes.recipientMasked]: record.recipientMasked,
+            [attributes.recipientProvider]: provider,
+            ...serverAttributes,
+          },
+        },
+        context.active(),
+      );
+      const sendContext = trace.setSpan(context.active(), sendSpan);
+      const sendStartedAt = performance.now();
+      let attemptSpan: Span | undefined;
+      let attemptStartedAt = 0;
+
+      return {
+        attemptStarted(number) {
+          attemptStartedAt = performance.now();
+          setInFlight(+1);
+          attemptSpan = tracer.startSpan(
+            spanNames.smtpAttempt,
+            {
+              kind: SpanKind.CLIENT,
+              attributes: { ...serverAttributes, [attributes.smtpAttempt]: number, [attributes.smtpRetryCount]: number - 1 },
+            },
+            sendContext,
+          );
+        },
+
+        attemptFinished(attempt) {
+          setInFlight(-1);
+          const result = resultOf(attempt);
+          metrics.smtpAttempts.inc({ result, reply_class: replyClassOf(attempt.replyCode) });
+          const span = attemptSpan;
+          attemptSpan = undefined;
+          observeWithTrace(metrics.smtpAttemptSeconds, { result }, (performance.now() - attemptStartedAt) / 1000, span?.spanContext());
+          if (span === undefined) return;
+          span.setAttributes({
+            [attributes.smtpOutcome]: attempt.outcome,
+            [attributes.smtpReplyCode]: attempt.replyCode,
+            // Masked by the transport: relays echo the recipient in their replies.
+            [attributes.smtpReplyText]: attempt.replyText,
+            ...(attempt.enhancedStatus === "" ? {} : { [attributes.smtpEnhancedStatus]: attempt.enhancedStatus }),
+          });
+          if (result !== "ok") {
+            const errorType = errorTypeOf(attempt);
+            span.setAttribute(attributes.errorType, errorType);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: `${attempt.outcome} failure: ${errorType}` });
+          }
+          span.end();
+        },
+
+        retryScheduled(number, delayMs) {
+          sendSpan.addEvent(eventNames.smtpRetry, {
+            [attributes.smtpNextAttempt]: number + 1,
+            [attributes.smtpRetryDelayMs]: delayMs,
+          });
+        },
+
+        finished(finalRecord) {
+          if (attemptSpan !== undefined) {
+            // The sender stopped while this attempt ran: its answer never came.
+            attemptSpan.setAttribute(attributes.errorType, "abandoned");
+            attemptSpan.setStatus({ code: SpanStatusCode.ERROR, message: "abandoned" });
+            attemptSpan.end();
+            attemptSpan = undefined;
+            setInFlight(-1);
+          }
+          const outcome = finalRecord.state === "ACCEPTED" ? "accepted" : "failed";
+          observeWithTrace(metrics.smtpSendSeconds, { outcome }, (performance.now() - sendStartedAt) / 1000, sendSpan.spanContext());
+          sendSpan.setAttributes({
+            [attributes.deliveryState]: finalRecord.state,
+            [attributes.smtpAttempts]: finalRecord.attempts.length,
+            ...(finalRecord.relayReply?.queueId ? { [attributes.smtpQueueId]: finalRecord.relayReply.queueId } : {}),
+          });
+          if (outcome === "failed") {
+            sendSpan.setStatus({ code: SpanStatusCode.ERROR, message: finalRecord.failureReason ?? finalRecord.state });
+          }
+          sendSpan.end();
+        },
+      };
+    },
+  };
+}

@@ -1,0 +1,416 @@
+/**
+ * The service's Prometheus metrics: one registry per App (no module-level
+ * singleton), the instruments the recorders write to (grpc-metrics.ts,
+ * delivery-telemetry.ts, otp-metrics.ts), and the two exposition formats.
+ *
+ * Every label is bounded: a method or a state from a closed set, a provider
+ * class (provider-class.ts), a limit id capped in number. A recipient, its
+ * domain, a caller's free text or a code never becomes a label.
+ *
+ * The registry is an OpenMetrics one because prom-client only keeps
+ * exemplars there; `render("text")` still gives the classic text format
+ * (what promtool checks and what a scraper gets unless it asks otherwise).
+ */
+import { context, trace, TraceFlags, type SpanContext } from "@opentelemetry/api";
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  type MetricObjectWithValues,
+  type MetricValue,
+  type OpenMetricsContentType,
+  type RegistryContentType,
+} from "prom-client";
+import { deliveryStates, purposes } from "../delivery/record.js";
+import type { HealthState } from "../health.js";
+import type { ProviderClassifier } from "./provider-class.js";
+
+/** `text`: Prometheus text format 0.0.4. `openmetrics`: OpenMetrics 1.0, with exemplars. */
+export type ExpositionFormat = "text" | "openmetrics";
+
+export const contentTypes: Readonly<Record<ExpositionFormat, string>> = {
+  text: Registry.PROMETHEUS_CONTENT_TYPE,
+  openmetrics: Registry.OPENMETRICS_CONTENT_TYPE,
+};
+
+/** Outcomes of SendOtp, as `otp_sends_total{outcome}`. */
+export const sendOutcomes = [
+  "accepted",
+  "pending",
+  "suppressed",
+  "relay_rejected",
+  "relay_unavailable",
+  "rate_limited",
+  "invalid",
+  "denied",
+  "error",
+] as const;
+export type SendOutcome = (typeof sendOutcomes)[number];
+
+/** Results of VerifyOtp, as `otp_verifications_total{result}`. */
+export const verifyResults = [
+  "verified",
+  "invalid",
+  "expired",
+  "locked",
+  "not_found",
+  "rate_limited",
+  "invalid_request",
+  "error",
+] as const;
+export type VerifyResultLabel = (typeof verifyResults)[number];
+
+/** `otp_smtp_attempts_total{result, reply_class}`: the combinations that can occur. */
+export const attemptSeries = [
+  { result: "ok", reply_class: "2xx" },
+  { result: "transient", reply_class: "4xx" },
+  { result: "transient", reply_class: "none" },
+  { result: "permanent", reply_class: "5xx" },
+  { result: "permanent", reply_class: "none" },
+] as const;
+
+/** A purpose label: one of the domain's purposes, or `unknown` for anything a caller typed. */
+export function purposeLabel(purpose: string): string {
+  return (purposes as readonly string[]).includes(purpose) ? purpose : "unknown";
+}
+
+/** Seconds buckets of grpc-ecosystem (Prometheus' DefBuckets). */
+const grpcBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** One SMTP transaction: a pooled connection answers in ms, a cold TLS handshake in 100s of ms, a stalled relay in 10s of s. */
+const attemptBuckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** A whole send, backoff included: up to the code's lifetime. */
+const sendBuckets = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+
+export interface MetricsOptions {
+  /** Maps recipient domains to provider classes for labels. */
+  readonly providers: ProviderClassifier;
+  /** Process and Node runtime metrics (default true; tests that count series may turn them off). */
+  readonly processMetrics?: boolean;
+  /** Distinct `limit` label values kept before the rest read `other` (default 64). */
+  readonly maxLimitLabels?: number;
+}
+
+export interface Metrics {
+  /** The registry, for tests and for `getMetricsAsJSON`. Render with `render`. */
+  readonly registry: Registry<OpenMetricsContentType>;
+  readonly providers: ProviderClassifier;
+
+  /** grpc-ecosystem's server metrics (go-grpc-middleware/providers/prometheus names and labels). */
+  readonly grpc: {
+    readonly started: Counter<"grpc_type" | "grpc_service" | "grpc_method">;
+    readonly handled: Counter<"grpc_type" | "grpc_service" | "grpc_method" | "grpc_code">;
+    readonly handlingSeconds: Histogram<"grpc_type" | "grpc_service" | "grpc_method">;
+    readonly msgReceived: Counter<"grpc_type" | "grpc_service" | "grpc_method">;
+    readonly msgSent: Counter<"grpc_type" | "grpc_service" | "grpc_method">;
+  };
+  readonly sends: Counter<"purpose" | "outcome">;
+  readonly verifications: Counter<"purpose" | "result">;
+  readonly rateLimitRejections: Counter<"rpc" | "limit">;
+  readonly smtpAttempts: Counter<"result" | "reply_class">;
+  readonly smtpAttemptSeconds: Histogram<"result">;
+  readonly smtpSendSeconds: Histogram<"outcome">;
+  readonly smtpAttemptsInFlight: Gauge;
+  readonly smtpPoolConnectionsInUse: Gauge;
+  readonly smtpPoolSize: Gauge;
+  readonly deliveryTransitions: Counter<"state" | "provider">;
+  readonly redisCommandErrors: Counter<"operation">;
+  readonly bounceReports: Counter<"kind" | "state">;
+  readonly healthComponentUp: Gauge<"component">;
+
+  /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
+  watchHealth(health: Pick<HealthState, "components">): void;
+  /** `limit` as a label: the first `maxLimitLabels` distinct values as given (sanitized), then `other`. */
+  limitLabel(limit: string): string;
+  /** Renders every metric in `format`. */
+  render(format: ExpositionFormat): Promise<string>;
+}
+
+/** Creates a registry with every service metric (and, by default, process and runtime metrics). */
+export function createMetrics(options: MetricsOptions): Metrics {
+  const registry = newRegistry(Registry.OPENMETRICS_CONTENT_TYPE);
+  const registers = [registry];
+  const { providers } = options;
+
+  const rpcLabels = ["grpc_type", "grpc_service", "grpc_method"] as const;
+  const grpc = {
+    started: new Counter({
+      name: "grpc_server_started_total",
+      help: "Total number of RPCs started on the server.",
+      labelNames: rpcLabels,
+      registers,
+    }),
+    handled: new Counter({
+      name: "grpc_server_handled_total",
+      help: "Total number of RPCs completed on the server, regardless of success or failure.",
+      labelNames: [...rpcLabels, "grpc_code"] as const,
+      registers,
+    }),
+    handlingSeconds: new Histogram({
+      name: "grpc_server_handling_seconds",
+      help: "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+      labelNames: rpcLabels,
+      buckets: grpcBuckets,
+      enableExemplars: true,
+      registers,
+    }),
+    msgReceived: new Counter({
+      name: "grpc_server_msg_received_total",
+      help: "Total number of RPC stream messages received on the server.",
+      labelNames: rpcLabels,
+      registers,
+    }),
+    msgSent: new Counter({
+      name: "grpc_server_msg_sent_total",
+      help: "Total number of gRPC stream messages sent by the server.",
+      labelNames: rpcLabels,
+      registers,
+    }),
+  };
+
+  const sends = new Counter({
+    name: "otp_sends_total",
+    help:
+      "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered after the wait budget, attempts go on), " +
+      "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
+      "rate_limited, invalid (bad request), denied (caller not allowed), error (anything else).",
+    labelNames: ["purpose", "outcome"] as const,
+    registers,
+  });
+  const verifications = new Counter({
+    name: "otp_verifications_total",
+    help: "VerifyOtp requests by purpose and result (verified, invalid, expired, locked, not_found, rate_limited, invalid_request, error).",
+    labelNames: ["purpose", "result"] as const,
+    registers,
+  });
+  const rateLimitRejections = new Counter({
+    name: "otp_rate_limit_rejections_total",
+    help: "Requests refused by a rate limit, by RPC (send, verify) and limit id; a request refused by two limits counts once for each.",
+    labelNames: ["rpc", "limit"] as const,
+    registers,
+  });
+  const smtpAttempts = new Counter({
+    name: "otp_smtp_attempts_total",
+    help: "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent) and reply class (2xx, 4xx, 5xx, none: no reply).",
+    labelNames: ["result", "reply_class"] as const,
+    registers,
+  });
+  const smtpAttemptSeconds = new Histogram({
+    name: "otp_smtp_attempt_duration_seconds",
+    help: "Duration of one SMTP attempt, from handing the message to the pool to the relay's final reply, by result.",
+    labelNames: ["result"] as const,
+    buckets: attemptBuckets,
+    enableExemplars: true,
+    registers,
+  });
+  const smtpSendSeconds = new Histogram({
+    name: "otp_smtp_send_duration_seconds",
+    help: "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by outcome (accepted, failed).",
+    labelNames: ["outcome"] as const,
+    buckets: sendBuckets,
+    enableExemplars: true,
+    registers,
+  });
+  const smtpAttemptsInFlight = new Gauge({
+    name: "otp_smtp_attempts_in_flight",
+    help: "SMTP attempts in progress, including those waiting for a free pooled connection.",
+    registers,
+  });
+  const smtpPoolConnectionsInUse = new Gauge({
+    name: "otp_smtp_pool_connections_in_use",
+    help: "Pooled SMTP connections carrying a message now (attempts in flight, capped at the pool size).",
+    registers,
+  });
+  const smtpPoolSize = new Gauge({
+    name: "otp_smtp_pool_size",
+    help: "Most SMTP connections the pool opens (SMTP_POOL_SIZE).",
+    registers,
+  });
+  const deliveryTransitions = new Counter({
+    name: "otp_delivery_state_transitions_total",
+    help: "Delivery records entering a state (QUEUED, SENDING, RETRYING, ACCEPTED, FAILED...), by the recipient's mailbox provider class.",
+    labelNames: ["state", "provider"] as const,
+    registers,
+  });
+  const redisCommandErrors = new Counter({
+    name: "otp_redis_command_errors_total",
+    help: "Storage operations that failed against Redis (connection lost, timeout, error reply), by operation.",
+    labelNames: ["operation"] as const,
+    registers,
+  });
+  const bounceReports = new Counter({
+    name: "otp_bounce_reports_total",
+    help:
+      "Messages read by the bounce intake, by kind (applied: a DSN that changed a record; unmatched: no record for it; " +
+      "not_dsn: not a delivery report) and, when applied, the record's new state (DELIVERED, DELAYED, BOUNCED).",
+    labelNames: ["kind", "state"] as const,
+    registers,
+  });
+  let health: Pick<HealthState, "components"> | undefined;
+  const healthComponentUp = new Gauge({
+    name: "otp_health_component_up",
+    help:
+      "1 when a component the health check watches is up (storage: Redis connected; relay: the SMTP relay usable; " +
+      "shutdown: not stopping), 0 when not; the instance reports SERVING only when all are 1.",
+    labelNames: ["component"] as const,
+    registers,
+    collect() {
+      if (health === undefined) return;
+      for (const [component, state] of health.components()) this.set({ component }, state.up ? 1 : 0);
+    },
+  });
+
+  // Every series that can exist is there from the start, at 0, so rate()
+  // and ratios work before the first event and a dashboard never shows "no data".
+  for (const purpose of [...purposes, "unknown"]) {
+    for (const outcome of sendOutcomes) sends.labels(purpose, outcome).inc(0);
+    for (const result of verifyResults) verifications.labels(purpose, result).inc(0);
+  }
+  for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
+  for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
+  for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
+  for (const state of deliveryStates) {
+    for (const provider of providers.classes) deliveryTransitions.labels(state, provider).inc(0);
+  }
+
+  if (options.processMetrics ?? true) {
+    collectDefaultMetrics({ register: registry });
+    // prom-client's nodejs_active_{handles,requests,resources}_total are
+    // gauges named like counters, which `promtool check metrics` rejects;
+    // they are the sums of nodejs_active_{handles,requests,resources}
+    // (by type), which stay: sum(nodejs_active_handles) is the same number.
+    for (const metric of registry.getMetricsAsArray()) {
+      // prom-client types `type` as an enum; at run time it is the string "gauge".
+      const { name, type } = metric as unknown as { name: string; type: string };
+      if (type === "gauge" && name.endsWith("_total")) registry.removeSingleMetric(name);
+    }
+  }
+
+  const maxLimitLabels = options.maxLimitLabels ?? 64;
+  const limitLabels = new Set<string>();
+
+  return {
+    registry,
+    providers,
+    grpc,
+    sends,
+    verifications,
+    rateLimitRejections,
+    smtpAttempts,
+    smtpAttemptSeconds,
+    smtpSendSeconds,
+    smtpAttemptsInFlight,
+    smtpPoolConnectionsInUse,
+    smtpPoolSize,
+    deliveryTransitions,
+    redisCommandErrors,
+    bounceReports,
+    healthComponentUp,
+    watchHealth(source) {
+      health = source;
+    },
+    limitLabel(limit: string): string {
+      const label = limit.toLowerCase().replace(/[^a-z0-9_:.-]/g, "_").slice(0, 64) || "unknown";
+      if (limitLabels.has(label)) return label;
+      if (limitLabels.size >= maxLimitLabels) return "other";
+      limitLabels.add(label);
+      return label;
+    },
+    render: (format) => render(registry, format),
+  };
+}
+
+/**
+ * The exemplar for a latency observation: the trace id of `spanContext` (by
+ * default the active span's), when the trace is sampled (an unsampled one
+ * leads nowhere in Jaeger).
+ */
+export function traceExemplar(spanContext = trace.getSpanContext(context.active())): Record<string, string> | undefined {
+  if (spanContext === undefined || !trace.isSpanContextValid(spanContext)) return undefined;
+  if ((spanContext.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
+  return { trace_id: spanContext.traceId };
+}
+
+/** Observes `value` with the trace (of `spanContext`, else the active one) as exemplar when there is one. */
+export function observeWithTrace<T extends string>(
+  histogram: Histogram<T>,
+  labels: Partial<Record<T, string | number>>,
+  value: number,
+  spanContext?: SpanContext,
+): void {
+  const exemplarLabels = traceExemplar(spanContext);
+  histogram.observe(
+    exemplarLabels === undefined ? { labels, value } : { labels, value, exemplarLabels: exemplarLabels as Partial<Record<T, string>> },
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Exposition
+
+type MetricData = MetricObjectWithValues<MetricValue<string>>;
+
+/** What prom-client's Registry#getMetricsAsString reads (a JS method its typings leave out). */
+interface MetricSource {
+  get(): Promise<MetricData>;
+}
+interface MetricFormatter {
+  getMetricsAsString(metric: MetricSource): Promise<string>;
+}
+
+/** A registry of the given content type (prom-client's typings omit the constructor's parameter). */
+function newRegistry<T extends RegistryContentType>(contentType: T): Registry<T> {
+  return new (Registry as unknown as new (contentType: T) => Registry<T>)(contentType);
+}
+
+/** Empty registries used only for their formatting, one per format. */
+const formatters: Readonly<Record<ExpositionFormat, MetricFormatter>> = {
+  text: newRegistry(Registry.PROMETHEUS_CONTENT_TYPE) as unknown as MetricFormatter,
+  openmetrics: newRegistry(Registry.OPENMETRICS_CONTENT_TYPE) as unknown as MetricFormatter,
+};
+
+/**
+ * Renders `registry` in either format. prom-client's own `metrics()` renders
+ * one format per registry and, in OpenMetrics mode, renames counters in place
+ * (`x_total` -> `x`), which would break every later text scrape; formatting
+ * each metric through a formatter registry of the asked format, with the
+ * counter's family name passed as OpenMetrics wants it, leaves the metrics as
+ * they are.
+ */
+async function render(registry: Registry<OpenMetricsContentType>, format: ExpositionFormat): Promise<string> {
+  const formatter = formatters[format];
+  const parts = await Promise.all(
+    registry.getMetricsAsArray().map((metric) => {
+      const source = metric as unknown as { getForPromString?: () => Promise<MetricData>; get(): Promise<MetricData> };
+      return formatter.getMetricsAsString({
+        async get() {
+          const data = await (source.getForPromString?.() ?? source.get());
+          // OpenMetrics names a counter family without `_total`; its samples get it back.
+          const counter = String(data.type) === "counter";
+          return format === "openmetrics" && counter ? { ...data, name: data.name.replace(/_total$/, "") } : data;
+        },
+      });
+    }),
+  );
+  return format === "openmetrics" ? `${parts.join("\n")}\n# EOF\n` : `${parts.join("\n\n")}\n`;
+}
+
+/**
+ * The format a scraper asks for in its Accept header: OpenMetrics when it
+ * names `application/openmetrics-text` with at least the weight it gives
+ * `text/plain`, else text.
+ */
+export function negotiateFormat(accept: string | undefined): ExpositionFormat {
+  if (accept === undefined || accept === "") return "text";
+  let openMetrics = 0;
+  let text = 0;
+  for (const range of accept.split(",")) {
+    const [type = "", ...params] = range.split(";").map((part) => part.trim().toLowerCase());
+    const qParam = params.find((param) => param.startsWith("q="));
+    const q = qParam === undefined ? 1 : Number(qParam.slice(2));
+    if (!Number.isFinite(q)) continue;
+    if (type === "application/openmetrics-text") openMetrics = Math.max(openMetrics, q);
+    else if (type === "text/plain" || type === "text/*" || type === "*/*") text = Math.max(text, q);
+  }
+  return openMetrics > 0 && openMetrics >= text ? "openmetrics" : "text";
+}

@@ -1,0 +1,111 @@
+/**
+ * Counts what the OTP domain answers, by wrapping an OtpService: SendOtp
+ * outcomes, VerifyOtp results and rate-limit rejections. The domain stays
+ * free of metrics; every label comes from a closed set.
+ */
+import type { DeliveryState } from "../delivery/record.js";
+import { OtpError } from "../errors.js";
+import type { OtpService, VerifyResult } from "../otp/types.js";
+import { purposeLabel, type Metrics, type SendOutcome, type VerifyResultLabel } from "./metrics.js";
+
+type OtpMetrics = Pick<Metrics, "sends" | "verifications" | "rateLimitRejections" | "limitLabel">;
+
+/** What a successful SendOtp's state says about the send. */
+function sentOutcome(state: DeliveryState): SendOutcome {
+  switch (state) {
+    case "QUEUED":
+    case "SENDING":
+    case "RETRYING":
+      return "pending";
+    case "SUPPRESSED":
+      return "suppressed";
+    case "FAILED":
+      return "relay_unavailable";
+    case "ACCEPTED":
+    case "DELAYED":
+    case "DELIVERED":
+    case "BOUNCED":
+      // A replayed idempotent request may find the message further along.
+      return "accepted";
+  }
+}
+
+function failedSendOutcome(error: unknown): SendOutcome {
+  if (!(error instanceof OtpError)) return "error";
+  switch (error.kind) {
+    case "invalid_argument":
+      return "invalid";
+    case "resource_exhausted":
+      return "rate_limited";
+    case "unauthenticated":
+    case "permission_denied":
+      return "denied";
+    case "failed_precondition":
+      return error.reason === "RELAY_REJECTED" ? "relay_rejected" : "error";
+    case "unavailable":
+      return error.reason.startsWith("RELAY_") ? "relay_unavailable" : "error";
+    case "not_found":
+    case "already_exists":
+    case "internal":
+      return "error";
+  }
+}
+
+function failedVerifyResult(error: unknown): VerifyResultLabel {
+  if (!(error instanceof OtpError)) return "error";
+  if (error.kind === "resource_exhausted") return "rate_limited";
+  if (error.kind === "invalid_argument") return "invalid_request";
+  return "error";
+}
+
+const verifyLabels: Readonly<Record<VerifyResult, VerifyResultLabel>> = {
+  VERIFIED: "verified",
+  INVALID: "invalid",
+  EXPIRED: "expired",
+  LOCKED: "locked",
+  NOT_FOUND: "not_found",
+};
+
+/** Wraps `otp`, counting into `metrics`; behaviour and errors pass through untouched. */
+export function instrumentOtpService(otp: OtpService, metrics: OtpMetrics): OtpService {
+  /** One count per limit that refused the request (QuotaFailure violations), else one for the error's reason. */
+  function countRateLimit(rpc: "send" | "verify", error: unknown): void {
+    if (!(error instanceof OtpError) || error.kind !== "resource_exhausted") return;
+    const violations = (error as { quotaViolations?: readonly { readonly quotaId?: string }[] }).quotaViolations ?? [];
+    const limits = violations.map((violation) => violation.quotaId ?? "").filter((id) => id !== "");
+    for (const limit of limits.length > 0 ? new Set(limits) : [error.reason]) {
+      metrics.rateLimitRejections.inc({ rpc, limit: metrics.limitLabel(limit) });
+    }
+  }
+
+  return {
+    // Whatever else the service offers passes through as it is.
+    ...otp,
+
+    async sendOtp(ctx, input) {
+      const purpose = purposeLabel(input.purpose);
+      try {
+        const result = await otp.sendOtp(ctx, input);
+        metrics.sends.inc({ purpose, outcome: sentOutcome(result.state) });
+        return result;
+      } catch (error) {
+        metrics.sends.inc({ purpose, outcome: failedSendOutcome(error) });
+        countRateLimit("send", error);
+        throw error;
+      }
+    },
+
+    async verifyOtp(ctx, input) {
+      const purpose = purposeLabel(input.purpose);
+      try {
+        const result = await otp.verifyOtp(ctx, input);
+        metrics.verifications.inc({ purpose, result: verifyLabels[result.result] });
+        return result;
+      } catch (error) {
+        metrics.verifications.inc({ purpose, result: failedVerifyResult(error) });
+        countRateLimit("verify", error);
+        throw error;
+      }
+    },
+  };
+}

@@ -1,0 +1,101 @@
+/**
+ * Starts the OpenTelemetry SDK: context propagation (W3C trace context and
+ * baggage, or OTEL_PROPAGATORS), the grpc-js and ioredis instrumentations,
+ * sampling from OTEL_TRACES_SAMPLER, and the exporters the TracingConfig
+ * names. With no exporter no tracer provider is registered at all: spans are
+ * never built, only the caller's context is propagated, so an instance with
+ * nothing to export pays next to nothing.
+ *
+ * bootstrap.ts calls this before grpc-js and ioredis load; tests call it
+ * with their own span processors. It registers the SDK's shutdown with
+ * tracing-lifecycle.ts, so that main.ts can flush spans at exit.
+ */
+import type { Instrumentation } from "@opentelemetry/instrumentation";
+import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
+import { NodeSDK } from "@opentelemetry/sdk-node";
+import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace";
+import type { TracingConfig } from "../config.js";
+import { registerTracingShutdown } from "./tracing-lifecycle.js";
+
+export interface TracingOptions {
+  readonly config: TracingConfig;
+  /** Used instead of the exporters the config names (tests: an in-memory exporter). */
+  readonly spanProcessors?: readonly SpanProcessor[];
+}
+
+export interface Tracing {
+  /** Exports what is buffered and stops; later calls return the first call's promise. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * The instrumentations: server and client spans for grpc-js (health checks
+ * and reflection streams are not traced: probes every few seconds would
+ * drown the traces that matter; they are still counted by the RPC metrics),
+ * and a span per Redis command named by the command alone (its arguments
+ * hold code HMACs and hashed ids, of no use in a trace).
+ */
+export function createInstrumentations(): Instrumentation[] {
+  return [
+    new GrpcInstrumentation({ ignoreGrpcMethods: ["Check", "Watch", "ServerReflectionInfo"] }),
+    new IORedisInstrumentation({ dbStatementSerializer: (command) => command }),
+  ];
+}
+
+async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[]> {
+  const processors: SpanProcessor[] = [];
+  for (const name of config.exporters) {
+    if (name === "console") {
+      processors.push(new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() }));
+      continue;
+    }
+    // Only the chosen protocol's exporter is loaded (the gRPC one pulls in a gRPC client).
+    let exporter: SpanExporter;
+    switch (config.protocol) {
+      case "grpc":
+        exporter = new (await import("@opentelemetry/exporter-trace-otlp-grpc")).OTLPTraceExporter();
+        break;
+      case "http/json":
+        exporter = new (await import("@opentelemetry/exporter-trace-otlp-http")).OTLPTraceExporter();
+        break;
+      case "http/protobuf":
+        exporter = new (await import("@opentelemetry/exporter-trace-otlp-proto")).OTLPTraceExporter();
+        break;
+    }
+    // Unset OTEL_BSP_* values leave the SDK's defaults (2048 queued, 512 per batch, every 5 s).
+    const batch = Object.fromEntries(Object.entries(config.batch).filter(([, value]) => value !== undefined));
+    processors.push(new BatchSpanProcessor({ exporter, ...batch }));
+  }
+  return processors;
+}
+
+let running: Tracing | undefined;
+
+/** Starts the SDK once per process; a second call returns the first one's handle. */
+export async function startTracing(options: TracingOptions): Promise<Tracing> {
+  if (running !== undefined) return running;
+  if (options.config.disabled) {
+    running = { shutdown: () => Promise.resolve() };
+    return running;
+  }
+  const sdk = new NodeSDK({
+    serviceName: options.config.serviceName,
+    spanProcessors: [...(options.spanProcessors ?? (await exporterProcessors(options.config)))],
+    // Traces only: metrics are Prometheus' (prom-client), logs are pino's.
+    metricReaders: [],
+    logRecordProcessors: [],
+    instrumentations: createInstrumentations(),
+  });
+  sdk.start();
+  let stopping: Promise<void> | undefined;
+  const tracing: Tracing = {
+    shutdown() {
+      stopping ??= sdk.shutdown();
+      return stopping;
+    },
+  };
+  running = tracing;
+  registerTracingShutdown(() => tracing.shutdown());
+  return tracing;
+}

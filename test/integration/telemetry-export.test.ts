@@ -1,0 +1,245 @@
+/**
+ * The compiled service as a separate process, started the way `npm start`
+ * starts it (`node --import dist/src/telemetry/bootstrap.js
+ * dist/src/main.js`), exporting its spans over the OTLP wire protocol to a
+ * receiver in this test: OTLP/HTTP with protobuf by default, OTLP/gRPC when
+ * asked, nothing at all when no endpoint is configured. Its /metrics
+ * endpoint is scraped and checked with promtool as it is.
+ */
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { createServer } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { afterEach, beforeAll, afterAll, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { GrpcOtpClient, grpcUnary } from "../support/grpc.js";
+import { startOtlpGrpcReceiver, startOtlpHttpReceiver, type OtlpReceiver, type ReceivedSpan } from "../support/otlp-receiver.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const { sendOtp, getDeliveryStatus } = OtpEmailService.method;
+
+async function freePort(): Promise<number> {
+  const server = createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  server.close();
+  await once(server, "close");
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+interface ServiceProcess {
+  readonly child: ChildProcess;
+  readonly grpcAddress: string;
+  readonly metricsUrl: string;
+  readonly lines: Record<string, unknown>[];
+  readonly stderr: string[];
+  /** SIGTERM, then the exit code. */
+  stop(): Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+afterEach(() => {
+  for (const child of running) child.kill("SIGKILL");
+  running.clear();
+});
+
+/** Spawns the service as `npm start` does, with only `env` (and PATH), and waits until it listens. */
+async function startServiceProcess(env: Record<string, string>): Promise<ServiceProcess> {
+  const grpcAddress = `127.0.0.1:${await freePort()}`;
+  const child = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
+    cwd: root,
+    env: { PATH: process.env["PATH"] ?? "", GRPC_ADDR: grpcAddress, METRICS_ADDR: "127.0.0.1:0", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  const lines: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  const exited = once(child, "exit").then(([code]) => code as number | null);
+  let buffer = "";
+  let metricsUrl: string | undefined;
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout?.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString("utf8");
+      let newline = buffer.indexOf("\n");
+      while (newline !== -1) {
+        const text = buffer.slice(0, newline);
+        buffer = buffer.slice(newline + 1);
+        newline = buffer.indexOf("\n");
+        if (!text.startsWith("{")) continue;
+        const line = JSON.parse(text) as Record<string, unknown>;
+        lines.push(line);
+        if (line["msg"] === "metrics listening") metricsUrl = `http://${String(line["address"])}/metrics`;
+        if (line["msg"] === "otp-email listening") resolve();
+      }
+    });
+    child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
+    void exited.then((code) => reject(new Error(`the service exited (${code}) before listening: ${stderr.join("")}`)));
+  });
+  await ready;
+  return {
+    child,
+    grpcAddress,
+    metricsUrl: metricsUrl ?? "",
+    lines,
+    stderr,
+    async stop() {
+      child.kill("SIGTERM");
+      const code = await exited;
+      running.delete(child);
+      return code;
+    },
+  };
+}
+
+/**
+ * A receiver on OTLP/HTTP's default port, 4318. Another test run on this
+ * machine may hold it for a few seconds (this very test): wait for it.
+ */
+async function defaultEndpointReceiver(): Promise<OtlpReceiver> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOtlpHttpReceiver(4318);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt >= 60) throw error;
+      await sleep(500);
+    }
+  }
+}
+
+/** A W3C traceparent for a caller span that is not in this process. */
+function callerContext(): { traceId: string; spanId: string; traceparent: string } {
+  const traceId = randomBytes(16).toString("hex");
+  const spanId = randomBytes(8).toString("hex");
+  return { traceId, spanId, traceparent: `00-${traceId}-${spanId}-01` };
+}
+
+describe("trace export from a separately started service process", () => {
+  let sink: SmtpSink;
+  const baseEnv = (): Record<string, string> => ({
+    NODE_ENV: "test",
+    LOG_LEVEL: "info",
+    OTP_SECRET: "test-secret-0123456789-abcdefghijklmnop",
+    MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
+    SMTP_URL: sink.url,
+    REDIS_URL: redisUrlForTests(),
+    REDIS_PREFIX: randomPrefix(),
+    // Export within 50 ms instead of the default 5 s.
+    OTEL_BSP_SCHEDULE_DELAY: "50",
+  });
+
+  beforeAll(async () => {
+    sink = await startSmtpSink();
+  });
+  afterAll(() => sink.close());
+
+  /** Calls SendOtp with `traceparent`, then GetDeliveryStatus; returns what the service answered. */
+  async function sendTraced(service: ServiceProcess, recipient: string, traceparent: string) {
+    const client = new GrpcOtpClient(service.grpcAddress, grpc.credentials.createInsecure());
+    try {
+      const metadata = new grpc.Metadata();
+      metadata.set("traceparent", traceparent);
+      const sent = await grpcUnary(client, sendOtp, { recipient, purpose: Purpose.LOGIN }, { metadata });
+      expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      const status = await grpcUnary(client, getDeliveryStatus, { messageId: sent.messageId });
+      return { sent, status };
+    } finally {
+      client.close();
+    }
+  }
+
+  /** The whole tree, as received: server span under the caller's, then render, smtp.send, attempts, Redis. */
+  function expectTree(spans: readonly ReceivedSpan[], traceId: string, callerSpanId: string): void {
+    const ours = spans.filter((span) => span.traceId === traceId);
+    const server = ours.find((span) => span.name === "grpc.otp.v1.OtpEmailService/SendOtp");
+    expect(server?.kind).toBe(2);
+    expect(server?.parentSpanId).toBe(callerSpanId);
+    expect(server?.serviceName).toBe("otp-email");
+    const serverId = server?.spanId;
+    expect(ours.find((span) => span.name === "otp.render")?.parentSpanId).toBe(serverId);
+    const send = ours.find((span) => span.name === "smtp.send");
+    expect(send?.parentSpanId).toBe(serverId);
+    expect(send?.attributes["otp.recipient.provider"]).toBe("proton");
+    const attempt = ours.find((span) => span.name === "smtp.attempt");
+    expect(attempt?.parentSpanId).toBe(send?.spanId);
+    expect(attempt?.attributes).toMatchObject({ "smtp.reply.code": 250, "server.address": "127.0.0.1", "server.port": sink.port });
+    const redis = ours.filter((span) => span.scope === "@opentelemetry/instrumentation-ioredis");
+    expect(redis.length).toBeGreaterThanOrEqual(2);
+    for (const span of redis) expect(span.parentSpanId).toBe(serverId);
+  }
+
+  const complete = (traceId: string) => (spans: readonly ReceivedSpan[]) =>
+    ["grpc.otp.v1.OtpEmailService/SendOtp", "otp.render", "smtp.send", "smtp.attempt"].every((name) =>
+      spans.some((span) => span.traceId === traceId && span.name === name),
+    );
+
+  it("OTLP/HTTP with protobuf by default: the whole tree under the caller's span; metrics pass promtool", async () => {
+    const receiver = await startOtlpHttpReceiver();
+    try {
+      const service = await startServiceProcess({ ...baseEnv(), OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint });
+      const caller = callerContext();
+      const { status } = await sendTraced(service, "olivia@proton.me", caller.traceparent);
+      expect(status.traceId).toBe(caller.traceId);
+      const spans = await receiver.waitFor(complete(caller.traceId));
+      expectTree(spans, caller.traceId, caller.spanId);
+      expect(new Set(receiver.requests)).toEqual(new Set(["application/x-protobuf"]));
+
+      // The process's own /metrics: promtool-clean text, OpenMetrics with this trace as an exemplar.
+      const text = await (await fetch(service.metricsUrl)).text();
+      expect(execFileSync("promtool", ["check", "metrics"], { input: text, encoding: "utf8" })).toBe("");
+      expect(text).toMatch(/^otp_sends_total\{purpose="login",outcome="accepted"\} 1$/m);
+      const openMetrics = await (await fetch(service.metricsUrl, { headers: { accept: "application/openmetrics-text; version=1.0.0" } })).text();
+      expect(openMetrics).toContain(`# {trace_id="${caller.traceId}"}`);
+
+      // Log lines of the request carry its trace.
+      expect(service.lines.find((line) => line["msg"] === "otp queued")?.["trace_id"]).toBe(caller.traceId);
+      expect(await service.stop()).toBe(0);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("OTLP/gRPC when OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc", async () => {
+    const receiver = await startOtlpGrpcReceiver();
+    try {
+      const service = await startServiceProcess({
+        ...baseEnv(),
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "grpc",
+      });
+      const caller = callerContext();
+      await sendTraced(service, "pia@pm.me", caller.traceparent);
+      const spans = await receiver.waitFor(complete(caller.traceId));
+      expectTree(spans, caller.traceId, caller.spanId);
+      expect(new Set(receiver.requests)).toEqual(new Set(["grpc"]));
+      expect(await service.stop()).toBe(0);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("with no endpoint configured nothing is exported, yet the caller's trace id still reaches records and logs", async () => {
+    // Where an SDK left to its defaults would send: localhost:4318.
+    const receiver = await defaultEndpointReceiver();
+    try {
+      const service = await startServiceProcess(baseEnv());
+      const caller = callerContext();
+      const { status } = await sendTraced(service, "quinn@protonmail.com", caller.traceparent);
+      expect(status.traceId).toBe(caller.traceId);
+      expect(service.lines.find((line) => line["msg"] === "otp queued")?.["trace_id"]).toBe(caller.traceId);
+      // No span of its own is recorded: the only trace an exemplar can name is the caller's.
+      const openMetrics = await (await fetch(service.metricsUrl, { headers: { accept: "application/openmetrics-text" } })).text();
+      const exemplarTraces = new Set([...openMetrics.matchAll(/# \{trace_id="([0-9a-f]+)"\}/g)].map((match) => match[1]));
+      expect([...exemplarTraces]).toEqual([caller.traceId]);
+      expect(await service.stop()).toBe(0);
+      expect(receiver.requests).toEqual([]);
+    } finally {
+      await receiver.close();
+    }
+  });
+});

@@ -1,0 +1,253 @@
+/**
+ * One trace from the caller to the SMTP conversation, in-process: the SDK
+ * with the grpc-js and ioredis instrumentations (set up as the bootstrap
+ * does), the real service on real Redis, a real SMTP sink and real gRPC
+ * sockets, spans collected in memory. Also: trace ids in records, logs and
+ * exemplars, and a grep over everything captured for the code and the
+ * address.
+ */
+import { spanExporter, spansOf, parentOf } from "../support/tracing.js";
+import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import type { DeliveryRecord } from "../../src/delivery/record.js";
+import { unlimited } from "../../src/limits/types.js";
+import { createLogger } from "../../src/logger.js";
+import { createBounceTelemetry } from "../../src/telemetry/bounce-telemetry.js";
+import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metrics-server.js";
+import { grpcError, grpcUnary } from "../support/grpc.js";
+import { startObservedService, type ObservedService } from "../support/observed-service.js";
+import { behave } from "../support/smtp-sink.js";
+
+const { sendOtp, getDeliveryStatus, verifyOtp } = OtpEmailService.method;
+const caller = trace.getTracer("test-caller");
+
+/** Runs `work` inside a fresh caller span; returns its result and the caller span's ids. */
+async function inCallerSpan<T>(name: string, work: () => Promise<T>): Promise<{ result: T; traceId: string; spanId: string }> {
+  const span = caller.startSpan(name);
+  try {
+    const result = await context.with(trace.setSpan(context.active(), span), work);
+    return { result, traceId: span.spanContext().traceId, spanId: span.spanContext().spanId };
+  } finally {
+    span.end();
+  }
+}
+
+const one = <T>(items: readonly T[], what: string): T => {
+  expect(items, what).toHaveLength(1);
+  return items[0];
+};
+
+describe("tracing: one trace from the caller to every SMTP attempt", () => {
+  let service: ObservedService;
+  let metricsServer: MetricsServer;
+
+  beforeAll(async () => {
+    service = await startObservedService({ limiter: unlimited });
+    metricsServer = await startMetricsServer({ address: "127.0.0.1:0", metrics: service.metrics, logger: createLogger({ level: "silent" }) });
+  });
+  afterAll(async () => {
+    await metricsServer.close();
+    await service.stop();
+  });
+
+  it("a grpc-js call in a caller span: caller -> server -> redis, render, smtp.send -> attempts, with a 421 retried", async () => {
+    service.sink.respondWith(behave.reply("RCPT TO", 421, "4.7.0", "Try again later, closing connection"), behave.accept());
+    const { result: sent, traceId, spanId: callerSpanId } = await inCallerSpan("caller", () =>
+      grpcUnary(service.grpcClient, sendOtp, { recipient: "jane.doe@googlemail.com", purpose: Purpose.LOGIN }),
+    );
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+
+    const spans = spansOf(traceId);
+    const named = (name: string) => spans.filter((span) => span.name === name);
+    const client = one(named("grpc.otp.v1.OtpEmailService/SendOtp").filter((s) => s.kind === SpanKind.CLIENT), "grpc client span");
+    const server = one(named("grpc.otp.v1.OtpEmailService/SendOtp").filter((s) => s.kind === SpanKind.SERVER), "grpc server span");
+    const serverId = server.spanContext().spanId;
+    expect(parentOf(client)).toBe(callerSpanId);
+    expect(parentOf(server)).toBe(client.spanContext().spanId);
+
+    // Redis commands of the request (record, code) and of its send (record updates) are the server span's children.
+    const redis = spans.filter((span) => span.instrumentationScope.name === "@opentelemetry/instrumentation-ioredis");
+    expect(redis.length).toBeGreaterThanOrEqual(4);
+    for (const span of redis) expect(parentOf(span)).toBe(serverId);
+
+    const render = one(named("otp.render"), "render span");
+    expect(parentOf(render)).toBe(serverId);
+    expect(render.attributes).toMatchObject({ "otp.purpose": "login", "otp.locale": "en" });
+
+    const send = one(named("smtp.send"), "send span");
+    expect(parentOf(send)).toBe(serverId);
+    expect(send.attributes).toMatchObject({
+      "otp.message_id": sent.messageId,
+      "otp.recipient.masked": "j***@googlemail.com",
+      "otp.recipient.provider": "gmail",
+      "otp.delivery.state": "ACCEPTED",
+      "smtp.attempts": 2,
+      "server.address": "127.0.0.1",
+      "server.port": service.sink.port,
+    });
+    expect(send.events.map((event) => [event.name, event.attributes?.["smtp.retry.next_attempt"]])).toEqual([["smtp.retry", 2]]);
+
+    const attempts = named("smtp.attempt").sort((a, b) => Number(a.attributes["smtp.attempt.number"]) - Number(b.attributes["smtp.attempt.number"]));
+    expect(attempts).toHaveLength(2);
+    for (const attempt of attempts) {
+      expect(parentOf(attempt)).toBe(send.spanContext().spanId);
+      expect(attempt.kind).toBe(SpanKind.CLIENT);
+      expect(attempt.attributes).toMatchObject({ "server.address": "127.0.0.1", "server.port": service.sink.port });
+    }
+    expect(attempts[0]?.attributes).toMatchObject({
+      "smtp.attempt.number": 1,
+      "smtp.retry.count": 0,
+      "smtp.outcome": "transient",
+      "smtp.reply.code": 421,
+      "smtp.reply.enhanced_status": "4.7.0",
+      "error.type": "421",
+    });
+    expect(attempts[0]?.status.code).toBe(SpanStatusCode.ERROR);
+    expect(attempts[1]?.attributes).toMatchObject({
+      "smtp.attempt.number": 2,
+      "smtp.retry.count": 1,
+      "smtp.outcome": "accepted",
+      "smtp.reply.code": 250,
+    });
+    expect(attempts[1]?.attributes["error.type"]).toBeUndefined();
+    expect(new Set(spans.map((span) => span.spanContext().traceId))).toEqual(new Set([traceId]));
+
+    // The record keeps the trace id, and GetDeliveryStatus returns it.
+    const status = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    expect(status.traceId).toBe(traceId);
+
+    // Log lines written inside the request carry its trace and span.
+    const lines = service.logs().filter((line) => line["message_id"] === sent.messageId);
+    const queued = one(lines.filter((line) => line["msg"] === "otp queued"), "otp queued line");
+    expect(queued).toMatchObject({ trace_id: traceId, span_id: serverId });
+    const attemptLines = lines.filter((line) => line["msg"] === "smtp attempt");
+    expect(attemptLines).toHaveLength(2);
+    for (const line of attemptLines) expect(line["trace_id"]).toBe(traceId);
+  });
+
+  it("the connect-node client's span parents the server span", async () => {
+    const { result: sent, traceId, spanId: callerSpanId } = await inCallerSpan("node-caller", () =>
+      service.connectClient.sendOtp({ recipient: "minji@hanmail.net", purpose: Purpose.SIGNUP }),
+    );
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const spans = spansOf(traceId);
+    const client = one(spans.filter((span) => span.instrumentationScope.name === "otp-email-client"), "connect client span");
+    expect(client.name).toBe("otp.v1.OtpEmailService/SendOtp");
+    expect(client.kind).toBe(SpanKind.CLIENT);
+    expect(parentOf(client)).toBe(callerSpanId);
+    expect(client.attributes).toMatchObject({ "rpc.system": "grpc", "rpc.method": "SendOtp", "rpc.grpc.status_code": 0 });
+    const server = one(spans.filter((span) => span.kind === SpanKind.SERVER), "server span");
+    expect(parentOf(server)).toBe(client.spanContext().spanId);
+    expect(one(spans.filter((span) => span.name === "smtp.send"), "send span").attributes["otp.recipient.provider"]).toBe("kakao");
+    const status = await service.connectClient.getDeliveryStatus({ messageId: sent.messageId });
+    expect(status.traceId).toBe(traceId);
+  });
+
+  it("latency histograms carry the trace id as an exemplar when the scraper asks for OpenMetrics", async () => {
+    const { result: sent, traceId } = await inCallerSpan("exemplar-caller", () =>
+      grpcUnary(service.grpcClient, sendOtp, { recipient: "exemplar@icloud.com", purpose: Purpose.LOGIN }),
+    );
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const prometheusAccept =
+      "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    const openMetrics = await fetch(metricsServer.url, { headers: { accept: prometheusAccept } });
+    expect(openMetrics.headers.get("content-type")).toBe("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    const body = await openMetrics.text();
+    expect(body.endsWith("# EOF\n")).toBe(true);
+    expect(body).toContain("# TYPE grpc_server_started counter");
+    expect(body).toMatch(/^grpc_server_started_total\{grpc_type="unary",grpc_service="otp\.v1\.OtpEmailService",grpc_method="SendOtp"\} \d+$/m);
+    const exemplars = (metric: string) =>
+      [...body.matchAll(new RegExp(`^${metric}_bucket\\{[^}]*\\} \\d+ # \\{trace_id="([0-9a-f]{32})"\\} [0-9.e+-]+ [0-9.]+$`, "gm"))].map(
+        (match) => match[1],
+      );
+    // Exemplars keep the latest observation per bucket: this request's trace is among them.
+    expect(exemplars("grpc_server_handling_seconds")).toContain(traceId);
+    expect(exemplars("otp_smtp_attempt_duration_seconds")).toContain(traceId);
+    expect(exemplars("otp_smtp_send_duration_seconds")).toContain(traceId);
+
+    // The classic format is the default, has no exemplars, and counters keep their names after an OpenMetrics scrape.
+    const text = await fetch(metricsServer.url);
+    expect(text.headers.get("content-type")).toBe("text/plain; version=0.0.4; charset=utf-8");
+    const textBody = await text.text();
+    expect(textBody).not.toContain(" # {");
+    expect(textBody).toContain("# TYPE grpc_server_started_total counter");
+  });
+
+  it("a delivery report read later is a span of its own, linked to the send's trace, and counted", async () => {
+    const { result: sent, traceId } = await inCallerSpan("bounce-caller", () =>
+      grpcUnary(service.grpcClient, sendOtp, { recipient: "late@yahoo.co.uk", purpose: Purpose.LOGIN }),
+    );
+    const bounced = {
+      messageId: sent.messageId,
+      state: "BOUNCED",
+      recipientMasked: "l***@yahoo.co.uk",
+      recipientDomain: "yahoo.co.uk",
+    } satisfies Partial<DeliveryRecord> as DeliveryRecord;
+    // What the bounce intake calls (app.ts wires it to its processor's hooks).
+    const telemetry = createBounceTelemetry({ metrics: service.metrics });
+    telemetry.applied(bounced, traceId);
+    telemetry.outcome({ kind: "applied", state: "BOUNCED" });
+
+    const report = one(
+      spanExporter.getFinishedSpans().filter((span) => span.name === "otp.delivery_report" && span.attributes["otp.message_id"] === sent.messageId),
+      "delivery report span",
+    );
+    expect(parentOf(report)).toBeUndefined();
+    expect(report.spanContext().traceId).not.toBe(traceId);
+    expect(report.links.map((link) => link.context.traceId)).toEqual([traceId]);
+    expect(report.attributes).toMatchObject({ "otp.delivery.state": "BOUNCED", "otp.recipient.provider": "yahoo" });
+    const text = await service.metrics.render("text");
+    expect(text).toMatch(/^otp_bounce_reports_total\{kind="applied",state="BOUNCED"\} 1$/m);
+    expect(text).toMatch(/^otp_delivery_state_transitions_total\{state="BOUNCED",provider="yahoo"\} 1$/m);
+  });
+
+  it("no code and no full address in any span, event, log line or metric", async () => {
+    const code = "Q7K4Z9";
+    const address = "zelda.q.secret@example.org";
+    const localPart = "zelda.q.secret";
+    // A relay that echoes the address in its refusal, as real ones do.
+    service.sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", `<${address}>: Recipient address rejected: User unknown`));
+    const refused = await grpcError(
+      inCallerSpan("grep-refused", () => grpcUnary(service.grpcClient, sendOtp, { recipient: address, purpose: Purpose.LOGIN, code })),
+    );
+    expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+    const { result: sent } = await inCallerSpan("grep-sent", () =>
+      grpcUnary(service.grpcClient, sendOtp, { recipient: address, purpose: Purpose.PASSWORD_RESET }),
+    );
+    const mail = service.sink.messages.find((message) => message.envelope.rcptTo.includes(address));
+    const generated = /\b([0-9A-Z]{4,10})\b/.exec(mail?.parsed.subject ?? "")?.[1];
+    expect(generated).toBeDefined();
+    await inCallerSpan("grep-verify", () =>
+      grpcUnary(service.grpcClient, verifyOtp, { recipient: address, purpose: Purpose.PASSWORD_RESET, code: generated ?? "" }),
+    );
+    expect(sent.messageId).not.toBe("");
+
+    const spanText = JSON.stringify(
+      spanExporter.getFinishedSpans().map((span) => ({
+        name: span.name,
+        attributes: span.attributes,
+        events: span.events,
+        status: span.status,
+        links: span.links,
+        resource: span.resource.attributes,
+      })),
+    );
+    const metricsText = (await service.metrics.render("text")) + (await service.metrics.render("openmetrics"));
+    const logText = service.logLines.join("\n");
+    // The captures are not empty: the masked form is there, so the absence of the raw one means something.
+    expect(spanText).toContain("z***@example.org");
+    expect(logText).toContain("z***@example.org");
+    for (const [what, text] of [
+      ["spans", spanText],
+      ["logs", logText],
+      ["metrics", metricsText],
+    ] as const) {
+      for (const secret of [code, generated ?? "", address, localPart, encodeURIComponent(address)]) {
+        expect(text.includes(secret), `${secret} found in ${what}`).toBe(false);
+      }
+    }
+  });
+});
+

@@ -1,0 +1,158 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, loadTracingConfig } from "../../src/config.js";
+import { createLogger } from "../../src/logger.js";
+import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
+import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
+import { createMetrics, negotiateFormat } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+
+describe("provider classes", () => {
+  const classifier = createProviderClassifier();
+
+  it("maps the big providers and their aliases, any case, subdomains included", () => {
+    const cases: [string, string][] = [
+      ["gmail.com", "gmail"],
+      ["GoogleMail.com.", "gmail"],
+      ["outlook.com", "microsoft"],
+      ["hotmail.com", "microsoft"],
+      ["live.com", "microsoft"],
+      ["yahoo.co.jp", "yahoo"],
+      ["icloud.com", "apple"],
+      ["me.com", "apple"],
+      ["naver.com", "naver"],
+      ["mail.naver.com", "naver"],
+      ["daum.net", "kakao"],
+      ["hanmail.net", "kakao"],
+      ["kakao.com", "kakao"],
+      ["proton.me", "proton"],
+      ["pm.me", "proton"],
+    ];
+    for (const [domain, providerClass] of cases) expect(classifier.classify(domain), domain).toBe(providerClass);
+  });
+
+  it("puts everything else, look-alikes too, in `other`", () => {
+    for (const domain of ["notgmail.com", "gmail.com.evil.test", "example.com", "co.uk", "com", ""]) {
+      expect(classifier.classify(domain), domain).toBe("other");
+    }
+  });
+
+  it("takes operator rules over and beside the built-in ones, and lists every class", () => {
+    const custom = createProviderClassifier({ "acme.example": "corp", "daum.net": "daum" });
+    expect(custom.classify("mx.acme.example")).toBe("corp");
+    expect(custom.classify("daum.net")).toBe("daum");
+    expect(custom.classify("hanmail.net")).toBe("kakao");
+    expect(custom.classes).toEqual(["gmail", "microsoft", "yahoo", "apple", "naver", "kakao", "proton", "daum", "corp", "other"]);
+  });
+});
+
+describe("metrics configuration", () => {
+  it("METRICS_ADDR defaults to 127.0.0.1:9464; off disables the endpoint", () => {
+    expect(loadConfig({}).metrics.addr).toBe("127.0.0.1:9464");
+    expect(loadConfig({ METRICS_ADDR: "0.0.0.0:9100" }).metrics.addr).toBe("0.0.0.0:9100");
+    expect(loadConfig({ METRICS_ADDR: "off" }).metrics.addr).toBeUndefined();
+    expect(() => loadConfig({ METRICS_ADDR: "9464" })).toThrow(/METRICS_ADDR=9464: must be host:port/);
+  });
+
+  it("METRICS_PROVIDER_DOMAINS: class=domain,domain;class=domain", () => {
+    expect(loadConfig({ METRICS_PROVIDER_DOMAINS: "corp=Acme.example,acme.test.; gmail=gmail.example" }).metrics.providerDomains).toEqual({
+      "acme.example": "corp",
+      "acme.test": "corp",
+      "gmail.example": "gmail",
+    });
+    expect(() => loadConfig({ METRICS_PROVIDER_DOMAINS: "Corp=acme.example" })).toThrow(ConfigError);
+    expect(() => loadConfig({ METRICS_PROVIDER_DOMAINS: "corp=not a domain" })).toThrow(/is not a domain name/);
+    const many = Array.from({ length: 17 }, (_, i) => `c${i}=d${i}.example`).join(";");
+    expect(() => loadConfig({ METRICS_PROVIDER_DOMAINS: many })).toThrow(/at most 16 classes/);
+  });
+});
+
+describe("tracing configuration (OTEL_*)", () => {
+  it("exports nothing unless an endpoint or an exporter is named", () => {
+    expect(loadTracingConfig({}).exporters).toEqual([]);
+    expect(loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318" }).exporters).toEqual(["otlp"]);
+    expect(loadTracingConfig({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://collector:4318/v1/traces" }).exporters).toEqual(["otlp"]);
+    expect(loadTracingConfig({ OTEL_TRACES_EXPORTER: "otlp,console" }).exporters).toEqual(["otlp", "console"]);
+    expect(loadTracingConfig({ OTEL_TRACES_EXPORTER: "none", OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318" }).exporters).toEqual([]);
+    expect(() => loadTracingConfig({ OTEL_TRACES_EXPORTER: "zipkin" })).toThrow(/OTEL_TRACES_EXPORTER=zipkin/);
+  });
+
+  it("http/protobuf by default, grpc or http/json when asked; the service name and SDK switch", () => {
+    expect(loadTracingConfig({}).protocol).toBe("http/protobuf");
+    expect(loadTracingConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }).protocol).toBe("grpc");
+    expect(loadTracingConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" }).protocol).toBe("http/json");
+    expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: "thrift" })).toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL=thrift/);
+    expect(loadTracingConfig({}).serviceName).toBe("otp-email");
+    expect(loadTracingConfig({ OTEL_SERVICE_NAME: "otp-eu" }).serviceName).toBe("otp-eu");
+    expect(loadTracingConfig({ OTEL_SDK_DISABLED: "TRUE" }).disabled).toBe(true);
+    expect(loadTracingConfig({ OTEL_BSP_SCHEDULE_DELAY: "200" }).batch.scheduledDelayMillis).toBe(200);
+  });
+});
+
+describe("exposition", () => {
+  it("negotiates OpenMetrics only when the scraper prefers it", () => {
+    expect(negotiateFormat(undefined)).toBe("text");
+    expect(negotiateFormat("*/*")).toBe("text");
+    expect(negotiateFormat("text/plain;version=0.0.4")).toBe("text");
+    expect(negotiateFormat("application/openmetrics-text; version=1.0.0")).toBe("openmetrics");
+    expect(
+      negotiateFormat("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+    ).toBe("openmetrics");
+    expect(negotiateFormat("text/plain;q=0.9,application/openmetrics-text;q=0.5")).toBe("text");
+    expect(negotiateFormat("application/openmetrics-text;q=0")).toBe("text");
+  });
+
+  it("renders both formats from one registry, counters keeping their names in each", async () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    metrics.sends.inc({ purpose: "login", outcome: "accepted" });
+    for (let round = 0; round < 2; round++) {
+      const openMetrics = await metrics.render("openmetrics");
+      expect(openMetrics).toContain("# TYPE otp_sends counter");
+      expect(openMetrics).toContain('otp_sends_total{purpose="login",outcome="accepted"} 1');
+      expect(openMetrics.endsWith("# EOF\n")).toBe(true);
+      const text = await metrics.render("text");
+      expect(text).toContain("# TYPE otp_sends_total counter");
+      expect(text).toContain('otp_sends_total{purpose="login",outcome="accepted"} 1');
+      expect(text).not.toContain("# EOF");
+    }
+  });
+
+  it("caps the number of distinct limit labels", () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false, maxLimitLabels: 2 });
+    expect(metrics.limitLabel("recipient:15m")).toBe("recipient:15m");
+    expect(metrics.limitLabel("Caller Quota!")).toBe("caller_quota_");
+    expect(metrics.limitLabel("global:1d")).toBe("other");
+    expect(metrics.limitLabel("recipient:15m")).toBe("recipient:15m");
+  });
+
+  it("names gRPC codes as grpc-go does", () => {
+    expect([0, 3, 4, 8, 14, 16, 99].map(grpcCodeName)).toEqual([
+      "OK",
+      "InvalidArgument",
+      "DeadlineExceeded",
+      "ResourceExhausted",
+      "Unavailable",
+      "Unauthenticated",
+      "Code(99)",
+    ]);
+  });
+});
+
+describe("the /metrics server", () => {
+  it("serves GET /metrics only, and falls back to a free port only when told to", async () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const logger = createLogger({ level: "silent" });
+    const first = await startMetricsServer({ address: "127.0.0.1:0", metrics, logger });
+    try {
+      expect((await fetch(first.url)).status).toBe(200);
+      expect((await fetch(first.url.replace("/metrics", "/"))).status).toBe(404);
+      expect((await fetch(first.url, { method: "POST" })).status).toBe(405);
+      const taken = `127.0.0.1:${first.address.port}`;
+      await expect(startMetricsServer({ address: taken, metrics, logger })).rejects.toThrow(/EADDRINUSE/);
+      const second = await startMetricsServer({ address: taken, metrics, logger, fallbackToFreePort: true });
+      expect(second.address.port).not.toBe(first.address.port);
+      await second.close();
+    } finally {
+      await first.close();
+    }
+  });
+});
