@@ -9,8 +9,17 @@ import { startCaptureSink, type CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
 import { createRenderer } from "./delivery/render.js";
 import { createSmtpTransport } from "./delivery/smtp-transport.js";
+import { createBounceProcessor, type BounceOutcome } from "./bounce/bounce-processor.js";
+import { startBounceIntake, type BounceIntake } from "./bounce/intake-server.js";
+import { createSuppressionList } from "./bounce/suppression.js";
+import { prepareDkim } from "./delivery/dkim.js";
+import type { DeliveryRecord } from "./delivery/record.js";
 import { createHealthState } from "./health.js";
-import { unlimited, type SendLimiter } from "./limits/types.js";
+import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
+import { createPurposePolicy } from "./auth/purpose-policy.js";
+import { createServerCredentials } from "./auth/server-credentials.js";
+import { createLimiter } from "./limits/limiter.js";
+import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
 import { createHasher } from "./otp/code.js";
 import { createOtpService } from "./otp/otp-service.js";
@@ -18,6 +27,13 @@ import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
 import { createRedisStore } from "./store/redis-store.js";
 import type { OtpStore } from "./store/types.js";
+import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
+import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
+import { createGrpcMetricsInterceptor } from "./telemetry/grpc-metrics.js";
+import { createMetrics, type Metrics } from "./telemetry/metrics.js";
+import { instrumentOtpService } from "./telemetry/otp-metrics.js";
+import { createProviderClassifier } from "./telemetry/provider-class.js";
+import { activeTraceId, traceRenderer } from "./telemetry/tracing.js";
 
 export interface AppOptions {
   readonly config: Config;
@@ -26,6 +42,16 @@ export interface AppOptions {
   readonly limiter?: SendLimiter;
   /** How often to re-check a relay that is down (default 15 s). */
   readonly relayProbeIntervalMs?: number;
+  /**
+   * Called when a bounce changed what is known about a message, with the
+   * record as GetDeliveryStatus now shows it and the trace id of its send
+   * (for a span linked to that trace).
+   */
+  readonly onBounceApplied?: (record: DeliveryRecord, previousTraceId: string) => void;
+  /** Told every processed bounce: applied, unmatched or not a DSN (for metrics). */
+  readonly onBounceOutcome?: (outcome: BounceOutcome) => void;
+  /** Where the app counts (a fresh registry with process metrics by default). */
+  readonly metrics?: Metrics;
 }
 
 export interface App {
@@ -33,6 +59,10 @@ export interface App {
   readonly address: { readonly host: string; readonly port: number };
   /** The capture sink's URL in development mode, else undefined. */
   readonly captureSinkUrl: string | undefined;
+  /** Where the bounce intake listens (BOUNCE_SMTP_ADDR), or undefined when it is off. */
+  readonly bounceIntake: { readonly host: string; readonly port: number } | undefined;
+  /** The app's Prometheus metrics; `main.ts` serves them on METRICS_ADDR. */
+  readonly metrics: Metrics;
   /**
    * Graceful stop: health goes NOT_SERVING, the server stops accepting calls
    * and lets running ones finish, background sends get `graceMs` to finish,
@@ -45,13 +75,24 @@ export async function startApp(options: AppOptions): Promise<App> {
   const { config, logger } = options;
   const clock = options.clock ?? systemClock;
   const health = createHealthState();
+  const metrics = options.metrics ?? createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
+  metrics.watchHealth(health);
+  const bounceTelemetry = createBounceTelemetry({ metrics });
   const closers: (() => Promise<void>)[] = [];
 
   try {
     const store: OtpStore = config.redis
-      ? createRedisStore({ url: config.redis.url, prefix: config.redis.prefix, logger, commandTimeoutMs: config.redis.commandTimeoutMs })
+      ? createRedisStore({
+          url: config.redis.url,
+          prefix: config.redis.prefix,
+          logger,
+          commandTimeoutMs: config.redis.commandTimeoutMs,
+          cluster: config.redis.cluster,
+          onCommandError: (operation) => metrics.redisCommandErrors.inc({ operation }),
+        })
       : createMemoryStore({ clock });
     closers.push(() => store.close());
+    const limits = createLimiter({ store, limits: config.limits, secret: config.otp.secret, logger });
     health.set("storage", store.isReady(), store.isReady() ? undefined : "storage is not connected yet");
     store.onReadyChange((ready) => health.set("storage", ready, ready ? undefined : "storage is unreachable"));
 
@@ -60,7 +101,10 @@ export async function startApp(options: AppOptions): Promise<App> {
       sink = await startCaptureSink({ outboxDir: config.outboxDir, logger, showCodes: config.env === "development" });
       closers.push(() => (sink as CaptureSink).close());
     }
+    // Fails start-up on a key that cannot sign or a d= that does not align with From.
+    const dkim = config.dkim === undefined ? undefined : await prepareDkim(config.dkim, config.mail.fromAddress);
     const transport = createSmtpTransport({
+      dkim,
       url: config.smtp.url ?? (sink as CaptureSink).url,
       tlsCa: config.smtp.tlsCa,
       maxConnections: config.smtp.maxConnections,
@@ -96,6 +140,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       retryMaxDelayMs: config.smtp.retryMaxDelayMs,
       waitBudgetMs: config.smtp.waitBudgetMs,
       recordTtlMs: config.recordRetentionMs,
+      observer: createDeliveryTelemetry({ metrics, poolSize: config.smtp.maxConnections }),
       onRelayHealth: (event) => {
         if (event === "ok") {
           health.set("relay", true);
@@ -106,15 +151,28 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
+    const bounceDomain = config.bounce.domain ?? config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1);
+    const suppression = createSuppressionList({
+      store,
+      secret: config.otp.secret,
+      ttlMs: config.bounce.suppressionTtlMs,
+      clock,
+    });
     const otp = createOtpService({
+      suppression,
+      bounceDomain,
       store,
       delivery,
-      renderer: createRenderer({
-        defaultLocale: config.mail.defaultLocale,
-        productName: config.mail.fromName,
-        templatesDir: config.mail.templatesDir,
-      }),
-      limiter: options.limiter ?? unlimited,
+      renderer: traceRenderer(
+        createRenderer({
+          defaultLocale: config.mail.defaultLocale,
+          productName: config.mail.fromName,
+          templatesDir: config.mail.templatesDir,
+        }),
+      ),
+      limiter: options.limiter ?? limits,
+      verifyLimiter: limits,
+      purposes: createPurposePolicy(config.auth.purposes),
       hasher: createHasher(config.otp.secret),
       clock,
       logger,
@@ -126,7 +184,50 @@ export async function startApp(options: AppOptions): Promise<App> {
       idempotencyTtlMs: config.idempotencyTtlMs,
     });
 
-    const server = createGrpcServer({ otp, health, logger });
+    const server = createGrpcServer({
+      otp: instrumentOtpService(otp, metrics),
+      traceIdOf: activeTraceId,
+      // First, so that calls refused by later interceptors are counted too.
+      interceptors: [createGrpcMetricsInterceptor(metrics)],
+      health,
+      logger,
+      identify: createCallerIdentity({
+        tokens: config.auth.tokens,
+        clientCertificates: config.tls?.clientCa !== undefined,
+        anonymousCaller: config.auth.anonymous ? anonymousDevCaller : undefined,
+      }),
+      credentials: createServerCredentials(config.tls),
+    });
+    logAuthentication(config, logger);
+    let intake: BounceIntake | undefined;
+    if (config.bounce.smtpAddr !== undefined) {
+      const separator = config.bounce.smtpAddr.lastIndexOf(":");
+      intake = await startBounceIntake({
+        host: config.bounce.smtpAddr.slice(0, separator).replace(/^\[|\]$/g, ""),
+        port: Number(config.bounce.smtpAddr.slice(separator + 1)),
+        fallbackToFreePort: config.bounce.smtpAddrIsDefault,
+        bounceDomain,
+        connectionsPerMinute: config.bounce.connectionsPerMinute,
+        logger,
+        processor: createBounceProcessor({
+          store,
+          suppression,
+          clock,
+          logger,
+          reportTtlMs: config.recordRetentionMs,
+          onBounceApplied: (record, sendTraceId) => {
+            bounceTelemetry.applied(record, sendTraceId);
+            options.onBounceApplied?.(record, sendTraceId);
+          },
+          onOutcome: (outcome) => {
+            bounceTelemetry.outcome(outcome);
+            options.onBounceOutcome?.(outcome);
+          },
+        }),
+      });
+      const running = intake;
+      closers.push(() => running.close());
+    }
     const address = await server.listen(config.grpcAddr);
     await relayProbe.runNow();
 
@@ -141,10 +242,29 @@ export async function startApp(options: AppOptions): Promise<App> {
       })();
       return stopping;
     };
-    return { address, captureSinkUrl: sink?.url, stop };
+    return { address, captureSinkUrl: sink?.url, bounceIntake: intake?.address, metrics, stop };
   } catch (error) {
     await closeAll(closers, logger);
     throw error;
+  }
+}
+
+/** Says at start-up who may call, and warns when nobody needs to prove it. */
+function logAuthentication(config: Config, logger: Logger): void {
+  if (config.auth.anonymous) {
+    logger.warn(
+      { caller: anonymousDevCaller },
+      `authentication is off: no caller is configured (AUTH_TOKENS, TLS_CLIENT_CA), so every call is the anonymous caller "${anonymousDevCaller}" (development only)`,
+    );
+    return;
+  }
+  const tokenCallers = [...new Set(config.auth.tokens.map((t) => t.caller))];
+  logger.info(
+    { token_callers: tokenCallers, client_certificates: config.tls?.clientCa !== undefined, tls: config.tls !== undefined },
+    "callers must authenticate",
+  );
+  if (config.tls === undefined && config.env === "production") {
+    logger.warn("bearer tokens travel in plaintext: set TLS_CERT and TLS_KEY unless a proxy or mesh terminates TLS");
   }
 }
 

@@ -8,11 +8,15 @@
  * ```
  *
  * Built on connect-node's gRPC transport, so it speaks plain gRPC over
- * HTTP/2 to the service (and to any other gRPC server).
+ * HTTP/2 to the service (and to any other gRPC server). With an
+ * OpenTelemetry SDK in the calling process, each call is a CLIENT span that
+ * carries the active trace to the service (`traceparent`), so the caller's
+ * span parents the service's.
  */
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
+import { createClientTracingInterceptor } from "./telemetry/client-tracing.js";
 
 export * from "../gen/otp/v1/otp_email_pb.js";
 
@@ -23,6 +27,8 @@ export interface OtpEmailClientOptions {
   readonly token?: string;
   /** Extra interceptors (tracing, logging...), run before the token is added. */
   readonly interceptors?: Interceptor[];
+  /** Trace each call and propagate the active context (default true; a no-op without an OpenTelemetry SDK). */
+  readonly tracing?: boolean;
   /** Default deadline per call in ms (default 10 s; SendOtp waits up to the service's wait budget). */
   readonly timeoutMs?: number;
   /** TLS options for https:// (a private CA, a client certificate for mTLS). */
@@ -32,7 +38,10 @@ export interface OtpEmailClientOptions {
 export type OtpEmailClient = Client<typeof OtpEmailService>;
 
 export function createOtpEmailClient(options: OtpEmailClientOptions): OtpEmailClient {
-  const interceptors: Interceptor[] = [...(options.interceptors ?? [])];
+  const interceptors: Interceptor[] = [
+    ...(options.tracing === false ? [] : [createClientTracingInterceptor(options.baseUrl)]),
+    ...(options.interceptors ?? []),
+  ];
   if (options.token !== undefined) {
     const header = `Bearer ${options.token}`;
     interceptors.push((next) => (request) => {

@@ -5,8 +5,11 @@
  *
  * Durations accept `500ms`, `30s`, `10m`, `2h`, `7d` (or plain milliseconds).
  */
-import { randomBytes } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { purposes } from "./delivery/record.js";
+import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 
 export type Environment = "production" | "development" | "test";
 
@@ -15,8 +18,22 @@ export interface Config {
   /** `host:port` the gRPC server listens on. */
   readonly grpcAddr: string;
   readonly logLevel: string;
-  /** undefined: the in-memory store (development only). */
-  readonly redis: { readonly url: string; readonly prefix: string; readonly commandTimeoutMs: number } | undefined;
+  /** Who may call: bearer tokens, client certificates (with `tls.clientCa`), purposes per caller. */
+  readonly auth: {
+    /** One entry per accepted token (a caller may have several, for rotation): the token's SHA-256. */
+    readonly tokens: readonly { readonly caller: string; readonly sha256: Buffer }[];
+    /** Callers limited to some purposes; a caller not listed may use every purpose. */
+    readonly purposes: ReadonlyMap<string, readonly string[]>;
+    /** No caller configured (never in production): every call is the anonymous caller "dev". */
+    readonly anonymous: boolean;
+  };
+  /** TLS of the gRPC server; undefined: plaintext. `clientCa` turns on client certificates (mTLS callers). */
+  readonly tls: { readonly cert: string; readonly key: string; readonly clientCa: string | undefined } | undefined;
+  readonly limits: LimitsConfig;
+  /** undefined: the in-memory store (development only). `cluster`: url lists seed nodes of a Redis Cluster. */
+  readonly redis:
+    | { readonly url: string; readonly prefix: string; readonly commandTimeoutMs: number; readonly cluster: boolean }
+    | undefined;
   readonly smtp: {
     /** undefined: the embedded capture sink (development only). */
     readonly url: string | undefined;
@@ -54,6 +71,50 @@ export interface Config {
   /** Where the capture sink writes .eml files. */
   readonly outboxDir: string;
   readonly shutdownGraceMs: number;
+  /** Prometheus metrics (see src/telemetry/metrics.ts). */
+  readonly metrics: {
+    /** METRICS_ADDR: `host:port` of the /metrics endpoint; undefined when `off`. */
+    readonly addr: string | undefined;
+    /** True when METRICS_ADDR was not set (outside production a taken default port falls back to a free one). */
+    readonly addrIsDefault: boolean;
+    /**
+     * METRICS_PROVIDER_DOMAINS: recipient domain -> provider class rules
+     * that override and extend the built-in ones (gmail.com -> gmail...).
+     */
+    readonly providerDomains: Readonly<Record<string, string>>;
+  };
+  /**
+   * DKIM signing: set when DKIM_SELECTOR and DKIM_PRIVATE_KEY are given.
+   * DKIM_DOMAIN (the d= domain) defaults to the From address's domain.
+   */
+  readonly dkim: { readonly domain: string; readonly selector: string; readonly privateKey: string } | undefined;
+  readonly bounce: {
+    /** BOUNCE_DOMAIN: domain of the envelope sender; undefined means the From address's domain. */
+    readonly domain: string | undefined;
+    /**
+     * BOUNCE_SMTP_ADDR: where the bounce intake (the bounce domain's MX)
+     * listens. Development: 127.0.0.1:2526 (a free port when taken);
+     * production and test: off unless set; `off` disables it anywhere.
+     */
+    readonly smtpAddr: string | undefined;
+    /** Whether BOUNCE_SMTP_ADDR is the development default (may fall back to a free port). */
+    readonly smtpAddrIsDefault: boolean;
+    /** BOUNCE_CONNECTIONS_PER_MINUTE: new intake connections per remote address per minute. */
+    readonly connectionsPerMinute: number;
+    /** SUPPRESSION_TTL: how long a "no such mailbox" bounce suppresses its recipient. */
+    readonly suppressionTtlMs: number;
+  };
+  /** The sender-domain doctor (`npm run doctor`, start-up checks). */
+  readonly doctor: {
+    /** RELAY_IP: the relay's public egress IP; undefined means resolve the SMTP host. */
+    readonly relayIp: string | undefined;
+    /** DNSBL_ZONES: zones the relay IP is looked up in; empty disables the check. */
+    readonly dnsblZones: readonly string[];
+    /** DNS_SERVERS: `ip` or `ip:port` entries; empty means the system's resolvers. */
+    readonly dnsServers: readonly string[];
+    /** DOCTOR_TIMEOUT: bound on each DNS lookup and each SMTP step. */
+    readonly timeoutMs: number;
+  };
 }
 
 /** A configuration problem; `message` names the variable and the rule. */
@@ -102,6 +163,30 @@ class Reader {
     }
     return value;
   }
+
+  /** `5/15m,20/1d` (at most 5 per 15 minutes and 20 per day) or `off`. */
+  windows(name: string, fallback: string): readonly LimitWindow[] {
+    const raw = this.string(name) ?? fallback;
+    if (raw.toLowerCase() === "off") return [];
+    return raw.split(",").map((part) => {
+      const match = /^\s*(\d{1,7})\s*\/\s*(\S+)\s*$/.exec(part);
+      const max = Number(match?.[1]);
+      const windowMs = parseDuration(match?.[2] ?? "");
+      if (match === null || max < 1 || max > 1_000_000 || windowMs === undefined || windowMs < 1000 || windowMs > 31 * 86_400_000) {
+        throw new ConfigError(
+          `${name}=${raw}: must be COUNT/WINDOW pairs separated by commas, such as 5/15m,20/1d (count 1-1000000, window 1s-31d), or off`,
+        );
+      }
+      return { max, windowMs };
+    });
+  }
+
+  boolean(name: string): boolean {
+    const raw = this.string(name)?.toLowerCase();
+    if (raw === undefined || raw === "false" || raw === "0") return false;
+    if (raw === "true" || raw === "1") return true;
+    throw new ConfigError(`${name}=${raw}: must be true or false`);
+  }
 }
 
 function formatMs(ms: number): string {
@@ -144,6 +229,100 @@ function readPem(name: string, raw: string | undefined): string | undefined {
   }
 }
 
+/** Caller names: printable ASCII without commas (a SPIFFE id like spiffe://acme/billing is fine). */
+const callerNamePattern = /^[\x21-\x2B\x2D-\x7E]{1,256}$/;
+
+/** Splits `a:x,b:y` entries at each one's last colon (caller names may hold colons). */
+function callerEntries(name: string, raw: string | undefined, rule: string): { caller: string; value: string }[] {
+  if (raw === undefined) return [];
+  return raw
+    .split(",")
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== "")
+    .map((entry, index) => {
+      const colon = entry.lastIndexOf(":");
+      const caller = entry.slice(0, colon);
+      if (colon < 1 || !callerNamePattern.test(caller)) {
+        throw new ConfigError(`${name}: entry ${index + 1} must be ${rule}`);
+      }
+      return { caller, value: entry.slice(colon + 1).trim() };
+    });
+}
+
+/** AUTH_TOKENS, CALLER_PURPOSES, TLS_*: who may call, and how the server proves who it is. */
+function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "tls"> {
+  const tokenRule = "CALLER:SHA256 with the token's SHA-256 in 64 hex digits (printf %s \"$TOKEN\" | sha256sum)";
+  const tokens = callerEntries("AUTH_TOKENS", read.string("AUTH_TOKENS"), tokenRule).map(({ caller, value }, index) => {
+    if (!/^[0-9a-fA-F]{64}$/.test(value)) throw new ConfigError(`AUTH_TOKENS: entry ${index + 1} must be ${tokenRule}`);
+    return { caller, sha256: Buffer.from(value, "hex") };
+  });
+  const hashes = new Set(tokens.map((t) => t.sha256.toString("hex")));
+  if (hashes.size !== tokens.length) throw new ConfigError("AUTH_TOKENS: the same token hash is listed twice");
+
+  const certRaw = read.string("TLS_CERT");
+  const keyRaw = read.string("TLS_KEY");
+  const caRaw = read.string("TLS_CLIENT_CA");
+  if ((certRaw === undefined) !== (keyRaw === undefined)) {
+    throw new ConfigError(`${certRaw === undefined ? "TLS_CERT" : "TLS_KEY"}: required with ${certRaw === undefined ? "TLS_KEY" : "TLS_CERT"} (PEM text or a file path)`);
+  }
+  if (caRaw !== undefined && certRaw === undefined) {
+    throw new ConfigError("TLS_CLIENT_CA: client certificates need TLS: also set TLS_CERT and TLS_KEY");
+  }
+  let tls: Config["tls"];
+  if (certRaw !== undefined && keyRaw !== undefined) {
+    const cert = certificate("TLS_CERT", certRaw);
+    const key = readPem("TLS_KEY", keyRaw) ?? "";
+    try {
+      createPrivateKey(key);
+    } catch (error) {
+      throw new ConfigError(`TLS_KEY: not a usable PEM private key (${(error as Error).message})`);
+    }
+    tls = { cert, key, clientCa: caRaw === undefined ? undefined : certificate("TLS_CLIENT_CA", caRaw) };
+  }
+  if (production && tokens.length === 0 && tls?.clientCa === undefined) {
+    throw new ConfigError(
+      "AUTH_TOKENS: required when NODE_ENV=production (or TLS_CLIENT_CA for callers with client certificates): no caller is configured",
+    );
+  }
+
+  const purposeRule = `CALLER:PURPOSE|PURPOSE with purposes among ${purposes.join(", ")}`;
+  const restricted = new Map<string, readonly string[]>();
+  for (const { caller, value } of callerEntries("CALLER_PURPOSES", read.string("CALLER_PURPOSES"), purposeRule)) {
+    const list = value.split("|").map((p) => p.trim().toLowerCase());
+    if (list.some((p) => !(purposes as readonly string[]).includes(p)) || restricted.has(caller)) {
+      throw new ConfigError(`CALLER_PURPOSES: ${caller}: must be ${purposeRule}, one entry per caller`);
+    }
+    if (tls?.clientCa === undefined && !tokens.some((t) => t.caller === caller)) {
+      throw new ConfigError(`CALLER_PURPOSES: ${caller} is not a caller of AUTH_TOKENS`);
+    }
+    restricted.set(caller, list);
+  }
+  return { auth: { tokens, purposes: restricted, anonymous: tokens.length === 0 && tls?.clientCa === undefined }, tls };
+}
+
+/** A PEM certificate (or bundle) given inline or as a file path, checked to parse. */
+function certificate(name: string, raw: string): string {
+  const pem = readPem(name, raw) ?? "";
+  try {
+    new X509Certificate(pem);
+  } catch (error) {
+    throw new ConfigError(`${name}: not a usable PEM certificate (${(error as Error).message})`);
+  }
+  return pem;
+}
+
+/** LIMIT_*: every rate limit, with its default. */
+function readLimits(read: Reader): LimitsConfig {
+  return {
+    recipient: read.windows("LIMIT_RECIPIENT", "5/15m,20/1d"),
+    resendCooldownMs: read.duration("LIMIT_RESEND_COOLDOWN", 30_000, 0, 3_600_000),
+    endUserIp: read.windows("LIMIT_END_USER_IP", "30/10m,300/1d"),
+    caller: read.windows("LIMIT_CALLER", "300/1m"),
+    global: read.windows("LIMIT_GLOBAL", "1000/1m,50000/1d"),
+    verifyFailures: read.windows("LIMIT_VERIFY_FAILURES", "10/1d"),
+  };
+}
+
 /** Parses and validates the environment. Throws ConfigError naming the variable. */
 export function loadConfig(env: Env): Config {
   const read = new Reader(env);
@@ -159,6 +338,10 @@ export function loadConfig(env: Env): Config {
   }
   if (production && redisUrl === undefined) {
     throw new ConfigError("REDIS_URL: required when NODE_ENV=production (the in-memory store is for development only)");
+  }
+  const redisCluster = read.boolean("REDIS_CLUSTER");
+  if (redisUrl?.includes(",") === true && !redisCluster) {
+    throw new ConfigError("REDIS_URL: several URLs are only for a cluster's seed nodes: set REDIS_CLUSTER=true");
   }
 
   const smtpUrl = read.string("SMTP_URL");
@@ -182,6 +365,7 @@ export function loadConfig(env: Env): Config {
     throw new ConfigError('MAIL_FROM: required when NODE_ENV=production, such as "Acme" <no-reply@acme.example>');
   }
   const from = parseMailFrom(mailFrom ?? '"OtpEmail" <no-reply@otp-email.localhost>');
+  const callers = readCallers(read, production);
 
   const defaultLocale = (read.string("DEFAULT_LOCALE") ?? "en").toLowerCase();
   if (!/^[a-z]{2,3}(-[a-z0-9]{2,8})*$/.test(defaultLocale)) {
@@ -206,6 +390,8 @@ export function loadConfig(env: Env): Config {
     env: nodeEnv,
     grpcAddr: parseHostPort("GRPC_ADDR", read.string("GRPC_ADDR") ?? "127.0.0.1:50051"),
     logLevel: validLogLevel(read.string("LOG_LEVEL") ?? "info"),
+    ...callers,
+    limits: readLimits(read),
     redis:
       redisUrl === undefined
         ? undefined
@@ -213,6 +399,7 @@ export function loadConfig(env: Env): Config {
             url: redisUrl,
             prefix: validPrefix(read.string("REDIS_PREFIX") ?? "otp:"),
             commandTimeoutMs: read.duration("REDIS_COMMAND_TIMEOUT", 1000, 10, 60_000),
+            cluster: redisCluster,
           },
     smtp: {
       url: smtpUrl,
@@ -246,7 +433,107 @@ export function loadConfig(env: Env): Config {
     idempotencyTtlMs: read.duration("IDEMPOTENCY_TTL", 86_400_000, 60_000, 7 * 86_400_000),
     outboxDir: read.string("OUTBOX_DIR") ?? ".outbox",
     shutdownGraceMs: read.duration("SHUTDOWN_GRACE", 10_000, 0, 600_000),
+    metrics: readMetrics(read),
+    dkim: readDkim(read, from.address),
+    bounce: {
+      domain: optionalDomain("BOUNCE_DOMAIN", read.string("BOUNCE_DOMAIN")),
+      ...readBounceSmtpAddr(read.string("BOUNCE_SMTP_ADDR"), nodeEnv),
+      connectionsPerMinute: read.int("BOUNCE_CONNECTIONS_PER_MINUTE", 60, 1, 100_000),
+      suppressionTtlMs: read.duration("SUPPRESSION_TTL", 30 * 86_400_000, 60_000, 365 * 86_400_000),
+    },
+    doctor: {
+      relayIp: readRelayIp(read.string("RELAY_IP")),
+      dnsblZones: readDnsblZones(read.string("DNSBL_ZONES")),
+      dnsServers: readDnsServers(read.string("DNS_SERVERS")),
+      timeoutMs: read.duration("DOCTOR_TIMEOUT", 5000, 100, 60_000),
+    },
   };
+}
+
+const domainPattern = /^(?=.{1,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}$/;
+
+function optionalDomain(name: string, raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  const domain = raw.toLowerCase().replace(/\.$/, "");
+  if (!domainPattern.test(domain)) throw new ConfigError(`${name}=${raw}: must be a domain name, such as acme.example`);
+  return domain;
+}
+
+/** DKIM_DOMAIN, DKIM_SELECTOR, DKIM_PRIVATE_KEY: all or none; the key must be able to sign. */
+function readDkim(read: Reader, fromAddress: string): Config["dkim"] {
+  const selector = read.string("DKIM_SELECTOR");
+  const keyRaw = read.string("DKIM_PRIVATE_KEY");
+  const domain = optionalDomain("DKIM_DOMAIN", read.string("DKIM_DOMAIN"));
+  if (selector === undefined && keyRaw === undefined) {
+    if (domain !== undefined) throw new ConfigError("DKIM_DOMAIN: also set DKIM_SELECTOR and DKIM_PRIVATE_KEY, or unset it");
+    return undefined;
+  }
+  if (selector === undefined) throw new ConfigError("DKIM_SELECTOR: required when DKIM_PRIVATE_KEY is set, such as s2025");
+  if (keyRaw === undefined) throw new ConfigError("DKIM_PRIVATE_KEY: required when DKIM_SELECTOR is set (PEM text or a file path)");
+  if (!/^[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*$/.test(selector)) {
+    throw new ConfigError(`DKIM_SELECTOR=${selector}: must be DNS labels (letters, digits, '-', '_', '.'), such as s2025`);
+  }
+  // Inline PEM in an env file often arrives with literal "\n" escapes.
+  const privateKey = (readPem("DKIM_PRIVATE_KEY", keyRaw) ?? "").replace(/\\n/g, "\n");
+  let key;
+  try {
+    key = createPrivateKey(privateKey);
+  } catch (error) {
+    throw new ConfigError(`DKIM_PRIVATE_KEY: not a usable PEM private key (${(error as Error).message})`);
+  }
+  const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  if (!(key.asymmetricKeyType === "rsa" && bits >= 1024) && key.asymmetricKeyType !== "ed25519") {
+    throw new ConfigError(
+      `DKIM_PRIVATE_KEY: must be an RSA key of at least 1024 bits (2048 recommended) or Ed25519, not ${key.asymmetricKeyType ?? "unknown"}${bits > 0 ? ` ${bits} bits` : ""}`,
+    );
+  }
+  return { domain: domain ?? fromAddress.slice(fromAddress.lastIndexOf("@") + 1).toLowerCase(), selector, privateKey };
+}
+
+/** BOUNCE_SMTP_ADDR: `host:port` (port 0: any free port), `off`, or unset (on in development only). */
+function readBounceSmtpAddr(
+  raw: string | undefined,
+  nodeEnv: Environment,
+): { smtpAddr: string | undefined; smtpAddrIsDefault: boolean } {
+  if (raw === undefined) {
+    return nodeEnv === "development"
+      ? { smtpAddr: "127.0.0.1:2526", smtpAddrIsDefault: true }
+      : { smtpAddr: undefined, smtpAddrIsDefault: false };
+  }
+  if (raw.toLowerCase() === "off") return { smtpAddr: undefined, smtpAddrIsDefault: false };
+  return { smtpAddr: parseHostPort("BOUNCE_SMTP_ADDR", raw), smtpAddrIsDefault: false };
+}
+
+function readRelayIp(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (isIP(raw) === 0) throw new ConfigError(`RELAY_IP=${raw}: must be an IPv4 or IPv6 address, such as 203.0.113.25`);
+  return raw;
+}
+
+function readDnsblZones(raw: string | undefined): readonly string[] {
+  if (raw === undefined) return ["zen.spamhaus.org", "bl.spamcop.net"];
+  if (raw.toLowerCase() === "none") return [];
+  return raw
+    .split(",")
+    .map((zone) => zone.trim())
+    .filter((zone) => zone !== "")
+    .map((zone) => optionalDomain("DNSBL_ZONES", zone) as string);
+}
+
+function readDnsServers(raw: string | undefined): readonly string[] {
+  if (raw === undefined) return [];
+  return raw
+    .split(",")
+    .map((server) => server.trim())
+    .filter((server) => server !== "")
+    .map((server) => {
+      const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$|^([0-9a-fA-F:]+)$/.exec(server);
+      const host = match?.[1] ?? match?.[2] ?? match?.[4];
+      if (host === undefined || isIP(host) === 0 || Number(match?.[3] ?? 53) > 65_535) {
+        throw new ConfigError(`DNS_SERVERS=${raw}: must be IP addresses with optional ports, such as 127.0.0.1:5353,[::1]:53`);
+      }
+      return server;
+    });
 }
 
 function validLogLevel(level: string): string {
@@ -261,4 +548,107 @@ function validPrefix(prefix: string): string {
     throw new ConfigError(`REDIS_PREFIX=${prefix}: must be 1-64 characters of letters, digits, ':', '_', '.', '-'`);
   }
   return prefix;
+}
+
+/** METRICS_ADDR (`off` disables the endpoint) and METRICS_PROVIDER_DOMAINS. */
+function readMetrics(read: Reader): Config["metrics"] {
+  const addr = read.string("METRICS_ADDR") ?? "127.0.0.1:9464";
+  return {
+    addr: addr.toLowerCase() === "off" ? undefined : parseHostPort("METRICS_ADDR", addr),
+    addrIsDefault: read.string("METRICS_ADDR") === undefined,
+    providerDomains: readProviderDomains(read.string("METRICS_PROVIDER_DOMAINS")),
+  };
+}
+
+/** At most this many classes of one's own: every one is a possible label value. */
+const maxProviderClasses = 16;
+
+/** `corp=acme.example,acme.test;gmail=gmail.example` -> { "acme.example": "corp", ... }. */
+function readProviderDomains(raw: string | undefined): Readonly<Record<string, string>> {
+  if (raw === undefined) return {};
+  const rules: Record<string, string> = {};
+  const classes = new Set<string>();
+  const usage = "must be class=domain,domain;class=domain... such as corp=acme.example,acme.test;gmail=gmail.example";
+  for (const group of raw.split(";").map((part) => part.trim()).filter((part) => part !== "")) {
+    const equals = group.indexOf("=");
+    const providerClass = equals === -1 ? "" : group.slice(0, equals).trim();
+    if (!/^[a-z][a-z0-9_]{0,31}$/.test(providerClass)) {
+      throw new ConfigError(`METRICS_PROVIDER_DOMAINS: "${group}" ${usage} (class: lower-case letters, digits, _)`);
+    }
+    classes.add(providerClass);
+    const domains = group.slice(equals + 1).split(",").map((domain) => domain.trim().toLowerCase().replace(/\.$/, ""));
+    for (const domain of domains) {
+      if (!/^(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/.test(domain)) {
+        throw new ConfigError(`METRICS_PROVIDER_DOMAINS: "${domain}" is not a domain name; ${usage}`);
+      }
+      rules[domain] = providerClass;
+    }
+  }
+  if (classes.size > maxProviderClasses) {
+    throw new ConfigError(`METRICS_PROVIDER_DOMAINS: at most ${maxProviderClasses} classes (each is a label value)`);
+  }
+  return rules;
+}
+
+/**
+ * Trace export, from the standard OpenTelemetry variables. Read by the
+ * telemetry bootstrap (`node --import`), before the service's config; the
+ * OTLP exporters read their own endpoint, headers, timeout and compression
+ * variables (OTEL_EXPORTER_OTLP_*) as the specification says.
+ */
+export interface TracingConfig {
+  /** OTEL_SDK_DISABLED=true: no SDK and no instrumentation at all. */
+  readonly disabled: boolean;
+  /**
+   * OTEL_TRACES_EXPORTER (`otlp`, `console`, `none`, comma-separated). When
+   * unset: `otlp` if OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+   * OTEL_EXPORTER_OTLP_ENDPOINT is set, else nothing is exported.
+   */
+  readonly exporters: readonly ("otlp" | "console")[];
+  /** OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf. */
+  readonly protocol: "http/protobuf" | "http/json" | "grpc";
+  /** OTEL_SERVICE_NAME, else `otp-email`. */
+  readonly serviceName: string;
+  /** OTEL_BSP_*: the batch span processor's queue, batch size, delay and export timeout (SDK defaults when unset). */
+  readonly batch: {
+    readonly maxQueueSize: number | undefined;
+    readonly maxExportBatchSize: number | undefined;
+    readonly scheduledDelayMillis: number | undefined;
+    readonly exportTimeoutMillis: number | undefined;
+  };
+}
+
+/** Parses the OTEL_* variables the bootstrap decides on. Throws ConfigError naming the variable. */
+export function loadTracingConfig(env: Env): TracingConfig {
+  const read = new Reader(env);
+  const disabled = (read.string("OTEL_SDK_DISABLED") ?? "false").toLowerCase() === "true";
+  const endpoint = read.string("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") ?? read.string("OTEL_EXPORTER_OTLP_ENDPOINT");
+  const named = read.string("OTEL_TRACES_EXPORTER");
+  const exporters = new Set<"otlp" | "console">();
+  for (const name of (named ?? (endpoint === undefined ? "none" : "otlp")).split(",").map((part) => part.trim())) {
+    if (name === "otlp" || name === "console") exporters.add(name);
+    else if (name !== "none" && name !== "") {
+      throw new ConfigError(`OTEL_TRACES_EXPORTER=${named ?? ""}: must be otlp, console or none (comma-separated)`);
+    }
+  }
+  const protocolVariable =
+    read.string("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") === undefined ? "OTEL_EXPORTER_OTLP_PROTOCOL" : "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+  const protocol = read.string(protocolVariable) ?? "http/protobuf";
+  if (protocol !== "http/protobuf" && protocol !== "http/json" && protocol !== "grpc") {
+    throw new ConfigError(`${protocolVariable}=${protocol}: must be http/protobuf, http/json or grpc`);
+  }
+  const optionalInt = (name: string, max: number): number | undefined =>
+    read.string(name) === undefined ? undefined : read.int(name, 0, 1, max);
+  return {
+    disabled,
+    exporters: [...exporters],
+    protocol,
+    serviceName: read.string("OTEL_SERVICE_NAME") ?? "otp-email",
+    batch: {
+      maxQueueSize: optionalInt("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000),
+      maxExportBatchSize: optionalInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1_000_000),
+      scheduledDelayMillis: optionalInt("OTEL_BSP_SCHEDULE_DELAY", 3_600_000),
+      exportTimeoutMillis: optionalInt("OTEL_BSP_EXPORT_TIMEOUT", 3_600_000),
+    },
+  };
 }

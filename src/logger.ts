@@ -1,4 +1,5 @@
 import { pino, type Logger, type DestinationStream } from "pino";
+import { traceLogFields } from "./telemetry/log-correlation.js";
 
 export type { Logger };
 
@@ -13,8 +14,8 @@ export interface LoggerOptions {
 
 /**
  * JSON logs. Never log a code or a full address: use `maskAddress` from
- * `otp/address.ts`. Trace correlation (trace_id/span_id) is added by the
- * telemetry mixin when tracing is on.
+ * `otp/address.ts`. Every line written inside a traced request carries
+ * `trace_id` and `span_id` (a mixin reading the active OpenTelemetry context).
  */
 export function createLogger(options: LoggerOptions): Logger {
   return pino(
@@ -23,6 +24,7 @@ export function createLogger(options: LoggerOptions): Logger {
       base: { service: "otp-email", ...options.base },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      mixin: traceLogFields,
     },
     options.destination,
   );

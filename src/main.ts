@@ -4,6 +4,8 @@
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
+import { startMetricsServer } from "./telemetry/metrics-server.js";
+import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
 
 function devBanner(config: Config, logger: Logger, port: number, host: string, sinkUrl: string | undefined): void {
   const target = `${host}:${port}`;
@@ -34,6 +36,15 @@ async function main(): Promise<void> {
   }
   const logger = createLogger({ level: config.logLevel });
   const app = await startApp({ config, logger });
+  const metricsServer =
+    config.metrics.addr === undefined
+      ? undefined
+      : await startMetricsServer({
+          address: config.metrics.addr,
+          metrics: app.metrics,
+          logger,
+          fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
+        });
   logger.info({ grpc: `${app.address.host}:${app.address.port}`, env: config.env }, "otp-email listening");
   if (config.env !== "production") devBanner(config, logger, app.address.port, app.address.host, app.captureSinkUrl);
 
@@ -45,16 +56,20 @@ async function main(): Promise<void> {
     }
     signalled = true;
     logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down: finishing in-flight sends");
-    app.stop().then(
-      () => {
-        logger.info("stopped");
-        process.exit(0);
-      },
-      (error: unknown) => {
-        logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    app
+      .stop()
+      // Scrapes go on while in-flight sends finish; buffered spans are exported last.
+      .then(() => Promise.all([metricsServer?.close(), shutdownTracing()]))
+      .then(
+        () => {
+          logger.info("stopped");
+          process.exit(0);
+        },
+        (error: unknown) => {
+          logger.error({ err: error }, "shutdown failed");
+          process.exit(1);
+        },
+      );
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);

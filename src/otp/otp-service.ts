@@ -5,11 +5,14 @@
 import type { Clock } from "../clock.js";
 import type { DeliveryService } from "../delivery/delivery-service.js";
 import { effectiveState, explain } from "../delivery/explain.js";
+import type { SuppressionList } from "../bounce/suppression.js";
 import { buildOtpMail } from "../delivery/message.js";
-import type { DeliveryRecord } from "../delivery/record.js";
+import { withReports } from "../delivery/reports.js";
+import type { DeliveryRecord, SuppressionEntry } from "../delivery/record.js";
 import type { Renderer } from "../delivery/render.js";
 import { OtpError } from "../errors.js";
-import type { SendLimiter } from "../limits/types.js";
+import type { PurposePolicy } from "../auth/purpose-policy.js";
+import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
 import type { OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
@@ -30,6 +33,10 @@ export interface OtpServiceOptions {
   readonly delivery: Pick<DeliveryService, "dispatch">;
   readonly renderer: Renderer;
   readonly limiter: SendLimiter;
+  /** Caps failed verifications beyond the per-code lock; default: no cap. */
+  readonly verifyLimiter?: VerifyLimiter;
+  /** Which purposes each caller may use; default: every purpose. */
+  readonly purposes?: PurposePolicy;
   readonly hasher: Hasher;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -46,10 +53,19 @@ export interface OtpServiceOptions {
   readonly idempotencyTtlMs: number;
   /** How long a code set outlives its last code, so VerifyOtp can say EXPIRED (default 1 h). */
   readonly keepExpiredMs?: number;
+  /** Hard-bounced recipients; checked before any limit is spent. Default: none suppressed. */
+  readonly suppression?: SuppressionList | undefined;
+  /**
+   * Domain of the per-message envelope sender `bounce+<message_id>@<domain>`
+   * (VERP), sent with a DSN request. Unset: the From address is the envelope
+   * sender and no DSN is asked for.
+   */
+  readonly bounceDomain?: string | undefined;
 }
 
 export function createOtpService(options: OtpServiceOptions): OtpService {
   const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
+  const verifyLimiter = options.verifyLimiter ?? unlimited;
   const keepExpiredMs = options.keepExpiredMs ?? 3_600_000;
   const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
 
@@ -62,13 +78,16 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     const now = clock.now();
-    const state = effectiveState(record, now);
-    if (state === "FAILED") throw sendFailure({ ...record, state });
-    return { messageId, state, expiresAt: record.expiresAt, resendAvailableAt: now };
+    const known = withReports(record, await store.getDeliveryReports(messageId));
+    const state = effectiveState(known, now);
+    if (state === "FAILED") throw sendFailure({ ...known, state });
+    if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
+    return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt: now };
   }
 
   async function sendOtp(ctx: CallContext, input: SendOtpInput): Promise<SendOtpResult> {
     const request = validateSendOtp(input, options.ttl);
+    authorizePurpose(ctx, request.purpose);
     const now = clock.now();
     const messageId = newMessageId(now);
     const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
@@ -98,6 +117,11 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     }
 
     try {
+      // Before the limiter: a send refused for suppression spends no rate budget.
+      const recipientHash = options.suppression?.recipientHash(request.recipient.key);
+      if (recipientHash !== undefined) {
+        await refuseIfSuppressed(ctx, { messageId, recipientHash, now, ...request });
+      }
       const admission = await limiter.admit(ctx, {
         recipientKey: request.recipient.key,
         purpose: request.purpose,
@@ -113,6 +137,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         fromName: options.from.name,
         fromAddress: options.from.address,
         messageId,
+        bounceDomain: options.bounceDomain,
       });
       const record: DeliveryRecord = {
         messageId,
@@ -127,11 +152,15 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         expiresAt,
         attempts: [],
         traceId: ctx.traceId,
+        recipientHash,
       };
-      // The record exists before the code and before any attempt, so a status
-      // query (or a bounce) can never find a message it does not know.
-      await store.putRecord(record, options.recordRetentionMs);
-      await store.addCode(setId, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now));
+      // Record and code are both stored before any attempt, so a status query
+      // (or a bounce) can never find a message it does not know. They are
+      // written concurrently: one round trip of waiting instead of two.
+      await Promise.all([
+        store.putRecord(record, options.recordRetentionMs),
+        store.addCode(setId, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
+      ]);
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
         "otp queued",
@@ -163,12 +192,58 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         reason: "MESSAGE_NOT_FOUND",
       });
     }
+    // DSNs are stored beside the record by the bounce intake; join them here.
+    const known = withReports(record, await store.getDeliveryReports(messageId));
     const now = clock.now();
-    return { record: { ...record, state: effectiveState(record, now) }, explanation: explain(record, now) };
+    return { record: { ...known, state: effectiveState(known, now) }, explanation: explain(known, now) };
+  }
+
+  /**
+   * Throws FAILED_PRECONDITION when the recipient is suppressed, after
+   * recording the refused message as SUPPRESSED with the bounce that caused
+   * it. Nothing is sent and no code is stored.
+   */
+  async function refuseIfSuppressed(
+    ctx: CallContext,
+    request: {
+      readonly messageId: string;
+      readonly recipientHash: string;
+      readonly now: number;
+      readonly recipient: { readonly address: string; readonly domain: string };
+      readonly purpose: DeliveryRecord["purpose"];
+      readonly locale: string;
+    },
+  ): Promise<void> {
+    const cause = await options.suppression?.check(request.recipientHash);
+    if (cause === undefined) return;
+    const { messageId, now } = request;
+    const record: DeliveryRecord = {
+      messageId,
+      caller: ctx.caller,
+      state: "SUPPRESSED",
+      recipientMasked: maskAddress(request.recipient.address),
+      recipientDomain: request.recipient.domain,
+      purpose: request.purpose,
+      locale: request.locale,
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: now,
+      attempts: [],
+      traceId: ctx.traceId,
+      recipientHash: request.recipientHash,
+      suppressedBy: cause,
+    };
+    await store.putRecord(record, options.recordRetentionMs);
+    logger.info(
+      { message_id: messageId, recipient: record.recipientMasked, bounced_message_id: cause.messageId, status: cause.status },
+      "otp not sent: recipient suppressed",
+    );
+    throw suppressedError(record, cause);
   }
 
   async function verifyOtp(ctx: CallContext, input: VerifyOtpInput): Promise<VerifyOtpResult> {
     const request = validateVerifyOtp(input);
+    authorizePurpose(ctx, request.purpose);
     const now = clock.now();
     const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
     const max = options.maxFailedAttempts;
@@ -183,6 +258,10 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       case "open":
         break;
     }
+    // A real comparison also counts against the caller's cap on failures for
+    // this recipient, which fresh codes do not reset: reserved before comparing
+    // (concurrent guesses cannot overshoot it), given back if the guess is right.
+    const failure = await verifyLimiter.reserveFailure(ctx, { recipientKey: request.recipient.key, now });
     const guess = hasher.codeHmac(setId, request.code);
     // Compare against every live code, without stopping at the first match,
     // so the time taken says nothing about which code (if any) matched.
@@ -195,15 +274,50 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
       return { result: "INVALID", attemptsRemaining: remaining };
     }
-    if (!(await store.consumeCode(setId, match.id, match.hmac))) {
-      // A concurrent call used the code first: it is gone.
-      return { result: "NOT_FOUND", attemptsRemaining: max };
+    try {
+      if (!(await store.consumeCode(setId, match.id, match.hmac))) {
+        // A concurrent call used the code first: it is gone.
+        return { result: "NOT_FOUND", attemptsRemaining: max };
+      }
+      logger.info({ message_id: match.id, purpose: request.purpose }, "otp verified");
+      return { result: "VERIFIED", attemptsRemaining: max };
+    } finally {
+      await failure.release().catch((error: unknown) => {
+        logger.warn({ err: error }, "could not give back a reserved verification failure");
+      });
     }
-    logger.info({ message_id: match.id, purpose: request.purpose }, "otp verified");
-    return { result: "VERIFIED", attemptsRemaining: max };
+  }
+
+  /** PERMISSION_DENIED when the caller is restricted to other purposes. */
+  function authorizePurpose(ctx: CallContext, purpose: string): void {
+    if (options.purposes?.allows(ctx.caller, purpose) === false) {
+      throw new OtpError("permission_denied", `purpose: this caller may not send or verify codes for ${purpose}`, {
+        reason: "PURPOSE_NOT_ALLOWED",
+        metadata: { purpose },
+      });
+    }
   }
 
   return { sendOtp, getDeliveryStatus, verifyOtp };
+}
+
+/** The error SendOtp answers for a suppressed recipient (`record` is the SUPPRESSED message). */
+function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpError {
+  return new OtpError(
+    "failed_precondition",
+    `email not sent: ${record.recipientMasked} hard-bounced (status ${cause.status}) at ` +
+      `${new Date(cause.bouncedAt).toISOString()}, so sends to it are suppressed until ` +
+      `${new Date(cause.expiresAt).toISOString()}; check the address with the user (message_id ${record.messageId})`,
+    {
+      reason: "RECIPIENT_SUPPRESSED",
+      metadata: {
+        message_id: record.messageId,
+        bounced_message_id: cause.messageId,
+        bounce_status: cause.status,
+        suppressed_until: new Date(cause.expiresAt).toISOString(),
+      },
+    },
+  );
 }
 
 /** The error SendOtp answers when the relay never accepted the message. */

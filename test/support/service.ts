@@ -57,6 +57,9 @@ export async function startTestService(options: TestServiceOptions = {}): Promis
     SMTP_RETRY_MAX_DELAY: "100ms",
     SMTP_SOCKET_TIMEOUT: "2s",
     SEND_WAIT_BUDGET: "3s",
+    // These tests resend to one recipient at once; the cooldown (and every
+    // other limit) is tested in callers-and-limits.test.ts.
+    LIMIT_RESEND_COOLDOWN: "0",
     ...(prefix === undefined ? {} : { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: prefix }),
     ...options.env,
   });

@@ -36,6 +36,8 @@ describe("loadConfig", () => {
       OTP_SECRET: "x".repeat(40),
       MAIL_FROM: '"Acme Login" <no-reply@acme.example>',
       OTP_TTL: "5m",
+      // Production needs a caller (issue 3): here one token caller, SHA-256 of "token".
+      AUTH_TOKENS: "web:3c469e9d6c5875d37a43f353d4f88e61fcf812c66eee3457465a40b0da4153e0",
     });
     expect(config.mail).toMatchObject({ fromName: "Acme Login", fromAddress: "no-reply@acme.example" });
     expect(config.otp.ttlDefaultMs).toBe(300_000);
