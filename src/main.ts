@@ -3,6 +3,7 @@
  */
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
+import { doctorOptionsFromConfig, logDoctorReport, runDoctor } from "./doctor/doctor.js";
 import { createLogger, type Logger } from "./logger.js";
 import { startMetricsServer } from "./telemetry/metrics-server.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
@@ -19,7 +20,7 @@ function devBanner(config: Config, logger: Logger, port: number, host: string, s
       try_grpcurl: `grpcurl -plaintext -d '${data}' ${target} otp.v1.OtpEmailService/SendOtp`,
       try_buf_curl: `npx buf curl --protocol grpc --http2-prior-knowledge -d '${data}' http://${target}/otp.v1.OtpEmailService/SendOtp`,
     },
-    "DEVELOPMENT MODE: not for production (NODE_ENV=production requires REDIS_URL, SMTP_URL, OTP_SECRET and MAIL_FROM)",
+    "DEVELOPMENT MODE: not for production (NODE_ENV=production requires REDIS_URL, SMTP_URL, OTP_SECRET, MAIL_FROM and callers: AUTH_TOKENS or TLS_CLIENT_CA)",
   );
 }
 
@@ -47,6 +48,15 @@ async function main(): Promise<void> {
         });
   logger.info({ grpc: `${app.address.host}:${app.address.port}`, env: config.env }, "otp-email listening");
   if (config.env !== "production") devBanner(config, logger, app.address.port, app.address.host, app.captureSinkUrl);
+  // The doctor's checks, as warnings, whenever a real relay is configured: the
+  // operator learns at start-up why Gmail would junk or refuse the mail.
+  // Not awaited: each lookup may take up to DOCTOR_TIMEOUT.
+  if (config.smtp.url !== undefined && config.env !== "test") {
+    runDoctor(doctorOptionsFromConfig(config)).then(
+      (report) => logDoctorReport(report, logger),
+      (error: unknown) => logger.warn({ err: error }, "start-up sender-domain checks could not run"),
+    );
+  }
 
   let signalled = false;
   const onSignal = (signal: NodeJS.Signals): void => {
