@@ -16,7 +16,7 @@ import {
 } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema, QuotaFailureSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
@@ -73,6 +73,7 @@ export function errorDetails(error: grpc.ServiceError) {
     badRequest: unpack(BadRequestSchema),
     errorInfo: unpack(ErrorInfoSchema),
     retryInfo: unpack(RetryInfoSchema),
+    quotaFailure: unpack(QuotaFailureSchema),
   };
 }
 

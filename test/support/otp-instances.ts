@@ -8,15 +8,8 @@
 import { createHash, randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { create, fromBinary, type DescMessage, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
-import { anyUnpack } from "@bufbuild/protobuf/wkt";
+import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import {
-  ErrorInfoSchema,
-  QuotaFailureSchema,
-  RetryInfoSchema,
-} from "../../gen/google/rpc/error_details_pb.js";
-import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
 import { startApp, type App } from "../../src/app.js";
@@ -24,6 +17,7 @@ import type { Clock } from "../../src/clock.js";
 import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/logger.js";
 import { serviceDefinition } from "../../src/rpc/service-adapter.js";
+import { errorDetails, grpcError, grpcUnary } from "./grpc.js";
 
 const OtpClient = grpc.makeGenericClientConstructor(serviceDefinition(OtpEmailService), "OtpEmailService");
 const HealthClient = grpc.makeGenericClientConstructor(serviceDefinition(Health), "Health");
@@ -119,14 +113,7 @@ export async function startInstance(options: InstanceOptions): Promise<Instance>
   };
 }
 
-type UnaryFn = (
-  request: unknown,
-  metadata: grpc.Metadata,
-  options: grpc.CallOptions,
-  callback: (error: grpc.ServiceError | null, response?: unknown) => void,
-) => grpc.ClientUnaryCall;
-
-/** One unary call; rejects with the grpc-js ServiceError. */
+/** A unary call with a deadline (default 20 s). */
 export function call<I extends DescMessage, O extends DescMessage>(
   client: grpc.Client,
   method: DescMethodUnary<I, O>,
@@ -134,42 +121,15 @@ export function call<I extends DescMessage, O extends DescMessage>(
   metadata: grpc.Metadata = new grpc.Metadata(),
   deadlineMs = 20_000,
 ): Promise<MessageShape<O>> {
-  const fn = (client as unknown as Record<string, UnaryFn>)[method.name];
-  if (fn === undefined) throw new Error(`client has no ${method.name}`);
-  return new Promise((resolve, reject) => {
-    fn.call(client, create(method.input, request), metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
-      if (error) reject(error);
-      else resolve(response as MessageShape<O>);
-    });
-  });
+  return grpcUnary(client, method, request, { metadata, deadlineMs });
 }
 
 /** The ServiceError a call failed with; fails the test when it succeeded. */
-export async function failure(promise: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await promise;
-  } catch (error) {
-    if (typeof error === "object" && error !== null && "code" in error) return error as grpc.ServiceError;
-    throw error;
-  }
-  throw new Error("expected the call to fail");
-}
+export const failure = grpcError;
 
 /** The google.rpc details of a failed call, unpacked. */
-export function detailsOf(error: grpc.ServiceError) {
-  const [bytes] = error.metadata.get("grpc-status-details-bin");
-  if (!(bytes instanceof Buffer)) throw new Error("no grpc-status-details-bin trailer");
-  const status = fromBinary(StatusSchema, bytes);
-  const unpack = <T extends DescMessage>(schema: T) =>
-    status.details.map((any) => anyUnpack(any, schema)).find((value) => value !== undefined);
-  return {
-    errorInfo: unpack(ErrorInfoSchema),
-    retryInfo: unpack(RetryInfoSchema),
-    quotaFailure: unpack(QuotaFailureSchema),
-  };
-}
+export const detailsOf = errorDetails;
 
-/** RetryInfo's delay in milliseconds. */
 export function retryDelayMs(error: grpc.ServiceError): number | undefined {
   const delay = detailsOf(error).retryInfo?.retryDelay;
   return delay === undefined ? undefined : Number(delay.seconds) * 1000 + delay.nanos / 1e6;
