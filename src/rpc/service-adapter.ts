@@ -217,15 +217,21 @@ function wrapUnary(
     call: ServerUnaryCall<Incoming<DescMessage>, unknown>,
     callback: sendUnaryData<MessageShape<DescMessage>>,
   ) => {
-    const signal = abortSignalOf(call);
+    const { signal, release } = abortSignalOf(call);
     const respond = async (): Promise<MessageShape<DescMessage>> => {
       const response = await impl(decodedOrThrow(call.request), { call, signal });
       return create(method.output, response);
     };
     // The callback runs outside the try: if it threw, we must not call it twice.
     respond().then(
-      (response) => callback(null, response),
-      (error: unknown) => callback(toGrpcStatus(error, logger, site)),
+      (response) => {
+        release();
+        callback(null, response);
+      },
+      (error: unknown) => {
+        release();
+        callback(toGrpcStatus(error, logger, site));
+      },
     );
   };
 }
@@ -237,7 +243,7 @@ function wrapServerStreaming(
 ): handleServerStreamingCall<Incoming<DescMessage>, MessageShape<DescMessage>> {
   const site = { method: methodPath(method) };
   return (call: ServerWritableStream<Incoming<DescMessage>, MessageShape<DescMessage>>) => {
-    const signal = abortSignalOf(call);
+    const { signal, release } = abortSignalOf(call);
     const send = (message: MessageInitShape<DescMessage>): void => {
       if (!call.cancelled) call.write(create(method.output, message));
     };
@@ -246,9 +252,11 @@ function wrapServerStreaming(
     };
     stream().then(
       () => {
+        release();
         if (!call.cancelled) call.end();
       },
       (error: unknown) => {
+        release();
         const status = toGrpcStatus(error, logger, site);
         // grpc-js ends a writable server stream with the status emitted as 'error'.
         if (!call.cancelled) call.emit("error", status);
@@ -288,12 +296,21 @@ function decodedOrThrow<I extends DescMessage>(request: Incoming<I>): MessageSha
   return request;
 }
 
-/** One AbortSignal per call, aborted by grpc-js's 'cancelled' event. */
-function abortSignalOf(call: ServerCall): AbortSignal {
+/**
+ * One AbortSignal per call, aborted by grpc-js's 'cancelled' event while the
+ * handler runs. grpc-js also emits 'cancelled' after every call it has
+ * answered, so `release` (called once the handler settled) stops listening:
+ * otherwise every finished call pays for an abort and its DOMException.
+ */
+function abortSignalOf(call: ServerCall): { readonly signal: AbortSignal; readonly release: () => void } {
   const controller = new AbortController();
-  if (call.cancelled) controller.abort();
-  else call.once("cancelled", () => controller.abort());
-  return controller.signal;
+  if (call.cancelled) {
+    controller.abort();
+    return { signal: controller.signal, release: () => undefined };
+  }
+  const onCancelled = (): void => controller.abort();
+  call.once("cancelled", onCancelled);
+  return { signal: controller.signal, release: () => call.off("cancelled", onCancelled) };
 }
 
 /** A Buffer view over the bytes: grpc-js wants a Buffer, and a copy would be waste. */

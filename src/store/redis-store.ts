@@ -286,6 +286,12 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     // caller was already told failed.
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
+    // Commands issued in the same event-loop turn (concurrent requests, or a
+    // record and a code written together) leave in one socket write: at load
+    // that saves a write syscall per command (bench/: about 5 % of SendOtp's
+    // CPU and 25 % of VerifyOtp's). Per-command replies, timeouts and
+    // failures are unchanged.
+    enableAutoPipelining: true,
     retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt - 1, 10) + Math.random() * 100, maxReconnectDelayMs),
   };
   if (options.connectTimeoutMs !== undefined) redisOptions.connectTimeout = options.connectTimeoutMs;

@@ -1,0 +1,44 @@
+/**
+ * The framework ceiling, a child process: a bare grpc-js server with the same
+ * ServiceDefinition (and so the same protobuf-es codecs) as the service, whose
+ * handlers answer at once with a canned response: a real response the service
+ * gave in the same run. No domain, no Redis, no logging, no interceptors.
+ */
+import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
+import { serviceDefinition } from "../src/rpc/service-adapter.js";
+import { onParentCommand, sendToParent } from "./ipc.js";
+import type { EchoCommand, ListeningEvent, RpcMethod } from "./protocol.js";
+
+const outputs: Readonly<Record<RpcMethod, DescMessage>> = {
+  SendOtp: OtpEmailService.method.sendOtp.output,
+  GetDeliveryStatus: OtpEmailService.method.getDeliveryStatus.output,
+  VerifyOtp: OtpEmailService.method.verifyOtp.output,
+};
+
+function start(responses: Readonly<Partial<Record<RpcMethod, string>>>): void {
+  const server = new grpc.Server();
+  const implementation: grpc.UntypedServiceImplementation = {};
+  for (const method of Object.keys(outputs) as RpcMethod[]) {
+    const canned = responses[method];
+    if (canned === undefined) continue;
+    const response = fromBinary(outputs[method], Buffer.from(canned, "base64"));
+    implementation[method] = ((_call: unknown, callback: grpc.sendUnaryData<unknown>) => {
+      callback(null, response);
+    }) satisfies grpc.handleUnaryCall<unknown, unknown>;
+  }
+  const definition = serviceDefinition(OtpEmailService);
+  const served = Object.fromEntries(Object.entries(definition).filter(([name]) => name in implementation));
+  server.addService(served, implementation);
+  server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, port) => {
+    if (error) throw error;
+    const event: ListeningEvent = { type: "listening", port };
+    sendToParent(event);
+  });
+}
+
+onParentCommand<EchoCommand>((command) => {
+  if (command.type === "start") start(command.responses);
+  else process.exit(0);
+});

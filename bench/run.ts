@@ -1,0 +1,801 @@
+/**
+ * `npm run bench` (through bench/bench.mjs, which compiles first): starts a
+ * private redis-server, the SMTP sink, the load generator and, per scenario,
+ * the service exactly as `npm start` runs it; measures every scenario of
+ * issue 6 in one run; prints one table and the targets; writes results.json
+ * and results.svg.
+ *
+ *   --soak N        SendOtp calls in the soak (default 100000; 0 skips it)
+ *   --soak-max-s S  time bound of the soak (default 300)
+ *   --pool N        SMTP pool size of the service and of the ceiling (default 5, the service's default)
+ *   --cpu-prof      run every service with node --cpu-prof and print where its CPU went
+ *   --only LIST     run only these groups: smtp,service,echo,relay,tracing,dkim,soak (echo needs service)
+ *   --service-dist DIR  run the service from DIR instead of dist/ (a saved build, for before/after)
+ *   --smoke         one short scenario (the smoke test's run)
+ *   --out DIR       where results.json and results.svg go (default bench/)
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, cpus, release, tmpdir, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { readProc, watchProcess } from "./proc.js";
+import {
+  freePort,
+  killChildren,
+  readStartCommand,
+  repoRoot,
+  startEchoServer,
+  startLoadgen,
+  startOtlpReceiver,
+  startRedis,
+  startService,
+  startSink,
+  type BenchRedis,
+  type Loadgen,
+  type ServiceProcess,
+  type Sink,
+} from "./processes.js";
+import { formatProfile, summarizeProfile } from "./profile-summary.js";
+import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, VerifyItem } from "./protocol.js";
+import {
+  evaluateTargets,
+  formatMachine,
+  formatScenarioTable,
+  formatTargets,
+  renderSvg,
+  type BenchReport,
+  type Machine,
+  type ProcessRole,
+  type RoundTrips,
+  type RunSummary,
+  type ScenarioResult,
+  type SoakPoint,
+} from "./report.js";
+import {
+  baseEnv,
+  checkBaseEnv,
+  dkimEnv,
+  newBenchCaller,
+  probeDkim,
+  probeFeatures,
+  probeTelemetry,
+  runBounds,
+  tracingEnv,
+  type BenchCaller,
+  type Env,
+  type ProfileName,
+} from "./scenarios.js";
+
+interface BenchOptions {
+  readonly profile: ProfileName;
+  readonly soak: number;
+  readonly soakMaxMs: number;
+  readonly poolSize: number;
+  readonly cpuProf: boolean;
+  readonly outDir: string;
+  readonly groups: ReadonlySet<Group>;
+  readonly serviceDist: string | undefined;
+}
+
+const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
+type Group = (typeof groups)[number];
+
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--only ${groups.join(",")}] [--service-dist DIR] [--smoke] [--out DIR]`;
+
+function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`--${name} must be a whole number >= ${min}\n${usage}`);
+  return Number(raw);
+}
+
+function readOptions(argv: readonly string[]): BenchOptions | undefined {
+  const { values } = parseArgs({
+    args: [...argv],
+    strict: true,
+    options: {
+      smoke: { type: "boolean" },
+      soak: { type: "string" },
+      "soak-max-s": { type: "string" },
+      pool: { type: "string" },
+      "cpu-prof": { type: "boolean" },
+      out: { type: "string" },
+      only: { type: "string" },
+      "service-dist": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help === true) return undefined;
+  const only = values.only?.split(",").map((group) => group.trim()) ?? [...groups];
+  const unknown = only.filter((group) => !(groups as readonly string[]).includes(group));
+  if (unknown.length > 0) throw new Error(`--only: unknown group ${unknown.join(", ")}\n${usage}`);
+  return {
+    groups: new Set(only as Group[]),
+    serviceDist: values["service-dist"],
+    profile: values.smoke === true ? "smoke" : "full",
+    soak: wholeNumber("soak", values.soak, 100_000, 0),
+    soakMaxMs: wholeNumber("soak-max-s", values["soak-max-s"], 300, 1) * 1000,
+    poolSize: wholeNumber("pool", values.pool, 5, 1),
+    cpuProf: values["cpu-prof"] === true,
+    outDir: resolve(values.out ?? join(repoRoot, "bench")),
+  };
+}
+
+/** Everything a scenario needs. */
+interface Bench {
+  readonly options: BenchOptions;
+  readonly redis: BenchRedis;
+  readonly sink: Sink;
+  readonly loadgen: Loadgen;
+  readonly caller: BenchCaller;
+  readonly env: Env;
+  readonly metricsPort: number;
+  readonly workDir: string;
+  readonly scenarios: ScenarioResult[];
+  readonly roundTrips: RoundTrips[];
+  readonly soak: SoakPoint[];
+  readonly features: Record<string, string>;
+  /** Helper processes of the moment (the OTLP receiver). */
+  readonly extraPids: number[];
+}
+
+const progress = (line: string): void => console.error(line);
+
+let runCounter = 0;
+const newRunId = (): string => `${randomBytes(3).toString("hex")}${(runCounter++).toString(36)}`;
+
+function grpcJob(
+  bench: Bench,
+  address: string,
+  method: RpcMethod,
+  plan: RequestPlan,
+  bounds: LoadBounds,
+  extra: { milestones?: readonly number[]; collect?: boolean } = {},
+): GrpcJob {
+  return {
+    kind: "grpc",
+    address,
+    method,
+    plan,
+    ...bounds,
+    milestones: extra.milestones ?? [],
+    token: bench.caller.token,
+    collect: extra.collect ?? false,
+  };
+}
+
+function smtpJob(bench: Bench, pooled: boolean, bounds: LoadBounds): SmtpJob {
+  return {
+    kind: "smtp",
+    host: "127.0.0.1",
+    port: bench.sink.port,
+    pooled,
+    poolSize: bench.options.poolSize,
+    maxMessagesPerConnection: 100,
+    ...bounds,
+  };
+}
+
+interface ScenarioSpec {
+  readonly id: string;
+  readonly title: string;
+  readonly job: GrpcJob | SmtpJob;
+  /** The process whose CPU and memory the row reports. */
+  readonly watch: { readonly pid: number; readonly role: ProcessRole };
+  readonly onMilestone?: (completed: number) => void;
+}
+
+/** A run's numbers, without the ids and samples kept for later runs. */
+function summaryOf(result: RunResult): RunSummary {
+  const { measured, ok, errors, unexpected, errorSample, windowMs, throughput, latencyMs, stoppedBy, totalCompleted } = result;
+  return { measured, ok, errors, unexpected, errorSample, windowMs, throughput, latencyMs, stoppedBy, totalCompleted };
+}
+
+/** The benchmark's own long-lived processes (the service or echo server is added per scenario). */
+function ownPids(bench: Bench): number[] {
+  return [process.pid, bench.loadgen.pid, bench.sink.pid, bench.redis.pid, ...bench.extraPids];
+}
+
+/** Runs one measured scenario and records its row; a failure is recorded, not thrown. */
+async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | undefined> {
+  const before = await bench.sink.count();
+  let watch: ReturnType<typeof watchProcess> | undefined;
+  try {
+    const result = await bench.loadgen.run(spec.job, {
+      onMeasuring: () => {
+        watch = watchProcess(spec.watch.pid, [...ownPids(bench), spec.watch.pid]);
+      },
+      ...(spec.onMilestone === undefined ? {} : { onMilestone: spec.onMilestone }),
+    });
+    const window = watch?.stop();
+    const after = await bench.sink.count();
+    const run: RunSummary = summaryOf(result);
+    const row: ScenarioResult = {
+      id: spec.id,
+      title: spec.title,
+      concurrency: spec.job.concurrency,
+      status: "ok",
+      run,
+      ...(window === undefined
+        ? {}
+        : {
+            usage: {
+              role: spec.watch.role,
+              cpuPercent: window.cpuPercent,
+              cpuMsPerOp: result.measured > 0 ? window.cpuMs / result.measured : 0,
+              peakRssMb: window.peakRssBytes / 2 ** 20,
+              hwmMb: window.hwmBytes / 2 ** 20,
+              othersPercent: window.othersPercent,
+            },
+          }),
+      sink: {
+        messages: after.accepted - before.accepted,
+        signed: after.signed - before.signed,
+        connections: after.connections - before.connections,
+      },
+      ...(result.errorSample === undefined ? {} : { note: result.errorSample }),
+    };
+    bench.scenarios.push(row);
+    const errors = result.measured - result.ok;
+    progress(
+      `  ${spec.id.padEnd(22)} ${result.throughput.toFixed(0).padStart(6)} req/s  p50 ${result.latencyMs.p50.toFixed(2)} ms  p99 ${result.latencyMs.p99.toFixed(2)} ms` +
+        `${errors > 0 ? `  ${errors} errors (${result.errorSample ?? JSON.stringify(result.unexpected)})` : ""}`,
+    );
+    return result;
+  } catch (error) {
+    watch?.stop();
+    const note = error instanceof Error ? error.message : String(error);
+    bench.scenarios.push({ id: spec.id, title: spec.title, concurrency: spec.job.concurrency, status: "failed", note });
+    progress(`  ${spec.id}: FAILED: ${note}`);
+    return undefined;
+  }
+}
+
+function notBuilt(bench: Bench, id: string, title: string, concurrency: number, reason: string): void {
+  bench.scenarios.push({ id, title, concurrency, status: "n/a", note: reason });
+  progress(`  ${id.padEnd(22)} n/a (feature not built yet): ${reason}`);
+}
+
+/** A scenario left out of this run (--only), not for want of a feature. */
+function notRun(bench: Bench, id: string, title: string, concurrency: number, reason: string): void {
+  bench.scenarios.push({ id, title, concurrency, status: "skipped", note: reason });
+  progress(`  ${id.padEnd(22)} skipped: ${reason}`);
+}
+
+/** Starts the service for `name`, runs `body`, stops it (and summarizes its CPU profile with --cpu-prof). */
+async function withService<T>(bench: Bench, name: string, env: Env, body: (service: ServiceProcess) => Promise<T>): Promise<T> {
+  // One directory per service: V8 writes a profile per thread (module
+  // loader hooks run in a thread of their own), named by pid and thread.
+  const profileDir = join(bench.options.outDir, "profiles", name);
+  if (bench.options.cpuProf) {
+    rmSync(profileDir, { recursive: true, force: true });
+    mkdirSync(profileDir, { recursive: true });
+  }
+  const service = await startService({
+    env,
+    extraNodeArgs: bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [],
+    logPath: join(bench.workDir, `service-${name}.log`),
+    token: bench.caller.token,
+    distDir: bench.options.serviceDist,
+  });
+  progress(`service "${name}" (pid ${service.pid}): ${service.command}`);
+  const readyUs = Number(process.hrtime.bigint() / 1000n);
+  try {
+    return await body(service);
+  } finally {
+    await service.stop();
+    if (bench.options.cpuProf) reportProfile(name, profileDir, readyUs);
+  }
+}
+
+/** Prints the summary of the busiest thread's profile (the main thread's), from `sinceUs` on. */
+function reportProfile(name: string, dir: string, sinceUs: number): void {
+  const files = existsSync(dir) ? readdirSync(dir).filter((file) => file.endsWith(".cpuprofile")) : [];
+  const summaries = files.map((file) => ({ file, summary: summarizeProfile(join(dir, file), 20, sinceUs) }));
+  const busy = (entry: (typeof summaries)[number]): number =>
+    entry.summary.totalMs - (entry.summary.byPackage.find((item) => item.name === "(idle)")?.selfMs ?? 0);
+  const busiest = summaries.sort((a, b) => busy(b) - busy(a))[0];
+  if (busiest === undefined) {
+    progress(`no CPU profile for service "${name}" in ${dir}`);
+    return;
+  }
+  progress(`CPU profile of service "${name}" once SERVING (${join(dir, busiest.file)}):\n${formatProfile(busiest.summary)}`);
+}
+
+/**
+ * Counts, at concurrency 1, the Redis commands `calls` calls of `method`
+ * send (first pass, under MONITOR) and the round trips they wait for
+ * (second pass, Redis's read events). `plans[pass]` feeds each pass.
+ */
+async function countRoundTrips(
+  bench: Bench,
+  service: ServiceProcess,
+  method: RpcMethod,
+  plans: readonly [RequestPlan, RequestPlan],
+  calls: number,
+): Promise<void> {
+  const job = (plan: RequestPlan): GrpcJob => grpcJob(bench, service.address, method, plan, { concurrency: 1, warmup: 0, count: calls, maxMs: 60_000 });
+  try {
+    const { result, counts } = await bench.redis.countCommands(() => bench.loadgen.run(job(plans[0])));
+    const readsBefore = await bench.redis.readsProcessed();
+    const second = await bench.loadgen.run(job(plans[1]));
+    // The second INFO is itself one read event.
+    const reads = (await bench.redis.readsProcessed()) - readsBefore - 1;
+    const total = Object.values(counts).reduce((sum, count) => sum + count, 0);
+    const done = Math.max(1, result.measured);
+    const entry: RoundTrips = {
+      method,
+      calls: done,
+      commandsPerCall: total / done,
+      byCommand: counts,
+      roundTripsPerCall: reads / Math.max(1, second.measured),
+    };
+    bench.roundTrips.push(entry);
+    const errors = result.measured - result.ok + second.measured - second.ok;
+    progress(
+      `  redis per ${method}: ${entry.roundTripsPerCall.toFixed(2)} round trips, ${entry.commandsPerCall.toFixed(2)} commands ${JSON.stringify(counts)}` +
+        `${errors > 0 ? ` (${errors} errors)` : ""}`,
+    );
+  } catch (error) {
+    progress(`  redis per ${method}: FAILED: ${(error as Error).message}`);
+  }
+}
+
+/** Scrapes the metrics endpoint every second while `work` runs, as Prometheus would (more often). */
+async function whileScraping<T>(port: number, work: () => Promise<T>): Promise<{ result: T; scrapes: number; failures: number }> {
+  let scrapes = 0;
+  let failures = 0;
+  let stop = false;
+  const loop = (async () => {
+    while (!stop) {
+      try {
+        const response = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000) });
+        await response.arrayBuffer();
+        if (response.ok) scrapes++;
+        else failures++;
+      } catch {
+        failures++;
+      }
+      await new Promise((resolvePromise) => setTimeout(resolvePromise, 1000));
+    }
+  })();
+  try {
+    return { result: await work(), scrapes, failures };
+  } finally {
+    stop = true;
+    await loop;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The runs
+
+async function smokeRun(bench: Bench): Promise<void> {
+  await withService(bench, "smoke", bench.env, async (service) => {
+    await scenario(bench, {
+      id: "sendotp-c4",
+      title: "SendOtp end to end",
+      job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, runBounds("smoke", 4)),
+      watch: { pid: service.pid, role: "service" },
+    });
+    const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
+    await countRoundTrips(bench, service, "SendOtp", [send(), send()], 10);
+  });
+}
+
+const bounds = (concurrency: number): LoadBounds => runBounds("full", concurrency);
+
+/** Status and verify runs are bounded by the codes seeded for them. */
+const verifyBounds: LoadBounds = { concurrency: 64, warmup: 1000, count: 8000, maxMs: 6000 };
+const roundTripCalls = 200;
+
+/** What the service group leaves for the echo group: real responses and the requests' inputs. */
+interface Seeds {
+  readonly samples: Partial<Record<RpcMethod, string>>;
+  readonly messageIds: string[];
+  readonly items: VerifyItem[];
+}
+
+async function fullRun(bench: Bench): Promise<void> {
+  const seeds: Seeds = { samples: {}, messageIds: [], items: [] };
+  const steps: readonly [Group, () => Promise<void>][] = [
+    ["smtp", () => smtpGroup(bench)],
+    ["service", () => serviceGroup(bench, seeds)],
+    ["echo", () => echoGroup(bench, seeds)],
+    ["relay", () => relayGroup(bench)],
+    ["tracing", () => tracingGroup(bench)],
+    ["dkim", () => dkimGroup(bench)],
+    ["soak", () => (bench.options.soak > 0 ? soakRun(bench) : Promise.resolve())],
+  ];
+  for (const [group, step] of steps) {
+    if (!bench.options.groups.has(group)) continue;
+    // A group that cannot run (a service that will not start) is a failed row; the others still run.
+    try {
+      await step();
+    } catch (error) {
+      const note = error instanceof Error ? error.message : String(error);
+      bench.scenarios.push({ id: `${group}-group`, title: `${group} group`, concurrency: 0, status: "failed", note });
+      progress(`  ${group} group: FAILED: ${note}`);
+    }
+  }
+}
+
+async function smtpGroup(bench: Bench): Promise<void> {
+  progress("SMTP ceiling and naive design (load generator -> sink, no gRPC, no Redis)");
+  for (const concurrency of [1, 16, 64]) {
+    await scenario(bench, {
+      id: `smtp-ceiling-c${concurrency}`,
+      title: `SMTP ceiling: nodemailer pool of ${bench.options.poolSize}`,
+      job: smtpJob(bench, true, bounds(concurrency)),
+      watch: { pid: bench.loadgen.pid, role: "sender" },
+    });
+  }
+  for (const concurrency of [16, 64]) {
+    await scenario(bench, {
+      id: `smtp-naive-c${concurrency}`,
+      title: "Naive: new SMTP connection per message",
+      job: smtpJob(bench, false, bounds(concurrency)),
+      watch: { pid: bench.loadgen.pid, role: "sender" },
+    });
+  }
+}
+
+async function serviceGroup(bench: Bench, seeds: Seeds): Promise<void> {
+  progress("SendOtp end to end, GetDeliveryStatus, VerifyOtp, Redis round trips");
+  await withService(bench, "baseline", bench.env, async (service) => {
+    const watch = { pid: service.pid, role: "service" } as const;
+    for (const concurrency of [1, 16, 64]) {
+      await scenario(bench, {
+        id: `sendotp-c${concurrency}`,
+        title: "SendOtp end to end",
+        job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(concurrency)),
+        watch,
+      });
+    }
+
+    const seedCount = verifyBounds.warmup + verifyBounds.count + 2 * roundTripCalls;
+    const seed = await bench.loadgen.run(
+      grpcJob(
+        bench,
+        service.address,
+        "SendOtp",
+        { kind: "send", runId: newRunId(), withCodes: true },
+        { concurrency: 64, warmup: 0, count: seedCount, maxMs: 120_000 },
+        { collect: true },
+      ),
+    );
+    seeds.messageIds.push(...seed.messageIds);
+    seeds.items.push(...seed.verifyItems);
+    progress(`  seeded ${seed.verifyItems.length} codes for GetDeliveryStatus and VerifyOtp`);
+
+    const status = await scenario(bench, {
+      id: "status-c64",
+      title: "GetDeliveryStatus",
+      job: grpcJob(bench, service.address, "GetDeliveryStatus", { kind: "status", messageIds: seeds.messageIds }, bounds(64)),
+      watch,
+    });
+    if (status?.sampleResponse !== undefined) seeds.samples.GetDeliveryStatus = status.sampleResponse;
+
+    const items = verifyRunItems(seeds);
+    const verify = await scenario(bench, {
+      id: "verify-c64",
+      title: "VerifyOtp (correct code)",
+      job: grpcJob(bench, service.address, "VerifyOtp", { kind: "verify", items }, verifyRunBounds(items)),
+      watch,
+    });
+    if (verify?.sampleResponse !== undefined) seeds.samples.VerifyOtp = verify.sampleResponse;
+
+    const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
+    await countRoundTrips(bench, service, "SendOtp", [send(), send()], roundTripCalls);
+    const statusPlan: RequestPlan = { kind: "status", messageIds: seeds.messageIds };
+    await countRoundTrips(bench, service, "GetDeliveryStatus", [statusPlan, statusPlan], roundTripCalls);
+    // Each code verifies once: two passes need two sets.
+    const spare = seeds.items.slice(items.length, items.length + 2 * roundTripCalls);
+    const half = Math.floor(spare.length / 2);
+    if (half > 0) {
+      const pass = (from: number): RequestPlan => ({ kind: "verify", items: spare.slice(from, from + half) });
+      await countRoundTrips(bench, service, "VerifyOtp", [pass(0), pass(half)], half);
+    }
+  });
+
+  // The naive design inside the service itself: the same pool size, but every
+  // connection carries one message (what the classic wrapper did, minus TLS).
+  await withService(bench, "naive", { ...bench.env, SMTP_MAX_MESSAGES_PER_CONNECTION: "1" }, async (service) => {
+    await scenario(bench, {
+      id: "sendotp-naive-c64",
+      title: "SendOtp, new SMTP connection per message",
+      job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(64)),
+      watch: { pid: service.pid, role: "service" },
+    });
+  });
+}
+
+function verifyRunItems(seeds: Seeds): VerifyItem[] {
+  return seeds.items.slice(0, verifyBounds.warmup + verifyBounds.count);
+}
+
+function verifyRunBounds(items: readonly VerifyItem[]): LoadBounds {
+  return { ...verifyBounds, count: Math.max(0, items.length - verifyBounds.warmup) };
+}
+
+async function echoGroup(bench: Bench, seeds: Seeds): Promise<void> {
+  progress("bare grpc-js echo server (the framework ceiling), same load generator, same requests");
+  if (seeds.samples.GetDeliveryStatus === undefined) {
+    notRun(bench, "echo-status-c64", "grpc-js echo: GetDeliveryStatus", 64, "needs the service group's GetDeliveryStatus run");
+  }
+  if (seeds.samples.VerifyOtp === undefined) {
+    notRun(bench, "echo-verify-c64", "grpc-js echo: VerifyOtp", 64, "needs the service group's VerifyOtp run");
+  }
+  if (seeds.samples.GetDeliveryStatus === undefined && seeds.samples.VerifyOtp === undefined) return;
+  const echo = await startEchoServer(seeds.samples);
+  try {
+    const watch = { pid: echo.pid, role: "echo" } as const;
+    if (seeds.samples.GetDeliveryStatus !== undefined) {
+      await scenario(bench, {
+        id: "echo-status-c64",
+        title: "grpc-js echo: GetDeliveryStatus",
+        job: grpcJob(bench, echo.address, "GetDeliveryStatus", { kind: "status", messageIds: seeds.messageIds }, bounds(64)),
+        watch,
+      });
+    }
+    if (seeds.samples.VerifyOtp !== undefined) {
+      const items = verifyRunItems(seeds);
+      await scenario(bench, {
+        id: "echo-verify-c64",
+        title: "grpc-js echo: VerifyOtp",
+        job: grpcJob(bench, echo.address, "VerifyOtp", { kind: "verify", items }, verifyRunBounds(items)),
+        watch,
+      });
+    }
+  } finally {
+    await echo.close();
+  }
+}
+
+/** A relay's time to queue a message before it answers 250 (Postfix writing its queue file, say). */
+const relayDelayMs = 20;
+
+/**
+ * The ceiling and SendOtp again, against a relay that answers each message
+ * after `relayDelayMs`: the regime of a real relay, where the SMTP
+ * conversation and not this machine's CPU sets the ceiling.
+ */
+async function relayGroup(bench: Bench): Promise<void> {
+  progress(`a relay that takes ${relayDelayMs} ms to queue each message (the sink answers late)`);
+  const relayBounds: LoadBounds = { concurrency: 64, warmup: 200, count: 60_000, maxMs: 7000 };
+  await bench.sink.setReplyDelay(relayDelayMs);
+  try {
+    await scenario(bench, {
+      id: "smtp-ceiling-relay-c64",
+      title: `SMTP ceiling, relay ${relayDelayMs} ms per message`,
+      job: smtpJob(bench, true, relayBounds),
+      watch: { pid: bench.loadgen.pid, role: "sender" },
+    });
+    await withService(bench, "relay", bench.env, async (service) => {
+      await scenario(bench, {
+        id: "sendotp-relay-c64",
+        title: `SendOtp, relay ${relayDelayMs} ms per message`,
+        job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, relayBounds),
+        watch: { pid: service.pid, role: "service" },
+      });
+    });
+  } finally {
+    await bench.sink.setReplyDelay(0);
+  }
+}
+
+async function tracingGroup(bench: Bench): Promise<void> {
+  progress("tracing and metrics on (tracing off is the SendOtp c64 row)");
+  const telemetry = probeTelemetry();
+  bench.features["tracing+metrics"] = telemetry.built ? telemetry.note : `n/a: ${telemetry.reason}`;
+  if (!telemetry.built) {
+    notBuilt(bench, "sendotp-traced-c64", "SendOtp, tracing + metrics on", 64, telemetry.reason);
+    return;
+  }
+  const receiver = await startOtlpReceiver();
+  bench.extraPids.push(receiver.pid);
+  try {
+    await withService(bench, "traced", { ...bench.env, ...tracingEnv(receiver.url) }, async (service) => {
+      const { scrapes, failures } = await whileScraping(bench.metricsPort, () =>
+        scenario(bench, {
+          id: "sendotp-traced-c64",
+          title: "SendOtp, tracing + metrics on",
+          job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(64)),
+          watch: { pid: service.pid, role: "service" },
+        }),
+      );
+      // A graceful stop flushes the batch span processor before we count.
+      await service.stop();
+      const received = await receiver.count();
+      const note =
+        `OTLP receiver: ${received.requests} exports, ${(received.bytes / 1024).toFixed(0)} KiB ${JSON.stringify(received.paths)}; ` +
+        `/metrics scraped ${scrapes}x (${failures} failed)`;
+      bench.features["tracing+metrics"] += `; ${note}`;
+      progress(`  ${note}`);
+      const index = bench.scenarios.findIndex((row) => row.id === "sendotp-traced-c64");
+      const row = bench.scenarios[index];
+      if (row?.status === "ok" && received.requests === 0 && scrapes === 0) {
+        // The module is there but nothing was exported or served: the row would be plain SendOtp under another name.
+        bench.scenarios[index] = { ...row, status: "n/a", note: "telemetry module present, but no span exported and no /metrics served" };
+        bench.features["tracing+metrics"] = `n/a: telemetry module present, but nothing exported or served; ${note}`;
+        progress("  sendotp-traced-c64: nothing exported or scraped: n/a (feature not built yet)");
+      } else if (row?.status === "ok" && (received.requests === 0 || scrapes === 0)) {
+        bench.scenarios[index] = { ...row, note: received.requests === 0 ? "no span reached the OTLP receiver" : "/metrics did not answer" };
+      }
+    });
+  } finally {
+    bench.extraPids.length = 0;
+    await receiver.close();
+  }
+}
+
+async function dkimGroup(bench: Bench): Promise<void> {
+  progress("DKIM signing (RSA 2048)");
+  const dkim = dkimEnv();
+  const probe = probeDkim(bench.env, dkim);
+  bench.features["dkim"] = probe.built ? probe.note : `n/a: ${probe.reason}`;
+  if (!probe.built) {
+    notBuilt(bench, "sendotp-dkim-c64", "SendOtp, DKIM RSA 2048", 64, probe.reason);
+    return;
+  }
+  await withService(bench, "dkim", { ...bench.env, ...dkim }, async (service) => {
+    await scenario(bench, {
+      id: "sendotp-dkim-c64",
+      title: "SendOtp, DKIM RSA 2048",
+      job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(64)),
+      watch: { pid: service.pid, role: "service" },
+    });
+  });
+  const index = bench.scenarios.findIndex((row) => row.id === "sendotp-dkim-c64");
+  const row = bench.scenarios[index];
+  if (row?.status === "ok" && (row.sink?.signed ?? 0) === 0) {
+    // The config takes DKIM_* but nothing was signed: the row would be a plain SendOtp under another name.
+    bench.scenarios[index] = { ...row, status: "n/a", note: "config accepts DKIM_* but no message reached the sink signed" };
+    bench.features["dkim"] = "n/a: config accepts DKIM_* but messages are not signed yet";
+    progress("  sendotp-dkim-c64: no signed message at the sink: n/a (feature not built yet)");
+  } else if (row?.sink !== undefined) {
+    bench.features["dkim"] += `; ${row.sink.signed} of ${row.sink.messages} messages signed at the sink`;
+  }
+}
+
+async function soakRun(bench: Bench): Promise<void> {
+  const count = bench.options.soak;
+  progress(`soak: ${count} SendOtp at concurrency 64 on a fresh service and an empty Redis (bounded to ${bench.options.soakMaxMs / 1000} s)`);
+  await bench.redis.flush();
+  const milestones: number[] = [];
+  for (let n = 10_000; n < count; n += 10_000) milestones.push(n);
+  milestones.push(count);
+  await withService(bench, "soak", bench.env, async (service) => {
+    const started = performance.now();
+    const pending: Promise<void>[] = [];
+    await scenario(bench, {
+      id: "sendotp-soak",
+      title: `SendOtp soak (${count} sends)`,
+      job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, {
+        concurrency: 64,
+        warmup: 0,
+        count,
+        maxMs: bench.options.soakMaxMs,
+      }, { milestones }),
+      watch: { pid: service.pid, role: "service" },
+      onMilestone: (sends) => {
+        const rss = readProc(service.pid)?.rssBytes ?? 0;
+        const elapsedS = (performance.now() - started) / 1000;
+        pending.push(
+          bench.redis.usedMemoryBytes().then((used) => {
+            bench.soak.push({ sends, elapsedS, rssMb: rss / 2 ** 20, redisUsedMb: used / 2 ** 20 });
+            if (sends === 10_000 || sends === count || sends % 50_000 === 0) {
+              progress(`  ${sends} sends after ${elapsedS.toFixed(0)} s: service RSS ${(rss / 2 ** 20).toFixed(0)} MB, Redis used_memory ${(used / 2 ** 20).toFixed(0)} MB`);
+            }
+          }),
+        );
+      },
+    });
+    await Promise.all(pending);
+    bench.soak.sort((a, b) => a.sends - b.sends);
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const options = readOptions(argv);
+  if (options === undefined) {
+    console.log(usage);
+    return 0;
+  }
+  const startedAt = new Date();
+  const workDir = mkdtempSync(join(tmpdir(), "otp-bench-"));
+  mkdirSync(options.outDir, { recursive: true });
+  progress(`otp-email bench (${options.profile}); service logs in ${workDir}`);
+
+  const redis = await startRedis();
+  let sink: Sink | undefined;
+  let loadgen: Loadgen | undefined;
+  let bench: Bench;
+  try {
+    sink = await startSink();
+    loadgen = await startLoadgen();
+    const caller = newBenchCaller();
+    const metricsPort = await freePort();
+    const env = baseEnv({ redisUrl: redis.url, smtpUrl: sink.url, poolSize: options.poolSize, caller, metricsPort, deadDnsPort: await freePort() });
+    checkBaseEnv(env);
+    const present = probeFeatures(env);
+    bench = {
+      options,
+      redis,
+      sink,
+      loadgen,
+      caller,
+      env,
+      metricsPort,
+      workDir,
+      scenarios: [],
+      roundTrips: [],
+      soak: [],
+      extraPids: [],
+      features: {
+        limits: present.limits ? "on, limits far above the load (LIMIT_*)" : "not in the tree yet",
+        "caller auth": present.callerAuth ? "on, one bearer token (AUTH_TOKENS)" : "not in the tree yet",
+      },
+    };
+    if (options.profile === "smoke") await smokeRun(bench);
+    else await fullRun(bench);
+  } finally {
+    await loadgen?.close();
+    await sink?.close();
+    await redis.stop();
+    killChildren();
+  }
+
+  const machine: Machine = {
+    cpuModel: cpus()[0]?.model.trim() ?? "unknown",
+    cores: availableParallelism(),
+    memoryGb: Math.round(totalmem() / 2 ** 30),
+    node: process.versions.node,
+    redis: redis.version,
+    kernel: release(),
+  };
+  const report: BenchReport = {
+    startedAt: startedAt.toISOString(),
+    durationS: Math.round((Date.now() - startedAt.getTime()) / 1000),
+    machine,
+    options: { ...options, groups: [...options.groups], outDir: undefined },
+    serviceCommand: readStartCommand().text,
+    features: bench.features,
+    scenarios: bench.scenarios,
+    roundTrips: bench.roundTrips,
+    soak: bench.soak,
+    targets: evaluateTargets(bench.scenarios, bench.roundTrips, bench.soak),
+  };
+  writeFileSync(join(options.outDir, "results.json"), `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(join(options.outDir, "results.svg"), renderSvg(report));
+
+  console.log(`\nOtpEmail benchmark, ${report.startedAt} (${report.durationS} s)`);
+  console.log(`machine: ${formatMachine(machine)}`);
+  console.log(`service: ${report.serviceCommand}; SMTP pool ${options.poolSize}; limits: ${bench.features["limits"]}; caller auth: ${bench.features["caller auth"]}\n`);
+  console.log(formatScenarioTable(report.scenarios));
+  if (report.roundTrips.length > 0) {
+    console.log(`\nRedis per call at concurrency 1: round trips (read events) and commands (MONITOR; Lua's own calls excluded):`);
+    for (const entry of report.roundTrips) {
+      console.log(
+        `  ${entry.method.padEnd(18)} ${entry.roundTripsPerCall.toFixed(2)} round trips, ${entry.commandsPerCall.toFixed(2)} commands ${JSON.stringify(entry.byCommand)} over ${entry.calls} calls`,
+      );
+    }
+  }
+  if (report.soak.length > 0) {
+    console.log(`\nSoak: service RSS and Redis used_memory by sends`);
+    for (const point of report.soak) {
+      console.log(`  ${String(point.sends).padStart(7)} sends  ${point.elapsedS.toFixed(0).padStart(4)} s  RSS ${point.rssMb.toFixed(0).padStart(4)} MB  Redis ${point.redisUsedMb.toFixed(0).padStart(4)} MB`);
+    }
+  }
+  const notes = Object.entries(bench.features).map(([name, value]) => `  ${name}: ${value}`);
+  console.log(`\nFeatures:\n${notes.join("\n")}`);
+  console.log(`\nTargets (ratios within this run):\n${formatTargets(report.targets)}`);
+  console.log(`\nwrote ${join(options.outDir, "results.json")} and results.svg`);
+  const failed = bench.scenarios.some((row) => row.status === "failed");
+  // The service logs (about 1 KB per SendOtp) are kept only when something failed.
+  if (failed) console.log(`service logs kept in ${workDir}`);
+  else rmSync(workDir, { recursive: true, force: true });
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,63 @@
+/**
+ * The benchmark must not rot: `npm run bench -- --smoke` runs one short
+ * scenario through the same code paths as the full run (compile if needed, a
+ * private redis-server, the SMTP sink and the load generator as processes of
+ * their own, the service started exactly as `npm start` starts it, the report
+ * and the chart). Nothing here is timed: the test checks that every request
+ * was answered and counted, never how fast.
+ */
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { afterAll, describe, expect, it } from "vitest";
+import type { BenchReport } from "../../bench/report.js";
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const out = mkdtempSync(join(tmpdir(), "otp-bench-smoke-"));
+
+afterAll(() => {
+  rmSync(out, { recursive: true, force: true });
+});
+
+describe("npm run bench -- --smoke", () => {
+  it("sends SendOtp through the service process, counts Redis round trips and writes the results", async () => {
+    // Generous bound: a cold run compiles the service and the benchmark first.
+    const { stdout } = await run(process.execPath, ["bench/bench.mjs", "--smoke", "--out", out], {
+      cwd: root,
+      timeout: 240_000,
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    const report = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as BenchReport;
+
+    expect(report.machine.cores).toBeGreaterThan(0);
+    expect(report.machine.node).toBe(process.versions.node);
+    expect(report.serviceCommand).toMatch(/^node .*dist\/src\/main\.js$/);
+
+    const row = report.scenarios.find((scenario) => scenario.id === "sendotp-c4");
+    expect(row?.status).toBe("ok");
+    // 5 warm-up requests, then 40 measured: all answered ACCEPTED, and every one reached the sink.
+    expect(row?.run?.measured).toBe(40);
+    expect(row?.run?.ok).toBe(40);
+    expect(row?.run?.errors).toEqual({});
+    expect(row?.run?.unexpected).toEqual({});
+    expect(row?.sink?.messages).toBe(45);
+    const latency = row?.run?.latencyMs;
+    expect(latency?.p50).toBeGreaterThan(0);
+    expect(latency?.p50).toBeLessThanOrEqual(latency?.p99 ?? 0);
+    expect(row?.usage?.role).toBe("service");
+    expect(row?.usage?.peakRssMb).toBeGreaterThan(0);
+
+    const sends = report.roundTrips.find((entry) => entry.method === "SendOtp");
+    expect(sends?.calls).toBe(10);
+    // At least the record and the code; the exact count is the benchmark's to report.
+    expect(sends?.commandsPerCall).toBeGreaterThanOrEqual(2);
+
+    expect(report.targets.map((target) => target.id)).toContain("redis-round-trips");
+    expect(readFileSync(join(out, "results.svg"), "utf8")).toMatch(/^<svg [^>]*>[\s\S]*SendOtp end to end[\s\S]*<\/svg>\n$/);
+    expect(stdout).toContain("SendOtp end to end");
+  }, 300_000);
+});
