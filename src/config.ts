@@ -323,6 +323,11 @@ function readLimits(read: Reader): LimitsConfig {
   };
 }
 
+/** The process's own environment, parsed: the only `process.env` read of the service. */
+export function loadConfigFromProcess(): Config {
+  return loadConfig(process.env);
+}
+
 /** Parses and validates the environment. Throws ConfigError naming the variable. */
 export function loadConfig(env: Env): Config {
   const read = new Reader(env);

@@ -2,7 +2,7 @@
  * The service's entry point: config -> app -> signals. Wiring only.
  */
 import { startApp } from "./app.js";
-import { ConfigError, loadConfig, type Config } from "./config.js";
+import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { doctorOptionsFromConfig, logDoctorReport, runDoctor } from "./doctor/doctor.js";
 import { createLogger, type Logger } from "./logger.js";
 import { startMetricsServer } from "./telemetry/metrics-server.js";
@@ -27,7 +27,7 @@ function devBanner(config: Config, logger: Logger, port: number, host: string, s
 async function main(): Promise<void> {
   let config: Config;
   try {
-    config = loadConfig(process.env);
+    config = loadConfigFromProcess();
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`otp-email: configuration error: ${error.message}\n`);

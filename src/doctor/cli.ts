@@ -5,7 +5,7 @@
  * Exit status: 0 when nothing failed (warnings allowed), 1 when a check
  * failed, 2 for a usage error, 78 (EX_CONFIG) for a configuration error.
  */
-import { ConfigError, loadConfig } from "../config.js";
+import { ConfigError, loadConfigFromProcess } from "../config.js";
 import { doctorOptionsFromConfig, runDoctor } from "./doctor.js";
 import { renderJson, renderText } from "./report.js";
 
@@ -34,7 +34,7 @@ async function main(argv: readonly string[]): Promise<number> {
 
   let options;
   try {
-    options = doctorOptionsFromConfig(loadConfig(process.env), domain?.replace(/\.$/, ""));
+    options = doctorOptionsFromConfig(loadConfigFromProcess(), domain?.replace(/\.$/, ""));
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`otp-email doctor: configuration error: ${error.message}\n`);
