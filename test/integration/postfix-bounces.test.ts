@@ -25,7 +25,8 @@ import { createOtpEmailClient, type OtpEmailClient } from "../../src/client.js";
 import { loadConfig } from "../../src/config.js";
 import type { SendLimiter } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
-import { freePort, startPostfix, type PostfixRelay } from "../support/postfix.js";
+import { freePort } from "../support/ports.js";
+import { startPostfix, type PostfixRelay } from "../support/postfix.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 

@@ -4,7 +4,6 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,18 +15,10 @@ import { createRedisStore } from "../../src/store/redis-store.js";
 import { GrpcOtpClient, grpcUnary } from "../support/grpc.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink } from "../support/smtp-sink.js";
+import { freePort } from "../support/ports.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const { sendOtp, verifyOtp } = OtpEmailService.method;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (typeof address !== "object" || address === null) throw new Error("no port");
-  return address.port;
-}
 
 interface Service {
   readonly child: ChildProcess;

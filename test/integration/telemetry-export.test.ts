@@ -9,7 +9,6 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -19,19 +18,10 @@ import { GrpcOtpClient, grpcUnary } from "../support/grpc.js";
 import { startOtlpGrpcReceiver, startOtlpHttpReceiver, type OtlpReceiver, type ReceivedSpan } from "../support/otlp-receiver.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+import { freePort } from "../support/ports.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const { sendOtp, getDeliveryStatus } = OtpEmailService.method;
-
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
 
 interface ServiceProcess {
   readonly child: ChildProcess;

@@ -18,9 +18,8 @@
  * without a terminal, so start-up is judged by the maillog and the port.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { once } from "node:events";
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -205,18 +204,6 @@ export async function startPostfix(options: PostfixOptions): Promise<PostfixRela
       return stopping;
     },
   };
-}
-
-/** A loopback port nothing listens on right now (the OS picks one, we release it). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("could not find a free port");
-  return address.port;
 }
 
 function postfixUser(): { uid: number; gid: number } {

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Redis } from "ioredis";
 import { pingRedis } from "./redis.js";
+import { freePort } from "./ports.js";
 
 const run = promisify(execFile);
 
@@ -77,17 +78,6 @@ export async function startRedisCluster(size = 3): Promise<RedisCluster> {
     await stop();
     throw error;
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("could not find a free port");
-  return address.port;
 }
 
 async function isFree(port: number): Promise<boolean> {
