@@ -70,6 +70,8 @@ export interface ProcWindow {
    * the run when this is high.
    */
   readonly othersPercent: number;
+  /** CPU time each of `ownPids` used during the window, ms, in the same order. */
+  readonly ownCpuMs: readonly number[];
 }
 
 /**
@@ -93,7 +95,8 @@ export function watchProcess(pid: number, ownPids: readonly number[], intervalMs
       const wallMs = performance.now() - startedAt;
       const cpuMs = first !== undefined && last !== undefined ? last.cpuMs - first.cpuMs : 0;
       peak = Math.max(peak, last?.rssBytes ?? 0);
-      const ownMs = ownPids.reduce((sum, own, index) => sum + Math.max(0, (readProc(own)?.cpuMs ?? 0) - (ownFirst[index] ?? 0)), 0);
+      const ownCpuMs = ownPids.map((own, index) => Math.max(0, (readProc(own)?.cpuMs ?? 0) - (ownFirst[index] ?? 0)));
+      const ownMs = ownCpuMs.reduce((sum, ms) => sum + ms, 0);
       const othersMs = Math.max(0, readMachineBusyMs() - machineFirst - ownMs);
       return {
         cpuMs,
@@ -102,6 +105,7 @@ export function watchProcess(pid: number, ownPids: readonly number[], intervalMs
         endRssBytes: last?.rssBytes ?? 0,
         hwmBytes: last?.hwmBytes ?? 0,
         othersPercent: wallMs > 0 ? (othersMs / wallMs) * 100 : 0,
+        ownCpuMs,
       };
     },
   };

@@ -21,6 +21,7 @@ import {
   type HealthCheckResponse,
 } from "../gen/health/v1/health_pb.js";
 import { serviceDefinition } from "../src/rpc/service-adapter.js";
+import type { SelfSigned } from "../test/support/self-signed.js";
 import { waitForEvent } from "./ipc.js";
 import type {
   EchoCommand,
@@ -76,8 +77,10 @@ async function endChild(child: ChildProcess, polite: () => void, graceMs: number
   clearTimeout(timer);
 }
 
-function forkBenchChild(name: string): ChildProcess & { pid: number } {
-  const child = track(fork(join(benchDir, `${name}.js`), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+function forkBenchChild(name: string, env: Readonly<Record<string, string>> = {}): ChildProcess & { pid: number } {
+  const child = track(
+    fork(join(benchDir, `${name}.js`), [], { stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } }),
+  );
   if (child.pid === undefined) throw new Error(`could not start ${name}`);
   return child as ChildProcess & { pid: number };
 }
@@ -159,21 +162,29 @@ export async function startLoadgen(): Promise<Loadgen> {
 export interface Sink {
   readonly pid: number;
   readonly port: number;
-  /** `smtp://127.0.0.1:PORT?starttls=off`, as SMTP_URL. */
+  /** As SMTP_URL: `smtp://127.0.0.1:PORT` (STARTTLS required), or with `?starttls=off` when plaintext. */
   readonly url: string;
+  /** The certificate the sink presents for STARTTLS (PEM), for clients to trust; undefined when plaintext. */
+  readonly tlsCa: string | undefined;
   count(): Promise<{ accepted: number; signed: number; connections: number }>;
   /** From now on, each message's final reply waits `ms` (0: at once). */
   setReplyDelay(ms: number): Promise<void>;
   close(): Promise<void>;
 }
 
-export async function startSink(): Promise<Sink> {
-  const child = forkBenchChild("smtp-sink");
+/**
+ * Starts the sink. With `tls` (a key and certificate for 127.0.0.1) it offers
+ * STARTTLS like a real relay, and every client (the ceiling, the naive
+ * design and the service) must use it.
+ */
+export async function startSink(tls: SelfSigned | undefined): Promise<Sink> {
+  const child = forkBenchChild("smtp-sink", tls === undefined ? {} : { BENCH_SINK_TLS_KEY: tls.key, BENCH_SINK_TLS_CERT: tls.cert });
   const { port } = await waitForEvent<SinkEvent, "listening">(child, "listening", 15_000);
   return {
     pid: child.pid,
     port,
-    url: `smtp://127.0.0.1:${port}?starttls=off`,
+    url: tls === undefined ? `smtp://127.0.0.1:${port}?starttls=off` : `smtp://127.0.0.1:${port}`,
+    tlsCa: tls?.cert,
     async count() {
       const counted = waitForEvent<SinkEvent, "count">(child, "count", 10_000);
       sendCommand<SinkCommand>(child, { type: "count" });

@@ -55,6 +55,8 @@ export interface SmtpJob extends LoadBounds {
   readonly pooled: boolean;
   readonly poolSize: number;
   readonly maxMessagesPerConnection: number;
+  /** The sink's certificate: STARTTLS is required and verified against it. Undefined: plaintext. */
+  readonly tlsCa: string | undefined;
 }
 
 export type Job = GrpcJob | SmtpJob;

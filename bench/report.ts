@@ -18,6 +18,11 @@ export interface ProcessUsage {
   readonly hwmMb: number;
   /** CPU used meanwhile by processes outside the benchmark, % of one core (a shared machine's noise). */
   readonly othersPercent: number;
+  /**
+   * CPU ms per request of every process that did the work on this machine:
+   * the watched one (under its role), the load generator, the sink, Redis.
+   */
+  readonly cpuMsPerOpByProcess?: Readonly<Record<string, number>>;
 }
 
 export type RunSummary = Omit<RunResult, "messageIds" | "verifyItems" | "sampleResponse">;
@@ -128,6 +133,27 @@ function ratioTarget(
   };
 }
 
+/**
+ * The ratio of all processes' CPU per message, ceiling over SendOtp: what the
+ * throughput ratio tends to on a machine whose cores every process shares.
+ */
+function cpuContext(send: ScenarioResult | undefined, ceiling: ScenarioResult | undefined): Target {
+  const text = "(context) CPU per message of all processes, ceiling / SendOtp c64";
+  const sendMs = totalCpuMsPerOp(send);
+  const ceilingMs = totalCpuMsPerOp(ceiling);
+  if (sendMs === undefined || ceilingMs === undefined || sendMs === 0) {
+    return { id: "sendotp-cpu-context", text, measured: "-", threshold: "-", result: "n/a", note: "not run" };
+  }
+  return {
+    id: "sendotp-cpu-context",
+    text,
+    value: ceilingMs / sendMs,
+    measured: `${(ceilingMs / sendMs).toFixed(2)}x (${ceilingMs.toFixed(2)} / ${sendMs.toFixed(2)} ms)`,
+    threshold: "-",
+    result: "info",
+  };
+}
+
 export function evaluateTargets(
   scenarios: readonly ScenarioResult[],
   roundTrips: readonly RoundTrips[],
@@ -158,6 +184,7 @@ export function evaluateTargets(
       ),
       result: clean(byId("sendotp-relay-c64")) && clean(byId("smtp-ceiling-relay-c64")) ? "info" : "n/a",
     },
+    cpuContext(byId("sendotp-c64"), byId("smtp-ceiling-c64")),
     ratioTarget(
       "sendotp-vs-naive",
       "SendOtp c64 throughput vs naive design c64",
@@ -326,6 +353,39 @@ export function formatScenarioTable(scenarios: readonly ScenarioResult[]): strin
     new Set([0, 8]),
   );
 }
+
+/** Total CPU ms per request over every process that did the work, or undefined when not measured. */
+export function totalCpuMsPerOp(scenario: ScenarioResult | undefined): number | undefined {
+  const by = scenario?.status === "ok" ? scenario.usage?.cpuMsPerOpByProcess : undefined;
+  return by === undefined ? undefined : Object.values(by).reduce((sum, ms) => sum + ms, 0);
+}
+
+/**
+ * Where each request's CPU went, process by process: on one machine every
+ * process shares the same cores, so the ceiling's advantage is what it does
+ * not have to run (gRPC, Redis, the load generator's client side).
+ */
+export function formatCpuBreakdown(scenarios: readonly ScenarioResult[]): string {
+  const measured = scenarios.filter((row) => row.status === "ok" && row.usage?.cpuMsPerOpByProcess !== undefined);
+  const roles = ["sender", "service", "echo", "load generator", "sink", "redis"];
+  const fmt = (value: number | undefined): string => (value === undefined ? "" : value.toFixed(3));
+  return table(
+    ["scenario", "conc", ...roles, "total", "cores / total (req/s)"],
+    measured.map((row) => {
+      const by = row.usage?.cpuMsPerOpByProcess ?? {};
+      const total = totalCpuMsPerOp(row) ?? 0;
+      return [row.title, String(row.concurrency), ...roles.map((role) => fmt(by[role])), fmt(total), total > 0 ? (cores() * 1000 / total).toFixed(0) : ""];
+    }),
+    new Set([0]),
+  );
+}
+
+let machineCores = 1;
+/** The core count the breakdown's "cores / total" column divides (set once from the machine). */
+export function setCores(count: number): void {
+  machineCores = Math.max(1, count);
+}
+const cores = (): number => machineCores;
 
 export function formatTargets(targets: readonly Target[]): string {
   return table(

@@ -11,6 +11,9 @@
  *   --cpu-prof      run every service with node --cpu-prof and print where its CPU went
  *   --only LIST     run only these groups: smtp,service,echo,relay,tracing,dkim,soak (echo needs service)
  *   --service-dist DIR  run the service from DIR instead of dist/ (a saved build, for before/after)
+ *   --plain-smtp    the sink offers no STARTTLS and every client sends in clear
+ *                   (by default all SMTP, ceiling, naive and service, runs over
+ *                   STARTTLS, as with any real relay)
  *   --smoke         one short scenario (the smoke test's run)
  *   --out DIR       where results.json and results.svg go (default bench/)
  */
@@ -19,7 +22,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { availableParallelism, cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { readProc, watchProcess } from "./proc.js";
+import { readProc, watchProcess, type ProcWindow } from "./proc.js";
 import {
   freePort,
   killChildren,
@@ -36,11 +39,14 @@ import {
   type ServiceProcess,
   type Sink,
 } from "./processes.js";
+import { makeSelfSigned } from "../test/support/self-signed.js";
 import { formatProfile, summarizeProfile } from "./profile-summary.js";
 import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, VerifyItem } from "./protocol.js";
 import {
   evaluateTargets,
+  formatCpuBreakdown,
   formatMachine,
+  setCores,
   formatScenarioTable,
   formatTargets,
   renderSvg,
@@ -74,6 +80,7 @@ interface BenchOptions {
   readonly poolSize: number;
   readonly cpuProf: boolean;
   readonly outDir: string;
+  readonly plainSmtp: boolean;
   readonly groups: ReadonlySet<Group>;
   readonly serviceDist: string | undefined;
 }
@@ -81,7 +88,7 @@ interface BenchOptions {
 const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
 type Group = (typeof groups)[number];
 
-const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--only ${groups.join(",")}] [--service-dist DIR] [--smoke] [--out DIR]`;
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
 
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined) return fallback;
@@ -95,6 +102,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
     strict: true,
     options: {
       smoke: { type: "boolean" },
+      "plain-smtp": { type: "boolean" },
       soak: { type: "string" },
       "soak-max-s": { type: "string" },
       pool: { type: "string" },
@@ -117,6 +125,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
     soakMaxMs: wholeNumber("soak-max-s", values["soak-max-s"], 300, 1) * 1000,
     poolSize: wholeNumber("pool", values.pool, 5, 1),
     cpuProf: values["cpu-prof"] === true,
+    plainSmtp: values["plain-smtp"] === true,
     outDir: resolve(values.out ?? join(repoRoot, "bench")),
   };
 }
@@ -172,6 +181,7 @@ function smtpJob(bench: Bench, pooled: boolean, bounds: LoadBounds): SmtpJob {
     pooled,
     poolSize: bench.options.poolSize,
     maxMessagesPerConnection: 100,
+    tlsCa: bench.sink.tlsCa,
     ...bounds,
   };
 }
@@ -194,6 +204,16 @@ function summaryOf(result: RunResult): RunSummary {
 /** The benchmark's own long-lived processes (the service or echo server is added per scenario). */
 function ownPids(bench: Bench): number[] {
   return [process.pid, bench.loadgen.pid, bench.sink.pid, bench.redis.pid, ...bench.extraPids];
+}
+
+/** CPU ms per measured request of each process that worked for it (the watched one under its role). */
+function cpuByProcess(spec: ScenarioSpec, window: ProcWindow, measured: number): Record<string, number> {
+  const [, loadgen = 0, sink = 0, redis = 0] = window.ownCpuMs;
+  const per = (ms: number): number => (measured > 0 ? ms / measured : 0);
+  const all: Record<string, number> = { [spec.watch.role]: per(window.cpuMs), "load generator": per(loadgen), sink: per(sink), redis: per(redis) };
+  // The sender is the load generator itself: counted once.
+  if (spec.watch.role === "sender") delete all["load generator"];
+  return all;
 }
 
 /** Runs one measured scenario and records its row; a failure is recorded, not thrown. */
@@ -226,6 +246,7 @@ async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | u
               peakRssMb: window.peakRssBytes / 2 ** 20,
               hwmMb: window.hwmBytes / 2 ** 20,
               othersPercent: window.othersPercent,
+              cpuMsPerOpByProcess: cpuByProcess(spec, window, result.measured),
             },
           }),
       sink: {
@@ -714,11 +735,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   let loadgen: Loadgen | undefined;
   let bench: Bench;
   try {
-    sink = await startSink();
+    sink = await startSink(options.plainSmtp ? undefined : makeSelfSigned());
     loadgen = await startLoadgen();
     const caller = newBenchCaller();
     const metricsPort = await freePort();
-    const env = baseEnv({ redisUrl: redis.url, smtpUrl: sink.url, poolSize: options.poolSize, caller, metricsPort, deadDnsPort: await freePort() });
+    const env = baseEnv({ redisUrl: redis.url, smtpUrl: sink.url, smtpTlsCa: sink.tlsCa, poolSize: options.poolSize, caller, metricsPort, deadDnsPort: await freePort() });
     checkBaseEnv(env);
     const present = probeFeatures(env);
     bench = {
@@ -775,6 +796,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   console.log(`machine: ${formatMachine(machine)}`);
   console.log(`service: ${report.serviceCommand}; SMTP pool ${options.poolSize}; limits: ${bench.features["limits"]}; caller auth: ${bench.features["caller auth"]}\n`);
   console.log(formatScenarioTable(report.scenarios));
+  setCores(machine.cores);
+  console.log(`\nCPU ms per request by process (all share the ${machine.cores} cores; the last column is what they would allow if nothing else ran):`);
+  console.log(formatCpuBreakdown(report.scenarios));
   if (report.roundTrips.length > 0) {
     console.log(`\nRedis per call at concurrency 1: round trips (read events) and commands (MONITOR; Lua's own calls excluded):`);
     for (const entry of report.roundTrips) {

@@ -27,6 +27,8 @@ export function newBenchCaller(): BenchCaller {
 export interface BaseEnvOptions {
   readonly redisUrl: string;
   readonly smtpUrl: string;
+  /** The sink's certificate when it offers STARTTLS (PEM). */
+  readonly smtpTlsCa: string | undefined;
   readonly poolSize: number;
   readonly caller: BenchCaller;
   readonly metricsPort: number;
@@ -45,6 +47,7 @@ export function baseEnv(options: BaseEnvOptions): Env {
     NODE_ENV: "production",
     REDIS_URL: options.redisUrl,
     SMTP_URL: options.smtpUrl,
+    ...(options.smtpTlsCa === undefined ? {} : { SMTP_TLS_CA: options.smtpTlsCa }),
     SMTP_POOL_SIZE: String(options.poolSize),
     OTP_SECRET: randomBytes(36).toString("base64"),
     MAIL_FROM: '"Bench" <no-reply@bench.example>',

@@ -1,9 +1,11 @@
 /**
- * The benchmark's SMTP sink, a child process: plaintext smtp-server on a free
- * loopback port that accepts every message as fast as it can read it and
- * counts messages, DKIM-signed messages and connections. Nothing is parsed
- * or kept. On request it answers each message late, like a relay that takes
- * time to queue it.
+ * The benchmark's SMTP sink, a child process: smtp-server on a free loopback
+ * port that accepts every message as fast as it can read it and counts
+ * messages, DKIM-signed messages and connections. Nothing is parsed or kept.
+ * Like every real relay it offers STARTTLS (with the certificate the parent
+ * passes in BENCH_SINK_TLS_KEY / BENCH_SINK_TLS_CERT; plaintext only when
+ * they are unset). On request it answers each message late, like a relay
+ * that takes time to queue it.
  */
 import type { Socket } from "node:net";
 import { SMTPServer } from "smtp-server";
@@ -26,13 +28,18 @@ let replyDelayMs = 0;
 let connections = 0;
 const emit = (event: SinkEvent): void => sendToParent(event);
 
+const tlsKey = process.env["BENCH_SINK_TLS_KEY"];
+const tlsCert = process.env["BENCH_SINK_TLS_CERT"];
+const tls = tlsKey !== undefined && tlsCert !== undefined;
+
 const server = new SMTPServer({
   name: "sink.bench",
   banner: "bench sink",
   logger: false,
   disableReverseLookup: true,
   authOptional: true,
-  disabledCommands: ["STARTTLS", "AUTH"],
+  disabledCommands: tls ? ["AUTH"] : ["STARTTLS", "AUTH"],
+  ...(tls ? { key: tlsKey, cert: tlsCert } : {}),
   closeTimeout: 100,
   onData(stream, _session, callback) {
     // A DKIM-Signature header, when there is one, is among the first bytes.
