@@ -16,6 +16,7 @@ import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types
 import type { Logger } from "../logger.js";
 import type { OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
+import { createRandomPool } from "../random-pool.js";
 import { generateCode, hmacEquals, newMessageId, type Hasher } from "./code.js";
 import type {
   CallContext,
@@ -67,10 +68,20 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
   const verifyLimiter = options.verifyLimiter ?? unlimited;
   const keepExpiredMs = options.keepExpiredMs ?? 3_600_000;
+  const random = createRandomPool();
   const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
 
+  /**
+   * A record and its DSNs, read concurrently: one round trip of waiting
+   * instead of two. The reports of an unknown (or another caller's) message
+   * are read for nothing, which costs less than a second round trip.
+   */
+  function readWithReports(messageId: string) {
+    return Promise.all([store.getRecord(messageId), store.getDeliveryReports(messageId)]);
+  }
+
   async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult> {
-    const record = await store.getRecord(messageId);
+    const [record, reports] = await readWithReports(messageId);
     if (record === undefined || record.caller !== ctx.caller) {
       throw new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
         reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
@@ -78,7 +89,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     const now = clock.now();
-    const known = withReports(record, await store.getDeliveryReports(messageId));
+    const known = withReports(record, reports);
     const state = effectiveState(known, now);
     if (state === "FAILED") throw sendFailure({ ...known, state });
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
@@ -89,7 +100,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const request = validateSendOtp(input, options.ttl);
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
-    const messageId = newMessageId(now);
+    const messageId = newMessageId(now, random);
     const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
 
     let idempotencyKeyId: string | undefined;
@@ -185,7 +196,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
 
   async function getDeliveryStatus(ctx: CallContext, rawMessageId: string): Promise<DeliveryStatus> {
     const messageId = validateMessageId(rawMessageId);
-    const record = await store.getRecord(messageId);
+    const [record, reports] = await readWithReports(messageId);
     // Another caller's message answers exactly like an unknown one: existence is not leaked.
     if (record === undefined || record.caller !== ctx.caller) {
       throw new OtpError("not_found", "no message with this message_id (records are kept for a limited time)", {
@@ -193,7 +204,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     // DSNs are stored beside the record by the bounce intake; join them here.
-    const known = withReports(record, await store.getDeliveryReports(messageId));
+    const known = withReports(record, reports);
     const now = clock.now();
     return { record: { ...known, state: effectiveState(known, now) }, explanation: explain(known, now) };
   }
