@@ -17,10 +17,11 @@
  *
  * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
  */
-import { createHmac, createSecretKey, randomBytes } from "node:crypto";
+import { createHmac, createSecretKey } from "node:crypto";
 import { OtpError, type QuotaViolation } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { CallContext } from "../otp/types.js";
+import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
 import type { LimitsConfig, LimitWindow, SendLimiter, VerifyLimiter, VerifyReservation } from "./types.js";
@@ -84,6 +85,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   const logger = options.logger.child({ component: "limits" });
   // A KeyObject, made once: createHmac given a Buffer costs several times the HMAC itself (see otp/code.ts).
   const key = createSecretKey(options.secret);
+  const random = createRandomPool();
   const id = (label: string, ...parts: string[]): string =>
     createHmac("sha256", key).update(`limit-${label}\0${parts.join("\0")}`).digest("hex").slice(0, 32);
 
@@ -139,7 +141,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       if (logs.length === 0) return { resendAvailableAt: now };
       const outcome = await store.consumeLimits(
         logs.map((l) => l.log),
-        newEntry(now),
+        newEntry(now, random),
         now,
       );
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
@@ -155,7 +157,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       const logs = named("verify_failures", "recipient", `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
       const [only] = logs;
       if (only === undefined) return { release: () => Promise.resolve() };
-      const entry = newEntry(now);
+      const entry = newEntry(now, random);
       const outcome = await store.consumeLimits([only.log], entry, now);
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
       return { release: () => store.releaseLimit(only.log.id, entry) };
@@ -164,8 +166,8 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
 }
 
 /** A unique admission id: time first, so entries read in order in a dump. */
-function newEntry(now: number): string {
-  return `${Math.floor(now).toString(36)}.${randomBytes(8).toString("hex")}`;
+function newEntry(now: number, random: RandomBytes): string {
+  return `${Math.floor(now).toString(36)}.${random(8).toString("hex")}`;
 }
 
 /** "at most 5 codes per 15m to one recipient" */

@@ -8,6 +8,7 @@ import {
   newMessageId,
   normalizeTypedCode,
 } from "../../src/otp/code.js";
+import { createRandomPool } from "../../src/random-pool.js";
 
 describe("generateCode", () => {
   it("makes digits of the configured length, uniformly spread", () => {
@@ -38,6 +39,28 @@ describe("newMessageId", () => {
     expect(a < b).toBe(true);
     const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000)));
     expect(ids.size).toBe(1000);
+  });
+
+  it("draws its randomness from the pool it is given", () => {
+    const zeros = (size: number) => Buffer.alloc(size);
+    expect(newMessageId(0, zeros)).toBe("0".repeat(26));
+    const pooled = createRandomPool(64);
+    const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000, pooled)));
+    expect(ids.size).toBe(1000);
+  });
+});
+
+describe("createRandomPool", () => {
+  it("hands out every byte once, never changes bytes already handed out, and serves any size", () => {
+    const random = createRandomPool(32);
+    const first = random(20);
+    const copy = Buffer.from(first);
+    const chunks = Array.from({ length: 200 }, () => random(8).toString("hex"));
+    // Refills happened meanwhile: the first bytes are still what they were.
+    expect(first.equals(copy)).toBe(true);
+    expect(new Set(chunks).size).toBe(200);
+    expect(random(100)).toHaveLength(100);
+    expect(random(32)).toHaveLength(32);
   });
 });
 
