@@ -153,7 +153,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       const record: DeliveryRecord = {
         messageId,
         caller: ctx.caller,
-        state: "QUEUED",
+        // Handed to the dispatcher at once: stored as SENDING straight away,
+        // which spares the dispatcher a SENDING write before the first attempt.
+        state: "SENDING",
         recipientMasked: maskAddress(request.recipient.address),
         recipientDomain: request.recipient.domain,
         purpose: request.purpose,
