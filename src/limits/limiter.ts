@@ -15,6 +15,9 @@
  * A VerifyOtp reserves one failed verification of (caller, recipient) before
  * its guess is compared and gives it back when the guess was not wrong.
  *
+ * Before any of them, the same store operation checks the recipient's
+ * suppression (when given its hash): a suppressed send spends nothing.
+ *
  * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
  */
 import { createHmac, createSecretKey } from "node:crypto";
@@ -127,6 +130,9 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   }
 
   return {
+    // The suppression key lives beside the limit logs: one script checks it first.
+    checksSuppression: true,
+
     async admit(ctx: CallContext, request) {
       const { recipientKey, purpose, now } = request;
       const ip = endUserIpSubject(request.endUserIp);
@@ -138,12 +144,15 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
         ...named("caller", `caller:${ctx.caller}`, `c:${id("caller", ctx.caller)}`, limits.caller),
         ...named("global", "global", "g", limits.global),
       ];
-      if (logs.length === 0) return { resendAvailableAt: now };
+      const { recipientHash } = request;
+      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
       const outcome = await store.consumeLimits(
         logs.map((l) => l.log),
         newEntry(now, random),
         now,
+        { unlessSuppressed: recipientHash },
       );
+      if ("suppressed" in outcome) return { suppressedBy: outcome.suppressed };
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
       let resendAvailableAt = now;
       logs.forEach((l, index) => {
@@ -159,7 +168,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       if (only === undefined) return { release: () => Promise.resolve() };
       const entry = newEntry(now, random);
       const outcome = await store.consumeLimits([only.log], entry, now);
-      if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
+      if (!outcome.admitted && "full" in outcome) refuse(logs, outcome.full, now, ctx.caller);
       return { release: () => store.releaseLimit(only.log.id, entry) };
     },
   };

@@ -3,6 +3,7 @@
  * SendLimiter and every verification through a VerifyLimiter; `limiter.ts`
  * implements both over the store's atomic limit logs.
  */
+import type { SuppressionEntry } from "../delivery/record.js";
 import type { CallContext } from "../otp/types.js";
 import type { LimitWindow } from "../store/types.js";
 
@@ -13,6 +14,11 @@ export interface SendAdmission {
   readonly resendAvailableAt: number;
 }
 
+/** Not admitted, and nothing spent: the recipient is suppressed (see SendLimitRequest.recipientHash). */
+export interface SendSuppressed {
+  readonly suppressedBy: SuppressionEntry;
+}
+
 export interface SendLimitRequest {
   /** Lower-cased recipient address. */
   readonly recipientKey: string;
@@ -20,6 +26,12 @@ export interface SendLimitRequest {
   /** "" when the caller did not say. */
   readonly endUserIp: string;
   readonly now: number;
+  /**
+   * The recipient's suppression-list hash, for a limiter whose
+   * `checksSuppression` is true: when that recipient is suppressed, admit
+   * checks no limit, spends nothing and resolves with `suppressedBy`.
+   */
+  readonly recipientHash?: string | undefined;
 }
 
 export interface SendLimiter {
@@ -27,7 +39,14 @@ export interface SendLimiter {
    * Admits one send or rejects with an OtpError of kind "resource_exhausted"
    * (naming the limit, with retryAfterMs). A rejected send consumes nothing.
    */
-  admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission>;
+  admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission | SendSuppressed>;
+  /**
+   * True when admit checks `request.recipientHash` against the suppression
+   * list itself, atomically and before any limit (the store limiter does,
+   * in the same round trip as the limits). Otherwise the caller must check
+   * the suppression list before admit.
+   */
+  readonly checksSuppression?: boolean;
 }
 
 export interface VerifyLimitRequest {

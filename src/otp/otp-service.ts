@@ -128,17 +128,23 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     }
 
     try {
-      // Before the limiter: a send refused for suppression spends no rate budget.
+      // A send refused for suppression spends no rate budget: the limiter
+      // checks the suppression first, in the same round trip as the limits
+      // (or, for a limiter that cannot, the list is read before it).
       const recipientHash = options.suppression?.recipientHash(request.recipient.key);
-      if (recipientHash !== undefined) {
-        await refuseIfSuppressed(ctx, { messageId, recipientHash, now, ...request });
+      const refusal = { messageId, recipientHash, now, ...request };
+      if (recipientHash !== undefined && limiter.checksSuppression !== true) {
+        const cause = await options.suppression?.check(recipientHash);
+        if (cause !== undefined) return await refuseSuppressed(ctx, refusal, cause);
       }
       const admission = await limiter.admit(ctx, {
         recipientKey: request.recipient.key,
         purpose: request.purpose,
         endUserIp: request.endUserIp,
         now,
+        recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
       });
+      if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal, admission.suppressedBy);
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
       const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
@@ -212,23 +218,22 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   }
 
   /**
-   * Throws FAILED_PRECONDITION when the recipient is suppressed, after
-   * recording the refused message as SUPPRESSED with the bounce that caused
-   * it. Nothing is sent and no code is stored.
+   * Throws FAILED_PRECONDITION for a suppressed recipient, after recording
+   * the refused message as SUPPRESSED with the bounce that caused it.
+   * Nothing is sent and no code is stored.
    */
-  async function refuseIfSuppressed(
+  async function refuseSuppressed(
     ctx: CallContext,
     request: {
       readonly messageId: string;
-      readonly recipientHash: string;
+      readonly recipientHash: string | undefined;
       readonly now: number;
       readonly recipient: { readonly address: string; readonly domain: string };
       readonly purpose: DeliveryRecord["purpose"];
       readonly locale: string;
     },
-  ): Promise<void> {
-    const cause = await options.suppression?.check(request.recipientHash);
-    if (cause === undefined) return;
+    cause: SuppressionEntry,
+  ): Promise<never> {
     const { messageId, now } = request;
     const record: DeliveryRecord = {
       messageId,

@@ -15,6 +15,7 @@ import type {
   ClaimResult,
   CodeEntry,
   CodeSetOptions,
+  ConsumeLimitsOptions,
   GuessReservation,
   IdempotencyClaim,
   LimitLog,
@@ -212,8 +213,11 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
-    consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
+    consumeLimits(logs: readonly LimitLog[], entry: string, now: number, limitOptions?: ConsumeLimitsOptions): Promise<LimitOutcome> {
       return run((): LimitOutcome => {
+        const { unlessSuppressed } = limitOptions ?? {};
+        const suppressed = unlessSuppressed === undefined ? undefined : read(suppressions, unlessSuppressed);
+        if (suppressed !== undefined) return { admitted: false, suppressed: JSON.parse(suppressed) as SuppressionEntry };
         const full: FullWindow[] = [];
         const current = logs.map((log, index) => {
           const longest = Math.max(...log.windows.map((w) => w.windowMs));

@@ -9,7 +9,7 @@
  *   <prefix>msg:{<messageId>} string delivery record as JSON
  *   <prefix>idem:{<keyId>}   string idempotency claim as JSON {fingerprint, messageId}
  *   <prefix>dsn:{<messageId>} list  delivery reports (DSNs) as JSON, oldest first
- *   <prefix>supp:{<recipientHash>} string suppression entry as JSON
+ *   <prefix>{limits}:supp:<recipientHash> string suppression entry as JSON
  *   <prefix>{limits}:<logId> zset   limit log: member = admission id, score = admitted at
  *
  * The limit logs all share the hash tag `{limits}`: one SendOtp checks and
@@ -17,7 +17,10 @@
  * one script, which Redis Cluster only allows within one slot. Every
  * SendOtp touches the global log anyway, so that slot's node sees every
  * send whatever the layout; keeping the small per-recipient logs beside it
- * buys exactness and one round trip for a little memory on that node.
+ * buys exactness and one round trip for a little memory on that node. The
+ * suppression list lives there too, for the same reason: the limits script
+ * checks the recipient's suppression first, so a SendOtp needs no GET of
+ * its own (and a suppressed send still spends no budget).
  *
  * Times in scripts come from the caller's injected clock (`options.now`),
  * never from Redis TIME, and TTLs are set relative to that `now` (PEXPIRE,
@@ -32,6 +35,7 @@ import type {
   ClaimResult,
   CodeEntry,
   CodeSetOptions,
+  ConsumeLimitsOptions,
   GuessReservation,
   IdempotencyClaim,
   LimitLog,
@@ -191,14 +195,26 @@ return 0
 `;
 
 /**
- * KEYS: the limit logs. ARGV: now, entry, then per key: number of windows,
- * then max and windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
- * Returns {1, nextAt1, nextAt2, ...} or {0, log, window, retryAt, ...} with
- * 1-based log and window indices.
+ * KEYS: the suppression key when ARGV[3] is '1', then the limit logs. ARGV:
+ * now, entry, 1 or 0, then per log: number of windows, then max and
+ * windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
+ * Returns {1, nextAt1, nextAt2, ...}, {0, log, window, retryAt, ...} with
+ * 1-based log and window indices, or {2, suppression JSON} (nothing checked
+ * or consumed).
  */
 const consumeLimitsLua = `
 local now = tonumber(ARGV[1])
 local entry = ARGV[2]
+local first = 1
+if ARGV[3] == '1' then
+  first = 2
+  local suppressed = redis.call('GET', KEYS[1])
+  if suppressed then
+    -- An unreadable entry suppresses nothing, as getSuppression reads it.
+    local ok, value = pcall(cjson.decode, suppressed)
+    if ok and type(value) == 'table' and type(value.messageId) == 'string' then return {2, suppressed} end
+  end
+end
 local function ms(value) return string.format('%d', value) end
 -- When the window has room for one more: nil; else the time it will.
 local function roomAt(key, max, window)
@@ -210,8 +226,8 @@ local function roomAt(key, max, window)
 end
 local logs = {}
 local full = {0}
-local pos = 3
-for i = 1, #KEYS do
+local pos = 4
+for i = first, #KEYS do
   local windows = {}
   local longest = 0
   for j = 1, tonumber(ARGV[pos]) do
@@ -224,7 +240,7 @@ for i = 1, #KEYS do
   for j = 1, #windows do
     local retryAt = roomAt(KEYS[i], windows[j][1], windows[j][2])
     if retryAt then
-      full[#full + 1] = i
+      full[#full + 1] = i - first + 1
       full[#full + 1] = j
       full[#full + 1] = retryAt
     end
@@ -233,7 +249,7 @@ for i = 1, #KEYS do
 end
 if #full > 1 then return full end
 local reply = {1}
-for i = 1, #KEYS do
+for i = first, #KEYS do
   redis.call('ZADD', KEYS[i], ms(now), entry)
   redis.call('PEXPIRE', KEYS[i], ms(logs[i][2]))
   local nextAt = now
@@ -308,7 +324,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const recordKey = (messageId: string): string => `${prefix}msg:{${messageId}}`;
   const idempotencyKey = (keyId: string): string => `${prefix}idem:{${keyId}}`;
   const reportsKey = (messageId: string): string => `${prefix}dsn:{${messageId}}`;
-  const suppressionKey = (recipientHash: string): string => `${prefix}supp:{${recipientHash}}`;
+  const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
   /** Runs one Redis operation, turning any failure into storageUnavailable. */
@@ -422,10 +438,17 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       });
     },
 
-    async consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
-      if (logs.length === 0) return { admitted: true, nextAt: [] };
-      const args = limitArgs(logs, entry, now);
+    async consumeLimits(
+      logs: readonly LimitLog[],
+      entry: string,
+      now: number,
+      limitOptions?: ConsumeLimitsOptions,
+    ): Promise<LimitOutcome> {
+      const unlessSuppressed = limitOptions?.unlessSuppressed;
+      if (logs.length === 0 && unlessSuppressed === undefined) return { admitted: true, nextAt: [] };
+      const args = limitArgs(logs, entry, now, unlessSuppressed !== undefined);
       const keys = logs.map((log) => limitKey(log.id));
+      if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
       return run("consumeLimits", async () =>
         parseLimitOutcome(await redis.otpConsumeLimits(keys.length, ...keys, ...args), logs.length),
       );
@@ -672,8 +695,8 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
 }
 
 /** ARGV of the consume script after the keys; validates every window. */
-function limitArgs(logs: readonly LimitLog[], entry: string, now: number): ScriptArg[] {
-  const args: ScriptArg[] = [wholeMs(now), entry];
+function limitArgs(logs: readonly LimitLog[], entry: string, now: number, checkSuppression: boolean): ScriptArg[] {
+  const args: ScriptArg[] = [wholeMs(now), entry, checkSuppression ? 1 : 0];
   for (const log of logs) {
     if (log.windows.length === 0) throw new TypeError(`limit log ${log.id} has no window`);
     args.push(log.windows.length);
@@ -689,6 +712,7 @@ function limitArgs(logs: readonly LimitLog[], entry: string, now: number): Scrip
 
 function parseLimitOutcome(reply: unknown, logCount: number): LimitOutcome {
   if (!Array.isArray(reply)) throw new Error("unexpected reply to the limits script");
+  if (reply[0] === 2) return { admitted: false, suppressed: JSON.parse(String(reply[1])) as SuppressionEntry };
   const [admitted, ...rest] = (reply as unknown[]).map(Number);
   if (admitted === 1 && rest.length === logCount) return { admitted: true, nextAt: rest };
   if (admitted !== 0 || rest.length === 0 || rest.length % 3 !== 0) throw new Error("unexpected reply to the limits script");

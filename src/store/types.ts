@@ -6,7 +6,8 @@
  *
  * Every operation touches exactly one key, or (consumeLimits) several keys
  * that share one hash tag, so the Redis implementation works on Redis
- * Cluster; every key carries a TTL.
+ * Cluster; every key carries a TTL. Suppressions live beside the limit logs
+ * (same hash tag) so that consumeLimits can check one first.
  *
  * Errors: an unreachable or failing backend rejects with
  * `storageUnavailable(cause)` from `../errors.ts` (an OtpError of kind
@@ -103,7 +104,19 @@ export type LimitOutcome =
    */
   | { readonly admitted: true; readonly nextAt: readonly number[] }
   /** Refused: no log changed. `full` lists every full window. */
-  | { readonly admitted: false; readonly full: readonly FullWindow[] };
+  | { readonly admitted: false; readonly full: readonly FullWindow[] }
+  /** Refused before any limit was looked at: the recipient is suppressed (see ConsumeLimitsOptions). */
+  | { readonly admitted: false; readonly suppressed: SuppressionEntry };
+
+export interface ConsumeLimitsOptions {
+  /**
+   * A recipient hash (as putSuppression takes). When that recipient is
+   * suppressed, no window is checked and nothing is consumed: the outcome is
+   * `{ admitted: false, suppressed }`. Checked in the same atomic step as
+   * the limits, which saves SendOtp a round trip of its own.
+   */
+  readonly unlessSuppressed?: string | undefined;
+}
 
 export interface OtpStore {
   /**
@@ -149,7 +162,7 @@ export interface OtpStore {
    * `now - windowMs` no longer count. Each log's key lives for its longest
    * window after its newest entry.
    */
-  consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome>;
+  consumeLimits(logs: readonly LimitLog[], entry: string, now: number, options?: ConsumeLimitsOptions): Promise<LimitOutcome>;
 
   /** Removes `entry` from log `logId` (an admission given back). No-op when absent. */
   releaseLimit(logId: string, entry: string): Promise<void>;

@@ -95,6 +95,30 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
     });
 
+    it("checks the recipient's suppression first: a suppressed send is refused with the entry and spends nothing", async () => {
+      const limits = limiter({ recipient: [{ max: 1, windowMs: 15 * minute }], global: [{ max: 2, windowMs: minute }] });
+      expect(limits.checksSuppression).toBe(true);
+      const entry = {
+        messageId: "bounced-1",
+        status: "5.1.1",
+        diagnosticCode: "smtp; 550 5.1.1 user unknown",
+        bouncedAt: t0,
+        expiresAt: t0 + 30 * 86_400_000,
+      };
+      await subject.store.putSuppression("hash-a", entry, minute);
+
+      for (let i = 0; i < 5; i++) {
+        expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+      }
+      // Nothing was spent: the recipient's one send and the global two are all still there.
+      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      await limits.admit(alpha, send("b@example.com", t0));
+      expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
+      // Suppression is checked even with every limit off, and before a full window.
+      expect(await limiter({}).admit(alpha, { ...send("c@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+      expect(await limits.admit(alpha, { ...send("c@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+    });
+
     it("admits again exactly when the oldest send leaves the window, and says when in RetryInfo", async () => {
       const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
       await limits.admit(alpha, send("a@example.com", t0));
