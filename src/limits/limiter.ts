@@ -12,8 +12,10 @@
  *   caller           one caller's sends
  *   global           every send: the sending domain's budget
  *
- * A VerifyOtp reserves one failed verification of (caller, recipient) before
- * its guess is compared and gives it back when the guess was not wrong.
+ * A VerifyOtp is subject to a cap on failed verifications of (caller,
+ * recipient): the limiter names the log and its windows, and the store
+ * checks it and records a wrong guess in the same atomic step as the guess
+ * (OtpStore.verifyGuess), beside the code sets of that caller and recipient.
  *
  * Before any of them, the same store operation checks the recipient's
  * suppression (when given its hash): a suppressed send spends nothing.
@@ -27,10 +29,10 @@ import type { CallContext } from "../otp/types.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
-import type { LimitsConfig, LimitWindow, SendLimiter, VerifyLimiter, VerifyReservation } from "./types.js";
+import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
 
 export interface LimiterOptions {
-  readonly store: Pick<OtpStore, "consumeLimits" | "releaseLimit">;
+  readonly store: Pick<OtpStore, "consumeLimits">;
   readonly limits: LimitsConfig;
   /** Keys the log ids (the OTP secret will do: each use of it has its own label). */
   readonly secret: Buffer;
@@ -161,15 +163,16 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       return { resendAvailableAt };
     },
 
-    async reserveFailure(ctx: CallContext, request): Promise<VerifyReservation> {
+    failureCap(ctx: CallContext, request): VerifyFailureCap | undefined {
       const { recipientKey, now } = request;
       const logs = named("verify_failures", "recipient", `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
       const [only] = logs;
-      if (only === undefined) return { release: () => Promise.resolve() };
-      const entry = newEntry(now, random);
-      const outcome = await store.consumeLimits([only.log], entry, now);
-      if (!outcome.admitted && "full" in outcome) refuse(logs, outcome.full, now, ctx.caller);
-      return { release: () => store.releaseLimit(only.log.id, entry) };
+      if (only === undefined) return undefined;
+      return {
+        log: only.log,
+        entry: newEntry(now, random),
+        refuse: (full) => refuse(logs, full, now, ctx.caller),
+      };
     },
   };
 }

@@ -5,7 +5,7 @@
  */
 import type { SuppressionEntry } from "../delivery/record.js";
 import type { CallContext } from "../otp/types.js";
-import type { LimitWindow } from "../store/types.js";
+import type { FailureCap, FullWindow, LimitWindow } from "../store/types.js";
 
 export type { LimitWindow };
 
@@ -55,19 +55,25 @@ export interface VerifyLimitRequest {
   readonly now: number;
 }
 
-/** A failed verification reserved before the guess is compared. */
-export interface VerifyReservation {
-  /** Gives the reservation back: the guess turned out not to be a failure. */
-  release(): Promise<void>;
+/** The cap on failed verifications of one caller for one recipient. */
+export interface VerifyFailureCap extends FailureCap {
+  /**
+   * Throws the RESOURCE_EXHAUSTED error (naming verify_failures, with the
+   * retry delay) for a guess the store refused because `full` windows of
+   * the cap are full.
+   */
+  refuse(full: readonly FullWindow[]): never;
 }
 
 export interface VerifyLimiter {
   /**
-   * Reserves one failed verification of (caller, recipient) before the
-   * guess is compared, so concurrent guesses can never exceed the cap, or
-   * rejects with an OtpError of kind "resource_exhausted" when it is used up.
+   * The cap on failed verifications of (caller, recipient), or undefined when
+   * there is none. The store checks it before the guess counts and records a
+   * wrong guess in it, in the same atomic step as the guess itself
+   * (OtpStore.verifyGuess), so concurrent guesses can never exceed it and a
+   * right guess is never counted.
    */
-  reserveFailure(ctx: CallContext, request: VerifyLimitRequest): Promise<VerifyReservation>;
+  failureCap(ctx: CallContext, request: VerifyLimitRequest): VerifyFailureCap | undefined;
 }
 
 /**
@@ -89,10 +95,8 @@ export interface LimitsConfig {
   readonly verifyFailures: readonly LimitWindow[];
 }
 
-const admitNow: VerifyReservation = { release: () => Promise.resolve() };
-
 /** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
 export const unlimited: SendLimiter & VerifyLimiter = {
   admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now }),
-  reserveFailure: () => Promise.resolve(admitNow),
+  failureCap: () => undefined,
 };

@@ -59,6 +59,8 @@ export const messageIdPattern = /^[0-9a-hjkmnp-tv-z]{26}$/;
 export interface Hasher {
   /** Opaque id of the code set of (caller, recipient, purpose); no address appears in storage keys. */
   codeSetId(caller: string, recipientKey: string, purpose: string): string;
+  /** Opaque id of the group of (caller, recipient): its code sets and failure cap are stored together. */
+  codeGroupId(caller: string, recipientKey: string): string;
   /** HMAC of a code within its set. */
   codeHmac(setId: string, code: string): string;
   /** Opaque id of an idempotency key of a caller. */
@@ -76,6 +78,7 @@ export function createHasher(secret: Buffer): Hasher {
     createHmac("sha256", key).update(`${label}\0${parts.join("\0")}`).digest("hex");
   return {
     codeSetId: (caller, recipientKey, purpose) => mac("code-set", [caller, recipientKey, purpose]).slice(0, 32),
+    codeGroupId: (caller, recipientKey) => mac("code-group", [caller, recipientKey]).slice(0, 32),
     codeHmac: (setId, code) => mac("code", [setId, code]),
     idempotencyKeyId: (caller, key) => mac("idempotency", [caller, key]).slice(0, 32),
     requestFingerprint: (parts) => mac("request", parts),

@@ -14,10 +14,10 @@ import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
 import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
-import type { OtpStore } from "../store/types.js";
+import type { CodeSetRef, OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
 import { createRandomPool } from "../random-pool.js";
-import { generateCode, hmacEquals, newMessageId, type Hasher } from "./code.js";
+import { generateCode, newMessageId, type Hasher } from "./code.js";
 import type {
   CallContext,
   DeliveryStatus,
@@ -101,7 +101,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
     const messageId = newMessageId(now, random);
-    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
+    const setId = set.id;
 
     let idempotencyKeyId: string | undefined;
     if (request.idempotencyKey !== "") {
@@ -178,7 +179,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // written concurrently: one round trip of waiting instead of two.
       await Promise.all([
         store.putRecord(record, options.recordRetentionMs),
-        store.addCode(setId, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
+        store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
       ]);
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
@@ -263,47 +264,43 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const request = validateVerifyOtp(input);
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
-    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
     const max = options.maxFailedAttempts;
-    const reservation = await store.reserveGuess(setId, setOptions(now));
-    switch (reservation.state) {
+    // A wrong guess also counts against the caller's cap on failures for this
+    // recipient, which fresh codes do not reset. The store checks the cap,
+    // counts the guess, compares it with every live code and consumes the
+    // matched one in one atomic step: concurrent guesses can overshoot
+    // neither maxFailures nor the cap, a right guess counts against neither,
+    // and a code verifies once.
+    const cap = verifyLimiter.failureCap(ctx, { recipientKey: request.recipient.key, now });
+    const outcome = await store.verifyGuess(set, hasher.codeHmac(set.id, request.code), {
+      ...setOptions(now),
+      failureCap: cap === undefined ? undefined : { log: cap.log, entry: cap.entry },
+    });
+    switch (outcome.state) {
       case "none":
         return { result: "NOT_FOUND", attemptsRemaining: max };
       case "expired":
         return { result: "EXPIRED", attemptsRemaining: 0 };
       case "locked":
         return { result: "LOCKED", attemptsRemaining: 0 };
-      case "open":
-        break;
-    }
-    // A real comparison also counts against the caller's cap on failures for
-    // this recipient, which fresh codes do not reset: reserved before comparing
-    // (concurrent guesses cannot overshoot it), given back if the guess is right.
-    const failure = await verifyLimiter.reserveFailure(ctx, { recipientKey: request.recipient.key, now });
-    const guess = hasher.codeHmac(setId, request.code);
-    // Compare against every live code, without stopping at the first match,
-    // so the time taken says nothing about which code (if any) matched.
-    let match: { id: string; hmac: string } | undefined;
-    for (const entry of reservation.entries) {
-      if (hmacEquals(entry.hmac, guess) && match === undefined) match = entry;
-    }
-    if (match === undefined) {
-      const remaining = Math.max(0, max - reservation.failures);
-      logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
-      return { result: "INVALID", attemptsRemaining: remaining };
-    }
-    try {
-      if (!(await store.consumeCode(setId, match.id, match.hmac))) {
-        // A concurrent call used the code first: it is gone.
-        return { result: "NOT_FOUND", attemptsRemaining: max };
+      case "capped":
+        if (cap === undefined) throw new Error("the store refused a guess for a failure cap it was not given");
+        return cap.refuse(outcome.full);
+      case "invalid": {
+        const remaining = Math.max(0, max - outcome.failures);
+        logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
+        return { result: "INVALID", attemptsRemaining: remaining };
       }
-      logger.info({ message_id: match.id, purpose: request.purpose }, "otp verified");
-      return { result: "VERIFIED", attemptsRemaining: max };
-    } finally {
-      await failure.release().catch((error: unknown) => {
-        logger.warn({ err: error }, "could not give back a reserved verification failure");
-      });
+      case "verified":
+        logger.info({ message_id: outcome.id, purpose: request.purpose }, "otp verified");
+        return { result: "VERIFIED", attemptsRemaining: max };
     }
+  }
+
+  /** The code set of (caller, recipient, purpose), in the group of (caller, recipient). */
+  function codeSet(caller: string, recipientKey: string, purpose: string): CodeSetRef {
+    return { group: hasher.codeGroupId(caller, recipientKey), id: hasher.codeSetId(caller, recipientKey, purpose) };
   }
 
   /** PERMISSION_DENIED when the caller is restricted to other purposes. */

@@ -76,6 +76,15 @@ describe("hasher", () => {
     expect(otherSecret.codeHmac(set, "123456")).not.toBe(hasher.codeHmac(set, "123456"));
   });
 
+  it("groups a caller's code sets for one recipient, whatever the purpose", () => {
+    const group = hasher.codeGroupId("caller", "ana@example.com");
+    expect(group).toMatch(/^[0-9a-f]{32}$/);
+    expect(group).not.toBe(hasher.codeSetId("caller", "ana@example.com", "login"));
+    expect(hasher.codeGroupId("caller", "ana@example.com")).toBe(group);
+    expect(hasher.codeGroupId("other", "ana@example.com")).not.toBe(group);
+    expect(hasher.codeGroupId("caller", "bob@example.com")).not.toBe(group);
+  });
+
   it("compares HMACs in constant time and rejects different lengths", () => {
     const mac = hasher.codeHmac("s", "123456");
     expect(hmacEquals(mac, mac)).toBe(true);
