@@ -55,7 +55,9 @@ export interface DeliveryServiceOptions {
 
 export interface DeliveryService {
   /**
-   * Sends `mail`, whose `record` (state QUEUED) is already stored. Resolves
+   * Sends `mail`, whose `record` is already stored: QUEUED, or SENDING with
+   * no attempt when the caller stored it ready for the first attempt (then
+   * that attempt starts without another write). Resolves
    * with the latest record as soon as the relay accepted or refused for good,
    * or after the wait budget (then SENDING or RETRYING, with attempts going
    * on in the background). Never rejects.
@@ -195,8 +197,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         return;
       }
 
-      await write(job, { ...job.record, state: "SENDING", updatedAt: clock.now() });
-      if (job.abandoned) return;
+      // A record stored as SENDING with no attempt yet (the OTP service hands
+      // over its records so) is already what this write would say: skip it,
+      // a round trip saved before every first attempt.
+      if (!(job.record.state === "SENDING" && job.record.attempts.length === 0)) {
+        await write(job, { ...job.record, state: "SENDING", updatedAt: clock.now() });
+        if (job.abandoned) return;
+      }
       const startedAt = clock.now();
       job.observation.attemptStarted(number);
       const result = await attempt(mail);

@@ -24,7 +24,8 @@ export interface SendObservation {
 
 export interface DeliveryObserver {
   /**
-   * A stored record (QUEUED) is dispatched; `relay` is the transport's
+   * A stored record (QUEUED, or SENDING when it was stored ready for its
+   * first attempt, as the OTP service does) is dispatched; `relay` is the transport's
    * `host:port`. Called once per message, in the dispatching request's context.
    */
   sendStarted(record: DeliveryRecord, relay: string): SendObservation;

@@ -12,21 +12,27 @@
  *   caller           one caller's sends
  *   global           every send: the sending domain's budget
  *
- * A VerifyOtp reserves one failed verification of (caller, recipient) before
- * its guess is compared and gives it back when the guess was not wrong.
+ * A VerifyOtp is subject to a cap on failed verifications of (caller,
+ * recipient): the limiter names the log and its windows, and the store
+ * checks it and records a wrong guess in the same atomic step as the guess
+ * (OtpStore.verifyGuess), beside the code sets of that caller and recipient.
+ *
+ * Before any of them, the same store operation checks the recipient's
+ * suppression (when given its hash): a suppressed send spends nothing.
  *
  * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
  */
-import { createHmac, createSecretKey, randomBytes } from "node:crypto";
+import { createHmac, createSecretKey } from "node:crypto";
 import { OtpError, type QuotaViolation } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { CallContext } from "../otp/types.js";
+import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
-import type { LimitsConfig, LimitWindow, SendLimiter, VerifyLimiter, VerifyReservation } from "./types.js";
+import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
 
 export interface LimiterOptions {
-  readonly store: Pick<OtpStore, "consumeLimits" | "releaseLimit">;
+  readonly store: Pick<OtpStore, "consumeLimits">;
   readonly limits: LimitsConfig;
   /** Keys the log ids (the OTP secret will do: each use of it has its own label). */
   readonly secret: Buffer;
@@ -84,6 +90,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   const logger = options.logger.child({ component: "limits" });
   // A KeyObject, made once: createHmac given a Buffer costs several times the HMAC itself (see otp/code.ts).
   const key = createSecretKey(options.secret);
+  const random = createRandomPool();
   const id = (label: string, ...parts: string[]): string =>
     createHmac("sha256", key).update(`limit-${label}\0${parts.join("\0")}`).digest("hex").slice(0, 32);
 
@@ -125,6 +132,9 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   }
 
   return {
+    // The suppression key lives beside the limit logs: one script checks it first.
+    checksSuppression: true,
+
     async admit(ctx: CallContext, request) {
       const { recipientKey, purpose, now } = request;
       const ip = endUserIpSubject(request.endUserIp);
@@ -136,12 +146,15 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
         ...named("caller", `caller:${ctx.caller}`, `c:${id("caller", ctx.caller)}`, limits.caller),
         ...named("global", "global", "g", limits.global),
       ];
-      if (logs.length === 0) return { resendAvailableAt: now };
+      const { recipientHash } = request;
+      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
       const outcome = await store.consumeLimits(
         logs.map((l) => l.log),
-        newEntry(now),
+        newEntry(now, random),
         now,
+        { unlessSuppressed: recipientHash },
       );
+      if ("suppressed" in outcome) return { suppressedBy: outcome.suppressed };
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
       let resendAvailableAt = now;
       logs.forEach((l, index) => {
@@ -150,22 +163,23 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       return { resendAvailableAt };
     },
 
-    async reserveFailure(ctx: CallContext, request): Promise<VerifyReservation> {
+    failureCap(ctx: CallContext, request): VerifyFailureCap | undefined {
       const { recipientKey, now } = request;
       const logs = named("verify_failures", "recipient", `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
       const [only] = logs;
-      if (only === undefined) return { release: () => Promise.resolve() };
-      const entry = newEntry(now);
-      const outcome = await store.consumeLimits([only.log], entry, now);
-      if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
-      return { release: () => store.releaseLimit(only.log.id, entry) };
+      if (only === undefined) return undefined;
+      return {
+        log: only.log,
+        entry: newEntry(now, random),
+        refuse: (full) => refuse(logs, full, now, ctx.caller),
+      };
     },
   };
 }
 
 /** A unique admission id: time first, so entries read in order in a dump. */
-function newEntry(now: number): string {
-  return `${Math.floor(now).toString(36)}.${randomBytes(8).toString("hex")}`;
+function newEntry(now: number, random: RandomBytes): string {
+  return `${Math.floor(now).toString(36)}.${random(8).toString("hex")}`;
 }
 
 /** "at most 5 codes per 15m to one recipient" */

@@ -3,14 +3,20 @@
  * SendLimiter and every verification through a VerifyLimiter; `limiter.ts`
  * implements both over the store's atomic limit logs.
  */
+import type { SuppressionEntry } from "../delivery/record.js";
 import type { CallContext } from "../otp/types.js";
-import type { LimitWindow } from "../store/types.js";
+import type { FailureCap, FullWindow, LimitWindow } from "../store/types.js";
 
 export type { LimitWindow };
 
 export interface SendAdmission {
   /** The earliest time another send to this recipient and purpose will be admitted. */
   readonly resendAvailableAt: number;
+}
+
+/** Not admitted, and nothing spent: the recipient is suppressed (see SendLimitRequest.recipientHash). */
+export interface SendSuppressed {
+  readonly suppressedBy: SuppressionEntry;
 }
 
 export interface SendLimitRequest {
@@ -20,6 +26,12 @@ export interface SendLimitRequest {
   /** "" when the caller did not say. */
   readonly endUserIp: string;
   readonly now: number;
+  /**
+   * The recipient's suppression-list hash, for a limiter whose
+   * `checksSuppression` is true: when that recipient is suppressed, admit
+   * checks no limit, spends nothing and resolves with `suppressedBy`.
+   */
+  readonly recipientHash?: string | undefined;
 }
 
 export interface SendLimiter {
@@ -27,7 +39,14 @@ export interface SendLimiter {
    * Admits one send or rejects with an OtpError of kind "resource_exhausted"
    * (naming the limit, with retryAfterMs). A rejected send consumes nothing.
    */
-  admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission>;
+  admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission | SendSuppressed>;
+  /**
+   * True when admit checks `request.recipientHash` against the suppression
+   * list itself, atomically and before any limit (the store limiter does,
+   * in the same round trip as the limits). Otherwise the caller must check
+   * the suppression list before admit.
+   */
+  readonly checksSuppression?: boolean;
 }
 
 export interface VerifyLimitRequest {
@@ -36,19 +55,25 @@ export interface VerifyLimitRequest {
   readonly now: number;
 }
 
-/** A failed verification reserved before the guess is compared. */
-export interface VerifyReservation {
-  /** Gives the reservation back: the guess turned out not to be a failure. */
-  release(): Promise<void>;
+/** The cap on failed verifications of one caller for one recipient. */
+export interface VerifyFailureCap extends FailureCap {
+  /**
+   * Throws the RESOURCE_EXHAUSTED error (naming verify_failures, with the
+   * retry delay) for a guess the store refused because `full` windows of
+   * the cap are full.
+   */
+  refuse(full: readonly FullWindow[]): never;
 }
 
 export interface VerifyLimiter {
   /**
-   * Reserves one failed verification of (caller, recipient) before the
-   * guess is compared, so concurrent guesses can never exceed the cap, or
-   * rejects with an OtpError of kind "resource_exhausted" when it is used up.
+   * The cap on failed verifications of (caller, recipient), or undefined when
+   * there is none. The store checks it before the guess counts and records a
+   * wrong guess in it, in the same atomic step as the guess itself
+   * (OtpStore.verifyGuess), so concurrent guesses can never exceed it and a
+   * right guess is never counted.
    */
-  reserveFailure(ctx: CallContext, request: VerifyLimitRequest): Promise<VerifyReservation>;
+  failureCap(ctx: CallContext, request: VerifyLimitRequest): VerifyFailureCap | undefined;
 }
 
 /**
@@ -70,10 +95,8 @@ export interface LimitsConfig {
   readonly verifyFailures: readonly LimitWindow[];
 }
 
-const admitNow: VerifyReservation = { release: () => Promise.resolve() };
-
 /** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
 export const unlimited: SendLimiter & VerifyLimiter = {
   admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now }),
-  reserveFailure: () => Promise.resolve(admitNow),
+  failureCap: () => undefined,
 };

@@ -3,6 +3,7 @@
  * store ever sees, and the constant-time comparison.
  */
 import { createHmac, createSecretKey, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+import type { RandomBytes } from "../random-pool.js";
 
 /** A caller-supplied or normalised typed code: 4-10 of [0-9A-Z]. */
 export const codePattern = /^[0-9A-Z]{4,10}$/;
@@ -24,19 +25,20 @@ const crockford = "0123456789abcdefghjkmnpqrstvwxyz";
 /**
  * A message id: 48 bits of milliseconds then 80 random bits, in lower-case
  * Crockford base32 (26 characters). Sortable by time, and safe inside an SMTP
- * local part (`bounce+<id>@...`) where case may not survive.
+ * local part (`bounce+<id>@...`) where case may not survive. `random` is
+ * the CSPRNG by default; the OTP service passes a pooled one
+ * (`createRandomPool`), which saves a crypto call per id.
  */
-export function newMessageId(now: number): string {
+export function newMessageId(now: number, random: RandomBytes = randomBytes): string {
   let id = "";
   let time = now;
   for (let i = 0; i < 10; i++) {
     id = crockford[time % 32] + id;
     time = Math.floor(time / 32);
   }
-  const random = randomBytes(10);
   let bits = 0;
   let value = 0;
-  for (const byte of random) {
+  for (const byte of random(10)) {
     value = (value << 8) | byte;
     bits += 8;
     while (bits >= 5) {
@@ -57,6 +59,8 @@ export const messageIdPattern = /^[0-9a-hjkmnp-tv-z]{26}$/;
 export interface Hasher {
   /** Opaque id of the code set of (caller, recipient, purpose); no address appears in storage keys. */
   codeSetId(caller: string, recipientKey: string, purpose: string): string;
+  /** Opaque id of the group of (caller, recipient): its code sets and failure cap are stored together. */
+  codeGroupId(caller: string, recipientKey: string): string;
   /** HMAC of a code within its set. */
   codeHmac(setId: string, code: string): string;
   /** Opaque id of an idempotency key of a caller. */
@@ -74,6 +78,7 @@ export function createHasher(secret: Buffer): Hasher {
     createHmac("sha256", key).update(`${label}\0${parts.join("\0")}`).digest("hex");
   return {
     codeSetId: (caller, recipientKey, purpose) => mac("code-set", [caller, recipientKey, purpose]).slice(0, 32),
+    codeGroupId: (caller, recipientKey) => mac("code-group", [caller, recipientKey]).slice(0, 32),
     codeHmac: (setId, code) => mac("code", [setId, code]),
     idempotencyKeyId: (caller, key) => mac("idempotency", [caller, key]).slice(0, 32),
     requestFingerprint: (parts) => mac("request", parts),

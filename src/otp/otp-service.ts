@@ -14,9 +14,10 @@ import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
 import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
-import type { OtpStore } from "../store/types.js";
+import type { CodeSetRef, OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
-import { generateCode, hmacEquals, newMessageId, type Hasher } from "./code.js";
+import { createRandomPool } from "../random-pool.js";
+import { generateCode, newMessageId, type Hasher } from "./code.js";
 import type {
   CallContext,
   DeliveryStatus,
@@ -67,10 +68,20 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
   const verifyLimiter = options.verifyLimiter ?? unlimited;
   const keepExpiredMs = options.keepExpiredMs ?? 3_600_000;
+  const random = createRandomPool();
   const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
 
+  /**
+   * A record and its DSNs, read concurrently: one round trip of waiting
+   * instead of two. The reports of an unknown (or another caller's) message
+   * are read for nothing, which costs less than a second round trip.
+   */
+  function readWithReports(messageId: string) {
+    return Promise.all([store.getRecord(messageId), store.getDeliveryReports(messageId)]);
+  }
+
   async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult> {
-    const record = await store.getRecord(messageId);
+    const [record, reports] = await readWithReports(messageId);
     if (record === undefined || record.caller !== ctx.caller) {
       throw new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
         reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
@@ -78,7 +89,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     const now = clock.now();
-    const known = withReports(record, await store.getDeliveryReports(messageId));
+    const known = withReports(record, reports);
     const state = effectiveState(known, now);
     if (state === "FAILED") throw sendFailure({ ...known, state });
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
@@ -89,8 +100,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const request = validateSendOtp(input, options.ttl);
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
-    const messageId = newMessageId(now);
-    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+    const messageId = newMessageId(now, random);
+    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
+    const setId = set.id;
 
     let idempotencyKeyId: string | undefined;
     if (request.idempotencyKey !== "") {
@@ -117,17 +129,23 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     }
 
     try {
-      // Before the limiter: a send refused for suppression spends no rate budget.
+      // A send refused for suppression spends no rate budget: the limiter
+      // checks the suppression first, in the same round trip as the limits
+      // (or, for a limiter that cannot, the list is read before it).
       const recipientHash = options.suppression?.recipientHash(request.recipient.key);
-      if (recipientHash !== undefined) {
-        await refuseIfSuppressed(ctx, { messageId, recipientHash, now, ...request });
+      const refusal = { messageId, recipientHash, now, ...request };
+      if (recipientHash !== undefined && limiter.checksSuppression !== true) {
+        const cause = await options.suppression?.check(recipientHash);
+        if (cause !== undefined) return await refuseSuppressed(ctx, refusal, cause);
       }
       const admission = await limiter.admit(ctx, {
         recipientKey: request.recipient.key,
         purpose: request.purpose,
         endUserIp: request.endUserIp,
         now,
+        recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
       });
+      if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal, admission.suppressedBy);
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
       const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
@@ -142,7 +160,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       const record: DeliveryRecord = {
         messageId,
         caller: ctx.caller,
-        state: "QUEUED",
+        // Handed to the dispatcher at once: stored as SENDING straight away,
+        // which spares the dispatcher a SENDING write before the first attempt.
+        state: "SENDING",
         recipientMasked: maskAddress(request.recipient.address),
         recipientDomain: request.recipient.domain,
         purpose: request.purpose,
@@ -159,7 +179,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // written concurrently: one round trip of waiting instead of two.
       await Promise.all([
         store.putRecord(record, options.recordRetentionMs),
-        store.addCode(setId, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
+        store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
       ]);
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
@@ -185,7 +205,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
 
   async function getDeliveryStatus(ctx: CallContext, rawMessageId: string): Promise<DeliveryStatus> {
     const messageId = validateMessageId(rawMessageId);
-    const record = await store.getRecord(messageId);
+    const [record, reports] = await readWithReports(messageId);
     // Another caller's message answers exactly like an unknown one: existence is not leaked.
     if (record === undefined || record.caller !== ctx.caller) {
       throw new OtpError("not_found", "no message with this message_id (records are kept for a limited time)", {
@@ -193,29 +213,28 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     // DSNs are stored beside the record by the bounce intake; join them here.
-    const known = withReports(record, await store.getDeliveryReports(messageId));
+    const known = withReports(record, reports);
     const now = clock.now();
     return { record: { ...known, state: effectiveState(known, now) }, explanation: explain(known, now) };
   }
 
   /**
-   * Throws FAILED_PRECONDITION when the recipient is suppressed, after
-   * recording the refused message as SUPPRESSED with the bounce that caused
-   * it. Nothing is sent and no code is stored.
+   * Throws FAILED_PRECONDITION for a suppressed recipient, after recording
+   * the refused message as SUPPRESSED with the bounce that caused it.
+   * Nothing is sent and no code is stored.
    */
-  async function refuseIfSuppressed(
+  async function refuseSuppressed(
     ctx: CallContext,
     request: {
       readonly messageId: string;
-      readonly recipientHash: string;
+      readonly recipientHash: string | undefined;
       readonly now: number;
       readonly recipient: { readonly address: string; readonly domain: string };
       readonly purpose: DeliveryRecord["purpose"];
       readonly locale: string;
     },
-  ): Promise<void> {
-    const cause = await options.suppression?.check(request.recipientHash);
-    if (cause === undefined) return;
+    cause: SuppressionEntry,
+  ): Promise<never> {
     const { messageId, now } = request;
     const record: DeliveryRecord = {
       messageId,
@@ -245,47 +264,43 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const request = validateVerifyOtp(input);
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
-    const setId = hasher.codeSetId(ctx.caller, request.recipient.key, request.purpose);
+    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
     const max = options.maxFailedAttempts;
-    const reservation = await store.reserveGuess(setId, setOptions(now));
-    switch (reservation.state) {
+    // A wrong guess also counts against the caller's cap on failures for this
+    // recipient, which fresh codes do not reset. The store checks the cap,
+    // counts the guess, compares it with every live code and consumes the
+    // matched one in one atomic step: concurrent guesses can overshoot
+    // neither maxFailures nor the cap, a right guess counts against neither,
+    // and a code verifies once.
+    const cap = verifyLimiter.failureCap(ctx, { recipientKey: request.recipient.key, now });
+    const outcome = await store.verifyGuess(set, hasher.codeHmac(set.id, request.code), {
+      ...setOptions(now),
+      failureCap: cap === undefined ? undefined : { log: cap.log, entry: cap.entry },
+    });
+    switch (outcome.state) {
       case "none":
         return { result: "NOT_FOUND", attemptsRemaining: max };
       case "expired":
         return { result: "EXPIRED", attemptsRemaining: 0 };
       case "locked":
         return { result: "LOCKED", attemptsRemaining: 0 };
-      case "open":
-        break;
-    }
-    // A real comparison also counts against the caller's cap on failures for
-    // this recipient, which fresh codes do not reset: reserved before comparing
-    // (concurrent guesses cannot overshoot it), given back if the guess is right.
-    const failure = await verifyLimiter.reserveFailure(ctx, { recipientKey: request.recipient.key, now });
-    const guess = hasher.codeHmac(setId, request.code);
-    // Compare against every live code, without stopping at the first match,
-    // so the time taken says nothing about which code (if any) matched.
-    let match: { id: string; hmac: string } | undefined;
-    for (const entry of reservation.entries) {
-      if (hmacEquals(entry.hmac, guess) && match === undefined) match = entry;
-    }
-    if (match === undefined) {
-      const remaining = Math.max(0, max - reservation.failures);
-      logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
-      return { result: "INVALID", attemptsRemaining: remaining };
-    }
-    try {
-      if (!(await store.consumeCode(setId, match.id, match.hmac))) {
-        // A concurrent call used the code first: it is gone.
-        return { result: "NOT_FOUND", attemptsRemaining: max };
+      case "capped":
+        if (cap === undefined) throw new Error("the store refused a guess for a failure cap it was not given");
+        return cap.refuse(outcome.full);
+      case "invalid": {
+        const remaining = Math.max(0, max - outcome.failures);
+        logger.info({ recipient: maskAddress(request.recipient.address), purpose: request.purpose, remaining }, "otp guess failed");
+        return { result: "INVALID", attemptsRemaining: remaining };
       }
-      logger.info({ message_id: match.id, purpose: request.purpose }, "otp verified");
-      return { result: "VERIFIED", attemptsRemaining: max };
-    } finally {
-      await failure.release().catch((error: unknown) => {
-        logger.warn({ err: error }, "could not give back a reserved verification failure");
-      });
+      case "verified":
+        logger.info({ message_id: outcome.id, purpose: request.purpose }, "otp verified");
+        return { result: "VERIFIED", attemptsRemaining: max };
     }
+  }
+
+  /** The code set of (caller, recipient, purpose), in the group of (caller, recipient). */
+  function codeSet(caller: string, recipientKey: string, purpose: string): CodeSetRef {
+    return { group: hasher.codeGroupId(caller, recipientKey), id: hasher.codeSetId(caller, recipientKey, purpose) };
   }
 
   /** PERMISSION_DENIED when the caller is restricted to other purposes. */

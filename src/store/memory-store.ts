@@ -8,6 +8,7 @@
  * Every operation runs synchronously between two awaits, so it is atomic
  * just as a Lua script is in Redis.
  */
+import { timingSafeEqual } from "node:crypto";
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
 import { storageUnavailable } from "../errors.js";
@@ -15,7 +16,11 @@ import type {
   ClaimResult,
   CodeEntry,
   CodeSetOptions,
-  GuessReservation,
+  CodeSetRef,
+  ConsumeLimitsOptions,
+  GuessOptions,
+  GuessOutcome,
+  LimitWindow,
   IdempotencyClaim,
   LimitLog,
   LimitOutcome,
@@ -58,6 +63,27 @@ function whenRoomFor(entries: readonly LimitEntry[], max: number, windowMs: numb
   const inWindow = entries.filter((e) => e.at > now - windowMs);
   if (inWindow.length < max) return undefined;
   return inWindow[inWindow.length - max].at + windowMs;
+}
+
+/** The map key of a code set: its group and id together. */
+function codeSetKey(set: CodeSetRef): string {
+  return `${set.group}\0${set.id}`;
+}
+
+/** The map key of a group's failure log, apart from the send limits' logs. */
+function failureLogKey(group: string, logId: string): string {
+  return `fail\0${group}\0${logId}`;
+}
+
+/** Exact equality of two stored HMAC strings, in constant time for equal lengths. */
+function sameHmac(a: string, b: string): boolean {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+}
+
+function longestWindow(windows: readonly LimitWindow[]): number {
+  return Math.max(...windows.map((w) => w.windowMs));
 }
 
 /** Creates an empty in-memory store. Development only. */
@@ -111,55 +137,76 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
   }
 
   return {
-    addCode(setId: string, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
+    addCode(set: CodeSetRef, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
       return run(() => {
         const { now, maxFailures, keepExpiredMs } = setOptions;
-        let set = read(codeSets, setId);
-        if (set === undefined || set.failures >= maxFailures) {
+        const setKey = codeSetKey(set);
+        let codes = read(codeSets, setKey);
+        if (codes === undefined || codes.failures >= maxFailures) {
           // Locked (or new): a fresh code starts over.
-          set = { failures: 0, entries: new Map() };
+          codes = { failures: 0, entries: new Map() };
         }
         let lastExpiry = entry.expiresAt;
-        for (const [id, code] of set.entries) {
-          if (code.expiresAt < now) set.entries.delete(id);
+        for (const [id, code] of codes.entries) {
+          if (code.expiresAt < now) codes.entries.delete(id);
           else lastExpiry = Math.max(lastExpiry, code.expiresAt);
         }
-        set.entries.set(entry.id, { hmac: entry.hmac, expiresAt: entry.expiresAt });
-        expireIn(codeSets, setId, set, lastExpiry + keepExpiredMs - now);
+        codes.entries.set(entry.id, { hmac: entry.hmac, expiresAt: entry.expiresAt });
+        expireIn(codeSets, setKey, codes, lastExpiry + keepExpiredMs - now);
       });
     },
 
-    reserveGuess(setId: string, setOptions: CodeSetOptions): Promise<GuessReservation> {
-      return run((): GuessReservation => {
-        const { now, maxFailures, keepExpiredMs } = setOptions;
-        const set = read(codeSets, setId);
-        if (set === undefined || set.entries.size === 0) return { state: "none" };
+    verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
+      return run((): GuessOutcome => {
+        const { now, maxFailures, keepExpiredMs, failureCap } = guessOptions;
+        const setKey = codeSetKey(set);
+        const codes = read(codeSets, setKey);
+        if (codes === undefined || codes.entries.size === 0) return { state: "none" };
         // A code is live while now <= expiresAt ("after which it no longer verifies").
         const live: CodeEntry[] = [];
         let lastExpiry = 0;
-        for (const [id, code] of set.entries) {
+        for (const [id, code] of codes.entries) {
           lastExpiry = Math.max(lastExpiry, code.expiresAt);
           if (code.expiresAt >= now) live.push({ id, hmac: code.hmac, expiresAt: code.expiresAt });
         }
         if (live.length === 0) {
           if (now >= lastExpiry + keepExpiredMs) {
-            codeSets.delete(setId);
+            codeSets.delete(setKey);
             return { state: "none" };
           }
           return { state: "expired" };
         }
-        if (set.failures >= maxFailures) return { state: "locked", failures: set.failures };
-        set.failures += 1;
-        return { state: "open", failures: set.failures, entries: live };
-      });
-    },
+        if (codes.failures >= maxFailures) return { state: "locked", failures: codes.failures };
 
-    consumeCode(setId: string, entryId: string, hmac: string): Promise<boolean> {
-      return run(() => {
-        const code = read(codeSets, setId)?.entries.get(entryId);
-        if (code?.hmac !== hmac) return false;
-        codeSets.delete(setId);
-        return true;
+        let failures: LimitEntry[] = [];
+        if (failureCap !== undefined) {
+          const { windows } = failureCap.log;
+          const longest = longestWindow(windows);
+          failures = (read(limitLogs, failureLogKey(set.group, failureCap.log.id)) ?? []).filter((e) => e.at > now - longest);
+          const full = windows.flatMap((w, window) => {
+            const retryAt = whenRoomFor(failures, w.max, w.windowMs, now);
+            return retryAt === undefined ? [] : [{ log: 0, window, retryAt }];
+          });
+          if (full.length > 0) return { state: "capped", full };
+        }
+
+        // Every live code is compared, with no early exit.
+        let match: string | undefined;
+        for (const code of live) {
+          if (sameHmac(code.hmac, hmac) && match === undefined) match = code.id;
+        }
+        if (match !== undefined) {
+          // One-time use: every code of the set goes with the one that matched.
+          codeSets.delete(setKey);
+          return { state: "verified", id: match };
+        }
+        codes.failures += 1;
+        if (failureCap !== undefined) {
+          const position = failures.findIndex((e) => e.at > now);
+          failures.splice(position === -1 ? failures.length : position, 0, { at: now, entry: failureCap.entry });
+          expireIn(limitLogs, failureLogKey(set.group, failureCap.log.id), failures, longestWindow(failureCap.log.windows));
+        }
+        return { state: "invalid", failures: codes.failures };
       });
     },
 
@@ -212,11 +259,14 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
-    consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
+    consumeLimits(logs: readonly LimitLog[], entry: string, now: number, limitOptions?: ConsumeLimitsOptions): Promise<LimitOutcome> {
       return run((): LimitOutcome => {
+        const { unlessSuppressed } = limitOptions ?? {};
+        const suppressed = unlessSuppressed === undefined ? undefined : read(suppressions, unlessSuppressed);
+        if (suppressed !== undefined) return { admitted: false, suppressed: JSON.parse(suppressed) as SuppressionEntry };
         const full: FullWindow[] = [];
         const current = logs.map((log, index) => {
-          const longest = Math.max(...log.windows.map((w) => w.windowMs));
+          const longest = longestWindow(log.windows);
           const entries = (read(limitLogs, log.id) ?? []).filter((e) => e.at > now - longest);
           log.windows.forEach((w, window) => {
             const retryAt = whenRoomFor(entries, w.max, w.windowMs, now);
@@ -232,15 +282,6 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
           return Math.max(now, ...log.windows.map((w) => whenRoomFor(entries, w.max, w.windowMs, now) ?? now));
         });
         return { admitted: true, nextAt };
-      });
-    },
-
-    releaseLimit(logId: string, entry: string): Promise<void> {
-      return run(() => {
-        const entries = read(limitLogs, logId);
-        const index = entries?.findIndex((e) => e.entry === entry) ?? -1;
-        if (entries !== undefined && index !== -1) entries.splice(index, 1);
-        if (entries?.length === 0) limitLogs.delete(logId);
       });
     },
 

@@ -3,13 +3,14 @@
  * operation so each is atomic across any number of service instances.
  *
  * Key layout (every key carries a TTL; the part in braces is a Redis Cluster
- * hash tag, and every operation touches exactly one key):
+ * hash tag, and a script only touches keys of one tag):
  *
- *   <prefix>code:{<setId>}   hash   f = failures, c:<entryId> = <hmac>:<expiresAt>
+ *   <prefix>code:{<group>}:<setId>  hash   f = failures, c:<entryId> = <hmac>:<expiresAt>
+ *   <prefix>fail:{<group>}:<logId>  zset   failed guesses of the group's sets (the verify cap)
  *   <prefix>msg:{<messageId>} string delivery record as JSON
  *   <prefix>idem:{<keyId>}   string idempotency claim as JSON {fingerprint, messageId}
  *   <prefix>dsn:{<messageId>} list  delivery reports (DSNs) as JSON, oldest first
- *   <prefix>supp:{<recipientHash>} string suppression entry as JSON
+ *   <prefix>{limits}:supp:<recipientHash> string suppression entry as JSON
  *   <prefix>{limits}:<logId> zset   limit log: member = admission id, score = admitted at
  *
  * The limit logs all share the hash tag `{limits}`: one SendOtp checks and
@@ -17,7 +18,16 @@
  * one script, which Redis Cluster only allows within one slot. Every
  * SendOtp touches the global log anyway, so that slot's node sees every
  * send whatever the layout; keeping the small per-recipient logs beside it
- * buys exactness and one round trip for a little memory on that node.
+ * buys exactness and one round trip for a little memory on that node. The
+ * suppression list lives there too, for the same reason: the limits script
+ * checks the recipient's suppression first, so a SendOtp needs no GET of
+ * its own (and a suppressed send still spends no budget).
+ *
+ * A group (caller and recipient) keeps its code sets (one per purpose) and
+ * its failure log under one hash tag: one script checks the cap, counts the
+ * guess, compares it and consumes the code, so a VerifyOtp is one command.
+ * Codes are compared in Lua as keyed HMACs: their timing says nothing an
+ * attacker could use, since without the secret nobody can compute them.
  *
  * Times in scripts come from the caller's injected clock (`options.now`),
  * never from Redis TIME, and TTLs are set relative to that `now` (PEXPIRE,
@@ -32,7 +42,11 @@ import type {
   ClaimResult,
   CodeEntry,
   CodeSetOptions,
-  GuessReservation,
+  CodeSetRef,
+  ConsumeLimitsOptions,
+  FullWindow,
+  GuessOptions,
+  GuessOutcome,
   IdempotencyClaim,
   LimitLog,
   LimitOutcome,
@@ -107,15 +121,35 @@ return 1
 `;
 
 /**
- * KEYS[1] code set; ARGV maxFailures, now, keepExpiredMs.
- * Returns {'none'} | {'expired'} | {'locked', failures} |
- * {'open', failures, id1, hmac1, expiresAt1, id2, ...}.
+ * Sliding-window helpers shared by the limits and verify scripts. roomAt:
+ * nil when the window has room for one more entry at `now`, else the time
+ * it will.
  */
-const reserveGuessLua = `
+const windowLua = `
+local function ms(value) return string.format('%d', value) end
+local function roomAt(key, now, max, window)
+  local since = '(' .. ms(now - window)
+  local count = redis.call('ZCOUNT', key, since, '+inf')
+  if count < max then return nil end
+  local oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', count - max, 1)
+  return tonumber(oldest[2]) + window
+end
+`;
+
+/**
+ * KEYS[1] code set, KEYS[2] failure log (when ARGV[5] is '1').
+ * ARGV guess hmac, maxFailures, now, keepExpiredMs, 1 or 0, failure entry,
+ * number of windows, then max and windowMs of each.
+ * Returns {'none'} | {'expired'} | {'locked', failures} |
+ * {'capped', window, retryAt, ...} (1-based windows) | {'invalid', failures} |
+ * {'verified', entryId}. See OtpStore.verifyGuess.
+ */
+const verifyGuessLua = `${windowLua}
 local key = KEYS[1]
-local maxFailures = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-local keep = tonumber(ARGV[3])
+local guess = ARGV[1]
+local maxFailures = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
 local fields = redis.call('HGETALL', key)
 local failures = 0
 local anyCode = false
@@ -131,9 +165,7 @@ for i = 1, #fields, 2 do
     anyCode = true
     if expiry > lastExpiry then lastExpiry = expiry end
     if expiry >= now then
-      live[#live + 1] = string.sub(name, 3)
-      live[#live + 1] = hmac
-      live[#live + 1] = expiryText
+      live[#live + 1] = {string.sub(name, 3), hmac}
     end
   end
 end
@@ -146,20 +178,42 @@ if #live == 0 then
   return {'expired'}
 end
 if failures >= maxFailures then return {'locked', failures} end
--- Counted before the caller compares: concurrent guesses can never exceed maxFailures.
+local capped = ARGV[5] == '1'
+local windows = {}
+local longest = 0
+if capped then
+  for j = 1, tonumber(ARGV[7]) do
+    local max, window = tonumber(ARGV[6 + 2 * j]), tonumber(ARGV[7 + 2 * j])
+    windows[j] = {max, window}
+    if window > longest then longest = window end
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now - longest))
+  local full = {'capped'}
+  for j = 1, #windows do
+    local retryAt = roomAt(KEYS[2], now, windows[j][1], windows[j][2])
+    if retryAt then
+      full[#full + 1] = j
+      full[#full + 1] = retryAt
+    end
+  end
+  if #full > 1 then return full end
+end
+-- Every live code is compared, with no early exit.
+local match = false
+for i = 1, #live do
+  if live[i][2] == guess and not match then match = live[i][1] end
+end
+if match then
+  -- One-time use: every code of the set goes with the one that matched.
+  redis.call('DEL', key)
+  return {'verified', match}
+end
 failures = redis.call('HINCRBY', key, 'f', 1)
-local reply = {'open', failures}
-for i = 1, #live do reply[#reply + 1] = live[i] end
-return reply
-`;
-
-/** KEYS[1] code set; ARGV entryId, hmac. Returns 1 when this call consumed the set. */
-const consumeCodeLua = `
-local value = redis.call('HGET', KEYS[1], 'c:' .. ARGV[1])
-if not value then return 0 end
-if string.match(value, '^(.*):%d+$') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
+if capped then
+  redis.call('ZADD', KEYS[2], ms(now), ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ms(longest))
+end
+return {'invalid', failures}
 `;
 
 /**
@@ -191,27 +245,30 @@ return 0
 `;
 
 /**
- * KEYS: the limit logs. ARGV: now, entry, then per key: number of windows,
- * then max and windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
- * Returns {1, nextAt1, nextAt2, ...} or {0, log, window, retryAt, ...} with
- * 1-based log and window indices.
+ * KEYS: the suppression key when ARGV[3] is '1', then the limit logs. ARGV:
+ * now, entry, 1 or 0, then per log: number of windows, then max and
+ * windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
+ * Returns {1, nextAt1, nextAt2, ...}, {0, log, window, retryAt, ...} with
+ * 1-based log and window indices, or {2, suppression JSON} (nothing checked
+ * or consumed).
  */
-const consumeLimitsLua = `
+const consumeLimitsLua = `${windowLua}
 local now = tonumber(ARGV[1])
 local entry = ARGV[2]
-local function ms(value) return string.format('%d', value) end
--- When the window has room for one more: nil; else the time it will.
-local function roomAt(key, max, window)
-  local since = '(' .. ms(now - window)
-  local count = redis.call('ZCOUNT', key, since, '+inf')
-  if count < max then return nil end
-  local oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', count - max, 1)
-  return tonumber(oldest[2]) + window
+local first = 1
+if ARGV[3] == '1' then
+  first = 2
+  local suppressed = redis.call('GET', KEYS[1])
+  if suppressed then
+    -- An unreadable entry suppresses nothing, as getSuppression reads it.
+    local ok, value = pcall(cjson.decode, suppressed)
+    if ok and type(value) == 'table' and type(value.messageId) == 'string' then return {2, suppressed} end
+  end
 end
 local logs = {}
 local full = {0}
-local pos = 3
-for i = 1, #KEYS do
+local pos = 4
+for i = first, #KEYS do
   local windows = {}
   local longest = 0
   for j = 1, tonumber(ARGV[pos]) do
@@ -222,9 +279,9 @@ for i = 1, #KEYS do
   pos = pos + 1 + 2 * #windows
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ms(now - longest))
   for j = 1, #windows do
-    local retryAt = roomAt(KEYS[i], windows[j][1], windows[j][2])
+    local retryAt = roomAt(KEYS[i], now, windows[j][1], windows[j][2])
     if retryAt then
-      full[#full + 1] = i
+      full[#full + 1] = i - first + 1
       full[#full + 1] = j
       full[#full + 1] = retryAt
     end
@@ -233,12 +290,12 @@ for i = 1, #KEYS do
 end
 if #full > 1 then return full end
 local reply = {1}
-for i = 1, #KEYS do
+for i = first, #KEYS do
   redis.call('ZADD', KEYS[i], ms(now), entry)
   redis.call('PEXPIRE', KEYS[i], ms(logs[i][2]))
   local nextAt = now
   for _, w in ipairs(logs[i][1]) do
-    local at = roomAt(KEYS[i], w[1], w[2])
+    local at = roomAt(KEYS[i], now, w[1], w[2])
     if at and at > nextAt then nextAt = at end
   end
   reply[#reply + 1] = nextAt
@@ -249,8 +306,7 @@ return reply
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
-  otpReserveGuess: { lua: reserveGuessLua, numberOfKeys: 1 },
-  otpConsumeCode: { lua: consumeCodeLua, numberOfKeys: 1 },
+  otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
 } as const;
@@ -282,7 +338,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     // UNAVAILABLE and can retry, rather than a request that hangs.
     enableOfflineQueue: false,
     // Reject commands in flight when the connection drops, and never resend
-    // them after reconnecting: a resent reserveGuess would count a guess the
+    // them after reconnecting: a resent verifyGuess would count a guess the
     // caller was already told failed.
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
@@ -304,11 +360,12 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
   const readiness = trackReadiness(redis, logger);
 
-  const codeKey = (setId: string): string => `${prefix}code:{${setId}}`;
+  const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
+  const failureKey = (group: string, logId: string): string => `${prefix}fail:{${group}}:${logId}`;
   const recordKey = (messageId: string): string => `${prefix}msg:{${messageId}}`;
   const idempotencyKey = (keyId: string): string => `${prefix}idem:{${keyId}}`;
   const reportsKey = (messageId: string): string => `${prefix}dsn:{${messageId}}`;
-  const suppressionKey = (recipientHash: string): string => `${prefix}supp:{${recipientHash}}`;
+  const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
   /** Runs one Redis operation, turning any failure into storageUnavailable. */
@@ -332,20 +389,24 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   // Arguments are checked before `run`, so a programming error surfaces as
   // a TypeError rather than as a retryable "storage unavailable".
   return {
-    async addCode(setId: string, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
+    async addCode(set: CodeSetRef, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
       const args = [entry.id, entry.hmac, wholeMs(entry.expiresAt), ...codeSetArgs(setOptions)];
       return run("addCode", async () => {
-        await redis.otpAddCode(codeKey(setId), ...args);
+        await redis.otpAddCode(codeKey(set), ...args);
       });
     },
 
-    async reserveGuess(setId: string, setOptions: CodeSetOptions): Promise<GuessReservation> {
-      const args = codeSetArgs(setOptions);
-      return run("reserveGuess", async () => parseReservation(await redis.otpReserveGuess(codeKey(setId), ...args)));
-    },
-
-    consumeCode(setId: string, entryId: string, hmac: string): Promise<boolean> {
-      return run("consumeCode", async () => (await redis.otpConsumeCode(codeKey(setId), entryId, hmac)) === 1);
+    async verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
+      const [maxFailures, now, keep] = codeSetArgs(guessOptions);
+      const cap = guessOptions.failureCap;
+      const keys = [codeKey(set)];
+      const args: ScriptArg[] = [hmac, maxFailures, now, keep, 0];
+      if (cap !== undefined) {
+        keys.push(failureKey(set.group, cap.log.id));
+        args[4] = 1;
+        args.push(cap.entry, ...windowArgs(cap.log));
+      }
+      return run("verifyGuess", async () => parseGuessOutcome(await redis.otpVerifyGuess(keys.length, ...keys, ...args)));
     },
 
     async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
@@ -422,20 +483,20 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       });
     },
 
-    async consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome> {
-      if (logs.length === 0) return { admitted: true, nextAt: [] };
-      const args = limitArgs(logs, entry, now);
+    async consumeLimits(
+      logs: readonly LimitLog[],
+      entry: string,
+      now: number,
+      limitOptions?: ConsumeLimitsOptions,
+    ): Promise<LimitOutcome> {
+      const unlessSuppressed = limitOptions?.unlessSuppressed;
+      if (logs.length === 0 && unlessSuppressed === undefined) return { admitted: true, nextAt: [] };
+      const args = limitArgs(logs, entry, now, unlessSuppressed !== undefined);
       const keys = logs.map((log) => limitKey(log.id));
+      if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
       return run("consumeLimits", async () =>
         parseLimitOutcome(await redis.otpConsumeLimits(keys.length, ...keys, ...args), logs.length),
       );
-    },
-
-    releaseLimit(logId: string, entry: string): Promise<void> {
-      return run("releaseLimit", async () => {
-        // Removing the last entry removes the key: nothing is left without a TTL.
-        await redis.zrem(limitKey(logId), entry);
-      });
     },
 
     ping(): Promise<void> {
@@ -593,25 +654,27 @@ function ttl(ttlMs: number): number {
   return Math.max(1, Math.ceil(ttlMs));
 }
 
-function parseReservation(reply: unknown): GuessReservation {
-  if (!Array.isArray(reply)) throw new Error("unexpected reply to the reserve script");
-  const [state, failures, ...rest] = reply as unknown[];
+function parseGuessOutcome(reply: unknown): GuessOutcome {
+  if (!Array.isArray(reply)) throw new Error("unexpected reply to the verify script");
+  const [state, ...rest] = reply as unknown[];
   switch (state) {
     case "none":
       return { state: "none" };
     case "expired":
       return { state: "expired" };
     case "locked":
-      return { state: "locked", failures: Number(failures) };
-    case "open": {
-      const entries: CodeEntry[] = [];
-      for (let i = 0; i + 2 < rest.length; i += 3) {
-        entries.push({ id: String(rest[i]), hmac: String(rest[i + 1]), expiresAt: Number(rest[i + 2]) });
-      }
-      return { state: "open", failures: Number(failures), entries };
+      return { state: "locked", failures: Number(rest[0]) };
+    case "invalid":
+      return { state: "invalid", failures: Number(rest[0]) };
+    case "verified":
+      return { state: "verified", id: String(rest[0]) };
+    case "capped": {
+      const full: FullWindow[] = [];
+      for (let i = 0; i + 1 < rest.length; i += 2) full.push({ log: 0, window: Number(rest[i]) - 1, retryAt: Number(rest[i + 1]) });
+      return { state: "capped", full };
     }
     default:
-      throw new Error("unexpected state from the reserve script");
+      throw new Error("unexpected state from the verify script");
   }
 }
 
@@ -672,23 +735,26 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
 }
 
 /** ARGV of the consume script after the keys; validates every window. */
-function limitArgs(logs: readonly LimitLog[], entry: string, now: number): ScriptArg[] {
-  const args: ScriptArg[] = [wholeMs(now), entry];
-  for (const log of logs) {
-    if (log.windows.length === 0) throw new TypeError(`limit log ${log.id} has no window`);
-    args.push(log.windows.length);
-    for (const { max, windowMs } of log.windows) {
-      if (!(Number.isInteger(max) && max > 0 && Number.isInteger(windowMs) && windowMs > 0)) {
-        throw new TypeError(`limit log ${log.id}: max and windowMs must be positive integers`);
-      }
-      args.push(max, windowMs);
+function limitArgs(logs: readonly LimitLog[], entry: string, now: number, checkSuppression: boolean): ScriptArg[] {
+  return [wholeMs(now), entry, checkSuppression ? 1 : 0, ...logs.flatMap(windowArgs)];
+}
+
+/** A log's windows as script arguments (count, then max and windowMs of each), validated. */
+function windowArgs(log: LimitLog): ScriptArg[] {
+  if (log.windows.length === 0) throw new TypeError(`limit log ${log.id} has no window`);
+  const args: ScriptArg[] = [log.windows.length];
+  for (const { max, windowMs } of log.windows) {
+    if (!(Number.isInteger(max) && max > 0 && Number.isInteger(windowMs) && windowMs > 0)) {
+      throw new TypeError(`limit log ${log.id}: max and windowMs must be positive integers`);
     }
+    args.push(max, windowMs);
   }
   return args;
 }
 
 function parseLimitOutcome(reply: unknown, logCount: number): LimitOutcome {
   if (!Array.isArray(reply)) throw new Error("unexpected reply to the limits script");
+  if (reply[0] === 2) return { admitted: false, suppressed: JSON.parse(String(reply[1])) as SuppressionEntry };
   const [admitted, ...rest] = (reply as unknown[]).map(Number);
   if (admitted === 1 && rest.length === logCount) return { admitted: true, nextAt: rest };
   if (admitted !== 0 || rest.length === 0 || rest.length % 3 !== 0) throw new Error("unexpected reply to the limits script");

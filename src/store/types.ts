@@ -4,9 +4,10 @@
  * zero-config dev mode). Both pass the same contract suite
  * (test/integration/store-contract.ts).
  *
- * Every operation touches exactly one key, or (consumeLimits) several keys
- * that share one hash tag, so the Redis implementation works on Redis
- * Cluster; every key carries a TTL.
+ * Every operation touches exactly one key, or (consumeLimits, verifyGuess)
+ * several keys that share one hash tag, so the Redis implementation works on Redis
+ * Cluster; every key carries a TTL. Suppressions live beside the limit logs
+ * (same hash tag) so that consumeLimits can check one first.
  *
  * Errors: an unreachable or failing backend rejects with
  * `storageUnavailable(cause)` from `../errors.ts` (an OtpError of kind
@@ -40,22 +41,49 @@ export interface CodeSetOptions {
 }
 
 /**
- * The result of reserving one guess against a code set. A guess is counted
- * *before* it is compared, atomically, so concurrent guesses can never
- * exceed `maxFailures` comparisons.
+ * Names a code set. `id` is opaque and derived from (caller, recipient,
+ * purpose); `group` is opaque and derived from (caller, recipient): the
+ * sets of one group are verified against one failure cap, and the store
+ * keeps them and that cap's log together (one Redis Cluster slot) so that
+ * verifyGuess is one atomic step.
  */
-export type GuessReservation =
+export interface CodeSetRef {
+  readonly group: string;
+  readonly id: string;
+}
+
+/** The cap on failed guesses across a group's sets (per caller and recipient). */
+export interface FailureCap {
+  /** The failure log (kept with the group: the same log id in two groups is two logs). */
+  readonly log: LimitLog;
+  /** Unique id of this guess's failure, should it be one. */
+  readonly entry: string;
+}
+
+export interface GuessOptions extends CodeSetOptions {
+  /** When given, checked before the guess counts and added to when it is wrong. */
+  readonly failureCap?: FailureCap | undefined;
+}
+
+/**
+ * What one guess against a code set came to. The checks run in this order,
+ * atomically: a set with no code, only expired codes, or locked answers
+ * that and counts nothing; then a full failure cap refuses and counts
+ * nothing; then the guess is compared with every live code.
+ */
+export type GuessOutcome =
   /** No code was ever sent (or the set was used up / has been dropped). */
   | { readonly state: "none" }
-  /** Codes were sent, all have expired. Not counted. */
+  /** Codes were sent, all have expired. */
   | { readonly state: "expired" }
-  /** `failures >= maxFailures` and a code is still live. Not counted. */
+  /** `failures >= maxFailures` and a code is still live. */
   | { readonly state: "locked"; readonly failures: number }
-  /**
-   * Counted: `failures` includes this guess. `entries` are the live
-   * (unexpired) codes to compare against.
-   */
-  | { readonly state: "open"; readonly failures: number; readonly entries: readonly CodeEntry[] };
+  /** The failure cap is full: `full` lists its full windows (`log` is always 0). */
+  | { readonly state: "capped"; readonly full: readonly FullWindow[] }
+  /** Wrong: counted in the set (`failures` includes it) and in the failure cap. */
+  | { readonly state: "invalid"; readonly failures: number }
+  /** Right: the set is deleted (every code of it is used up), nothing is counted. `id` is the matched entry's. */
+  | { readonly state: "verified"; readonly id: string };
 
 /** What an idempotency key remembers about the first call that used it. */
 export interface IdempotencyClaim {
@@ -103,28 +131,37 @@ export type LimitOutcome =
    */
   | { readonly admitted: true; readonly nextAt: readonly number[] }
   /** Refused: no log changed. `full` lists every full window. */
-  | { readonly admitted: false; readonly full: readonly FullWindow[] };
+  | { readonly admitted: false; readonly full: readonly FullWindow[] }
+  /** Refused before any limit was looked at: the recipient is suppressed (see ConsumeLimitsOptions). */
+  | { readonly admitted: false; readonly suppressed: SuppressionEntry };
+
+export interface ConsumeLimitsOptions {
+  /**
+   * A recipient hash (as putSuppression takes). When that recipient is
+   * suppressed, no window is checked and nothing is consumed: the outcome is
+   * `{ admitted: false, suppressed }`. Checked in the same atomic step as
+   * the limits, which saves SendOtp a round trip of its own.
+   */
+  readonly unlessSuppressed?: string | undefined;
+}
 
 export interface OtpStore {
   /**
-   * Adds a code to the set `setId` (an opaque id derived from caller,
-   * recipient and purpose). When the set is locked (failures >= maxFailures),
+   * Adds a code to a set. When the set is locked (failures >= maxFailures),
    * its old codes are discarded and the failure count restarts: a fresh code
    * starts over. Otherwise earlier live codes stay valid and the failure
    * count carries on. Expired entries are pruned. The key's TTL becomes
    * max(live expiresAt) + keepExpiredMs.
    */
-  addCode(setId: string, entry: CodeEntry, options: CodeSetOptions): Promise<void>;
-
-  /** Reserves (counts) one guess; see GuessReservation. */
-  reserveGuess(setId: string, options: CodeSetOptions): Promise<GuessReservation>;
+  addCode(set: CodeSetRef, entry: CodeEntry, options: CodeSetOptions): Promise<void>;
 
   /**
-   * Consumes a matched code: atomically deletes the whole set if entry
-   * `entryId` still holds `hmac`. Returns false when another call consumed
-   * it first. After success every code of the set is gone (one-time use).
+   * Checks one guess (`hmac`, the keyed HMAC of what the user typed) against
+   * a set, in one atomic step; see GuessOutcome. Concurrent wrong guesses
+   * can never exceed maxFailures nor the failure cap, and a right guess
+   * verifies exactly once.
    */
-  consumeCode(setId: string, entryId: string, hmac: string): Promise<boolean>;
+  verifyGuess(set: CodeSetRef, hmac: string, options: GuessOptions): Promise<GuessOutcome>;
 
   /** Writes (creates or replaces) a delivery record, kept for `ttlMs` from now. */
   putRecord(record: DeliveryRecord, ttlMs: number): Promise<void>;
@@ -149,10 +186,7 @@ export interface OtpStore {
    * `now - windowMs` no longer count. Each log's key lives for its longest
    * window after its newest entry.
    */
-  consumeLimits(logs: readonly LimitLog[], entry: string, now: number): Promise<LimitOutcome>;
-
-  /** Removes `entry` from log `logId` (an admission given back). No-op when absent. */
-  releaseLimit(logId: string, entry: string): Promise<void>;
+  consumeLimits(logs: readonly LimitLog[], entry: string, now: number, options?: ConsumeLimitsOptions): Promise<LimitOutcome>;
 
   /**
    * Appends a DSN to the reports of `messageId` (oldest first; beyond

@@ -159,6 +159,18 @@ describe("delivery service against a real SMTP server", () => {
     expect(result.relayReply?.relay).toBe(transport.relay);
   });
 
+  it("a record stored as SENDING is not written SENDING again before its first attempt; a retry still is", async () => {
+    const { sink, service, store } = await harness();
+    sink.respondWith(behave.reply("MAIL FROM", 421, "4.7.0", "Too many connections, try again later"));
+    const record: DeliveryRecord = { ...queuedRecord(), state: "SENDING" };
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("ACCEPTED");
+    expect(result.attempts).toHaveLength(2);
+    expect(statesWritten(store, record.messageId)).toEqual(["RETRYING", "SENDING", "ACCEPTED"]);
+  });
+
   it("451, 451, then acceptance: ACCEPTED with three attempts and the relay's queue id", async () => {
     const { sink, service } = await harness();
     sink.respondWith(

@@ -95,6 +95,30 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
     });
 
+    it("checks the recipient's suppression first: a suppressed send is refused with the entry and spends nothing", async () => {
+      const limits = limiter({ recipient: [{ max: 1, windowMs: 15 * minute }], global: [{ max: 2, windowMs: minute }] });
+      expect(limits.checksSuppression).toBe(true);
+      const entry = {
+        messageId: "bounced-1",
+        status: "5.1.1",
+        diagnosticCode: "smtp; 550 5.1.1 user unknown",
+        bouncedAt: t0,
+        expiresAt: t0 + 30 * 86_400_000,
+      };
+      await subject.store.putSuppression("hash-a", entry, minute);
+
+      for (let i = 0; i < 5; i++) {
+        expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+      }
+      // Nothing was spent: the recipient's one send and the global two are all still there.
+      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      await limits.admit(alpha, send("b@example.com", t0));
+      expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
+      // Suppression is checked even with every limit off, and before a full window.
+      expect(await limiter({}).admit(alpha, { ...send("c@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+      expect(await limits.admit(alpha, { ...send("c@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
+    });
+
     it("admits again exactly when the oldest send leaves the window, and says when in RetryInfo", async () => {
       const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
       await limits.admit(alpha, send("a@example.com", t0));
@@ -182,32 +206,47 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       for (let i = 0; i < 5; i++) await limits.admit(alpha, send(`f${i}@example.com`, t0));
     });
 
-    it("reserves failed verifications up to the cap under concurrency; a released one is given back", async () => {
+    it("caps failed verifications per caller and recipient, exactly under concurrency, with RetryInfo", async () => {
       const limits = limiter({ verifyFailures: [{ max: 3, windowMs: 24 * 60 * minute }] });
       const request = { recipientKey: "a@example.com", now: t0 };
-      const results = await Promise.allSettled(Array.from({ length: 50 }, () => limits.reserveFailure(alpha, request)));
-      const reserved = results.filter((r) => r.status === "fulfilled").map((r) => r.value);
-      expect(reserved).toHaveLength(3);
-      const refused = results.find((r) => r.status === "rejected")?.reason as unknown;
-      expect(refused).toMatchObject({ kind: "resource_exhausted", reason: "VERIFY_FAILURES_EXCEEDED" });
+      const set = { group: "alpha+a", id: "login" };
+      const setOptions = { now: t0, maxFailures: 100, keepExpiredMs: minute };
+      await subject.store.addCode(set, { id: "m1", hmac: "aa".repeat(32), expiresAt: t0 + 2 * 24 * 60 * minute }, setOptions);
+      /** One guess under alpha's cap, as the OTP service makes it. */
+      const guess = async (hmac: string, now = t0) => {
+        const cap = limits.failureCap(alpha, { ...request, now });
+        if (cap === undefined) throw new Error("no cap");
+        const outcome = await subject.store.verifyGuess(set, hmac, { ...setOptions, now, failureCap: cap });
+        return outcome.state === "capped" ? cap.refuse(outcome.full) : outcome;
+      };
 
-      // Another caller's failures are its own.
-      await limits.reserveFailure(beta, request);
-      await reserved[0]?.release();
-      const again = await limits.reserveFailure(alpha, request);
-      await refusal(limits.reserveFailure(alpha, request));
-      await again.release();
-      await again.release();
-      await limits.reserveFailure(alpha, { ...request, now: t0 + 1 });
-      await refusal(limits.reserveFailure(alpha, { ...request, now: t0 + 1 }));
-      await limits.reserveFailure(alpha, { ...request, now: t0 + 24 * 60 * minute });
+      const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => guess(`${i}`.padStart(64, "0"))));
+      expect(results.filter((r) => r.status === "fulfilled").map((r) => r.value.state)).toEqual(["invalid", "invalid", "invalid"]);
+      const refused = results.find((r) => r.status === "rejected")?.reason as unknown;
+      expect(refused).toBeInstanceOf(OtpError);
+      expect(refused).toMatchObject({
+        kind: "resource_exhausted",
+        reason: "VERIFY_FAILURES_EXCEEDED",
+        retryAfterMs: 24 * 60 * minute,
+        metadata: { limit: "verify_failures", max: "3", window: "1d" },
+      });
+      expect((refused as OtpError).message).toMatch(/^limit verify_failures reached: at most 3 failed verifications per 1d for one recipient/);
+      // Refused, even for the right code, until the window frees up.
+      await refusal(guess("aa".repeat(32), t0 + 24 * 60 * minute - 1));
+      expect(await guess("aa".repeat(32), t0 + 24 * 60 * minute)).toEqual({ state: "verified", id: "m1" });
+
+      // The cap's log is per caller and recipient.
+      expect(limits.failureCap(beta, request)?.log.id).not.toBe(limits.failureCap(alpha, request)?.log.id);
+      expect(limits.failureCap(alpha, { ...request, recipientKey: "b@example.com" })?.log.id).not.toBe(
+        limits.failureCap(alpha, request)?.log.id,
+      );
     });
 
     it("with every limit off, admits without asking the store", async () => {
       const limits = limiter({});
       await subject.store.close();
       expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 });
-      await (await limits.reserveFailure(alpha, { recipientKey: "a@example.com", now: t0 })).release();
+      expect(limits.failureCap(alpha, { recipientKey: "a@example.com", now: t0 })).toBeUndefined();
     });
   });
 }

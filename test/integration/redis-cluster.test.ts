@@ -3,11 +3,12 @@
  * instances (REDIS_CLUSTER=true), 1,000 concurrent SendOtp, exactly the limit
  * admitted and mailed, for the recipient limit, a caller's quota and the
  * global budget. Then the key layout: every limit key in the one slot of the
- * `{limits}` hash tag, every key on every node with a TTL.
+ * `{limits}` hash tag, a code set and its verify-failure log in one slot,
+ * every key on every node with a TTL.
  */
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import {
   bearer,
   call,
@@ -104,7 +105,7 @@ describe("exact limits on a Redis Cluster, 3 instances, 1,000 concurrent SendOtp
     expect(sink.transactions() - before).toBe(5);
   });
 
-  it("keeps every limit key in the {limits} slot, and every key on every node with a TTL", async () => {
+  it("keeps every limit key in the {limits} slot, a code set with its failure log, every key with a TTL", async () => {
     await fleet({});
     const auth = bearer(alpha.token);
     const request = { recipient: "layout@example.com", purpose: Purpose.LOGIN };
@@ -112,8 +113,10 @@ describe("exact limits on a Redis Cluster, 3 instances, 1,000 concurrent SendOtp
     await call(instances[1].client, verifyOtp, { ...request, code: "9999" }, auth);
 
     const limitSlots = new Set<number>();
+    const verifySlots = new Set<number>();
     const withoutTtl: string[] = [];
     let limitKeys = 0;
+    let verifyKeys = 0;
     for (const node of cluster.nodes) {
       for (const prefix of prefixes) {
         const keys = await scanPrefix(node, prefix);
@@ -123,11 +126,24 @@ describe("exact limits on a Redis Cluster, 3 instances, 1,000 concurrent SendOtp
             limitKeys += 1;
             limitSlots.add(Number(await node.cluster("KEYSLOT", key)));
           }
+          // The code set and the verify-failure log of one caller and recipient: one slot, one script.
+          if (prefix === prefixes.at(-1) && (key.startsWith(`${prefix}code:{`) || key.startsWith(`${prefix}fail:{`))) {
+            verifyKeys += 1;
+            verifySlots.add(Number(await node.cluster("KEYSLOT", key)));
+          }
         }
       }
     }
     expect(withoutTtl).toEqual([]);
-    expect(limitKeys).toBeGreaterThanOrEqual(6);
+    expect(limitKeys).toBeGreaterThanOrEqual(5);
     expect(limitSlots).toEqual(new Set([Number(await cluster.nodes[0].cluster("KEYSLOT", "{limits}"))]));
+    expect(verifyKeys).toBe(2);
+    expect(verifySlots.size).toBe(1);
+
+    // Verified in one script on the cluster: of concurrent right guesses across instances, exactly one wins.
+    const results = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => call(instances[i % 3].client, verifyOtp, { ...request, code: "1234" }, auth)),
+    );
+    expect(results.map((r) => r.result).sort()).toEqual([VerifyResult.VERIFIED, ...Array<VerifyResult>(11).fill(VerifyResult.NOT_FOUND)].sort());
   });
 });

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../../src/delivery/record.js";
 import { OtpError } from "../../src/errors.js";
-import type { CodeEntry, CodeSetOptions, GuessReservation, OtpStore } from "../../src/store/types.js";
+import type { CodeEntry, CodeSetOptions, CodeSetRef, GuessOptions, OtpStore } from "../../src/store/types.js";
 import { maxDeliveryReports } from "../../src/store/types.js";
 
 /** One store, fresh and empty, for one test. */
@@ -37,161 +37,211 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
     });
 
     describe("code sets", () => {
+      const set: CodeSetRef = { group: "group", id: "set" };
+
       it("answers none for a set that never had a code", async () => {
-        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "none" });
+        expect(await store.verifyGuess(set, hmac("111111"), at(t0))).toEqual({ state: "none" });
       });
 
-      it("counts a guess before comparison and offers the live code", async () => {
+      it("counts a wrong guess, and verifies the right one once: the set is used up", async () => {
         const a = code("a", "111111", t0 + minute);
-        await store.addCode("set", a, at(t0));
+        await store.addCode(set, a, at(t0));
 
-        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "open", failures: 1, entries: [a] });
-        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "open", failures: 2, entries: [a] });
+        expect(await store.verifyGuess(set, hmac("999999"), at(t0))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, hmac("999998"), at(t0))).toEqual({ state: "invalid", failures: 2 });
+        expect(await store.verifyGuess(set, a.hmac, at(t0))).toEqual({ state: "verified", id: "a" });
+        expect(await store.verifyGuess(set, a.hmac, at(t0))).toEqual({ state: "none" });
       });
 
-      it("keeps two outstanding codes verifiable, and consuming either uses up the set", async () => {
+      it("keeps two outstanding codes verifiable, and verifying either uses up the set", async () => {
         const a = code("a", "111111", t0 + minute);
         const b = code("b", "222222", t0 + 2 * minute);
-        await store.addCode("set", a, at(t0));
-        await store.addCode("set", b, at(t0 + 1000));
+        await store.addCode(set, a, at(t0));
+        await store.addCode(set, b, at(t0 + 1000));
 
-        const reservation = await store.reserveGuess("set", at(t0 + 2000));
-        expect(entriesOf(reservation)).toEqual([a, b]);
-
-        expect(await store.consumeCode("set", b.id, b.hmac)).toBe(true);
-        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(false);
-        expect(await store.reserveGuess("set", at(t0 + 2000))).toEqual({ state: "none" });
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 2000))).toEqual({ state: "verified", id: "b" });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 2000))).toEqual({ state: "none" });
       });
 
-      it("locks after maxFailures guesses and stops counting", async () => {
-        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 3));
+      it("locks after maxFailures wrong guesses and stops counting; then even the right code is refused", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode(set, a, at(t0, 3));
 
-        const failures: number[] = [];
-        for (let i = 0; i < 3; i++) {
-          const reservation = await store.reserveGuess("set", at(t0, 3));
-          expect(reservation.state).toBe("open");
-          if (reservation.state === "open") failures.push(reservation.failures);
-        }
-        expect(failures).toEqual([1, 2, 3]);
-        expect(await store.reserveGuess("set", at(t0, 3))).toEqual({ state: "locked", failures: 3 });
-        expect(await store.reserveGuess("set", at(t0, 3))).toEqual({ state: "locked", failures: 3 });
+        const failures: unknown[] = [];
+        for (let i = 0; i < 3; i++) failures.push(await store.verifyGuess(set, hmac(`00000${i}`), at(t0, 3)));
+        expect(failures).toEqual([1, 2, 3].map((n) => ({ state: "invalid", failures: n })));
+        expect(await store.verifyGuess(set, a.hmac, at(t0, 3))).toEqual({ state: "locked", failures: 3 });
+        expect(await store.verifyGuess(set, hmac("000009"), at(t0, 3))).toEqual({ state: "locked", failures: 3 });
       });
 
       it("resets a locked set when a fresh code is added, discarding the old codes", async () => {
-        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 2));
-        await store.reserveGuess("set", at(t0, 2));
-        await store.reserveGuess("set", at(t0, 2));
-        expect((await store.reserveGuess("set", at(t0, 2))).state).toBe("locked");
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode(set, a, at(t0, 2));
+        await store.verifyGuess(set, hmac("000000"), at(t0, 2));
+        await store.verifyGuess(set, hmac("000001"), at(t0, 2));
+        expect((await store.verifyGuess(set, a.hmac, at(t0, 2))).state).toBe("locked");
 
         const b = code("b", "222222", t0 + 2 * minute);
-        await store.addCode("set", b, at(t0 + 1000, 2));
+        await store.addCode(set, b, at(t0 + 1000, 2));
 
-        expect(await store.reserveGuess("set", at(t0 + 1000, 2))).toEqual({ state: "open", failures: 1, entries: [b] });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000, 2))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 1000, 2))).toEqual({ state: "verified", id: "b" });
       });
 
       it("keeps earlier codes and the failure count when a code is added to an unlocked set", async () => {
         const a = code("a", "111111", t0 + minute);
         const b = code("b", "222222", t0 + minute);
-        await store.addCode("set", a, at(t0));
-        await store.reserveGuess("set", at(t0));
-        await store.addCode("set", b, at(t0));
+        await store.addCode(set, a, at(t0));
+        await store.verifyGuess(set, hmac("000000"), at(t0));
+        await store.addCode(set, b, at(t0));
 
-        const reservation = await store.reserveGuess("set", at(t0));
-        expect(reservation.state === "open" && reservation.failures).toBe(2);
-        expect(entriesOf(reservation)).toEqual([a, b]);
+        expect(await store.verifyGuess(set, hmac("000001"), at(t0))).toEqual({ state: "invalid", failures: 2 });
+        expect(await store.verifyGuess(set, a.hmac, at(t0))).toEqual({ state: "verified", id: "a" });
       });
 
       it("keeps a code live until its expiresAt, then answers expired without counting", async () => {
         const a = code("a", "111111", t0 + 1000);
-        await store.addCode("set", a, at(t0));
+        await store.addCode(set, a, at(t0));
 
-        expect(await store.reserveGuess("set", at(t0 + 1000))).toEqual({ state: "open", failures: 1, entries: [a] });
-        expect(await store.reserveGuess("set", at(t0 + 1001))).toEqual({ state: "expired" });
-        expect(await store.reserveGuess("set", at(t0 + 5000))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(set, hmac("000000"), at(t0 + 1000))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1001))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(set, hmac("000000"), at(t0 + 5000))).toEqual({ state: "expired" });
 
         // A new code prunes the expired one; the expired answers were not counted.
         const b = code("b", "222222", t0 + minute);
-        await store.addCode("set", b, at(t0 + 5000));
-        expect(await store.reserveGuess("set", at(t0 + 5000))).toEqual({ state: "open", failures: 2, entries: [b] });
+        await store.addCode(set, b, at(t0 + 5000));
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 5000))).toEqual({ state: "invalid", failures: 2 });
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 5000))).toEqual({ state: "verified", id: "b" });
       });
 
-      it("offers only the live codes when some have expired", async () => {
+      it("verifies only the live codes when some have expired", async () => {
         const a = code("a", "111111", t0 + 1000);
         const b = code("b", "222222", t0 + minute);
-        await store.addCode("set", a, at(t0));
-        await store.addCode("set", b, at(t0));
+        await store.addCode(set, a, at(t0));
+        await store.addCode(set, b, at(t0));
 
-        expect(entriesOf(await store.reserveGuess("set", at(t0 + 2000)))).toEqual([b]);
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 2000))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 2000))).toEqual({ state: "verified", id: "b" });
       });
 
       it("forgets an expired set once keepExpiredMs has passed", async () => {
-        await store.addCode("set", code("a", "111111", t0 + 1000), at(t0));
+        const a = code("a", "111111", t0 + 1000);
+        await store.addCode(set, a, at(t0));
         const keepExpiredMs = defaults.keepExpiredMs;
 
-        expect(await store.reserveGuess("set", at(t0 + 1000 + keepExpiredMs - 1))).toEqual({ state: "expired" });
-        expect(await store.reserveGuess("set", at(t0 + 1000 + keepExpiredMs))).toEqual({ state: "none" });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000 + keepExpiredMs - 1))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000 + keepExpiredMs))).toEqual({ state: "none" });
       });
 
       it("answers expired, not locked, once a locked set's codes have expired", async () => {
-        await store.addCode("set", code("a", "111111", t0 + 1000), at(t0, 1));
-        await store.reserveGuess("set", at(t0, 1));
-        expect(await store.reserveGuess("set", at(t0, 1))).toEqual({ state: "locked", failures: 1 });
+        const a = code("a", "111111", t0 + 1000);
+        await store.addCode(set, a, at(t0, 1));
+        await store.verifyGuess(set, hmac("000000"), at(t0, 1));
+        expect(await store.verifyGuess(set, a.hmac, at(t0, 1))).toEqual({ state: "locked", failures: 1 });
 
-        expect(await store.reserveGuess("set", at(t0 + 2000, 1))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 2000, 1))).toEqual({ state: "expired" });
       });
 
-      it("consumes a code once: the second consume is false and the set is gone", async () => {
+      it("lets exactly one of many concurrent right guesses verify", async () => {
         const a = code("a", "111111", t0 + minute);
-        await store.addCode("set", a, at(t0));
+        await store.addCode(set, a, at(t0));
 
-        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(true);
-        expect(await store.consumeCode("set", a.id, a.hmac)).toBe(false);
-        expect(await store.reserveGuess("set", at(t0))).toEqual({ state: "none" });
+        const outcomes = await Promise.all(Array.from({ length: 20 }, () => store.verifyGuess(set, a.hmac, at(t0))));
+
+        expect(outcomes.filter((o) => o.state === "verified")).toHaveLength(1);
+        expect(outcomes.filter((o) => o.state === "none")).toHaveLength(19);
       });
 
-      it("does not consume when the entry no longer holds that hmac", async () => {
-        const a = code("a", "111111", t0 + minute);
-        await store.addCode("set", a, at(t0));
+      it("counts exactly maxFailures of 100 concurrent wrong guesses", async () => {
+        await store.addCode(set, code("a", "111111", t0 + minute), at(t0, 5));
 
-        expect(await store.consumeCode("set", a.id, hmac("999999"))).toBe(false);
-        expect(await store.consumeCode("set", "unknown", a.hmac)).toBe(false);
-        expect(await store.consumeCode("other-set", a.id, a.hmac)).toBe(false);
-        expect(entriesOf(await store.reserveGuess("set", at(t0)))).toEqual([a]);
-      });
+        const outcomes = await Promise.all(
+          Array.from({ length: 100 }, (_, i) => store.verifyGuess(set, hmac(`wrong-${i}`), at(t0, 5))),
+        );
 
-      it("lets exactly one of many concurrent consumes win", async () => {
-        const a = code("a", "111111", t0 + minute);
-        await store.addCode("set", a, at(t0));
-
-        const results = await Promise.all(Array.from({ length: 20 }, () => store.consumeCode("set", a.id, a.hmac)));
-
-        expect(results.filter(Boolean)).toHaveLength(1);
-      });
-
-      it("opens exactly maxFailures of 50 concurrent guesses", async () => {
-        await store.addCode("set", code("a", "111111", t0 + minute), at(t0, 5));
-
-        const reservations = await Promise.all(Array.from({ length: 50 }, () => store.reserveGuess("set", at(t0, 5))));
-
-        const open = reservations.flatMap((r) => (r.state === "open" ? [r.failures] : []));
-        expect(open.sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5]);
-        expect(reservations.filter((r) => r.state === "locked")).toHaveLength(45);
+        const counted = outcomes.flatMap((o) => (o.state === "invalid" ? [o.failures] : []));
+        expect(counted.sort((x, y) => x - y)).toEqual([1, 2, 3, 4, 5]);
+        expect(outcomes.filter((o) => o.state === "locked")).toHaveLength(95);
       });
 
       it("loses no code when many are added concurrently", async () => {
-        const codes = Array.from({ length: 10 }, (_, i) => code(`m${i}`, `${100000 + i}`, t0 + minute));
-
-        await Promise.all(codes.map((c) => store.addCode("set", c, at(t0))));
-
-        expect(entriesOf(await store.reserveGuess("set", at(t0)))).toEqual(codes);
+        // Each round adds ten codes at once, then checks that the round's own one survived.
+        for (let round = 0; round < 10; round++) {
+          const roundSet = { group: "group", id: `set-${round}` };
+          const codes = Array.from({ length: 10 }, (_, i) => code(`m${i}`, `${100000 + i}`, t0 + minute));
+          await Promise.all(codes.map((c) => store.addCode(roundSet, c, at(t0))));
+          expect(await store.verifyGuess(roundSet, codes[round]?.hmac ?? "", at(t0))).toEqual({ state: "verified", id: `m${round}` });
+        }
       });
 
-      it("keeps sets apart", async () => {
+      it("keeps sets apart, within a group and across groups", async () => {
         const a = code("a", "111111", t0 + minute);
-        await store.addCode("set-1", a, at(t0));
+        await store.addCode({ group: "group", id: "set-1" }, a, at(t0));
 
-        expect(await store.reserveGuess("set-2", at(t0))).toEqual({ state: "none" });
-        expect(entriesOf(await store.reserveGuess("set-1", at(t0)))).toEqual([a]);
+        expect(await store.verifyGuess({ group: "group", id: "set-2" }, a.hmac, at(t0))).toEqual({ state: "none" });
+        expect(await store.verifyGuess({ group: "other", id: "set-1" }, a.hmac, at(t0))).toEqual({ state: "none" });
+        expect(await store.verifyGuess({ group: "group", id: "set-1" }, a.hmac, at(t0))).toEqual({ state: "verified", id: "a" });
+      });
+    });
+
+    describe("failure cap", () => {
+      const day = 24 * 60 * minute;
+      const login: CodeSetRef = { group: "group", id: "login" };
+      const signup: CodeSetRef = { group: "group", id: "signup" };
+      const capOf = (max: number, entry: string) => ({ log: { id: "vf", windows: [{ max, windowMs: day }] }, entry });
+      let entries = 0;
+      /** Options for one guess under a cap of `max` per day (and maxFailures 100, out of the way). */
+      const capped = (now: number, max = 3): GuessOptions => ({ ...at(now, 100), failureCap: capOf(max, `e${++entries}`) });
+
+      it("counts only wrong guesses, refuses once full without counting, and frees up with its window", async () => {
+        const a = code("a", "111111", t0 + minute);
+        await store.addCode(login, a, at(t0, 100));
+        expect(await store.verifyGuess(login, hmac("000000"), capped(t0))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(login, hmac("000001"), capped(t0))).toEqual({ state: "invalid", failures: 2 });
+        // A right guess is not a failure.
+        expect(await store.verifyGuess(login, a.hmac, capped(t0))).toEqual({ state: "verified", id: "a" });
+
+        // A fresh code does not reset the cap: one failure left.
+        const b = code("b", "222222", t0 + 2 * day);
+        await store.addCode(login, b, at(t0, 100));
+        expect(await store.verifyGuess(login, hmac("000002"), capped(t0 + 10))).toEqual({ state: "invalid", failures: 1 });
+        const full = { state: "capped", full: [{ log: 0, window: 0, retryAt: t0 + day }] };
+        expect(await store.verifyGuess(login, hmac("000003"), capped(t0 + 20))).toEqual(full);
+        expect(await store.verifyGuess(login, b.hmac, capped(t0 + 20))).toEqual(full);
+
+        // The refused guesses counted nowhere: once the first two failures leave the window, one more fits.
+        expect(await store.verifyGuess(login, hmac("000004"), capped(t0 + day))).toEqual({ state: "invalid", failures: 2 });
+        expect((await store.verifyGuess(login, hmac("000005"), capped(t0 + day))).state).toBe("invalid");
+        expect(await store.verifyGuess(login, b.hmac, capped(t0 + day))).toEqual({
+          state: "capped",
+          full: [{ log: 0, window: 0, retryAt: t0 + 10 + day }],
+        });
+      });
+
+      it("is exact under concurrency and shared by the group's sets; another group has its own", async () => {
+        await store.addCode(login, code("a", "111111", t0 + minute), at(t0, 100));
+        await store.addCode(signup, code("b", "222222", t0 + minute), at(t0, 100));
+
+        const outcomes = await Promise.all(
+          Array.from({ length: 100 }, (_, i) => store.verifyGuess(i % 2 === 0 ? login : signup, hmac(`wrong-${i}`), capped(t0, 5))),
+        );
+
+        expect(outcomes.filter((o) => o.state === "invalid")).toHaveLength(5);
+        expect(outcomes.filter((o) => o.state === "capped")).toHaveLength(95);
+        const other = { group: "other", id: "login" };
+        await store.addCode(other, code("c", "333333", t0 + minute), at(t0, 100));
+        expect(await store.verifyGuess(other, hmac("000000"), capped(t0, 5))).toEqual({ state: "invalid", failures: 1 });
+      });
+
+      it("answers none, expired and locked before looking at the cap", async () => {
+        for (let i = 0; i < 3; i++) {
+          await store.addCode(login, code(`a${i}`, "111111", t0 + minute), at(t0, 100));
+          await store.verifyGuess(login, hmac(`wrong-${i}`), capped(t0));
+        }
+        expect(await store.verifyGuess(signup, hmac("000000"), capped(t0))).toEqual({ state: "none" });
+        await store.addCode(signup, code("b", "222222", t0 + 1000), at(t0, 100));
+        expect(await store.verifyGuess(signup, hmac("000000"), capped(t0 + 2000))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(login, hmac("000000"), { ...capped(t0), maxFailures: 3 })).toEqual({ state: "locked", failures: 3 });
       });
     });
 
@@ -402,13 +452,6 @@ function hmac(value: string): string {
 
 function code(id: string, value: string, expiresAt: number): CodeEntry {
   return { id, hmac: hmac(value), expiresAt };
-}
-
-/** The offered entries, ordered by id (stores need not keep insertion order). */
-function entriesOf(reservation: GuessReservation): CodeEntry[] {
-  expect(reservation.state).toBe("open");
-  const entries = reservation.state === "open" ? [...reservation.entries] : [];
-  return entries.sort((x, y) => x.id.localeCompare(y.id, "en", { numeric: true }));
 }
 
 function report(action: DeliveryReport["action"], status: string, receivedAt: number): DeliveryReport {

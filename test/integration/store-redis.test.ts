@@ -72,10 +72,11 @@ describe("Redis store specifics", () => {
   });
 
   const setOptions = { now: t0, maxFailures: 5, keepExpiredMs: 30_000 };
+  const set = { group: "g-1", id: "set-1" };
 
   it("writes one key per set, record and claim, under the prefix with hash tags, each with a TTL", async () => {
     store = createRedisStore({ url, prefix, logger: silentLogger() });
-    await store.addCode("set-1", { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 }, setOptions);
+    await store.addCode({ group: "g-1", id: "set-1" }, { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 }, setOptions);
     await store.claimIdempotencyKey("key-1", { fingerprint: "fp", messageId: "msg-1" }, 60_000);
     await store.putRecord(
       {
@@ -96,20 +97,20 @@ describe("Redis store specifics", () => {
     );
 
     const keys = (await scanPrefix(admin, prefix)).sort();
-    expect(keys).toEqual([`${prefix}code:{set-1}`, `${prefix}idem:{key-1}`, `${prefix}msg:{msg-1}`]);
+    expect(keys).toEqual([`${prefix}code:{g-1}:set-1`, `${prefix}idem:{key-1}`, `${prefix}msg:{msg-1}`]);
     for (const key of keys) expect(await admin.pttl(key)).toBeGreaterThan(0);
   });
 
   it("keeps a code set for max(live expiresAt) + keepExpiredMs, counted from the caller's now", async () => {
     store = createRedisStore({ url, prefix, logger: silentLogger() });
-    const key = `${prefix}code:{set-1}`;
+    const key = `${prefix}code:{g-1}:set-1`;
 
     // t0 is years away from the wall clock: the TTL must not depend on it.
-    await store.addCode("set-1", { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 }, setOptions);
+    await store.addCode(set, { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 }, setOptions);
     expect(await admin.pttl(key)).toBeGreaterThan(85_000);
     expect(await admin.pttl(key)).toBeLessThanOrEqual(90_000);
 
-    await store.addCode("set-1", { id: "msg-2", hmac: "cd34", expiresAt: t0 + 120_000 }, setOptions);
+    await store.addCode(set, { id: "msg-2", hmac: "cd34", expiresAt: t0 + 120_000 }, setOptions);
     expect(await admin.pttl(key)).toBeGreaterThan(145_000);
     expect(await admin.pttl(key)).toBeLessThanOrEqual(150_000);
   });
@@ -180,9 +181,10 @@ describe("Redis store during an outage", () => {
     const store = createRedisStore({ url: server.url, prefix, logger, commandTimeoutMs: 500 });
     const setOptions = { now: t0, maxFailures: 5, keepExpiredMs: 30_000 };
     const entry = { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 };
+    const set = { group: "g-1", id: "set-1" };
     try {
       await readiness(store, true);
-      await store.addCode("set-1", entry, setOptions);
+      await store.addCode(set, entry, setOptions);
 
       const lost = readiness(store, false);
       await server.stop();
@@ -190,9 +192,9 @@ describe("Redis store during an outage", () => {
       expect(store.isReady()).toBe(false);
 
       await expectUnavailable(store.ping());
-      await expectUnavailable(store.addCode("set-1", entry, setOptions));
-      await expectUnavailable(store.reserveGuess("set-1", setOptions));
-      await expectUnavailable(store.consumeCode("set-1", entry.id, entry.hmac));
+      await expectUnavailable(store.addCode(set, entry, setOptions));
+      await expectUnavailable(store.verifyGuess(set, entry.hmac, setOptions));
+      await expectUnavailable(store.consumeLimits([{ id: "g", windows: [{ max: 1, windowMs: 1000 }] }], "e", t0));
       await expectUnavailable(store.getRecord("msg-1"));
       await expectUnavailable(store.claimIdempotencyKey("key-1", { fingerprint: "fp", messageId: "msg-1" }, 60_000));
       await expectUnavailable(store.releaseIdempotencyKey("key-1", "msg-1"));
@@ -205,8 +207,9 @@ describe("Redis store during an outage", () => {
 
       // The same store object works again; the restarted Redis kept no data.
       await store.ping();
-      await store.addCode("set-1", entry, setOptions);
-      expect(await store.reserveGuess("set-1", setOptions)).toEqual({ state: "open", failures: 1, entries: [entry] });
+      await store.addCode(set, entry, setOptions);
+      expect(await store.verifyGuess(set, "cd34", setOptions)).toEqual({ state: "invalid", failures: 1 });
+      expect(await store.verifyGuess(set, entry.hmac, setOptions)).toEqual({ state: "verified", id: entry.id });
 
       const warnings = lines().filter((line) => line.level === "warn");
       expect(warnings, "one warning per outage").toHaveLength(1);

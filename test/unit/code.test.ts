@@ -8,6 +8,7 @@ import {
   newMessageId,
   normalizeTypedCode,
 } from "../../src/otp/code.js";
+import { createRandomPool } from "../../src/random-pool.js";
 
 describe("generateCode", () => {
   it("makes digits of the configured length, uniformly spread", () => {
@@ -39,6 +40,28 @@ describe("newMessageId", () => {
     const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000)));
     expect(ids.size).toBe(1000);
   });
+
+  it("draws its randomness from the pool it is given", () => {
+    const zeros = (size: number) => Buffer.alloc(size);
+    expect(newMessageId(0, zeros)).toBe("0".repeat(26));
+    const pooled = createRandomPool(64);
+    const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000, pooled)));
+    expect(ids.size).toBe(1000);
+  });
+});
+
+describe("createRandomPool", () => {
+  it("hands out every byte once, never changes bytes already handed out, and serves any size", () => {
+    const random = createRandomPool(32);
+    const first = random(20);
+    const copy = Buffer.from(first);
+    const chunks = Array.from({ length: 200 }, () => random(8).toString("hex"));
+    // Refills happened meanwhile: the first bytes are still what they were.
+    expect(first.equals(copy)).toBe(true);
+    expect(new Set(chunks).size).toBe(200);
+    expect(random(100)).toHaveLength(100);
+    expect(random(32)).toHaveLength(32);
+  });
 });
 
 describe("hasher", () => {
@@ -51,6 +74,15 @@ describe("hasher", () => {
     expect(hasher.codeHmac(set, "123456")).not.toBe(hasher.codeHmac(other, "123456"));
     const otherSecret = createHasher(Buffer.from("another secret, also long enough!!!"));
     expect(otherSecret.codeHmac(set, "123456")).not.toBe(hasher.codeHmac(set, "123456"));
+  });
+
+  it("groups a caller's code sets for one recipient, whatever the purpose", () => {
+    const group = hasher.codeGroupId("caller", "ana@example.com");
+    expect(group).toMatch(/^[0-9a-f]{32}$/);
+    expect(group).not.toBe(hasher.codeSetId("caller", "ana@example.com", "login"));
+    expect(hasher.codeGroupId("caller", "ana@example.com")).toBe(group);
+    expect(hasher.codeGroupId("other", "ana@example.com")).not.toBe(group);
+    expect(hasher.codeGroupId("caller", "bob@example.com")).not.toBe(group);
   });
 
   it("compares HMACs in constant time and rejects different lengths", () => {

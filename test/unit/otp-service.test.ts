@@ -9,7 +9,9 @@ import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { createRenderer } from "../../src/delivery/render.js";
 import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
 import { OtpError } from "../../src/errors.js";
-import { unlimited } from "../../src/limits/types.js";
+import { createSuppressionList } from "../../src/bounce/suppression.js";
+import { createLimiter } from "../../src/limits/limiter.js";
+import { unlimited, type SendLimiter, type VerifyLimiter } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
 import { createHasher } from "../../src/otp/code.js";
 import { createOtpService } from "../../src/otp/otp-service.js";
@@ -22,10 +24,29 @@ vi.mock("node:crypto", async (importOriginal) => {
 
 const ctx = { caller: "tests", traceId: "" };
 
-function setup(outcome: DeliveryRecord["state"] = "ACCEPTED") {
+const secret = Buffer.from("unit-test-secret-0123456789abcdefgh");
+
+function setup(outcome: DeliveryRecord["state"] = "ACCEPTED", limits: "off" | "on" = "off") {
   let now = 1_800_000_000_000;
   const clock = { now: () => now };
   const store = createMemoryStore({ clock });
+  const suppression = createSuppressionList({ store, secret, ttlMs: 86_400_000, clock });
+  const limiter: SendLimiter & VerifyLimiter =
+    limits === "off"
+      ? unlimited
+      : createLimiter({
+          store,
+          secret,
+          logger: createLogger({ level: "silent" }),
+          limits: {
+            recipient: [{ max: 1, windowMs: 900_000 }],
+            resendCooldownMs: 0,
+            endUserIp: [],
+            caller: [],
+            global: [],
+            verifyFailures: [{ max: 3, windowMs: 86_400_000 }],
+          },
+        });
   const sent: OutgoingMail[] = [];
   const service = createOtpService({
     store,
@@ -43,8 +64,10 @@ function setup(outcome: DeliveryRecord["state"] = "ACCEPTED") {
       },
     },
     renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
-    limiter: unlimited,
-    hasher: createHasher(Buffer.from("unit-test-secret-0123456789abcdefgh")),
+    limiter,
+    verifyLimiter: limiter,
+    suppression,
+    hasher: createHasher(secret),
     clock,
     logger: createLogger({ level: "silent" }),
     from: { name: "Acme", address: "no-reply@acme.test" },
@@ -54,7 +77,7 @@ function setup(outcome: DeliveryRecord["state"] = "ACCEPTED") {
     recordRetentionMs: 7 * 86_400_000,
     idempotencyTtlMs: 86_400_000,
   });
-  return { service, store, sent, advance: (ms: number) => (now += ms) };
+  return { service, store, sent, suppression, advance: (ms: number) => (now += ms) };
 }
 
 const send = { recipient: "ana@example.com", purpose: "login", locale: "", code: "", ttlMs: undefined, idempotencyKey: "", endUserIp: "" };
@@ -72,6 +95,27 @@ describe("otp service", () => {
     // No early exit on the first match: all three were compared.
     expect(spy).toHaveBeenCalledTimes(3);
   });
+
+  it.each(["off", "on"] as const)(
+    "refuses a suppressed recipient, records it SUPPRESSED, stores no code and spends no budget (limits %s)",
+    async (limits) => {
+      const { service, store, sent, suppression, advance } = setup("ACCEPTED", limits);
+      const hash = suppression.recipientHash("ana@example.com");
+      await suppression.suppress(hash, { messageId: "bounced-1", status: "5.1.1", diagnosticCode: "" });
+
+      const refused = await service.sendOtp(ctx, { ...send, code: "1111" }).catch((error: unknown) => error);
+
+      expect(refused).toMatchObject({ kind: "failed_precondition", reason: "RECIPIENT_SUPPRESSED" });
+      const messageId = (refused as OtpError).metadata["message_id"] ?? "";
+      expect(await store.getRecord(messageId)).toMatchObject({ state: "SUPPRESSED", suppressedBy: { messageId: "bounced-1" } });
+      expect(sent).toHaveLength(0);
+      expect((await service.verifyOtp(ctx, { recipient: "ana@example.com", purpose: "login", code: "1111" })).result).toBe("NOT_FOUND");
+      // Once the suppression lapses, the recipient's one send per 15 minutes (limits on) is still unspent.
+      await store.putSuppression(hash, { messageId: "bounced-1", status: "5.1.1", diagnosticCode: "", bouncedAt: 0, expiresAt: 0 }, 1);
+      advance(2);
+      expect((await service.sendOtp(ctx, { ...send, code: "2222" })).state).toBe("ACCEPTED");
+    },
+  );
 
   it("stores only an HMAC: the code appears nowhere in the stored record", async () => {
     const { service, store, sent } = setup();

@@ -1,0 +1,112 @@
+/**
+ * What each RPC costs in Redis, on a private redis-server that sees nothing
+ * else: the commands clients send (MONITOR; a Lua script's own calls are not
+ * round trips and are left out) and the round trips they wait for (Redis's
+ * read events, INFO total_reads_processed: commands sent together share
+ * one). Every limit is on, suppression included, as in production.
+ *
+ *   SendOtp            limits+suppression script | record + code | ACCEPTED record
+ *   GetDeliveryStatus  record + reports
+ *   VerifyOtp          one script (cap, count, compare, consume)
+ */
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { startRedisServer, type RedisServer } from "../support/redis.js";
+import { startTestService, type TestService } from "../support/service.js";
+
+let server: RedisServer;
+let admin: Redis;
+let service: TestService;
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  admin = new Redis(server.url, { lazyConnect: true });
+  await admin.connect();
+  service = await startTestService({
+    env: { REDIS_URL: server.url, LIMIT_RESEND_COOLDOWN: "30s", LIMIT_END_USER_IP: "30/10m" },
+  });
+  // A script's first use on a fresh Redis costs an EVALSHA, NOSCRIPT and an EVAL: load them first.
+  await service.connectClient.sendOtp({ recipient: "warm-up@example.com", purpose: Purpose.LOGIN, code: "123456" });
+  await service.connectClient.verifyOtp({ recipient: "warm-up@example.com", purpose: Purpose.LOGIN, code: "654321" });
+});
+
+afterAll(async () => {
+  await service.stop();
+  admin.disconnect();
+  await server.stop();
+});
+
+async function readsProcessed(): Promise<number> {
+  const stats = await admin.info("stats");
+  const match = /total_reads_processed:(\d+)/.exec(stats);
+  if (match?.[1] === undefined) throw new Error("INFO stats has no total_reads_processed");
+  return Number(match[1]);
+}
+
+/**
+ * Runs `calls` calls one after another; answers the commands per call (by
+ * name) and the round trips per call.
+ */
+async function measure(calls: number, call: (i: number) => Promise<unknown>): Promise<{ commands: Record<string, number>; roundTrips: number }> {
+  const monitor = await admin.monitor();
+  const ownPorts = new Set([admin.stream.localPort, monitor.stream.localPort].map(String));
+  const counts: Record<string, number> = {};
+  monitor.on("monitor", (_time: string, args: string[], source: string) => {
+    if (source === "lua" || ownPorts.has(source.split(":").at(-1) ?? "")) return;
+    const name = (args[0] ?? "").toLowerCase();
+    counts[name] = (counts[name] ?? 0) + 1;
+  });
+  const before = await readsProcessed();
+  for (let i = 0; i < calls; i++) await call(i);
+  // The second INFO is a read event of its own.
+  const reads = (await readsProcessed()) - before - 1;
+  // MONITOR lines trail the replies a little: wait for the INFO's own line, which comes after them all.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  monitor.disconnect();
+  const commands = Object.fromEntries(Object.entries(counts).map(([name, count]) => [name, count / calls]));
+  return { commands, roundTrips: reads / calls };
+}
+
+describe("Redis round trips and commands per RPC", () => {
+  const calls = 10;
+  const messageIds: string[] = [];
+
+  it("SendOtp: 3 round trips, 4 commands (limits and suppression in one script, record with code, the ACCEPTED write)", async () => {
+    const { commands, roundTrips } = await measure(calls, async (i) => {
+      const sent = await service.connectClient.sendOtp({
+        recipient: `round-trip-${i}@example.com`,
+        purpose: Purpose.LOGIN,
+        code: "123456",
+        endUserIp: "192.0.2.7",
+      });
+      expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      messageIds.push(sent.messageId);
+    });
+    expect(commands).toEqual({ evalsha: 2, set: 2 });
+    expect(roundTrips).toBe(3);
+  });
+
+  it("GetDeliveryStatus: 1 round trip, record and reports read together", async () => {
+    const { commands, roundTrips } = await measure(calls, async (i) => {
+      const status = await service.connectClient.getDeliveryStatus({ messageId: messageIds[i] ?? "" });
+      expect(status.state).toBe(DeliveryState.ACCEPTED);
+    });
+    expect(commands).toEqual({ get: 1, lrange: 1 });
+    expect(roundTrips).toBe(1);
+  });
+
+  it("VerifyOtp: 1 command, right guess or wrong", async () => {
+    const wrong = await measure(calls, async (i) => {
+      const result = await service.connectClient.verifyOtp({ recipient: `round-trip-${i}@example.com`, purpose: Purpose.LOGIN, code: "654321" });
+      expect(result.result).toBe(VerifyResult.INVALID);
+    });
+    expect(wrong).toEqual({ commands: { evalsha: 1 }, roundTrips: 1 });
+
+    const right = await measure(calls, async (i) => {
+      const result = await service.connectClient.verifyOtp({ recipient: `round-trip-${i}@example.com`, purpose: Purpose.LOGIN, code: "123456" });
+      expect(result.result).toBe(VerifyResult.VERIFIED);
+    });
+    expect(right).toEqual({ commands: { evalsha: 1 }, roundTrips: 1 });
+  });
+});
