@@ -102,6 +102,12 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     logger.warn("SMTP URL has starttls=off for a host that is not loopback: mail and credentials travel in clear text");
   }
 
+  const secureContext = createSecureContext({
+    minVersion: "TLSv1.2",
+    // `ca` replaces Node's trust store, so keep the public roots next to the private CA.
+    ...(options.tlsCa === undefined ? {} : { ca: [...rootCertificates, options.tlsCa] }),
+  });
+
   const transporter = createTransport({
     pool: true,
     host: endpoint.host,
@@ -117,8 +123,10 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     tls: {
       rejectUnauthorized: true,
       minVersion: "TLSv1.2",
-      // `ca` replaces Node's trust store, so keep the public roots next to the private CA.
-      ...(options.tlsCa === undefined ? {} : { ca: [...rootCertificates, options.tlsCa] }),
+      // One context for every connection: given `ca`, tls.connect would parse
+      // the whole trust store again for each one (about 7 ms of CPU and a
+      // megabyte of garbage per connection, measured with a connection per message).
+      secureContext,
     },
     maxConnections,
     maxMessages,
