@@ -46,6 +46,10 @@ EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "scripts/healthcheck.mjs", "--timeout", "3000"]
 # --import starts OpenTelemetry before grpc-js and ioredis load (see src/telemetry/bootstrap.ts).
+# The V8 heap bounds are the same as `npm start`'s (README, Performance: memory): Node 24
+# sizes the young generation from the machine's memory, not the container's, and lets
+# the old one grow to 4x the live heap without a cap. To change them, override the
+# command (Node gives command-line flags precedence over NODE_OPTIONS).
 # SIGTERM drains in-flight sends within SHUTDOWN_GRACE; give `docker stop` at least that long.
 STOPSIGNAL SIGTERM
-CMD ["node", "--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"]
+CMD ["node", "--max-semi-space-size=32", "--max-old-space-size=1024", "--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"]

@@ -2,17 +2,22 @@
  * Builds the whole service from a Config: storage, SMTP, delivery, the OTP
  * domain and the gRPC server. `main.ts` adds signals and process exit; tests
  * start an App in-process on port 0.
+ *
+ * What only some configurations use is imported when they use it: the
+ * capture sink (development, no SMTP_URL), the DKIM start-up probe
+ * (DKIM_*) and the bounce intake (BOUNCE_SMTP_ADDR) bring smtp-server,
+ * mailparser and mailauth, tens of MB of heap and code a relay-only
+ * production process would carry for nothing.
  */
 import { systemClock, type Clock } from "./clock.js";
 import type { Config } from "./config.js";
-import { startCaptureSink, type CaptureSink } from "./delivery/capture-sink.js";
+import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
 import { createRenderer } from "./delivery/render.js";
 import { createSmtpTransport } from "./delivery/smtp-transport.js";
-import { createBounceProcessor, type BounceOutcome } from "./bounce/bounce-processor.js";
-import { startBounceIntake, type BounceIntake } from "./bounce/intake-server.js";
+import type { BounceOutcome } from "./bounce/bounce-processor.js";
+import type { BounceIntake } from "./bounce/intake-server.js";
 import { createSuppressionList } from "./bounce/suppression.js";
-import { prepareDkim } from "./delivery/dkim.js";
 import type { DeliveryRecord } from "./delivery/record.js";
 import { createHealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
@@ -98,11 +103,15 @@ export async function startApp(options: AppOptions): Promise<App> {
 
     let sink: CaptureSink | undefined;
     if (config.smtp.url === undefined) {
+      const { startCaptureSink } = await import("./delivery/capture-sink.js");
       sink = await startCaptureSink({ outboxDir: config.outboxDir, logger, showCodes: config.env === "development" });
       closers.push(() => (sink as CaptureSink).close());
     }
     // Fails start-up on a key that cannot sign or a d= that does not align with From.
-    const dkim = config.dkim === undefined ? undefined : await prepareDkim(config.dkim, config.mail.fromAddress);
+    const dkim =
+      config.dkim === undefined
+        ? undefined
+        : await (await import("./delivery/dkim.js")).prepareDkim(config.dkim, config.mail.fromAddress);
     const transport = createSmtpTransport({
       dkim,
       url: config.smtp.url ?? (sink as CaptureSink).url,
@@ -201,6 +210,10 @@ export async function startApp(options: AppOptions): Promise<App> {
     logAuthentication(config, logger);
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
+      const [{ startBounceIntake }, { createBounceProcessor }] = await Promise.all([
+        import("./bounce/intake-server.js"),
+        import("./bounce/bounce-processor.js"),
+      ]);
       const separator = config.bounce.smtpAddr.lastIndexOf(":");
       intake = await startBounceIntake({
         host: config.bounce.smtpAddr.slice(0, separator).replace(/^\[|\]$/g, ""),

@@ -3,7 +3,8 @@
  */
 import { startApp } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
-import { doctorOptionsFromConfig, logDoctorReport, runDoctor } from "./doctor/doctor.js";
+import { logDoctorReport } from "./doctor/report.js";
+import { runStartupDoctor } from "./doctor/startup-check.js";
 import { createLogger, type Logger } from "./logger.js";
 import { startMetricsServer } from "./telemetry/metrics-server.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
@@ -50,9 +51,10 @@ async function main(): Promise<void> {
   if (config.env !== "production") devBanner(config, logger, app.address.port, app.address.host, app.captureSinkUrl);
   // The doctor's checks, as warnings, whenever a real relay is configured: the
   // operator learns at start-up why Gmail would junk or refuse the mail.
-  // Not awaited: each lookup may take up to DOCTOR_TIMEOUT.
+  // Not awaited: each lookup may take up to DOCTOR_TIMEOUT. In a worker
+  // thread, so that the checks' modules do not stay in the service's heap.
   if (config.smtp.url !== undefined && config.env !== "test") {
-    runDoctor(doctorOptionsFromConfig(config)).then(
+    runStartupDoctor().then(
       (report) => logDoctorReport(report, logger),
       (error: unknown) => logger.warn({ err: error }, "start-up sender-domain checks could not run"),
     );

@@ -5,7 +5,6 @@
  */
 import { isIP } from "node:net";
 import type { Config } from "../config.js";
-import type { Logger } from "../logger.js";
 import { checkDkim } from "./dkim.js";
 import { checkDmarc } from "./dmarc.js";
 import { checkDnsbl } from "./dnsbl.js";
@@ -177,12 +176,4 @@ export function doctorOptionsFromConfig(config: Config, domain?: string): Doctor
   };
 }
 
-/** Logs every check that is not a pass as a warning, and one summary line. */
-export function logDoctorReport(report: DoctorReport, logger: Logger): void {
-  const log = logger.child({ component: "doctor" });
-  for (const result of report.checks) {
-    if (result.status === "pass") continue;
-    log.warn({ check: result.id, subject: result.subject, status: result.status, fix: result.fix }, result.summary);
-  }
-  log.info({ domain: report.domain, ...report.counts }, "sender-domain checks done (details: npm run doctor)");
-}
+export { logDoctorReport } from "./report.js";
