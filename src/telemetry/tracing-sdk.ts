@@ -2,13 +2,13 @@
  * Starts the OpenTelemetry SDK: context propagation (W3C trace context and
  * baggage, or OTEL_PROPAGATORS), the grpc-js and ioredis instrumentations,
  * sampling from OTEL_TRACES_SAMPLER, and the exporters the TracingConfig
- * names. With no exporter no tracer provider is registered at all: spans are
- * never built, only the caller's context is propagated, so an instance with
- * nothing to export pays next to nothing.
+ * names.
  *
- * bootstrap.ts calls this before grpc-js and ioredis load; tests call it
- * with their own span processors. It registers the SDK's shutdown with
- * tracing-lifecycle.ts, so that main.ts can flush spans at exit.
+ * bootstrap.ts calls this before grpc-js and ioredis load, and only when
+ * there is something to export (else it sets up trace-context.ts instead);
+ * tests call it with their own span processors. It registers the SDK's
+ * shutdown with tracing-lifecycle.ts, so that main.ts can flush spans at
+ * exit.
  */
 import type { Instrumentation } from "@opentelemetry/instrumentation";
 import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
@@ -16,7 +16,7 @@ import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { TracingConfig } from "../config.js";
-import { registerTracingShutdown } from "./tracing-lifecycle.js";
+import { registerTracingShutdown, setTracingMode } from "./tracing-lifecycle.js";
 
 export interface TracingOptions {
   readonly config: TracingConfig;
@@ -88,6 +88,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     instrumentations: createInstrumentations(),
   });
   sdk.start();
+  setTracingMode("sdk");
   let stopping: Promise<void> | undefined;
   const tracing: Tracing = {
     shutdown() {

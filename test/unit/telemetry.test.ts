@@ -5,6 +5,7 @@ import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
 import { createMetrics, negotiateFormat } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { parseTraceparent } from "../../src/telemetry/trace-context.js";
 
 describe("provider classes", () => {
   const classifier = createProviderClassifier();
@@ -85,6 +86,36 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(loadTracingConfig({ OTEL_SERVICE_NAME: "otp-eu" }).serviceName).toBe("otp-eu");
     expect(loadTracingConfig({ OTEL_SDK_DISABLED: "TRUE" }).disabled).toBe(true);
     expect(loadTracingConfig({ OTEL_BSP_SCHEDULE_DELAY: "200" }).batch.scheduledDelayMillis).toBe(200);
+  });
+});
+
+describe("the caller's traceparent, without an SDK", () => {
+  const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const spanId = "00f067aa0ba902b7";
+
+  it("reads version 00 and keeps only the sampled flag", () => {
+    expect(parseTraceparent(`00-${traceId}-${spanId}-01`)).toEqual({ traceId, spanId, traceFlags: 1, isRemote: true });
+    expect(parseTraceparent(` 00-${traceId}-${spanId}-00 `)?.traceFlags).toBe(0);
+    expect(parseTraceparent(`00-${traceId}-${spanId}-03`)?.traceFlags).toBe(1);
+  });
+
+  it("reads a later version's first four fields, as the W3C specification asks", () => {
+    expect(parseTraceparent(`01-${traceId}-${spanId}-01-what-comes-next`)?.traceId).toBe(traceId);
+  });
+
+  it("refuses malformed, upper-case, all-zero, version ff and version 00 with extra fields", () => {
+    for (const value of [
+      "",
+      "garbage",
+      `00-${traceId.toUpperCase()}-${spanId}-01`,
+      `00-${"0".repeat(32)}-${spanId}-01`,
+      `00-${traceId}-${"0".repeat(16)}-01`,
+      `ff-${traceId}-${spanId}-01`,
+      `00-${traceId}-${spanId}-01-extra`,
+      `00-${traceId.slice(1)}-${spanId}-01`,
+    ]) {
+      expect(parseTraceparent(value), value).toBeUndefined();
+    }
   });
 });
 
