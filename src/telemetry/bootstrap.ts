@@ -10,8 +10,9 @@
  * when there is an exporter to send spans to:
  *   1. registers import-in-the-middle's loader hook for the instrumented
  *      packages, for anything that imports them as ESM;
- *   2. starts the SDK with the grpc-js and ioredis instrumentations;
- *   3. requires grpc-js and ioredis once, so the instrumentations patch them
+ *   2. starts the SDK with the grpc-js instrumentation (and the ioredis one
+ *      with TRACE_REDIS_COMMANDS=true);
+ *   3. requires grpc-js (and ioredis) once, so the instrumentations patch them
  *      through require (they are CommonJS) before any ESM import reads them.
  * With nothing to export it loads no SDK, no instrumentation and no hook:
  * it only sets up the caller's trace context (trace-context.ts), so that
@@ -22,8 +23,6 @@
  */
 import { createRequire, register } from "node:module";
 import { ConfigError, loadTracingConfig, type TracingConfig } from "../config.js";
-
-const instrumentedPackages = ["@grpc/grpc-js", "ioredis"];
 
 let config: TracingConfig;
 try {
@@ -39,6 +38,8 @@ if (!config.disabled && config.exporters.length === 0) {
   const { startTraceContextPropagation } = await import("./trace-context.js");
   startTraceContextPropagation();
 } else if (!config.disabled) {
+  // What tracing-sdk.ts's createInstrumentations patches.
+  const instrumentedPackages = ["@grpc/grpc-js", ...(config.redisCommandSpans ? ["ioredis"] : [])];
   register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, { data: { include: instrumentedPackages } });
   // Imported only now: the SDK itself loads grpc-js (for its OTLP/gRPC exporter), which must pass the hook.
   const { startTracing } = await import("./tracing-sdk.js");

@@ -1,6 +1,6 @@
 /**
  * Starts the OpenTelemetry SDK: context propagation (W3C trace context and
- * baggage, or OTEL_PROPAGATORS), the grpc-js and ioredis instrumentations,
+ * baggage, or OTEL_PROPAGATORS), the grpc-js (and optionally ioredis) instrumentations,
  * sampling from OTEL_TRACES_SAMPLER, and the exporters the TracingConfig
  * names.
  *
@@ -33,13 +33,14 @@ export interface Tracing {
  * The instrumentations: server and client spans for grpc-js (health checks
  * and reflection streams are not traced: probes every few seconds would
  * drown the traces that matter; they are still counted by the RPC metrics),
- * and a span per Redis command named by the command alone (its arguments
- * hold code HMACs and hashed ids, of no use in a trace).
+ * and, with TRACE_REDIS_COMMANDS=true, a span per Redis command named by
+ * the command alone (its arguments hold code HMACs and hashed ids, of no use
+ * in a trace).
  */
-export function createInstrumentations(): Instrumentation[] {
+export function createInstrumentations(config: Pick<TracingConfig, "redisCommandSpans">): Instrumentation[] {
   return [
     new GrpcInstrumentation({ ignoreGrpcMethods: ["Check", "Watch", "ServerReflectionInfo"] }),
-    new IORedisInstrumentation({ dbStatementSerializer: (command) => command }),
+    ...(config.redisCommandSpans ? [new IORedisInstrumentation({ dbStatementSerializer: (command) => command })] : []),
   ];
 }
 
@@ -85,7 +86,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     // Traces only: metrics are Prometheus' (prom-client), logs are pino's.
     metricReaders: [],
     logRecordProcessors: [],
-    instrumentations: createInstrumentations(),
+    instrumentations: createInstrumentations(options.config),
   });
   sdk.start();
   setTracingMode("sdk");

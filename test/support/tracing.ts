@@ -1,7 +1,8 @@
 /**
  * OpenTelemetry in the test process, set up as the service's bootstrap does
- * it: the SDK with the grpc-js and ioredis instrumentations, started before
- * either package is required, so both are patched. Spans go to memory.
+ * it: the SDK with the grpc-js and ioredis instrumentations (the latter as
+ * with TRACE_REDIS_COMMANDS=true), started before either package is
+ * required, so both are patched. Spans go to memory.
  *
  * Import this module FIRST in a test file (before anything that loads
  * grpc-js or ioredis); vitest runs each test file in its own worker, so the
@@ -14,7 +15,7 @@ import { startTracing } from "../../src/telemetry/tracing-sdk.js";
 
 export const spanExporter = new InMemorySpanExporter();
 
-await startTracing({ config: loadTracingConfig({}), spanProcessors: [new SimpleSpanProcessor({ exporter: spanExporter })] });
+await startTracing({ config: loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }), spanProcessors: [new SimpleSpanProcessor({ exporter: spanExporter })] });
 const require = createRequire(import.meta.url);
 for (const name of ["@grpc/grpc-js", "ioredis"]) require(name);
 

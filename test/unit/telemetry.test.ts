@@ -87,6 +87,12 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(loadTracingConfig({ OTEL_SDK_DISABLED: "TRUE" }).disabled).toBe(true);
     expect(loadTracingConfig({ OTEL_BSP_SCHEDULE_DELAY: "200" }).batch.scheduledDelayMillis).toBe(200);
   });
+
+  it("a span per Redis command only with TRACE_REDIS_COMMANDS=true", () => {
+    expect(loadTracingConfig({}).redisCommandSpans).toBe(false);
+    expect(loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }).redisCommandSpans).toBe(true);
+    expect(() => loadTracingConfig({ TRACE_REDIS_COMMANDS: "yes" })).toThrow(/TRACE_REDIS_COMMANDS=yes/);
+  });
 });
 
 describe("the caller's traceparent, without an SDK", () => {
