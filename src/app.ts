@@ -34,7 +34,7 @@ import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { traceContextInterceptors } from "./telemetry/trace-context.js";
-import { activeTraceId, traceRenderer } from "./telemetry/tracing.js";
+import { activeTraceId } from "./telemetry/tracing.js";
 
 export interface AppOptions {
   readonly config: Config;
@@ -164,13 +164,11 @@ export async function startApp(options: AppOptions): Promise<App> {
       bounceDomain,
       store,
       delivery,
-      renderer: traceRenderer(
-        createRenderer({
-          defaultLocale: config.mail.defaultLocale,
-          productName: config.mail.fromName,
-          templatesDir: config.mail.templatesDir,
-        }),
-      ),
+      renderer: createRenderer({
+        defaultLocale: config.mail.defaultLocale,
+        productName: config.mail.fromName,
+        templatesDir: config.mail.templatesDir,
+      }),
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),

@@ -16,8 +16,6 @@ export const tracerName = "otp-email";
 export const clientTracerName = "otp-email-client";
 
 export const spanNames = {
-  /** Rendering the message from its template (subject, text, HTML). */
-  render: "otp.render",
   /** One message's whole SMTP send: every attempt and the backoff between them. */
   smtpSend: "smtp.send",
   /** One SMTP transaction with the relay (MAIL FROM .. final reply). */
@@ -39,8 +37,7 @@ export const attributes = {
   // The message.
   messageId: "otp.message_id",
   purpose: "otp.purpose",
-  /** The requested locale tag, and the one the renderer used. */
-  localeRequested: "otp.locale.requested",
+  /** The locale the message was rendered in (on smtp.send). */
   locale: "otp.locale",
   /** `j***@gmail.com`: never the full address. */
   recipientMasked: "otp.recipient.masked",

@@ -144,7 +144,7 @@ describe("trace export from a separately started service process", () => {
   }
 
   /**
-   * The whole tree, as received: server span under the caller's, then render, smtp.send, attempts, and Redis
+   * The whole tree, as received: server span under the caller's, then smtp.send, attempts, and Redis
    * commands only when asked for (TRACE_REDIS_COMMANDS=true).
    */
   function expectTree(spans: readonly ReceivedSpan[], traceId: string, callerSpanId: string, redisCommandSpans: boolean): void {
@@ -154,7 +154,6 @@ describe("trace export from a separately started service process", () => {
     expect(server?.parentSpanId).toBe(callerSpanId);
     expect(server?.serviceName).toBe("otp-email");
     const serverId = server?.spanId;
-    expect(ours.find((span) => span.name === "otp.render")?.parentSpanId).toBe(serverId);
     const send = ours.find((span) => span.name === "smtp.send");
     expect(send?.parentSpanId).toBe(serverId);
     expect(send?.attributes["otp.recipient.provider"]).toBe("proton");
@@ -168,7 +167,7 @@ describe("trace export from a separately started service process", () => {
   }
 
   const complete = (traceId: string) => (spans: readonly ReceivedSpan[]) =>
-    ["grpc.otp.v1.OtpEmailService/SendOtp", "otp.render", "smtp.send", "smtp.attempt"].every((name) =>
+    ["grpc.otp.v1.OtpEmailService/SendOtp", "smtp.send", "smtp.attempt"].every((name) =>
       spans.some((span) => span.traceId === traceId && span.name === name),
     );
 
