@@ -33,7 +33,7 @@ import { createGrpcMetricsInterceptor } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
-import { traceContextInterceptors } from "./telemetry/trace-context.js";
+import { serverTracingInterceptors } from "./telemetry/server-tracing.js";
 import { activeTraceId } from "./telemetry/tracing.js";
 
 export interface AppOptions {
@@ -186,9 +186,9 @@ export async function startApp(options: AppOptions): Promise<App> {
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       traceIdOf: activeTraceId,
-      // Metrics first, so that calls refused by later interceptors are counted too; the caller's trace context
-      // (when no SDK does it) last, nearest the handler.
-      interceptors: [createGrpcMetricsInterceptor(metrics), ...traceContextInterceptors()],
+      // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
+      // caller's trace context) last, nearest the handler.
+      interceptors: [createGrpcMetricsInterceptor(metrics), ...serverTracingInterceptors()],
       health,
       logger,
       identify: createCallerIdentity({

@@ -7,16 +7,17 @@
  * module that loads after it starts, and in ESM an `import "./telemetry.js"`
  * at the top of main.ts runs too late: the whole import graph is linked
  * first. So this file, run by `--import` before main.ts is even read,
- * when there is an exporter to send spans to:
- *   1. registers import-in-the-middle's loader hook for the instrumented
- *      packages, for anything that imports them as ESM;
- *   2. starts the SDK with the grpc-js instrumentation (and the ioredis one
- *      with TRACE_REDIS_COMMANDS=true);
- *   3. requires grpc-js (and ioredis) once, so the instrumentations patch them
- *      through require (they are CommonJS) before any ESM import reads them.
- * With nothing to export it loads no SDK, no instrumentation and no hook:
- * it only sets up the caller's trace context (trace-context.ts), so that
- * records, log lines and exemplars still name the caller's trace.
+ * when there is an exporter to send spans to, starts the SDK; the gRPC
+ * server spans are then the app's own interceptor's (server-tracing.ts).
+ * Only with TRACE_REDIS_COMMANDS=true is a package instrumented: then it
+ *   1. registers import-in-the-middle's loader hook for ioredis, for
+ *      anything that imports it as ESM;
+ *   2. starts the SDK with the ioredis instrumentation;
+ *   3. requires ioredis once, so the instrumentation patches it through
+ *      require (it is CommonJS) before any ESM import reads it.
+ * With nothing to export it loads no SDK and no hook: it only sets up the
+ * caller's trace context (trace-context.ts), so that records, log lines and
+ * exemplars still name the caller's trace.
  *
  * Configured by the standard OTEL_* variables (see loadTracingConfig). A bad
  * value stops the process with exit code 78, like any configuration error.
@@ -39,9 +40,11 @@ if (!config.disabled && config.exporters.length === 0) {
   startTraceContextPropagation();
 } else if (!config.disabled) {
   // What tracing-sdk.ts's createInstrumentations patches.
-  const instrumentedPackages = ["@grpc/grpc-js", ...(config.redisCommandSpans ? ["ioredis"] : [])];
-  register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, { data: { include: instrumentedPackages } });
-  // Imported only now: the SDK itself loads grpc-js (for its OTLP/gRPC exporter), which must pass the hook.
+  const instrumentedPackages = config.redisCommandSpans ? ["ioredis"] : [];
+  if (instrumentedPackages.length > 0) {
+    register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, { data: { include: instrumentedPackages } });
+  }
+  // Imported only now, after the hook.
   const { startTracing } = await import("./tracing-sdk.js");
   await startTracing({ config });
   const require = createRequire(import.meta.url);

@@ -1,31 +1,25 @@
 /**
- * The caller's trace context without an SDK: what the bootstrap sets up when
- * nothing is exported. No tracer provider, no instrumentation, no loader
- * hook; only
- *   - a context manager on AsyncLocalStorage, so that `context.active()`
- *     works across awaits, and
- *   - a server interceptor that reads the caller's W3C `traceparent` from
- *     the gRPC metadata and runs the call in that context.
- * Records (`trace_id`), log lines (`trace_id`, `span_id`) and exemplars then
- * name the caller's trace, as they would under an SDK with nothing to
- * export, for a fraction of the cost. The parser is ours because
- * @opentelemetry/core's propagator would bring ~18 MB of modules along.
+ * The context plumbing the service's tracing stands on, with or without an
+ * SDK: a context manager on AsyncLocalStorage, so that `context.active()`
+ * works across awaits, and a parser for the caller's W3C `traceparent`.
+ *
+ * With nothing to export the bootstrap sets up only this (no tracer
+ * provider, no instrumentation, no loader hook) and server-tracing.ts runs
+ * each call in the caller's context: records (`trace_id`), log lines
+ * (`trace_id`, `span_id`) and exemplars then name the caller's trace for a
+ * fraction of an SDK's cost. The parser is ours because @opentelemetry/core's
+ * propagator would bring ~18 MB of modules along.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
-import {
-  context,
-  ROOT_CONTEXT,
-  trace,
-  TraceFlags,
-  type Context,
-  type ContextManager,
-  type SpanContext,
-} from "@opentelemetry/api";
-import { ServerInterceptingCall, type ServerInterceptor } from "@grpc/grpc-js";
+import { context, ROOT_CONTEXT, trace, TraceFlags, type Context, type ContextManager, type SpanContext } from "@opentelemetry/api";
 import { setTracingMode, tracingMode } from "./tracing-lifecycle.js";
 
-/** `context.active()` on AsyncLocalStorage (what @opentelemetry/context-async-hooks does, without its EventEmitter binding). */
-class AsyncLocalStorageContextManager implements ContextManager {
+/**
+ * `context.active()` on AsyncLocalStorage: what @opentelemetry/context-async-hooks
+ * does, without its EventEmitter binding (which patches five methods of an
+ * emitter per bind; nothing here binds emitters). Also given to the SDK.
+ */
+export class AsyncLocalStorageContextManager implements ContextManager {
   private readonly storage = new AsyncLocalStorage<Context>();
 
   active(): Context {
@@ -70,51 +64,11 @@ export function parseTraceparent(value: string): SpanContext | undefined {
 
 /**
  * Registers the context manager (once per process) and marks the process as
- * carrying the caller's context only; `traceContextInterceptors()` then
- * returns the interceptor that does it.
+ * carrying the caller's context only; server-tracing.ts then runs each call
+ * in it.
  */
 export function startTraceContextPropagation(): void {
   if (tracingMode() !== undefined) return;
   context.setGlobalContextManager(new AsyncLocalStorageContextManager());
   setTracingMode("propagation");
-}
-
-/** The interceptor: runs a call that came with a valid `traceparent` in the caller's context. */
-export function createTraceContextInterceptor(): ServerInterceptor {
-  return (_method, call) => {
-    let callContext: Context | undefined;
-    const inCall = (next: () => void): void => {
-      if (callContext === undefined) next();
-      else context.with(callContext, next);
-    };
-    return new ServerInterceptingCall(call, {
-      start(next) {
-        next({
-          onReceiveMetadata(metadata, nextMetadata) {
-            const [traceparent] = metadata.get("traceparent");
-            const spanContext = typeof traceparent === "string" ? parseTraceparent(traceparent) : undefined;
-            if (spanContext !== undefined) callContext = trace.setSpanContext(ROOT_CONTEXT, spanContext);
-            inCall(() => nextMetadata(metadata));
-          },
-          onReceiveMessage(message, nextMessage) {
-            inCall(() => nextMessage(message));
-          },
-          onReceiveHalfClose(nextHalfClose) {
-            // A unary handler starts here, synchronously: everything it awaits keeps this context.
-            inCall(nextHalfClose);
-          },
-        });
-      },
-    });
-  };
-}
-
-/**
- * The server interceptors that carry the caller's trace context: one when
- * the bootstrap set up propagation only; none under the SDK (its grpc-js
- * instrumentation does it, with a server span) or with tracing disabled.
- * Pass them last, nearest the handler.
- */
-export function traceContextInterceptors(): ServerInterceptor[] {
-  return tracingMode() === "propagation" ? [createTraceContextInterceptor()] : [];
 }

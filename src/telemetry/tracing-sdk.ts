@@ -1,21 +1,22 @@
 /**
  * Starts the OpenTelemetry SDK: context propagation (W3C trace context and
- * baggage, or OTEL_PROPAGATORS), the grpc-js (and optionally ioredis) instrumentations,
- * sampling from OTEL_TRACES_SAMPLER, and the exporters the TracingConfig
- * names.
+ * baggage, or OTEL_PROPAGATORS) on our AsyncLocalStorage context manager,
+ * sampling from OTEL_TRACES_SAMPLER, the exporters the TracingConfig names,
+ * and the ioredis instrumentation with TRACE_REDIS_COMMANDS=true. The gRPC
+ * server span is ours (server-tracing.ts), not an instrumentation's.
  *
- * bootstrap.ts calls this before grpc-js and ioredis load, and only when
- * there is something to export (else it sets up trace-context.ts instead);
- * tests call it with their own span processors. It registers the SDK's
+ * bootstrap.ts calls this before ioredis loads, and only when there is
+ * something to export (else it sets up trace-context.ts instead); tests call
+ * it with their own span processors. It registers the SDK's
  * shutdown with tracing-lifecycle.ts, so that main.ts can flush spans at
  * exit.
  */
 import type { Instrumentation } from "@opentelemetry/instrumentation";
-import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { TracingConfig } from "../config.js";
+import { AsyncLocalStorageContextManager } from "./trace-context.js";
 import { registerTracingShutdown, setTracingMode } from "./tracing-lifecycle.js";
 
 export interface TracingOptions {
@@ -30,18 +31,12 @@ export interface Tracing {
 }
 
 /**
- * The instrumentations: server and client spans for grpc-js (health checks
- * and reflection streams are not traced: probes every few seconds would
- * drown the traces that matter; they are still counted by the RPC metrics),
- * and, with TRACE_REDIS_COMMANDS=true, a span per Redis command named by
- * the command alone (its arguments hold code HMACs and hashed ids, of no use
- * in a trace).
+ * The instrumentations: with TRACE_REDIS_COMMANDS=true, a span per Redis
+ * command named by the command alone (its arguments hold code HMACs and
+ * hashed ids, of no use in a trace); else none.
  */
 export function createInstrumentations(config: Pick<TracingConfig, "redisCommandSpans">): Instrumentation[] {
-  return [
-    new GrpcInstrumentation({ ignoreGrpcMethods: ["Check", "Watch", "ServerReflectionInfo"] }),
-    ...(config.redisCommandSpans ? [new IORedisInstrumentation({ dbStatementSerializer: (command) => command })] : []),
-  ];
+  return config.redisCommandSpans ? [new IORedisInstrumentation({ dbStatementSerializer: (command) => command })] : [];
 }
 
 async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[]> {
@@ -87,6 +82,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     metricReaders: [],
     logRecordProcessors: [],
     instrumentations: createInstrumentations(options.config),
+    contextManager: new AsyncLocalStorageContextManager(),
   });
   sdk.start();
   setTracingMode("sdk");
