@@ -1,7 +1,8 @@
 /**
  * Every span name, attribute key and event name the service itself writes,
- * in one place (instrumentation-grpc and instrumentation-ioredis name their
- * own). Standard OpenTelemetry names where one exists (`server.address`,
+ * in one place (the optional instrumentation-ioredis names its own; the gRPC
+ * server span is named `grpc.<service>/<method>` as instrumentation-grpc
+ * names it, see server-tracing.ts). Standard OpenTelemetry names where one exists (`server.address`,
  * `error.type`); `smtp.*` where SMTP has no convention yet; `otp.*` for our
  * domain.
  *
