@@ -32,8 +32,11 @@ export class AsyncLocalStorageContextManager implements ContextManager {
 
   bind<T>(ctx: Context, target: T): T {
     if (typeof target !== "function") return target;
-    const run = (...args: unknown[]): unknown => this.with(ctx, () => (target as (...a: unknown[]) => unknown)(...args));
-    return run as T;
+    const storage = this.storage;
+    const fn = target as (this: unknown, ...args: unknown[]) => unknown;
+    return function bound(this: unknown, ...args: unknown[]): unknown {
+      return storage.run(ctx, () => fn.apply(this, args));
+    } as T;
   }
 
   enable(): this {

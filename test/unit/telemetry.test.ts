@@ -5,7 +5,8 @@ import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
 import { createMetrics, negotiateFormat } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
-import { parseTraceparent } from "../../src/telemetry/trace-context.js";
+import { ROOT_CONTEXT, createContextKey } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager, parseTraceparent } from "../../src/telemetry/trace-context.js";
 
 describe("provider classes", () => {
   const classifier = createProviderClassifier();
@@ -122,6 +123,32 @@ describe("the caller's traceparent, without an SDK", () => {
     ]) {
       expect(parseTraceparent(value), value).toBeUndefined();
     }
+  });
+});
+
+describe("the AsyncLocalStorage context manager", () => {
+  const key = createContextKey("test");
+  const manager = new AsyncLocalStorageContextManager();
+  const ctx = ROOT_CONTEXT.setValue(key, "inside");
+
+  it("keeps the context across awaits inside with(), and only there", async () => {
+    expect(manager.active()).toBe(ROOT_CONTEXT);
+    const seen = await manager.with(ctx, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      return manager.active().getValue(key);
+    });
+    expect(seen).toBe("inside");
+    expect(manager.active()).toBe(ROOT_CONTEXT);
+  });
+
+  it("binds a function to a context, keeping its this and arguments; anything else is returned as is", () => {
+    function read(this: { name: string }, suffix: string): string {
+      return `${this.name}:${String(manager.active().getValue(key))}:${suffix}`;
+    }
+    const target = { name: "t", read: manager.bind(ctx, read) };
+    expect(target.read("x")).toBe("t:inside:x");
+    const emitter = { on: () => undefined };
+    expect(manager.bind(ctx, emitter)).toBe(emitter);
   });
 });
 
