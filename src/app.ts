@@ -38,7 +38,8 @@ import { createGrpcMetricsInterceptor } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
-import { activeTraceId, traceRenderer } from "./telemetry/tracing.js";
+import { serverTracingInterceptors } from "./telemetry/server-tracing.js";
+import { activeTraceId } from "./telemetry/tracing.js";
 
 export interface AppOptions {
   readonly config: Config;
@@ -172,13 +173,11 @@ export async function startApp(options: AppOptions): Promise<App> {
       bounceDomain,
       store,
       delivery,
-      renderer: traceRenderer(
-        createRenderer({
-          defaultLocale: config.mail.defaultLocale,
-          productName: config.mail.fromName,
-          templatesDir: config.mail.templatesDir,
-        }),
-      ),
+      renderer: createRenderer({
+        defaultLocale: config.mail.defaultLocale,
+        productName: config.mail.fromName,
+        templatesDir: config.mail.templatesDir,
+      }),
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),
@@ -196,8 +195,9 @@ export async function startApp(options: AppOptions): Promise<App> {
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       traceIdOf: activeTraceId,
-      // First, so that calls refused by later interceptors are counted too.
-      interceptors: [createGrpcMetricsInterceptor(metrics)],
+      // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
+      // caller's trace context) last, nearest the handler.
+      interceptors: [createGrpcMetricsInterceptor(metrics), ...serverTracingInterceptors()],
       health,
       logger,
       identify: createCallerIdentity({

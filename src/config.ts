@@ -614,6 +614,12 @@ export interface TracingConfig {
   readonly protocol: "http/protobuf" | "http/json" | "grpc";
   /** OTEL_SERVICE_NAME, else `otp-email`. */
   readonly serviceName: string;
+  /**
+   * TRACE_REDIS_COMMANDS=true: a span per Redis command (the ioredis
+   * instrumentation). Off by default: with auto-pipelining a command's span
+   * says little, and they were most of a SendOtp trace's spans and bytes.
+   */
+  readonly redisCommandSpans: boolean;
   /** OTEL_BSP_*: the batch span processor's queue, batch size, delay and export timeout (SDK defaults when unset). */
   readonly batch: {
     readonly maxQueueSize: number | undefined;
@@ -649,6 +655,7 @@ export function loadTracingConfig(env: Env): TracingConfig {
     exporters: [...exporters],
     protocol,
     serviceName: read.string("OTEL_SERVICE_NAME") ?? "otp-email",
+    redisCommandSpans: read.boolean("TRACE_REDIS_COMMANDS"),
     batch: {
       maxQueueSize: optionalInt("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000),
       maxExportBatchSize: optionalInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1_000_000),

@@ -6,20 +6,24 @@
  * (what `npm start` and the Dockerfile run). OpenTelemetry can only patch a
  * module that loads after it starts, and in ESM an `import "./telemetry.js"`
  * at the top of main.ts runs too late: the whole import graph is linked
- * first. So this file, run by `--import` before main.ts is even read:
- *   1. registers import-in-the-middle's loader hook for the instrumented
- *      packages, for anything that imports them as ESM;
- *   2. starts the SDK with the grpc-js and ioredis instrumentations;
- *   3. requires grpc-js and ioredis once, so the instrumentations patch them
- *      through require (they are CommonJS) before any ESM import reads them.
+ * first. So this file, run by `--import` before main.ts is even read,
+ * when there is an exporter to send spans to, starts the SDK; the gRPC
+ * server spans are then the app's own interceptor's (server-tracing.ts).
+ * Only with TRACE_REDIS_COMMANDS=true is a package instrumented: then it
+ *   1. registers import-in-the-middle's loader hook for ioredis, for
+ *      anything that imports it as ESM;
+ *   2. starts the SDK with the ioredis instrumentation;
+ *   3. requires ioredis once, so the instrumentation patches it through
+ *      require (it is CommonJS) before any ESM import reads it.
+ * With nothing to export it loads no SDK and no hook: it only sets up the
+ * caller's trace context (trace-context.ts), so that records, log lines and
+ * exemplars still name the caller's trace.
  *
  * Configured by the standard OTEL_* variables (see loadTracingConfig). A bad
  * value stops the process with exit code 78, like any configuration error.
  */
 import { createRequire, register } from "node:module";
 import { ConfigError, loadTracingConfig, type TracingConfig } from "../config.js";
-
-const instrumentedPackages = ["@grpc/grpc-js", "ioredis"];
 
 let config: TracingConfig;
 try {
@@ -30,9 +34,17 @@ try {
   process.exit(78); // EX_CONFIG
 }
 
-if (!config.disabled) {
-  register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, { data: { include: instrumentedPackages } });
-  // Imported only now: the SDK itself loads grpc-js (for its OTLP/gRPC exporter), which must pass the hook.
+// OTEL_SDK_DISABLED=true: nothing at all, not even the caller's context.
+if (!config.disabled && config.exporters.length === 0) {
+  const { startTraceContextPropagation } = await import("./trace-context.js");
+  startTraceContextPropagation();
+} else if (!config.disabled) {
+  // What tracing-sdk.ts's createInstrumentations patches.
+  const instrumentedPackages = config.redisCommandSpans ? ["ioredis"] : [];
+  if (instrumentedPackages.length > 0) {
+    register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, { data: { include: instrumentedPackages } });
+  }
+  // Imported only now, after the hook.
   const { startTracing } = await import("./tracing-sdk.js");
   await startTracing({ config });
   const require = createRequire(import.meta.url);

@@ -2,7 +2,8 @@
  * The DeliveryObserver that turns what delivery/ reports into spans and
  * metrics:
  *
- *   smtp.send    one per message, child of the request that dispatched it;
+ *   smtp.send    one per message, child of the request that dispatched it
+ *                (purpose, locale, masked recipient, provider class, relay);
  *                a `smtp.retry` event per retry; ends with the final state.
  *   smtp.attempt one per SMTP transaction, child of smtp.send: relay address
  *                and port, reply code, enhanced status, error.type, attempt
@@ -94,6 +95,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           attributes: {
             [attributes.messageId]: record.messageId,
             [attributes.purpose]: record.purpose,
+            [attributes.locale]: record.locale,
             [attributes.recipientMasked]: record.recipientMasked,
             [attributes.recipientProvider]: provider,
             ...serverAttributes,

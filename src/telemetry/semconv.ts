@@ -1,7 +1,8 @@
 /**
  * Every span name, attribute key and event name the service itself writes,
- * in one place (instrumentation-grpc and instrumentation-ioredis name their
- * own). Standard OpenTelemetry names where one exists (`server.address`,
+ * in one place (the optional instrumentation-ioredis names its own; the gRPC
+ * server span is named `grpc.<service>/<method>` as instrumentation-grpc
+ * names it, see server-tracing.ts). Standard OpenTelemetry names where one exists (`server.address`,
  * `error.type`); `smtp.*` where SMTP has no convention yet; `otp.*` for our
  * domain.
  *
@@ -16,8 +17,6 @@ export const tracerName = "otp-email";
 export const clientTracerName = "otp-email-client";
 
 export const spanNames = {
-  /** Rendering the message from its template (subject, text, HTML). */
-  render: "otp.render",
   /** One message's whole SMTP send: every attempt and the backoff between them. */
   smtpSend: "smtp.send",
   /** One SMTP transaction with the relay (MAIL FROM .. final reply). */
@@ -39,8 +38,7 @@ export const attributes = {
   // The message.
   messageId: "otp.message_id",
   purpose: "otp.purpose",
-  /** The requested locale tag, and the one the renderer used. */
-  localeRequested: "otp.locale.requested",
+  /** The locale the message was rendered in (on smtp.send). */
   locale: "otp.locale",
   /** `j***@gmail.com`: never the full address. */
   recipientMasked: "otp.recipient.masked",

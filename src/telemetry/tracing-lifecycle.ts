@@ -1,10 +1,29 @@
 /**
- * The running tracing SDK's shutdown, kept apart from the SDK itself so that
- * main.ts can flush spans at exit without loading the SDK when the bootstrap
- * did not start one. The one piece of module-level state in the service.
+ * What the bootstrap set up, and the running tracing SDK's shutdown, kept
+ * apart from the SDK itself so that main.ts and app.ts can ask without
+ * loading the SDK when the bootstrap did not start one. The one piece of
+ * module-level state in the service.
  */
 
+/**
+ * `sdk`: spans are built and exported (the grpc-js instrumentation carries
+ * the caller's context); `propagation`: nothing to export, only the caller's
+ * context is carried (trace-context.ts); undefined: nothing (no bootstrap,
+ * or OTEL_SDK_DISABLED=true).
+ */
+export type TracingMode = "sdk" | "propagation";
+
+let mode: TracingMode | undefined;
 let shutdown: (() => Promise<void>) | undefined;
+
+/** Called once by whichever of tracing-sdk.ts and trace-context.ts starts. */
+export function setTracingMode(started: TracingMode): void {
+  mode = started;
+}
+
+export function tracingMode(): TracingMode | undefined {
+  return mode;
+}
 
 /** Called by the SDK starter (tracing-sdk.ts). */
 export function registerTracingShutdown(stop: () => Promise<void>): void {

@@ -1,22 +1,23 @@
 /**
  * Starts the OpenTelemetry SDK: context propagation (W3C trace context and
- * baggage, or OTEL_PROPAGATORS), the grpc-js and ioredis instrumentations,
- * sampling from OTEL_TRACES_SAMPLER, and the exporters the TracingConfig
- * names. With no exporter no tracer provider is registered at all: spans are
- * never built, only the caller's context is propagated, so an instance with
- * nothing to export pays next to nothing.
+ * baggage, or OTEL_PROPAGATORS) on our AsyncLocalStorage context manager,
+ * sampling from OTEL_TRACES_SAMPLER, the exporters the TracingConfig names,
+ * and the ioredis instrumentation with TRACE_REDIS_COMMANDS=true. The gRPC
+ * server span is ours (server-tracing.ts), not an instrumentation's.
  *
- * bootstrap.ts calls this before grpc-js and ioredis load; tests call it
- * with their own span processors. It registers the SDK's shutdown with
- * tracing-lifecycle.ts, so that main.ts can flush spans at exit.
+ * bootstrap.ts calls this before ioredis loads, and only when there is
+ * something to export (else it sets up trace-context.ts instead); tests call
+ * it with their own span processors. It registers the SDK's
+ * shutdown with tracing-lifecycle.ts, so that main.ts can flush spans at
+ * exit.
  */
 import type { Instrumentation } from "@opentelemetry/instrumentation";
-import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { TracingConfig } from "../config.js";
-import { registerTracingShutdown } from "./tracing-lifecycle.js";
+import { AsyncLocalStorageContextManager } from "./trace-context.js";
+import { registerTracingShutdown, setTracingMode } from "./tracing-lifecycle.js";
 
 export interface TracingOptions {
   readonly config: TracingConfig;
@@ -30,17 +31,12 @@ export interface Tracing {
 }
 
 /**
- * The instrumentations: server and client spans for grpc-js (health checks
- * and reflection streams are not traced: probes every few seconds would
- * drown the traces that matter; they are still counted by the RPC metrics),
- * and a span per Redis command named by the command alone (its arguments
- * hold code HMACs and hashed ids, of no use in a trace).
+ * The instrumentations: with TRACE_REDIS_COMMANDS=true, a span per Redis
+ * command named by the command alone (its arguments hold code HMACs and
+ * hashed ids, of no use in a trace); else none.
  */
-export function createInstrumentations(): Instrumentation[] {
-  return [
-    new GrpcInstrumentation({ ignoreGrpcMethods: ["Check", "Watch", "ServerReflectionInfo"] }),
-    new IORedisInstrumentation({ dbStatementSerializer: (command) => command }),
-  ];
+export function createInstrumentations(config: Pick<TracingConfig, "redisCommandSpans">): Instrumentation[] {
+  return config.redisCommandSpans ? [new IORedisInstrumentation({ dbStatementSerializer: (command) => command })] : [];
 }
 
 async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[]> {
@@ -85,9 +81,11 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     // Traces only: metrics are Prometheus' (prom-client), logs are pino's.
     metricReaders: [],
     logRecordProcessors: [],
-    instrumentations: createInstrumentations(),
+    instrumentations: createInstrumentations(options.config),
+    contextManager: new AsyncLocalStorageContextManager(),
   });
   sdk.start();
+  setTracingMode("sdk");
   let stopping: Promise<void> | undefined;
   const tracing: Tracing = {
     shutdown() {

@@ -1,10 +1,12 @@
 /**
  * OpenTelemetry in the test process, set up as the service's bootstrap does
- * it: the SDK with the grpc-js and ioredis instrumentations, started before
- * either package is required, so both are patched. Spans go to memory.
+ * it with TRACE_REDIS_COMMANDS=true: the SDK with the ioredis
+ * instrumentation, started before ioredis is required, so it is patched.
+ * The app's server-tracing interceptor makes the gRPC server spans. Spans
+ * go to memory.
  *
  * Import this module FIRST in a test file (before anything that loads
- * grpc-js or ioredis); vitest runs each test file in its own worker, so the
+ * ioredis); vitest runs each test file in its own worker, so the
  * SDK it registers stays within that file.
  */
 import { createRequire } from "node:module";
@@ -14,9 +16,9 @@ import { startTracing } from "../../src/telemetry/tracing-sdk.js";
 
 export const spanExporter = new InMemorySpanExporter();
 
-await startTracing({ config: loadTracingConfig({}), spanProcessors: [new SimpleSpanProcessor({ exporter: spanExporter })] });
+await startTracing({ config: loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }), spanProcessors: [new SimpleSpanProcessor({ exporter: spanExporter })] });
 const require = createRequire(import.meta.url);
-for (const name of ["@grpc/grpc-js", "ioredis"]) require(name);
+require("ioredis");
 
 /** Every finished span of one trace. */
 export function spansOf(traceId: string): ReadableSpan[] {

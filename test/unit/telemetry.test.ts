@@ -5,6 +5,8 @@ import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
 import { createMetrics, negotiateFormat } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { ROOT_CONTEXT, createContextKey } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager, parseTraceparent } from "../../src/telemetry/trace-context.js";
 
 describe("provider classes", () => {
   const classifier = createProviderClassifier();
@@ -85,6 +87,68 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(loadTracingConfig({ OTEL_SERVICE_NAME: "otp-eu" }).serviceName).toBe("otp-eu");
     expect(loadTracingConfig({ OTEL_SDK_DISABLED: "TRUE" }).disabled).toBe(true);
     expect(loadTracingConfig({ OTEL_BSP_SCHEDULE_DELAY: "200" }).batch.scheduledDelayMillis).toBe(200);
+  });
+
+  it("a span per Redis command only with TRACE_REDIS_COMMANDS=true", () => {
+    expect(loadTracingConfig({}).redisCommandSpans).toBe(false);
+    expect(loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }).redisCommandSpans).toBe(true);
+    expect(() => loadTracingConfig({ TRACE_REDIS_COMMANDS: "yes" })).toThrow(/TRACE_REDIS_COMMANDS=yes/);
+  });
+});
+
+describe("the caller's traceparent, without an SDK", () => {
+  const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const spanId = "00f067aa0ba902b7";
+
+  it("reads version 00 and keeps only the sampled flag", () => {
+    expect(parseTraceparent(`00-${traceId}-${spanId}-01`)).toEqual({ traceId, spanId, traceFlags: 1, isRemote: true });
+    expect(parseTraceparent(` 00-${traceId}-${spanId}-00 `)?.traceFlags).toBe(0);
+    expect(parseTraceparent(`00-${traceId}-${spanId}-03`)?.traceFlags).toBe(1);
+  });
+
+  it("reads a later version's first four fields, as the W3C specification asks", () => {
+    expect(parseTraceparent(`01-${traceId}-${spanId}-01-what-comes-next`)?.traceId).toBe(traceId);
+  });
+
+  it("refuses malformed, upper-case, all-zero, version ff and version 00 with extra fields", () => {
+    for (const value of [
+      "",
+      "garbage",
+      `00-${traceId.toUpperCase()}-${spanId}-01`,
+      `00-${"0".repeat(32)}-${spanId}-01`,
+      `00-${traceId}-${"0".repeat(16)}-01`,
+      `ff-${traceId}-${spanId}-01`,
+      `00-${traceId}-${spanId}-01-extra`,
+      `00-${traceId.slice(1)}-${spanId}-01`,
+    ]) {
+      expect(parseTraceparent(value), value).toBeUndefined();
+    }
+  });
+});
+
+describe("the AsyncLocalStorage context manager", () => {
+  const key = createContextKey("test");
+  const manager = new AsyncLocalStorageContextManager();
+  const ctx = ROOT_CONTEXT.setValue(key, "inside");
+
+  it("keeps the context across awaits inside with(), and only there", async () => {
+    expect(manager.active()).toBe(ROOT_CONTEXT);
+    const seen = await manager.with(ctx, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      return manager.active().getValue(key);
+    });
+    expect(seen).toBe("inside");
+    expect(manager.active()).toBe(ROOT_CONTEXT);
+  });
+
+  it("binds a function to a context, keeping its this and arguments; anything else is returned as is", () => {
+    function read(this: { name: string }, suffix: string): string {
+      return `${this.name}:${String(manager.active().getValue(key))}:${suffix}`;
+    }
+    const target = { name: "t", read: manager.bind(ctx, read) };
+    expect(target.read("x")).toBe("t:inside:x");
+    const emitter = { on: () => undefined };
+    expect(manager.bind(ctx, emitter)).toBe(emitter);
   });
 });
 
