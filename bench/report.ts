@@ -217,9 +217,9 @@ export function evaluateTargets(
     ),
     ratioTarget(
       "tracing-overhead",
-      "SendOtp c64 tracing+metrics on vs off",
+      "SendOtp c64 tracing+metrics on vs off (paired fresh services, medians)",
       byId("sendotp-traced-c64"),
-      byId("sendotp-c64"),
+      byId("sendotp-untraced-c64"),
       throughput,
       (ratio) => ratio >= 0.9,
       ">= 0.9x",
