@@ -24,6 +24,8 @@ import {
 } from "../gen/otp/v1/otp_email_pb.js";
 import { buildOtpMail } from "../src/delivery/message.js";
 import { createRenderer } from "../src/delivery/render.js";
+import { nodemailerMessage } from "../src/delivery/smtp-transport.js";
+import { createRandomPool } from "../src/random-pool.js";
 import { generateCode, newMessageId } from "../src/otp/code.js";
 import { serviceDefinition } from "../src/rpc/service-adapter.js";
 import { onParentCommand, sendToParent } from "./ipc.js";
@@ -267,6 +269,7 @@ async function runSmtp(job: SmtpJob): Promise<RunResult> {
   // The same work per message as the service, minus gRPC and Redis: render, build, send.
   const renderer = createRenderer({ defaultLocale: "en", productName: benchSender.name });
   const runId = randomBytes(4).toString("hex");
+  const random = createRandomPool();
   try {
     const result = await drive(job, [], async (index) => {
       const rendered = renderer.render({ purpose: "login", locale: "en", code: generateCode(6), ttlMs: 600_000 });
@@ -275,19 +278,11 @@ async function runSmtp(job: SmtpJob): Promise<RunResult> {
         to: benchRecipient(runId, index),
         fromName: benchSender.name,
         fromAddress: benchSender.address,
-        messageId: newMessageId(Date.now()),
+        messageId: newMessageId(Date.now(), random),
       });
       try {
-        await transporter.sendMail({
-          from: mail.from,
-          to: mail.to,
-          subject: mail.subject,
-          text: mail.text,
-          html: mail.html,
-          messageId: mail.messageId,
-          headers: { ...mail.headers },
-          ...(mail.envelope === undefined ? {} : { envelope: { from: mail.envelope.from, to: mail.envelope.to } }),
-        });
+        // Exactly what the service hands nodemailer for this mail.
+        await transporter.sendMail(nodemailerMessage(mail, random));
         return { ok: true };
       } catch (error) {
         const code = (error as { code?: unknown }).code;

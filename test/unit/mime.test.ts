@@ -1,0 +1,95 @@
+/**
+ * The one-pass MIME builder against a real parser (mailparser) and against
+ * what nodemailer's own builder makes of the same mail: every field must
+ * read back the same.
+ */
+import { simpleParser, type ParsedMail } from "mailparser";
+import MailComposer from "nodemailer/lib/mail-composer";
+import { describe, expect, it } from "vitest";
+import { buildOtpMail } from "../../src/delivery/message.js";
+import { composeOtpMime } from "../../src/delivery/mime.js";
+import { createRenderer } from "../../src/delivery/render.js";
+import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
+
+const renderer = createRenderer({ defaultLocale: "en", productName: "Acme" });
+const date = new Date("2026-11-27T10:00:00Z");
+
+function mailFor(locale: string, overrides: Partial<OutgoingMail> = {}): OutgoingMail {
+  const rendered = renderer.render({ purpose: "login", locale, code: "482913", ttlMs: 600_000 });
+  return {
+    ...buildOtpMail({ rendered, to: "ana@Example.COM", fromName: "Acme Cloud", fromAddress: "no-reply@Acme.test", messageId: "01jabc1" }),
+    ...overrides,
+  };
+}
+
+async function nodemailerParsed(mail: OutgoingMail): Promise<ParsedMail> {
+  const composer = new MailComposer({
+    from: mail.from,
+    to: mail.to,
+    subject: mail.subject,
+    text: mail.text,
+    html: mail.html,
+    messageId: mail.messageId,
+    headers: { ...mail.headers },
+    date,
+  });
+  return simpleParser(await composer.compile().build());
+}
+
+async function ours(mail: OutgoingMail): Promise<{ raw: string; parsed: ParsedMail }> {
+  const raw = composeOtpMime(mail, date, "0123456789abcdef");
+  if (raw === undefined) throw new Error("the fast path refused the mail");
+  return { raw: raw.toString("latin1"), parsed: await simpleParser(raw) };
+}
+
+describe("composeOtpMime", () => {
+  for (const locale of ["en", "ko"]) {
+    it(`reads back like nodemailer's own message (${locale})`, async () => {
+      const mail = mailFor(locale);
+      const { parsed } = await ours(mail);
+      const reference = await nodemailerParsed(mail);
+      expect(parsed.subject).toBe(mail.subject);
+      expect(parsed.subject).toBe(reference.subject);
+      expect(parsed.text?.trim()).toBe(reference.text?.trim());
+      expect(parsed.html && parsed.html.trim()).toBe(reference.html && reference.html.trim());
+      expect(parsed.from?.value).toEqual(reference.from?.value);
+      expect(parsed.from?.value).toEqual([{ name: "Acme Cloud", address: "no-reply@acme.test" }]);
+      expect(JSON.stringify(parsed.to)).toBe(JSON.stringify(reference.to));
+      expect(parsed.messageId).toBe("<01jabc1@acme.test>");
+      expect(parsed.date?.toISOString()).toBe(date.toISOString());
+      for (const name of ["auto-submitted", "x-auto-response-suppress", "content-language", "mime-version"]) {
+        expect(parsed.headers.get(name)).toEqual(reference.headers.get(name));
+      }
+    });
+  }
+
+  it("keeps every line within 78 characters, CRLF only, and headers ASCII", async () => {
+    const longLine = `<p>${"0123456789 ".repeat(30)}한국어 ${"x".repeat(200)}</p>`;
+    const mail = mailFor("ko", { html: longLine, subject: "로그인 코드 482913 ".repeat(6).trim() });
+    const { raw, parsed } = await ours(mail);
+    const lines = raw.split("\r\n");
+    expect(lines.every((line) => line.length <= 78)).toBe(true);
+    expect(raw.replace(/\r\n/g, "")).not.toMatch(/[\r\n]/);
+    expect(raw).toMatch(/^[\x20-\x7e\r\n\t]*$/);
+    expect(parsed.html).toBe(longLine);
+    expect(parsed.subject).toBe(mail.subject);
+  });
+
+  it("uses 7bit for short ASCII lines, quoted-printable for mostly ASCII, base64 for mostly other text", async () => {
+    const ascii = await ours(mailFor("en", { text: "Your code is 482913.\nIt expires soon.", html: "<p>482913</p>" }));
+    expect(ascii.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit/);
+    const mixed = await ours(mailFor("en", { text: "Code 482913 — é", html: "<p>482913</p>" }));
+    expect(mixed.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable/);
+    expect(mixed.parsed.text?.trim()).toBe("Code 482913 — é");
+    const korean = await ours(mailFor("en", { text: "인증 코드를 입력하세요", html: "<p>482913</p>" }));
+    expect(korean.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64/);
+    expect(korean.parsed.text?.trim()).toBe("인증 코드를 입력하세요");
+  });
+
+  it("leaves to nodemailer what is not plain ASCII: a non-ASCII display name or address", () => {
+    expect(composeOtpMime(mailFor("en", { from: '"Acmé" <no-reply@acme.test>' }), date, "x")).toBeUndefined();
+    expect(composeOtpMime(mailFor("en", { to: "ana@bücher.example" }), date, "x")).toBeUndefined();
+    expect(composeOtpMime(mailFor("en", { to: "añа@example.com" }), date, "x")).toBeUndefined();
+    expect(composeOtpMime(mailFor("en", { headers: { "Content-Language": "ko\r\nBcc: x@y" } }), date, "x")).toBeUndefined();
+  });
+});
