@@ -59,7 +59,19 @@ export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: strin
 
 /** `"Name" <a@Example.COM>` -> `"Name" <a@example.com>`, as nodemailer writes addresses (domains are case-blind). */
 function lowerDomain(address: string): string {
-  return address.replace(/@([^@<>"\s]+)(>?)\s*$/, (_all, domain: string, close: string) => `@${domain.toLowerCase()}${close}`);
+  const at = address.lastIndexOf("@");
+  return at === -1 ? address : address.slice(0, at) + address.slice(at).toLowerCase();
+}
+
+/** Whether a CRLF text has a line longer than 76 characters (a loop: a regex for it backtracks at every position). */
+function hasLongLine(text: string): boolean {
+  let start = 0;
+  for (;;) {
+    const end = text.indexOf("\r\n", start);
+    if ((end === -1 ? text.length : end) - start > 76) return true;
+    if (end === -1) return false;
+    start = end + 2;
+  }
 }
 
 /** Header text: as is when plain ASCII, else encoded-words (Q or B, whichever is shorter for this text). */
@@ -75,7 +87,7 @@ function bodyPart(type: string, content: string): string {
   let encoding: string;
   let body: string;
   const sevenBit = !/[\u0080-\uffff]/.test(text) && !text.includes("\0") && !/\r(?!\n)|(?<!\r)\n/.test(text);
-  if (sevenBit && !/[^\r\n]{77}/.test(text)) {
+  if (sevenBit && !hasLongLine(text)) {
     encoding = "7bit";
     body = text;
   } else if (mostlyAscii(text)) {

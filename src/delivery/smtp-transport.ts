@@ -349,7 +349,8 @@ export function nodemailerMessage(mail: OutgoingMail, random: RandomBytes): Send
           messageId: mail.messageId,
           headers: { ...mail.headers },
         }
-      : { raw };
+      : // With raw, messageId only spares nodemailer generating one (5 randomBytes calls) for a header it never writes.
+        { raw, messageId: mail.messageId };
   return {
     ...content,
     // A raw message names no envelope of its own: give it the one nodemailer would have derived.

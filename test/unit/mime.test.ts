@@ -78,6 +78,9 @@ describe("composeOtpMime", () => {
   it("uses 7bit for short ASCII lines, quoted-printable for mostly ASCII, base64 for mostly other text", async () => {
     const ascii = await ours(mailFor("en", { text: "Your code is 482913.\nIt expires soon.", html: "<p>482913</p>" }));
     expect(ascii.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit/);
+    const long = await ours(mailFor("en", { text: `short\n${"y".repeat(100)}\nshort`, html: "<p>482913</p>" }));
+    expect(long.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable/);
+    expect(long.parsed.text?.trim()).toBe(`short\n${"y".repeat(100)}\nshort`);
     const mixed = await ours(mailFor("en", { text: "Code 482913 — é", html: "<p>482913</p>" }));
     expect(mixed.raw).toMatch(/Content-Type: text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable/);
     expect(mixed.parsed.text?.trim()).toBe("Code 482913 — é");
