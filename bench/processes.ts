@@ -7,7 +7,6 @@
 import { fork, spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, openSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -21,6 +20,7 @@ import {
   type HealthCheckResponse,
 } from "../gen/health/v1/health_pb.js";
 import { serviceDefinition } from "../src/rpc/service-adapter.js";
+import { freePort } from "../test/support/ports.js";
 import type { SelfSigned } from "../test/support/self-signed.js";
 import { waitForEvent } from "./ipc.js";
 import type {
@@ -54,18 +54,6 @@ export function killChildren(): void {
   for (const child of children) child.kill("SIGKILL");
 }
 process.once("exit", killChildren);
-
-/** A port nothing listens on right now (the OS picks one, we release it). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("could not find a free port");
-  return address.port;
-}
 
 /** Ends a child: `polite` first, SIGKILL if it is still there after `graceMs`. */
 async function endChild(child: ChildProcess, polite: () => void, graceMs: number): Promise<void> {

@@ -24,7 +24,6 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { readProc, watchProcess, type ProcWindow } from "./proc.js";
 import {
-  freePort,
   killChildren,
   readStartCommand,
   repoRoot,
@@ -39,6 +38,7 @@ import {
   type ServiceProcess,
   type Sink,
 } from "./processes.js";
+import { freePort } from "../test/support/ports.js";
 import { makeSelfSigned } from "../test/support/self-signed.js";
 import { formatProfile, summarizeProfile } from "./profile-summary.js";
 import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, VerifyItem } from "./protocol.js";
