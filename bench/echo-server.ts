@@ -2,11 +2,13 @@
  * The framework ceiling, a child process: a bare grpc-js server with the same
  * ServiceDefinition (and so the same protobuf-es codecs) as the service, whose
  * handlers answer at once with a canned response: a real response the service
- * gave in the same run. No domain, no Redis, no logging, no interceptors.
+ * gave in the same run, and the same grpc-js server options. No domain, no
+ * Redis, no logging, no interceptors.
  */
 import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
+import { serverOptions } from "../src/rpc/server.js";
 import { serviceDefinition } from "../src/rpc/service-adapter.js";
 import { onParentCommand, sendToParent } from "./ipc.js";
 import type { EchoCommand, ListeningEvent, RpcMethod } from "./protocol.js";
@@ -18,7 +20,7 @@ const outputs: Readonly<Record<RpcMethod, DescMessage>> = {
 };
 
 function start(responses: Readonly<Partial<Record<RpcMethod, string>>>): void {
-  const server = new grpc.Server();
+  const server = new grpc.Server(serverOptions);
   const implementation: grpc.UntypedServiceImplementation = {};
   for (const method of Object.keys(outputs) as RpcMethod[]) {
     const canned = responses[method];

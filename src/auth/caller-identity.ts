@@ -13,7 +13,7 @@
  * Both present must name the same caller. Nothing valid: UNAUTHENTICATED,
  * unless anonymous calls are allowed (development with no caller configured).
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import { OtpError } from "../errors.js";
 import type { IdentifyCaller } from "../rpc/otp-handlers.js";
@@ -66,7 +66,7 @@ function callerOfToken(call: ServerCall, tokens: readonly TokenCaller[]): string
   if (match?.[1] === undefined) {
     throw unauthenticated("authorization metadata must be one `Bearer <token>`", "AUTHORIZATION_MALFORMED");
   }
-  const presented = createHash("sha256").update(match[1], "utf8").digest();
+  const presented = hash("sha256", match[1], "buffer");
   // Every configured hash is compared, match or not: the time taken does not
   // depend on which token (if any) matched.
   let caller: string | undefined;
