@@ -59,8 +59,8 @@ function benchRecipient(runId: string, index: number): string {
 
 /**
  * Runs `issue` over indexes 0.. with `concurrency` workers: `warmup`
- * requests unmeasured (or fewer, when they take longer than a third of
- * `maxMs`: a slow scenario still gets measured), then up to `count`
+ * requests unmeasured, and for at least `warmupMinMs` (or fewer, when they
+ * take longer than a third of `maxMs`: a slow scenario still gets measured), then up to `count`
  * measured, never issuing more than `maxMs` after measuring began.
  * Measured latencies are kept whole for exact percentiles.
  */
@@ -81,7 +81,9 @@ async function drive(
   let measureStart: number | undefined;
   let measureEnd = 0;
   let stoppedBy: "count" | "time" = "count";
-  const warmupDeadline = performance.now() + bounds.maxMs / 3;
+  const warmupStart = performance.now();
+  const warmupDeadline = warmupStart + bounds.maxMs / 3;
+  const warmupUntil = warmupStart + Math.min(bounds.warmupMinMs ?? 0, bounds.maxMs / 3);
   /** Index of the first measured request, once known. */
   let firstMeasured: number | undefined;
   let deadline = Infinity;
@@ -89,7 +91,7 @@ async function drive(
   async function worker(): Promise<void> {
     for (;;) {
       const started = performance.now();
-      if (firstMeasured === undefined && (next >= bounds.warmup || started >= warmupDeadline)) {
+      if (firstMeasured === undefined && ((next >= bounds.warmup && started >= warmupUntil) || started >= warmupDeadline)) {
         firstMeasured = next;
         measureStart = started;
         deadline = started + bounds.maxMs;

@@ -12,6 +12,11 @@ export interface LoadBounds {
   readonly concurrency: number;
   /** Requests sent first and not measured. */
   readonly warmup: number;
+  /**
+   * The warm-up also lasts at least this long (ms), however fast the requests:
+   * a fresh process needs time, not only calls, before its JIT has settled.
+   */
+  readonly warmupMinMs?: number;
   /** Requests measured after the warm-up. */
   readonly count: number;
   /** The whole run, warm-up included, stops issuing requests after this long. */
