@@ -663,14 +663,21 @@ async function tracingGroup(bench: Bench): Promise<void> {
   ] as const;
   let scrapes = 0;
   let failures = 0;
+  const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
+  // Bounded by time alone: the count is far above what the machine sends in that time.
+  const warmupBounds: LoadBounds = { concurrency: 64, warmup: 0, count: 100_000, maxMs: tracingWarmupMs };
   try {
+    // When this group runs alone the load generator and the sink are fresh
+    // too: warm them on a service of their own, or the first pair's first
+    // run measures their JIT.
+    await withService(bench, "rig-warmup", bench.env, async (service) => {
+      await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
+    });
     for (let pair = 1; pair <= tracingPairs; pair++) {
       for (const side of sides) {
         await withService(bench, `${side.traced ? "traced" : "untraced"}-${pair}`, side.env, async (service) => {
-          const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
           const run = async (): Promise<RunResult | undefined> => {
-            // Bounded by time alone: the count is far above what the machine sends in that time.
-            await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), { concurrency: 64, warmup: 0, count: 100_000, maxMs: tracingWarmupMs }));
+            await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
             return scenario(bench, {
               id: `${side.id}#${pair}`,
               title: side.title,
@@ -695,6 +702,7 @@ async function tracingGroup(bench: Bench): Promise<void> {
       `/metrics scraped ${scrapes}x (${failures} failed)`;
     bench.features["tracing+metrics"] += `; ${note}`;
     progress(`  ${note}`);
+    progress(`  ${pairSummary(bench, sides[0].id, sides[1].id)}`);
     for (const side of sides) keepMedianRun(bench, side.id);
     const index = bench.scenarios.findIndex((row) => row.id === "sendotp-traced-c64");
     const row = bench.scenarios[index];
@@ -710,6 +718,29 @@ async function tracingGroup(bench: Bench): Promise<void> {
     bench.extraPids.length = 0;
     await receiver.close();
   }
+}
+
+/**
+ * Each pair's throughput ratio (second side over first), and the share of a
+ * core other processes (outside the bench) used during either run: a ratio
+ * far from the others next to a busy machine is the machine, not the service.
+ */
+function pairSummary(bench: Bench, offId: string, onId: string): string {
+  const byId = new Map(bench.scenarios.map((row) => [row.id, row]));
+  const pairs: string[] = [];
+  const ratios: number[] = [];
+  for (let pair = 1; pair <= tracingPairs; pair++) {
+    const off = byId.get(`${offId}#${pair}`);
+    const on = byId.get(`${onId}#${pair}`);
+    if (off?.run === undefined || on?.run === undefined || off.run.throughput === 0) continue;
+    const ratio = on.run.throughput / off.run.throughput;
+    ratios.push(ratio);
+    const others = Math.max(off.usage?.othersPercent ?? 0, on.usage?.othersPercent ?? 0);
+    pairs.push(`${ratio.toFixed(2)}x${others >= 10 ? ` (other load ${others.toFixed(0)} %)` : ""}`);
+  }
+  const sorted = [...ratios].sort((a, b) => a - b);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  return `on/off per pair: ${pairs.join(", ")}${median === undefined ? "" : `; median pair ${median.toFixed(2)}x`}`;
 }
 
 /** Replaces the rows `id#1`, `id#2`... by the one of median throughput, as `id` (the others' numbers in its note). */
