@@ -619,7 +619,7 @@ async function relayGroup(bench: Bench): Promise<void> {
   }
 }
 
-/** Fresh services per side, off and on alternately, this many each; the median run of each side is reported. */
+/** Fresh services per side, off and on alternately, this many each; the pair of median ratio is reported. */
 const tracingPairs = 5;
 /**
  * Each fresh service is driven this long at the measured load, unmeasured,
@@ -642,12 +642,12 @@ const tracingScrapeMs = 5000;
  * Tracing and metrics on vs off, paired: each run gets a freshly started
  * service (off, then on, alternately), the same time-bounded warm-up and the
  * same load, so neither side profits from a process that earlier scenarios
- * warmed up; the median run of each side is its row. One run's ratio moves
- * by +-10 % on a 2-core machine.
+ * warmed up; the pair of median on/off ratio gives the two rows. One pair's
+ * ratio moves by about +-0.05 on a 2-core machine.
  */
 async function tracingGroup(bench: Bench): Promise<void> {
   progress(
-    `tracing and metrics on vs off (${tracingPairs} fresh services each, alternately, each warmed up ${tracingWarmupMs / 1000} s; median run reported)`,
+    `tracing and metrics on vs off (${tracingPairs} fresh services each, alternately, each warmed up ${tracingWarmupMs / 1000} s; the median pair reported)`,
   );
   const telemetry = probeTelemetry();
   bench.features["tracing+metrics"] = telemetry.built ? telemetry.note : `n/a: ${telemetry.reason}`;
@@ -702,8 +702,7 @@ async function tracingGroup(bench: Bench): Promise<void> {
       `/metrics scraped ${scrapes}x (${failures} failed)`;
     bench.features["tracing+metrics"] += `; ${note}`;
     progress(`  ${note}`);
-    progress(`  ${pairSummary(bench, sides[0].id, sides[1].id)}`);
-    for (const side of sides) keepMedianRun(bench, side.id);
+    progress(`  ${keepMedianPair(bench, sides[0].id, sides[1].id)}`);
     const index = bench.scenarios.findIndex((row) => row.id === "sendotp-traced-c64");
     const row = bench.scenarios[index];
     if (row?.status === "ok" && received.requests === 0 && scrapes === 0) {
@@ -721,37 +720,40 @@ async function tracingGroup(bench: Bench): Promise<void> {
 }
 
 /**
- * Each pair's throughput ratio (second side over first), and the share of a
- * core other processes (outside the bench) used during either run: a ratio
- * far from the others next to a busy machine is the machine, not the service.
+ * Replaces the rows `offId#1`, `onId#1`, `offId#2`... by the two runs of the
+ * pair whose on/off throughput ratio is the median one, as `offId` and `onId`
+ * (every run's req/s in their notes). A pair's two runs follow each other, so
+ * its ratio is free of what drifts on the machine over the group's two
+ * minutes; medians of each side taken apart could pair a run from a quiet
+ * minute with one from a busy minute. Returns each pair's ratio, with the
+ * share of a core used by processes outside the bench when it was notable.
  */
-function pairSummary(bench: Bench, offId: string, onId: string): string {
+function keepMedianPair(bench: Bench, offId: string, onId: string): string {
   const byId = new Map(bench.scenarios.map((row) => [row.id, row]));
-  const pairs: string[] = [];
-  const ratios: number[] = [];
+  const pairs: { pair: number; ratio: number; off: ScenarioResult; on: ScenarioResult }[] = [];
+  const described: string[] = [];
   for (let pair = 1; pair <= tracingPairs; pair++) {
     const off = byId.get(`${offId}#${pair}`);
     const on = byId.get(`${onId}#${pair}`);
-    if (off?.run === undefined || on?.run === undefined || off.run.throughput === 0) continue;
+    if (off?.status !== "ok" || on?.status !== "ok" || off.run === undefined || on.run === undefined || off.run.throughput === 0) continue;
     const ratio = on.run.throughput / off.run.throughput;
-    ratios.push(ratio);
+    pairs.push({ pair, ratio, off, on });
     const others = Math.max(off.usage?.othersPercent ?? 0, on.usage?.othersPercent ?? 0);
-    pairs.push(`${ratio.toFixed(2)}x${others >= 10 ? ` (other load ${others.toFixed(0)} %)` : ""}`);
+    described.push(`${ratio.toFixed(2)}x${others >= 10 ? ` (other load ${others.toFixed(0)} %)` : ""}`);
   }
-  const sorted = [...ratios].sort((a, b) => a - b);
-  const median = sorted[Math.floor((sorted.length - 1) / 2)];
-  return `on/off per pair: ${pairs.join(", ")}${median === undefined ? "" : `; median pair ${median.toFixed(2)}x`}`;
-}
-
-/** Replaces the rows `id#1`, `id#2`... by the one of median throughput, as `id` (the others' numbers in its note). */
-function keepMedianRun(bench: Bench, id: string): void {
-  const runs = bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
-  bench.scenarios.splice(0, bench.scenarios.length, ...bench.scenarios.filter((row) => !row.id.startsWith(`${id}#`)));
-  const measured = runs.filter((row) => row.status === "ok" && row.run !== undefined).sort((a, b) => (a.run?.throughput ?? 0) - (b.run?.throughput ?? 0));
-  const median = measured[Math.floor((measured.length - 1) / 2)] ?? runs[0];
-  if (median === undefined) return;
-  const all = runs.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
-  bench.scenarios.push({ ...median, id, note: `median of ${runs.length} runs (req/s: ${all})` });
+  const runsOf = (id: string): ScenarioResult[] => bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
+  const reqs = (rows: ScenarioResult[]): string => rows.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
+  const offRuns = runsOf(offId);
+  const onRuns = runsOf(onId);
+  const all = `off ${reqs(offRuns)}; on ${reqs(onRuns)}`;
+  bench.scenarios.splice(0, bench.scenarios.length, ...bench.scenarios.filter((row) => !row.id.startsWith(`${offId}#`) && !row.id.startsWith(`${onId}#`)));
+  const median = [...pairs].sort((a, b) => a.ratio - b.ratio)[Math.floor((pairs.length - 1) / 2)];
+  const off = median?.off ?? offRuns[0];
+  const on = median?.on ?? onRuns[0];
+  const note = median === undefined ? `no pair measured (req/s: ${all})` : `pair ${median.pair} of ${tracingPairs}, the median on/off ratio (req/s: ${all})`;
+  if (off !== undefined) bench.scenarios.push({ ...off, id: offId, note });
+  if (on !== undefined) bench.scenarios.push({ ...on, id: onId, note });
+  return `on/off per pair: ${described.join(", ")}${median === undefined ? "" : `; the median pair (${median.pair}) is reported`}`;
 }
 
 async function dkimGroup(bench: Bench): Promise<void> {
