@@ -625,8 +625,8 @@ const tracingPairs = 5;
  * Each fresh service is driven this long at the measured load, unmeasured,
  * before its measured run: a fresh process spends its first seconds
  * compiling (about 0.9 ms of CPU per SendOtp in its first 6 s against 0.7 ms
- * once warm), and the traced side has more code to compile, so a short
- * warm-up measured JIT time as much as tracing.
+ * once warm), so with 1 s the pairs measured JIT time along with tracing.
+ * 3 s is enough: 10 s gave the same ratios.
  */
 const tracingWarmupMs = 3000;
 /** The measured run after the warm-up (a few hundred calls first, to let the load generator reach full concurrency). */
