@@ -380,11 +380,15 @@ async function countRoundTrips(
   }
 }
 
-/** Scrapes the metrics endpoint every second while `work` runs, as Prometheus would (more often). */
-async function whileScraping<T>(port: number, work: () => Promise<T>): Promise<{ result: T; scrapes: number; failures: number }> {
+/**
+ * Scrapes the metrics endpoint every `intervalMs` while `work` runs (the first
+ * scrape at once), as Prometheus would.
+ */
+async function whileScraping<T>(port: number, intervalMs: number, work: () => Promise<T>): Promise<{ result: T; scrapes: number; failures: number }> {
   let scrapes = 0;
   let failures = 0;
   let stop = false;
+  let wake: (() => void) | undefined;
   const loop = (async () => {
     while (!stop) {
       try {
@@ -395,13 +399,21 @@ async function whileScraping<T>(port: number, work: () => Promise<T>): Promise<{
       } catch {
         failures++;
       }
-      await new Promise((resolvePromise) => setTimeout(resolvePromise, 1000));
+      // Woken early when the work is done, so a long interval does not hold the run up.
+      await new Promise<void>((resolvePromise) => {
+        const timer = setTimeout(resolvePromise, intervalMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolvePromise();
+        };
+      });
     }
   })();
   try {
     return { result: await work(), scrapes, failures };
   } finally {
     stop = true;
+    wake?.();
     await loop;
   }
 }
@@ -625,18 +637,36 @@ async function relayGroup(bench: Bench): Promise<void> {
   }
 }
 
-/** Fresh services per run, off and on alternately, this many times each; the median run of each is reported. */
-const tracingPairs = 3;
+/** Fresh services per side, off and on alternately, this many each; the pair of median ratio is reported. */
+const tracingPairs = 5;
+/**
+ * Each fresh service is driven this long at the measured load, unmeasured,
+ * before its measured run: a fresh process spends its first seconds
+ * compiling (about 0.9 ms of CPU per SendOtp in its first 6 s against 0.7 ms
+ * once warm), so with 1 s the pairs measured JIT time along with tracing.
+ * 3 s is enough: 10 s gave the same ratios.
+ */
+const tracingWarmupMs = 3000;
+/** The measured run after the warm-up (a few hundred calls first, to let the load generator reach full concurrency). */
+const tracingBounds: LoadBounds = { concurrency: 64, warmup: 200, count: 60_000, maxMs: 4000 };
+/**
+ * How often the traced side's /metrics is scraped: a third of the 15 s of
+ * deploy/prometheus/prometheus.yml (Prometheus' own default is 1 min), so
+ * that every run, warm-up and measured part, sees scrapes.
+ */
+const tracingScrapeMs = 5000;
 
 /**
  * Tracing and metrics on vs off, paired: each run gets a freshly started
- * service (off, then on, alternately), the same warm-up and the same load, so
- * neither side profits from a process that earlier scenarios warmed up; the
- * median run of each side is its row. One run's ratio moves by +-15 % on a
- * 2-core machine.
+ * service (off, then on, alternately), the same time-bounded warm-up and the
+ * same load, so neither side profits from a process that earlier scenarios
+ * warmed up; the pair of median on/off ratio gives the two rows. One pair's
+ * ratio moves by about +-0.05 on a 2-core machine.
  */
 async function tracingGroup(bench: Bench): Promise<void> {
-  progress(`tracing and metrics on vs off (${tracingPairs} fresh services each, alternately; median run reported)`);
+  progress(
+    `tracing and metrics on vs off (${tracingPairs} fresh services each, alternately, each warmed up ${tracingWarmupMs / 1000} s; the median pair reported)`,
+  );
   const telemetry = probeTelemetry();
   bench.features["tracing+metrics"] = telemetry.built ? telemetry.note : `n/a: ${telemetry.reason}`;
   if (!telemetry.built) {
@@ -651,22 +681,33 @@ async function tracingGroup(bench: Bench): Promise<void> {
   ] as const;
   let scrapes = 0;
   let failures = 0;
+  const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
+  // Bounded by time alone: the count is far above what the machine sends in that time.
+  const warmupBounds: LoadBounds = { concurrency: 64, warmup: 0, count: 100_000, maxMs: tracingWarmupMs };
   try {
+    // When this group runs alone the load generator and the sink are fresh
+    // too: warm them on a service of their own, or the first pair's first
+    // run measures their JIT.
+    await withService(bench, "rig-warmup", bench.env, async (service) => {
+      await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
+    });
     for (let pair = 1; pair <= tracingPairs; pair++) {
       for (const side of sides) {
         await withService(bench, `${side.traced ? "traced" : "untraced"}-${pair}`, side.env, async (service) => {
-          const run = (): Promise<RunResult | undefined> =>
-            scenario(bench, {
+          const run = async (): Promise<RunResult | undefined> => {
+            await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
+            return scenario(bench, {
               id: `${side.id}#${pair}`,
               title: side.title,
-              job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(64)),
+              job: grpcJob(bench, service.address, "SendOtp", send(), tracingBounds),
               watch: { pid: service.pid, role: "service" },
             });
+          };
           if (!side.traced) {
             await run();
             return;
           }
-          const scraped = await whileScraping(bench.metricsPort, run);
+          const scraped = await whileScraping(bench.metricsPort, tracingScrapeMs, run);
           scrapes += scraped.scrapes;
           failures += scraped.failures;
         });
@@ -679,7 +720,7 @@ async function tracingGroup(bench: Bench): Promise<void> {
       `/metrics scraped ${scrapes}x (${failures} failed)`;
     bench.features["tracing+metrics"] += `; ${note}`;
     progress(`  ${note}`);
-    for (const side of sides) keepMedianRun(bench, side.id);
+    progress(`  ${keepMedianPair(bench, sides[0].id, sides[1].id)}`);
     const index = bench.scenarios.findIndex((row) => row.id === "sendotp-traced-c64");
     const row = bench.scenarios[index];
     if (row?.status === "ok" && received.requests === 0 && scrapes === 0) {
@@ -696,15 +737,41 @@ async function tracingGroup(bench: Bench): Promise<void> {
   }
 }
 
-/** Replaces the rows `id#1`, `id#2`... by the one of median throughput, as `id` (the others' numbers in its note). */
-function keepMedianRun(bench: Bench, id: string): void {
-  const runs = bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
-  bench.scenarios.splice(0, bench.scenarios.length, ...bench.scenarios.filter((row) => !row.id.startsWith(`${id}#`)));
-  const measured = runs.filter((row) => row.status === "ok" && row.run !== undefined).sort((a, b) => (a.run?.throughput ?? 0) - (b.run?.throughput ?? 0));
-  const median = measured[Math.floor((measured.length - 1) / 2)] ?? runs[0];
-  if (median === undefined) return;
-  const all = runs.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
-  bench.scenarios.push({ ...median, id, note: `median of ${runs.length} runs (req/s: ${all})` });
+/**
+ * Replaces the rows `offId#1`, `onId#1`, `offId#2`... by the two runs of the
+ * pair whose on/off throughput ratio is the median one, as `offId` and `onId`
+ * (every run's req/s in their notes). A pair's two runs follow each other, so
+ * its ratio is free of what drifts on the machine over the group's two
+ * minutes; medians of each side taken apart could pair a run from a quiet
+ * minute with one from a busy minute. Returns each pair's ratio, with the
+ * share of a core used by processes outside the bench when it was notable.
+ */
+function keepMedianPair(bench: Bench, offId: string, onId: string): string {
+  const byId = new Map(bench.scenarios.map((row) => [row.id, row]));
+  const pairs: { pair: number; ratio: number; off: ScenarioResult; on: ScenarioResult }[] = [];
+  const described: string[] = [];
+  for (let pair = 1; pair <= tracingPairs; pair++) {
+    const off = byId.get(`${offId}#${pair}`);
+    const on = byId.get(`${onId}#${pair}`);
+    if (off?.status !== "ok" || on?.status !== "ok" || off.run === undefined || on.run === undefined || off.run.throughput === 0) continue;
+    const ratio = on.run.throughput / off.run.throughput;
+    pairs.push({ pair, ratio, off, on });
+    const others = Math.max(off.usage?.othersPercent ?? 0, on.usage?.othersPercent ?? 0);
+    described.push(`${ratio.toFixed(2)}x${others >= 10 ? ` (other load ${others.toFixed(0)} %)` : ""}`);
+  }
+  const runsOf = (id: string): ScenarioResult[] => bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
+  const reqs = (rows: ScenarioResult[]): string => rows.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
+  const offRuns = runsOf(offId);
+  const onRuns = runsOf(onId);
+  const all = `off ${reqs(offRuns)}; on ${reqs(onRuns)}`;
+  bench.scenarios.splice(0, bench.scenarios.length, ...bench.scenarios.filter((row) => !row.id.startsWith(`${offId}#`) && !row.id.startsWith(`${onId}#`)));
+  const median = [...pairs].sort((a, b) => a.ratio - b.ratio)[Math.floor((pairs.length - 1) / 2)];
+  const off = median?.off ?? offRuns[0];
+  const on = median?.on ?? onRuns[0];
+  const note = median === undefined ? `no pair measured (req/s: ${all})` : `pair ${median.pair} of ${tracingPairs}, the median on/off ratio (req/s: ${all})`;
+  if (off !== undefined) bench.scenarios.push({ ...off, id: offId, note });
+  if (on !== undefined) bench.scenarios.push({ ...on, id: onId, note });
+  return `on/off per pair: ${described.join(", ")}${median === undefined ? "" : `; the median pair (${median.pair}) is reported`}`;
 }
 
 async function dkimGroup(bench: Bench): Promise<void> {

@@ -48,6 +48,13 @@ function splitRelay(relay: string): { address: string; port: number | undefined 
   };
 }
 
+/** The server.address and server.port of the last relay seen: a process sends to one relay (or very few). */
+interface RelayServer {
+  readonly relay: string;
+  readonly address: string;
+  readonly port: number | undefined;
+}
+
 /** ok / transient / permanent, as the metrics name attempt outcomes. */
 function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" {
   return attempt.outcome === "accepted" ? "ok" : attempt.outcome;
@@ -74,6 +81,11 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
     metrics.smtpPoolConnectionsInUse.set(Math.min(inFlight, poolSize));
   };
   const providerOf = (record: DeliveryRecord): string => metrics.providers.classify(record.recipientDomain);
+  let lastRelay: RelayServer | undefined;
+  const serverOf = (relay: string): RelayServer => {
+    if (lastRelay?.relay !== relay) lastRelay = { relay, ...splitRelay(relay) };
+    return lastRelay;
+  };
 
   return {
     stateChanged(record) {
@@ -83,11 +95,9 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
     sendStarted(record, relay): SendObservation {
       const provider = providerOf(record);
       metrics.deliveryTransitions.inc({ state: record.state, provider });
-      const server = splitRelay(relay);
-      const serverAttributes = {
-        [attributes.serverAddress]: server.address,
-        ...(server.port === undefined ? {} : { [attributes.serverPort]: server.port }),
-      };
+      const server = serverOf(relay);
+      // Attribute objects are built literally, not spread: the SDK copies them anyway, and this runs per message.
+      const parent = context.active();
       const sendSpan = tracer.startSpan(
         spanNames.smtpSend,
         {
@@ -98,12 +108,13 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             [attributes.locale]: record.locale,
             [attributes.recipientMasked]: record.recipientMasked,
             [attributes.recipientProvider]: provider,
-            ...serverAttributes,
+            [attributes.serverAddress]: server.address,
+            [attributes.serverPort]: server.port,
           },
         },
-        context.active(),
+        parent,
       );
-      const sendContext = trace.setSpan(context.active(), sendSpan);
+      const sendContext = trace.setSpan(parent, sendSpan);
       const sendStartedAt = performance.now();
       let attemptSpan: Span | undefined;
       let attemptStartedAt = 0;
@@ -116,7 +127,12 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             spanNames.smtpAttempt,
             {
               kind: SpanKind.CLIENT,
-              attributes: { ...serverAttributes, [attributes.smtpAttempt]: number, [attributes.smtpRetryCount]: number - 1 },
+              attributes: {
+                [attributes.serverAddress]: server.address,
+                [attributes.serverPort]: server.port,
+                [attributes.smtpAttempt]: number,
+                [attributes.smtpRetryCount]: number - 1,
+              },
             },
             sendContext,
           );
@@ -130,13 +146,11 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           attemptSpan = undefined;
           observeWithTrace(metrics.smtpAttemptSeconds, { result }, (performance.now() - attemptStartedAt) / 1000, span?.spanContext());
           if (span === undefined) return;
-          span.setAttributes({
-            [attributes.smtpOutcome]: attempt.outcome,
-            [attributes.smtpReplyCode]: attempt.replyCode,
-            // Masked by the transport: relays echo the recipient in their replies.
-            [attributes.smtpReplyText]: attempt.replyText,
-            ...(attempt.enhancedStatus === "" ? {} : { [attributes.smtpEnhancedStatus]: attempt.enhancedStatus }),
-          });
+          span.setAttribute(attributes.smtpOutcome, attempt.outcome);
+          span.setAttribute(attributes.smtpReplyCode, attempt.replyCode);
+          // Masked by the transport: relays echo the recipient in their replies.
+          span.setAttribute(attributes.smtpReplyText, attempt.replyText);
+          if (attempt.enhancedStatus !== "") span.setAttribute(attributes.smtpEnhancedStatus, attempt.enhancedStatus);
           if (result !== "ok") {
             const errorType = errorTypeOf(attempt);
             span.setAttribute(attributes.errorType, errorType);
@@ -163,11 +177,10 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           }
           const outcome = finalRecord.state === "ACCEPTED" ? "accepted" : "failed";
           observeWithTrace(metrics.smtpSendSeconds, { outcome }, (performance.now() - sendStartedAt) / 1000, sendSpan.spanContext());
-          sendSpan.setAttributes({
-            [attributes.deliveryState]: finalRecord.state,
-            [attributes.smtpAttempts]: finalRecord.attempts.length,
-            ...(finalRecord.relayReply?.queueId ? { [attributes.smtpQueueId]: finalRecord.relayReply.queueId } : {}),
-          });
+          sendSpan.setAttribute(attributes.deliveryState, finalRecord.state);
+          sendSpan.setAttribute(attributes.smtpAttempts, finalRecord.attempts.length);
+          const queueId = finalRecord.relayReply?.queueId;
+          if (queueId) sendSpan.setAttribute(attributes.smtpQueueId, queueId);
           if (outcome === "failed") {
             sendSpan.setStatus({ code: SpanStatusCode.ERROR, message: finalRecord.failureReason ?? finalRecord.state });
           }

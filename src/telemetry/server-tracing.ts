@@ -45,6 +45,28 @@ const metadataGetter: TextMapGetter<Metadata> = {
   keys: (metadata) => Object.keys(metadata.getMap()),
 };
 
+/** What a method's spans share, worked out on its first call rather than on every one. */
+interface MethodSpanInfo {
+  readonly traced: boolean;
+  readonly spanName: string;
+  /** The SDK copies a span's start attributes, so one object serves every call. */
+  readonly attributes: Readonly<Record<string, string>>;
+}
+
+function methodSpanInfo(path: string): MethodSpanInfo {
+  const slash = path.lastIndexOf("/");
+  const service = path.slice(1, slash);
+  const name = path.slice(slash + 1);
+  return {
+    traced: !untracedMethods.has(name),
+    spanName: `grpc.${service}/${name}`,
+    attributes: { [attributes.rpcSystem]: "grpc", [attributes.rpcService]: service, [attributes.rpcMethod]: name },
+  };
+}
+
+/** grpc-js calls interceptors only for the server's registered methods; the bound is a guard all the same. */
+const maxCachedMethods = 256;
+
 export interface ServerTracingOptions {
   /** true: a server span per call (an SDK is running); false: only the caller's context. */
   readonly spans: boolean;
@@ -54,11 +76,15 @@ export interface ServerTracingOptions {
 /** The interceptor; pass it last, nearest the handler, so the handler starts inside its context. */
 export function createServerTracingInterceptor(options: ServerTracingOptions): ServerInterceptor {
   const tracer = options.tracer ?? serviceTracer();
+  const methods = new Map<string, MethodSpanInfo>();
   return (method, call) => {
-    const slash = method.path.lastIndexOf("/");
-    const service = method.path.slice(1, slash);
-    const name = method.path.slice(slash + 1);
-    if (untracedMethods.has(name)) return new ServerInterceptingCall(call);
+    let info = methods.get(method.path);
+    if (info === undefined) {
+      info = methodSpanInfo(method.path);
+      if (methods.size < maxCachedMethods) methods.set(method.path, info);
+    }
+    if (!info.traced) return new ServerInterceptingCall(call);
+    const { spanName, attributes: spanAttributes } = info;
 
     let callContext: Context | undefined;
     let span: Span | undefined;
@@ -66,6 +92,11 @@ export function createServerTracingInterceptor(options: ServerTracingOptions): S
       if (callContext === undefined) next();
       else context.with(callContext, next);
     };
+    // grpc-js starts a unary or server-streaming handler at half-close, with the
+    // message it kept: only that step needs the call's context (entering a
+    // context costs an AsyncLocalStorage frame). A client-streaming or bidi
+    // handler starts with the metadata and reads its messages as they come.
+    const streamsIn = method.requestStream;
     const end = (code: Status, details: string): void => {
       if (span === undefined) return;
       span.setAttribute(attributes.rpcGrpcStatusCode, code);
@@ -80,21 +111,19 @@ export function createServerTracingInterceptor(options: ServerTracingOptions): S
           onReceiveMetadata(metadata, nextMetadata) {
             if (options.spans) {
               const parent = propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
-              span = tracer.startSpan(
-                `grpc.${service}/${name}`,
-                { kind: SpanKind.SERVER, attributes: { [attributes.rpcSystem]: "grpc", [attributes.rpcService]: service, [attributes.rpcMethod]: name } },
-                parent,
-              );
+              span = tracer.startSpan(spanName, { kind: SpanKind.SERVER, attributes: spanAttributes }, parent);
               callContext = trace.setSpan(parent, span);
             } else {
               const [traceparent] = metadata.get("traceparent");
               const caller = typeof traceparent === "string" ? parseTraceparent(traceparent) : undefined;
               if (caller !== undefined) callContext = trace.setSpanContext(ROOT_CONTEXT, caller);
             }
-            inCall(() => nextMetadata(metadata));
+            if (streamsIn) inCall(() => nextMetadata(metadata));
+            else nextMetadata(metadata);
           },
           onReceiveMessage(message, nextMessage) {
-            inCall(() => nextMessage(message));
+            if (streamsIn) inCall(() => nextMessage(message));
+            else nextMessage(message);
           },
           onReceiveHalfClose(nextHalfClose) {
             // A unary handler starts here, synchronously: everything it awaits keeps this context.
