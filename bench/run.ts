@@ -194,6 +194,8 @@ interface ScenarioSpec {
   /** The process whose CPU and memory the row reports. */
   readonly watch: { readonly pid: number; readonly role: ProcessRole };
   readonly onMilestone?: (completed: number) => void;
+  /** The caller already gave this run a fresh, warmed load generator (default: a fresh one here). */
+  readonly keepLoadgen?: boolean;
 }
 
 /** A run's numbers, without the ids and samples kept for later runs. */
@@ -236,7 +238,7 @@ async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | u
   let watch: ReturnType<typeof watchProcess> | undefined;
   try {
     const senderPid = bench.loadgen.pid;
-    await freshLoadgen(bench);
+    if (spec.keepLoadgen !== true) await freshLoadgen(bench);
     // The SMTP rows' sender is the load generator itself: watch the new one.
     const watchPid = spec.watch.role === "sender" && spec.watch.pid === senderPid ? bench.loadgen.pid : spec.watch.pid;
     const result = await bench.loadgen.run(spec.job, {
@@ -685,9 +687,8 @@ async function tracingGroup(bench: Bench): Promise<void> {
   // Bounded by time alone: the count is far above what the machine sends in that time.
   const warmupBounds: LoadBounds = { concurrency: 64, warmup: 0, count: 100_000, maxMs: tracingWarmupMs };
   try {
-    // When this group runs alone the load generator and the sink are fresh
-    // too: warm them on a service of their own, or the first pair's first
-    // run measures their JIT.
+    // When this group runs alone the sink is fresh too: warm it on a service
+    // of its own, or the first pair's first run measures its JIT.
     await withService(bench, "rig-warmup", bench.env, async (service) => {
       await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
     });
@@ -695,12 +696,15 @@ async function tracingGroup(bench: Bench): Promise<void> {
       for (const side of sides) {
         await withService(bench, `${side.traced ? "traced" : "untraced"}-${pair}`, side.env, async (service) => {
           const run = async (): Promise<RunResult | undefined> => {
+            // A fresh load generator, warmed up with the service.
+            await freshLoadgen(bench);
             await bench.loadgen.run(grpcJob(bench, service.address, "SendOtp", send(), warmupBounds));
             return scenario(bench, {
               id: `${side.id}#${pair}`,
               title: side.title,
               job: grpcJob(bench, service.address, "SendOtp", send(), tracingBounds),
               watch: { pid: service.pid, role: "service" },
+              keepLoadgen: true,
             });
           };
           if (!side.traced) {
