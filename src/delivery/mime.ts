@@ -7,17 +7,18 @@
  * about 0.3 ms of CPU per message on this project's bench machine, more than
  * half of what the pooled SMTP send costs. An OTP email always has the same
  * shape (multipart/alternative: text and HTML, a handful of headers), so it
- * is written here directly, with nodemailer's own encoders for encoded-words,
- * folding, quoted-printable and base64, and handed to nodemailer as `raw`
- * (nodemailer still dot-stuffs it on the wire and DKIM-signs it).
+ * is written here directly and handed to nodemailer as `raw` (nodemailer
+ * still dot-stuffs it on the wire and DKIM-signs it). Headers use
+ * nodemailer's own encoders (encoded-words, folding); the bodies are encoded
+ * here, byte by byte straight into Buffers (7bit, quoted-printable or
+ * base64): nodemailer's string encoders (`qp.wrap` with a regex per line)
+ * were the largest allocator of a send.
  *
  * Only plain ASCII addresses take this path; anything else (a non-ASCII
  * display name or address) returns undefined and nodemailer builds the
  * message from fields, as before.
  */
-import { encode as base64Encode, wrap as base64Wrap } from "nodemailer/lib/base64";
 import { encodeWords, foldLines } from "nodemailer/lib/mime-funcs";
-import { encode as qpEncode, wrap as qpWrap } from "nodemailer/lib/qp";
 import type { OutgoingMail } from "./smtp-transport-types.js";
 
 // Printable ASCII and space: what a header may carry without encoding.
@@ -25,53 +26,56 @@ const plainHeader = /^[\x20-\x7e]*$/;
 const nonAscii = /[\u0080-\uffff]/g;
 const headerName = /^[\x21-\x39\x3b-\x7e]+$/;
 
+/** The longest line a body part writes, CRLF not counted (RFC 2045 for quoted-printable and base64). */
+const maxLine = 76;
+
 /** The message, or undefined when it needs what only nodemailer's full builder does. */
 export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: string): Buffer | undefined {
   if (!plainHeader.test(mail.from) || !plainHeader.test(mail.to) || !plainHeader.test(mail.messageId)) return undefined;
-  const extra: string[] = [];
-  for (const [name, value] of Object.entries(mail.headers)) {
+  let extra = "";
+  for (const name of Object.keys(mail.headers)) {
+    const value = mail.headers[name] ?? "";
     if (!headerName.test(name) || !plainHeader.test(value)) return undefined;
-    extra.push(foldLines(`${name}: ${value}`, 76));
+    extra += `${fold(`${name}: ${value}`)}\r\n`;
   }
   const boundary = `--_OtpEmail-${boundaryId}`;
-  const head = [
-    `Content-Type: multipart/alternative;\r\n boundary="${boundary}"`,
-    foldLines(`From: ${lowerDomain(mail.from)}`, 76),
-    foldLines(`To: ${lowerDomain(mail.to)}`, 76),
-    foldLines(`Subject: ${encodeHeaderText(mail.subject)}`, 76),
-    `Message-ID: ${mail.messageId}`,
-    ...extra,
-    `Date: ${date.toUTCString().replace(/GMT/, "+0000")}`,
-    "MIME-Version: 1.0",
-  ];
-  const parts = [
-    head.join("\r\n"),
-    "",
-    `--${boundary}`,
-    bodyPart("text/plain", mail.text),
-    `--${boundary}`,
-    bodyPart("text/html", mail.html),
-    `--${boundary}--`,
-    "",
-  ];
-  return Buffer.from(parts.join("\r\n"), "utf8");
+  const head =
+    `Content-Type: multipart/alternative;\r\n boundary="${boundary}"\r\n` +
+    `${fold(`From: ${lowerDomain(mail.from)}`)}\r\n` +
+    `${fold(`To: ${lowerDomain(mail.to)}`)}\r\n` +
+    `${fold(`Subject: ${encodeHeaderText(mail.subject)}`)}\r\n` +
+    `Message-ID: ${mail.messageId}\r\n` +
+    extra +
+    `Date: ${date.toUTCString().replace("GMT", "+0000")}\r\n` +
+    "MIME-Version: 1.0\r\n" +
+    `\r\n--${boundary}\r\n`;
+  const text = bodyPart("text/plain", mail.text);
+  const html = bodyPart("text/html", mail.html);
+  const between = `\r\n--${boundary}\r\n`;
+  const end = `\r\n--${boundary}--\r\n`;
+  // Every piece is ASCII: its length is its byte count.
+  const out = Buffer.allocUnsafe(
+    head.length + text.head.length + text.body.length + between.length + html.head.length + html.body.length + end.length,
+  );
+  let at = out.write(head, 0, "latin1");
+  at += out.write(text.head, at, "latin1");
+  at += text.body.copy(out, at);
+  at += out.write(between, at, "latin1");
+  at += out.write(html.head, at, "latin1");
+  at += html.body.copy(out, at);
+  out.write(end, at, "latin1");
+  return out;
+}
+
+/** A header line folded at 76 characters; most are shorter and need no work. */
+function fold(line: string): string {
+  return line.length <= 76 ? line : foldLines(line, 76);
 }
 
 /** `"Name" <a@Example.COM>` -> `"Name" <a@example.com>`, as nodemailer writes addresses (domains are case-blind). */
 function lowerDomain(address: string): string {
   const at = address.lastIndexOf("@");
   return at === -1 ? address : address.slice(0, at) + address.slice(at).toLowerCase();
-}
-
-/** Whether a CRLF text has a line longer than 76 characters (a loop: a regex for it backtracks at every position). */
-function hasLongLine(text: string): boolean {
-  let start = 0;
-  for (;;) {
-    const end = text.indexOf("\r\n", start);
-    if ((end === -1 ? text.length : end) - start > 76) return true;
-    if (end === -1) return false;
-    start = end + 2;
-  }
 }
 
 /** Header text: as is when plain ASCII, else encoded-words (Q or B, whichever is shorter for this text). */
@@ -81,26 +85,146 @@ function encodeHeaderText(value: string): string {
   return encodeWords(clean, mostlyAscii(clean) ? "Q" : "B", 52);
 }
 
-/** One body part: 7bit when plain ASCII with short lines, else quoted-printable or base64. */
-function bodyPart(type: string, content: string): string {
-  const text = content.replace(/\r?\n/g, "\r\n");
-  let encoding: string;
-  let body: string;
-  const sevenBit = !/[\u0080-\uffff]/.test(text) && !text.includes("\0") && !/\r(?!\n)|(?<!\r)\n/.test(text);
-  if (sevenBit && !hasLongLine(text)) {
-    encoding = "7bit";
-    body = text;
-  } else if (mostlyAscii(text)) {
-    encoding = "quoted-printable";
-    body = qpWrap(qpEncode(text), 76);
-  } else {
-    encoding = "base64";
-    body = base64Wrap(base64Encode(Buffer.from(text, "utf8")), 76);
-  }
-  return `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n${body}`;
-}
-
 /** Fewer than half the characters outside ASCII: quoted-printable stays shorter than base64. */
 function mostlyAscii(text: string): boolean {
   return (text.match(nonAscii)?.length ?? 0) * 2 < text.length;
+}
+
+/** One body part: its MIME headers (with the blank line after them) and its encoded body. */
+interface EncodedPart {
+  readonly head: string;
+  readonly body: Buffer;
+}
+
+/**
+ * One body part, its line breaks made CRLF (a lone LF counts as a line
+ * break, as `\r?\n` would): 7bit when plain ASCII without NUL, lone CR or a
+ * line longer than 76 characters; else quoted-printable when fewer than half
+ * the characters are outside ASCII; else base64.
+ */
+export function bodyPart(type: string, content: string): EncodedPart {
+  let outside = 0;
+  let bareLf = 0;
+  let sevenBit = true;
+  let lineLength = 0;
+  for (let i = 0; i < content.length; i++) {
+    const c = content.charCodeAt(i);
+    if (c === 0x0a) {
+      if (content.charCodeAt(i - 1) !== 0x0d) bareLf++;
+      lineLength = 0;
+    } else if (c === 0x0d) {
+      if (content.charCodeAt(i + 1) !== 0x0a) sevenBit = false;
+      lineLength = 0;
+    } else {
+      if (c >= 0x80) outside++;
+      else if (c === 0) sevenBit = false;
+      if (++lineLength > maxLine) sevenBit = false;
+    }
+  }
+  sevenBit &&= outside === 0;
+  const bytes = Buffer.from(content, "utf8");
+  const [encoding, body] = sevenBit
+    ? (["7bit", withCrlf(bytes)] as const)
+    : outside * 2 < content.length + bareLf
+      ? (["quoted-printable", quotedPrintable(bytes)] as const)
+      : (["base64", base64Lines(withCrlf(bytes))] as const);
+  return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body };
+}
+
+/** The bytes with every LF that has no CR before it preceded by one. */
+function withCrlf(bytes: Buffer): Buffer {
+  let bare = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] === 0x0a && bytes[i - 1] !== 0x0d) bare++;
+  }
+  if (bare === 0) return bytes;
+  const out = Buffer.allocUnsafe(bytes.length + bare);
+  let o = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i] ?? 0;
+    if (b === 0x0a && bytes[i - 1] !== 0x0d) out[o++] = 0x0d;
+    out[o++] = b;
+  }
+  return out;
+}
+
+const hex = Buffer.from("0123456789ABCDEF", "latin1");
+
+/**
+ * Quoted-printable (RFC 2045 6.7) of UTF-8 bytes, lines of at most 76
+ * characters. CRLF and a lone LF are line breaks, written CRLF; a lone CR is
+ * data (`=0D`). Printable ASCII but `=` is literal; space and tab too, except
+ * before a line break or at the end, where a decoder may strip them. A soft
+ * break (`=` CRLF) goes after the last space of the line when one is near its
+ * end, else where the line is full; never inside an `=XX`.
+ */
+export function quotedPrintable(bytes: Buffer): Buffer {
+  const len = bytes.length;
+  // Worst case: every byte escaped (3), plus a soft break (3) per 72 bytes written.
+  const out = Buffer.allocUnsafe(len * 3 + Math.ceil((len * 3) / 72) * 3 + 3);
+  let o = 0;
+  // Where the current line starts in `out`, and where after its last literal space (-1: none).
+  let lineStart = 0;
+  let afterSpace = -1;
+  for (let i = 0; i < len; i++) {
+    const b = bytes[i] ?? 0;
+    if (b === 0x0a || (b === 0x0d && bytes[i + 1] === 0x0a)) {
+      if (b === 0x0d) i++;
+      out[o++] = 0x0d;
+      out[o++] = 0x0a;
+      lineStart = o;
+      afterSpace = -1;
+      continue;
+    }
+    let literal = b >= 0x21 && b <= 0x7e && b !== 0x3d;
+    if (b === 0x20 || b === 0x09) {
+      const next = bytes[i + 1];
+      literal = next !== undefined && next !== 0x0a && !(next === 0x0d && bytes[i + 2] === 0x0a);
+    }
+    // A UTF-8 sequence is kept on one line: some decoders convert line by line.
+    const width = literal ? 1 : b >= 0xf0 ? 12 : b >= 0xe0 ? 9 : b >= 0xc0 ? 6 : 3;
+    // A soft-broken line is at most 75 characters and its `=`.
+    if (o - lineStart + width > maxLine - 1) {
+      if (afterSpace > lineStart && o - afterSpace <= 24) {
+        // Break after the space: move what follows it to the next line.
+        out.copyWithin(afterSpace + 3, afterSpace, o);
+        out[afterSpace] = 0x3d;
+        out[afterSpace + 1] = 0x0d;
+        out[afterSpace + 2] = 0x0a;
+        o += 3;
+        lineStart = afterSpace + 3;
+      } else {
+        out[o++] = 0x3d;
+        out[o++] = 0x0d;
+        out[o++] = 0x0a;
+        lineStart = o;
+      }
+      afterSpace = -1;
+    }
+    if (literal) {
+      out[o++] = b;
+      if (b === 0x20 || b === 0x09) afterSpace = o;
+    } else {
+      out[o++] = 0x3d;
+      out[o++] = hex[b >> 4] ?? 0;
+      out[o++] = hex[b & 15] ?? 0;
+    }
+  }
+  return out.subarray(0, o);
+}
+
+/** Base64 in lines of 76 characters. */
+function base64Lines(bytes: Buffer): Buffer {
+  const encoded = Buffer.from(bytes.toString("base64"), "latin1");
+  const lines = Math.ceil(encoded.length / maxLine);
+  const out = Buffer.allocUnsafe(encoded.length + Math.max(0, lines - 1) * 2);
+  let o = 0;
+  for (let from = 0; from < encoded.length; from += maxLine) {
+    if (from > 0) {
+      out[o++] = 0x0d;
+      out[o++] = 0x0a;
+    }
+    o += encoded.copy(out, o, from, Math.min(from + maxLine, encoded.length));
+  }
+  return out;
 }
