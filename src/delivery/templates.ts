@@ -14,7 +14,6 @@ import { purposes, type Purpose } from "./record.js";
 
 export const placeholderNames = ["code", "minutes", "product"] as const;
 export type PlaceholderName = (typeof placeholderNames)[number];
-export type PlaceholderValues = Readonly<Record<PlaceholderName, string>>;
 
 /** One purpose's message in one locale. */
 export interface MessageTemplate {
@@ -55,13 +54,49 @@ export function checkTemplateText(source: string, where: string): void {
   if (!hasCode) throw new Error(`${where}: must contain {{code}}, the code the email exists to carry`);
 }
 
-/** Fills placeholders; `escape` is applied to each value (HTML-escaping for HTML). */
-export function fillTemplate(source: string, values: PlaceholderValues, escape: (value: string) => string = (v) => v): string {
-  return source.replace(placeholderPattern, (_all, name: string) => escape(values[name as PlaceholderName]));
+/**
+ * A template text split at its placeholders, {{product}} already filled in:
+ * filling it joins its pieces around a code and a number of minutes, with no
+ * pattern matching per message.
+ */
+export interface CompiledText {
+  /** The text with `code` and `minutes` (already escaped as the text needs) in their places. */
+  fill(code: string, minutes: string): string;
+}
+
+/** Compiles a checked template text; `product` is the value of {{product}}, escaped as the text needs. */
+export function compileTemplate(source: string, product: string): CompiledText {
+  const pieces: string[] = [];
+  const slots: Array<"code" | "minutes"> = [];
+  let literal = "";
+  let from = 0;
+  for (const match of source.matchAll(placeholderPattern)) {
+    literal += source.slice(from, match.index);
+    from = match.index + match[0].length;
+    const name = match[1] ?? "";
+    if (name === "product") {
+      literal += product;
+    } else if (name === "code" || name === "minutes") {
+      pieces.push(literal);
+      slots.push(name);
+      literal = "";
+    } else {
+      throw new Error(`compileTemplate: unknown placeholder {{${name}}}`);
+    }
+  }
+  pieces.push(literal + source.slice(from));
+  return {
+    fill(code: string, minutes: string): string {
+      let out = pieces[0] ?? "";
+      for (let i = 0; i < slots.length; i++) out += (slots[i] === "code" ? code : minutes) + (pieces[i + 1] ?? "");
+      return out;
+    },
+  };
 }
 
 /** Escapes text for HTML element content and double-quoted attribute values. */
 export function escapeHtml(value: string): string {
+  if (!/[&<>"']/.test(value)) return value;
   return value
     .replaceAll("&", "&amp;")
     .replaceAll("<", "&lt;")
