@@ -10,6 +10,7 @@ import { createTransport, type SendMailOptions } from "nodemailer";
 import type { Logger } from "../logger.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
+import { addressOf, plainAddress, pooledMessage, poolTransportOf, sendThroughPool, type PoolSendInfo } from "./pool-send.js";
 import type { DkimSigningOptions } from "./dkim.js";
 import {
   SmtpSendError,
@@ -167,15 +168,19 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   const inFlight = new Set<Promise<unknown>>();
   let closed: Promise<void> | undefined;
   const random = createRandomPool();
+  // A message we built goes straight to the pool (see pool-send.ts), unless
+  // it must be DKIM-signed, which happens in sendMail's pipeline.
+  const pool = options.dkim === undefined ? poolTransportOf(transporter) : undefined;
 
   async function sendOnce(mail: OutgoingMail): Promise<SmtpAcceptance> {
     const startedAt = Date.now();
     try {
-      const message: SendMailOptions = {
-        ...nodemailerMessage(mail, random),
-        signal: AbortSignal.timeout(sendTimeoutMs),
-      };
-      const info = await transporter.sendMail(message);
+      const signal = AbortSignal.timeout(sendTimeoutMs);
+      const pooled = pool === undefined ? undefined : pooledMessage(mail, random);
+      const info: PoolSendInfo =
+        pool !== undefined && pooled !== undefined
+          ? await sendThroughPool(pool, pooled, signal)
+          : await transporter.sendMail({ ...nodemailerMessage(mail, random), signal });
       // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that
       // carried this message: the truth about whether DSN went out with it.
       const dsnSupported = ehloHasDsn((info as { ehlo?: unknown }).ehlo);
@@ -364,9 +369,6 @@ export function nodemailerMessage(mail: OutgoingMail, random: RandomBytes): Send
   };
 }
 
-// A dot-atom local part at an ASCII domain name: what an address parser would hand back unchanged.
-const plainAddress = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$/;
-
 /**
  * An envelope address as nodemailer takes it: a plain address as an address
  * object, which nodemailer uses as is, where a string goes through its
@@ -374,11 +376,6 @@ const plainAddress = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?
  */
 function envelopeAddress(address: string): string | { name: string; address: string } {
   return plainAddress.test(address) ? { name: "", address } : address;
-}
-
-/** The address of a From header (`"Name" <a@b>` or `a@b`). */
-function addressOf(from: string): string {
-  return /<([^<>]*)>\s*$/.exec(from)?.[1] ?? from.trim();
 }
 
 /** Fails at start-up, not at the first send, when the CA text is not usable. */
