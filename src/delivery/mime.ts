@@ -59,12 +59,16 @@ export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: strin
   );
   let at = out.write(head, 0, "latin1");
   at += out.write(text.head, at, "latin1");
-  at += text.body.copy(out, at);
+  at += writeBody(out, at, text.body);
   at += out.write(between, at, "latin1");
   at += out.write(html.head, at, "latin1");
-  at += html.body.copy(out, at);
+  at += writeBody(out, at, html.body);
   out.write(end, at, "latin1");
   return out;
+}
+
+function writeBody(out: Buffer, at: number, body: string | Buffer): number {
+  return typeof body === "string" ? out.write(body, at, "latin1") : body.copy(out, at);
 }
 
 /** A header line folded at 76 characters; most are shorter and need no work. */
@@ -93,7 +97,8 @@ function mostlyAscii(text: string): boolean {
 /** One body part: its MIME headers (with the blank line after them) and its encoded body. */
 interface EncodedPart {
   readonly head: string;
-  readonly body: Buffer;
+  /** ASCII only: its length is its byte count. */
+  readonly body: string | Buffer;
 }
 
 /**
@@ -122,30 +127,24 @@ export function bodyPart(type: string, content: string): EncodedPart {
     }
   }
   sevenBit &&= outside === 0;
-  const bytes = Buffer.from(content, "utf8");
-  const [encoding, body] = sevenBit
-    ? (["7bit", withCrlf(bytes)] as const)
-    : outside * 2 < content.length + bareLf
-      ? (["quoted-printable", quotedPrintable(bytes)] as const)
-      : (["base64", base64Lines(withCrlf(bytes))] as const);
+  let encoding: string;
+  let body: string | Buffer;
+  if (sevenBit) {
+    encoding = "7bit";
+    body = bareLf === 0 ? content : withCrlf(content);
+  } else if (outside * 2 < content.length + bareLf) {
+    encoding = "quoted-printable";
+    body = quotedPrintable(Buffer.from(content, "utf8"));
+  } else {
+    encoding = "base64";
+    body = base64Lines(Buffer.from(bareLf === 0 ? content : withCrlf(content), "utf8"));
+  }
   return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body };
 }
 
-/** The bytes with every LF that has no CR before it preceded by one. */
-function withCrlf(bytes: Buffer): Buffer {
-  let bare = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    if (bytes[i] === 0x0a && bytes[i - 1] !== 0x0d) bare++;
-  }
-  if (bare === 0) return bytes;
-  const out = Buffer.allocUnsafe(bytes.length + bare);
-  let o = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i] ?? 0;
-    if (b === 0x0a && bytes[i - 1] !== 0x0d) out[o++] = 0x0d;
-    out[o++] = b;
-  }
-  return out;
+/** The text with every LF that has no CR before it preceded by one. */
+function withCrlf(text: string): string {
+  return text.includes("\r") ? text.replace(/\r?\n/g, "\r\n") : text.replaceAll("\n", "\r\n");
 }
 
 const hex = Buffer.from("0123456789ABCDEF", "latin1");
@@ -160,8 +159,18 @@ const hex = Buffer.from("0123456789ABCDEF", "latin1");
  */
 export function quotedPrintable(bytes: Buffer): Buffer {
   const len = bytes.length;
-  // Worst case: every byte escaped (3), plus a soft break (3) per 72 bytes written.
-  const out = Buffer.allocUnsafe(len * 3 + Math.ceil((len * 3) / 72) * 3 + 3);
+  // Sized for what this text needs, not for the worst case: each escape
+  // writes 2 more bytes (every space, tab and line break counted: a few too
+  // many), and a soft-broken line keeps at least 39 of them (more than 63
+  // before a UTF-8 character of 12 escaped bytes, less at most 24 moved to
+  // the next line after a space).
+  let escapes = 0;
+  for (let i = 0; i < len; i++) {
+    const b = bytes[i] ?? 0;
+    if (b < 0x21 || b > 0x7e || b === 0x3d) escapes++;
+  }
+  const encoded = len + 2 * escapes;
+  const out = Buffer.allocUnsafe(encoded + Math.ceil(encoded / 39) * 3 + 3);
   let o = 0;
   // Where the current line starts in `out`, and where after its last literal space (-1: none).
   let lineStart = 0;
@@ -210,6 +219,8 @@ export function quotedPrintable(bytes: Buffer): Buffer {
       out[o++] = hex[b & 15] ?? 0;
     }
   }
+  // Writes past the end of a Buffer are dropped silently: never send a truncated body.
+  if (o > out.length) throw new Error("quotedPrintable: the output outgrew its bound");
   return out.subarray(0, o);
 }
 

@@ -160,6 +160,27 @@ describe("quotedPrintable", () => {
     }
   });
 
+  it("round-trips random text of spaces, tabs, =, line breaks and 1- to 4-byte characters", () => {
+    const alphabet = ["a", "b", " ", " ", "\t", "=", ".", "\n", "\r\n", "é", "€", "한", "😀"];
+    let seed = 12345;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (let round = 0; round < 300; round++) {
+      let text = "";
+      const length = next(400);
+      for (let i = 0; i < length; i++) text += alphabet[next(alphabet.length)];
+      const encoded = qp(text);
+      expect(encoded).toMatch(/^[\x21-\x7e \t\r\n]*$/);
+      for (const line of encoded.split("\r\n")) {
+        expect(line.length).toBeLessThanOrEqual(76);
+        expect(line).not.toMatch(/[ \t]$/);
+      }
+      expect(decodeQp(encoded)).toBe(text.replace(/\r?\n/g, "\r\n"));
+    }
+  });
+
   it("round-trips awkward text through mailparser", async () => {
     const text = `=start ${"long ".repeat(40)}\ttrailing \nsecond line with é and = and 3D \r\n.dot line\n\nend `;
     const { raw, parsed } = await ours(mailFor("en", { text, html: "<p>482913</p>" }));
