@@ -86,12 +86,7 @@ function lowerDomain(address: string): string {
 function encodeHeaderText(value: string): string {
   const clean = value.replace(/[\r\n]+/g, " ");
   if (plainHeader.test(clean)) return clean;
-  return encodeWords(clean, mostlyAscii(clean) ? "Q" : "B", 52);
-}
-
-/** Fewer than half the characters outside ASCII: quoted-printable stays shorter than base64. */
-function mostlyAscii(text: string): boolean {
-  return (text.match(nonAscii)?.length ?? 0) * 2 < text.length;
+  return encodeWords(clean, mostlyAscii(clean, false) ? "Q" : "B", 52);
 }
 
 /** One body part: its MIME headers (with the blank line after them) and its encoded body. */
@@ -108,46 +103,57 @@ interface EncodedPart {
  * the characters are outside ASCII; else base64.
  */
 export function bodyPart(type: string, content: string): EncodedPart {
-  let outside = 0;
-  let bareLf = 0;
-  let sevenBit = true;
-  let lineLength = 0;
-  for (let i = 0; i < content.length; i++) {
-    const c = content.charCodeAt(i);
-    if (c === 0x0a) {
-      if (content.charCodeAt(i - 1) !== 0x0d) bareLf++;
-      lineLength = 0;
-    } else if (c === 0x0d) {
-      if (content.charCodeAt(i + 1) !== 0x0a) sevenBit = false;
-      lineLength = 0;
-    } else {
-      if (c >= 0x80) outside++;
-      else if (c === 0) sevenBit = false;
-      if (++lineLength > maxLine) sevenBit = false;
-    }
-  }
-  sevenBit &&= outside === 0;
+  // Native scans (regex, indexOf) rather than a loop over the characters:
+  // a rendered text is a rope of template pieces, which charCodeAt walks slowly.
+  const hasCr = content.includes("\r");
   let encoding: string;
   let body: string | Buffer;
-  if (sevenBit) {
+  if (!nonAsciiOne.test(content) && !content.includes("\0") && !(hasCr && loneCr.test(content)) && !hasLongLine(content)) {
     encoding = "7bit";
-    body = bareLf === 0 ? content : withCrlf(content);
-  } else if (outside * 2 < content.length + bareLf) {
+    body = withCrlf(content, hasCr);
+  } else if (mostlyAscii(content, hasCr)) {
     encoding = "quoted-printable";
     body = quotedPrintable(Buffer.from(content, "utf8"));
   } else {
     encoding = "base64";
-    body = base64Lines(Buffer.from(bareLf === 0 ? content : withCrlf(content), "utf8"));
+    body = base64Lines(Buffer.from(withCrlf(content, hasCr), "utf8"));
   }
   return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body };
 }
 
+const nonAsciiOne = /[\u0080-\uffff]/;
+const loneCr = /\r(?!\n)/;
+
+/** Whether a line (ended by LF or CRLF) is longer than 76 characters, CR not counted. */
+function hasLongLine(text: string): boolean {
+  let start = 0;
+  for (;;) {
+    const lf = text.indexOf("\n", start);
+    const end = lf === -1 ? text.length : text.charCodeAt(lf - 1) === 0x0d ? lf - 1 : lf;
+    if (end - start > maxLine) return true;
+    if (lf === -1) return false;
+    start = lf + 1;
+  }
+}
+
+/** Fewer than half the characters outside ASCII (line breaks counted as CRLF): quoted-printable stays shorter than base64. */
+function mostlyAscii(text: string, hasCr: boolean): boolean {
+  const outside = text.match(nonAscii)?.length ?? 0;
+  if (outside === 0) return true;
+  const lf = text.match(/\n/g)?.length ?? 0;
+  const bareLf = hasCr ? (text.match(/(?<!\r)\n/g)?.length ?? 0) : lf;
+  return outside * 2 < text.length + bareLf;
+}
+
 /** The text with every LF that has no CR before it preceded by one. */
-function withCrlf(text: string): string {
-  return text.includes("\r") ? text.replace(/\r?\n/g, "\r\n") : text.replaceAll("\n", "\r\n");
+function withCrlf(text: string, hasCr: boolean): string {
+  return hasCr ? text.replace(/\r?\n/g, "\r\n") : text.replaceAll("\n", "\r\n");
 }
 
 const hex = Buffer.from("0123456789ABCDEF", "latin1");
+
+/** 0 for a byte quoted-printable writes as is wherever it stands (printable ASCII but `=`), else 1. */
+const qpSpecial = new Uint8Array(256).map((_zero, b) => (b >= 0x21 && b <= 0x7e && b !== 0x3d ? 0 : 1));
 
 /**
  * Quoted-printable (RFC 2045 6.7) of UTF-8 bytes, lines of at most 76
@@ -165,10 +171,7 @@ export function quotedPrintable(bytes: Buffer): Buffer {
   // before a UTF-8 character of 12 escaped bytes, less at most 24 moved to
   // the next line after a space).
   let escapes = 0;
-  for (let i = 0; i < len; i++) {
-    const b = bytes[i] ?? 0;
-    if (b < 0x21 || b > 0x7e || b === 0x3d) escapes++;
-  }
+  for (let i = 0; i < len; i++) escapes += qpSpecial[bytes[i] ?? 0] ?? 1;
   const encoded = len + 2 * escapes;
   const out = Buffer.allocUnsafe(encoded + Math.ceil(encoded / 39) * 3 + 3);
   let o = 0;
@@ -177,6 +180,11 @@ export function quotedPrintable(bytes: Buffer): Buffer {
   let afterSpace = -1;
   for (let i = 0; i < len; i++) {
     const b = bytes[i] ?? 0;
+    // Most bytes: printable, and room left on the line.
+    if (qpSpecial[b] === 0 && o - lineStart < maxLine - 1) {
+      out[o++] = b;
+      continue;
+    }
     if (b === 0x0a || (b === 0x0d && bytes[i + 1] === 0x0a)) {
       if (b === 0x0d) i++;
       out[o++] = 0x0d;
