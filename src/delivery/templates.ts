@@ -178,20 +178,33 @@ function builtinTemplate(locale: string, common: CommonPhrases, phrases: Phrases
   // Static words are escaped here; placeholder values are escaped when filled in.
   const e = escapeHtml;
   const paragraph = "margin:0 0 16px;font-size:15px;line-height:1.5;";
+  // Lines of at most 76 characters (style attributes broken after a `;` or
+  // `,`, text on its own line, where a line break is white space): an
+  // English message then goes out as 7bit, with no quoted-printable to
+  // encode or decode.
   const html = [
     "<!DOCTYPE html>",
     `<html lang="${e(locale)}">`,
-    '<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
+    '<head><meta charset="utf-8">',
+    '<meta name="viewport" content="width=device-width, initial-scale=1">',
     `<title>${e(phrases.heading)}</title></head>`,
-    '<body style="margin:0;padding:24px;background-color:#f4f5f7;color:#1f2328;' +
-      "font-family:-apple-system,'Segoe UI',Roboto,'Apple SD Gothic Neo','Malgun Gothic',sans-serif;\">",
-    '<div style="max-width:480px;margin:0 auto;padding:32px;background-color:#ffffff;border-radius:8px;">',
-    `<h1 style="margin:0 0 16px;font-size:20px;">${e(phrases.heading)}</h1>`,
-    `<p style="${paragraph}">${e(phrases.intro)}</p>`,
-    '<p style="margin:0 0 16px;font-size:32px;font-weight:bold;letter-spacing:6px;' +
-      `font-family:Menlo,Consolas,'Courier New',monospace;">{{code}}</p>`,
-    `<p style="${paragraph}">${e(common.validity)}</p>`,
-    `<p style="margin:0;font-size:13px;line-height:1.5;color:#57606a;">${e(common.ignore)} ${e(common.share)}</p>`,
+    '<body style="margin:0;padding:24px;background-color:#f4f5f7;color:#1f2328;',
+    "font-family:-apple-system,'Segoe UI',Roboto,",
+    "'Apple SD Gothic Neo','Malgun Gothic',sans-serif;\">",
+    '<div style="max-width:480px;margin:0 auto;padding:32px;',
+    'background-color:#ffffff;border-radius:8px;">',
+    '<h1 style="margin:0 0 16px;font-size:20px;">',
+    `${e(phrases.heading)}</h1>`,
+    `<p style="${paragraph}">`,
+    `${e(phrases.intro)}</p>`,
+    '<p style="margin:0 0 16px;font-size:32px;font-weight:bold;',
+    "letter-spacing:6px;font-family:Menlo,Consolas,",
+    "'Courier New',monospace;\">{{code}}</p>",
+    `<p style="${paragraph}">`,
+    `${e(common.validity)}</p>`,
+    '<p style="margin:0;font-size:13px;line-height:1.5;color:#57606a;">',
+    e(common.ignore),
+    `${e(common.share)}</p>`,
     "</div>",
     "</body>",
     "</html>",

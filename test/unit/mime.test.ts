@@ -89,6 +89,17 @@ describe("composeOtpMime", () => {
     expect(korean.parsed.text?.trim()).toBe("인증 코드를 입력하세요");
   });
 
+  it("sends the built-in English templates as 7bit, both parts", async () => {
+    for (const purpose of ["login", "signup", "password_reset"] as const) {
+      const rendered = renderer.render({ purpose, locale: "en", code: "48291307", ttlMs: 600_000 });
+      const mail = buildOtpMail({ rendered, to: "ana@example.com", fromName: "Acme", fromAddress: "no-reply@acme.test", messageId: "01jabc1" });
+      const { raw, parsed } = await ours(mail);
+      expect(raw.match(/Content-Transfer-Encoding: 7bit/g)).toHaveLength(2);
+      expect(parsed.html).toBe(rendered.html);
+      expect(parsed.html).toContain(">48291307</p>");
+    }
+  });
+
   it("leaves to nodemailer what is not plain ASCII: a non-ASCII display name or address", () => {
     expect(composeOtpMime(mailFor("en", { from: '"Acmé" <no-reply@acme.test>' }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { to: "ana@bücher.example" }), date, "x")).toBeUndefined();
