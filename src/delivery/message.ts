@@ -34,26 +34,60 @@ export function verpAddress(messageId: string, bounceDomain: string): string {
 const dotAtom = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
 const plainAddress = /^[^\s@<>"(),;:\\[\]]+@([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)$/;
 
+/** What a message takes from the sender's settings: checked and formatted once, not per message. */
+interface SenderParts {
+  readonly fromName: string;
+  readonly fromAddress: string;
+  readonly bounceDomain: string | undefined;
+  readonly from: string;
+  /** The From address's domain, lower-cased: the Message-ID's right side. */
+  readonly messageIdDomain: string;
+  /** The bounce domain, lower-cased. */
+  readonly verpDomain: string | undefined;
+}
+
+// The sender's settings are the same for every message of a process: the
+// last ones checked are kept, so a send costs no pattern matching for them.
+let lastSender: SenderParts | undefined;
+
+function senderParts(fromName: string, fromAddress: string, bounceDomain: string | undefined): SenderParts {
+  const last = lastSender;
+  if (last !== undefined && last.fromName === fromName && last.fromAddress === fromAddress && last.bounceDomain === bounceDomain) {
+    return last;
+  }
+  const domain = plainAddress.exec(fromAddress)?.[1];
+  if (domain === undefined) throw new Error(`buildOtpMail: fromAddress "${fromAddress}" is not a plain address`);
+  if (bounceDomain !== undefined && !/^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$/.test(bounceDomain)) {
+    throw new Error(`buildOtpMail: bounceDomain "${bounceDomain}" is not a domain name`);
+  }
+  lastSender = {
+    fromName,
+    fromAddress,
+    bounceDomain,
+    from: formatFrom(fromName, fromAddress),
+    messageIdDomain: domain.toLowerCase(),
+    verpDomain: bounceDomain?.toLowerCase(),
+  };
+  return lastSender;
+}
+
 /**
  * Builds the message. Throws on a malformed sender address or message id
  * (configuration or programming errors, never user input).
  */
 export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
-  const domain = plainAddress.exec(options.fromAddress)?.[1];
-  if (domain === undefined) throw new Error(`buildOtpMail: fromAddress "${options.fromAddress}" is not a plain address`);
+  const sender = senderParts(options.fromName, options.fromAddress, options.bounceDomain);
   if (!dotAtom.test(options.messageId)) throw new Error(`buildOtpMail: messageId "${options.messageId}" is not a dot-atom`);
-  const { rendered, bounceDomain } = options;
-  if (bounceDomain !== undefined && !/^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$/.test(bounceDomain)) {
-    throw new Error(`buildOtpMail: bounceDomain "${bounceDomain}" is not a domain name`);
-  }
+  const { rendered } = options;
+  const { verpDomain } = sender;
   return {
-    from: formatFrom(options.fromName, options.fromAddress),
+    from: sender.from,
     to: options.to,
     subject: rendered.subject,
     text: rendered.text,
     html: rendered.html,
     // Set here: nodemailer would otherwise derive one from the envelope sender.
-    messageId: `<${options.messageId}@${domain.toLowerCase()}>`,
+    messageId: `<${options.messageId}@${sender.messageIdDomain}>`,
     headers: {
       // RFC 3834: machine-generated, so auto-responders and vacation replies stay quiet.
       "Auto-Submitted": "auto-generated",
@@ -61,10 +95,10 @@ export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
       "X-Auto-Response-Suppress": "All",
       "Content-Language": rendered.locale,
     },
-    ...(bounceDomain === undefined
+    ...(verpDomain === undefined
       ? {}
       : {
-          envelope: { from: verpAddress(options.messageId, bounceDomain), to: options.to },
+          envelope: { from: verpAddress(options.messageId, verpDomain), to: options.to },
           // RET=HDRS: a bounce returns the headers, not the body; the intake
           // keeps nothing of the returned message (its Subject holds the code).
           dsn: { envelopeId: options.messageId, notify: ["FAILURE", "DELAY"], ret: "HDRS" },

@@ -7,17 +7,18 @@
  * about 0.3 ms of CPU per message on this project's bench machine, more than
  * half of what the pooled SMTP send costs. An OTP email always has the same
  * shape (multipart/alternative: text and HTML, a handful of headers), so it
- * is written here directly, with nodemailer's own encoders for encoded-words,
- * folding, quoted-printable and base64, and handed to nodemailer as `raw`
- * (nodemailer still dot-stuffs it on the wire and DKIM-signs it).
+ * is written here directly and handed to nodemailer as `raw` (nodemailer
+ * still dot-stuffs it on the wire and DKIM-signs it). Headers use
+ * nodemailer's own encoders (encoded-words, folding); the bodies are encoded
+ * here, byte by byte straight into Buffers (7bit, quoted-printable or
+ * base64): nodemailer's string encoders (`qp.wrap` with a regex per line)
+ * were the largest allocator of a send.
  *
  * Only plain ASCII addresses take this path; anything else (a non-ASCII
  * display name or address) returns undefined and nodemailer builds the
  * message from fields, as before.
  */
-import { encode as base64Encode, wrap as base64Wrap } from "nodemailer/lib/base64";
 import { encodeWords, foldLines } from "nodemailer/lib/mime-funcs";
-import { encode as qpEncode, wrap as qpWrap } from "nodemailer/lib/qp";
 import type { OutgoingMail } from "./smtp-transport-types.js";
 
 // Printable ASCII and space: what a header may carry without encoding.
@@ -25,36 +26,54 @@ const plainHeader = /^[\x20-\x7e]*$/;
 const nonAscii = /[\u0080-\uffff]/g;
 const headerName = /^[\x21-\x39\x3b-\x7e]+$/;
 
+/** The longest line a body part writes, CRLF not counted (RFC 2045 for quoted-printable and base64). */
+const maxLine = 76;
+
 /** The message, or undefined when it needs what only nodemailer's full builder does. */
 export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: string): Buffer | undefined {
   if (!plainHeader.test(mail.from) || !plainHeader.test(mail.to) || !plainHeader.test(mail.messageId)) return undefined;
-  const extra: string[] = [];
-  for (const [name, value] of Object.entries(mail.headers)) {
+  let extra = "";
+  for (const name of Object.keys(mail.headers)) {
+    const value = mail.headers[name] ?? "";
     if (!headerName.test(name) || !plainHeader.test(value)) return undefined;
-    extra.push(foldLines(`${name}: ${value}`, 76));
+    extra += `${fold(`${name}: ${value}`)}\r\n`;
   }
   const boundary = `--_OtpEmail-${boundaryId}`;
-  const head = [
-    `Content-Type: multipart/alternative;\r\n boundary="${boundary}"`,
-    foldLines(`From: ${lowerDomain(mail.from)}`, 76),
-    foldLines(`To: ${lowerDomain(mail.to)}`, 76),
-    foldLines(`Subject: ${encodeHeaderText(mail.subject)}`, 76),
-    `Message-ID: ${mail.messageId}`,
-    ...extra,
-    `Date: ${date.toUTCString().replace(/GMT/, "+0000")}`,
-    "MIME-Version: 1.0",
-  ];
-  const parts = [
-    head.join("\r\n"),
-    "",
-    `--${boundary}`,
-    bodyPart("text/plain", mail.text),
-    `--${boundary}`,
-    bodyPart("text/html", mail.html),
-    `--${boundary}--`,
-    "",
-  ];
-  return Buffer.from(parts.join("\r\n"), "utf8");
+  const head =
+    `Content-Type: multipart/alternative;\r\n boundary="${boundary}"\r\n` +
+    `${fold(`From: ${lowerDomain(mail.from)}`)}\r\n` +
+    `${fold(`To: ${lowerDomain(mail.to)}`)}\r\n` +
+    `${fold(`Subject: ${encodeHeaderText(mail.subject)}`)}\r\n` +
+    `Message-ID: ${mail.messageId}\r\n` +
+    extra +
+    `Date: ${date.toUTCString().replace("GMT", "+0000")}\r\n` +
+    "MIME-Version: 1.0\r\n" +
+    `\r\n--${boundary}\r\n`;
+  const text = bodyPart("text/plain", mail.text);
+  const html = bodyPart("text/html", mail.html);
+  const between = `\r\n--${boundary}\r\n`;
+  const end = `\r\n--${boundary}--\r\n`;
+  // Every piece is ASCII: its length is its byte count.
+  const out = Buffer.allocUnsafe(
+    head.length + text.head.length + text.body.length + between.length + html.head.length + html.body.length + end.length,
+  );
+  let at = out.write(head, 0, "latin1");
+  at += out.write(text.head, at, "latin1");
+  at += writeBody(out, at, text.body);
+  at += out.write(between, at, "latin1");
+  at += out.write(html.head, at, "latin1");
+  at += writeBody(out, at, html.body);
+  out.write(end, at, "latin1");
+  return out;
+}
+
+function writeBody(out: Buffer, at: number, body: string | Buffer): number {
+  return typeof body === "string" ? out.write(body, at, "latin1") : body.copy(out, at);
+}
+
+/** A header line folded at 76 characters; most are shorter and need no work. */
+function fold(line: string): string {
+  return line.length <= 76 ? line : foldLines(line, 76);
 }
 
 /** `"Name" <a@Example.COM>` -> `"Name" <a@example.com>`, as nodemailer writes addresses (domains are case-blind). */
@@ -63,44 +82,168 @@ function lowerDomain(address: string): string {
   return at === -1 ? address : address.slice(0, at) + address.slice(at).toLowerCase();
 }
 
-/** Whether a CRLF text has a line longer than 76 characters (a loop: a regex for it backtracks at every position). */
-function hasLongLine(text: string): boolean {
-  let start = 0;
-  for (;;) {
-    const end = text.indexOf("\r\n", start);
-    if ((end === -1 ? text.length : end) - start > 76) return true;
-    if (end === -1) return false;
-    start = end + 2;
-  }
-}
-
 /** Header text: as is when plain ASCII, else encoded-words (Q or B, whichever is shorter for this text). */
 function encodeHeaderText(value: string): string {
   const clean = value.replace(/[\r\n]+/g, " ");
   if (plainHeader.test(clean)) return clean;
-  return encodeWords(clean, mostlyAscii(clean) ? "Q" : "B", 52);
+  return encodeWords(clean, mostlyAscii(clean, false) ? "Q" : "B", 52);
 }
 
-/** One body part: 7bit when plain ASCII with short lines, else quoted-printable or base64. */
-function bodyPart(type: string, content: string): string {
-  const text = content.replace(/\r?\n/g, "\r\n");
+/** One body part: its MIME headers (with the blank line after them) and its encoded body. */
+interface EncodedPart {
+  readonly head: string;
+  /** ASCII only: its length is its byte count. */
+  readonly body: string | Buffer;
+}
+
+/**
+ * One body part, its line breaks made CRLF (a lone LF counts as a line
+ * break, as `\r?\n` would): 7bit when plain ASCII without NUL, lone CR or a
+ * line longer than 76 characters; else quoted-printable when fewer than half
+ * the characters are outside ASCII; else base64.
+ */
+export function bodyPart(type: string, content: string): EncodedPart {
+  // Native scans (regex, indexOf) rather than a loop over the characters:
+  // a rendered text is a rope of template pieces, which charCodeAt walks slowly.
+  const hasCr = content.includes("\r");
   let encoding: string;
-  let body: string;
-  const sevenBit = !/[\u0080-\uffff]/.test(text) && !text.includes("\0") && !/\r(?!\n)|(?<!\r)\n/.test(text);
-  if (sevenBit && !hasLongLine(text)) {
+  let body: string | Buffer;
+  if (!nonAsciiOne.test(content) && !content.includes("\0") && !(hasCr && loneCr.test(content)) && !hasLongLine(content)) {
     encoding = "7bit";
-    body = text;
-  } else if (mostlyAscii(text)) {
+    body = withCrlf(content, hasCr);
+  } else if (mostlyAscii(content, hasCr)) {
     encoding = "quoted-printable";
-    body = qpWrap(qpEncode(text), 76);
+    body = quotedPrintable(Buffer.from(content, "utf8"));
   } else {
     encoding = "base64";
-    body = base64Wrap(base64Encode(Buffer.from(text, "utf8")), 76);
+    body = base64Lines(Buffer.from(withCrlf(content, hasCr), "utf8"));
   }
-  return `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n${body}`;
+  return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body };
 }
 
-/** Fewer than half the characters outside ASCII: quoted-printable stays shorter than base64. */
-function mostlyAscii(text: string): boolean {
-  return (text.match(nonAscii)?.length ?? 0) * 2 < text.length;
+const nonAsciiOne = /[\u0080-\uffff]/;
+const loneCr = /\r(?!\n)/;
+
+/** Whether a line (ended by LF or CRLF) is longer than 76 characters, CR not counted. */
+function hasLongLine(text: string): boolean {
+  let start = 0;
+  for (;;) {
+    const lf = text.indexOf("\n", start);
+    const end = lf === -1 ? text.length : text.charCodeAt(lf - 1) === 0x0d ? lf - 1 : lf;
+    if (end - start > maxLine) return true;
+    if (lf === -1) return false;
+    start = lf + 1;
+  }
+}
+
+/** Fewer than half the characters outside ASCII (line breaks counted as CRLF): quoted-printable stays shorter than base64. */
+function mostlyAscii(text: string, hasCr: boolean): boolean {
+  const outside = text.match(nonAscii)?.length ?? 0;
+  if (outside === 0) return true;
+  const lf = text.match(/\n/g)?.length ?? 0;
+  const bareLf = hasCr ? (text.match(/(?<!\r)\n/g)?.length ?? 0) : lf;
+  return outside * 2 < text.length + bareLf;
+}
+
+/** The text with every LF that has no CR before it preceded by one. */
+function withCrlf(text: string, hasCr: boolean): string {
+  return hasCr ? text.replace(/\r?\n/g, "\r\n") : text.replaceAll("\n", "\r\n");
+}
+
+const hex = Buffer.from("0123456789ABCDEF", "latin1");
+
+/** 0 for a byte quoted-printable writes as is wherever it stands (printable ASCII but `=`), else 1. */
+const qpSpecial = new Uint8Array(256).map((_zero, b) => (b >= 0x21 && b <= 0x7e && b !== 0x3d ? 0 : 1));
+
+/**
+ * Quoted-printable (RFC 2045 6.7) of UTF-8 bytes, lines of at most 76
+ * characters. CRLF and a lone LF are line breaks, written CRLF; a lone CR is
+ * data (`=0D`). Printable ASCII but `=` is literal; space and tab too, except
+ * before a line break or at the end, where a decoder may strip them. A soft
+ * break (`=` CRLF) goes after the last space of the line when one is near its
+ * end, else where the line is full; never inside an `=XX`.
+ */
+export function quotedPrintable(bytes: Buffer): Buffer {
+  const len = bytes.length;
+  // Sized for what this text needs, not for the worst case: each escape
+  // writes 2 more bytes (every space, tab and line break counted: a few too
+  // many), and a soft-broken line keeps at least 39 of them (more than 63
+  // before a UTF-8 character of 12 escaped bytes, less at most 24 moved to
+  // the next line after a space).
+  let escapes = 0;
+  for (let i = 0; i < len; i++) escapes += qpSpecial[bytes[i] ?? 0] ?? 1;
+  const encoded = len + 2 * escapes;
+  const out = Buffer.allocUnsafe(encoded + Math.ceil(encoded / 39) * 3 + 3);
+  let o = 0;
+  // Where the current line starts in `out`, and where after its last literal space (-1: none).
+  let lineStart = 0;
+  let afterSpace = -1;
+  for (let i = 0; i < len; i++) {
+    const b = bytes[i] ?? 0;
+    // Most bytes: printable, and room left on the line.
+    if (qpSpecial[b] === 0 && o - lineStart < maxLine - 1) {
+      out[o++] = b;
+      continue;
+    }
+    if (b === 0x0a || (b === 0x0d && bytes[i + 1] === 0x0a)) {
+      if (b === 0x0d) i++;
+      out[o++] = 0x0d;
+      out[o++] = 0x0a;
+      lineStart = o;
+      afterSpace = -1;
+      continue;
+    }
+    let literal = b >= 0x21 && b <= 0x7e && b !== 0x3d;
+    if (b === 0x20 || b === 0x09) {
+      const next = bytes[i + 1];
+      literal = next !== undefined && next !== 0x0a && !(next === 0x0d && bytes[i + 2] === 0x0a);
+    }
+    // A UTF-8 sequence is kept on one line: some decoders convert line by line.
+    const width = literal ? 1 : b >= 0xf0 ? 12 : b >= 0xe0 ? 9 : b >= 0xc0 ? 6 : 3;
+    // A soft-broken line is at most 75 characters and its `=`.
+    if (o - lineStart + width > maxLine - 1) {
+      if (afterSpace > lineStart && o - afterSpace <= 24) {
+        // Break after the space: move what follows it to the next line.
+        out.copyWithin(afterSpace + 3, afterSpace, o);
+        out[afterSpace] = 0x3d;
+        out[afterSpace + 1] = 0x0d;
+        out[afterSpace + 2] = 0x0a;
+        o += 3;
+        lineStart = afterSpace + 3;
+      } else {
+        out[o++] = 0x3d;
+        out[o++] = 0x0d;
+        out[o++] = 0x0a;
+        lineStart = o;
+      }
+      afterSpace = -1;
+    }
+    if (literal) {
+      out[o++] = b;
+      if (b === 0x20 || b === 0x09) afterSpace = o;
+    } else {
+      out[o++] = 0x3d;
+      out[o++] = hex[b >> 4] ?? 0;
+      out[o++] = hex[b & 15] ?? 0;
+    }
+  }
+  // Writes past the end of a Buffer are dropped silently: never send a truncated body.
+  if (o > out.length) throw new Error("quotedPrintable: the output outgrew its bound");
+  return out.subarray(0, o);
+}
+
+/** Base64 in lines of 76 characters. */
+function base64Lines(bytes: Buffer): Buffer {
+  const encoded = Buffer.from(bytes.toString("base64"), "latin1");
+  const lines = Math.ceil(encoded.length / maxLine);
+  const out = Buffer.allocUnsafe(encoded.length + Math.max(0, lines - 1) * 2);
+  let o = 0;
+  for (let from = 0; from < encoded.length; from += maxLine) {
+    if (from > 0) {
+      out[o++] = 0x0d;
+      out[o++] = 0x0a;
+    }
+    o += encoded.copy(out, o, from, Math.min(from + maxLine, encoded.length));
+  }
+  return out;
 }

@@ -5,12 +5,12 @@
 import { purposes, type Purpose } from "./record.js";
 import {
   builtinTemplates,
+  compileTemplate,
   escapeHtml,
-  fillTemplate,
   loadTemplateDir,
   mergeCatalogs,
+  type CompiledText,
   type MessageTemplate,
-  type PlaceholderValues,
   type TemplateCatalog,
 } from "./templates.js";
 
@@ -59,31 +59,56 @@ export function createRenderer(options: RendererOptions): Renderer {
   }
   const catalog: TemplateCatalog =
     options.templatesDir === undefined ? builtinTemplates() : mergeCatalogs(builtinTemplates(), loadTemplateDir(options.templatesDir));
+  // Every template is split at its placeholders once, {{product}} filled in:
+  // a send then only joins the pieces around its code and minutes.
+  const compiled = new Map<Purpose, Map<string, CompiledMessage>>();
+  for (const [purpose, byLocale] of catalog) {
+    const compiledByLocale = new Map<string, CompiledMessage>();
+    for (const [key, template] of byLocale) compiledByLocale.set(key, compileMessage(template, productName));
+    compiled.set(purpose, compiledByLocale);
+  }
   const defaultKey = normalize(options.defaultLocale);
   for (const purpose of purposes) {
-    if (lookup(catalog, purpose, defaultKey) === undefined) {
+    if (lookup(compiled, purpose, defaultKey) === undefined) {
       throw new Error(`renderer: no ${purpose} template for the default locale "${options.defaultLocale}"`);
     }
   }
 
   return {
     render(request: RenderRequest): RenderedMessage {
-      const template =
-        lookup(catalog, request.purpose, normalize(request.locale)) ?? lookup(catalog, request.purpose, defaultKey);
-      if (template === undefined) throw new Error(`renderer: no template for purpose "${request.purpose}"`);
-      const values: PlaceholderValues = {
-        code: request.code,
-        // Rounded down: an email must never promise more time than the code has.
-        minutes: String(Math.max(1, Math.floor(request.ttlMs / 60_000))),
-        product: productName,
-      };
+      const message =
+        lookup(compiled, request.purpose, normalize(request.locale)) ?? lookup(compiled, request.purpose, defaultKey);
+      if (message === undefined) throw new Error(`renderer: no template for purpose "${request.purpose}"`);
+      const { code } = request;
+      // Rounded down: an email must never promise more time than the code has.
+      const minutes = String(Math.max(1, Math.floor(request.ttlMs / 60_000)));
+      const subject = message.subject.fill(code, minutes);
+      const htmlCode = escapeHtml(code);
       return {
-        subject: fillTemplate(template.subject, values).replace(/\s+/g, " ").trim(),
-        text: fillTemplate(template.text, values),
-        html: fillTemplate(template.html, values, escapeHtml),
-        locale: template.locale,
+        subject: /\s\s|[^\S ]|^ | $/.test(subject) ? subject.replace(/\s+/g, " ").trim() : subject,
+        text: message.text.fill(code, minutes),
+        // Minutes are digits: nothing to escape.
+        html: message.html.fill(htmlCode, minutes),
+        locale: message.locale,
       };
     },
+  };
+}
+
+/** A template ready to fill: {{product}} in place, {{code}} and {{minutes}} left to each send. */
+interface CompiledMessage {
+  readonly locale: string;
+  readonly subject: CompiledText;
+  readonly text: CompiledText;
+  readonly html: CompiledText;
+}
+
+function compileMessage(template: MessageTemplate, productName: string): CompiledMessage {
+  return {
+    locale: template.locale,
+    subject: compileTemplate(template.subject, productName),
+    text: compileTemplate(template.text, productName),
+    html: compileTemplate(template.html, escapeHtml(productName)),
   };
 }
 
@@ -92,7 +117,7 @@ function normalize(tag: string): string {
 }
 
 /** Exact tag, then language subtag. */
-function lookup(catalog: TemplateCatalog, purpose: Purpose, key: string): MessageTemplate | undefined {
+function lookup<T>(catalog: ReadonlyMap<Purpose, ReadonlyMap<string, T>>, purpose: Purpose, key: string): T | undefined {
   const byLocale = catalog.get(purpose);
   if (byLocale === undefined || key === "") return undefined;
   return byLocale.get(key) ?? byLocale.get(key.split("-")[0] ?? "");

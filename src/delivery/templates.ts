@@ -14,7 +14,6 @@ import { purposes, type Purpose } from "./record.js";
 
 export const placeholderNames = ["code", "minutes", "product"] as const;
 export type PlaceholderName = (typeof placeholderNames)[number];
-export type PlaceholderValues = Readonly<Record<PlaceholderName, string>>;
 
 /** One purpose's message in one locale. */
 export interface MessageTemplate {
@@ -55,13 +54,49 @@ export function checkTemplateText(source: string, where: string): void {
   if (!hasCode) throw new Error(`${where}: must contain {{code}}, the code the email exists to carry`);
 }
 
-/** Fills placeholders; `escape` is applied to each value (HTML-escaping for HTML). */
-export function fillTemplate(source: string, values: PlaceholderValues, escape: (value: string) => string = (v) => v): string {
-  return source.replace(placeholderPattern, (_all, name: string) => escape(values[name as PlaceholderName]));
+/**
+ * A template text split at its placeholders, {{product}} already filled in:
+ * filling it joins its pieces around a code and a number of minutes, with no
+ * pattern matching per message.
+ */
+export interface CompiledText {
+  /** The text with `code` and `minutes` (already escaped as the text needs) in their places. */
+  fill(code: string, minutes: string): string;
+}
+
+/** Compiles a checked template text; `product` is the value of {{product}}, escaped as the text needs. */
+export function compileTemplate(source: string, product: string): CompiledText {
+  const pieces: string[] = [];
+  const slots: Array<"code" | "minutes"> = [];
+  let literal = "";
+  let from = 0;
+  for (const match of source.matchAll(placeholderPattern)) {
+    literal += source.slice(from, match.index);
+    from = match.index + match[0].length;
+    const name = match[1] ?? "";
+    if (name === "product") {
+      literal += product;
+    } else if (name === "code" || name === "minutes") {
+      pieces.push(literal);
+      slots.push(name);
+      literal = "";
+    } else {
+      throw new Error(`compileTemplate: unknown placeholder {{${name}}}`);
+    }
+  }
+  pieces.push(literal + source.slice(from));
+  return {
+    fill(code: string, minutes: string): string {
+      let out = pieces[0] ?? "";
+      for (let i = 0; i < slots.length; i++) out += (slots[i] === "code" ? code : minutes) + (pieces[i + 1] ?? "");
+      return out;
+    },
+  };
 }
 
 /** Escapes text for HTML element content and double-quoted attribute values. */
 export function escapeHtml(value: string): string {
+  if (!/[&<>"']/.test(value)) return value;
   return value
     .replaceAll("&", "&amp;")
     .replaceAll("<", "&lt;")
@@ -143,20 +178,33 @@ function builtinTemplate(locale: string, common: CommonPhrases, phrases: Phrases
   // Static words are escaped here; placeholder values are escaped when filled in.
   const e = escapeHtml;
   const paragraph = "margin:0 0 16px;font-size:15px;line-height:1.5;";
+  // Lines of at most 76 characters (style attributes broken after a `;` or
+  // `,`, text on its own line, where a line break is white space): an
+  // English message then goes out as 7bit, with no quoted-printable to
+  // encode or decode.
   const html = [
     "<!DOCTYPE html>",
     `<html lang="${e(locale)}">`,
-    '<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
+    '<head><meta charset="utf-8">',
+    '<meta name="viewport" content="width=device-width, initial-scale=1">',
     `<title>${e(phrases.heading)}</title></head>`,
-    '<body style="margin:0;padding:24px;background-color:#f4f5f7;color:#1f2328;' +
-      "font-family:-apple-system,'Segoe UI',Roboto,'Apple SD Gothic Neo','Malgun Gothic',sans-serif;\">",
-    '<div style="max-width:480px;margin:0 auto;padding:32px;background-color:#ffffff;border-radius:8px;">',
-    `<h1 style="margin:0 0 16px;font-size:20px;">${e(phrases.heading)}</h1>`,
-    `<p style="${paragraph}">${e(phrases.intro)}</p>`,
-    '<p style="margin:0 0 16px;font-size:32px;font-weight:bold;letter-spacing:6px;' +
-      `font-family:Menlo,Consolas,'Courier New',monospace;">{{code}}</p>`,
-    `<p style="${paragraph}">${e(common.validity)}</p>`,
-    `<p style="margin:0;font-size:13px;line-height:1.5;color:#57606a;">${e(common.ignore)} ${e(common.share)}</p>`,
+    '<body style="margin:0;padding:24px;background-color:#f4f5f7;color:#1f2328;',
+    "font-family:-apple-system,'Segoe UI',Roboto,",
+    "'Apple SD Gothic Neo','Malgun Gothic',sans-serif;\">",
+    '<div style="max-width:480px;margin:0 auto;padding:32px;',
+    'background-color:#ffffff;border-radius:8px;">',
+    '<h1 style="margin:0 0 16px;font-size:20px;">',
+    `${e(phrases.heading)}</h1>`,
+    `<p style="${paragraph}">`,
+    `${e(phrases.intro)}</p>`,
+    '<p style="margin:0 0 16px;font-size:32px;font-weight:bold;',
+    "letter-spacing:6px;font-family:Menlo,Consolas,",
+    "'Courier New',monospace;\">{{code}}</p>",
+    `<p style="${paragraph}">`,
+    `${e(common.validity)}</p>`,
+    '<p style="margin:0;font-size:13px;line-height:1.5;color:#57606a;">',
+    e(common.ignore),
+    `${e(common.share)}</p>`,
     "</div>",
     "</body>",
     "</html>",

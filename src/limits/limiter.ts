@@ -97,6 +97,19 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   const named = (name: LimitName, subject: string, logId: string, windows: readonly LimitWindow[]): NamedLog[] =>
     windows.length === 0 ? [] : [{ name, subject, log: { id: logId, windows } }];
 
+  // A caller's own log is the same for every one of its sends: made once per
+  // caller (callers are the configured few; the cap only bounds a surprise).
+  const callerLogs = new Map<string, NamedLog | undefined>();
+  const maxCachedCallers = 1024;
+  function callerLog(caller: string): NamedLog | undefined {
+    if (callerLogs.has(caller)) return callerLogs.get(caller);
+    const [log] = named("caller", `caller:${caller}`, `c:${id("caller", caller)}`, limits.caller);
+    if (callerLogs.size < maxCachedCallers) callerLogs.set(caller, log);
+    return log;
+  }
+  const [globalLog] = named("global", "global", "g", limits.global);
+  const cooldown: LimitWindow[] = limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : [];
+
   /** Fails with RESOURCE_EXHAUSTED naming the full window that frees up last. */
   function refuse(logs: readonly NamedLog[], full: readonly FullWindow[], now: number, caller: string): never {
     const violations = full.map((f) => {
@@ -138,14 +151,24 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
     async admit(ctx: CallContext, request) {
       const { recipientKey, purpose, now } = request;
       const ip = endUserIpSubject(request.endUserIp);
-      const cooldown: LimitWindow[] = limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : [];
-      const logs = [
-        ...named("recipient", "recipient", `r:${id("recipient", recipientKey)}`, limits.recipient),
-        ...named("resend_cooldown", "recipient+purpose", `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
-        ...named("end_user_ip", "end_user_ip", `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
-        ...named("caller", `caller:${ctx.caller}`, `c:${id("caller", ctx.caller)}`, limits.caller),
-        ...named("global", "global", "g", limits.global),
-      ];
+      // In this order: recipient, resend_cooldown, end_user_ip, caller, global.
+      const logs: NamedLog[] = [];
+      if (limits.recipient.length > 0) {
+        logs.push({ name: "recipient", subject: "recipient", log: { id: `r:${id("recipient", recipientKey)}`, windows: limits.recipient } });
+      }
+      if (cooldown.length > 0) {
+        logs.push({
+          name: "resend_cooldown",
+          subject: "recipient+purpose",
+          log: { id: `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, windows: cooldown },
+        });
+      }
+      if (ip !== "" && limits.endUserIp.length > 0) {
+        logs.push({ name: "end_user_ip", subject: "end_user_ip", log: { id: `ip:${id("ip", ip)}`, windows: limits.endUserIp } });
+      }
+      const caller = callerLog(ctx.caller);
+      if (caller !== undefined) logs.push(caller);
+      if (globalLog !== undefined) logs.push(globalLog);
       const { recipientHash } = request;
       if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
       const outcome = await store.consumeLimits(

@@ -89,6 +89,36 @@ describe("smtp transport against a real SMTP server", () => {
     expect(received?.parsed.messageId).toBe("<m-1@acme.test>");
   });
 
+  it("hands the pool exactly the message built in one pass: its bytes, a lower-cased envelope domain, VERP and DSN", async () => {
+    const sink = await startSink({ dsn: true });
+    const transport = transportFor(sink.url);
+    const verp = "bounce+01jabc@Bounces.Acme.test";
+    const acceptance = await transport.send(
+      mail({
+        to: "Jane.Doe@Example.COM",
+        text: "Your code is 123456\n.a line that starts with a dot\n",
+        envelope: { from: verp, to: "Jane.Doe@Example.COM" },
+        dsn: { envelopeId: "01jabc", notify: ["FAILURE", "DELAY"], ret: "HDRS" },
+      }),
+    );
+    const [received] = await sink.waitForMessages(1);
+    expect(acceptance.dsnRequested).toBe(true);
+    expect(received?.envelope).toMatchObject({
+      mailFrom: "bounce+01jabc@bounces.acme.test",
+      rcptTo: ["Jane.Doe@example.com"],
+      mailFromArgs: { RET: "HDRS", ENVID: "01jabc" },
+    });
+    expect(received?.envelope.rcptArgs[0]).toMatchObject({ NOTIFY: "FAILURE,DELAY" });
+    const raw = received?.raw.toString("latin1") ?? "";
+    // Dot-stuffing undone by the relay, CRLF throughout, the message ends in one CRLF.
+    expect(raw).toMatch(/^Content-Type: multipart\/alternative;\r\n boundary="--_OtpEmail-[0-9a-f]{24}"\r\n/);
+    expect(raw).toContain("\r\nTo: Jane.Doe@example.com\r\n");
+    expect(raw).toContain("\r\n\r\nYour code is 123456\r\n.a line that starts with a dot\r\n\r\n--");
+    expect(raw.replace(/\r\n/g, "")).not.toMatch(/[\r\n]/);
+    expect(raw).toMatch(/--\r\n$/);
+    expect(received?.parsed.text).toBe("Your code is 123456\n.a line that starts with a dot\n");
+  });
+
   it("reuses pooled connections for consecutive messages", async () => {
     const sink = await startSink();
     const transport = transportFor(sink.url, { maxConnections: 1 });

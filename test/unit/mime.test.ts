@@ -7,7 +7,7 @@ import { simpleParser, type ParsedMail } from "mailparser";
 import MailComposer from "nodemailer/lib/mail-composer";
 import { describe, expect, it } from "vitest";
 import { buildOtpMail } from "../../src/delivery/message.js";
-import { composeOtpMime } from "../../src/delivery/mime.js";
+import { bodyPart, composeOtpMime, quotedPrintable } from "../../src/delivery/mime.js";
 import { createRenderer } from "../../src/delivery/render.js";
 import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
 
@@ -89,10 +89,131 @@ describe("composeOtpMime", () => {
     expect(korean.parsed.text?.trim()).toBe("인증 코드를 입력하세요");
   });
 
+  it("sends the built-in English templates as 7bit, both parts", async () => {
+    for (const purpose of ["login", "signup", "password_reset"] as const) {
+      const rendered = renderer.render({ purpose, locale: "en", code: "48291307", ttlMs: 600_000 });
+      const mail = buildOtpMail({ rendered, to: "ana@example.com", fromName: "Acme", fromAddress: "no-reply@acme.test", messageId: "01jabc1" });
+      const { raw, parsed } = await ours(mail);
+      expect(raw.match(/Content-Transfer-Encoding: 7bit/g)).toHaveLength(2);
+      expect(parsed.html).toBe(rendered.html);
+      expect(parsed.html).toContain(">48291307</p>");
+    }
+  });
+
   it("leaves to nodemailer what is not plain ASCII: a non-ASCII display name or address", () => {
     expect(composeOtpMime(mailFor("en", { from: '"Acmé" <no-reply@acme.test>' }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { to: "ana@bücher.example" }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { to: "añа@example.com" }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { headers: { "Content-Language": "ko\r\nBcc: x@y" } }), date, "x")).toBeUndefined();
   });
+
+  it("keeps a text with CRLF, LF and CR line breaks readable back to the same text", async () => {
+    const text = "line one\r\nline two\nline three\r\n\r\nend";
+    const { raw, parsed } = await ours(mailFor("en", { text, html: "<p>482913</p>" }));
+    expect(raw).toMatch(/Content-Transfer-Encoding: 7bit\r\n\r\nline one\r\nline two\r\nline three\r\n\r\nend\r\n--/);
+    expect(parsed.text).toBe("line one\nline two\nline three\n\nend");
+    // A lone CR is data, not a line break: never 7bit, and it survives the trip.
+    const lone = await ours(mailFor("en", { text: "a\rb\nc", html: "<p>482913</p>" }));
+    expect(lone.raw).toMatch(/Content-Transfer-Encoding: quoted-printable\r\n\r\na=0Db\r\nc\r\n--/);
+    expect(lone.parsed.text).toBe("a\rb\nc");
+  });
 });
+
+/** Decodes quoted-printable the way RFC 2045 reads it (soft breaks joined, =XX as bytes). */
+function decodeQp(encoded: string): string {
+  const joined = encoded.replace(/=\r\n/g, "");
+  expect(joined).not.toMatch(/=(?![0-9A-F]{2})/);
+  return Buffer.from(
+    joined.replace(/=([0-9A-F]{2})/g, (_all, hex: string) => String.fromCharCode(Number.parseInt(hex, 16))),
+    "latin1",
+  ).toString("utf8");
+}
+
+describe("quotedPrintable", () => {
+  const qp = (text: string): string => quotedPrintable(Buffer.from(text, "utf8")).toString("latin1");
+
+  it("escapes = and what is not printable ASCII, and keeps the rest as is", () => {
+    expect(qp("a=b")).toBe("a=3Db");
+    expect(qp("tab\there")).toBe("tab\there");
+    expect(qp("é")).toBe("=C3=A9");
+    expect(qp("nul\0")).toBe("nul=00");
+    expect(qp("~!")).toBe("~!");
+    expect(qp("\x7f")).toBe("=7F");
+  });
+
+  it("escapes a space or tab before a line break and at the end, not elsewhere", () => {
+    expect(qp("a b ")).toBe("a b=20");
+    expect(qp("a \r\nb\t\nc\t")).toBe("a=20\r\nb=09\r\nc=09");
+    expect(qp("a \rb")).toBe("a =0Db");
+  });
+
+  it("writes lines of at most 76 characters and breaks after a space when one is near", () => {
+    const words = "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(12);
+    const encoded = qp(words);
+    const lines = encoded.split("\r\n");
+    expect(lines.length).toBeGreaterThan(5);
+    for (const line of lines.slice(0, -1)) {
+      expect(line.length).toBeLessThanOrEqual(76);
+      expect(line.endsWith(" =")).toBe(true);
+    }
+    expect(decodeQp(encoded)).toBe(words);
+  });
+
+  it("never splits an =XX escape or a UTF-8 character across lines", () => {
+    for (const text of ["=".repeat(200), "x".repeat(73) + "é".repeat(40), `${"y".repeat(70)}😀${"한".repeat(30)}`, "€".repeat(60)]) {
+      const encoded = qp(text);
+      for (const line of encoded.split("\r\n")) {
+        expect(line.length).toBeLessThanOrEqual(76);
+        // Every line decodes on its own to whole characters.
+        expect(decodeQp(line.replace(/=$/, ""))).not.toContain("\ufffd");
+      }
+      expect(decodeQp(encoded)).toBe(text);
+    }
+  });
+
+  it("round-trips random text of spaces, tabs, =, line breaks and 1- to 4-byte characters", () => {
+    const alphabet = ["a", "b", " ", " ", "\t", "=", ".", "\n", "\r\n", "é", "€", "한", "😀"];
+    let seed = 12345;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (let round = 0; round < 300; round++) {
+      let text = "";
+      const length = next(400);
+      for (let i = 0; i < length; i++) text += alphabet[next(alphabet.length)];
+      const encoded = qp(text);
+      expect(encoded).toMatch(/^[\x21-\x7e \t\r\n]*$/);
+      for (const line of encoded.split("\r\n")) {
+        expect(line.length).toBeLessThanOrEqual(76);
+        expect(line).not.toMatch(/[ \t]$/);
+      }
+      expect(decodeQp(encoded)).toBe(text.replace(/\r?\n/g, "\r\n"));
+    }
+  });
+
+  it("round-trips awkward text through mailparser", async () => {
+    const text = `=start ${"long ".repeat(40)}\ttrailing \nsecond line with é and = and 3D \r\n.dot line\n\nend `;
+    const { raw, parsed } = await ours(mailFor("en", { text, html: "<p>482913</p>" }));
+    expect(raw).toMatch(/text\/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable/);
+    expect(raw.split("\r\n").every((line) => line.length <= 78)).toBe(true);
+    expect(parsed.text).toBe(text.replace(/\r\n/g, "\n"));
+  });
+});
+
+describe("bodyPart", () => {
+  it("chooses 7bit up to 76 characters a line and quoted-printable from 77", () => {
+    expect(bodyPart("text/plain", "x".repeat(76)).head).toContain("7bit");
+    expect(bodyPart("text/plain", "x".repeat(77)).head).toContain("quoted-printable");
+  });
+
+  it("writes base64 in lines of 76 characters, CRLF line breaks encoded", () => {
+    const text = "인증 코드를 입력하세요\n".repeat(10);
+    const { head, body } = bodyPart("text/plain", text);
+    expect(head).toContain("Content-Transfer-Encoding: base64");
+    const lines = body.toString("latin1").split("\r\n");
+    expect(lines.slice(0, -1).every((line) => line.length === 76)).toBe(true);
+    expect(Buffer.from(lines.join(""), "base64").toString("utf8")).toBe(text.replace(/\n/g, "\r\n"));
+  });
+});
+
