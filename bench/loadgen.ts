@@ -24,6 +24,7 @@ import {
 } from "../gen/otp/v1/otp_email_pb.js";
 import { buildOtpMail } from "../src/delivery/message.js";
 import { createRenderer } from "../src/delivery/render.js";
+import { pooledMessage, poolTransportOf, sendThroughPool } from "../src/delivery/pool-send.js";
 import { nodemailerMessage } from "../src/delivery/smtp-transport.js";
 import { createRandomPool } from "../src/random-pool.js";
 import { generateCode, newMessageId } from "../src/otp/code.js";
@@ -273,6 +274,10 @@ async function runSmtp(job: SmtpJob): Promise<RunResult> {
   const renderer = createRenderer({ defaultLocale: "en", productName: benchSender.name });
   const runId = randomBytes(4).toString("hex");
   const random = createRandomPool();
+  // The service's own path: the finished message straight to nodemailer's
+  // transport (pooled or not, both take it), sendMail only as its fallback.
+  const direct = poolTransportOf(transporter);
+  const signal = new AbortController().signal;
   try {
     const result = await drive(job, [], async (index) => {
       const rendered = renderer.render({ purpose: "login", locale: "en", code: generateCode(6), ttlMs: 600_000 });
@@ -284,8 +289,10 @@ async function runSmtp(job: SmtpJob): Promise<RunResult> {
         messageId: newMessageId(Date.now(), random),
       });
       try {
-        // Exactly what the service hands nodemailer for this mail.
-        await transporter.sendMail(nodemailerMessage(mail, random));
+        // Exactly what the service hands nodemailer for this mail, the same way.
+        const pooled = direct === undefined ? undefined : pooledMessage(mail, random);
+        if (direct !== undefined && pooled !== undefined) await sendThroughPool(direct, pooled, signal);
+        else await transporter.sendMail(nodemailerMessage(mail, random));
         return { ok: true };
       } catch (error) {
         const code = (error as { code?: unknown }).code;
