@@ -219,7 +219,12 @@ function wrapUnary(
   ) => {
     const { signal, release } = abortSignalOf(call);
     const respond = async (): Promise<MessageShape<DescMessage>> => {
-      const response = await impl(decodedOrThrow(call.request), { call, signal });
+      const response = await impl(decodedOrThrow(call.request), {
+        call,
+        get signal() {
+          return signal();
+        },
+      });
       return create(method.output, response);
     };
     // The callback runs outside the try: if it threw, we must not call it twice.
@@ -248,7 +253,13 @@ function wrapServerStreaming(
       if (!call.cancelled) call.write(create(method.output, message));
     };
     const stream = async (): Promise<void> => {
-      await impl(decodedOrThrow(call.request), { call, signal, send });
+      await impl(decodedOrThrow(call.request), {
+        call,
+        get signal() {
+          return signal();
+        },
+        send,
+      });
     };
     stream().then(
       () => {
@@ -297,20 +308,38 @@ function decodedOrThrow<I extends DescMessage>(request: Incoming<I>): MessageSha
 }
 
 /**
- * One AbortSignal per call, aborted by grpc-js's 'cancelled' event while the
- * handler runs. grpc-js also emits 'cancelled' after every call it has
- * answered, so `release` (called once the handler settled) stops listening:
- * otherwise every finished call pays for an abort and its DOMException.
+ * The call's AbortSignal, aborted by grpc-js's 'cancelled' event while the
+ * handler runs, and made only when the handler first reads it: the OTP
+ * handlers never do (each Redis command has its own timeout), and an
+ * AbortController with its listener was ~1 KB and a few microseconds of every
+ * VerifyOtp and GetDeliveryStatus. grpc-js also emits 'cancelled' after every
+ * call it has answered, so `release` (called once the handler settled) stops
+ * listening: otherwise every finished call pays for an abort and its
+ * DOMException.
  */
-function abortSignalOf(call: ServerCall): { readonly signal: AbortSignal; readonly release: () => void } {
-  const controller = new AbortController();
-  if (call.cancelled) {
-    controller.abort();
-    return { signal: controller.signal, release: () => undefined };
-  }
-  const onCancelled = (): void => controller.abort();
-  call.once("cancelled", onCancelled);
-  return { signal: controller.signal, release: () => call.off("cancelled", onCancelled) };
+function abortSignalOf(call: ServerCall): { readonly signal: () => AbortSignal; readonly release: () => void } {
+  let controller: AbortController | undefined;
+  let onCancelled: (() => void) | undefined;
+  let released = false;
+  return {
+    signal() {
+      if (controller === undefined) {
+        const made = new AbortController();
+        controller = made;
+        if (call.cancelled) {
+          made.abort();
+        } else if (!released) {
+          onCancelled = () => made.abort();
+          call.once("cancelled", onCancelled);
+        }
+      }
+      return controller.signal;
+    },
+    release() {
+      released = true;
+      if (onCancelled !== undefined) call.off("cancelled", onCancelled);
+    },
+  };
 }
 
 /** A Buffer view over the bytes: grpc-js wants a Buffer, and a copy would be waste. */
