@@ -94,8 +94,9 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   const id = (label: string, ...parts: string[]): string =>
     createHmac("sha256", key).update(`limit-${label}\0${parts.join("\0")}`).digest("hex").slice(0, 32);
 
-  const named = (name: LimitName, subject: string, logId: string, windows: readonly LimitWindow[]): NamedLog[] =>
-    windows.length === 0 ? [] : [{ name, subject, log: { id: logId, windows } }];
+  // The log's id (an HMAC) is computed only for a limit that is on.
+  const named = (name: LimitName, subject: string, logId: () => string, windows: readonly LimitWindow[]): NamedLog[] =>
+    windows.length === 0 ? [] : [{ name, subject, log: { id: logId(), windows } }];
 
   // A caller's own log is the same for every one of its sends: made once per
   // caller (callers are the configured few; the cap only bounds a surprise).
@@ -103,11 +104,11 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   const maxCachedCallers = 1024;
   function callerLog(caller: string): NamedLog | undefined {
     if (callerLogs.has(caller)) return callerLogs.get(caller);
-    const [log] = named("caller", `caller:${caller}`, `c:${id("caller", caller)}`, limits.caller);
+    const [log] = named("caller", `caller:${caller}`, () => `c:${id("caller", caller)}`, limits.caller);
     if (callerLogs.size < maxCachedCallers) callerLogs.set(caller, log);
     return log;
   }
-  const [globalLog] = named("global", "global", "g", limits.global);
+  const [globalLog] = named("global", "global", () => "g", limits.global);
   const cooldown: LimitWindow[] = limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : [];
 
   /** Fails with RESOURCE_EXHAUSTED naming the full window that frees up last. */
@@ -151,24 +152,14 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
     async admit(ctx: CallContext, request) {
       const { recipientKey, purpose, now } = request;
       const ip = endUserIpSubject(request.endUserIp);
-      // In this order: recipient, resend_cooldown, end_user_ip, caller, global.
-      const logs: NamedLog[] = [];
-      if (limits.recipient.length > 0) {
-        logs.push({ name: "recipient", subject: "recipient", log: { id: `r:${id("recipient", recipientKey)}`, windows: limits.recipient } });
-      }
-      if (cooldown.length > 0) {
-        logs.push({
-          name: "resend_cooldown",
-          subject: "recipient+purpose",
-          log: { id: `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, windows: cooldown },
-        });
-      }
-      if (ip !== "" && limits.endUserIp.length > 0) {
-        logs.push({ name: "end_user_ip", subject: "end_user_ip", log: { id: `ip:${id("ip", ip)}`, windows: limits.endUserIp } });
-      }
       const caller = callerLog(ctx.caller);
-      if (caller !== undefined) logs.push(caller);
-      if (globalLog !== undefined) logs.push(globalLog);
+      const logs = [
+        ...named("recipient", "recipient", () => `r:${id("recipient", recipientKey)}`, limits.recipient),
+        ...named("resend_cooldown", "recipient+purpose", () => `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
+        ...named("end_user_ip", "end_user_ip", () => `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
+        ...(caller === undefined ? [] : [caller]),
+        ...(globalLog === undefined ? [] : [globalLog]),
+      ];
       const { recipientHash } = request;
       if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
       const outcome = await store.consumeLimits(
@@ -188,7 +179,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
 
     failureCap(ctx: CallContext, request): VerifyFailureCap | undefined {
       const { recipientKey, now } = request;
-      const logs = named("verify_failures", "recipient", `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
+      const logs = named("verify_failures", "recipient", () => `vf:${id("verify", ctx.caller, recipientKey)}`, limits.verifyFailures);
       const [only] = logs;
       if (only === undefined) return undefined;
       return {
