@@ -5,11 +5,10 @@
  * to the sink. Fixed concurrency, a warm-up, then a measured period; every run
  * is bounded in count and in time.
  */
-import { randomBytes, randomInt } from "node:crypto";
+import { randomInt } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create, toBinary, type DescMessage } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { createTransport, type Transporter } from "nodemailer";
 import {
   DeliveryState,
   GetDeliveryStatusRequestSchema,
@@ -22,14 +21,9 @@ import {
   type SendOtpResponse,
   type VerifyOtpResponse,
 } from "../gen/otp/v1/otp_email_pb.js";
-import { buildOtpMail } from "../src/delivery/message.js";
-import { createRenderer } from "../src/delivery/render.js";
-import { pooledMessage, poolTransportOf, sendThroughPool } from "../src/delivery/pool-send.js";
-import { nodemailerMessage } from "../src/delivery/smtp-transport.js";
-import { createRandomPool } from "../src/random-pool.js";
-import { generateCode, newMessageId } from "../src/otp/code.js";
 import { serviceDefinition } from "../src/rpc/service-adapter.js";
 import { onParentCommand, sendToParent } from "./ipc.js";
+import { benchRecipient, createBenchSmtpSender, newSenderRunId } from "./smtp-sender.js";
 import type {
   GrpcJob,
   Job,
@@ -49,14 +43,6 @@ type Outcome =
   | { readonly ok: false; readonly code: string; readonly message: string };
 
 const emit = (event: LoadgenEvent): void => sendToParent(event);
-
-/** The sender the bench uses everywhere: its domain names the Message-ID. */
-const benchSender = { name: "Bench", address: "no-reply@bench.example" } as const;
-
-/** A fresh, valid recipient per request: per-recipient limits never reject the bench. */
-function benchRecipient(runId: string, index: number): string {
-  return `r${index}.${runId}@bench.example`;
-}
 
 /**
  * Runs `issue` over indexes 0.. with `concurrency` workers: `warmup`
@@ -255,53 +241,13 @@ async function runGrpc(job: GrpcJob): Promise<RunResult> {
 // SMTP
 
 async function runSmtp(job: SmtpJob): Promise<RunResult> {
-  const common = {
-    host: job.host,
-    port: job.port,
-    secure: false,
-    // Like the service: STARTTLS required and verified when the sink offers it.
-    ...(job.tlsCa === undefined ? { ignoreTLS: true } : { requireTLS: true, tls: { ca: [job.tlsCa], minVersion: "TLSv1.2" as const } }),
-    logger: false,
-    debug: false,
-    disableFileAccess: true,
-    disableUrlAccess: true,
-  } as const;
-  // Pooled: what the service does. Not pooled: a new SMTP connection per message, what the classic wrapper did.
-  const transporter: Transporter = job.pooled
-    ? createTransport({ ...common, pool: true, maxConnections: job.poolSize, maxMessages: job.maxMessagesPerConnection })
-    : createTransport({ ...common });
-  // The same work per message as the service, minus gRPC and Redis: render, build, send.
-  const renderer = createRenderer({ defaultLocale: "en", productName: benchSender.name });
-  const runId = randomBytes(4).toString("hex");
-  const random = createRandomPool();
-  // The service's own path: the finished message straight to nodemailer's
-  // transport (pooled or not, both take it), sendMail only as its fallback.
-  const direct = poolTransportOf(transporter);
-  const signal = new AbortController().signal;
+  const sender = createBenchSmtpSender(job);
+  const runId = newSenderRunId();
   try {
-    const result = await drive(job, [], async (index) => {
-      const rendered = renderer.render({ purpose: "login", locale: "en", code: generateCode(6), ttlMs: 600_000 });
-      const mail = buildOtpMail({
-        rendered,
-        to: benchRecipient(runId, index),
-        fromName: benchSender.name,
-        fromAddress: benchSender.address,
-        messageId: newMessageId(Date.now(), random),
-      });
-      try {
-        // Exactly what the service hands nodemailer for this mail, the same way.
-        const pooled = direct === undefined ? undefined : pooledMessage(mail, random);
-        if (direct !== undefined && pooled !== undefined) await sendThroughPool(direct, pooled, signal);
-        else await transporter.sendMail(nodemailerMessage(mail, random));
-        return { ok: true };
-      } catch (error) {
-        const code = (error as { code?: unknown }).code;
-        return { ok: false, code: typeof code === "string" ? code : "ERROR", message: (error as Error).message };
-      }
-    });
+    const result = await drive(job, [], (index) => sender.send(benchRecipient(runId, index)));
     return { ...result, messageIds: [], verifyItems: [], sampleResponse: undefined };
   } finally {
-    transporter.close();
+    sender.close();
   }
 }
 

@@ -35,6 +35,7 @@ import type {
   RunResult,
   SinkCommand,
   SinkEvent,
+  SmtpTarget,
 } from "./protocol.js";
 
 /** dist/bench: the compiled benchmark (it only ever runs compiled). */
@@ -195,10 +196,10 @@ export interface EchoServer {
 }
 
 /** Starts the bare grpc-js server answering each method with `responses[method]` (base64 protobuf). */
-export async function startEchoServer(responses: Partial<Record<RpcMethod, string>>): Promise<EchoServer> {
+export async function startEchoServer(responses: Partial<Record<RpcMethod, string>>, smtp?: SmtpTarget): Promise<EchoServer> {
   const child = forkBenchChild("echo-server");
   const listening = waitForEvent<ListeningEvent, "listening">(child, "listening", 15_000);
-  sendCommand<EchoCommand>(child, { type: "start", responses });
+  sendCommand<EchoCommand>(child, { type: "start", responses, ...(smtp === undefined ? {} : { smtp }) });
   const { port } = await listening;
   return {
     pid: child.pid,

@@ -52,9 +52,8 @@ export interface GrpcJob extends LoadBounds {
   readonly collect: boolean;
 }
 
-/** SMTP load straight at the sink: the ceiling (pooled) or the naive design (a connection per message). */
-export interface SmtpJob extends LoadBounds {
-  readonly kind: "smtp";
+/** Where and how the bench's own sender sends: pooled (the ceiling) or a connection per message (naive). */
+export interface SmtpTarget {
   readonly host: string;
   readonly port: number;
   readonly pooled: boolean;
@@ -62,6 +61,11 @@ export interface SmtpJob extends LoadBounds {
   readonly maxMessagesPerConnection: number;
   /** The sink's certificate: STARTTLS is required and verified against it. Undefined: plaintext. */
   readonly tlsCa: string | undefined;
+}
+
+/** SMTP load straight at the sink: the ceiling (pooled) or the naive design (a connection per message). */
+export interface SmtpJob extends LoadBounds, SmtpTarget {
+  readonly kind: "smtp";
 }
 
 export type Job = GrpcJob | SmtpJob;
@@ -120,9 +124,12 @@ export type SinkEvent =
   | { readonly type: "delay-set"; readonly ms: number }
   | { readonly type: "count"; readonly accepted: number; readonly signed: number; readonly connections: number };
 
-/** Parent -> echo server: the canned responses, protobuf binary in base64, by method. */
+/**
+ * Parent -> echo server: the canned responses, protobuf binary in base64, by
+ * method; with `smtp`, SendOtp first sends the message there (the gRPC floor).
+ */
 export type EchoCommand =
-  | { readonly type: "start"; readonly responses: Readonly<Partial<Record<RpcMethod, string>>> }
+  | { readonly type: "start"; readonly responses: Readonly<Partial<Record<RpcMethod, string>>>; readonly smtp?: SmtpTarget }
   | { readonly type: "exit" };
 
 /** Echo server or OTLP receiver -> parent. */

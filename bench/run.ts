@@ -41,7 +41,7 @@ import {
 import { freePort } from "../test/support/ports.js";
 import { makeSelfSigned } from "../test/support/self-signed.js";
 import { formatProfile, summarizeProfile } from "./profile-summary.js";
-import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, VerifyItem } from "./protocol.js";
+import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, SmtpTarget, VerifyItem } from "./protocol.js";
 import {
   evaluateTargets,
   formatCpuBreakdown,
@@ -174,17 +174,20 @@ function grpcJob(
   };
 }
 
-function smtpJob(bench: Bench, pooled: boolean, bounds: LoadBounds): SmtpJob {
+/** The sink, as the bench's own sender reaches it (the service's pool size; nodemailer's 100 messages per connection). */
+function smtpTarget(bench: Bench, pooled: boolean): SmtpTarget {
   return {
-    kind: "smtp",
     host: "127.0.0.1",
     port: bench.sink.port,
     pooled,
     poolSize: bench.options.poolSize,
     maxMessagesPerConnection: 100,
     tlsCa: bench.sink.tlsCa,
-    ...bounds,
   };
+}
+
+function smtpJob(bench: Bench, pooled: boolean, bounds: LoadBounds): SmtpJob {
+  return { kind: "smtp", ...smtpTarget(bench, pooled), ...bounds };
 }
 
 interface ScenarioSpec {
@@ -508,13 +511,15 @@ async function serviceGroup(bench: Bench, seeds: Seeds): Promise<void> {
   await withService(bench, "baseline", bench.env, async (service) => {
     const watch = { pid: service.pid, role: "service" } as const;
     for (const concurrency of [1, 16, 64]) {
-      await scenario(bench, {
+      const sent = await scenario(bench, {
         id: `sendotp-c${concurrency}`,
         title: "SendOtp end to end",
         job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(concurrency)),
         watch,
       });
+      if (sent?.sampleResponse !== undefined) seeds.samples.SendOtp ??= sent.sampleResponse;
     }
+    await floorRuns(bench, seeds);
 
     const pairs = bench.options.groups.has("echo") ? echoPairs : 1;
     const runItems = verifyBounds.warmup + verifyBounds.count;
@@ -592,6 +597,35 @@ async function serviceGroup(bench: Bench, seeds: Seeds): Promise<void> {
       watch: { pid: service.pid, role: "service" },
     });
   });
+}
+
+/**
+ * The gRPC floor: a bare grpc-js server (the echo server) whose SendOtp sends
+ * the message the way the SMTP ceiling does and answers with the service's own
+ * response. The same load generator and sink; no Redis, no limits, no records,
+ * no logs. What the ceiling's sender costs plus the gRPC call around it: the
+ * most any gRPC service that sends each message before answering could reach
+ * on this machine, and so how much of the ceiling is within reach at all.
+ */
+async function floorRuns(bench: Bench, seeds: Seeds): Promise<void> {
+  if (seeds.samples.SendOtp === undefined) {
+    for (const concurrency of [16, 64]) notRun(bench, `grpc-floor-c${concurrency}`, "gRPC floor", concurrency, "no SendOtp response to answer with");
+    return;
+  }
+  progress("  the gRPC floor: a bare grpc-js server whose SendOtp only sends the message as the SMTP ceiling does");
+  const floor = await startEchoServer({ SendOtp: seeds.samples.SendOtp }, smtpTarget(bench, true));
+  try {
+    for (const concurrency of [16, 64]) {
+      await scenario(bench, {
+        id: `grpc-floor-c${concurrency}`,
+        title: "gRPC floor: bare grpc-js server + the ceiling's send",
+        job: grpcJob(bench, floor.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(concurrency)),
+        watch: { pid: floor.pid, role: "floor" },
+      });
+    }
+  } finally {
+    await floor.close();
+  }
 }
 
 function verifyRunBounds(items: readonly VerifyItem[]): LoadBounds {
