@@ -428,12 +428,14 @@ async function whileScraping<T>(port: number, intervalMs: number, work: () => Pr
 
 async function smokeRun(bench: Bench): Promise<void> {
   await withService(bench, "smoke", bench.env, async (service) => {
-    await scenario(bench, {
+    const sent = await scenario(bench, {
       id: "sendotp-c4",
       title: "SendOtp end to end",
       job: grpcJob(bench, service.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, runBounds("smoke", 4)),
       watch: { pid: service.pid, role: "service" },
     });
+    // The gRPC floor too: its echo server sends mail only in this scenario.
+    await floorRuns(bench, sent?.sampleResponse, [4]);
     const send = (): RequestPlan => ({ kind: "send", runId: newRunId(), withCodes: false });
     await countRoundTrips(bench, service, "SendOtp", [send(), send()], 10);
   });
@@ -519,7 +521,7 @@ async function serviceGroup(bench: Bench, seeds: Seeds): Promise<void> {
       });
       if (sent?.sampleResponse !== undefined) seeds.samples.SendOtp ??= sent.sampleResponse;
     }
-    await floorRuns(bench, seeds);
+    await floorRuns(bench, seeds.samples.SendOtp, [16, 64]);
 
     const pairs = bench.options.groups.has("echo") ? echoPairs : 1;
     const runItems = verifyBounds.warmup + verifyBounds.count;
@@ -607,19 +609,19 @@ async function serviceGroup(bench: Bench, seeds: Seeds): Promise<void> {
  * most any gRPC service that sends each message before answering could reach
  * on this machine, and so how much of the ceiling is within reach at all.
  */
-async function floorRuns(bench: Bench, seeds: Seeds): Promise<void> {
-  if (seeds.samples.SendOtp === undefined) {
-    for (const concurrency of [16, 64]) notRun(bench, `grpc-floor-c${concurrency}`, "gRPC floor", concurrency, "no SendOtp response to answer with");
+async function floorRuns(bench: Bench, response: string | undefined, concurrencies: readonly number[]): Promise<void> {
+  if (response === undefined) {
+    for (const concurrency of concurrencies) notRun(bench, `grpc-floor-c${concurrency}`, "gRPC floor", concurrency, "no SendOtp response to answer with");
     return;
   }
   progress("  the gRPC floor: a bare grpc-js server whose SendOtp only sends the message as the SMTP ceiling does");
-  const floor = await startEchoServer({ SendOtp: seeds.samples.SendOtp }, smtpTarget(bench, true));
+  const floor = await startEchoServer({ SendOtp: response }, smtpTarget(bench, true));
   try {
-    for (const concurrency of [16, 64]) {
+    for (const concurrency of concurrencies) {
       await scenario(bench, {
         id: `grpc-floor-c${concurrency}`,
         title: "gRPC floor: bare grpc-js server + the ceiling's send",
-        job: grpcJob(bench, floor.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, bounds(concurrency)),
+        job: grpcJob(bench, floor.address, "SendOtp", { kind: "send", runId: newRunId(), withCodes: false }, runBounds(bench.options.profile, concurrency)),
         watch: { pid: floor.pid, role: "floor" },
       });
     }

@@ -51,6 +51,14 @@ describe("npm run bench -- --smoke", () => {
     expect(row?.usage?.role).toBe("service");
     expect(row?.usage?.peakRssMb).toBeGreaterThan(0);
 
+    // The gRPC floor: the bare grpc-js server sent every message itself, as the SMTP ceiling does.
+    const floor = report.scenarios.find((scenario) => scenario.id === "grpc-floor-c4");
+    expect(floor?.status).toBe("ok");
+    expect(floor?.run?.ok).toBe(40);
+    expect(floor?.run?.errors).toEqual({});
+    expect(floor?.sink?.messages).toBe(45);
+    expect(floor?.usage?.role).toBe("floor");
+
     const sends = report.roundTrips.find((entry) => entry.method === "SendOtp");
     expect(sends?.calls).toBe(10);
     // At least the record and the code; the exact count is the benchmark's to report.
