@@ -50,6 +50,7 @@ import type {
   IdempotencyClaim,
   LimitLog,
   LimitOutcome,
+  LimitWindow,
   OtpStore,
 } from "./types.js";
 import { maxDeliveryReports } from "./types.js";
@@ -246,8 +247,11 @@ return 0
 
 /**
  * KEYS: the suppression key when ARGV[3] is '1', then the limit logs. ARGV:
- * now, entry, 1 or 0, then per log: number of windows, then max and
- * windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
+ * now, entry, 1 or 0, then the windows of every log in one string of
+ * space-separated whole numbers: per log the number of windows, then max and
+ * windowMs of each (one argument rather than two or three per window: every
+ * argument costs ioredis a few strings per send to write it). All-or-nothing
+ * (see OtpStore.consumeLimits).
  * Returns {1, nextAt1, nextAt2, ...}, {0, log, window, retryAt, ...} with
  * 1-based log and window indices, or {2, suppression JSON} (nothing checked
  * or consumed).
@@ -265,14 +269,16 @@ if ARGV[3] == '1' then
     if ok and type(value) == 'table' and type(value.messageId) == 'string' then return {2, suppressed} end
   end
 end
+local spec = {}
+for number in string.gmatch(ARGV[4], '%d+') do spec[#spec + 1] = tonumber(number) end
 local logs = {}
 local full = {0}
-local pos = 4
+local pos = 1
 for i = first, #KEYS do
   local windows = {}
   local longest = 0
-  for j = 1, tonumber(ARGV[pos]) do
-    local max, window = tonumber(ARGV[pos + 2 * j - 1]), tonumber(ARGV[pos + 2 * j])
+  for j = 1, spec[pos] do
+    local max, window = spec[pos + 2 * j - 1], spec[pos + 2 * j]
     windows[j] = {max, window}
     if window > longest then longest = window end
   end
@@ -374,7 +380,10 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       // Only the very first connection attempt is waited for (at most one
       // command timeout), so calls made right after start-up do not fail for
       // a handshake still in flight. Later outages fail fast: nothing queues.
-      await readiness.firstAttempt(commandTimeoutMs);
+      const firstAttempt = readiness.firstAttempt(commandTimeoutMs);
+      // Awaited only while there is something to wait for: an await of a
+      // settled promise still costs every operation a promise and a tick.
+      if (firstAttempt !== undefined) await firstAttempt;
       const result = await body();
       readiness.noteSuccess();
       return result;
@@ -586,15 +595,17 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
 
   return {
     isReady: () => ready,
-    /** Resolves when the first connection attempt succeeded or failed, or after `timeoutMs`. */
-    async firstAttempt(timeoutMs: number): Promise<void> {
-      if (firstAttemptDone || closing) return;
+    /**
+     * Resolves when the first connection attempt succeeded or failed, or
+     * after `timeoutMs`; undefined when there is nothing to wait for.
+     */
+    firstAttempt(timeoutMs: number): Promise<void> | undefined {
+      if (firstAttemptDone || closing) return undefined;
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, timeoutMs);
       });
-      await Promise.race([firstAttemptSettled, timeout]);
-      clearTimeout(timer);
+      return Promise.race([firstAttemptSettled, timeout]).then(() => clearTimeout(timer));
     },
     isClosing: () => closing,
     /** From now on the store is closed: unready, and no outage is reported. */
@@ -736,7 +747,23 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
 
 /** ARGV of the consume script after the keys; validates every window. */
 function limitArgs(logs: readonly LimitLog[], entry: string, now: number, checkSuppression: boolean): ScriptArg[] {
-  return [wholeMs(now), entry, checkSuppression ? 1 : 0, ...logs.flatMap(windowArgs)];
+  let windows = "";
+  for (const log of logs) windows = windows === "" ? windowSpec(log) : `${windows} ${windowSpec(log)}`;
+  return [wholeMs(now), entry, checkSuppression ? 1 : 0, windows];
+}
+
+// A limiter hands the same windows list (its configuration) to every
+// request: its text is made and checked once per list, not per send.
+const windowSpecs = new WeakMap<readonly LimitWindow[], string>();
+
+/** A log's windows as the consume script reads them: `count max windowMs ...`, validated. */
+function windowSpec(log: LimitLog): string {
+  let spec = windowSpecs.get(log.windows);
+  if (spec === undefined) {
+    spec = windowArgs(log).join(" ");
+    windowSpecs.set(log.windows, spec);
+  }
+  return spec;
 }
 
 /** A log's windows as script arguments (count, then max and windowMs of each), validated. */
