@@ -374,25 +374,38 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
-  /** Runs one Redis operation, turning any failure into storageUnavailable. */
-  async function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+  /** A command answered: what `run` does with every reply (one function, not a closure per call). */
+  function succeeded<T>(result: T): T {
+    readiness.noteSuccess();
+    return result;
+  }
+
+  function failed(operation: string, error: unknown): never {
+    const unavailable = toUnavailable(error);
+    readiness.noteFailure(operation, unavailable);
+    options.onCommandError?.(operation);
+    throw unavailable;
+  }
+
+  /**
+   * Runs one Redis operation, turning any failure into storageUnavailable.
+   * Plain promise chaining rather than an async function around an async
+   * body: the operations of a SendOtp are the hottest path of the store,
+   * and each async layer costs a promise and a tick per call.
+   */
+  function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    // Only the very first connection attempt is waited for (at most one
+    // command timeout), so calls made right after start-up do not fail for
+    // a handshake still in flight. Later outages fail fast: nothing queues.
+    const firstAttempt = readiness.firstAttempt(commandTimeoutMs);
+    let pending: Promise<T>;
     try {
-      // Only the very first connection attempt is waited for (at most one
-      // command timeout), so calls made right after start-up do not fail for
-      // a handshake still in flight. Later outages fail fast: nothing queues.
-      const firstAttempt = readiness.firstAttempt(commandTimeoutMs);
-      // Awaited only while there is something to wait for: an await of a
-      // settled promise still costs every operation a promise and a tick.
-      if (firstAttempt !== undefined) await firstAttempt;
-      const result = await body();
-      readiness.noteSuccess();
-      return result;
+      pending = firstAttempt === undefined ? body() : firstAttempt.then(body);
     } catch (error) {
-      const unavailable = toUnavailable(error);
-      readiness.noteFailure(operation, unavailable);
-      options.onCommandError?.(operation);
-      throw unavailable;
+      // A body that throws (JSON.stringify of a cyclic value...) fails like a command.
+      pending = Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
+    return pending.then(succeeded, (error: unknown) => failed(operation, error));
   }
 
   // Arguments are checked before `run`, so a programming error surfaces as
@@ -400,9 +413,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   return {
     async addCode(set: CodeSetRef, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
       const args = [entry.id, entry.hmac, wholeMs(entry.expiresAt), ...codeSetArgs(setOptions)];
-      return run("addCode", async () => {
-        await redis.otpAddCode(codeKey(set), ...args);
-      });
+      await run("addCode", () => redis.otpAddCode(codeKey(set), ...args));
     },
 
     async verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
@@ -420,9 +431,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
     async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
       const px = ttl(ttlMs);
-      return run("putRecord", async () => {
-        await redis.set(recordKey(record.messageId), JSON.stringify(record), "PX", px);
-      });
+      await run("putRecord", () => redis.set(recordKey(record.messageId), JSON.stringify(record), "PX", px));
     },
 
     getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
@@ -503,8 +512,8 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       const args = limitArgs(logs, entry, now, unlessSuppressed !== undefined);
       const keys = logs.map((log) => limitKey(log.id));
       if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
-      return run("consumeLimits", async () =>
-        parseLimitOutcome(await redis.otpConsumeLimits(keys.length, ...keys, ...args), logs.length),
+      return run("consumeLimits", () =>
+        redis.otpConsumeLimits(keys.length, ...keys, ...args).then((reply) => parseLimitOutcome(reply, logs.length)),
       );
     },
 
