@@ -291,6 +291,25 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     }
   }
 
+  /**
+   * Runs a job's attempts, then waits for its last record write; never
+   * rejects. One async function rather than a catch, then and finally
+   * chained per message (each a promise and a tick).
+   */
+  async function track(job: Job, mail: OutgoingMail): Promise<void> {
+    try {
+      try {
+        await run(job, mail);
+      } catch (error) {
+        logger.error({ err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
+      }
+      await job.writes;
+    } finally {
+      jobs.delete(job);
+      job.observation.finished(job.record);
+    }
+  }
+
   return {
     dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord> {
       const job: Job = {
@@ -302,16 +321,17 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         done: Promise.resolve(),
       };
       jobs.add(job);
-      job.done = run(job, mail)
-        .catch((error: unknown) => {
-          logger.error({ err: error, message_id: record.messageId }, "delivery failed unexpectedly");
-        })
-        .then(() => job.writes)
-        .finally(() => {
-          jobs.delete(job);
-          job.observation.finished(job.record);
-        });
-      return settleWithin(job.done, options.waitBudgetMs).then(() => job.record);
+      job.done = track(job, mail);
+      // The record as it stands when the job ends or the wait budget runs out.
+      return new Promise<DeliveryRecord>((resolve) => {
+        const timer = setTimeout(() => resolve(job.record), options.waitBudgetMs);
+        timer.unref();
+        const settle = (): void => {
+          clearTimeout(timer);
+          resolve(job.record);
+        };
+        void job.done.then(settle, settle);
+      });
     },
 
     async drain(graceMs: number): Promise<void> {

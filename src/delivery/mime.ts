@@ -53,22 +53,53 @@ export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: strin
   const html = bodyPart("text/html", mail.html);
   const between = `\r\n--${boundary}\r\n`;
   const end = `\r\n--${boundary}--\r\n`;
-  // Every piece is ASCII: its length is its byte count.
+  // Every piece is ASCII: its length is its byte count (a body's bare LFs still to be written CRLF counted).
   const out = Buffer.allocUnsafe(
-    head.length + text.head.length + text.body.length + between.length + html.head.length + html.body.length + end.length,
+    head.length + text.head.length + bodyLength(text) + between.length + html.head.length + bodyLength(html) + end.length,
   );
   let at = out.write(head, 0, "latin1");
   at += out.write(text.head, at, "latin1");
-  at += writeBody(out, at, text.body);
+  at += writeBody(out, at, text);
   at += out.write(between, at, "latin1");
   at += out.write(html.head, at, "latin1");
-  at += writeBody(out, at, html.body);
+  at += writeBody(out, at, html);
   out.write(end, at, "latin1");
   return out;
 }
 
-function writeBody(out: Buffer, at: number, body: string | Buffer): number {
-  return typeof body === "string" ? out.write(body, at, "latin1") : body.copy(out, at);
+function bodyLength(part: EncodedPart): number {
+  return part.body.length + part.bareLf;
+}
+
+function writeBody(out: Buffer, at: number, part: EncodedPart): number {
+  const { body } = part;
+  if (typeof body !== "string") return body.copy(out, at);
+  return part.bareLf === 0 ? out.write(body, at, "latin1") : writeWithCrlf(out, at, body, part.bareLf);
+}
+
+/**
+ * Writes `text`, whose `bareLf` line breaks are LF alone, with every one
+ * made CRLF, straight into `out`: the text goes in `bareLf` bytes to the
+ * right of `at`, then each line moves left into place followed by CRLF
+ * (the write position never passes the read position). Returns the bytes
+ * written. The CRLF copy of the text that `replaceAll` made was the
+ * largest allocation of a message.
+ */
+function writeWithCrlf(out: Buffer, at: number, text: string, bareLf: number): number {
+  let from = at + bareLf;
+  const end = from + out.write(text, from, "latin1");
+  let to = at;
+  for (;;) {
+    const lf = out.indexOf(0x0a, from);
+    if (lf === -1 || lf >= end) break;
+    out.copyWithin(to, from, lf);
+    to += lf - from;
+    out[to++] = 0x0d;
+    out[to++] = 0x0a;
+    from = lf + 1;
+  }
+  out.copyWithin(to, from, end);
+  return to + (end - from) - at;
 }
 
 /** A header line folded at 76 characters; most are shorter and need no work. */
@@ -90,10 +121,12 @@ function encodeHeaderText(value: string): string {
 }
 
 /** One body part: its MIME headers (with the blank line after them) and its encoded body. */
-interface EncodedPart {
+export interface EncodedPart {
   readonly head: string;
-  /** ASCII only: its length is its byte count. */
+  /** ASCII only: its length is its byte count, before its bare LFs are written CRLF. */
   readonly body: string | Buffer;
+  /** How many line breaks of a string body are LF alone, each to be written CRLF (0 for a Buffer). */
+  readonly bareLf: number;
 }
 
 /**
@@ -108,9 +141,16 @@ export function bodyPart(type: string, content: string): EncodedPart {
   const hasCr = content.includes("\r");
   let encoding: string;
   let body: string | Buffer;
-  if (!nonAsciiOne.test(content) && !content.includes("\0") && !(hasCr && loneCr.test(content)) && !hasLongLine(content)) {
+  let bareLf = 0;
+  const lines = nonAsciiOne.test(content) || content.includes("\0") || (hasCr && loneCr.test(content)) ? -1 : lineFeeds(content);
+  if (lines !== -1) {
     encoding = "7bit";
-    body = withCrlf(content, hasCr);
+    // Without CR every line break is a bare LF: written CRLF as the body goes into the message.
+    if (hasCr) body = withCrlf(content, hasCr);
+    else {
+      body = content;
+      bareLf = lines;
+    }
   } else if (mostlyAscii(content, hasCr)) {
     encoding = "quoted-printable";
     body = quotedPrintable(Buffer.from(content, "utf8"));
@@ -118,20 +158,22 @@ export function bodyPart(type: string, content: string): EncodedPart {
     encoding = "base64";
     body = base64Lines(Buffer.from(withCrlf(content, hasCr), "utf8"));
   }
-  return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body };
+  return { head: `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: ${encoding}\r\n\r\n`, body, bareLf };
 }
 
 const nonAsciiOne = /[\u0080-\uffff]/;
 const loneCr = /\r(?!\n)/;
 
-/** Whether a line (ended by LF or CRLF) is longer than 76 characters, CR not counted. */
-function hasLongLine(text: string): boolean {
+/** The number of LFs in the text, or -1 when a line (ended by LF or CRLF) is longer than 76 characters, CR not counted. */
+function lineFeeds(text: string): number {
   let start = 0;
+  let count = 0;
   for (;;) {
     const lf = text.indexOf("\n", start);
     const end = lf === -1 ? text.length : text.charCodeAt(lf - 1) === 0x0d ? lf - 1 : lf;
-    if (end - start > maxLine) return true;
-    if (lf === -1) return false;
+    if (end - start > maxLine) return -1;
+    if (lf === -1) return count;
+    count++;
     start = lf + 1;
   }
 }

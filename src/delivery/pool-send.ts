@@ -10,8 +10,9 @@
  * (the bench's SMTP ceiling sender went from 0.22 to 0.11 ms per message
  * when it took this path too). The pool itself only reads what nodemailer's transport interface
  * (`transport.send(mail, callback)`, the one custom transports implement)
- * hands it: the envelope, the Message-ID and a stream of the message from
- * `mail.message`, the DSN request and the abort signal from `mail.data`. This
+ * hands it: the envelope, the Message-ID and the message from
+ * `mail.message` (a MessageSource, which pipes like a stream), the DSN
+ * request and the abort signal from `mail.data`. This
  * module gives it exactly that. Connections, pooling, STARTTLS, AUTH,
  * pipelining, dot-stuffing, DSN and abort stay nodemailer's.
  *
@@ -19,7 +20,6 @@
  * addresses (a dot-atom at an ASCII domain) and no DKIM (signing is part of
  * sendMail's pipeline); everything else goes through `sendMail` as before.
  */
-import { Readable } from "node:stream";
 import type { RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
 import type { OutgoingMail } from "./smtp-transport-types.js";
@@ -34,7 +34,7 @@ interface PoolMail {
     getEnvelope(): { from: string; to: string[] };
     messageId(): string;
     getHeader(name: string): string | undefined;
-    createReadStream(): Readable;
+    createReadStream(): MessageSource;
   };
 }
 
@@ -99,12 +99,7 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
           getEnvelope: () => ({ from, to: [to] }),
           messageId: () => messageId,
           getHeader: (name) => (name.toLowerCase() === "message-id" ? messageId : undefined),
-          createReadStream: () => {
-            const stream = new Readable({ read() {} });
-            stream.push(raw);
-            stream.push(null);
-            return stream;
-          },
+          createReadStream: () => new MessageSource(raw),
         },
       },
       (error, info) => {
@@ -114,6 +109,46 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
       },
     );
   });
+}
+
+/**
+ * A finished message as nodemailer's connection reads it, without a stream.
+ * The connection listens for 'error' on its message while the envelope is
+ * sent, pipes the message into its dot-stuffing stream once the relay took
+ * the envelope, and destroys it if the connection fails first; the pool
+ * reads `readableDidRead` to tell a message none of which went out (another
+ * connection may take it) from one that did. A Readable holding one Buffer
+ * did all that through a real pipe: listeners on both sides, a tick to
+ * start flowing, a 'data' event, all per message. Here the pipe is a single
+ * `end(raw)` on the destination: the same bytes, then the same end.
+ */
+export class MessageSource {
+  /** True once the message was handed to the connection's stream. */
+  readableDidRead = false;
+  readonly #raw: Buffer;
+
+  constructor(raw: Buffer) {
+    this.#raw = raw;
+  }
+
+  pipe<T extends NodeJS.WritableStream>(destination: T): T {
+    this.readableDidRead = true;
+    destination.end(this.#raw);
+    return destination;
+  }
+
+  // A Buffer in memory never fails and holds nothing to release.
+  on(): this {
+    return this;
+  }
+
+  removeListener(): this {
+    return this;
+  }
+
+  destroy(): void {
+    // Nothing to release.
+  }
 }
 
 /** The address of a From header (`"Name" <a@b>` or `a@b`). */

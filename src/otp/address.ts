@@ -43,15 +43,33 @@ export function parseAddress(raw: string): ParsedAddress | string {
       : "local part has a character or dot placement RFC 5321 does not allow";
   }
   if (domainInput.startsWith("[")) return "address literals ([1.2.3.4]) are not accepted; use a domain name";
-  const domain = domainToASCII(domainInput.toLowerCase());
-  if (domain === "" || domain.length > 253) return "domain is not a valid host name";
-  const labels = domain.split(".");
-  if (labels.length < 2 || !labels.every((part) => label.test(part)) || /^\d+$/.test(labels.at(-1) ?? "")) {
-    return "domain is not a valid host name";
-  }
+  const domain = checkedDomain(domainInput.toLowerCase());
+  if (domain === undefined) return "domain is not a valid host name";
   const address = `${local}@${domain}`;
   if (address.length > 254) return "must be at most 254 characters (RFC 5321)";
   return { address, key: address.toLowerCase(), domain };
+}
+
+// Most mail goes to a few domains (gmail.com, naver.com...): each one is
+// converted (domainToASCII) and checked once, not per request. Bounded, as
+// the domains come from callers.
+const checkedDomains = new Map<string, string | undefined>();
+const maxCheckedDomains = 1000;
+
+/** The lower-cased domain in ASCII (punycode), or undefined when it is not a valid host name. */
+function checkedDomain(lowerCased: string): string | undefined {
+  if (checkedDomains.has(lowerCased)) return checkedDomains.get(lowerCased);
+  const domain = domainToASCII(lowerCased);
+  const labels = domain.split(".");
+  const valid =
+    domain !== "" &&
+    domain.length <= 253 &&
+    labels.length >= 2 &&
+    labels.every((part) => label.test(part)) &&
+    !/^\d+$/.test(labels.at(-1) ?? "");
+  if (checkedDomains.size >= maxCheckedDomains) checkedDomains.clear();
+  checkedDomains.set(lowerCased, valid ? domain : undefined);
+  return valid ? domain : undefined;
 }
 
 /** `john.doe@gmail.com` -> `j***@gmail.com`. Safe for logs, records and explanations. */

@@ -133,10 +133,11 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // checks the suppression first, in the same round trip as the limits
       // (or, for a limiter that cannot, the list is read before it).
       const recipientHash = options.suppression?.recipientHash(request.recipient.key);
-      const refusal = { messageId, recipientHash, now, ...request };
+      // Made only for a suppressed recipient, not for every send.
+      const refusal = () => ({ messageId, recipientHash, now, ...request });
       if (recipientHash !== undefined && limiter.checksSuppression !== true) {
         const cause = await options.suppression?.check(recipientHash);
-        if (cause !== undefined) return await refuseSuppressed(ctx, refusal, cause);
+        if (cause !== undefined) return await refuseSuppressed(ctx, refusal(), cause);
       }
       const admission = await limiter.admit(ctx, {
         recipientKey: request.recipient.key,
@@ -145,7 +146,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         now,
         recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
       });
-      if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal, admission.suppressedBy);
+      if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal(), admission.suppressedBy);
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
       const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });

@@ -50,6 +50,7 @@ import type {
   IdempotencyClaim,
   LimitLog,
   LimitOutcome,
+  LimitWindow,
   OtpStore,
 } from "./types.js";
 import { maxDeliveryReports } from "./types.js";
@@ -246,8 +247,11 @@ return 0
 
 /**
  * KEYS: the suppression key when ARGV[3] is '1', then the limit logs. ARGV:
- * now, entry, 1 or 0, then per log: number of windows, then max and
- * windowMs of each. All-or-nothing (see OtpStore.consumeLimits).
+ * now, entry, 1 or 0, then the windows of every log in one string of
+ * space-separated whole numbers: per log the number of windows, then max and
+ * windowMs of each (one argument rather than two or three per window: every
+ * argument costs ioredis a few strings per send to write it). All-or-nothing
+ * (see OtpStore.consumeLimits).
  * Returns {1, nextAt1, nextAt2, ...}, {0, log, window, retryAt, ...} with
  * 1-based log and window indices, or {2, suppression JSON} (nothing checked
  * or consumed).
@@ -265,14 +269,16 @@ if ARGV[3] == '1' then
     if ok and type(value) == 'table' and type(value.messageId) == 'string' then return {2, suppressed} end
   end
 end
+local spec = {}
+for number in string.gmatch(ARGV[4], '%d+') do spec[#spec + 1] = tonumber(number) end
 local logs = {}
 local full = {0}
-local pos = 4
+local pos = 1
 for i = first, #KEYS do
   local windows = {}
   local longest = 0
-  for j = 1, tonumber(ARGV[pos]) do
-    local max, window = tonumber(ARGV[pos + 2 * j - 1]), tonumber(ARGV[pos + 2 * j])
+  for j = 1, spec[pos] do
+    local max, window = spec[pos + 2 * j - 1], spec[pos + 2 * j]
     windows[j] = {max, window}
     if window > longest then longest = window end
   end
@@ -368,22 +374,38 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
-  /** Runs one Redis operation, turning any failure into storageUnavailable. */
-  async function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+  /** A command answered: what `run` does with every reply (one function, not a closure per call). */
+  function succeeded<T>(result: T): T {
+    readiness.noteSuccess();
+    return result;
+  }
+
+  function failed(operation: string, error: unknown): never {
+    const unavailable = toUnavailable(error);
+    readiness.noteFailure(operation, unavailable);
+    options.onCommandError?.(operation);
+    throw unavailable;
+  }
+
+  /**
+   * Runs one Redis operation, turning any failure into storageUnavailable.
+   * Plain promise chaining rather than an async function around an async
+   * body: the operations of a SendOtp are the hottest path of the store,
+   * and each async layer costs a promise and a tick per call.
+   */
+  function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    // Only the very first connection attempt is waited for (at most one
+    // command timeout), so calls made right after start-up do not fail for
+    // a handshake still in flight. Later outages fail fast: nothing queues.
+    const firstAttempt = readiness.firstAttempt(commandTimeoutMs);
+    let pending: Promise<T>;
     try {
-      // Only the very first connection attempt is waited for (at most one
-      // command timeout), so calls made right after start-up do not fail for
-      // a handshake still in flight. Later outages fail fast: nothing queues.
-      await readiness.firstAttempt(commandTimeoutMs);
-      const result = await body();
-      readiness.noteSuccess();
-      return result;
+      pending = firstAttempt === undefined ? body() : firstAttempt.then(body);
     } catch (error) {
-      const unavailable = toUnavailable(error);
-      readiness.noteFailure(operation, unavailable);
-      options.onCommandError?.(operation);
-      throw unavailable;
+      // A body that throws (JSON.stringify of a cyclic value...) fails like a command.
+      pending = Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
+    return pending.then(succeeded, (error: unknown) => failed(operation, error));
   }
 
   // Arguments are checked before `run`, so a programming error surfaces as
@@ -391,9 +413,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   return {
     async addCode(set: CodeSetRef, entry: CodeEntry, setOptions: CodeSetOptions): Promise<void> {
       const args = [entry.id, entry.hmac, wholeMs(entry.expiresAt), ...codeSetArgs(setOptions)];
-      return run("addCode", async () => {
-        await redis.otpAddCode(codeKey(set), ...args);
-      });
+      await run("addCode", () => redis.otpAddCode(codeKey(set), ...args));
     },
 
     async verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
@@ -411,9 +431,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
     async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
       const px = ttl(ttlMs);
-      return run("putRecord", async () => {
-        await redis.set(recordKey(record.messageId), JSON.stringify(record), "PX", px);
-      });
+      await run("putRecord", () => redis.set(recordKey(record.messageId), JSON.stringify(record), "PX", px));
     },
 
     getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
@@ -494,8 +512,8 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       const args = limitArgs(logs, entry, now, unlessSuppressed !== undefined);
       const keys = logs.map((log) => limitKey(log.id));
       if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
-      return run("consumeLimits", async () =>
-        parseLimitOutcome(await redis.otpConsumeLimits(keys.length, ...keys, ...args), logs.length),
+      return run("consumeLimits", () =>
+        redis.otpConsumeLimits(keys.length, ...keys, ...args).then((reply) => parseLimitOutcome(reply, logs.length)),
       );
     },
 
@@ -586,15 +604,17 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
 
   return {
     isReady: () => ready,
-    /** Resolves when the first connection attempt succeeded or failed, or after `timeoutMs`. */
-    async firstAttempt(timeoutMs: number): Promise<void> {
-      if (firstAttemptDone || closing) return;
+    /**
+     * Resolves when the first connection attempt succeeded or failed, or
+     * after `timeoutMs`; undefined when there is nothing to wait for.
+     */
+    firstAttempt(timeoutMs: number): Promise<void> | undefined {
+      if (firstAttemptDone || closing) return undefined;
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, timeoutMs);
       });
-      await Promise.race([firstAttemptSettled, timeout]);
-      clearTimeout(timer);
+      return Promise.race([firstAttemptSettled, timeout]).then(() => clearTimeout(timer));
     },
     isClosing: () => closing,
     /** From now on the store is closed: unready, and no outage is reported. */
@@ -736,7 +756,23 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
 
 /** ARGV of the consume script after the keys; validates every window. */
 function limitArgs(logs: readonly LimitLog[], entry: string, now: number, checkSuppression: boolean): ScriptArg[] {
-  return [wholeMs(now), entry, checkSuppression ? 1 : 0, ...logs.flatMap(windowArgs)];
+  let windows = "";
+  for (const log of logs) windows = windows === "" ? windowSpec(log) : `${windows} ${windowSpec(log)}`;
+  return [wholeMs(now), entry, checkSuppression ? 1 : 0, windows];
+}
+
+// A limiter hands the same windows list (its configuration) to every
+// request: its text is made and checked once per list, not per send.
+const windowSpecs = new WeakMap<readonly LimitWindow[], string>();
+
+/** A log's windows as the consume script reads them: `count max windowMs ...`, validated. */
+function windowSpec(log: LimitLog): string {
+  let spec = windowSpecs.get(log.windows);
+  if (spec === undefined) {
+    spec = windowArgs(log).join(" ");
+    windowSpecs.set(log.windows, spec);
+  }
+  return spec;
 }
 
 /** A log's windows as script arguments (count, then max and windowMs of each), validated. */

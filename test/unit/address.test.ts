@@ -47,6 +47,27 @@ describe("parseAddress", () => {
   });
 });
 
+describe("parseAddress, a domain seen before", () => {
+  it("answers as the first time, valid or not, also once more domains were seen than it remembers", () => {
+    const first = ["ana@Bücher.example", "ana@bad_domain.example", "ana@example.123", "ana@Example.COM"].map((raw) => parseAddress(raw));
+    for (let i = 0; i < 1500; i++) parseAddress(`ana@d${i}.example`);
+    const again = ["bo@bücher.EXAMPLE", "bo@bad_domain.example", "bo@example.123", "bo@example.com"].map((raw) => parseAddress(raw));
+    expect(first).toEqual([
+      { address: "ana@xn--bcher-kva.example", key: "ana@xn--bcher-kva.example", domain: "xn--bcher-kva.example" },
+      "domain is not a valid host name",
+      "domain is not a valid host name",
+      { address: "ana@example.com", key: "ana@example.com", domain: "example.com" },
+    ]);
+    expect(again).toEqual([
+      { address: "bo@xn--bcher-kva.example", key: "bo@xn--bcher-kva.example", domain: "xn--bcher-kva.example" },
+      "domain is not a valid host name",
+      "domain is not a valid host name",
+      { address: "bo@example.com", key: "bo@example.com", domain: "example.com" },
+    ]);
+    expect(parseAddress("bo@d1499.example")).toMatchObject({ domain: "d1499.example" });
+  });
+});
+
 describe("maskAddress", () => {
   it("keeps the first character and the domain", () => {
     expect(maskAddress("john.doe@gmail.com")).toBe("j***@gmail.com");

@@ -201,6 +201,30 @@ describe("quotedPrintable", () => {
   });
 });
 
+describe("7bit bodies", () => {
+  // Each body goes into the message with its LFs made CRLF as it is written:
+  // lines at the start and end, empty lines and a body without any LF.
+  const texts = ["one line", "first\nsecond", "\nstarts and ends with a break\n", "a\n\n\nb\n\n", "\n", ".dot\n..two"];
+  for (const text of texts) {
+    it(`writes ${JSON.stringify(text)} with CRLF line breaks, byte for byte`, () => {
+      const html = `<p>${text}</p>`;
+      const raw = composeOtpMime(mailFor("en", { text, html }), date, "0123456789abcdef")?.toString("latin1") ?? "";
+      const part = (type: string, body: string) =>
+        `Content-Type: ${type}; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n${body.replaceAll("\n", "\r\n")}\r\n--`;
+      expect(raw).toContain(part("text/plain", text));
+      expect(raw).toContain(part("text/html", html));
+      expect(raw.endsWith("\r\n----_OtpEmail-0123456789abcdef--\r\n")).toBe(true);
+      expect(raw.replaceAll("\r\n", "")).not.toMatch(/[\r\n]/);
+    });
+  }
+
+  it("keeps a body already written with CRLF as it is", () => {
+    const text = "first\r\nsecond\nthird\r\n";
+    const raw = composeOtpMime(mailFor("en", { text }), date, "0123456789abcdef")?.toString("latin1") ?? "";
+    expect(raw).toContain("7bit\r\n\r\nfirst\r\nsecond\r\nthird\r\n\r\n--");
+  });
+});
+
 describe("bodyPart", () => {
   it("chooses 7bit up to 76 characters a line and quoted-printable from 77", () => {
     expect(bodyPart("text/plain", "x".repeat(76)).head).toContain("7bit");
