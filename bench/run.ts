@@ -235,6 +235,9 @@ async function freshLoadgen(bench: Bench): Promise<void> {
   await old.close();
 }
 
+/** CPU used by processes outside the bench, % of one core, above which a row is flagged as disturbed. */
+const noisyPercent = 10;
+
 /** Runs one measured scenario and records its row; a failure is recorded, not thrown. */
 async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | undefined> {
   const before = await bench.sink.count();
@@ -283,7 +286,9 @@ async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | u
     const errors = result.measured - result.ok;
     progress(
       `  ${spec.id.padEnd(22)} ${result.throughput.toFixed(0).padStart(6)} req/s  p50 ${result.latencyMs.p50.toFixed(2)} ms  p99 ${result.latencyMs.p99.toFixed(2)} ms` +
-        `${errors > 0 ? `  ${errors} errors (${result.errorSample ?? JSON.stringify(result.unexpected)})` : ""}`,
+        `${errors > 0 ? `  ${errors} errors (${result.errorSample ?? JSON.stringify(result.unexpected)})` : ""}` +
+        // Work outside the bench took cores from it: this row's numbers are not comparable.
+        `${window !== undefined && window.othersPercent >= noisyPercent ? `  WARNING: other processes used ${window.othersPercent.toFixed(0)} % of a core meanwhile` : ""}`,
     );
     return result;
   } catch (error) {
@@ -815,7 +820,7 @@ function keepMedianPair(bench: Bench, offId: string, onId: string, pairCount = t
     const ratio = on.run.throughput / off.run.throughput;
     pairs.push({ pair, ratio, off, on });
     const others = Math.max(off.usage?.othersPercent ?? 0, on.usage?.othersPercent ?? 0);
-    described.push(`${ratio.toFixed(2)}x${others >= 10 ? ` (other load ${others.toFixed(0)} %)` : ""}`);
+    described.push(`${ratio.toFixed(2)}x${others >= noisyPercent ? ` (other load ${others.toFixed(0)} %)` : ""}`);
   }
   const runsOf = (id: string): ScenarioResult[] => bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
   const reqs = (rows: ScenarioResult[]): string => rows.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
