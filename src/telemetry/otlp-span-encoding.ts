@@ -21,6 +21,13 @@ const varintType = 0;
 const fixed64Type = 1;
 const fixed32Type = 5;
 
+/** Hex digit values by character code; -1 for anything else. */
+const hexDigits = new Int8Array(128).fill(-1);
+for (let digit = 0; digit < 16; digit++) {
+  hexDigits[digit.toString(16).charCodeAt(0)] = digit;
+  hexDigits[digit.toString(16).toUpperCase().charCodeAt(0)] = digit;
+}
+
 /** Strings this short are copied by a loop when ASCII; a native utf8 write costs more for them. */
 const shortString = 48;
 
@@ -153,15 +160,18 @@ export class ProtobufWriter {
     this.position += this.buffer.write(value, this.position, byteLength, "utf8");
   }
 
-  /** `bytes` field from lowercase hex of a known byte length (trace and span ids). */
+  /** `bytes` field from the hex of a known byte length (trace and span ids). */
   hex(field: number, hex: string, byteLength: number): void {
     this.reserve(byteLength + 3);
     this.key(field, lengthDelimited);
     this.buffer[this.position++] = byteLength;
-    const written = this.buffer.write(hex, this.position, byteLength, "hex");
-    // An invalid id (the SDK makes none) still yields a field of the declared length.
-    if (written < byteLength) this.buffer.fill(0, this.position + written, this.position + byteLength);
-    this.position += byteLength;
+    // A loop over a table: for 8 or 16 bytes it beats a native hex write's call.
+    for (let index = 0; index < byteLength; index++) {
+      const high = hexDigits[hex.charCodeAt(2 * index)] ?? -1;
+      const low = hexDigits[hex.charCodeAt(2 * index + 1)] ?? -1;
+      // An invalid id (the SDK makes none) still yields a field of the declared length.
+      this.buffer[this.position++] = (high | low) < 0 ? 0 : (high << 4) | low;
+    }
   }
 
   bytesField(field: number, value: Uint8Array): void {
