@@ -4,6 +4,10 @@
  * same spans, and the processor sends them in batches to a real OTLP/HTTP
  * receiver on loopback, which decodes them without OpenTelemetry code.
  */
+import { once } from "node:events";
+import { createServer, type IncomingHttpHeaders } from "node:http";
+import type { AddressInfo } from "node:net";
+import { gunzipSync } from "node:zlib";
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from "@opentelemetry/api";
 import { ExportResultCode, TraceState } from "@opentelemetry/core";
 import { CompressionAlgorithm } from "@opentelemetry/otlp-exporter-base";
@@ -232,6 +236,51 @@ describe("OtlpProtobufSpanProcessor", () => {
       statusMessage: "transient failure: 421",
     });
     await provider.shutdown();
+  });
+
+  it("takes endpoint, headers and compression from the OTEL_EXPORTER_OTLP_* variables, as the stock exporter does", async () => {
+    const seen: { url: string | undefined; headers: IncomingHttpHeaders; spans: string[] }[] = [];
+    const collector = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const body = Buffer.concat(chunks);
+        const decoded = request.headers["content-encoding"] === "gzip" ? gunzipSync(body) : body;
+        seen.push({ url: request.url, headers: request.headers, spans: decodeExportTraceRequest(decoded).map((one) => one.name) });
+        response.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+      });
+    });
+    collector.listen(0, "127.0.0.1");
+    await once(collector, "listening");
+    const { port } = collector.address() as AddressInfo;
+    const variables = {
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${port}/custom/traces`,
+      OTEL_EXPORTER_OTLP_HEADERS: "x-otp-tenant=blue,authorization=Bearer%20t0ken",
+      OTEL_EXPORTER_OTLP_COMPRESSION: "gzip",
+    };
+    const saved = Object.fromEntries(Object.keys(variables).map((name) => [name, process.env[name]]));
+    Object.assign(process.env, variables);
+    try {
+      const provider = providerWith(new OtlpProtobufSpanProcessor({ exporter: createOtlpProtobufSpanExporter() }));
+      endSpans(provider.getTracer("otp-email"), 2);
+      await provider.forceFlush();
+      await provider.shutdown();
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) Reflect.deleteProperty(process.env, name);
+        else process.env[name] = value;
+      }
+      collector.close();
+    }
+    expect(seen).toHaveLength(1);
+    expect(seen[0].url).toBe("/custom/traces");
+    expect(seen[0].headers).toMatchObject({
+      "content-type": "application/x-protobuf",
+      "content-encoding": "gzip",
+      "x-otp-tenant": "blue",
+      authorization: "Bearer t0ken",
+    });
+    expect(seen[0].spans).toEqual(["span-0", "span-1"]);
   });
 
   it("sends a full batch at once and the rest after the delay, in as many requests as batches", async () => {
