@@ -46,21 +46,19 @@ async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[
       processors.push(new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() }));
       continue;
     }
-    // Only the chosen protocol's exporter is loaded (the gRPC one pulls in a gRPC client).
-    let exporter: SpanExporter;
-    switch (config.protocol) {
-      case "grpc":
-        exporter = new (await import("@opentelemetry/exporter-trace-otlp-grpc")).OTLPTraceExporter();
-        break;
-      case "http/json":
-        exporter = new (await import("@opentelemetry/exporter-trace-otlp-http")).OTLPTraceExporter();
-        break;
-      case "http/protobuf":
-        exporter = new (await import("@opentelemetry/exporter-trace-otlp-proto")).OTLPTraceExporter();
-        break;
-    }
     // Unset OTEL_BSP_* values leave the SDK's defaults (2048 queued, 512 per batch, every 5 s).
     const batch = Object.fromEntries(Object.entries(config.batch).filter(([, value]) => value !== undefined));
+    if (config.protocol === "http/protobuf") {
+      // The default: spans encoded as they end, not kept until their batch goes out (otlp-span-processor.ts).
+      const { OtlpProtobufSpanProcessor, createOtlpProtobufSpanExporter } = await import("./otlp-span-processor.js");
+      processors.push(new OtlpProtobufSpanProcessor({ exporter: createOtlpProtobufSpanExporter(), ...batch }));
+      continue;
+    }
+    // Only the chosen protocol's exporter is loaded (the gRPC one pulls in a gRPC client).
+    const exporter: SpanExporter =
+      config.protocol === "grpc"
+        ? new (await import("@opentelemetry/exporter-trace-otlp-grpc")).OTLPTraceExporter()
+        : new (await import("@opentelemetry/exporter-trace-otlp-http")).OTLPTraceExporter();
     processors.push(new BatchSpanProcessor({ exporter, ...batch }));
   }
   return processors;

@@ -42,7 +42,7 @@ export interface OtlpReceiver {
 // ---------------------------------------------------------------------------
 // Protobuf wire format
 
-interface Field {
+export interface Field {
   readonly number: number;
   readonly wireType: number;
   /** Varint and fixed values as bigint; length-delimited as bytes. */
@@ -61,7 +61,7 @@ function readVarint(buffer: Buffer, offset: number): [bigint, number] {
   throw new Error("truncated varint");
 }
 
-function decodeFields(buffer: Buffer): Field[] {
+export function decodeFields(buffer: Buffer): Field[] {
   const fields: Field[] = [];
   let offset = 0;
   while (offset < buffer.length) {
