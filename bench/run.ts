@@ -820,7 +820,11 @@ function keepMedianPair(bench: Bench, offId: string, onId: string, pairCount = t
     const ratio = on.run.throughput / off.run.throughput;
     pairs.push({ pair, ratio, off, on });
     const others = Math.max(off.usage?.othersPercent ?? 0, on.usage?.othersPercent ?? 0);
-    described.push(`${ratio.toFixed(2)}x${others >= noisyPercent ? ` (other load ${others.toFixed(0)} %)` : ""}`);
+    // The watched process's CPU per request too: steadier than throughput when the machine is shared.
+    const cpuOff = off.usage?.cpuMsPerOp ?? 0;
+    const cpuOn = on.usage?.cpuMsPerOp ?? 0;
+    const cpu = cpuOff > 0 && cpuOn > 0 ? ` (${on.usage?.role ?? ""} CPU ${cpuOff.toFixed(2)} -> ${cpuOn.toFixed(2)} ms)` : "";
+    described.push(`${ratio.toFixed(2)}x${cpu}${others >= noisyPercent ? ` (other load ${others.toFixed(0)} %)` : ""}`);
   }
   const runsOf = (id: string): ScenarioResult[] => bench.scenarios.filter((row) => row.id.startsWith(`${id}#`));
   const reqs = (rows: ScenarioResult[]): string => rows.map((row) => (row.run === undefined ? row.status : row.run.throughput.toFixed(0))).join(", ");
