@@ -368,22 +368,34 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
-  /** Runs one Redis operation, turning any failure into storageUnavailable. */
-  async function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+  /**
+   * Runs one Redis operation, turning any failure into storageUnavailable.
+   * Promise chains rather than async functions: on the hot reads (VerifyOtp,
+   * GetDeliveryStatus) each async layer cost a promise and a microtask turn.
+   */
+  function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    // Only the very first connection attempt is waited for (at most one
+    // command timeout), so calls made right after start-up do not fail for
+    // a handshake still in flight. Later outages fail fast: nothing queues.
+    const first = readiness.firstAttempt(commandTimeoutMs);
+    let result: Promise<T>;
     try {
-      // Only the very first connection attempt is waited for (at most one
-      // command timeout), so calls made right after start-up do not fail for
-      // a handshake still in flight. Later outages fail fast: nothing queues.
-      await readiness.firstAttempt(commandTimeoutMs);
-      const result = await body();
-      readiness.noteSuccess();
-      return result;
+      result = first === undefined ? body() : first.then(body);
     } catch (error) {
-      const unavailable = toUnavailable(error);
-      readiness.noteFailure(operation, unavailable);
-      options.onCommandError?.(operation);
-      throw unavailable;
+      result = rejection(error);
     }
+    return result.then(
+      (value) => {
+        readiness.noteSuccess();
+        return value;
+      },
+      (error: unknown) => {
+        const unavailable = toUnavailable(error);
+        readiness.noteFailure(operation, unavailable);
+        options.onCommandError?.(operation);
+        throw unavailable;
+      },
+    );
   }
 
   // Arguments are checked before `run`, so a programming error surfaces as
@@ -396,17 +408,23 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       });
     },
 
-    async verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
-      const [maxFailures, now, keep] = codeSetArgs(guessOptions);
-      const cap = guessOptions.failureCap;
-      const keys = [codeKey(set)];
-      const args: ScriptArg[] = [hmac, maxFailures, now, keep, 0];
-      if (cap !== undefined) {
-        keys.push(failureKey(set.group, cap.log.id));
-        args[4] = 1;
-        args.push(cap.entry, ...windowArgs(cap.log));
+    verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
+      let keys: string[];
+      let args: ScriptArg[];
+      try {
+        const [maxFailures, now, keep] = codeSetArgs(guessOptions);
+        const cap = guessOptions.failureCap;
+        keys = [codeKey(set)];
+        args = [hmac, maxFailures, now, keep, 0];
+        if (cap !== undefined) {
+          keys.push(failureKey(set.group, cap.log.id));
+          args[4] = 1;
+          args.push(cap.entry, ...windowArgs(cap.log));
+        }
+      } catch (error) {
+        return rejection(error);
       }
-      return run("verifyGuess", async () => parseGuessOutcome(await redis.otpVerifyGuess(keys.length, ...keys, ...args)));
+      return run("verifyGuess", () => redis.otpVerifyGuess(keys.length, ...keys, ...args).then(parseGuessOutcome));
     },
 
     async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
@@ -417,15 +435,16 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
-      return run("getRecord", async () => {
-        const value = await redis.get(recordKey(messageId));
-        if (value === null) return undefined;
-        const record = parseRecord(value);
-        if (record === undefined) {
-          logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
-        }
-        return record;
-      });
+      return run("getRecord", () =>
+        redis.get(recordKey(messageId)).then((value) => {
+          if (value === null) return undefined;
+          const record = parseRecord(value);
+          if (record === undefined) {
+            logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
+          }
+          return record;
+        }),
+      );
     },
 
     async addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
@@ -445,10 +464,11 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {
-      return run("getDeliveryReports", async () => {
-        const values = await redis.lrange(reportsKey(messageId), 0, -1);
-        return values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? []);
-      });
+      return run("getDeliveryReports", () =>
+        redis
+          .lrange(reportsKey(messageId), 0, -1)
+          .then((values) => values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? [])),
+      );
     },
 
     async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
@@ -587,14 +607,14 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
   return {
     isReady: () => ready,
     /** Resolves when the first connection attempt succeeded or failed, or after `timeoutMs`. */
-    async firstAttempt(timeoutMs: number): Promise<void> {
-      if (firstAttemptDone || closing) return;
+    /** Undefined once the first connection attempt settled (every call after start-up): nothing to wait for. */
+    firstAttempt(timeoutMs: number): Promise<void> | undefined {
+      if (firstAttemptDone || closing) return undefined;
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, timeoutMs);
       });
-      await Promise.race([firstAttemptSettled, timeout]);
-      clearTimeout(timer);
+      return Promise.race([firstAttemptSettled, timeout]).then(() => clearTimeout(timer));
     },
     isClosing: () => closing,
     /** From now on the store is closed: unready, and no outage is reported. */
@@ -641,6 +661,11 @@ function codeSetArgs(setOptions: CodeSetOptions): ScriptArg[] {
     throw new TypeError(`maxFailures must be a positive integer, got ${setOptions.maxFailures}`);
   }
   return [setOptions.maxFailures, wholeMs(setOptions.now), wholeMs(setOptions.keepExpiredMs)];
+}
+
+/** A thrown value as a rejected promise, for functions that answer with promises rather than throw. */
+function rejection(error: unknown): Promise<never> {
+  return Promise.reject(error instanceof Error ? error : new Error(String(error)));
 }
 
 /** Scripts take integer milliseconds. */
