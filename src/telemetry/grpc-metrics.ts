@@ -47,18 +47,51 @@ function grpcType(requestStream: boolean, responseStream: boolean): string {
   return responseStream ? "server_stream" : "unary";
 }
 
-/** `/otp.v1.OtpEmailService/SendOtp` -> `otp.v1.OtpEmailService`, `SendOtp`. */
-function splitPath(path: string): { service: string; method: string } {
-  const slash = path.lastIndexOf("/");
-  return { service: path.slice(1, slash), method: path.slice(slash + 1) };
+type RpcLabels = Readonly<Record<"grpc_type" | "grpc_service" | "grpc_method", string>>;
+type HandledLabels = RpcLabels & Readonly<Record<"grpc_code", string>>;
+
+/** A method's label sets, worked out on its first call rather than on every one. */
+class MethodSeries {
+  readonly labels: RpcLabels;
+  private readonly handled = new Map<number, HandledLabels>();
+
+  constructor(path: string, requestStream: boolean, responseStream: boolean) {
+    // `/otp.v1.OtpEmailService/SendOtp` -> `otp.v1.OtpEmailService`, `SendOtp`.
+    const slash = path.lastIndexOf("/");
+    this.labels = {
+      grpc_type: grpcType(requestStream, responseStream),
+      grpc_service: path.slice(1, slash),
+      grpc_method: path.slice(slash + 1),
+    };
+  }
+
+  /** The labels of `grpc_server_handled_total` for a status code (one object per code seen). */
+  handledLabels(code: number): HandledLabels {
+    let labels = this.handled.get(code);
+    if (labels === undefined) {
+      labels = { ...this.labels, grpc_code: grpcCodeName(code) };
+      if (this.handled.size < maxCachedCodes) this.handled.set(code, labels);
+    }
+    return labels;
+  }
 }
+
+/** grpc-js calls interceptors only for the server's registered methods; the bounds are a guard all the same. */
+const maxCachedMethods = 256;
+/** 17 codes exist; anything a handler makes up beyond them is labelled but not kept. */
+const maxCachedCodes = 32;
 
 /** The interceptor; pass it first so it also times and counts what later interceptors refuse. */
 export function createGrpcMetricsInterceptor(metrics: Pick<Metrics, "grpc">): ServerInterceptor {
   const { grpc } = metrics;
+  const methods = new Map<string, MethodSeries>();
   return (method, call) => {
-    const { service, method: name } = splitPath(method.path);
-    const labels = { grpc_type: grpcType(method.requestStream, method.responseStream), grpc_service: service, grpc_method: name };
+    let series = methods.get(method.path);
+    if (series === undefined) {
+      series = new MethodSeries(method.path, method.requestStream, method.responseStream);
+      if (methods.size < maxCachedMethods) methods.set(method.path, series);
+    }
+    const { labels } = series;
     const startedAt = performance.now();
     grpc.started.inc(labels);
 
@@ -66,7 +99,7 @@ export function createGrpcMetricsInterceptor(metrics: Pick<Metrics, "grpc">): Se
     const finish = (code: number): void => {
       if (finished) return;
       finished = true;
-      grpc.handled.inc({ ...labels, grpc_code: grpcCodeName(code) });
+      grpc.handled.inc(series.handledLabels(code));
       // In the handler's context: the exemplar is the server span's trace.
       observeWithTrace(grpc.handlingSeconds, labels, (performance.now() - startedAt) / 1000);
     };
