@@ -303,12 +303,23 @@ end
 return reply
 `;
 
+/**
+ * KEYS[1] delivery record, KEYS[2] its reports (one hash tag: the message id).
+ * Returns {record or false, {report, ...}}: GetDeliveryStatus in one command
+ * rather than a GET and an LRANGE (each command is a Command object, a timer
+ * and a promise in ioredis).
+ */
+const readRecordLua = `
+return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
+`;
+
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
+  otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
 } as const;
 
 type ScriptArg = string | number;
@@ -373,7 +384,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
    * Promise chains rather than async functions: on the hot reads (VerifyOtp,
    * GetDeliveryStatus) each async layer cost a promise and a microtask turn.
    */
-  function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+  function run<T>(operation: string, body: () => Promise<T>, alsoFailed: readonly string[] = []): Promise<T> {
     // Only the very first connection attempt is waited for (at most one
     // command timeout), so calls made right after start-up do not fail for
     // a handshake still in flight. Later outages fail fast: nothing queues.
@@ -393,6 +404,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
         const unavailable = toUnavailable(error);
         readiness.noteFailure(operation, unavailable);
         options.onCommandError?.(operation);
+        for (const other of alsoFailed) options.onCommandError?.(other);
         throw unavailable;
       },
     );
@@ -468,6 +480,29 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
         redis
           .lrange(reportsKey(messageId), 0, -1)
           .then((values) => values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? [])),
+      );
+    },
+
+    getRecordWithReports(messageId: string): Promise<readonly [DeliveryRecord | undefined, readonly DeliveryReport[]]> {
+      return run(
+        "getRecord",
+        () =>
+          redis.otpReadRecord(recordKey(messageId), reportsKey(messageId)).then((reply) => {
+            if (!Array.isArray(reply)) throw new Error("unexpected reply to the record script");
+            // Lua's false (no record) arrives as null.
+            const [value, values] = reply as [unknown, unknown];
+            let record: DeliveryRecord | undefined;
+            if (typeof value === "string") {
+              record = parseRecord(value);
+              if (record === undefined) logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
+            }
+            const reports = Array.isArray(values)
+              ? values.flatMap((report) => (typeof report === "string" ? (parseJsonObject<DeliveryReport>(report, "action") ?? []) : []))
+              : [];
+            return [record, reports] as const;
+          }),
+        // What failed is both reads, counted as each was when they were two commands.
+        ["getDeliveryReports"],
       );
     },
 

@@ -242,4 +242,17 @@ describe("Redis store during an outage", () => {
       await store.close();
     }
   });
+
+  it("counts a failed read of a record with its reports as both reads, as when they were two commands", async () => {
+    const server = await startRedisServer();
+    await server.stop();
+    const failed: string[] = [];
+    const store = createRedisStore({ url: server.url, prefix: randomPrefix(), logger: silentLogger(), onCommandError: (operation) => failed.push(operation) });
+    try {
+      await expectUnavailable(store.getRecordWithReports("msg-1"));
+      expect(failed).toEqual(["getRecord", "getDeliveryReports"]);
+    } finally {
+      await store.close();
+    }
+  });
 });
