@@ -72,12 +72,13 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
 
   /**
-   * A record and its DSNs, read concurrently: one round trip of waiting
-   * instead of two. The reports of an unknown (or another caller's) message
-   * are read for nothing, which costs less than a second round trip.
+   * A record and its DSNs, read in one store operation (one Redis command):
+   * one round trip of waiting instead of two. The reports of an unknown (or
+   * another caller's) message are read for nothing, which costs less than a
+   * second round trip.
    */
   function readWithReports(messageId: string) {
-    return Promise.all([store.getRecord(messageId), store.getDeliveryReports(messageId)]);
+    return store.getRecordWithReports(messageId);
   }
 
   async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult> {

@@ -56,14 +56,18 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
   const identify = options.identify ?? (() => "dev");
   const traceIdOf = options.traceIdOf ?? (() => "");
 
-  const contextOf = async ({ call }: HandlerContext): Promise<CallContext> => ({
-    caller: await identify(call),
-    traceId: traceIdOf(call),
-  });
+  // The caller's identity is usually known at once (a token or a certificate):
+  // then the context is too, with no promise and no microtask turn of its own.
+  const contextOf = ({ call }: HandlerContext): CallContext | Promise<CallContext> => {
+    const caller = identify(call);
+    if (typeof caller === "string") return { caller, traceId: traceIdOf(call) };
+    return caller.then((name) => ({ caller: name, traceId: traceIdOf(call) }));
+  };
 
   return {
     async sendOtp(request, handler) {
-      const result = await otp.sendOtp(await contextOf(handler), {
+      const ctx = contextOf(handler);
+      const result = await otp.sendOtp(ctx instanceof Promise ? await ctx : ctx, {
         recipient: request.recipient,
         purpose: domainPurpose(request.purpose),
         locale: request.locale,
@@ -81,12 +85,14 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
     },
 
     async getDeliveryStatus(request, handler) {
-      const status = await otp.getDeliveryStatus(await contextOf(handler), request.messageId);
+      const ctx = contextOf(handler);
+      const status = await otp.getDeliveryStatus(ctx instanceof Promise ? await ctx : ctx, request.messageId);
       return deliveryStatusResponse(status);
     },
 
     async verifyOtp(request, handler) {
-      const result = await otp.verifyOtp(await contextOf(handler), {
+      const ctx = contextOf(handler);
+      const result = await otp.verifyOtp(ctx instanceof Promise ? await ctx : ctx, {
         recipient: request.recipient,
         purpose: domainPurpose(request.purpose),
         code: request.code,

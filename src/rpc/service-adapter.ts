@@ -213,31 +213,40 @@ function wrapUnary(
   logger: Logger,
 ): handleUnaryCall<Incoming<DescMessage>, MessageShape<DescMessage>> {
   const site = { method: methodPath(method) };
+  const output = method.output;
+  // No async wrapper around the handler: its promise is settled straight
+  // into the callback. Each async layer cost a promise and a microtask turn
+  // per call (the handler's own promise was awaited, then re-resolved into
+  // the wrapper's).
   return (
     call: ServerUnaryCall<Incoming<DescMessage>, unknown>,
     callback: sendUnaryData<MessageShape<DescMessage>>,
   ) => {
-    const { signal, release } = abortSignalOf(call);
-    const respond = async (): Promise<MessageShape<DescMessage>> => {
-      const response = await impl(decodedOrThrow(call.request), {
-        call,
-        get signal() {
-          return signal();
-        },
-      });
-      return create(method.output, response);
+    const context = new CallContext(call);
+    const fail = (error: unknown): void => {
+      context.release();
+      callback(toGrpcStatus(error, logger, site));
     };
-    // The callback runs outside the try: if it threw, we must not call it twice.
-    respond().then(
-      (response) => {
-        release();
-        callback(null, response);
-      },
-      (error: unknown) => {
-        release();
-        callback(toGrpcStatus(error, logger, site));
-      },
-    );
+    let pending: Promise<MessageInitShape<DescMessage>>;
+    try {
+      pending = impl(decodedOrThrow(call.request), context);
+    } catch (error) {
+      // A handler that throws before its first await (or a malformed request).
+      fail(error);
+      return;
+    }
+    pending.then((response) => {
+      let message: MessageShape<DescMessage>;
+      try {
+        message = create(output, response);
+      } catch (error) {
+        fail(error);
+        return;
+      }
+      context.release();
+      // The callback runs outside the try: if it threw, we must not call it twice.
+      callback(null, message);
+    }, fail);
   };
 }
 
@@ -248,7 +257,7 @@ function wrapServerStreaming(
 ): handleServerStreamingCall<Incoming<DescMessage>, MessageShape<DescMessage>> {
   const site = { method: methodPath(method) };
   return (call: ServerWritableStream<Incoming<DescMessage>, MessageShape<DescMessage>>) => {
-    const { signal, release } = abortSignalOf(call);
+    const context = new CallContext(call);
     const send = (message: MessageInitShape<DescMessage>): void => {
       if (!call.cancelled) call.write(create(method.output, message));
     };
@@ -256,18 +265,18 @@ function wrapServerStreaming(
       await impl(decodedOrThrow(call.request), {
         call,
         get signal() {
-          return signal();
+          return context.signal;
         },
         send,
       });
     };
     stream().then(
       () => {
-        release();
+        context.release();
         if (!call.cancelled) call.end();
       },
       (error: unknown) => {
-        release();
+        context.release();
         const status = toGrpcStatus(error, logger, site);
         // grpc-js ends a writable server stream with the status emitted as 'error'.
         if (!call.cancelled) call.emit("error", status);
@@ -308,38 +317,41 @@ function decodedOrThrow<I extends DescMessage>(request: Incoming<I>): MessageSha
 }
 
 /**
- * The call's AbortSignal, aborted by grpc-js's 'cancelled' event while the
- * handler runs, and made only when the handler first reads it: the OTP
- * handlers never do (each Redis command has its own timeout), and an
- * AbortController with its listener was ~1 KB and a few microseconds of every
- * VerifyOtp and GetDeliveryStatus. grpc-js also emits 'cancelled' after every
- * call it has answered, so `release` (called once the handler settled) stops
- * listening: otherwise every finished call pays for an abort and its
- * DOMException.
+ * A handler's context, one object per call. Its AbortSignal is aborted by
+ * grpc-js's 'cancelled' event while the handler runs, and made only when the
+ * handler first reads it: the OTP handlers never do (each Redis command has
+ * its own timeout), and an AbortController with its listener was ~1 KB and a
+ * few microseconds of every VerifyOtp and GetDeliveryStatus. grpc-js also
+ * emits 'cancelled' after every call it has answered, so `release` (called
+ * once the handler settled) stops listening: otherwise every finished call
+ * pays for an abort and its DOMException. A class rather than closures: the
+ * state of a call is one small object.
  */
-function abortSignalOf(call: ServerCall): { readonly signal: () => AbortSignal; readonly release: () => void } {
-  let controller: AbortController | undefined;
-  let onCancelled: (() => void) | undefined;
-  let released = false;
-  return {
-    signal() {
-      if (controller === undefined) {
-        const made = new AbortController();
-        controller = made;
-        if (call.cancelled) {
-          made.abort();
-        } else if (!released) {
-          onCancelled = () => made.abort();
-          call.once("cancelled", onCancelled);
-        }
+class CallContext implements HandlerContext {
+  private controller: AbortController | undefined = undefined;
+  private onCancelled: (() => void) | undefined = undefined;
+  private released = false;
+
+  constructor(readonly call: ServerCall) {}
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      const made = new AbortController();
+      this.controller = made;
+      if (this.call.cancelled) {
+        made.abort();
+      } else if (!this.released) {
+        this.onCancelled = () => made.abort();
+        this.call.once("cancelled", this.onCancelled);
       }
-      return controller.signal;
-    },
-    release() {
-      released = true;
-      if (onCancelled !== undefined) call.off("cancelled", onCancelled);
-    },
-  };
+    }
+    return this.controller.signal;
+  }
+
+  release(): void {
+    this.released = true;
+    if (this.onCancelled !== undefined) this.call.off("cancelled", this.onCancelled);
+  }
 }
 
 /** A Buffer view over the bytes: grpc-js wants a Buffer, and a copy would be waste. */

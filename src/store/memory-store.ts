@@ -232,6 +232,14 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       return run(() => (read(reports, messageId) ?? []).map((value) => JSON.parse(value) as DeliveryReport));
     },
 
+    getRecordWithReports(messageId: string): Promise<readonly [DeliveryRecord | undefined, readonly DeliveryReport[]]> {
+      return run(() => {
+        const value = read(records, messageId);
+        const record = value === undefined ? undefined : (JSON.parse(value) as DeliveryRecord);
+        return [record, (read(reports, messageId) ?? []).map((report) => JSON.parse(report) as DeliveryReport)] as const;
+      });
+    },
+
     putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
       return run(() => expireIn(suppressions, recipientHash, JSON.stringify(entry), Math.max(1, ttlMs)));
     },

@@ -309,12 +309,23 @@ end
 return reply
 `;
 
+/**
+ * KEYS[1] delivery record, KEYS[2] its reports (one hash tag: the message id).
+ * Returns {record or false, {report, ...}}: GetDeliveryStatus in one command
+ * rather than a GET and an LRANGE (each command is a Command object, a timer
+ * and a promise in ioredis).
+ */
+const readRecordLua = `
+return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
+`;
+
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
+  otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
 } as const;
 
 type ScriptArg = string | number;
@@ -380,10 +391,12 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     return result;
   }
 
-  function failed(operation: string, error: unknown): never {
+  /** `alsoFailed`: operations one command stands for besides `operation` (each counted as failed too). */
+  function failed(operation: string, error: unknown, alsoFailed: readonly string[]): never {
     const unavailable = toUnavailable(error);
     readiness.noteFailure(operation, unavailable);
     options.onCommandError?.(operation);
+    for (const other of alsoFailed) options.onCommandError?.(other);
     throw unavailable;
   }
 
@@ -393,7 +406,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
    * body: the operations of a SendOtp are the hottest path of the store,
    * and each async layer costs a promise and a tick per call.
    */
-  function run<T>(operation: string, body: () => Promise<T>): Promise<T> {
+  function run<T>(operation: string, body: () => Promise<T>, alsoFailed: readonly string[] = []): Promise<T> {
     // Only the very first connection attempt is waited for (at most one
     // command timeout), so calls made right after start-up do not fail for
     // a handshake still in flight. Later outages fail fast: nothing queues.
@@ -403,9 +416,9 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       pending = firstAttempt === undefined ? body() : firstAttempt.then(body);
     } catch (error) {
       // A body that throws (JSON.stringify of a cyclic value...) fails like a command.
-      pending = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+      pending = rejection(error);
     }
-    return pending.then(succeeded, (error: unknown) => failed(operation, error));
+    return pending.then(succeeded, (error: unknown) => failed(operation, error, alsoFailed));
   }
 
   // Arguments are checked before `run`, so a programming error surfaces as
@@ -416,17 +429,23 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       await run("addCode", () => redis.otpAddCode(codeKey(set), ...args));
     },
 
-    async verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
-      const [maxFailures, now, keep] = codeSetArgs(guessOptions);
-      const cap = guessOptions.failureCap;
-      const keys = [codeKey(set)];
-      const args: ScriptArg[] = [hmac, maxFailures, now, keep, 0];
-      if (cap !== undefined) {
-        keys.push(failureKey(set.group, cap.log.id));
-        args[4] = 1;
-        args.push(cap.entry, ...windowArgs(cap.log));
+    verifyGuess(set: CodeSetRef, hmac: string, guessOptions: GuessOptions): Promise<GuessOutcome> {
+      let keys: string[];
+      let args: ScriptArg[];
+      try {
+        const [maxFailures, now, keep] = codeSetArgs(guessOptions);
+        const cap = guessOptions.failureCap;
+        keys = [codeKey(set)];
+        args = [hmac, maxFailures, now, keep, 0];
+        if (cap !== undefined) {
+          keys.push(failureKey(set.group, cap.log.id));
+          args[4] = 1;
+          args.push(cap.entry, ...windowArgs(cap.log));
+        }
+      } catch (error) {
+        return rejection(error);
       }
-      return run("verifyGuess", async () => parseGuessOutcome(await redis.otpVerifyGuess(keys.length, ...keys, ...args)));
+      return run("verifyGuess", () => redis.otpVerifyGuess(keys.length, ...keys, ...args).then(parseGuessOutcome));
     },
 
     async putRecord(record: DeliveryRecord, ttlMs: number): Promise<void> {
@@ -435,15 +454,16 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     getRecord(messageId: string): Promise<DeliveryRecord | undefined> {
-      return run("getRecord", async () => {
-        const value = await redis.get(recordKey(messageId));
-        if (value === null) return undefined;
-        const record = parseRecord(value);
-        if (record === undefined) {
-          logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
-        }
-        return record;
-      });
+      return run("getRecord", () =>
+        redis.get(recordKey(messageId)).then((value) => {
+          if (value === null) return undefined;
+          const record = parseRecord(value);
+          if (record === undefined) {
+            logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
+          }
+          return record;
+        }),
+      );
     },
 
     async addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
@@ -463,10 +483,34 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {
-      return run("getDeliveryReports", async () => {
-        const values = await redis.lrange(reportsKey(messageId), 0, -1);
-        return values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? []);
-      });
+      return run("getDeliveryReports", () =>
+        redis
+          .lrange(reportsKey(messageId), 0, -1)
+          .then((values) => values.flatMap((value) => parseJsonObject<DeliveryReport>(value, "action") ?? [])),
+      );
+    },
+
+    getRecordWithReports(messageId: string): Promise<readonly [DeliveryRecord | undefined, readonly DeliveryReport[]]> {
+      return run(
+        "getRecord",
+        () =>
+          redis.otpReadRecord(recordKey(messageId), reportsKey(messageId)).then((reply) => {
+            if (!Array.isArray(reply)) throw new Error("unexpected reply to the record script");
+            // Lua's false (no record) arrives as null.
+            const [value, values] = reply as [unknown, unknown];
+            let record: DeliveryRecord | undefined;
+            if (typeof value === "string") {
+              record = parseRecord(value);
+              if (record === undefined) logger.warn({ message_id: messageId }, "unreadable delivery record treated as absent");
+            }
+            const reports = Array.isArray(values)
+              ? values.flatMap((report) => (typeof report === "string" ? (parseJsonObject<DeliveryReport>(report, "action") ?? []) : []))
+              : [];
+            return [record, reports] as const;
+          }),
+        // What failed is both reads, counted as each was when they were two commands.
+        ["getDeliveryReports"],
+      );
     },
 
     async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
@@ -661,6 +705,11 @@ function codeSetArgs(setOptions: CodeSetOptions): ScriptArg[] {
     throw new TypeError(`maxFailures must be a positive integer, got ${setOptions.maxFailures}`);
   }
   return [setOptions.maxFailures, wholeMs(setOptions.now), wholeMs(setOptions.keepExpiredMs)];
+}
+
+/** A thrown value as a rejected promise, for functions that answer with promises rather than throw. */
+function rejection(error: unknown): Promise<never> {
+  return Promise.reject(error instanceof Error ? error : new Error(String(error)));
 }
 
 /** Scripts take integer milliseconds. */

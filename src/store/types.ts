@@ -200,6 +200,13 @@ export interface OtpStore {
   getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]>;
 
   /**
+   * `getRecord` and `getDeliveryReports` of one message together, as
+   * GetDeliveryStatus needs them: one operation (in Redis, one command)
+   * instead of two. The reports of an unknown message are empty.
+   */
+  getRecordWithReports(messageId: string): Promise<readonly [DeliveryRecord | undefined, readonly DeliveryReport[]]>;
+
+  /**
    * Suppresses a recipient, identified by an opaque HMAC (never the address),
    * for `ttlMs` from now; replaces an earlier suppression.
    */

@@ -104,6 +104,12 @@ export interface Metrics {
     readonly handlingSeconds: Histogram<"grpc_type" | "grpc_service" | "grpc_method">;
     readonly msgReceived: Counter<"grpc_type" | "grpc_service" | "grpc_method">;
     readonly msgSent: Counter<"grpc_type" | "grpc_service" | "grpc_method">;
+    /**
+     * Runs `flush` whenever the four gRPC counters are read (a scrape,
+     * `get()`): a recorder may tally counts itself and add them to the
+     * counters only then (grpc-metrics.ts does, per method).
+     */
+    flushBeforeRead(flush: () => void): void;
   };
   readonly sends: Counter<"purpose" | "outcome">;
   readonly verifications: Counter<"purpose" | "result">;
@@ -134,18 +140,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const { providers } = options;
 
   const rpcLabels = ["grpc_type", "grpc_service", "grpc_method"] as const;
+  const grpcFlushes = new Set<() => void>();
+  const flushGrpc = (): void => {
+    for (const flush of grpcFlushes) flush();
+  };
   const grpc = {
     started: new Counter({
       name: "grpc_server_started_total",
       help: "Total number of RPCs started on the server.",
       labelNames: rpcLabels,
       registers,
+      collect: flushGrpc,
     }),
     handled: new Counter({
       name: "grpc_server_handled_total",
       help: "Total number of RPCs completed on the server, regardless of success or failure.",
       labelNames: [...rpcLabels, "grpc_code"] as const,
       registers,
+      collect: flushGrpc,
     }),
     handlingSeconds: new Histogram({
       name: "grpc_server_handling_seconds",
@@ -160,13 +172,18 @@ export function createMetrics(options: MetricsOptions): Metrics {
       help: "Total number of RPC stream messages received on the server.",
       labelNames: rpcLabels,
       registers,
+      collect: flushGrpc,
     }),
     msgSent: new Counter({
       name: "grpc_server_msg_sent_total",
       help: "Total number of gRPC stream messages sent by the server.",
       labelNames: rpcLabels,
       registers,
+      collect: flushGrpc,
     }),
+    flushBeforeRead(flush: () => void): void {
+      grpcFlushes.add(flush);
+    },
   };
 
   const sends = new Counter({

@@ -9,6 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { OtpError } from "../../src/errors.js";
 import { createLogger } from "../../src/logger.js";
 import { bindService } from "../../src/rpc/service-adapter.js";
 
@@ -85,6 +86,25 @@ describe("handler signal", () => {
       expect(ConnectError.from(error).code).toBe(Code.Canceled);
     }
     await sawAbort.promise;
+  });
+
+  it("ends the call with the mapped status when a handler throws before returning a promise", async () => {
+    const baseUrl = await serve({
+      check: () => {
+        throw new OtpError("not_found", "no such service", { reason: "SERVICE_UNKNOWN" });
+      },
+      list: () => {
+        throw new Error("a bug, not for the caller's eyes");
+      },
+      watch: async () => {},
+    });
+    const client = createClient(Health, createGrpcTransport({ baseUrl }));
+    const notFound = ConnectError.from(await client.check({ service: "x" }).catch((error: unknown) => error));
+    expect(notFound.code).toBe(Code.NotFound);
+    expect(notFound.rawMessage).toBe("no such service");
+    const internal = ConnectError.from(await client.list({}).catch((error: unknown) => error));
+    expect(internal.code).toBe(Code.Internal);
+    expect(internal.rawMessage).toBe("internal error");
   });
 
   it("answers a handler that never reads it, many times over", async () => {

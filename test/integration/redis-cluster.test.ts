@@ -21,6 +21,9 @@ import {
   verifyOtp,
   type Instance,
 } from "../support/otp-instances.js";
+import type { DeliveryRecord, DeliveryReport } from "../../src/delivery/record.js";
+import { createLogger } from "../../src/logger.js";
+import { createRedisStore } from "../../src/store/redis-store.js";
 import { randomPrefix, scanPrefix } from "../support/redis.js";
 import { startRedisCluster, type RedisCluster } from "../support/redis-cluster.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
@@ -145,5 +148,41 @@ describe("exact limits on a Redis Cluster, 3 instances, 1,000 concurrent SendOtp
       Array.from({ length: 12 }, (_, i) => call(instances[i % 3].client, verifyOtp, { ...request, code: "1234" }, auth)),
     );
     expect(results.map((r) => r.result).sort()).toEqual([VerifyResult.VERIFIED, ...Array<VerifyResult>(11).fill(VerifyResult.NOT_FOUND)].sort());
+  });
+
+  it("reads a delivery record with its reports in one script on the cluster (both keys in the message's slot)", async () => {
+    const store = createRedisStore({ url: cluster.seeds, cluster: true, prefix: randomPrefix(), logger: createLogger({ level: "silent" }) });
+    try {
+      const record: DeliveryRecord = {
+        messageId: "01jcluster0000000000000000",
+        caller: "alpha",
+        state: "ACCEPTED",
+        recipientMasked: "c***@example.com",
+        recipientDomain: "example.com",
+        purpose: "login",
+        locale: "en",
+        createdAt: 1_700_000_000_000,
+        updatedAt: 1_700_000_000_500,
+        expiresAt: 1_700_000_300_000,
+        attempts: [],
+        traceId: "",
+      };
+      const bounce: DeliveryReport = {
+        receivedAt: 1_700_000_001_000,
+        action: "failed",
+        status: "5.1.1",
+        diagnosticCode: "smtp; 550 5.1.1 no such user",
+        remoteMta: "mx.example.com",
+        reportingMta: "relay.example",
+        finalRecipient: "c***@example.com",
+        envelopeId: "",
+      };
+      await store.putRecord(record, 60_000);
+      await store.addDeliveryReport(record.messageId, bounce, 60_000);
+      expect(await store.getRecordWithReports(record.messageId)).toEqual([record, [bounce]]);
+      expect(await store.getRecordWithReports("01jcluster0000000000000001")).toEqual([undefined, []]);
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -572,6 +572,37 @@ describe("gRPC server", () => {
       }
     });
 
+    it("an identify that answers with a promise names the caller, or refuses it, all the same", async () => {
+      const asyncIdentify = createGrpcServer({
+        otp: h.otp,
+        health: h.health,
+        logger: createLogger({ level: "silent" }),
+        identify: (call) =>
+          call.metadata.get("x-test-caller").length === 0
+            ? Promise.reject(new OtpError("unauthenticated", "send a bearer token", { reason: "TOKEN_MISSING" }))
+            : Promise.resolve(`async-${String(call.metadata.get("x-test-caller")[0])}`),
+        traceIdOf: () => "trace-of-the-call",
+      });
+      const { port } = await asyncIdentify.listen("127.0.0.1:0");
+      const client = createClient(OtpEmailService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
+      try {
+        h.otp.onVerify = () => Promise.resolve({ result: "VERIFIED", attemptsRemaining: 5 });
+        const answer = await client.verifyOtp(
+          { recipient: "a@b.test", purpose: Purpose.LOGIN, code: "123456" },
+          { headers: { "x-test-caller": "svc-b" } },
+        );
+        expect(answer.result).toBe(VerifyResult.VERIFIED);
+        expect(h.otp.verifies.map((v) => v.ctx)).toEqual([{ caller: "async-svc-b", traceId: "trace-of-the-call" }]);
+
+        const error = ConnectError.from(await rejection(client.verifyOtp({ recipient: "a@b.test", code: "1" })));
+        expect(error.code).toBe(Code.Unauthenticated);
+        expect(error.rawMessage).toBe("send a bearer token");
+        expect(h.otp.verifies).toHaveLength(1);
+      } finally {
+        await asyncIdentify.shutdown(1_000);
+      }
+    });
+
     it("garbage request bytes are INVALID_ARGUMENT, not INTERNAL, and reach nothing", async () => {
       const error = await grpcError(
         rawUnary(h.address, "/otp.v1.OtpEmailService/SendOtp", Buffer.from([0xff, 0xff, 0xff, 0xff])),

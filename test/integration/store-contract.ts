@@ -350,6 +350,22 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         expect(await store.getDeliveryReports("msg-1")).toHaveLength(2);
       });
 
+      it("reads a record with its reports in one operation: either may be missing", async () => {
+        const delayed = report("delayed", "4.4.1", t0 + 1000);
+        const failed = report("failed", "5.1.1", t0 + 2000);
+        await store.putRecord(record("msg-1"), minute);
+        await store.addDeliveryReport("msg-1", delayed, minute);
+        await store.addDeliveryReport("msg-1", failed, minute);
+        await store.putRecord(record("msg-2"), minute);
+        // A bounce can be read for a record that has already expired.
+        await store.addDeliveryReport("msg-3", failed, minute);
+
+        expect(await store.getRecordWithReports("msg-1")).toEqual([record("msg-1"), [delayed, failed]]);
+        expect(await store.getRecordWithReports("msg-2")).toEqual([record("msg-2"), []]);
+        expect(await store.getRecordWithReports("msg-3")).toEqual([undefined, [failed]]);
+        expect(await store.getRecordWithReports("unknown")).toEqual([undefined, []]);
+      });
+
       it(`keeps the newest ${maxDeliveryReports} reports when flooded`, async () => {
         for (let i = 0; i < maxDeliveryReports + 5; i++) {
           await store.addDeliveryReport("msg-1", report("delayed", "4.4.1", t0 + i), minute);

@@ -74,6 +74,16 @@ describe("Redis store specifics", () => {
   const setOptions = { now: t0, maxFailures: 5, keepExpiredMs: 30_000 };
   const set = { group: "g-1", id: "set-1" };
 
+  it("rejects a guess with broken options as a TypeError, not as storage unavailable, and counts no Redis error", async () => {
+    const failed: string[] = [];
+    store = createRedisStore({ url, prefix, logger: silentLogger(), onCommandError: (operation) => failed.push(operation) });
+    const broken = store.verifyGuess(set, "ab12", { ...setOptions, maxFailures: 0 });
+    await expect(broken).rejects.toThrow(TypeError);
+    await expect(store.verifyGuess(set, "ab12", { ...setOptions, now: Number.NaN })).rejects.toThrow(TypeError);
+    expect(failed).toEqual([]);
+    expect(await store.verifyGuess(set, "ab12", setOptions)).toEqual({ state: "none" });
+  });
+
   it("writes one key per set, record and claim, under the prefix with hash tags, each with a TTL", async () => {
     store = createRedisStore({ url, prefix, logger: silentLogger() });
     await store.addCode({ group: "g-1", id: "set-1" }, { id: "msg-1", hmac: "ab12", expiresAt: t0 + 60_000 }, setOptions);
@@ -228,6 +238,19 @@ describe("Redis store during an outage", () => {
       expect(store.isReady()).toBe(false);
       await expectUnavailable(store.ping());
       await expectUnavailable(store.getRecord("msg-1"));
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("counts a failed read of a record with its reports as both reads, as when they were two commands", async () => {
+    const server = await startRedisServer();
+    await server.stop();
+    const failed: string[] = [];
+    const store = createRedisStore({ url: server.url, prefix: randomPrefix(), logger: silentLogger(), onCommandError: (operation) => failed.push(operation) });
+    try {
+      await expectUnavailable(store.getRecordWithReports("msg-1"));
+      expect(failed).toEqual(["getRecord", "getDeliveryReports"]);
     } finally {
       await store.close();
     }

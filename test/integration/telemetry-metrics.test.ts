@@ -180,6 +180,32 @@ describe("metrics: a scripted scenario gives exactly the values it implies", () 
     expect(await at("otp_health_component_up", { component: "relay" })).toBe(1);
   });
 
+  it("every read of the gRPC counters sees each call made before it, and the counts keep adding up across reads", async () => {
+    const checkRpc = { grpc_type: "unary", grpc_service: "grpc.health.v1.Health", grpc_method: "Check" };
+    const counts = async (): Promise<number[]> => [
+      await sample(service, "grpc_server_started_total", checkRpc),
+      await sample(service, "grpc_server_msg_received_total", checkRpc),
+      await sample(service, "grpc_server_msg_sent_total", checkRpc),
+      await sample(service, "grpc_server_handled_total", { ...checkRpc, grpc_code: "OK" }),
+    ];
+    const health = new GrpcHealthClient(service.address, grpc.credentials.createInsecure());
+    try {
+      const before = await counts();
+      for (let i = 0; i < 3; i++) await grpcUnary(health, Health.method.check, { service: "" });
+      expect(await counts()).toEqual(before.map((count) => count + 3));
+      // Read twice with nothing in between: nothing is counted twice.
+      expect(await counts()).toEqual(before.map((count) => count + 3));
+      await Promise.all(Array.from({ length: 4 }, () => grpcUnary(health, Health.method.check, { service: "" })));
+      expect(await counts()).toEqual(before.map((count) => count + 7));
+      // The text exposition flushes too.
+      await grpcUnary(health, Health.method.check, { service: "" });
+      const text = await service.metrics.render("text");
+      expect(text).toContain(`grpc_server_started_total{grpc_type="unary",grpc_service="grpc.health.v1.Health",grpc_method="Check"} ${(before[0] ?? 0) + 8}`);
+    } finally {
+      health.close();
+    }
+  });
+
   it("reflection calls are counted with their streaming type", async () => {
     await new Promise<void>((resolve, reject) => {
       execFile(
