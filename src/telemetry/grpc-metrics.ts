@@ -75,11 +75,16 @@ class MethodSeries {
     };
   }
 
-  /** One call ended with `code`. */
-  countHandled(code: number): void {
+  /** One call ended with `code`; a code past the bound goes straight into the counter. */
+  countHandled(code: number, grpc: Metrics["grpc"]): void {
     let series = this.handled.get(code);
     if (series === undefined) {
-      series = { labels: { ...this.labels, grpc_code: grpcCodeName(code) }, count: 0 };
+      const labels = { ...this.labels, grpc_code: grpcCodeName(code) };
+      if (this.handled.size >= maxTalliedCodes) {
+        grpc.handled.inc(labels);
+        return;
+      }
+      series = { labels, count: 0 };
       this.handled.set(code, series);
     }
     series.count += 1;
@@ -104,6 +109,8 @@ class MethodSeries {
  * the counters.
  */
 const maxTalliedMethods = 256;
+/** 17 codes exist; anything a handler makes up beyond this many is counted but not tallied. */
+const maxTalliedCodes = 32;
 
 /** The interceptor; pass it first so it also times and counts what later interceptors refuse. */
 export function createGrpcMetricsInterceptor(metrics: Pick<Metrics, "grpc">): ServerInterceptor {
@@ -134,7 +141,7 @@ export function createGrpcMetricsInterceptor(metrics: Pick<Metrics, "grpc">): Se
     const finish = (code: number): void => {
       if (finished) return;
       finished = true;
-      counted.countHandled(code);
+      counted.countHandled(code, grpc);
       flushUntallied();
       // In the handler's context: the exemplar is the server span's trace.
       observeWithTrace(grpc.handlingSeconds, labels, (performance.now() - startedAt) / 1000);
