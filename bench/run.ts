@@ -9,6 +9,9 @@
  *   --soak-max-s S  time bound of the soak (default 300)
  *   --pool N        SMTP pool size of the service and of the ceiling (default 5, the service's default)
  *   --cpu-prof      run every service with node --cpu-prof and print where its CPU went
+ *   --node-arg ARG  one more node option for every service (repeatable):
+ *                   `--node-arg=--trace-gc`, `--node-arg=--import=/path/to/preload.mjs`
+ *   --keep-logs     keep the services' logs (stdout and stderr) after a run that did not fail
  *   --only LIST     run only these groups: smtp,service,echo,relay,tracing,dkim,soak (echo needs service)
  *   --service-dist DIR  run the service from DIR instead of dist/ (a saved build, for before/after)
  *   --plain-smtp    the sink offers no STARTTLS and every client sends in clear
@@ -79,6 +82,8 @@ interface BenchOptions {
   readonly soakMaxMs: number;
   readonly poolSize: number;
   readonly cpuProf: boolean;
+  readonly nodeArgs: readonly string[];
+  readonly keepLogs: boolean;
   readonly outDir: string;
   readonly plainSmtp: boolean;
   readonly groups: ReadonlySet<Group>;
@@ -88,7 +93,7 @@ interface BenchOptions {
 const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
 type Group = (typeof groups)[number];
 
-const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--node-arg ARG]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
 
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined) return fallback;
@@ -107,6 +112,8 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
       "soak-max-s": { type: "string" },
       pool: { type: "string" },
       "cpu-prof": { type: "boolean" },
+      "node-arg": { type: "string", multiple: true },
+      "keep-logs": { type: "boolean" },
       out: { type: "string" },
       only: { type: "string" },
       "service-dist": { type: "string" },
@@ -125,6 +132,8 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
     soakMaxMs: wholeNumber("soak-max-s", values["soak-max-s"], 300, 1) * 1000,
     poolSize: wholeNumber("pool", values.pool, 5, 1),
     cpuProf: values["cpu-prof"] === true,
+    nodeArgs: values["node-arg"] ?? [],
+    keepLogs: values["keep-logs"] === true,
     plainSmtp: values["plain-smtp"] === true,
     outDir: resolve(values.out ?? join(repoRoot, "bench")),
   };
@@ -322,7 +331,7 @@ async function withService<T>(bench: Bench, name: string, env: Env, body: (servi
   }
   const service = await startService({
     env,
-    extraNodeArgs: bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [],
+    extraNodeArgs: [...bench.options.nodeArgs, ...(bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [])],
     logPath: join(bench.workDir, `service-${name}.log`),
     token: bench.caller.token,
     distDir: bench.options.serviceDist,
@@ -1040,8 +1049,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   console.log(`\nTargets (ratios within this run):\n${formatTargets(report.targets)}`);
   console.log(`\nwrote ${join(options.outDir, "results.json")} and results.svg`);
   const failed = bench.scenarios.some((row) => row.status === "failed");
-  // The service logs (about 1 KB per SendOtp) are kept only when something failed.
-  if (failed) console.log(`service logs kept in ${workDir}`);
+  // The service logs (about 1 KB per SendOtp) are kept only when something failed, or when asked.
+  if (failed || options.keepLogs) console.log(`service logs kept in ${workDir}`);
   else rmSync(workDir, { recursive: true, force: true });
   return failed ? 1 : 0;
 }
