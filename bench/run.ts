@@ -11,6 +11,8 @@
  *   --cpu-prof      run every service with node --cpu-prof and print where its CPU went
  *   --node-arg ARG  one more node option for every service (repeatable):
  *                   `--node-arg=--trace-gc`, `--node-arg=--import=/path/to/preload.mjs`
+ *   --service-env KEY=VALUE  one more environment variable for every service, set last (repeatable):
+ *                   `--service-env=OTEL_TRACES_SAMPLER=parentbased_traceidratio --service-env=OTEL_TRACES_SAMPLER_ARG=0.1`
  *   --keep-logs     keep the services' logs (stdout and stderr) after a run that did not fail
  *   --only LIST     run only these groups: smtp,service,echo,relay,tracing,dkim,soak (echo needs service)
  *   --service-dist DIR  run the service from DIR instead of dist/ (a saved build, for before/after)
@@ -84,6 +86,8 @@ interface BenchOptions {
   readonly cpuProf: boolean;
   readonly nodeArgs: readonly string[];
   readonly keepLogs: boolean;
+  /** --service-env: set on every service after the bench's own settings. */
+  readonly serviceEnv: Readonly<Record<string, string>>;
   readonly outDir: string;
   readonly plainSmtp: boolean;
   readonly groups: ReadonlySet<Group>;
@@ -93,12 +97,24 @@ interface BenchOptions {
 const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
 type Group = (typeof groups)[number];
 
-const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--node-arg ARG]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
 
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`--${name} must be a whole number >= ${min}\n${usage}`);
   return Number(raw);
+}
+
+/** `KEY=VALUE` settings, checked: a bad one stops the bench before it starts anything. */
+function serviceEnvOf(settings: readonly string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const setting of settings) {
+    const equals = setting.indexOf("=");
+    const key = equals === -1 ? "" : setting.slice(0, equals);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`--service-env wants KEY=VALUE, got "${setting}"\n${usage}`);
+    env[key] = setting.slice(equals + 1);
+  }
+  return env;
 }
 
 function readOptions(argv: readonly string[]): BenchOptions | undefined {
@@ -114,6 +130,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
       "cpu-prof": { type: "boolean" },
       "node-arg": { type: "string", multiple: true },
       "keep-logs": { type: "boolean" },
+      "service-env": { type: "string", multiple: true },
       out: { type: "string" },
       only: { type: "string" },
       "service-dist": { type: "string" },
@@ -134,6 +151,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
     cpuProf: values["cpu-prof"] === true,
     nodeArgs: values["node-arg"] ?? [],
     keepLogs: values["keep-logs"] === true,
+    serviceEnv: serviceEnvOf(values["service-env"] ?? []),
     plainSmtp: values["plain-smtp"] === true,
     outDir: resolve(values.out ?? join(repoRoot, "bench")),
   };
@@ -330,7 +348,7 @@ async function withService<T>(bench: Bench, name: string, env: Env, body: (servi
     mkdirSync(profileDir, { recursive: true });
   }
   const service = await startService({
-    env,
+    env: { ...env, ...bench.options.serviceEnv },
     extraNodeArgs: [...bench.options.nodeArgs, ...(bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [])],
     logPath: join(bench.workDir, `service-${name}.log`),
     token: bench.caller.token,
@@ -990,6 +1008,12 @@ export async function main(argv: readonly string[]): Promise<number> {
         "caller auth": present.callerAuth ? "on, one bearer token (AUTH_TOKENS)" : "not in the tree yet",
       },
     };
+    const overrides = Object.entries(options.serviceEnv);
+    if (overrides.length > 0) {
+      // Long values (a key, a certificate) shortened: the table names the setting, the caller knows the value.
+      const shown = overrides.map(([key, value]) => `${key}=${value.length > 40 ? `${value.slice(0, 37)}...` : value}`);
+      bench.features["service env"] = `every service also runs with ${shown.join(" ")} (--service-env)`;
+    }
     if (options.profile === "smoke") await smokeRun(bench);
     else await fullRun(bench);
   } finally {

@@ -18,15 +18,19 @@ import type { BenchReport } from "../../bench/report.js";
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const out = mkdtempSync(join(tmpdir(), "otp-bench-smoke-"));
+let keptLogs: string | undefined;
 
 afterAll(() => {
   rmSync(out, { recursive: true, force: true });
+  if (keptLogs !== undefined) rmSync(keptLogs, { recursive: true, force: true });
 });
 
 describe("npm run bench -- --smoke", () => {
   it("sends SendOtp through the service process, counts Redis round trips and writes the results", async () => {
     // Generous bound: a cold run compiles the service and the benchmark first.
-    const { stdout } = await run(process.execPath, ["bench/bench.mjs", "--smoke", "--out", out], {
+    // With a setting of the caller's own (--service-env), and the logs kept to show the service ran with it.
+    const args = ["bench/bench.mjs", "--smoke", "--out", out, "--service-env=LOG_LEVEL=warn", "--keep-logs"];
+    const { stdout } = await run(process.execPath, args, {
       cwd: root,
       timeout: 240_000,
       maxBuffer: 16 * 1024 * 1024,
@@ -67,5 +71,23 @@ describe("npm run bench -- --smoke", () => {
     expect(report.targets.map((target) => target.id)).toContain("redis-round-trips");
     expect(readFileSync(join(out, "results.svg"), "utf8")).toMatch(/^<svg [^>]*>[\s\S]*SendOtp end to end[\s\S]*<\/svg>\n$/);
     expect(stdout).toContain("SendOtp end to end");
+
+    expect(report.features["service env"]).toBe("every service also runs with LOG_LEVEL=warn (--service-env)");
+    keptLogs = /service logs kept in (\S+)/.exec(stdout)?.[1];
+    expect(keptLogs).toBeDefined();
+    // LOG_LEVEL=warn reached the service: the bench's own info (every send is logged at info) did not apply.
+    const log = readFileSync(join(keptLogs ?? "", "service-smoke.log"), "utf8");
+    expect(log).not.toContain('"msg":"otp queued"');
+    expect(log).not.toContain('"level":"info"');
   }, 300_000);
+
+  it("refuses a --service-env that is not KEY=VALUE before starting anything", async () => {
+    const failed = await run(process.execPath, ["bench/bench.mjs", "--smoke", "--out", out, "--service-env=1BAD=x"], { cwd: root, timeout: 120_000 }).then(
+      () => undefined,
+      (error: unknown) => error as { code?: number; stderr?: string },
+    );
+    expect(failed?.code).not.toBe(0);
+    expect(failed?.stderr).toContain('--service-env wants KEY=VALUE, got "1BAD=x"');
+    expect(failed?.stderr).not.toContain("service logs");
+  }, 150_000);
 });
