@@ -344,8 +344,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
  * leads nowhere in Jaeger).
  */
 export function traceExemplar(spanContext = trace.getSpanContext(context.active())): Record<string, string> | undefined {
-  if (spanContext === undefined || !trace.isSpanContextValid(spanContext)) return undefined;
-  if ((spanContext.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
+  // The flag first: it is a number on the context, while validating reads both ids (a regex each).
+  if (spanContext === undefined || (spanContext.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
+  if (!trace.isSpanContextValid(spanContext)) return undefined;
   return { trace_id: spanContext.traceId };
 }
 
