@@ -3,9 +3,9 @@ import { ConfigError, loadConfig, loadTracingConfig } from "../../src/config.js"
 import { createLogger } from "../../src/logger.js";
 import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
-import { createMetrics, negotiateFormat } from "../../src/telemetry/metrics.js";
+import { createMetrics, negotiateFormat, traceExemplar } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
-import { ROOT_CONTEXT, createContextKey } from "@opentelemetry/api";
+import { INVALID_SPAN_CONTEXT, ROOT_CONTEXT, TraceFlags, createContextKey } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager, parseTraceparent } from "../../src/telemetry/trace-context.js";
 
 describe("provider classes", () => {
@@ -123,6 +123,22 @@ describe("the caller's traceparent, without an SDK", () => {
     ]) {
       expect(parseTraceparent(value), value).toBeUndefined();
     }
+  });
+});
+
+describe("exemplars", () => {
+  const ids = { traceId: "4bf92f3577b34da6a3ce929d0e0e4736", spanId: "00f067aa0ba902b7" };
+
+  it("name the trace of a sampled, valid span context", () => {
+    expect(traceExemplar({ ...ids, traceFlags: TraceFlags.SAMPLED })).toEqual({ trace_id: ids.traceId });
+  });
+
+  it("name nothing for an unsampled trace (it leads nowhere in Jaeger), an invalid context or none", () => {
+    expect(traceExemplar({ ...ids, traceFlags: TraceFlags.NONE })).toBeUndefined();
+    expect(traceExemplar({ ...INVALID_SPAN_CONTEXT, traceFlags: TraceFlags.SAMPLED })).toBeUndefined();
+    expect(traceExemplar({ traceId: "not-hex", spanId: ids.spanId, traceFlags: TraceFlags.SAMPLED })).toBeUndefined();
+    // Outside any context: nothing active.
+    expect(traceExemplar()).toBeUndefined();
   });
 });
 
