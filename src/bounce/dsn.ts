@@ -9,7 +9,7 @@
  * control characters dropped, and addresses masked before anything leaves.
  */
 import { simpleParser } from "mailparser";
-import { maskAddress } from "../otp/address.js";
+import { maskAddress, maskAddressesIn } from "../otp/address.js";
 import { deliveryReportActions, type DeliveryReportAction } from "../delivery/record.js";
 
 /** One per-recipient block. Addresses are masked; texts are single-line and bounded. */
@@ -84,8 +84,8 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
     recipients.push({
       action,
       status: /^[245]\.\d{1,3}\.\d{1,3}/.exec(fields.get("status") ?? "")?.[0] ?? "",
-      diagnosticCode: maskText(fields.get("diagnostic-code") ?? "", address),
-      remoteMta: maskText(fields.get("remote-mta") ?? "", address),
+      diagnosticCode: maskAddressesIn(fields.get("diagnostic-code") ?? "", address),
+      remoteMta: maskAddressesIn(fields.get("remote-mta") ?? "", address),
       finalRecipient: address === "" ? "" : `${typeOf(final)}; ${maskAddress(address)}`,
     });
   }
@@ -151,20 +151,6 @@ function addressOf(field: string): string {
 function typeOf(field: string): string {
   const type = field.includes(";") ? field.slice(0, field.indexOf(";")).trim().toLowerCase() : "";
   return /^[a-z0-9-]{1,20}$/.test(type) ? type : "rfc822";
-}
-
-/**
- * Masks every address in a text, and the recipient's local part where it
- * appears alone (Postfix: `unknown user: "jane.doe"`).
- */
-function maskText(text: string, recipient: string): string {
-  let masked = text.replace(
-    /([^\s<>()[\]"',;:@]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[^\]\s]+\])/g,
-    (_all, local: string, domain: string) => `${local.slice(0, 1)}***@${domain}`,
-  );
-  const local = recipient.slice(0, recipient.lastIndexOf("@"));
-  if (local.length >= 2) masked = masked.split(local).join(`${local.slice(0, 1)}***`);
-  return masked;
 }
 
 /** RFC 3461 xtext: `+XX` is the byte 0xXX. */

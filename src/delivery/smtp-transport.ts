@@ -9,6 +9,7 @@ import { isIP } from "node:net";
 import { createSecureContext, rootCertificates } from "node:tls";
 import { createTransport, type SendMailOptions } from "nodemailer";
 import type { Logger } from "../logger.js";
+import { maskAddressesIn } from "../otp/address.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
 import { addressOf, plainAddress, pooledMessage, poolTransportOf, sendThroughPool, type PoolSendInfo } from "./pool-send.js";
@@ -200,7 +201,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       // carried this message: the truth about whether DSN went out with it.
       const dsnSupported = dsnIn(info.ehlo);
       noteDsnSupport(dsnSupported);
-      const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined);
+      const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined, mail.to);
       if (logger.isLevelEnabled("debug")) {
         logger.debug(
           { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Date.now() - startedAt },
@@ -209,7 +210,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
       return acceptance;
     } catch (error) {
-      const failure = toSmtpSendError(error, sendTimeoutMs);
+      const failure = toSmtpSendError(error, sendTimeoutMs, mail.to);
       logger.debug(
         {
           kind: failure.kind,
@@ -462,8 +463,9 @@ function ehloHasDsn(ehlo: unknown): boolean {
   return Array.isArray(ehlo) && ehlo.some((line) => typeof line === "string" && /^DSN\b/i.test(line.trim()));
 }
 
-function parseAcceptance(relay: string, response: string, dsnSupported: boolean, dsnAsked: boolean): SmtpAcceptance {
-  const text = maskAddresses(response.trim());
+function parseAcceptance(relay: string, response: string, dsnSupported: boolean, dsnAsked: boolean, recipient: string): SmtpAcceptance {
+  // Relays often echo the recipient; their words end up in records, logs and API answers.
+  const text = maskAddressesIn(response.trim(), recipient);
   const [, code, enhanced] = replyLine.exec(text) ?? [];
   let queueId = "";
   for (const pattern of queueIdPatterns) {
@@ -482,20 +484,6 @@ function parseAcceptance(relay: string, response: string, dsnSupported: boolean,
     dsnSupported,
     dsnRequested: dsnAsked && dsnSupported,
   };
-}
-
-/**
- * Masks every address in a relay's text (`j***@example.com`). Relays often
- * echo the recipient (`550 5.1.1 <jane@x>: Recipient address rejected`),
- * and their words end up in records, logs and API answers.
- */
-function maskAddresses(text: string): string {
-  // Most replies (`250 2.0.0 Ok: queued as 4F2A`) name no address at all.
-  if (!text.includes("@")) return text;
-  return text.replace(
-    /([^\s<>()[\]"',;:@]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[^\]\s]+\])/g,
-    (_all, local: string, domain: string) => `${local.slice(0, 1)}***@${domain}`,
-  );
 }
 
 // ---------------------------------------------------------------------------
@@ -537,14 +525,14 @@ const localPermanentCodes = new Set(["EENVELOPE", "EMESSAGE", "ECONFIG", "EMAXRE
  * SmtpSendError. Never copies the raw error (its message and fields may name
  * the recipient): only the relay's reply and a description, both masked.
  */
-function toSmtpSendError(error: unknown, sendTimeoutMs: number): SmtpSendError {
+function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = ""): SmtpSendError {
   if (error instanceof SmtpSendError) return error;
   const fields: NodemailerErrorFields = typeof error === "object" && error !== null ? error : {};
   const code = typeof fields.code === "string" ? fields.code : "";
   const originalCode = typeof fields.originalCode === "string" ? fields.originalCode : "";
   const command = typeof fields.command === "string" ? fields.command : "";
-  const response = typeof fields.response === "string" ? maskAddresses(fields.response.trim()) : "";
-  const message = maskAddresses(typeof fields.message === "string" ? fields.message : String(error));
+  const response = typeof fields.response === "string" ? maskAddressesIn(fields.response.trim(), recipient) : "";
+  const message = maskAddressesIn(typeof fields.message === "string" ? fields.message : String(error), recipient);
   const [, replyCodeText, enhanced] = replyLine.exec(response) ?? [];
   const replyCode =
     typeof fields.responseCode === "number" ? fields.responseCode : replyCodeText === undefined ? 0 : Number(replyCodeText);

@@ -78,3 +78,34 @@ export function maskAddress(address: string): string {
   if (at <= 0) return "***";
   return `${address.slice(0, 1)}***${address.slice(at)}`;
 }
+
+// An address inside free text: a run of local-part characters (RFC 5322
+// atext, dots, and what SMTPUTF8 allows; an apostrophe too: o'brien@ is a
+// real address), `@`, and a domain of ASCII or Unicode labels (RFC 6533
+// reports carry UTF-8 domains) or an address literal.
+const addressInText = /([^\s<>()[\]",;:@]+)@([\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)+|\[[^\]\s]+\])/gu;
+/** The characters a local part is made of: a bare local part is masked only as a whole token. */
+const localPartCharacter = "[\\p{L}\\p{N}.!#$%&'*+/=?^_`{|}~-]";
+
+/**
+ * Masks every address in a text (`j***@example.com`), and the local part of
+ * `recipient` where it stands alone in any case (`unknown user: "Jane.Doe"`).
+ * Relays and DSNs echo the recipient in their words, which end up in
+ * records, logs, spans and API answers.
+ */
+export function maskAddressesIn(text: string, recipient = ""): string {
+  let masked = !text.includes("@")
+    ? text
+    : text.replace(addressInText, (_all, local: string, domain: string) => {
+        // A quote before the address (`'jane@x'`) is not part of what is masked.
+        const lead = /^'*/.exec(local)?.[0] ?? "";
+        return `${lead}${local.slice(lead.length, lead.length + 1)}***@${domain}`;
+      });
+  const local = recipient.slice(0, Math.max(0, recipient.lastIndexOf("@")));
+  if (local.length >= 2) {
+    const escaped = local.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    const alone = new RegExp(`(?<!${localPartCharacter})${escaped}(?!${localPartCharacter}|@)`, "giu");
+    masked = masked.replace(alone, (found: string) => `${found.slice(0, 1)}***`);
+  }
+  return masked;
+}

@@ -168,6 +168,22 @@ describe("smtp transport against a real SMTP server", () => {
     expect(failure.message).toBe(failure.replyText);
   });
 
+  it("masks an echoed address with an apostrophe, a lower-cased echo and the local part quoted alone", async () => {
+    // O'Brien-style addresses are valid (RFC 5322 atext); relays quote the
+    // address, sometimes lower-cased, and sometimes the local part alone.
+    const irish = "Shaun.O'Connor@example.com";
+    const sink = await startSink();
+    sink.respondWith(
+      behave.reply("RCPT TO", 550, "5.1.1", `<shaun.o'connor@example.com>: Recipient address rejected: unknown user: "Shaun.O'Connor"`),
+    );
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport, mail({ to: irish }));
+
+    expect(failure.replyText).toBe(`550 5.1.1 <s***@example.com>: Recipient address rejected: unknown user: "S***"`);
+    expect(JSON.stringify({ ...failure, message: failure.message }).toLowerCase()).not.toContain("connor");
+  });
+
   it("a 550 at end of DATA is permanent with the relay's text", async () => {
     const sink = await startSink();
     sink.respondWith(behave.reply("DATA", 550, "5.7.1", "Message rejected as spam"));

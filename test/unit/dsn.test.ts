@@ -83,6 +83,27 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
     expect(JSON.stringify(result)).not.toContain("jane.doe");
   });
 
+  it("masks an address with an apostrophe, a lower-cased echo, and addresses at non-ASCII domains (RFC 6533)", async () => {
+    const raw = dsnMessage({
+      to,
+      recipients: [
+        {
+          action: "failed",
+          status: "5.1.1",
+          finalRecipient: "Shaun.O'Connor@example.ie",
+          diagnosticCode: "smtp; 550 5.1.1 <shaun.o'connor@example.ie>: unknown user: shaun.o'connor; see also <ana.maria@b\u00fccher.example>",
+        },
+      ],
+    });
+
+    const result = await parseDsn(raw);
+
+    expect(result.ok && result.dsn.recipients[0]?.diagnosticCode).toBe(
+      "smtp; 550 5.1.1 <s***@example.ie>: unknown user: s***; see also <a***@b\u00fccher.example>",
+    );
+    expect(JSON.stringify(result).toLowerCase()).not.toMatch(/connor|ana\.maria/);
+  });
+
   it("decodes an xtext Original-Envelope-Id and reads every action", async () => {
     for (const action of ["failed", "delayed", "delivered", "relayed", "expanded"]) {
       const result = await parseDsn(
