@@ -228,8 +228,8 @@ export async function startApp(options: AppOptions): Promise<App> {
           clock,
           logger,
           reportTtlMs: config.recordRetentionMs,
-          onBounceApplied: (record, sendTraceId) => {
-            bounceTelemetry.applied(record, sendTraceId);
+          onBounceApplied: (record, sendTraceId, previousState) => {
+            bounceTelemetry.applied(record, sendTraceId, previousState);
             options.onBounceApplied?.(record, sendTraceId);
           },
           onOutcome: (outcome) => {

@@ -43,11 +43,13 @@ export interface BounceProcessorOptions {
   readonly reportTtlMs: number;
   /**
    * Called after a bounce changed what is known about a message, with the
-   * record as a status query now sees it and the trace id of the send, so
-   * the change can be traced as a span linked to that trace. Must not throw
-   * (a throw is logged and ignored).
+   * record as a status query now sees it, the trace id of the send (so the
+   * change can be traced as a span linked to that trace) and the state the
+   * record read as before this report (the same state when the report
+   * changed none: a duplicate, or a late delay notice). Must not throw (a
+   * throw is logged and ignored).
    */
-  readonly onBounceApplied?: ((record: DeliveryRecord, previousTraceId: string) => void) | undefined;
+  readonly onBounceApplied?: ((record: DeliveryRecord, previousTraceId: string, previousState: DeliveryState) => void) | undefined;
   /** Told every outcome (metrics). Must not throw. */
   readonly onOutcome?: ((outcome: BounceOutcome) => void) | undefined;
 }
@@ -157,7 +159,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       "bounce applied",
     );
     try {
-      options.onBounceApplied?.(updated, record.traceId);
+      options.onBounceApplied?.(updated, record.traceId, previousState);
     } catch (error) {
       logger.error({ err: error, message_id: messageId }, "onBounceApplied listener threw");
     }

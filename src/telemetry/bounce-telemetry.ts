@@ -25,8 +25,13 @@ export interface BounceReportOutcome {
 }
 
 export interface BounceTelemetry {
-  /** A report changed a record (now `record.state`); `sendTraceId` is the trace of its send. */
-  applied(record: DeliveryRecord, sendTraceId: string): void;
+  /**
+   * A report was applied to a record (now `record.state`, `previousState`
+   * before it); `sendTraceId` is the trace of its send. A transition is
+   * counted only when the state changed: a duplicate DSN or a late delay
+   * notice after a final one enters no state.
+   */
+  applied(record: DeliveryRecord, sendTraceId: string, previousState?: string): void;
   outcome(outcome: BounceReportOutcome): void;
 }
 
@@ -37,9 +42,9 @@ export function createBounceTelemetry(options: {
   const { metrics } = options;
   const tracer = options.tracer ?? serviceTracer();
   return {
-    applied(record, sendTraceId) {
+    applied(record, sendTraceId, previousState) {
       const provider = metrics.providers.classify(record.recipientDomain);
-      metrics.deliveryTransitions.inc({ state: record.state, provider });
+      if (record.state !== previousState) metrics.deliveryTransitions.inc({ state: record.state, provider });
       const links: Link[] = /^(?!0{32})[0-9a-f]{32}$/.test(sendTraceId)
         ? [{ context: { traceId: sendTraceId, spanId: linkedTraceSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true } }]
         : [];

@@ -7,11 +7,13 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
+import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import { OtpError } from "../../src/errors.js";
 import { unlimited, type SendLimiter } from "../../src/limits/types.js";
+import { dsnMessage } from "../support/dsn-fixtures.js";
 import { GrpcHealthClient, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { startRedisServer } from "../support/redis.js";
@@ -289,6 +291,39 @@ describe("metrics: Redis errors", () => {
     } finally {
       await service.stop();
       await redis.stop();
+    }
+  });
+});
+
+describe("metrics: delivery reports from the bounce intake", () => {
+  it("a duplicate failed DSN and a late delay notice are reports, not transitions: BOUNCED is entered once", async () => {
+    const service = await startObservedService({
+      limiter: unlimited,
+      env: { BOUNCE_SMTP_ADDR: "127.0.0.1:0", BOUNCE_DOMAIN: "bounces.acme.test" },
+    });
+    try {
+      const sent = await grpcUnary(service.grpcClient, sendOtp, { recipient: "bo@yahoo.com", purpose: Purpose.LOGIN });
+      expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      const to = `bounce+${sent.messageId}@bounces.acme.test`;
+      const intake = createTransport({ host: "127.0.0.1", port: service.app.bounceIntake?.port, secure: false, ignoreTLS: true, logger: false });
+      const failed = { action: "failed", status: "5.2.2", diagnosticCode: "smtp; 552 5.2.2 Mailbox full" };
+      try {
+        // The relay's DSN, the same DSN again (an MTA retrying after a lost 250), then a late delay notice.
+        for (const block of [failed, failed, { action: "delayed", status: "4.2.2" }]) {
+          await intake.sendMail({ envelope: { from: "", to }, raw: dsnMessage({ to, envelopeId: sent.messageId, recipients: [block] }) });
+        }
+      } finally {
+        intake.close();
+      }
+
+      const transitions = (state: string) => sample(service, "otp_delivery_state_transitions_total", { state, provider: "yahoo" });
+      expect(await transitions("ACCEPTED")).toBe(1);
+      expect(await transitions("BOUNCED")).toBe(1);
+      expect(await transitions("DELAYED")).toBe(0);
+      // Every report read is still counted as one.
+      expect(await sample(service, "otp_bounce_reports_total", { kind: "applied", state: "BOUNCED" })).toBe(3);
+    } finally {
+      await service.stop();
     }
   });
 });
