@@ -285,6 +285,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     for (const result of verifyResults) verifications.labels(purpose, result).inc(0);
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
+  for (const result of ["ok", "transient", "permanent"]) smtpAttemptSeconds.zero({ result });
+  for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const state of deliveryStates) {

@@ -6,6 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,7 +20,7 @@ import { startObservedService, type ObservedService } from "../support/observed-
 import { startRedisServer } from "../support/redis.js";
 import { behave } from "../support/smtp-sink.js";
 
-const { sendOtp, verifyOtp } = OtpEmailService.method;
+const { sendOtp, verifyOtp, getDeliveryStatus } = OtpEmailService.method;
 
 /** Refuses every recipient whose address starts with `limited`, as the recipient limit would. */
 const scriptedLimiter: SendLimiter = {
@@ -322,6 +323,36 @@ describe("metrics: delivery reports from the bounce intake", () => {
       expect(await transitions("DELAYED")).toBe(0);
       // Every report read is still counted as one.
       expect(await sample(service, "otp_bounce_reports_total", { kind: "applied", state: "BOUNCED" })).toBe(3);
+    } finally {
+      await service.stop();
+    }
+  });
+});
+
+describe("metrics: a send that fails after SendOtp answered", () => {
+  it("a relay that takes the message and never answers: SendOtp says pending, the send is later counted failed", async () => {
+    // What OtpSendFailureRatioHigh must see (deploy/prometheus/alerts.test.yml,
+    // "a hung relay"): the caller's answer is pending, the failure shows only
+    // in the send's own verdict.
+    const service = await startObservedService({
+      limiter: unlimited,
+      env: { SEND_WAIT_BUDGET: "100ms", SMTP_MAX_ATTEMPTS: "2", SMTP_SOCKET_TIMEOUT: "300ms" },
+    });
+    try {
+      service.sink.respondWith(behave.stall(), behave.stall());
+      const sent = await grpcUnary(service.grpcClient, sendOtp, { recipient: "hana@kakao.com", purpose: Purpose.LOGIN });
+      expect([DeliveryState.SENDING, DeliveryState.RETRYING]).toContain(sent.state);
+      for (let polls = 0; ; polls++) {
+        const status = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+        if (status.state === DeliveryState.FAILED) break;
+        expect(polls, "the send never ended").toBeLessThan(100);
+        await sleep(50);
+      }
+
+      expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "pending" })).toBe(1);
+      expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "relay_unavailable" })).toBe(0);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "failed" })).toBe(1);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "accepted" })).toBe(0);
     } finally {
       await service.stop();
     }
