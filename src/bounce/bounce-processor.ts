@@ -54,13 +54,26 @@ export interface BounceProcessorOptions {
   readonly onOutcome?: ((outcome: BounceOutcome) => void) | undefined;
 }
 
+/**
+ * Who handed a bounce over, as the intake saw it. A DSN's own fields
+ * (Reporting-MTA...) are whatever its sender wrote; this is the evidence that
+ * tells a relay's report from one anybody could have sent, so every log line
+ * about a bounce carries it.
+ */
+export interface BounceSource {
+  /** The connecting peer's IP address. */
+  readonly remoteAddress: string;
+  /** The name it gave in HELO/EHLO (bounded, control characters dropped). */
+  readonly helo: string;
+}
+
 export interface BounceProcessor {
   /**
-   * Processes the bounce `raw` received for `bounce+<messageId>@...`.
-   * Resolves with the outcome; rejects only when storage failed, so the
-   * sending MTA should be told to retry (4xx).
+   * Processes the bounce `raw` received for `bounce+<messageId>@...` from
+   * `source`. Resolves with the outcome; rejects only when storage failed,
+   * so the sending MTA should be told to retry (4xx).
    */
-  process(messageId: string, raw: Buffer): Promise<BounceOutcome>;
+  process(messageId: string, raw: Buffer, source?: BounceSource): Promise<BounceOutcome>;
   /** Outcomes so far, by kind. */
   counts(): Readonly<Record<BounceOutcome["kind"], number>>;
 }
@@ -76,7 +89,7 @@ const severity: Readonly<Record<DsnRecipient["action"], number>> = {
 
 export function createBounceProcessor(options: BounceProcessorOptions): BounceProcessor {
   const { store, suppression, clock } = options;
-  const logger = options.logger.child({ component: "bounce" });
+  const baseLogger = options.logger.child({ component: "bounce" });
   const counts = { applied: 0, unmatched: 0, not_dsn: 0 };
 
   function finish(outcome: BounceOutcome): BounceOutcome {
@@ -84,12 +97,13 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     try {
       options.onOutcome?.(outcome);
     } catch (error) {
-      logger.error({ err: error }, "bounce onOutcome listener threw");
+      baseLogger.error({ err: error }, "bounce onOutcome listener threw");
     }
     return outcome;
   }
 
-  async function processBounce(messageId: string, raw: Buffer): Promise<BounceOutcome> {
+  async function processBounce(messageId: string, raw: Buffer, source?: BounceSource): Promise<BounceOutcome> {
+    const logger = source === undefined ? baseLogger : baseLogger.child({ remote: source.remoteAddress, helo: source.helo });
     const parsed = await parseDsn(raw);
     if (!parsed.ok) {
       logger.warn({ message_id: messageId, reason: parsed.reason, bytes: raw.length }, "bounce is not an RFC 3464 DSN; not applied");

@@ -99,7 +99,8 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     }
     const raw = Buffer.concat(chunks);
     const ids = [...new Set(session.envelope.rcptTo.flatMap((rcpt) => messageIdOf(rcpt.address) ?? []))];
-    const work = Promise.all(ids.map((id) => options.processor.process(id, raw)));
+    const source = { remoteAddress: session.remoteAddress, helo: heloOf(session) };
+    const work = Promise.all(ids.map((id) => options.processor.process(id, raw, source)));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(new Error(`recording took longer than ${processTimeoutMs} ms`)), processTimeoutMs);
@@ -209,6 +210,12 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       return closing;
     },
   };
+}
+
+/** The HELO/EHLO name a client gave, safe to log: printable, bounded. */
+function heloOf(session: SMTPServerSession): string {
+  const name = typeof session.hostNameAppearsAs === "string" ? session.hostNameAppearsAs : "";
+  return name.replace(/[^\x21-\x7e]/g, "?").slice(0, 255);
 }
 
 function listen(server: SMTPServer, host: string, port: number): Promise<number> {

@@ -258,6 +258,31 @@ describe("bounce intake: correlation and evidence", () => {
   });
 });
 
+describe("bounce intake: who sent it", () => {
+  it("every log line about a bounce names the connecting address and its HELO name, so a forged report can be told from the relay's", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    processor = createBounceProcessor({ store, suppression, clock: systemClock, logger: capture, reportTtlMs: 3_600_000 });
+    await start();
+    const record = await acceptedMessage();
+    const unknown = newMessageId(Date.now());
+    // Anybody can connect to the bounce domain's MX and claim to be any reporting MTA.
+    const forger = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, name: "mx.forger.test", logger: false });
+    try {
+      for (const id of [record.messageId, unknown]) {
+        const raw = dsnMessage({ to: verp(id), reportingMta: "mx.google.com", recipients: [{ action: "failed", status: "5.2.2" }] });
+        await forger.sendMail({ envelope: { from: "", to: verp(id) }, raw });
+      }
+    } finally {
+      forger.close();
+    }
+
+    const about = lines.filter((line) => line["component"] === "bounce");
+    expect(about.map((line) => line["msg"])).toEqual(["bounce applied", "bounce for an unknown message; not applied"]);
+    for (const line of about) expect(line).toMatchObject({ remote: "127.0.0.1", helo: "mx.forger.test", reporting_mta: "dns; mx.google.com" });
+  });
+});
+
 describe("bounce intake: garbage", () => {
   /** Deterministic pseudo-random bytes, so a failure can be replayed. */
   function prng(seed: number): () => number {
