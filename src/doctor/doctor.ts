@@ -1,6 +1,6 @@
 /**
  * The sender-domain doctor: runs every check (SPF, DKIM, DMARC, the bounce
- * domain's MX, the relay, DNSBLs) and gathers them into one report. Used by
+ * domain's MX, the relay, its reverse DNS, DNSBLs) and gathers them into one report. Used by
  * `npm run doctor` and, as warnings, at start-up.
  */
 import { isIP } from "node:net";
@@ -9,6 +9,7 @@ import { checkDkim } from "./dkim.js";
 import { checkDmarc } from "./dmarc.js";
 import { checkDnsbl } from "./dnsbl.js";
 import { checkMx } from "./mx.js";
+import { checkPtr } from "./ptr.js";
 import { checkRelay, parseRelayUrl } from "./relay.js";
 import { createDnsResolver, type DnsResolver } from "./resolver.js";
 import { checkSpf } from "./spf.js";
@@ -82,6 +83,7 @@ async function diagnose(options: DoctorOptions, resolver: DnsResolver, timeoutMs
       : checkRelay({ url: options.smtpUrl, tlsCa: options.tlsCa, timeoutMs }).catch((error: unknown) => [
           crashed("relay.connect", relay?.relay ?? "relay", error),
         ]);
+  const ptr = guard("ptr", relayIp ?? "relay IP", () => checkPtr({ relayIp, resolver }));
   const dnsbl = checkDnsbl({ relayIp, zones: options.dnsblZones ?? [], resolver }).catch((error: unknown) => [
     crashed("dnsbl", (options.dnsblZones ?? []).join(","), error),
   ]);
@@ -107,6 +109,7 @@ async function diagnose(options: DoctorOptions, resolver: DnsResolver, timeoutMs
     dmarc,
     await mx,
     ...(await relayChecks),
+    await ptr,
     ...(await dnsbl),
   ];
   const counts: Record<CheckStatus, number> = { pass: 0, warn: 0, fail: 0 };

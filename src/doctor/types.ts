@@ -20,6 +20,7 @@ export type CheckId =
   | "relay.starttls"
   | "relay.auth"
   | "relay.dsn"
+  | "ptr"
   | "dnsbl";
 
 export interface CheckResult {

@@ -79,7 +79,7 @@ describe("npm run doctor", () => {
     expect(report).toMatchObject({
       domain: "good.test",
       ok: true,
-      counts: { pass: 10, warn: 0, fail: 0 },
+      counts: { pass: 11, warn: 0, fail: 0 },
       context: { fromAddress: "no-reply@good.test", envelopeDomain: "bounces.good.test", dkimDomain: "good.test", relayIp },
     });
     expect(Number.isNaN(Date.parse(report.checkedAt))).toBe(false);

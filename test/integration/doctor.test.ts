@@ -10,7 +10,7 @@ import { isPrivateIp } from "../../src/doctor/spf.js";
 import { createLogger } from "../../src/logger.js";
 import type { CheckId, CheckResult, DoctorReport } from "../../src/doctor/types.js";
 import { startDnsServer, type DnsFixtureServer } from "../support/dns-server.js";
-import { buildDoctorFixtures, dnsblZone, listedRelayIp, relayIp, selector, type DoctorFixtures } from "../support/doctor-zones.js";
+import { buildDoctorFixtures, dnsblZone, listedRelayIp, relayIp, selector, unconfirmedRelayIp, type DoctorFixtures } from "../support/doctor-zones.js";
 import { startRelayServer, type RelayServer } from "../support/relay-server.js";
 import { makeSelfSigned, type SelfSigned } from "../support/self-signed.js";
 
@@ -91,6 +91,7 @@ describe("a domain that passes everything", () => {
       "relay.starttls",
       "relay.auth",
       "relay.dsn",
+      "ptr",
       "dnsbl",
     ]);
     expect(report.context).toEqual({
@@ -110,6 +111,38 @@ describe("a domain that passes everything", () => {
     const report = await runDoctor(optionsFor("good.test", { bounceDomain: "bounces.good.test", dkim: undefined }));
     expect(only(report, "dkim")).toMatchObject({ status: "warn", fix: expect.stringContaining("DKIM_SELECTOR") as unknown });
     expect(only(report, "dmarc")).toMatchObject({ status: "pass", summary: expect.stringContaining("through SPF (bounces.good.test)") as unknown });
+  });
+});
+
+describe("the relay's reverse DNS (Gmail's 2024 sender rules)", () => {
+  it("passes when the relay IP reverses to a name that resolves back to it", async () => {
+    const report = await runDoctor(optionsFor("good.test", { bounceDomain: "bounces.good.test" }));
+    expect(only(report, "ptr")).toMatchObject({ status: "pass", subject: relayIp, summary: `relay ${relayIp} reverses to relay.good.test, which resolves back to it` });
+  });
+
+  it("fails without a PTR record, saying Gmail refuses such mail and who can set one", async () => {
+    const report = await runDoctor(optionsFor("listed.test", { relayIp: listedRelayIp }));
+    expect(report.ok).toBe(false);
+    expect(only(report, "ptr")).toMatchObject({
+      status: "fail",
+      summary: expect.stringContaining("has no reverse DNS (PTR): Gmail refuses such mail (550 5.7.25)") as unknown,
+      fix: expect.stringContaining(`set its PTR record to a host name whose A record is ${listedRelayIp}`) as unknown,
+    });
+  });
+
+  it("fails when the PTR name does not resolve back to the relay IP (not forward-confirmed)", async () => {
+    const report = await runDoctor(optionsFor("good.test", { relayIp: unconfirmedRelayIp, bounceDomain: "bounces.good.test" }));
+    expect(only(report, "ptr")).toMatchObject({
+      status: "fail",
+      summary: expect.stringContaining("reverses to static.unconfirmed.test, which does not resolve back to it") as unknown,
+      details: expect.objectContaining({ forward: { "static.unconfirmed.test": ["198.51.100.200"] } }) as unknown,
+    });
+  });
+
+  it("does not look up a private relay IP", async () => {
+    const report = await runDoctor(optionsFor("good.test", { relayIp: "10.1.2.3", bounceDomain: "bounces.good.test" }));
+    expect(only(report, "ptr")).toMatchObject({ status: "warn", fix: "set RELAY_IP to the relay's public egress IP" });
+    expect(dns.queries.some((query) => query.includes("in-addr.arpa") && query.includes("3.2.1.10"))).toBe(false);
   });
 });
 

@@ -18,12 +18,20 @@ import { createTCPServer, createUDPServer, Packet, type TCPServer, type UDPServe
 export type FixtureRecord =
   | { readonly name: string; readonly type: "A" | "AAAA"; readonly address: string }
   | { readonly name: string; readonly type: "MX"; readonly exchange: string; readonly priority: number }
-  | { readonly name: string; readonly type: "TXT"; readonly strings: readonly string[] };
+  | { readonly name: string; readonly type: "TXT"; readonly strings: readonly string[] }
+  | { readonly name: string; readonly type: "PTR"; readonly domain: string };
 
 export const a = (name: string, address: string): FixtureRecord => ({ name, type: "A", address });
 export const mx = (name: string, exchange: string, priority = 10): FixtureRecord => ({ name, type: "MX", exchange, priority });
 /** A TXT record; `text` is split into 255-byte character-strings. */
 export const txt = (name: string, text: string): FixtureRecord => ({ name, type: "TXT", strings: splitTxt(text) });
+
+/** The PTR record of an IPv4 address: `192.0.2.10` -> `10.2.0.192.in-addr.arpa PTR host`. */
+export const ptr = (ipv4: string, host: string): FixtureRecord => ({
+  name: `${ipv4.split(".").reverse().join(".")}.in-addr.arpa`,
+  type: "PTR",
+  domain: host,
+});
 
 /** Splits text into character-strings of at most 255 bytes. */
 export function splitTxt(text: string): string[] {
@@ -47,7 +55,7 @@ export interface DnsFixtureOptions {
   readonly stall?: readonly string[];
 }
 
-const typeCodes = { A: Packet.TYPE.A, AAAA: Packet.TYPE.AAAA, MX: Packet.TYPE.MX, TXT: Packet.TYPE.TXT } as const;
+const typeCodes = { A: Packet.TYPE.A, AAAA: Packet.TYPE.AAAA, MX: Packet.TYPE.MX, TXT: Packet.TYPE.TXT, PTR: Packet.TYPE.PTR } as const;
 
 export async function startDnsServer(records: readonly FixtureRecord[], options: DnsFixtureOptions = {}): Promise<DnsFixtureServer> {
   const normalized = records.map((record) => ({ ...record, name: normalize(record.name) }));
@@ -74,7 +82,9 @@ export async function startDnsServer(records: readonly FixtureRecord[], options:
           ? { exchange: record.exchange, priority: record.priority }
           : record.type === "TXT"
             ? { data: [...record.strings] }
-            : { address: record.address };
+            : record.type === "PTR"
+              ? { domain: record.domain }
+              : { address: record.address };
       response.answers.push(Packet.createResourceFromQuestion(question, { class: Packet.CLASS.IN, ttl: 60, ...rdata }));
     }
     if (response.answers.length === 0 && !exists(name)) response.header.rcode = Packet.RCODE.NXDOMAIN;

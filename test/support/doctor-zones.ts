@@ -9,14 +9,19 @@
  *   esp.test: both pass, neither aligns, so DMARC fails.
  * - listed.test: fine, but its relay IP is listed in the fixture DNSBL.
  *
+ * Relay IPs: relayIp reverses to relay.good.test, which resolves back to
+ * it; listedRelayIp has no PTR; unconfirmedRelayIp reverses to a name that
+ * resolves elsewhere.
+ *
  * Keys are generated per run (no private key lives in the repository).
  */
 import { generateKeyPairSync } from "node:crypto";
 import { expectedRecord } from "../../src/doctor/dkim.js";
-import { a, mx, txt, type FixtureRecord } from "./dns-server.js";
+import { a, mx, ptr, txt, type FixtureRecord } from "./dns-server.js";
 
 export const relayIp = "192.0.2.10";
 export const listedRelayIp = "192.0.2.66";
+export const unconfirmedRelayIp = "192.0.2.77";
 export const dnsblZone = "dnsbl.test";
 export const selector = "s1";
 
@@ -33,6 +38,12 @@ export function buildDoctorFixtures(): DoctorFixtures {
   const spf = `v=spf1 ip4:${relayIp} -all`;
 
   const records: FixtureRecord[] = [
+    // The relays' reverse DNS.
+    ptr(relayIp, "relay.good.test"),
+    a("relay.good.test", relayIp),
+    ptr(unconfirmedRelayIp, "static.unconfirmed.test"),
+    a("static.unconfirmed.test", "198.51.100.200"),
+
     // good.test
     txt("good.test", spf),
     txt("good.test", "google-site-verification=unrelated"),
