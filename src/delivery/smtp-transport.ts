@@ -463,13 +463,24 @@ function ehloHasDsn(ehlo: unknown): boolean {
   return Array.isArray(ehlo) && ehlo.some((line) => typeof line === "string" && /^DSN\b/i.test(line.trim()));
 }
 
+/**
+ * A relay's reply as records, logs and API answers may show it: relays often
+ * echo the recipient, so every address and the recipient's local part are
+ * masked, all but the leading reply code and enhanced status (a local part
+ * may read `550`). Fields are parsed from the reply as it came.
+ */
+function maskReply(reply: string, recipient: string): string {
+  const prefix = replyLine.exec(reply)?.[0] ?? "";
+  return prefix + maskAddressesIn(reply.slice(prefix.length), recipient);
+}
+
 function parseAcceptance(relay: string, response: string, dsnSupported: boolean, dsnAsked: boolean, recipient: string): SmtpAcceptance {
-  // Relays often echo the recipient; their words end up in records, logs and API answers.
-  const text = maskAddressesIn(response.trim(), recipient);
-  const [, code, enhanced] = replyLine.exec(text) ?? [];
+  const reply = response.trim();
+  const text = maskReply(reply, recipient);
+  const [, code, enhanced] = replyLine.exec(reply) ?? [];
   let queueId = "";
   for (const pattern of queueIdPatterns) {
-    const match = pattern.exec(text);
+    const match = pattern.exec(reply);
     if (match?.[1] !== undefined) {
       queueId = match[1].replace(/[.]+$/, "");
       break;
@@ -531,9 +542,10 @@ function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = ""):
   const code = typeof fields.code === "string" ? fields.code : "";
   const originalCode = typeof fields.originalCode === "string" ? fields.originalCode : "";
   const command = typeof fields.command === "string" ? fields.command : "";
-  const response = typeof fields.response === "string" ? maskAddressesIn(fields.response.trim(), recipient) : "";
+  const reply = typeof fields.response === "string" ? fields.response.trim() : "";
+  const response = maskReply(reply, recipient);
   const message = maskAddressesIn(typeof fields.message === "string" ? fields.message : String(error), recipient);
-  const [, replyCodeText, enhanced] = replyLine.exec(response) ?? [];
+  const [, replyCodeText, enhanced] = replyLine.exec(reply) ?? [];
   const replyCode =
     typeof fields.responseCode === "number" ? fields.responseCode : replyCodeText === undefined ? 0 : Number(replyCodeText);
   const enhancedStatus = enhanced ?? "";

@@ -184,6 +184,19 @@ describe("smtp transport against a real SMTP server", () => {
     expect(JSON.stringify({ ...failure, message: failure.message }).toLowerCase()).not.toContain("connor");
   });
 
+  it("a local part that reads like reply words (550@, queued@) is masked without garbling the reply code, status or queue id", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", "<550@example.com>: Recipient address rejected: 550 unknown"));
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport, mail({ to: "550@example.com" }));
+    const acceptance = await transport.send(mail({ to: "queued@example.com" }));
+
+    expect(failure).toMatchObject({ replyCode: 550, enhancedStatus: "5.1.1", replyText: "550 5.1.1 <5***@example.com>: Recipient address rejected: 5*** unknown" });
+    expect(acceptance.queueId).toBe(sink.messages[0]?.queueId);
+    expect(acceptance.text).toBe(`250 2.0.0 Ok: q*** as ${sink.messages[0]?.queueId ?? ""}`);
+  });
+
   it("a 550 at end of DATA is permanent with the relay's text", async () => {
     const sink = await startSink();
     sink.respondWith(behave.reply("DATA", 550, "5.7.1", "Message rejected as spam"));
