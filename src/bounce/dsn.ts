@@ -81,11 +81,14 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
     }
     const final = fields.get("final-recipient") ?? fields.get("original-recipient") ?? "";
     const address = addressOf(final);
+    // After an alias or forward the two differ, and the texts may quote either.
+    const original = addressOf(fields.get("original-recipient") ?? "");
+    const mask = (text: string): string => maskAddressesIn(maskAddressesIn(text, address), original);
     recipients.push({
       action,
       status: /^[245]\.\d{1,3}\.\d{1,3}/.exec(fields.get("status") ?? "")?.[0] ?? "",
-      diagnosticCode: maskAddressesIn(fields.get("diagnostic-code") ?? "", address),
-      remoteMta: maskAddressesIn(fields.get("remote-mta") ?? "", address),
+      diagnosticCode: mask(fields.get("diagnostic-code") ?? ""),
+      remoteMta: mask(fields.get("remote-mta") ?? ""),
       finalRecipient: address === "" ? "" : `${typeOf(final)}; ${maskAddress(address)}`,
     });
   }

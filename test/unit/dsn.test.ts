@@ -104,6 +104,26 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
     expect(JSON.stringify(result).toLowerCase()).not.toMatch(/connor|ana\.maria/);
   });
 
+  it("masks the Original-Recipient's local part too, where an alias made the Final-Recipient another address", async () => {
+    const raw = dsnMessage({
+      to,
+      recipients: [
+        {
+          action: "failed",
+          status: "5.1.1",
+          finalRecipient: "jd4711@mailhost.example.com",
+          extra: ["Original-Recipient: rfc822;jane.doe@example.com"],
+          diagnosticCode: "smtp; 550 5.1.1 unknown user: jane.doe (alias of jd4711)",
+        },
+      ],
+    });
+
+    const result = await parseDsn(raw);
+
+    expect(result.ok && result.dsn.recipients[0]?.diagnosticCode).toBe("smtp; 550 5.1.1 unknown user: j*** (alias of j***)");
+    expect(JSON.stringify(result)).not.toMatch(/jane\.doe|jd4711/);
+  });
+
   it("decodes an xtext Original-Envelope-Id and reads every action", async () => {
     for (const action of ["failed", "delayed", "delivered", "relayed", "expanded"]) {
       const result = await parseDsn(
