@@ -9,6 +9,7 @@
 import { spanExporter, spansOf, parentOf } from "../support/tracing.js";
 import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import * as grpc from "@grpc/grpc-js";
+import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
@@ -16,8 +17,9 @@ import { unlimited } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
 import { createBounceTelemetry } from "../../src/telemetry/bounce-telemetry.js";
 import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metrics-server.js";
-import { grpcError, grpcUnary } from "../support/grpc.js";
+import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
+import { randomPrefix, redisUrlForTests, scanPrefix } from "../support/redis.js";
 import { behave } from "../support/smtp-sink.js";
 
 const { sendOtp, getDeliveryStatus, verifyOtp } = OtpEmailService.method;
@@ -46,12 +48,34 @@ const one = <T>(items: readonly T[], what: string): T => {
   return items[0];
 };
 
+/** Every key under `prefix` with its value, as text. */
+async function redisDump(prefix: string): Promise<string> {
+  const redis = new Redis(redisUrlForTests());
+  try {
+    const lines: string[] = [];
+    for (const key of await scanPrefix(redis, prefix)) {
+      const type = await redis.type(key);
+      const value =
+        type === "string" ? await redis.get(key)
+        : type === "hash" ? await redis.hgetall(key)
+        : type === "list" ? await redis.lrange(key, 0, -1)
+        : type === "zset" ? await redis.zrange(key, "0", "-1", "WITHSCORES")
+        : `(${type})`;
+      lines.push(`${key} ${JSON.stringify(value)}`);
+    }
+    return lines.join("\n");
+  } finally {
+    redis.disconnect();
+  }
+}
+
 describe("tracing: one trace from the caller to every SMTP attempt", () => {
+  const redisPrefix = randomPrefix();
   let service: ObservedService;
   let metricsServer: MetricsServer;
 
   beforeAll(async () => {
-    service = await startObservedService({ limiter: unlimited });
+    service = await startObservedService({ limiter: unlimited, env: { REDIS_PREFIX: redisPrefix } });
     metricsServer = await startMetricsServer({ address: "127.0.0.1:0", metrics: service.metrics, logger: createLogger({ level: "silent" }) });
   });
   afterAll(async () => {
@@ -216,12 +240,15 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     expect(text).toMatch(/^otp_delivery_state_transitions_total\{state="BOUNCED",provider="yahoo"\} 1$/m);
   });
 
-  it("no code and no full address in any span, event, log line or metric", async () => {
+  it("no code and no full address in any span, event, log line, metric, gRPC answer or Redis key or value", async () => {
     const code = "Q7K4Z9";
-    const address = "zelda.q.secret@example.org";
-    const localPart = "zelda.q.secret";
-    // A relay that echoes the address in its refusal, as real ones do.
-    service.sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", `<${address}>: Recipient address rejected: User unknown`));
+    // An apostrophe is valid in a local part (o'brien@), and easy to stop a masking pattern at.
+    const address = "zelda.o'secret@example.org";
+    const localPart = "zelda.o'secret";
+    // A relay that echoes the address in its refusal, and the local part alone, as real ones do.
+    service.sink.respondWith(
+      behave.reply("RCPT TO", 550, "5.1.1", `<${address}>: Recipient address rejected: User unknown in local recipient table (${localPart})`),
+    );
     const refused = await grpcError(
       inCallerSpan("grep-refused", () => grpcUnary(service.grpcClient, sendOtp, { recipient: address, purpose: Purpose.LOGIN, code }, callerMetadata())),
     );
@@ -232,10 +259,17 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     const mail = service.sink.messages.find((message) => message.envelope.rcptTo.includes(address));
     const generated = /\b([0-9A-Z]{4,10})\b/.exec(mail?.parsed.subject ?? "")?.[1];
     expect(generated).toBeDefined();
-    await inCallerSpan("grep-verify", () =>
+    const verified = await inCallerSpan("grep-verify", () =>
       grpcUnary(service.grpcClient, verifyOtp, { recipient: address, purpose: Purpose.PASSWORD_RESET, code: generated ?? "" }, callerMetadata()),
     );
     expect(sent.messageId).not.toBe("");
+    const refusedId = errorDetails(refused).errorInfo?.metadata["message_id"] ?? "";
+    expect(refusedId).not.toBe("");
+    const refusedStatus = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: refusedId });
+    const sentStatus = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    const bigints = (_key: string, value: unknown): unknown => (typeof value === "bigint" ? String(value) : value);
+    const grpcText = [refused.details, JSON.stringify(refusedStatus, bigints), JSON.stringify(sentStatus, bigints), JSON.stringify(verified, bigints)].join("\n");
+    const redisText = await redisDump(redisPrefix);
 
     const spanText = JSON.stringify(
       spanExporter.getFinishedSpans().map((span) => ({
@@ -252,10 +286,14 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     // The captures are not empty: the masked form is there, so the absence of the raw one means something.
     expect(spanText).toContain("z***@example.org");
     expect(logText).toContain("z***@example.org");
+    expect(grpcText).toContain("z***@example.org");
+    expect(redisText).toContain("z***@example.org");
     for (const [what, text] of [
       ["spans", spanText],
       ["logs", logText],
       ["metrics", metricsText],
+      ["gRPC answers", grpcText],
+      ["Redis", redisText],
     ] as const) {
       for (const secret of [code, generated ?? "", address, localPart, encodeURIComponent(address)]) {
         expect(text.includes(secret), `${secret} found in ${what}`).toBe(false);
