@@ -102,7 +102,8 @@ export function maskAddressesIn(text: string, recipient = ""): string {
         return `${lead}${local.slice(lead.length, lead.length + 1)}***@${domain}`;
       });
   const local = recipient.slice(0, Math.max(0, recipient.lastIndexOf("@")));
-  if (local.length >= 2) {
+  // Most replies (`250 2.0.0 Ok: queued as 4F2A`) name nothing: no pattern is built for them.
+  if (local.length >= 2 && masked.toLowerCase().includes(local.toLowerCase())) {
     const escaped = local.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
     const alone = new RegExp(`(?<!${localPartCharacter})${escaped}(?!${localPartCharacter}|@)`, "giu");
     masked = masked.replace(alone, (found: string) => `${found.slice(0, 1)}***`);
