@@ -52,7 +52,21 @@ export async function checkSpf(options: SpfCheckOptions): Promise<CheckResult> {
   const severe: CheckStatus = envelope ? "fail" : "warn";
   const mechanism = `${isIP(relayIp) === 6 ? "ip6" : "ip4"}:${relayIp}`;
 
-  if (verdict === "pass") return check(id, domain, "pass", `relay ${relayIp} passes SPF (${role})`, "", details);
+  if (verdict === "pass") {
+    // `+all` (or a bare `all`) lets every host on the Internet pass: our mail
+    // passes, and so does anyone's who forges the domain, DMARC included.
+    if (typeof result.rr === "string" && /(^|\s)\+?all(\s|$)/i.test(result.rr)) {
+      return check(
+        id,
+        domain,
+        "warn",
+        `the SPF record of ${domain} ends in "+all": every host passes it, relay ${relayIp} and anyone forging ${domain} alike (${role})`,
+        `end the SPF record of ${domain} with "-all" instead, keeping ${mechanism} and the senders you use`,
+        details,
+      );
+    }
+    return check(id, domain, "pass", `relay ${relayIp} passes SPF (${role})`, "", details);
+  }
   if (verdict === "none") {
     return check(
       id,

@@ -183,6 +183,15 @@ describe("a domain with no SPF record", () => {
     expect(only(report, "spf.bounce").status).toBe("pass");
   });
 
+  it("warns about an SPF record ending in +all, which every forger passes too", async () => {
+    const report = await runDoctor(optionsFor("plusall.test"));
+    expect(only(report, "spf.from")).toMatchObject({
+      status: "warn",
+      summary: expect.stringContaining('the SPF record of plusall.test ends in "+all": every host passes it') as unknown,
+      fix: `end the SPF record of plusall.test with "-all" instead, keeping ip4:${relayIp} and the senders you use`,
+    });
+  });
+
   it("fails SPF when the relay IP is not in the record", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "198.51.100.7", bounceDomain: "bounces.good.test" }));
     expect(only(report, "spf.bounce")).toMatchObject({

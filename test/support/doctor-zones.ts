@@ -8,6 +8,7 @@
  * - misaligned.test: p=reject, but we sign as esp.test and bounce to
  *   esp.test: both pass, neither aligns, so DMARC fails.
  * - listed.test: fine, but its relay IP is listed in the fixture DNSBL.
+ * - plusall.test: SPF "+all" (every host passes), otherwise fine.
  *
  * Relay IPs: relayIp reverses to relay.good.test, which resolves back to
  * it; listedRelayIp has no PTR; unconfirmedRelayIp reverses to a name that
@@ -73,6 +74,13 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt(`${selector}._domainkey.esp.test`, ourKey),
     mx("esp.test", "mx.esp.test"),
     a("mx.esp.test", "192.0.2.28"),
+
+    // plusall.test, whose SPF lets every host pass
+    txt("plusall.test", "v=spf1 +all"),
+    txt(`${selector}._domainkey.plusall.test`, ourKey),
+    txt("_dmarc.plusall.test", "v=DMARC1; p=reject"),
+    mx("plusall.test", "mx.plusall.test"),
+    a("mx.plusall.test", "192.0.2.30"),
 
     // listed.test, whose relay is on the fixture blocklist
     txt("listed.test", `v=spf1 ip4:${listedRelayIp} -all`),
