@@ -56,10 +56,18 @@ export function parseAddress(raw: string): ParsedAddress | string {
 const checkedDomains = new Map<string, string | undefined>();
 const maxCheckedDomains = 1000;
 
+/**
+ * ASCII a host name may not hold. domainToASCII is a URL host parser: it
+ * percent-decodes (`gm%61il.com` is gmail.com) and stops at `/`, `?`, `#`
+ * or `\` (`ana@attacker.example/gmail.com` would go to attacker.example),
+ * so such input must never reach it. Non-ASCII is left to IDNA.
+ */
+const notHostAscii = /[^A-Za-z0-9.\-\u0080-\uFFFF]/;
+
 /** The lower-cased domain in ASCII (punycode), or undefined when it is not a valid host name. */
 function checkedDomain(lowerCased: string): string | undefined {
   if (checkedDomains.has(lowerCased)) return checkedDomains.get(lowerCased);
-  const domain = domainToASCII(lowerCased);
+  const domain = notHostAscii.test(lowerCased) ? "" : domainToASCII(lowerCased);
   const labels = domain.split(".");
   const valid =
     domain !== "" &&

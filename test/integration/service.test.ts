@@ -221,6 +221,7 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["NUL in recipient", { recipient: "vic\u0000tim@example.com" }, "recipient"],
       ["bidi override in recipient", { recipient: "vic\u202etim@example.com" }, "recipient"],
       ["display name in recipient", { recipient: "Victim <victim@example.com>" }, "recipient"],
+      ["URL syntax after the domain", { recipient: "victim@attacker.example/example.com" }, "recipient"],
       ["1 MB recipient", { recipient: `${mb}@example.com` }, "recipient"],
       ["empty recipient", { recipient: "" }, "recipient"],
       ["no purpose", { purpose: Purpose.UNSPECIFIED }, "purpose"],

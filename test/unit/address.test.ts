@@ -40,6 +40,15 @@ describe("parseAddress", () => {
     [`${"a".repeat(65)}@example.com`, /64/],
     [`ana@${"a".repeat(250)}.com`, /254/],
     [`ana@${"a".repeat(64)}.com`, /host name/],
+    // URL syntax: a URL host parser stops at "/", "?", "#" or "\\" and
+    // percent-decodes, so these once passed as ana@gmail.com or ana@attacker.com.
+    ["ana@attacker.example/gmail.com", /host name/],
+    ["ana@gmail.com/", /host name/],
+    ["ana@gmail.com?x=1", /host name/],
+    ["ana@gmail.com#x", /host name/],
+    ["ana@gmail.com\\x", /host name/],
+    ["ana@gm%61il.com", /host name/],
+    ["ana@gmail%2ecom", /host name/],
   ])("rejects %j", (raw, rule) => {
     const parsed = parseAddress(raw);
     expect(typeof parsed).toBe("string");
