@@ -241,6 +241,8 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["negative ttl", { ttl: durationFromMs(-5000) }, "ttl"],
       ["ten-year ttl", { ttl: durationFromMs(10 * 365 * 86_400_000) }, "ttl"],
       ["absurd ttl", { ttl: create(DurationSchema, { seconds: 9_223_372_036_854_775_807n, nanos: 999_999_999 }) }, "ttl"],
+      ["ttl of 60 s and 2e9 ns (not 62 s)", { ttl: create(DurationSchema, { seconds: 60n, nanos: 2_000_000_000 }) }, "ttl"],
+      ["ttl whose nanos differ in sign", { ttl: create(DurationSchema, { seconds: 120n, nanos: -1 }) }, "ttl"],
     ];
 
     it.each(sendCases)("SendOtp: %s", async (_name, fields, field) => {
