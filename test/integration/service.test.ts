@@ -171,6 +171,32 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     expect(svc.sink.transactions()).toBe(before + 1);
   });
 
+  it("loses nothing when the caller's deadline passes mid-send: the mail goes, its record says so, and a retry with the key answers it", async () => {
+    const to = recipient();
+    const key = `deadline-${Date.now()}`;
+    const before = svc.sink.messages.length;
+    const transactions = svc.sink.transactions();
+    svc.sink.respondWith(behave.accept({ delayMs: 1500 }));
+    const request = { recipient: to, purpose: Purpose.LOGIN, idempotencyKey: key };
+    const gaveUp = await grpcError(grpcUnary(svc.grpcClient, sendOtp, request, { deadlineMs: 200 }));
+    expect(gaveUp.code).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+
+    // The send goes on without the caller, and the caller's retry finds it.
+    const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);
+    const retried = await grpcUnary(svc.grpcClient, sendOtp, request);
+    expect(svc.sink.transactions()).toBe(transactions + 1);
+    let status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: retried.messageId });
+    // The sink captures the message before its (delayed) 250 reply.
+    for (let i = 0; i < 100 && status.state !== DeliveryState.ACCEPTED; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: retried.messageId });
+    }
+    expect(status.state).toBe(DeliveryState.ACCEPTED);
+    expect(status.relayReply?.queueId).toBe(mail?.queueId);
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: codeFromMail(mail?.parsed.subject) });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
   it("retries a greylisting 451 and records both attempts", async () => {
     svc.sink.respondWith(behave.reply("RCPT TO", 451, "4.7.1", "Greylisted, try again later"));
     const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN });
