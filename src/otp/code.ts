@@ -51,6 +51,13 @@ export function newMessageId(now: number, random: RandomBytes = randomBytes): st
 
 export const messageIdPattern = /^[0-9a-hjkmnp-tv-z]{26}$/;
 
+/** When a message id was made (the `now` given to `newMessageId`), in ms since the epoch. */
+export function messageIdTime(id: string): number {
+  let time = 0;
+  for (const char of id.slice(0, 10)) time = time * 32 + crockford.indexOf(char);
+  return time;
+}
+
 /**
  * Keyed HMACs under the server secret. Each use has its own label so that a
  * value derived for one purpose can never stand in for another; the code's

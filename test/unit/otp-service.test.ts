@@ -161,4 +161,29 @@ describe("otp service", () => {
     expect(retried.state).toBe("ACCEPTED");
     expect(sent).toHaveLength(1);
   });
+
+  it("takes over a key whose first call stopped before its record and could not release it, once that call cannot still be running", async () => {
+    const { service, store, sent, advance } = setup();
+    // Storage fails after the claim, and again for the release: the key names a message that will never exist.
+    const failedWrite = vi.spyOn(store, "putRecord").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    const failedRelease = vi.spyOn(store, "releaseIdempotencyKey").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k3" })).rejects.toMatchObject({ kind: "unavailable" });
+    failedWrite.mockRestore();
+    failedRelease.mockRestore();
+
+    // So soon, the first call might still be on its way to writing its record.
+    advance(60_000);
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k3" })).rejects.toMatchObject({
+      reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
+    });
+    expect(sent).toHaveLength(0);
+
+    // Not any more: the retry sends, under the key, and the key answers it from then on.
+    advance(5 * 60_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k3" });
+    expect(retried.state).toBe("ACCEPTED");
+    const again = await service.sendOtp(ctx, { ...send, idempotencyKey: "k3" });
+    expect(again.messageId).toBe(retried.messageId);
+    expect(sent).toHaveLength(1);
+  });
 });
