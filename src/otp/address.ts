@@ -2,7 +2,7 @@
  * Recipient addresses: RFC 5321 syntax and length rules, normalisation, and
  * masking for logs and records.
  */
-import { domainToASCII } from "node:url";
+import { domainToASCII, domainToUnicode } from "node:url";
 
 /** Control, format (bidi overrides, zero-width) and line/paragraph separator characters. */
 const unsafeCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\uFFFD]/u;
@@ -73,11 +73,20 @@ function checkedDomain(lowerCased: string): string | undefined {
     domain !== "" &&
     domain.length <= 253 &&
     labels.length >= 2 &&
-    labels.every((part) => label.test(part)) &&
+    labels.every((part) => label.test(part) && !undecodable(part)) &&
     !/^\d+$/.test(labels.at(-1) ?? "");
   if (checkedDomains.size >= maxCheckedDomains) checkedDomains.clear();
   checkedDomains.set(lowerCased, valid ? domain : undefined);
   return valid ? domain : undefined;
+}
+
+/**
+ * An `xn--` label that is not the punycode of any valid IDN label (`xn--a`,
+ * `xn--abc`): domainToASCII passes ASCII labels through unchecked, and no
+ * such domain can exist, so the mail could only bounce.
+ */
+function undecodable(asciiLabel: string): boolean {
+  return asciiLabel.startsWith("xn--") && domainToUnicode(asciiLabel).startsWith("xn--");
 }
 
 /** `john.doe@gmail.com` -> `j***@gmail.com`. Safe for logs, records and explanations. */
