@@ -93,8 +93,10 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
 
   /**
    * The first call's answer for a repeated idempotency_key; undefined when
-   * that call stopped before writing its record and will never write it, so
-   * the key may be taken over.
+   * the key may be taken over, because that call sent nothing in a way a
+   * retry can fix but kept the key: it stopped before writing its record and
+   * will never write it, or its message failed retryably (its process died
+   * mid-send, so the record reads abandoned, or the key could not be released).
    */
   async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult | undefined> {
     const [record, reports] = await readWithReports(messageId);
@@ -105,7 +107,12 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     }
     const known = withReports(record, reports);
     const state = effectiveState(known, now);
-    if (state === "FAILED") throw sendFailure({ ...known, state });
+    if (state === "FAILED") {
+      // Only a permanent refusal is replayed; a retryable failure's key is free again, as if it had been released.
+      const failure = sendFailure({ ...known, state });
+      if (failure.reason !== "RELAY_REJECTED") return undefined;
+      throw failure;
+    }
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
     return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt: now };
   }
@@ -140,9 +147,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         }
         const replayed = await replay(ctx, claim.existing.messageId);
         if (replayed !== undefined) return replayed;
-        // The first call sent nothing and never will: this one sends, under the
-        // key, unless another retry took the key over first.
-        logger.warn({ message_id: claim.existing.messageId }, "idempotency key held by a call that stopped before sending; taking it over");
+        // The first call's message was never sent and never will be: this one
+        // sends, under the key, unless another retry took the key over first.
+        logger.warn({ message_id: claim.existing.messageId }, "idempotency key held by a message that was never sent; taking it over");
         await store.releaseIdempotencyKey(idempotencyKeyId, claim.existing.messageId);
         const retaken = await store.claimIdempotencyKey(idempotencyKeyId, { fingerprint, messageId }, options.idempotencyTtlMs);
         if (!retaken.claimed) throw requestInProgress();

@@ -186,4 +186,20 @@ describe("otp service", () => {
     expect(again.messageId).toBe(retried.messageId);
     expect(sent).toHaveLength(1);
   });
+
+  it("takes over a key whose message was recorded but never sent (the call died, the key stayed), once the record reads abandoned", async () => {
+    const { service, store, sent, advance } = setup();
+    // The record is written, the code is not, and the key cannot be released: nothing is ever dispatched.
+    const failedCode = vi.spyOn(store, "addCode").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    const failedRelease = vi.spyOn(store, "releaseIdempotencyKey").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k4" })).rejects.toMatchObject({ kind: "unavailable" });
+    failedCode.mockRestore();
+    failedRelease.mockRestore();
+
+    // Past the code's expiry the record reads FAILED (abandoned), a retryable failure: the retry really sends.
+    advance(3_600_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k4" });
+    expect(retried.state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(1);
+  });
 });
