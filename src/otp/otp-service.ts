@@ -95,8 +95,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
    * The first call's answer for a repeated idempotency_key; undefined when
    * the key may be taken over, because that call sent nothing in a way a
    * retry can fix but kept the key: it stopped before writing its record and
-   * will never write it, or its message failed retryably (its process died
-   * mid-send, so the record reads abandoned, or the key could not be released).
+   * will never write it, or its message failed retryably (retries used up in
+   * the background after the call had answered, the call's process died
+   * mid-send so the record reads abandoned, or the key could not be released).
    */
   async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult | undefined> {
     const [record, reports] = await readWithReports(messageId);
@@ -147,8 +148,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         }
         const replayed = await replay(ctx, claim.existing.messageId);
         if (replayed !== undefined) return replayed;
-        // The first call's message was never sent and never will be: this one
-        // sends, under the key, unless another retry took the key over first.
+        // The first call's message was never accepted (as far as is known) and
+        // nothing will try it again: this call sends, under the key, unless
+        // another retry took the key over first.
         logger.warn({ message_id: claim.existing.messageId }, "idempotency key held by a message that was never sent; taking it over");
         await store.releaseIdempotencyKey(idempotencyKeyId, claim.existing.messageId);
         const retaken = await store.claimIdempotencyKey(idempotencyKeyId, { fingerprint, messageId }, options.idempotencyTtlMs);
