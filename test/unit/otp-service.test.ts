@@ -187,6 +187,18 @@ describe("otp service", () => {
     expect(sent).toHaveLength(1);
   });
 
+  it("sends again for a key whose message failed retryably after SendOtp had answered", async () => {
+    const { service, store, sent } = setup();
+    const first = await service.sendOtp(ctx, { ...send, idempotencyKey: "k5" });
+    // The background attempts ran out on 4xx replies after the call had answered.
+    const [record] = await store.getRecordWithReports(first.messageId);
+    const transient = { number: 1, startedAt: 0, durationMs: 1, outcome: "transient" as const, replyCode: 451, enhancedStatus: "4.3.0", replyText: "451 4.3.0 try later", errorCode: "" };
+    await store.putRecord({ ...record!, state: "FAILED", attempts: [transient], failureReason: "gave up after 1 attempt" }, 86_400_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k5" });
+    expect(retried.messageId).not.toBe(first.messageId);
+    expect(sent).toHaveLength(2);
+  });
+
   it("takes over a key whose message was recorded but never sent (the call died, the key stayed), once the record reads abandoned", async () => {
     const { service, store, sent, advance } = setup();
     // The record is written, the code is not, and the key cannot be released: nothing is ever dispatched.
