@@ -15,9 +15,14 @@ export function generateCode(length: number): string {
   return code;
 }
 
-/** What the user typed, made comparable: spaces and dashes dropped, letters upper-cased. */
+/**
+ * What the user typed, made comparable: compatibility forms folded (NFKC:
+ * the full-width `１２３` an East Asian input method types by default is
+ * `123`), spaces and dashes of any kind (`-`, `–`, `ー`...) dropped, letters
+ * upper-cased.
+ */
 export function normalizeTypedCode(typed: string): string {
-  return typed.replace(/[\s-]/g, "").toUpperCase();
+  return typed.normalize("NFKC").replace(/[\s\p{Pd}\u30FC]/gu, "").toUpperCase();
 }
 
 const crockford = "0123456789abcdefghjkmnpqrstvwxyz";

@@ -105,6 +105,13 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     expect(verified.result).toBe(VerifyResult.VERIFIED);
   });
 
+  it("verifies a code typed in full-width forms with a dash of another kind, as an East Asian input method types it", async () => {
+    const to = recipient();
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "4321AB" });
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "４３２ー１ａｂ" });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
   it("keeps an earlier code valid after a resend and counts guesses against both together", async () => {
     const to = recipient();
     const before = svc.sink.messages.length;

@@ -30,6 +30,16 @@ describe("normalizeTypedCode", () => {
     expect(normalizeTypedCode(" 123 456 ")).toBe("123456");
     expect(normalizeTypedCode("ab-12-cd")).toBe("AB12CD");
   });
+
+  it("reads full-width forms as ASCII and drops dashes of any kind", () => {
+    expect(normalizeTypedCode("１２３４５６")).toBe("123456");
+    expect(normalizeTypedCode("ａｂ１２ＣＤ")).toBe("AB12CD");
+    expect(normalizeTypedCode("123\u3000456")).toBe("123456");
+    expect(normalizeTypedCode("123–456")).toBe("123456");
+    expect(normalizeTypedCode("123－456")).toBe("123456");
+    expect(normalizeTypedCode("123ー456")).toBe("123456");
+    expect(normalizeTypedCode("123\u2011456")).toBe("123456");
+  });
 });
 
 describe("newMessageId", () => {
