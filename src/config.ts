@@ -384,6 +384,12 @@ export function loadConfig(env: Env): Config {
 
   const retentionMs = read.duration("RECORD_RETENTION", 7 * 86_400_000, 3_600_000, 365 * 86_400_000);
   if (retentionMs < ttlMaxMs) throw new ConfigError("RECORD_RETENTION: must be at least OTP_TTL_MAX");
+  // A repeated idempotency_key answers from the first call's record: a key
+  // outliving its record would answer "still in progress" until it expired.
+  const idempotencyTtlMs = read.duration("IDEMPOTENCY_TTL", 86_400_000, 60_000, 7 * 86_400_000);
+  if (retentionMs < idempotencyTtlMs) {
+    throw new ConfigError("RECORD_RETENTION: must be at least IDEMPOTENCY_TTL (a repeated key is answered from the first call's record)");
+  }
 
   const retryBaseDelayMs = read.duration("SMTP_RETRY_BASE_DELAY", 1000, 1, 600_000);
   const retryMaxDelayMs = read.duration("SMTP_RETRY_MAX_DELAY", 30_000, 1, 3_600_000);
@@ -435,7 +441,7 @@ export function loadConfig(env: Env): Config {
       maxFailedAttempts: read.int("OTP_MAX_FAILED_ATTEMPTS", 5, 1, 100),
     },
     recordRetentionMs: retentionMs,
-    idempotencyTtlMs: read.duration("IDEMPOTENCY_TTL", 86_400_000, 60_000, 7 * 86_400_000),
+    idempotencyTtlMs,
     outboxDir: read.string("OUTBOX_DIR") ?? ".outbox",
     shutdownGraceMs: read.duration("SHUTDOWN_GRACE", 10_000, 0, 600_000),
     metrics: readMetrics(read),

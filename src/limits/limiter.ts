@@ -6,7 +6,8 @@
  * A SendOtp is subject to up to five logs, checked and consumed together in
  * one store operation (one Redis round trip, all or nothing):
  *
- *   recipient        every send to the address, whoever the caller and purpose
+ *   recipient        every send to the mailbox (subaddresses and Gmail's dots
+ *                    are one mailbox), whoever the caller and purpose
  *   resend_cooldown  one caller's sends to the address for one purpose
  *   end_user_ip      sends for one end-user IP (an IPv6 /64), when given
  *   caller           one caller's sends
@@ -29,6 +30,7 @@ import type { CallContext } from "../otp/types.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
+import { recipientMailbox } from "./recipient-mailbox.js";
 import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
 
 export interface LimiterOptions {
@@ -154,7 +156,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       const ip = endUserIpSubject(request.endUserIp);
       const caller = callerLog(ctx.caller);
       const logs = [
-        ...named("recipient", "recipient", () => `r:${id("recipient", recipientKey)}`, limits.recipient),
+        ...named("recipient", "recipient", () => `r:${id("recipient", recipientMailbox(recipientKey))}`, limits.recipient),
         ...named("resend_cooldown", "recipient+purpose", () => `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
         ...named("end_user_ip", "end_user_ip", () => `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
         ...(caller === undefined ? [] : [caller]),

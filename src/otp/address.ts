@@ -2,7 +2,7 @@
  * Recipient addresses: RFC 5321 syntax and length rules, normalisation, and
  * masking for logs and records.
  */
-import { domainToASCII } from "node:url";
+import { domainToASCII, domainToUnicode } from "node:url";
 
 /** Control, format (bidi overrides, zero-width) and line/paragraph separator characters. */
 const unsafeCharacters = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\uFFFD]/u;
@@ -56,20 +56,37 @@ export function parseAddress(raw: string): ParsedAddress | string {
 const checkedDomains = new Map<string, string | undefined>();
 const maxCheckedDomains = 1000;
 
+/**
+ * ASCII a host name may not hold. domainToASCII is a URL host parser: it
+ * percent-decodes (`gm%61il.com` is gmail.com) and stops at `/`, `?`, `#`
+ * or `\` (`ana@attacker.example/gmail.com` would go to attacker.example),
+ * so such input must never reach it. Non-ASCII is left to IDNA.
+ */
+const notHostAscii = /[^A-Za-z0-9.\-\u0080-\uFFFF]/;
+
 /** The lower-cased domain in ASCII (punycode), or undefined when it is not a valid host name. */
 function checkedDomain(lowerCased: string): string | undefined {
   if (checkedDomains.has(lowerCased)) return checkedDomains.get(lowerCased);
-  const domain = domainToASCII(lowerCased);
+  const domain = notHostAscii.test(lowerCased) ? "" : domainToASCII(lowerCased);
   const labels = domain.split(".");
   const valid =
     domain !== "" &&
     domain.length <= 253 &&
     labels.length >= 2 &&
-    labels.every((part) => label.test(part)) &&
+    labels.every((part) => label.test(part) && !undecodable(part)) &&
     !/^\d+$/.test(labels.at(-1) ?? "");
   if (checkedDomains.size >= maxCheckedDomains) checkedDomains.clear();
   checkedDomains.set(lowerCased, valid ? domain : undefined);
   return valid ? domain : undefined;
+}
+
+/**
+ * An `xn--` label that is not the punycode of any valid IDN label (`xn--a`,
+ * `xn--abc`): domainToASCII passes ASCII labels through unchecked, and no
+ * such domain can exist, so the mail could only bounce.
+ */
+function undecodable(asciiLabel: string): boolean {
+  return asciiLabel.startsWith("xn--") && domainToUnicode(asciiLabel).startsWith("xn--");
 }
 
 /** `john.doe@gmail.com` -> `j***@gmail.com`. Safe for logs, records and explanations. */

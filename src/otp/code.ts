@@ -15,9 +15,14 @@ export function generateCode(length: number): string {
   return code;
 }
 
-/** What the user typed, made comparable: spaces and dashes dropped, letters upper-cased. */
+/**
+ * What the user typed, made comparable: compatibility forms folded (NFKC:
+ * the full-width `１２３` an East Asian input method types by default is
+ * `123`), spaces and dashes of any kind (`-`, `–`, `ー`...) dropped, letters
+ * upper-cased.
+ */
 export function normalizeTypedCode(typed: string): string {
-  return typed.replace(/[\s-]/g, "").toUpperCase();
+  return typed.normalize("NFKC").replace(/[\s\p{Pd}\u30FC]/gu, "").toUpperCase();
 }
 
 const crockford = "0123456789abcdefghjkmnpqrstvwxyz";
@@ -50,6 +55,13 @@ export function newMessageId(now: number, random: RandomBytes = randomBytes): st
 }
 
 export const messageIdPattern = /^[0-9a-hjkmnp-tv-z]{26}$/;
+
+/** When a message id was made (the `now` given to `newMessageId`), in ms since the epoch. */
+export function messageIdTime(id: string): number {
+  let time = 0;
+  for (const char of id.slice(0, 10)) time = time * 32 + crockford.indexOf(char);
+  return time;
+}
 
 /**
  * Keyed HMACs under the server secret. Each use has its own label so that a

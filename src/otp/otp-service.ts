@@ -17,7 +17,7 @@ import type { Logger } from "../logger.js";
 import type { CodeSetRef, OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
 import { createRandomPool } from "../random-pool.js";
-import { generateCode, newMessageId, type Hasher } from "./code.js";
+import { generateCode, messageIdTime, newMessageId, type Hasher } from "./code.js";
 import type {
   CallContext,
   DeliveryStatus,
@@ -64,6 +64,16 @@ export interface OtpServiceOptions {
   readonly bounceDomain?: string | undefined;
 }
 
+/**
+ * How long an idempotency claim without a record may belong to a call still
+ * running. A call writes its record a few storage commands after claiming
+ * the key (three at most, each bounded by REDIS_COMMAND_TIMEOUT, 60 s at the
+ * most); a claim older than this whose record never came belongs to a call
+ * that stopped in between and could not release it (its process died, or
+ * storage failed and then refused the release too).
+ */
+const unrecordedClaimMs = 5 * 60_000;
+
 export function createOtpService(options: OtpServiceOptions): OtpService {
   const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
   const verifyLimiter = options.verifyLimiter ?? unlimited;
@@ -81,18 +91,29 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     return store.getRecordWithReports(messageId);
   }
 
-  async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult> {
+  /**
+   * The first call's answer for a repeated idempotency_key; undefined when
+   * the key may be taken over, because that call sent nothing in a way a
+   * retry can fix but kept the key: it stopped before writing its record and
+   * will never write it, or its message failed retryably (retries used up in
+   * the background after the call had answered, the call's process died
+   * mid-send so the record reads abandoned, or the key could not be released).
+   */
+  async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult | undefined> {
     const [record, reports] = await readWithReports(messageId);
-    if (record === undefined || record.caller !== ctx.caller) {
-      throw new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
-        reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
-        retryAfterMs: 1000,
-      });
-    }
     const now = clock.now();
+    if (record === undefined || record.caller !== ctx.caller) {
+      if (now - messageIdTime(messageId) >= unrecordedClaimMs) return undefined;
+      throw requestInProgress();
+    }
     const known = withReports(record, reports);
     const state = effectiveState(known, now);
-    if (state === "FAILED") throw sendFailure({ ...known, state });
+    if (state === "FAILED") {
+      // Only a permanent refusal is replayed; a retryable failure's key is free again, as if it had been released.
+      const failure = sendFailure({ ...known, state });
+      if (failure.reason !== "RELAY_REJECTED") return undefined;
+      throw failure;
+    }
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
     return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt: now };
   }
@@ -125,7 +146,15 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
             { reason: "IDEMPOTENCY_KEY_REUSED", metadata: { message_id: claim.existing.messageId } },
           );
         }
-        return replay(ctx, claim.existing.messageId);
+        const replayed = await replay(ctx, claim.existing.messageId);
+        if (replayed !== undefined) return replayed;
+        // The first call's message was never accepted (as far as is known) and
+        // nothing will try it again: this call sends, under the key, unless
+        // another retry took the key over first.
+        logger.warn({ message_id: claim.existing.messageId }, "idempotency key held by a message that was never sent; taking it over");
+        await store.releaseIdempotencyKey(idempotencyKeyId, claim.existing.messageId);
+        const retaken = await store.claimIdempotencyKey(idempotencyKeyId, { fingerprint, messageId }, options.idempotencyTtlMs);
+        if (!retaken.claimed) throw requestInProgress();
       }
     }
 
@@ -316,6 +345,14 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   }
 
   return { sendOtp, getDeliveryStatus, verifyOtp };
+}
+
+/** A repeated idempotency_key whose first call has not written its record yet. */
+function requestInProgress(): OtpError {
+  return new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
+    reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
+    retryAfterMs: 1000,
+  });
 }
 
 /** The error SendOtp answers for a suppressed recipient (`record` is the SUPPRESSED message). */

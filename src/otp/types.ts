@@ -20,7 +20,7 @@ export interface SendOtpInput {
   readonly locale: string;
   /** "" to have the service generate one. */
   readonly code: string;
-  /** undefined for the default TTL. */
+  /** undefined for the default TTL; NaN for a duration that is malformed (rejected as INVALID_ARGUMENT). */
   readonly ttlMs: number | undefined;
   /** "" for none. */
   readonly idempotencyKey: string;

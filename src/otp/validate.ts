@@ -76,7 +76,9 @@ export function validateSendOtp(input: SendOtpInput, ttl: TtlRule): ValidSendOtp
     violations.add("code", "CODE_INVALID", "must be empty (the service generates one) or 4-10 characters of 0-9 and A-Z");
   }
   const ttlMs = input.ttlMs ?? ttl.defaultMs;
-  if (!Number.isFinite(ttlMs) || ttlMs < ttl.minMs || ttlMs > ttl.maxMs) {
+  if (Number.isNaN(ttlMs)) {
+    violations.add("ttl", "TTL_INVALID", "is not a valid duration: seconds and nanos must not differ in sign, and nanos must be under one second");
+  } else if (!Number.isFinite(ttlMs) || ttlMs < ttl.minMs || ttlMs > ttl.maxMs) {
     violations.add(
       "ttl",
       "TTL_OUT_OF_RANGE",

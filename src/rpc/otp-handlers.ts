@@ -122,10 +122,15 @@ function domainPurpose(purpose: Purpose): string {
 /**
  * Unset -> undefined (the default TTL). Otherwise plain arithmetic, with no
  * clamping: a negative or enormous duration stays so, for the domain to reject.
+ * A Duration that google.protobuf.Duration's own rules make invalid (nanos
+ * of the other sign than seconds, or of a whole second or more) is NaN, which
+ * the domain rejects too: `{seconds: 60, nanos: 2e9}` is not 62 s.
  */
 function ttlMs(ttl: Duration | undefined): number | undefined {
   if (ttl === undefined) return undefined;
-  return Number(ttl.seconds) * 1000 + ttl.nanos / 1e6;
+  const { seconds, nanos } = ttl;
+  if (nanos <= -1e9 || nanos >= 1e9 || (seconds > 0n && nanos < 0) || (seconds < 0n && nanos > 0)) return Number.NaN;
+  return Number(seconds) * 1000 + nanos / 1e6;
 }
 
 const protoDeliveryState: Readonly<Record<DomainDeliveryState, DeliveryState>> = {

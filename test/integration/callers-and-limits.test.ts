@@ -152,6 +152,15 @@ describe.each([
     expect(sink.messages.map((m) => m.envelope.rcptTo)).toEqual(Array.from({ length: 5 }, () => ["victim@example.com"]));
   });
 
+  it("per recipient mailbox: 1,000 subaddresses of one mailbox get exactly 5 codes between them", async () => {
+    const instances = await fleet(count, { AUTH_TOKENS: tokens, LIMIT_RECIPIENT: "5/15m", LIMIT_RESEND_COOLDOWN: "0" }, { store });
+    const { codes, errors } = await burst(instances, (i) => ({ recipient: `Victim+${i}@example.com`, token: alpha.token }));
+
+    expect(Object.fromEntries(codes)).toEqual({ 0: 5, [RESOURCE_EXHAUSTED]: 995 });
+    for (const error of errors) expect(detailsOf(error).errorInfo?.reason).toBe("RECIPIENT_RATE_LIMITED");
+    expect(transactions()).toBe(5);
+  });
+
   it("per caller: exactly 5 of one caller's sends accepted; another caller is not affected", async () => {
     const instances = await fleet(count, { AUTH_TOKENS: tokens, LIMIT_CALLER: "5/1m" }, { store });
     const { codes, errors } = await burst(instances, (i) => ({ recipient: `user${i}@example.com`, token: alpha.token }));

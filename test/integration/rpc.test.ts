@@ -329,6 +329,19 @@ describe("gRPC server", () => {
       expect(h.otp.sends.map((s) => s.input.ttlMs)).toEqual([undefined, -5_000]);
     });
 
+    it("passes a Duration that breaks google.protobuf.Duration's rules as NaN, not as some other ttl", async () => {
+      const ttls = [
+        { seconds: 60n, nanos: 2_000_000_000 },
+        { seconds: 120n, nanos: -5 },
+        { seconds: -120n, nanos: 5 },
+        { seconds: 0n, nanos: -1_000_000_000 },
+        { seconds: -5n, nanos: -500_000_000 },
+        { seconds: 0n, nanos: 999_999_999 },
+      ];
+      for (const ttl of ttls) await connectClient.sendOtp({ recipient: "a@b.test", purpose: Purpose.LOGIN, ttl });
+      expect(h.otp.sends.map((s) => s.input.ttlMs)).toEqual([NaN, NaN, NaN, NaN, -5_500, 999.999999]);
+    });
+
     it("answers a connect-node client, with the default caller when identify finds none", async () => {
       h.otp.onSend = () =>
         Promise.resolve({ messageId: "msg-2", state: "RETRYING", expiresAt: t0 + 1, resendAvailableAt: t0 + 2 });

@@ -105,6 +105,13 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     expect(verified.result).toBe(VerifyResult.VERIFIED);
   });
 
+  it("verifies a code typed in full-width forms with a dash of another kind, as an East Asian input method types it", async () => {
+    const to = recipient();
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, code: "4321AB" });
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: "４３２ー１ａｂ" });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
   it("keeps an earlier code valid after a resend and counts guesses against both together", async () => {
     const to = recipient();
     const before = svc.sink.messages.length;
@@ -171,6 +178,32 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     expect(svc.sink.transactions()).toBe(before + 1);
   });
 
+  it("loses nothing when the caller's deadline passes mid-send: the mail goes, its record says so, and a retry with the key answers it", async () => {
+    const to = recipient();
+    const key = `deadline-${Date.now()}`;
+    const before = svc.sink.messages.length;
+    const transactions = svc.sink.transactions();
+    svc.sink.respondWith(behave.accept({ delayMs: 1500 }));
+    const request = { recipient: to, purpose: Purpose.LOGIN, idempotencyKey: key };
+    const gaveUp = await grpcError(grpcUnary(svc.grpcClient, sendOtp, request, { deadlineMs: 200 }));
+    expect(gaveUp.code).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+
+    // The send goes on without the caller, and the caller's retry finds it.
+    const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);
+    const retried = await grpcUnary(svc.grpcClient, sendOtp, request);
+    expect(svc.sink.transactions()).toBe(transactions + 1);
+    let status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: retried.messageId });
+    // The sink captures the message before its (delayed) 250 reply.
+    for (let i = 0; i < 100 && status.state !== DeliveryState.ACCEPTED; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: retried.messageId });
+    }
+    expect(status.state).toBe(DeliveryState.ACCEPTED);
+    expect(status.relayReply?.queueId).toBe(mail?.queueId);
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: codeFromMail(mail?.parsed.subject) });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
   it("retries a greylisting 451 and records both attempts", async () => {
     svc.sink.respondWith(behave.reply("RCPT TO", 451, "4.7.1", "Greylisted, try again later"));
     const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN });
@@ -221,6 +254,7 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["NUL in recipient", { recipient: "vic\u0000tim@example.com" }, "recipient"],
       ["bidi override in recipient", { recipient: "vic\u202etim@example.com" }, "recipient"],
       ["display name in recipient", { recipient: "Victim <victim@example.com>" }, "recipient"],
+      ["URL syntax after the domain", { recipient: "victim@attacker.example/example.com" }, "recipient"],
       ["1 MB recipient", { recipient: `${mb}@example.com` }, "recipient"],
       ["empty recipient", { recipient: "" }, "recipient"],
       ["no purpose", { purpose: Purpose.UNSPECIFIED }, "purpose"],
@@ -240,6 +274,8 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["negative ttl", { ttl: durationFromMs(-5000) }, "ttl"],
       ["ten-year ttl", { ttl: durationFromMs(10 * 365 * 86_400_000) }, "ttl"],
       ["absurd ttl", { ttl: create(DurationSchema, { seconds: 9_223_372_036_854_775_807n, nanos: 999_999_999 }) }, "ttl"],
+      ["ttl of 60 s and 2e9 ns (not 62 s)", { ttl: create(DurationSchema, { seconds: 60n, nanos: 2_000_000_000 }) }, "ttl"],
+      ["ttl whose nanos differ in sign", { ttl: create(DurationSchema, { seconds: 120n, nanos: -1 }) }, "ttl"],
     ];
 
     it.each(sendCases)("SendOtp: %s", async (_name, fields, field) => {

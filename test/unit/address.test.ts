@@ -8,6 +8,8 @@ describe("parseAddress", () => {
     ["o'brien@example.co.uk", "o'brien@example.co.uk"],
     ["user@bücher.example", "user@xn--bcher-kva.example"],
     ["user@xn--bcher-kva.example", "user@xn--bcher-kva.example"],
+    ["user@Bücher．Example", "user@xn--bcher-kva.example"],
+    ["user@xn--zca.xn--p1ai", "user@xn--zca.xn--p1ai"],
   ])("accepts %s", (raw, address) => {
     const parsed = parseAddress(raw);
     expect(parsed).toMatchObject({ address });
@@ -40,6 +42,19 @@ describe("parseAddress", () => {
     [`${"a".repeat(65)}@example.com`, /64/],
     [`ana@${"a".repeat(250)}.com`, /254/],
     [`ana@${"a".repeat(64)}.com`, /host name/],
+    // URL syntax: a URL host parser stops at "/", "?", "#" or "\\" and
+    // percent-decodes, so these once passed as ana@gmail.com or ana@attacker.com.
+    ["ana@attacker.example/gmail.com", /host name/],
+    ["ana@gmail.com/", /host name/],
+    ["ana@gmail.com?x=1", /host name/],
+    ["ana@gmail.com#x", /host name/],
+    ["ana@gmail.com\\x", /host name/],
+    ["ana@gm%61il.com", /host name/],
+    ["ana@gmail%2ecom", /host name/],
+    // Punycode that decodes to no valid label.
+    ["ana@xn--a.example", /host name/],
+    ["ana@xn--abc.example", /host name/],
+    ["ana@example.xn--0", /host name/],
   ])("rejects %j", (raw, rule) => {
     const parsed = parseAddress(raw);
     expect(typeof parsed).toBe("string");

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { certificateCallerName } from "../../src/auth/caller-identity.js";
 import { createPurposePolicy } from "../../src/auth/purpose-policy.js";
 import { endUserIpSubject } from "../../src/limits/end-user-ip.js";
+import { recipientMailbox } from "../../src/limits/recipient-mailbox.js";
 
 describe("the caller a client certificate names", () => {
   it.each([
@@ -38,5 +39,20 @@ describe("the end-user IP subject", () => {
     ["not an ip", ""],
   ])("%s -> %s", (ip, subject) => {
     expect(endUserIpSubject(ip)).toBe(subject);
+  });
+});
+
+describe("the recipient limit's mailbox", () => {
+  it.each([
+    ["ana@example.com", "ana@example.com"],
+    ["ana+otp@example.com", "ana@example.com"],
+    ["ana+a+b@example.com", "ana@example.com"],
+    ["a.na+x@example.com", "a.na@example.com"],
+    ["+ana@example.com", "+ana@example.com"],
+    ["a.n.a@gmail.com", "ana@gmail.com"],
+    ["a.na+promo@googlemail.com", "ana@gmail.com"],
+    ["a.na@mail.gmail.com", "a.na@mail.gmail.com"],
+  ])("%s -> %s", (key, mailbox) => {
+    expect(recipientMailbox(key)).toBe(mailbox);
   });
 });

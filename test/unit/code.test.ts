@@ -5,6 +5,7 @@ import {
   generateCode,
   hmacEquals,
   messageIdPattern,
+  messageIdTime,
   newMessageId,
   normalizeTypedCode,
 } from "../../src/otp/code.js";
@@ -29,6 +30,16 @@ describe("normalizeTypedCode", () => {
     expect(normalizeTypedCode(" 123 456 ")).toBe("123456");
     expect(normalizeTypedCode("ab-12-cd")).toBe("AB12CD");
   });
+
+  it("reads full-width forms as ASCII and drops dashes of any kind", () => {
+    expect(normalizeTypedCode("１２３４５６")).toBe("123456");
+    expect(normalizeTypedCode("ａｂ１２ＣＤ")).toBe("AB12CD");
+    expect(normalizeTypedCode("123\u3000456")).toBe("123456");
+    expect(normalizeTypedCode("123–456")).toBe("123456");
+    expect(normalizeTypedCode("123－456")).toBe("123456");
+    expect(normalizeTypedCode("123ー456")).toBe("123456");
+    expect(normalizeTypedCode("123\u2011456")).toBe("123456");
+  });
 });
 
 describe("newMessageId", () => {
@@ -39,6 +50,12 @@ describe("newMessageId", () => {
     expect(a < b).toBe(true);
     const ids = new Set(Array.from({ length: 1000 }, () => newMessageId(1_700_000_000_000)));
     expect(ids.size).toBe(1000);
+  });
+
+  it("tells the time it was made", () => {
+    for (const now of [0, 1_700_000_000_000, 1_800_000_123_456, 2 ** 48 - 1]) {
+      expect(messageIdTime(newMessageId(now))).toBe(now);
+    }
   });
 
   it("draws its randomness from the pool it is given", () => {

@@ -57,6 +57,8 @@ describe("loadConfig", () => {
     [{ NODE_ENV: "staging" }, /NODE_ENV=staging/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL=loud/],
     [{ OTP_TTL_MIN: "30m", OTP_TTL_MAX: "10m" }, /OTP_TTL_MIN: must not exceed/],
+    // Else a key repeated after its record expired answered "still in progress" until the key did.
+    [{ RECORD_RETENTION: "1h" }, /RECORD_RETENTION: must be at least IDEMPOTENCY_TTL/],
   ])("names the variable in the error: %j", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

@@ -161,4 +161,57 @@ describe("otp service", () => {
     expect(retried.state).toBe("ACCEPTED");
     expect(sent).toHaveLength(1);
   });
+
+  it("takes over a key whose first call stopped before its record and could not release it, once that call cannot still be running", async () => {
+    const { service, store, sent, advance } = setup();
+    // Storage fails after the claim, and again for the release: the key names a message that will never exist.
+    const failedWrite = vi.spyOn(store, "putRecord").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    const failedRelease = vi.spyOn(store, "releaseIdempotencyKey").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k3" })).rejects.toMatchObject({ kind: "unavailable" });
+    failedWrite.mockRestore();
+    failedRelease.mockRestore();
+
+    // So soon, the first call might still be on its way to writing its record.
+    advance(60_000);
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k3" })).rejects.toMatchObject({
+      reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
+    });
+    expect(sent).toHaveLength(0);
+
+    // Not any more: the retry sends, under the key, and the key answers it from then on.
+    advance(5 * 60_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k3" });
+    expect(retried.state).toBe("ACCEPTED");
+    const again = await service.sendOtp(ctx, { ...send, idempotencyKey: "k3" });
+    expect(again.messageId).toBe(retried.messageId);
+    expect(sent).toHaveLength(1);
+  });
+
+  it("sends again for a key whose message failed retryably after SendOtp had answered", async () => {
+    const { service, store, sent } = setup();
+    const first = await service.sendOtp(ctx, { ...send, idempotencyKey: "k5" });
+    // The background attempts ran out on 4xx replies after the call had answered.
+    const [record] = await store.getRecordWithReports(first.messageId);
+    const transient = { number: 1, startedAt: 0, durationMs: 1, outcome: "transient" as const, replyCode: 451, enhancedStatus: "4.3.0", replyText: "451 4.3.0 try later", errorCode: "" };
+    await store.putRecord({ ...record!, state: "FAILED", attempts: [transient], failureReason: "gave up after 1 attempt" }, 86_400_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k5" });
+    expect(retried.messageId).not.toBe(first.messageId);
+    expect(sent).toHaveLength(2);
+  });
+
+  it("takes over a key whose message was recorded but never sent (the call died, the key stayed), once the record reads abandoned", async () => {
+    const { service, store, sent, advance } = setup();
+    // The record is written, the code is not, and the key cannot be released: nothing is ever dispatched.
+    const failedCode = vi.spyOn(store, "addCode").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    const failedRelease = vi.spyOn(store, "releaseIdempotencyKey").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    await expect(service.sendOtp(ctx, { ...send, idempotencyKey: "k4" })).rejects.toMatchObject({ kind: "unavailable" });
+    failedCode.mockRestore();
+    failedRelease.mockRestore();
+
+    // Past the code's expiry the record reads FAILED (abandoned), a retryable failure: the retry really sends.
+    advance(3_600_000);
+    const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k4" });
+    expect(retried.state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(1);
+  });
 });
