@@ -273,7 +273,11 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
     },
 
-    close(): Promise<void> {
+    close(closeOptions = {}): Promise<void> {
+      if (closeOptions.abandonInFlight === true && inFlight.size > 0) {
+        // nodemailer's pool closes busy connections too when forced; their sends fail.
+        (transporter.close as (options: { force: boolean }) => void)({ force: true });
+      }
       closed ??= (async () => {
         // Idle connections close now; busy ones finish their message first.
         transporter.close();
