@@ -400,6 +400,30 @@ describe("delivery service against a real SMTP server", () => {
     expect(logs.filter((line) => line.includes("could not write delivery record")).length).toBeGreaterThan(0);
   });
 
+  it("a final record whose write failed is written again once the store answers; drain gives it a last try, not FAILED", async () => {
+    const stored = fakeStore();
+    let down = true;
+    const store: Pick<OtpStore, "putRecord"> = {
+      putRecord: (record, ttlMs) => (down ? Promise.reject(new Error("storage is unavailable")) : stored.putRecord(record, ttlMs)),
+    };
+    const { service } = await harness({ service: { store } });
+
+    const first = queuedRecord();
+    expect((await service.dispatch(first, mailFor(first))).state).toBe("ACCEPTED");
+    expect(stored.records.get(first.messageId)).toBeUndefined();
+    down = false;
+    expect(await eventually(() => stored.records.get(first.messageId)?.state)).toBe("ACCEPTED");
+
+    down = true;
+    const second = queuedRecord();
+    expect((await service.dispatch(second, mailFor(second))).state).toBe("ACCEPTED");
+    down = false;
+    // Shutdown comes before the next try: the relay's answer is known, so it is what gets stored.
+    await service.drain(0);
+    expect(stored.records.get(second.messageId)?.state).toBe("ACCEPTED");
+    expect(service.inFlight()).toBe(0);
+  });
+
   it("never logs the recipient's address", async () => {
     const { sink, service, logs } = await harness();
     sink.respondWith(behave.reply("RCPT TO", 451, "4.2.0", `<${recipient}> greylisted`), behave.reply("RCPT TO", 550, "5.1.1", `<${recipient}> unknown`));
