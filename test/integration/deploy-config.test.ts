@@ -29,7 +29,7 @@ import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
-import { loadConfig, loadTracingConfig, type Config } from "../../src/config.js";
+import { loadConfig, loadTracingConfig, parseDuration, type Config } from "../../src/config.js";
 import { createMetrics } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { GrpcOtpClient, grpcError, grpcUnary } from "../support/grpc.js";
@@ -693,6 +693,15 @@ describe("docker-compose.yml", () => {
         expect(port.published, `${s.name}: same port on the host`).toBe(port.target);
       }
     }
+  });
+
+  it("lets a stopping service finish before docker kills it: stop_grace_period covers SHUTDOWN_GRACE and what follows it", () => {
+    const config = loadConfig(composeEnv);
+    const stopGraceMs = parseDuration(str(otpEmail.raw["stop_grace_period"], "otp-email.stop_grace_period")) ?? 0;
+    // After the grace period: the final record writes (1 s), Redis QUIT (its command timeout) and the
+    // buffered spans' export (at most 5 s), plus a second of slack.
+    const afterGraceMs = 1000 + (config.redis?.commandTimeoutMs ?? 0) + 5000 + 1000;
+    expect(stopGraceMs).toBeGreaterThanOrEqual(config.shutdownGraceMs + afterGraceMs);
   });
 
   it("checks the service's health with the script the image carries", () => {
