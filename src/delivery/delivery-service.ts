@@ -183,7 +183,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       ? "ok"
       : result.error.kind === "auth"
         ? "auth_failed"
-        : result.error.replyCode > 0
+        : // A relay that refuses STARTTLS for good replied, but is as unusable as one that is down.
+          result.error.replyCode > 0 && !(result.error.kind === "permanent" && result.error.errorCode === "ETLS")
           ? "ok"
           : "down";
     try {

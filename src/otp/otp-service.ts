@@ -349,6 +349,15 @@ function sendFailure(record: DeliveryRecord): OtpError {
       { reason: "RELAY_AUTH_FAILED", metadata, retryAfterMs: 60_000 },
     );
   }
+  if (last?.errorCode === "ETLS" && last.outcome === "permanent") {
+    // An untrusted certificate or a relay without STARTTLS fails every message alike: the
+    // operator's to fix, not the message's, so the caller may retry (and the key is not spent).
+    return new OtpError(
+      "unavailable",
+      `email not sent: TLS with the SMTP relay failed; an operator must fix SMTP_URL or SMTP_TLS_CA (message_id ${record.messageId})`,
+      { reason: "RELAY_TLS_FAILED", metadata, retryAfterMs: 60_000 },
+    );
+  }
   if (last?.outcome === "permanent") {
     return new OtpError("failed_precondition", `email not sent: ${reason} (message_id ${record.messageId})`, {
       reason: "RELAY_REJECTED",

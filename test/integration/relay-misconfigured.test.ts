@@ -1,0 +1,88 @@
+/**
+ * A relay the service cannot use because of its own configuration (a
+ * certificate it does not trust, credentials the relay rejects), under a
+ * whole instance (startApp, real gRPC, real Redis, a real SMTP server): the
+ * caller gets UNAVAILABLE saying an operator must act, never a refusal that
+ * blames the message; GetDeliveryStatus keeps the evidence; health says
+ * NOT_SERVING; and the idempotency key is not spent on a failure that the
+ * operator's fix will cure.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { afterEach, expect, it } from "vitest";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import {
+  call,
+  detailsOf,
+  failure,
+  getDeliveryStatus,
+  sendOtp,
+  servingStatus,
+  startInstance,
+  type Instance,
+} from "../support/otp-instances.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { makeSelfSigned } from "../support/self-signed.js";
+import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+let cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+  cleanups = [];
+});
+
+async function instanceFor(sink: SmtpSink, smtpUrl: string): Promise<Instance> {
+  cleanups.push(() => sink.close());
+  const instance = await startInstance({
+    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: smtpUrl, LIMIT_RESEND_COOLDOWN: "0" },
+  });
+  cleanups.push(() => instance.stop());
+  return instance;
+}
+
+/** SendOtp twice with one idempotency key; both must fail with `reason`, each with its own message. */
+async function sendTwiceFailing(instance: Instance, reason: string): Promise<{ error: grpc.ServiceError; messageId: string }> {
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN, idempotencyKey: "misconfigured-relay-1" };
+  const error = await failure(call(instance.client, sendOtp, request));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(error).errorInfo?.reason).toBe(reason);
+  const messageId = detailsOf(error).errorInfo?.metadata["message_id"] ?? "";
+
+  // The key was released: a retry (after the operator's fix) really sends, rather than replaying this failure.
+  const again = await failure(call(instance.client, sendOtp, request));
+  expect(again.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(again).errorInfo?.metadata["message_id"]).not.toBe(messageId);
+  return { error, messageId };
+}
+
+it("a relay certificate the service does not trust: UNAVAILABLE naming SMTP_TLS_CA, the record keeps the TLS error", async () => {
+  const sink = await startSmtpSink({ tls: makeSelfSigned() });
+  const instance = await instanceFor(sink, sink.url);
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+
+  const { error, messageId } = await sendTwiceFailing(instance, "RELAY_TLS_FAILED");
+  expect(error.details).toMatch(/SMTP_TLS_CA/);
+  expect(sink.transactions()).toBe(0);
+
+  const status = await call(instance.client, getDeliveryStatus, { messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  expect(status.attempts[0]?.errorCode).toBe("ETLS");
+  expect(status.failureReason).toMatch(/certificate/);
+});
+
+it("credentials the relay rejects: UNAVAILABLE naming SMTP_URL, never success, the record keeps the relay's 535", async () => {
+  const sink = await startSmtpSink({ auth: { user: "svc", pass: "right-password" } });
+  const instance = await instanceFor(sink, sink.url.replace("right-password", "wrong-password"));
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+
+  const { error, messageId } = await sendTwiceFailing(instance, "RELAY_AUTH_FAILED");
+  expect(error.details).toMatch(/SMTP_URL/);
+  expect(sink.messages).toHaveLength(0);
+
+  const status = await call(instance.client, getDeliveryStatus, { messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  expect(status.attempts[0]).toMatchObject({ outcome: AttemptOutcome.PERMANENT_FAILURE, replyCode: 535, errorCode: "EAUTH" });
+  expect(status.failureReason).toMatch(/rejected the service's SMTP credentials/);
+});
