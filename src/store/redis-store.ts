@@ -376,6 +376,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     ScriptCommands;
 
   const readiness = trackReadiness(redis, logger);
+  warnIfRedisEvicts(redis, logger);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
   const failureKey = (group: string, logId: string): string => `${prefix}fail:{${group}}:${logId}`;
@@ -678,6 +679,35 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
       markDown(`redis ${operation} failed; storage unavailable`, error.cause);
     },
   };
+}
+
+/**
+ * Warns, once, when the Redis we connected to may evict keys under memory
+ * pressure (a maxmemory with a policy other than noeviction): limits, codes,
+ * idempotency keys and delivery records would vanish before their TTL, with
+ * no error anywhere. Under noeviction a full Redis refuses writes instead,
+ * which callers see as UNAVAILABLE. INFO may be disabled (some managed
+ * Redis): then there is nothing to say.
+ */
+function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
+  let warned = false;
+  redis.on("ready", () => {
+    if (warned) return;
+    redis.info("memory").then(
+      (info) => {
+        const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
+        const maxmemory = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? "0");
+        if (warned || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
+        warned = true;
+        logger.warn(
+          { maxmemory_policy: policy, maxmemory },
+          `Redis may evict keys when full (maxmemory-policy ${policy}): rate limits, codes, idempotency keys and ` +
+            "delivery records could vanish early without an error; set maxmemory-policy noeviction",
+        );
+      },
+      () => undefined,
+    );
+  });
 }
 
 /**
