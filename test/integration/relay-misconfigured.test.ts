@@ -1,16 +1,16 @@
 /**
- * A relay the service cannot use because of its own configuration (a
- * certificate it does not trust, credentials the relay rejects), under a
- * whole instance (startApp, real gRPC, real Redis, a real SMTP server): the
- * caller gets UNAVAILABLE saying an operator must act, never a refusal that
- * blames the message; GetDeliveryStatus keeps the evidence; health says
- * NOT_SERVING; and the idempotency key is not spent on a failure that the
- * operator's fix will cure.
+ * A relay the service cannot use because of its own TLS configuration (a
+ * certificate it does not trust), under a whole instance (startApp, real
+ * gRPC, real Redis, a real SMTP server with STARTTLS): the caller gets
+ * UNAVAILABLE saying an operator must act, never a refusal that blames the
+ * message; GetDeliveryStatus keeps the evidence; health says NOT_SERVING;
+ * and the idempotency key is not spent on a failure that the operator's fix
+ * will cure. (Rejected credentials, the same kind of failure: service.test.ts.)
  */
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, expect, it } from "vitest";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
-import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import {
   call,
   detailsOf,
@@ -69,20 +69,4 @@ it("a relay certificate the service does not trust: UNAVAILABLE naming SMTP_TLS_
   expect(status.attempts).toHaveLength(1);
   expect(status.attempts[0]?.errorCode).toBe("ETLS");
   expect(status.failureReason).toMatch(/certificate/);
-});
-
-it("credentials the relay rejects: UNAVAILABLE naming SMTP_URL, never success, the record keeps the relay's 535", async () => {
-  const sink = await startSmtpSink({ auth: { user: "svc", pass: "right-password" } });
-  const instance = await instanceFor(sink, sink.url.replace("right-password", "wrong-password"));
-  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
-
-  const { error, messageId } = await sendTwiceFailing(instance, "RELAY_AUTH_FAILED");
-  expect(error.details).toMatch(/SMTP_URL/);
-  expect(sink.messages).toHaveLength(0);
-
-  const status = await call(instance.client, getDeliveryStatus, { messageId });
-  expect(status.state).toBe(DeliveryState.FAILED);
-  expect(status.attempts).toHaveLength(1);
-  expect(status.attempts[0]).toMatchObject({ outcome: AttemptOutcome.PERMANENT_FAILURE, replyCode: 535, errorCode: "EAUTH" });
-  expect(status.failureReason).toMatch(/rejected the service's SMTP credentials/);
 });
