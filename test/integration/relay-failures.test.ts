@@ -1,11 +1,13 @@
 /**
- * A relay the service cannot use because of its own TLS configuration (a
- * certificate it does not trust), under a whole instance (startApp, real
- * gRPC, real Redis, a real SMTP server with STARTTLS): the caller gets
+ * A relay the service cannot use, under a whole instance (startApp, real
+ * gRPC, real Redis, a real SMTP server or a closed port). Its own TLS
+ * configuration (a certificate it does not trust): the caller gets
  * UNAVAILABLE saying an operator must act, never a refusal that blames the
  * message; GetDeliveryStatus keeps the evidence; health says NOT_SERVING;
  * and the idempotency key is not spent on a failure that the operator's fix
  * will cure. (Rejected credentials, the same kind of failure: service.test.ts.)
+ * A relay that is down: the retry delay the caller is told is one the limits
+ * will honour.
  */
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, expect, it } from "vitest";
@@ -16,12 +18,14 @@ import {
   detailsOf,
   failure,
   getDeliveryStatus,
+  retryDelayMs,
   sendOtp,
   servingStatus,
   startInstance,
   type Instance,
 } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { freePort } from "../support/ports.js";
 import { makeSelfSigned } from "../support/self-signed.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
@@ -31,10 +35,10 @@ afterEach(async () => {
   cleanups = [];
 });
 
-async function instanceFor(sink: SmtpSink, smtpUrl: string): Promise<Instance> {
-  cleanups.push(() => sink.close());
+async function instanceFor(sink: SmtpSink | undefined, smtpUrl: string, env: Record<string, string> = {}): Promise<Instance> {
+  if (sink !== undefined) cleanups.push(() => sink.close());
   const instance = await startInstance({
-    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: smtpUrl, LIMIT_RESEND_COOLDOWN: "0" },
+    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: smtpUrl, LIMIT_RESEND_COOLDOWN: "0", ...env },
   });
   cleanups.push(() => instance.stop());
   return instance;
@@ -69,4 +73,21 @@ it("a relay certificate the service does not trust: UNAVAILABLE naming SMTP_TLS_
   expect(status.attempts).toHaveLength(1);
   expect(status.attempts[0]?.errorCode).toBe("ETLS");
   expect(status.failureReason).toMatch(/certificate/);
+});
+
+it("a relay that is down: UNAVAILABLE with a retry delay the resend cooldown will honour, not one it refuses", async () => {
+  const instance = await instanceFor(undefined, `smtp://127.0.0.1:${await freePort()}?starttls=off`, {
+    LIMIT_RESEND_COOLDOWN: "30s",
+    SMTP_MAX_ATTEMPTS: "1",
+  });
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN };
+
+  const error = await failure(call(instance.client, sendOtp, request));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(error).errorInfo?.reason).toBe("RELAY_UNAVAILABLE");
+
+  // A caller that retried earlier than the cooldown allows would only be refused by it.
+  const early = await failure(call(instance.client, sendOtp, request));
+  expect(early.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+  expect(retryDelayMs(error)).toBeGreaterThanOrEqual(retryDelayMs(early) ?? Infinity);
 });
