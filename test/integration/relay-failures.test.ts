@@ -7,10 +7,12 @@
  * and the idempotency key is not spent on a failure that the operator's fix
  * will cure. (Rejected credentials, the same kind of failure: service.test.ts.)
  * A relay that is down: the retry delay the caller is told is one the limits
- * will honour.
+ * will honour, and an instance that started while it was down serves once it
+ * is back, though no call reaches it meanwhile.
  */
 import * as grpc from "@grpc/grpc-js";
-import { afterEach, expect, it } from "vitest";
+import { SMTPServer } from "smtp-server";
+import { afterEach, expect, it, vi } from "vitest";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import {
@@ -90,4 +92,21 @@ it("a relay that is down: UNAVAILABLE with a retry delay the resend cooldown wil
   const early = await failure(call(instance.client, sendOtp, request));
   expect(early.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
   expect(retryDelayMs(error)).toBeGreaterThanOrEqual(retryDelayMs(early) ?? Infinity);
+});
+
+it("a relay down at start-up: NOT_SERVING, then SERVING once it is back, found by the re-check alone", async () => {
+  const port = await freePort();
+  const instance = await startInstance({
+    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: `smtp://127.0.0.1:${port}?starttls=off` },
+    relayProbeIntervalMs: 200,
+  });
+  cleanups.push(() => instance.stop());
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+
+  // No call reaches an instance its load balancer sees NOT_SERVING: only the re-check can find the relay back.
+  const relay = new SMTPServer({ authOptional: true, disabledCommands: ["STARTTLS"], logger: false });
+  await new Promise<void>((resolve) => relay.listen(port, "127.0.0.1", resolve));
+  cleanups.push(() => new Promise<void>((resolve) => relay.close(() => resolve())));
+
+  await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.SERVING), { timeout: 5000, interval: 50 });
 });
