@@ -319,8 +319,15 @@ const readRecordLua = `
 return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 `;
 
+/** KEYS: limit logs; ARGV[1] the entry. See OtpStore.refundLimits. */
+const refundLimitsLua = `
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+`;
+
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
+  otpRefundLimits: { lua: refundLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
@@ -560,6 +567,14 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       return run("consumeLimits", () =>
         redis.otpConsumeLimits(keys.length, ...keys, ...args).then((reply) => parseLimitOutcome(reply, logs.length)),
       );
+    },
+
+    refundLimits(logs: readonly LimitLog[], entry: string): Promise<void> {
+      if (logs.length === 0) return Promise.resolve();
+      const keys = logs.map((log) => limitKey(log.id));
+      return run("refundLimits", async () => {
+        await redis.otpRefundLimits(keys.length, ...keys, entry);
+      });
     },
 
     ping(): Promise<void> {
