@@ -710,6 +710,23 @@ describe("docker-compose.yml", () => {
   });
 });
 
+describe("README configuration table", () => {
+  it("names exactly the variables config.ts reads (OTEL_* in one row)", () => {
+    const readme = text("README.md");
+    const section = readme.slice(readme.indexOf("## Configuration"), readme.indexOf("## Delivery truth"));
+    const documented = new Set(
+      [...section.matchAll(/^\| (`[A-Z_*]+`(?: \/ `[A-Z_*]+`)*) \|/gm)].flatMap((row) => [...(row[1] ?? "").matchAll(/`([A-Z_*]+)`/g)].map((m) => m[1] ?? "")),
+    );
+    expect(documented.has("OTEL_*"), "the OTEL_* row").toBe(true);
+    const read = [...variablesReadByConfig()].filter((name) => !name.startsWith("OTEL_"));
+    expect(read.filter((name) => !documented.has(name)), "read by config.ts, missing from the table").toEqual([]);
+    expect(
+      [...documented].filter((name) => name !== "OTEL_*" && !variablesReadByConfig().has(name)),
+      "in the table, never read",
+    ).toEqual([]);
+  });
+});
+
 describe("Dockerfile", () => {
   const dockerfile = readDockerfile();
   const final = dockerfile.stages.length - 1;
