@@ -81,7 +81,7 @@ export interface DeliveryService {
    * gets one last try. Later dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
-  /** Messages whose attempts have not finished. */
+  /** Messages not finished: attempts still running, or a final record still being written again. */
   inFlight(): number;
 }
 
