@@ -50,6 +50,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
 # sizes the young generation from the machine's memory, not the container's, and lets
 # the old one grow to 4x the live heap without a cap. To change them, override the
 # command (Node gives command-line flags precedence over NODE_OPTIONS).
-# SIGTERM drains in-flight sends within SHUTDOWN_GRACE; give `docker stop` at least that long.
+# SIGTERM drains in-flight sends within SHUTDOWN_GRACE, then exports buffered spans (up to 5 s):
+# give `docker stop` (or terminationGracePeriodSeconds) SHUTDOWN_GRACE plus 10 s.
 STOPSIGNAL SIGTERM
 CMD ["node", "--max-semi-space-size=32", "--max-old-space-size=1024", "--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"]

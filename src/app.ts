@@ -124,7 +124,9 @@ export async function startApp(options: AppOptions): Promise<App> {
       socketTimeoutMs: config.smtp.socketTimeoutMs,
       logger,
     });
-    closers.push(() => transport.close());
+    // Closed after the delivery service drained: a send still running then was given up on
+    // (recorded FAILED), and a relay that never answers it must not hold up the exit.
+    closers.push(() => transport.close({ abandonInFlight: true }));
 
     // The relay is "up" until proven otherwise; a failed probe or send says so.
     const relayProbe = createRelayProbe(options.relayProbeIntervalMs ?? 15_000, async () => {

@@ -9,6 +9,7 @@ import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
+import { parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 
 export type Environment = "production" | "development" | "test";
@@ -311,6 +312,28 @@ function certificate(name: string, raw: string): string {
   return pem;
 }
 
+function optionalCertificate(name: string, raw: string | undefined): string | undefined {
+  return raw === undefined ? undefined : certificate(name, raw);
+}
+
+/** One REDIS_URL (or cluster seed): a host, a port in range, a numeric database; the password never shown. */
+function checkRedisUrl(raw: string): void {
+  const rule = "must be redis://[:password@]host:port[/db] or rediss://..., such as redis://127.0.0.1:6379";
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: not a valid URL; ${rule}`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+    throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: ${rule}`);
+  }
+  if (url.hostname === "") throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: names no host; ${rule}`);
+  if (!/^(\/\d{0,5})?$/.test(url.pathname)) {
+    throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: the path must be a database number such as /0; ${rule}`);
+  }
+}
+
 /** LIMIT_*: every rate limit, with its default. */
 function readLimits(read: Reader): LimitsConfig {
   return {
@@ -348,10 +371,18 @@ export function loadConfig(env: Env): Config {
   if (redisUrl?.includes(",") === true && !redisCluster) {
     throw new ConfigError("REDIS_URL: several URLs are only for a cluster's seed nodes: set REDIS_CLUSTER=true");
   }
+  if (redisUrl !== undefined) for (const seed of redisUrl.split(",")) checkRedisUrl(seed.trim());
 
   const smtpUrl = read.string("SMTP_URL");
   if (smtpUrl !== undefined && !/^smtps?:\/\//.test(smtpUrl)) {
     throw new ConfigError("SMTP_URL: must be an smtp:// (STARTTLS) or smtps:// (TLS) URL, such as smtp://user:pass@smtp.example.com:587");
+  }
+  if (smtpUrl !== undefined) {
+    try {
+      parseSmtpUrl(smtpUrl);
+    } catch (error) {
+      throw new ConfigError(`SMTP_URL: ${(error as Error).message.replace(/^SMTP URL:? (is )?/, "")}`);
+    }
   }
   if (production && smtpUrl === undefined) {
     throw new ConfigError("SMTP_URL: required when NODE_ENV=production (the capture sink is for development only)");
@@ -414,7 +445,7 @@ export function loadConfig(env: Env): Config {
           },
     smtp: {
       url: smtpUrl,
-      tlsCa: readPem("SMTP_TLS_CA", read.string("SMTP_TLS_CA")),
+      tlsCa: optionalCertificate("SMTP_TLS_CA", read.string("SMTP_TLS_CA")),
       maxConnections: read.int("SMTP_POOL_SIZE", 5, 1, 100),
       maxMessagesPerConnection: read.int("SMTP_MAX_MESSAGES_PER_CONNECTION", 100, 1, 100_000),
       connectionTimeoutMs: read.duration("SMTP_CONNECTION_TIMEOUT", 10_000, 100, 300_000),

@@ -22,6 +22,10 @@ import {
 /** How long drain() waits for the FAILED writes it makes after its grace period. */
 const finalWriteGraceMs = 1000;
 
+/** Backoff between tries of a final record write that failed: from the first to the cap, doubling. */
+const rewriteFirstDelayMs = 100;
+const rewriteMaxDelayMs = 2000;
+
 /** What one attempt says about the relay: up, unreachable, or refusing our credentials. */
 export type RelayHealthEvent = "ok" | "down" | "auth_failed";
 
@@ -41,6 +45,13 @@ export interface DeliveryServiceOptions {
   readonly waitBudgetMs: number;
   /** TTL of every record write. */
   readonly recordTtlMs: number;
+  /**
+   * How long a message's final record (ACCEPTED, FAILED) is tried again when
+   * writing it failed (Redis restarting, failing over): default 60 s. Without
+   * it the store would keep SENDING for a message the relay answered, and
+   * GetDeliveryStatus would later call it abandoned.
+   */
+  readonly recordRewriteMs?: number;
   /** Jitter source in [0, 1); Math.random by default. */
   readonly random?: () => number;
   /**
@@ -66,10 +77,11 @@ export interface DeliveryService {
   /**
    * Stops sending. An attempt in progress may finish; a message waiting for
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
-   * flight is marked FAILED. Later dispatches fail without an attempt.
+   * flight is marked FAILED, and a final record still failing to be written
+   * gets one last try. Later dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
-  /** Messages whose attempts have not finished. */
+  /** Messages not finished: attempts still running, or a final record still being written again. */
   inFlight(): number;
 }
 
@@ -85,6 +97,10 @@ interface Job {
   readonly observation: SendObservation;
   /** Record writes, in order. */
   writes: Promise<void>;
+  /** The latest record whose write failed, until a later write succeeds. */
+  unwritten: DeliveryRecord | undefined;
+  /** Set when the attempts are over: what remains is writing the last record. */
+  attemptsOver: boolean;
   /** Settles when the job has finished (never rejects). */
   done: Promise<void>;
 }
@@ -116,11 +132,45 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     job.writes = job.writes.then(async () => {
       try {
         await store.putRecord(next, options.recordTtlMs);
+        job.unwritten = undefined;
       } catch (error) {
+        job.unwritten = next;
         logger.error({ err: error, message_id: next.messageId, state: next.state }, "could not write delivery record");
       }
     });
     return job.writes;
+  }
+
+  /**
+   * Tries the job's last record again while its write keeps failing, with
+   * backoff, for at most recordRewriteMs (or until drain() gives up on it).
+   * Every write is the whole record, so a late one is as good as on time.
+   */
+  async function rewriteLast(job: Job): Promise<void> {
+    const deadline = Date.now() + (options.recordRewriteMs ?? 60_000);
+    let delay = rewriteFirstDelayMs;
+    let tries = 0;
+    while (job.unwritten !== undefined && !job.abandoned) {
+      if (Date.now() + delay > deadline) {
+        logger.error(
+          { message_id: job.record.messageId, state: job.record.state, tries },
+          "gave up writing delivery record: GetDeliveryStatus shows an earlier state",
+        );
+        return;
+      }
+      await new Promise<void>((resolve) => setTimeout(resolve, delay).unref());
+      delay = Math.min(delay * 2, rewriteMaxDelayMs);
+      const record = job.unwritten;
+      if (record === undefined || job.abandoned) return;
+      tries++;
+      try {
+        await store.putRecord(record, options.recordTtlMs);
+        if (job.unwritten === record) job.unwritten = undefined;
+        logger.info({ message_id: record.messageId, state: record.state, tries }, "delivery record written after storage came back");
+      } catch {
+        // Still down: the next try says so if it is the last.
+      }
+    }
   }
 
   function fail(job: Job, reason: string, attempts: readonly AttemptRecord[] = job.record.attempts): Promise<void> {
@@ -133,7 +183,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       ? "ok"
       : result.error.kind === "auth"
         ? "auth_failed"
-        : result.error.replyCode > 0
+        : // A relay that refuses STARTTLS for good replied, but is as unusable as one that is down.
+          result.error.replyCode > 0 && !(result.error.kind === "permanent" && result.error.errorCode === "ETLS")
           ? "ok"
           : "down";
     try {
@@ -292,21 +343,29 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   }
 
   /**
-   * Runs a job's attempts, then waits for its last record write; never
+   * Runs a job's attempts, waits for its last record write and answers the
+   * caller, then tries that write again while it fails (rewriteLast); never
    * rejects. One async function rather than a catch, then and finally
    * chained per message (each a promise and a tick).
    */
-  async function track(job: Job, mail: OutgoingMail): Promise<void> {
+  async function track(job: Job, mail: OutgoingMail, answer: () => void): Promise<void> {
     try {
       try {
-        await run(job, mail);
-      } catch (error) {
-        logger.error({ err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
+        try {
+          await run(job, mail);
+        } catch (error) {
+          logger.error({ err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
+        }
+        await job.writes;
+      } finally {
+        job.attemptsOver = true;
+        job.observation.finished(job.record);
+        // The caller hears the verdict now; a record that could not be stored is tried again behind it.
+        answer();
       }
-      await job.writes;
+      if (job.unwritten !== undefined) await rewriteLast(job);
     } finally {
       jobs.delete(job);
-      job.observation.finished(job.record);
     }
   }
 
@@ -318,19 +377,19 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
         writes: Promise.resolve(),
+        unwritten: undefined,
+        attemptsOver: false,
         done: Promise.resolve(),
       };
       jobs.add(job);
-      job.done = track(job, mail);
-      // The record as it stands when the job ends or the wait budget runs out.
+      // The record as it stands when the attempts end or the wait budget runs out.
       return new Promise<DeliveryRecord>((resolve) => {
         const timer = setTimeout(() => resolve(job.record), options.waitBudgetMs);
         timer.unref();
-        const settle = (): void => {
+        job.done = track(job, mail, () => {
           clearTimeout(timer);
           resolve(job.record);
-        };
-        void job.done.then(settle, settle);
+        });
       });
     },
 
@@ -341,14 +400,20 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       if (finished) return;
       const writes: Array<Promise<void>> = [];
       for (const job of jobs) {
-        const number = job.record.attempts.length + 1;
-        writes.push(
-          fail(
-            job,
-            `the sender stopped while attempt ${number} was in progress; ` +
-              "the relay's answer is unknown (it may still have accepted the message)",
-          ),
-        );
+        if (job.attemptsOver) {
+          // The relay answered; only storing that is left: one last try.
+          const last = job.unwritten;
+          if (last !== undefined) writes.push(store.putRecord(last, options.recordTtlMs).catch(() => undefined));
+        } else {
+          const number = job.record.attempts.length + 1;
+          writes.push(
+            fail(
+              job,
+              `the sender stopped while attempt ${number} was in progress; ` +
+                "the relay's answer is unknown (it may still have accepted the message)",
+            ),
+          );
+        }
         job.abandoned = true;
         jobs.delete(job);
       }

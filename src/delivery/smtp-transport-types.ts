@@ -83,6 +83,11 @@ export interface SmtpTransport {
   send(mail: OutgoingMail): Promise<SmtpAcceptance>;
   /** Connects, negotiates TLS and authenticates, then hangs up. Rejects with SmtpSendError. */
   verify(): Promise<void>;
-  /** Closes the pool; in-flight sends finish first. */
-  close(): Promise<void>;
+  /**
+   * Closes the pool; in-flight sends finish first, unless `abandonInFlight`:
+   * then their connections are closed too and the sends fail at once (for a
+   * caller that has already given up on them, such as a shutdown whose grace
+   * period ran out: a relay that never answers must not hold it up).
+   */
+  close(options?: { readonly abandonInFlight?: boolean }): Promise<void>;
 }

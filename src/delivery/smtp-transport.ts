@@ -5,7 +5,6 @@
  * knows nothing about OTPs; retry policy lives in the delivery service.
  */
 import { setMaxListeners } from "node:events";
-import { isIP } from "node:net";
 import { createSecureContext, rootCertificates } from "node:tls";
 import { createTransport, type SendMailOptions } from "nodemailer";
 import type { Logger } from "../logger.js";
@@ -14,6 +13,7 @@ import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
 import { addressOf, plainAddress, pooledMessage, poolTransportOf, sendThroughPool, type PoolSendInfo } from "./pool-send.js";
 import type { DkimSigningOptions } from "./dkim.js";
+import { parseSmtpUrl } from "./smtp-url.js";
 import {
   SmtpSendError,
   type OutgoingMail,
@@ -61,19 +61,6 @@ export interface SmtpTransportOptions {
   /** Sign every message with this key (from `prepareDkim`, which checked it can sign). */
   readonly dkim?: DkimSigningOptions | undefined;
   readonly logger: Logger;
-}
-
-/** Where and how to reach the relay, parsed from the URL. */
-interface RelayEndpoint {
-  readonly host: string;
-  readonly port: number;
-  /** Implicit TLS (`smtps://`). */
-  readonly secure: boolean;
-  /** STARTTLS is mandatory (plain `smtp://` without `starttls=off`). */
-  readonly requireTls: boolean;
-  readonly auth: { readonly user: string; readonly pass: string } | undefined;
-  /** `host:port` (`[v6]:port`), for records and explanations. */
-  readonly relay: string;
 }
 
 const defaults = {
@@ -274,7 +261,11 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
     },
 
-    close(): Promise<void> {
+    close(closeOptions = {}): Promise<void> {
+      if (closeOptions.abandonInFlight === true && inFlight.size > 0) {
+        // nodemailer's pool closes busy connections too when forced; their sends fail.
+        (transporter.close as (options: { force: boolean }) => void)({ force: true });
+      }
       closed ??= (async () => {
         // Idle connections close now; busy ones finish their message first.
         transporter.close();
@@ -312,68 +303,6 @@ function createDeadlines(timeoutMs: number): () => AbortSignal {
     }
     return signal;
   };
-}
-
-/** Parses and validates the relay URL; see {@link SmtpTransportOptions.url}. */
-function parseSmtpUrl(raw: string): RelayEndpoint {
-  const shown = redactUrl(raw);
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new Error(`SMTP URL is not a valid URL: ${shown}`);
-  }
-  if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
-    throw new Error(
-      `SMTP URL must start with smtp:// (STARTTLS) or smtps:// (implicit TLS), not ${url.protocol}//: ${shown}`,
-    );
-  }
-  const secure = url.protocol === "smtps:";
-  // URL keeps the brackets of an IPv6 literal in `hostname`.
-  const host = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
-  if (host === "") throw new Error(`SMTP URL has no host: ${shown}`);
-  const port = url.port === "" ? (secure ? 465 : 587) : Number(url.port);
-  if (!Number.isInteger(port) || port < 1 || port > 65_535) {
-    throw new Error(`SMTP URL port must be 1 to 65535: ${shown}`);
-  }
-  if (url.pathname !== "" && url.pathname !== "/") {
-    throw new Error(`SMTP URL must not have a path (${url.pathname}): ${shown}`);
-  }
-  if (url.hash !== "") throw new Error(`SMTP URL must not have a #fragment: ${shown}`);
-
-  let requireTls = !secure;
-  for (const [key, value] of url.searchParams) {
-    if (key !== "starttls") {
-      throw new Error(`SMTP URL has an unknown parameter "${key}" (only starttls=off is known): ${shown}`);
-    }
-    if (secure) throw new Error(`SMTP URL: starttls applies to smtp:// only, smtps:// is always TLS: ${shown}`);
-    if (value === "off") requireTls = false;
-    else if (value !== "required") {
-      throw new Error(`SMTP URL: starttls must be "off" or "required", not "${value}": ${shown}`);
-    }
-  }
-
-  let auth: RelayEndpoint["auth"];
-  if (url.username !== "" || url.password !== "") {
-    let user: string;
-    let pass: string;
-    try {
-      user = decodeURIComponent(url.username);
-      pass = decodeURIComponent(url.password);
-    } catch {
-      throw new Error(`SMTP URL user or password has a malformed %-escape: ${shown}`);
-    }
-    if (user === "") throw new Error(`SMTP URL has a password but no user: ${shown}`);
-    auth = { user, pass };
-  }
-
-  const relay = `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
-  return { host, port, secure, requireTls, auth, relay };
-}
-
-/** The URL as it may appear in an error or log: the password replaced. */
-function redactUrl(raw: string): string {
-  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@?#]*?):[^/@?#]*@/i, "$1:***@");
 }
 
 function positiveInt(name: string, value: number): number {

@@ -34,7 +34,7 @@ import { recipientMailbox } from "./recipient-mailbox.js";
 import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
 
 export interface LimiterOptions {
-  readonly store: Pick<OtpStore, "consumeLimits">;
+  readonly store: Pick<OtpStore, "consumeLimits" | "refundLimits">;
   readonly limits: LimitsConfig;
   /** Keys the log ids (the OTP secret will do: each use of it has its own label). */
   readonly secret: Buffer;
@@ -164,12 +164,19 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       ];
       const { recipientHash } = request;
       if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
-      const outcome = await store.consumeLimits(
-        logs.map((l) => l.log),
-        newEntry(now, random),
-        now,
-        { unlessSuppressed: recipientHash },
-      );
+      const logList = logs.map((l) => l.log);
+      const entry = newEntry(now, random);
+      let outcome;
+      try {
+        outcome = await store.consumeLimits(logList, entry, now, { unlessSuppressed: recipientHash });
+      } catch (error) {
+        // No answer is not "not admitted": a Redis that stalled may run the script after the timeout.
+        // The caller hears UNAVAILABLE, so take the admission back; queued behind the script, not awaited.
+        store.refundLimits(logList, entry).catch((refundError: unknown) => {
+          logger.debug({ err: refundError }, "could not refund the limits of a send that got no answer from storage");
+        });
+        throw error;
+      }
       if ("suppressed" in outcome) return { suppressedBy: outcome.suppressed };
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
       let resendAvailableAt = now;

@@ -218,7 +218,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       );
 
       const result = await delivery.dispatch(record, mail);
-      if (result.state === "FAILED") throw sendFailure(result);
+      // A retry is pointless before the limits admit the next send to this recipient and purpose.
+      if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
       return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };
     } catch (error) {
       // A retryable failure must not pin its idempotency key for a day: the
@@ -374,8 +375,12 @@ function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpEr
   );
 }
 
-/** The error SendOtp answers when the relay never accepted the message. */
-function sendFailure(record: DeliveryRecord): OtpError {
+/**
+ * The error SendOtp answers when the relay never accepted the message.
+ * `limitsAdmitInMs`: when the limits will admit the same send again; a
+ * retryable error never tells the caller to retry sooner than that.
+ */
+function sendFailure(record: DeliveryRecord, limitsAdmitInMs = 0): OtpError {
   const last = record.attempts.at(-1);
   const metadata = { message_id: record.messageId };
   const reason = record.failureReason ?? "the message could not be sent";
@@ -383,7 +388,16 @@ function sendFailure(record: DeliveryRecord): OtpError {
     return new OtpError(
       "unavailable",
       `email not sent: the SMTP relay rejected the service's credentials; an operator must fix SMTP_URL (message_id ${record.messageId})`,
-      { reason: "RELAY_AUTH_FAILED", metadata, retryAfterMs: 60_000 },
+      { reason: "RELAY_AUTH_FAILED", metadata, retryAfterMs: Math.max(60_000, limitsAdmitInMs) },
+    );
+  }
+  if (last?.errorCode === "ETLS" && last.outcome === "permanent") {
+    // An untrusted certificate or a relay without STARTTLS fails every message alike: the
+    // operator's to fix, not the message's, so the caller may retry (and the key is not spent).
+    return new OtpError(
+      "unavailable",
+      `email not sent: TLS with the SMTP relay failed; an operator must fix SMTP_URL or SMTP_TLS_CA (message_id ${record.messageId})`,
+      { reason: "RELAY_TLS_FAILED", metadata, retryAfterMs: Math.max(60_000, limitsAdmitInMs) },
     );
   }
   if (last?.outcome === "permanent") {
@@ -395,6 +409,6 @@ function sendFailure(record: DeliveryRecord): OtpError {
   return new OtpError("unavailable", `email not sent: ${reason}; retry later (message_id ${record.messageId})`, {
     reason: "RELAY_UNAVAILABLE",
     metadata,
-    retryAfterMs: 5000,
+    retryAfterMs: Math.max(5000, limitsAdmitInMs),
   });
 }

@@ -293,6 +293,16 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
+    refundLimits(logs: readonly LimitLog[], entry: string): Promise<void> {
+      return run(() => {
+        for (const log of logs) {
+          const entries = read(limitLogs, log.id);
+          const index = entries?.findIndex((e) => e.entry === entry) ?? -1;
+          if (index !== -1) entries?.splice(index, 1);
+        }
+      });
+    },
+
     ping: () => run(() => undefined),
 
     isReady: () => !closed,

@@ -319,8 +319,15 @@ const readRecordLua = `
 return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 `;
 
+/** KEYS: limit logs; ARGV[1] the entry. See OtpStore.refundLimits. */
+const refundLimitsLua = `
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+`;
+
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
+  otpRefundLimits: { lua: refundLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
@@ -376,6 +383,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     ScriptCommands;
 
   const readiness = trackReadiness(redis, logger);
+  warnIfRedisEvicts(redis, logger);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
   const failureKey = (group: string, logId: string): string => `${prefix}fail:{${group}}:${logId}`;
@@ -561,6 +569,14 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       );
     },
 
+    refundLimits(logs: readonly LimitLog[], entry: string): Promise<void> {
+      if (logs.length === 0) return Promise.resolve();
+      const keys = logs.map((log) => limitKey(log.id));
+      return run("refundLimits", async () => {
+        await redis.otpRefundLimits(keys.length, ...keys, entry);
+      });
+    },
+
     ping(): Promise<void> {
       return run("ping", async () => {
         await redis.ping();
@@ -678,6 +694,35 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
       markDown(`redis ${operation} failed; storage unavailable`, error.cause);
     },
   };
+}
+
+/**
+ * Warns, once, when the Redis we connected to may evict keys under memory
+ * pressure (a maxmemory with a policy other than noeviction): limits, codes,
+ * idempotency keys and delivery records would vanish before their TTL, with
+ * no error anywhere. Under noeviction a full Redis refuses writes instead,
+ * which callers see as UNAVAILABLE. INFO may be disabled (some managed
+ * Redis): then there is nothing to say.
+ */
+function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
+  let warned = false;
+  redis.on("ready", () => {
+    if (warned) return;
+    redis.info("memory").then(
+      (info) => {
+        const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
+        const maxmemory = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? "0");
+        if (warned || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
+        warned = true;
+        logger.warn(
+          { maxmemory_policy: policy, maxmemory },
+          `Redis may evict keys when full (maxmemory-policy ${policy}): rate limits, codes, idempotency keys and ` +
+            "delivery records could vanish early without an error; set maxmemory-policy noeviction",
+        );
+      },
+      () => undefined,
+    );
+  });
 }
 
 /**

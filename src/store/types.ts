@@ -189,6 +189,15 @@ export interface OtpStore {
   consumeLimits(logs: readonly LimitLog[], entry: string, now: number, options?: ConsumeLimitsOptions): Promise<LimitOutcome>;
 
   /**
+   * Takes `entry` back out of every log, for a consumeLimits that failed
+   * without an answer (a timeout): Redis may still run it later. Issued after
+   * it on the same connection, this runs after it if it runs at all, so the
+   * admission never outlives the caller's UNAVAILABLE. Entries not there are
+   * ignored.
+   */
+  refundLimits(logs: readonly LimitLog[], entry: string): Promise<void>;
+
+  /**
    * Appends a DSN to the reports of `messageId` (oldest first; beyond
    * `maxDeliveryReports` the oldest are dropped); the reports live `ttlMs`
    * from now. Kept apart from the record so the sender's writes and the

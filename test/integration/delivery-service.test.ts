@@ -400,6 +400,58 @@ describe("delivery service against a real SMTP server", () => {
     expect(logs.filter((line) => line.includes("could not write delivery record")).length).toBeGreaterThan(0);
   });
 
+  it("a final record whose write failed is written again once the store answers; drain gives it a last try, not FAILED", async () => {
+    const stored = fakeStore();
+    let down = true;
+    const store: Pick<OtpStore, "putRecord"> = {
+      putRecord: (record, ttlMs) => (down ? Promise.reject(new Error("storage is unavailable")) : stored.putRecord(record, ttlMs)),
+    };
+    const { service } = await harness({ service: { store } });
+
+    const first = queuedRecord();
+    expect((await service.dispatch(first, mailFor(first))).state).toBe("ACCEPTED");
+    expect(stored.records.get(first.messageId)).toBeUndefined();
+    down = false;
+    expect(await eventually(() => stored.records.get(first.messageId)?.state)).toBe("ACCEPTED");
+
+    down = true;
+    const second = queuedRecord();
+    expect((await service.dispatch(second, mailFor(second))).state).toBe("ACCEPTED");
+    down = false;
+    // Shutdown comes before the next try: the relay's answer is known, so it is what gets stored.
+    await service.drain(0);
+    expect(stored.records.get(second.messageId)?.state).toBe("ACCEPTED");
+    expect(service.inFlight()).toBe(0);
+  });
+
+  it("a relay that refuses STARTTLS for good fails the message at once and is reported down, though it replied", async () => {
+    const relay = createServer((socket) => {
+      socket.write("220 relay.test ESMTP\r\n");
+      socket.on("data", (data: Buffer) => {
+        const command = data.toString("utf8");
+        if (/^EHLO/i.test(command)) socket.write("250-relay.test\r\n250 STARTTLS\r\n");
+        else if (/^STARTTLS/i.test(command)) socket.write("554 5.7.0 TLS not available\r\n");
+        else if (/^QUIT/i.test(command)) socket.end("221 2.0.0 Bye\r\n");
+      });
+    });
+    await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = relay.address() as { port: number };
+      const { service, store, health } = await harness({ url: `smtp://127.0.0.1:${port}` });
+      const record = queuedRecord();
+
+      const result = await service.dispatch(record, mailFor(record));
+
+      expect(result.state).toBe("FAILED");
+      expect(statesWritten(store, record.messageId)).toEqual(["SENDING", "FAILED"]);
+      expect(result.attempts[0]).toMatchObject({ outcome: "permanent", replyCode: 554, errorCode: "ETLS" });
+      // Every message would fail alike: the relay is unusable, whatever it replied.
+      expect(health).toEqual(["down"]);
+    } finally {
+      relay.close();
+    }
+  });
+
   it("never logs the recipient's address", async () => {
     const { sink, service, logs } = await harness();
     sink.respondWith(behave.reply("RCPT TO", 451, "4.2.0", `<${recipient}> greylisted`), behave.reply("RCPT TO", 550, "5.1.1", `<${recipient}> unknown`));

@@ -29,7 +29,7 @@ import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
-import { loadConfig, loadTracingConfig, type Config } from "../../src/config.js";
+import { loadConfig, loadTracingConfig, parseDuration, type Config } from "../../src/config.js";
 import { createMetrics } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { GrpcOtpClient, grpcError, grpcUnary } from "../support/grpc.js";
@@ -695,9 +695,35 @@ describe("docker-compose.yml", () => {
     }
   });
 
+  it("lets a stopping service finish before docker kills it: stop_grace_period covers SHUTDOWN_GRACE and what follows it", () => {
+    const config = loadConfig(composeEnv);
+    const stopGraceMs = parseDuration(str(otpEmail.raw["stop_grace_period"], "otp-email.stop_grace_period")) ?? 0;
+    // After the grace period: the final record writes (1 s), Redis QUIT (its command timeout) and the
+    // buffered spans' export (at most 5 s), plus a second of slack.
+    const afterGraceMs = 1000 + (config.redis?.commandTimeoutMs ?? 0) + 5000 + 1000;
+    expect(stopGraceMs).toBeGreaterThanOrEqual(config.shutdownGraceMs + afterGraceMs);
+  });
+
   it("checks the service's health with the script the image carries", () => {
     expect(otpEmail.healthcheck).toEqual(["CMD", "node", "scripts/healthcheck.mjs", "--timeout", "3000"]);
     expect(existsSync(at("scripts", "healthcheck.mjs"))).toBe(true);
+  });
+});
+
+describe("README configuration table", () => {
+  it("names exactly the variables config.ts reads (OTEL_* in one row)", () => {
+    const readme = text("README.md");
+    const section = readme.slice(readme.indexOf("## Configuration"), readme.indexOf("## Delivery truth"));
+    const documented = new Set(
+      [...section.matchAll(/^\| (`[A-Z_*]+`(?: \/ `[A-Z_*]+`)*) \|/gm)].flatMap((row) => [...(row[1] ?? "").matchAll(/`([A-Z_*]+)`/g)].map((m) => m[1] ?? "")),
+    );
+    expect(documented.has("OTEL_*"), "the OTEL_* row").toBe(true);
+    const read = [...variablesReadByConfig()].filter((name) => !name.startsWith("OTEL_"));
+    expect(read.filter((name) => !documented.has(name)), "read by config.ts, missing from the table").toEqual([]);
+    expect(
+      [...documented].filter((name) => name !== "OTEL_*" && !variablesReadByConfig().has(name)),
+      "in the table, never read",
+    ).toEqual([]);
   });
 });
 

@@ -95,6 +95,21 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
     });
 
+    it("refundLimits takes one admission back out of every log it entered, and ignores an unknown one", async () => {
+      const logs = [
+        { id: "refund-recipient", windows: [{ max: 2, windowMs: 15 * minute }] },
+        { id: "refund-global", windows: [{ max: 3, windowMs: minute }] },
+      ];
+      expect(await subject.store.consumeLimits(logs, "first", t0)).toMatchObject({ admitted: true });
+      expect(await subject.store.consumeLimits(logs, "second", t0)).toMatchObject({ admitted: true });
+      expect(await subject.store.consumeLimits(logs, "third", t0)).toMatchObject({ admitted: false });
+
+      await subject.store.refundLimits(logs, "second");
+      await subject.store.refundLimits(logs, "never-admitted");
+      expect(await subject.store.consumeLimits(logs, "third", t0)).toMatchObject({ admitted: true });
+      expect(await subject.store.consumeLimits(logs, "fourth", t0)).toMatchObject({ admitted: false });
+    });
+
     it("checks the recipient's suppression first: a suppressed send is refused with the entry and spends nothing", async () => {
       const limits = limiter({ recipient: [{ max: 1, windowMs: 15 * minute }], global: [{ max: 2, windowMs: minute }] });
       expect(limits.checksSuppression).toBe(true);

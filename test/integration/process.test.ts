@@ -172,4 +172,47 @@ describe("SIGTERM", () => {
       await sink.close();
     }
   });
+
+  it("exits 0 within SHUTDOWN_GRACE when the relay never answers a send, recording that the answer is unknown", async () => {
+    const sink = await startSmtpSink();
+    const prefix = randomPrefix();
+    const port = await freePort();
+    try {
+      // The relay takes the message and never replies: only the 30 s socket timeout would end the send.
+      sink.respondWith(behave.stall());
+      const service = startService({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        REDIS_URL: redisUrlForTests(),
+        REDIS_PREFIX: prefix,
+        SMTP_URL: sink.url,
+        OTP_SECRET: "process-test-secret-0123456789abcdef",
+        SEND_WAIT_BUDGET: "200ms",
+        SMTP_SOCKET_TIMEOUT: "30s",
+        SHUTDOWN_GRACE: "1s",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const sent = await grpcUnary(client, sendOtp, { recipient: "stalled@example.com", purpose: Purpose.LOGIN });
+      client.close();
+      expect(sent.state).toBe(DeliveryState.SENDING);
+
+      const signalled = Date.now();
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+      // The grace period, the final record write and closing: seconds, not the relay's socket timeout.
+      expect(Date.now() - signalled).toBeLessThan(8000);
+
+      const store = createRedisStore({ url: redisUrlForTests(), prefix, logger: createLogger({ level: "silent" }) });
+      try {
+        const record = await store.getRecord(sent.messageId);
+        expect(record?.state).toBe("FAILED");
+        expect(record?.failureReason).toMatch(/the sender stopped while attempt 1 was in progress/);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await sink.close();
+    }
+  });
 });

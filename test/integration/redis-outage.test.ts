@@ -15,6 +15,7 @@ import {
   call,
   detailsOf,
   failure,
+  getDeliveryStatus,
   newToken,
   sendOtp,
   servingStatus,
@@ -23,7 +24,7 @@ import {
   type Instance,
 } from "../support/otp-instances.js";
 import { randomPrefix, startRedisServer, type RedisServer } from "../support/redis.js";
-import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 const caller = newToken("alpha");
 let redis: RedisServer;
@@ -95,4 +96,31 @@ it("answers UNAVAILABLE within the deadline while Redis is down, and recovers by
     VerifyResult.VERIFIED,
   );
   expect(sink.transactions()).toBe(2);
+});
+
+it("a send whose relay answered while Redis was down is recorded once Redis is back, not left SENDING or lost", async () => {
+  const auth = bearer(caller.token);
+  await healthBecomes(ServingStatus.SERVING, 10_000);
+  // The relay thinks for a while; Redis dies meanwhile, so the ACCEPTED record cannot be written at once.
+  sink.respondWith(behave.accept({ delayMs: 1500 }));
+  const sending = call(instance.client, sendOtp, { recipient: "blip@example.com", purpose: Purpose.LOGIN }, auth);
+  await sleep(500);
+  await redis.stop();
+
+  const sent = await sending;
+  // The caller is told what the relay said.
+  expect(sent.state).toBe(DeliveryState.ACCEPTED);
+
+  // Redis comes back empty (nothing persisted): the record must be written again, in its final state.
+  await redis.start();
+  await healthBecomes(ServingStatus.SERVING, 10_000);
+  const deadline = Date.now() + 10_000;
+  let state: DeliveryState | undefined;
+  for (;;) {
+    const status = await call(instance.client, getDeliveryStatus, { messageId: sent.messageId }, auth).catch(() => undefined);
+    state = status?.state;
+    if (state === DeliveryState.ACCEPTED || Date.now() > deadline) break;
+    await sleep(100);
+  }
+  expect(state).toBe(DeliveryState.ACCEPTED);
 });

@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { createSmtpTransport, type SmtpTransportOptions } from "../../src/delivery/smtp-transport.js";
 import { SmtpSendError, type OutgoingMail, type SmtpTransport } from "../../src/delivery/smtp-transport-types.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
@@ -386,6 +386,45 @@ describe("smtp transport against a real SMTP server", () => {
     expect(transportFor("smtp://u:p@relay.test").relay).toBe("relay.test:587");
     expect(transportFor("smtps://relay.test").relay).toBe("relay.test:465");
     expect(transportFor("smtp://[::1]:2525?starttls=off").relay).toBe("[::1]:2525");
+  });
+
+  it.each([
+    ["connects and never greets", "", { greetingTimeoutMs: 300, socketTimeoutMs: 10_000 }, "waiting for the relay's greeting"],
+    ["greets and never answers EHLO", "220 relay.test ESMTP\r\n", { greetingTimeoutMs: 10_000, socketTimeoutMs: 300 }, "waiting for the relay's reply"],
+  ])("a relay that %s fails as a transient timeout, bounded by its own timeout", async (_what, greeting, timeouts, described) => {
+    const silent = createServer((socket) => {
+      if (greeting !== "") socket.write(greeting);
+      cleanups.push(() => {
+        socket.destroy();
+        return Promise.resolve();
+      });
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())));
+    const { port } = silent.address() as { port: number };
+    const transport = transportFor(`smtp://127.0.0.1:${port}?starttls=off`, timeouts);
+
+    const started = Date.now();
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ETIMEDOUT" });
+    expect(failure.replyText).toContain(described);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("close with abandonInFlight fails a send the relay is sitting on at once; a plain close would wait for it", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall());
+    const transport = transportFor(sink.url, { socketTimeoutMs: 60_000, sendTimeoutMs: 60_000 });
+    const sending = sendError(transport);
+    await vi.waitFor(() => expect(sink.transactions()).toBe(1));
+
+    const started = Date.now();
+    await transport.close({ abandonInFlight: true });
+    const failure = await sending;
+
+    expect(failure.kind).toBe("transient");
+    expect(Date.now() - started).toBeLessThan(5000);
   });
 
   it("refuses to send once closed", async () => {

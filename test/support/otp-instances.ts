@@ -57,6 +57,8 @@ export interface InstanceOptions {
   /** Environment for loadConfig, over the defaults below (NODE_ENV=test, GRPC_ADDR port 0...). */
   readonly env: Record<string, string>;
   readonly clock?: Clock;
+  /** How often the app re-checks a relay that is down (its default: 15 s). */
+  readonly relayProbeIntervalMs?: number;
   /** Client credentials (TLS); plaintext by default. */
   readonly credentials?: grpc.ChannelCredentials;
   /** Channel options of the instance's clients (`grpc.ssl_target_name_override`...). */
@@ -94,7 +96,12 @@ export async function startInstance(options: InstanceOptions): Promise<Instance>
     },
   });
   const logger = createLogger({ level: config.logLevel, destination });
-  const app = await startApp({ config, logger, ...(options.clock === undefined ? {} : { clock: options.clock }) });
+  const app = await startApp({
+    config,
+    logger,
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+    ...(options.relayProbeIntervalMs === undefined ? {} : { relayProbeIntervalMs: options.relayProbeIntervalMs }),
+  });
   const address = `${app.address.host}:${app.address.port}`;
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
   const client = new OtpClient(address, credentials, options.channelOptions ?? {});

@@ -59,9 +59,20 @@ describe("loadConfig", () => {
     [{ OTP_TTL_MIN: "30m", OTP_TTL_MAX: "10m" }, /OTP_TTL_MIN: must not exceed/],
     // Else a key repeated after its record expired answered "still in progress" until the key did.
     [{ RECORD_RETENTION: "1h" }, /RECORD_RETENTION: must be at least IDEMPOTENCY_TTL/],
+    // Malformed URLs and unusable files fail here (exit 78), not later as "failed to start: Invalid URL".
+    [{ SMTP_URL: "smtp://relay:99999" }, /SMTP_URL: not a valid URL/],
+    [{ SMTP_URL: "smtp://user:s3cret@relay?starttls=maybe" }, /SMTP_URL: starttls must be "off" or "required".*user:\*\*\*@relay/],
+    [{ SMTP_URL: "smtps://relay/path" }, /SMTP_URL: must not have a path/],
+    [{ REDIS_URL: "redis://:s3cret@127.0.0.1:port" }, /REDIS_URL=redis:\/\/:\*\*\*@127\.0\.0\.1:port: not a valid URL/],
+    [{ REDIS_URL: "redis://" }, /REDIS_URL=redis:\/\/: names no host/],
+    [{ REDIS_URL: "redis://r:6379/cache" }, /REDIS_URL=redis:\/\/r:6379\/cache: the path must be a database number/],
+    [{ REDIS_URL: "redis://a:7000,redis//b:7001", REDIS_CLUSTER: "true" }, /REDIS_URL=redis\/\/b:7001: not a valid URL/],
+    [{ SMTP_TLS_CA: "/etc/hostname" }, /SMTP_TLS_CA: not a usable PEM certificate/],
+    [{ SMTP_TLS_CA: "/nonexistent/ca.pem" }, /SMTP_TLS_CA: cannot read \/nonexistent\/ca.pem/],
   ])("names the variable in the error: %j", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
+    expect(() => loadConfig(env)).not.toThrow(/s3cret/);
   });
 });
 

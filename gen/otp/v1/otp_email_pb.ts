@@ -106,8 +106,9 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
    * accepted it within the wait budget, SENDING or RETRYING when attempts
    * continue in the background. A message the relay never accepted is not a
    * success: the call fails with FAILED_PRECONDITION (the relay refused it
-   * for good) or UNAVAILABLE (relay unreachable, retries used up, or our
-   * credentials rejected), with the message_id in google.rpc.ErrorInfo.
+   * for good) or UNAVAILABLE (relay unreachable, retries used up, our
+   * credentials rejected or TLS with the relay failed), with the message_id
+   * in google.rpc.ErrorInfo.
    *
    * @generated from field: otp.v1.DeliveryState state = 2;
    */

@@ -1,0 +1,112 @@
+/**
+ * A relay the service cannot use, under a whole instance (startApp, real
+ * gRPC, real Redis, a real SMTP server or a closed port). Its own TLS
+ * configuration (a certificate it does not trust): the caller gets
+ * UNAVAILABLE saying an operator must act, never a refusal that blames the
+ * message; GetDeliveryStatus keeps the evidence; health says NOT_SERVING;
+ * and the idempotency key is not spent on a failure that the operator's fix
+ * will cure. (Rejected credentials, the same kind of failure: service.test.ts.)
+ * A relay that is down: the retry delay the caller is told is one the limits
+ * will honour, and an instance that started while it was down serves once it
+ * is back, though no call reaches it meanwhile.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { SMTPServer } from "smtp-server";
+import { afterEach, expect, it, vi } from "vitest";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import {
+  call,
+  detailsOf,
+  failure,
+  getDeliveryStatus,
+  retryDelayMs,
+  sendOtp,
+  servingStatus,
+  startInstance,
+  type Instance,
+} from "../support/otp-instances.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { freePort } from "../support/ports.js";
+import { makeSelfSigned } from "../support/self-signed.js";
+import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+let cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+  cleanups = [];
+});
+
+async function instanceFor(sink: SmtpSink | undefined, smtpUrl: string, env: Record<string, string> = {}): Promise<Instance> {
+  if (sink !== undefined) cleanups.push(() => sink.close());
+  const instance = await startInstance({
+    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: smtpUrl, LIMIT_RESEND_COOLDOWN: "0", ...env },
+  });
+  cleanups.push(() => instance.stop());
+  return instance;
+}
+
+/** SendOtp twice with one idempotency key; both must fail with `reason`, each with its own message. */
+async function sendTwiceFailing(instance: Instance, reason: string): Promise<{ error: grpc.ServiceError; messageId: string }> {
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN, idempotencyKey: "misconfigured-relay-1" };
+  const error = await failure(call(instance.client, sendOtp, request));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(error).errorInfo?.reason).toBe(reason);
+  const messageId = detailsOf(error).errorInfo?.metadata["message_id"] ?? "";
+
+  // The key was released: a retry (after the operator's fix) really sends, rather than replaying this failure.
+  const again = await failure(call(instance.client, sendOtp, request));
+  expect(again.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(again).errorInfo?.metadata["message_id"]).not.toBe(messageId);
+  return { error, messageId };
+}
+
+it("a relay certificate the service does not trust: UNAVAILABLE naming SMTP_TLS_CA, the record keeps the TLS error", async () => {
+  const sink = await startSmtpSink({ tls: makeSelfSigned() });
+  const instance = await instanceFor(sink, sink.url);
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+
+  const { error, messageId } = await sendTwiceFailing(instance, "RELAY_TLS_FAILED");
+  expect(error.details).toMatch(/SMTP_TLS_CA/);
+  expect(sink.transactions()).toBe(0);
+
+  const status = await call(instance.client, getDeliveryStatus, { messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  expect(status.attempts[0]?.errorCode).toBe("ETLS");
+  expect(status.failureReason).toMatch(/certificate/);
+});
+
+it("a relay that is down: UNAVAILABLE with a retry delay the resend cooldown will honour, not one it refuses", async () => {
+  const instance = await instanceFor(undefined, `smtp://127.0.0.1:${await freePort()}?starttls=off`, {
+    LIMIT_RESEND_COOLDOWN: "30s",
+    SMTP_MAX_ATTEMPTS: "1",
+  });
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN };
+
+  const error = await failure(call(instance.client, sendOtp, request));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(error).errorInfo?.reason).toBe("RELAY_UNAVAILABLE");
+
+  // A caller that retried earlier than the cooldown allows would only be refused by it.
+  const early = await failure(call(instance.client, sendOtp, request));
+  expect(early.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+  expect(retryDelayMs(error)).toBeGreaterThanOrEqual(retryDelayMs(early) ?? Infinity);
+});
+
+it("a relay down at start-up: NOT_SERVING, then SERVING once it is back, found by the re-check alone", async () => {
+  const port = await freePort();
+  const instance = await startInstance({
+    env: { REDIS_URL: redisUrlForTests(), REDIS_PREFIX: randomPrefix(), SMTP_URL: `smtp://127.0.0.1:${port}?starttls=off` },
+    relayProbeIntervalMs: 200,
+  });
+  cleanups.push(() => instance.stop());
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+
+  // No call reaches an instance its load balancer sees NOT_SERVING: only the re-check can find the relay back.
+  const relay = new SMTPServer({ authOptional: true, disabledCommands: ["STARTTLS"], logger: false });
+  await new Promise<void>((resolve) => relay.listen(port, "127.0.0.1", resolve));
+  cleanups.push(() => new Promise<void>((resolve) => relay.close(() => resolve())));
+
+  await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.SERVING), { timeout: 5000, interval: 50 });
+});
