@@ -26,6 +26,11 @@ export interface RedisServer {
   stop(): Promise<void>;
   /** Starts it again on the same port and waits until it answers (no-op while running). */
   start(): Promise<void>;
+  /**
+   * Sends `signal` to the running server: SIGSTOP freezes it with every
+   * connection open (a hung Redis, as clients see it), SIGCONT wakes it.
+   */
+  signal(signal: NodeJS.Signals): void;
 }
 
 const missingRedisHelp =
@@ -163,7 +168,11 @@ async function serverOnPort(port: number): Promise<RedisServer> {
     running.delete(server);
   }
 
+  function signal(name: NodeJS.Signals): void {
+    if (child === undefined || !child.kill(name)) throw new Error(`redis-server on port ${port} is not running: cannot send ${name}`);
+  }
+
   await start();
-  return { url, port, start, stop };
+  return { url, port, start, stop, signal };
 }
 
