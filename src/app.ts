@@ -97,6 +97,7 @@ export async function startApp(options: AppOptions): Promise<App> {
           logger,
           commandTimeoutMs: config.redis.commandTimeoutMs,
           cluster: config.redis.cluster,
+          tlsCa: config.redis.tlsCa,
           onCommandError: (operation) => metrics.redisCommandErrors.inc({ operation }),
         })
       : createMemoryStore({ clock });
