@@ -390,7 +390,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   ) &
     ScriptCommands;
 
-  const readiness = trackReadiness(redis, logger, options.tlsCa !== undefined);
+  const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
   warnIfRedisEvicts(redis, logger);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
@@ -617,7 +617,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
  * Follows ioredis' connection events: readiness for health checks, and one
  * warning per outage (not one per reconnect attempt or failed command).
  */
-function trackReadiness(redis: Redis | Cluster, logger: Logger, privateCa: boolean) {
+function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly enabled: boolean; readonly privateCa: boolean }) {
   const listeners = new Set<(ready: boolean) => void>();
   let ready = false;
   let down = false;
@@ -658,7 +658,13 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger, privateCa: boole
   }
 
   // Without an 'error' listener ioredis prints every failed reconnect to the console.
-  redis.on("error", (error: unknown) => markDown(untrustedCertificate(error, privateCa) ?? "redis is unreachable; retrying", error));
+  // A cluster client's errors only say "Failed to refresh slots cache" (its nodes' TLS errors are not passed on):
+  // over TLS without REDIS_TLS_CA, say what a private CA would need.
+  const unreachable =
+    redis instanceof Cluster && tls.enabled && !tls.privateCa
+      ? "redis is unreachable; retrying (over TLS: if a private CA signs the nodes' certificates, set REDIS_TLS_CA to its PEM file)"
+      : "redis is unreachable; retrying";
+  redis.on("error", (error: unknown) => markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error));
   redis.on("ready", () => {
     if (closing) return;
     markUp("redis connection restored");

@@ -18,10 +18,12 @@ import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email
 import { openCertificateWorkshop, type CertificateWorkshop } from "../support/certs.js";
 import { call, detailsOf, failure, sendOtp, servingStatus, startInstance, untilServing, verifyOtp, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, startRedisServer, type RedisServer } from "../support/redis.js";
+import { startRedisCluster } from "../support/redis-cluster.js";
 import { codeFromMail } from "../support/service.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 let workshop: CertificateWorkshop;
+let serverTls: { cert: string; key: string; ca: string };
 let redis: RedisServer;
 let sink: SmtpSink;
 let dir: string;
@@ -31,8 +33,9 @@ const instances: Instance[] = [];
 beforeAll(async () => {
   workshop = await openCertificateWorkshop();
   const ca = await workshop.newCa("Redis Test CA");
-  const server = await ca.issue({ cn: "redis", san: "IP:127.0.0.1,DNS:localhost", server: true });
-  [redis, sink] = await Promise.all([startRedisServer({ tls: { ...server, ca: ca.cert } }), startSmtpSink()]);
+  const server = await ca.issue({ cn: "redis", san: "IP:127.0.0.1,DNS:localhost", server: true, alsoClient: true });
+  serverTls = { ...server, ca: ca.cert };
+  [redis, sink] = await Promise.all([startRedisServer({ tls: serverTls }), startSmtpSink()]);
   dir = await mkdtemp(join(tmpdir(), "otp-redis-ca-"));
   caPath = join(dir, "redis-ca.pem");
   await writeFile(caPath, ca.cert);
@@ -81,3 +84,35 @@ it("without REDIS_TLS_CA: NOT_SERVING, SendOtp UNAVAILABLE, and the log names RE
   await sleep(1000);
   expect(instance.logs.filter((line) => String(line["msg"]).includes("REDIS_TLS_CA"))).toHaveLength(1);
 });
+
+it("a Redis Cluster over TLS (REDIS_CLUSTER=true): with REDIS_TLS_CA every node is reached, codes on several slots are sent and verified", async () => {
+  const cluster = await startRedisCluster(3, { tls: serverTls });
+  try {
+    expect(cluster.seeds).toMatch(/^rediss:\/\//);
+    // Without the CA the cluster client cannot reach a node either, and the log says what to set.
+    const untrusting = await start({ REDIS_URL: cluster.seeds, REDIS_CLUSTER: "true" });
+    const said = (): boolean => untrusting.logs.some((line) => String(line["msg"]).includes("set REDIS_TLS_CA"));
+    for (const deadline = Date.now() + 5000; !said() && Date.now() < deadline; ) await sleep(50);
+    expect(said(), JSON.stringify(untrusting.logs.slice(-3))).toBe(true);
+    expect(await servingStatus(untrusting)).toBe(ServingStatus.NOT_SERVING);
+    await Promise.all(instances.splice(0).map((instance) => instance.stop()));
+
+    const instance = await start({ REDIS_URL: cluster.seeds, REDIS_CLUSTER: "true", REDIS_TLS_CA: caPath });
+    await untilServing(instance);
+    // Recipients whose code sets hash to different slots, so more than one node must be reached over TLS.
+    const recipients = ["c1@example.com", "c2@example.com", "c3@example.com", "c4@example.com", "c5@example.com", "c6@example.com"];
+    const slots = new Set<number>();
+    for (const recipient of recipients) {
+      const sent = await call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN });
+      expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      const mail = sink.messages.find((message) => message.envelope.rcptTo.includes(recipient));
+      const verified = await call(instance.client, verifyOtp, { recipient, purpose: Purpose.LOGIN, code: codeFromMail(mail?.parsed.subject) });
+      expect(verified.result).toBe(VerifyResult.VERIFIED);
+      slots.add(Number(await cluster.nodes[0]?.cluster("KEYSLOT", `{${sent.messageId}}`)));
+    }
+    expect(slots.size).toBeGreaterThan(1);
+  } finally {
+    await Promise.all(instances.splice(0).map((instance) => instance.stop()));
+    await cluster.stop();
+  }
+}, 60_000);
