@@ -31,6 +31,7 @@ import { createOtpService } from "./otp/otp-service.js";
 import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
 import { createRedisStore } from "./store/redis-store.js";
+import { startStorageProbe } from "./store/storage-probe.js";
 import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
@@ -48,6 +49,8 @@ export interface AppOptions {
   readonly limiter?: SendLimiter;
   /** How often to re-check a relay that is down (default 15 s). */
   readonly relayProbeIntervalMs?: number;
+  /** The Redis PING probe's timing (defaults: every 5 s, down after 3 failures in a row). */
+  readonly storageProbe?: { readonly intervalMs?: number; readonly failuresBeforeDown?: number };
   /**
    * Called when a bounce changed what is known about a message, with the
    * record as GetDeliveryStatus now shows it and the trace id of its send
@@ -94,13 +97,31 @@ export async function startApp(options: AppOptions): Promise<App> {
           logger,
           commandTimeoutMs: config.redis.commandTimeoutMs,
           cluster: config.redis.cluster,
+          tlsCa: config.redis.tlsCa,
           onCommandError: (operation) => metrics.redisCommandErrors.inc({ operation }),
         })
       : createMemoryStore({ clock });
     closers.push(() => store.close());
     const limits = createLimiter({ store, limits: config.limits, secret: config.otp.secret, logger });
-    health.set("storage", store.isReady(), store.isReady() ? undefined : "storage is not connected yet");
-    store.onReadyChange((ready) => health.set("storage", ready, ready ? undefined : "storage is unreachable"));
+    if (config.redis) {
+      // Connected is not enough: a Redis that holds the connection but stops answering must read down too.
+      const probe = startStorageProbe({
+        store,
+        ...options.storageProbe,
+        report: (up, reason) => {
+          // Connection losses and returns are logged by the store; a PING streak is the probe's to tell.
+          const before = health.components().get("storage");
+          if (before?.up === true && !up && store.isReady()) logger.warn({ reason }, "storage is down: health NOT_SERVING");
+          if (before?.up === false && up && before.reason.startsWith("storage does not answer")) logger.info("storage answers again");
+          health.set("storage", up, reason);
+        },
+      });
+      // Pushed after the store's closer, so run before it: no PING of a closing store.
+      closers.push(() => Promise.resolve(probe.stop()));
+    } else {
+      health.set("storage", store.isReady(), store.isReady() ? undefined : "storage is not connected yet");
+      store.onReadyChange((ready) => health.set("storage", ready, ready ? undefined : "storage is unreachable"));
+    }
 
     let sink: CaptureSink | undefined;
     if (config.smtp.url === undefined) {

@@ -33,7 +33,14 @@ export interface Config {
   readonly limits: LimitsConfig;
   /** undefined: the in-memory store (development only). `cluster`: url lists seed nodes of a Redis Cluster. */
   readonly redis:
-    | { readonly url: string; readonly prefix: string; readonly commandTimeoutMs: number; readonly cluster: boolean }
+    | {
+        readonly url: string;
+        readonly prefix: string;
+        readonly commandTimeoutMs: number;
+        readonly cluster: boolean;
+        /** REDIS_TLS_CA: PEM text of a private CA that signs the server's certificate (rediss:// only). */
+        readonly tlsCa: string | undefined;
+      }
     | undefined;
   readonly smtp: {
     /** undefined: the embedded capture sink (development only). */
@@ -334,6 +341,19 @@ function checkRedisUrl(raw: string): void {
   }
 }
 
+/**
+ * REDIS_TLS_CA: a certificate (or bundle) that must parse, and is only
+ * accepted with rediss:// URLs: with redis:// it would silently do nothing.
+ */
+function readRedisTlsCa(raw: string | undefined, redisUrl: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (redisUrl === undefined) throw new ConfigError("REDIS_TLS_CA: set REDIS_URL to a rediss:// URL too, or unset REDIS_TLS_CA");
+  if (redisUrl.split(",").some((seed) => !seed.trim().startsWith("rediss://"))) {
+    throw new ConfigError("REDIS_TLS_CA: only applies to TLS connections, but REDIS_URL is redis://: use rediss://host:port or unset REDIS_TLS_CA");
+  }
+  return certificate("REDIS_TLS_CA", raw);
+}
+
 /** LIMIT_*: every rate limit, with its default. */
 function readLimits(read: Reader): LimitsConfig {
   return {
@@ -372,6 +392,7 @@ export function loadConfig(env: Env): Config {
     throw new ConfigError("REDIS_URL: several URLs are only for a cluster's seed nodes: set REDIS_CLUSTER=true");
   }
   if (redisUrl !== undefined) for (const seed of redisUrl.split(",")) checkRedisUrl(seed.trim());
+  const redisTlsCa = readRedisTlsCa(read.string("REDIS_TLS_CA"), redisUrl);
 
   const smtpUrl = read.string("SMTP_URL");
   if (smtpUrl !== undefined && !/^smtps?:\/\//.test(smtpUrl)) {
@@ -442,6 +463,7 @@ export function loadConfig(env: Env): Config {
             prefix: validPrefix(read.string("REDIS_PREFIX") ?? "otp:"),
             commandTimeoutMs: read.duration("REDIS_COMMAND_TIMEOUT", 1000, 10, 60_000),
             cluster: redisCluster,
+            tlsCa: redisTlsCa,
           },
     smtp: {
       url: smtpUrl,

@@ -34,6 +34,7 @@
  * not PEXPIREAT) so a skewed or fake application clock never makes Redis drop
  * a key early or keep it for ever.
  */
+import { rootCertificates } from "node:tls";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
 import { storageUnavailable, type OtpError } from "../errors.js";
@@ -75,6 +76,11 @@ export interface RedisStoreOptions {
    * (`redis://a:7000,redis://b:7001`); the client discovers the rest.
    */
   readonly cluster?: boolean;
+  /**
+   * PEM of a private CA that signs the server's certificate, trusted besides
+   * the system's CAs (REDIS_TLS_CA). Only for `rediss://` URLs.
+   */
+  readonly tlsCa?: string | undefined;
 }
 
 /** Reconnect delays grow from 50 ms and never exceed this, so recovery is quick once Redis is back. */
@@ -375,6 +381,8 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt - 1, 10) + Math.random() * 100, maxReconnectDelayMs),
   };
   if (options.connectTimeoutMs !== undefined) redisOptions.connectTimeout = options.connectTimeoutMs;
+  // Node's TLS trusts only this CA when `ca` is given: add it to the system's, as SMTP_TLS_CA does.
+  if (options.tlsCa !== undefined && /^rediss:/i.test(url.trim())) redisOptions.tls = { ca: [...rootCertificates, options.tlsCa] };
   // ioredis defines the script commands from `scripts` in its constructor.
   const redis = (options.cluster === true ? connectCluster(url, redisOptions) : new Redis(url, redisOptions)) as (
     | Redis
@@ -382,7 +390,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   ) &
     ScriptCommands;
 
-  const readiness = trackReadiness(redis, logger);
+  const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
   warnIfRedisEvicts(redis, logger);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
@@ -609,7 +617,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
  * Follows ioredis' connection events: readiness for health checks, and one
  * warning per outage (not one per reconnect attempt or failed command).
  */
-function trackReadiness(redis: Redis | Cluster, logger: Logger) {
+function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly enabled: boolean; readonly privateCa: boolean }) {
   const listeners = new Set<(ready: boolean) => void>();
   let ready = false;
   let down = false;
@@ -650,7 +658,13 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
   }
 
   // Without an 'error' listener ioredis prints every failed reconnect to the console.
-  redis.on("error", (error: unknown) => markDown("redis is unreachable; retrying", error));
+  // A cluster client's errors only say "Failed to refresh slots cache" (its nodes' TLS errors are not passed on):
+  // over TLS without REDIS_TLS_CA, say what a private CA would need.
+  const unreachable =
+    redis instanceof Cluster && tls.enabled && !tls.privateCa
+      ? "redis is unreachable; retrying (over TLS: if a private CA signs the nodes' certificates, set REDIS_TLS_CA to its PEM file)"
+      : "redis is unreachable; retrying";
+  redis.on("error", (error: unknown) => markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error));
   redis.on("ready", () => {
     if (closing) return;
     markUp("redis connection restored");
@@ -694,6 +708,37 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger) {
       markDown(`redis ${operation} failed; storage unavailable`, error.cause);
     },
   };
+}
+
+/** Node's codes for a server certificate that did not verify (chain, self-signed, name, dates). */
+const certificateErrorCodes = new Set([
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_UNTRUSTED",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+/**
+ * What to tell the operator when the connection failed because the
+ * server's certificate did not verify: a retry will not fix that, a CA will.
+ */
+function untrustedCertificate(error: unknown, privateCa: boolean): string | undefined {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (typeof code !== "string" || !certificateErrorCodes.has(code)) return undefined;
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
+    return "redis TLS: the server's certificate does not name the REDIS_URL host; connect by a name the certificate holds; retrying";
+  }
+  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") {
+    return "redis TLS: the server's certificate is outside its validity dates; retrying";
+  }
+  return privateCa
+    ? "redis TLS: the server's certificate does not verify against REDIS_TLS_CA or the system CAs; check that REDIS_TLS_CA is the CA that signs it; retrying"
+    : "redis TLS: the server's certificate is not signed by a CA this process trusts; set REDIS_TLS_CA to the PEM file of the CA that signs it; retrying";
 }
 
 /**
@@ -831,7 +876,7 @@ function parseClaim(value: unknown): IdempotencyClaim {
 function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
   const seeds = urls.split(",").map((url) => new URL(url.trim()));
   const first = seeds[0];
-  const { retryStrategy, enableOfflineQueue, scripts: clusterScripts, ...nodeOptions } = redisOptions;
+  const { retryStrategy, enableOfflineQueue, scripts: clusterScripts, tls, ...nodeOptions } = redisOptions;
   return new Cluster(
     seeds.map((seed) => ({ host: seed.hostname.replace(/^\[|\]$/g, ""), port: Number(seed.port === "" ? 6379 : seed.port) })),
     {
@@ -842,7 +887,7 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
         ...nodeOptions,
         ...(first.username === "" ? {} : { username: decodeURIComponent(first.username) }),
         ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
-        ...(first.protocol === "rediss:" ? { tls: {} } : {}),
+        ...(first.protocol === "rediss:" ? { tls: tls ?? {} } : {}),
       },
     },
   );

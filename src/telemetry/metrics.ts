@@ -268,7 +268,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const healthComponentUp = new Gauge({
     name: "otp_health_component_up",
     help:
-      "1 when a component the health check watches is up (storage: Redis connected; relay: the SMTP relay usable; " +
+      "1 when a component the health check watches is up (storage: Redis connected and answering PING, down after 3 PINGs " +
+      "in a row failed, 5 s apart, each bounded by REDIS_COMMAND_TIMEOUT; relay: the SMTP relay usable; " +
       "shutdown: not stopping), 0 when not; the instance reports SERVING only when all are 1.",
     labelNames: ["component"] as const,
     registers,

@@ -128,6 +128,12 @@ describe("npm start with nothing configured", () => {
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/REDIS_URL: required when NODE_ENV=production/);
   });
+
+  it("refuses a REDIS_TLS_CA that is not a PEM certificate with exit 78, naming the variable", async () => {
+    const service = startService({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
+    expect(await service.exited).toBe(78);
+    expect(service.stderr.join("")).toMatch(/configuration error: REDIS_TLS_CA: not a usable PEM certificate/);
+  });
 });
 
 describe("SIGTERM", () => {

@@ -30,6 +30,8 @@ export interface IssueOptions {
   readonly days?: number;
   /** Adds serverAuth instead of clientAuth. */
   readonly server?: boolean;
+  /** With `server`, adds clientAuth too: a Redis Cluster node also presents its certificate as a client, on the cluster bus. */
+  readonly alsoClient?: boolean;
 }
 
 export interface CertificateWorkshop {
@@ -68,7 +70,7 @@ export async function openCertificateWorkshop(): Promise<CertificateWorkshop> {
           await keyAndCsr(leaf, options.cn, options.san);
           const extensions = [
             "basicConstraints=CA:FALSE",
-            `extendedKeyUsage=${options.server === true ? "serverAuth" : "clientAuth"}`,
+            `extendedKeyUsage=${options.server === true ? (options.alsoClient === true ? "serverAuth,clientAuth" : "serverAuth") : "clientAuth"}`,
             ...(options.san === undefined ? [] : [`subjectAltName=${options.san}`]),
           ];
           await writeFile(path(`${leaf}.ext`), `${extensions.join("\n")}\n`);

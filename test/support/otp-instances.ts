@@ -59,6 +59,8 @@ export interface InstanceOptions {
   readonly clock?: Clock;
   /** How often the app re-checks a relay that is down (its default: 15 s). */
   readonly relayProbeIntervalMs?: number;
+  /** The Redis PING probe's timing (its defaults: every 5 s, down after 3 failures). */
+  readonly storageProbe?: { readonly intervalMs?: number; readonly failuresBeforeDown?: number };
   /** Client credentials (TLS); plaintext by default. */
   readonly credentials?: grpc.ChannelCredentials;
   /** Channel options of the instance's clients (`grpc.ssl_target_name_override`...). */
@@ -101,6 +103,7 @@ export async function startInstance(options: InstanceOptions): Promise<Instance>
     logger,
     ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.relayProbeIntervalMs === undefined ? {} : { relayProbeIntervalMs: options.relayProbeIntervalMs }),
+    ...(options.storageProbe === undefined ? {} : { storageProbe: options.storageProbe }),
   });
   const address = `${app.address.host}:${app.address.port}`;
   const credentials = options.credentials ?? grpc.credentials.createInsecure();

@@ -6,6 +6,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { rmSync } from "node:fs";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { inject } from "vitest";
@@ -26,6 +30,11 @@ export interface RedisServer {
   stop(): Promise<void>;
   /** Starts it again on the same port and waits until it answers (no-op while running). */
   start(): Promise<void>;
+  /**
+   * Sends `signal` to the running server: SIGSTOP freezes it with every
+   * connection open (a hung Redis, as clients see it), SIGCONT wakes it.
+   */
+  signal(signal: NodeJS.Signals): void;
 }
 
 const missingRedisHelp =
@@ -34,17 +43,34 @@ const missingRedisHelp =
 
 /** Children still running, killed if the test process exits without stopping them. */
 const running = new Set<ChildProcess>();
+/** Temporary directories holding TLS servers' key files, removed at exit. */
+const tlsDirs = new Set<string>();
 process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
+  for (const dir of tlsDirs) rmSync(dir, { recursive: true, force: true });
 });
 
+/** TLS for a private redis-server: PEM texts (written to a temporary directory for redis-server). */
+export interface RedisServerTls {
+  /** The server's certificate chain and key. */
+  readonly cert: string;
+  readonly key: string;
+  /** The CA that signs `cert`: what a client must trust. */
+  readonly ca: string;
+}
+
+export interface RedisServerOptions {
+  /** Serve TLS only (`--port 0 --tls-port`), client certificates not required; the URL is rediss://. */
+  readonly tls?: RedisServerTls;
+}
+
 /** Spawns a private, non-persistent redis-server on a free loopback port and waits until it answers. */
-export async function startRedisServer(): Promise<RedisServer> {
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
   // Another process may grab the free port before redis-server binds it: try a few.
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     try {
-      return await serverOnPort(port);
+      return await serverOnPort(port, options.tls);
     } catch (error) {
       if (attempt >= 3 || !(error instanceof PortInUseError)) throw error;
     }
@@ -77,11 +103,12 @@ export async function scanPrefix(redis: Redis, prefix: string): Promise<string[]
  * Resolves when a Redis answers PING at `url`, trying again until `timeoutMs`
  * has passed (then rejects with the last reason) or `signal` aborts.
  */
-export async function pingRedis(url: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+export async function pingRedis(url: string, timeoutMs: number, signal?: AbortSignal, tlsCa?: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     signal?.throwIfAborted();
     const client = new Redis(url, {
+      ...(tlsCa === undefined ? {} : { tls: { ca: tlsCa } }),
       lazyConnect: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -109,15 +136,26 @@ export async function pingRedis(url: string, timeoutMs: number, signal?: AbortSi
 
 class PortInUseError extends Error {}
 
-async function serverOnPort(port: number): Promise<RedisServer> {
-  const url = `redis://127.0.0.1:${port}`;
+async function serverOnPort(port: number, tls: RedisServerTls | undefined): Promise<RedisServer> {
+  const url = `${tls === undefined ? "redis" : "rediss"}://127.0.0.1:${port}`;
   let child: ChildProcess | undefined;
+  let tlsArgs: string[] = [];
+  if (tls !== undefined) {
+    const dir = await mkdtemp(join(tmpdir(), "otp-redis-tls-"));
+    tlsDirs.add(dir);
+    await Promise.all([writeFile(join(dir, "cert.pem"), tls.cert), writeFile(join(dir, "key.pem"), tls.key), writeFile(join(dir, "ca.pem"), tls.ca)]);
+    tlsArgs = [
+      "--port", "0", "--tls-port", String(port),
+      "--tls-cert-file", join(dir, "cert.pem"), "--tls-key-file", join(dir, "key.pem"), "--tls-ca-cert-file", join(dir, "ca.pem"),
+      "--tls-auth-clients", "no",
+    ];
+  }
 
   async function start(): Promise<void> {
     if (child !== undefined) return;
     const server = spawn(
       "redis-server",
-      ["--save", "", "--appendonly", "no", "--port", String(port), "--bind", "127.0.0.1"],
+      ["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", ...(tls === undefined ? ["--port", String(port)] : tlsArgs)],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     let output = "";
@@ -140,7 +178,7 @@ async function serverOnPort(port: number): Promise<RedisServer> {
     failed.catch(() => undefined);
     const giveUp = new AbortController();
     try {
-      await Promise.race([pingRedis(url, 10_000, giveUp.signal), failed]);
+      await Promise.race([pingRedis(url, 10_000, giveUp.signal, tls?.ca), failed]);
     } catch (error) {
       giveUp.abort();
       server.kill("SIGKILL");
@@ -163,7 +201,11 @@ async function serverOnPort(port: number): Promise<RedisServer> {
     running.delete(server);
   }
 
+  function signal(name: NodeJS.Signals): void {
+    if (child === undefined || !child.kill(name)) throw new Error(`redis-server on port ${port} is not running: cannot send ${name}`);
+  }
+
   await start();
-  return { url, port, start, stop };
+  return { url, port, start, stop, signal };
 }
 

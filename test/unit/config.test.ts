@@ -69,6 +69,11 @@ describe("loadConfig", () => {
     [{ REDIS_URL: "redis://a:7000,redis//b:7001", REDIS_CLUSTER: "true" }, /REDIS_URL=redis\/\/b:7001: not a valid URL/],
     [{ SMTP_TLS_CA: "/etc/hostname" }, /SMTP_TLS_CA: not a usable PEM certificate/],
     [{ SMTP_TLS_CA: "/nonexistent/ca.pem" }, /SMTP_TLS_CA: cannot read \/nonexistent\/ca.pem/],
+    [{ REDIS_URL: "rediss://r:6380", REDIS_TLS_CA: "/etc/hostname" }, /REDIS_TLS_CA: not a usable PEM certificate/],
+    [{ REDIS_URL: "rediss://r:6380", REDIS_TLS_CA: "/nonexistent/ca.pem" }, /REDIS_TLS_CA: cannot read \/nonexistent\/ca.pem/],
+    // A CA for a plaintext connection would silently do nothing.
+    [{ REDIS_URL: "redis://:s3cret@r:6379", REDIS_TLS_CA: "/etc/hostname" }, /REDIS_TLS_CA: only applies to TLS connections/],
+    [{ REDIS_TLS_CA: "/etc/hostname" }, /REDIS_TLS_CA: set REDIS_URL to a rediss:\/\/ URL too/],
   ])("names the variable in the error: %j", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

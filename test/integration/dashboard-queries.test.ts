@@ -1,0 +1,205 @@
+/**
+ * The Grafana dashboard's send-success queries, evaluated by Prometheus's own
+ * engine (`promtool test rules`) on series recorded from real runs of the
+ * service (real Redis, a real SMTP sink, real gRPC): one where the relay
+ * accepts every message, one where it hangs (SendOtp answers pending after
+ * SEND_WAIT_BUDGET), one of each. The success ratio counts only sends whose
+ * outcome is known, so a hung relay reads "no verdict", never 100 %; the
+ * pending share says what is going on.
+ */
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { stringify } from "yaml";
+import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { unlimited } from "../../src/limits/types.js";
+import { grpcUnary } from "../support/grpc.js";
+import { startObservedService, type ObservedService } from "../support/observed-service.js";
+import { behave, type SinkBehaviour } from "../support/smtp-sink.js";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const { sendOtp } = OtpEmailService.method;
+
+/** What Prometheus would have scraped: `name{labels}` -> value, for otp_sends_total. */
+type Scrape = Map<string, number>;
+
+/** A recorded run: the scrape before the first call and the one after the last. */
+interface Run {
+  readonly before: Scrape;
+  readonly after: Scrape;
+}
+
+async function scrape(service: ObservedService): Promise<Scrape> {
+  const text = await service.metrics.render("text");
+  const samples = new Map<string, number>();
+  for (const match of text.matchAll(/^(otp_sends_total)\{([^}]*)\} (\S+)$/gm)) samples.set(`${match[1]}{${match[2]}}`, Number(match[3]));
+  return samples;
+}
+
+/**
+ * Runs the service with the relay behaving as `relay` says for each send, in
+ * order, and records otp_sends_total before and after.
+ */
+async function record(sends: readonly { purpose: Purpose; relay: SinkBehaviour; answered: DeliveryState }[]): Promise<Run> {
+  const service = await startObservedService({
+    limiter: unlimited,
+    // Pending after 300 ms; a stalled send stays in flight until the service stops.
+    env: { SEND_WAIT_BUDGET: "300ms", SMTP_SOCKET_TIMEOUT: "60s" },
+  });
+  try {
+    const before = await scrape(service);
+    service.sink.respondWith(...sends.map((send) => send.relay));
+    for (const [index, send] of sends.entries()) {
+      const answer = await grpcUnary(service.grpcClient, sendOtp, { recipient: `user${index}@example.com`, purpose: send.purpose });
+      expect(answer.state, `send ${index}`).toBe(send.answered);
+    }
+    return { before, after: await scrape(service) };
+  } finally {
+    await service.stop();
+  }
+}
+
+interface Panel {
+  readonly title: string;
+  readonly targets: readonly { readonly refId: string; readonly expr: string }[];
+}
+
+const dashboard = JSON.parse(await readFile(join(root, "deploy", "grafana", "dashboards", "otp-email.json"), "utf8")) as { panels: Panel[] };
+
+/** The panel's query `refId`, with the dashboard's variables as Grafana would fill them for this instance. */
+function query(title: string, refId = "A"): string {
+  const expr = dashboard.panels.find((panel) => panel.title === title)?.targets.find((target) => target.refId === refId)?.expr;
+  if (expr === undefined) throw new Error(`the dashboard has no panel "${title}" with query ${refId}`);
+  return expr.replaceAll("$instance", instance).replaceAll("$__rate_interval", "5m");
+}
+
+const instance = "otp-email:9464";
+const job = "otp-email";
+
+/**
+ * A promtool case: the run's series as Prometheus would store them (the
+ * first scrape up to 4m, the second from 5m on, one scrape a minute) and
+ * what each query must give at 7m (its 5m window holds both).
+ */
+function promtoolCase(name: string, run: Run, expectations: readonly { expr: string; samples: readonly { labels: string; value: number }[] }[]) {
+  const series = [...run.after.keys()].map((key) => {
+    const [, metric = "", labels = ""] = /^([^{]+)\{(.*)\}$/.exec(key) ?? [];
+    return {
+      series: `${metric}{job="${job}", instance="${instance}", ${labels}}`,
+      values: `${run.before.get(key) ?? 0}x4 ${run.after.get(key) ?? 0}x10`,
+    };
+  });
+  return {
+    name,
+    interval: "1m",
+    input_series: series,
+    promql_expr_test: expectations.map((expectation) => ({
+      expr: expectation.expr,
+      eval_time: "7m",
+      exp_samples: expectation.samples.map((sample) => ({ labels: sample.labels, value: sample.value })),
+    })),
+  };
+}
+
+function promtool(args: readonly string[], cwd: string): Promise<{ code: number; output: string }> {
+  return new Promise((resolve, reject) => {
+    execFile("promtool", args, { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error !== null && typeof error.code !== "number") {
+        reject(new Error(`promtool did not run (${error.message}): install the Debian package "prometheus"`));
+        return;
+      }
+      resolve({ code: error === null ? 0 : Number(error.code), output: stdout + stderr });
+    });
+  });
+}
+
+describe("the dashboard's send success queries on series from real runs", () => {
+  let accepting: Run;
+  let hung: Run;
+  let mixed: Run;
+  let dir: string;
+
+  beforeAll(async () => {
+    const accept = behave.accept();
+    const stall = behave.stall();
+    accepting = await record([
+      { purpose: Purpose.LOGIN, relay: accept, answered: DeliveryState.ACCEPTED },
+      { purpose: Purpose.LOGIN, relay: accept, answered: DeliveryState.ACCEPTED },
+      { purpose: Purpose.SIGNUP, relay: accept, answered: DeliveryState.ACCEPTED },
+    ]);
+    hung = await record([
+      { purpose: Purpose.LOGIN, relay: stall, answered: DeliveryState.SENDING },
+      { purpose: Purpose.LOGIN, relay: stall, answered: DeliveryState.SENDING },
+    ]);
+    mixed = await record([
+      { purpose: Purpose.LOGIN, relay: accept, answered: DeliveryState.ACCEPTED },
+      { purpose: Purpose.LOGIN, relay: stall, answered: DeliveryState.SENDING },
+      { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
+      { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
+    ]);
+    dir = await mkdtemp(join(tmpdir(), "otp-dashboard-"));
+  }, 60_000);
+
+  afterAll(async () => {
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("recorded what each run did (otp_sends_total)", () => {
+    const value = (run: Run, labels: string): number => run.after.get(`otp_sends_total{${labels}}`) ?? Number.NaN;
+    expect(value(accepting, 'purpose="login",outcome="accepted"')).toBe(2);
+    expect(value(hung, 'purpose="login",outcome="pending"')).toBe(2);
+    expect(value(hung, 'purpose="login",outcome="accepted"')).toBe(0);
+    expect(value(mixed, 'purpose="signup",outcome="pending"')).toBe(2);
+  });
+
+  it("success: 100 % when the relay accepts, no value (not 100 %) when it hangs; pending shown on its own", async () => {
+    const success = query("Send success ratio");
+    const pending = query("Sends pending at answer");
+    const successByPurpose = query("Send success ratio by purpose", "A");
+    const pendingByPurpose = query("Send success ratio by purpose", "B");
+    const tests = {
+      rule_files: [],
+      evaluation_interval: "1m",
+      tests: [
+        promtoolCase("the relay accepts every send", accepting, [
+          { expr: success, samples: [{ labels: "{}", value: 1 }] },
+          { expr: pending, samples: [{ labels: "{}", value: 0 }] },
+          { expr: successByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }, { labels: '{purpose="signup"}', value: 1 }] },
+          { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 0 }, { labels: '{purpose="signup"}', value: 0 }] },
+        ]),
+        promtoolCase("the relay hangs: every SendOtp answered pending", hung, [
+          // No send's outcome is known: no value ("no verdict" on the stat), never a success.
+          { expr: success, samples: [] },
+          { expr: pending, samples: [{ labels: "{}", value: 1 }] },
+          { expr: successByPurpose, samples: [] },
+          { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }] },
+        ]),
+        promtoolCase("one accepted, three pending", mixed, [
+          { expr: success, samples: [{ labels: "{}", value: 1 }] },
+          { expr: pending, samples: [{ labels: "{}", value: 0.75 }] },
+          { expr: successByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }] },
+          { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 0.5 }, { labels: '{purpose="signup"}', value: 1 }] },
+        ]),
+      ],
+    };
+    await writeFile(join(dir, "dashboard.test.yml"), stringify(tests));
+    const result = await promtool(["test", "rules", "dashboard.test.yml"], dir);
+    expect(result.output).toContain("SUCCESS");
+    expect(result.code, result.output).toBe(0);
+  });
+
+  it("promtool's check can fail: a wrong expectation on the same series is reported", async () => {
+    const tests = {
+      rule_files: [],
+      evaluation_interval: "1m",
+      tests: [promtoolCase("the relay hangs", hung, [{ expr: query("Send success ratio"), samples: [{ labels: "{}", value: 1 }] }])],
+    };
+    await writeFile(join(dir, "wrong.test.yml"), stringify(tests));
+    const result = await promtool(["test", "rules", "wrong.test.yml"], dir);
+    expect(result.code).not.toBe(0);
+    expect(result.output).toContain("FAILED");
+  });
+});
