@@ -168,6 +168,28 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
     });
 
+    it("peekLimits is consumeLimits' nextAt without the entry: nothing added, and a full window says when it frees up", async () => {
+      const logs = [
+        { id: "peek-recipient", windows: [{ max: 2, windowMs: 15 * minute }, { max: 3, windowMs: 60 * minute }] },
+        { id: "peek-cooldown", windows: [{ max: 1, windowMs: 30 * second }] },
+        { id: "peek-unused", windows: [{ max: 5, windowMs: minute }] },
+      ];
+      expect(await subject.store.peekLimits(logs, t0)).toEqual([t0, t0, t0]);
+      const admitted = await subject.store.consumeLimits(logs.slice(0, 2), "first", t0);
+      expect(admitted).toEqual({ admitted: true, nextAt: [t0, t0 + 30 * second] });
+      expect(await subject.store.peekLimits(logs, t0)).toEqual([t0, t0 + 30 * second, t0]);
+      await subject.store.consumeLimits(logs.slice(0, 2), "second", t0 + minute);
+      for (let i = 0; i < 3; i++) {
+        expect(await subject.store.peekLimits(logs, t0 + minute)).toEqual([t0 + 15 * minute, t0 + minute + 30 * second, t0 + minute]);
+      }
+      // Past a window, its entries no longer count.
+      expect(await subject.store.peekLimits(logs, t0 + 15 * minute)).toEqual([t0 + 15 * minute, t0 + 15 * minute, t0 + 15 * minute]);
+      // The peeks added nothing: exactly two entries are in the 15-minute window.
+      const refused = await subject.store.consumeLimits(logs.slice(0, 1), "third", t0 + 2 * minute);
+      expect(refused).toEqual({ admitted: false, full: [{ log: 0, window: 0, retryAt: t0 + 15 * minute }] });
+      expect(await subject.store.peekLimits([], t0)).toEqual([]);
+    });
+
     it("the cooldown is per caller and purpose; the recipient windows count every caller and purpose", async () => {
       const limits = limiter({ recipient: [{ max: 3, windowMs: 15 * minute }], resendCooldownMs: 30 * second });
       await limits.admit(alpha, send("a@example.com", t0));
