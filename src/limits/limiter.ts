@@ -31,7 +31,7 @@ import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
 import { recipientMailbox } from "./recipient-mailbox.js";
-import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
+import { nothingToRefund, type LimitsConfig, type LimitWindow, type SendLimiter, type VerifyFailureCap, type VerifyLimiter } from "./types.js";
 
 export interface LimiterOptions {
   readonly store: Pick<OtpStore, "consumeLimits" | "refundLimits">;
@@ -163,7 +163,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
         ...(globalLog === undefined ? [] : [globalLog]),
       ];
       const { recipientHash } = request;
-      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
+      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now, refund: nothingToRefund };
       const logList = logs.map((l) => l.log);
       const entry = newEntry(now, random);
       let outcome;
@@ -172,6 +172,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       } catch (error) {
         // No answer is not "not admitted": a Redis that stalled may run the script after the timeout.
         // The caller hears UNAVAILABLE, so take the admission back; queued behind the script, not awaited.
+        // No admission reaches the caller, so nothing can refund it a second time.
         store.refundLimits(logList, entry).catch((refundError: unknown) => {
           logger.debug({ err: refundError }, "could not refund the limits of a send that got no answer from storage");
         });
@@ -183,7 +184,15 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       logs.forEach((l, index) => {
         if (kinds[l.name].resend) resendAvailableAt = Math.max(resendAvailableAt, outcome.nextAt[index] ?? now);
       });
-      return { resendAvailableAt };
+      let refunded = false;
+      return {
+        resendAvailableAt,
+        refund: () => {
+          if (refunded) return Promise.resolve();
+          refunded = true;
+          return store.refundLimits(logList, entry);
+        },
+      };
     },
 
     failureCap(ctx: CallContext, request): VerifyFailureCap | undefined {

@@ -12,6 +12,13 @@ export type { LimitWindow };
 export interface SendAdmission {
   /** The earliest time another send to this recipient and purpose will be admitted. */
   readonly resendAvailableAt: number;
+  /**
+   * Takes this admission back out of every limit, for a send that is not
+   * going to happen after all (storing its code or record failed). Only the
+   * first call does anything; rejects with the store's error when the store
+   * could not take it back.
+   */
+  refund(): Promise<void>;
 }
 
 /** Not admitted, and nothing spent: the recipient is suppressed (see SendLimitRequest.recipientHash). */
@@ -97,6 +104,11 @@ export interface LimitsConfig {
 
 /** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
 export const unlimited: SendLimiter & VerifyLimiter = {
-  admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now }),
+  admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now, refund: nothingToRefund }),
   failureCap: () => undefined,
 };
+
+/** SendAdmission.refund of an admission that spent nothing. */
+export function nothingToRefund(): Promise<void> {
+  return Promise.resolve();
+}

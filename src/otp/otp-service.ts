@@ -12,7 +12,7 @@ import type { DeliveryRecord, SuppressionEntry } from "../delivery/record.js";
 import type { Renderer } from "../delivery/render.js";
 import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
-import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
+import { unlimited, type SendAdmission, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
 import type { CodeSetRef, OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
@@ -118,6 +118,22 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt: now };
   }
 
+  /**
+   * Takes the limits of a send that is not going to happen back. A refund
+   * that fails is logged (and the store counts the failed operation), never
+   * thrown: the caller hears what stopped the send.
+   */
+  async function refund(admission: SendAdmission, messageId: string): Promise<void> {
+    try {
+      await admission.refund();
+    } catch (error) {
+      logger.warn(
+        { err: error, message_id: messageId },
+        "could not take back the limits of a send that did not happen: they refuse its retry until they free up",
+      );
+    }
+  }
+
   async function sendOtp(ctx: CallContext, input: SendOtpInput): Promise<SendOtpResult> {
     const request = validateSendOtp(input, options.ttl);
     authorizePurpose(ctx, request.purpose);
@@ -158,6 +174,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       }
     }
 
+    // The admission of a send not handed to the delivery yet: taken back if
+    // the send stops before that (storing its code or record failed).
+    let unsent: SendAdmission | undefined;
     try {
       // A send refused for suppression spends no rate budget: the limiter
       // checks the suppression first, in the same round trip as the limits
@@ -177,6 +196,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
       });
       if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal(), admission.suppressedBy);
+      unsent = admission;
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
       const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
@@ -217,6 +237,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         "otp queued",
       );
 
+      // From here on the message may reach the relay: its admission stands, whatever happens next.
+      unsent = undefined;
       const result = await delivery.dispatch(record, mail);
       // A retry is pointless before the limits admit the next send to this recipient and purpose.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
@@ -226,11 +248,16 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // caller's retry with the same key should really try again. Only a
       // permanent refusal by the relay is remembered and replayed.
       const permanent = error instanceof OtpError && error.reason === "RELAY_REJECTED";
-      if (idempotencyKeyId !== undefined && !permanent) {
-        await store.releaseIdempotencyKey(idempotencyKeyId, messageId).catch((releaseError: unknown) => {
-          logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
-        });
-      }
+      const keyId = permanent ? undefined : idempotencyKeyId;
+      // Both at once: one round trip of waiting on the way to the caller's error.
+      await Promise.all([
+        unsent === undefined ? undefined : refund(unsent, messageId),
+        keyId === undefined
+          ? undefined
+          : store.releaseIdempotencyKey(keyId, messageId).catch((releaseError: unknown) => {
+              logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
+            }),
+      ]);
       throw error;
     }
   }

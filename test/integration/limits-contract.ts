@@ -126,7 +126,7 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
         expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
       }
       // Nothing was spent: the recipient's one send and the global two are all still there.
-      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toMatchObject({ resendAvailableAt: t0 + 15 * minute });
       await limits.admit(alpha, send("b@example.com", t0));
       expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
       // Suppression is checked even with every limit off, and before a full window.
@@ -156,14 +156,14 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
 
     it("resendAvailableAt is exact: the cooldown, or the window when the send filled it", async () => {
       const limits = limiter({ recipient: [{ max: 3, windowMs: 15 * minute }], resendCooldownMs: 30 * second });
-      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 + 30 * second });
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toMatchObject({ resendAvailableAt: t0 + 30 * second });
 
       const cooling = await refusal(limits.admit(alpha, send("a@example.com", t0 + 10 * second)));
       expect(cooling).toMatchObject({ reason: "RESEND_COOLDOWN", retryAfterMs: 20 * second });
 
-      expect(await limits.admit(alpha, send("a@example.com", t0 + 30 * second))).toEqual({ resendAvailableAt: t0 + 60 * second });
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 30 * second))).toMatchObject({ resendAvailableAt: t0 + 60 * second });
       // The third fills the 15-minute window: the next send waits for the first to leave it.
-      expect(await limits.admit(alpha, send("a@example.com", t0 + 60 * second))).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 60 * second))).toMatchObject({ resendAvailableAt: t0 + 15 * minute });
       await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)));
       await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
     });
@@ -188,6 +188,29 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       const refused = await subject.store.consumeLimits(logs.slice(0, 1), "third", t0 + 2 * minute);
       expect(refused).toEqual({ admitted: false, full: [{ log: 0, window: 0, retryAt: t0 + 15 * minute }] });
       expect(await subject.store.peekLimits([], t0)).toEqual([]);
+    });
+
+    it("an admission's refund takes it back once: a second refund takes nothing more", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
+      const first = await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0 + 1));
+      if (!("refund" in first)) throw new Error("not admitted");
+      await first.refund();
+      await first.refund();
+      await limits.admit(alpha, send("a@example.com", t0 + 2));
+      // Two in the window again (the second and the third): the refunds took one, not two.
+      expect(await refusal(limits.admit(alpha, send("a@example.com", t0 + 3)))).toMatchObject({ reason: "RECIPIENT_RATE_LIMITED" });
+    });
+
+    it("a refund the store cannot make rejects with the store's error; with every limit off there is nothing to refund", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
+      const admission = await limits.admit(alpha, send("a@example.com", t0));
+      if (!("refund" in admission)) throw new Error("not admitted");
+      const unlimitedAdmission = await limiter({}).admit(alpha, send("a@example.com", t0));
+      await subject.store.close();
+      expect(await refusal(admission.refund())).toMatchObject({ kind: "unavailable", reason: "STORAGE_UNAVAILABLE" });
+      if (!("refund" in unlimitedAdmission)) throw new Error("not admitted");
+      await unlimitedAdmission.refund();
     });
 
     it("the cooldown is per caller and purpose; the recipient windows count every caller and purpose", async () => {
@@ -282,7 +305,7 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
     it("with every limit off, admits without asking the store", async () => {
       const limits = limiter({});
       await subject.store.close();
-      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 });
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toMatchObject({ resendAvailableAt: t0 });
       expect(limits.failureCap(alpha, { recipientKey: "a@example.com", now: t0 })).toBeUndefined();
     });
   });
