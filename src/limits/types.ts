@@ -10,7 +10,10 @@ import type { FailureCap, FullWindow, LimitWindow } from "../store/types.js";
 export type { LimitWindow };
 
 export interface SendAdmission {
-  /** The earliest time another send to this recipient and purpose will be admitted. */
+  /**
+   * The earliest time the same send (caller, recipient, purpose, end-user IP)
+   * will be admitted again: every limit it counted against has room by then.
+   */
   readonly resendAvailableAt: number;
   /**
    * Takes this admission back out of every limit, for a send that is not
@@ -47,6 +50,12 @@ export interface SendLimiter {
    * (naming the limit, with retryAfterMs). A rejected send consumes nothing.
    */
   admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission | SendSuppressed>;
+  /**
+   * When admit would next admit this send, read without spending anything
+   * (an idempotent replay answers it): `request.now` when every limit has
+   * room. The suppression list is not looked at.
+   */
+  resendAvailableAt(ctx: CallContext, request: SendLimitRequest): Promise<number>;
   /**
    * True when admit checks `request.recipientHash` against the suppression
    * list itself, atomically and before any limit (the store limiter does,
@@ -105,6 +114,7 @@ export interface LimitsConfig {
 /** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
 export const unlimited: SendLimiter & VerifyLimiter = {
   admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now, refund: nothingToRefund }),
+  resendAvailableAt: (_ctx, request) => Promise.resolve(request.now),
   failureCap: () => undefined,
 };
 

@@ -168,6 +168,50 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
     });
 
+    it("resendAvailableAt counts every limit the send counted against: a caller quota, the global budget or an end-user IP it filled", async () => {
+      const limits = limiter({
+        resendCooldownMs: 30 * second,
+        endUserIp: [{ max: 2, windowMs: 2 * minute }],
+        caller: [{ max: 3, windowMs: 3 * minute }],
+        global: [{ max: 4, windowMs: 4 * minute }],
+      });
+      const ip = { endUserIp: "198.51.100.7" };
+      expect(await limits.admit(alpha, send("a@example.com", t0, ip))).toMatchObject({ resendAvailableAt: t0 + 30 * second });
+      // The IP's window (2 per 2m) is full now: the same send from it waits for the first to leave.
+      expect(await limits.admit(alpha, send("b@example.com", t0 + 1, ip))).toMatchObject({ resendAvailableAt: t0 + 2 * minute });
+      expect(await refusal(limits.admit(alpha, send("b@example.com", t0 + 2 * minute - 1, ip)))).toMatchObject({
+        reason: "END_USER_IP_RATE_LIMITED",
+      });
+      // The caller's quota (3 per 3m), then the global budget (4 per 4m).
+      expect(await limits.admit(alpha, send("c@example.com", t0 + 2))).toMatchObject({ resendAvailableAt: t0 + 3 * minute });
+      expect(await limits.admit(beta, send("d@example.com", t0 + 3))).toMatchObject({ resendAvailableAt: t0 + 4 * minute });
+      expect(await refusal(limits.admit(beta, send("d@example.com", t0 + 4 * minute - 1)))).toMatchObject({
+        reason: "GLOBAL_BUDGET_EXHAUSTED",
+        retryAfterMs: 1,
+      });
+      expect(await limits.admit(beta, send("d@example.com", t0 + 4 * minute))).toMatchObject({ resendAvailableAt: t0 + 4 * minute + 30 * second });
+    });
+
+    it("resendAvailableAt(request) reads when admit would next admit the send, without spending: what the admission said", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }], resendCooldownMs: 30 * second, global: [{ max: 10, windowMs: minute }] });
+      const request = send("a@example.com", t0);
+      expect(await limits.resendAvailableAt(alpha, request)).toBe(t0);
+      const first = await limits.admit(alpha, request);
+      if (!("resendAvailableAt" in first)) throw new Error("not admitted");
+      // Asked any number of times, it says what the admission said and spends nothing.
+      for (let i = 0; i < 5; i++) expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 10 * second))).toBe(first.resendAvailableAt);
+      expect(first.resendAvailableAt).toBe(t0 + 30 * second);
+      // Another caller's send to the same mailbox fills its window: a later answer than the admission's.
+      await limits.admit(beta, send("a@example.com", t0 + 20 * second));
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 20 * second))).toBe(t0 + 15 * minute);
+      expect((await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)))).retryAfterMs).toBe(1);
+      // The window has room again at exactly that time, and nothing read above was counted.
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 15 * minute))).toBe(t0 + 15 * minute);
+      await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
+      // A purpose or caller with no cooldown running answers now (the recipient window has room at t0 + 15m 20s).
+      expect(await limits.resendAvailableAt(beta, send("a@example.com", t0 + 16 * minute, { purpose: "signup" }))).toBe(t0 + 16 * minute);
+    });
+
     it("peekLimits is consumeLimits' nextAt without the entry: nothing added, and a full window says when it frees up", async () => {
       const logs = [
         { id: "peek-recipient", windows: [{ max: 2, windowMs: 15 * minute }, { max: 3, windowMs: 60 * minute }] },
@@ -197,6 +241,7 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       if (!("refund" in first)) throw new Error("not admitted");
       await first.refund();
       await first.refund();
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 2))).toBe(t0 + 2);
       await limits.admit(alpha, send("a@example.com", t0 + 2));
       // Two in the window again (the second and the third): the refunds took one, not two.
       expect(await refusal(limits.admit(alpha, send("a@example.com", t0 + 3)))).toMatchObject({ reason: "RECIPIENT_RATE_LIMITED" });
@@ -306,6 +351,7 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       const limits = limiter({});
       await subject.store.close();
       expect(await limits.admit(alpha, send("a@example.com", t0))).toMatchObject({ resendAvailableAt: t0 });
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0))).toBe(t0);
       expect(limits.failureCap(alpha, { recipientKey: "a@example.com", now: t0 })).toBeUndefined();
     });
   });
