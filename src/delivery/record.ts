@@ -132,4 +132,10 @@ export interface DeliveryRecord {
   readonly reports?: readonly DeliveryReport[] | undefined;
   /** For SUPPRESSED: the earlier hard bounce that stopped this send. */
   readonly suppressedBy?: SuppressionEntry | undefined;
+  /**
+   * The resend_available_at SendOtp answered (epoch ms): what an idempotent
+   * replay falls back on when it cannot read the limits. Never shown in
+   * GetDeliveryStatus. Absent on older records.
+   */
+  readonly resendAvailableAt?: number | undefined;
 }

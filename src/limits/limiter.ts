@@ -21,6 +21,14 @@
  * Before any of them, the same store operation checks the recipient's
  * suppression (when given its hash): a suppressed send spends nothing.
  *
+ * An admitted send says when the same send will be admitted again: when
+ * every one of its logs has room. The end-user IP, caller and global logs
+ * count as much as the recipient's: a resend they would refuse is no resend
+ * (and a relay failure's RetryInfo, built on it, is then one the limits
+ * honour, as a RESOURCE_EXHAUSTED's is). An idempotent replay reads the same
+ * time from the logs without spending (resendAvailableAt), and an admission
+ * whose send will not happen is taken back (SendAdmission.refund).
+ *
  * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
  */
 import { createHmac, createSecretKey } from "node:crypto";
@@ -31,10 +39,18 @@ import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import type { FullWindow, LimitLog, OtpStore } from "../store/types.js";
 import { endUserIpSubject } from "./end-user-ip.js";
 import { recipientMailbox } from "./recipient-mailbox.js";
-import type { LimitsConfig, LimitWindow, SendLimiter, VerifyFailureCap, VerifyLimiter } from "./types.js";
+import {
+  nothingToRefund,
+  type LimitsConfig,
+  type LimitWindow,
+  type SendLimiter,
+  type SendLimitRequest,
+  type VerifyFailureCap,
+  type VerifyLimiter,
+} from "./types.js";
 
 export interface LimiterOptions {
-  readonly store: Pick<OtpStore, "consumeLimits" | "refundLimits">;
+  readonly store: Pick<OtpStore, "consumeLimits" | "refundLimits" | "peekLimits">;
   readonly limits: LimitsConfig;
   /** Keys the log ids (the OTP secret will do: each use of it has its own label). */
   readonly secret: Buffer;
@@ -50,32 +66,19 @@ interface LimitKind {
   /** "codes per 15m <scope>" */
   readonly counted: string;
   readonly scope: string;
-  /** Whether it decides when the same recipient and purpose may be sent to again. */
-  readonly resend: boolean;
 }
 
 const kinds: Readonly<Record<LimitName, LimitKind>> = {
-  recipient: { reason: "RECIPIENT_RATE_LIMITED", counted: "codes", scope: "to one recipient", resend: true },
-  resend_cooldown: {
-    reason: "RESEND_COOLDOWN",
-    counted: "code",
-    scope: "to one recipient for one purpose",
-    resend: true,
-  },
-  end_user_ip: { reason: "END_USER_IP_RATE_LIMITED", counted: "codes", scope: "for one end-user IP", resend: false },
-  caller: { reason: "CALLER_QUOTA_EXCEEDED", counted: "codes", scope: "for this caller", resend: false },
+  recipient: { reason: "RECIPIENT_RATE_LIMITED", counted: "codes", scope: "to one recipient" },
+  resend_cooldown: { reason: "RESEND_COOLDOWN", counted: "code", scope: "to one recipient for one purpose" },
+  end_user_ip: { reason: "END_USER_IP_RATE_LIMITED", counted: "codes", scope: "for one end-user IP" },
+  caller: { reason: "CALLER_QUOTA_EXCEEDED", counted: "codes", scope: "for this caller" },
   global: {
     reason: "GLOBAL_BUDGET_EXHAUSTED",
     counted: "codes",
     scope: "for the whole service (the sending domain's budget)",
-    resend: false,
   },
-  verify_failures: {
-    reason: "VERIFY_FAILURES_EXCEEDED",
-    counted: "failed verifications",
-    scope: "for one recipient",
-    resend: false,
-  },
+  verify_failures: { reason: "VERIFY_FAILURES_EXCEEDED", counted: "failed verifications", scope: "for one recipient" },
 };
 
 /** A log together with what it limits. */
@@ -112,6 +115,20 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
   }
   const [globalLog] = named("global", "global", () => "g", limits.global);
   const cooldown: LimitWindow[] = limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : [];
+
+  /** Every log a send is subject to (those of the limits that are on). */
+  function sendLogs(ctx: CallContext, request: SendLimitRequest): NamedLog[] {
+    const { recipientKey, purpose } = request;
+    const ip = endUserIpSubject(request.endUserIp);
+    const caller = callerLog(ctx.caller);
+    return [
+      ...named("recipient", "recipient", () => `r:${id("recipient", recipientMailbox(recipientKey))}`, limits.recipient),
+      ...named("resend_cooldown", "recipient+purpose", () => `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
+      ...named("end_user_ip", "end_user_ip", () => `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
+      ...(caller === undefined ? [] : [caller]),
+      ...(globalLog === undefined ? [] : [globalLog]),
+    ];
+  }
 
   /** Fails with RESOURCE_EXHAUSTED naming the full window that frees up last. */
   function refuse(logs: readonly NamedLog[], full: readonly FullWindow[], now: number, caller: string): never {
@@ -152,18 +169,9 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
     checksSuppression: true,
 
     async admit(ctx: CallContext, request) {
-      const { recipientKey, purpose, now } = request;
-      const ip = endUserIpSubject(request.endUserIp);
-      const caller = callerLog(ctx.caller);
-      const logs = [
-        ...named("recipient", "recipient", () => `r:${id("recipient", recipientMailbox(recipientKey))}`, limits.recipient),
-        ...named("resend_cooldown", "recipient+purpose", () => `cd:${id("cooldown", ctx.caller, recipientKey, purpose)}`, cooldown),
-        ...named("end_user_ip", "end_user_ip", () => `ip:${id("ip", ip)}`, ip === "" ? [] : limits.endUserIp),
-        ...(caller === undefined ? [] : [caller]),
-        ...(globalLog === undefined ? [] : [globalLog]),
-      ];
-      const { recipientHash } = request;
-      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now };
+      const { now, recipientHash } = request;
+      const logs = sendLogs(ctx, request);
+      if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now, refund: nothingToRefund };
       const logList = logs.map((l) => l.log);
       const entry = newEntry(now, random);
       let outcome;
@@ -172,6 +180,7 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       } catch (error) {
         // No answer is not "not admitted": a Redis that stalled may run the script after the timeout.
         // The caller hears UNAVAILABLE, so take the admission back; queued behind the script, not awaited.
+        // No admission reaches the caller, so nothing can refund it a second time.
         store.refundLimits(logList, entry).catch((refundError: unknown) => {
           logger.debug({ err: refundError }, "could not refund the limits of a send that got no answer from storage");
         });
@@ -179,11 +188,22 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       }
       if ("suppressed" in outcome) return { suppressedBy: outcome.suppressed };
       if (!outcome.admitted) refuse(logs, outcome.full, now, ctx.caller);
-      let resendAvailableAt = now;
-      logs.forEach((l, index) => {
-        if (kinds[l.name].resend) resendAvailableAt = Math.max(resendAvailableAt, outcome.nextAt[index] ?? now);
-      });
-      return { resendAvailableAt };
+      let refunded = false;
+      return {
+        resendAvailableAt: Math.max(now, ...outcome.nextAt),
+        refund: () => {
+          if (refunded) return Promise.resolve();
+          refunded = true;
+          return store.refundLimits(logList, entry);
+        },
+      };
+    },
+
+    async resendAvailableAt(ctx: CallContext, request) {
+      const logs = sendLogs(ctx, request);
+      if (logs.length === 0) return request.now;
+      const nextAt = await store.peekLimits(logs.map((l) => l.log), request.now);
+      return Math.max(request.now, ...nextAt);
     },
 
     failureCap(ctx: CallContext, request): VerifyFailureCap | undefined {

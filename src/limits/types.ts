@@ -10,8 +10,18 @@ import type { FailureCap, FullWindow, LimitWindow } from "../store/types.js";
 export type { LimitWindow };
 
 export interface SendAdmission {
-  /** The earliest time another send to this recipient and purpose will be admitted. */
+  /**
+   * The earliest time the same send (caller, recipient, purpose, end-user IP)
+   * will be admitted again: every limit it counted against has room by then.
+   */
   readonly resendAvailableAt: number;
+  /**
+   * Takes this admission back out of every limit, for a send that is not
+   * going to happen after all (storing its code or record failed). Only the
+   * first call does anything; rejects with the store's error when the store
+   * could not take it back.
+   */
+  refund(): Promise<void>;
 }
 
 /** Not admitted, and nothing spent: the recipient is suppressed (see SendLimitRequest.recipientHash). */
@@ -40,6 +50,12 @@ export interface SendLimiter {
    * (naming the limit, with retryAfterMs). A rejected send consumes nothing.
    */
   admit(ctx: CallContext, request: SendLimitRequest): Promise<SendAdmission | SendSuppressed>;
+  /**
+   * When admit would next admit this send, read without spending anything
+   * (an idempotent replay answers it): `request.now` when every limit has
+   * room. The suppression list is not looked at.
+   */
+  resendAvailableAt(ctx: CallContext, request: SendLimitRequest): Promise<number>;
   /**
    * True when admit checks `request.recipientHash` against the suppression
    * list itself, atomically and before any limit (the store limiter does,
@@ -97,6 +113,12 @@ export interface LimitsConfig {
 
 /** No limits: every send is admitted and may be repeated at once; every guess is allowed. */
 export const unlimited: SendLimiter & VerifyLimiter = {
-  admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now }),
+  admit: (_ctx, request) => Promise.resolve({ resendAvailableAt: request.now, refund: nothingToRefund }),
+  resendAvailableAt: (_ctx, request) => Promise.resolve(request.now),
   failureCap: () => undefined,
 };
+
+/** SendAdmission.refund of an admission that spent nothing. */
+export function nothingToRefund(): Promise<void> {
+  return Promise.resolve();
+}

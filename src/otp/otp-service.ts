@@ -12,7 +12,7 @@ import type { DeliveryRecord, SuppressionEntry } from "../delivery/record.js";
 import type { Renderer } from "../delivery/render.js";
 import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
-import { unlimited, type SendLimiter, type VerifyLimiter } from "../limits/types.js";
+import { unlimited, type SendAdmission, type SendLimiter, type SendLimitRequest, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
 import type { CodeSetRef, OtpStore } from "../store/types.js";
 import { maskAddress } from "./address.js";
@@ -92,14 +92,22 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   }
 
   /**
-   * The first call's answer for a repeated idempotency_key; undefined when
-   * the key may be taken over, because that call sent nothing in a way a
-   * retry can fix but kept the key: it stopped before writing its record and
-   * will never write it, or its message failed retryably (retries used up in
-   * the background after the call had answered, the call's process died
-   * mid-send so the record reads abandoned, or the key could not be released).
+   * The first call's answer for a repeated idempotency_key, with
+   * resend_available_at read from the limits as they stand now (other sends
+   * may have moved it since); undefined when the key may be taken over,
+   * because that call sent nothing in a way a retry can fix but kept the
+   * key: it stopped before writing its record and will never write it, or
+   * its message failed retryably (retries used up in the background after
+   * the call had answered, the call's process died mid-send so the record
+   * reads abandoned, or the key could not be released).
    */
-  async function replay(ctx: CallContext, messageId: string): Promise<SendOtpResult | undefined> {
+  async function replay(ctx: CallContext, messageId: string, limitRequest: SendLimitRequest): Promise<SendOtpResult | undefined> {
+    // The limits are read beside the record: one round trip of waiting, not
+    // two. Wasted for a replay that ends up answering something else (rare).
+    const nextSend = limiter.resendAvailableAt(ctx, limitRequest).then(
+      (at) => ({ at }),
+      (error: unknown) => ({ error }),
+    );
     const [record, reports] = await readWithReports(messageId);
     const now = clock.now();
     if (record === undefined || record.caller !== ctx.caller) {
@@ -115,7 +123,32 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       throw failure;
     }
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
-    return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt: now };
+    const limits = await nextSend;
+    if ("error" in limits) {
+      // Still a lower bound: since the first call answered, sends were only added to its limits.
+      logger.warn(
+        { err: limits.error, message_id: messageId },
+        "could not read the limits for an idempotent replay; answering the first call's resend_available_at",
+      );
+    }
+    const resendAvailableAt = Math.max(now, "at" in limits ? limits.at : (record.resendAvailableAt ?? now));
+    return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt };
+  }
+
+  /**
+   * Takes the limits of a send that is not going to happen back. A refund
+   * that fails is logged (and the store counts the failed operation), never
+   * thrown: the caller hears what stopped the send.
+   */
+  async function refund(admission: SendAdmission, messageId: string): Promise<void> {
+    try {
+      await admission.refund();
+    } catch (error) {
+      logger.warn(
+        { err: error, message_id: messageId },
+        "could not take back the limits of a send that did not happen: they refuse its retry until they free up",
+      );
+    }
   }
 
   async function sendOtp(ctx: CallContext, input: SendOtpInput): Promise<SendOtpResult> {
@@ -125,6 +158,12 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const messageId = newMessageId(now, random);
     const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
     const setId = set.id;
+    const limitRequest: SendLimitRequest = {
+      recipientKey: request.recipient.key,
+      purpose: request.purpose,
+      endUserIp: request.endUserIp,
+      now,
+    };
 
     let idempotencyKeyId: string | undefined;
     if (request.idempotencyKey !== "") {
@@ -146,7 +185,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
             { reason: "IDEMPOTENCY_KEY_REUSED", metadata: { message_id: claim.existing.messageId } },
           );
         }
-        const replayed = await replay(ctx, claim.existing.messageId);
+        const replayed = await replay(ctx, claim.existing.messageId, limitRequest);
         if (replayed !== undefined) return replayed;
         // The first call's message was never accepted (as far as is known) and
         // nothing will try it again: this call sends, under the key, unless
@@ -158,6 +197,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       }
     }
 
+    // The admission of a send not handed to the delivery yet: taken back if
+    // the send stops before that (storing its code or record failed).
+    let unsent: SendAdmission | undefined;
     try {
       // A send refused for suppression spends no rate budget: the limiter
       // checks the suppression first, in the same round trip as the limits
@@ -170,13 +212,11 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         if (cause !== undefined) return await refuseSuppressed(ctx, refusal(), cause);
       }
       const admission = await limiter.admit(ctx, {
-        recipientKey: request.recipient.key,
-        purpose: request.purpose,
-        endUserIp: request.endUserIp,
-        now,
+        ...limitRequest,
         recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
       });
       if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal(), admission.suppressedBy);
+      unsent = admission;
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
       const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
@@ -204,6 +244,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         attempts: [],
         traceId: ctx.traceId,
         recipientHash,
+        resendAvailableAt: admission.resendAvailableAt,
       };
       // Record and code are both stored before any attempt, so a status query
       // (or a bounce) can never find a message it does not know. They are
@@ -217,8 +258,10 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         "otp queued",
       );
 
+      // From here on the message may reach the relay: its admission stands, whatever happens next.
+      unsent = undefined;
       const result = await delivery.dispatch(record, mail);
-      // A retry is pointless before the limits admit the next send to this recipient and purpose.
+      // A retry is pointless before the limits admit the same send again.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
       return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };
     } catch (error) {
@@ -226,11 +269,16 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // caller's retry with the same key should really try again. Only a
       // permanent refusal by the relay is remembered and replayed.
       const permanent = error instanceof OtpError && error.reason === "RELAY_REJECTED";
-      if (idempotencyKeyId !== undefined && !permanent) {
-        await store.releaseIdempotencyKey(idempotencyKeyId, messageId).catch((releaseError: unknown) => {
-          logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
-        });
-      }
+      const keyId = permanent ? undefined : idempotencyKeyId;
+      // Both at once: one round trip of waiting on the way to the caller's error.
+      await Promise.all([
+        unsent === undefined ? undefined : refund(unsent, messageId),
+        keyId === undefined
+          ? undefined
+          : store.releaseIdempotencyKey(keyId, messageId).catch((releaseError: unknown) => {
+              logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
+            }),
+      ]);
       throw error;
     }
   }

@@ -293,6 +293,15 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
+    peekLimits(logs: readonly LimitLog[], now: number): Promise<readonly number[]> {
+      return run(() =>
+        logs.map((log) => {
+          const entries = read(limitLogs, log.id) ?? [];
+          return Math.max(now, ...log.windows.map((w) => whenRoomFor(entries, w.max, w.windowMs, now) ?? now));
+        }),
+      );
+    },
+
     refundLimits(logs: readonly LimitLog[], entry: string): Promise<void> {
       return run(() => {
         for (const log of logs) {

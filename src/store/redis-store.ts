@@ -325,6 +325,33 @@ const readRecordLua = `
 return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 `;
 
+/**
+ * KEYS: the limit logs; ARGV: now, then their windows as the consume script
+ * takes them. Returns {nextAt1, nextAt2, ...}: consume's nextAt without
+ * adding the entry (see OtpStore.peekLimits). Flagged no-writes, so a
+ * Redis refusing writes (full, noeviction) or a read-only replica still
+ * runs it; the shebang must be its very first line.
+ */
+const peekLimitsLua = `#!lua flags=no-writes
+${windowLua}
+local now = tonumber(ARGV[1])
+local spec = {}
+for number in string.gmatch(ARGV[2], '%d+') do spec[#spec + 1] = tonumber(number) end
+local reply = {}
+local pos = 1
+for i = 1, #KEYS do
+  local nextAt = now
+  local count = spec[pos]
+  for j = 1, count do
+    local at = roomAt(KEYS[i], now, spec[pos + 2 * j - 1], spec[pos + 2 * j])
+    if at and at > nextAt then nextAt = at end
+  end
+  pos = pos + 1 + 2 * count
+  reply[i] = nextAt
+end
+return reply
+`;
+
 /** KEYS: limit logs; ARGV[1] the entry. See OtpStore.refundLimits. */
 const refundLimitsLua = `
 for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
@@ -334,6 +361,7 @@ return 1
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpRefundLimits: { lua: refundLimitsLua, numberOfKeys: undefined },
+  otpPeekLimits: { lua: peekLimitsLua, numberOfKeys: undefined },
   otpAddCode: { lua: addCodeLua, numberOfKeys: 1 },
   otpVerifyGuess: { lua: verifyGuessLua, numberOfKeys: undefined },
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
@@ -574,6 +602,23 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
       return run("consumeLimits", () =>
         redis.otpConsumeLimits(keys.length, ...keys, ...args).then((reply) => parseLimitOutcome(reply, logs.length)),
+      );
+    },
+
+    peekLimits(logs: readonly LimitLog[], now: number): Promise<readonly number[]> {
+      if (logs.length === 0) return Promise.resolve([]);
+      let args: ScriptArg[];
+      try {
+        args = [wholeMs(now), logs.map(windowSpec).join(" ")];
+      } catch (error) {
+        return rejection(error);
+      }
+      const keys = logs.map((log) => limitKey(log.id));
+      return run("peekLimits", () =>
+        redis.otpPeekLimits(keys.length, ...keys, ...args).then((reply) => {
+          if (!Array.isArray(reply) || reply.length !== logs.length) throw new Error("unexpected reply to the peek script");
+          return (reply as unknown[]).map(Number);
+        }),
       );
     },
 

@@ -189,11 +189,22 @@ export interface OtpStore {
   consumeLimits(logs: readonly LimitLog[], entry: string, now: number, options?: ConsumeLimitsOptions): Promise<LimitOutcome>;
 
   /**
-   * Takes `entry` back out of every log, for a consumeLimits that failed
-   * without an answer (a timeout): Redis may still run it later. Issued after
-   * it on the same connection, this runs after it if it runs at all, so the
-   * admission never outlives the caller's UNAVAILABLE. Entries not there are
-   * ignored.
+   * When each log alone would admit one more entry at or after `now` (`now`
+   * when it has room already): what consumeLimits' `nextAt` says after an
+   * admission, read without adding, trimming or expiring anything. One
+   * atomic read; in Redis a read-only script, which a full Redis
+   * (noeviction) still runs.
+   */
+  peekLimits(logs: readonly LimitLog[], now: number): Promise<readonly number[]>;
+
+  /**
+   * Takes `entry` back out of every log, for an admission whose send is not
+   * going to happen: a consumeLimits that failed without an answer (a
+   * timeout; Redis may still run it later: issued after it on the same
+   * connection, this runs after it if it runs at all, so the admission never
+   * outlives the caller's UNAVAILABLE), or a send whose code or record could
+   * not be stored. Entries not there are ignored, so a second refund of the
+   * same entry changes nothing.
    */
   refundLimits(logs: readonly LimitLog[], entry: string): Promise<void>;
 

@@ -227,6 +227,34 @@ describe("windows on an injected clock", () => {
     expect(sink.messages).toHaveLength(3);
   });
 
+  it("an idempotent replay's resend_available_at is when the limits will admit the send, read from them without spending", async () => {
+    let now = Date.UTC(2026, 0, 1, 10, 0, 0);
+    const clock: Clock = { now: () => now };
+    const [a, b] = await fleet(2, { AUTH_TOKENS: tokens, LIMIT_RECIPIENT: "2/15m", LIMIT_RESEND_COOLDOWN: "30s" }, { clock });
+    const t0 = now;
+    const request = { recipient: "rio@example.com", purpose: Purpose.LOGIN, idempotencyKey: "replay-1" };
+
+    const first = await call(a.client, sendOtp, request, bearer(alpha.token));
+    expect(msOf(first.resendAvailableAt)).toBe(t0 + 30_000);
+
+    // A replay (on another instance) 10 s later: the cooldown still has 20 s to run, not "now".
+    now = t0 + 10_000;
+    const replayed = await call(b.client, sendOtp, request, bearer(alpha.token));
+    expect(replayed.messageId).toBe(first.messageId);
+    expect(msOf(replayed.resendAvailableAt)).toBe(t0 + 30_000);
+
+    // Another caller's send fills the mailbox's window (2 per 15m): the replay says so.
+    await call(a.client, sendOtp, { recipient: "rio@example.com", purpose: Purpose.LOGIN }, bearer(beta.token));
+    now = t0 + 20_000;
+    expect(msOf((await call(a.client, sendOtp, request, bearer(alpha.token))).resendAvailableAt)).toBe(t0 + 15 * 60_000);
+    expect(sink.messages.filter((m) => m.envelope.rcptTo.includes("rio@example.com"))).toHaveLength(2);
+
+    // The replays spent nothing: exactly then, the send is admitted.
+    now = t0 + 15 * 60_000;
+    const next = await call(b.client, sendOtp, { recipient: "rio@example.com", purpose: Purpose.LOGIN }, bearer(alpha.token));
+    expect(next.state).toBe(DeliveryState.ACCEPTED);
+  });
+
   it("failed verifications are capped per recipient: a fresh code does not reset the count, a right guess is not counted", async () => {
     const [instance] = await fleet(1, { AUTH_TOKENS: tokens, LIMIT_VERIFY_FAILURES: "3/1d", LIMIT_RESEND_COOLDOWN: "0" });
     const { client } = instance;

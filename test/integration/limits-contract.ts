@@ -126,7 +126,7 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
         expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
       }
       // Nothing was spent: the recipient's one send and the global two are all still there.
-      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      expect(await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "hash-b" })).toMatchObject({ resendAvailableAt: t0 + 15 * minute });
       await limits.admit(alpha, send("b@example.com", t0));
       expect(await refusal(limits.admit(alpha, send("c@example.com", t0)))).toMatchObject({ reason: "GLOBAL_BUDGET_EXHAUSTED" });
       // Suppression is checked even with every limit off, and before a full window.
@@ -156,16 +156,106 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
 
     it("resendAvailableAt is exact: the cooldown, or the window when the send filled it", async () => {
       const limits = limiter({ recipient: [{ max: 3, windowMs: 15 * minute }], resendCooldownMs: 30 * second });
-      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 + 30 * second });
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toMatchObject({ resendAvailableAt: t0 + 30 * second });
 
       const cooling = await refusal(limits.admit(alpha, send("a@example.com", t0 + 10 * second)));
       expect(cooling).toMatchObject({ reason: "RESEND_COOLDOWN", retryAfterMs: 20 * second });
 
-      expect(await limits.admit(alpha, send("a@example.com", t0 + 30 * second))).toEqual({ resendAvailableAt: t0 + 60 * second });
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 30 * second))).toMatchObject({ resendAvailableAt: t0 + 60 * second });
       // The third fills the 15-minute window: the next send waits for the first to leave it.
-      expect(await limits.admit(alpha, send("a@example.com", t0 + 60 * second))).toEqual({ resendAvailableAt: t0 + 15 * minute });
+      expect(await limits.admit(alpha, send("a@example.com", t0 + 60 * second))).toMatchObject({ resendAvailableAt: t0 + 15 * minute });
       await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)));
       await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
+    });
+
+    it("resendAvailableAt counts every limit the send counted against: a caller quota, the global budget or an end-user IP it filled", async () => {
+      const limits = limiter({
+        resendCooldownMs: 30 * second,
+        endUserIp: [{ max: 2, windowMs: 2 * minute }],
+        caller: [{ max: 3, windowMs: 3 * minute }],
+        global: [{ max: 4, windowMs: 4 * minute }],
+      });
+      const ip = { endUserIp: "198.51.100.7" };
+      expect(await limits.admit(alpha, send("a@example.com", t0, ip))).toMatchObject({ resendAvailableAt: t0 + 30 * second });
+      // The IP's window (2 per 2m) is full now: the same send from it waits for the first to leave.
+      expect(await limits.admit(alpha, send("b@example.com", t0 + 1, ip))).toMatchObject({ resendAvailableAt: t0 + 2 * minute });
+      expect(await refusal(limits.admit(alpha, send("b@example.com", t0 + 2 * minute - 1, ip)))).toMatchObject({
+        reason: "END_USER_IP_RATE_LIMITED",
+      });
+      // The caller's quota (3 per 3m), then the global budget (4 per 4m).
+      expect(await limits.admit(alpha, send("c@example.com", t0 + 2))).toMatchObject({ resendAvailableAt: t0 + 3 * minute });
+      expect(await limits.admit(beta, send("d@example.com", t0 + 3))).toMatchObject({ resendAvailableAt: t0 + 4 * minute });
+      expect(await refusal(limits.admit(beta, send("d@example.com", t0 + 4 * minute - 1)))).toMatchObject({
+        reason: "GLOBAL_BUDGET_EXHAUSTED",
+        retryAfterMs: 1,
+      });
+      expect(await limits.admit(beta, send("d@example.com", t0 + 4 * minute))).toMatchObject({ resendAvailableAt: t0 + 4 * minute + 30 * second });
+    });
+
+    it("resendAvailableAt(request) reads when admit would next admit the send, without spending: what the admission said", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }], resendCooldownMs: 30 * second, global: [{ max: 10, windowMs: minute }] });
+      const request = send("a@example.com", t0);
+      expect(await limits.resendAvailableAt(alpha, request)).toBe(t0);
+      const first = await limits.admit(alpha, request);
+      if (!("resendAvailableAt" in first)) throw new Error("not admitted");
+      // Asked any number of times, it says what the admission said and spends nothing.
+      for (let i = 0; i < 5; i++) expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 10 * second))).toBe(first.resendAvailableAt);
+      expect(first.resendAvailableAt).toBe(t0 + 30 * second);
+      // Another caller's send to the same mailbox fills its window: a later answer than the admission's.
+      await limits.admit(beta, send("a@example.com", t0 + 20 * second));
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 20 * second))).toBe(t0 + 15 * minute);
+      expect((await refusal(limits.admit(alpha, send("a@example.com", t0 + 15 * minute - 1)))).retryAfterMs).toBe(1);
+      // The window has room again at exactly that time, and nothing read above was counted.
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 15 * minute))).toBe(t0 + 15 * minute);
+      await limits.admit(alpha, send("a@example.com", t0 + 15 * minute));
+      // A purpose or caller with no cooldown running answers now (the recipient window has room at t0 + 15m 20s).
+      expect(await limits.resendAvailableAt(beta, send("a@example.com", t0 + 16 * minute, { purpose: "signup" }))).toBe(t0 + 16 * minute);
+    });
+
+    it("peekLimits is consumeLimits' nextAt without the entry: nothing added, and a full window says when it frees up", async () => {
+      const logs = [
+        { id: "peek-recipient", windows: [{ max: 2, windowMs: 15 * minute }, { max: 3, windowMs: 60 * minute }] },
+        { id: "peek-cooldown", windows: [{ max: 1, windowMs: 30 * second }] },
+        { id: "peek-unused", windows: [{ max: 5, windowMs: minute }] },
+      ];
+      expect(await subject.store.peekLimits(logs, t0)).toEqual([t0, t0, t0]);
+      const admitted = await subject.store.consumeLimits(logs.slice(0, 2), "first", t0);
+      expect(admitted).toEqual({ admitted: true, nextAt: [t0, t0 + 30 * second] });
+      expect(await subject.store.peekLimits(logs, t0)).toEqual([t0, t0 + 30 * second, t0]);
+      await subject.store.consumeLimits(logs.slice(0, 2), "second", t0 + minute);
+      for (let i = 0; i < 3; i++) {
+        expect(await subject.store.peekLimits(logs, t0 + minute)).toEqual([t0 + 15 * minute, t0 + minute + 30 * second, t0 + minute]);
+      }
+      // Past a window, its entries no longer count.
+      expect(await subject.store.peekLimits(logs, t0 + 15 * minute)).toEqual([t0 + 15 * minute, t0 + 15 * minute, t0 + 15 * minute]);
+      // The peeks added nothing: exactly two entries are in the 15-minute window.
+      const refused = await subject.store.consumeLimits(logs.slice(0, 1), "third", t0 + 2 * minute);
+      expect(refused).toEqual({ admitted: false, full: [{ log: 0, window: 0, retryAt: t0 + 15 * minute }] });
+      expect(await subject.store.peekLimits([], t0)).toEqual([]);
+    });
+
+    it("an admission's refund takes it back once: a second refund takes nothing more", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
+      const first = await limits.admit(alpha, send("a@example.com", t0));
+      await limits.admit(alpha, send("a@example.com", t0 + 1));
+      if (!("refund" in first)) throw new Error("not admitted");
+      await first.refund();
+      await first.refund();
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0 + 2))).toBe(t0 + 2);
+      await limits.admit(alpha, send("a@example.com", t0 + 2));
+      // Two in the window again (the second and the third): the refunds took one, not two.
+      expect(await refusal(limits.admit(alpha, send("a@example.com", t0 + 3)))).toMatchObject({ reason: "RECIPIENT_RATE_LIMITED" });
+    });
+
+    it("a refund the store cannot make rejects with the store's error; with every limit off there is nothing to refund", async () => {
+      const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
+      const admission = await limits.admit(alpha, send("a@example.com", t0));
+      if (!("refund" in admission)) throw new Error("not admitted");
+      const unlimitedAdmission = await limiter({}).admit(alpha, send("a@example.com", t0));
+      await subject.store.close();
+      expect(await refusal(admission.refund())).toMatchObject({ kind: "unavailable", reason: "STORAGE_UNAVAILABLE" });
+      if (!("refund" in unlimitedAdmission)) throw new Error("not admitted");
+      await unlimitedAdmission.refund();
     });
 
     it("the cooldown is per caller and purpose; the recipient windows count every caller and purpose", async () => {
@@ -260,7 +350,8 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
     it("with every limit off, admits without asking the store", async () => {
       const limits = limiter({});
       await subject.store.close();
-      expect(await limits.admit(alpha, send("a@example.com", t0))).toEqual({ resendAvailableAt: t0 });
+      expect(await limits.admit(alpha, send("a@example.com", t0))).toMatchObject({ resendAvailableAt: t0 });
+      expect(await limits.resendAvailableAt(alpha, send("a@example.com", t0))).toBe(t0);
       expect(limits.failureCap(alpha, { recipientKey: "a@example.com", now: t0 })).toBeUndefined();
     });
   });

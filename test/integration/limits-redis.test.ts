@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLimiter } from "../../src/limits/limiter.js";
 import { createLogger } from "../../src/logger.js";
 import { createRedisStore } from "../../src/store/redis-store.js";
-import { randomPrefix, redisUrlForTests, scanPrefix } from "../support/redis.js";
+import { randomPrefix, redisUrlForTests, scanPrefix, startRedisServer } from "../support/redis.js";
 import { describeLimitsContract, t0 } from "./limits-contract.js";
 
 const url = redisUrlForTests();
@@ -81,5 +81,34 @@ describe("limit keys in Redis", () => {
     expect(byKind.get("r")?.ttl).toBeGreaterThan(86_400_000 - 60_000);
     expect(byKind.get("cd")?.ttl).toBeLessThanOrEqual(30_000);
     expect(byKind.get("g")?.ttl).toBeLessThanOrEqual(60_000);
+  });
+});
+
+describe("peekLimits in Redis", () => {
+  it("reads only: no entry added, no TTL moved, and a full Redis (noeviction) still answers it", async () => {
+    const server = await startRedisServer();
+    const own = new Redis(server.url);
+    const prefix = randomPrefix();
+    const store = createRedisStore({ url: server.url, prefix, logger: createLogger({ level: "silent" }) });
+    try {
+      const logs = [{ id: "peek", windows: [{ max: 1, windowMs: 60_000 }] }];
+      expect(await store.consumeLimits(logs, "first", t0)).toEqual({ admitted: true, nextAt: [t0 + 60_000] });
+      const [key] = await scanPrefix(own, prefix);
+      if (key === undefined) throw new Error("no limit key");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const ttlBefore = await own.pttl(key);
+
+      await own.config("SET", "maxmemory-policy", "noeviction");
+      await own.config("SET", "maxmemory", "1");
+      await expect(own.zadd(key, t0, "second")).rejects.toThrow(/OOM command not allowed/);
+      // Full, yet the peek runs (flagged no-writes), and says what it says with room to write.
+      expect(await store.peekLimits(logs, t0 + 1000)).toEqual([t0 + 60_000]);
+      expect(await own.pttl(key)).toBeLessThanOrEqual(ttlBefore);
+      expect(await own.zcard(key)).toBe(1);
+    } finally {
+      await store.close();
+      own.disconnect();
+      await server.stop();
+    }
   });
 });

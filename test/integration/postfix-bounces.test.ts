@@ -23,7 +23,7 @@ import {
 import { startApp, type App } from "../../src/app.js";
 import { createOtpEmailClient, type OtpEmailClient } from "../../src/client.js";
 import { loadConfig } from "../../src/config.js";
-import type { SendLimiter } from "../../src/limits/types.js";
+import { unlimited, type SendLimiter } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
 import { freePort } from "../support/ports.js";
 import { startPostfix, type PostfixRelay } from "../support/postfix.js";
@@ -56,9 +56,10 @@ beforeAll(async () => {
   });
   const smtpPort = await freePort();
   const limiter: SendLimiter = {
-    admit: (_ctx, request) => {
+    ...unlimited,
+    admit: (ctx, request) => {
       admissions.push(request.recipientKey);
-      return Promise.resolve({ resendAvailableAt: request.now });
+      return unlimited.admit(ctx, request);
     },
   };
   const config = loadConfig({

@@ -4,7 +4,8 @@
  * admitted and mailed, for the recipient limit, a caller's quota and the
  * global budget. Then the key layout: every limit key in the one slot of the
  * `{limits}` hash tag, a code set and its verify-failure log in one slot,
- * every key on every node with a TTL.
+ * every key on every node with a TTL; an idempotent replay reads the limits
+ * there too.
  */
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -148,6 +149,17 @@ describe("exact limits on a Redis Cluster, 3 instances, 1,000 concurrent SendOtp
       Array.from({ length: 12 }, (_, i) => call(instances[i % 3].client, verifyOtp, { ...request, code: "1234" }, auth)),
     );
     expect(results.map((r) => r.result).sort()).toEqual([VerifyResult.VERIFIED, ...Array<VerifyResult>(11).fill(VerifyResult.NOT_FOUND)].sort());
+  });
+
+  it("an idempotent replay on another instance reads resend_available_at from the limits (the read-only script in the {limits} slot)", async () => {
+    await fleet({ LIMIT_RESEND_COOLDOWN: "30s" });
+    const request = { recipient: "replay@example.com", purpose: Purpose.LOGIN, idempotencyKey: "cluster-replay-1" };
+    const first = await call(instances[0].client, sendOtp, request, bearer(alpha.token));
+    const replayed = await call(instances[1].client, sendOtp, request, bearer(alpha.token));
+    expect(replayed.messageId).toBe(first.messageId);
+    expect(replayed.resendAvailableAt).toEqual(first.resendAvailableAt);
+    const logs = instances.flatMap((instance) => instance.logs);
+    expect(logs.filter((entry) => /could not read the limits/.test(String(entry["msg"])))).toEqual([]);
   });
 
   it("reads a delivery record with its reports in one script on the cluster (both keys in the message's slot)", async () => {

@@ -6,6 +6,7 @@
  * one). Every limit is on, suppression included, as in production.
  *
  *   SendOtp            limits+suppression script | record + code | ACCEPTED record
+ *   SendOtp replayed   idempotency claim | the record and the limits (read-only) together
  *   GetDeliveryStatus  one script reading the record and its reports
  *   VerifyOtp          one script (cap, count, compare, consume)
  */
@@ -86,6 +87,26 @@ describe("Redis round trips and commands per RPC", () => {
     });
     expect(commands).toEqual({ evalsha: 2, set: 2 });
     expect(roundTrips).toBe(3);
+  });
+
+  it("SendOtp replayed: 2 round trips, 3 commands (the claim; then the record and the limits, read together)", async () => {
+    const request = (i: number) => ({
+      recipient: `replay-${i}@example.com`,
+      purpose: Purpose.LOGIN,
+      code: "123456",
+      endUserIp: "192.0.2.8",
+      idempotencyKey: `replay-${i}`,
+    });
+    const first: string[] = [];
+    // Sent once each (and the read-only limits script loaded), then measured as replays.
+    for (let i = 0; i <= calls; i++) first.push((await service.connectClient.sendOtp(request(i))).messageId);
+    await service.connectClient.sendOtp(request(calls));
+    const { commands, roundTrips } = await measure(calls, async (i) => {
+      const replayed = await service.connectClient.sendOtp(request(i));
+      expect(replayed.messageId).toBe(first[i]);
+    });
+    expect(commands).toEqual({ evalsha: 3 });
+    expect(roundTrips).toBe(2);
   });
 
   it("GetDeliveryStatus: 1 round trip, 1 command reading the record and its reports together", async () => {

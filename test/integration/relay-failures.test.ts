@@ -7,7 +7,7 @@
  * and the idempotency key is not spent on a failure that the operator's fix
  * will cure. (Rejected credentials, the same kind of failure: service.test.ts.)
  * A relay that is down: the retry delay the caller is told is one the limits
- * will honour, and an instance that started while it was down serves once it
+ * (every one the send counted against) will honour, and an instance that started while it was down serves once it
  * is back, though no call reaches it meanwhile.
  */
 import * as grpc from "@grpc/grpc-js";
@@ -91,6 +91,23 @@ it("a relay that is down: UNAVAILABLE with a retry delay the resend cooldown wil
   // A caller that retried earlier than the cooldown allows would only be refused by it.
   const early = await failure(call(instance.client, sendOtp, request));
   expect(early.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+  expect(retryDelayMs(error)).toBeGreaterThanOrEqual(retryDelayMs(early) ?? Infinity);
+});
+
+it("a relay that is down, with a caller quota the failed send filled: the retry delay waits for the quota too", async () => {
+  const instance = await instanceFor(undefined, `smtp://127.0.0.1:${await freePort()}?starttls=off`, {
+    LIMIT_RESEND_COOLDOWN: "30s",
+    LIMIT_CALLER: "1/1m",
+    SMTP_MAX_ATTEMPTS: "1",
+  });
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN };
+
+  const error = await failure(call(instance.client, sendOtp, request));
+  expect(detailsOf(error).errorInfo?.reason).toBe("RELAY_UNAVAILABLE");
+  expect(retryDelayMs(error)).toBeGreaterThan(30_000);
+
+  const early = await failure(call(instance.client, sendOtp, request));
+  expect(detailsOf(early).errorInfo?.reason).toBe("CALLER_QUOTA_EXCEEDED");
   expect(retryDelayMs(error)).toBeGreaterThanOrEqual(retryDelayMs(early) ?? Infinity);
 });
 

@@ -24,6 +24,7 @@ const { sendOtp, verifyOtp, getDeliveryStatus } = OtpEmailService.method;
 
 /** Refuses every recipient whose address starts with `limited`, as the recipient limit would. */
 const scriptedLimiter: SendLimiter = {
+  ...unlimited,
   admit(ctx, request) {
     if (!request.recipientKey.startsWith("limited")) return unlimited.admit(ctx, request);
     return Promise.reject(

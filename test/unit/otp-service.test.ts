@@ -199,6 +199,48 @@ describe("otp service", () => {
     expect(sent).toHaveLength(2);
   });
 
+  it("takes the limits of a send whose code could not be stored back, once, so the retry is admitted", async () => {
+    const { service, store, sent } = setup("ACCEPTED", "on");
+    const failing = vi.spyOn(store, "addCode").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    const refunds = vi.spyOn(store, "refundLimits");
+    await expect(service.sendOtp(ctx, send)).rejects.toMatchObject({ kind: "unavailable" });
+    failing.mockRestore();
+    expect(refunds).toHaveBeenCalledTimes(1);
+    // The recipient's one send per 15 minutes was not spent on it.
+    expect((await service.sendOtp(ctx, send)).state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(1);
+    expect(refunds).toHaveBeenCalledTimes(1);
+  });
+
+  it("keeps the admission of a send handed to the delivery, whatever became of it", async () => {
+    const { service, store, sent } = setup("FAILED", "on");
+    const refunds = vi.spyOn(store, "refundLimits");
+    await expect(service.sendOtp(ctx, send)).rejects.toMatchObject({ reason: "RELAY_REJECTED" });
+    expect(refunds).not.toHaveBeenCalled();
+    await expect(service.sendOtp(ctx, send)).rejects.toMatchObject({ kind: "resource_exhausted", reason: "RECIPIENT_RATE_LIMITED" });
+    expect(sent).toHaveLength(1);
+  });
+
+  it("a replay answers resend_available_at from the limits, spending nothing; the first answer's when it cannot read them", async () => {
+    const { service, store, sent, advance } = setup("ACCEPTED", "on");
+    const first = await service.sendOtp(ctx, { ...send, idempotencyKey: "k6" });
+    const sentAt = first.resendAvailableAt - 900_000;
+    advance(60_000);
+    const replayed = await service.sendOtp(ctx, { ...send, idempotencyKey: "k6" });
+    expect(replayed).toEqual(first);
+
+    const failing = vi.spyOn(store, "peekLimits").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+    expect(await service.sendOtp(ctx, { ...send, idempotencyKey: "k6" })).toEqual(first);
+    failing.mockRestore();
+
+    // Nothing was spent by the replays: the next send is admitted exactly when the first said.
+    advance(first.resendAvailableAt - sentAt - 60_000 - 1);
+    await expect(service.sendOtp(ctx, send)).rejects.toMatchObject({ reason: "RECIPIENT_RATE_LIMITED", retryAfterMs: 1 });
+    advance(1);
+    expect((await service.sendOtp(ctx, send)).state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(2);
+  });
+
   it("takes over a key whose message was recorded but never sent (the call died, the key stayed), once the record reads abandoned", async () => {
     const { service, store, sent, advance } = setup();
     // The record is written, the code is not, and the key cannot be released: nothing is ever dispatched.

@@ -122,8 +122,10 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
   expiresAt?: Timestamp | undefined;
 
   /**
-   * The earliest time another SendOtp to this recipient and purpose will be
-   * admitted.
+   * The earliest time the rate limits will admit the same SendOtp again (same
+   * caller, recipient, purpose and end_user_ip): every limit it counted
+   * against has room by then. Other sends can only move it later. A replay
+   * (same idempotency_key) reads it again from the limits, spending nothing.
    *
    * @generated from field: google.protobuf.Timestamp resend_available_at = 4;
    */
