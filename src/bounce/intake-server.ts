@@ -2,7 +2,7 @@
  * The bounce intake: an SMTP listener (smtp-server) for the MX of the bounce
  * domain. It takes mail only for `bounce+<message id>@<bounce domain>` (the
  * VERP envelope senders of our messages), from anyone and with the null
- * sender bounces use, up to a size limit and a per-address connection rate,
+ * sender bounces use, up to a size limit and a per-peer connection rate (IPv6: per /64),
  * and hands each message to the bounce processor.
  *
  * Replies: 550 for any other recipient; 552 for an oversized message; 451
@@ -15,6 +15,7 @@ import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "s
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { BounceProcessor } from "./bounce-processor.js";
+import { connectionRateKey, createConnectionRate } from "./connection-rate.js";
 
 export interface BounceIntakeOptions {
   /** Address to listen on (`127.0.0.1`, `0.0.0.0`). */
@@ -27,7 +28,7 @@ export interface BounceIntakeOptions {
   readonly logger: Logger;
   /** Largest message accepted (default 1 MiB); real DSNs with RET=HDRS are a few KB. */
   readonly maxBytes?: number | undefined;
-  /** New connections per remote address per minute (default 60); more get 421. */
+  /** New connections per remote IPv4 address or IPv6 /64 per minute (default 60); more get 421. */
   readonly connectionsPerMinute?: number | undefined;
   /** Simultaneous connections (default 50). */
   readonly maxClients?: number | undefined;
@@ -73,7 +74,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   const domain = options.bounceDomain.toLowerCase();
   const logger = options.logger.child({ component: "bounce-intake" });
   const recipient = new RegExp(`^bounce\\+([0-9a-z]+)@${domain.replace(/\./g, "\\.")}$`, "i");
-  const connections = createRateWindow(perMinute, 60_000);
+  const connections = createConnectionRate({ max: perMinute, windowMs: 60_000 });
   const sockets = new Set<Socket>();
   let rateLimited = 0;
   let badRecipient = 0;
@@ -133,8 +134,9 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     onConnect(session, callback) {
       if (!connections.admit(session.remoteAddress)) {
         rateLimited++;
-        logger.warn({ remote: session.remoteAddress }, "bounce intake connection refused: rate limit");
-        callback(smtpError(421, "4.7.0 Too many connections from your address; try again later"));
+        const peer = connectionRateKey(session.remoteAddress);
+        logger.warn({ remote: session.remoteAddress, peer }, "bounce intake connection refused: rate limit");
+        callback(smtpError(421, `4.7.0 Too many connections from ${peer}; try again later`));
         return;
       }
       callback();
@@ -203,7 +205,6 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     rejections: () => ({ rateLimited, badRecipient }),
     close() {
       closing ??= new Promise<void>((resolve) => {
-        connections.stop();
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       });
@@ -228,28 +229,4 @@ function listen(server: SMTPServer, host: string, port: number): Promise<number>
       resolve(typeof address === "object" && address !== null ? address.port : port);
     });
   });
-}
-
-/** At most `max` events per key within a sliding `windowMs`; memory bounded by a periodic sweep. */
-function createRateWindow(max: number, windowMs: number) {
-  const seen = new Map<string, number[]>();
-  const sweep = setInterval(() => {
-    const cutoff = Date.now() - windowMs;
-    for (const [key, times] of seen) if ((times.at(-1) ?? 0) <= cutoff) seen.delete(key);
-  }, windowMs);
-  sweep.unref();
-  return {
-    admit(key: string): boolean {
-      const now = Date.now();
-      const times = (seen.get(key) ?? []).filter((time) => time > now - windowMs);
-      if (times.length >= max) {
-        seen.set(key, times);
-        return false;
-      }
-      times.push(now);
-      seen.set(key, times);
-      return true;
-    },
-    stop: () => clearInterval(sweep),
-  };
 }

@@ -87,8 +87,8 @@ async function status(messageId: string): Promise<DeliveryRecord | undefined> {
 }
 
 /** Sends `raw` over SMTP with the null sender, as an MTA sends a bounce. Resolves with the final reply. */
-async function deliver(to: string | string[], raw: Buffer): Promise<string> {
-  const client = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
+async function deliver(to: string | string[], raw: Buffer, via: { host?: string; localAddress?: string } = {}): Promise<string> {
+  const client = createTransport({ host: "127.0.0.1", ...via, port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
   try {
     const info = await client.sendMail({ envelope: { from: "", to }, raw });
     return info.response;
@@ -98,9 +98,9 @@ async function deliver(to: string | string[], raw: Buffer): Promise<string> {
 }
 
 /** Sends and returns the SMTP error's reply code (or 250). */
-async function replyCode(to: string | string[], raw: Buffer): Promise<number> {
+async function replyCode(to: string | string[], raw: Buffer, via: { host?: string; localAddress?: string } = {}): Promise<number> {
   try {
-    await deliver(to, raw);
+    await deliver(to, raw, via);
     return 250;
   } catch (error) {
     return (error as { responseCode?: number }).responseCode ?? -1;
@@ -151,6 +151,25 @@ describe("bounce intake: who may send what", () => {
 
     expect(codes).toEqual([250, 250, 250, 421]);
     expect(intake.rejections().rateLimited).toBe(1);
+  });
+
+  it("on a dual-stack listener, counts an IPv6 peer by its /64 (::1 here) and each IPv4 peer by its own address", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    await intake.close();
+    intake = await startBounceIntake({ host: "::", port: 0, bounceDomain, processor, logger: capture, connectionsPerMinute: 1 });
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delayed", status: "4.4.1" }] });
+    const from = (host: string, localAddress: string): Promise<number> =>
+      replyCode(verp(record.messageId), dsn, { host, localAddress });
+
+    // IPv4 peers arrive IPv4-mapped (::ffff:127.0.0.x), inside ::/64 like ::1, yet each is a peer of its own.
+    const codes = [await from("127.0.0.1", "127.0.0.1"), await from("127.0.0.1", "127.0.0.2"), await from("::1", "::1"), await from("::1", "::1")];
+
+    expect(codes).toEqual([250, 250, 250, 421]);
+    expect(lines.filter((line) => line["msg"] === "bounce intake connection refused: rate limit")).toMatchObject([
+      { remote: "::1", peer: "0:0:0:0::/64" },
+    ]);
   });
 });
 
