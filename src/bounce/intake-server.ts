@@ -5,6 +5,10 @@
  * sender bounces use, up to a size limit and a per-peer connection rate (IPv6: per /64),
  * and hands each message to the bounce processor.
  *
+ * With a certificate it offers STARTTLS (a DSN with RET=HDRS carries the
+ * original Subject, and with it the code), and can require it: MAIL before
+ * STARTTLS then gets 530 5.7.0.
+ *
  * Replies: 550 for any other recipient; 552 for an oversized message; 451
  * (try again later) when storage could not record the bounce; 250 otherwise,
  * including for bounces that are not usable, which are counted and logged
@@ -26,6 +30,11 @@ export interface BounceIntakeOptions {
   readonly bounceDomain: string;
   readonly processor: Pick<BounceProcessor, "process">;
   readonly logger: Logger;
+  /**
+   * STARTTLS with this certificate chain and key (PEM); `required`: MAIL
+   * before STARTTLS is refused with 530 5.7.0. undefined: no STARTTLS.
+   */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly required: boolean } | undefined;
   /** Largest message accepted (default 1 MiB); real DSNs with RET=HDRS are a few KB. */
   readonly maxBytes?: number | undefined;
   /** New connections per remote IPv4 address or IPv6 /64 per minute (default 60); more get 421. */
@@ -46,8 +55,8 @@ export interface BounceIntakeOptions {
 export interface BounceIntake {
   /** Where it listens (the real port when 0 or a fallback was used). */
   readonly address: { readonly host: string; readonly port: number };
-  /** Connections refused by the rate limit, and recipients refused with 550, so far. */
-  rejections(): { readonly rateLimited: number; readonly badRecipient: number };
+  /** Connections refused by the rate limit, recipients refused with 550, and MAIL refused before STARTTLS (530), so far. */
+  rejections(): { readonly rateLimited: number; readonly badRecipient: number; readonly withoutTls: number };
   /** Stops listening and drops open connections. */
   close(): Promise<void>;
 }
@@ -78,6 +87,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   const sockets = new Set<Socket>();
   let rateLimited = 0;
   let badRecipient = 0;
+  let withoutTls = 0;
 
   /** The message id a recipient names, or undefined when it is not one of ours. */
   function messageIdOf(address: string): string | undefined {
@@ -100,7 +110,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     }
     const raw = Buffer.concat(chunks);
     const ids = [...new Set(session.envelope.rcptTo.flatMap((rcpt) => messageIdOf(rcpt.address) ?? []))];
-    const source = { remoteAddress: session.remoteAddress, helo: heloOf(session) };
+    const source = { remoteAddress: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) };
     const work = Promise.all(ids.map((id) => options.processor.process(id, raw, source)));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_resolve, reject) => {
@@ -124,7 +134,9 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     banner: "OtpEmail bounce intake: delivery status notifications only",
     logger: false,
     authOptional: true,
-    disabledCommands: ["AUTH", "STARTTLS"],
+    // Without a certificate of ours, smtp-server would offer STARTTLS with its built-in (published) key.
+    disabledCommands: options.tls === undefined ? ["AUTH", "STARTTLS"] : ["AUTH"],
+    ...(options.tls === undefined ? {} : { cert: options.tls.cert, key: options.tls.key }),
     disableReverseLookup: true,
     size: maxBytes,
     maxClients: options.maxClients ?? defaults.maxClients,
@@ -142,7 +154,13 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       callback();
     },
 
-    onMailFrom(_address, _session, callback) {
+    onMailFrom(_address, session, callback) {
+      if (options.tls?.required === true && !session.secure) {
+        withoutTls++;
+        logger.warn({ remote: session.remoteAddress, helo: heloOf(session) }, "bounce intake refused MAIL before STARTTLS (BOUNCE_TLS_REQUIRED)");
+        callback(smtpError(530, "5.7.0 Must issue a STARTTLS command first"));
+        return;
+      }
       // Bounces come with the null sender (`MAIL FROM:<>`); anything else is fine too.
       callback();
     },
@@ -197,12 +215,13 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     );
     return free;
   });
-  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain }, "bounce intake listening");
+  const starttls = options.tls === undefined ? "off" : options.tls.required ? "required" : "offered";
+  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain, starttls }, "bounce intake listening");
 
   let closing: Promise<void> | undefined;
   return {
     address: { host: options.host, port },
-    rejections: () => ({ rateLimited, badRecipient }),
+    rejections: () => ({ rateLimited, badRecipient, withoutTls }),
     close() {
       closing ??= new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();
@@ -217,6 +236,12 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
 function heloOf(session: SMTPServerSession): string {
   const name = typeof session.hostNameAppearsAs === "string" ? session.hostNameAppearsAs : "";
   return name.replace(/[^\x21-\x7e]/g, "?").slice(0, 255);
+}
+
+/** The TLS protocol of the session (`TLSv1.3`), or `none` when the bounce came in clear. */
+function tlsOf(session: SMTPServerSession): string {
+  if (!session.secure) return "none";
+  return session.tlsOptions === false ? "tls" : session.tlsOptions.version;
 }
 
 function listen(server: SMTPServer, host: string, port: number): Promise<number> {

@@ -10,7 +10,7 @@ import { createTransport } from "nodemailer";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createBounceProcessor, type BounceOutcome, type BounceProcessor } from "../../src/bounce/bounce-processor.js";
-import { startBounceIntake, type BounceIntake } from "../../src/bounce/intake-server.js";
+import { startBounceIntake, type BounceIntake, type BounceIntakeOptions } from "../../src/bounce/intake-server.js";
 import { createSuppressionList, type SuppressionList } from "../../src/bounce/suppression.js";
 import { systemClock } from "../../src/clock.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
@@ -19,6 +19,7 @@ import { newMessageId } from "../../src/otp/code.js";
 import { createMemoryStore } from "../../src/store/memory-store.js";
 import type { OtpStore } from "../../src/store/types.js";
 import { dsnMessage, gmailDmarcDiagnostic, postfixUnknownUserDsn } from "../support/dsn-fixtures.js";
+import { makeSelfSigned } from "../support/self-signed.js";
 
 const logger = pino({ level: "silent" });
 const bounceDomain = "bounces.acme.test";
@@ -31,7 +32,7 @@ let intake: BounceIntake;
 let outcomes: BounceOutcome[];
 let applied: { record: DeliveryRecord; traceId: string }[];
 
-async function start(options: { connectionsPerMinute?: number; maxBytes?: number } = {}): Promise<void> {
+async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "tls">> = {}): Promise<void> {
   await intake.close();
   intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, ...options });
 }
@@ -298,7 +299,98 @@ describe("bounce intake: who sent it", () => {
 
     const about = lines.filter((line) => line["component"] === "bounce");
     expect(about.map((line) => line["msg"])).toEqual(["bounce applied", "bounce for an unknown message; not applied"]);
-    for (const line of about) expect(line).toMatchObject({ remote: "127.0.0.1", helo: "mx.forger.test", reporting_mta: "dns; mx.google.com" });
+    for (const line of about) expect(line).toMatchObject({ remote: "127.0.0.1", helo: "mx.forger.test", tls: "none", reporting_mta: "dns; mx.google.com" });
+  });
+});
+
+describe("bounce intake: STARTTLS", () => {
+  // The intake's certificate (for 127.0.0.1), which the clients below are told to trust.
+  const certificate = makeSelfSigned();
+  const unknownUserDsn = (messageId: string): Buffer =>
+    Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", messageId), "latin1");
+
+  /** What the intake says to EHLO. */
+  async function ehlo(): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const socket = connect(intake.address.port, "127.0.0.1");
+      let text = "";
+      socket.on("error", reject);
+      socket.on("data", (data: Buffer) => {
+        text += data.toString("latin1");
+        if (/^220 /m.test(text) && !text.includes("EHLO sent")) {
+          text += "EHLO sent\n";
+          socket.write("EHLO relay.test\r\n");
+        }
+        if (/^250 /m.test(text)) {
+          socket.end("QUIT\r\n");
+          resolve(text);
+        }
+      });
+    });
+  }
+
+  it("offers STARTTLS only with a certificate of its own", async () => {
+    expect(await ehlo()).not.toMatch(/STARTTLS/);
+
+    await start({ tls: { ...certificate, required: false } });
+
+    expect(await ehlo()).toMatch(/^250[- ]STARTTLS\r$/m);
+  });
+
+  it("a relay that upgrades with STARTTLS delivers its DSN: the message becomes BOUNCED, and the log says it came over TLS", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    processor = createBounceProcessor({ store, suppression, clock: systemClock, logger: capture, reportTtlMs: 3_600_000 });
+    await start({ tls: { ...certificate, required: false } });
+    const record = await acceptedMessage();
+    // requireTLS: the client fails rather than send in clear if the upgrade does not happen.
+    const relay = createTransport({
+      host: "127.0.0.1",
+      port: intake.address.port,
+      secure: false,
+      requireTLS: true,
+      tls: { ca: [certificate.cert] },
+      name: "relay.postfix.test",
+      logger: false,
+    });
+    try {
+      const info = await relay.sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) });
+      expect(info.response).toMatch(/^250 /);
+    } finally {
+      relay.close();
+    }
+
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
+    const about = lines.filter((line) => line["component"] === "bounce");
+    expect(about).toMatchObject([{ msg: "bounce applied", remote: "127.0.0.1", helo: "relay.postfix.test" }]);
+    expect(about[0]?.["tls"]).toMatch(/^TLSv1\.[23]$/);
+  });
+
+  it("with TLS required, a client that will not upgrade is refused (530 5.7.0) and nothing is recorded; one that upgrades is not", async () => {
+    await start({ tls: { ...certificate, required: true } });
+    const record = await acceptedMessage();
+    const plain = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
+    const refused = await plain
+      .sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) })
+      .then(
+        () => undefined,
+        (error: unknown) => error as { responseCode?: number; response?: string },
+      )
+      .finally(() => plain.close());
+
+    expect(refused?.responseCode).toBe(530);
+    expect(refused?.response).toBe("530 5.7.0 Must issue a STARTTLS command first");
+    expect(intake.rejections().withoutTls).toBe(1);
+    expect(outcomes).toEqual([]);
+    expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+
+    const secure = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, requireTLS: true, tls: { ca: [certificate.cert] }, logger: false });
+    try {
+      await secure.sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) });
+    } finally {
+      secure.close();
+    }
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
   });
 });
 
