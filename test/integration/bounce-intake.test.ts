@@ -110,6 +110,10 @@ async function replyCode(to: string | string[], raw: Buffer, via: { host?: strin
 
 const verp = (messageId: string): string => `bounce+${messageId}@${bounceDomain}`;
 
+/** Postfix's 5.1.1 bounce (RET=HDRS), about `messageId`. */
+const unknownUserDsn = (messageId: string): Buffer =>
+  Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", messageId), "latin1");
+
 describe("bounce intake: who may send what", () => {
   it("takes a bounce from the null sender for bounce+<id>@<bounce domain>, and 550s every other recipient", async () => {
     const record = await acceptedMessage();
@@ -303,11 +307,59 @@ describe("bounce intake: who sent it", () => {
   });
 });
 
+describe("bounce intake: what its log lines say about the sender", () => {
+  /** Speaks SMTP on a raw socket: `EHLO helo`, a bounce for `messageId`, QUIT. Resolves when the server closes. */
+  function rawBounce(helo: string, messageId: string, raw: Buffer): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const socket = connect(intake.address.port, "127.0.0.1");
+      let text = "";
+      let sent = false;
+      socket.on("error", reject);
+      socket.on("close", () => resolve(text));
+      // A server that stops answering ends the conversation; the caller looks at the transcript.
+      socket.setTimeout(5000, () => socket.destroy());
+      socket.on("data", (data: Buffer) => {
+        text += data.toString("utf8");
+        if (!sent && /^220 /m.test(text)) {
+          sent = true;
+          socket.write(`EHLO ${helo}\r\nMAIL FROM:<>\r\nRCPT TO:<${verp(messageId)}>\r\nDATA\r\n`, "utf8");
+        }
+        if (/^354 /m.test(text) && !text.includes("DATA-SENT")) {
+          text += "DATA-SENT\n";
+          socket.write(Buffer.concat([raw, Buffer.from("\r\n.\r\nQUIT\r\n")]));
+        }
+      });
+    });
+  }
+
+  it("logs the HELO name as printable ASCII of at most 255 characters, the peer's IP unmasked, and nothing of the report's headers", async () => {
+    const lines: string[] = [];
+    const capture = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+    processor = createBounceProcessor({ store, suppression, clock: systemClock, logger: capture, reportTtlMs: 3_600_000 });
+    await intake.close();
+    intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger: capture });
+    const record = await acceptedMessage();
+    // smtp-server takes up to 300 characters, of any kind but control characters.
+    const helo = `Ünïcode-${"a".repeat(280)}.test`;
+    // RET=HDRS returns the original headers: their Subject holds the code (482913), their To the address.
+    const raw = unknownUserDsn(record.messageId);
+    expect(raw.toString("latin1")).toMatch(/^Subject: 482913 is your Acme sign-in code/m);
+
+    const transcript = await rawBounce(helo, record.messageId, raw);
+
+    expect(transcript).toMatch(/^250 2\.0\.0 Report received/m);
+    const applied = lines.map((line) => JSON.parse(line) as Record<string, unknown>).find((line) => line["msg"] === "bounce applied");
+    expect(applied).toMatchObject({ remote: "127.0.0.1", tls: "none" });
+    expect(applied?.["helo"]).toMatch(/^\?+n\?+code-a+$/);
+    expect(applied?.["helo"]).toHaveLength(255);
+    const everything = lines.join("\n");
+    for (const secret of ["482913", "nobody@"]) expect(everything).not.toContain(secret);
+  });
+});
+
 describe("bounce intake: STARTTLS", () => {
   // The intake's certificate (for 127.0.0.1), which the clients below are told to trust.
   const certificate = makeSelfSigned();
-  const unknownUserDsn = (messageId: string): Buffer =>
-    Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", messageId), "latin1");
 
   /** What the intake says to EHLO. */
   async function ehlo(): Promise<string> {
