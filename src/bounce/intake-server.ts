@@ -217,6 +217,12 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   });
   const starttls = options.tls === undefined ? "off" : options.tls.required ? "required" : "offered";
   logger.info({ address: `${options.host}:${port}`, bounce_domain: domain, starttls }, "bounce intake listening");
+  if (options.tls === undefined && !isLoopback(options.host)) {
+    logger.warn(
+      { address: `${options.host}:${port}` },
+      "bounce intake listens beyond loopback without STARTTLS: DSNs, whose returned headers hold the code, reach it in clear; set BOUNCE_TLS_CERT and BOUNCE_TLS_KEY",
+    );
+  }
 
   let closing: Promise<void> | undefined;
   return {
@@ -236,6 +242,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
 function heloOf(session: SMTPServerSession): string {
   const name = typeof session.hostNameAppearsAs === "string" ? session.hostNameAppearsAs : "";
   return name.replace(/[^\x21-\x7e]/g, "?").slice(0, 255);
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
 }
 
 /** The TLS protocol of the session (`TLSv1.3`), or `none` when the bounce came in clear. */

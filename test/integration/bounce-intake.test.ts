@@ -381,6 +381,28 @@ describe("bounce intake: STARTTLS", () => {
     });
   }
 
+  it("warns at start when it listens beyond loopback without STARTTLS, and only then", async () => {
+    const warnings: unknown[] = [];
+    const capture = pino({ level: "warn" }, { write: (line: string) => void warnings.push((JSON.parse(line) as Record<string, unknown>)["msg"]) });
+    const cases: [string, BounceIntakeOptions["tls"]][] = [
+      ["127.0.0.1", undefined],
+      ["::1", undefined],
+      ["::", { ...certificate, required: false }],
+      ["::", undefined],
+    ];
+    const seen: number[] = [];
+    for (const [host, tls] of cases) {
+      await intake.close();
+      intake = await startBounceIntake({ host, port: 0, bounceDomain, processor, logger: capture, tls });
+      seen.push(warnings.length);
+    }
+
+    expect(seen).toEqual([0, 0, 0, 1]);
+    expect(warnings[0]).toBe(
+      "bounce intake listens beyond loopback without STARTTLS: DSNs, whose returned headers hold the code, reach it in clear; set BOUNCE_TLS_CERT and BOUNCE_TLS_KEY",
+    );
+  });
+
   it("offers STARTTLS only with a certificate of its own", async () => {
     expect(await ehlo()).not.toMatch(/STARTTLS/);
 
