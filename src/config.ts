@@ -225,14 +225,22 @@ function parseHostPort(name: string, raw: string): string {
   return raw;
 }
 
-/** Reads a PEM value given inline or as a file path. */
-function readPem(name: string, raw: string | undefined): string | undefined {
+/**
+ * Reads a PEM value given inline or as a file path. With `secret` (private
+ * keys), the value is shown in a message only when it is plainly a path
+ * (`/...`, `./...`): a key pasted without its PEM lines would otherwise be
+ * echoed as a "file name".
+ */
+function readPem(name: string, raw: string | undefined, secret = false): string | undefined {
   if (raw === undefined) return undefined;
   if (raw.includes("-----BEGIN")) return raw;
   try {
     return readFileSync(raw, "utf8");
   } catch (error) {
-    throw new ConfigError(`${name}: cannot read ${raw}: ${(error as Error).message}`);
+    const code = (error as NodeJS.ErrnoException).code ?? "error";
+    const reasons: Readonly<Record<string, string>> = { ENOENT: "no such file", EACCES: "permission denied", EISDIR: "a directory, not a file" };
+    const shown = secret && !/^\.{0,2}\//.test(raw) ? "the file it names" : raw;
+    throw new ConfigError(`${name}: cannot read ${shown}: ${reasons[code] ?? "unreadable"} (${code}); give PEM text or the path of a PEM file`);
   }
 }
 
@@ -278,7 +286,7 @@ function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "
   let tls: Config["tls"];
   if (certRaw !== undefined && keyRaw !== undefined) {
     const cert = certificate("TLS_CERT", certRaw);
-    const key = readPem("TLS_KEY", keyRaw) ?? "";
+    const key = readPem("TLS_KEY", keyRaw, true) ?? "";
     try {
       createPrivateKey(key);
     } catch (error) {
@@ -523,7 +531,7 @@ function readDkim(read: Reader, fromAddress: string): Config["dkim"] {
     throw new ConfigError(`DKIM_SELECTOR=${selector}: must be DNS labels (letters, digits, '-', '_', '.'), such as s2025`);
   }
   // Inline PEM in an env file often arrives with literal "\n" escapes.
-  const privateKey = (readPem("DKIM_PRIVATE_KEY", keyRaw) ?? "").replace(/\\n/g, "\n");
+  const privateKey = (readPem("DKIM_PRIVATE_KEY", keyRaw, true) ?? "").replace(/\\n/g, "\n");
   let key;
   try {
     key = createPrivateKey(privateKey);
@@ -593,27 +601,11 @@ function readBounceTls(read: Reader): Config["bounce"]["tls"] {
   return { cert, key, required };
 }
 
-/**
- * PEM text given inline or as a file path, checked to hold a `-----BEGIN
- * ...<label>-----` block. With `secret`, the value is shown in a message only
- * when it is plainly a path (`/...`, `./...`): a key pasted without its PEM
- * header would otherwise be echoed as a "file name".
- */
+/** PEM text given inline or as a file path (see readPem), checked to hold a `-----BEGIN ...<label>-----` block. */
 function readPemValue(name: string, raw: string, label: string, secret: boolean): string {
-  const shown = !secret || /^\.{0,2}\//.test(raw) ? raw : "the file it names";
-  let pem = raw;
-  if (!raw.includes("-----BEGIN")) {
-    try {
-      pem = readFileSync(raw, "utf8");
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? "error";
-      const reasons: Readonly<Record<string, string>> = { ENOENT: "no such file", EACCES: "permission denied", EISDIR: "a directory, not a file" };
-      const why = reasons[code] ?? "unreadable";
-      throw new ConfigError(`${name}: cannot read ${shown}: ${why} (${code}); give PEM text or the path of a PEM file`);
-    }
-  }
+  const pem = readPem(name, raw, secret) ?? "";
   if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem)) {
-    const where = pem === raw ? "the value" : shown;
+    const where = pem === raw ? "the value" : !secret || /^\.{0,2}\//.test(raw) ? raw : "the file it names";
     throw new ConfigError(`${name}: ${where} holds no PEM ${label.toLowerCase()} (a -----BEGIN ...${label}----- block)`);
   }
   return pem;
