@@ -238,7 +238,12 @@ function readPem(name: string, raw: string | undefined, secret = false): string 
     return readFileSync(raw, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "error";
-    const reasons: Readonly<Record<string, string>> = { ENOENT: "no such file", EACCES: "permission denied", EISDIR: "a directory, not a file" };
+    const reasons: Readonly<Record<string, string>> = {
+      ENOENT: "no such file",
+      EACCES: "permission denied",
+      EISDIR: "a directory, not a file",
+      ENAMETOOLONG: "not a file name (too long)",
+    };
     const shown = secret && !/^\.{0,2}\//.test(raw) ? "the file it names" : raw;
     throw new ConfigError(`${name}: cannot read ${shown}: ${reasons[code] ?? "unreadable"} (${code}); give PEM text or the path of a PEM file`);
   }
