@@ -244,6 +244,7 @@ export async function startApp(options: AppOptions): Promise<App> {
         fallbackToFreePort: config.bounce.smtpAddrIsDefault,
         bounceDomain,
         connectionsPerMinute: config.bounce.connectionsPerMinute,
+        tls: config.bounce.tls,
         logger,
         processor: createBounceProcessor({
           store,

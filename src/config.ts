@@ -5,7 +5,7 @@
  *
  * Durations accept `500ms`, `30s`, `10m`, `2h`, `7d` (or plain milliseconds).
  */
-import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
@@ -107,8 +107,14 @@ export interface Config {
     readonly smtpAddr: string | undefined;
     /** Whether BOUNCE_SMTP_ADDR is the development default (may fall back to a free port). */
     readonly smtpAddrIsDefault: boolean;
-    /** BOUNCE_CONNECTIONS_PER_MINUTE: new intake connections per remote address per minute. */
+    /** BOUNCE_CONNECTIONS_PER_MINUTE: new intake connections per peer (IPv4 address or IPv6 /64) per minute. */
     readonly connectionsPerMinute: number;
+    /**
+     * BOUNCE_TLS_CERT, BOUNCE_TLS_KEY (PEM), BOUNCE_TLS_REQUIRED: the intake
+     * offers STARTTLS with this certificate, and with `required` refuses MAIL
+     * before it. undefined: no STARTTLS.
+     */
+    readonly tls: { readonly cert: string; readonly key: string; readonly required: boolean } | undefined;
     /** SUPPRESSION_TTL: how long a "no such mailbox" bounce suppresses its recipient. */
     readonly suppressionTtlMs: number;
   };
@@ -226,14 +232,27 @@ function parseHostPort(name: string, raw: string): string {
   return raw;
 }
 
-/** Reads a PEM value given inline or as a file path. */
-function readPem(name: string, raw: string | undefined): string | undefined {
+/**
+ * Reads a PEM value given inline or as a file path. With `secret` (private
+ * keys), the value is shown in a message only when it is plainly a path
+ * (`/...`, `./...`): a key pasted without its PEM lines would otherwise be
+ * echoed as a "file name".
+ */
+function readPem(name: string, raw: string | undefined, secret = false): string | undefined {
   if (raw === undefined) return undefined;
   if (raw.includes("-----BEGIN")) return raw;
   try {
     return readFileSync(raw, "utf8");
   } catch (error) {
-    throw new ConfigError(`${name}: cannot read ${raw}: ${(error as Error).message}`);
+    const code = (error as NodeJS.ErrnoException).code ?? "error";
+    const reasons: Readonly<Record<string, string>> = {
+      ENOENT: "no such file",
+      EACCES: "permission denied",
+      EISDIR: "a directory, not a file",
+      ENAMETOOLONG: "not a file name (too long)",
+    };
+    const shown = secret && !/^\.{0,2}\//.test(raw) ? "the file it names" : raw;
+    throw new ConfigError(`${name}: cannot read ${shown}: ${reasons[code] ?? "unreadable"} (${code}); give PEM text or the path of a PEM file`);
   }
 }
 
@@ -279,7 +298,7 @@ function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "
   let tls: Config["tls"];
   if (certRaw !== undefined && keyRaw !== undefined) {
     const cert = certificate("TLS_CERT", certRaw);
-    const key = readPem("TLS_KEY", keyRaw) ?? "";
+    const key = readPem("TLS_KEY", keyRaw, true) ?? "";
     try {
       createPrivateKey(key);
     } catch (error) {
@@ -503,6 +522,7 @@ export function loadConfig(env: Env): Config {
       domain: optionalDomain("BOUNCE_DOMAIN", read.string("BOUNCE_DOMAIN")),
       ...readBounceSmtpAddr(read.string("BOUNCE_SMTP_ADDR"), nodeEnv),
       connectionsPerMinute: read.int("BOUNCE_CONNECTIONS_PER_MINUTE", 60, 1, 100_000),
+      tls: readBounceTls(read),
       suppressionTtlMs: read.duration("SUPPRESSION_TTL", 30 * 86_400_000, 60_000, 365 * 86_400_000),
     },
     doctor: {
@@ -538,7 +558,7 @@ function readDkim(read: Reader, fromAddress: string): Config["dkim"] {
     throw new ConfigError(`DKIM_SELECTOR=${selector}: must be DNS labels (letters, digits, '-', '_', '.'), such as s2025`);
   }
   // Inline PEM in an env file often arrives with literal "\n" escapes.
-  const privateKey = (readPem("DKIM_PRIVATE_KEY", keyRaw) ?? "").replace(/\\n/g, "\n");
+  const privateKey = (readPem("DKIM_PRIVATE_KEY", keyRaw, true) ?? "").replace(/\\n/g, "\n");
   let key;
   try {
     key = createPrivateKey(privateKey);
@@ -566,6 +586,56 @@ function readBounceSmtpAddr(
   }
   if (raw.toLowerCase() === "off") return { smtpAddr: undefined, smtpAddrIsDefault: false };
   return { smtpAddr: parseHostPort("BOUNCE_SMTP_ADDR", raw), smtpAddrIsDefault: false };
+}
+
+/**
+ * BOUNCE_TLS_CERT / BOUNCE_TLS_KEY (PEM text or file paths; both or neither)
+ * and BOUNCE_TLS_REQUIRED. Checked here, so that a wrong file stops the start
+ * instead of failing every relay's STARTTLS later; the key's value and
+ * content never appear in a message.
+ */
+function readBounceTls(read: Reader): Config["bounce"]["tls"] {
+  const certRaw = read.string("BOUNCE_TLS_CERT");
+  const keyRaw = read.string("BOUNCE_TLS_KEY");
+  const required = read.boolean("BOUNCE_TLS_REQUIRED");
+  if (certRaw === undefined && keyRaw === undefined) {
+    if (required) throw new ConfigError("BOUNCE_TLS_REQUIRED: needs BOUNCE_TLS_CERT and BOUNCE_TLS_KEY (the intake's certificate and key)");
+    return undefined;
+  }
+  if (certRaw === undefined || keyRaw === undefined) {
+    const [missing, given] = certRaw === undefined ? ["BOUNCE_TLS_CERT", "BOUNCE_TLS_KEY"] : ["BOUNCE_TLS_KEY", "BOUNCE_TLS_CERT"];
+    throw new ConfigError(`${missing}: required with ${given} (PEM text or a file path)`);
+  }
+  const cert = readPemValue("BOUNCE_TLS_CERT", certRaw, "CERTIFICATE", false);
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(cert);
+  } catch (error) {
+    throw new ConfigError(`BOUNCE_TLS_CERT: not a usable PEM certificate (${(error as Error).message})`);
+  }
+  const key = readPemValue("BOUNCE_TLS_KEY", keyRaw, "PRIVATE KEY", true);
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (error) {
+    throw new ConfigError(`BOUNCE_TLS_KEY: not a usable unencrypted PEM private key (${(error as Error).message})`);
+  }
+  if (!certificate.checkPrivateKey(privateKey)) {
+    throw new ConfigError(
+      `BOUNCE_TLS_KEY: does not match BOUNCE_TLS_CERT (the certificate for ${certificate.subject.replace(/\n/g, ", ")}; the first certificate of the file must be the one the key belongs to)`,
+    );
+  }
+  return { cert, key, required };
+}
+
+/** PEM text given inline or as a file path (see readPem), checked to hold a `-----BEGIN ...<label>-----` block. */
+function readPemValue(name: string, raw: string, label: string, secret: boolean): string {
+  const pem = readPem(name, raw, secret) ?? "";
+  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem)) {
+    const where = pem === raw ? "the value" : !secret || /^\.{0,2}\//.test(raw) ? raw : "the file it names";
+    throw new ConfigError(`${name}: ${where} holds no PEM ${label.toLowerCase()} (a -----BEGIN ...${label}----- block)`);
+  }
+  return pem;
 }
 
 function readRelayIp(raw: string | undefined): string | undefined {

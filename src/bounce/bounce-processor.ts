@@ -65,6 +65,8 @@ export interface BounceSource {
   readonly remoteAddress: string;
   /** The name it gave in HELO/EHLO (bounded, control characters dropped). */
   readonly helo: string;
+  /** The TLS protocol it came over (`TLSv1.3`), or `none` in clear. */
+  readonly tls?: string | undefined;
 }
 
 export interface BounceProcessor {
@@ -103,7 +105,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
   }
 
   async function processBounce(messageId: string, raw: Buffer, source?: BounceSource): Promise<BounceOutcome> {
-    const logger = source === undefined ? baseLogger : baseLogger.child({ remote: source.remoteAddress, helo: source.helo });
+    const logger = source === undefined ? baseLogger : baseLogger.child({ remote: source.remoteAddress, helo: source.helo, tls: source.tls });
     const parsed = await parseDsn(raw);
     if (!parsed.ok) {
       logger.warn({ message_id: messageId, reason: parsed.reason, bytes: raw.length }, "bounce is not an RFC 3464 DSN; not applied");

@@ -2,8 +2,12 @@
  * The bounce intake: an SMTP listener (smtp-server) for the MX of the bounce
  * domain. It takes mail only for `bounce+<message id>@<bounce domain>` (the
  * VERP envelope senders of our messages), from anyone and with the null
- * sender bounces use, up to a size limit and a per-address connection rate,
+ * sender bounces use, up to a size limit and a per-peer connection rate (IPv6: per /64),
  * and hands each message to the bounce processor.
+ *
+ * With a certificate it offers STARTTLS (a DSN with RET=HDRS carries the
+ * original Subject, and with it the code), and can require it: MAIL before
+ * STARTTLS then gets 530 5.7.0.
  *
  * Replies: 550 for any other recipient; 552 for an oversized message; 451
  * (try again later) when storage could not record the bounce; 250 otherwise,
@@ -15,6 +19,7 @@ import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "s
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { BounceProcessor } from "./bounce-processor.js";
+import { connectionRateKey, createConnectionRate } from "./connection-rate.js";
 
 export interface BounceIntakeOptions {
   /** Address to listen on (`127.0.0.1`, `0.0.0.0`). */
@@ -25,9 +30,14 @@ export interface BounceIntakeOptions {
   readonly bounceDomain: string;
   readonly processor: Pick<BounceProcessor, "process">;
   readonly logger: Logger;
+  /**
+   * STARTTLS with this certificate chain and key (PEM); `required`: MAIL
+   * before STARTTLS is refused with 530 5.7.0. undefined: no STARTTLS.
+   */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly required: boolean } | undefined;
   /** Largest message accepted (default 1 MiB); real DSNs with RET=HDRS are a few KB. */
   readonly maxBytes?: number | undefined;
-  /** New connections per remote address per minute (default 60); more get 421. */
+  /** New connections per remote IPv4 address or IPv6 /64 per minute (default 60); more get 421. */
   readonly connectionsPerMinute?: number | undefined;
   /** Simultaneous connections (default 50). */
   readonly maxClients?: number | undefined;
@@ -45,8 +55,8 @@ export interface BounceIntakeOptions {
 export interface BounceIntake {
   /** Where it listens (the real port when 0 or a fallback was used). */
   readonly address: { readonly host: string; readonly port: number };
-  /** Connections refused by the rate limit, and recipients refused with 550, so far. */
-  rejections(): { readonly rateLimited: number; readonly badRecipient: number };
+  /** Connections refused by the rate limit, recipients refused with 550, and MAIL refused before STARTTLS (530), so far. */
+  rejections(): { readonly rateLimited: number; readonly badRecipient: number; readonly withoutTls: number };
   /** Stops listening and drops open connections. */
   close(): Promise<void>;
 }
@@ -73,10 +83,11 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   const domain = options.bounceDomain.toLowerCase();
   const logger = options.logger.child({ component: "bounce-intake" });
   const recipient = new RegExp(`^bounce\\+([0-9a-z]+)@${domain.replace(/\./g, "\\.")}$`, "i");
-  const connections = createRateWindow(perMinute, 60_000);
+  const connections = createConnectionRate({ max: perMinute, windowMs: 60_000 });
   const sockets = new Set<Socket>();
   let rateLimited = 0;
   let badRecipient = 0;
+  let withoutTls = 0;
 
   /** The message id a recipient names, or undefined when it is not one of ours. */
   function messageIdOf(address: string): string | undefined {
@@ -99,7 +110,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     }
     const raw = Buffer.concat(chunks);
     const ids = [...new Set(session.envelope.rcptTo.flatMap((rcpt) => messageIdOf(rcpt.address) ?? []))];
-    const source = { remoteAddress: session.remoteAddress, helo: heloOf(session) };
+    const source = { remoteAddress: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) };
     const work = Promise.all(ids.map((id) => options.processor.process(id, raw, source)));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_resolve, reject) => {
@@ -123,7 +134,9 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     banner: "OtpEmail bounce intake: delivery status notifications only",
     logger: false,
     authOptional: true,
-    disabledCommands: ["AUTH", "STARTTLS"],
+    // Without a certificate of ours, smtp-server would offer STARTTLS with its built-in (published) key.
+    disabledCommands: options.tls === undefined ? ["AUTH", "STARTTLS"] : ["AUTH"],
+    ...(options.tls === undefined ? {} : { cert: options.tls.cert, key: options.tls.key }),
     disableReverseLookup: true,
     size: maxBytes,
     maxClients: options.maxClients ?? defaults.maxClients,
@@ -133,14 +146,21 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     onConnect(session, callback) {
       if (!connections.admit(session.remoteAddress)) {
         rateLimited++;
-        logger.warn({ remote: session.remoteAddress }, "bounce intake connection refused: rate limit");
-        callback(smtpError(421, "4.7.0 Too many connections from your address; try again later"));
+        const peer = connectionRateKey(session.remoteAddress);
+        logger.warn({ remote: session.remoteAddress, peer }, "bounce intake connection refused: rate limit");
+        callback(smtpError(421, `4.7.0 Too many connections from ${peer}; try again later`));
         return;
       }
       callback();
     },
 
-    onMailFrom(_address, _session, callback) {
+    onMailFrom(_address, session, callback) {
+      if (options.tls?.required === true && !session.secure) {
+        withoutTls++;
+        logger.warn({ remote: session.remoteAddress, helo: heloOf(session) }, "bounce intake refused MAIL before STARTTLS (BOUNCE_TLS_REQUIRED)");
+        callback(smtpError(530, "5.7.0 Must issue a STARTTLS command first"));
+        return;
+      }
       // Bounces come with the null sender (`MAIL FROM:<>`); anything else is fine too.
       callback();
     },
@@ -195,15 +215,21 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     );
     return free;
   });
-  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain }, "bounce intake listening");
+  const starttls = options.tls === undefined ? "off" : options.tls.required ? "required" : "offered";
+  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain, starttls }, "bounce intake listening");
+  if (options.tls === undefined && !isLoopback(options.host)) {
+    logger.warn(
+      { address: `${options.host}:${port}` },
+      "bounce intake listens beyond loopback without STARTTLS: DSNs, whose returned headers hold the code, reach it in clear; set BOUNCE_TLS_CERT and BOUNCE_TLS_KEY",
+    );
+  }
 
   let closing: Promise<void> | undefined;
   return {
     address: { host: options.host, port },
-    rejections: () => ({ rateLimited, badRecipient }),
+    rejections: () => ({ rateLimited, badRecipient, withoutTls }),
     close() {
       closing ??= new Promise<void>((resolve) => {
-        connections.stop();
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       });
@@ -218,6 +244,16 @@ function heloOf(session: SMTPServerSession): string {
   return name.replace(/[^\x21-\x7e]/g, "?").slice(0, 255);
 }
 
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+/** The TLS protocol of the session (`TLSv1.3`), or `none` when the bounce came in clear. */
+function tlsOf(session: SMTPServerSession): string {
+  if (!session.secure) return "none";
+  return session.tlsOptions === false ? "tls" : session.tlsOptions.version;
+}
+
 function listen(server: SMTPServer, host: string, port: number): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     const onError = (error: Error): void => reject(error);
@@ -228,28 +264,4 @@ function listen(server: SMTPServer, host: string, port: number): Promise<number>
       resolve(typeof address === "object" && address !== null ? address.port : port);
     });
   });
-}
-
-/** At most `max` events per key within a sliding `windowMs`; memory bounded by a periodic sweep. */
-function createRateWindow(max: number, windowMs: number) {
-  const seen = new Map<string, number[]>();
-  const sweep = setInterval(() => {
-    const cutoff = Date.now() - windowMs;
-    for (const [key, times] of seen) if ((times.at(-1) ?? 0) <= cutoff) seen.delete(key);
-  }, windowMs);
-  sweep.unref();
-  return {
-    admit(key: string): boolean {
-      const now = Date.now();
-      const times = (seen.get(key) ?? []).filter((time) => time > now - windowMs);
-      if (times.length >= max) {
-        seen.set(key, times);
-        return false;
-      }
-      times.push(now);
-      seen.set(key, times);
-      return true;
-    },
-    stop: () => clearInterval(sweep),
-  };
 }

@@ -10,7 +10,7 @@ import { createTransport } from "nodemailer";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createBounceProcessor, type BounceOutcome, type BounceProcessor } from "../../src/bounce/bounce-processor.js";
-import { startBounceIntake, type BounceIntake } from "../../src/bounce/intake-server.js";
+import { startBounceIntake, type BounceIntake, type BounceIntakeOptions } from "../../src/bounce/intake-server.js";
 import { createSuppressionList, type SuppressionList } from "../../src/bounce/suppression.js";
 import { systemClock } from "../../src/clock.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
@@ -19,6 +19,7 @@ import { newMessageId } from "../../src/otp/code.js";
 import { createMemoryStore } from "../../src/store/memory-store.js";
 import type { OtpStore } from "../../src/store/types.js";
 import { dsnMessage, gmailDmarcDiagnostic, postfixUnknownUserDsn } from "../support/dsn-fixtures.js";
+import { makeSelfSigned } from "../support/self-signed.js";
 
 const logger = pino({ level: "silent" });
 const bounceDomain = "bounces.acme.test";
@@ -31,7 +32,7 @@ let intake: BounceIntake;
 let outcomes: BounceOutcome[];
 let applied: { record: DeliveryRecord; traceId: string }[];
 
-async function start(options: { connectionsPerMinute?: number; maxBytes?: number } = {}): Promise<void> {
+async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "tls">> = {}): Promise<void> {
   await intake.close();
   intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, ...options });
 }
@@ -87,8 +88,8 @@ async function status(messageId: string): Promise<DeliveryRecord | undefined> {
 }
 
 /** Sends `raw` over SMTP with the null sender, as an MTA sends a bounce. Resolves with the final reply. */
-async function deliver(to: string | string[], raw: Buffer): Promise<string> {
-  const client = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
+async function deliver(to: string | string[], raw: Buffer, via: { host?: string; localAddress?: string } = {}): Promise<string> {
+  const client = createTransport({ host: "127.0.0.1", ...via, port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
   try {
     const info = await client.sendMail({ envelope: { from: "", to }, raw });
     return info.response;
@@ -98,9 +99,9 @@ async function deliver(to: string | string[], raw: Buffer): Promise<string> {
 }
 
 /** Sends and returns the SMTP error's reply code (or 250). */
-async function replyCode(to: string | string[], raw: Buffer): Promise<number> {
+async function replyCode(to: string | string[], raw: Buffer, via: { host?: string; localAddress?: string } = {}): Promise<number> {
   try {
-    await deliver(to, raw);
+    await deliver(to, raw, via);
     return 250;
   } catch (error) {
     return (error as { responseCode?: number }).responseCode ?? -1;
@@ -108,6 +109,10 @@ async function replyCode(to: string | string[], raw: Buffer): Promise<number> {
 }
 
 const verp = (messageId: string): string => `bounce+${messageId}@${bounceDomain}`;
+
+/** Postfix's 5.1.1 bounce (RET=HDRS), about `messageId`. */
+const unknownUserDsn = (messageId: string): Buffer =>
+  Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", messageId), "latin1");
 
 describe("bounce intake: who may send what", () => {
   it("takes a bounce from the null sender for bounce+<id>@<bounce domain>, and 550s every other recipient", async () => {
@@ -151,6 +156,25 @@ describe("bounce intake: who may send what", () => {
 
     expect(codes).toEqual([250, 250, 250, 421]);
     expect(intake.rejections().rateLimited).toBe(1);
+  });
+
+  it("on a dual-stack listener, counts an IPv6 peer by its /64 (::1 here) and each IPv4 peer by its own address", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    await intake.close();
+    intake = await startBounceIntake({ host: "::", port: 0, bounceDomain, processor, logger: capture, connectionsPerMinute: 1 });
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delayed", status: "4.4.1" }] });
+    const from = (host: string, localAddress: string): Promise<number> =>
+      replyCode(verp(record.messageId), dsn, { host, localAddress });
+
+    // IPv4 peers arrive IPv4-mapped (::ffff:127.0.0.x), inside ::/64 like ::1, yet each is a peer of its own.
+    const codes = [await from("127.0.0.1", "127.0.0.1"), await from("127.0.0.1", "127.0.0.2"), await from("::1", "::1"), await from("::1", "::1")];
+
+    expect(codes).toEqual([250, 250, 250, 421]);
+    expect(lines.filter((line) => line["msg"] === "bounce intake connection refused: rate limit")).toMatchObject([
+      { remote: "::1", peer: "0:0:0:0::/64" },
+    ]);
   });
 });
 
@@ -279,7 +303,168 @@ describe("bounce intake: who sent it", () => {
 
     const about = lines.filter((line) => line["component"] === "bounce");
     expect(about.map((line) => line["msg"])).toEqual(["bounce applied", "bounce for an unknown message; not applied"]);
-    for (const line of about) expect(line).toMatchObject({ remote: "127.0.0.1", helo: "mx.forger.test", reporting_mta: "dns; mx.google.com" });
+    for (const line of about) expect(line).toMatchObject({ remote: "127.0.0.1", helo: "mx.forger.test", tls: "none", reporting_mta: "dns; mx.google.com" });
+  });
+});
+
+describe("bounce intake: what its log lines say about the sender", () => {
+  /** Speaks SMTP on a raw socket: `EHLO helo`, a bounce for `messageId`, QUIT. Resolves when the server closes. */
+  function rawBounce(helo: string, messageId: string, raw: Buffer): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const socket = connect(intake.address.port, "127.0.0.1");
+      let text = "";
+      let sent = false;
+      socket.on("error", reject);
+      socket.on("close", () => resolve(text));
+      // A server that stops answering ends the conversation; the caller looks at the transcript.
+      socket.setTimeout(5000, () => socket.destroy());
+      socket.on("data", (data: Buffer) => {
+        text += data.toString("utf8");
+        if (!sent && /^220 /m.test(text)) {
+          sent = true;
+          socket.write(`EHLO ${helo}\r\nMAIL FROM:<>\r\nRCPT TO:<${verp(messageId)}>\r\nDATA\r\n`, "utf8");
+        }
+        if (/^354 /m.test(text) && !text.includes("DATA-SENT")) {
+          text += "DATA-SENT\n";
+          socket.write(Buffer.concat([raw, Buffer.from("\r\n.\r\nQUIT\r\n")]));
+        }
+      });
+    });
+  }
+
+  it("logs the HELO name as printable ASCII of at most 255 characters, the peer's IP unmasked, and nothing of the report's headers", async () => {
+    const lines: string[] = [];
+    const capture = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+    processor = createBounceProcessor({ store, suppression, clock: systemClock, logger: capture, reportTtlMs: 3_600_000 });
+    await intake.close();
+    intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger: capture });
+    const record = await acceptedMessage();
+    // smtp-server takes up to 300 characters, of any kind but control characters.
+    const helo = `Ünïcode-${"a".repeat(280)}.test`;
+    // RET=HDRS returns the original headers: their Subject holds the code (482913), their To the address.
+    const raw = unknownUserDsn(record.messageId);
+    expect(raw.toString("latin1")).toMatch(/^Subject: 482913 is your Acme sign-in code/m);
+
+    const transcript = await rawBounce(helo, record.messageId, raw);
+
+    expect(transcript).toMatch(/^250 2\.0\.0 Report received/m);
+    const applied = lines.map((line) => JSON.parse(line) as Record<string, unknown>).find((line) => line["msg"] === "bounce applied");
+    expect(applied).toMatchObject({ remote: "127.0.0.1", tls: "none" });
+    expect(applied?.["helo"]).toMatch(/^\?+n\?+code-a+$/);
+    expect(applied?.["helo"]).toHaveLength(255);
+    const everything = lines.join("\n");
+    for (const secret of ["482913", "nobody@"]) expect(everything).not.toContain(secret);
+  });
+});
+
+describe("bounce intake: STARTTLS", () => {
+  // The intake's certificate (for 127.0.0.1), which the clients below are told to trust.
+  const certificate = makeSelfSigned();
+
+  /** What the intake says to EHLO. */
+  async function ehlo(): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const socket = connect(intake.address.port, "127.0.0.1");
+      let text = "";
+      socket.on("error", reject);
+      socket.on("data", (data: Buffer) => {
+        text += data.toString("latin1");
+        if (/^220 /m.test(text) && !text.includes("EHLO sent")) {
+          text += "EHLO sent\n";
+          socket.write("EHLO relay.test\r\n");
+        }
+        if (/^250 /m.test(text)) {
+          socket.end("QUIT\r\n");
+          resolve(text);
+        }
+      });
+    });
+  }
+
+  it("warns at start when it listens beyond loopback without STARTTLS, and only then", async () => {
+    const warnings: unknown[] = [];
+    const capture = pino({ level: "warn" }, { write: (line: string) => void warnings.push((JSON.parse(line) as Record<string, unknown>)["msg"]) });
+    const cases: [string, BounceIntakeOptions["tls"]][] = [
+      ["127.0.0.1", undefined],
+      ["::1", undefined],
+      ["::", { ...certificate, required: false }],
+      ["::", undefined],
+    ];
+    const seen: number[] = [];
+    for (const [host, tls] of cases) {
+      await intake.close();
+      intake = await startBounceIntake({ host, port: 0, bounceDomain, processor, logger: capture, tls });
+      seen.push(warnings.length);
+    }
+
+    expect(seen).toEqual([0, 0, 0, 1]);
+    expect(warnings[0]).toBe(
+      "bounce intake listens beyond loopback without STARTTLS: DSNs, whose returned headers hold the code, reach it in clear; set BOUNCE_TLS_CERT and BOUNCE_TLS_KEY",
+    );
+  });
+
+  it("offers STARTTLS only with a certificate of its own", async () => {
+    expect(await ehlo()).not.toMatch(/STARTTLS/);
+
+    await start({ tls: { ...certificate, required: false } });
+
+    expect(await ehlo()).toMatch(/^250[- ]STARTTLS\r$/m);
+  });
+
+  it("a relay that upgrades with STARTTLS delivers its DSN: the message becomes BOUNCED, and the log says it came over TLS", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    processor = createBounceProcessor({ store, suppression, clock: systemClock, logger: capture, reportTtlMs: 3_600_000 });
+    await start({ tls: { ...certificate, required: false } });
+    const record = await acceptedMessage();
+    // requireTLS: the client fails rather than send in clear if the upgrade does not happen.
+    const relay = createTransport({
+      host: "127.0.0.1",
+      port: intake.address.port,
+      secure: false,
+      requireTLS: true,
+      tls: { ca: [certificate.cert] },
+      name: "relay.postfix.test",
+      logger: false,
+    });
+    try {
+      const info = await relay.sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) });
+      expect(info.response).toMatch(/^250 /);
+    } finally {
+      relay.close();
+    }
+
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
+    const about = lines.filter((line) => line["component"] === "bounce");
+    expect(about).toMatchObject([{ msg: "bounce applied", remote: "127.0.0.1", helo: "relay.postfix.test" }]);
+    expect(about[0]?.["tls"]).toMatch(/^TLSv1\.[23]$/);
+  });
+
+  it("with TLS required, a client that will not upgrade is refused (530 5.7.0) and nothing is recorded; one that upgrades is not", async () => {
+    await start({ tls: { ...certificate, required: true } });
+    const record = await acceptedMessage();
+    const plain = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, ignoreTLS: true, logger: false });
+    const refused = await plain
+      .sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) })
+      .then(
+        () => undefined,
+        (error: unknown) => error as { responseCode?: number; response?: string },
+      )
+      .finally(() => plain.close());
+
+    expect(refused?.responseCode).toBe(530);
+    expect(refused?.response).toBe("530 5.7.0 Must issue a STARTTLS command first");
+    expect(intake.rejections().withoutTls).toBe(1);
+    expect(outcomes).toEqual([]);
+    expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+
+    const secure = createTransport({ host: "127.0.0.1", port: intake.address.port, secure: false, requireTLS: true, tls: { ca: [certificate.cert] }, logger: false });
+    try {
+      await secure.sendMail({ envelope: { from: "", to: verp(record.messageId) }, raw: unknownUserDsn(record.messageId) });
+    } finally {
+      secure.close();
+    }
+    expect((await status(record.messageId))?.state).toBe("BOUNCED");
   });
 });
 

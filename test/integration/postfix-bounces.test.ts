@@ -7,10 +7,17 @@
  *   "Gmail" MX (an in-test smtp-server) -> DSN -> bounce intake -> BOUNCED /
  *   DELAYED in GetDeliveryStatus, and a suppressed recipient.
  *
+ * The intake requires TLS (BOUNCE_TLS_REQUIRED, a certificate from a test CA)
+ * and Postfix delivers to it only over TLS, trusting that CA: every DSN here
+ * crosses the wire encrypted, as it should in production.
+ *
  * This file owns its Postfix instance (own folders, free ports) and stops it
  * at the end.
  */
 import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
@@ -25,6 +32,7 @@ import { createOtpEmailClient, type OtpEmailClient } from "../../src/client.js";
 import { loadConfig } from "../../src/config.js";
 import { unlimited, type SendLimiter } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
+import { openCertificateWorkshop, type CertificateWorkshop } from "../support/certs.js";
 import { freePort } from "../support/ports.js";
 import { startPostfix, type PostfixRelay } from "../support/postfix.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
@@ -39,6 +47,8 @@ const dmarcRefusal =
 
 let postfix: PostfixRelay | undefined;
 let fakeGmail: SmtpSink;
+let certificates: CertificateWorkshop | undefined;
+let certDir: string | undefined;
 let app: App | undefined;
 let client: OtpEmailClient;
 /** SendOtp admissions the limiter was asked for (suppressed sends must not spend any). */
@@ -55,6 +65,13 @@ beforeAll(async () => {
           : undefined,
   });
   const smtpPort = await freePort();
+  // The intake's certificate, signed by a CA that Postfix is told to trust; given to the service as PEM files.
+  certificates = await openCertificateWorkshop();
+  const ca = await certificates.newCa("Bounce test CA");
+  const intakeCertificate = await ca.issue({ cn: "127.0.0.1", san: "IP:127.0.0.1,DNS:localhost", server: true });
+  certDir = await mkdtemp(join(tmpdir(), "otp-postfix-intake-tls-"));
+  await writeFile(join(certDir, "intake.crt"), intakeCertificate.cert);
+  await writeFile(join(certDir, "intake.key"), intakeCertificate.key, { mode: 0o600 });
   const limiter: SendLimiter = {
     ...unlimited,
     admit: (ctx, request) => {
@@ -78,6 +95,9 @@ beforeAll(async () => {
       .toString(),
     BOUNCE_DOMAIN: bounceDomain,
     BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+    BOUNCE_TLS_CERT: join(certDir, "intake.crt"),
+    BOUNCE_TLS_KEY: join(certDir, "intake.key"),
+    BOUNCE_TLS_REQUIRED: "true",
   });
   app = await startApp({ config, logger: createLogger({ level: config.logLevel }), limiter });
   const intake = app.bounceIntake;
@@ -86,6 +106,7 @@ beforeAll(async () => {
     smtpPort,
     localDomain,
     routes: { [bounceDomain]: intake.port, [gmailDomain]: fakeGmail.port },
+    tls: { caCert: ca.cert, encrypt: [bounceDomain] },
   });
   client = createOtpEmailClient({ baseUrl: `http://127.0.0.1:${app.address.port}` });
 });
@@ -94,6 +115,8 @@ afterAll(async () => {
   await app?.stop(1000);
   await postfix?.stop();
   await fakeGmail.close();
+  await certificates?.cleanup();
+  if (certDir !== undefined) await rm(certDir, { recursive: true, force: true });
 });
 
 /** Polls GetDeliveryStatus until `state`; returns the status and how long it took from `since`. */
@@ -116,7 +139,7 @@ function unknownUser(): string {
 }
 
 describe("bounces through a real Postfix relay", () => {
-  it("(1) unknown local user: 250, ACCEPTED, then the DSN makes it BOUNCED 5.1.1 and suppresses the recipient", async () => {
+  it("(1) unknown local user: 250, ACCEPTED, then the DSN (over TLS) makes it BOUNCED 5.1.1 and suppresses the recipient", async () => {
     const recipient = unknownUser();
     const started = Date.now();
 
@@ -137,6 +160,10 @@ describe("bounces through a real Postfix relay", () => {
     });
     expect(bounced.deliveryReports[0]?.diagnosticCode).toMatch(/^X-Postfix; unknown user: "n\*\*\*"$/);
     expect(bounced.explanation).toMatch(/said delivery failed \(status 5\.1\.1, .*\)\. The address does not exist: the recipient is suppressed/);
+    // The DSN reached the intake over TLS, with the intake's certificate checked against the test CA.
+    expect(postfix?.maillog()).toMatch(
+      new RegExp(`Trusted TLS connection established to 127\\.0\\.0\\.1\\[127\\.0\\.0\\.1\\]:${app?.bounceIntake?.port ?? 0}: TLSv1\\.[23]`),
+    );
 
     // The next SendOtp to that address: FAILED_PRECONDITION, nothing sent, no rate budget spent.
     const error = await client.sendOtp({ recipient, purpose: Purpose.LOGIN }).catch((caught: unknown) => caught);

@@ -3,7 +3,7 @@
  * zero-config development mode, and a graceful SIGTERM during a slow send.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,6 +16,7 @@ import { GrpcOtpClient, grpcUnary } from "../support/grpc.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink } from "../support/smtp-sink.js";
 import { freePort } from "../support/ports.js";
+import { makeSelfSigned } from "../support/self-signed.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const { sendOtp, verifyOtp } = OtpEmailService.method;
@@ -133,6 +134,30 @@ describe("npm start with nothing configured", () => {
     const service = startService({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/configuration error: REDIS_TLS_CA: not a usable PEM certificate/);
+  });
+
+  it("refuses to start when the bounce intake's TLS key does not belong to its certificate: 78, naming the variable, showing no key", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-tls-"));
+    try {
+      const intake = makeSelfSigned();
+      const stranger = makeSelfSigned();
+      await writeFile(join(dir, "cert.pem"), intake.cert);
+      await writeFile(join(dir, "key.pem"), stranger.key);
+      const service = startService({
+        NODE_ENV: "test",
+        GRPC_ADDR: "127.0.0.1:0",
+        METRICS_ADDR: "off",
+        BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+        BOUNCE_TLS_CERT: join(dir, "cert.pem"),
+        BOUNCE_TLS_KEY: join(dir, "key.pem"),
+      });
+      expect(await service.exited).toBe(78);
+      const stderr = service.stderr.join("");
+      expect(stderr).toMatch(/^otp-email: configuration error: BOUNCE_TLS_KEY: does not match BOUNCE_TLS_CERT/);
+      for (const line of stranger.key.split("\n").filter((l) => l.length > 20 && !l.startsWith("-----"))) expect(stderr).not.toContain(line);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -8,6 +8,7 @@
  *     smtpPort: await freePort(),
  *     localDomain: "local.test",                  // accepts any user, then bounces unknown ones (5.1.1)
  *     routes: { "bounces.acme.test": intakePort, "gmail.test": fakeMxPort },
+ *     tls: { caCert, encrypt: ["bounces.acme.test"] }, // optional: only over TLS to these routes
  *   });
  *   ... send through smtp://127.0.0.1:<smtpPort>?starttls=off ...
  *   await relay.stop();
@@ -49,6 +50,14 @@ export interface PostfixOptions {
   readonly routes: Readonly<Record<string, number>>;
   /** delay_warning_time: after how long a deferred message earns a DELAY DSN (default 1s). */
   readonly delayWarningTime?: string;
+  /**
+   * TLS to some routes: mail to the `encrypt` domains goes only over TLS
+   * (`smtp_tls_security_level = encrypt` for their next hop; never in
+   * clear), with `caCert` (PEM) trusted, so the maillog says `Trusted TLS
+   * connection established` when the server's chain verifies. Other routes
+   * stay plaintext.
+   */
+  readonly tls?: { readonly caCert: string; readonly encrypt: readonly string[] };
 }
 
 export interface PostfixRelay {
@@ -91,6 +100,23 @@ export async function startPostfix(options: PostfixOptions): Promise<PostfixRela
   for (const path of [configDir, queueDir, dataDir]) mkdirSync(path, { mode: 0o755 });
   chownSync(dataDir, owner.uid, owner.gid);
 
+  const tlsSettings: string[] = [];
+  if (options.tls !== undefined) {
+    const policy = options.tls.encrypt.map((domain) => {
+      const port = options.routes[domain];
+      if (port === undefined) throw new Error(`startPostfix: tls.encrypt names ${domain}, which is not in routes`);
+      // The policy table is looked up by the transport's next hop.
+      return `[127.0.0.1]:${port} encrypt\n`;
+    });
+    writeFileSync(join(configDir, "tls-ca.pem"), options.tls.caCert);
+    writeFileSync(join(configDir, "tls_policy"), policy.join(""));
+    tlsSettings.push(
+      `smtp_tls_CAfile = ${join(configDir, "tls-ca.pem")}`,
+      `smtp_tls_policy_maps = texthash:${join(configDir, "tls_policy")}`,
+      // Logs "Trusted/Untrusted TLS connection established to ..." per connection.
+      "smtp_tls_loglevel = 1",
+    );
+  }
   const transport = Object.entries(options.routes)
     .map(([domain, port]) => `${domain}=smtp:[127.0.0.1]:${port}`)
     .join(", ");
@@ -128,6 +154,7 @@ export async function startPostfix(options: PostfixOptions): Promise<PostfixRela
       "maximal_backoff_time = 2s",
       `delay_warning_time = ${options.delayWarningTime ?? "1s"}`,
       "smtp_connect_timeout = 5s",
+      ...tlsSettings,
       "",
     ].join("\n"),
   );
@@ -157,6 +184,8 @@ export async function startPostfix(options: PostfixOptions): Promise<PostfixRela
       "anvil      unix  - - n -  1 anvil",
       "scache     unix  - - n -  1 scache",
       "postlog    unix-dgram n - n - 1 postlogd",
+      // The smtp client's TLS session cache and entropy; without it "our TLS engine is unavailable".
+      "tlsmgr     unix  - - n 1000? 1 tlsmgr",
       "",
     ].join("\n"),
   );

@@ -1,5 +1,7 @@
+import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, parseDuration } from "../../src/config.js";
+import { makeSelfSigned } from "../support/self-signed.js";
 
 describe("loadConfig", () => {
   it("runs with nothing configured, in development mode", () => {
@@ -94,5 +96,35 @@ describe("parseDuration", () => {
   it("rejects nonsense", () => {
     expect(parseDuration("5 minutes")).toBeUndefined();
     expect(parseDuration("-5s")).toBeUndefined();
+  });
+});
+
+describe("private keys in configuration errors", () => {
+  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const pem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+  // What an operator pastes when the PEM lines get lost on the way into a secret store: the base64 alone.
+  const body = pem.split("\n").filter((line) => line !== "" && !line.startsWith("-----")).join("");
+
+  it.each([
+    ["TLS_KEY", { TLS_CERT: makeSelfSigned().cert, TLS_KEY: body }],
+    ["DKIM_PRIVATE_KEY", { DKIM_SELECTOR: "s2026", DKIM_PRIVATE_KEY: body }],
+    ["BOUNCE_TLS_KEY", { BOUNCE_TLS_CERT: makeSelfSigned().cert, BOUNCE_TLS_KEY: body }],
+  ])("%s: a key given without its PEM lines is refused without being echoed as a file name", (name, env) => {
+    let message = "";
+    try {
+      loadConfig(env);
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+      message = (error as Error).message;
+    }
+    // ENAMETOOLONG when a '/'-separated run of the base64 is longer than a file name may be.
+    expect(message).toMatch(new RegExp(`^${name}: cannot read the file it names: [a-z ()]+ \\((ENOENT|ENAMETOOLONG)\\)`));
+    expect(message).not.toContain(body.slice(0, 40));
+  });
+
+  it("a key file that is missing is named (a path is no secret)", () => {
+    expect(() => loadConfig({ DKIM_SELECTOR: "s2026", DKIM_PRIVATE_KEY: "/run/secrets/missing-dkim.pem" })).toThrow(
+      /^DKIM_PRIVATE_KEY: cannot read \/run\/secrets\/missing-dkim\.pem: no such file \(ENOENT\)/,
+    );
   });
 });
