@@ -23,6 +23,7 @@ import {
   type OpenMetricsContentType,
   type RegistryContentType,
 } from "prom-client";
+import { intakeRejectionReasons } from "../bounce/intake-rejections.js";
 import { deliveryStates, purposes } from "../delivery/record.js";
 import type { HealthState } from "../health.js";
 import type { ProviderClassifier } from "./provider-class.js";
@@ -123,6 +124,8 @@ export interface Metrics {
   readonly deliveryTransitions: Counter<"state" | "provider">;
   readonly redisCommandErrors: Counter<"operation">;
   readonly bounceReports: Counter<"kind" | "state">;
+  readonly bounceIntakeRejections: Counter<"reason">;
+  readonly tlsCertificateExpiry: Gauge<"certificate">;
   readonly healthComponentUp: Gauge<"component">;
 
   /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
@@ -264,6 +267,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["kind", "state"] as const,
     registers,
   });
+  const bounceIntakeRejections = new Counter({
+    name: "otp_bounce_intake_rejections_total",
+    help:
+      "What the bounce intake refused, by reason: rate_limited (a peer over BOUNCE_CONNECTIONS_PER_MINUTE, 421), too_many_clients " +
+      "(over the simultaneous connections, 421), tls_required (MAIL before STARTTLS with BOUNCE_TLS_REQUIRED, 530), bad_recipient " +
+      "(not one of our VERP addresses, 550), too_many_recipients (452), too_large (552), unreadable (the message broke off, 451), " +
+      "record_failed (storage could not record it, 451: the sender retries), error (451).",
+    labelNames: ["reason"] as const,
+    registers,
+  });
+  const tlsCertificateExpiry = new Gauge({
+    name: "otp_tls_certificate_expiry_timestamp_seconds",
+    help:
+      "When the certificate a listener presents expires (its notAfter, Unix seconds), by certificate (grpc: TLS_CERT; " +
+      "bounce_intake: BOUNCE_TLS_CERT); read at start-up, so a renewed file shows after a restart. No series without the certificate.",
+    labelNames: ["certificate"] as const,
+    registers,
+  });
   let health: Pick<HealthState, "components"> | undefined;
   const healthComponentUp = new Gauge({
     name: "otp_health_component_up",
@@ -290,6 +311,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
+  for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);
   for (const state of deliveryStates) {
     for (const provider of providers.classes) deliveryTransitions.labels(state, provider).inc(0);
   }
@@ -326,6 +348,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     deliveryTransitions,
     redisCommandErrors,
     bounceReports,
+    bounceIntakeRejections,
+    tlsCertificateExpiry,
     healthComponentUp,
     watchHealth(source) {
       health = source;
