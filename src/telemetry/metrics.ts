@@ -117,7 +117,7 @@ export interface Metrics {
   readonly rateLimitRejections: Counter<"rpc" | "limit">;
   readonly smtpAttempts: Counter<"result" | "reply_class">;
   readonly smtpAttemptSeconds: Histogram<"result">;
-  readonly smtpSendSeconds: Histogram<"outcome">;
+  readonly smtpSendSeconds: Histogram<"purpose" | "outcome">;
   readonly smtpAttemptsInFlight: Gauge;
   readonly smtpPoolConnectionsInUse: Gauge;
   readonly smtpPoolSize: Gauge;
@@ -226,8 +226,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const smtpSendSeconds = new Histogram({
     name: "otp_smtp_send_duration_seconds",
-    help: "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by outcome (accepted, failed).",
-    labelNames: ["outcome"] as const,
+    help:
+      "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by purpose and outcome (accepted, failed); " +
+      "its count is every send's final verdict, also of those SendOtp answered pending.",
+    labelNames: ["purpose", "outcome"] as const,
     buckets: sendBuckets,
     enableExemplars: true,
     registers,
@@ -308,7 +310,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of ["ok", "transient", "permanent"]) smtpAttemptSeconds.zero({ result });
-  for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ outcome });
+  for (const purpose of purposes) for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);

@@ -140,8 +140,11 @@ describe("metrics: a scripted scenario gives exactly the values it implies", () 
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "ok" })).toBe(2);
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "transient" })).toBe(1);
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "permanent" })).toBe(1);
-    expect(await at("otp_smtp_send_duration_seconds_count", { outcome: "accepted" })).toBe(2);
-    expect(await at("otp_smtp_send_duration_seconds_count", { outcome: "failed" })).toBe(1);
+    // Each send's final verdict, by purpose: the two login sends accepted, the signup one refused.
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "accepted" })).toBe(2);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "signup", outcome: "failed" })).toBe(1);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(0);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "password_reset", outcome: "accepted" })).toBe(0);
     expect(await at("otp_smtp_attempts_in_flight", {})).toBe(0);
     expect(await at("otp_smtp_pool_connections_in_use", {})).toBe(0);
     expect(await at("otp_smtp_pool_size", {})).toBe(5);
@@ -493,8 +496,8 @@ describe("metrics: a send that fails after SendOtp answered", () => {
 
       expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "pending" })).toBe(1);
       expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "relay_unavailable" })).toBe(0);
-      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "failed" })).toBe(1);
-      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "accepted" })).toBe(0);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(1);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "accepted" })).toBe(0);
     } finally {
       await service.stop();
     }
