@@ -12,7 +12,8 @@
  * Replies: 550 for any other recipient; 552 for an oversized message; 451
  * (try again later) when storage could not record the bounce; 250 otherwise,
  * including for bounces that are not usable, which are counted and logged
- * rather than sent back to be retried for days.
+ * rather than sent back to be retried for days. Every refusal is told to
+ * `onRejection` by reason (intake-rejections.ts), for the metrics.
  */
 import type { Socket } from "node:net";
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
