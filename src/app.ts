@@ -34,6 +34,7 @@ import { createRedisStore } from "./store/redis-store.js";
 import { startStorageProbe } from "./store/storage-probe.js";
 import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
+import { reportCertificateExpiry } from "./telemetry/certificate-expiry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
 import { createGrpcMetricsInterceptor } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
@@ -231,6 +232,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       credentials: createServerCredentials(config.tls),
     });
     logAuthentication(config, logger);
+    if (config.tls !== undefined) reportCertificateExpiry("grpc", config.tls.cert, { metrics, logger, clock });
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
       const [{ startBounceIntake }, { createBounceProcessor }] = await Promise.all([
@@ -246,6 +248,7 @@ export async function startApp(options: AppOptions): Promise<App> {
         connectionsPerMinute: config.bounce.connectionsPerMinute,
         tls: config.bounce.tls,
         logger,
+        onRejection: (reason) => bounceTelemetry.rejected(reason),
         processor: createBounceProcessor({
           store,
           suppression,
@@ -264,6 +267,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       });
       const running = intake;
       closers.push(() => running.close());
+      if (config.bounce.tls !== undefined) reportCertificateExpiry("bounce_intake", config.bounce.tls.cert, { metrics, logger, clock });
     }
     const address = await server.listen(config.grpcAddr);
     await relayProbe.runNow();

@@ -12,7 +12,8 @@
  * Replies: 550 for any other recipient; 552 for an oversized message; 451
  * (try again later) when storage could not record the bounce; 250 otherwise,
  * including for bounces that are not usable, which are counted and logged
- * rather than sent back to be retried for days.
+ * rather than sent back to be retried for days. Every refusal is told to
+ * `onRejection` by reason (intake-rejections.ts), for the metrics.
  */
 import type { Socket } from "node:net";
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
@@ -20,6 +21,7 @@ import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { BounceProcessor } from "./bounce-processor.js";
 import { connectionRateKey, createConnectionRate } from "./connection-rate.js";
+import type { IntakeRejectionReason } from "./intake-rejections.js";
 
 export interface BounceIntakeOptions {
   /** Address to listen on (`127.0.0.1`, `0.0.0.0`). */
@@ -50,6 +52,8 @@ export interface BounceIntakeOptions {
    * development, where several instances may run side by side).
    */
   readonly fallbackToFreePort?: boolean | undefined;
+  /** Told every refusal, by reason (for otp_bounce_intake_rejections_total); never anything about the peer. */
+  readonly onRejection?: ((reason: IntakeRejectionReason) => void) | undefined;
 }
 
 export interface BounceIntake {
@@ -85,6 +89,8 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   const recipient = new RegExp(`^bounce\\+([0-9a-z]+)@${domain.replace(/\./g, "\\.")}$`, "i");
   const connections = createConnectionRate({ max: perMinute, windowMs: 60_000 });
   const sockets = new Set<Socket>();
+  const maxClients = options.maxClients ?? defaults.maxClients;
+  const reject = (reason: IntakeRejectionReason): void => options.onRejection?.(reason);
   let rateLimited = 0;
   let badRecipient = 0;
   let withoutTls = 0;
@@ -106,6 +112,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     }
     if (stream.sizeExceeded || bytes > maxBytes) {
       logger.warn({ remote: session.remoteAddress, bytes }, "bounce larger than the size limit refused");
+      reject("too_large");
       throw smtpError(552, `5.3.4 Message too big (limit ${maxBytes} bytes)`);
     }
     const raw = Buffer.concat(chunks);
@@ -120,6 +127,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       await Promise.race([work, timeout]);
     } catch (error) {
       logger.warn({ err: error, remote: session.remoteAddress }, "could not record a bounce; the sender is asked to retry");
+      reject("record_failed");
       throw smtpError(451, "4.3.0 Could not record the report now; try again later");
     } finally {
       clearTimeout(timer);
@@ -139,13 +147,14 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     ...(options.tls === undefined ? {} : { cert: options.tls.cert, key: options.tls.key }),
     disableReverseLookup: true,
     size: maxBytes,
-    maxClients: options.maxClients ?? defaults.maxClients,
+    maxClients,
     socketTimeout: options.socketTimeoutMs ?? defaults.socketTimeoutMs,
     closeTimeout: 1000,
 
     onConnect(session, callback) {
       if (!connections.admit(session.remoteAddress)) {
         rateLimited++;
+        reject("rate_limited");
         const peer = connectionRateKey(session.remoteAddress);
         logger.warn({ remote: session.remoteAddress, peer }, "bounce intake connection refused: rate limit");
         callback(smtpError(421, `4.7.0 Too many connections from ${peer}; try again later`));
@@ -157,6 +166,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     onMailFrom(_address, session, callback) {
       if (options.tls?.required === true && !session.secure) {
         withoutTls++;
+        reject("tls_required");
         logger.warn({ remote: session.remoteAddress, helo: heloOf(session) }, "bounce intake refused MAIL before STARTTLS (BOUNCE_TLS_REQUIRED)");
         callback(smtpError(530, "5.7.0 Must issue a STARTTLS command first"));
         return;
@@ -168,10 +178,12 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     onRcptTo(address, session, callback) {
       if (messageIdOf(address.address) === undefined) {
         badRecipient++;
+        reject("bad_recipient");
         callback(smtpError(550, "5.1.1 No such recipient here: this host only takes bounces of its own messages"));
         return;
       }
       if (session.envelope.rcptTo.length >= maxRecipients) {
+        reject("too_many_recipients");
         callback(smtpError(452, "4.5.3 Too many recipients"));
         return;
       }
@@ -185,13 +197,17 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
         answered = true;
         callback(error, message);
       };
-      stream.once("error", (error) => answer(smtpError(451, `4.3.0 Could not read the message (${error.message})`)));
+      stream.once("error", (error) => {
+        if (!answered) reject("unreadable");
+        answer(smtpError(451, `4.3.0 Could not read the message (${error.message})`));
+      });
       receive(stream, session).then(
         (message) => answer(null, message),
         (error: unknown) => {
           if (error instanceof Error && "responseCode" in error) answer(error);
           else {
             logger.error({ err: error }, "bounce intake failed unexpectedly");
+            reject("error");
             answer(smtpError(451, "4.3.0 Internal error; try again later"));
           }
         },
@@ -203,6 +219,9 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   server.on("error", (error) => logger.debug({ err: error }, "bounce intake connection error"));
   server.server.on("connection", (socket: Socket) => {
     sockets.add(socket);
+    // smtp-server answers a connection over maxClients with 421 itself, with no hook
+    // to tell us; it counts the same sockets (this listener runs after its own).
+    if (sockets.size > maxClients) reject("too_many_clients");
     socket.once("close", () => sockets.delete(socket));
   });
 

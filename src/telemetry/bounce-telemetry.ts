@@ -1,13 +1,14 @@
 /**
  * Telemetry for what the bounce intake learns hours after a send: each
  * change is a span of its own (the send's trace ended long ago), linked to
- * the send's trace, and the reports are counted.
+ * the send's trace, and the reports are counted, as is what the intake refused.
  *
  * Records keep the send's trace id but not a span id, so the link names the
  * trace with a fixed placeholder span id (`0000000000000001`): Jaeger and
  * Tempo open the linked trace from it.
  */
 import { SpanKind, TraceFlags, type Link, type Tracer } from "@opentelemetry/api";
+import type { IntakeRejectionReason } from "../bounce/intake-rejections.js";
 import type { DeliveryRecord } from "../delivery/record.js";
 import type { Metrics } from "./metrics.js";
 import { attributes, spanNames } from "./semconv.js";
@@ -33,10 +34,12 @@ export interface BounceTelemetry {
    */
   applied(record: DeliveryRecord, sendTraceId: string, previousState?: string): void;
   outcome(outcome: BounceReportOutcome): void;
+  /** The intake refused a connection, a command or a message (otp_bounce_intake_rejections_total). */
+  rejected(reason: IntakeRejectionReason): void;
 }
 
 export function createBounceTelemetry(options: {
-  readonly metrics: Pick<Metrics, "providers" | "deliveryTransitions" | "bounceReports">;
+  readonly metrics: Pick<Metrics, "providers" | "deliveryTransitions" | "bounceReports" | "bounceIntakeRejections">;
   readonly tracer?: Tracer;
 }): BounceTelemetry {
   const { metrics } = options;
@@ -65,6 +68,9 @@ export function createBounceTelemetry(options: {
     outcome(outcome) {
       const kind = ["applied", "unmatched", "not_dsn"].includes(outcome.kind) ? outcome.kind : "other";
       metrics.bounceReports.inc({ kind, state: kind === "applied" ? (outcome.state ?? "unknown") : "none" });
+    },
+    rejected(reason) {
+      metrics.bounceIntakeRejections.inc({ reason });
     },
   };
 }

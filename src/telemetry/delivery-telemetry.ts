@@ -16,7 +16,7 @@
 import { context, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
 import type { DeliveryObserver, SendObservation } from "../delivery/observer.js";
 import type { AttemptRecord, DeliveryRecord } from "../delivery/record.js";
-import { observeWithTrace, type Metrics } from "./metrics.js";
+import { observeWithTrace, purposeLabel, type Metrics } from "./metrics.js";
 import { attributes, eventNames, spanNames } from "./semconv.js";
 import { serviceTracer } from "./tracing.js";
 
@@ -176,7 +176,8 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             setInFlight(-1);
           }
           const outcome = finalRecord.state === "ACCEPTED" ? "accepted" : "failed";
-          observeWithTrace(metrics.smtpSendSeconds, { outcome }, (performance.now() - sendStartedAt) / 1000, sendSpan.spanContext());
+          const purpose = purposeLabel(finalRecord.purpose);
+          observeWithTrace(metrics.smtpSendSeconds, { purpose, outcome }, (performance.now() - sendStartedAt) / 1000, sendSpan.spanContext());
           sendSpan.setAttribute(attributes.deliveryState, finalRecord.state);
           sendSpan.setAttribute(attributes.smtpAttempts, finalRecord.attempts.length);
           const queueId = finalRecord.relayReply?.queueId;

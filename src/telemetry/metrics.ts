@@ -23,6 +23,7 @@ import {
   type OpenMetricsContentType,
   type RegistryContentType,
 } from "prom-client";
+import { intakeRejectionReasons } from "../bounce/intake-rejections.js";
 import { deliveryStates, purposes } from "../delivery/record.js";
 import type { HealthState } from "../health.js";
 import type { ProviderClassifier } from "./provider-class.js";
@@ -116,13 +117,15 @@ export interface Metrics {
   readonly rateLimitRejections: Counter<"rpc" | "limit">;
   readonly smtpAttempts: Counter<"result" | "reply_class">;
   readonly smtpAttemptSeconds: Histogram<"result">;
-  readonly smtpSendSeconds: Histogram<"outcome">;
+  readonly smtpSendSeconds: Histogram<"purpose" | "outcome">;
   readonly smtpAttemptsInFlight: Gauge;
   readonly smtpPoolConnectionsInUse: Gauge;
   readonly smtpPoolSize: Gauge;
   readonly deliveryTransitions: Counter<"state" | "provider">;
   readonly redisCommandErrors: Counter<"operation">;
   readonly bounceReports: Counter<"kind" | "state">;
+  readonly bounceIntakeRejections: Counter<"reason">;
+  readonly tlsCertificateExpiry: Gauge<"certificate">;
   readonly healthComponentUp: Gauge<"component">;
 
   /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
@@ -223,8 +226,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const smtpSendSeconds = new Histogram({
     name: "otp_smtp_send_duration_seconds",
-    help: "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by outcome (accepted, failed).",
-    labelNames: ["outcome"] as const,
+    help:
+      "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by purpose and outcome (accepted, failed); " +
+      "its count is every send's final verdict, also of those SendOtp answered pending.",
+    labelNames: ["purpose", "outcome"] as const,
     buckets: sendBuckets,
     enableExemplars: true,
     registers,
@@ -264,6 +269,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["kind", "state"] as const,
     registers,
   });
+  const bounceIntakeRejections = new Counter({
+    name: "otp_bounce_intake_rejections_total",
+    help:
+      "What the bounce intake refused, by reason: rate_limited (a peer over BOUNCE_CONNECTIONS_PER_MINUTE, 421), too_many_clients " +
+      "(over the simultaneous connections, 421), tls_required (MAIL before STARTTLS with BOUNCE_TLS_REQUIRED, 530), bad_recipient " +
+      "(not one of our VERP addresses, 550), too_many_recipients (452), too_large (552), unreadable (the message broke off, 451), " +
+      "record_failed (storage could not record it, 451: the sender retries), error (451).",
+    labelNames: ["reason"] as const,
+    registers,
+  });
+  const tlsCertificateExpiry = new Gauge({
+    name: "otp_tls_certificate_expiry_timestamp_seconds",
+    help:
+      "When the certificate a listener presents expires (its notAfter, Unix seconds), by certificate (grpc: TLS_CERT; " +
+      "bounce_intake: BOUNCE_TLS_CERT); read at start-up, so a renewed file shows after a restart. No series without the certificate.",
+    labelNames: ["certificate"] as const,
+    registers,
+  });
   let health: Pick<HealthState, "components"> | undefined;
   const healthComponentUp = new Gauge({
     name: "otp_health_component_up",
@@ -287,9 +310,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of ["ok", "transient", "permanent"]) smtpAttemptSeconds.zero({ result });
-  for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ outcome });
+  for (const purpose of purposes) for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
+  for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);
   for (const state of deliveryStates) {
     for (const provider of providers.classes) deliveryTransitions.labels(state, provider).inc(0);
   }
@@ -326,6 +350,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     deliveryTransitions,
     redisCommandErrors,
     bounceReports,
+    bounceIntakeRejections,
+    tlsCertificateExpiry,
     healthComponentUp,
     watchHealth(source) {
       health = source;

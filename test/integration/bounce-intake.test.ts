@@ -10,6 +10,7 @@ import { createTransport } from "nodemailer";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createBounceProcessor, type BounceOutcome, type BounceProcessor } from "../../src/bounce/bounce-processor.js";
+import type { IntakeRejectionReason } from "../../src/bounce/intake-rejections.js";
 import { startBounceIntake, type BounceIntake, type BounceIntakeOptions } from "../../src/bounce/intake-server.js";
 import { createSuppressionList, type SuppressionList } from "../../src/bounce/suppression.js";
 import { systemClock } from "../../src/clock.js";
@@ -31,10 +32,13 @@ let processor: BounceProcessor;
 let intake: BounceIntake;
 let outcomes: BounceOutcome[];
 let applied: { record: DeliveryRecord; traceId: string }[];
+/** Every refusal the intake reported (onRejection), in order. */
+let reported: IntakeRejectionReason[];
+const onRejection = (reason: IntakeRejectionReason): void => void reported.push(reason);
 
-async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "tls">> = {}): Promise<void> {
+async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "maxClients" | "tls">> = {}): Promise<void> {
   await intake.close();
-  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, ...options });
+  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, onRejection, ...options });
 }
 
 beforeEach(async () => {
@@ -42,6 +46,7 @@ beforeEach(async () => {
   suppression = createSuppressionList({ store, secret: randomBytes(32), ttlMs: 3_600_000, clock: systemClock });
   outcomes = [];
   applied = [];
+  reported = [];
   processor = createBounceProcessor({
     store,
     suppression,
@@ -51,7 +56,7 @@ beforeEach(async () => {
     onOutcome: (outcome) => outcomes.push(outcome),
     onBounceApplied: (record, traceId) => applied.push({ record, traceId }),
   });
-  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger });
+  intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, onRejection });
 });
 
 afterEach(async () => {
@@ -130,6 +135,7 @@ describe("bounce intake: who may send what", () => {
       expect(await replyCode(other, dsn), other).toBe(550);
     }
     expect(intake.rejections().badRecipient).toBe(5);
+    expect(reported).toEqual(Array(5).fill("bad_recipient"));
     expect(outcomes.map((outcome) => outcome.kind)).toEqual(["applied"]);
   });
 
@@ -142,6 +148,7 @@ describe("bounce intake: who may send what", () => {
     });
 
     expect(await replyCode(verp(record.messageId), big)).toBe(552);
+    expect(reported).toEqual(["too_large"]);
     expect(outcomes).toEqual([]);
     expect((await status(record.messageId))?.state).toBe("ACCEPTED");
   });
@@ -156,6 +163,39 @@ describe("bounce intake: who may send what", () => {
 
     expect(codes).toEqual([250, 250, 250, 421]);
     expect(intake.rejections().rateLimited).toBe(1);
+    expect(reported).toEqual(["rate_limited"]);
+  });
+
+  it("past the simultaneous connections, a new one gets 421 from smtp-server, and the refusal is reported", async () => {
+    await start({ maxClients: 1 });
+    const greeting = (): Promise<{ text: string; socket: ReturnType<typeof connect> }> =>
+      new Promise((resolve, reject) => {
+        const socket = connect(intake.address.port, "127.0.0.1");
+        socket.once("error", reject);
+        socket.once("data", (data: Buffer) => resolve({ text: data.toString("latin1"), socket }));
+      });
+    const first = await greeting();
+    try {
+      const second = await greeting();
+      second.socket.destroy();
+      expect(first.text).toMatch(/^220 /);
+      expect(second.text).toMatch(/^421 /);
+      expect(reported).toEqual(["too_many_clients"]);
+    } finally {
+      first.socket.destroy();
+    }
+  });
+
+  it("takes a bounce's first recipients and refuses those past the fifth with 452", async () => {
+    const record = await acceptedMessage();
+    const dsn = dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delayed", status: "4.4.1" }] });
+
+    const others = Array.from({ length: 6 }, (_, i) => verp(newMessageId(Date.now() + i + 1)));
+
+    const response = await deliver([verp(record.messageId), ...others], dsn);
+
+    expect(response).toMatch(/^250 /);
+    expect(reported).toEqual(["too_many_recipients", "too_many_recipients"]);
   });
 
   it("on a dual-stack listener, counts an IPv6 peer by its /64 (::1 here) and each IPv4 peer by its own address", async () => {
@@ -279,6 +319,7 @@ describe("bounce intake: correlation and evidence", () => {
     );
 
     expect(code).toBe(451);
+    expect(reported).toEqual(["record_failed"]);
   });
 });
 
@@ -455,6 +496,7 @@ describe("bounce intake: STARTTLS", () => {
     expect(refused?.responseCode).toBe(530);
     expect(refused?.response).toBe("530 5.7.0 Must issue a STARTTLS command first");
     expect(intake.rejections().withoutTls).toBe(1);
+    expect(reported).toEqual(["tls_required"]);
     expect(outcomes).toEqual([]);
     expect((await status(record.messageId))?.state).toBe("ACCEPTED");
 

@@ -5,11 +5,14 @@
  * accepts every message, one where it hangs (SendOtp answers pending after
  * SEND_WAIT_BUDGET), one of each. The success ratio counts only sends whose
  * outcome is known, so a hung relay reads "no verdict", never 100 %; the
- * pending share says what is going on.
+ * pending share says what is going on, and the final verdict per purpose
+ * (otp_smtp_send_duration_seconds_count by purpose) what became of the sends
+ * SendOtp answered pending.
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,7 +26,7 @@ import { behave, type SinkBehaviour } from "../support/smtp-sink.js";
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const { sendOtp } = OtpEmailService.method;
 
-/** What Prometheus would have scraped: `name{labels}` -> value, for otp_sends_total. */
+/** What Prometheus would have scraped: `name{labels}` -> value, for otp_sends_total and the sends' final verdicts. */
 type Scrape = Map<string, number>;
 
 /** A recorded run: the scrape before the first call and the one after the last. */
@@ -35,19 +38,30 @@ interface Run {
 async function scrape(service: ObservedService): Promise<Scrape> {
   const text = await service.metrics.render("text");
   const samples = new Map<string, number>();
-  for (const match of text.matchAll(/^(otp_sends_total)\{([^}]*)\} (\S+)$/gm)) samples.set(`${match[1]}{${match[2]}}`, Number(match[3]));
+  for (const match of text.matchAll(/^(otp_sends_total|otp_smtp_send_duration_seconds_count)\{([^}]*)\} (\S+)$/gm)) {
+    samples.set(`${match[1]}{${match[2]}}`, Number(match[3]));
+  }
   return samples;
+}
+
+/** How many sends have a final verdict in `scrape`. */
+function finished(samples: Scrape): number {
+  return [...samples].filter(([key]) => key.startsWith("otp_smtp_send_duration_seconds_count")).reduce((sum, [, value]) => sum + value, 0);
 }
 
 /**
  * Runs the service with the relay behaving as `relay` says for each send, in
- * order, and records otp_sends_total before and after.
+ * order, and records the series before and after. With `settle`, the second
+ * scrape waits until every send has its final verdict.
  */
-async function record(sends: readonly { purpose: Purpose; relay: SinkBehaviour; answered: DeliveryState }[]): Promise<Run> {
+async function record(
+  sends: readonly { purpose: Purpose; relay: SinkBehaviour; answered: DeliveryState }[],
+  options: { readonly env?: Record<string, string>; readonly settle?: boolean } = {},
+): Promise<Run> {
   const service = await startObservedService({
     limiter: unlimited,
     // Pending after 300 ms; a stalled send stays in flight until the service stops.
-    env: { SEND_WAIT_BUDGET: "300ms", SMTP_SOCKET_TIMEOUT: "60s" },
+    env: { SEND_WAIT_BUDGET: "300ms", SMTP_SOCKET_TIMEOUT: "60s", ...options.env },
   });
   try {
     const before = await scrape(service);
@@ -56,7 +70,12 @@ async function record(sends: readonly { purpose: Purpose; relay: SinkBehaviour; 
       const answer = await grpcUnary(service.grpcClient, sendOtp, { recipient: `user${index}@example.com`, purpose: send.purpose });
       expect(answer.state, `send ${index}`).toBe(send.answered);
     }
-    return { before, after: await scrape(service) };
+    let after = await scrape(service);
+    for (const deadline = Date.now() + 15_000; options.settle === true && finished(after) < sends.length; after = await scrape(service)) {
+      if (Date.now() > deadline) throw new Error(`only ${finished(after)} of ${sends.length} sends finished`);
+      await sleep(50);
+    }
+    return { before, after };
   } finally {
     await service.stop();
   }
@@ -120,6 +139,7 @@ describe("the dashboard's send success queries on series from real runs", () => 
   let accepting: Run;
   let hung: Run;
   let mixed: Run;
+  let late: Run;
   let dir: string;
 
   beforeAll(async () => {
@@ -140,6 +160,16 @@ describe("the dashboard's send success queries on series from real runs", () => 
       { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
       { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
     ]);
+    // SendOtp answers two sends pending; the relay then takes the login one and never answers the
+    // signup one (its one attempt times out): the final verdicts the per-purpose panel must show.
+    late = await record(
+      [
+        { purpose: Purpose.LOGIN, relay: behave.accept({ delayMs: 800 }), answered: DeliveryState.SENDING },
+        { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
+        { purpose: Purpose.PASSWORD_RESET, relay: accept, answered: DeliveryState.ACCEPTED },
+      ],
+      { env: { SMTP_SOCKET_TIMEOUT: "1500ms", SMTP_MAX_ATTEMPTS: "1" }, settle: true },
+    );
     dir = await mkdtemp(join(tmpdir(), "otp-dashboard-"));
   }, 60_000);
 
@@ -153,6 +183,11 @@ describe("the dashboard's send success queries on series from real runs", () => 
     expect(value(hung, 'purpose="login",outcome="pending"')).toBe(2);
     expect(value(hung, 'purpose="login",outcome="accepted"')).toBe(0);
     expect(value(mixed, 'purpose="signup",outcome="pending"')).toBe(2);
+    const verdicts = (run: Run, labels: string): number => run.after.get(`otp_smtp_send_duration_seconds_count{${labels}}`) ?? Number.NaN;
+    expect(verdicts(late, 'purpose="login",outcome="accepted"')).toBe(1);
+    expect(verdicts(late, 'purpose="signup",outcome="failed"')).toBe(1);
+    expect(verdicts(late, 'purpose="password_reset",outcome="accepted"')).toBe(1);
+    expect(verdicts(hung, 'purpose="login",outcome="accepted"') + verdicts(hung, 'purpose="login",outcome="failed"')).toBe(0);
   });
 
   it("success: 100 % when the relay accepts, no value (not 100 %) when it hangs; pending shown on its own", async () => {
@@ -160,6 +195,7 @@ describe("the dashboard's send success queries on series from real runs", () => 
     const pending = query("Sends pending at answer");
     const successByPurpose = query("Send success ratio by purpose", "A");
     const pendingByPurpose = query("Send success ratio by purpose", "B");
+    const finalByPurpose = query("Send success ratio by purpose", "C");
     const tests = {
       rule_files: [],
       evaluation_interval: "1m",
@@ -169,6 +205,7 @@ describe("the dashboard's send success queries on series from real runs", () => 
           { expr: pending, samples: [{ labels: "{}", value: 0 }] },
           { expr: successByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }, { labels: '{purpose="signup"}', value: 1 }] },
           { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 0 }, { labels: '{purpose="signup"}', value: 0 }] },
+          { expr: finalByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }, { labels: '{purpose="signup"}', value: 1 }] },
         ]),
         promtoolCase("the relay hangs: every SendOtp answered pending", hung, [
           // No send's outcome is known: no value ("no verdict" on the stat), never a success.
@@ -176,12 +213,36 @@ describe("the dashboard's send success queries on series from real runs", () => 
           { expr: pending, samples: [{ labels: "{}", value: 1 }] },
           { expr: successByPurpose, samples: [] },
           { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }] },
+          // Nothing has ended yet: no final verdict either.
+          { expr: finalByPurpose, samples: [] },
         ]),
         promtoolCase("one accepted, three pending", mixed, [
           { expr: success, samples: [{ labels: "{}", value: 1 }] },
           { expr: pending, samples: [{ labels: "{}", value: 0.75 }] },
           { expr: successByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }] },
           { expr: pendingByPurpose, samples: [{ labels: '{purpose="login"}', value: 0.5 }, { labels: '{purpose="signup"}', value: 1 }] },
+          { expr: finalByPurpose, samples: [{ labels: '{purpose="login"}', value: 1 }] },
+        ]),
+        promtoolCase("two answered pending, then one accepted and one failed; one accepted at once", late, [
+          { expr: success, samples: [{ labels: "{}", value: 1 }] },
+          { expr: successByPurpose, samples: [{ labels: '{purpose="password_reset"}', value: 1 }] },
+          {
+            expr: pendingByPurpose,
+            samples: [
+              { labels: '{purpose="login"}', value: 1 },
+              { labels: '{purpose="password_reset"}', value: 0 },
+              { labels: '{purpose="signup"}', value: 1 },
+            ],
+          },
+          // What became of them: the login send was accepted late, the signup one failed.
+          {
+            expr: finalByPurpose,
+            samples: [
+              { labels: '{purpose="login"}', value: 1 },
+              { labels: '{purpose="password_reset"}', value: 1 },
+              { labels: '{purpose="signup"}', value: 0 },
+            ],
+          },
         ]),
       ],
     };

@@ -5,15 +5,18 @@
  * Redis errors counted.
  */
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { intakeRejectionReasons } from "../../src/bounce/intake-rejections.js";
 import { OtpError } from "../../src/errors.js";
+import { newMessageId } from "../../src/otp/code.js";
 import { unlimited, type SendLimiter } from "../../src/limits/types.js";
+import { openCertificateWorkshop, type KeyPair } from "../support/certs.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
 import { GrpcHealthClient, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
@@ -137,8 +140,11 @@ describe("metrics: a scripted scenario gives exactly the values it implies", () 
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "ok" })).toBe(2);
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "transient" })).toBe(1);
     expect(await at("otp_smtp_attempt_duration_seconds_count", { result: "permanent" })).toBe(1);
-    expect(await at("otp_smtp_send_duration_seconds_count", { outcome: "accepted" })).toBe(2);
-    expect(await at("otp_smtp_send_duration_seconds_count", { outcome: "failed" })).toBe(1);
+    // Each send's final verdict, by purpose: the two login sends accepted, the signup one refused.
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "accepted" })).toBe(2);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "signup", outcome: "failed" })).toBe(1);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(0);
+    expect(await at("otp_smtp_send_duration_seconds_count", { purpose: "password_reset", outcome: "accepted" })).toBe(0);
     expect(await at("otp_smtp_attempts_in_flight", {})).toBe(0);
     expect(await at("otp_smtp_pool_connections_in_use", {})).toBe(0);
     expect(await at("otp_smtp_pool_size", {})).toBe(5);
@@ -330,6 +336,144 @@ describe("metrics: delivery reports from the bounce intake", () => {
   });
 });
 
+describe("metrics: what the bounce intake refuses, and the certificates it and the gRPC server present", () => {
+  let workshop: Awaited<ReturnType<typeof openCertificateWorkshop>>;
+  let certificates: { ca: string; longLived: KeyPair; expiresSoon: KeyPair; expired: KeyPair };
+  beforeAll(async () => {
+    workshop = await openCertificateWorkshop();
+    const ca = await workshop.newCa("Test MX CA");
+    const issue = (days: number) => ca.issue({ cn: "127.0.0.1", san: "IP:127.0.0.1,DNS:localhost", server: true, days });
+    certificates = { ca: ca.cert, longLived: await issue(90), expiresSoon: await issue(5), expired: await issue(-1) };
+  });
+  afterAll(async () => {
+    await workshop.cleanup();
+  });
+
+  /** The unix second a certificate's notAfter names. */
+  const notAfterSeconds = (pair: KeyPair): number => Math.floor(new X509Certificate(pair.cert).validToDate.getTime() / 1000);
+
+  it("counts refusals by reason over real SMTP connections (TLS required, bad recipient, rate limit), with no peer, address or HELO in a label", async () => {
+    const service = await startObservedService({
+      env: {
+        BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+        BOUNCE_DOMAIN: "bounces.acme.test",
+        BOUNCE_TLS_CERT: certificates.longLived.cert,
+        BOUNCE_TLS_KEY: certificates.longLived.key,
+        BOUNCE_TLS_REQUIRED: "true",
+        BOUNCE_CONNECTIONS_PER_MINUTE: "3",
+      },
+    });
+    try {
+      const port = service.app.bounceIntake?.port;
+      const to = `bounce+${newMessageId(Date.now())}@bounces.acme.test`;
+      const dsn = dsnMessage({ to, recipients: [{ action: "failed", status: "5.1.1" }] });
+      const send = async (recipient: string, tls: boolean): Promise<number> => {
+        const client = createTransport({
+          host: "127.0.0.1",
+          port,
+          secure: false,
+          name: "mx.forger.test",
+          logger: false,
+          ...(tls ? { requireTLS: true, tls: { ca: [certificates.ca] } } : { ignoreTLS: true }),
+        });
+        try {
+          await client.sendMail({ envelope: { from: "", to: recipient }, raw: dsn });
+          return 250;
+        } catch (error) {
+          return (error as { responseCode?: number }).responseCode ?? -1;
+        } finally {
+          client.close();
+        }
+      };
+
+      // One connection each: in clear, to a stranger's address, a report for an unknown message, and one too many.
+      expect([await send(to, false), await send("postmaster@bounces.acme.test", true), await send(to, true), await send(to, true)]).toEqual([
+        530, 550, 250, 421,
+      ]);
+
+      const rejections = (reason: string) => sample(service, "otp_bounce_intake_rejections_total", { reason });
+      expect(await rejections("tls_required")).toBe(1);
+      expect(await rejections("bad_recipient")).toBe(1);
+      expect(await rejections("rate_limited")).toBe(1);
+      for (const reason of intakeRejectionReasons.filter((r) => !["tls_required", "bad_recipient", "rate_limited"].includes(r))) {
+        expect(await rejections(reason), reason).toBe(0);
+      }
+      // The report that was taken is counted where DSNs are, not here.
+      expect(await sample(service, "otp_bounce_reports_total", { kind: "unmatched", state: "none" })).toBe(1);
+
+      const lines = (await service.metrics.render("text")).split("\n").filter((line) => line.startsWith("otp_bounce_intake_rejections_total"));
+      expect(lines).toHaveLength(intakeRejectionReasons.length);
+      for (const line of lines) expect(line).toMatch(/^otp_bounce_intake_rejections_total\{reason="[a-z_]+"\} \d+$/);
+      const rendered = lines.join("\n");
+      for (const leak of ["127.0.0.1", "forger", "postmaster", "acme"]) expect(rendered).not.toContain(leak);
+    } finally {
+      await service.stop();
+    }
+  });
+
+  it("exports each listener's certificate expiry, warns at start-up when one expires within 14 days and logs an error when one has expired, and still starts", async () => {
+    const service = await startObservedService({
+      env: {
+        TLS_CERT: certificates.expiresSoon.cert,
+        TLS_KEY: certificates.expiresSoon.key,
+        BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+        BOUNCE_DOMAIN: "bounces.acme.test",
+        BOUNCE_TLS_CERT: certificates.expired.cert,
+        BOUNCE_TLS_KEY: certificates.expired.key,
+      },
+    });
+    try {
+      const expiry = (certificate: string) => sample(service, "otp_tls_certificate_expiry_timestamp_seconds", { certificate });
+      expect(await expiry("grpc")).toBe(notAfterSeconds(certificates.expiresSoon));
+      expect(await expiry("bounce_intake")).toBe(notAfterSeconds(certificates.expired));
+
+      const about = service.logs().filter((line) => line["certificate"] !== undefined);
+      expect(about).toMatchObject([
+        { level: "warn", certificate: "grpc", subject: "CN=127.0.0.1", days_left: expect.closeTo(5, 0) as number, msg: expect.stringMatching(/^TLS_CERT expires in [\d.]+ days: renew TLS_CERT/) as string },
+        { level: "error", certificate: "bounce_intake", msg: expect.stringMatching(/^BOUNCE_TLS_CERT has expired: renew BOUNCE_TLS_CERT/) as string },
+      ]);
+      // The intake still takes a relay that encrypts without verifying (Postfix `encrypt`): a bounce over STARTTLS.
+      const to = `bounce+${newMessageId(Date.now())}@bounces.acme.test`;
+      const relay = createTransport({ host: "127.0.0.1", port: service.app.bounceIntake?.port, secure: false, requireTLS: true, tls: { rejectUnauthorized: false }, logger: false });
+      try {
+        const info = await relay.sendMail({ envelope: { from: "", to }, raw: dsnMessage({ to, recipients: [{ action: "failed", status: "5.1.1" }] }) });
+        expect(info.response).toMatch(/^250 /);
+      } finally {
+        relay.close();
+      }
+    } finally {
+      await service.stop();
+    }
+  });
+
+  it("a certificate far from expiry is exported and logged about by nobody; without certificates there is no series", async () => {
+    const withCertificate = await startObservedService({
+      env: {
+        BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+        BOUNCE_DOMAIN: "bounces.acme.test",
+        BOUNCE_TLS_CERT: certificates.longLived.cert,
+        BOUNCE_TLS_KEY: certificates.longLived.key,
+      },
+    });
+    try {
+      expect(await sample(withCertificate, "otp_tls_certificate_expiry_timestamp_seconds", { certificate: "bounce_intake" })).toBe(
+        notAfterSeconds(certificates.longLived),
+      );
+      expect(withCertificate.logs().filter((line) => line["certificate"] !== undefined)).toEqual([]);
+    } finally {
+      await withCertificate.stop();
+    }
+    const without = await startObservedService({ env: { BOUNCE_SMTP_ADDR: "127.0.0.1:0", BOUNCE_DOMAIN: "bounces.acme.test" } });
+    try {
+      const text = await without.metrics.render("text");
+      expect(text).toContain("# TYPE otp_tls_certificate_expiry_timestamp_seconds gauge");
+      expect(text).not.toMatch(/^otp_tls_certificate_expiry_timestamp_seconds\{/m);
+    } finally {
+      await without.stop();
+    }
+  });
+});
+
 describe("metrics: a send that fails after SendOtp answered", () => {
   it("a relay that takes the message and never answers: SendOtp says pending, the send is later counted failed", async () => {
     // What OtpSendFailureRatioHigh must see (deploy/prometheus/alerts.test.yml,
@@ -352,8 +496,8 @@ describe("metrics: a send that fails after SendOtp answered", () => {
 
       expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "pending" })).toBe(1);
       expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "relay_unavailable" })).toBe(0);
-      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "failed" })).toBe(1);
-      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { outcome: "accepted" })).toBe(0);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(1);
+      expect(await sample(service, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "accepted" })).toBe(0);
     } finally {
       await service.stop();
     }

@@ -1,0 +1,69 @@
+/**
+ * The expiry of the certificates our listeners present (the gRPC server's
+ * TLS_CERT, the bounce intake's BOUNCE_TLS_CERT), told at start-up and kept
+ * in otp_tls_certificate_expiry_timestamp_seconds, so that an alert fires
+ * days before a certificate runs out instead of a relay or a caller finding
+ * out.
+ *
+ * Both are read once at start-up, so the gauge is the certificate the
+ * process really presents: a renewed file shows after a restart, and until
+ * then the alert rightly keeps firing.
+ *
+ * An expired certificate is logged as an error but does not stop the start:
+ * a relay that encrypts without verifying (Postfix `encrypt` or `may`, the
+ * usual for MX traffic) still delivers its DSNs over TLS, one that verifies
+ * keeps them queued and retries for days, and refusing to start would also
+ * take SendOtp down for every caller, a larger outage than the one it reports.
+ */
+import { X509Certificate } from "node:crypto";
+import type { Clock } from "../clock.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "./metrics.js";
+
+/** The `certificate` label: which listener presents it. */
+export type CertificateRole = "grpc" | "bounce_intake";
+
+/** The variable each role's certificate comes from, for log lines an operator can act on. */
+const variables: Readonly<Record<CertificateRole, string>> = { grpc: "TLS_CERT", bounce_intake: "BOUNCE_TLS_CERT" };
+
+export interface CertificateExpiryOptions {
+  readonly metrics: Pick<Metrics, "tlsCertificateExpiry">;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  /** Warn when the certificate expires within this long (default 14 days). */
+  readonly warnWithinMs?: number;
+}
+
+const day = 86_400_000;
+
+/**
+ * Sets the role's expiry gauge from `pem` (its first certificate: the leaf)
+ * and logs an error when it has expired, a warning when it expires within
+ * `warnWithinMs` or is not valid yet.
+ */
+export function reportCertificateExpiry(role: CertificateRole, pem: string, options: CertificateExpiryOptions): void {
+  const certificate = new X509Certificate(pem);
+  const notAfter = certificate.validToDate.getTime();
+  const notBefore = certificate.validFromDate.getTime();
+  options.metrics.tlsCertificateExpiry.set({ certificate: role }, Math.floor(notAfter / 1000));
+
+  const now = options.clock.now();
+  const variable = variables[role];
+  const fields = {
+    certificate: role,
+    subject: certificate.subject.replace(/\n/g, ", "),
+    not_after: new Date(notAfter).toISOString(),
+  };
+  const hint = `renew ${variable} (and its key) and restart`;
+  if (notAfter <= now) {
+    options.logger.error(fields, `${variable} has expired: ${hint}; clients that verify it refuse the connection`);
+  } else if (notAfter - now <= (options.warnWithinMs ?? 14 * day)) {
+    const daysLeft = Math.floor(((notAfter - now) / day) * 10) / 10;
+    options.logger.warn({ ...fields, days_left: daysLeft }, `${variable} expires in ${daysLeft} days: ${hint}`);
+  } else if (notBefore > now) {
+    options.logger.warn(
+      { ...fields, not_before: new Date(notBefore).toISOString() },
+      `${variable} is not valid yet: clients that verify it refuse the connection until then (is this host's clock right?)`,
+    );
+  }
+}
