@@ -72,6 +72,12 @@ export interface RedisStoreOptions {
   /** Told of every failed operation (by name: `getRecord`...), for the Redis error metric. */
   readonly onCommandError?: ((operation: string) => void) | undefined;
   /**
+   * Told when Redis starts refusing writes for lack of memory (true: an OOM
+   * reply) and when one of its writes goes through again (false), for the
+   * "Redis is full" gauge.
+   */
+  readonly onFullChange?: ((full: boolean) => void) | undefined;
+  /**
    * Redis Cluster: `url` is one or more comma-separated seed nodes
    * (`redis://a:7000,redis://b:7001`); the client discovers the rest.
    */
@@ -443,7 +449,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
   const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
   warnIfRedisEvicts(redis, logger);
-  const fullness = trackFullness(logger);
+  const fullness = trackFullness(logger, options.onFullChange);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
   const failureKey = (group: string, logId: string): string => `${prefix}fail:{${group}}:${logId}`;
@@ -885,13 +891,14 @@ function isOutOfMemory(error: unknown): boolean {
  * takes writes again: not once per refused call, which on a busy service
  * would be every call.
  */
-function trackFullness(logger: Logger) {
+function trackFullness(logger: Logger, onChange: ((full: boolean) => void) | undefined) {
   let full = false;
   return {
     isFull: () => full,
     noteFull(operation: string, cause: unknown): void {
       if (full) return;
       full = true;
+      onChange?.(true);
       logger.error(
         { err: cause, operation },
         "Redis is full: used memory is over maxmemory and Redis refuses every write (maxmemory-policy noeviction), " +
@@ -902,6 +909,7 @@ function trackFullness(logger: Logger) {
     noteRoom(): void {
       if (!full) return;
       full = false;
+      onChange?.(false);
       logger.info("Redis accepts writes again: no longer full");
     },
   };

@@ -122,6 +122,7 @@ export interface Metrics {
   readonly smtpPoolSize: Gauge;
   readonly deliveryTransitions: Counter<"state" | "provider">;
   readonly redisCommandErrors: Counter<"operation">;
+  readonly redisFull: Gauge;
   readonly bounceReports: Counter<"kind" | "state">;
   readonly healthComponentUp: Gauge<"component">;
 
@@ -256,6 +257,13 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["operation"] as const,
     registers,
   });
+  const redisFull = new Gauge({
+    name: "otp_redis_full",
+    help:
+      "1 while Redis refuses writes for lack of memory (used memory over maxmemory, policy noeviction: SendOtp and " +
+      "VerifyOtp answer UNAVAILABLE), from its first such refusal until one of its writes goes through again; else 0.",
+    registers,
+  });
   const bounceReports = new Counter({
     name: "otp_bounce_reports_total",
     help:
@@ -325,6 +333,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     smtpPoolSize,
     deliveryTransitions,
     redisCommandErrors,
+    redisFull,
     bounceReports,
     healthComponentUp,
     watchHealth(source) {

@@ -26,6 +26,7 @@ import {
   detailsOf,
   failure,
   getDeliveryStatus,
+  retryDelayMs,
   sendOtp,
   startInstance,
   verifyOtp,
@@ -106,6 +107,8 @@ describe("a full Redis (noeviction, used memory > maxmemory) through the service
     expect(detailsOf(error).errorInfo?.reason).toBe("STORAGE_UNAVAILABLE");
     // The caller hears what to do, not what Redis said.
     expect(error.details).toMatch(/retry later/);
+    // Not within a second: someone has to make room.
+    expect(retryDelayMs(error)).toBe(5000);
     expect(error.details).not.toMatch(/maxmemory|OOM|redis/i);
     expect(sink.transactions()).toBe(0);
 
@@ -125,12 +128,14 @@ describe("a full Redis (noeviction, used memory > maxmemory) through the service
     const metrics = await instance.app.metrics.render("text");
     expect(metrics).toMatch(/^otp_redis_command_errors_total\{operation="consumeLimits"\} 1$/m);
     expect(metrics).not.toMatch(/operation="refundLimits"/);
+    expect(metrics).toMatch(/^otp_redis_full 1$/m);
 
     // Once Redis has room again, the same send goes through at once: no cooldown was spent on the refused one.
     await admin.config("SET", "maxmemory", "0");
     const sent = await call(instance.client, sendOtp, { recipient: "full@example.com", purpose: Purpose.LOGIN });
     expect(sent.state).toBe(DeliveryState.ACCEPTED);
     await vi.waitFor(() => expect(instance.logs.some((entry) => /Redis accepts writes again/.test(String(entry["msg"])))).toBe(true));
+    expect(await instance.app.metrics.render("text")).toMatch(/^otp_redis_full 0$/m);
   });
 
   it("VerifyOtp answers UNAVAILABLE without comparing or counting; the code still verifies once Redis has room", async () => {
