@@ -15,6 +15,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { Redis } from "ioredis";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { OtpError } from "../../src/errors.js";
@@ -28,6 +29,7 @@ import {
   getDeliveryStatus,
   retryDelayMs,
   sendOtp,
+  servingStatus,
   startInstance,
   verifyOtp,
   type Instance,
@@ -129,6 +131,8 @@ describe("a full Redis (noeviction, used memory > maxmemory) through the service
     expect(metrics).toMatch(/^otp_redis_command_errors_total\{operation="consumeLimits"\} 1$/m);
     expect(metrics).not.toMatch(/operation="refundLimits"/);
     expect(metrics).toMatch(/^otp_redis_full 1$/m);
+    // Not an outage: Redis answers, and taking this instance out would help nothing (the alert says it instead).
+    expect(await servingStatus(instance)).toBe(HealthCheckResponse_ServingStatus.SERVING);
 
     // Once Redis has room again, the same send goes through at once: no cooldown was spent on the refused one.
     await admin.config("SET", "maxmemory", "0");
