@@ -387,6 +387,16 @@ for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 `;
 
+/**
+ * No keys, writes nothing, but declared as writing: a full Redis refuses it
+ * up front, as it would any write. While Redis is known to be full, the
+ * health probe runs it after its PING to learn, without waiting for a
+ * call, when Redis has room again.
+ */
+const roomProbeLua = `#!lua
+return 1
+`;
+
 const scripts = {
   otpConsumeLimits: { lua: consumeLimitsLua, numberOfKeys: undefined },
   otpRefundLimits: { lua: refundLimitsLua, numberOfKeys: undefined },
@@ -396,6 +406,7 @@ const scripts = {
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
   otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
+  otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
 
 type ScriptArg = string | number;
@@ -675,9 +686,17 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     ping(): Promise<void> {
-      return run("ping", async () => {
+      const pinged = run("ping", async () => {
         await redis.ping();
       });
+      if (!fullness.isFull()) return pinged;
+      // Still full is no failed PING: Redis answers, health stays up (the full gauge says the rest).
+      return pinged.then(() =>
+        redis.otpRoomProbe().then(
+          () => fullness.noteRoom(),
+          () => undefined,
+        ),
+      );
     },
 
     isReady: () => readiness.isReady(),

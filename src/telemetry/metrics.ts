@@ -261,7 +261,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_redis_full",
     help:
       "1 while Redis refuses writes for lack of memory (used memory over maxmemory, policy noeviction: SendOtp and " +
-      "VerifyOtp answer UNAVAILABLE), from its first such refusal until one of its writes goes through again; else 0.",
+      "VerifyOtp answer UNAVAILABLE), from its first such refusal until a write goes through again (a call's, or the " +
+      "health probe's check every 5 s); else 0.",
     registers,
   });
   const bounceReports = new Counter({

@@ -247,7 +247,9 @@ describe("the Redis store on a full Redis", () => {
   };
 
   /** A private Redis (noeviction) and a store on it that logs into `lines`, with a little of everything stored. */
-  async function storeOnFullRedis(): Promise<{ admin: Redis; store: OtpStore; prefix: string; lines: Array<Record<string, unknown>> }> {
+  async function storeOnFullRedis(
+    onFullChange?: (full: boolean) => void,
+  ): Promise<{ admin: Redis; store: OtpStore; prefix: string; lines: Array<Record<string, unknown>> }> {
     const redis = await startRedisServer();
     cleanups.push(() => redis.stop());
     const admin = new Redis(redis.url);
@@ -262,7 +264,7 @@ describe("the Redis store on a full Redis", () => {
       destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
     });
     const prefix = randomPrefix();
-    const store = createRedisStore({ url: redis.url, prefix, logger });
+    const store = createRedisStore({ url: redis.url, prefix, logger, onFullChange });
     cleanups.push(() => store.close());
     await store.consumeLimits(logs, "sent-before", now);
     await store.claimIdempotencyKey("k1", { fingerprint: "f", messageId: "m1" }, 60_000);
@@ -330,5 +332,21 @@ describe("the Redis store on a full Redis", () => {
     await admin.config("SET", "maxmemory", "0");
     await store.consumeLimits(logs, "admitted", now);
     expect(lines.filter((line) => /Redis accepts writes again/.test(String(line["msg"])))).toHaveLength(1);
+  });
+
+  it("the health probe's PING finds out, without a call, when a full Redis has room again; PING itself still succeeds while full", async () => {
+    const changes: boolean[] = [];
+    const { admin, store, lines } = await storeOnFullRedis((full) => changes.push(full));
+    await refusal(store.consumeLimits(logs, "refused", now));
+    await store.ping();
+    expect(lines.filter((line) => /Redis accepts writes again/.test(String(line["msg"])))).toEqual([]);
+    expect(changes).toEqual([true]);
+
+    await admin.config("SET", "maxmemory", "0");
+    await store.ping();
+    expect(lines.filter((line) => /Redis accepts writes again/.test(String(line["msg"])))).toHaveLength(1);
+    expect(changes).toEqual([true, false]);
+    // The probe wrote nothing.
+    expect(writesIn(await commandCounts(admin))).toEqual({});
   });
 });
