@@ -459,7 +459,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     ScriptCommands;
 
   const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
-  warnIfRedisEvicts(redis, logger);
+  checkRedisOnConnect(redis, logger);
   const fullness = trackFullness(logger, options.onFullChange);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
@@ -850,23 +850,38 @@ function untrustedCertificate(error: unknown, privateCa: boolean): string | unde
 }
 
 /**
- * Warns, once, when the Redis we connected to may evict keys under memory
- * pressure (a maxmemory with a policy other than noeviction): limits, codes,
- * idempotency keys and delivery records would vanish before their TTL, with
- * no error anywhere. Under noeviction a full Redis refuses writes instead,
- * which callers see as UNAVAILABLE. INFO may be disabled (some managed
- * Redis): then there is nothing to say.
+ * Checks the Redis we connected to, with one INFO (its default sections hold
+ * both the server's version and its memory settings):
+ * - Older than 7.0: it cannot run the scripts (their shebang flags are
+ *   Redis 7's), so every call would fail with "Error compiling script".
+ *   Said once, at error, with the version.
+ * - It may evict keys under memory pressure (a maxmemory with a policy other
+ *   than noeviction): limits, codes, idempotency keys and delivery records
+ *   would vanish before their TTL, with no error anywhere. Under noeviction
+ *   a full Redis refuses writes instead, which callers see as UNAVAILABLE.
+ *   Warned once.
+ * INFO may be disabled (some managed Redis): then there is nothing to say.
  */
-function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
-  let warned = false;
+function checkRedisOnConnect(redis: Redis | Cluster, logger: Logger): void {
+  let warnedVersion = false;
+  let warnedEviction = false;
   redis.on("ready", () => {
-    if (warned) return;
-    redis.info("memory").then(
+    if (warnedVersion && warnedEviction) return;
+    redis.info().then(
       (info) => {
+        const tooOld = redisTooOld(info);
+        if (tooOld !== undefined && !warnedVersion) {
+          warnedVersion = true;
+          logger.error(
+            { redis_version: tooOld },
+            `Redis ${tooOld} is too old: OtpEmail needs Redis 7.0 or later (its scripts declare Redis 7 flags), ` +
+              "and every call that reaches Redis fails until it is upgraded",
+          );
+        }
         const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
         const maxmemory = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? "0");
-        if (warned || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
-        warned = true;
+        if (warnedEviction || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
+        warnedEviction = true;
         logger.warn(
           { maxmemory_policy: policy, maxmemory },
           `Redis may evict keys when full (maxmemory-policy ${policy}): rate limits, codes, idempotency keys and ` +
@@ -876,6 +891,17 @@ function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
       () => undefined,
     );
   });
+}
+
+/**
+ * The version INFO reports when it is older than 7.0, the first release
+ * whose scripts may declare flags; undefined for 7.0 and later (Valkey
+ * reports a redis_version of 7.2) or when INFO does not say.
+ */
+export function redisTooOld(info: string): string | undefined {
+  const version = /^redis_version:(\d+)(\.[^\s]*)?/m.exec(info);
+  if (version === null) return undefined;
+  return Number(version[1]) < 7 ? `${version[1]}${version[2] ?? ""}` : undefined;
 }
 
 /**
