@@ -18,7 +18,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
-import { OtpError } from "../../src/errors.js";
+import { isStorageFull, OtpError } from "../../src/errors.js";
 import { createLogger } from "../../src/logger.js";
 import { createRedisStore } from "../../src/store/redis-store.js";
 import type { LimitLog, OtpStore } from "../../src/store/types.js";
@@ -92,7 +92,8 @@ async function commandCounts(admin: Redis): Promise<Record<string, number>> {
 const writeCommands = ["set", "hset", "hdel", "hincrby", "del", "zadd", "zrem", "zremrangebyscore", "pexpire", "rpush", "ltrim"];
 
 function writesIn(counts: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(counts).filter(([name]) => writeCommands.includes(name)));
+  // A command Redis refused is listed too, with calls=0 (and rejected_calls).
+  return Object.fromEntries(Object.entries(counts).filter(([name, calls]) => writeCommands.includes(name) && calls > 0));
 }
 
 /** Fills Redis: from now on it is over maxmemory (noeviction), and its command counts start from zero. */
@@ -285,7 +286,7 @@ describe("the Redis store on a full Redis", () => {
     return error as OtpError;
   }
 
-  it("refuses every script that would add data before it runs: nothing is written", async () => {
+  it("refuses every operation that would add data before it runs (scripts, SET, MULTI): nothing is written", async () => {
     const { admin, store } = await storeOnFullRedis();
     const cap = { log: { id: "vf", windows: [{ max: 3, windowMs: 60_000 }] }, entry: "e1" };
 
@@ -296,11 +297,21 @@ describe("the Redis store on a full Redis", () => {
       () => store.claimIdempotencyKey("k2", { fingerprint: "f", messageId: "m2" }, 60_000),
       () => store.verifyGuess(set, "h1", setOptions),
       () => store.verifyGuess(set, "wrong", { ...setOptions, failureCap: cap }),
+      () => store.putRecord({ ...record, messageId: "m2" }, 60_000),
+      () => store.putSuppression("r1", { messageId: "m1", status: "5.1.1", diagnosticCode: "", bouncedAt: now, expiresAt: now + 60_000 }, 60_000),
+      () =>
+        store.addDeliveryReport(
+          "m1",
+          { receivedAt: now, action: "failed", status: "5.1.1", diagnosticCode: "", remoteMta: "", reportingMta: "", finalRecipient: "", envelopeId: "m1" },
+          60_000,
+        ),
     ]) {
       const error = await refusal(attempt());
       expect(error.kind).toBe("unavailable");
       expect(error.reason).toBe("STORAGE_UNAVAILABLE");
-      expect(String((error.cause as Error | undefined)?.message)).toMatch(/^OOM command not allowed/);
+      // Told apart from an outage: nothing was done, so there is nothing to take back.
+      expect(isStorageFull(error)).toBe(true);
+      expect(String((error.cause as Error | undefined)?.message)).toMatch(/^OOM command not allowed|^EXECABORT/);
     }
     expect(writesIn(await commandCounts(admin))).toEqual({});
   });
