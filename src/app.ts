@@ -100,6 +100,7 @@ export async function startApp(options: AppOptions): Promise<App> {
           cluster: config.redis.cluster,
           tlsCa: config.redis.tlsCa,
           onCommandError: (operation) => metrics.redisCommandErrors.inc({ operation }),
+          onFullChange: (full) => metrics.redisFull.set(full ? 1 : 0),
         })
       : createMemoryStore({ clock });
     closers.push(() => store.close());

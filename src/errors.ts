@@ -83,6 +83,34 @@ export class OtpError extends Error {
   }
 }
 
+/**
+ * Storage (Redis) is full and refuses to store anything: retryable, though
+ * not within a second (someone has to make room). The reason is the same as
+ * `storageUnavailable`'s, which is what callers act on; what filled up is
+ * the operator's business, said in the log, not in the answer.
+ */
+export function storageFull(cause: unknown): OtpError {
+  const error = new OtpError("unavailable", "storage is full and cannot take this request; retry later", {
+    reason: "STORAGE_UNAVAILABLE",
+    retryAfterMs: 5000,
+    cause,
+  });
+  refusedWhole.add(error);
+  return error;
+}
+
+/** The errors of `storageFull`: told apart by identity, not by their words. */
+const refusedWhole = new WeakSet<OtpError>();
+
+/**
+ * Whether `error` is a full storage's refusal (`storageFull`). Such an
+ * operation did nothing at all (a full Redis refuses a write before it runs
+ * any of it), so there is nothing to take back, unlike after a timeout.
+ */
+export function isStorageFull(error: unknown): boolean {
+  return error instanceof OtpError && refusedWhole.has(error);
+}
+
 /** Storage (Redis) could not be reached or answered in time: retryable. */
 export function storageUnavailable(cause: unknown): OtpError {
   return new OtpError("unavailable", "storage is unavailable; retry shortly", {

@@ -32,7 +32,7 @@
  * Log ids are keyed HMACs: no address, IP or caller name appears in a key.
  */
 import { createHmac, createSecretKey } from "node:crypto";
-import { OtpError, type QuotaViolation } from "../errors.js";
+import { isStorageFull, OtpError, type QuotaViolation } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { CallContext } from "../otp/types.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
@@ -178,6 +178,9 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
       try {
         outcome = await store.consumeLimits(logList, entry, now, { unlessSuppressed: recipientHash });
       } catch (error) {
+        // A full storage refused the script before it ran: nothing was spent, and a refund would be one more
+        // command for a Redis that is already full.
+        if (isStorageFull(error)) throw error;
         // No answer is not "not admitted": a Redis that stalled may run the script after the timeout.
         // The caller hears UNAVAILABLE, so take the admission back; queued behind the script, not awaited.
         // No admission reaches the caller, so nothing can refund it a second time.

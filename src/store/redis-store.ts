@@ -37,7 +37,7 @@
 import { rootCertificates } from "node:tls";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
-import { storageUnavailable, type OtpError } from "../errors.js";
+import { storageFull, storageUnavailable, type OtpError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type {
   ClaimResult,
@@ -72,6 +72,12 @@ export interface RedisStoreOptions {
   /** Told of every failed operation (by name: `getRecord`...), for the Redis error metric. */
   readonly onCommandError?: ((operation: string) => void) | undefined;
   /**
+   * Told when Redis starts refusing writes for lack of memory (true: an OOM
+   * reply) and when one of its writes goes through again (false), for the
+   * "Redis is full" gauge.
+   */
+  readonly onFullChange?: ((full: boolean) => void) | undefined;
+  /**
    * Redis Cluster: `url` is one or more comma-separated seed nodes
    * (`redis://a:7000,redis://b:7001`); the client discovers the rest.
    */
@@ -87,13 +93,25 @@ export interface RedisStoreOptions {
 const maxReconnectDelayMs = 2000;
 
 // --- Lua scripts -----------------------------------------------------------
+// Every script opens with a Redis 7 shebang (the very first line), which
+// tells Redis before it runs what the script may do:
+// - `#!lua`: it writes, so a full Redis (maxmemory reached, noeviction)
+//   refuses it up front with OOM, as it does a plain SET. Without a shebang
+//   Redis refuses a script only at its first write that may grow memory, and
+//   lets it finish once it has written anything: the limits script, whose
+//   first write is a trim, would spend the limits on a full Redis.
+// - `flags=no-writes`: it only reads, and runs on a full Redis (and a replica).
+// - `flags=allow-oom`: it only removes (refund, release), and runs on a full
+//   Redis, where giving memory back is exactly what is wanted.
+// With a shebang a script may touch only keys it is given (KEYS), all in one
+// cluster slot: every script here does.
 // A code is live while now <= expiresAt ("after which it no longer
 // verifies"); the set is dropped once now >= last expiry + keepExpiredMs.
 // Entry values are "<hmac>:<expiresAt>"; the hmac is matched greedily up to
 // the last colon, so it may itself contain colons.
 
 /** KEYS[1] code set; ARGV entryId, hmac, expiresAt, maxFailures, now, keepExpiredMs. */
-const addCodeLua = `
+const addCodeLua = `#!lua
 local key = KEYS[1]
 local maxFailures = tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
@@ -151,7 +169,8 @@ end
  * {'capped', window, retryAt, ...} (1-based windows) | {'invalid', failures} |
  * {'verified', entryId}. See OtpStore.verifyGuess.
  */
-const verifyGuessLua = `${windowLua}
+const verifyGuessLua = `#!lua
+${windowLua}
 local key = KEYS[1]
 local guess = ARGV[1]
 local maxFailures = tonumber(ARGV[2])
@@ -227,7 +246,7 @@ return {'invalid', failures}
  * KEYS[1] idempotency key; ARGV claim JSON, ttlMs.
  * Returns {1} claimed, {2} claimed over an unreadable value, {0, existing JSON}.
  */
-const claimLua = `
+const claimLua = `#!lua
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
 local existing = redis.call('GET', KEYS[1])
 local ok, claim = pcall(cjson.decode, existing)
@@ -239,8 +258,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {2}
 `;
 
-/** KEYS[1] idempotency key; ARGV messageId. Deletes only the owner's claim. */
-const releaseLua = `
+/**
+ * KEYS[1] idempotency key; ARGV messageId. Deletes only the owner's claim.
+ * It only frees memory, so it runs on a full Redis too (allow-oom): a send
+ * that failed there gives its key back for the retry.
+ */
+const releaseLua = `#!lua flags=allow-oom
 local existing = redis.call('GET', KEYS[1])
 if not existing then return 0 end
 local ok, claim = pcall(cjson.decode, existing)
@@ -262,7 +285,8 @@ return 0
  * 1-based log and window indices, or {2, suppression JSON} (nothing checked
  * or consumed).
  */
-const consumeLimitsLua = `${windowLua}
+const consumeLimitsLua = `#!lua
+${windowLua}
 local now = tonumber(ARGV[1])
 local entry = ARGV[2]
 local first = 1
@@ -321,7 +345,7 @@ return reply
  * rather than a GET and an LRANGE (each command is a Command object, a timer
  * and a promise in ioredis).
  */
-const readRecordLua = `
+const readRecordLua = `#!lua flags=no-writes
 return {redis.call('GET', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 `;
 
@@ -352,9 +376,24 @@ end
 return reply
 `;
 
-/** KEYS: limit logs; ARGV[1] the entry. See OtpStore.refundLimits. */
-const refundLimitsLua = `
+/**
+ * KEYS: limit logs; ARGV[1] the entry. See OtpStore.refundLimits. It only
+ * frees memory, so it runs on a full Redis too (allow-oom): a send admitted
+ * just before Redis filled up, whose record it then refused, still gets its
+ * limits back.
+ */
+const refundLimitsLua = `#!lua flags=allow-oom
 for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+`;
+
+/**
+ * No keys, writes nothing, but declared as writing: a full Redis refuses it
+ * up front, as it would any write. While Redis is known to be full, the
+ * health probe runs it after its PING to learn, without waiting for a
+ * call, when Redis has room again.
+ */
+const roomProbeLua = `#!lua
 return 1
 `;
 
@@ -367,6 +406,7 @@ const scripts = {
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
   otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
+  otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
 
 type ScriptArg = string | number;
@@ -419,7 +459,8 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     ScriptCommands;
 
   const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
-  warnIfRedisEvicts(redis, logger);
+  checkRedisOnConnect(redis, logger);
+  const fullness = trackFullness(logger, options.onFullChange);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
   const failureKey = (group: string, logId: string): string => `${prefix}fail:{${group}}:${logId}`;
@@ -437,8 +478,15 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
   /** `alsoFailed`: operations one command stands for besides `operation` (each counted as failed too). */
   function failed(operation: string, error: unknown, alsoFailed: readonly string[]): never {
-    const unavailable = toUnavailable(error);
-    readiness.noteFailure(operation, unavailable);
+    let unavailable: OtpError;
+    if (isOutOfMemory(error)) {
+      // Redis answers, it only refuses to store more: not an outage, and not one to call "unreachable".
+      unavailable = storageFull(describe(error));
+      fullness.noteFull(operation, unavailable.cause);
+    } else {
+      unavailable = toUnavailable(error);
+      readiness.noteFailure(operation, unavailable);
+    }
     options.onCommandError?.(operation);
     for (const other of alsoFailed) options.onCommandError?.(other);
     throw unavailable;
@@ -462,7 +510,14 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       // A body that throws (JSON.stringify of a cyclic value...) fails like a command.
       pending = rejection(error);
     }
-    return pending.then(succeeded, (error: unknown) => failed(operation, error, alsoFailed));
+    // Only while Redis is known to be full: one of its writes answered means it has room again.
+    const answered = fullness.isFull() && addsData.has(operation) ? roomAgain : succeeded;
+    return pending.then(answered, (error: unknown) => failed(operation, error, alsoFailed));
+  }
+
+  function roomAgain<T>(result: T): T {
+    fullness.noteRoom();
+    return succeeded(result);
   }
 
   // Arguments are checked before `run`, so a programming error surfaces as
@@ -631,9 +686,17 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     },
 
     ping(): Promise<void> {
-      return run("ping", async () => {
+      const pinged = run("ping", async () => {
         await redis.ping();
       });
+      if (!fullness.isFull()) return pinged;
+      // Still full is no failed PING: Redis answers, health stays up (the full gauge says the rest).
+      return pinged.then(() =>
+        redis.otpRoomProbe().then(
+          () => fullness.noteRoom(),
+          () => undefined,
+        ),
+      );
     },
 
     isReady: () => readiness.isReady(),
@@ -787,23 +850,38 @@ function untrustedCertificate(error: unknown, privateCa: boolean): string | unde
 }
 
 /**
- * Warns, once, when the Redis we connected to may evict keys under memory
- * pressure (a maxmemory with a policy other than noeviction): limits, codes,
- * idempotency keys and delivery records would vanish before their TTL, with
- * no error anywhere. Under noeviction a full Redis refuses writes instead,
- * which callers see as UNAVAILABLE. INFO may be disabled (some managed
- * Redis): then there is nothing to say.
+ * Checks the Redis we connected to, with one INFO (its default sections hold
+ * both the server's version and its memory settings):
+ * - Older than 7.0: it cannot run the scripts (their shebang flags are
+ *   Redis 7's), so every call would fail with "Error compiling script".
+ *   Said once, at error, with the version.
+ * - It may evict keys under memory pressure (a maxmemory with a policy other
+ *   than noeviction): limits, codes, idempotency keys and delivery records
+ *   would vanish before their TTL, with no error anywhere. Under noeviction
+ *   a full Redis refuses writes instead, which callers see as UNAVAILABLE.
+ *   Warned once.
+ * INFO may be disabled (some managed Redis): then there is nothing to say.
  */
-function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
-  let warned = false;
+function checkRedisOnConnect(redis: Redis | Cluster, logger: Logger): void {
+  let warnedVersion = false;
+  let warnedEviction = false;
   redis.on("ready", () => {
-    if (warned) return;
-    redis.info("memory").then(
+    if (warnedVersion && warnedEviction) return;
+    redis.info().then(
       (info) => {
+        const tooOld = redisTooOld(info);
+        if (tooOld !== undefined && !warnedVersion) {
+          warnedVersion = true;
+          logger.error(
+            { redis_version: tooOld },
+            `Redis ${tooOld} is too old: OtpEmail needs Redis 7.0 or later (its scripts declare Redis 7 flags), ` +
+              "and every call that reaches Redis fails until it is upgraded",
+          );
+        }
         const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
         const maxmemory = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? "0");
-        if (warned || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
-        warned = true;
+        if (warnedEviction || policy === undefined || policy === "noeviction" || maxmemory === 0) return;
+        warnedEviction = true;
         logger.warn(
           { maxmemory_policy: policy, maxmemory },
           `Redis may evict keys when full (maxmemory-policy ${policy}): rate limits, codes, idempotency keys and ` +
@@ -813,6 +891,73 @@ function warnIfRedisEvicts(redis: Redis | Cluster, logger: Logger): void {
       () => undefined,
     );
   });
+}
+
+/**
+ * The version INFO reports when it is older than 7.0, the first release
+ * whose scripts may declare flags; undefined for 7.0 and later (Valkey
+ * reports a redis_version of 7.2) or when INFO does not say.
+ */
+export function redisTooOld(info: string): string | undefined {
+  const version = /^redis_version:(\d+)(\.[^\s]*)?/m.exec(info);
+  if (version === null) return undefined;
+  return Number(version[1]) < 7 ? `${version[1]}${version[2] ?? ""}` : undefined;
+}
+
+/**
+ * The operations Redis refuses when it is full (they may add data; see the
+ * scripts' shebang flags): one of them answered means Redis has room.
+ */
+const addsData: ReadonlySet<string> = new Set([
+  "consumeLimits",
+  "addCode",
+  "verifyGuess",
+  "claimIdempotencyKey",
+  "putRecord",
+  "addDeliveryReport",
+  "putSuppression",
+]);
+
+/**
+ * Redis's refusal when used memory is over maxmemory and nothing may be
+ * evicted: "OOM command not allowed when used memory > 'maxmemory'." A
+ * MULTI with such a command fails with EXECABORT, the OOM among its
+ * `previousErrors`.
+ */
+function isOutOfMemory(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (error.message.startsWith("OOM ")) return true;
+  const previous = (error as { previousErrors?: unknown }).previousErrors;
+  return Array.isArray(previous) && previous.some((inner) => inner instanceof Error && inner.message.startsWith("OOM "));
+}
+
+/**
+ * Says once that Redis is full, in the operator's words, and once that it
+ * takes writes again: not once per refused call, which on a busy service
+ * would be every call.
+ */
+function trackFullness(logger: Logger, onChange: ((full: boolean) => void) | undefined) {
+  let full = false;
+  return {
+    isFull: () => full,
+    noteFull(operation: string, cause: unknown): void {
+      if (full) return;
+      full = true;
+      onChange?.(true);
+      logger.error(
+        { err: cause, operation },
+        "Redis is full: used memory is over maxmemory and Redis refuses every write (maxmemory-policy noeviction), " +
+          "so SendOtp and VerifyOtp answer UNAVAILABLE, having spent and stored nothing, while reads still answer; " +
+          "raise maxmemory or free memory (a shorter RECORD_RETENTION keeps fewer delivery records)",
+      );
+    },
+    noteRoom(): void {
+      if (!full) return;
+      full = false;
+      onChange?.(false);
+      logger.info("Redis accepts writes again: no longer full");
+    },
+  };
 }
 
 /**

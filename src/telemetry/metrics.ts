@@ -123,6 +123,7 @@ export interface Metrics {
   readonly smtpPoolSize: Gauge;
   readonly deliveryTransitions: Counter<"state" | "provider">;
   readonly redisCommandErrors: Counter<"operation">;
+  readonly redisFull: Gauge;
   readonly bounceReports: Counter<"kind" | "state">;
   readonly bounceIntakeRejections: Counter<"reason">;
   readonly tlsCertificateExpiry: Gauge<"certificate">;
@@ -261,6 +262,14 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["operation"] as const,
     registers,
   });
+  const redisFull = new Gauge({
+    name: "otp_redis_full",
+    help:
+      "1 while Redis refuses writes for lack of memory (used memory over maxmemory, policy noeviction: SendOtp and " +
+      "VerifyOtp answer UNAVAILABLE), from its first such refusal until a write goes through again (a call's, or the " +
+      "health probe's check every 5 s); else 0.",
+    registers,
+  });
   const bounceReports = new Counter({
     name: "otp_bounce_reports_total",
     help:
@@ -349,6 +358,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     smtpPoolSize,
     deliveryTransitions,
     redisCommandErrors,
+    redisFull,
     bounceReports,
     bounceIntakeRejections,
     tlsCertificateExpiry,
