@@ -205,15 +205,18 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // checks the suppression first, in the same round trip as the limits
       // (or, for a limiter that cannot, the list is read before it).
       const recipientHash = options.suppression?.recipientHash(request.recipient.key);
+      // While OTP_SECRET rotates, a recipient suppressed under the previous secret stays suppressed.
+      const previousRecipientHash = options.suppression?.previousRecipientHash(request.recipient.key);
       // Made only for a suppressed recipient, not for every send.
       const refusal = () => ({ messageId, recipientHash, now, ...request });
       if (recipientHash !== undefined && limiter.checksSuppression !== true) {
-        const cause = await options.suppression?.check(recipientHash);
+        const cause = await options.suppression?.check(recipientHash, previousRecipientHash);
         if (cause !== undefined) return await refuseSuppressed(ctx, refusal(), cause);
       }
       const admission = await limiter.admit(ctx, {
         ...limitRequest,
         recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
+        previousRecipientHash: limiter.checksSuppression === true ? previousRecipientHash : undefined,
       });
       if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal(), admission.suppressedBy);
       unsent = admission;
