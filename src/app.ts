@@ -27,7 +27,7 @@ import { createLimiter } from "./limits/limiter.js";
 import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
 import { createHasher } from "./otp/code.js";
-import { createOtpService } from "./otp/otp-service.js";
+import { createOtpService, defaultKeepExpiredMs } from "./otp/otp-service.js";
 import { previousSecretOf, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
 import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
@@ -193,6 +193,8 @@ export async function startApp(options: AppOptions): Promise<App> {
       rotatedAt: config.otp.rotatedAt,
       suppressionTtlMs: config.bounce.suppressionTtlMs,
       recordRetentionMs: config.recordRetentionMs,
+      codeTtlMaxMs: config.otp.ttlMaxMs,
+      keepExpiredMs: defaultKeepExpiredMs,
     });
     logSecrets(config, previousSecret, clock, logger);
     const suppression = createSuppressionList({
@@ -224,6 +226,12 @@ export async function startApp(options: AppOptions): Promise<App> {
       maxFailedAttempts: config.otp.maxFailedAttempts,
       recordRetentionMs: config.recordRetentionMs,
       idempotencyTtlMs: config.idempotencyTtlMs,
+      previousSecret: previousSecret && {
+        hasher: createHasher(previousSecret.secret),
+        // The old set's own failure cap, as the instances with the old secret counted it.
+        verifyLimiter: createLimiter({ store, limits: config.limits, secret: previousSecret.secret, logger }),
+        codesUntil: previousSecret.codesUntil,
+      },
     });
 
     const server = createGrpcServer({
@@ -313,14 +321,17 @@ function logSecrets(config: Config, previous: PreviousSecret | undefined, clock:
     logger.info(current, "OTP secret in use");
     return;
   }
-  const until = new Date(previous.suppressionUntil).toISOString();
+  // The later of the two uses; codes last a day at most, suppressions much longer.
+  const untilMs = Math.max(previous.suppressionUntil, previous.codesUntil);
+  const until = new Date(untilMs).toISOString();
   const fields = {
     ...current,
     otp_secret_previous_key_id: previous.keyId,
     otp_secret_rotated_at: new Date(previous.rotatedAt).toISOString(),
-    suppression_list_consulted_until: until,
+    codes_consulted_until: new Date(previous.codesUntil).toISOString(),
+    suppression_list_consulted_until: new Date(previous.suppressionUntil).toISOString(),
   };
-  if (clock.now() >= previous.suppressionUntil) {
+  if (clock.now() >= untilMs) {
     logger.warn(fields, `OTP_SECRET_PREVIOUS is no longer consulted (since ${until}): remove it and OTP_SECRET_ROTATED_AT`);
   } else {
     logger.info(fields, `OTP secret rotation: the previous secret is still consulted; remove OTP_SECRET_PREVIOUS after ${until}`);

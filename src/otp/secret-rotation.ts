@@ -21,6 +21,10 @@ export interface SecretRotationOptions {
   readonly suppressionTtlMs: number;
   /** RECORD_RETENTION: how long a DSN for a message sent before the rotation may still be applied. */
   readonly recordRetentionMs: number;
+  /** OTP_TTL_MAX: the longest a code sent before the rotation stays live. */
+  readonly codeTtlMaxMs: number;
+  /** How long a code set outlives its last code (to answer EXPIRED): the OTP service's keepExpiredMs. */
+  readonly keepExpiredMs: number;
 }
 
 /** The previous secret and the last moment (exclusive) each use consults it. */
@@ -34,6 +38,8 @@ export interface PreviousSecret {
    * rotation) until RECORD_RETENTION after it.
    */
   readonly suppressionUntil: number;
+  /** A code set made under the previous secret is gone by then: OTP_TTL_MAX and the keep-expired margin. */
+  readonly codesUntil: number;
 }
 
 /** The previous secret while any use still consults it, else undefined. */
@@ -45,5 +51,6 @@ export function previousSecretOf(options: SecretRotationOptions): PreviousSecret
     keyId: secretKeyId(previousSecret),
     rotatedAt,
     suppressionUntil: rotatedAt + options.suppressionTtlMs + options.recordRetentionMs,
+    codesUntil: rotatedAt + options.codeTtlMaxMs + options.keepExpiredMs,
   };
 }

@@ -6,17 +6,20 @@
 import * as grpc from "@grpc/grpc-js";
 import { createTransport } from "nodemailer";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import type { Clock } from "../../src/clock.js";
 import { secretKeyId } from "../../src/otp/secret-rotation.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
-import { call, failure, sendOtp, startInstance, untilServing, type Instance } from "../support/otp-instances.js";
+import { call, failure, sendOtp, startInstance, untilServing, verifyOtp, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, startRedisServer, type RedisServer } from "../support/redis.js";
+import { codeFromMail } from "../support/service.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 const oldSecret = "old-secret-rotation-test-0123456789abcdefgh";
 const newSecret = "new-secret-rotation-test-0123456789abcdefgh";
-const day = 86_400_000;
+const minute = 60_000;
+const hour = 60 * minute;
+const day = 24 * hour;
 const bounceDomain = "bounces.acme.test";
 
 let redis: RedisServer;
@@ -96,6 +99,8 @@ describe("start-up", () => {
       otp_secret_previous_key_id: secretKeyId(Buffer.from(oldSecret)),
       otp_secret_rotated_at: "2026-01-01T00:00:00.000Z",
       suppression_list_consulted_until: new Date(rotatedAt + 37 * day).toISOString(),
+      // OTP_TTL_MAX (1 h by default) and the hour an expired code set is kept to answer EXPIRED.
+      codes_consulted_until: new Date(rotatedAt + 2 * hour).toISOString(),
     });
     expect(a.logs.find((entry) => entry["otp_secret_key_id"] !== undefined)).toMatchObject({
       otp_secret_key_id: secretKeyId(Buffer.from(oldSecret)),
@@ -153,5 +158,74 @@ describe("the suppression list survives the rotation", () => {
     // The old secret's entry is still in Redis (real TTL), but B no longer looks: in production it expired by now.
     await call(b.client, sendOtp, { recipient, purpose: Purpose.LOGIN });
     expect(sink.messages).toHaveLength(2);
+  });
+});
+
+/** Sends a code to `recipient` on `instance` and reads it from the mail the sink got. */
+async function sendCode(instance: Instance, recipient: string, ttlSeconds?: number): Promise<string> {
+  const before = sink.messages.length;
+  await call(instance.client, sendOtp, {
+    recipient,
+    purpose: Purpose.LOGIN,
+    ...(ttlSeconds === undefined ? {} : { ttl: { seconds: BigInt(ttlSeconds), nanos: 0 } }),
+  });
+  const [mail] = (await sink.waitForMessages(before + 1)).slice(before);
+  return codeFromMail(mail?.parsed.subject);
+}
+
+function verify(instance: Instance, recipient: string, code: string) {
+  return call(instance.client, verifyOtp, { recipient, purpose: Purpose.LOGIN, code });
+}
+
+/** A code of the same length that is not `code`. */
+const wrong = (code: string): string => code.replace(/^./, (digit) => String((Number(digit) + 1) % 10));
+
+describe("codes sent before the rotation still verify", () => {
+  it("sent on A (old secret), verified on B (new secret): VERIFIED, once", async () => {
+    const { a, b } = await pair();
+    const code = await sendCode(a, "early@example.com");
+    expect(await verify(b, "early@example.com", code)).toMatchObject({ result: VerifyResult.VERIFIED });
+    // Consumed in the old set: neither instance verifies it again.
+    expect((await verify(b, "early@example.com", code)).result).not.toBe(VerifyResult.VERIFIED);
+    expect((await verify(a, "early@example.com", code)).result).not.toBe(VerifyResult.VERIFIED);
+  });
+
+  it("a wrong guess on B counts once, against the old set's attempts, which A sees too; the set locks as usual", async () => {
+    const { a, b } = await pair({ env: { OTP_MAX_FAILED_ATTEMPTS: "3" } });
+    const code = await sendCode(a, "guess@example.com");
+    expect(await verify(b, "guess@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 2 });
+    expect(await verify(a, "guess@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 1 });
+    expect(await verify(b, "guess@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 0 });
+    expect(await verify(b, "guess@example.com", code)).toMatchObject({ result: VerifyResult.LOCKED });
+  });
+
+  it("the old set answers EXPIRED for its own expired code", async () => {
+    const clock = movableClock();
+    const { a, b } = await pair({ clock });
+    const code = await sendCode(a, "late@example.com", 60);
+    clock.advance(2 * minute);
+    expect(await verify(b, "late@example.com", code)).toMatchObject({ result: VerifyResult.EXPIRED });
+  });
+
+  it("once a new code was sent under the new secret, the new set decides: the old code is INVALID", async () => {
+    const { a, b } = await pair();
+    const old = await sendCode(a, "both@example.com");
+    const fresh = await sendCode(b, "both@example.com");
+    expect(await verify(b, "both@example.com", old)).toMatchObject({ result: VerifyResult.INVALID });
+    expect(await verify(b, "both@example.com", fresh)).toMatchObject({ result: VerifyResult.VERIFIED });
+  });
+
+  it("after OTP_TTL_MAX + 1 h from the rotation, B no longer looks under the old secret: NOT_FOUND", async () => {
+    // Every set made under the old secret before the rotation is gone by then, so only a code that an instance
+    // still on the old secret sent after the rotation (A here, lagging behind) shows whether B still looks.
+    const clock = movableClock();
+    const { a, b } = await pair({ clock, rotatedAt: Date.now() - 90 * minute, env: { OTP_TTL_MAX: "1h" } });
+    const code = await sendCode(a, "gone-code@example.com", 3600);
+    clock.advance(29 * minute);
+    expect(await verify(b, "gone-code@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID });
+    clock.advance(2 * minute);
+    expect(await verify(b, "gone-code@example.com", code)).toMatchObject({ result: VerifyResult.NOT_FOUND });
+    // The set is still there for the old secret.
+    expect(await verify(a, "gone-code@example.com", code)).toMatchObject({ result: VerifyResult.VERIFIED });
   });
 });
