@@ -50,7 +50,7 @@ function movableClock(): Clock & { advance(ms: number): void } {
 
 /** A (old secret) and B (new secret, rotating) on one Redis prefix, the sink as relay, each with a bounce intake. */
 async function pair(
-  options: { env?: Record<string, string>; rotatedAt?: number; clock?: Clock } = {},
+  options: { env?: Record<string, string>; rotatedAt?: number; clock?: Clock; envOfA?: Record<string, string> } = {},
 ): Promise<{ a: Instance; b: Instance }> {
   const shared = {
     SMTP_URL: sink.url,
@@ -61,7 +61,7 @@ async function pair(
     ...options.env,
   };
   const [a, b] = await Promise.all([
-    startInstance({ env: { ...shared, OTP_SECRET: oldSecret } }),
+    startInstance({ env: { ...shared, OTP_SECRET: oldSecret, ...options.envOfA } }),
     startInstance({
       env: {
         ...shared,
@@ -227,5 +227,21 @@ describe("codes sent before the rotation still verify", () => {
     expect(await verify(b, "gone-code@example.com", code)).toMatchObject({ result: VerifyResult.NOT_FOUND });
     // The set is still there for the old secret.
     expect(await verify(a, "gone-code@example.com", code)).toMatchObject({ result: VerifyResult.VERIFIED });
+  });
+});
+
+describe("a rolling deploy without a mixed window (README runbook, step 3)", () => {
+  it("A in the first phase (old secret, new one as PREVIOUS) and B in the second verify each other's codes and see each other's suppressions", async () => {
+    const { a, b } = await pair({
+      envOfA: { OTP_SECRET_PREVIOUS: newSecret, OTP_SECRET_ROTATED_AT: new Date(Date.now() - 60_000).toISOString() },
+    });
+    expect(await verify(a, "from-b@example.com", await sendCode(b, "from-b@example.com"))).toMatchObject({ result: VerifyResult.VERIFIED });
+    expect(await verify(b, "from-a@example.com", await sendCode(a, "from-a@example.com"))).toMatchObject({ result: VerifyResult.VERIFIED });
+
+    const sent = await call(b.client, sendOtp, { recipient: "gone-b@example.com", purpose: Purpose.LOGIN });
+    await hardBounce(b, sent.messageId, "gone-b@example.com");
+    expect((await failure(call(a.client, sendOtp, { recipient: "gone-b@example.com", purpose: Purpose.LOGIN }))).code).toBe(
+      grpc.status.FAILED_PRECONDITION,
+    );
   });
 });
