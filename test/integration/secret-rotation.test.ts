@@ -12,6 +12,7 @@ import { secretKeyId } from "../../src/otp/secret-rotation.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
 import { call, failure, sendOtp, startInstance, untilServing, verifyOtp, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, startRedisServer, type RedisServer } from "../support/redis.js";
+import { startRedisCluster, type RedisCluster } from "../support/redis-cluster.js";
 import { codeFromMail } from "../support/service.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
@@ -50,12 +51,20 @@ function movableClock(): Clock & { advance(ms: number): void } {
 
 /** A (old secret) and B (new secret, rotating) on one Redis prefix, the sink as relay, each with a bounce intake. */
 async function pair(
-  options: { env?: Record<string, string>; rotatedAt?: number; clock?: Clock; envOfA?: Record<string, string> } = {},
+  options: {
+    env?: Record<string, string>;
+    rotatedAt?: number;
+    clock?: Clock;
+    envOfA?: Record<string, string>;
+    /** Where both keep their data: the private Redis by default. */
+    redisEnv?: Record<string, string>;
+  } = {},
 ): Promise<{ a: Instance; b: Instance }> {
   const shared = {
     SMTP_URL: sink.url,
     REDIS_URL: redis.url,
     REDIS_PREFIX: randomPrefix(),
+    ...options.redisEnv,
     BOUNCE_SMTP_ADDR: "127.0.0.1:0",
     BOUNCE_DOMAIN: bounceDomain,
     ...options.env,
@@ -243,5 +252,34 @@ describe("a rolling deploy without a mixed window (README runbook, step 3)", () 
     expect((await failure(call(a.client, sendOtp, { recipient: "gone-b@example.com", purpose: Purpose.LOGIN }))).code).toBe(
       grpc.status.FAILED_PRECONDITION,
     );
+  });
+});
+
+describe("on a Redis Cluster (old and new code sets in different slots; both suppression keys in {limits})", () => {
+  let cluster: RedisCluster;
+  beforeAll(async () => {
+    cluster = await startRedisCluster();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+  });
+  const onCluster = () => ({ redisEnv: { REDIS_URL: cluster.seeds, REDIS_CLUSTER: "true" } });
+
+  it("a code sent on A verifies on B; a wrong guess on B counts against the old set", async () => {
+    const { a, b } = await pair({ ...onCluster(), env: { OTP_MAX_FAILED_ATTEMPTS: "3" } });
+    const code = await sendCode(a, "cluster@example.com");
+    expect(await verify(b, "cluster@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 2 });
+    expect(await verify(a, "cluster@example.com", wrong(code))).toMatchObject({ result: VerifyResult.INVALID, attemptsRemaining: 1 });
+    expect(await verify(b, "cluster@example.com", code)).toMatchObject({ result: VerifyResult.VERIFIED });
+  });
+
+  it("a hard bounce of A's message, processed by B, refuses SendOtp on B with no CROSSSLOT", async () => {
+    const { a, b } = await pair(onCluster());
+    const sent = await call(a.client, sendOtp, { recipient: "cluster-gone@example.com", purpose: Purpose.LOGIN });
+    await hardBounce(b, sent.messageId, "cluster-gone@example.com");
+    const refused = await failure(call(b.client, sendOtp, { recipient: "cluster-gone@example.com", purpose: Purpose.LOGIN }));
+    expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+    await call(b.client, sendOtp, { recipient: "cluster-fine@example.com", purpose: Purpose.LOGIN });
+    expect(JSON.stringify([...a.logs, ...b.logs])).not.toContain("CROSSSLOT");
   });
 });
