@@ -27,7 +27,8 @@ import { createLimiter } from "./limits/limiter.js";
 import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
 import { createHasher } from "./otp/code.js";
-import { createOtpService } from "./otp/otp-service.js";
+import { createOtpService, defaultKeepExpiredMs } from "./otp/otp-service.js";
+import { previousSecretOf, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
 import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
 import { createRedisStore } from "./store/redis-store.js";
@@ -187,11 +188,21 @@ export async function startApp(options: AppOptions): Promise<App> {
     });
 
     const bounceDomain = config.bounce.domain ?? config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1);
+    const previousSecret = previousSecretOf({
+      previousSecret: config.otp.previousSecret,
+      rotatedAt: config.otp.rotatedAt,
+      suppressionTtlMs: config.bounce.suppressionTtlMs,
+      recordRetentionMs: config.recordRetentionMs,
+      codeTtlMaxMs: config.otp.ttlMaxMs,
+      keepExpiredMs: defaultKeepExpiredMs,
+    });
+    logSecrets(config, previousSecret, clock, logger);
     const suppression = createSuppressionList({
       store,
       secret: config.otp.secret,
       ttlMs: config.bounce.suppressionTtlMs,
       clock,
+      previous: previousSecret && { secret: previousSecret.secret, until: previousSecret.suppressionUntil },
     });
     const otp = createOtpService({
       suppression,
@@ -215,6 +226,12 @@ export async function startApp(options: AppOptions): Promise<App> {
       maxFailedAttempts: config.otp.maxFailedAttempts,
       recordRetentionMs: config.recordRetentionMs,
       idempotencyTtlMs: config.idempotencyTtlMs,
+      previousSecret: previousSecret && {
+        hasher: createHasher(previousSecret.secret),
+        // The old set's own failure cap, as the instances with the old secret counted it.
+        verifyLimiter: createLimiter({ store, limits: config.limits, secret: previousSecret.secret, logger }),
+        codesUntil: previousSecret.codesUntil,
+      },
     });
 
     const server = createGrpcServer({
@@ -256,6 +273,7 @@ export async function startApp(options: AppOptions): Promise<App> {
           clock,
           logger,
           reportTtlMs: config.recordRetentionMs,
+          previousSecret,
           onBounceApplied: (record, sendTraceId, previousState) => {
             bounceTelemetry.applied(record, sendTraceId, previousState);
             options.onBounceApplied?.(record, sendTraceId);
@@ -288,6 +306,35 @@ export async function startApp(options: AppOptions): Promise<App> {
   } catch (error) {
     await closeAll(closers, logger);
     throw error;
+  }
+}
+
+/**
+ * Says at start-up which secrets are in use, by key id (never the secret),
+ * and until when the previous one is consulted: instances that disagree on
+ * OTP_SECRET show different ids, and the operator learns when
+ * OTP_SECRET_PREVIOUS may be removed.
+ */
+function logSecrets(config: Config, previous: PreviousSecret | undefined, clock: Clock, logger: Logger): void {
+  const current = { otp_secret_key_id: secretKeyId(config.otp.secret), otp_secret_generated: config.otp.secretGenerated };
+  if (previous === undefined) {
+    logger.info(current, "OTP secret in use");
+    return;
+  }
+  // The later of the two uses; codes last a day at most, suppressions much longer.
+  const untilMs = Math.max(previous.suppressionUntil, previous.codesUntil);
+  const until = new Date(untilMs).toISOString();
+  const fields = {
+    ...current,
+    otp_secret_previous_key_id: previous.keyId,
+    otp_secret_rotated_at: new Date(previous.rotatedAt).toISOString(),
+    codes_consulted_until: new Date(previous.codesUntil).toISOString(),
+    suppression_list_consulted_until: new Date(previous.suppressionUntil).toISOString(),
+  };
+  if (clock.now() >= untilMs) {
+    logger.warn(fields, `OTP_SECRET_PREVIOUS is no longer consulted (since ${until}): remove it and OTP_SECRET_ROTATED_AT`);
+  } else {
+    logger.info(fields, `OTP secret rotation: the previous secret is still consulted; remove OTP_SECRET_PREVIOUS after ${until}`);
   }
 }
 

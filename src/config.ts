@@ -68,6 +68,14 @@ export interface Config {
     readonly secret: Buffer;
     /** True when no OTP_SECRET was given and a random one was made (dev only). */
     readonly secretGenerated: boolean;
+    /**
+     * OTP_SECRET_PREVIOUS: the secret OTP_SECRET replaced, still consulted for
+     * a while after `rotatedAt` (see src/otp/secret-rotation.ts); undefined
+     * when no rotation is going on.
+     */
+    readonly previousSecret: Buffer | undefined;
+    /** OTP_SECRET_ROTATED_AT in ms since the epoch; set exactly when previousSecret is. */
+    readonly rotatedAt: number | undefined;
     readonly length: number;
     readonly ttlDefaultMs: number;
     readonly ttlMinMs: number;
@@ -391,7 +399,7 @@ export function loadConfigFromProcess(): Config {
 }
 
 /** Parses and validates the environment. Throws ConfigError naming the variable. */
-export function loadConfig(env: Env): Config {
+export function loadConfig(env: Env, now: number = Date.now()): Config {
   const read = new Reader(env);
   const nodeEnv = read.string("NODE_ENV") ?? "development";
   if (nodeEnv !== "production" && nodeEnv !== "development" && nodeEnv !== "test") {
@@ -435,6 +443,8 @@ export function loadConfig(env: Env): Config {
   if (secretText !== undefined && secretText.length < 32) {
     throw new ConfigError("OTP_SECRET: must be at least 32 characters (e.g. `openssl rand -base64 48`)");
   }
+
+  const rotation = readSecretRotation(read, secretText, now);
 
   const mailFrom = read.string("MAIL_FROM");
   if (production && mailFrom === undefined) {
@@ -506,6 +516,7 @@ export function loadConfig(env: Env): Config {
     otp: {
       secret: secretText === undefined ? randomBytes(32) : Buffer.from(secretText, "utf8"),
       secretGenerated: secretText === undefined,
+      ...rotation,
       length: read.int("OTP_LENGTH", 6, 4, 10),
       ttlDefaultMs,
       ttlMinMs,
@@ -532,6 +543,49 @@ export function loadConfig(env: Env): Config {
       timeoutMs: read.duration("DOCTOR_TIMEOUT", 5000, 100, 60_000),
     },
   };
+}
+
+/** How far OTP_SECRET_ROTATED_AT may lie ahead of this host's clock (another host's clock may run ahead). */
+const rotationSkewMs = 5 * 60_000;
+
+/**
+ * OTP_SECRET_PREVIOUS and OTP_SECRET_ROTATED_AT: both or neither, and only
+ * with OTP_SECRET. Errors never quote a secret.
+ */
+function readSecretRotation(
+  read: Reader,
+  secretText: string | undefined,
+  now: number,
+): { previousSecret: Buffer | undefined; rotatedAt: number | undefined } {
+  const previousText = read.string("OTP_SECRET_PREVIOUS");
+  const rotatedAtText = read.string("OTP_SECRET_ROTATED_AT");
+  if (previousText === undefined) {
+    if (rotatedAtText !== undefined) throw new ConfigError("OTP_SECRET_ROTATED_AT: set only with OTP_SECRET_PREVIOUS (the secret it replaced); unset it");
+    return { previousSecret: undefined, rotatedAt: undefined };
+  }
+  if (secretText === undefined) {
+    throw new ConfigError("OTP_SECRET_PREVIOUS: set only with OTP_SECRET (the new secret); set OTP_SECRET or unset OTP_SECRET_PREVIOUS");
+  }
+  if (previousText.length < 32) throw new ConfigError("OTP_SECRET_PREVIOUS: must be at least 32 characters (the OTP_SECRET it replaced)");
+  if (previousText === secretText) {
+    throw new ConfigError("OTP_SECRET_PREVIOUS: must differ from OTP_SECRET (set OTP_SECRET to the new secret, OTP_SECRET_PREVIOUS to the old one)");
+  }
+  if (rotatedAtText === undefined) {
+    throw new ConfigError("OTP_SECRET_ROTATED_AT: required when OTP_SECRET_PREVIOUS is set: when OTP_SECRET changed, such as 2026-11-27T10:00:00Z");
+  }
+  // A date alone would be read as UTC midnight: ask for the time the rotation really happened.
+  const rotatedAt = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i.test(rotatedAtText)
+    ? Date.parse(rotatedAtText)
+    : Number.NaN;
+  if (Number.isNaN(rotatedAt)) {
+    throw new ConfigError(`OTP_SECRET_ROTATED_AT=${rotatedAtText}: must be an ISO-8601 time with a zone, such as 2026-11-27T10:00:00Z`);
+  }
+  if (rotatedAt > now + rotationSkewMs) {
+    throw new ConfigError(
+      `OTP_SECRET_ROTATED_AT=${rotatedAtText}: is in the future; set it to when the new OTP_SECRET was deployed (at most ${formatMs(rotationSkewMs)} ahead, for clock skew)`,
+    );
+  }
+  return { previousSecret: Buffer.from(previousText, "utf8"), rotatedAt };
 }
 
 const domainPattern = /^(?=.{1,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}$/;

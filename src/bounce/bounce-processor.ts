@@ -42,6 +42,12 @@ export interface BounceProcessorOptions {
   /** How long reports are kept (the record retention). */
   readonly reportTtlMs: number;
   /**
+   * While OTP_SECRET rotates: a record made before `rotatedAt` carries its
+   * recipient's hash under the previous secret, which SendOtp consults only
+   * until `suppressionUntil`; the log line says so.
+   */
+  readonly previousSecret?: { readonly rotatedAt: number; readonly suppressionUntil: number } | undefined;
+  /**
    * Called after a bounce changed what is known about a message, with the
    * record as a status query now sees it, the trace id of the send (so the
    * change can be traced as a span linked to that trace) and the state the
@@ -149,6 +155,10 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     const updated = withReports(record, [...earlier, report]);
 
     let suppressed = false;
+    // Which secret the record's recipient hash was made under, when it is not the current one.
+    const { previousSecret } = options;
+    const previousUntil =
+      previousSecret !== undefined && record.createdAt < previousSecret.rotatedAt ? previousSecret.suppressionUntil : undefined;
     if (suppresses(report)) {
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "hard bounce for a record without a recipient hash; recipient not suppressed");
@@ -170,6 +180,9 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
         previous_state: previousState,
         state: updated.state,
         suppressed,
+        ...(suppressed && previousUntil !== undefined
+          ? { recipient_hash_before_rotation: true, suppression_consulted_until: new Date(previousUntil).toISOString() }
+          : {}),
         reporting_mta: report.reportingMta,
       },
       "bounce applied",

@@ -5,7 +5,7 @@
  * storage never holds an address, and the key cannot be recomputed without
  * the server secret.
  */
-import { createHmac, createSecretKey } from "node:crypto";
+import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { Clock } from "../clock.js";
 import type { SuppressionEntry } from "../delivery/record.js";
 import type { OtpStore } from "../store/types.js";
@@ -17,6 +17,12 @@ export interface SuppressionListOptions {
   /** How long a hard bounce suppresses its recipient (SUPPRESSION_TTL). */
   readonly ttlMs: number;
   readonly clock: Clock;
+  /**
+   * While OTP_SECRET rotates: the secret it replaced, consulted until
+   * `until` (exclusive), so that a recipient suppressed under it stays
+   * suppressed (see src/otp/secret-rotation.ts).
+   */
+  readonly previous?: { readonly secret: Buffer; readonly until: number } | undefined;
 }
 
 /** What caused a suppression: the bounced message and its DSN. */
@@ -29,8 +35,10 @@ export interface SuppressionCause {
 export interface SuppressionList {
   /** The opaque id of a recipient (its lower-cased address): stored on records, keys the list. */
   recipientHash(recipientKey: string): string;
-  /** The suppression in force for a recipient, or undefined. */
-  check(recipientHash: string): Promise<SuppressionEntry | undefined>;
+  /** The recipient's hash under the previous secret while a rotation's grace lasts, else undefined. */
+  previousRecipientHash(recipientKey: string): string | undefined;
+  /** The suppression in force for a recipient (either hash; the current one's first), or undefined. */
+  check(recipientHash: string, previousRecipientHash?: string): Promise<SuppressionEntry | undefined>;
   /** Suppresses a recipient from now for the configured time; returns the entry stored. */
   suppress(recipientHash: string, cause: SuppressionCause): Promise<SuppressionEntry>;
 }
@@ -41,11 +49,19 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
   if (secret.length === 0) throw new Error("suppression: the secret must not be empty");
   // A KeyObject, made once: createHmac given a Buffer costs several times the HMAC itself (see otp/code.ts).
   const key = createSecretKey(secret);
+  const previous = options.previous === undefined ? undefined : { key: createSecretKey(options.previous.secret), until: options.previous.until };
+  // Its own label, so the value can never collide with another HMAC of the service.
+  const hash = (hashKey: KeyObject, recipientKey: string): string =>
+    createHmac("sha256", hashKey).update(`suppression\0${recipientKey.toLowerCase()}`).digest("hex").slice(0, 32);
   return {
-    recipientHash: (recipientKey) =>
-      // Its own label, so the value can never collide with another HMAC of the service.
-      createHmac("sha256", key).update(`suppression\0${recipientKey.toLowerCase()}`).digest("hex").slice(0, 32),
-    check: (recipientHash) => store.getSuppression(recipientHash),
+    recipientHash: (recipientKey) => hash(key, recipientKey),
+    previousRecipientHash: (recipientKey) =>
+      previous !== undefined && clock.now() < previous.until ? hash(previous.key, recipientKey) : undefined,
+    async check(recipientHash, previousRecipientHash) {
+      const current = await store.getSuppression(recipientHash);
+      if (current !== undefined || previousRecipientHash === undefined) return current;
+      return store.getSuppression(previousRecipientHash);
+    },
     async suppress(recipientHash, cause) {
       const now = clock.now();
       const entry: SuppressionEntry = { ...cause, bouncedAt: now, expiresAt: now + ttlMs };

@@ -169,14 +169,16 @@ export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimi
     checksSuppression: true,
 
     async admit(ctx: CallContext, request) {
-      const { now, recipientHash } = request;
+      const { now, recipientHash, previousRecipientHash } = request;
       const logs = sendLogs(ctx, request);
       if (logs.length === 0 && recipientHash === undefined) return { resendAvailableAt: now, refund: nothingToRefund };
       const logList = logs.map((l) => l.log);
       const entry = newEntry(now, random);
       let outcome;
       try {
-        outcome = await store.consumeLimits(logList, entry, now, { unlessSuppressed: recipientHash });
+        const unlessSuppressed =
+          recipientHash !== undefined && previousRecipientHash !== undefined ? [recipientHash, previousRecipientHash] : recipientHash;
+        outcome = await store.consumeLimits(logList, entry, now, { unlessSuppressed });
       } catch (error) {
         // A full storage refused the script before it ran: nothing was spent, and a refund would be one more
         // command for a Redis that is already full.

@@ -42,6 +42,12 @@ export interface SendLimitRequest {
    * checks no limit, spends nothing and resolves with `suppressedBy`.
    */
   readonly recipientHash?: string | undefined;
+  /**
+   * The recipient's hash under the previous OTP_SECRET while a rotation's
+   * grace lasts: checked with `recipientHash`, in the same step (the
+   * current one's entry wins when both are suppressed).
+   */
+  readonly previousRecipientHash?: string | undefined;
 }
 
 export interface SendLimiter {

@@ -54,6 +54,14 @@ export interface OtpServiceOptions {
   readonly idempotencyTtlMs: number;
   /** How long a code set outlives its last code, so VerifyOtp can say EXPIRED (default 1 h). */
   readonly keepExpiredMs?: number;
+  /**
+   * While OTP_SECRET rotates: the hasher and verify limiter of the previous
+   * secret, and until when (exclusive) VerifyOtp looks for a code set made
+   * under it when the current secret's finds none.
+   */
+  readonly previousSecret?:
+    | { readonly hasher: Hasher; readonly verifyLimiter: VerifyLimiter; readonly codesUntil: number }
+    | undefined;
   /** Hard-bounced recipients; checked before any limit is spent. Default: none suppressed. */
   readonly suppression?: SuppressionList | undefined;
   /**
@@ -74,10 +82,13 @@ export interface OtpServiceOptions {
  */
 const unrecordedClaimMs = 5 * 60_000;
 
+/** How long a code set outlives its last code by default (OtpServiceOptions.keepExpiredMs). */
+export const defaultKeepExpiredMs = 3_600_000;
+
 export function createOtpService(options: OtpServiceOptions): OtpService {
   const { store, delivery, renderer, limiter, hasher, clock, logger } = options;
   const verifyLimiter = options.verifyLimiter ?? unlimited;
-  const keepExpiredMs = options.keepExpiredMs ?? 3_600_000;
+  const keepExpiredMs = options.keepExpiredMs ?? defaultKeepExpiredMs;
   const random = createRandomPool();
   const setOptions = (now: number) => ({ maxFailures: options.maxFailedAttempts, now, keepExpiredMs });
 
@@ -156,7 +167,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
     const messageId = newMessageId(now, random);
-    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
+    const set = codeSet(hasher, ctx.caller, request.recipient.key, request.purpose);
     const setId = set.id;
     const limitRequest: SendLimitRequest = {
       recipientKey: request.recipient.key,
@@ -205,15 +216,18 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // checks the suppression first, in the same round trip as the limits
       // (or, for a limiter that cannot, the list is read before it).
       const recipientHash = options.suppression?.recipientHash(request.recipient.key);
+      // While OTP_SECRET rotates, a recipient suppressed under the previous secret stays suppressed.
+      const previousRecipientHash = options.suppression?.previousRecipientHash(request.recipient.key);
       // Made only for a suppressed recipient, not for every send.
       const refusal = () => ({ messageId, recipientHash, now, ...request });
       if (recipientHash !== undefined && limiter.checksSuppression !== true) {
-        const cause = await options.suppression?.check(recipientHash);
+        const cause = await options.suppression?.check(recipientHash, previousRecipientHash);
         if (cause !== undefined) return await refuseSuppressed(ctx, refusal(), cause);
       }
       const admission = await limiter.admit(ctx, {
         ...limitRequest,
         recipientHash: limiter.checksSuppression === true ? recipientHash : undefined,
+        previousRecipientHash: limiter.checksSuppression === true ? previousRecipientHash : undefined,
       });
       if ("suppressedBy" in admission) return await refuseSuppressed(ctx, refusal(), admission.suppressedBy);
       unsent = admission;
@@ -344,19 +358,17 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const request = validateVerifyOtp(input);
     authorizePurpose(ctx, request.purpose);
     const now = clock.now();
-    const set = codeSet(ctx.caller, request.recipient.key, request.purpose);
     const max = options.maxFailedAttempts;
-    // A wrong guess also counts against the caller's cap on failures for this
-    // recipient, which fresh codes do not reset. The store checks the cap,
-    // counts the guess, compares it with every live code and consumes the
-    // matched one in one atomic step: concurrent guesses can overshoot
-    // neither maxFailures nor the cap, a right guess counts against neither,
-    // and a code verifies once.
-    const cap = verifyLimiter.failureCap(ctx, { recipientKey: request.recipient.key, now });
-    const outcome = await store.verifyGuess(set, hasher.codeHmac(set.id, request.code), {
-      ...setOptions(now),
-      failureCap: cap === undefined ? undefined : { log: cap.log, entry: cap.entry },
-    });
+    let { outcome, cap } = await guess(ctx, request, now, hasher, verifyLimiter);
+    // Codes sent before OTP_SECRET rotated live in code sets keyed by the
+    // previous secret (another hash tag, so another Redis Cluster slot: not
+    // in the same script). Only when the current secret has no code set, and
+    // only after that answer: one guess is counted by one set, once. "none"
+    // counted nothing. The old set keeps its own attempts, lock and EXPIRED.
+    const previous = options.previousSecret;
+    if (outcome.state === "none" && previous !== undefined && now < previous.codesUntil) {
+      ({ outcome, cap } = await guess(ctx, request, now, previous.hasher, previous.verifyLimiter));
+    }
     switch (outcome.state) {
       case "none":
         return { result: "NOT_FOUND", attemptsRemaining: max };
@@ -378,9 +390,36 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     }
   }
 
+  /**
+   * One guess against the code set of (caller, recipient, purpose) under
+   * `keys` (the current secret's hasher, or the previous one's).
+   *
+   * A wrong guess also counts against the caller's cap on failures for this
+   * recipient, which fresh codes do not reset. The store checks the cap,
+   * counts the guess, compares it with every live code and consumes the
+   * matched one in one atomic step: concurrent guesses can overshoot
+   * neither maxFailures nor the cap, a right guess counts against neither,
+   * and a code verifies once.
+   */
+  async function guess(
+    ctx: CallContext,
+    request: { readonly recipient: { readonly key: string }; readonly purpose: string; readonly code: string },
+    now: number,
+    keys: Hasher,
+    limits: VerifyLimiter,
+  ) {
+    const set = codeSet(keys, ctx.caller, request.recipient.key, request.purpose);
+    const cap = limits.failureCap(ctx, { recipientKey: request.recipient.key, now });
+    const outcome = await store.verifyGuess(set, keys.codeHmac(set.id, request.code), {
+      ...setOptions(now),
+      failureCap: cap === undefined ? undefined : { log: cap.log, entry: cap.entry },
+    });
+    return { outcome, cap };
+  }
+
   /** The code set of (caller, recipient, purpose), in the group of (caller, recipient). */
-  function codeSet(caller: string, recipientKey: string, purpose: string): CodeSetRef {
-    return { group: hasher.codeGroupId(caller, recipientKey), id: hasher.codeSetId(caller, recipientKey, purpose) };
+  function codeSet(keys: Hasher, caller: string, recipientKey: string, purpose: string): CodeSetRef {
+    return { group: keys.codeGroupId(caller, recipientKey), id: keys.codeSetId(caller, recipientKey, purpose) };
   }
 
   /** PERMISSION_DENIED when the caller is restricted to other purposes. */

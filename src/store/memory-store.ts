@@ -270,7 +270,8 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
     consumeLimits(logs: readonly LimitLog[], entry: string, now: number, limitOptions?: ConsumeLimitsOptions): Promise<LimitOutcome> {
       return run((): LimitOutcome => {
         const { unlessSuppressed } = limitOptions ?? {};
-        const suppressed = unlessSuppressed === undefined ? undefined : read(suppressions, unlessSuppressed);
+        const hashes = unlessSuppressed === undefined ? [] : typeof unlessSuppressed === "string" ? [unlessSuppressed] : unlessSuppressed;
+        const suppressed = hashes.map((hash) => read(suppressions, hash)).find((value) => value !== undefined);
         if (suppressed !== undefined) return { admitted: false, suppressed: JSON.parse(suppressed) as SuppressionEntry };
         const full: FullWindow[] = [];
         const current = logs.map((log, index) => {

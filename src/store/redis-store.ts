@@ -275,8 +275,9 @@ return 0
 `;
 
 /**
- * KEYS: the suppression key when ARGV[3] is '1', then the limit logs. ARGV:
- * now, entry, 1 or 0, then the windows of every log in one string of
+ * KEYS: ARGV[3] suppression keys (0, 1, or 2 while OTP_SECRET rotates; the
+ * first suppressed one answers), then the limit logs. ARGV: now, entry, the
+ * number of suppression keys, then the windows of every log in one string of
  * space-separated whole numbers: per log the number of windows, then max and
  * windowMs of each (one argument rather than two or three per window: every
  * argument costs ioredis a few strings per send to write it). All-or-nothing
@@ -289,10 +290,9 @@ const consumeLimitsLua = `#!lua
 ${windowLua}
 local now = tonumber(ARGV[1])
 local entry = ARGV[2]
-local first = 1
-if ARGV[3] == '1' then
-  first = 2
-  local suppressed = redis.call('GET', KEYS[1])
+local first = tonumber(ARGV[3]) + 1
+for i = 1, first - 1 do
+  local suppressed = redis.call('GET', KEYS[i])
   if suppressed then
     -- An unreadable entry suppresses nothing, as getSuppression reads it.
     local ok, value = pcall(cjson.decode, suppressed)
@@ -652,9 +652,10 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
     ): Promise<LimitOutcome> {
       const unlessSuppressed = limitOptions?.unlessSuppressed;
       if (logs.length === 0 && unlessSuppressed === undefined) return { admitted: true, nextAt: [] };
-      const args = limitArgs(logs, entry, now, unlessSuppressed !== undefined);
+      const hashes = unlessSuppressed === undefined ? [] : typeof unlessSuppressed === "string" ? [unlessSuppressed] : unlessSuppressed;
+      const args = limitArgs(logs, entry, now, hashes.length);
       const keys = logs.map((log) => limitKey(log.id));
-      if (unlessSuppressed !== undefined) keys.unshift(suppressionKey(unlessSuppressed));
+      keys.unshift(...hashes.map(suppressionKey));
       return run("consumeLimits", () =>
         redis.otpConsumeLimits(keys.length, ...keys, ...args).then((reply) => parseLimitOutcome(reply, logs.length)),
       );
@@ -1084,10 +1085,10 @@ function connectCluster(urls: string, redisOptions: RedisOptions): Cluster {
 }
 
 /** ARGV of the consume script after the keys; validates every window. */
-function limitArgs(logs: readonly LimitLog[], entry: string, now: number, checkSuppression: boolean): ScriptArg[] {
+function limitArgs(logs: readonly LimitLog[], entry: string, now: number, suppressionKeys: number): ScriptArg[] {
   let windows = "";
   for (const log of logs) windows = windows === "" ? windowSpec(log) : `${windows} ${windowSpec(log)}`;
-  return [wholeMs(now), entry, checkSuppression ? 1 : 0, windows];
+  return [wholeMs(now), entry, suppressionKeys, windows];
 }
 
 // A limiter hands the same windows list (its configuration) to every

@@ -140,9 +140,11 @@ export interface ConsumeLimitsOptions {
    * A recipient hash (as putSuppression takes). When that recipient is
    * suppressed, no window is checked and nothing is consumed: the outcome is
    * `{ admitted: false, suppressed }`. Checked in the same atomic step as
-   * the limits, which saves SendOtp a round trip of its own.
+   * the limits, which saves SendOtp a round trip of its own. Several hashes
+   * (one per secret while OTP_SECRET rotates): the first suppressed one in
+   * order answers.
    */
-  readonly unlessSuppressed?: string | undefined;
+  readonly unlessSuppressed?: string | readonly string[] | undefined;
 }
 
 export interface OtpStore {

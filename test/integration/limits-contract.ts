@@ -134,6 +134,29 @@ export function describeLimitsContract(name: string, open: () => Promise<LimitSt
       expect(await limits.admit(alpha, { ...send("c@example.com", t0), recipientHash: "hash-a" })).toEqual({ suppressedBy: entry });
     });
 
+    it("checks the recipient's hash under the previous secret too, in the same step, spending nothing", async () => {
+      const limits = limiter({ recipient: [{ max: 1, windowMs: 15 * minute }] });
+      const entry = {
+        messageId: "bounced-before-rotation",
+        status: "5.1.1",
+        diagnosticCode: "smtp; 550 5.1.1 user unknown",
+        bouncedAt: t0,
+        expiresAt: t0 + 30 * 86_400_000,
+      };
+      await subject.store.putSuppression("old-hash-a", entry, minute);
+      const request = { ...send("a@example.com", t0), recipientHash: "new-hash-a", previousRecipientHash: "old-hash-a" };
+      for (let i = 0; i < 3; i++) expect(await limits.admit(alpha, request)).toEqual({ suppressedBy: entry });
+      expect(await limiter({}).admit(alpha, request)).toEqual({ suppressedBy: entry });
+      // The current hash wins when both are suppressed (it is the newer bounce's).
+      const newer = { ...entry, messageId: "bounced-after-rotation", bouncedAt: t0 + 1 };
+      await subject.store.putSuppression("new-hash-a", newer, minute);
+      expect(await limits.admit(alpha, request)).toEqual({ suppressedBy: newer });
+      // Nothing was spent; with neither hash suppressed the send is admitted.
+      expect(
+        await limits.admit(alpha, { ...send("a@example.com", t0), recipientHash: "new-hash-b", previousRecipientHash: "old-hash-b" }),
+      ).toMatchObject({ resendAvailableAt: t0 + 15 * minute });
+    });
+
     it("admits again exactly when the oldest send leaves the window, and says when in RetryInfo", async () => {
       const limits = limiter({ recipient: [{ max: 2, windowMs: 15 * minute }] });
       await limits.admit(alpha, send("a@example.com", t0));

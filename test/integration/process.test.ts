@@ -130,6 +130,14 @@ describe("npm start with nothing configured", () => {
     expect(service.stderr.join("")).toMatch(/REDIS_URL: required when NODE_ENV=production/);
   });
 
+  it("refuses an OTP_SECRET_PREVIOUS equal to OTP_SECRET with exit 78, naming the variable and quoting neither", async () => {
+    const secret = "process-test-rotation-secret-0123456789abcdef";
+    const service = startService({ NODE_ENV: "test", OTP_SECRET: secret, OTP_SECRET_PREVIOUS: secret, OTP_SECRET_ROTATED_AT: "2026-01-01T00:00:00Z" });
+    expect(await service.exited).toBe(78);
+    expect(service.stderr.join("")).toMatch(/configuration error: OTP_SECRET_PREVIOUS: must differ from OTP_SECRET/);
+    expect(service.stderr.join("")).not.toContain(secret);
+  });
+
   it("refuses a REDIS_TLS_CA that is not a PEM certificate with exit 78, naming the variable", async () => {
     const service = startService({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
     expect(await service.exited).toBe(78);

@@ -89,6 +89,36 @@ describe("Redis round trips and commands per RPC", () => {
     expect(roundTrips).toBe(3);
   });
 
+  it("SendOtp while OTP_SECRET rotates: still 3 round trips, 4 commands (both suppression keys in the limits script)", async () => {
+    const rotating = await startTestService({
+      env: {
+        REDIS_URL: server.url,
+        LIMIT_RESEND_COOLDOWN: "30s",
+        LIMIT_END_USER_IP: "30/10m",
+        OTP_SECRET: "rotated-test-secret-0123456789-abcdefghijk",
+        OTP_SECRET_PREVIOUS: "test-secret-0123456789-abcdefghijklmnop",
+        OTP_SECRET_ROTATED_AT: new Date(Date.now() - 60_000).toISOString(),
+      },
+    });
+    try {
+      // A client's first use of a script is an EVAL: warm this one up too.
+      await rotating.connectClient.sendOtp({ recipient: "warm-up-rotating@example.com", purpose: Purpose.LOGIN, code: "123456" });
+      const { commands, roundTrips } = await measure(calls, async (i) => {
+        const sent = await rotating.connectClient.sendOtp({
+          recipient: `rotating-${i}@example.com`,
+          purpose: Purpose.LOGIN,
+          code: "123456",
+          endUserIp: "192.0.2.8",
+        });
+        expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      });
+      expect(commands).toEqual({ evalsha: 2, set: 2 });
+      expect(roundTrips).toBe(3);
+    } finally {
+      await rotating.stop();
+    }
+  });
+
   it("SendOtp replayed: 2 round trips, 3 commands (the claim; then the record and the limits, read together)", async () => {
     const request = (i: number) => ({
       recipient: `replay-${i}@example.com`,
