@@ -11,6 +11,7 @@ As a module:
                                    idempotency_key=signup_id, traceparent=traceparent)
         except grpc.RpcError as error:
             details = ErrorDetails.of(error)   # .reason, .field_violations, .retry_delay...
+            raise
         status = client.get_delivery_status(sent.message_id)
         verified = client.verify_otp("ana@example.com", otp_email_pb2.PURPOSE_LOGIN, typed_code)
 
