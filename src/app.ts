@@ -28,7 +28,7 @@ import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
 import { createHasher } from "./otp/code.js";
 import { createOtpService, defaultKeepExpiredMs } from "./otp/otp-service.js";
-import { previousSecretOf, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
+import { previousSecretFromConfig, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
 import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
 import { createRedisStore } from "./store/redis-store.js";
@@ -188,14 +188,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     });
 
     const bounceDomain = config.bounce.domain ?? config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1);
-    const previousSecret = previousSecretOf({
-      previousSecret: config.otp.previousSecret,
-      rotatedAt: config.otp.rotatedAt,
-      suppressionTtlMs: config.bounce.suppressionTtlMs,
-      recordRetentionMs: config.recordRetentionMs,
-      codeTtlMaxMs: config.otp.ttlMaxMs,
-      keepExpiredMs: defaultKeepExpiredMs,
-    });
+    const previousSecret = previousSecretFromConfig(config, defaultKeepExpiredMs);
     logSecrets(config, previousSecret, clock, logger);
     const suppression = createSuppressionList({
       store,

@@ -11,7 +11,7 @@ import type { SuppressionEntry } from "../delivery/record.js";
 import type { OtpStore } from "../store/types.js";
 
 export interface SuppressionListOptions {
-  readonly store: Pick<OtpStore, "getSuppression" | "putSuppression">;
+  readonly store: Pick<OtpStore, "getSuppression" | "putSuppression" | "removeSuppression">;
   /** The server secret (OTP_SECRET) that keys the recipient HMAC. */
   readonly secret: Buffer;
   /** How long a hard bounce suppresses its recipient (SUPPRESSION_TTL). */
@@ -32,6 +32,13 @@ export interface SuppressionCause {
   readonly diagnosticCode: string;
 }
 
+/** A suppression in force for a recipient, and which secret's HMAC keys it. */
+export interface KeyedSuppression {
+  /** `current`: OTP_SECRET; `previous`: OTP_SECRET_PREVIOUS, while a rotation is consulted. */
+  readonly secret: "current" | "previous";
+  readonly entry: SuppressionEntry;
+}
+
 export interface SuppressionList {
   /** The opaque id of a recipient (its lower-cased address): stored on records, keys the list. */
   recipientHash(recipientKey: string): string;
@@ -41,6 +48,14 @@ export interface SuppressionList {
   check(recipientHash: string, previousRecipientHash?: string): Promise<SuppressionEntry | undefined>;
   /** Suppresses a recipient from now for the configured time; returns the entry stored. */
   suppress(recipientHash: string, cause: SuppressionCause): Promise<SuppressionEntry>;
+  /**
+   * Every suppression SendOtp would find for a recipient (`recipientKey` as
+   * SendOtp keys it: ParsedAddress.key), under each secret it consults, the
+   * current one's first (that one answers SendOtp).
+   */
+  find(recipientKey: string): Promise<readonly KeyedSuppression[]>;
+  /** Lifts the suppressions `find` would list, under every secret at once; resolves with those removed. */
+  lift(recipientKey: string): Promise<readonly KeyedSuppression[]>;
 }
 
 export function createSuppressionList(options: SuppressionListOptions): SuppressionList {
@@ -53,10 +68,28 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
   // Its own label, so the value can never collide with another HMAC of the service.
   const hash = (hashKey: KeyObject, recipientKey: string): string =>
     createHmac("sha256", hashKey).update(`suppression\0${recipientKey.toLowerCase()}`).digest("hex").slice(0, 32);
+  const previousRecipientHash = (recipientKey: string): string | undefined =>
+    previous !== undefined && clock.now() < previous.until ? hash(previous.key, recipientKey) : undefined;
+  /** The hashes SendOtp checks for a recipient, each with its secret, the current one first. */
+  const hashesOf = (recipientKey: string): { secret: KeyedSuppression["secret"]; hash: string }[] => {
+    const older = previousRecipientHash(recipientKey);
+    return [{ secret: "current", hash: hash(key, recipientKey) }, ...(older === undefined ? [] : [{ secret: "previous" as const, hash: older }])];
+  };
+  /** Runs `read` on every hash of a recipient at once, keeping those that found an entry. */
+  const each = async (
+    recipientKey: string,
+    read: (recipientHash: string) => Promise<SuppressionEntry | undefined>,
+  ): Promise<readonly KeyedSuppression[]> => {
+    const hashes = hashesOf(recipientKey);
+    const entries = await Promise.all(hashes.map(({ hash: recipientHash }) => read(recipientHash)));
+    return hashes.flatMap(({ secret }, i) => {
+      const entry = entries[i];
+      return entry === undefined ? [] : [{ secret, entry }];
+    });
+  };
   return {
     recipientHash: (recipientKey) => hash(key, recipientKey),
-    previousRecipientHash: (recipientKey) =>
-      previous !== undefined && clock.now() < previous.until ? hash(previous.key, recipientKey) : undefined,
+    previousRecipientHash,
     async check(recipientHash, previousRecipientHash) {
       const current = await store.getSuppression(recipientHash);
       if (current !== undefined || previousRecipientHash === undefined) return current;
@@ -68,5 +101,7 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
       await store.putSuppression(recipientHash, entry, ttlMs);
       return entry;
     },
+    find: (recipientKey) => each(recipientKey, (recipientHash) => store.getSuppression(recipientHash)),
+    lift: (recipientKey) => each(recipientKey, (recipientHash) => store.removeSuppression(recipientHash)),
   };
 }

@@ -6,6 +6,7 @@
  * and only as long as data made under it can still exist.
  */
 import { createHmac } from "node:crypto";
+import type { Config } from "../config.js";
 
 /** A short public id of a secret (8 hex of its HMAC of "key-id"): safe to log, tells two secrets apart. */
 export function secretKeyId(secret: Buffer): string {
@@ -53,4 +54,23 @@ export function previousSecretOf(options: SecretRotationOptions): PreviousSecret
     suppressionUntil: rotatedAt + options.suppressionTtlMs + options.recordRetentionMs,
     codesUntil: rotatedAt + options.codeTtlMaxMs + options.keepExpiredMs,
   };
+}
+
+/**
+ * The rotation the configuration describes (OTP_SECRET_PREVIOUS,
+ * OTP_SECRET_ROTATED_AT), with the windows the service applies: what the
+ * service and the suppression command both read, so they agree on it.
+ */
+export function previousSecretFromConfig(
+  config: Pick<Config, "otp" | "bounce" | "recordRetentionMs">,
+  keepExpiredMs: number,
+): PreviousSecret | undefined {
+  return previousSecretOf({
+    previousSecret: config.otp.previousSecret,
+    rotatedAt: config.otp.rotatedAt,
+    suppressionTtlMs: config.bounce.suppressionTtlMs,
+    recordRetentionMs: config.recordRetentionMs,
+    codeTtlMaxMs: config.otp.ttlMaxMs,
+    keepExpiredMs,
+  });
 }

@@ -251,6 +251,14 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
+    removeSuppression(recipientHash: string): Promise<SuppressionEntry | undefined> {
+      return run(() => {
+        const value = read(suppressions, recipientHash);
+        suppressions.delete(recipientHash);
+        return value === undefined ? undefined : (JSON.parse(value) as SuppressionEntry);
+      });
+    },
+
     claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
       return run((): ClaimResult => {
         const existing = read(claims, keyId);

@@ -626,6 +626,15 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       });
     },
 
+    removeSuppression(recipientHash: string): Promise<SuppressionEntry | undefined> {
+      // GETDEL: what is removed is exactly what is reported, even with a bounce landing meanwhile.
+      // Not refused by a full Redis (it frees memory), so a suppression can be lifted then too.
+      return run("removeSuppression", async () => {
+        const value = await redis.getdel(suppressionKey(recipientHash));
+        return value === null ? undefined : parseJsonObject<SuppressionEntry>(value, "messageId");
+      });
+    },
+
     async claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {
       const px = ttl(ttlMs);
       const value = JSON.stringify({ fingerprint: claim.fingerprint, messageId: claim.messageId });

@@ -237,6 +237,14 @@ export interface OtpStore {
   /** The recipient's suppression, or undefined when none is in force. */
   getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined>;
 
+  /**
+   * Lifts a recipient's suppression at once (an operator's decision: the
+   * mailbox exists again, or the bounce was forged), in one atomic step:
+   * resolves with the entry removed, or undefined when none was in force
+   * (an unreadable entry, which suppresses nothing, is removed all the same).
+   */
+  removeSuppression(recipientHash: string): Promise<SuppressionEntry | undefined>;
+
   /** Resolves when the backend answers; rejects with storageUnavailable otherwise. */
   ping(): Promise<void>;
 

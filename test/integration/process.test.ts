@@ -2,11 +2,9 @@
  * The compiled service as a separate process, as `npm start` runs it: the
  * zero-config development mode, and a graceful SIGTERM during a slow send.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
@@ -17,80 +15,17 @@ import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink } from "../support/smtp-sink.js";
 import { freePort } from "../support/ports.js";
 import { makeSelfSigned } from "../support/self-signed.js";
+import { killServiceProcesses, startServiceProcess } from "../support/service-process.js";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
 const { sendOtp, verifyOtp } = OtpEmailService.method;
 
-interface Service {
-  readonly child: ChildProcess;
-  readonly lines: Record<string, unknown>[];
-  readonly stderr: string[];
-  /** Resolves with the first log line matching `predicate`. */
-  waitForLine(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
-  readonly exited: Promise<number | null>;
-}
-
-const running = new Set<ChildProcess>();
-afterEach(() => {
-  for (const child of running) child.kill("SIGKILL");
-  running.clear();
-});
-
-/** Starts `node dist/src/main.js` with only the given environment (and PATH). */
-function startService(env: Record<string, string>): Service {
-  const child = spawn(process.execPath, ["dist/src/main.js"], {
-    cwd: root,
-    env: { PATH: process.env["PATH"] ?? "", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  running.add(child);
-  const lines: Record<string, unknown>[] = [];
-  const stderr: string[] = [];
-  const listeners = new Set<() => void>();
-  let buffer = "";
-  child.stdout?.on("data", (chunk: Buffer) => {
-    buffer += chunk.toString("utf8");
-    let newline: number;
-    while ((newline = buffer.indexOf("\n")) >= 0) {
-      const line = buffer.slice(0, newline);
-      buffer = buffer.slice(newline + 1);
-      if (line.trim() !== "") lines.push(JSON.parse(line) as Record<string, unknown>);
-    }
-    for (const listener of listeners) listener();
-  });
-  child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return {
-    child,
-    lines,
-    stderr,
-    exited,
-    waitForLine(predicate, timeoutMs = 15_000) {
-      return new Promise((resolve, reject) => {
-        const check = (): void => {
-          const found = lines.find(predicate);
-          if (found !== undefined) {
-            listeners.delete(check);
-            clearTimeout(timer);
-            resolve(found);
-          }
-        };
-        const timer = setTimeout(() => {
-          listeners.delete(check);
-          reject(new Error(`no matching log line within ${timeoutMs} ms; stderr: ${stderr.join("")}`));
-        }, timeoutMs);
-        listeners.add(check);
-        check();
-      });
-    },
-  };
-}
+afterEach(killServiceProcesses);
 
 describe("npm start with nothing configured", () => {
   it("runs the development mode: memory store, capture sink, .eml files, copy-paste examples", async () => {
     const outbox = await mkdtemp(join(tmpdir(), "otp-outbox-"));
     const port = await freePort();
-    const service = startService({ GRPC_ADDR: `127.0.0.1:${port}`, OUTBOX_DIR: outbox });
+    const service = startServiceProcess({ GRPC_ADDR: `127.0.0.1:${port}`, OUTBOX_DIR: outbox });
     try {
       const banner = await service.waitForLine((line) => /DEVELOPMENT MODE/.test(String(line["msg"])));
       expect(String(banner["try_grpcurl"])).toContain(`grpcurl -plaintext`);
@@ -125,21 +60,21 @@ describe("npm start with nothing configured", () => {
   });
 
   it("refuses to start in production without its required settings, naming the variable", async () => {
-    const service = startService({ NODE_ENV: "production" });
+    const service = startServiceProcess({ NODE_ENV: "production" });
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/REDIS_URL: required when NODE_ENV=production/);
   });
 
   it("refuses an OTP_SECRET_PREVIOUS equal to OTP_SECRET with exit 78, naming the variable and quoting neither", async () => {
     const secret = "process-test-rotation-secret-0123456789abcdef";
-    const service = startService({ NODE_ENV: "test", OTP_SECRET: secret, OTP_SECRET_PREVIOUS: secret, OTP_SECRET_ROTATED_AT: "2026-01-01T00:00:00Z" });
+    const service = startServiceProcess({ NODE_ENV: "test", OTP_SECRET: secret, OTP_SECRET_PREVIOUS: secret, OTP_SECRET_ROTATED_AT: "2026-01-01T00:00:00Z" });
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/configuration error: OTP_SECRET_PREVIOUS: must differ from OTP_SECRET/);
     expect(service.stderr.join("")).not.toContain(secret);
   });
 
   it("refuses a REDIS_TLS_CA that is not a PEM certificate with exit 78, naming the variable", async () => {
-    const service = startService({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
+    const service = startServiceProcess({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/configuration error: REDIS_TLS_CA: not a usable PEM certificate/);
   });
@@ -151,7 +86,7 @@ describe("npm start with nothing configured", () => {
       const stranger = makeSelfSigned();
       await writeFile(join(dir, "cert.pem"), intake.cert);
       await writeFile(join(dir, "key.pem"), stranger.key);
-      const service = startService({
+      const service = startServiceProcess({
         NODE_ENV: "test",
         GRPC_ADDR: "127.0.0.1:0",
         METRICS_ADDR: "off",
@@ -177,7 +112,7 @@ describe("SIGTERM", () => {
     const port = await freePort();
     try {
       sink.respondWith(behave.accept({ delayMs: 1500 }));
-      const service = startService({
+      const service = startServiceProcess({
         NODE_ENV: "test",
         GRPC_ADDR: `127.0.0.1:${port}`,
         REDIS_URL: redisUrlForTests(),
@@ -219,7 +154,7 @@ describe("SIGTERM", () => {
     try {
       // The relay takes the message and never replies: only the 30 s socket timeout would end the send.
       sink.respondWith(behave.stall());
-      const service = startService({
+      const service = startServiceProcess({
         NODE_ENV: "test",
         GRPC_ADDR: `127.0.0.1:${port}`,
         REDIS_URL: redisUrlForTests(),

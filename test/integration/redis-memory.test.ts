@@ -273,6 +273,7 @@ describe("the Redis store on a full Redis", () => {
     await store.claimIdempotencyKey("k1", { fingerprint: "f", messageId: "m1" }, 60_000);
     await store.putRecord(record, 60_000);
     await store.addCode(set, { id: "c1", hmac: "h1", expiresAt: now + 60_000 }, setOptions);
+    await store.putSuppression("r-full", { messageId: "m1", status: "5.1.1", diagnosticCode: "", bouncedAt: now, expiresAt: now + 60_000 }, 60_000);
     await fill(admin);
     return { admin, store, prefix, lines };
   }
@@ -316,7 +317,7 @@ describe("the Redis store on a full Redis", () => {
     expect(writesIn(await commandCounts(admin))).toEqual({});
   });
 
-  it("still reads (the record with its reports, the limits' peek) and still frees memory (refund, release)", async () => {
+  it("still reads (the record with its reports, the limits' peek) and still frees memory (refund, release, lifting a suppression)", async () => {
     const { admin, store, prefix } = await storeOnFullRedis();
     const [read] = await store.getRecordWithReports("m1");
     expect(read?.messageId).toBe("m1");
@@ -327,6 +328,9 @@ describe("the Redis store on a full Redis", () => {
     await store.releaseIdempotencyKey("k1", "m1");
     expect(await admin.zcard(`${prefix}{limits}:recipient`)).toBe(0);
     expect(await admin.exists(`${prefix}idem:{k1}`)).toBe(0);
+    // An operator can lift a suppression on a full Redis too (npm run suppression -- remove).
+    expect(await store.removeSuppression("r-full")).toMatchObject({ messageId: "m1", status: "5.1.1" });
+    expect(await admin.exists(`${prefix}{limits}:supp:r-full`)).toBe(0);
   });
 
   it("logs once that Redis is full, naming maxmemory and the fix, and once that it accepts writes again", async () => {

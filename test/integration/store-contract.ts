@@ -423,6 +423,40 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
 
         expect(await store.getSuppression("hash-1")).toBeUndefined();
       });
+
+      it("removes a suppression, answering the entry it removed; a second removal answers undefined; others stay", async () => {
+        const other = { ...entry, messageId: "msg-2" };
+        await store.putSuppression("hash-1", entry, minute);
+        await store.putSuppression("hash-2", other, minute);
+
+        expect(await store.removeSuppression("hash-1")).toEqual(entry);
+        expect(await store.getSuppression("hash-1")).toBeUndefined();
+        expect(await store.removeSuppression("hash-1")).toBeUndefined();
+        expect(await store.removeSuppression("hash-never")).toBeUndefined();
+        expect(await store.getSuppression("hash-2")).toEqual(other);
+      });
+
+      it("a removed suppression no longer refuses consumeLimits, which then admits and counts", async () => {
+        const log = { id: "recipient-log", windows: [{ max: 5, windowMs: minute }] };
+        await store.putSuppression("hash-1", entry, minute);
+        expect(await store.consumeLimits([log], "a1", t0, { unlessSuppressed: ["hash-1", "hash-2"] })).toEqual({
+          admitted: false,
+          suppressed: entry,
+        });
+
+        await store.removeSuppression("hash-1");
+        expect(await store.consumeLimits([log], "a2", t0, { unlessSuppressed: ["hash-1", "hash-2"] })).toEqual({
+          admitted: true,
+          nextAt: [t0],
+        });
+      });
+
+      it("removing a suppression whose TTL has run out answers undefined", async () => {
+        await store.putSuppression("hash-1", entry, 50);
+        await subject.elapse(120);
+
+        expect(await store.removeSuppression("hash-1")).toBeUndefined();
+      });
     });
 
     describe("lifecycle", () => {
