@@ -22,7 +22,7 @@ import type { DeliveryRecord } from "./delivery/record.js";
 import { createHealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
 import { createPurposePolicy } from "./auth/purpose-policy.js";
-import { createServerCredentials } from "./auth/server-credentials.js";
+import { createServerCredentials, type GrpcServerCredentials } from "./auth/server-credentials.js";
 import { createLimiter } from "./limits/limiter.js";
 import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
@@ -43,6 +43,7 @@ import { instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { serverTracingInterceptors } from "./telemetry/server-tracing.js";
 import { activeTraceId } from "./telemetry/tracing.js";
+import { startCertificateReloader, type WatchedCertificate } from "./tls/certificate-reloader.js";
 
 export interface AppOptions {
   readonly config: Config;
@@ -63,6 +64,11 @@ export interface AppOptions {
   readonly onBounceOutcome?: (outcome: BounceOutcome) => void;
   /** Where the app counts (a fresh registry with process metrics by default). */
   readonly metrics?: Metrics;
+  /**
+   * How long changed certificate files that fail their checks get before
+   * they are refused: a key written after its certificate (default 2 s).
+   */
+  readonly certificateSettleMs?: number;
 }
 
 export interface App {
@@ -74,6 +80,12 @@ export interface App {
   readonly bounceIntake: { readonly host: string; readonly port: number } | undefined;
   /** The app's Prometheus metrics; `main.ts` serves them on METRICS_ADDR. */
   readonly metrics: Metrics;
+  /**
+   * Reads the certificate files again now (`main.ts` calls it on SIGHUP):
+   * a renewed set that passes the start-up checks is served to new
+   * connections. Resolves when done; never rejects.
+   */
+  reloadCertificates(): Promise<void>;
   /**
    * Graceful stop: health goes NOT_SERVING, the server stops accepting calls
    * and lets running ones finish, background sends get `graceMs` to finish,
@@ -227,6 +239,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
+    const grpcCredentials = createServerCredentials(config.tls);
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       traceIdOf: activeTraceId,
@@ -240,10 +253,12 @@ export async function startApp(options: AppOptions): Promise<App> {
         clientCertificates: config.tls?.clientCa !== undefined,
         anonymousCaller: config.auth.anonymous ? anonymousDevCaller : undefined,
       }),
-      credentials: createServerCredentials(config.tls),
+      credentials: grpcCredentials.credentials,
     });
     logAuthentication(config, logger);
-    if (config.tls !== undefined) reportCertificateExpiry("grpc", config.tls.cert, { metrics, logger, clock });
+    if (config.tls !== undefined) {
+      reportCertificateExpiry("grpc", config.tls.cert, { metrics, logger, clock, reloadable: config.tls.paths.cert !== undefined });
+    }
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
       const [{ startBounceIntake }, { createBounceProcessor }] = await Promise.all([
@@ -279,10 +294,22 @@ export async function startApp(options: AppOptions): Promise<App> {
       });
       const running = intake;
       closers.push(() => running.close());
-      if (config.bounce.tls !== undefined) reportCertificateExpiry("bounce_intake", config.bounce.tls.cert, { metrics, logger, clock });
+      if (config.bounce.tls !== undefined) {
+        const reloadable = config.bounce.tls.paths.cert !== undefined;
+        reportCertificateExpiry("bounce_intake", config.bounce.tls.cert, { metrics, logger, clock, reloadable });
+      }
     }
     const address = await server.listen(config.grpcAddr);
     await relayProbe.runNow();
+    const certificates = startCertificateReloader({
+      certificates: watchedCertificates(config, grpcCredentials.update, intake),
+      intervalMs: config.tlsReloadIntervalMs,
+      settleMs: options.certificateSettleMs,
+      metrics,
+      logger,
+      clock,
+    });
+    closers.push(() => Promise.resolve(certificates.stop()));
 
     let stopping: Promise<void> | undefined;
     const stop = (graceMs = config.shutdownGraceMs): Promise<void> => {
@@ -295,11 +322,47 @@ export async function startApp(options: AppOptions): Promise<App> {
       })();
       return stopping;
     };
-    return { address, captureSinkUrl: sink?.url, bounceIntake: intake?.address, metrics, stop };
+    return {
+      address,
+      captureSinkUrl: sink?.url,
+      bounceIntake: intake?.address,
+      metrics,
+      reloadCertificates: () => certificates.reload(),
+      stop,
+    };
   } catch (error) {
     await closeAll(closers, logger);
     throw error;
   }
+}
+
+/** The listeners' certificate sets as configured, each with the way to serve a renewed one. */
+function watchedCertificates(
+  config: Config,
+  updateGrpc: GrpcServerCredentials["update"],
+  intake: BounceIntake | undefined,
+): WatchedCertificate[] {
+  const watched: WatchedCertificate[] = [];
+  if (config.tls !== undefined && updateGrpc !== undefined) {
+    const { tls } = config;
+    watched.push({
+      role: "grpc",
+      cert: { variable: "TLS_CERT", path: tls.paths.cert, pem: tls.cert },
+      key: { variable: "TLS_KEY", path: tls.paths.key, pem: tls.key },
+      ca: tls.clientCa === undefined ? undefined : { variable: "TLS_CLIENT_CA", path: tls.paths.clientCa, pem: tls.clientCa },
+      apply: (set) => updateGrpc({ cert: set.cert, key: set.key, clientCa: set.ca }),
+    });
+  }
+  if (config.bounce.tls !== undefined && intake !== undefined) {
+    const { tls } = config.bounce;
+    watched.push({
+      role: "bounce_intake",
+      cert: { variable: "BOUNCE_TLS_CERT", path: tls.paths.cert, pem: tls.cert },
+      key: { variable: "BOUNCE_TLS_KEY", path: tls.paths.key, pem: tls.key },
+      apply: (set) => intake.updateCertificate(set),
+    });
+  }
+  return watched;
 }
 
 /**

@@ -5,12 +5,13 @@
  *
  * Durations accept `500ms`, `30s`, `10m`, `2h`, `7d` (or plain milliseconds).
  */
-import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
 import { parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
+import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
 
 export type Environment = "production" | "development" | "test";
 
@@ -28,8 +29,27 @@ export interface Config {
     /** No caller configured (never in production): every call is the anonymous caller "dev". */
     readonly anonymous: boolean;
   };
-  /** TLS of the gRPC server; undefined: plaintext. `clientCa` turns on client certificates (mTLS callers). */
-  readonly tls: { readonly cert: string; readonly key: string; readonly clientCa: string | undefined } | undefined;
+  /**
+   * TLS of the gRPC server; undefined: plaintext. `clientCa` turns on client
+   * certificates (mTLS callers). `paths`: the file each part was read from,
+   * undefined for a part given as PEM text (files are re-read, see
+   * `tlsReloadIntervalMs`; PEM text never is).
+   */
+  readonly tls:
+    | {
+        readonly cert: string;
+        readonly key: string;
+        readonly clientCa: string | undefined;
+        readonly paths: { readonly cert: string | undefined; readonly key: string | undefined; readonly clientCa: string | undefined };
+      }
+    | undefined;
+  /**
+   * TLS_RELOAD_INTERVAL: how often certificate files (TLS_CERT, TLS_KEY,
+   * TLS_CLIENT_CA, BOUNCE_TLS_CERT, BOUNCE_TLS_KEY given as paths) are read
+   * again, a renewed set then served to new connections; undefined (`off`):
+   * only on SIGHUP.
+   */
+  readonly tlsReloadIntervalMs: number | undefined;
   readonly limits: LimitsConfig;
   /** undefined: the in-memory store (development only). `cluster`: url lists seed nodes of a Redis Cluster. */
   readonly redis:
@@ -120,9 +140,16 @@ export interface Config {
     /**
      * BOUNCE_TLS_CERT, BOUNCE_TLS_KEY (PEM), BOUNCE_TLS_REQUIRED: the intake
      * offers STARTTLS with this certificate, and with `required` refuses MAIL
-     * before it. undefined: no STARTTLS.
+     * before it. undefined: no STARTTLS. `paths` as for `tls`.
      */
-    readonly tls: { readonly cert: string; readonly key: string; readonly required: boolean } | undefined;
+    readonly tls:
+      | {
+          readonly cert: string;
+          readonly key: string;
+          readonly required: boolean;
+          readonly paths: { readonly cert: string | undefined; readonly key: string | undefined };
+        }
+      | undefined;
     /** SUPPRESSION_TTL: how long a "no such mailbox" bounce suppresses its recipient. */
     readonly suppressionTtlMs: number;
   };
@@ -252,16 +279,36 @@ function readPem(name: string, raw: string | undefined, secret = false): string 
   try {
     return readFileSync(raw, "utf8");
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? "error";
-    const reasons: Readonly<Record<string, string>> = {
-      ENOENT: "no such file",
-      EACCES: "permission denied",
-      EISDIR: "a directory, not a file",
-      ENAMETOOLONG: "not a file name (too long)",
-    };
-    const shown = secret && !/^\.{0,2}\//.test(raw) ? "the file it names" : raw;
-    throw new ConfigError(`${name}: cannot read ${shown}: ${reasons[code] ?? "unreadable"} (${code}); give PEM text or the path of a PEM file`);
+    throw new ConfigError(`${name}: cannot read ${shownPath(raw, secret)}: ${unreadableReason(error)}; give PEM text or the path of a PEM file`);
   }
+}
+
+/** A file name as a message may show it: a secret's value only when it is plainly a path (see readPem). */
+function shownPath(raw: string, secret: boolean): string {
+  return secret && !/^\.{0,2}\//.test(raw) ? "the file it names" : raw;
+}
+
+/** A part of a listener's certificate set (see tls/certificate-set.ts), with the file it came from, if any. */
+function readCertificatePart(variable: string, raw: string, secret: boolean): CertificatePart & { readonly path: string | undefined } {
+  const pem = readPem(variable, raw, secret) ?? "";
+  const path = pem === raw ? undefined : raw;
+  return { variable, pem, path, origin: path === undefined ? "the value" : shownPath(path, secret) };
+}
+
+/**
+ * A listener's certificate, key and (gRPC with mTLS) client CA, given as PEM
+ * text or file paths, checked as a reload checks them (a failure stops the
+ * start, exit 78); the key's content never appears in a message.
+ */
+function readCertificateSet(cert: [string, string], key: [string, string], ca?: [string, string]) {
+  const parts = {
+    cert: readCertificatePart(cert[0], cert[1], false),
+    key: readCertificatePart(key[0], key[1], true),
+    ca: ca === undefined ? undefined : readCertificatePart(ca[0], ca[1], false),
+  };
+  const checked = checkCertificateSet(parts);
+  if (!checked.ok) throw new ConfigError(`${checked.variable}: ${checked.reason}`);
+  return parts;
 }
 
 /** Caller names: printable ASCII without commas (a SPIFFE id like spiffe://acme/billing is fine). */
@@ -305,14 +352,8 @@ function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "
   }
   let tls: Config["tls"];
   if (certRaw !== undefined && keyRaw !== undefined) {
-    const cert = certificate("TLS_CERT", certRaw);
-    const key = readPem("TLS_KEY", keyRaw, true) ?? "";
-    try {
-      createPrivateKey(key);
-    } catch (error) {
-      throw new ConfigError(`TLS_KEY: not a usable PEM private key (${(error as Error).message})`);
-    }
-    tls = { cert, key, clientCa: caRaw === undefined ? undefined : certificate("TLS_CLIENT_CA", caRaw) };
+    const { cert, key, ca } = readCertificateSet(["TLS_CERT", certRaw], ["TLS_KEY", keyRaw], caRaw === undefined ? undefined : ["TLS_CLIENT_CA", caRaw]);
+    tls = { cert: cert.pem, key: key.pem, clientCa: ca?.pem, paths: { cert: cert.path, key: key.path, clientCa: ca?.path } };
   }
   if (production && tokens.length === 0 && tls?.clientCa === undefined) {
     throw new ConfigError(
@@ -483,6 +524,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     grpcAddr: parseHostPort("GRPC_ADDR", read.string("GRPC_ADDR") ?? "127.0.0.1:50051"),
     logLevel: validLogLevel(read.string("LOG_LEVEL") ?? "info"),
     ...callers,
+    tlsReloadIntervalMs: readTlsReloadInterval(read),
     limits: readLimits(read),
     redis:
       redisUrl === undefined
@@ -660,36 +702,20 @@ function readBounceTls(read: Reader): Config["bounce"]["tls"] {
     const [missing, given] = certRaw === undefined ? ["BOUNCE_TLS_CERT", "BOUNCE_TLS_KEY"] : ["BOUNCE_TLS_KEY", "BOUNCE_TLS_CERT"];
     throw new ConfigError(`${missing}: required with ${given} (PEM text or a file path)`);
   }
-  const cert = readPemValue("BOUNCE_TLS_CERT", certRaw, "CERTIFICATE", false);
-  let certificate: X509Certificate;
-  try {
-    certificate = new X509Certificate(cert);
-  } catch (error) {
-    throw new ConfigError(`BOUNCE_TLS_CERT: not a usable PEM certificate (${(error as Error).message})`);
-  }
-  const key = readPemValue("BOUNCE_TLS_KEY", keyRaw, "PRIVATE KEY", true);
-  let privateKey: KeyObject;
-  try {
-    privateKey = createPrivateKey(key);
-  } catch (error) {
-    throw new ConfigError(`BOUNCE_TLS_KEY: not a usable unencrypted PEM private key (${(error as Error).message})`);
-  }
-  if (!certificate.checkPrivateKey(privateKey)) {
-    throw new ConfigError(
-      `BOUNCE_TLS_KEY: does not match BOUNCE_TLS_CERT (the certificate for ${certificate.subject.replace(/\n/g, ", ")}; the first certificate of the file must be the one the key belongs to)`,
-    );
-  }
-  return { cert, key, required };
+  const { cert, key } = readCertificateSet(["BOUNCE_TLS_CERT", certRaw], ["BOUNCE_TLS_KEY", keyRaw]);
+  return { cert: cert.pem, key: key.pem, required, paths: { cert: cert.path, key: key.path } };
 }
 
-/** PEM text given inline or as a file path (see readPem), checked to hold a `-----BEGIN ...<label>-----` block. */
-function readPemValue(name: string, raw: string, label: string, secret: boolean): string {
-  const pem = readPem(name, raw, secret) ?? "";
-  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem)) {
-    const where = pem === raw ? "the value" : !secret || /^\.{0,2}\//.test(raw) ? raw : "the file it names";
-    throw new ConfigError(`${name}: ${where} holds no PEM ${label.toLowerCase()} (a -----BEGIN ...${label}----- block)`);
+/** TLS_RELOAD_INTERVAL: a duration from 1s to 1d (default 1m), or `off`. */
+function readTlsReloadInterval(read: Reader): number | undefined {
+  const raw = read.string("TLS_RELOAD_INTERVAL");
+  if (raw === undefined) return 60_000;
+  if (raw.toLowerCase() === "off") return undefined;
+  const value = parseDuration(raw);
+  if (value === undefined || value < 1000 || value > 86_400_000) {
+    throw new ConfigError(`TLS_RELOAD_INTERVAL=${raw}: must be a duration such as 30s, 5m or 1h, from 1s to 1d, or off`);
   }
-  return pem;
+  return value;
 }
 
 function readRelayIp(raw: string | undefined): string | undefined {

@@ -1,5 +1,6 @@
 /**
- * The service's entry point: config -> app -> signals. Wiring only.
+ * The service's entry point: config -> app -> signals (SIGTERM and SIGINT
+ * stop it, SIGHUP re-reads the certificate files). Wiring only.
  */
 import { startApp } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
@@ -85,6 +86,12 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  // SIGHUP (whose default would end the process): read the certificate files again now.
+  process.on("SIGHUP", () => {
+    if (signalled) return;
+    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
+    void app.reloadCertificates();
+  });
 }
 
 main().catch((error: unknown) => {

@@ -61,6 +61,13 @@ export interface BounceIntake {
   readonly address: { readonly host: string; readonly port: number };
   /** Connections refused by the rate limit, recipients refused with 550, and MAIL refused before STARTTLS (530), so far. */
   rejections(): { readonly rateLimited: number; readonly badRecipient: number; readonly withoutTls: number };
+  /**
+   * STARTTLS presents this certificate chain and key from now on (sessions
+   * already upgraded keep theirs). Only for an intake started with `tls`;
+   * give a checked pair (tls/certificate-set.ts): smtp-server rebuilds its
+   * context in place, and a pair it cannot use would leave it with none.
+   */
+  updateCertificate(pair: { readonly cert: string; readonly key: string }): void;
   /** Stops listening and drops open connections. */
   close(): Promise<void>;
 }
@@ -247,6 +254,11 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   return {
     address: { host: options.host, port },
     rejections: () => ({ rateLimited, badRecipient, withoutTls }),
+    updateCertificate(pair) {
+      if (options.tls === undefined) throw new Error("the bounce intake was started without TLS: there is no certificate to replace");
+      // smtp-server's own live update: each STARTTLS takes the server's current context.
+      server.updateSecureContext({ cert: pair.cert, key: pair.key });
+    },
     close() {
       closing ??= new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();

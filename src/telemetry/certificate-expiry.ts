@@ -5,9 +5,10 @@
  * days before a certificate runs out instead of a relay or a caller finding
  * out.
  *
- * Both are read once at start-up, so the gauge is the certificate the
- * process really presents: a renewed file shows after a restart, and until
- * then the alert rightly keeps firing.
+ * Told at start-up and again whenever a renewed certificate is applied
+ * (tls/certificate-reloader.ts), so the gauge is always the certificate the
+ * process really presents: renewed files that were refused leave it, and
+ * the alert, where they were.
  *
  * An expired certificate is logged as an error but does not stop the start:
  * a relay that encrypts without verifying (Postfix `encrypt` or `may`, the
@@ -32,6 +33,8 @@ export interface CertificateExpiryOptions {
   readonly clock: Clock;
   /** Warn when the certificate expires within this long (default 14 days). */
   readonly warnWithinMs?: number;
+  /** The certificate is a file that is re-read (the advice is then to renew it, not to restart too). */
+  readonly reloadable?: boolean;
 }
 
 const day = 86_400_000;
@@ -54,7 +57,9 @@ export function reportCertificateExpiry(role: CertificateRole, pem: string, opti
     subject: certificate.subject.replace(/\n/g, ", "),
     not_after: new Date(notAfter).toISOString(),
   };
-  const hint = `renew ${variable} (and its key) and restart`;
+  const hint = options.reloadable === true
+    ? `renew ${variable} (and its key); renewed files are picked up without a restart`
+    : `renew ${variable} (and its key) and restart (it is PEM text, read at start-up only)`;
   if (notAfter <= now) {
     options.logger.error(fields, `${variable} has expired: ${hint}; clients that verify it refuse the connection`);
   } else if (notAfter - now <= (options.warnWithinMs ?? 14 * day)) {

@@ -127,6 +127,8 @@ export interface Metrics {
   readonly bounceReports: Counter<"kind" | "state">;
   readonly bounceIntakeRejections: Counter<"reason">;
   readonly tlsCertificateExpiry: Gauge<"certificate">;
+  readonly tlsCertificateReloads: Counter<"certificate" | "result">;
+  readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
   readonly healthComponentUp: Gauge<"component">;
 
   /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
@@ -292,7 +294,25 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_tls_certificate_expiry_timestamp_seconds",
     help:
       "When the certificate a listener presents expires (its notAfter, Unix seconds), by certificate (grpc: TLS_CERT; " +
-      "bounce_intake: BOUNCE_TLS_CERT); read at start-up, so a renewed file shows after a restart. No series without the certificate.",
+      "bounce_intake: BOUNCE_TLS_CERT); it follows a reloaded certificate (certificate files are re-read every TLS_RELOAD_INTERVAL and on " +
+      "SIGHUP). No series without the certificate.",
+    labelNames: ["certificate"] as const,
+    registers,
+  });
+  const tlsCertificateReloads = new Counter({
+    name: "otp_tls_certificate_reloads_total",
+    help:
+      "Changes of a listener's certificate files (grpc: TLS_CERT, TLS_KEY, TLS_CLIENT_CA; bounce_intake: BOUNCE_TLS_CERT, BOUNCE_TLS_KEY) by " +
+      "result: applied (new connections get them), refused (they failed the start-up checks; the certificate in use stays). A change is " +
+      "counted once, however often the same files are read. Series only for certificates given as files.",
+    labelNames: ["certificate", "result"] as const,
+    registers,
+  });
+  const tlsCertificateLastReloadSuccessful = new Gauge({
+    name: "otp_tls_certificate_last_reload_successful",
+    help:
+      "0 while a listener's certificate files hold a change that was refused (the service serves the previous certificate, and would not " +
+      "start with these files), 1 otherwise. Series only for certificates given as files.",
     labelNames: ["certificate"] as const,
     registers,
   });
@@ -362,6 +382,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     bounceReports,
     bounceIntakeRejections,
     tlsCertificateExpiry,
+    tlsCertificateReloads,
+    tlsCertificateLastReloadSuccessful,
     healthComponentUp,
     watchHealth(source) {
       health = source;

@@ -1,8 +1,9 @@
 /**
  * The compiled service as a separate process, as `npm start` runs it: the
- * zero-config development mode, and a graceful SIGTERM during a slow send.
+ * zero-config development mode, SIGHUP re-reading the TLS certificate
+ * files, and a graceful SIGTERM during a slow send.
  */
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -15,7 +16,9 @@ import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink } from "../support/smtp-sink.js";
 import { freePort } from "../support/ports.js";
 import { makeSelfSigned } from "../support/self-signed.js";
+import { openCertificateWorkshop, type CertificateAuthority } from "../support/certs.js";
 import { killServiceProcesses, startServiceProcess } from "../support/service-process.js";
+import { fingerprintOf, presentedAfterStarttls, presentedByTls } from "../support/tls-peer.js";
 
 const { sendOtp, verifyOtp } = OtpEmailService.method;
 
@@ -100,6 +103,70 @@ describe("npm start with nothing configured", () => {
       for (const line of stranger.key.split("\n").filter((l) => l.length > 20 && !l.startsWith("-----"))) expect(stderr).not.toContain(line);
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("SIGHUP", () => {
+  it("re-reads the certificate files: new TLS connections to the gRPC port and the intake's STARTTLS get the new certificate, calls succeed, the process goes on", async () => {
+    const workshop = await openCertificateWorkshop();
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-"));
+    try {
+      const [oldCa, newCa] = [await workshop.newCa("SIGHUP test old CA"), await workshop.newCa("SIGHUP test new CA")];
+      const issue = (ca: CertificateAuthority) => ca.issue({ cn: "127.0.0.1", san: "IP:127.0.0.1,DNS:localhost", server: true });
+      const [before, after] = [await issue(oldCa), await issue(newCa)];
+      const file = (name: string) => join(dir, name);
+      for (const [name, pem] of [["cert.pem", before.cert], ["key.pem", before.key]]) await writeFile(file(name), pem);
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: "127.0.0.1:0",
+        METRICS_ADDR: "off",
+        OUTBOX_DIR: dir,
+        BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+        TLS_CERT: file("cert.pem"),
+        TLS_KEY: file("key.pem"),
+        BOUNCE_TLS_CERT: file("cert.pem"),
+        BOUNCE_TLS_KEY: file("key.pem"),
+        // No poll: only the signal reads the files again.
+        TLS_RELOAD_INTERVAL: "off",
+      });
+      const listening = await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const grpcPort = Number(String(listening["grpc"]).split(":").at(-1));
+      const intake = await service.waitForLine((line) => line["msg"] === "bounce intake listening");
+      const intakePort = Number(String(intake["address"]).split(":").at(-1));
+      expect((await presentedByTls(grpcPort)).fingerprint256).toBe(fingerprintOf(before.cert));
+
+      // Renewed the way cert-manager does it: new files renamed over the old ones.
+      for (const [name, pem] of [["cert.pem", after.cert], ["key.pem", after.key]]) {
+        await writeFile(file(`.${name}.new`), pem);
+        await rename(file(`.${name}.new`), file(name));
+      }
+      // Without the signal (and with no poll) nothing changes.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect((await presentedByTls(grpcPort)).fingerprint256).toBe(fingerprintOf(before.cert));
+
+      service.child.kill("SIGHUP");
+      await service.waitForLine((line) => line["certificate"] === "grpc" && /reloaded/.test(String(line["msg"])));
+      await service.waitForLine((line) => line["certificate"] === "bounce_intake" && /reloaded/.test(String(line["msg"])));
+      expect(await presentedByTls(grpcPort, { ca: newCa.cert })).toEqual({ fingerprint256: fingerprintOf(after.cert), authorized: true });
+      expect(await presentedAfterStarttls(intakePort, { ca: newCa.cert })).toEqual({ fingerprint256: fingerprintOf(after.cert), authorized: true });
+
+      // A call over a new connection that trusts only the new CA.
+      const client = new GrpcOtpClient(`127.0.0.1:${grpcPort}`, grpc.credentials.createSsl(Buffer.from(newCa.cert)), {
+        "grpc.ssl_target_name_override": "localhost",
+      });
+      try {
+        const sent = await grpcUnary(client, sendOtp, { recipient: "renewed@example.com", purpose: Purpose.LOGIN });
+        expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      } finally {
+        client.close();
+      }
+      expect(service.child.exitCode).toBeNull();
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+      await workshop.cleanup();
     }
   });
 });

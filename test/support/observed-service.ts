@@ -36,6 +36,8 @@ export interface ObservedServiceOptions {
   /** Admits (or refuses) every SendOtp instead of the configured limits. */
   readonly limiter?: SendLimiter;
   readonly metrics?: Metrics;
+  /** How long changed certificate files that fail their checks get to settle before they are refused (the app's default otherwise). */
+  readonly certificateSettleMs?: number;
 }
 
 export async function startObservedService(options: ObservedServiceOptions = {}): Promise<ObservedService> {
@@ -69,6 +71,7 @@ export async function startObservedService(options: ObservedServiceOptions = {})
     logger,
     ...(options.limiter ? { limiter: options.limiter } : {}),
     ...(options.metrics ? { metrics: options.metrics } : {}),
+    ...(options.certificateSettleMs === undefined ? {} : { certificateSettleMs: options.certificateSettleMs }),
   });
   const address = `${app.address.host}:${app.address.port}`;
   const grpcClient = new GrpcOtpClient(address, grpc.credentials.createInsecure());

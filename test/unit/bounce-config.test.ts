@@ -84,6 +84,7 @@ describe("bounce intake TLS configuration", () => {
       cert: server.cert,
       key: server.key,
       required: false,
+      paths: { cert: certFile, key: keyFile },
     });
     expect(loadConfig({ BOUNCE_TLS_CERT: server.cert, BOUNCE_TLS_KEY: server.key, BOUNCE_TLS_REQUIRED: "true" }).bounce.tls).toMatchObject({
       required: true,

@@ -1,0 +1,285 @@
+/**
+ * Certificates renewed on disk (cert-manager, an ACME client, Vault Agent
+ * replacing the files) are served without a restart.
+ *
+ * Every part given as a file path is read again every TLS_RELOAD_INTERVAL
+ * and on SIGHUP (`reload`). When the files changed, the whole set (a
+ * listener's certificate, key and client CA) is checked as at start-up
+ * (tls/certificate-set.ts) and then:
+ * - applied: handed to the listener, so new connections get it while open
+ *   ones keep what they negotiated; the expiry gauge follows it;
+ * - refused: the certificate in use stays, and an error names the variable
+ *   and the reason (never the content). The same files are reported once,
+ *   however often they are read again.
+ * Each outcome is counted in otp_tls_certificate_reloads_total, and
+ * otp_tls_certificate_last_reload_successful is 0 while refused files sit
+ * on disk (a restart would fail on them).
+ *
+ * Writers replace a certificate and its key one file after the other, so a
+ * read can catch the new certificate with the old key. A set that fails its
+ * checks is therefore not refused at once: it is read again after
+ * `settleMs`, and refused only when the files still hold the same thing.
+ *
+ * Parts given as PEM text are never re-read; a listener with no part given
+ * as a file is not watched at all.
+ */
+import { createHash, type X509Certificate } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import type { Clock } from "../clock.js";
+import type { Logger } from "../logger.js";
+import { reportCertificateExpiry, type CertificateRole } from "../telemetry/certificate-expiry.js";
+import type { Metrics } from "../telemetry/metrics.js";
+import { checkCertificateSet, subjectOf, unreadableReason, type CertificatePart, type CertificateSet } from "./certificate-set.js";
+
+/** One part of a listener's set as configured. */
+export interface WatchedPart {
+  /** `TLS_CERT`, `BOUNCE_TLS_KEY`... */
+  readonly variable: string;
+  /** The file it comes from; undefined when it was given as PEM text (never re-read). */
+  readonly path: string | undefined;
+  /** The text in use, as read at start-up. */
+  readonly pem: string;
+}
+
+/** A listener's certificate set, and how to serve a new one. */
+export interface WatchedCertificate {
+  readonly role: CertificateRole;
+  readonly cert: WatchedPart;
+  readonly key: WatchedPart;
+  /** The client CA (gRPC with TLS_CLIENT_CA). */
+  readonly ca?: WatchedPart | undefined;
+  /** Serves a checked set to new connections. */
+  apply(set: CertificateSet): void;
+}
+
+export interface CertificateReloaderOptions {
+  readonly certificates: readonly WatchedCertificate[];
+  /** TLS_RELOAD_INTERVAL: how often the files are read; undefined: only on `reload` (SIGHUP). */
+  readonly intervalMs: number | undefined;
+  /** How long files that fail their checks get to settle before they are refused (default 2 s). */
+  readonly settleMs?: number | undefined;
+  readonly metrics: Pick<Metrics, "tlsCertificateReloads" | "tlsCertificateLastReloadSuccessful" | "tlsCertificateExpiry">;
+  readonly logger: Logger;
+  readonly clock: Clock;
+}
+
+export interface CertificateReloader {
+  /**
+   * Reads every watched file now (what SIGHUP does). Resolves once the
+   * change, if any, is applied, refused or waiting to settle; never rejects.
+   */
+  reload(): Promise<void>;
+  /** Stops the poll and any pending re-read. */
+  stop(): void;
+}
+
+const defaultSettleMs = 2000;
+
+/** What one read of a listener's files gave: each watched part's text, or why it could not be read. */
+type PartRead = { readonly text: string } | { readonly error: unknown };
+type Reading = ReadonlyMap<WatchedPart, PartRead>;
+
+/** Starts watching (logs what is watched and what is not). */
+export function startCertificateReloader(options: CertificateReloaderOptions): CertificateReloader {
+  const { metrics, clock, intervalMs } = options;
+  const logger = options.logger.child({ component: "certificates" });
+  const settleMs = options.settleMs ?? defaultSettleMs;
+  const parts = (watched: WatchedCertificate): WatchedPart[] => [watched.cert, watched.key, ...(watched.ca === undefined ? [] : [watched.ca])];
+
+  const inline = options.certificates.flatMap((watched) => parts(watched).filter((part) => part.path === undefined).map((part) => part.variable));
+  if (inline.length > 0) {
+    logger.info(
+      { variables: inline },
+      `${inline.join(", ")} ${inline.length > 1 ? "are" : "is"} PEM text, never reloaded: give file paths to have renewed certificates served without a restart`,
+    );
+  }
+
+  const states = options.certificates
+    .filter((watched) => parts(watched).some((part) => part.path !== undefined))
+    .map((watched) => createState(watched));
+  if (states.length > 0) {
+    const files = states.flatMap((state) => state.files.map((part) => part.variable));
+    logger.info(
+      { files, interval_ms: intervalMs ?? null },
+      intervalMs === undefined
+        ? "certificate files are re-read on SIGHUP only (TLS_RELOAD_INTERVAL=off)"
+        : `certificate files are re-read every ${intervalMs / 1000} s and on SIGHUP: renewed certificates are served without a restart`,
+    );
+  }
+
+  let stopped = false;
+  let queue: Promise<void> = Promise.resolve();
+  let tickQueued = false;
+  /** Runs `work` after whatever is running: one read of the files at a time. */
+  const enqueue = (work: () => Promise<void>): Promise<void> => {
+    queue = queue.then(() => (stopped ? undefined : work())).catch((error: unknown) => {
+      logger.error({ err: error }, "reading the certificate files failed unexpectedly");
+    });
+    return queue;
+  };
+  const checkAll = async (): Promise<void> => {
+    for (const state of states) await state.check(false);
+  };
+
+  const poll =
+    intervalMs === undefined || states.length === 0
+      ? undefined
+      : setInterval(() => {
+          // A slow file system must not pile up reads.
+          if (tickQueued) return;
+          tickQueued = true;
+          void enqueue(async () => {
+            tickQueued = false;
+            await checkAll();
+          });
+        }, intervalMs);
+  poll?.unref();
+
+  return {
+    reload: () => enqueue(checkAll),
+    stop() {
+      stopped = true;
+      if (poll !== undefined) clearInterval(poll);
+      for (const state of states) state.stop();
+    },
+  };
+
+  function createState(watched: WatchedCertificate) {
+    const { role } = watched;
+    const all = parts(watched);
+    const files = all.filter((part): part is WatchedPart & { path: string } => part.path !== undefined);
+    /** The text in use for each part (watched or not). */
+    const served = new Map<WatchedPart, string>(all.map((part) => [part, part.pem]));
+    let servedDigest = digestOf(new Map(files.map((part): [WatchedPart, PartRead] => [part, { text: part.pem }])));
+    let refusedDigest: string | undefined;
+    /** Files that failed their checks once and get `settleMs` before they are refused. */
+    let settling: { digest: string; timer: NodeJS.Timeout } | undefined;
+
+    metrics.tlsCertificateReloads.labels(role, "applied").inc(0);
+    metrics.tlsCertificateReloads.labels(role, "refused").inc(0);
+    metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
+
+    const stopSettling = (): void => {
+      if (settling !== undefined) clearTimeout(settling.timer);
+      settling = undefined;
+    };
+    const settle = (digest: string): void => {
+      stopSettling();
+      const timer = setTimeout(() => void enqueue(() => check(true)), settleMs);
+      timer.unref();
+      settling = { digest, timer };
+    };
+
+    /** Reads the files; `confirming`: the re-read `settleMs` after they failed their checks. */
+    async function check(confirming: boolean): Promise<void> {
+      const reads = await Promise.all(
+        files.map(async (part): Promise<PartRead> => {
+          try {
+            return { text: await readFile(part.path, "utf8") };
+          } catch (error) {
+            return { error };
+          }
+        }),
+      );
+      const reading: Reading = new Map(files.map((part, index) => [part, reads[index] ?? { error: undefined }]));
+      const digest = digestOf(reading);
+      if (digest === servedDigest) {
+        stopSettling();
+        if (refusedDigest !== undefined) {
+          refusedDigest = undefined;
+          metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
+          logger.info({ certificate: role }, "the certificate files hold the certificate in use again");
+        }
+        return;
+      }
+      if (digest === refusedDigest) return;
+
+      const changed = files.filter((part) => {
+        const read = reading.get(part);
+        return read === undefined || !("text" in read) || read.text !== served.get(part);
+      });
+      const outcome = tryApply(reading);
+      if ("leaf" in outcome) {
+        stopSettling();
+        servedDigest = digest;
+        refusedDigest = undefined;
+        for (const part of files) {
+          const read = reading.get(part);
+          if (read !== undefined && "text" in read) served.set(part, read.text);
+        }
+        applied(changed, outcome.leaf);
+        return;
+      }
+      const failure = outcome;
+
+      if (!confirming || settling?.digest !== digest) {
+        // Perhaps a certificate written before its key: look again before calling it broken.
+        logger.debug(
+          { certificate: role, variable: failure.variable, settle_ms: settleMs },
+          "certificate files changed but do not pass their checks (yet?): reading them again before refusing",
+        );
+        if (settling?.digest !== digest) settle(digest);
+        return;
+      }
+      stopSettling();
+      refusedDigest = digest;
+      metrics.tlsCertificateReloads.inc({ certificate: role, result: "refused" });
+      metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 0);
+      const names = changed.map((part) => part.variable);
+      logger.error(
+        { certificate: role, changed: names, variable: failure.variable, reason: failure.reason },
+        `${names.join(", ")} changed but ${names.length > 1 ? "were" : "was"} not applied: ${failure.variable}: ${failure.reason}. ` +
+          "New connections still get the certificate in use; fix the files (the service would not start with them either)",
+      );
+    }
+
+    /** Checks the set the files make with the parts given inline and applies it: its leaf when applied, else why not. */
+    function tryApply(reading: Reading): { leaf: X509Certificate } | { variable: string; reason: string } {
+      const pemOf = (part: WatchedPart): CertificatePart | { variable: string; reason: string } => {
+        const read = reading.get(part);
+        if (read === undefined) return { variable: part.variable, pem: part.pem, origin: "the value" };
+        if ("error" in read) return { variable: part.variable, reason: `cannot read ${part.path ?? ""}: ${unreadableReason(read.error)}` };
+        return { variable: part.variable, pem: read.text, origin: part.path ?? "the value" };
+      };
+      const [cert, key, ca] = [pemOf(watched.cert), pemOf(watched.key), watched.ca === undefined ? undefined : pemOf(watched.ca)];
+      for (const part of [cert, key, ca]) if (part !== undefined && "reason" in part) return part;
+      const checked = checkCertificateSet({ cert: cert as CertificatePart, key: key as CertificatePart, ca: ca as CertificatePart | undefined });
+      if (!checked.ok) return checked;
+      try {
+        watched.apply(checked.set);
+      } catch (error) {
+        return { variable: watched.cert.variable, reason: `the listener could not take it (${(error as Error).message})` };
+      }
+      return { leaf: checked.leaf };
+    }
+
+    function applied(changed: readonly WatchedPart[], leaf: X509Certificate): void {
+      const names = changed.map((part) => part.variable);
+      const cert = served.get(watched.cert) ?? watched.cert.pem;
+      metrics.tlsCertificateReloads.inc({ certificate: role, result: "applied" });
+      metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
+      logger.info(
+        { certificate: role, changed: names, subject: subjectOf(leaf), not_after: leaf.validToDate.toISOString() },
+        `${names.join(", ")} reloaded: new connections use ${names.length > 1 ? "them" : "it"}, connections already open keep what they negotiated`,
+      );
+      reportCertificateExpiry(role, cert, { metrics, logger, clock, reloadable: watched.cert.path !== undefined });
+    }
+
+    return {
+      files,
+      check,
+      stop: stopSettling,
+    };
+  }
+}
+
+/** A digest of what was read: the same files give the same digest, whatever the time or the order of reading. */
+function digestOf(reading: Reading): string {
+  const hash = createHash("sha256");
+  for (const [part, read] of reading) {
+    hash.update(`${part.variable}\0`);
+    hash.update("text" in read ? `=${read.text}` : `!${(read.error as NodeJS.ErrnoException).code ?? "error"}`);
+    hash.update("\0");
+  }
+  return hash.digest("hex");
+}
