@@ -57,9 +57,10 @@ function run(command: string, args: readonly string[], cwd: string, timeoutMs = 
       child.kill("SIGKILL");
       reject(new Error(`${command} ${args.join(" ")} did not finish within ${timeoutMs} ms; stderr: ${stderr}`));
     }, timeoutMs);
-    child.on("error", (error) => {
+    child.on("error", (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      reject(new Error(`could not run ${command}: ${error.message}`, { cause: error }));
+      const hint = error.code === "ENOENT" ? ` (${command} is not on PATH; on Debian: apt-get install ${command})` : "";
+      reject(new Error(`could not run ${command}: ${error.message}${hint}`, { cause: error }));
     });
     child.on("close", (exitCode) => {
       clearTimeout(timer);
@@ -251,7 +252,9 @@ describe("the Node client installed from the package (npm pack)", () => {
       JSON.stringify({
         compilerOptions: {
           target: "ES2023",
-          lib: ["ES2023"],
+          // connect's own declarations name fetch's HeadersInit, which only lib DOM declares
+          // (connectrpc/connect-es#481): with skipLibCheck off, any connect user needs it.
+          lib: ["ES2023", "DOM"],
           module: "NodeNext",
           moduleResolution: "NodeNext",
           types: ["node"],
@@ -263,9 +266,18 @@ describe("the Node client installed from the package (npm pack)", () => {
         files: ["service.ts"],
       }),
     );
+    // An untyped module imported by a .d.ts quietly becomes `any` (a dependency whose types live in a
+    // dev dependency's @types package, say); imported by the consumer's own file it is an error (TS7016).
+    const typedImports = new Set<string>();
+    for (const file of packed.filter((path) => path.endsWith(".d.ts"))) {
+      const source = await readFile(join(consumer, "node_modules/otp-email", file), "utf8");
+      for (const specifier of importsOf(source)) if (!specifier.startsWith(".")) typedImports.add(specifier);
+    }
+    expect(typedImports.size).toBeGreaterThan(0);
     await writeFile(
       join(consumer, "service.ts"),
       [
+        ...[...typedImports].map((specifier, index) => `import type * as declared${index} from "${specifier}";`),
         "import {",
         "  createOtpEmailClient, DeliveryState, Purpose, VerifyResult,",
         "  type OtpEmailClient, type OtpEmailClientOptions, type SendOtpResponse,",
