@@ -13,12 +13,24 @@
  * carries the active trace to the service (`traceparent`), so the caller's
  * span parents the service's.
  */
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { BadRequestSchema, ErrorInfoSchema, QuotaFailureSchema, RetryInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
 import { createClientTracingInterceptor } from "./telemetry/client-tracing.js";
 
 export * from "../gen/otp/v1/otp_email_pb.js";
+export {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+  type BadRequest,
+  type ErrorInfo,
+  type QuotaFailure,
+  type RetryInfo,
+} from "../gen/google/rpc/error_details_pb.js";
+export { Code, ConnectError };
 
 export interface OtpEmailClientOptions {
   /** `http://host:port` (plaintext HTTP/2) or `https://host:port` (TLS). */
@@ -56,4 +68,52 @@ export function createOtpEmailClient(options: OtpEmailClientOptions): OtpEmailCl
     ...(options.tls ? { nodeOptions: { ...options.tls } } : {}),
   });
   return createClient(OtpEmailService, transport);
+}
+
+/**
+ * What a failed call says, read from its google.rpc details (the
+ * `grpc-status-details-bin` trailer): ErrorInfo's reason (RECIPIENT_INVALID,
+ * RESEND_COOLDOWN, RECIPIENT_SUPPRESSED...) and metadata, BadRequest's field
+ * violations, RetryInfo's delay and QuotaFailure's violations.
+ *
+ * ```ts
+ * try { await client.sendOtp(request); } catch (error) {
+ *   const details = errorDetailsOf(error);
+ *   if (details.code === Code.ResourceExhausted) retryAfter(details.retryDelayMs);
+ * }
+ * ```
+ *
+ * Anything thrown that is not a ConnectError reads as Code.Unknown with its message.
+ */
+export interface OtpErrorDetails {
+  readonly code: Code;
+  /** The service's message, without connect's `[code]` prefix. */
+  readonly message: string;
+  /** ErrorInfo.reason, "" when the error carries no ErrorInfo. */
+  readonly reason: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly fieldViolations: readonly { readonly field: string; readonly description: string; readonly reason: string }[];
+  /** RetryInfo.retry_delay in milliseconds: do not retry sooner. Undefined without RetryInfo. */
+  readonly retryDelayMs: number | undefined;
+  readonly quotaViolations: readonly { readonly subject: string; readonly description: string }[];
+}
+
+export function errorDetailsOf(error: unknown): OtpErrorDetails {
+  const connectError = ConnectError.from(error);
+  const [info] = connectError.findDetails(ErrorInfoSchema);
+  const [retry] = connectError.findDetails(RetryInfoSchema);
+  const delay = retry?.retryDelay;
+  return {
+    code: connectError.code,
+    message: connectError.rawMessage,
+    reason: info?.reason ?? "",
+    metadata: { ...(info?.metadata ?? {}) },
+    fieldViolations: connectError
+      .findDetails(BadRequestSchema)
+      .flatMap((bad) => bad.fieldViolations.map(({ field, description, reason }) => ({ field, description, reason }))),
+    retryDelayMs: delay === undefined ? undefined : Number(delay.seconds) * 1000 + Math.round(delay.nanos / 1e6),
+    quotaViolations: connectError
+      .findDetails(QuotaFailureSchema)
+      .flatMap((quota) => quota.violations.map(({ subject, description }) => ({ subject, description }))),
+  };
 }

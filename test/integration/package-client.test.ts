@@ -144,7 +144,8 @@ beforeAll(async () => {
   }
   await writeFile(join(consumer, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
 
-  service = await startTestService();
+  // The resend cooldown on, so that the consumer sees a RetryInfo.
+  service = await startTestService({ env: { LIMIT_RESEND_COOLDOWN: "30s" } });
 }, 300_000);
 
 afterAll(async () => {
@@ -205,7 +206,7 @@ describe("the Node client installed from the package (npm pack)", () => {
     await writeFile(
       app,
       [
-        'import { createOtpEmailClient, DeliveryState, Purpose, VerifyResult } from "otp-email";',
+        'import { Code, createOtpEmailClient, DeliveryState, errorDetailsOf, Purpose, VerifyResult } from "otp-email";',
         "const [command, baseUrl, recipient, code] = process.argv.slice(2);",
         "const client = createOtpEmailClient({ baseUrl });",
         'const resolved = import.meta.resolve("otp-email");',
@@ -214,6 +215,15 @@ describe("the Node client installed from the package (npm pack)", () => {
         "  const status = await client.getDeliveryStatus({ messageId: sent.messageId });",
         "  console.log(JSON.stringify({ resolved, messageId: sent.messageId, sent: DeliveryState[sent.state],",
         "    statusOf: status.messageId, status: DeliveryState[status.state], recipient: status.recipient }));",
+        '} else if (command === "refused") {',
+        "  const failures = [];",
+        '  for (const request of [{ recipient: "ana@example.com\\r\\nBcc: x@example.com", purpose: Purpose.LOGIN }, { recipient, purpose: Purpose.LOGIN }]) {',
+        "    try { await client.sendOtp(request); failures.push(null); } catch (error) {",
+        "      const details = errorDetailsOf(error);",
+        "      failures.push({ ...details, code: Code[details.code] });",
+        "    }",
+        "  }",
+        "  console.log(JSON.stringify(failures));",
         "} else {",
         "  const verified = await client.verifyOtp({ recipient, purpose: Purpose.LOGIN, code });",
         "  console.log(JSON.stringify({ resolved, result: VerifyResult[verified.result], attemptsRemaining: verified.attemptsRemaining }));",
@@ -244,6 +254,18 @@ describe("the Node client installed from the package (npm pack)", () => {
     const verified = await run(process.execPath, [app, "verify", baseUrl, recipient, code], consumer, 30_000);
     expect(verified.exitCode).toBe(0);
     expect(JSON.parse(verified.stdout)).toMatchObject({ result: "VERIFIED" });
+
+    // The rich error details, decoded with what the package exports: a bad field, then the resend cooldown.
+    const refused = await run(process.execPath, [app, "refused", baseUrl, recipient], consumer, 30_000);
+    expect(refused.stderr).toBe("");
+    const [bad, cooldown] = JSON.parse(refused.stdout) as Record<string, unknown>[];
+    expect(bad).toMatchObject({
+      code: "InvalidArgument",
+      reason: "RECIPIENT_INVALID",
+      fieldViolations: [expect.objectContaining({ field: "recipient" })],
+    });
+    expect(cooldown).toMatchObject({ code: "ResourceExhausted", reason: "RESEND_COOLDOWN" });
+    expect(cooldown?.["retryDelayMs"]).toBeGreaterThan(0);
   });
 
   it("a consumer TypeScript file typechecks against the packed .d.ts (strict, NodeNext, library files checked), and misuse is an error", async () => {
@@ -279,8 +301,8 @@ describe("the Node client installed from the package (npm pack)", () => {
       [
         ...[...typedImports].map((specifier, index) => `import type * as declared${index} from "${specifier}";`),
         "import {",
-        "  createOtpEmailClient, DeliveryState, Purpose, VerifyResult,",
-        "  type OtpEmailClient, type OtpEmailClientOptions, type SendOtpResponse,",
+        "  Code, createOtpEmailClient, DeliveryState, errorDetailsOf, Purpose, VerifyResult,",
+        "  type OtpEmailClient, type OtpEmailClientOptions, type OtpErrorDetails, type SendOtpResponse,",
         '} from "otp-email";',
         "",
         'const options: OtpEmailClientOptions = { baseUrl: "https://otp.internal:50051", token: "t", timeoutMs: 5000, tls: { ca: Buffer.from("") } };',
@@ -293,6 +315,16 @@ describe("the Node client installed from the package (npm pack)", () => {
         "  const { result, attemptsRemaining } = await client.verifyOtp({ recipient, purpose: Purpose.LOGIN, code: typed });",
         "  const left: number = attemptsRemaining;",
         "  return accepted && left >= 0 && result === VerifyResult.VERIFIED;",
+        "}",
+        "",
+        "export async function retryDelay(recipient: string): Promise<number | undefined> {",
+        "  try {",
+        "    await client.sendOtp({ recipient, purpose: Purpose.LOGIN });",
+        "    return undefined;",
+        "  } catch (error) {",
+        "    const details: OtpErrorDetails = errorDetailsOf(error);",
+        "    return details.code === Code.ResourceExhausted ? details.retryDelayMs : undefined;",
+        "  }",
         "}",
         "",
         "// The types are real, not `any`: each misuse below must be an error.",
