@@ -11,6 +11,7 @@
  */
 import { systemClock, type Clock } from "./clock.js";
 import type { Config } from "./config.js";
+import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
 import { createRenderer } from "./delivery/render.js";
@@ -199,6 +200,14 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
+    const backlog = createSendBacklog({
+      limit: config.smtp.maxBacklog,
+      connections: config.smtp.maxConnections,
+      sendsInProgress: () => transport.inProgress(),
+      logger,
+    });
+    metrics.watchBacklog(backlog);
+
     const bounceDomain = config.bounce.domain ?? config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1);
     const previousSecret = previousSecretFromConfig(config, defaultKeepExpiredMs);
     logSecrets(config, previousSecret, clock, logger);
@@ -214,6 +223,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       bounceDomain,
       store,
       delivery,
+      backlog,
       renderer: createRenderer({
         defaultLocale: config.mail.defaultLocale,
         productName: config.mail.fromName,

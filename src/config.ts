@@ -77,6 +77,12 @@ export interface Config {
     readonly retryMaxDelayMs: number;
     /** How long SendOtp waits for the relay's verdict before answering. */
     readonly waitBudgetMs: number;
+    /**
+     * SMTP_MAX_BACKLOG: most messages that may wait for a pooled connection
+     * before SendOtp refuses new ones (src/delivery/backlog.ts); undefined
+     * when `off`.
+     */
+    readonly maxBacklog: number | undefined;
   };
   readonly mail: {
     readonly fromName: string;
@@ -513,6 +519,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     throw new ConfigError("RECORD_RETENTION: must be at least IDEMPOTENCY_TTL (a repeated key is answered from the first call's record)");
   }
 
+  const smtpPoolSize = read.int("SMTP_POOL_SIZE", 5, 1, 100);
   const retryBaseDelayMs = read.duration("SMTP_RETRY_BASE_DELAY", 1000, 1, 600_000);
   const retryMaxDelayMs = read.duration("SMTP_RETRY_MAX_DELAY", 30_000, 1, 3_600_000);
   if (retryBaseDelayMs > retryMaxDelayMs) {
@@ -539,7 +546,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     smtp: {
       url: smtpUrl,
       tlsCa: optionalCertificate("SMTP_TLS_CA", read.string("SMTP_TLS_CA")),
-      maxConnections: read.int("SMTP_POOL_SIZE", 5, 1, 100),
+      maxConnections: smtpPoolSize,
       maxMessagesPerConnection: read.int("SMTP_MAX_MESSAGES_PER_CONNECTION", 100, 1, 100_000),
       connectionTimeoutMs: read.duration("SMTP_CONNECTION_TIMEOUT", 10_000, 100, 300_000),
       greetingTimeoutMs: read.duration("SMTP_GREETING_TIMEOUT", 10_000, 100, 300_000),
@@ -548,6 +555,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
       retryBaseDelayMs,
       retryMaxDelayMs,
       waitBudgetMs: read.duration("SEND_WAIT_BUDGET", 3000, 0, 60_000),
+      maxBacklog: readMaxBacklog(read.string("SMTP_MAX_BACKLOG"), smtpPoolSize),
     },
     mail: {
       fromName: from.name,
@@ -585,6 +593,31 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
       timeoutMs: read.duration("DOCTOR_TIMEOUT", 5000, 100, 60_000),
     },
   };
+}
+
+/**
+ * Messages per pooled connection that SMTP_MAX_BACKLOG allows by default. A
+ * connection to a healthy relay carries a message in 10 to 100 ms, so 200
+ * waiting per connection clear in 2 to 20 s: a burst (the whole default
+ * LIMIT_GLOBAL minute, 1000 sends, arriving at once on the default 5
+ * connections) fits, and the last of it still goes out well within a code's
+ * lifetime (OTP_TTL, 10 m). Only a relay that stops keeping up fills it: one
+ * that holds each message for SMTP_SOCKET_TIMEOUT (30 s) would take 100
+ * minutes to clear it, past every code's expiry (OTP_TTL_MAX, 1 h), so
+ * taking on more there only makes callers wait the whole SEND_WAIT_BUDGET
+ * for codes that expire unsent.
+ */
+const backlogPerConnection = 200;
+
+/** SMTP_MAX_BACKLOG: a whole number, `off`, or unset (backlogPerConnection × SMTP_POOL_SIZE). */
+function readMaxBacklog(raw: string | undefined, poolSize: number): number | undefined {
+  if (raw === undefined) return backlogPerConnection * poolSize;
+  if (raw.toLowerCase() === "off") return undefined;
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw) || value < 1 || value > 1_000_000) {
+    throw new ConfigError(`SMTP_MAX_BACKLOG=${raw}: must be a whole number from 1 to 1000000, or off (no bound)`);
+  }
+  return value;
 }
 
 /** How far OTP_SECRET_ROTATED_AT may lie ahead of this host's clock (another host's clock may run ahead). */

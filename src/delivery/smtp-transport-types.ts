@@ -81,6 +81,11 @@ export interface SmtpTransport {
   readonly relay: string;
   /** Sends one message. Rejects only with SmtpSendError. */
   send(mail: OutgoingMail): Promise<SmtpAcceptance>;
+  /**
+   * Sends given to `send` that have not finished: on a pooled connection or
+   * waiting for one (at most the pool's size are on a connection).
+   */
+  inProgress(): number;
   /** Connects, negotiates TLS and authenticates, then hangs up. Rejects with SmtpSendError. */
   verify(): Promise<void>;
   /**

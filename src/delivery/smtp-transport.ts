@@ -232,6 +232,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       return sending;
     },
 
+    inProgress: () => inFlight.size,
+
     async verify(): Promise<void> {
       // verify() opens its own connection outside the pool; bound it like a send.
       let timer: NodeJS.Timeout | undefined;

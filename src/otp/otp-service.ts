@@ -3,6 +3,7 @@
  * storage, limits, rendering and delivery. Knows nothing of gRPC.
  */
 import type { Clock } from "../clock.js";
+import type { BacklogPlace, SendBacklog } from "../delivery/backlog.js";
 import type { DeliveryService } from "../delivery/delivery-service.js";
 import { effectiveState, explain } from "../delivery/explain.js";
 import type { SuppressionList } from "../bounce/suppression.js";
@@ -32,6 +33,12 @@ import { validateMessageId, validateSendOtp, validateVerifyOtp, type TtlRule } f
 export interface OtpServiceOptions {
   readonly store: OtpStore;
   readonly delivery: Pick<DeliveryService, "dispatch">;
+  /**
+   * Messages waiting for a pooled SMTP connection, bounded: a send that finds
+   * it full is refused (RELAY_BACKLOG_FULL) before anything is spent,
+   * rendered or stored. Default: no bound.
+   */
+  readonly backlog?: Pick<SendBacklog, "enter"> | undefined;
   readonly renderer: Renderer;
   readonly limiter: SendLimiter;
   /** Caps failed verifications beyond the per-code lock; default: no cap. */
@@ -211,7 +218,16 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     // The admission of a send not handed to the delivery yet: taken back if
     // the send stops before that (storing its code or record failed).
     let unsent: SendAdmission | undefined;
+    // Its place in the backlog, until the transport counts it instead.
+    let place: BacklogPlace | undefined;
     try {
+      // First, and without a round trip: a relay that is not keeping up
+      // refuses the send before any limit is spent (nothing to refund) or any
+      // code is made. A replay above sent nothing, so it was not refused.
+      if (options.backlog !== undefined) {
+        place = options.backlog.enter();
+        if (place === undefined) throw backlogFull();
+      }
       // A send refused for suppression spends no rate budget: the limiter
       // checks the suppression first, in the same round trip as the limits
       // (or, for a limiter that cannot, the list is read before it).
@@ -274,11 +290,15 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
 
       // From here on the message may reach the relay: its admission stands, whatever happens next.
       unsent = undefined;
+      // The dispatch hands it to the transport at once, which counts it from there.
+      place?.leave();
+      place = undefined;
       const result = await delivery.dispatch(record, mail);
       // A retry is pointless before the limits admit the same send again.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
       return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };
     } catch (error) {
+      place?.leave();
       // A retryable failure must not pin its idempotency key for a day: the
       // caller's retry with the same key should really try again. Only a
       // permanent refusal by the relay is remembered and replayed.
@@ -441,6 +461,20 @@ function requestInProgress(): OtpError {
     reason: "IDEMPOTENT_REQUEST_IN_PROGRESS",
     retryAfterMs: 1000,
   });
+}
+
+/**
+ * The send backlog is full: the relay is not keeping up with this instance's
+ * sends. Nothing was sent, stored or spent, and no message_id exists.
+ * Another instance, or this one a little later, may take the send.
+ */
+function backlogFull(): OtpError {
+  return new OtpError(
+    "unavailable",
+    "email not sent: the SMTP relay is not keeping up and this instance's send backlog is full; " +
+      "nothing was sent, stored or counted against the limits; retry later",
+    { reason: "RELAY_BACKLOG_FULL", retryAfterMs: 5000 },
+  );
 }
 
 /** The error SendOtp answers for a suppressed recipient (`record` is the SUPPRESSED message). */

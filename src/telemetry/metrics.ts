@@ -43,6 +43,7 @@ export const sendOutcomes = [
   "suppressed",
   "relay_rejected",
   "relay_unavailable",
+  "backlog_full",
   "rate_limited",
   "invalid",
   "denied",
@@ -121,6 +122,7 @@ export interface Metrics {
   readonly smtpAttemptsInFlight: Gauge;
   readonly smtpPoolConnectionsInUse: Gauge;
   readonly smtpPoolSize: Gauge;
+  readonly smtpBacklog: Gauge;
   readonly deliveryTransitions: Counter<"state" | "provider">;
   readonly redisCommandErrors: Counter<"operation">;
   readonly redisFull: Gauge;
@@ -133,6 +135,8 @@ export interface Metrics {
 
   /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
   watchHealth(health: Pick<HealthState, "components">): void;
+  /** Reports the send backlog's size in otp_smtp_backlog at every scrape (nothing per message). */
+  watchBacklog(backlog: { size(): number }): void;
   /** `limit` as a label: the first `maxLimitLabels` distinct values as given (sanitized), then `other`. */
   limitLabel(limit: string): string;
   /** Renders every metric in `format`. */
@@ -197,6 +201,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     help:
       "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered after the wait budget, attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
+      "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
       "rate_limited, invalid (bad request), denied (caller not allowed), error (anything else).",
     labelNames: ["purpose", "outcome"] as const,
     registers,
@@ -251,6 +256,17 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_smtp_pool_size",
     help: "Most SMTP connections the pool opens (SMTP_POOL_SIZE).",
     registers,
+  });
+  let backlog: { size(): number } | undefined;
+  const smtpBacklog = new Gauge({
+    name: "otp_smtp_backlog",
+    help:
+      "Messages taken on that wait for a pooled SMTP connection (sends beyond the pool's connections, retries included, " +
+      "and sends about to be handed over); at SMTP_MAX_BACKLOG new sends are refused (otp_sends_total{outcome=\"backlog_full\"}).",
+    registers,
+    collect() {
+      if (backlog !== undefined) this.set(backlog.size());
+    },
   });
   const deliveryTransitions = new Counter({
     name: "otp_delivery_state_transitions_total",
@@ -376,6 +392,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     smtpAttemptsInFlight,
     smtpPoolConnectionsInUse,
     smtpPoolSize,
+    smtpBacklog,
     deliveryTransitions,
     redisCommandErrors,
     redisFull,
@@ -387,6 +404,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     healthComponentUp,
     watchHealth(source) {
       health = source;
+    },
+    watchBacklog(source) {
+      backlog = source;
     },
     limitLabel(limit: string): string {
       const label = limit.toLowerCase().replace(/[^a-z0-9_:.-]/g, "_").slice(0, 64) || "unknown";

@@ -43,6 +43,7 @@ function failedSendOutcome(error: unknown): SendOutcome {
     case "failed_precondition":
       return error.reason === "RELAY_REJECTED" ? "relay_rejected" : "error";
     case "unavailable":
+      if (error.reason === "RELAY_BACKLOG_FULL") return "backlog_full";
       return error.reason.startsWith("RELAY_") ? "relay_unavailable" : "error";
     case "not_found":
     case "already_exists":

@@ -12,6 +12,10 @@
  * Behaviours form a queue consumed one per mail transaction (at MAIL FROM);
  * when it is empty every transaction is accepted. `rejectAuth` is consumed
  * by the next AUTH instead.
+ *
+ * `hold()` makes a relay that has stalled but will recover: every message it
+ * would accept is taken whole and left unanswered (the client waits for the
+ * final reply, its connection busy) until `release()` answers them all 250.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
@@ -98,6 +102,15 @@ export interface SmtpSink {
   transactions(): number;
   /** Queues behaviours, consumed one per transaction; then every transaction is accepted. */
   respondWith(...behaviours: SinkBehaviour[]): void;
+  /**
+   * From now on, a message the sink would accept is taken and left without a
+   * reply (its client keeps waiting) until `release()`.
+   */
+  hold(): void;
+  /** Answers every held message `250` (they join `messages`, in order) and stops holding. */
+  release(): void;
+  /** How many messages wait for their reply now. */
+  held(): number;
   /** Resolves once `count` messages were accepted; rejects after `timeoutMs`. */
   waitForMessages(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
   /** Destroys every connection (stalled ones too) and stops listening. */
@@ -124,6 +137,8 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   const socketsByClientPort = new Map<number, Socket>();
   const waiters = new Set<() => void>();
   let transactions = 0;
+  let holding = false;
+  const heldReplies: (() => void)[] = [];
 
   const behaviourOf = (session: SMTPServerSession): SinkBehaviour => current.get(session.id) ?? { kind: "accept" };
   const replyAt = (behaviour: SinkBehaviour, stage: SinkStage): Error | undefined =>
@@ -211,11 +226,15 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
         case "accept":
           capture(stream, session).then(
             (mail) => {
-              messages.push(mail);
-              for (const wake of waiters) wake();
-              const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
-              if (behaviour.delayMs === undefined) reply();
-              else setTimeout(reply, behaviour.delayMs);
+              const accept = (): void => {
+                messages.push(mail);
+                for (const wake of waiters) wake();
+                const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
+                if (behaviour.delayMs === undefined) reply();
+                else setTimeout(reply, behaviour.delayMs);
+              };
+              if (holding) heldReplies.push(accept);
+              else accept();
             },
             (error: unknown) => callback(smtpError(451, "4.3.0", `sink could not parse the message: ${String(error)}`)),
           );
@@ -261,6 +280,14 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     respondWith(...behaviours) {
       queue.push(...behaviours);
     },
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
+      for (const accept of heldReplies.splice(0)) accept();
+    },
+    held: () => heldReplies.length,
     waitForMessages(count, timeoutMs = 5000) {
       return new Promise<CapturedMail[]>((resolve, reject) => {
         const check = (): void => {

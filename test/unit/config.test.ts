@@ -18,6 +18,19 @@ describe("loadConfig", () => {
     expect(config.recordRetentionMs).toBe(7 * 86_400_000);
   });
 
+  it("SMTP_MAX_BACKLOG: 200 messages per pooled connection by default, a whole number, or off", () => {
+    expect(loadConfig({}).smtp.maxBacklog).toBe(1000);
+    expect(loadConfig({ SMTP_POOL_SIZE: "20" }).smtp.maxBacklog).toBe(4000);
+    expect(loadConfig({ SMTP_MAX_BACKLOG: "50" }).smtp.maxBacklog).toBe(50);
+    expect(loadConfig({ SMTP_MAX_BACKLOG: "off" }).smtp.maxBacklog).toBeUndefined();
+    expect(loadConfig({ SMTP_MAX_BACKLOG: "OFF" }).smtp.maxBacklog).toBeUndefined();
+    for (const bad of ["0", "-1", "ten", "2000000"]) {
+      expect(() => loadConfig({ SMTP_MAX_BACKLOG: bad })).toThrow(
+        new ConfigError(`SMTP_MAX_BACKLOG=${bad}: must be a whole number from 1 to 1000000, or off (no bound)`),
+      );
+    }
+  });
+
   it.each([
     [{}, /REDIS_URL: required when NODE_ENV=production/],
     [{ REDIS_URL: "redis://r:6379" }, /SMTP_URL: required/],

@@ -108,7 +108,9 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
    * success: the call fails with FAILED_PRECONDITION (the relay refused it
    * for good) or UNAVAILABLE (relay unreachable, retries used up, our
    * credentials rejected or TLS with the relay failed), with the message_id
-   * in google.rpc.ErrorInfo.
+   * in google.rpc.ErrorInfo. A send refused at once because the relay is not
+   * keeping up (UNAVAILABLE, reason RELAY_BACKLOG_FULL) has no message_id:
+   * nothing was sent or recorded.
    *
    * @generated from field: otp.v1.DeliveryState state = 2;
    */
@@ -884,7 +886,7 @@ export const VerifyResultSchema: GenEnum<VerifyResult> = /*@__PURE__*/
  *   ALREADY_EXISTS       idempotency_key reused with a different request
  *   RESOURCE_EXHAUSTED   a limit was hit (google.rpc.RetryInfo says when to retry)
  *   FAILED_PRECONDITION  the request cannot be served in the current state
- *   UNAVAILABLE          storage or the SMTP relay is down; safe to retry
+ *   UNAVAILABLE          storage or the SMTP relay is down or not keeping up; safe to retry
  *   UNAUTHENTICATED      the caller could not be identified
  *   PERMISSION_DENIED    the caller may not do this
  *
