@@ -159,6 +159,7 @@ describe("the Node client installed from the package (npm pack)", () => {
       expect.arrayContaining([
         "package.json",
         "README.md",
+        "LICENSE",
         "dist/src/client.js",
         "dist/src/client.d.ts",
         "dist/gen/otp/v1/otp_email_pb.js",
