@@ -16,6 +16,9 @@ function newest(dir) {
   return latest;
 }
 
+// A built image has dist/ and no sources: nothing to compile (and nothing to compile with).
+if (!existsSync("src") && existsSync(entry)) process.exit(0);
+
 const stale =
   !existsSync(entry) ||
   Math.max(newest("src"), newest("gen"), statSync("package.json").mtimeMs) > statSync(entry).mtimeMs;

@@ -19,6 +19,8 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { cp, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { createServer } from "node:net";
 import { join, posix } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -762,6 +764,42 @@ describe("Dockerfile", () => {
     expect(env["METRICS_ADDR"]).toBe(composeEnv["METRICS_ADDR"]);
     const exposed = finalInstructions("EXPOSE").flatMap((i) => i.args.split(/\s+/)).map((p) => Number(p.replace(/\/tcp$/, "")));
     expect(exposed).toEqual(expect.arrayContaining([splitAddress(env["GRPC_ADDR"] ?? "").port, splitAddress(env["METRICS_ADDR"] ?? "").port]));
+  });
+
+  it("the operator commands README gives for the image (npm run doctor, npm run suppression) run there without a build step", async () => {
+    // The final stage's files, laid out as its COPY lines place them: dist/ from the build stage
+    // (this checkout's, compiled by the global setup), node_modules from the deps stage, the rest from here.
+    const image = await mkdtemp(join(tmpdir(), "otp-image-"));
+    try {
+      for (const { args } of finalInstructions("COPY")) {
+        const words = args.split(/\s+/);
+        const from = words.find((word) => word.startsWith("--from="));
+        const [destination = ".", ...sourcesReversed] = words.filter((word) => !word.startsWith("--")).reverse();
+        const sources = sourcesReversed.reverse();
+        for (const source of sources) {
+          const local = from === undefined ? source : source.replace(/^\/app\//, "");
+          const target = destination.endsWith("/") ? join(image, destination, posix.basename(local)) : join(image, destination);
+          await mkdir(join(target, ".."), { recursive: true });
+          if (local === "node_modules") await symlink(at("node_modules"), target);
+          else await cp(at(local), target, { recursive: true });
+        }
+      }
+      expect(existsSync(join(image, "src")), "no sources in the image").toBe(false);
+      const npm = (script: string, ...args: string[]) =>
+        new Promise<{ code: number | null; output: string }>((resolve) => {
+          execFile("npm", ["run", "--silent", script, "--", ...args], { cwd: image, env: { PATH: process.env["PATH"] ?? "", NODE_ENV: "production" } }, (error, stdout, stderr) =>
+            resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, output: stdout + stderr }),
+          );
+        });
+      // Without REDIS_URL the command stops on its configuration (78), having started: not on a missing build.
+      const suppression = await npm("suppression", "show", "ana@example.com");
+      expect(suppression.output).not.toMatch(/ENOENT|compiling TypeScript|Cannot find module/);
+      expect(suppression.code, suppression.output).toBe(78);
+      const doctor = await npm("doctor", "--help");
+      expect(doctor.output).not.toMatch(/ENOENT|compiling TypeScript|Cannot find module/);
+    } finally {
+      await rm(image, { recursive: true, force: true });
+    }
   });
 
   it("health-checks with scripts/healthcheck.mjs, which it copies in", () => {
