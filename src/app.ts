@@ -20,7 +20,7 @@ import type { BounceOutcome } from "./bounce/bounce-processor.js";
 import type { BounceIntake } from "./bounce/intake-server.js";
 import { createSuppressionList } from "./bounce/suppression.js";
 import type { DeliveryRecord } from "./delivery/record.js";
-import { createHealthState } from "./health.js";
+import { createHealthState, type HealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
 import { createPurposePolicy } from "./auth/purpose-policy.js";
 import { createServerCredentials, type GrpcServerCredentials } from "./auth/server-credentials.js";
@@ -81,6 +81,8 @@ export interface App {
   readonly bounceIntake: { readonly host: string; readonly port: number } | undefined;
   /** The app's Prometheus metrics; `main.ts` serves them on METRICS_ADDR. */
   readonly metrics: Metrics;
+  /** Whether the instance serves (what grpc.health.v1 reports); `main.ts` also serves it as /readyz. */
+  readonly health: Pick<HealthState, "isServing" | "components">;
   /**
    * Reads the certificate files again now (`main.ts` calls it on SIGHUP):
    * a renewed set that passes the start-up checks is served to new
@@ -337,6 +339,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       captureSinkUrl: sink?.url,
       bounceIntake: intake?.address,
       metrics,
+      health,
       reloadCertificates: () => certificates.reload(),
       stop,
     };

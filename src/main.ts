@@ -45,6 +45,7 @@ async function main(): Promise<void> {
       : await startMetricsServer({
           address: config.metrics.addr,
           metrics: app.metrics,
+          health: app.health,
           logger,
           fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
         });

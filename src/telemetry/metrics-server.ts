@@ -3,8 +3,16 @@
  * (METRICS_ADDR), separate from gRPC so scrapes never compete with calls and
  * the port can stay private. Text format unless the scraper asks for
  * OpenMetrics (see negotiateFormat).
+ *
+ * With the instance's health, it also answers an orchestrator's HTTP probes,
+ * which cost it a request where a probe command costs a process:
+ *   /readyz  200 while the instance serves (what grpc.health.v1 says), else
+ *            503 naming each component that is down and why;
+ *   /livez   200 whenever the process answers at all: restarting a process
+ *            whose Redis is down would not bring Redis back.
  */
-import { createServer, type Server } from "node:http";
+import { createServer, type ServerResponse, type Server } from "node:http";
+import type { HealthState } from "../health.js";
 import type { Logger } from "../logger.js";
 import { contentTypes, negotiateFormat, type Metrics } from "./metrics.js";
 
@@ -15,6 +23,8 @@ export interface MetricsServerOptions {
   readonly logger: Logger;
   /** When the port is taken, listen on a free one instead of failing (for the default address outside production). */
   readonly fallbackToFreePort?: boolean;
+  /** The instance's health, for /readyz and /livez; without it those paths are not served. */
+  readonly health?: Pick<HealthState, "isServing" | "components">;
 }
 
 export interface MetricsServer {
@@ -30,14 +40,22 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   const { metrics, logger } = options;
   const { host, port } = splitHostPort(options.address);
 
+  const { health } = options;
   const server: Server = createServer((request, response) => {
     const path = (request.url ?? "/").split("?")[0];
-    if (path !== "/metrics") {
-      response.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found: the metrics are at /metrics\n");
+    const probe = health !== undefined && (path === "/readyz" || path === "/livez");
+    if (path !== "/metrics" && !probe) {
+      const served = health === undefined ? "the metrics are at /metrics" : "the metrics are at /metrics, the probes at /readyz and /livez";
+      response.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end(`not found: ${served}\n`);
       return;
     }
     if (request.method !== "GET" && request.method !== "HEAD") {
       response.writeHead(405, { allow: "GET, HEAD", "content-type": "text/plain; charset=utf-8" }).end("use GET\n");
+      return;
+    }
+    if (probe) {
+      if (path === "/livez") plain(response, 200, "alive\n", request.method === "HEAD");
+      else plain(response, health.isServing() ? 200 : 503, readiness(health), request.method === "HEAD");
       return;
     }
     const format = negotiateFormat(request.headers.accept);
@@ -88,6 +106,18 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
       return closing;
     },
   };
+}
+
+function plain(response: ServerResponse, status: number, body: string, head: boolean): void {
+  response.writeHead(status, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
+  response.end(head ? undefined : body);
+}
+
+/** `SERVING`, or `NOT_SERVING` and a line per component that is down: `storage: down (storage is unreachable)`. */
+function readiness(health: Pick<HealthState, "isServing" | "components">): string {
+  if (health.isServing()) return "SERVING\n";
+  const down = [...health.components()].filter(([, component]) => !component.up);
+  return `NOT_SERVING\n${down.map(([name, component]) => `${name}: down${component.reason === "" ? "" : ` (${component.reason})`}\n`).join("")}`;
 }
 
 /** `127.0.0.1:9464` -> 127.0.0.1, 9464; `[::1]:9464` -> ::1, 9464. */

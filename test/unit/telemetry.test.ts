@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, loadTracingConfig } from "../../src/config.js";
+import { createHealthState } from "../../src/health.js";
 import { createLogger } from "../../src/logger.js";
 import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
@@ -233,6 +234,43 @@ describe("the /metrics server", () => {
       await second.close();
     } finally {
       await first.close();
+    }
+  });
+
+  it("answers /readyz from the instance's health (503 naming what is down) and /livez whenever it answers", async () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const logger = createLogger({ level: "silent" });
+    const health = createHealthState({ components: ["storage", "relay"] });
+    const server = await startMetricsServer({ address: "127.0.0.1:0", metrics, logger, health });
+    const at = (path: string, init?: RequestInit) => fetch(server.url.replace("/metrics", path), init);
+    try {
+      let ready = await at("/readyz");
+      expect(ready.status).toBe(503);
+      expect(await ready.text()).toBe("NOT_SERVING\nstorage: down (not yet probed)\nrelay: down (not yet probed)\n");
+      health.set("storage", true);
+      health.set("relay", true);
+      ready = await at("/readyz");
+      expect([ready.status, await ready.text()]).toEqual([200, "SERVING\n"]);
+      expect(ready.headers.get("cache-control")).toBe("no-store");
+      health.set("storage", false, "storage is unreachable");
+      ready = await at("/readyz?verbose");
+      expect([ready.status, await ready.text()]).toEqual([503, "NOT_SERVING\nstorage: down (storage is unreachable)\n"]);
+      expect((await at("/readyz", { method: "HEAD" })).status).toBe(503);
+
+      // Down or not, the process answers: alive.
+      const live = await at("/livez");
+      expect([live.status, await live.text()]).toEqual([200, "alive\n"]);
+      expect((await at("/livez", { method: "POST" })).status).toBe(405);
+      expect(await (await at("/nope")).text()).toContain("/readyz and /livez");
+    } finally {
+      await server.close();
+    }
+    // Without the health, only /metrics.
+    const bare = await startMetricsServer({ address: "127.0.0.1:0", metrics, logger });
+    try {
+      expect((await fetch(bare.url.replace("/metrics", "/readyz"))).status).toBe(404);
+    } finally {
+      await bare.close();
     }
   });
 });
