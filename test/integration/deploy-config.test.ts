@@ -18,67 +18,47 @@
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { createServer } from "node:net";
 import { join, posix } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseDocument } from "yaml";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import { loadConfig, loadTracingConfig, parseDuration, type Config } from "../../src/config.js";
 import { createMetrics } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { GrpcOtpClient, grpcError, grpcUnary } from "../support/grpc.js";
+import {
+  at,
+  dict,
+  execForm,
+  finalStageEnv,
+  isDict,
+  list,
+  otelSdkVariables,
+  readDockerfile,
+  readYaml,
+  root,
+  splitAddress,
+  str,
+  text,
+  variablesReadByConfig,
+  type Dict,
+} from "../support/deploy-files.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
-const at = (...parts: string[]): string => join(root, ...parts);
-const text = (...parts: string[]): string => readFileSync(at(...parts), "utf8");
 
 /** The bearer token whose SHA-256 docker-compose.yml puts in AUTH_TOKENS (README "Run with Docker"). */
 const demoToken = "demo-token-change-me";
 
 // ---------------------------------------------------------------------------
 // Reading the files
-
-type Dict = Record<string, unknown>;
-
-function isDict(value: unknown): value is Dict {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-function dict(value: unknown, where: string): Dict {
-  if (!isDict(value)) throw new Error(`${where}: expected a mapping`);
-  return value;
-}
-
-function list(value: unknown, where: string): unknown[] {
-  if (value === undefined) return [];
-  if (!Array.isArray(value)) throw new Error(`${where}: expected a list`);
-  return value as unknown[];
-}
-
-function str(value: unknown, where: string): string {
-  if (typeof value === "string") return value;
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  throw new Error(`${where}: expected a string`);
-}
-
-/** Parses YAML strictly: syntax errors, duplicate keys and warnings all fail. */
-function readYaml(relative: string): unknown {
-  const document = parseDocument(text(relative), { uniqueKeys: true, prettyErrors: true });
-  const problems = [...document.errors, ...document.warnings].map((problem) => problem.message);
-  if (problems.length > 0) throw new Error(`${relative} does not parse:\n${problems.join("\n")}`);
-  const data: unknown = document.toJS();
-  return data;
-}
 
 /**
  * Compose's variable substitution as a user without a .env file gets it:
@@ -219,95 +199,6 @@ function hostPathOf(service: Service, containerPath: string): string | undefined
 }
 
 /** `host:port` -> its parts (`[v6]:port` too). */
-function splitAddress(address: string): { host: string; port: number } {
-  const colon = address.lastIndexOf(":");
-  return { host: address.slice(0, colon).replace(/^\[|\]$/g, ""), port: Number(address.slice(colon + 1)) };
-}
-
-interface Dockerfile {
-  readonly stages: { readonly image: string; readonly name: string | undefined }[];
-  readonly instructions: { readonly keyword: string; readonly args: string; readonly stage: number }[];
-  readonly args: Record<string, string>;
-}
-
-function readDockerfile(): Dockerfile {
-  const logical = text("Dockerfile")
-    .replace(/\\\r?\n/g, " ")
-    .split(/\r?\n/)
-    .map((line) => line.trim())
-    .filter((line) => line !== "" && !line.startsWith("#"));
-  const args: Record<string, string> = {};
-  const stages: { image: string; name: string | undefined }[] = [];
-  const instructions: { keyword: string; args: string; stage: number }[] = [];
-  for (const line of logical) {
-    const [keyword = "", ...rest] = line.split(/\s+/);
-    const upper = keyword.toUpperCase();
-    const argsText = rest.join(" ");
-    if (upper === "ARG" && stages.length === 0) {
-      const [name = "", value = ""] = argsText.split("=");
-      args[name] = value;
-    }
-    if (upper === "FROM") {
-      const image = (rest[0] ?? "").replace(/\$\{(\w+)\}|\$(\w+)/g, (_, a: string | undefined, b: string | undefined) => args[a ?? b ?? ""] ?? "");
-      stages.push({ image, name: rest[1]?.toUpperCase() === "AS" ? rest[2] : undefined });
-    }
-    instructions.push({ keyword: upper, args: argsText, stage: stages.length - 1 });
-  }
-  return { stages, instructions, args };
-}
-
-/** `ENV A=1 B="x y"` pairs of the final stage. */
-function finalStageEnv(dockerfile: Dockerfile): Record<string, string> {
-  const last = dockerfile.stages.length - 1;
-  const env: Record<string, string> = {};
-  for (const instruction of dockerfile.instructions.filter((i) => i.keyword === "ENV" && i.stage === last)) {
-    for (const match of instruction.args.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
-      env[match[1] ?? ""] = (match[2] ?? "").replace(/^"|"$/g, "");
-    }
-  }
-  return env;
-}
-
-/** The JSON (exec) form of an instruction such as CMD ["node", "x.js"]. */
-function execForm(args: string, where: string): string[] {
-  const start = args.indexOf("[");
-  if (start === -1) throw new Error(`${where} must use the exec form ["..."] (signals reach node directly)`);
-  const parsed = JSON.parse(args.slice(start)) as unknown;
-  return list(parsed, where).map((part, index) => str(part, `${where}[${index}]`));
-}
-
-// ---------------------------------------------------------------------------
-// Environment variables the service reads
-
-/** Every variable name src/config.ts mentions (it is the only reader of the environment). */
-function variablesReadByConfig(): Set<string> {
-  return new Set([...text("src", "config.ts").matchAll(/"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"/g)].map((match) => match[1] ?? ""));
-}
-
-/**
- * The OpenTelemetry SDK's own variables (the specification's, read by
- * @opentelemetry/sdk-node and the OTLP exporters, not by config.ts).
- */
-const otelSdkVariables = new Set([
-  "OTEL_SDK_DISABLED",
-  "OTEL_SERVICE_NAME",
-  "OTEL_RESOURCE_ATTRIBUTES",
-  "OTEL_PROPAGATORS",
-  "OTEL_TRACES_SAMPLER",
-  "OTEL_TRACES_SAMPLER_ARG",
-  "OTEL_TRACES_EXPORTER",
-  "OTEL_LOG_LEVEL",
-  "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-  "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
-  "OTEL_SPAN_EVENT_COUNT_LIMIT",
-  "OTEL_SPAN_LINK_COUNT_LIMIT",
-  ...["", "TRACES_"].flatMap((signal) =>
-    ["ENDPOINT", "PROTOCOL", "HEADERS", "TIMEOUT", "COMPRESSION", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE"].map(
-      (name) => `OTEL_EXPORTER_OTLP_${signal}${name}`,
-    ),
-  ),
-]);
-
 // ---------------------------------------------------------------------------
 // PromQL: the metrics, labels and values a query names
 
