@@ -3,7 +3,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "dist-*/", "gen/", "node_modules/", ".outbox/", "bench/results*", "coverage/"] },
+  { ignores: ["dist/", "dist-*/", "clients/node/dist/", "clients/node/proto/", "gen/", "node_modules/", ".outbox/", "bench/results*", "coverage/"] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

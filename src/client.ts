@@ -2,7 +2,7 @@
  * The typed Node client, for services written in Node:
  *
  * ```ts
- * import { createOtpEmailClient, Purpose } from "otp-email";
+ * import { createOtpEmailClient, Purpose } from "otp-email-client";
  * const client = createOtpEmailClient({ baseUrl: "http://127.0.0.1:50051" });
  * const { messageId } = await client.sendOtp({ recipient: "ana@example.com", purpose: Purpose.LOGIN });
  * ```

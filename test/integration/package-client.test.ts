@@ -1,17 +1,20 @@
 /**
- * The Node client as another service installs it: `npm pack` run in a fresh
- * copy of the checkout (no dist/, as a clone has none), the tarball extracted
- * into a consumer project's node_modules/otp-email next to the package's
- * declared "dependencies" only, then
- * - a consumer ESM script imports "otp-email" and calls a real service over a
- *   real socket (SendOtp, GetDeliveryStatus, VerifyOtp with the mailed code);
+ * The Node client as another service installs it: `npm pack ./clients/node`
+ * run in a fresh copy of the checkout (no dist/, as a clone has none), the
+ * tarball extracted into a consumer project's node_modules/otp-email-client
+ * next to the package's declared "dependencies" only, then
+ * - its package.json declares exactly the client's runtime dependencies
+ *   (connect, connect-node, protobuf-es, the OpenTelemetry API), with the
+ *   repository's version ranges, and nothing of the server;
+ * - a consumer ESM script imports "otp-email-client" and calls a real service
+ *   over a real socket (SendOtp, GetDeliveryStatus, VerifyOtp with the mailed
+ *   code, and the rich error details);
  * - a consumer TypeScript file typechecks against the packed .d.ts (strict,
  *   NodeNext, library files checked too);
- * - the tarball holds the compiled client, its types and the contract, and no
- *   sources, tests, bench, CI, deploy files, keys or .env files.
- * It also runs `prepare` the way a git-URL install does (npm clones, installs,
- * runs `prepare`, packs), and where the Dockerfile runs `npm ci` (package.json
- * and the lock alone, or without the dev dependencies), where it must do nothing.
+ * - the tarball holds the compiled client, its types, the contract and the
+ *   licence, and no sources, tests, bench, CI, deploy files, keys or .env files.
+ * The repository root is the service: private, not the client package, and a
+ * fresh clone still builds it before `npm start`.
  *
  * The consumer gets a symlink per name in the packed package.json's
  * "dependencies", nothing else of ours (no devDependencies): the package's own
@@ -107,7 +110,23 @@ let checkout = "";
 let consumer = "";
 /** Paths in the tarball, relative to the package root (`dist/src/client.js`). */
 let packed: string[] = [];
-let packedManifest: { dependencies?: Record<string, string> } = {};
+interface Manifest {
+  name?: string;
+  version?: string;
+  license?: string;
+  type?: string;
+  private?: boolean;
+  engines?: Record<string, string>;
+  exports?: unknown;
+  files?: unknown;
+  scripts?: Record<string, string>;
+  dependencies?: Record<string, string>;
+  devDependencies?: Record<string, string>;
+}
+let packedManifest: Manifest = {};
+/** The repository root's package.json: the service. */
+let rootManifest: Manifest = {};
+const installedName = "otp-email-client";
 let service: TestService | undefined;
 
 beforeAll(async () => {
@@ -123,7 +142,9 @@ beforeAll(async () => {
   await symlink(rootModules, join(checkout, "node_modules"), "dir");
   const destination = join(tmp, "packed");
   await mkdir(destination);
-  await mustRun("npm", ["pack", "--pack-destination", destination], checkout);
+  rootManifest = JSON.parse(await readFile(join(checkout, "package.json"), "utf8")) as Manifest;
+  // As README says: from the checkout's root, with the repository's dependencies installed.
+  await mustRun("npm", ["pack", "./clients/node", "--pack-destination", destination], checkout);
   const [tarball] = await readdir(destination);
   if (tarball === undefined) throw new Error("npm pack wrote no tarball");
   const listing = await mustRun("tar", ["-tzf", join(destination, tarball)], tmp);
@@ -132,10 +153,10 @@ beforeAll(async () => {
     .filter((line) => line !== "" && !line.endsWith("/"))
     .map((line) => line.replace(/^package\//, ""));
 
-  const installed = join(consumer, "node_modules/otp-email");
+  const installed = join(consumer, "node_modules", installedName);
   await mkdir(installed, { recursive: true });
   await mustRun("tar", ["-xzf", join(destination, tarball), "-C", installed, "--strip-components=1"], tmp);
-  packedManifest = JSON.parse(await readFile(join(installed, "package.json"), "utf8")) as typeof packedManifest;
+  packedManifest = JSON.parse(await readFile(join(installed, "package.json"), "utf8")) as Manifest;
   for (const name of [...Object.keys(packedManifest.dependencies ?? {}), "@types/node"]) {
     const target = join(rootModules, name);
     if (!existsSync(target)) throw new Error(`${name} is not in node_modules: run npm ci`);
@@ -154,6 +175,30 @@ afterAll(async () => {
 });
 
 describe("the Node client installed from the package (npm pack)", () => {
+  it("is otp-email-client, at the repository's version, licence and engines, an ES module", async () => {
+    expect(packedManifest).toMatchObject({
+      name: installedName,
+      version: rootManifest.version,
+      license: "Apache-2.0",
+      type: "module",
+      engines: rootManifest.engines,
+    });
+    expect(await readFile(join(consumer, "node_modules", installedName, "LICENSE"), "utf8")).toBe(await readFile(join(root, "LICENSE"), "utf8"));
+  });
+
+  it("depends on exactly what the client imports at run time, with the repository's version ranges, and on nothing of the server", () => {
+    const dependencies = packedManifest.dependencies ?? {};
+    expect(Object.keys(dependencies).sort()).toEqual(["@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node", "@opentelemetry/api"]);
+    for (const [name, range] of Object.entries(dependencies)) {
+      expect(range, `${name}: the range the service is tested with`).toBe(rootManifest.dependencies?.[name]);
+    }
+    const server = Object.keys(dependencies).filter((name) =>
+      /^(ioredis|nodemailer|smtp-server|mailparser|mailauth|pino|prom-client|@grpc\/|@opentelemetry\/(?!api$))/.test(name),
+    );
+    expect(server).toEqual([]);
+    expect(packedManifest.devDependencies ?? {}).toEqual({});
+  });
+
   it("the tarball holds the compiled client, its types, the generated messages and the contract", () => {
     expect(packed).toEqual(
       expect.arrayContaining([
@@ -177,7 +222,7 @@ describe("the Node client installed from the package (npm pack)", () => {
         (path.endsWith(".ts") && !path.endsWith(".d.ts")) ||
         /\.(map|pem|key|crt|p12)$/.test(path) ||
         /(^|\/)\.env($|\.)/.test(path) ||
-        /^(Dockerfile|docker-compose\.yml|tsconfig.*\.json|eslint\.config\.js|package-lock\.json)$/.test(path) ||
+        /^(Dockerfile|docker-compose\.yml|tsconfig.*\.json|eslint\.config\.js|package-lock\.json|build\.mjs)$/.test(path) ||
         // The server (main.js and everything only it imports) runs from the repo or the image, not from here.
         (path.startsWith("dist/src/") && !shipped.test(path)),
     );
@@ -188,7 +233,7 @@ describe("the Node client installed from the package (npm pack)", () => {
     const dependencies = Object.keys(packedManifest.dependencies ?? {});
     const unresolved: string[] = [];
     for (const file of packed.filter((path) => /\.(js|d\.ts)$/.test(path))) {
-      const source = await readFile(join(consumer, "node_modules/otp-email", file), "utf8");
+      const source = await readFile(join(consumer, "node_modules/otp-email-client", file), "utf8");
       for (const specifier of importsOf(source)) {
         if (specifier.startsWith(".")) {
           const target = posix.join(posix.dirname(file), specifier);
@@ -207,10 +252,10 @@ describe("the Node client installed from the package (npm pack)", () => {
     await writeFile(
       app,
       [
-        'import { Code, createOtpEmailClient, DeliveryState, errorDetailsOf, Purpose, VerifyResult } from "otp-email";',
+        'import { Code, createOtpEmailClient, DeliveryState, errorDetailsOf, Purpose, VerifyResult } from "otp-email-client";',
         "const [command, baseUrl, recipient, code] = process.argv.slice(2);",
         "const client = createOtpEmailClient({ baseUrl });",
-        'const resolved = import.meta.resolve("otp-email");',
+        'const resolved = import.meta.resolve("otp-email-client");',
         'if (command === "send") {',
         '  const sent = await client.sendOtp({ recipient, purpose: Purpose.LOGIN, locale: "en" });',
         "  const status = await client.getDeliveryStatus({ messageId: sent.messageId });",
@@ -240,7 +285,7 @@ describe("the Node client installed from the package (npm pack)", () => {
     expect(sent.exitCode).toBe(0);
     const answer = JSON.parse(sent.stdout) as Record<string, unknown>;
     expect(answer).toMatchObject({
-      resolved: pathToFileURL(join(consumer, "node_modules/otp-email/dist/src/client.js")).href,
+      resolved: pathToFileURL(join(consumer, "node_modules/otp-email-client/dist/src/client.js")).href,
       sent: "ACCEPTED",
       statusOf: answer["messageId"],
       status: "ACCEPTED",
@@ -293,7 +338,7 @@ describe("the Node client installed from the package (npm pack)", () => {
     // dev dependency's @types package, say); imported by the consumer's own file it is an error (TS7016).
     const typedImports = new Set<string>();
     for (const file of packed.filter((path) => path.endsWith(".d.ts"))) {
-      const source = await readFile(join(consumer, "node_modules/otp-email", file), "utf8");
+      const source = await readFile(join(consumer, "node_modules/otp-email-client", file), "utf8");
       for (const specifier of importsOf(source)) if (!specifier.startsWith(".")) typedImports.add(specifier);
     }
     expect(typedImports.size).toBeGreaterThan(0);
@@ -304,7 +349,7 @@ describe("the Node client installed from the package (npm pack)", () => {
         "import {",
         "  Code, createOtpEmailClient, DeliveryState, errorDetailsOf, Purpose, VerifyResult,",
         "  type OtpEmailClient, type OtpEmailClientOptions, type OtpErrorDetails, type SendOtpResponse,",
-        '} from "otp-email";',
+        '} from "otp-email-client";',
         "",
         'const options: OtpEmailClientOptions = { baseUrl: "https://otp.internal:50051", token: "t", timeoutMs: 5000, tls: { ca: Buffer.from("") } };',
         "const client: OtpEmailClient = createOtpEmailClient(options);",
@@ -343,30 +388,18 @@ describe("the Node client installed from the package (npm pack)", () => {
   });
 });
 
-describe("building on install (prepare)", () => {
-  it("a git-URL install: `prepare` in a clone with its dependencies builds dist/, and the packed file list has the client", async () => {
+describe("the repository root is the service, not the client package", () => {
+  it("is private (the service runs from its image or a checkout) and exports, ships and packs nothing", () => {
+    expect(rootManifest.private).toBe(true);
+    expect(rootManifest).not.toHaveProperty("exports");
+    expect(rootManifest).not.toHaveProperty("files");
+    expect(rootManifest.scripts ?? {}).not.toHaveProperty("prepack");
+  });
+
+  it("a fresh clone still builds the service before `npm start` (prestart)", async () => {
     await rm(join(checkout, "dist"), { recursive: true, force: true });
-    await mustRun("npm", ["run", "prepare"], checkout);
-    // What pacote packs after `prepare` (it runs no prepack for a git dependency).
-    const list = await mustRun("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], checkout);
-    const [report] = JSON.parse(list.stdout) as { files: { path: string }[] }[];
-    expect(report?.files.map((file) => file.path)).toEqual(expect.arrayContaining(["dist/src/client.js", "dist/src/client.d.ts"]));
+    await mustRun("npm", ["run", "prestart"], checkout);
+    expect(existsSync(join(checkout, "dist/src/main.js"))).toBe(true);
+    expect(existsSync(join(checkout, "dist/src/telemetry/bootstrap.js"))).toBe(true);
   }, 240_000);
-
-  it("where the Dockerfile runs `npm ci` (package.json and the lock alone), `prepare` builds nothing and succeeds", async () => {
-    const stage = join(tmp, "docker-stage");
-    await mkdir(stage);
-    await copyFile(join(root, "package.json"), join(stage, "package.json"));
-    await copyFile(join(root, "package-lock.json"), join(stage, "package-lock.json"));
-    await symlink(rootModules, join(stage, "node_modules"), "dir");
-    await mustRun("npm", ["run", "prepare"], stage);
-    expect(existsSync(join(stage, "dist"))).toBe(false);
-  });
-
-  it("in a checkout installed without dev dependencies (no TypeScript), `prepare` builds nothing and succeeds", async () => {
-    const production = join(tmp, "production");
-    await copyCheckout(production);
-    await mustRun("npm", ["run", "prepare"], production);
-    expect(existsSync(join(production, "dist"))).toBe(false);
-  });
 });
