@@ -36,6 +36,8 @@ fail() { echo "generate.sh: $*" >&2; exit 1; }
 command -v protoc >/dev/null || fail "protoc not found: apt-get install protobuf-compiler"
 command -v protoc-gen-go >/dev/null || fail "protoc-gen-go not found: apt-get install protoc-gen-go"
 command -v protoc-gen-go-grpc >/dev/null || fail "protoc-gen-go-grpc not found: apt-get install protoc-gen-go-grpc"
+[ -f "$PROTO_DIR/otp/v1/otp_email.proto" ] ||
+  fail "no otp/v1/otp_email.proto under $PROTO_DIR: set PROTO_DIR to the proto/ folder of OtpEmail's repository"
 [ -f "$WKT_DIR/google/protobuf/timestamp.proto" ] ||
   fail "no google/protobuf/timestamp.proto under $WKT_DIR: apt-get install libprotobuf-dev (or set WKT_DIR)"
 [ -f "$GOOGLEAPIS_DIR/google/rpc/error_details.proto" ] ||
