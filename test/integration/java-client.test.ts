@@ -81,10 +81,11 @@ interface JavaRun {
   readonly json: Record<string, unknown>;
 }
 
-/** One line of a batch's answer: the response, or the error's details. */
+/** One line of a batch's answer: the response, the error's details, or why the line was refused. */
 interface BatchAnswer {
   readonly response?: Record<string, unknown>;
   readonly error?: Record<string, unknown>;
+  readonly usage_error?: string;
 }
 
 let service: ChildProcess | undefined;
@@ -365,6 +366,16 @@ describe("a Java service with the generated client (examples/java)", () => {
     expect(again.response?.["result"]).toBe("VERIFY_RESULT_NOT_FOUND");
     // The code went in on standard input; nothing the JVM wrote repeats it.
     expect(session().stdout + session().stderr).not.toContain(code);
+  });
+
+  it("a bad batch line answers a usage error and the batch stays in step: a refused verify's code line is not read as a command", async () => {
+    const refused = await session().call(["verify", "--recipient", "gil@example.com"], "123456");
+    expect(refused).toEqual({ usage_error: "verify: --purpose is required" });
+    expect(await session().call(["status"])).toEqual({ usage_error: "status takes one MESSAGE_ID" });
+    // The next command gets its own answer, not one for the code line.
+    const status = await session().call(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"]);
+    expect(status.error).toMatchObject({ code: "NOT_FOUND" });
+    expect(session().stdout + session().stderr).not.toContain("123456");
   });
 
   it("a CR/LF in the recipient: INVALID_ARGUMENT with a BadRequest field violation naming recipient, decoded in Java", async () => {
