@@ -75,6 +75,10 @@ public final class Main {
   static int run(List<String> argv, BufferedReader in, PrintStream out, PrintStream err) throws InterruptedException {
     String target = envOr("OTP_EMAIL_TARGET", "127.0.0.1:50051");
     String caFile = envOr("OTP_EMAIL_CA_FILE", null);
+    if (argv.contains("--help") || argv.contains("-h")) {
+      out.println(USAGE);
+      return 0;
+    }
     int i = 0;
     for (; i < argv.size() && argv.get(i).startsWith("--"); i += 2) {
       if (i + 1 >= argv.size()) return usage(err, argv.get(i) + " needs a value");
