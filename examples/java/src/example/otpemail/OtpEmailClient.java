@@ -1,0 +1,150 @@
+package example.otpemail;
+
+import io.grpc.CallCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.Status;
+import io.grpc.netty.GrpcSslContexts;
+import io.grpc.netty.NettyChannelBuilder;
+import io.grpc.stub.MetadataUtils;
+import java.io.File;
+import java.time.Duration;
+import java.util.concurrent.Executor;
+import java.util.concurrent.TimeUnit;
+import javax.net.ssl.SSLException;
+import otp.v1.OtpEmail.GetDeliveryStatusRequest;
+import otp.v1.OtpEmail.GetDeliveryStatusResponse;
+import otp.v1.OtpEmail.SendOtpRequest;
+import otp.v1.OtpEmail.SendOtpResponse;
+import otp.v1.OtpEmail.VerifyOtpRequest;
+import otp.v1.OtpEmail.VerifyOtpResponse;
+import otp.v1.OtpEmailServiceGrpc;
+import otp.v1.OtpEmailServiceGrpc.OtpEmailServiceBlockingStub;
+
+/**
+ * The three RPCs of OtpEmail, with the bearer token, a deadline and the caller's trace context on every call.
+ *
+ * <pre>{@code
+ * try (OtpEmailClient client = OtpEmailClient.connect("otp.internal:50051", token, new File("ca.pem"))) {
+ *   SendOtpResponse sent = client.sendOtp(SendOtpRequest.newBuilder()
+ *       .setRecipient("ana@example.com").setPurpose(Purpose.PURPOSE_LOGIN)
+ *       .setIdempotencyKey(signupId)        // the same key when retrying this send
+ *       .build(), traceparent);
+ * } catch (StatusRuntimeException error) {
+ *   ErrorDetails details = ErrorDetails.of(error);   // reason, fieldViolations, retryDelay...
+ * }
+ * }</pre>
+ *
+ * <p>A failed call throws grpc-java's {@link io.grpc.StatusRuntimeException}; {@link ErrorDetails#of} reads the
+ * google.rpc details the service sends with it. The client is thread-safe: share one per process, it keeps one
+ * HTTP/2 connection.
+ */
+public final class OtpEmailClient implements AutoCloseable {
+  /** SendOtp may wait for the relay up to the service's SEND_WAIT_BUDGET (3 s by default): allow more. */
+  public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(10);
+
+  private static final Metadata.Key<String> TRACEPARENT =
+      Metadata.Key.of("traceparent", Metadata.ASCII_STRING_MARSHALLER);
+
+  private final ManagedChannel channel;
+  private final OtpEmailServiceBlockingStub stub;
+  private final Duration timeout;
+
+  /**
+   * @param channel a channel to the service; closed by {@link #close}
+   * @param token the bearer token, or null when the service asks for none
+   * @param timeout each call's deadline
+   */
+  public OtpEmailClient(ManagedChannel channel, String token, Duration timeout) {
+    this.channel = channel;
+    OtpEmailServiceBlockingStub base = OtpEmailServiceGrpc.newBlockingStub(channel);
+    this.stub = token == null || token.isEmpty() ? base : base.withCallCredentials(new BearerToken(token));
+    this.timeout = timeout;
+  }
+
+  /**
+   * Connects over TLS when {@code caFile} (PEM of the CA that signed the server's certificate) is given; else
+   * plaintext, for development only: the token would travel in the clear.
+   */
+  public static OtpEmailClient connect(String target, String token, File caFile) throws SSLException {
+    NettyChannelBuilder builder = NettyChannelBuilder.forTarget(target);
+    if (caFile == null) {
+      builder.usePlaintext();
+    } else {
+      // GrpcSslContexts sets up ALPN ("h2"), which gRPC over TLS requires: with OpenSSL (netty-tcnative)
+      // when Netty finds it, else with the JDK's TLS, which Debian's Netty cannot do.
+      try {
+        builder.sslContext(GrpcSslContexts.forClient().trustManager(caFile).build());
+      } catch (UnsupportedOperationException noAlpn) {
+        throw new IllegalStateException("this Netty cannot negotiate ALPN over the JDK's TLS: put netty-tcnative "
+            + "and its native library on the class path (examples/java/generate.sh does, from Debian's "
+            + "libnetty-tcnative-java and libnetty-tcnative-jni)", noAlpn);
+      }
+    }
+    return new OtpEmailClient(builder.build(), token, DEFAULT_TIMEOUT);
+  }
+
+  /**
+   * Emails a code the service generates. Give one idempotency key per user action and reuse it when retrying
+   * (UNAVAILABLE, a deadline): the retry then answers the first call's message_id.
+   *
+   * @param traceparent the W3C header of the caller's span ({@code 00-<trace id>-<span id>-<flags>}), or null
+   */
+  public SendOtpResponse sendOtp(SendOtpRequest request, String traceparent) {
+    return call(traceparent).sendOtp(request);
+  }
+
+  /** The delivery record: state, the relay's reply, each attempt, bounces, the trace id. */
+  public GetDeliveryStatusResponse getDeliveryStatus(GetDeliveryStatusRequest request, String traceparent) {
+    return call(traceparent).getDeliveryStatus(request);
+  }
+
+  /** Checks the code a user typed: VERIFIED, INVALID (with attempts left), EXPIRED, LOCKED or NOT_FOUND. */
+  public VerifyOtpResponse verifyOtp(VerifyOtpRequest request, String traceparent) {
+    return call(traceparent).verifyOtp(request);
+  }
+
+  /** A stub for one call: the deadline starts now, and the caller's traceparent goes along as metadata. */
+  private OtpEmailServiceBlockingStub call(String traceparent) {
+    OtpEmailServiceBlockingStub withDeadline = stub.withDeadlineAfter(timeout.toMillis(), TimeUnit.MILLISECONDS);
+    if (traceparent == null || traceparent.isEmpty()) return withDeadline;
+    // The service's span and its delivery record take this trace id. With OpenTelemetry,
+    // GlobalOpenTelemetry.getPropagators().getTextMapPropagator().inject(...) fills the same header.
+    Metadata headers = new Metadata();
+    headers.put(TRACEPARENT, traceparent);
+    return withDeadline.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(headers));
+  }
+
+  @Override
+  public void close() throws InterruptedException {
+    channel.shutdown();
+    if (!channel.awaitTermination(5, TimeUnit.SECONDS)) channel.shutdownNow();
+  }
+
+  /** {@code authorization: Bearer <token>} on every call of the stub it is attached to. */
+  private static final class BearerToken extends CallCredentials {
+    private static final Metadata.Key<String> AUTHORIZATION =
+        Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+
+    private final String token;
+
+    BearerToken(String token) {
+      this.token = token;
+    }
+
+    @Override
+    public void applyRequestMetadata(RequestInfo requestInfo, Executor executor, MetadataApplier applier) {
+      try {
+        Metadata headers = new Metadata();
+        headers.put(AUTHORIZATION, "Bearer " + token);
+        applier.apply(headers);
+      } catch (RuntimeException error) {
+        // Never the token itself in the status: only that it could not be attached.
+        applier.fail(Status.UNAUTHENTICATED.withDescription("could not attach the bearer token").withCause(error));
+      }
+    }
+
+    @Override
+    public void thisUsesUnstableApi() {}
+  }
+}
