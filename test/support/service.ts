@@ -41,6 +41,8 @@ export interface TestServiceOptions {
   /** Reuse a sink (e.g. one shared by several instances); else a fresh one is started. */
   readonly sink?: SmtpSink;
   readonly clock?: Clock;
+  /** The storage health probe's timing (its PINGs); by default the service's own. */
+  readonly storageProbe?: { readonly intervalMs?: number; readonly failuresBeforeDown?: number };
 }
 
 export async function startTestService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -73,7 +75,12 @@ export async function startTestService(options: TestServiceOptions = {}): Promis
     },
   });
   const logger = createLogger({ level: config.logLevel, destination });
-  const app = await startApp({ config, logger, ...(options.clock ? { clock: options.clock } : {}) });
+  const app = await startApp({
+    config,
+    logger,
+    ...(options.clock ? { clock: options.clock } : {}),
+    ...(options.storageProbe ? { storageProbe: options.storageProbe } : {}),
+  });
   const address = `${app.address.host}:${app.address.port}`;
   const transport = createGrpcTransport({ baseUrl: `http://${address}` });
   const grpcClient = new GrpcOtpClient(address, grpc.credentials.createInsecure());
