@@ -11,19 +11,25 @@
  * field), and that its `traceparent` reaches the record. The Go binary is
  * built once (beforeAll); Go's build cache makes later runs quick.
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { execFile, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openCertificateWorkshop } from "../support/certs.js";
-import { startRedisServer, type RedisServer } from "../support/redis.js";
-import { codeFromMail } from "../support/service.js";
-import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+import {
+  describeClientContract,
+  onPath,
+  requireDebianPackages,
+  runClientCommand,
+  startServiceForClients,
+  type ClientRun,
+  type ClientRunOptions,
+  type DebianPackage,
+  type ServiceForClients,
+} from "../support/client-contract.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const example = join(root, "examples/go");
@@ -34,7 +40,7 @@ const execFileAsync = promisify(execFile);
  * What the Go side needs from Debian, and how to tell it is there. Debian
  * installs Go libraries as sources under /usr/share/gocode.
  */
-const debianPackages: readonly { readonly name: string; readonly present: () => boolean }[] = [
+const debianPackages: readonly DebianPackage[] = [
   { name: "golang-go", present: () => onPath("go") },
   { name: "protobuf-compiler", present: () => onPath("protoc") },
   // protoc's well-known types (google/protobuf/timestamp.proto...), which the contract imports.
@@ -51,98 +57,20 @@ const debianPackages: readonly { readonly name: string; readonly present: () => 
   { name: "golang-github-golang-protobuf-1-5-dev", present: () => existsSync(join(gocode, "github.com/golang/protobuf/proto/wrappers.go")) },
 ];
 
-function onPath(command: string): boolean {
-  return spawnSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" }).status === 0;
-}
-
-/** Fails (never skips) with the apt-get command that installs what is missing. */
-function requireDebianPackages(): void {
-  const missing = debianPackages.filter((pkg) => !pkg.present()).map((pkg) => pkg.name);
-  if (missing.length > 0) {
-    throw new Error(
-      `the Go client test needs Debian packages that are missing: ${missing.join(", ")}. ` +
-        `Install them: apt-get install -y --no-install-recommends ${missing.join(" ")}`,
-    );
-  }
-}
-
-interface GoRun {
-  readonly exitCode: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-  /** stdout parsed (the answer) on success, stderr's last line parsed (the error) on failure. */
-  readonly json: Record<string, unknown>;
-}
-
-interface GoRunOptions {
-  /** The bearer token, handed over in OTP_EMAIL_TOKEN (never on the command line). */
-  readonly token?: string;
-  /** Written to the client's standard input (the code a user typed). */
-  readonly stdin?: string;
-  /** The CA file flag; by default the test CA's. */
-  readonly caFile?: string | null;
-}
-
-let service: ChildProcess | undefined;
-let serviceLog: Record<string, unknown>[] = [];
-let serviceStderr = "";
-let redis: RedisServer | undefined;
-let sink: SmtpSink | undefined;
+let service: ServiceForClients | undefined;
 let tmp = "";
 let binary = "";
-let target = "";
-let caFile = "";
-const token = randomBytes(24).toString("base64url");
 
-/** Runs the example's CLI against the service, as a Go team would. */
-function runGo(args: readonly string[], options: GoRunOptions = {}): Promise<GoRun> {
+function started(): ServiceForClients {
+  if (service === undefined) throw new Error("the service did not start (see beforeAll)");
+  return service;
+}
+
+/** Runs the example's CLI against the service, as a Go team would; `caFile: null` leaves the flag out. */
+function runGo(args: readonly string[], options: ClientRunOptions & { readonly caFile?: string | null } = {}): Promise<ClientRun> {
+  const { target, caFile } = started();
   const ca = options.caFile === undefined ? caFile : options.caFile;
-  const child = spawn(binary, ["--target", target, ...(ca === null ? [] : ["--ca-file", ca]), ...args], {
-    // Only what the client reads: no token unless given.
-    env: { PATH: process.env["PATH"] ?? "", ...(options.token === undefined ? {} : { OTP_EMAIL_TOKEN: options.token }) },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-  child.stdin.end(options.stdin ?? "");
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`otp-client ${args[0] ?? ""} did not finish within 20 s; stderr: ${stderr}`));
-    }, 20_000);
-    child.on("error", reject);
-    child.on("close", (exitCode) => {
-      clearTimeout(timer);
-      const text = exitCode === 0 ? stdout : (stderr.trim().split("\n").at(-1) ?? "");
-      try {
-        resolve({ exitCode, stdout, stderr, json: JSON.parse(text) as Record<string, unknown> });
-      } catch {
-        reject(new Error(`otp-client ${args[0] ?? ""} exited ${exitCode} without JSON; stderr: ${stderr}`));
-      }
-    });
-  });
-}
-
-/** A fresh W3C traceparent, as the caller's active span would give it. */
-function newTraceparent(): { traceparent: string; traceId: string } {
-  const traceId = randomBytes(16).toString("hex");
-  return { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01`, traceId };
-}
-
-function waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const check = (): void => {
-      const found = serviceLog.find(predicate);
-      if (found !== undefined) resolve(found);
-      else if (Date.now() > deadline || service?.exitCode !== null) {
-        reject(new Error(`no matching service log line within ${timeoutMs} ms; stderr: ${serviceStderr}`));
-      } else setTimeout(check, 50);
-    };
-    check();
-  });
+  return runClientCommand(binary, ["--target", target, ...(ca === null ? [] : ["--ca-file", ca]), ...args], { ...options, label: "otp-client" });
 }
 
 /** Builds examples/go's CLI as its README says: GOPATH mode over Debian's /usr/share/gocode, offline. */
@@ -169,184 +97,27 @@ async function buildGoClient(output: string): Promise<void> {
 
 // A cold Go build cache compiles grpc-go and protobuf-go first: allow for it beyond the default hook timeout.
 beforeAll(async () => {
-  requireDebianPackages();
+  requireDebianPackages("Go client test", debianPackages);
   tmp = await mkdtemp(join(tmpdir(), "otp-go-"));
   binary = join(tmp, "otp-client");
   await buildGoClient(binary);
-
-  const workshop = await openCertificateWorkshop();
-  try {
-    const ca = await workshop.newCa("otp go test CA");
-    const server = await ca.issue({ cn: "otp-email", san: "DNS:localhost,IP:127.0.0.1", server: true });
-    caFile = join(tmp, "ca.pem");
-    await writeFile(caFile, ca.cert);
-    redis = await startRedisServer();
-    sink = await startSmtpSink();
-    const child = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
-      cwd: root,
-      env: {
-        PATH: process.env["PATH"] ?? "",
-        // Production mode: every safeguard a real deployment has.
-        NODE_ENV: "production",
-        GRPC_ADDR: "127.0.0.1:0",
-        METRICS_ADDR: "off",
-        REDIS_URL: redis.url,
-        SMTP_URL: sink.url,
-        OTP_SECRET: randomBytes(32).toString("base64"),
-        MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
-        AUTH_TOKENS: `go-app:${createHash("sha256").update(token).digest("hex")}`,
-        TLS_CERT: server.cert,
-        TLS_KEY: server.key,
-        LIMIT_RESEND_COOLDOWN: "60s",
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    service = child;
-    serviceLog = [];
-    let buffer = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      buffer += chunk.toString("utf8");
-      let newline: number;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline);
-        buffer = buffer.slice(newline + 1);
-        if (line.trim() !== "") serviceLog.push(JSON.parse(line) as Record<string, unknown>);
-      }
-    });
-    child.stderr.on("data", (chunk: Buffer) => (serviceStderr += chunk.toString("utf8")));
-    const listening = await waitForLog((line) => line["msg"] === "otp-email listening");
-    target = String(listening["grpc"]);
-  } finally {
-    await workshop.cleanup();
-  }
+  service = await startServiceForClients("go-app");
 }, 300_000);
 
 afterAll(async () => {
-  if (service !== undefined && service.exitCode === null) {
-    const exited = new Promise((resolve) => service?.once("exit", resolve));
-    service.kill("SIGTERM");
-    await exited;
-  }
-  await sink?.close();
-  await redis?.stop();
+  await service?.stop();
   if (tmp !== "") await rm(tmp, { recursive: true, force: true });
 });
 
 describe("a Go service with the generated client (examples/go)", () => {
-  it("sends a code over TLS with a token: the mail reaches the relay, and a replayed idempotency key sends nothing", async () => {
-    const before = sink?.messages.length ?? 0;
-    const key = `login-${randomBytes(6).toString("hex")}`;
-    const args = ["send", "--recipient", "ana@example.com", "--purpose", "login", "--locale", "ko", "--ttl", "300", "--idempotency-key", key];
-    const sent = await runGo(args, { token });
-    expect(sent.exitCode).toBe(0);
-    // Enums arrive as their names, Timestamps as RFC 3339 times: the Duration ttl was honoured.
-    expect(sent.json["state"]).toBe("DELIVERY_STATE_ACCEPTED");
-    const expiresInMs = Date.parse(String(sent.json["expires_at"])) - Date.now();
-    expect(expiresInMs).toBeGreaterThan(280_000);
-    expect(expiresInMs).toBeLessThanOrEqual(300_000);
-    expect(Date.parse(String(sent.json["resend_available_at"]))).toBeGreaterThan(Date.now());
-
-    const mails = (await sink?.waitForMessages(before + 1)) ?? [];
-    expect(mails[before]?.envelope.rcptTo).toEqual(["ana@example.com"]);
-    // Go never sees the code, so it cannot print it.
-    expect(sent.stdout + sent.stderr).not.toContain(codeFromMail(mails[before]?.parsed.subject));
-
-    const replay = await runGo(args, { token });
-    expect(replay.exitCode).toBe(0);
-    expect(replay.json["message_id"]).toBe(sent.json["message_id"]);
-    expect(sink?.messages).toHaveLength(before + 1);
-  });
-
-  it("reads the delivery status: ACCEPTED with the relay's reply, and the trace id of the caller's traceparent", async () => {
-    const before = sink?.messages.length ?? 0;
-    const { traceparent, traceId } = newTraceparent();
-    const sent = await runGo(["send", "--recipient", "ben@example.com", "--purpose", "signup", "--traceparent", traceparent], { token });
-    expect(sent.exitCode).toBe(0);
-    const [mail] = ((await sink?.waitForMessages(before + 1)) ?? []).slice(before);
-
-    const status = await runGo(["status", String(sent.json["message_id"])], { token });
-    expect(status.exitCode).toBe(0);
-    expect(status.json).toMatchObject({
-      message_id: sent.json["message_id"],
-      state: "DELIVERY_STATE_ACCEPTED",
-      recipient: "b***@example.com",
-      purpose: "PURPOSE_SIGNUP",
-      trace_id: traceId,
-      relay_reply: { text: expect.stringContaining(`queued as ${mail?.queueId ?? "?"}`) as unknown, queue_id: mail?.queueId },
-    });
-    expect(status.json["attempts"]).toEqual([
-      expect.objectContaining({ number: 1, outcome: "ATTEMPT_OUTCOME_ACCEPTED", reply_code: 250, duration: expect.stringMatching(/^\d+(\.\d+)?s$/) as unknown }),
-    ]);
-    // The service's own log line for the send carries the same trace id.
-    const queued = await waitForLog((line) => line["msg"] === "otp queued" && line["message_id"] === sent.json["message_id"]);
-    expect(queued["trace_id"]).toBe(traceId);
-  });
-
-  it("verifies: a wrong code is INVALID with attempts left, the right one VERIFIED, then it is used up", async () => {
-    const before = sink?.messages.length ?? 0;
-    const who = ["--recipient", "cleo@example.com", "--purpose", "password_reset"];
-    expect((await runGo(["send", ...who], { token })).exitCode).toBe(0);
-    const [mail] = ((await sink?.waitForMessages(before + 1)) ?? []).slice(before);
-    const code = codeFromMail(mail?.parsed.subject);
-    const wrong = code === "000000" ? "111111" : "000000";
-
-    const invalid = await runGo(["verify", ...who], { token, stdin: `${wrong}\n` });
-    expect(invalid.exitCode).toBe(0);
-    expect(invalid.json).toEqual({ result: "VERIFY_RESULT_INVALID", attempts_remaining: 4 });
-
-    const verified = await runGo(["verify", ...who], { token, stdin: `${code}\n` });
-    expect(verified.json["result"]).toBe("VERIFY_RESULT_VERIFIED");
-    expect(verified.stdout + verified.stderr).not.toContain(code);
-
-    const again = await runGo(["verify", ...who], { token, stdin: `${code}\n` });
-    expect(again.json["result"]).toBe("VERIFY_RESULT_NOT_FOUND");
-  });
-
-  it("a CR/LF in the recipient: INVALID_ARGUMENT with a BadRequest field violation naming recipient, decoded in Go", async () => {
-    const before = sink?.transactions() ?? 0;
-    const bad = await runGo(["send", "--recipient", "dan@example.com\r\nBcc: eve@example.com", "--purpose", "login"], { token });
-    expect(bad.exitCode).toBe(1);
-    expect(bad.json).toMatchObject({ code: "INVALID_ARGUMENT", domain: "otp-email" });
-    expect(bad.json["field_violations"]).toEqual([
-      expect.objectContaining({ field: "recipient", description: expect.any(String) as unknown }),
-    ]);
-    expect(sink?.transactions()).toBe(before);
-  });
-
-  it("a resend within the cooldown: RESOURCE_EXHAUSTED with RetryInfo, ErrorInfo and QuotaFailure, decoded in Go", async () => {
-    const who = ["--recipient", "fay@example.com", "--purpose", "login"];
-    expect((await runGo(["send", ...who], { token })).exitCode).toBe(0);
-    const limited = await runGo(["send", ...who], { token });
-    expect(limited.exitCode).toBe(1);
-    expect(limited.json).toMatchObject({ code: "RESOURCE_EXHAUSTED", reason: "RESEND_COOLDOWN", domain: "otp-email" });
-    const delay = Number(limited.json["retry_delay_seconds"]);
-    expect(delay).toBeGreaterThan(0);
-    expect(delay).toBeLessThanOrEqual(60);
-    // future_quota_value is a proto3 `optional` field: presence is tracked (a Go *int64), and the service leaves it unset.
-    expect(limited.json["quota_violations"]).toEqual([
-      expect.objectContaining({ subject: "recipient+purpose", quota_id: "resend_cooldown:1m", quota_value: 1, future_quota_value: null }),
-    ]);
-  });
-
-  it("no token, or a wrong one: UNAUTHENTICATED with the reason, and the token is echoed nowhere", async () => {
-    const missing = await runGo(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"]);
-    expect(missing.exitCode).toBe(1);
-    expect(missing.json).toMatchObject({ code: "UNAUTHENTICATED", reason: "CREDENTIALS_MISSING" });
-
-    const wrongToken = randomBytes(24).toString("base64url");
-    const wrong = await runGo(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], { token: wrongToken });
-    expect(wrong.exitCode).toBe(1);
-    expect(wrong.json).toMatchObject({ code: "UNAUTHENTICATED", reason: "TOKEN_INVALID" });
-    expect(wrong.stdout + wrong.stderr + JSON.stringify(serviceLog)).not.toContain(wrongToken);
-    expect(JSON.stringify(serviceLog)).not.toContain(token);
-  });
+  describeClientContract("Go", () => ({ service: started(), run: runGo, otherOutput: () => "" }));
 
   it("a token is never sent in the clear: without a CA file the client refuses to call with one", async () => {
-    const plaintext = await runGo(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], { token, caFile: null });
+    const plaintext = await runGo(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], { token: started().token, caFile: null });
     expect(plaintext.exitCode).toBe(1);
     // Refused before dialling, not a plaintext call that the TLS port dropped (UNAVAILABLE).
     expect(plaintext.json["code"]).not.toBe("UNAVAILABLE");
     expect(plaintext.json["message"]).toMatch(/TLS/);
-    expect(plaintext.stdout + plaintext.stderr).not.toContain(token);
+    expect(plaintext.stdout + plaintext.stderr).not.toContain(started().token);
   });
 });
