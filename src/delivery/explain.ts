@@ -119,8 +119,8 @@ export function explain(record: DeliveryRecord, now: number): string {
       if (cause === undefined) return `Not sent: the recipient hard-bounced recently${detail(record.failureReason)}.`;
       if (suppressionReason(cause) === "complaint") {
         return (
-          `Not sent: the recipient marked an earlier message as spam (a ${cause.feedbackType ?? "abuse"} complaint from their ` +
-          `mailbox provider, at ${utc(cause.bouncedAt)}; message ${cause.messageId}), so sends to it are refused until ` +
+          `Not sent: the recipient marked an earlier message as spam (their mailbox provider's feedback report, type ` +
+          `${cause.feedbackType ?? "abuse"}, at ${utc(cause.bouncedAt)}; message ${cause.messageId}), so sends to it are refused until ` +
           `${utc(cause.expiresAt)}. Nothing was sent and no rate budget was spent.`
         );
       }

@@ -483,8 +483,8 @@ function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpEr
     const feedbackType = cause.feedbackType ?? "abuse";
     return new OtpError(
       "failed_precondition",
-      `email not sent: ${record.recipientMasked} marked an earlier message as spam (a ${feedbackType} complaint from ` +
-        `their mailbox provider) at ${new Date(cause.bouncedAt).toISOString()}, so sends to it are suppressed until ` +
+      `email not sent: ${record.recipientMasked} marked an earlier message as spam (their mailbox provider's feedback ` +
+        `report, type ${feedbackType}) at ${new Date(cause.bouncedAt).toISOString()}, so sends to it are suppressed until ` +
         `${new Date(cause.expiresAt).toISOString()}; if the user does want codes, support can lift it ` +
         `(npm run suppression -- remove) (message_id ${record.messageId})`,
       {
