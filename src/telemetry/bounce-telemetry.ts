@@ -46,14 +46,17 @@ export interface BounceTelemetry {
    */
   applied(record: DeliveryRecord, sendTraceId: string, previousState?: string): void;
   outcome(outcome: BounceReportOutcome): void;
-  /** A feedback report (ARF) was read (otp_feedback_reports_total). */
+  /** A feedback report (ARF) was read (otp_feedback_reports_total; an applied complaint, otp_spam_complaints_total too). */
   feedback(outcome: FeedbackReportOutcome): void;
   /** The intake refused a connection, a command or a message (otp_bounce_intake_rejections_total). */
   rejected(reason: IntakeRejectionReason): void;
 }
 
 export function createBounceTelemetry(options: {
-  readonly metrics: Pick<Metrics, "providers" | "deliveryTransitions" | "bounceReports" | "feedbackReports" | "bounceIntakeRejections">;
+  readonly metrics: Pick<
+    Metrics,
+    "providers" | "deliveryTransitions" | "bounceReports" | "feedbackReports" | "spamComplaints" | "bounceIntakeRejections"
+  >;
   readonly tracer?: Tracer;
 }): BounceTelemetry {
   const { metrics } = options;
@@ -87,8 +90,10 @@ export function createBounceTelemetry(options: {
       const kind = ["applied", "unmatched", "not_arf"].includes(outcome.kind) ? outcome.kind : "other";
       const type = outcome.feedbackType ?? "none";
       const feedbackType = kind === "not_arf" || !(feedbackTypes as readonly string[]).includes(type) ? "none" : type;
-      const provider = kind === "applied" && outcome.record !== undefined ? metrics.providers.classify(outcome.record.recipientDomain) : "none";
-      metrics.feedbackReports.inc({ kind, feedback_type: feedbackType, provider });
+      metrics.feedbackReports.inc({ kind, feedback_type: feedbackType });
+      if (kind === "applied" && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
+        metrics.spamComplaints.inc({ feedback_type: feedbackType, provider: metrics.providers.classify(outcome.record.recipientDomain) });
+      }
     },
     rejected(reason) {
       metrics.bounceIntakeRejections.inc({ reason });

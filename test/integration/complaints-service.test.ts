@@ -64,7 +64,7 @@ async function dumpRedis(prefix: string): Promise<string> {
       type === "string" ? await redis.get(key)
       : type === "list" ? await redis.lrange(key, 0, -1)
       : type === "hash" ? await redis.hgetall(key)
-      : type === "zset" ? await redis.zrange(key, 0, -1, "WITHSCORES")
+      : type === "zset" ? await redis.zrange(key, "0", "-1", "WITHSCORES")
       : type === "set" ? await redis.smembers(key)
       : `(${type})`;
     parts.push(`${key} ${JSON.stringify(value)}`);
@@ -190,7 +190,8 @@ describe("a spam complaint, from SendOtp to the suppression lifted", () => {
 
     // Counted, by feedback type and provider class, with the transition it caused.
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    expect(metrics).toContain('otp_feedback_reports_total{kind="applied",feedback_type="abuse",provider="yahoo"} 1');
+    expect(metrics).toContain('otp_feedback_reports_total{kind="applied",feedback_type="abuse"} 1');
+    expect(metrics).toContain('otp_spam_complaints_total{feedback_type="abuse",provider="yahoo"} 1');
     expect(metrics).toContain('otp_delivery_state_transitions_total{state="DELIVERED",provider="yahoo"} 1');
     expect(metrics).not.toContain(code);
 
