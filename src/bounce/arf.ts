@@ -10,7 +10,6 @@
  * message, and nothing of it ever leaves this module. Of the report, only
  * bounded, single-line fields leave, the recipient masked.
  */
-import type { ParsedMail } from "mailparser";
 import { maskAddress, maskAddressesIn } from "../otp/address.js";
 
 /**
@@ -52,8 +51,10 @@ export type FeedbackParseResult =
   /** Why the message is not a usable feedback report; safe to log (never a part of the original). */
   | { readonly ok: false; readonly reason: string };
 
-/** Bytes of the feedback-report part read; real ones are well under 2 KB. */
-const maxReportBytes = 16 * 1024;
+/** Characters of the feedback-report part read; real ones are well under 2 KB. */
+const maxReportLength = 16 * 1024;
+/** Parts of a report looked at; a real one has three. */
+const maxParts = 10;
 /** Bytes of the original's header section read. */
 const maxHeaderBytes = 64 * 1024;
 const maxFieldLength = 200;
@@ -69,18 +70,30 @@ export function looksLikeFeedbackReport(raw: Buffer): boolean {
   return /^multipart\/report\s*;/.test(type) && /;\s*report-type\s*=\s*"?feedback-report"?\s*(;|$)/.test(type);
 }
 
-/** Reads a feedback report from a parsed message (mailparser, `keepDeliveryStatus`). Never throws. */
-export function feedbackReportOf(parsed: ParsedMail): FeedbackParseResult {
-  const report = parsed.attachments.find((part) => part.contentType.toLowerCase() === "message/feedback-report");
+/**
+ * Reads a feedback report. Never throws: anything else is `{ ok: false }`.
+ *
+ * The report's own parts are split here rather than by a general MIME
+ * parser: mailparser merges an inline `message/rfc822` part (as Yahoo and
+ * the RFC's example send it) into the report's own text, headers lost.
+ */
+export function feedbackReportFrom(raw: Buffer): FeedbackParseResult {
+  const text = raw.toString("latin1");
+  const type = unfoldedField(headerSection(text), "content-type");
+  if (!looksLikeFeedbackReport(raw)) {
+    return { ok: false, reason: `not a feedback report (Content-Type: ${limit(type).slice(0, 100) || "none"})` };
+  }
+  const parts = partsOf(bodyOf(text), /;\s*boundary\s*=\s*(?:"([^"]+)"|([^\s;]+))/i.exec(type));
+  const report = parts.find((part) => part.type === "message/feedback-report");
   if (report === undefined) return { ok: false, reason: "no message/feedback-report part" };
-  const fields = fieldsOf(report.content.subarray(0, maxReportBytes).toString("utf8"));
+  const fields = fieldsOf(report.body.slice(0, maxReportLength));
   const given = (fields.get("feedback-type") ?? "").toLowerCase();
   if (given === "") return { ok: false, reason: "feedback report without Feedback-Type" };
   if (given === "auth-failure") return { ok: false, reason: "an authentication failure report (RFC 6591), not a complaint" };
   const feedbackType: FeedbackType = (feedbackTypes as readonly string[]).includes(given) ? (given as FeedbackType) : "other";
   // The original (or its headers): only two fields of its header section are read.
-  const original = parsed.attachments.find((part) => ["message/rfc822", "text/rfc822-headers"].includes(part.contentType.toLowerCase()));
-  const head = original === undefined ? "" : headerSection(original.content.subarray(0, maxHeaderBytes).toString("latin1"));
+  const original = parts.find((part) => part.type === "message/rfc822" || part.type === "text/rfc822-headers");
+  const head = original === undefined ? "" : headerSection(original.body.slice(0, maxHeaderBytes));
   const rcpt = addressOf(fields.get("original-rcpt-to") ?? "");
   return {
     ok: true,
@@ -97,6 +110,59 @@ export function feedbackReportOf(parsed: ParsedMail): FeedbackParseResult {
       },
     },
   };
+}
+
+interface Part {
+  /** Media type, lower-cased (`message/rfc822`). */
+  readonly type: string;
+  /** Its body, transfer encoding undone, as latin1 text. */
+  readonly body: string;
+}
+
+/** The parts of a multipart body, given the top-level Content-Type's boundary match. */
+function partsOf(body: string, boundaryMatch: RegExpExecArray | null): Part[] {
+  const boundary = boundaryMatch?.[1] ?? boundaryMatch?.[2];
+  if (boundary === undefined || boundary === "") return [];
+  const delimiter = `--${boundary}`;
+  const parts: Part[] = [];
+  const chunks = body.split(/\r?\n/);
+  let current: string[] | undefined;
+  const finish = (): void => {
+    if (current === undefined || parts.length >= maxParts) return;
+    const text = current.join("\r\n");
+    const head = headerSection(text);
+    const type = (unfoldedField(head, "content-type").split(";")[0] ?? "").trim().toLowerCase() || "text/plain";
+    const encoding = unfoldedField(head, "content-transfer-encoding").trim().toLowerCase();
+    parts.push({ type, body: decode(bodyOf(text), encoding) });
+  };
+  for (const line of chunks) {
+    if (line.startsWith(delimiter)) {
+      const rest = line.slice(delimiter.length);
+      if (rest.trim() === "" || rest.startsWith("--")) {
+        finish();
+        current = rest.startsWith("--") ? undefined : [];
+        if (rest.startsWith("--")) break;
+        continue;
+      }
+    }
+    current?.push(line);
+  }
+  return parts;
+}
+
+/** A part's body with its Content-Transfer-Encoding undone (base64, quoted-printable; others as they are). */
+function decode(body: string, encoding: string): string {
+  if (encoding === "base64") return Buffer.from(body.replace(/[^A-Za-z0-9+/=]/g, ""), "base64").toString("latin1");
+  if (encoding === "quoted-printable") {
+    return body.replace(/=\r?\n/g, "").replace(/=([0-9A-Fa-f]{2})/g, (_all, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+  }
+  return body;
+}
+
+/** What follows a message's (or part's) header section; "" when it has none. */
+function bodyOf(text: string): string {
+  const end = /\r?\n\r?\n/.exec(text);
+  return end === null ? "" : text.slice(end.index + end[0].length);
 }
 
 /** `Name: value` fields of a report part, names lower-cased, continuation lines folded in; the first occurrence wins. */
@@ -140,7 +206,7 @@ function addressOf(field: string): string {
 /** Single line, printable, bounded. */
 function limit(value: string): string {
   return value
-    .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+/gu, " ")
+    .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\s]+/gu, " ")
     .trim()
     .slice(0, maxFieldLength);
 }

@@ -12,14 +12,13 @@
  * stored, logged or counted (arf.ts reads only its Return-Path and
  * Message-ID); the recipient is stored masked.
  */
-import { simpleParser } from "mailparser";
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
 import { withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { OtpStore } from "../store/types.js";
-import { feedbackReportOf, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
+import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
 import type { BounceSource } from "./bounce-processor.js";
 import type { SuppressionList } from "./suppression.js";
 
@@ -98,15 +97,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
 
   async function process(raw: Buffer, source: BounceSource | undefined, envelopeIds: readonly string[]): Promise<FeedbackOutcome> {
     const logger = source === undefined ? baseLogger : baseLogger.child({ remote: source.remoteAddress, helo: source.helo, tls: source.tls });
-    let parsed;
-    try {
-      parsed = await simpleParser(raw, { keepDeliveryStatus: true, skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true });
-    } catch (error) {
-      const reason = `unparseable MIME (${error instanceof Error ? error.message.slice(0, 200) : "unknown error"})`;
-      logger.warn({ reason, bytes: raw.length }, "feedback report is not RFC 5965 ARF; not applied");
-      return finish({ kind: "not_arf", reason });
-    }
-    const read = feedbackReportOf(parsed);
+    const read = feedbackReportFrom(raw);
     if (!read.ok) {
       logger.warn({ reason: read.reason, bytes: raw.length }, "feedback report is not RFC 5965 ARF; not applied");
       return finish({ kind: "not_arf", reason: read.reason });
