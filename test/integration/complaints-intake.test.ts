@@ -7,6 +7,7 @@
  * returned original (whose Subject and body hold the code) is kept or logged.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { Writable } from "node:stream";
 import { createTransport } from "nodemailer";
 import { pino } from "pino";
@@ -331,6 +332,31 @@ describe("the feedback address", () => {
     expect(await deliver(feedbackAddress, arfFixture("microsoft-jmrp", record.messageId))).toBe("550");
 
     expect(outcomes).toMatchObject([{ kind: "applied", messageId: record.messageId }]);
+  });
+
+  it("README's demo complaint (deploy/examples/complaint.eml, as its curl command sends it) applies to its message", async () => {
+    await intake.close();
+    const demoDomain = "otp-email.localhost";
+    const logger = pino({ level: "silent" });
+    const common = { store, suppression, clock: systemClock, logger, reportTtlMs: 3_600_000 };
+    intake = await startBounceIntake({
+      host: "127.0.0.1",
+      port: 0,
+      bounceDomain: demoDomain,
+      logger,
+      processor: createBounceProcessor(common),
+      feedback: {
+        address: `fbl@${demoDomain}`,
+        processor: createFeedbackProcessor({ ...common, bounceDomain: demoDomain, messageIdDomain: demoDomain, onOutcome: (outcome) => outcomes.push(outcome) }),
+      },
+    });
+    const record = await acceptedMessage();
+    const demo = readFileSync(new URL("../../deploy/examples/complaint.eml", import.meta.url), "utf8");
+
+    expect(await deliver(`fbl@${demoDomain}`, Buffer.from(demo.replaceAll("MESSAGE_ID", record.messageId).replace(/\r?\n/g, "\r\n")))).toMatch(/^250 /);
+
+    expect(outcomes).toMatchObject([{ kind: "applied", messageId: record.messageId, feedbackType: "abuse", suppressed: true }]);
+    expect((await status(record.messageId))?.reports).toMatchObject([{ action: "complained", finalRecipient: "rfc822; a***@yahoo.com" }]);
   });
 
   it("a DSN at a VERP address still goes to the bounce processor", async () => {
