@@ -273,9 +273,10 @@ export async function startApp(options: AppOptions): Promise<App> {
     }
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
-      const [{ startBounceIntake }, { createBounceProcessor }] = await Promise.all([
+      const [{ startBounceIntake }, { createBounceProcessor }, { createFeedbackProcessor }] = await Promise.all([
         import("./bounce/intake-server.js"),
         import("./bounce/bounce-processor.js"),
+        import("./bounce/feedback-processor.js"),
       ]);
       const separator = config.bounce.smtpAddr.lastIndexOf(":");
       intake = await startBounceIntake({
@@ -287,6 +288,23 @@ export async function startApp(options: AppOptions): Promise<App> {
         tls: config.bounce.tls,
         logger,
         onRejection: (reason) => bounceTelemetry.rejected(reason),
+        feedback: {
+          address: config.bounce.feedbackAddress,
+          processor: createFeedbackProcessor({
+            store,
+            suppression,
+            clock,
+            logger,
+            reportTtlMs: config.recordRetentionMs,
+            bounceDomain,
+            messageIdDomain: config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1).toLowerCase(),
+            onApplied: (record, sendTraceId, previousState) => {
+              bounceTelemetry.applied(record, sendTraceId, previousState);
+              options.onBounceApplied?.(record, sendTraceId);
+            },
+            onOutcome: (outcome) => bounceTelemetry.feedback(outcome),
+          }),
+        },
         processor: createBounceProcessor({
           store,
           suppression,

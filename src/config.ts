@@ -9,6 +9,7 @@ import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
+import { parseAddress } from "./otp/address.js";
 import { parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
@@ -156,8 +157,14 @@ export interface Config {
           readonly paths: { readonly cert: string | undefined; readonly key: string | undefined };
         }
       | undefined;
-    /** SUPPRESSION_TTL: how long a "no such mailbox" bounce suppresses its recipient. */
+    /** SUPPRESSION_TTL: how long a "no such mailbox" bounce or an abuse/fraud complaint suppresses its recipient. */
     readonly suppressionTtlMs: number;
+    /**
+     * FEEDBACK_ADDRESS, lower-cased: the address registered with mailbox
+     * providers' feedback loops, where the intake takes ARF reports besides
+     * the VERP addresses. Default `fbl@<bounce domain>`; undefined: `off`.
+     */
+    readonly feedbackAddress: string | undefined;
   };
   /** The sender-domain doctor (`npm run doctor`, start-up checks). */
   readonly doctor: {
@@ -498,6 +505,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     throw new ConfigError('MAIL_FROM: required when NODE_ENV=production, such as "Acme" <no-reply@acme.example>');
   }
   const from = parseMailFrom(mailFrom ?? '"OtpEmail" <no-reply@otp-email.localhost>');
+  const bounceDomain = optionalDomain("BOUNCE_DOMAIN", read.string("BOUNCE_DOMAIN"));
   const callers = readCallers(read, production);
 
   const defaultLocale = (read.string("DEFAULT_LOCALE") ?? "en").toLowerCase();
@@ -580,7 +588,8 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     metrics: readMetrics(read),
     dkim: readDkim(read, from.address),
     bounce: {
-      domain: optionalDomain("BOUNCE_DOMAIN", read.string("BOUNCE_DOMAIN")),
+      domain: bounceDomain,
+      feedbackAddress: readFeedbackAddress(read.string("FEEDBACK_ADDRESS"), bounceDomain ?? from.address.slice(from.address.lastIndexOf("@") + 1)),
       ...readBounceSmtpAddr(read.string("BOUNCE_SMTP_ADDR"), nodeEnv),
       connectionsPerMinute: read.int("BOUNCE_CONNECTIONS_PER_MINUTE", 60, 1, 100_000),
       tls: readBounceTls(read),
@@ -701,6 +710,23 @@ function readDkim(read: Reader, fromAddress: string): Config["dkim"] {
     );
   }
   return { domain: domain ?? fromAddress.slice(fromAddress.lastIndexOf("@") + 1).toLowerCase(), selector, privateKey };
+}
+
+/**
+ * FEEDBACK_ADDRESS: a plain address (any domain whose MX reaches the
+ * intake), `off`, or unset: `fbl@<bounce domain>`. Not a VERP address: those
+ * name one message each. The value is not echoed: it is an address.
+ */
+function readFeedbackAddress(raw: string | undefined, bounceDomain: string): string | undefined {
+  if (raw === undefined) return `fbl@${bounceDomain.toLowerCase()}`;
+  if (raw.toLowerCase() === "off") return undefined;
+  const example = "give one plain address, such as fbl@bounces.acme.example, or off";
+  const parsed = parseAddress(raw);
+  if (typeof parsed === "string") throw new ConfigError(`FEEDBACK_ADDRESS: ${parsed}; ${example}`);
+  if (/^bounce\+/i.test(parsed.key) && parsed.domain === bounceDomain.toLowerCase()) {
+    throw new ConfigError(`FEEDBACK_ADDRESS: must not be a VERP address (bounce+<id>@BOUNCE_DOMAIN names one message); ${example}`);
+  }
+  return parsed.key;
 }
 
 /** BOUNCE_SMTP_ADDR: `host:port` (port 0: any free port), `off`, or unset (on in development only). */

@@ -10,11 +10,11 @@
  */
 import { simpleParser } from "mailparser";
 import { maskAddress, maskAddressesIn } from "../otp/address.js";
-import { deliveryReportActions, type DeliveryReportAction } from "../delivery/record.js";
+import { dsnActions, type DsnAction } from "../delivery/record.js";
 
 /** One per-recipient block. Addresses are masked; texts are single-line and bounded. */
 export interface DsnRecipient {
-  readonly action: DeliveryReportAction;
+  readonly action: DsnAction;
   /** Status as given (`5.1.1`), or "" when missing or malformed. */
   readonly status: string;
   readonly diagnosticCode: string;
@@ -140,8 +140,8 @@ function splitGroups(text: string): Map<string, string>[] {
   return groups;
 }
 
-function isAction(value: string): value is DeliveryReportAction {
-  return (deliveryReportActions as readonly string[]).includes(value);
+function isAction(value: string): value is DsnAction {
+  return (dsnActions as readonly string[]).includes(value);
 }
 
 /** `rfc822; jane@x.test` -> `jane@x.test`; "" when there is no address. */

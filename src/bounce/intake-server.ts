@@ -1,9 +1,14 @@
 /**
  * The bounce intake: an SMTP listener (smtp-server) for the MX of the bounce
  * domain. It takes mail only for `bounce+<message id>@<bounce domain>` (the
- * VERP envelope senders of our messages), from anyone and with the null
- * sender bounces use, up to a size limit and a per-peer connection rate (IPv6: per /64),
- * and hands each message to the bounce processor.
+ * VERP envelope senders of our messages) and for the feedback address (the
+ * one registered with mailbox providers' feedback loops), from anyone and
+ * with the null sender bounces use, up to a size limit and a per-peer
+ * connection rate (IPv6: per /64). A feedback report (RFC 5965 ARF, by its
+ * top-level Content-Type) goes to the feedback processor, whichever of the
+ * two it came to; any other message to a VERP address goes to the bounce
+ * processor, and any other message to the feedback address to the feedback
+ * processor too, which counts it as not a report.
  *
  * With a certificate it offers STARTTLS (a DSN with RET=HDRS carries the
  * original Subject, and with it the code), and can require it: MAIL before
@@ -18,8 +23,11 @@
 import type { Socket } from "node:net";
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
 import type { Logger } from "../logger.js";
+import { maskAddress } from "../otp/address.js";
 import { messageIdPattern } from "../otp/code.js";
+import { looksLikeFeedbackReport } from "./arf.js";
 import type { BounceProcessor } from "./bounce-processor.js";
+import type { FeedbackProcessor } from "./feedback-processor.js";
 import { connectionRateKey, createConnectionRate } from "./connection-rate.js";
 import type { IntakeRejectionReason } from "./intake-rejections.js";
 
@@ -31,6 +39,13 @@ export interface BounceIntakeOptions {
   /** The domain of the VERP addresses (BOUNCE_DOMAIN). */
   readonly bounceDomain: string;
   readonly processor: Pick<BounceProcessor, "process">;
+  /**
+   * Feedback reports (ARF): `processor` takes every report, `address` (the
+   * FEEDBACK_ADDRESS, any domain) is accepted as a recipient too; without
+   * `address` reports are taken at the VERP addresses only. undefined: a
+   * report is handed to the bounce processor like any other mail.
+   */
+  readonly feedback?: { readonly address: string | undefined; readonly processor: Pick<FeedbackProcessor, "process"> } | undefined;
   readonly logger: Logger;
   /**
    * STARTTLS with this certificate chain and key (PEM); `required`: MAIL
@@ -94,6 +109,8 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   const domain = options.bounceDomain.toLowerCase();
   const logger = options.logger.child({ component: "bounce-intake" });
   const recipient = new RegExp(`^bounce\\+([0-9a-z]+)@${domain.replace(/\./g, "\\.")}$`, "i");
+  const feedbackAddress = options.feedback?.address?.toLowerCase();
+  const isFeedbackAddress = (address: string): boolean => feedbackAddress !== undefined && address.toLowerCase() === feedbackAddress;
   const connections = createConnectionRate({ max: perMinute, windowMs: 60_000 });
   const sockets = new Set<Socket>();
   const maxClients = options.maxClients ?? defaults.maxClients;
@@ -124,8 +141,15 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     }
     const raw = Buffer.concat(chunks);
     const ids = [...new Set(session.envelope.rcptTo.flatMap((rcpt) => messageIdOf(rcpt.address) ?? []))];
+    const toFeedbackAddress = session.envelope.rcptTo.some((rcpt) => isFeedbackAddress(rcpt.address));
     const source = { remoteAddress: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) };
-    const work = Promise.all(ids.map((id) => options.processor.process(id, raw, source)));
+    const feedback = options.feedback?.processor;
+    const isReport = feedback !== undefined && looksLikeFeedbackReport(raw);
+    // One feedback report is about one message: every VERP address it came to is a candidate id.
+    const jobs: Promise<unknown>[] = isReport ? [feedback.process(raw, source, ids)] : ids.map((id) => options.processor.process(id, raw, source));
+    // Other mail to the feedback address is read (and counted) as not a report.
+    if (!isReport && toFeedbackAddress && feedback !== undefined) jobs.push(feedback.process(raw, source, []));
+    const work = Promise.all(jobs);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(new Error(`recording took longer than ${processTimeoutMs} ms`)), processTimeoutMs);
@@ -141,12 +165,12 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       // A late rejection after the timeout is already answered.
       work.catch(() => undefined);
     }
-    return `2.0.0 Report received for ${ids.length} message(s)`;
+    return toFeedbackAddress && ids.length === 0 ? "2.0.0 Feedback report received" : `2.0.0 Report received for ${ids.length} message(s)`;
   }
 
   const server = new SMTPServer({
     name: `bounces.${domain}`,
-    banner: "OtpEmail bounce intake: delivery status notifications only",
+    banner: "OtpEmail bounce intake: delivery status notifications and feedback reports only",
     logger: false,
     authOptional: true,
     // Without a certificate of ours, smtp-server would offer STARTTLS with its built-in (published) key.
@@ -183,10 +207,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     },
 
     onRcptTo(address, session, callback) {
-      if (messageIdOf(address.address) === undefined) {
+      if (messageIdOf(address.address) === undefined && !isFeedbackAddress(address.address)) {
         badRecipient++;
         reject("bad_recipient");
-        callback(smtpError(550, "5.1.1 No such recipient here: this host only takes bounces of its own messages"));
+        callback(smtpError(550, "5.1.1 No such recipient here: this host only takes bounces and feedback reports of its own messages"));
         return;
       }
       if (session.envelope.rcptTo.length >= maxRecipients) {
@@ -242,7 +266,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     return free;
   });
   const starttls = options.tls === undefined ? "off" : options.tls.required ? "required" : "offered";
-  logger.info({ address: `${options.host}:${port}`, bounce_domain: domain, starttls }, "bounce intake listening");
+  logger.info(
+    { address: `${options.host}:${port}`, bounce_domain: domain, feedback_address: feedbackAddress === undefined ? "off" : maskAddress(feedbackAddress), starttls },
+    "bounce intake listening",
+  );
   if (options.tls === undefined && !isLoopback(options.host)) {
     logger.warn(
       { address: `${options.host}:${port}` },

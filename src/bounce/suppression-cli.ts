@@ -16,7 +16,7 @@
  */
 import { userInfo } from "node:os";
 import { ConfigError, loadConfigFromProcess, type Config } from "../config.js";
-import type { SuppressionEntry } from "../delivery/record.js";
+import { suppressionReason, type SuppressionEntry } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
 import { maskAddress, parseAddress } from "../otp/address.js";
@@ -29,8 +29,8 @@ import { createSuppressionList, type KeyedSuppression } from "./suppression.js";
 const usage = `usage: npm run --silent suppression -- show|remove <address> [--json]
 
 show    whether SendOtp refuses <address> as suppressed (RECIPIENT_SUPPRESSED),
-        and the hard bounce behind it: when, until when, status, diagnostic,
-        the message that bounced
+        and the hard bounce or spam complaint behind it: when, until when,
+        status and diagnostic (or feedback type), the message concerned
 remove  lifts that suppression (under OTP_SECRET and, during a rotation,
         OTP_SECRET_PREVIOUS), printing what it removed and writing an audit
         line to stderr
@@ -129,6 +129,8 @@ function entryJson(found: KeyedSuppression) {
   const { entry } = found;
   return {
     keyedBy: secretName(found),
+    reason: suppressionReason(entry),
+    ...(entry.feedbackType === undefined ? {} : { feedbackType: entry.feedbackType }),
     messageId: entry.messageId,
     status: entry.status,
     diagnosticCode: entry.diagnosticCode,
@@ -144,6 +146,16 @@ function renderShow(recipient: string, found: readonly KeyedSuppression[]): stri
   const field = (name: string, value: string): string => `  ${name.padEnd(12)}${value}`;
   for (const keyed of found) {
     const entry: SuppressionEntry = keyed.entry;
+    if (suppressionReason(entry) === "complaint") {
+      lines.push(
+        field("keyed by", secretName(keyed)),
+        field("reason", `spam complaint (feedback type ${printable(entry.feedbackType ?? "abuse")})`),
+        field("complained", iso(entry.bouncedAt)),
+        field("until", iso(entry.expiresAt)),
+        field("message_id", printable(entry.messageId)),
+      );
+      continue;
+    }
     lines.push(
       field("keyed by", secretName(keyed)),
       field("bounced at", iso(entry.bouncedAt)),
@@ -158,12 +170,15 @@ function renderShow(recipient: string, found: readonly KeyedSuppression[]): stri
 
 function renderRemove(recipient: string, removed: readonly KeyedSuppression[]): string {
   if (removed.length === 0) return `${recipient} was not suppressed: nothing to lift\n`;
-  const lines = removed.map(
-    (keyed) =>
-      `lifted the suppression of ${recipient} (keyed by ${secretName(keyed)}): bounced ${iso(keyed.entry.bouncedAt)}, ` +
-      `message_id ${printable(keyed.entry.messageId)}, status ${printable(keyed.entry.status)}, was until ${iso(keyed.entry.expiresAt)}`,
+  const lines = removed.map((keyed) =>
+    suppressionReason(keyed.entry) === "complaint"
+      ? `lifted the suppression of ${recipient} (keyed by ${secretName(keyed)}): spam complaint ` +
+        `(feedback type ${printable(keyed.entry.feedbackType ?? "abuse")}) ${iso(keyed.entry.bouncedAt)}, ` +
+        `message_id ${printable(keyed.entry.messageId)}, was until ${iso(keyed.entry.expiresAt)}`
+      : `lifted the suppression of ${recipient} (keyed by ${secretName(keyed)}): bounced ${iso(keyed.entry.bouncedAt)}, ` +
+        `message_id ${printable(keyed.entry.messageId)}, status ${printable(keyed.entry.status)}, was until ${iso(keyed.entry.expiresAt)}`,
   );
-  lines.push(`SendOtp sends to ${recipient} again; a new hard bounce suppresses it again.`);
+  lines.push(`SendOtp sends to ${recipient} again; a new hard bounce or abuse complaint suppresses it again.`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -180,6 +195,7 @@ function operator(): string {
 function auditEntries(removed: readonly KeyedSuppression[]) {
   return removed.map((keyed) => ({
     keyed_by: secretName(keyed),
+    reason: suppressionReason(keyed.entry),
     message_id: keyed.entry.messageId,
     status: keyed.entry.status,
     bounced_at: iso(keyed.entry.bouncedAt),

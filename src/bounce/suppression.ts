@@ -1,20 +1,21 @@
 /**
  * The suppression list: recipients whose mailbox was reported not to exist
- * (a hard bounce, 5.1.1 and the like) get no more mail for a while. A
+ * (a hard bounce, 5.1.1 and the like), or who marked a message as spam (an
+ * abuse or fraud feedback report), get no more mail for a while. A
  * recipient is known only by a keyed HMAC of its normalised address, so
  * storage never holds an address, and the key cannot be recomputed without
  * the server secret.
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { Clock } from "../clock.js";
-import type { SuppressionEntry } from "../delivery/record.js";
+import type { SuppressionEntry, SuppressionReason } from "../delivery/record.js";
 import type { OtpStore } from "../store/types.js";
 
 export interface SuppressionListOptions {
   readonly store: Pick<OtpStore, "getSuppression" | "putSuppression" | "removeSuppression">;
   /** The server secret (OTP_SECRET) that keys the recipient HMAC. */
   readonly secret: Buffer;
-  /** How long a hard bounce suppresses its recipient (SUPPRESSION_TTL). */
+  /** How long a hard bounce or complaint suppresses its recipient (SUPPRESSION_TTL). */
   readonly ttlMs: number;
   readonly clock: Clock;
   /**
@@ -25,11 +26,15 @@ export interface SuppressionListOptions {
   readonly previous?: { readonly secret: Buffer; readonly until: number } | undefined;
 }
 
-/** What caused a suppression: the bounced message and its DSN. */
+/** What caused a suppression: the bounced message and its DSN, or the message complained about. */
 export interface SuppressionCause {
   readonly messageId: string;
   readonly status: string;
   readonly diagnosticCode: string;
+  /** Absent: a hard bounce. */
+  readonly reason?: SuppressionReason | undefined;
+  /** For a complaint: its Feedback-Type. */
+  readonly feedbackType?: string | undefined;
 }
 
 /** A suppression in force for a recipient, and which secret's HMAC keys it. */

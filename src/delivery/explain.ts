@@ -2,7 +2,7 @@
  * What a delivery record means, in one sentence: what is known, and what is
  * not. Deterministic: UTC times, no locale-dependent formatting.
  */
-import type { DeliveryRecord, DeliveryReport, DeliveryState } from "./record.js";
+import { suppressionReason, type DeliveryRecord, type DeliveryReport, type DeliveryState } from "./record.js";
 import { classifyStatus, decisiveReport, reportStatus } from "./reports.js";
 
 /**
@@ -85,6 +85,7 @@ export function explain(record: DeliveryRecord, now: number): string {
     }
     case "DELIVERED": {
       const report = decisiveReport(record.reports ?? []);
+      if (report?.action === "complained" || report?.action === "not_spam") return explainFeedback(report);
       if (report !== undefined && report.action !== "delivered") {
         return (
           `A delivery status notification${from(report)} at ${utc(report.receivedAt)} said the message was ` +
@@ -116,6 +117,13 @@ export function explain(record: DeliveryRecord, now: number): string {
     case "SUPPRESSED": {
       const cause = record.suppressedBy;
       if (cause === undefined) return `Not sent: the recipient hard-bounced recently${detail(record.failureReason)}.`;
+      if (suppressionReason(cause) === "complaint") {
+        return (
+          `Not sent: the recipient marked an earlier message as spam (their mailbox provider's feedback report, type ` +
+          `${cause.feedbackType ?? "abuse"}, at ${utc(cause.bouncedAt)}; message ${cause.messageId}), so sends to it are refused until ` +
+          `${utc(cause.expiresAt)}. Nothing was sent and no rate budget was spent.`
+        );
+      }
       return (
         `Not sent: the recipient hard-bounced at ${utc(cause.bouncedAt)} (status ${cause.status}` +
         `${cause.diagnosticCode === "" ? "" : `, "${cause.diagnosticCode}"`}; message ${cause.messageId}), ` +
@@ -123,6 +131,27 @@ export function explain(record: DeliveryRecord, now: number): string {
       );
     }
   }
+}
+
+/** A message the recipient's provider sent a feedback report (ARF) about. */
+function explainFeedback(report: DeliveryReport): string {
+  const by = report.userAgent === undefined || report.userAgent === "" ? "" : ` (${report.userAgent})`;
+  const arrived = report.arrivalDate === undefined || report.arrivalDate === "" ? "" : `, which it received ${report.arrivalDate}`;
+  if (report.action === "not_spam") {
+    return (
+      `The recipient's mailbox provider${by} reported at ${utc(report.receivedAt)} that the recipient marked the message ` +
+      `as not spam${arrived}: it reached the mailbox. Nothing is suppressed.`
+    );
+  }
+  const type = report.feedbackType ?? "abuse";
+  const effect =
+    type === "abuse" || type === "fraud"
+      ? "The recipient is suppressed: further codes to it are refused for a while (support can lift it)."
+      : "The recipient is not suppressed: only abuse and fraud complaints suppress.";
+  return (
+    `The recipient's mailbox provider${by} reported at ${utc(report.receivedAt)} a spam complaint (feedback type ${type}) ` +
+    `about the message${arrived}: it reached the mailbox, and the recipient did not want it. ${effect}`
+  );
 }
 
 /** ` from <reporting MTA>`, or "" when the report does not name it. */

@@ -61,12 +61,26 @@ export interface RelayReplyRecord {
 }
 
 /** RFC 3464 Action values. */
-export const deliveryReportActions = ["failed", "delayed", "delivered", "relayed", "expanded"] as const;
-export type DeliveryReportAction = (typeof deliveryReportActions)[number];
+export const dsnActions = ["failed", "delayed", "delivered", "relayed", "expanded"] as const;
+export type DsnAction = (typeof dsnActions)[number];
 
 /**
- * One per-recipient block of a delivery status notification (RFC 3464) that
- * the bounce intake tied to this message. Addresses in it are masked.
+ * What a report says happened: a DSN's Action, or what a feedback report
+ * (RFC 5965 ARF, from a mailbox provider's feedback loop) says the recipient
+ * did: `complained` (Feedback-Type abuse, fraud, virus or other: marked it as
+ * spam) or `not_spam` (marked it as not spam).
+ */
+export const deliveryReportActions = [...dsnActions, "complained", "not_spam"] as const;
+export type DeliveryReportAction = (typeof deliveryReportActions)[number];
+
+/** The actions of feedback reports (ARF) rather than DSNs. */
+export const feedbackActions: ReadonlySet<DeliveryReportAction> = new Set(["complained", "not_spam"]);
+
+/**
+ * One per-recipient block of a delivery status notification (RFC 3464), or
+ * one feedback report (RFC 5965), that the bounce intake tied to this
+ * message. Addresses in it are masked; nothing of the original message a
+ * feedback report returns is kept.
  */
 export interface DeliveryReport {
   /** When the intake received the DSN (epoch ms). */
@@ -84,20 +98,39 @@ export interface DeliveryReport {
   readonly finalRecipient: string;
   /** Original-Envelope-Id, or "" when the DSN had none. */
   readonly envelopeId: string;
+  /** Feedback reports only: Feedback-Type (`abuse`, `fraud`, `virus`, `other`, `not-spam`). */
+  readonly feedbackType?: string | undefined;
+  /** Feedback reports only: User-Agent as given (`Yahoo!-Mail-Feedback/2.0`), or "". */
+  readonly userAgent?: string | undefined;
+  /** Feedback reports only: Arrival-Date as given (when the provider received the message), or "". */
+  readonly arrivalDate?: string | undefined;
 }
 
 /**
- * A recipient's suppression: the hard bounce that caused it. Stored under an
- * HMAC of the recipient (never the address) until `expiresAt`.
+ * A recipient's suppression: the hard bounce or spam complaint that caused
+ * it. Stored under an HMAC of the recipient (never the address) until
+ * `expiresAt`.
  */
 export interface SuppressionEntry {
-  /** The message whose bounce caused the suppression. */
+  /** The message whose bounce (or complaint) caused the suppression. */
   readonly messageId: string;
-  /** The DSN's status (`5.1.1`). */
+  /** The DSN's status (`5.1.1`); "" for a complaint. */
   readonly status: string;
   readonly diagnosticCode: string;
+  /** What caused it; absent on entries written before complaints suppressed (a hard bounce). */
+  readonly reason?: SuppressionReason | undefined;
+  /** For a complaint: its Feedback-Type (`abuse`, `fraud`). */
+  readonly feedbackType?: string | undefined;
   readonly bouncedAt: number;
   readonly expiresAt: number;
+}
+
+/** `hard_bounce`: a "no such mailbox" DSN; `complaint`: the recipient marked a message as spam (ARF). */
+export type SuppressionReason = "hard_bounce" | "complaint";
+
+/** What caused a suppression, reading an entry without `reason` (older ones) as a hard bounce. */
+export function suppressionReason(entry: Pick<SuppressionEntry, "reason">): SuppressionReason {
+  return entry.reason ?? "hard_bounce";
 }
 
 export interface DeliveryRecord {

@@ -4,7 +4,7 @@
  * query joins the two here. Neither writer can overwrite the other's truth,
  * whichever instance runs it and in whatever order the writes land.
  */
-import type { DeliveryRecord, DeliveryReport, DeliveryState } from "./record.js";
+import { feedbackActions, type DeliveryRecord, type DeliveryReport, type DeliveryState } from "./record.js";
 
 /** How an RFC 3463 status reads for a sender. */
 export type StatusClass =
@@ -63,19 +63,28 @@ const finalActions: ReadonlySet<DeliveryReport["action"]> = new Set(["failed", "
 
 /**
  * The state the reports establish, or undefined when there are none. The
- * latest final report (failed, delivered, relayed, expanded) wins, so a
+ * latest final DSN (failed, delivered, relayed, expanded) wins, so a
  * message may go DELIVERED -> BOUNCED as the world does; a delay notice
- * never overrides a final one, since it may arrive late.
+ * never overrides a final one, since it may arrive late. Without a final
+ * DSN, a feedback report (a spam complaint, or not-spam) makes it
+ * DELIVERED: the recipient saw the message in their mailbox. It never
+ * overrides a final DSN (a complaint about a bounced message contradicts
+ * the relay; the DSN keeps its word and the complaint stays on the record).
  */
 export function stateFromReports(reports: readonly DeliveryReport[]): DeliveryState | undefined {
   const final = reports.findLast((report) => finalActions.has(report.action));
   if (final !== undefined) return final.action === "failed" ? "BOUNCED" : "DELIVERED";
+  if (reports.some((report) => feedbackActions.has(report.action))) return "DELIVERED";
   return reports.length > 0 ? "DELAYED" : undefined;
 }
 
 /** The report that decided the state (the one an explanation quotes). */
 export function decisiveReport(reports: readonly DeliveryReport[]): DeliveryReport | undefined {
-  return reports.findLast((report) => finalActions.has(report.action)) ?? reports.at(-1);
+  return (
+    reports.findLast((report) => finalActions.has(report.action)) ??
+    reports.findLast((report) => feedbackActions.has(report.action)) ??
+    reports.at(-1)
+  );
 }
 
 /**

@@ -9,7 +9,7 @@ import { effectiveState, explain } from "../delivery/explain.js";
 import type { SuppressionList } from "../bounce/suppression.js";
 import { buildOtpMail } from "../delivery/message.js";
 import { withReports } from "../delivery/reports.js";
-import type { DeliveryRecord, SuppressionEntry } from "../delivery/record.js";
+import { suppressionReason, type DeliveryRecord, type SuppressionEntry } from "../delivery/record.js";
 import type { Renderer } from "../delivery/render.js";
 import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
@@ -479,6 +479,26 @@ function backlogFull(): OtpError {
 
 /** The error SendOtp answers for a suppressed recipient (`record` is the SUPPRESSED message). */
 function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpError {
+  if (suppressionReason(cause) === "complaint") {
+    const feedbackType = cause.feedbackType ?? "abuse";
+    return new OtpError(
+      "failed_precondition",
+      `email not sent: ${record.recipientMasked} marked an earlier message as spam (their mailbox provider's feedback ` +
+        `report, type ${feedbackType}) at ${new Date(cause.bouncedAt).toISOString()}, so sends to it are suppressed until ` +
+        `${new Date(cause.expiresAt).toISOString()}; if the user does want codes, support can lift it ` +
+        `(npm run suppression -- remove) (message_id ${record.messageId})`,
+      {
+        reason: "RECIPIENT_SUPPRESSED",
+        metadata: {
+          message_id: record.messageId,
+          suppression_reason: "complaint",
+          complained_message_id: cause.messageId,
+          feedback_type: feedbackType,
+          suppressed_until: new Date(cause.expiresAt).toISOString(),
+        },
+      },
+    );
+  }
   return new OtpError(
     "failed_precondition",
     `email not sent: ${record.recipientMasked} hard-bounced (status ${cause.status}) at ` +
@@ -490,6 +510,7 @@ function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpEr
         message_id: record.messageId,
         bounced_message_id: cause.messageId,
         bounce_status: cause.status,
+        suppression_reason: "hard_bounce",
         suppressed_until: new Date(cause.expiresAt).toISOString(),
       },
     },

@@ -11,6 +11,7 @@ import {
   DeliveryReportAction,
   DeliveryState,
   Purpose,
+  SuppressionReason,
   VerifyResult,
   type DeliveryAttemptSchema,
   type DeliveryReportSchema,
@@ -25,6 +26,7 @@ import type {
   DeliveryReport as DomainDeliveryReport,
   DeliveryReportAction as DomainDeliveryReportAction,
 } from "../delivery/record.js";
+import { suppressionReason } from "../delivery/record.js";
 import type {
   CallContext,
   DeliveryStatus,
@@ -194,6 +196,8 @@ function deliveryStatusResponse({ record, explanation }: DeliveryStatus): Init<t
             diagnosticCode: record.suppressedBy.diagnosticCode,
             bouncedAt: timestamp(record.suppressedBy.bouncedAt),
             expiresAt: timestamp(record.suppressedBy.expiresAt),
+            reason: suppressionReason(record.suppressedBy) === "complaint" ? SuppressionReason.COMPLAINT : SuppressionReason.HARD_BOUNCE,
+            feedbackType: record.suppressedBy.feedbackType ?? "",
           },
   };
 }
@@ -204,6 +208,8 @@ const protoReportAction: Readonly<Record<DomainDeliveryReportAction, DeliveryRep
   delivered: DeliveryReportAction.DELIVERED,
   relayed: DeliveryReportAction.RELAYED,
   expanded: DeliveryReportAction.EXPANDED,
+  complained: DeliveryReportAction.COMPLAINED,
+  not_spam: DeliveryReportAction.NOT_SPAM,
 };
 
 function deliveryReport(report: DomainDeliveryReport): Init<typeof DeliveryReportSchema> {
@@ -216,6 +222,9 @@ function deliveryReport(report: DomainDeliveryReport): Init<typeof DeliveryRepor
     reportingMta: report.reportingMta,
     finalRecipient: report.finalRecipient,
     originalEnvelopeId: report.envelopeId,
+    feedbackType: report.feedbackType ?? "",
+    userAgent: report.userAgent ?? "",
+    arrivalDate: report.arrivalDate ?? "",
   };
 }
 

@@ -1,13 +1,15 @@
 /**
  * Telemetry for what the bounce intake learns hours after a send: each
  * change is a span of its own (the send's trace ended long ago), linked to
- * the send's trace, and the reports are counted, as is what the intake refused.
+ * the send's trace, and the reports (DSNs and feedback reports) are counted,
+ * as is what the intake refused.
  *
  * Records keep the send's trace id but not a span id, so the link names the
  * trace with a fixed placeholder span id (`0000000000000001`): Jaeger and
  * Tempo open the linked trace from it.
  */
 import { SpanKind, TraceFlags, type Link, type Tracer } from "@opentelemetry/api";
+import { feedbackTypes } from "../bounce/arf.js";
 import type { IntakeRejectionReason } from "../bounce/intake-rejections.js";
 import type { DeliveryRecord } from "../delivery/record.js";
 import type { Metrics } from "./metrics.js";
@@ -25,6 +27,16 @@ export interface BounceReportOutcome {
   readonly state?: string;
 }
 
+/** What the feedback processor reports for every message it reads. */
+export interface FeedbackReportOutcome {
+  /** applied, unmatched or not_arf. */
+  readonly kind: string;
+  /** abuse, fraud, virus, other or not-spam; absent for not_arf. */
+  readonly feedbackType?: string;
+  /** For applied: the message's record (its recipient domain gives the provider class). */
+  readonly record?: Pick<DeliveryRecord, "recipientDomain">;
+}
+
 export interface BounceTelemetry {
   /**
    * A report was applied to a record (now `record.state`, `previousState`
@@ -34,12 +46,17 @@ export interface BounceTelemetry {
    */
   applied(record: DeliveryRecord, sendTraceId: string, previousState?: string): void;
   outcome(outcome: BounceReportOutcome): void;
+  /** A feedback report (ARF) was read (otp_feedback_reports_total; an applied complaint, otp_spam_complaints_total too). */
+  feedback(outcome: FeedbackReportOutcome): void;
   /** The intake refused a connection, a command or a message (otp_bounce_intake_rejections_total). */
   rejected(reason: IntakeRejectionReason): void;
 }
 
 export function createBounceTelemetry(options: {
-  readonly metrics: Pick<Metrics, "providers" | "deliveryTransitions" | "bounceReports" | "bounceIntakeRejections">;
+  readonly metrics: Pick<
+    Metrics,
+    "providers" | "deliveryTransitions" | "bounceReports" | "feedbackReports" | "spamComplaints" | "bounceIntakeRejections"
+  >;
   readonly tracer?: Tracer;
 }): BounceTelemetry {
   const { metrics } = options;
@@ -68,6 +85,15 @@ export function createBounceTelemetry(options: {
     outcome(outcome) {
       const kind = ["applied", "unmatched", "not_dsn"].includes(outcome.kind) ? outcome.kind : "other";
       metrics.bounceReports.inc({ kind, state: kind === "applied" ? (outcome.state ?? "unknown") : "none" });
+    },
+    feedback(outcome) {
+      const kind = ["applied", "unmatched", "not_arf"].includes(outcome.kind) ? outcome.kind : "other";
+      const type = outcome.feedbackType ?? "none";
+      const feedbackType = kind === "not_arf" || !(feedbackTypes as readonly string[]).includes(type) ? "none" : type;
+      metrics.feedbackReports.inc({ kind, feedback_type: feedbackType });
+      if (kind === "applied" && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
+        metrics.spamComplaints.inc({ feedback_type: feedbackType, provider: metrics.providers.classify(outcome.record.recipientDomain) });
+      }
     },
     rejected(reason) {
       metrics.bounceIntakeRejections.inc({ reason });

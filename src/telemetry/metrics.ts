@@ -23,6 +23,7 @@ import {
   type OpenMetricsContentType,
   type RegistryContentType,
 } from "prom-client";
+import { feedbackTypes } from "../bounce/arf.js";
 import { intakeRejectionReasons } from "../bounce/intake-rejections.js";
 import { deliveryStates, purposes } from "../delivery/record.js";
 import type { HealthState } from "../health.js";
@@ -127,6 +128,8 @@ export interface Metrics {
   readonly redisCommandErrors: Counter<"operation">;
   readonly redisFull: Gauge;
   readonly bounceReports: Counter<"kind" | "state">;
+  readonly feedbackReports: Counter<"kind" | "feedback_type">;
+  readonly spamComplaints: Counter<"feedback_type" | "provider">;
   readonly bounceIntakeRejections: Counter<"reason">;
   readonly tlsCertificateExpiry: Gauge<"certificate">;
   readonly tlsCertificateReloads: Counter<"certificate" | "result">;
@@ -296,6 +299,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["kind", "state"] as const,
     registers,
   });
+  const feedbackReports = new Counter({
+    name: "otp_feedback_reports_total",
+    help:
+      "Feedback reports (RFC 5965 ARF: spam complaints from mailbox providers' feedback loops) read by the bounce intake, by " +
+      "kind (applied: tied to a message and recorded; unmatched: names no message, an unknown one, or two; not_arf: not a " +
+      "usable feedback report) and feedback_type (abuse, fraud, virus, other, not-spam; none for not_arf).",
+    labelNames: ["kind", "feedback_type"] as const,
+    registers,
+  });
+  const spamComplaints = new Counter({
+    name: "otp_spam_complaints_total",
+    help:
+      "Spam complaints applied to a message (feedback reports of type abuse, fraud, virus or other; not-spam is not one), by " +
+      "feedback_type and the recipient's provider class. abuse and fraud suppress the recipient. Over accepted sends " +
+      "(otp_delivery_state_transitions_total{state=\"ACCEPTED\"}) this is the complaint rate mailbox providers judge senders by.",
+    labelNames: ["feedback_type", "provider"] as const,
+    registers,
+  });
   const bounceIntakeRejections = new Counter({
     name: "otp_bounce_intake_rejections_total",
     help:
@@ -359,6 +380,11 @@ export function createMetrics(options: MetricsOptions): Metrics {
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);
+  for (const type of feedbackTypes) {
+    for (const kind of ["applied", "unmatched"]) feedbackReports.labels(kind, type).inc(0);
+    if (type !== "not-spam") for (const provider of providers.classes) spamComplaints.labels(type, provider).inc(0);
+  }
+  feedbackReports.labels("not_arf", "none").inc(0);
   for (const state of deliveryStates) {
     for (const provider of providers.classes) deliveryTransitions.labels(state, provider).inc(0);
   }
@@ -397,6 +423,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     redisCommandErrors,
     redisFull,
     bounceReports,
+    feedbackReports,
+    spamComplaints,
     bounceIntakeRejections,
     tlsCertificateExpiry,
     tlsCertificateReloads,

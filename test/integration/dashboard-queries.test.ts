@@ -7,7 +7,8 @@
  * outcome is known, so a hung relay reads "no verdict", never 100 %; the
  * pending share says what is going on, and the final verdict per purpose
  * (otp_smtp_send_duration_seconds_count by purpose) what became of the sends
- * SendOtp answered pending.
+ * SendOtp answered pending. The spam complaint ratio panel is checked on
+ * synthetic series: which feedback types count, over which window.
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -262,5 +263,48 @@ describe("the dashboard's send success queries on series from real runs", () => 
     const result = await promtool(["test", "rules", "wrong.test.yml"], dir);
     expect(result.code).not.toBe(0);
     expect(result.output).toContain("FAILED");
+  });
+});
+
+describe("the dashboard's spam complaint ratio", () => {
+  it("counts abuse and fraud complaints over a day's accepted mail per provider, and nothing else", async () => {
+    const series = (metric: string, labels: string, values: string) => ({ series: `${metric}{job="${job}", instance="${instance}", ${labels}}`, values });
+    const tests = {
+      rule_files: [],
+      evaluation_interval: "10m",
+      tests: [
+        {
+          name: "yahoo: 1 abuse + 1 fraud per 100 accepted (virus complaints left out); gmail: none",
+          interval: "10m",
+          input_series: [
+            series("otp_delivery_state_transitions_total", 'state="ACCEPTED", provider="yahoo"', "0+100x200"),
+            series("otp_spam_complaints_total", 'feedback_type="abuse", provider="yahoo"', "0+1x200"),
+            series("otp_spam_complaints_total", 'feedback_type="fraud", provider="yahoo"', "0+1x200"),
+            series("otp_spam_complaints_total", 'feedback_type="virus", provider="yahoo"', "0+30x200"),
+            series("otp_delivery_state_transitions_total", 'state="ACCEPTED", provider="gmail"', "0+100x200"),
+            series("otp_spam_complaints_total", 'feedback_type="abuse", provider="gmail"', "0+0x200"),
+          ],
+          promql_expr_test: [
+            {
+              expr: query("Spam complaint ratio by provider class (1d)"),
+              eval_time: "25h",
+              exp_samples: [
+                { labels: '{provider="gmail"}', value: 0 },
+                { labels: '{provider="yahoo"}', value: 0.02 },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    const dir = await mkdtemp(join(tmpdir(), "otp-dashboard-complaints-"));
+    try {
+      await writeFile(join(dir, "complaints.test.yml"), stringify(tests));
+      const result = await promtool(["test", "rules", "complaints.test.yml"], dir);
+      expect(result.output).toContain("SUCCESS");
+      expect(result.code, result.output).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -33,6 +33,17 @@ describe("bounce configuration", () => {
     expect(() => loadConfig({ BOUNCE_SMTP_ADDR: "2526" })).toThrow(/^BOUNCE_SMTP_ADDR=2526: must be host:port/);
   });
 
+  it("takes feedback reports at fbl@<bounce domain> by default, at FEEDBACK_ADDRESS when set, nowhere with off", () => {
+    expect(loadConfig(production).bounce.feedbackAddress).toBe("fbl@acme.example");
+    expect(loadConfig({ ...production, BOUNCE_DOMAIN: "bounces.acme.example" }).bounce.feedbackAddress).toBe("fbl@bounces.acme.example");
+    expect(loadConfig({ ...production, FEEDBACK_ADDRESS: "Complaints@Acme.Example" }).bounce.feedbackAddress).toBe("complaints@acme.example");
+    expect(loadConfig({ ...production, FEEDBACK_ADDRESS: "OFF" }).bounce.feedbackAddress).toBeUndefined();
+    for (const bad of ["fbl", "fbl@", "<fbl@acme.example>", "fbl@acme.example,abuse@acme.example", "bounce+01kbf3vq0m4x2c9d8e7f6g5h4j@acme.example"]) {
+      expect(() => loadConfig({ ...production, FEEDBACK_ADDRESS: bad }), bad).toThrow(ConfigError);
+      expect(() => loadConfig({ ...production, FEEDBACK_ADDRESS: bad }), bad).toThrow(/^FEEDBACK_ADDRESS: .*such as fbl@bounces\.acme\.example, or off$/);
+    }
+  });
+
   it("defaults SUPPRESSION_TTL to 30 days and the connection rate to 60 a minute", () => {
     expect(loadConfig({}).bounce).toMatchObject({ suppressionTtlMs: 30 * 86_400_000, connectionsPerMinute: 60 });
     expect(loadConfig({ SUPPRESSION_TTL: "7d", BOUNCE_CONNECTIONS_PER_MINUTE: "10" }).bounce).toMatchObject({

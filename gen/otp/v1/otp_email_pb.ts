@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file otp/v1/otp_email.proto.
  */
 export const file_otp_v1_otp_email: GenFile = /*@__PURE__*/
-  fileDesc("ChZvdHAvdjEvb3RwX2VtYWlsLnByb3RvEgZvdHAudjEiuQEKDlNlbmRPdHBSZXF1ZXN0EhEKCXJlY2lwaWVudBgBIAEoCRIgCgdwdXJwb3NlGAIgASgOMg8ub3RwLnYxLlB1cnBvc2USDgoGbG9jYWxlGAMgASgJEgwKBGNvZGUYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRITCgtlbmRfdXNlcl9pcBgHIAEoCSK0AQoPU2VuZE90cFJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5vdHAudjEuRGVsaXZlcnlTdGF0ZRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNyZXNlbmRfYXZhaWxhYmxlX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIuChhHZXREZWxpdmVyeVN0YXR1c1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSKJBAoZR2V0RGVsaXZlcnlTdGF0dXNSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUub3RwLnYxLkRlbGl2ZXJ5U3RhdGUSEQoJcmVjaXBpZW50GAMgASgJEiAKB3B1cnBvc2UYBCABKA4yDy5vdHAudjEuUHVycG9zZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghhdHRlbXB0cxgHIAMoCzIXLm90cC52MS5EZWxpdmVyeUF0dGVtcHQSJwoLcmVsYXlfcmVwbHkYCCABKAsyEi5vdHAudjEuUmVsYXlSZXBseRIQCgh0cmFjZV9pZBgJIAEoCRITCgtleHBsYW5hdGlvbhgKIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgLIAEoCRIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwChBkZWxpdmVyeV9yZXBvcnRzGA0gAygLMhYub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0EigKC3N1cHByZXNzaW9uGA4gASgLMhMub3RwLnYxLlN1cHByZXNzaW9uIvoBCg5EZWxpdmVyeVJlcG9ydBIvCgtyZWNlaXZlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoGYWN0aW9uGAIgASgOMhwub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0QWN0aW9uEg4KBnN0YXR1cxgDIAEoCRIXCg9kaWFnbm9zdGljX2NvZGUYBCABKAkSEgoKcmVtb3RlX210YRgFIAEoCRIVCg1yZXBvcnRpbmdfbXRhGAYgASgJEhcKD2ZpbmFsX3JlY2lwaWVudBgHIAEoCRIcChRvcmlnaW5hbF9lbnZlbG9wZV9pZBgIIAEoCSKyAQoLU3VwcHJlc3Npb24SGgoSYm91bmNlZF9tZXNzYWdlX2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIXCg9kaWFnbm9zdGljX2NvZGUYAyABKAkSLgoKYm91bmNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigQIKD0RlbGl2ZXJ5QXR0ZW1wdBIOCgZudW1iZXIYASABKAUSLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoHb3V0Y29tZRgEIAEoDjIWLm90cC52MS5BdHRlbXB0T3V0Y29tZRISCgpyZXBseV9jb2RlGAUgASgFEhwKFGVuaGFuY2VkX3N0YXR1c19jb2RlGAYgASgJEhIKCnJlcGx5X3RleHQYByABKAkSEgoKZXJyb3JfY29kZRgIIAEoCSKDAQoKUmVsYXlSZXBseRINCgVyZWxheRgBIAEoCRIMCgR0ZXh0GAIgASgJEhAKCHF1ZXVlX2lkGAMgASgJEi8KC2FjY2VwdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1kc25fcmVxdWVzdGVkGAUgASgIIlUKEFZlcmlmeU90cFJlcXVlc3QSEQoJcmVjaXBpZW50GAEgASgJEiAKB3B1cnBvc2UYAiABKA4yDy5vdHAudjEuUHVycG9zZRIMCgRjb2RlGAMgASgJIlUKEVZlcmlmeU90cFJlc3BvbnNlEiQKBnJlc3VsdBgBIAEoDjIULm90cC52MS5WZXJpZnlSZXN1bHQSGgoSYXR0ZW1wdHNfcmVtYWluaW5nGAIgASgFKmUKB1B1cnBvc2USFwoTUFVSUE9TRV9VTlNQRUNJRklFRBAAEhEKDVBVUlBPU0VfTE9HSU4QARISCg5QVVJQT1NFX1NJR05VUBACEhoKFlBVUlBPU0VfUEFTU1dPUkRfUkVTRVQQAyqwAgoNRGVsaXZlcnlTdGF0ZRIeChpERUxJVkVSWV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFURFTElWRVJZX1NUQVRFX1FVRVVFRBABEhoKFkRFTElWRVJZX1NUQVRFX1NFTkRJTkcQAhIbChdERUxJVkVSWV9TVEFURV9SRVRSWUlORxADEhsKF0RFTElWRVJZX1NUQVRFX0FDQ0VQVEVEEAQSGgoWREVMSVZFUllfU1RBVEVfREVMQVlFRBAFEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBAGEhoKFkRFTElWRVJZX1NUQVRFX0JPVU5DRUQQBxIZChVERUxJVkVSWV9TVEFURV9GQUlMRUQQCBIdChlERUxJVkVSWV9TVEFURV9TVVBQUkVTU0VEEAkq9AEKFERlbGl2ZXJ5UmVwb3J0QWN0aW9uEiYKIkRFTElWRVJZX1JFUE9SVF9BQ1RJT05fVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9SRVBPUlRfQUNUSU9OX0ZBSUxFRBABEiIKHkRFTElWRVJZX1JFUE9SVF9BQ1RJT05fREVMQVlFRBACEiQKIERFTElWRVJZX1JFUE9SVF9BQ1RJT05fREVMSVZFUkVEEAMSIgoeREVMSVZFUllfUkVQT1JUX0FDVElPTl9SRUxBWUVEEAQSIwofREVMSVZFUllfUkVQT1JUX0FDVElPTl9FWFBBTkRFRBAFKp0BCg5BdHRlbXB0T3V0Y29tZRIfChtBVFRFTVBUX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhBVFRFTVBUX09VVENPTUVfQUNDRVBURUQQARIlCiFBVFRFTVBUX09VVENPTUVfVFJBTlNJRU5UX0ZBSUxVUkUQAhIlCiFBVFRFTVBUX09VVENPTUVfUEVSTUFORU5UX0ZBSUxVUkUQAyq2AQoMVmVyaWZ5UmVzdWx0Eh0KGVZFUklGWV9SRVNVTFRfVU5TUEVDSUZJRUQQABIaChZWRVJJRllfUkVTVUxUX1ZFUklGSUVEEAESGQoVVkVSSUZZX1JFU1VMVF9JTlZBTElEEAISGQoVVkVSSUZZX1JFU1VMVF9FWFBJUkVEEAMSGAoUVkVSSUZZX1JFU1VMVF9MT0NLRUQQBBIbChdWRVJJRllfUkVTVUxUX05PVF9GT1VORBAFMukBCg9PdHBFbWFpbFNlcnZpY2USOgoHU2VuZE90cBIWLm90cC52MS5TZW5kT3RwUmVxdWVzdBoXLm90cC52MS5TZW5kT3RwUmVzcG9uc2USWAoRR2V0RGVsaXZlcnlTdGF0dXMSIC5vdHAudjEuR2V0RGVsaXZlcnlTdGF0dXNSZXF1ZXN0GiEub3RwLnYxLkdldERlbGl2ZXJ5U3RhdHVzUmVzcG9uc2USQAoJVmVyaWZ5T3RwEhgub3RwLnYxLlZlcmlmeU90cFJlcXVlc3QaGS5vdHAudjEuVmVyaWZ5T3RwUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZvdHAvdjEvb3RwX2VtYWlsLnByb3RvEgZvdHAudjEiuQEKDlNlbmRPdHBSZXF1ZXN0EhEKCXJlY2lwaWVudBgBIAEoCRIgCgdwdXJwb3NlGAIgASgOMg8ub3RwLnYxLlB1cnBvc2USDgoGbG9jYWxlGAMgASgJEgwKBGNvZGUYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRITCgtlbmRfdXNlcl9pcBgHIAEoCSK0AQoPU2VuZE90cFJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5vdHAudjEuRGVsaXZlcnlTdGF0ZRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNyZXNlbmRfYXZhaWxhYmxlX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIuChhHZXREZWxpdmVyeVN0YXR1c1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSKJBAoZR2V0RGVsaXZlcnlTdGF0dXNSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUub3RwLnYxLkRlbGl2ZXJ5U3RhdGUSEQoJcmVjaXBpZW50GAMgASgJEiAKB3B1cnBvc2UYBCABKA4yDy5vdHAudjEuUHVycG9zZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghhdHRlbXB0cxgHIAMoCzIXLm90cC52MS5EZWxpdmVyeUF0dGVtcHQSJwoLcmVsYXlfcmVwbHkYCCABKAsyEi5vdHAudjEuUmVsYXlSZXBseRIQCgh0cmFjZV9pZBgJIAEoCRITCgtleHBsYW5hdGlvbhgKIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgLIAEoCRIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwChBkZWxpdmVyeV9yZXBvcnRzGA0gAygLMhYub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0EigKC3N1cHByZXNzaW9uGA4gASgLMhMub3RwLnYxLlN1cHByZXNzaW9uIrsCCg5EZWxpdmVyeVJlcG9ydBIvCgtyZWNlaXZlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoGYWN0aW9uGAIgASgOMhwub3RwLnYxLkRlbGl2ZXJ5UmVwb3J0QWN0aW9uEg4KBnN0YXR1cxgDIAEoCRIXCg9kaWFnbm9zdGljX2NvZGUYBCABKAkSEgoKcmVtb3RlX210YRgFIAEoCRIVCg1yZXBvcnRpbmdfbXRhGAYgASgJEhcKD2ZpbmFsX3JlY2lwaWVudBgHIAEoCRIcChRvcmlnaW5hbF9lbnZlbG9wZV9pZBgIIAEoCRIVCg1mZWVkYmFja190eXBlGAkgASgJEhIKCnVzZXJfYWdlbnQYCiABKAkSFAoMYXJyaXZhbF9kYXRlGAsgASgJIvQBCgtTdXBwcmVzc2lvbhIaChJib3VuY2VkX21lc3NhZ2VfaWQYASABKAkSDgoGc3RhdHVzGAIgASgJEhcKD2RpYWdub3N0aWNfY29kZRgDIAEoCRIuCgpib3VuY2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgZyZWFzb24YBiABKA4yGS5vdHAudjEuU3VwcHJlc3Npb25SZWFzb24SFQoNZmVlZGJhY2tfdHlwZRgHIAEoCSKBAgoPRGVsaXZlcnlBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhInCgdvdXRjb21lGAQgASgOMhYub3RwLnYxLkF0dGVtcHRPdXRjb21lEhIKCnJlcGx5X2NvZGUYBSABKAUSHAoUZW5oYW5jZWRfc3RhdHVzX2NvZGUYBiABKAkSEgoKcmVwbHlfdGV4dBgHIAEoCRISCgplcnJvcl9jb2RlGAggASgJIoMBCgpSZWxheVJlcGx5Eg0KBXJlbGF5GAEgASgJEgwKBHRleHQYAiABKAkSEAoIcXVldWVfaWQYAyABKAkSLwoLYWNjZXB0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRzbl9yZXF1ZXN0ZWQYBSABKAgiVQoQVmVyaWZ5T3RwUmVxdWVzdBIRCglyZWNpcGllbnQYASABKAkSIAoHcHVycG9zZRgCIAEoDjIPLm90cC52MS5QdXJwb3NlEgwKBGNvZGUYAyABKAkiVQoRVmVyaWZ5T3RwUmVzcG9uc2USJAoGcmVzdWx0GAEgASgOMhQub3RwLnYxLlZlcmlmeVJlc3VsdBIaChJhdHRlbXB0c19yZW1haW5pbmcYAiABKAUqZQoHUHVycG9zZRIXChNQVVJQT1NFX1VOU1BFQ0lGSUVEEAASEQoNUFVSUE9TRV9MT0dJThABEhIKDlBVUlBPU0VfU0lHTlVQEAISGgoWUFVSUE9TRV9QQVNTV09SRF9SRVNFVBADKrACCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVREVMSVZFUllfU1RBVEVfUVVFVUVEEAESGgoWREVMSVZFUllfU1RBVEVfU0VORElORxACEhsKF0RFTElWRVJZX1NUQVRFX1JFVFJZSU5HEAMSGwoXREVMSVZFUllfU1RBVEVfQUNDRVBURUQQBBIaChZERUxJVkVSWV9TVEFURV9ERUxBWUVEEAUSHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAYSGgoWREVMSVZFUllfU1RBVEVfQk9VTkNFRBAHEhkKFURFTElWRVJZX1NUQVRFX0ZBSUxFRBAIEh0KGURFTElWRVJZX1NUQVRFX1NVUFBSRVNTRUQQCSrAAgoURGVsaXZlcnlSZXBvcnRBY3Rpb24SJgoiREVMSVZFUllfUkVQT1JUX0FDVElPTl9VTlNQRUNJRklFRBAAEiEKHURFTElWRVJZX1JFUE9SVF9BQ1RJT05fRkFJTEVEEAESIgoeREVMSVZFUllfUkVQT1JUX0FDVElPTl9ERUxBWUVEEAISJAogREVMSVZFUllfUkVQT1JUX0FDVElPTl9ERUxJVkVSRUQQAxIiCh5ERUxJVkVSWV9SRVBPUlRfQUNUSU9OX1JFTEFZRUQQBBIjCh9ERUxJVkVSWV9SRVBPUlRfQUNUSU9OX0VYUEFOREVEEAUSJQohREVMSVZFUllfUkVQT1JUX0FDVElPTl9DT01QTEFJTkVEEAYSIwofREVMSVZFUllfUkVQT1JUX0FDVElPTl9OT1RfU1BBTRAHKn0KEVN1cHByZXNzaW9uUmVhc29uEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9IQVJEX0JPVU5DRRABEiAKHFNVUFBSRVNTSU9OX1JFQVNPTl9DT01QTEFJTlQQAiqdAQoOQXR0ZW1wdE91dGNvbWUSHwobQVRURU1QVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQVRURU1QVF9PVVRDT01FX0FDQ0VQVEVEEAESJQohQVRURU1QVF9PVVRDT01FX1RSQU5TSUVOVF9GQUlMVVJFEAISJQohQVRURU1QVF9PVVRDT01FX1BFUk1BTkVOVF9GQUlMVVJFEAMqtgEKDFZlcmlmeVJlc3VsdBIdChlWRVJJRllfUkVTVUxUX1VOU1BFQ0lGSUVEEAASGgoWVkVSSUZZX1JFU1VMVF9WRVJJRklFRBABEhkKFVZFUklGWV9SRVNVTFRfSU5WQUxJRBACEhkKFVZFUklGWV9SRVNVTFRfRVhQSVJFRBADEhgKFFZFUklGWV9SRVNVTFRfTE9DS0VEEAQSGwoXVkVSSUZZX1JFU1VMVF9OT1RfRk9VTkQQBTLpAQoPT3RwRW1haWxTZXJ2aWNlEjoKB1NlbmRPdHASFi5vdHAudjEuU2VuZE90cFJlcXVlc3QaFy5vdHAudjEuU2VuZE90cFJlc3BvbnNlElgKEUdldERlbGl2ZXJ5U3RhdHVzEiAub3RwLnYxLkdldERlbGl2ZXJ5U3RhdHVzUmVxdWVzdBohLm90cC52MS5HZXREZWxpdmVyeVN0YXR1c1Jlc3BvbnNlEkAKCVZlcmlmeU90cBIYLm90cC52MS5WZXJpZnlPdHBSZXF1ZXN0Ghkub3RwLnYxLlZlcmlmeU90cFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * SendOtpRequest asks for a code to be emailed.
@@ -255,16 +255,17 @@ export type GetDeliveryStatusResponse = Message<"otp.v1.GetDeliveryStatusRespons
 
   /**
    * Every delivery status notification (RFC 3464) the relay sent back for
-   * this message and the bounce intake tied to it, oldest first. DELAYED,
-   * DELIVERED and BOUNCED rest on these.
+   * this message, and every feedback report (RFC 5965, a spam complaint)
+   * the recipient's mailbox provider sent about it, that the bounce intake
+   * tied to it, oldest first. DELAYED, DELIVERED and BOUNCED rest on these.
    *
    * @generated from field: repeated otp.v1.DeliveryReport delivery_reports = 13;
    */
   deliveryReports: DeliveryReport[];
 
   /**
-   * When state is SUPPRESSED: the earlier hard bounce of this recipient that
-   * stopped the send.
+   * When state is SUPPRESSED: the earlier hard bounce or complaint of this
+   * recipient that stopped the send.
    *
    * @generated from field: otp.v1.Suppression suppression = 14;
    */
@@ -281,7 +282,10 @@ export const GetDeliveryStatusResponseSchema: GenMessage<GetDeliveryStatusRespon
 /**
  * DeliveryReport is one delivery status notification (DSN) about a message,
  * as the relay or a later server sent it back to the message's envelope
- * sender. Addresses in it are masked.
+ * sender, or one feedback report (RFC 5965 ARF) a mailbox provider's
+ * feedback loop sent when the recipient marked the message as spam (action
+ * COMPLAINED) or as not spam (action NOT_SPAM). Addresses in it are masked;
+ * nothing of the original message a feedback report returns is kept.
  *
  * @generated from message otp.v1.DeliveryReport
  */
@@ -294,7 +298,7 @@ export type DeliveryReport = Message<"otp.v1.DeliveryReport"> & {
   receivedAt?: Timestamp | undefined;
 
   /**
-   * What the DSN says happened.
+   * What the DSN (or feedback report) says happened.
    *
    * @generated from field: otp.v1.DeliveryReportAction action = 2;
    */
@@ -324,14 +328,17 @@ export type DeliveryReport = Message<"otp.v1.DeliveryReport"> & {
   remoteMta: string;
 
   /**
-   * The Reporting-MTA: the server that sent the DSN (`dns; relay.example.com`).
+   * The Reporting-MTA: the server that sent the DSN (`dns; relay.example.com`),
+   * or the feedback report's, when it names one.
    *
    * @generated from field: string reporting_mta = 6;
    */
   reportingMta: string;
 
   /**
-   * The Final-Recipient, masked (`rfc822; j***@gmail.com`).
+   * The Final-Recipient, masked (`rfc822; j***@gmail.com`); for a feedback
+   * report its Original-Rcpt-To, masked, when given (providers often leave
+   * it out or redact it).
    *
    * @generated from field: string final_recipient = 7;
    */
@@ -344,6 +351,32 @@ export type DeliveryReport = Message<"otp.v1.DeliveryReport"> & {
    * @generated from field: string original_envelope_id = 8;
    */
   originalEnvelopeId: string;
+
+  /**
+   * Feedback reports only: the Feedback-Type, `abuse` (spam), `fraud`
+   * (phishing), `virus`, `other` (any other or unregistered type) or
+   * `not-spam`. Empty for a DSN.
+   *
+   * @generated from field: string feedback_type = 9;
+   */
+  feedbackType: string;
+
+  /**
+   * Feedback reports only: the User-Agent of the software that sent it, as
+   * given (`Yahoo!-Mail-Feedback/2.0`, `Hotmail FBL`).
+   *
+   * @generated from field: string user_agent = 10;
+   */
+  userAgent: string;
+
+  /**
+   * Feedback reports only: the Arrival-Date as given (when the provider
+   * received the message, RFC 5322 date-time: `Fri, 27 Nov 2026 07:59:31
+   * +0000`), empty when the report has none.
+   *
+   * @generated from field: string arrival_date = 11;
+   */
+  arrivalDate: string;
 };
 
 /**
@@ -355,34 +388,35 @@ export const DeliveryReportSchema: GenMessage<DeliveryReport> = /*@__PURE__*/
 
 /**
  * Suppression is a recipient's hard bounce ("no such mailbox", 5.1.1 and
- * the like) that makes the service refuse further sends to it for a while.
+ * the like) or spam complaint (an abuse or fraud feedback report) that makes
+ * the service refuse further sends to it for a while.
  *
  * @generated from message otp.v1.Suppression
  */
 export type Suppression = Message<"otp.v1.Suppression"> & {
   /**
-   * The message whose bounce caused the suppression.
+   * The message whose bounce (or complaint) caused the suppression.
    *
    * @generated from field: string bounced_message_id = 1;
    */
   bouncedMessageId: string;
 
   /**
-   * The bounce's RFC 3463 status (`5.1.1`).
+   * The bounce's RFC 3463 status (`5.1.1`); empty for a complaint.
    *
    * @generated from field: string status = 2;
    */
   status: string;
 
   /**
-   * The bounce's Diagnostic-Code.
+   * The bounce's Diagnostic-Code; empty for a complaint.
    *
    * @generated from field: string diagnostic_code = 3;
    */
   diagnosticCode: string;
 
   /**
-   * When the bounce arrived.
+   * When the bounce (or complaint) arrived.
    *
    * @generated from field: google.protobuf.Timestamp bounced_at = 4;
    */
@@ -394,6 +428,20 @@ export type Suppression = Message<"otp.v1.Suppression"> & {
    * @generated from field: google.protobuf.Timestamp expires_at = 5;
    */
   expiresAt?: Timestamp | undefined;
+
+  /**
+   * What caused it.
+   *
+   * @generated from field: otp.v1.SuppressionReason reason = 6;
+   */
+  reason: SuppressionReason;
+
+  /**
+   * For a complaint: its feedback type (`abuse`, `fraud`).
+   *
+   * @generated from field: string feedback_type = 7;
+   */
+  feedbackType: string;
 };
 
 /**
@@ -635,8 +683,9 @@ export const PurposeSchema: GenEnum<Purpose> = /*@__PURE__*/
 
 /**
  * DeliveryState is what is known about a message. Only evidence moves a
- * message forward: the relay's reply, or a delivery status notification
- * (DSN) the relay sent back later.
+ * message forward: the relay's reply, a delivery status notification (DSN)
+ * the relay sent back later, or a feedback report (a spam complaint) from
+ * the recipient's mailbox provider.
  *
  * @generated from enum otp.v1.DeliveryState
  */
@@ -686,7 +735,10 @@ export enum DeliveryState {
   DELAYED = 5,
 
   /**
-   * A DSN said the message was delivered. Reported only with that evidence.
+   * A DSN said the message was delivered, or, with no final DSN, the
+   * recipient's mailbox provider sent a feedback report about it (the
+   * recipient marked it as spam or as not spam, so it reached the mailbox).
+   * Reported only with that evidence.
    *
    * @generated from enum value: DELIVERY_STATE_DELIVERED = 6;
    */
@@ -708,7 +760,8 @@ export enum DeliveryState {
   FAILED = 8,
 
   /**
-   * Not sent: the recipient hard-bounced recently.
+   * Not sent: the recipient hard-bounced or complained (marked a message as
+   * spam) recently.
    *
    * @generated from enum value: DELIVERY_STATE_SUPPRESSED = 9;
    */
@@ -768,6 +821,23 @@ export enum DeliveryReportAction {
    * @generated from enum value: DELIVERY_REPORT_ACTION_EXPANDED = 5;
    */
   EXPANDED = 5,
+
+  /**
+   * A feedback report: the recipient marked the message as spam (feedback
+   * type abuse, fraud, virus or other). abuse and fraud suppress the
+   * recipient.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_COMPLAINED = 6;
+   */
+  COMPLAINED = 6,
+
+  /**
+   * A feedback report: the recipient marked the message as not spam. It
+   * suppresses nothing and lifts no suppression.
+   *
+   * @generated from enum value: DELIVERY_REPORT_ACTION_NOT_SPAM = 7;
+   */
+  NOT_SPAM = 7,
 }
 
 /**
@@ -775,6 +845,41 @@ export enum DeliveryReportAction {
  */
 export const DeliveryReportActionSchema: GenEnum<DeliveryReportAction> = /*@__PURE__*/
   enumDesc(file_otp_v1_otp_email, 2);
+
+/**
+ * SuppressionReason says what suppressed a recipient.
+ *
+ * @generated from enum otp.v1.SuppressionReason
+ */
+export enum SuppressionReason {
+  /**
+   * Never returned by the service.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A DSN said the mailbox or its domain does not exist (5.1.1, 5.1.10...).
+   *
+   * @generated from enum value: SUPPRESSION_REASON_HARD_BOUNCE = 1;
+   */
+  HARD_BOUNCE = 1,
+
+  /**
+   * The recipient marked a message as spam: an abuse or fraud feedback
+   * report from their mailbox provider.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_COMPLAINT = 2;
+   */
+  COMPLAINT = 2,
+}
+
+/**
+ * Describes the enum otp.v1.SuppressionReason.
+ */
+export const SuppressionReasonSchema: GenEnum<SuppressionReason> = /*@__PURE__*/
+  enumDesc(file_otp_v1_otp_email, 3);
 
 /**
  * AttemptOutcome classifies an SMTP attempt.
@@ -815,7 +920,7 @@ export enum AttemptOutcome {
  * Describes the enum otp.v1.AttemptOutcome.
  */
 export const AttemptOutcomeSchema: GenEnum<AttemptOutcome> = /*@__PURE__*/
-  enumDesc(file_otp_v1_otp_email, 3);
+  enumDesc(file_otp_v1_otp_email, 4);
 
 /**
  * VerifyResult is the outcome of VerifyOtp.
@@ -870,7 +975,7 @@ export enum VerifyResult {
  * Describes the enum otp.v1.VerifyResult.
  */
 export const VerifyResultSchema: GenEnum<VerifyResult> = /*@__PURE__*/
-  enumDesc(file_otp_v1_otp_email, 4);
+  enumDesc(file_otp_v1_otp_email, 5);
 
 /**
  * OtpEmailService emails one-time codes and reports, with evidence, what
@@ -905,8 +1010,10 @@ export const OtpEmailService: GenService<{
    * relay may still bounce the message.
    *
    * A recipient whose mailbox was recently reported not to exist (a 5.1.1
-   * bounce) is refused with FAILED_PRECONDITION (ErrorInfo reason
-   * RECIPIENT_SUPPRESSED): nothing is sent and no rate limit is spent.
+   * bounce), or who recently marked a message as spam (an abuse or fraud
+   * feedback report), is refused with FAILED_PRECONDITION (ErrorInfo reason
+   * RECIPIENT_SUPPRESSED, metadata `suppression_reason` `hard_bounce` or
+   * `complaint`): nothing is sent and no rate limit is spent.
    *
    * @generated from rpc otp.v1.OtpEmailService.SendOtp
    */
