@@ -36,7 +36,7 @@ WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
-# build-if-needed.mjs: `npm run doctor` and `npm run suppression` run in the image too (it compiles nothing here).
+# build-if-needed.mjs: `npm run doctor`, `npm run suppression` and `npm run deliveries` run in the image too (it compiles nothing here).
 COPY scripts/healthcheck.mjs scripts/build-if-needed.mjs ./scripts/
 # `node` (uid 1000) comes with the official image.
 USER node

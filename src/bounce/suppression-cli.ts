@@ -14,7 +14,6 @@
  * (nothing to lift), 2 usage or an address SendOtp would refuse, 69 Redis did
  * not answer, 78 (EX_CONFIG) configuration error, 1 anything else.
  */
-import { userInfo } from "node:os";
 import { ConfigError, loadConfigFromProcess, type Config } from "../config.js";
 import { suppressionReason, type SuppressionEntry } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
@@ -22,7 +21,7 @@ import { createLogger, type Logger } from "../logger.js";
 import { maskAddress, parseAddress } from "../otp/address.js";
 import { defaultKeepExpiredMs } from "../otp/otp-service.js";
 import { previousSecretFromConfig } from "../otp/secret-rotation.js";
-import { createRedisStore } from "../store/redis-store.js";
+import { finishCommand, openOperatorStore, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
 import { systemClock } from "../clock.js";
 import { createSuppressionList, type KeyedSuppression } from "./suppression.js";
 
@@ -101,26 +100,6 @@ function unreachableSuppressions(config: Config): string | undefined {
   return undefined;
 }
 
-/** `host:port` of each REDIS_URL seed, without credentials. */
-function redisHosts(url: string): string {
-  return url
-    .split(",")
-    .map((seed) => {
-      try {
-        const parsed = new URL(seed.trim());
-        return `${parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`;
-      } catch {
-        return "?";
-      }
-    })
-    .join(", ");
-}
-
-/** Drops what a terminal would interpret (control and format characters) from stored text before printing it. */
-function printable(text: string): string {
-  return text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, "?");
-}
-
 const iso = (ms: number): string => new Date(ms).toISOString();
 const secretName = (found: KeyedSuppression): string => (found.secret === "current" ? "OTP_SECRET" : "OTP_SECRET_PREVIOUS");
 
@@ -182,15 +161,6 @@ function renderRemove(recipient: string, removed: readonly KeyedSuppression[]): 
   return `${lines.join("\n")}\n`;
 }
 
-/** Who ran the command, for the audit line (the OS account; unknown in a container without one). */
-function operator(): string {
-  try {
-    return userInfo().username;
-  } catch {
-    return "unknown";
-  }
-}
-
 /** What the audit line says about each suppression lifted: never the address, never the diagnostic. */
 function auditEntries(removed: readonly KeyedSuppression[]) {
   return removed.map((keyed) => ({
@@ -201,33 +171,6 @@ function auditEntries(removed: readonly KeyedSuppression[]) {
     bounced_at: iso(keyed.entry.bouncedAt),
     suppressed_until: iso(keyed.entry.expiresAt),
   }));
-}
-
-/**
- * Why Redis did not answer, in an operator's words: the store's own warnings
- * (ECONNREFUSED, an untrusted certificate...) say more than the failed
- * command, which with nothing queued while disconnected only says it could
- * not be written.
- */
-function unavailableReason(error: OtpError, storeLines: readonly Record<string, unknown>[], commandTimeoutMs: number): string {
-  // ioredis' words for "not connected" and "no reply in time", which the store also logs for the failed command.
-  const notConnected = /isn't writeable|Connection is closed/i;
-  const timedOut = /timed out/i;
-  const reasons = new Set<string>();
-  for (const line of storeLines) {
-    const message = typeof line["msg"] === "string" ? line["msg"] : "";
-    if (message.startsWith("redis TLS:")) reasons.add(message.replace(/; retrying$/, ""));
-    const err = line["err"] as { message?: unknown } | undefined;
-    if (typeof err?.message === "string" && err.message !== "" && !notConnected.test(err.message) && !timedOut.test(err.message)) {
-      reasons.add(err.message);
-    }
-  }
-  const cause = error.cause instanceof Error ? error.cause.message : "";
-  if (timedOut.test(cause)) reasons.add(`no reply within REDIS_COMMAND_TIMEOUT (${commandTimeoutMs} ms)`);
-  else if (notConnected.test(cause)) {
-    if (reasons.size === 0) reasons.add(`not connected within REDIS_COMMAND_TIMEOUT (${commandTimeoutMs} ms)`);
-  } else if (cause !== "") reasons.add(cause);
-  return reasons.size === 0 ? "storage unavailable" : [...reasons].join("; ");
 }
 
 async function main(argv: readonly string[]): Promise<number> {
@@ -269,22 +212,8 @@ async function main(argv: readonly string[]): Promise<number> {
     destination: { write: (line: string) => void process.stderr.write(line) },
     base: { component: "suppression-cli" },
   });
-  // The store's warnings are kept for the error message, not printed as they come ("retrying" is the service's story).
-  const storeLines: Record<string, unknown>[] = [];
-  const storeLogger = createLogger({
-    level: "warn",
-    destination: { write: (line: string) => void storeLines.push(JSON.parse(line) as Record<string, unknown>) },
-  });
   const { redis } = config;
-  const store = createRedisStore({
-    url: redis.url,
-    prefix: redis.prefix,
-    logger: storeLogger,
-    commandTimeoutMs: redis.commandTimeoutMs,
-    connectTimeoutMs: redis.commandTimeoutMs,
-    cluster: redis.cluster,
-    tlsCa: redis.tlsCa,
-  });
+  const { store, storeLines } = openOperatorStore(redis);
   const previous = previousSecretFromConfig(config, defaultKeepExpiredMs);
   const suppression = createSuppressionList({
     store,
@@ -306,7 +235,7 @@ async function main(argv: readonly string[]): Promise<number> {
     }
     const removed = await suppression.lift(parsed.key);
     audit.info(
-      { action: "remove", recipient, operator: operator(), removed: auditEntries(removed) },
+      { action: "remove", recipient, operator: operatorAccount(), removed: auditEntries(removed) },
       removed.length > 0 ? "suppression lifted" : "suppression not lifted: none in force",
     );
     process.stdout.write(
@@ -322,7 +251,7 @@ async function main(argv: readonly string[]): Promise<number> {
     if (invocation.action === "remove") {
       // Never written to Redis (no connection, nothing queued): nothing changed. Sent without a reply: it may have run.
       const neverSent = error.cause instanceof Error && /isn't writeable/i.test(error.cause.message);
-      const fields = { action: "remove", recipient, operator: operator(), reason };
+      const fields = { action: "remove", recipient, operator: operatorAccount(), reason };
       if (neverSent) audit.warn(fields, "suppression not lifted: Redis did not answer");
       else audit.warn(fields, "suppression lift failed: Redis did not answer, outcome unknown");
       outcome = neverSent ? "; nothing was lifted" : "; whether the suppression was lifted is unknown: run show once Redis answers";
@@ -334,17 +263,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-/**
- * Exits once everything written is flushed. Not left to the event loop: a
- * socket to a Redis that hangs can outlive the store's close by seconds, and
- * the command is done.
- */
-function finish(code: number): void {
-  process.exitCode = code;
-  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
-}
-
-main(process.argv.slice(2)).then(finish, (error: unknown) => {
+main(process.argv.slice(2)).then(finishCommand, (error: unknown) => {
   process.stderr.write(`${prefix}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  finish(exit.failed);
+  finishCommand(exit.failed);
 });

@@ -154,6 +154,19 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   }
 
   /**
+   * Adds a message to its recipient's list of recent messages, which support
+   * looks up by address (`npm run deliveries`), kept as long as records are.
+   * Never fails the send: the list is support's index, not the message's
+   * truth (its record is); a failure is logged, and the store counts it.
+   */
+  function indexForRecipient(recipientHash: string | undefined, messageId: string): Promise<void> | undefined {
+    if (recipientHash === undefined) return undefined;
+    return store.addRecipientMessage(recipientHash, messageId, options.recordRetentionMs).catch((error: unknown) => {
+      logger.warn({ err: error, message_id: messageId }, "could not add the message to its recipient's list: support will not find it by address");
+    });
+  }
+
+  /**
    * Takes the limits of a send that is not going to happen back. A refund
    * that fails is logged (and the store counts the failed operation), never
    * thrown: the caller hears what stopped the send.
@@ -278,10 +291,12 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       };
       // Record and code are both stored before any attempt, so a status query
       // (or a bounce) can never find a message it does not know. They are
-      // written concurrently: one round trip of waiting instead of two.
+      // written concurrently, with the recipient's index: one round trip of
+      // waiting instead of two or three.
       await Promise.all([
         store.putRecord(record, options.recordRetentionMs),
         store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
+        indexForRecipient(recipientHash, messageId),
       ]);
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
@@ -366,7 +381,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       recipientHash: request.recipientHash,
       suppressedBy: cause,
     };
-    await store.putRecord(record, options.recordRetentionMs);
+    // Support asking about the address sees the refusal too, and why.
+    await Promise.all([store.putRecord(record, options.recordRetentionMs), indexForRecipient(request.recipientHash, messageId)]);
     logger.info(
       { message_id: messageId, recipient: record.recipientMasked, bounced_message_id: cause.messageId, status: cause.status },
       "otp not sent: recipient suppressed",

@@ -27,7 +27,7 @@ import type {
   FullWindow,
   OtpStore,
 } from "./types.js";
-import { maxDeliveryReports } from "./types.js";
+import { maxDeliveryReports, maxRecipientMessages } from "./types.js";
 
 export interface MemoryStoreOptions {
   /** Drives every TTL; tests pass a fake clock. */
@@ -99,7 +99,9 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
   /** DSNs per message and suppressions, serialized like records. */
   const reports = new Map<string, Slot<string[]>>();
   const suppressions = new Map<string, Slot<string>>();
-  const tables: readonly Map<string, Slot<unknown>>[] = [codeSets, records, claims, limitLogs, reports, suppressions];
+  /** Each recipient's recent message ids, newest first. */
+  const recipientMessages = new Map<string, Slot<string[]>>();
+  const tables: readonly Map<string, Slot<unknown>>[] = [codeSets, records, claims, limitLogs, reports, suppressions, recipientMessages];
   const listeners = new Set<(ready: boolean) => void>();
   let closed = false;
 
@@ -257,6 +259,17 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
         suppressions.delete(recipientHash);
         return value === undefined ? undefined : (JSON.parse(value) as SuppressionEntry);
       });
+    },
+
+    addRecipientMessage(recipientHash: string, messageId: string, ttlMs: number): Promise<void> {
+      return run(() => {
+        const list = [messageId, ...(read(recipientMessages, recipientHash) ?? [])].slice(0, maxRecipientMessages);
+        expireIn(recipientMessages, recipientHash, list, Math.max(1, ttlMs));
+      });
+    },
+
+    getRecipientMessages(recipientHash: string): Promise<readonly string[]> {
+      return run(() => [...(read(recipientMessages, recipientHash) ?? [])]);
     },
 
     claimIdempotencyKey(keyId: string, claim: IdempotencyClaim, ttlMs: number): Promise<ClaimResult> {

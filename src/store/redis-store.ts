@@ -10,6 +10,7 @@
  *   <prefix>msg:{<messageId>} string delivery record as JSON
  *   <prefix>idem:{<keyId>}   string idempotency claim as JSON {fingerprint, messageId}
  *   <prefix>dsn:{<messageId>} list  delivery reports (DSNs) as JSON, oldest first
+ *   <prefix>sent:{<recipientHash>} list  the recipient's recent message ids, newest first
  *   <prefix>{limits}:supp:<recipientHash> string suppression entry as JSON
  *   <prefix>{limits}:<logId> zset   limit log: member = admission id, score = admitted at
  *
@@ -54,7 +55,7 @@ import type {
   LimitWindow,
   OtpStore,
 } from "./types.js";
-import { maxDeliveryReports } from "./types.js";
+import { maxDeliveryReports, maxRecipientMessages } from "./types.js";
 
 export interface RedisStoreOptions {
   /** `redis://[user:pass@]host:port[/db]` or `rediss://...` for TLS. */
@@ -340,6 +341,18 @@ return reply
 `;
 
 /**
+ * KEYS[1] a recipient's message list; ARGV messageId, max entries, ttlMs.
+ * One command rather than a MULTI of three (each one a command to send and
+ * parse), written beside the record and code in SendOtp's round trip.
+ */
+const addRecipientMessageLua = `#!lua
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`;
+
+/**
  * KEYS[1] delivery record, KEYS[2] its reports (one hash tag: the message id).
  * Returns {record or false, {report, ...}}: GetDeliveryStatus in one command
  * rather than a GET and an LRANGE (each command is a Command object, a timer
@@ -406,6 +419,7 @@ const scripts = {
   otpClaim: { lua: claimLua, numberOfKeys: 1 },
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
   otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
+  otpAddRecipientMessage: { lua: addRecipientMessageLua, numberOfKeys: 1 },
   otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
 
@@ -467,6 +481,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const recordKey = (messageId: string): string => `${prefix}msg:{${messageId}}`;
   const idempotencyKey = (keyId: string): string => `${prefix}idem:{${keyId}}`;
   const reportsKey = (messageId: string): string => `${prefix}dsn:{${messageId}}`;
+  const recipientMessagesKey = (recipientHash: string): string => `${prefix}sent:{${recipientHash}}`;
   const suppressionKey = (recipientHash: string): string => `${prefix}{limits}:supp:${recipientHash}`;
   const limitKey = (logId: string): string => `${prefix}{limits}:${logId}`;
 
@@ -610,6 +625,15 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
         // What failed is both reads, counted as each was when they were two commands.
         ["getDeliveryReports"],
       );
+    },
+
+    async addRecipientMessage(recipientHash: string, messageId: string, ttlMs: number): Promise<void> {
+      const px = ttl(ttlMs);
+      await run("addRecipientMessage", () => redis.otpAddRecipientMessage(recipientMessagesKey(recipientHash), messageId, maxRecipientMessages, px));
+    },
+
+    getRecipientMessages(recipientHash: string): Promise<readonly string[]> {
+      return run("getRecipientMessages", () => redis.lrange(recipientMessagesKey(recipientHash), 0, -1));
     },
 
     async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
@@ -925,6 +949,7 @@ const addsData: ReadonlySet<string> = new Set([
   "claimIdempotencyKey",
   "putRecord",
   "addDeliveryReport",
+  "addRecipientMessage",
   "putSuppression",
 ]);
 

@@ -18,6 +18,9 @@ import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delive
 /** DSNs kept per message; a flood of reports keeps the newest. */
 export const maxDeliveryReports = 20;
 
+/** Message ids kept per recipient for support's look-up (`npm run deliveries`); more keeps the newest. */
+export const maxRecipientMessages = 20;
+
 /** One outstanding code: only its keyed HMAC is stored, never the code. */
 export interface CodeEntry {
   /** Unique within its set (the message id that carried it). */
@@ -244,6 +247,17 @@ export interface OtpStore {
    * (an unreadable entry, which suppresses nothing, is removed all the same).
    */
   removeSuppression(recipientHash: string): Promise<SuppressionEntry | undefined>;
+
+  /**
+   * Adds `messageId` to the recipient's list of recent messages (newest
+   * first; beyond `maxRecipientMessages` the oldest are dropped), which
+   * lives `ttlMs` from now: what support looks up by address. The recipient
+   * is an opaque HMAC, as for suppressions: the address is never stored.
+   */
+  addRecipientMessage(recipientHash: string, messageId: string, ttlMs: number): Promise<void>;
+
+  /** The recipient's recent message ids, newest first; empty when none. */
+  getRecipientMessages(recipientHash: string): Promise<readonly string[]>;
 
   /** Resolves when the backend answers; rejects with storageUnavailable otherwise. */
   ping(): Promise<void>;

@@ -657,7 +657,7 @@ describe("Dockerfile", () => {
     expect(exposed).toEqual(expect.arrayContaining([splitAddress(env["GRPC_ADDR"] ?? "").port, splitAddress(env["METRICS_ADDR"] ?? "").port]));
   });
 
-  it("the operator commands README gives for the image (npm run doctor, npm run suppression) run there without a build step", async () => {
+  it("the operator commands README gives for the image (npm run doctor, suppression, deliveries) run there without a build step", async () => {
     // The final stage's files, laid out as its COPY lines place them: dist/ from the build stage
     // (this checkout's, compiled by the global setup), node_modules from the deps stage, the rest from here.
     const image = await mkdtemp(join(tmpdir(), "otp-image-"));
@@ -686,6 +686,9 @@ describe("Dockerfile", () => {
       const suppression = await npm("suppression", "show", "ana@example.com");
       expect(suppression.output).not.toMatch(/ENOENT|compiling TypeScript|Cannot find module/);
       expect(suppression.code, suppression.output).toBe(78);
+      const deliveries = await npm("deliveries", "ana@example.com");
+      expect(deliveries.output).not.toMatch(/ENOENT|compiling TypeScript|Cannot find module/);
+      expect(deliveries.code, deliveries.output).toBe(78);
       const doctor = await npm("doctor", "--help");
       expect(doctor.output).not.toMatch(/ENOENT|compiling TypeScript|Cannot find module/);
     } finally {

@@ -5,7 +5,7 @@
  * read events, INFO total_reads_processed: commands sent together share
  * one). Every limit is on, suppression included, as in production.
  *
- *   SendOtp            limits+suppression script | record + code | ACCEPTED record
+ *   SendOtp            limits+suppression script | record + code + the recipient's list | ACCEPTED record
  *   SendOtp replayed   idempotency claim | the record and the limits (read-only) together
  *   GetDeliveryStatus  one script reading the record and its reports
  *   VerifyOtp          one script (cap, count, compare, consume)
@@ -81,7 +81,7 @@ describe("Redis round trips and commands per RPC", () => {
   const calls = 10;
   const messageIds: string[] = [];
 
-  it("SendOtp: 3 round trips, 4 commands (limits and suppression in one script, record with code, the ACCEPTED write)", async () => {
+  it("SendOtp: 3 round trips, 5 commands (limits and suppression in one script; record, code and the recipient's list together; the ACCEPTED write)", async () => {
     const { commands, roundTrips } = await measure(calls, async (i) => {
       const sent = await service.connectClient.sendOtp({
         recipient: `round-trip-${i}@example.com`,
@@ -92,11 +92,11 @@ describe("Redis round trips and commands per RPC", () => {
       expect(sent.state).toBe(DeliveryState.ACCEPTED);
       messageIds.push(sent.messageId);
     });
-    expect(commands).toEqual({ evalsha: 2, set: 2 });
+    expect(commands).toEqual({ evalsha: 3, set: 2 });
     expect(roundTrips).toBe(3);
   });
 
-  it("SendOtp while OTP_SECRET rotates: still 3 round trips, 4 commands (both suppression keys in the limits script)", async () => {
+  it("SendOtp while OTP_SECRET rotates: still 3 round trips, 5 commands (both suppression keys in the limits script)", async () => {
     const rotating = await startTestService({
       env: {
         REDIS_URL: server.url,
@@ -120,7 +120,7 @@ describe("Redis round trips and commands per RPC", () => {
         });
         expect(sent.state).toBe(DeliveryState.ACCEPTED);
       });
-      expect(commands).toEqual({ evalsha: 2, set: 2 });
+      expect(commands).toEqual({ evalsha: 3, set: 2 });
       expect(roundTrips).toBe(3);
     } finally {
       await rotating.stop();

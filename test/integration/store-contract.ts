@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../../src/delivery/record.js";
 import { OtpError } from "../../src/errors.js";
 import type { CodeEntry, CodeSetOptions, CodeSetRef, GuessOptions, OtpStore } from "../../src/store/types.js";
-import { maxDeliveryReports } from "../../src/store/types.js";
+import { maxDeliveryReports, maxRecipientMessages } from "../../src/store/types.js";
 
 /** One store, fresh and empty, for one test. */
 export interface StoreUnderTest {
@@ -391,6 +391,49 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         await subject.elapse(120);
 
         expect(await store.getDeliveryReports("msg-1")).toEqual([]);
+      });
+    });
+
+    describe("a recipient's messages (the index support looks up)", () => {
+      it("answers none for a recipient never sent to", async () => {
+        expect(await store.getRecipientMessages("hash-1")).toEqual([]);
+      });
+
+      it("lists a recipient's message ids newest first, per recipient hash", async () => {
+        await store.addRecipientMessage("hash-1", "msg-1", minute);
+        await store.addRecipientMessage("hash-1", "msg-2", minute);
+        await store.addRecipientMessage("hash-2", "msg-3", minute);
+
+        expect(await store.getRecipientMessages("hash-1")).toEqual(["msg-2", "msg-1"]);
+        expect(await store.getRecipientMessages("hash-2")).toEqual(["msg-3"]);
+      });
+
+      it(`keeps the newest ${maxRecipientMessages} when a recipient gets more`, async () => {
+        for (let i = 0; i < maxRecipientMessages + 5; i++) await store.addRecipientMessage("hash-1", `msg-${i}`, minute);
+
+        const kept = await store.getRecipientMessages("hash-1");
+        expect(kept).toHaveLength(maxRecipientMessages);
+        expect(kept[0]).toBe(`msg-${maxRecipientMessages + 4}`);
+        expect(kept.at(-1)).toBe("msg-5");
+      });
+
+      it("loses no message id when many are added at once", async () => {
+        const ids = Array.from({ length: 10 }, (_, i) => `msg-${i}`);
+
+        await Promise.all(ids.map((id) => store.addRecipientMessage("hash-1", id, minute)));
+
+        expect([...(await store.getRecipientMessages("hash-1"))].sort()).toEqual(ids);
+      });
+
+      it("forgets the list once its TTL has passed since the newest message; each message renews it", async () => {
+        await store.addRecipientMessage("hash-1", "msg-1", 50);
+        await store.addRecipientMessage("hash-2", "msg-2", 50);
+        await subject.elapse(30);
+        await store.addRecipientMessage("hash-2", "msg-3", 100);
+        await subject.elapse(60);
+
+        expect(await store.getRecipientMessages("hash-1")).toEqual([]);
+        expect(await store.getRecipientMessages("hash-2")).toEqual(["msg-3", "msg-2"]);
       });
     });
 

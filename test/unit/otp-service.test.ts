@@ -117,6 +117,33 @@ describe("otp service", () => {
     },
   );
 
+  it("lists every message to a recipient under its hash, newest first: sent, suppressed, not a replay, not another address", async () => {
+    const { service, store, suppression } = setup();
+    const hash = suppression.recipientHash("ana@example.com");
+    const first = await service.sendOtp(ctx, { ...send, recipient: "Ana@Example.com", idempotencyKey: "k-index" });
+    const replayed = await service.sendOtp(ctx, { ...send, recipient: "Ana@Example.com", idempotencyKey: "k-index" });
+    expect(replayed.messageId).toBe(first.messageId);
+    await service.sendOtp(ctx, { ...send, recipient: "ana+work@example.com" });
+    await suppression.suppress(hash, { messageId: first.messageId, status: "5.1.1", diagnosticCode: "" });
+    const refused = await service.sendOtp(ctx, send).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ reason: "RECIPIENT_SUPPRESSED" });
+
+    expect(await store.getRecipientMessages(hash)).toEqual([(refused as OtpError).metadata["message_id"], first.messageId]);
+    const record = await store.getRecord(first.messageId);
+    expect(record?.recipientHash).toBe(hash);
+  });
+
+  it("sends all the same when the recipient's message list cannot be written (it is support's index, not the send)", async () => {
+    const { service, store, sent } = setup();
+    vi.spyOn(store, "addRecipientMessage").mockRejectedValueOnce(new OtpError("unavailable", "storage is unavailable"));
+
+    const result = await service.sendOtp(ctx, send);
+
+    expect(result.state).toBe("ACCEPTED");
+    expect(sent).toHaveLength(1);
+    expect(await store.getRecord(result.messageId)).toMatchObject({ state: "ACCEPTED" });
+  });
+
   it("stores only an HMAC: the code appears nowhere in the stored record", async () => {
     const { service, store, sent } = setup();
     const result = await service.sendOtp(ctx, { ...send, code: "9Z8Y7X" });
