@@ -28,6 +28,7 @@ import { defaultKeepExpiredMs } from "../otp/otp-service.js";
 import { previousSecretFromConfig } from "../otp/secret-rotation.js";
 import { finishCommand, openOperatorStore, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
 import { maxRecipientMessages } from "../store/types.js";
+import { suppressionReason, type SuppressionEntry } from "./record.js";
 import { createRecipientHistory, type RecipientHistory, type RecipientMessage } from "./recipient-history.js";
 import { decisiveReport, reportStatus } from "./reports.js";
 
@@ -157,6 +158,7 @@ function messageView(message: RecipientMessage) {
         : {
             action: report.action,
             status: reportStatus(report),
+            feedbackType: clean(report.feedbackType ?? ""),
             diagnosticCode: clean(report.diagnosticCode),
             remoteMta: clean(report.remoteMta),
             receivedAt: iso(report.receivedAt),
@@ -164,14 +166,30 @@ function messageView(message: RecipientMessage) {
     suppressedBy:
       cause === undefined
         ? null
-        : { messageId: cause.messageId, status: clean(cause.status), diagnosticCode: clean(cause.diagnosticCode), bouncedAt: iso(cause.bouncedAt) },
+        : {
+            reason: suppressionReason(cause),
+            messageId: cause.messageId,
+            status: clean(cause.status),
+            feedbackType: clean(cause.feedbackType ?? ""),
+            diagnosticCode: clean(cause.diagnosticCode),
+            bouncedAt: iso(cause.bouncedAt),
+          },
     explanation: clean(message.explanation),
   };
+}
+
+/** "the hard bounce of <id> (status 5.1.1)" or "the spam complaint about <id> (feedback type abuse)". */
+function suppressionCause(entry: Pick<SuppressionEntry, "reason" | "messageId" | "status" | "feedbackType">): string {
+  return suppressionReason(entry) === "complaint"
+    ? `the spam complaint about ${entry.messageId} (feedback type ${clean(entry.feedbackType ?? "") || "abuse"})`
+    : `the hard bounce of ${entry.messageId} (status ${clean(entry.status)})`;
 }
 
 function suppressionView(found: KeyedSuppression) {
   return {
     keyedBy: secretName(found.secret),
+    reason: suppressionReason(found.entry),
+    feedbackType: clean(found.entry.feedbackType ?? ""),
     messageId: found.entry.messageId,
     status: clean(found.entry.status),
     diagnosticCode: clean(found.entry.diagnosticCode),
@@ -189,10 +207,11 @@ function renderText(recipient: string, history: RecipientHistory): string {
     lines.push(`${recipient} is suppressed until ${iso(until)}: SendOtp refuses it (RECIPIENT_SUPPRESSED)`);
     for (const found of suppressions) {
       const view = suppressionView(found);
-      lines.push(
-        `  hard bounce of ${view.messageId} at ${view.bouncedAt}, status ${view.status}` +
-          `${view.diagnosticCode === "" ? "" : `: ${view.diagnosticCode}`} (keyed by ${view.keyedBy}; lift it with npm run suppression -- remove)`,
-      );
+      const cause =
+        view.reason === "complaint"
+          ? `  spam complaint about ${view.messageId} at ${view.bouncedAt}, feedback type ${view.feedbackType || "abuse"}`
+          : `  hard bounce of ${view.messageId} at ${view.bouncedAt}, status ${view.status}` + `${view.diagnosticCode === "" ? "" : `: ${view.diagnosticCode}`}`;
+      lines.push(`${cause} (keyed by ${view.keyedBy}; lift it with npm run suppression -- remove)`);
     }
   }
   if (messages.length === 0) {
@@ -207,12 +226,12 @@ function renderText(recipient: string, history: RecipientHistory): string {
       lines.push(field("caller", view.caller), field("purpose", view.purpose));
       if (view.relayReply !== "") lines.push(field("relay reply", view.relayReply));
       if (view.bounce !== null) {
-        lines.push(field("bounce", `${view.bounce.action} ${view.bounce.status}`.trim() + ` at ${view.bounce.receivedAt}`));
+        const what = view.bounce.feedbackType === "" ? `${view.bounce.action} ${view.bounce.status}`.trim() : `${view.bounce.action} (${view.bounce.feedbackType})`;
+        lines.push(field(view.bounce.feedbackType === "" ? "bounce" : "report", `${what} at ${view.bounce.receivedAt}`));
         if (view.bounce.diagnosticCode !== "") lines.push(field("diagnostic", view.bounce.diagnosticCode));
       }
-      if (view.suppressedBy !== null) {
-        lines.push(field("suppressed", `by the hard bounce of ${view.suppressedBy.messageId} (status ${view.suppressedBy.status})`));
-      }
+      const cause = message.record.suppressedBy;
+      if (cause !== undefined) lines.push(field("suppressed", `by ${suppressionCause(cause)}`));
       if (view.keyedBy !== "OTP_SECRET") lines.push(field("keyed by", view.keyedBy));
       lines.push(field("explanation", view.explanation));
     }

@@ -12,6 +12,7 @@ import { Redis } from "ioredis";
 import { createTransport } from "nodemailer";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { arfMessage } from "../support/arf-fixtures.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
 import { errorDetails, grpcError, GrpcOtpClient, grpcUnary } from "../support/grpc.js";
 import { freePort } from "../support/ports.js";
@@ -53,6 +54,8 @@ interface Service {
   explanation(messageId: string, caller?: string): Promise<string>;
   /** Hands its bounce intake a "no such mailbox" DSN for `messageId` and waits until it is applied. */
   hardBounce(messageId: string, recipient: string): Promise<void>;
+  /** Hands its bounce intake a feedback loop's abuse report (ARF) about `messageId` and waits until it is applied. */
+  complaint(messageId: string, recipient: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -113,6 +116,26 @@ async function startService(storeEnv: Record<string, string>, secretEnv: Record<
         intake.close();
       }
       await service.waitForLine((line) => line["msg"] === "bounce applied" && line["message_id"] === messageId);
+    },
+    async complaint(messageId, recipient) {
+      const to = `fbl@${bounceDomain}`;
+      const report = arfMessage({
+        to,
+        report: [
+          "Feedback-Type: abuse",
+          "User-Agent: Yahoo!-Mail-Feedback/2.0",
+          "Version: 1",
+          `Original-Mail-From: <bounce+${messageId}@${bounceDomain}>`,
+          `Original-Rcpt-To: <${recipient}>`,
+        ],
+      });
+      const intake = createTransport({ host: "127.0.0.1", port: intakePort, secure: false, ignoreTLS: true, logger: false });
+      try {
+        await intake.sendMail({ envelope: { from: "", to }, raw: report });
+      } finally {
+        intake.close();
+      }
+      await service.waitForLine((line) => line["msg"] === "complaint applied" && line["message_id"] === messageId);
     },
     async stop() {
       service.child.kill("SIGTERM");
@@ -251,6 +274,31 @@ describe("an address's recent messages, made through the real service", () => {
       expect(all).not.toContain(code);
     }
     await service.stop();
+  });
+
+  it("a spam complaint: the message's report and the suppression it caused say complaint, not hard bounce", async () => {
+    const service = await startService({ REDIS_URL: redis.url, REDIS_PREFIX: randomPrefix() });
+    const sent = await service.send("cleo@example.com");
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    await service.complaint(sent.messageId, "cleo@example.com");
+    const refused = await service.refusal("cleo@example.com");
+    const refusedId = errorDetails(refused).errorInfo?.metadata["message_id"] ?? "";
+
+    const json = await deliveries(["cleo@example.com", "--json"], service.env);
+    expect(json.code, json.stderr).toBe(0);
+    const listing = JSON.parse(json.stdout) as Listing;
+    expect(listing.suppressions).toMatchObject([{ reason: "complaint", feedbackType: "abuse", messageId: sent.messageId }]);
+    const [refusal, complained] = listing.messages;
+    expect(refusal).toMatchObject({ messageId: refusedId, state: "SUPPRESSED", suppressedBy: { reason: "complaint", messageId: sent.messageId, feedbackType: "abuse" } });
+    expect(complained).toMatchObject({ messageId: sent.messageId, state: "DELIVERED", bounce: { action: "complained", feedbackType: "abuse" } });
+    expect(complained?.explanation).toBe(await service.explanation(sent.messageId));
+
+    const text = await deliveries(["cleo@example.com"], service.env);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(new RegExp(`^ {2}spam complaint about ${sent.messageId} at \\S+, feedback type abuse \\(keyed by OTP_SECRET`, "m"));
+    expect(text.stdout).toContain(`  suppressed  by the spam complaint about ${sent.messageId} (feedback type abuse)`);
+    expect(text.stdout).toMatch(/^ {2}report {6}complained \(abuse\) at /m);
+    expect(text.stdout).not.toMatch(/hard bounce/);
   });
 
   it("an address never sent to: exit 3, said so, and the lookup audited all the same", async () => {
