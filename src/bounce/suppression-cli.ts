@@ -14,16 +14,12 @@
  * (nothing to lift), 2 usage or an address SendOtp would refuse, 69 Redis did
  * not answer, 78 (EX_CONFIG) configuration error, 1 anything else.
  */
-import { ConfigError, loadConfigFromProcess, type Config } from "../config.js";
+import type { Config } from "../config.js";
 import { suppressionReason, type SuppressionEntry } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
-import { createLogger, type Logger } from "../logger.js";
-import { maskAddress, parseAddress } from "../otp/address.js";
-import { defaultKeepExpiredMs } from "../otp/otp-service.js";
-import { previousSecretFromConfig } from "../otp/secret-rotation.js";
-import { finishCommand, openOperatorStore, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
-import { systemClock } from "../clock.js";
-import { createSuppressionList, type KeyedSuppression } from "./suppression.js";
+import { finishCommand, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
+import { openOperatorSession, operatorExit } from "./operator-session.js";
+import type { KeyedSuppression } from "./suppression.js";
 
 const usage = `usage: npm run --silent suppression -- show|remove <address> [--json]
 
@@ -45,7 +41,7 @@ Exit status: 0 suppressed / lifted, 3 not suppressed (nothing to lift),
 const prefix = "otp-email suppression";
 
 /** Exit statuses (sysexits.h where one fits). */
-const exit = { done: 0, failed: 1, usage: 2, notSuppressed: 3, unavailable: 69, config: 78 } as const;
+const exit = { ...operatorExit, notSuppressed: operatorExit.nothing } as const;
 
 type Action = "show" | "remove";
 
@@ -183,49 +179,12 @@ async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`${prefix}: ${invocation.error}\n${usage}`);
     return exit.usage;
   }
-  // The very check SendOtp makes of a recipient, and the key it derives (lower-cased, the domain in punycode).
-  const parsed = parseAddress(invocation.address);
-  if (typeof parsed === "string") {
-    process.stderr.write(`${prefix}: the address is not valid: ${parsed} (SendOtp refuses it too)\n`);
-    return exit.usage;
-  }
-  const recipient = maskAddress(parsed.address);
-
-  let config: Config;
-  try {
-    config = loadConfigFromProcess();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${prefix}: configuration error: ${error.message}\n`);
-      return exit.config;
-    }
-    throw error;
-  }
-  const unreachable = unreachableSuppressions(config);
-  if (unreachable !== undefined || config.redis === undefined) {
-    process.stderr.write(`${prefix}: configuration error: ${unreachable ?? "REDIS_URL is not set"}\n`);
-    return exit.config;
-  }
-
-  const audit: Logger = createLogger({
-    level: "info",
-    destination: { write: (line: string) => void process.stderr.write(line) },
-    base: { component: "suppression-cli" },
-  });
-  const { redis } = config;
-  const { store, storeLines } = openOperatorStore(redis);
-  const previous = previousSecretFromConfig(config, defaultKeepExpiredMs);
-  const suppression = createSuppressionList({
-    store,
-    secret: config.otp.secret,
-    ttlMs: config.bounce.suppressionTtlMs,
-    clock: systemClock,
-    previous: previous && { secret: previous.secret, until: previous.suppressionUntil },
-  });
-
+  const session = openOperatorSession({ prefix, component: "suppression-cli", address: invocation.address, unreachable: unreachableSuppressions });
+  if (typeof session === "number") return session;
+  const { recipient, key, redis, audit, store, storeLines, suppression } = session;
   try {
     if (invocation.action === "show") {
-      const found = await suppression.find(parsed.key);
+      const found = await suppression.find(key);
       process.stdout.write(
         invocation.json
           ? `${JSON.stringify({ recipient, suppressed: found.length > 0, entries: found.map(entryJson) }, null, 2)}\n`
@@ -233,7 +192,7 @@ async function main(argv: readonly string[]): Promise<number> {
       );
       return found.length > 0 ? exit.done : exit.notSuppressed;
     }
-    const removed = await suppression.lift(parsed.key);
+    const removed = await suppression.lift(key);
     audit.info(
       { action: "remove", recipient, operator: operatorAccount(), removed: auditEntries(removed) },
       removed.length > 0 ? "suppression lifted" : "suppression not lifted: none in force",

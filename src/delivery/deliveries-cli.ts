@@ -17,16 +17,13 @@
  * address SendOtp would refuse, 69 Redis did not answer, 78 (EX_CONFIG)
  * configuration error, 1 anything else.
  */
+import { openOperatorSession, operatorExit } from "../bounce/operator-session.js";
 import type { KeyedSuppression } from "../bounce/suppression.js";
-import { createSuppressionList } from "../bounce/suppression.js";
 import { systemClock } from "../clock.js";
-import { ConfigError, loadConfigFromProcess, type Config } from "../config.js";
+import type { Config } from "../config.js";
 import { OtpError } from "../errors.js";
-import { createLogger, type Logger } from "../logger.js";
-import { maskAddress, maskAddressesIn, parseAddress } from "../otp/address.js";
-import { defaultKeepExpiredMs } from "../otp/otp-service.js";
-import { previousSecretFromConfig } from "../otp/secret-rotation.js";
-import { finishCommand, openOperatorStore, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
+import { maskAddressesIn } from "../otp/address.js";
+import { finishCommand, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
 import { maxRecipientMessages } from "../store/types.js";
 import { suppressionReason, type SuppressionEntry } from "./record.js";
 import { createRecipientHistory, type RecipientHistory, type RecipientMessage } from "./recipient-history.js";
@@ -59,7 +56,7 @@ address, 69 Redis did not answer, 78 configuration.
 const prefix = "otp-email deliveries";
 
 /** Exit statuses (sysexits.h where one fits). */
-const exit = { done: 0, failed: 1, usage: 2, nothingKnown: 3, unavailable: 69, config: 78 } as const;
+const exit = { ...operatorExit, nothingKnown: operatorExit.nothing } as const;
 
 interface Invocation {
   readonly address: string;
@@ -250,49 +247,13 @@ async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`${prefix}: ${invocation.error}\n${usage}`);
     return exit.usage;
   }
-  // The very check SendOtp makes of a recipient, and the key it derives (lower-cased, the domain in punycode).
-  const parsed = parseAddress(invocation.address);
-  if (typeof parsed === "string") {
-    process.stderr.write(`${prefix}: the address is not valid: ${parsed} (SendOtp refuses it too)\n`);
-    return exit.usage;
-  }
-  const recipient = maskAddress(parsed.address);
-
-  let config: Config;
-  try {
-    config = loadConfigFromProcess();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${prefix}: configuration error: ${error.message}\n`);
-      return exit.config;
-    }
-    throw error;
-  }
-  const unreachable = unreachableRecords(config);
-  if (unreachable !== undefined || config.redis === undefined) {
-    process.stderr.write(`${prefix}: configuration error: ${unreachable ?? "REDIS_URL is not set"}\n`);
-    return exit.config;
-  }
-
-  const audit: Logger = createLogger({
-    level: "info",
-    destination: { write: (line: string) => void process.stderr.write(line) },
-    base: { component: "deliveries-cli" },
-  });
-  const { redis } = config;
-  const { store, storeLines } = openOperatorStore(redis);
-  const previous = previousSecretFromConfig(config, defaultKeepExpiredMs);
-  const suppression = createSuppressionList({
-    store,
-    secret: config.otp.secret,
-    ttlMs: config.bounce.suppressionTtlMs,
-    clock: systemClock,
-    previous: previous && { secret: previous.secret, until: previous.suppressionUntil },
-  });
+  const session = openOperatorSession({ prefix, component: "deliveries-cli", address: invocation.address, unreachable: unreachableRecords });
+  if (typeof session === "number") return session;
+  const { recipient, key, redis, audit, store, storeLines, suppression } = session;
   const history = createRecipientHistory({ store, suppression, clock: systemClock });
 
   try {
-    const found = await history.lookup(parsed.key, invocation.limit);
+    const found = await history.lookup(key, invocation.limit);
     const known = found.messages.length > 0 || found.suppressions.length > 0;
     audit.info(
       {
