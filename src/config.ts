@@ -880,8 +880,20 @@ export interface TracingConfig {
   readonly exporters: readonly ("otlp" | "console")[];
   /** OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf. */
   readonly protocol: "http/protobuf" | "http/json" | "grpc";
-  /** OTEL_SERVICE_NAME, else `otp-email`. */
+  /**
+   * The service name: OTEL_SERVICE_NAME, else a `service.name` in
+   * OTEL_RESOURCE_ATTRIBUTES, else `otp-email`.
+   */
   readonly serviceName: string;
+  /**
+   * OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (the ratio of the
+   * traceidratio samplers, 0 to 1, default 1); default parentbased_always_on.
+   */
+  readonly sampler: { readonly name: TraceSamplerName; readonly ratio: number };
+  /** OTEL_PROPAGATORS, in order; empty for `none`; default tracecontext, baggage. */
+  readonly propagators: readonly TracePropagatorName[];
+  /** OTEL_NODE_RESOURCE_DETECTORS (`all`, the default, or `none` or a list). */
+  readonly resourceDetectors: readonly ResourceDetectorName[];
   /**
    * TRACE_REDIS_COMMANDS=true: a span per Redis command (the ioredis
    * instrumentation). Off by default: with auto-pipelining a command's span
@@ -895,6 +907,56 @@ export interface TracingConfig {
     readonly scheduledDelayMillis: number | undefined;
     readonly exportTimeoutMillis: number | undefined;
   };
+}
+
+export const traceSamplerNames = [
+  "always_on",
+  "always_off",
+  "traceidratio",
+  "parentbased_always_on",
+  "parentbased_always_off",
+  "parentbased_traceidratio",
+] as const;
+export type TraceSamplerName = (typeof traceSamplerNames)[number];
+export const tracePropagatorNames = ["tracecontext", "baggage", "b3", "b3multi"] as const;
+export type TracePropagatorName = (typeof tracePropagatorNames)[number];
+export const resourceDetectorNames = ["serviceinstance", "process", "host", "os", "env"] as const;
+export type ResourceDetectorName = (typeof resourceDetectorNames)[number];
+
+/** A comma-separated list of names from `allowed`, with `all` (when given) and `none`; duplicates once. */
+function nameList<T extends string>(variable: string, value: string, allowed: readonly T[], all: readonly T[] | undefined): T[] {
+  const names = value
+    .split(",")
+    .map((part) => part.trim().toLowerCase())
+    .filter((part) => part !== "");
+  const wanted = `${[...allowed, ...(all === undefined ? [] : ["all"]), "none"].join(", ")} (comma-separated)`;
+  if (names.includes("none")) {
+    if (names.length > 1) throw new ConfigError(`${variable}=${value}: none cannot be combined with other names`);
+    return [];
+  }
+  if (all !== undefined && names.includes("all")) return [...all];
+  const chosen = new Set<T>();
+  for (const name of names) {
+    if (!(allowed as readonly string[]).includes(name)) throw new ConfigError(`${variable}=${value}: "${name}" is not one of ${wanted}`);
+    chosen.add(name as T);
+  }
+  if (chosen.size === 0) throw new ConfigError(`${variable}=${value}: name one of ${wanted}`);
+  return [...chosen];
+}
+
+/** The service name's fallback from OTEL_RESOURCE_ATTRIBUTES' `service.name` (percent-encoded, as the specification says). */
+function resourceServiceName(value: string | undefined): string | undefined {
+  for (const pair of (value ?? "").split(",")) {
+    const equals = pair.indexOf("=");
+    if (equals === -1 || pair.slice(0, equals).trim() !== "service.name") continue;
+    try {
+      const name = decodeURIComponent(pair.slice(equals + 1).trim());
+      if (name !== "") return name;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
 }
 
 /** Parses the OTEL_* variables the bootstrap decides on. Throws ConfigError naming the variable. */
@@ -918,11 +980,29 @@ export function loadTracingConfig(env: Env): TracingConfig {
   }
   const optionalInt = (name: string, max: number): number | undefined =>
     read.string(name) === undefined ? undefined : read.int(name, 0, 1, max);
+  const samplerName = (read.string("OTEL_TRACES_SAMPLER") ?? "parentbased_always_on").trim().toLowerCase();
+  if (!(traceSamplerNames as readonly string[]).includes(samplerName)) {
+    throw new ConfigError(`OTEL_TRACES_SAMPLER=${samplerName}: must be one of ${traceSamplerNames.join(", ")}`);
+  }
+  const ratioText = read.string("OTEL_TRACES_SAMPLER_ARG");
+  const ratio = ratioText === undefined ? 1 : Number(ratioText);
+  if (samplerName.endsWith("traceidratio") && (!Number.isFinite(ratio) || ratio < 0 || ratio > 1)) {
+    throw new ConfigError(`OTEL_TRACES_SAMPLER_ARG=${ratioText ?? ""}: the share of traces to sample, a number from 0 to 1 (0.1 is 10 %)`);
+  }
+  const propagators = read.string("OTEL_PROPAGATORS");
+  const detectors = read.string("OTEL_NODE_RESOURCE_DETECTORS");
   return {
     disabled,
     exporters: [...exporters],
     protocol,
-    serviceName: read.string("OTEL_SERVICE_NAME") ?? "otp-email",
+    serviceName: read.string("OTEL_SERVICE_NAME") ?? resourceServiceName(read.string("OTEL_RESOURCE_ATTRIBUTES")) ?? "otp-email",
+    sampler: { name: samplerName as TraceSamplerName, ratio: samplerName.endsWith("traceidratio") ? ratio : 1 },
+    propagators:
+      propagators === undefined ? ["tracecontext", "baggage"] : nameList("OTEL_PROPAGATORS", propagators, tracePropagatorNames, undefined),
+    resourceDetectors:
+      detectors === undefined
+        ? [...resourceDetectorNames]
+        : nameList("OTEL_NODE_RESOURCE_DETECTORS", detectors, resourceDetectorNames, resourceDetectorNames),
     redisCommandSpans: read.boolean("TRACE_REDIS_COMMANDS"),
     batch: {
       maxQueueSize: optionalInt("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000),

@@ -353,3 +353,80 @@ export function encodeTraceRequest(resources: readonly EncodedResourceSpans[]): 
   }
   return writer.bytes();
 }
+
+/** What a collector answers to an export: a partial success names the spans it rejected and why. */
+export interface ExportTraceResponse {
+  partialSuccess?: { rejectedSpans?: number; errorMessage?: string };
+}
+
+/** Reads protobuf fields one at a time; throws on truncated or malformed input. */
+class ProtobufReader {
+  private offset = 0;
+
+  constructor(private readonly bytes: Uint8Array) {}
+
+  get done(): boolean {
+    return this.offset >= this.bytes.length;
+  }
+
+  varint(): number {
+    let value = 0;
+    let scale = 1;
+    for (let shift = 0; shift < 70; shift += 7) {
+      if (this.offset >= this.bytes.length) throw new Error("truncated varint");
+      const byte = this.bytes[this.offset++] ?? 0;
+      value += (byte & 0x7f) * scale;
+      if (byte < 0x80) return value;
+      scale *= 128;
+    }
+    throw new Error("varint too long");
+  }
+
+  /** A length-delimited field's bytes. */
+  chunk(): Uint8Array {
+    const length = this.varint();
+    const end = this.offset + length;
+    if (end > this.bytes.length) throw new Error("truncated field");
+    const chunk = this.bytes.subarray(this.offset, end);
+    this.offset = end;
+    return chunk;
+  }
+
+  skip(wireType: number): void {
+    if (wireType === varintType) this.varint();
+    else if (wireType === lengthDelimited) this.chunk();
+    else if (wireType === 1 || wireType === 5) {
+      this.offset += wireType === 1 ? 8 : 4;
+      if (this.offset > this.bytes.length) throw new Error("truncated field");
+    } else throw new Error(`wire type ${wireType}`);
+  }
+}
+
+/**
+ * An ExportTraceServiceResponse (opentelemetry/proto/collector/trace/v1):
+ * partial_success (1) with rejected_spans (1, int64) and error_message (2),
+ * as @opentelemetry/otlp-transformer's deserializer reads it (which would
+ * load the metrics SDK along with it). Unknown fields are skipped; malformed
+ * bytes throw, and the exporter then logs that it could not read the answer.
+ */
+export function decodeExportTraceResponse(bytes: Uint8Array): ExportTraceResponse {
+  const response: ExportTraceResponse = {};
+  const reader = new ProtobufReader(bytes);
+  while (!reader.done) {
+    const tag = reader.varint();
+    if (tag >>> 3 !== 1 || (tag & 7) !== lengthDelimited) {
+      reader.skip(tag & 7);
+      continue;
+    }
+    const partial: NonNullable<ExportTraceResponse["partialSuccess"]> = {};
+    const inner = new ProtobufReader(reader.chunk());
+    while (!inner.done) {
+      const field = inner.varint();
+      if (field >>> 3 === 1 && (field & 7) === varintType) partial.rejectedSpans = inner.varint();
+      else if (field >>> 3 === 2 && (field & 7) === lengthDelimited) partial.errorMessage = new TextDecoder().decode(inner.chunk());
+      else inner.skip(field & 7);
+    }
+    response.partialSuccess = partial;
+  }
+  return response;
+}

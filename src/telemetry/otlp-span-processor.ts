@@ -22,10 +22,16 @@ import {
   createOtlpHttpExportDelegate,
   type OTLPExporterNodeConfigBase,
 } from "@opentelemetry/otlp-exporter-base/node-http";
-import { ProtobufTraceSerializer } from "@opentelemetry/otlp-transformer";
 import type { Resource } from "@opentelemetry/resources";
 import type { ReadableSpan, Span, SpanProcessor } from "@opentelemetry/sdk-trace";
-import { encodeTraceRequest, isSampled, ProtobufWriter, writeSpan, type EncodedResourceSpans } from "./otlp-span-encoding.js";
+import {
+  decodeExportTraceResponse,
+  encodeTraceRequest,
+  isSampled,
+  ProtobufWriter,
+  writeSpan,
+  type EncodedResourceSpans,
+} from "./otlp-span-encoding.js";
 
 /** One export request's bytes and how many spans it carries. */
 export interface EncodedSpanBatch {
@@ -50,7 +56,7 @@ export interface EncodedSpanExporter {
 export function createOtlpProtobufSpanExporter(config: OTLPExporterNodeConfigBase = {}): EncodedSpanExporter {
   return createOtlpHttpExportDelegate<EncodedSpanBatch, unknown>(
     convertLegacyHttpOptions(config, "TRACES", "v1/traces", { "Content-Type": "application/x-protobuf" }),
-    { serializeRequest: (batch) => batch.bytes, deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data) },
+    { serializeRequest: (batch) => batch.bytes, deserializeResponse: decodeExportTraceResponse },
     "otlp_http_span_exporter",
     { name: "span", countItems: (batch) => batch.spanCount },
     undefined,

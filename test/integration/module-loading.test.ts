@@ -3,7 +3,9 @@
  * start` starts it (tracing bootstrap included), in production mode with a
  * relay and no bounce intake, must not carry the modules of modes it does not
  * run. smtp-server, mailparser and mailauth stay out of the main thread; the
- * start-up doctor still runs (in a worker thread) and logs its summary.
+ * start-up doctor still runs (in a worker thread) and logs its summary. With
+ * traces exported, only the trace SDK is loaded: not sdk-node with every
+ * exporter, nor the metrics and logs SDKs.
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -44,6 +46,8 @@ describe("a production process with a relay and no bounce intake", () => {
           DNSBL_ZONES: "none",
           DNS_SERVERS: `127.0.0.1:${await freePort()}`,
           DOCTOR_TIMEOUT: "500ms",
+          // Traces exported (nowhere: no call is made, so nothing is sent).
+          OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`,
         },
         stdio: ["ignore", "pipe", "pipe"],
       },
@@ -66,6 +70,9 @@ describe("a production process with a relay and no bounce intake", () => {
       expect(loaded(/\/dist\/src\/app\.js$/)).toHaveLength(1);
       // What this configuration does not run is not loaded.
       expect(loaded(/\/node_modules\/(smtp-server|mailparser|mailauth)\//)).toEqual([]);
+      // The trace SDK, and none of what a traced process does not use.
+      expect(loaded(/\/node_modules\/@opentelemetry\/sdk-trace\//).length).toBeGreaterThan(0);
+      expect(loaded(/\/node_modules\/@opentelemetry\/(sdk-node|sdk-metrics|sdk-logs|otlp-transformer|instrumentation|exporter-[^/]+)\//)).toEqual([]);
       expect(loaded(/\/dist\/src\/(bounce\/intake-server|bounce\/bounce-processor|bounce\/dsn|delivery\/capture-sink|delivery\/dkim|doctor\/doctor)\.js$/)).toEqual([]);
     } finally {
       child.kill("SIGKILL");

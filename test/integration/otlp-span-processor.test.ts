@@ -8,14 +8,14 @@ import { once } from "node:events";
 import { createServer, type IncomingHttpHeaders } from "node:http";
 import type { AddressInfo } from "node:net";
 import { gunzipSync } from "node:zlib";
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from "@opentelemetry/api";
+import { diag, DiagLogLevel, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from "@opentelemetry/api";
 import { ExportResultCode, TraceState } from "@opentelemetry/core";
 import { CompressionAlgorithm } from "@opentelemetry/otlp-exporter-base";
 import { ProtobufTraceSerializer } from "@opentelemetry/otlp-transformer";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { AlwaysOffSampler, InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { encodeTraceRequest, ProtobufWriter, writeSpan } from "../../src/telemetry/otlp-span-encoding.js";
+import { decodeExportTraceResponse, encodeTraceRequest, ProtobufWriter, writeSpan } from "../../src/telemetry/otlp-span-encoding.js";
 import {
   createOtlpProtobufSpanExporter,
   OtlpProtobufSpanProcessor,
@@ -194,6 +194,46 @@ function endSpans(tracer: Tracer, count: number, name = "span"): void {
   for (let index = 0; index < count; index++) tracer.startSpan(`${name}-${index}`).end();
 }
 
+/** An ExportTraceServiceResponse: partial_success { rejected_spans, error_message } plus whatever `extra` holds. */
+function exportResponse(rejected: number, message: string, extra: readonly number[] = []): Uint8Array {
+  const text = Buffer.from(message, "utf8");
+  const inner = [0x08, ...varint(rejected), 0x12, ...varint(text.length), ...text];
+  return Uint8Array.from([0x0a, ...varint(inner.length), ...inner, ...extra]);
+}
+
+function varint(value: number): number[] {
+  const bytes: number[] = [];
+  while (value >= 0x80) {
+    bytes.push((value % 0x80) | 0x80);
+    value = Math.floor(value / 0x80);
+  }
+  return [...bytes, value];
+}
+
+describe("a collector's answer", () => {
+  it("reads as the stock deserializer reads it: partial success, large counts, unknown fields, empty", () => {
+    const cases = [
+      new Uint8Array(),
+      exportResponse(3, "3 spans had no name"),
+      exportResponse(2 ** 40, "ünïcode ✓"),
+      // Unknown fields of every wire type before and after, in both messages.
+      Uint8Array.from([0x10, 0x96, 0x01, 0x19, 1, 2, 3, 4, 5, 6, 7, 8, ...exportResponse(0, "", [0x25, 1, 2, 3, 4, 0x2a, 0x01, 0x41])]),
+      Uint8Array.from([0x0a, 0x05, 0x18, 0x01, 0x22, 0x01, 0x78]),
+    ];
+    for (const bytes of cases) {
+      expect(decodeExportTraceResponse(bytes)).toEqual(ProtobufTraceSerializer.deserializeResponse(bytes));
+    }
+    expect(decodeExportTraceResponse(exportResponse(3, "bad"))).toEqual({ partialSuccess: { rejectedSpans: 3, errorMessage: "bad" } });
+  });
+
+  it("throws on truncated or malformed bytes, as the stock deserializer does", () => {
+    for (const bytes of [Uint8Array.from([0x0a, 0x05, 0x08]), Uint8Array.from([0x08, 0x80]), Uint8Array.from([0x0f, 0x00])]) {
+      expect(() => decodeExportTraceResponse(bytes)).toThrow();
+      expect(() => ProtobufTraceSerializer.deserializeResponse(bytes)).toThrow();
+    }
+  });
+});
+
 describe("OtlpProtobufSpanProcessor", () => {
   let receiver: OtlpReceiver;
   beforeEach(async () => {
@@ -281,6 +321,36 @@ describe("OtlpProtobufSpanProcessor", () => {
       authorization: "Bearer t0ken",
     });
     expect(seen[0].spans).toEqual(["span-0", "span-1"]);
+  });
+
+  it("logs a collector's partial success as a warning and counts the export as done", async () => {
+    const collector = createServer((request, response) => {
+      request.resume();
+      request.on("end", () => response.writeHead(200, { "content-type": "application/x-protobuf" }).end(exportResponse(1, "span 0 rejected")));
+    });
+    collector.listen(0, "127.0.0.1");
+    await once(collector, "listening");
+    const { port } = collector.address() as AddressInfo;
+    const warnings: string[] = [];
+    const record = (...args: unknown[]): void => void warnings.push(args.map(String).join(" "));
+    diag.setLogger({ error: record, warn: record, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    try {
+      const results: number[] = [];
+      const exporter = createOtlpProtobufSpanExporter({ url: `http://127.0.0.1:${port}/v1/traces` });
+      const provider = providerWith(new OtlpProtobufSpanProcessor({ exporter }));
+      endSpans(provider.getTracer("otp-email"), 1);
+      await provider.forceFlush();
+      exporter.export({ bytes: new Uint8Array(), spanCount: 0 }, (result) => results.push(result.code));
+      await expect.poll(() => results).toEqual([ExportResultCode.SUCCESS]);
+      await provider.shutdown();
+    } finally {
+      diag.disable();
+      collector.close();
+    }
+    expect(warnings.filter((line) => line.includes("Partial Success"))).toEqual([
+      'Received Partial Success response: {"rejectedSpans":1,"errorMessage":"span 0 rejected"}',
+      'Received Partial Success response: {"rejectedSpans":1,"errorMessage":"span 0 rejected"}',
+    ]);
   });
 
   it("sends a full batch at once and the rest after the delay, in as many requests as batches", async () => {

@@ -8,6 +8,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -147,12 +148,18 @@ describe("trace export from a separately started service process", () => {
    * The whole tree, as received: server span under the caller's, then smtp.send, attempts, and Redis
    * commands only when asked for (TRACE_REDIS_COMMANDS=true).
    */
-  function expectTree(spans: readonly ReceivedSpan[], traceId: string, callerSpanId: string, redisCommandSpans: boolean): void {
+  function expectTree(
+    spans: readonly ReceivedSpan[],
+    traceId: string,
+    callerSpanId: string,
+    redisCommandSpans: boolean,
+    serviceName = "otp-email",
+  ): void {
     const ours = spans.filter((span) => span.traceId === traceId);
     const server = ours.find((span) => span.name === "grpc.otp.v1.OtpEmailService/SendOtp");
     expect(server?.kind).toBe(2);
     expect(server?.parentSpanId).toBe(callerSpanId);
-    expect(server?.serviceName).toBe("otp-email");
+    expect(server?.serviceName).toBe(serviceName);
     const serverId = server?.spanId;
     const send = ours.find((span) => span.name === "smtp.send");
     expect(send?.parentSpanId).toBe(serverId);
@@ -214,6 +221,86 @@ describe("trace export from a separately started service process", () => {
       expect(await service.stop()).toBe(0);
     } finally {
       await receiver.close();
+    }
+  });
+
+  it("the SDK's standard settings: resource attributes and detectors, B3 propagation, a ratio sampler that follows the caller", async () => {
+    const receiver = await startOtlpHttpReceiver();
+    try {
+      const service = await startServiceProcess({
+        ...baseEnv(),
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+        // service.name from here when OTEL_SERVICE_NAME is unset; percent-encoded values.
+        OTEL_RESOURCE_ATTRIBUTES: "service.name=otp-staging,deployment.environment.name=staging%20eu",
+        OTEL_PROPAGATORS: "b3",
+        OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG: "0",
+      });
+      const client = new GrpcOtpClient(service.grpcAddress, grpc.credentials.createInsecure());
+      const call = async (recipient: string, header: string, value: string): Promise<void> => {
+        const metadata = new grpc.Metadata();
+        metadata.set(header, value);
+        const sent = await grpcUnary(client, sendOtp, { recipient, purpose: Purpose.LOGIN }, { metadata });
+        expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      };
+      try {
+        // Not traced: an unsampled B3 parent; a W3C traceparent, which OTEL_PROPAGATORS=b3 does not read (a new
+        // root, and the ratio is 0).
+        const unsampled = callerContext();
+        await call("rosa@proton.me", "b3", `${unsampled.traceId}-${unsampled.spanId}-0`);
+        const w3c = callerContext();
+        await call("sara@proton.me", "traceparent", w3c.traceparent);
+        // Traced: a sampled B3 parent, whatever the ratio.
+        const sampled = callerContext();
+        await call("tara@proton.me", "b3", `${sampled.traceId}-${sampled.spanId}-1`);
+        const spans = await receiver.waitFor(complete(sampled.traceId));
+        expectTree(spans, sampled.traceId, sampled.spanId, false, "otp-staging");
+        // Exported in order, every 50 ms: the earlier calls' spans would be here by now.
+        expect(spans.filter((span) => span.traceId !== sampled.traceId)).toEqual([]);
+
+        const { resource } = spans[0] ?? { resource: {} };
+        expect(resource).toMatchObject({
+          "deployment.environment.name": "staging eu",
+          "host.name": hostname(),
+          "process.pid": service.child.pid,
+          "process.runtime.name": "nodejs",
+          "telemetry.sdk.language": "nodejs",
+        });
+        expect(resource["service.instance.id"]).toMatch(/^[0-9a-f-]{36}$/);
+      } finally {
+        client.close();
+      }
+      expect(await service.stop()).toBe(0);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("a sampler, propagator or detector the SDK does not have stops the process at start-up (exit 78), naming the variable", async () => {
+    for (const [variable, value] of [
+      ["OTEL_TRACES_SAMPLER", "jaeger_remote"],
+      ["OTEL_TRACES_SAMPLER_ARG", "1.5"],
+      ["OTEL_PROPAGATORS", "tracecontext,xray"],
+      ["OTEL_NODE_RESOURCE_DETECTORS", "gcp"],
+    ] as const) {
+      const child = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
+        cwd: root,
+        env: {
+          PATH: process.env["PATH"] ?? "",
+          ...baseEnv(),
+          OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318",
+          OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+          [variable]: value,
+        },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      running.add(child);
+      let stderr = "";
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+      const [code] = (await once(child, "exit")) as [number | null];
+      running.delete(child);
+      expect(code, `${variable}=${value}`).toBe(78);
+      expect(stderr).toContain(`configuration error: ${variable}=${value}`);
     }
   });
 

@@ -112,7 +112,7 @@ export function variablesReadByConfig(): Set<string> {
 
 /**
  * The OpenTelemetry SDK's own variables (the specification's, read by
- * @opentelemetry/sdk-node and the OTLP exporters, not by config.ts).
+ * the tracing SDK start-up (tracing-sdk.ts) and the OTLP exporters, not by config.ts).
  */
 export const otelSdkVariables = new Set([
   "OTEL_SDK_DISABLED",

@@ -21,6 +21,8 @@ export interface ReceivedSpan {
   readonly kind: number;
   readonly scope: string;
   readonly serviceName: string;
+  /** The resource's attributes (service.name, host.name, process.pid...). */
+  readonly resource: Readonly<Record<string, string | number | boolean>>;
   readonly attributes: Readonly<Record<string, string | number | boolean>>;
   readonly events: readonly { readonly name: string; readonly attributes: Readonly<Record<string, string | number | boolean>> }[];
   /** 0 unset, 1 ok, 2 error. */
@@ -151,6 +153,7 @@ export function decodeExportTraceRequest(body: Buffer): ReceivedSpan[] {
           kind: firstInt(span, 6),
           scope,
           serviceName: String(resource["service.name"] ?? ""),
+          resource,
           attributes: keyValues(bytesOf(span, 9)),
           events: bytesOf(span, 11).map((event) => {
             const fields = decodeFields(event);

@@ -90,6 +90,45 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(loadTracingConfig({ OTEL_BSP_SCHEDULE_DELAY: "200" }).batch.scheduledDelayMillis).toBe(200);
   });
 
+  it("the service name: OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else otp-email", () => {
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "a=b,service.name=otp%20eu" }).serviceName).toBe("otp eu");
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "service.name=x", OTEL_SERVICE_NAME: "otp-eu" }).serviceName).toBe("otp-eu");
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=prod" }).serviceName).toBe("otp-email");
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "service.name=%E0%A4%A" }).serviceName).toBe("otp-email");
+  });
+
+  it("samplers: parentbased_always_on by default; the ratio samplers take OTEL_TRACES_SAMPLER_ARG from 0 to 1", () => {
+    expect(loadTracingConfig({}).sampler).toEqual({ name: "parentbased_always_on", ratio: 1 });
+    expect(loadTracingConfig({ OTEL_TRACES_SAMPLER: "Always_Off" }).sampler.name).toBe("always_off");
+    expect(loadTracingConfig({ OTEL_TRACES_SAMPLER: "traceidratio" }).sampler).toEqual({ name: "traceidratio", ratio: 1 });
+    expect(loadTracingConfig({ OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: " 0.1 " }).sampler).toEqual({
+      name: "parentbased_traceidratio",
+      ratio: 0.1,
+    });
+    // The argument belongs to the ratio samplers only.
+    expect(loadTracingConfig({ OTEL_TRACES_SAMPLER: "always_on", OTEL_TRACES_SAMPLER_ARG: "junk" }).sampler.ratio).toBe(1);
+    expect(() => loadTracingConfig({ OTEL_TRACES_SAMPLER: "jaeger_remote" })).toThrow(/OTEL_TRACES_SAMPLER=jaeger_remote: must be one of/);
+    for (const arg of ["1.5", "-0.1", "ten", "NaN"]) {
+      expect(() => loadTracingConfig({ OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: arg }), arg).toThrow(
+        `OTEL_TRACES_SAMPLER_ARG=${arg}: the share of traces to sample`,
+      );
+    }
+  });
+
+  it("propagators and resource detectors: known names in order, none, all; anything else refused", () => {
+    expect(loadTracingConfig({}).propagators).toEqual(["tracecontext", "baggage"]);
+    expect(loadTracingConfig({ OTEL_PROPAGATORS: "b3multi, tracecontext,b3multi" }).propagators).toEqual(["b3multi", "tracecontext"]);
+    expect(loadTracingConfig({ OTEL_PROPAGATORS: "none" }).propagators).toEqual([]);
+    expect(() => loadTracingConfig({ OTEL_PROPAGATORS: "tracecontext,xray" })).toThrow(/OTEL_PROPAGATORS=tracecontext,xray: "xray" is not one of/);
+    expect(() => loadTracingConfig({ OTEL_PROPAGATORS: "none,b3" })).toThrow(/none cannot be combined/);
+    expect(() => loadTracingConfig({ OTEL_PROPAGATORS: "," })).toThrow(/OTEL_PROPAGATORS=,: name one of/);
+    expect(loadTracingConfig({}).resourceDetectors).toEqual(["serviceinstance", "process", "host", "os", "env"]);
+    expect(loadTracingConfig({ OTEL_NODE_RESOURCE_DETECTORS: "all" }).resourceDetectors).toHaveLength(5);
+    expect(loadTracingConfig({ OTEL_NODE_RESOURCE_DETECTORS: "env,host" }).resourceDetectors).toEqual(["env", "host"]);
+    expect(loadTracingConfig({ OTEL_NODE_RESOURCE_DETECTORS: "none" }).resourceDetectors).toEqual([]);
+    expect(() => loadTracingConfig({ OTEL_NODE_RESOURCE_DETECTORS: "gcp" })).toThrow(/OTEL_NODE_RESOURCE_DETECTORS=gcp/);
+  });
+
   it("a span per Redis command only with TRACE_REDIS_COMMANDS=true", () => {
     expect(loadTracingConfig({}).redisCommandSpans).toBe(false);
     expect(loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }).redisCommandSpans).toBe(true);
