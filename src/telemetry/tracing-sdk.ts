@@ -84,7 +84,7 @@ export async function createInstrumentations(config: Pick<TracingConfig, "redisC
 }
 
 /** The sampler OTEL_TRACES_SAMPLER names (validated by the config). */
-export function createSampler(sampler: TracingConfig["sampler"]): Sampler {
+function createSampler(sampler: TracingConfig["sampler"]): Sampler {
   switch (sampler.name) {
     case "always_on":
       return new AlwaysOnSampler();
@@ -145,8 +145,10 @@ function spanLimitsFromEnv(): SpanLimits {
       getNumberFromEnv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT") ?? getNumberFromEnv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"),
     eventCountLimit: getNumberFromEnv("OTEL_SPAN_EVENT_COUNT_LIMIT"),
     linkCountLimit: getNumberFromEnv("OTEL_SPAN_LINK_COUNT_LIMIT"),
-    attributePerEventCountLimit: getNumberFromEnv("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT"),
-    attributePerLinkCountLimit: getNumberFromEnv("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT"),
+    attributePerEventCountLimit:
+      getNumberFromEnv("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT") ?? getNumberFromEnv("OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT"),
+    attributePerLinkCountLimit:
+      getNumberFromEnv("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT") ?? getNumberFromEnv("OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT"),
   };
   return Object.fromEntries(Object.entries(limits).filter(([, value]) => value !== undefined));
 }
