@@ -235,6 +235,8 @@ describe("trace export from a separately started service process", () => {
         OTEL_PROPAGATORS: "b3",
         OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG: "0",
+        // Span limits from the standard variables: string attributes cut at 12 characters.
+        OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: "12",
       });
       const client = new GrpcOtpClient(service.grpcAddress, grpc.credentials.createInsecure());
       const call = async (recipient: string, header: string, value: string): Promise<void> => {
@@ -257,6 +259,8 @@ describe("trace export from a separately started service process", () => {
         expectTree(spans, sampled.traceId, sampled.spanId, false, "otp-staging");
         // Exported in order, every 50 ms: the earlier calls' spans would be here by now.
         expect(spans.filter((span) => span.traceId !== sampled.traceId)).toEqual([]);
+        const server = spans.find((span) => span.name === "grpc.otp.v1.OtpEmailService/SendOtp");
+        expect(server?.attributes["rpc.service"]).toBe("otp.v1.OtpEm");
 
         const { resource } = spans[0] ?? { resource: {} };
         expect(resource).toMatchObject({
