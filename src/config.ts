@@ -894,6 +894,8 @@ export interface TracingConfig {
   readonly propagators: readonly TracePropagatorName[];
   /** OTEL_NODE_RESOURCE_DETECTORS (`all`, the default, or `none` or a list). */
   readonly resourceDetectors: readonly ResourceDetectorName[];
+  /** OTEL_LOG_LEVEL: what the SDK says about itself that reaches the service's log; default warn. */
+  readonly sdkLogLevel: SdkLogLevel;
   /**
    * TRACE_REDIS_COMMANDS=true: a span per Redis command (the ioredis
    * instrumentation). Off by default: with auto-pipelining a command's span
@@ -920,6 +922,18 @@ export const traceSamplerNames = [
 export type TraceSamplerName = (typeof traceSamplerNames)[number];
 export const tracePropagatorNames = ["tracecontext", "baggage", "b3", "b3multi"] as const;
 export type TracePropagatorName = (typeof tracePropagatorNames)[number];
+export const sdkLogLevelNames = ["none", "error", "warn", "info", "debug", "verbose", "all"] as const;
+export type SdkLogLevel = (typeof sdkLogLevelNames)[number];
+
+/** The scheme of a URL (`http:`), or "" when it is not one. */
+function urlProtocol(value: string): string {
+  try {
+    return new URL(value).protocol;
+  } catch {
+    return "";
+  }
+}
+
 export const resourceDetectorNames = ["serviceinstance", "process", "host", "os", "env"] as const;
 export type ResourceDetectorName = (typeof resourceDetectorNames)[number];
 
@@ -989,6 +1003,18 @@ export function loadTracingConfig(env: Env): TracingConfig {
   if (samplerName.endsWith("traceidratio") && (!Number.isFinite(ratio) || ratio < 0 || ratio > 1)) {
     throw new ConfigError(`OTEL_TRACES_SAMPLER_ARG=${ratioText ?? ""}: the share of traces to sample, a number from 0 to 1 (0.1 is 10 %)`);
   }
+  const sdkLogLevel = (read.string("OTEL_LOG_LEVEL") ?? "warn").toLowerCase();
+  if (!(sdkLogLevelNames as readonly string[]).includes(sdkLogLevel)) {
+    throw new ConfigError(`OTEL_LOG_LEVEL=${sdkLogLevel}: must be one of ${sdkLogLevelNames.join(", ")}`);
+  }
+  for (const variable of ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]) {
+    const value = read.string(variable);
+    if (value !== undefined && !/^https?:$/.test(urlProtocol(value))) {
+      throw new ConfigError(
+        `${variable}=${value.replace(/\/\/[^/@]*@/, "//***@")}: must be an http:// or https:// URL (the collector: http://otel-collector:4318 for http/protobuf, :4317 for grpc)`,
+      );
+    }
+  }
   const propagators = read.string("OTEL_PROPAGATORS");
   const detectors = read.string("OTEL_NODE_RESOURCE_DETECTORS");
   return {
@@ -1003,6 +1029,7 @@ export function loadTracingConfig(env: Env): TracingConfig {
       detectors === undefined
         ? [...resourceDetectorNames]
         : nameList("OTEL_NODE_RESOURCE_DETECTORS", detectors, resourceDetectorNames, resourceDetectorNames),
+    sdkLogLevel: sdkLogLevel as SdkLogLevel,
     redisCommandSpans: read.boolean("TRACE_REDIS_COMMANDS"),
     batch: {
       maxQueueSize: optionalInt("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000),

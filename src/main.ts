@@ -8,6 +8,7 @@ import { logDoctorReport } from "./doctor/report.js";
 import { runStartupDoctor } from "./doctor/startup-check.js";
 import { createLogger, type Logger } from "./logger.js";
 import { startMetricsServer } from "./telemetry/metrics-server.js";
+import { attachSdkDiagnostics } from "./telemetry/sdk-diagnostics.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
 
 function devBanner(config: Config, logger: Logger, port: number, host: string, sinkUrl: string | undefined): void {
@@ -38,6 +39,8 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger({ level: config.logLevel });
+  // What the tracing SDK (started by the bootstrap) has to say about itself goes to this log from now on.
+  attachSdkDiagnostics(logger);
   const app = await startApp({ config, logger });
   const metricsServer =
     config.metrics.addr === undefined

@@ -28,6 +28,7 @@ import { intakeRejectionReasons } from "../bounce/intake-rejections.js";
 import { deliveryStates, purposes } from "../delivery/record.js";
 import type { HealthState } from "../health.js";
 import type { ProviderClassifier } from "./provider-class.js";
+import { traceExportResults, traceExportTally, type TraceExportResult } from "./tracing-lifecycle.js";
 
 /** `text`: Prometheus text format 0.0.4. `openmetrics`: OpenMetrics 1.0, with exemplars. */
 export type ExpositionFormat = "text" | "openmetrics";
@@ -135,6 +136,7 @@ export interface Metrics {
   readonly tlsCertificateReloads: Counter<"certificate" | "result">;
   readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
   readonly healthComponentUp: Gauge<"component">;
+  readonly traceExportSpans: Counter<"result">;
 
   /** Reports `health`'s components (storage, relay, shutdown) in otp_health_component_up at every scrape. */
   watchHealth(health: Pick<HealthState, "components">): void;
@@ -367,6 +369,25 @@ export function createMetrics(options: MetricsOptions): Metrics {
       for (const [component, state] of health.components()) this.set({ component }, state.up ? 1 : 0);
     },
   });
+  // The process's trace exporters count in tracing-lifecycle.ts; each scrape adds what came since the last.
+  const traceExportSeen: Record<TraceExportResult, number> = { exported: 0, failed: 0, dropped: 0 };
+  const traceExportSpans = new Counter({
+    name: "otp_trace_export_spans_total",
+    help:
+      "Finished spans by what became of them: exported (the collector took them), failed (the export failed after its " +
+      "retries: the spans are lost), dropped (never sent: the export queue, OTEL_BSP_MAX_QUEUE_SIZE, was full). " +
+      "All 0 while nothing is exported.",
+    labelNames: ["result"] as const,
+    registers,
+    collect() {
+      const tally = traceExportTally();
+      for (const result of traceExportResults) {
+        const delta = tally[result] - traceExportSeen[result];
+        if (delta > 0) this.inc({ result }, delta);
+        traceExportSeen[result] = tally[result];
+      }
+    },
+  });
 
   // Every series that can exist is there from the start, at 0, so rate()
   // and ratios work before the first event and a dashboard never shows "no data".
@@ -375,6 +396,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     for (const result of verifyResults) verifications.labels(purpose, result).inc(0);
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
+  for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
   for (const result of ["ok", "transient", "permanent"]) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
@@ -430,6 +452,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsCertificateReloads,
     tlsCertificateLastReloadSuccessful,
     healthComponentUp,
+    traceExportSpans,
     watchHealth(source) {
       health = source;
     },

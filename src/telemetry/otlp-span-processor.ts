@@ -24,6 +24,7 @@ import {
 } from "@opentelemetry/otlp-exporter-base/node-http";
 import type { Resource } from "@opentelemetry/resources";
 import type { ReadableSpan, Span, SpanProcessor } from "@opentelemetry/sdk-trace";
+import { noteTraceExport } from "./tracing-lifecycle.js";
 import {
   decodeExportTraceResponse,
   encodeTraceRequest,
@@ -147,6 +148,7 @@ export class OtlpProtobufSpanProcessor implements SpanProcessor {
     if (this.queued >= this.maxQueueSize) {
       if (this.dropped === 0) diag.debug("maxQueueSize reached, dropping spans");
       this.dropped++;
+      noteTraceExport("dropped", 1);
       return;
     }
     if (this.dropped > 0) {
@@ -220,21 +222,27 @@ export class OtlpProtobufSpanProcessor implements SpanProcessor {
     if (batch === undefined) return Promise.resolve();
     this.queued -= batch.spanCount;
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("Timeout")), this.exportTimeoutMillis);
+      // Counted once: by the exporter's answer, or as failed when the export timed out or never started.
+      let counted = false;
+      const settle = (result: "exported" | "failed", error?: Error): void => {
+        if (counted) return;
+        counted = true;
+        clearTimeout(timer);
+        noteTraceExport(result, batch.spanCount);
+        if (result === "exported") resolve();
+        else reject(error ?? new Error("OtlpProtobufSpanProcessor: span export failed"));
+      };
+      const timer = setTimeout(() => settle("failed", new Error("Timeout")), this.exportTimeoutMillis);
       const send = (): void => {
         // The export's own HTTP request is not to be traced.
         context.with(suppressTracing(context.active()), () => {
           this.exporter.export(batch.encode(), (result) => {
-            clearTimeout(timer);
-            if (result.code === ExportResultCode.SUCCESS) resolve();
-            else reject(result.error ?? new Error("OtlpProtobufSpanProcessor: span export failed"));
+            if (result.code === ExportResultCode.SUCCESS) settle("exported");
+            else settle("failed", result.error);
           });
         });
       };
-      batch.settled().then(send, (error: unknown) => {
-        clearTimeout(timer);
-        reject(error instanceof Error ? error : new Error(String(error)));
-      });
+      batch.settled().then(send, (error: unknown) => settle("failed", error instanceof Error ? error : new Error(String(error))));
     });
   }
 }

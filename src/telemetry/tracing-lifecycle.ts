@@ -46,3 +46,23 @@ export async function shutdownTracing(timeoutMs = 5000): Promise<void> {
   ]);
   clearTimeout(timer);
 }
+
+/** What became of the spans handed to the exporters: `otp_trace_export_spans_total{result}`. */
+export const traceExportResults = ["exported", "failed", "dropped"] as const;
+export type TraceExportResult = (typeof traceExportResults)[number];
+
+const exportTally: Record<TraceExportResult, number> = { exported: 0, failed: 0, dropped: 0 };
+
+/**
+ * Counts spans: `exported` (the collector took them), `failed` (the export
+ * failed after its retries: they are lost), `dropped` (never sent: the queue
+ * was full).
+ */
+export function noteTraceExport(result: TraceExportResult, spans: number): void {
+  exportTally[result] += spans;
+}
+
+/** The counts so far, for the metrics. */
+export function traceExportTally(): Readonly<Record<TraceExportResult, number>> {
+  return exportTally;
+}

@@ -20,12 +20,12 @@
  * shutdown with tracing-lifecycle.ts, so that main.ts can flush spans at
  * exit.
  */
-import { context, DiagConsoleLogger, diag, propagation, trace, type TextMapPropagator } from "@opentelemetry/api";
+import { context, diag, propagation, trace, type TextMapPropagator } from "@opentelemetry/api";
 import {
   CompositePropagator,
-  diagLogLevelFromString,
+  ExportResultCode,
   getNumberFromEnv,
-  getStringFromEnv,
+  setGlobalErrorHandler,
   W3CBaggagePropagator,
   W3CTraceContextPropagator,
 } from "@opentelemetry/core";
@@ -57,8 +57,9 @@ import {
   type SpanProcessor,
 } from "@opentelemetry/sdk-trace";
 import type { ResourceDetectorName, TracePropagatorName, TracingConfig } from "../config.js";
+import { describeSdkError, startSdkDiagnostics } from "./sdk-diagnostics.js";
 import { AsyncLocalStorageContextManager } from "./trace-context.js";
-import { registerTracingShutdown, setTracingMode } from "./tracing-lifecycle.js";
+import { noteTraceExport, registerTracingShutdown, setTracingMode } from "./tracing-lifecycle.js";
 
 export interface TracingOptions {
   readonly config: TracingConfig;
@@ -173,9 +174,27 @@ async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[
       config.protocol === "grpc"
         ? new (await import("@opentelemetry/exporter-trace-otlp-grpc")).OTLPTraceExporter()
         : new (await import("@opentelemetry/exporter-trace-otlp-http")).OTLPTraceExporter();
-    processors.push(new BatchSpanProcessor({ exporter, ...batch }));
+    processors.push(new BatchSpanProcessor({ exporter: countingExporter(exporter), ...batch }));
   }
   return processors;
+}
+
+/**
+ * The stock exporter, with each export's spans counted as exported or
+ * failed (otp_trace_export_spans_total). The BatchSpanProcessor's own drops
+ * (a full queue) are not seen here; it logs them (sdk-diagnostics.ts).
+ */
+function countingExporter(exporter: SpanExporter): SpanExporter {
+  return {
+    export(spans, done) {
+      exporter.export(spans, (result) => {
+        noteTraceExport(result.code === ExportResultCode.SUCCESS ? "exported" : "failed", spans.length);
+        done(result);
+      });
+    },
+    shutdown: () => exporter.shutdown(),
+    forceFlush: () => exporter.forceFlush?.() ?? Promise.resolve(),
+  };
 }
 
 let running: Tracing | undefined;
@@ -187,9 +206,11 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     running = { shutdown: () => Promise.resolve() };
     return running;
   }
-  const logLevel = getStringFromEnv("OTEL_LOG_LEVEL");
-  if (logLevel !== undefined) diag.setLogger(new DiagConsoleLogger(), { logLevel: diagLogLevelFromString(logLevel) });
   const config = options.config;
+  // Export failures and the like, as the service's log lines (OTEL_LOG_LEVEL, default warn).
+  startSdkDiagnostics(config.sdkLogLevel);
+  // Errors the SDK reports (a failed export...) as one line each, not a JSON dump with the stack.
+  setGlobalErrorHandler((error) => diag.error(describeSdkError(error)));
   // Instrumentations first: each patches its module as soon as it is enabled.
   const instrumentations = await createInstrumentations(config);
   if (instrumentations.length > 0) {

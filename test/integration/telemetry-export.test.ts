@@ -10,6 +10,8 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -280,12 +282,69 @@ describe("trace export from a separately started service process", () => {
     }
   });
 
-  it("a sampler, propagator or detector the SDK does not have stops the process at start-up (exit 78), naming the variable", async () => {
+  it("a collector that refuses the spans: the SDK's error in the service's JSON log, once, and the lost spans counted", async () => {
+    // An OTLP/HTTP endpoint that answers every export 400 (not retried: the spans are lost at once).
+    const refusing = createServer((request, response) => {
+      request.resume();
+      request.on("end", () => response.writeHead(400, { "content-type": "text/plain" }).end("no such tenant"));
+    });
+    refusing.listen(0, "127.0.0.1");
+    await once(refusing, "listening");
+    const { port } = refusing.address() as AddressInfo;
+    try {
+      const service = await startServiceProcess({ ...baseEnv(), OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}` });
+      const first = callerContext();
+      await sendTraced(service, "uma@proton.me", first.traceparent);
+      const metric = async (result: string): Promise<number> => {
+        const text = await (await fetch(service.metricsUrl)).text();
+        return Number(new RegExp(`^otp_trace_export_spans_total\\{result="${result}"\\} (\\d+)$`, "m").exec(text)?.[1] ?? NaN);
+      };
+      // SendOtp's 3 spans and GetDeliveryStatus' 1, each export every 50 ms.
+      await expect.poll(() => metric("failed"), { timeout: 10_000 }).toBe(4);
+      const second = callerContext();
+      await sendTraced(service, "vera@proton.me", second.traceparent);
+      await expect.poll(() => metric("failed"), { timeout: 10_000 }).toBe(8);
+      expect(await metric("exported")).toBe(0);
+      expect(await metric("dropped")).toBe(0);
+
+      // Every line is JSON; the failure is one line from the SDK, not one per failed export.
+      const sdkLines = service.lines.filter((line) => line["component"] === "opentelemetry");
+      expect(sdkLines.length, JSON.stringify(sdkLines)).toBe(1);
+      expect(sdkLines[0]?.["level"]).toBe("error");
+      expect(String(sdkLines[0]?.["msg"])).toMatch(/Bad Request|400/);
+      expect(service.stderr.join("")).toBe("");
+      expect(await service.stop()).toBe(0);
+    } finally {
+      refusing.close();
+    }
+  });
+
+  it("spans the collector took are counted as exported", async () => {
+    const receiver = await startOtlpHttpReceiver();
+    try {
+      const service = await startServiceProcess({ ...baseEnv(), OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint });
+      const caller = callerContext();
+      await sendTraced(service, "wren@proton.me", caller.traceparent);
+      await receiver.waitFor(complete(caller.traceId));
+      await expect
+        .poll(async () => /^otp_trace_export_spans_total\{result="exported"\} 4$/m.test(await (await fetch(service.metricsUrl)).text()), {
+          timeout: 10_000,
+        })
+        .toBe(true);
+      expect(await service.stop()).toBe(0);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("a sampler, propagator, detector, SDK log level or endpoint the SDK cannot use stops the process at start-up (exit 78), naming the variable", async () => {
     for (const [variable, value] of [
       ["OTEL_TRACES_SAMPLER", "jaeger_remote"],
       ["OTEL_TRACES_SAMPLER_ARG", "1.5"],
       ["OTEL_PROPAGATORS", "tracecontext,xray"],
       ["OTEL_NODE_RESOURCE_DETECTORS", "gcp"],
+      ["OTEL_LOG_LEVEL", "loud"],
+      ["OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318"],
     ] as const) {
       const child = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
         cwd: root,

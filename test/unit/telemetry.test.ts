@@ -8,6 +8,7 @@ import { createMetrics, negotiateFormat, traceExemplar } from "../../src/telemet
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { INVALID_SPAN_CONTEXT, ROOT_CONTEXT, TraceFlags, createContextKey } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager, parseTraceparent } from "../../src/telemetry/trace-context.js";
+import { describeSdkError, SdkDiagnostics } from "../../src/telemetry/sdk-diagnostics.js";
 
 describe("provider classes", () => {
   const classifier = createProviderClassifier();
@@ -129,10 +130,73 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(() => loadTracingConfig({ OTEL_NODE_RESOURCE_DETECTORS: "gcp" })).toThrow(/OTEL_NODE_RESOURCE_DETECTORS=gcp/);
   });
 
+  it("OTEL_LOG_LEVEL (default warn) and the OTLP endpoints are checked at start-up", () => {
+    expect(loadTracingConfig({}).sdkLogLevel).toBe("warn");
+    expect(loadTracingConfig({ OTEL_LOG_LEVEL: "DEBUG" }).sdkLogLevel).toBe("debug");
+    expect(() => loadTracingConfig({ OTEL_LOG_LEVEL: "loud" })).toThrow(/OTEL_LOG_LEVEL=loud: must be one of none, error, warn/);
+    for (const endpoint of ["http://otel-collector:4318", "https://otlp.example.com/", "http://[::1]:4317"]) {
+      expect(loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint }).exporters, endpoint).toEqual(["otlp"]);
+    }
+    expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "otel-collector:4318" })).toThrow(
+      /OTEL_EXPORTER_OTLP_ENDPOINT=otel-collector:4318: must be an http:\/\/ or https:\/\/ URL/,
+    );
+    expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "grpc://c:4317" })).toThrow(/OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc/);
+    // A key in the URL's user part is not repeated in the error.
+    expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "ftp://user:s3cret@c:21" })).toThrow("OTEL_EXPORTER_OTLP_ENDPOINT=ftp://***@c:21:");
+  });
+
   it("a span per Redis command only with TRACE_REDIS_COMMANDS=true", () => {
     expect(loadTracingConfig({}).redisCommandSpans).toBe(false);
     expect(loadTracingConfig({ TRACE_REDIS_COMMANDS: "true" }).redisCommandSpans).toBe(true);
     expect(() => loadTracingConfig({ TRACE_REDIS_COMMANDS: "yes" })).toThrow(/TRACE_REDIS_COMMANDS=yes/);
+  });
+});
+
+describe("the OpenTelemetry SDK's own diagnostics in the service's log", () => {
+  function capture(): { lines: Record<string, unknown>[]; logger: ReturnType<typeof createLogger> } {
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger({ level: "trace", destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) } });
+    return { lines, logger };
+  }
+
+  it("keeps what came before the logger, up to 50 lines, and says how many it dropped", () => {
+    const diagnostics = new SdkDiagnostics();
+    for (let index = 0; index < 55; index++) diagnostics.warn(`early ${index}`);
+    const { lines, logger } = capture();
+    diagnostics.attach(logger);
+    expect(lines.map((line) => line["msg"])).toEqual([
+      ...Array.from({ length: 50 }, (_, index) => `early ${index}`),
+      "OpenTelemetry diagnostics written before the logger started were dropped",
+    ]);
+    expect(lines.at(-1)?.["dropped"]).toBe(5);
+  });
+
+  it("logs the same message once a minute and then says how often it came meanwhile; levels map to pino's", () => {
+    let now = 0;
+    const diagnostics = new SdkDiagnostics({ now: () => now });
+    const { lines, logger } = capture();
+    diagnostics.attach(logger);
+    for (let index = 0; index < 10; index++) diagnostics.error("export failed", new Error("connect ECONNREFUSED 127.0.0.1:4318"));
+    diagnostics.warn("Dropped 3 spans because maxQueueSize reached");
+    diagnostics.verbose("detail", { spans: 2 });
+    now = 59_999;
+    diagnostics.error("export failed", new Error("connect ECONNREFUSED 127.0.0.1:4318"));
+    now = 60_000;
+    diagnostics.error("export failed", new Error("connect ECONNREFUSED 127.0.0.1:4318"));
+    expect(lines.map((line) => [line["level"], line["msg"], line["repeated"]])).toEqual([
+      ["error", "export failed Error: connect ECONNREFUSED 127.0.0.1:4318", undefined],
+      ["warn", "Dropped 3 spans because maxQueueSize reached", undefined],
+      ["trace", 'detail {"spans":2}', undefined],
+      ["error", "export failed Error: connect ECONNREFUSED 127.0.0.1:4318", 10],
+    ]);
+  });
+
+  it("names an exporter's error by name, message, code and the collector's answer, without the stack", () => {
+    const refused = Object.assign(new Error("Bad Request"), { name: "OTLPExporterError", code: 400, data: " no such tenant \n" });
+    expect(describeSdkError(refused)).toBe("OTLPExporterError: Bad Request (code 400): no such tenant");
+    expect(describeSdkError(new Error("Timeout"))).toBe("Error: Timeout");
+    expect(describeSdkError("plain")).toBe("plain");
+    expect(describeSdkError({ message: "odd" })).toBe("Error: odd");
   });
 });
 
