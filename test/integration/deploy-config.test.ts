@@ -41,6 +41,7 @@ import {
   isDict,
   list,
   otelSdkVariables,
+  promtool as promtoolIn,
   readDockerfile,
   readYaml,
   root,
@@ -49,6 +50,7 @@ import {
   text,
   variablesReadByConfig,
   type Dict,
+  type Run,
 } from "../support/deploy-files.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
@@ -355,35 +357,9 @@ async function freePorts(count: number): Promise<number[]> {
   return ports;
 }
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function run(command: string, args: readonly string[], options: { cwd?: string } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    execFile(command, args, { cwd: options.cwd ?? root, timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error !== null && error.code === "ENOENT") {
-        reject(new Error(`${command}: not found`, { cause: error }));
-        return;
-      }
-      resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr });
-    });
-  });
-}
-
-const promtoolHelp =
-  "promtool was not found on PATH: it checks deploy/prometheus in this test. Install the Debian package " +
-  "`prometheus` (`apt-get update && apt-get install -y prometheus`) or put a promtool from " +
-  "https://prometheus.io/download/ on PATH.";
-
-async function promtool(args: readonly string[]): Promise<Run> {
-  try {
-    return await run("promtool", args, { cwd: at("deploy", "prometheus") });
-  } catch (error) {
-    throw new Error(promtoolHelp, { cause: error });
-  }
+/** promtool in deploy/prometheus, where prometheus.yml names alerts.yml. */
+function promtool(args: readonly string[]): Promise<Run> {
+  return promtoolIn(args, at("deploy", "prometheus"));
 }
 
 function healthcheck(args: readonly string[], env: Record<string, string> = {}): Promise<Run> {

@@ -11,6 +11,12 @@
  *   with probes that are the image's health check (liveness: `--alive`), a
  *   grace period that covers preStop, SHUTDOWN_GRACE and what follows it, and
  *   a memory limit above the heap cap of the CMD's flags.
+ * - monitoring/ is a kustomize Component that one commented line of
+ *   kustomization.yaml enables: a PodMonitor that scrapes the pods' `metrics`
+ *   port as deploy/prometheus/prometheus.yml scrapes the compose service
+ *   (path, interval, the job name the alerts match), and a PrometheusRule
+ *   whose groups are exactly deploy/prometheus/alerts.yml's, as
+ *   scripts/prometheus-rule.mjs writes it, passing `promtool check rules`.
  * - The compiled service, started with exactly that environment (addresses
  *   swapped for loopback ones, the TLS Secret's files from a temporary
  *   directory) in a mount namespace whose root is read-only, as
@@ -31,6 +37,7 @@ import { join, posix } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseDocument, stringify } from "yaml";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import { loadConfig, type Config } from "../../src/config.js";
 import {
@@ -41,6 +48,7 @@ import {
   isDict,
   list,
   otelSdkVariables,
+  promtool,
   readDockerfile,
   readYaml,
   readYamlDocuments,
@@ -322,6 +330,120 @@ describe("deploy/kubernetes manifests", () => {
     expect(limit).toBeGreaterThanOrEqual(heapMiB);
     // Under load the working size is ~250 MB (README "Performance").
     expect(mebibytes(str(path(container, "resources.requests.memory"), "memory request"))).toBeGreaterThanOrEqual(256);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The Prometheus Operator component
+
+const monitoringDir = posix.join(dir, "monitoring");
+
+/** The one object in a file of monitoring/. */
+function monitoringObject(file: string): Dict {
+  const documents = readYamlDocuments(posix.join(monitoringDir, file)).filter((document) => document !== null);
+  expect(documents, `${file} holds one object`).toHaveLength(1);
+  return dict(documents[0], file);
+}
+
+describe("deploy/kubernetes/monitoring (Prometheus Operator)", () => {
+  it("is a kustomize Component listing exactly the files beside it, enabled by a commented line of kustomization.yaml", () => {
+    const component = dict(readYaml(posix.join(monitoringDir, "kustomization.yaml")), "monitoring/kustomization.yaml");
+    expect(component["apiVersion"]).toBe("kustomize.config.k8s.io/v1alpha1");
+    expect(component["kind"]).toBe("Component");
+    const resources = list(component["resources"], "resources").map((r, index) => str(r, `resources[${index}]`));
+    expect([...resources].sort()).toEqual(readdirSync(at(monitoringDir)).filter((name) => name !== "kustomization.yaml").sort());
+    const objectKinds = resources.map((file) => monitoringObject(file)).map((object) => `${str(object["apiVersion"], "apiVersion")} ${str(object["kind"], "kind")}`);
+    expect(objectKinds.sort()).toEqual(["monitoring.coreos.com/v1 PodMonitor", "monitoring.coreos.com/v1 PrometheusRule"]);
+
+    // Off by default (clusters without the Operator's CRDs refuse the objects); uncommenting the line turns it on.
+    const kustomizationFile = posix.join(dir, "kustomization.yaml");
+    expect(dict(readYaml(kustomizationFile), "kustomization.yaml")["components"]).toBeUndefined();
+    const lines = text(kustomizationFile).split("\n");
+    const commented = lines.flatMap((line, index) => (/^#\s*components:/.test(line) ? [index] : []));
+    expect(commented, "one commented `components:` line").toHaveLength(1);
+    const index = commented[0] ?? 0;
+    expect(lines[index - 1], "a comment above it saying what it adds").toMatch(/^# \S/);
+    const enabled = parseDocument(lines.map((line, i) => (i === index ? line.replace(/^#\s*/, "") : line)).join("\n"), { uniqueKeys: true });
+    expect(enabled.errors).toEqual([]);
+    expect(dict(enabled.toJS(), "kustomization.yaml, uncommented")["components"]).toEqual(["monitoring"]);
+  });
+
+  it("the PodMonitor scrapes the Deployment's pods on the `metrics` port, /metrics every 15 s, as job otp-email like the compose Prometheus", () => {
+    const monitor = monitoringObject("pod-monitor.yaml");
+    expect(monitor["kind"]).toBe("PodMonitor");
+    expect(monitor["apiVersion"]).toBe("monitoring.coreos.com/v1");
+    expect(Object.keys(dict(path(monitor, "spec.selector"), "selector"))).toEqual(["matchLabels"]);
+    selects(path(monitor, "spec.selector.matchLabels"), "PodMonitor selector");
+
+    const endpoints = list(path(monitor, "spec.podMetricsEndpoints"), "podMetricsEndpoints").map((e, index) => dict(e, `podMetricsEndpoints[${index}]`));
+    expect(endpoints).toHaveLength(1);
+    const endpoint = endpoints[0] ?? {};
+    const portNames = list(container["ports"], "ports").map((p, index) => str(dict(p, `ports[${index}]`)["name"], "port name"));
+    expect(portNames, "a named container port").toContain(endpoint["port"]);
+    expect(endpoint["port"]).toBe("metrics");
+    expect(endpoint["scheme"] ?? "http", "the metrics port speaks plain HTTP").toBe("http");
+
+    const compose = dict(readYaml("deploy/prometheus/prometheus.yml"), "prometheus.yml");
+    const job = list(compose["scrape_configs"], "scrape_configs")
+      .map((j, index) => dict(j, `scrape_configs[${index}]`))
+      .find((j) => j["job_name"] === "otp-email");
+    expect(job).toBeDefined();
+    expect(endpoint["path"]).toBe(job?.["metrics_path"]);
+    expect(endpoint["path"]).toBe("/metrics");
+    expect(endpoint["interval"]).toBe(job?.["scrape_interval"] ?? path(compose, "global.scrape_interval"));
+    expect(endpoint["interval"]).toBe("15s");
+
+    // The Operator names the job <namespace>/<PodMonitor> unless jobLabel names a pod label to take it from;
+    // alerts.yml's OtpEmailDown matches job="otp-email", the compose job's name.
+    const jobLabel = str(path(monitor, "spec.jobLabel"), "jobLabel");
+    expect(podLabels[jobLabel], `the pods' ${jobLabel} label`).toBe(job?.["job_name"]);
+    const alertJobs = [...text("deploy/prometheus/alerts.yml").matchAll(/\bjob\s*=~?\s*"([^"]*)"/g)].map((match) => match[1]);
+    expect(alertJobs.length).toBeGreaterThan(0);
+    for (const alertJob of alertJobs) expect(alertJob).toBe(podLabels[jobLabel]);
+
+    // Exemplars (trace ids on the latency histograms) travel only with OpenMetrics, which Prometheus asks for
+    // first unless a scrape's protocols say otherwise.
+    const protocols = list(dict(monitor["spec"], "spec")["scrapeProtocols"], "scrapeProtocols");
+    expect(protocols[0] ?? "OpenMetricsText1.0.0").toMatch(/^OpenMetrics/);
+  });
+
+  it("the PrometheusRule's groups are exactly deploy/prometheus/alerts.yml's", () => {
+    const rule = monitoringObject("prometheus-rule.yaml");
+    expect(rule["kind"]).toBe("PrometheusRule");
+    expect(rule["apiVersion"]).toBe("monitoring.coreos.com/v1");
+    const alerts = dict(readYaml("deploy/prometheus/alerts.yml"), "alerts.yml");
+    expect(Object.keys(alerts)).toEqual(["groups"]);
+    expect(dict(rule["spec"], "spec")).toStrictEqual({ groups: alerts["groups"] });
+  });
+
+  it("the PrometheusRule is what scripts/prometheus-rule.mjs writes from alerts.yml", () => {
+    const written = spawnSync(process.execPath, ["scripts/prometheus-rule.mjs", "--stdout"], { cwd: root, encoding: "utf8" });
+    expect(written.status, written.stderr).toBe(0);
+    expect(text(monitoringDir, "prometheus-rule.yaml"), "run `node scripts/prometheus-rule.mjs` after changing deploy/prometheus/alerts.yml").toBe(
+      written.stdout,
+    );
+  });
+
+  it("promtool check rules passes on the PrometheusRule's groups", async () => {
+    const groups = list(path(monitoringObject("prometheus-rule.yaml"), "spec.groups"), "spec.groups");
+    const rules = groups.flatMap((group, g) => list(dict(group, `groups[${g}]`)["rules"], `groups[${g}].rules`));
+    const files = await mkdtemp(join(tmpdir(), "otp-k8s-rules-"));
+    try {
+      await writeFile(join(files, "rules.yml"), stringify({ groups }));
+      const result = await promtool(["check", "rules", "rules.yml"], files);
+      expect(result.code, result.stdout + result.stderr).toBe(0);
+      expect(result.stdout).toContain(`SUCCESS: ${rules.length} rules found`);
+    } finally {
+      await rm(files, { recursive: true, force: true });
+    }
+  });
+
+  it("labels both objects, so the README's patch can add the `release` label the Operator's selectors want", () => {
+    for (const file of ["pod-monitor.yaml", "prometheus-rule.yaml"]) {
+      const labels = dict(path(monitoringObject(file), "metadata.labels"), `${file} labels`);
+      expect(labels["app.kubernetes.io/name"], file).toBe("otp-email");
+      expect(labels["release"], `${file}: no Helm release's name hard-coded`).toBeUndefined();
+    }
   });
 });
 

@@ -2,8 +2,10 @@
  * Reading the deployment files the way their tools would, for the tests that
  * check them without those tools (no Docker engine or Kubernetes cluster runs
  * on our machines): strict YAML, the Dockerfile's instructions, and the names
- * of the environment variables the service reads.
+ * of the environment variables the service reads; and promtool, which checks
+ * the Prometheus rules and config.
  */
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -143,5 +145,33 @@ export function readYamlDocuments(relative: string): unknown[] {
     if (problems.length > 0) throw new Error(`${relative} document ${index + 1} does not parse:\n${problems.join("\n")}`);
     const data: unknown = document.toJS();
     return data;
+  });
+}
+
+// ---------------------------------------------------------------------------
+// promtool
+
+/** How a command exited and what it printed. */
+export interface Run {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+const promtoolHelp =
+  "promtool was not found on PATH: it checks the Prometheus config and alert rules in this test. Install the Debian " +
+  "package `prometheus` (`apt-get update && apt-get install -y prometheus`; .ci/run does) or put a promtool from " +
+  "https://prometheus.io/download/ on PATH.";
+
+/** `promtool ...args` in `cwd`. A missing promtool fails the test with how to get it: these checks never skip. */
+export function promtool(args: readonly string[], cwd: string): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    execFile("promtool", args, { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error !== null && error.code === "ENOENT") {
+        reject(new Error(promtoolHelp, { cause: error }));
+        return;
+      }
+      resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stdout, stderr });
+    });
   });
 }
