@@ -43,8 +43,8 @@ export function describeSdkError(error: unknown): string {
   if (typeof error === "string") return error;
   if (typeof error !== "object" || error === null) return String(error);
   const { name, message, code, data } = error as { name?: unknown; message?: unknown; code?: unknown; data?: unknown };
-  let text = `${typeof name === "string" ? name : "Error"}: ${typeof message === "string" ? message : String(message)}`;
-  if (code !== undefined && code !== null && code !== "") text += ` (code ${String(code)})`;
+  let text = `${typeof name === "string" ? name : "Error"}: ${typeof message === "string" ? message : ""}`;
+  if ((typeof code === "string" && code !== "") || typeof code === "number") text += ` (code ${code})`;
   if (typeof data === "string" && data.trim() !== "") text += `: ${data.trim().slice(0, 200)}`;
   return text;
 }
