@@ -15,6 +15,9 @@ As a module:
         status = client.get_delivery_status(sent.message_id)
         verified = client.verify_otp("ana@example.com", otp_email_pb2.PURPOSE_LOGIN, typed_code)
 
+Without ca_file the channel is plaintext, and a token goes that way only to a loopback target (127.0.0.0/8, ::1,
+localhost); allow_plaintext_token=True (--allow-plaintext-token) is the opt-out for a sidecar that does the TLS.
+
 As a command (JSON on stdout; a gRPC error as JSON on stderr, exit 1):
 
     export OTP_EMAIL_TOKEN=...   # the bearer token: never on the command line
