@@ -15,6 +15,7 @@
  */
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { BlockList, isIPv4, isIPv6 } from "node:net";
 import { BadRequestSchema, ErrorInfoSchema, QuotaFailureSchema, RetryInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
 import { createClientTracingInterceptor } from "./telemetry/client-tracing.js";
@@ -35,8 +36,18 @@ export { Code, ConnectError };
 export interface OtpEmailClientOptions {
   /** `http://host:port` (plaintext HTTP/2) or `https://host:port` (TLS). */
   readonly baseUrl: string;
-  /** Sent as `authorization: Bearer <token>` on every call. */
+  /**
+   * Sent as `authorization: Bearer <token>` on every call: over https://, or
+   * over http:// to a loopback host (127.0.0.0/8, ::1, localhost: development,
+   * a sidecar on this host). With http:// to any other host the client is
+   * refused unless `allowPlaintextToken`.
+   */
   readonly token?: string;
+  /**
+   * Send the token over http:// to a host that is not loopback: for a service
+   * mesh whose sidecar does the TLS, never otherwise (default false).
+   */
+  readonly allowPlaintextToken?: boolean;
   /** Extra interceptors (tracing, logging...), run before the token is added. */
   readonly interceptors?: Interceptor[];
   /** Trace each call and propagate the active context (default true; a no-op without an OpenTelemetry SDK). */
@@ -49,7 +60,18 @@ export interface OtpEmailClientOptions {
 
 export type OtpEmailClient = Client<typeof OtpEmailService>;
 
+/**
+ * Makes a client. Throws, before anything is sent, when a token would go over
+ * http:// to a host that is not loopback without `allowPlaintextToken`.
+ */
 export function createOtpEmailClient(options: OtpEmailClientOptions): OtpEmailClient {
+  const url = new URL(options.baseUrl);
+  if (options.token !== undefined && url.protocol === "http:" && options.allowPlaintextToken !== true && !isLoopbackHost(url.hostname)) {
+    throw new Error(
+      `otp-email-client: refusing to send the token without TLS to ${url.host}, which is not loopback: ` +
+        "use an https:// baseUrl (with tls.ca for a private CA), or allowPlaintextToken: true when a sidecar on this host does the TLS",
+    );
+  }
   const interceptors: Interceptor[] = [
     ...(options.tracing === false ? [] : [createClientTracingInterceptor(options.baseUrl)]),
     ...(options.interceptors ?? []),
@@ -68,6 +90,18 @@ export function createOtpEmailClient(options: OtpEmailClientOptions): OtpEmailCl
     ...(options.tls ? { nodeOptions: { ...options.tls } } : {}),
   });
   return createClient(OtpEmailService, transport);
+}
+
+const loopback = new BlockList();
+loopback.addSubnet("127.0.0.0", 8, "ipv4");
+loopback.addAddress("::1", "ipv6");
+
+/** 127.0.0.0/8, ::1 or localhost, judged from the URL's hostname alone (never looked up). */
+function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
+  if (host.toLowerCase().replace(/\.$/, "") === "localhost") return true;
+  if (isIPv4(host)) return loopback.check(host, "ipv4");
+  return isIPv6(host) && loopback.check(host, "ipv6");
 }
 
 /**

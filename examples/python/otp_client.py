@@ -15,6 +15,9 @@ As a module:
         status = client.get_delivery_status(sent.message_id)
         verified = client.verify_otp("ana@example.com", otp_email_pb2.PURPOSE_LOGIN, typed_code)
 
+Without ca_file the channel is plaintext, and a token goes that way only to a loopback target (127.0.0.0/8, ::1,
+localhost); allow_plaintext_token=True (--allow-plaintext-token) is the opt-out for a sidecar that does the TLS.
+
 As a command (JSON on stdout; a gRPC error as JSON on stderr, exit 1):
 
     export OTP_EMAIL_TOKEN=...   # the bearer token: never on the command line
@@ -27,8 +30,10 @@ As a command (JSON on stdout; a gRPC error as JSON on stderr, exit 1):
 Needs /usr/bin/python3 with Debian's python3-grpcio and python3-protobuf (or pip's grpcio and protobuf).
 """
 import argparse
+import ipaddress
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -58,10 +63,19 @@ class OtpEmailClient:
 
     @classmethod
     def connect(cls, target: str, *, token: Optional[str] = None, ca_file: Optional[str] = None,
-                timeout: timedelta = DEFAULT_TIMEOUT) -> "OtpEmailClient":
-        """TLS when ca_file (PEM of the CA that signed the server's certificate) is given; else
-        plaintext, for development only: the token would travel in the clear."""
+                allow_plaintext_token: bool = False, timeout: timedelta = DEFAULT_TIMEOUT) -> "OtpEmailClient":
+        """TLS when ca_file (PEM of the CA that signed the server's certificate) is given; else plaintext.
+
+        Over plaintext a token is sent only to a loopback target (127.0.0.0/8, ::1, localhost: development,
+        a sidecar on this host); to any other target connect raises PlaintextTokenRefused before opening
+        anything, unless allow_plaintext_token=True says that something else (a service mesh's sidecar)
+        encrypts the hop that leaves this host."""
         if ca_file is None:
+            if token and not allow_plaintext_token and not is_loopback_target(target):
+                raise PlaintextTokenRefused(
+                    f"refusing to send the token without TLS to {target}, which is not loopback: give ca_file "
+                    "(the PEM of the service's CA) for TLS, or allow_plaintext_token=True (CLI: "
+                    "--allow-plaintext-token) when a sidecar on this host does the TLS")
             channel = grpc.insecure_channel(target)
         else:
             with open(ca_file, "rb") as pem:
@@ -105,6 +119,33 @@ class OtpEmailClient:
                    traceparent: Optional[str] = None) -> otp_email_pb2.VerifyOtpResponse:
         request = otp_email_pb2.VerifyOtpRequest(recipient=recipient, purpose=purpose, code=code)
         return self._stub.VerifyOtp(request, timeout=self._timeout, metadata=self._metadata(traceparent))
+
+
+class PlaintextTokenRefused(ValueError):
+    """A token would have gone in the clear to a target that is not loopback; nothing was sent."""
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether a gRPC target (host:port, [v6]:port, dns:///host:port) names this host's loopback: 127.0.0.0/8,
+    ::1 or localhost. Judged from the name alone, before any lookup; other schemes (ipv4:, unix:) read as not
+    loopback."""
+    dns = re.match(r"^dns:(?://[^/]*/)?(.*)$", target)
+    endpoint = dns.group(1) if dns else target
+    if dns is None and "://" in endpoint:
+        return False
+    bracketed = re.match(r"^\[([^\]]+)\](?::\d*)?$", endpoint)
+    if bracketed:
+        host = bracketed.group(1)
+    elif endpoint.count(":") == 1:
+        host = endpoint.split(":")[0]
+    else:
+        host = endpoint  # a bare name, or an IPv6 address without a port
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -162,7 +203,11 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="Call OtpEmail (token from OTP_EMAIL_TOKEN).")
     parser.add_argument("--target", default=os.environ.get("OTP_EMAIL_TARGET", "127.0.0.1:50051"))
     parser.add_argument("--ca-file", default=os.environ.get("OTP_EMAIL_CA_FILE"),
-                        help="PEM CA of the server's certificate; without it the call is plaintext")
+                        help="PEM CA of the server's certificate; without it the call is plaintext, and a token is "
+                             "sent that way only to a loopback target")
+    parser.add_argument("--allow-plaintext-token", action="store_true",
+                        help="send the token over plaintext to a target that is not loopback (a service mesh whose "
+                             "sidecar does the TLS)")
     traced = argparse.ArgumentParser(add_help=False)
     traced.add_argument("--traceparent", default=os.environ.get("TRACEPARENT"),
                         help="W3C traceparent of the caller's span")
@@ -183,7 +228,14 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
 
     purpose = otp_email_pb2.Purpose.Value(f"PURPOSE_{args.purpose.upper()}") if "purpose" in args else None
-    with OtpEmailClient.connect(args.target, token=os.environ.get("OTP_EMAIL_TOKEN"), ca_file=args.ca_file) as client:
+    try:
+        client = OtpEmailClient.connect(args.target, token=os.environ.get("OTP_EMAIL_TOKEN"), ca_file=args.ca_file,
+                                        allow_plaintext_token=args.allow_plaintext_token)
+    except PlaintextTokenRefused as refused:
+        # A local refusal reads as UNKNOWN, so that stderr's last line is JSON like any failed call's.
+        print(json.dumps(ErrorDetails(code="UNKNOWN", message=str(refused)).to_json()), file=sys.stderr)
+        return 1
+    with client:
         try:
             if args.command == "send":
                 ttl = None if args.ttl is None else timedelta(seconds=args.ttl)

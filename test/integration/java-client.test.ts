@@ -78,8 +78,8 @@ function started(): ServiceForClients {
   return service;
 }
 
-function javaArgs(args: readonly string[]): string[] {
-  return ["-cp", classpath, "example.otpemail.Main", "--target", started().target, "--ca-file", started().caFile, ...args];
+function javaArgs(args: readonly string[], connection: readonly string[] = ["--target", started().target, "--ca-file", started().caFile]): string[] {
+  return ["-cp", classpath, "example.otpemail.Main", ...connection, ...args];
 }
 
 /** Only what the client reads: no JAVA_TOOL_OPTIONS or CLASSPATH from the shell, no token unless given. */
@@ -90,6 +90,11 @@ function javaEnv(token: string | undefined): Record<string, string> {
 /** Runs the example's CLI for one command, as a Java team would by hand: a JVM per call. */
 function runJava(args: readonly string[], options: ClientRunOptions = {}): Promise<ClientRun> {
   return runClientCommand("java", javaArgs(args), { ...options, label: "example.otpemail.Main", timeoutMs: 30_000 });
+}
+
+/** The same with other connection flags (`--target`, `--ca-file`, `--allow-plaintext-token`). */
+function runJavaWith(connection: readonly string[], args: readonly string[], options: ClientRunOptions = {}): Promise<ClientRun> {
+  return runClientCommand("java", javaArgs(args, connection), { ...options, label: "example.otpemail.Main", timeoutMs: 30_000 });
 }
 
 /**
@@ -195,7 +200,7 @@ afterAll(async () => {
 });
 
 describe("a Java service with the generated client (examples/java)", () => {
-  describeClientContract("Java", () => ({ service: started(), run: runContract, otherOutput: () => session().stdout + session().stderr }));
+  describeClientContract("Java", () => ({ service: started(), run: runContract, runWith: runJavaWith, otherOutput: () => session().stdout + session().stderr }));
 
   it("the single-command CLI, as the README shows it: a JVM of its own prints the response with a token, exit 0", async () => {
     const missing = await runJava(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], { token: started().token });

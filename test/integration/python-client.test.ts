@@ -57,7 +57,12 @@ function started(): ServiceForClients {
 /** Runs the example's CLI against the service, as a Python team would (no PYTHONPATH from a pyenv shell). */
 function runPython(args: readonly string[], options: ClientRunOptions = {}) {
   const { target, caFile } = started();
-  return runClientCommand(python, [join(example, "otp_client.py"), "--target", target, "--ca-file", caFile, ...args], { ...options, label: "otp_client.py" });
+  return runPythonWith(["--target", target, "--ca-file", caFile], args, options);
+}
+
+/** The same with other connection flags (`--target`, `--ca-file`, `--allow-plaintext-token`). */
+function runPythonWith(connection: readonly string[], args: readonly string[], options: ClientRunOptions = {}) {
+  return runClientCommand(python, [join(example, "otp_client.py"), ...connection, ...args], { ...options, label: "otp_client.py" });
 }
 
 beforeAll(async () => {
@@ -72,5 +77,5 @@ afterAll(async () => {
 });
 
 describe("a Python service with the generated client (examples/python)", () => {
-  describeClientContract("Python", () => ({ service: started(), run: runPython, otherOutput: () => "" }));
+  describeClientContract("Python", () => ({ service: started(), run: runPython, runWith: runPythonWith, otherOutput: () => "" }));
 });

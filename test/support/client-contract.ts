@@ -15,8 +15,9 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { openCertificateWorkshop } from "./certs.js";
+import { nonLoopbackIPv4, watchListener } from "./non-loopback.js";
 import { startRedisServer, type RedisServer } from "./redis.js";
 import { codeFromMail } from "./service.js";
 import { startSmtpSink, type SmtpSink } from "./smtp-sink.js";
@@ -109,19 +110,21 @@ export function runClientCommand(
 export interface ServiceForClients {
   /** `127.0.0.1:PORT`, TLS. */
   readonly target: string;
+  /** `127.0.0.1:PORT`, plaintext: the same service (Redis, sink, token) without TLS, as behind a sidecar. */
+  readonly plaintextTarget: string;
   /** The CA that signs the service's certificate, as a file. */
   readonly caFile: string;
   /** The bearer token of the one caller AUTH_TOKENS knows. */
   readonly token: string;
   readonly sink: SmtpSink;
-  /** Every JSON log line the service wrote so far. */
+  /** Every JSON log line the service (both processes) wrote so far. */
   readonly log: Record<string, unknown>[];
   waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** SIGTERM, then the sink, Redis and the temporary files. */
   stop(): Promise<void>;
 }
 
-/** Starts the compiled service in production mode with TLS and one token caller named `caller`. */
+/** Starts the compiled service in production mode with TLS and one token caller named `caller`, and its plaintext twin. */
 export async function startServiceForClients(caller: string): Promise<ServiceForClients> {
   const tmp = await mkdtemp(join(tmpdir(), `otp-${caller}-`));
   const token = randomBytes(24).toString("base64url");
@@ -129,15 +132,19 @@ export async function startServiceForClients(caller: string): Promise<ServiceFor
   let stderr = "";
   let redis: RedisServer | undefined;
   let sink: SmtpSink | undefined;
-  let child: ChildProcess | undefined;
+  const children: ChildProcess[] = [];
 
-  const waitForLog = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> => {
+  const waitForLog = (
+    predicate: (line: Record<string, unknown>) => boolean,
+    timeoutMs = 15_000,
+    lines: Record<string, unknown>[] = log,
+  ): Promise<Record<string, unknown>> => {
     const deadline = Date.now() + timeoutMs;
     return new Promise((resolve, reject) => {
       const check = (): void => {
-        const found = log.find(predicate);
+        const found = lines.find(predicate);
         if (found !== undefined) resolve(found);
-        else if (Date.now() > deadline || child?.exitCode !== null) {
+        else if (Date.now() > deadline || children.some((child) => child.exitCode !== null)) {
           reject(new Error(`no matching service log line within ${timeoutMs} ms; stderr: ${stderr}`));
         } else setTimeout(check, 50);
       };
@@ -145,15 +152,44 @@ export async function startServiceForClients(caller: string): Promise<ServiceFor
     });
   };
   const stop = async (): Promise<void> => {
-    if (child !== undefined && child.exitCode === null) {
-      const running = child;
-      const exited = new Promise((resolve) => running.once("exit", resolve));
-      running.kill("SIGTERM");
-      await exited;
-    }
+    await Promise.all(
+      children
+        .filter((child) => child.exitCode === null)
+        .map((running) => {
+          const exited = new Promise((resolve) => running.once("exit", resolve));
+          running.kill("SIGTERM");
+          return exited;
+        }),
+    );
     await sink?.close();
     await redis?.stop();
     await rm(tmp, { recursive: true, force: true });
+  };
+  /** Spawns one service process; its log lines go to `log` too. Resolves with the address it listens on. */
+  const spawnService = async (env: Record<string, string>): Promise<string> => {
+    const own: Record<string, unknown>[] = [];
+    const started = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
+      cwd: root,
+      env: { PATH: process.env["PATH"] ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.push(started);
+    let buffer = "";
+    started.stdout.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString("utf8");
+      let newline: number;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline);
+        buffer = buffer.slice(newline + 1);
+        if (line.trim() === "") continue;
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        own.push(parsed);
+        log.push(parsed);
+      }
+    });
+    started.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    const listening = await waitForLog((line) => line["msg"] === "otp-email listening", 15_000, own);
+    return String(listening["grpc"]);
   };
 
   const workshop = await openCertificateWorkshop();
@@ -164,39 +200,24 @@ export async function startServiceForClients(caller: string): Promise<ServiceFor
     await writeFile(caFile, ca.cert);
     redis = await startRedisServer();
     sink = await startSmtpSink();
-    const started = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "dist/src/main.js"], {
-      cwd: root,
-      env: {
-        PATH: process.env["PATH"] ?? "",
-        // Production mode: every safeguard a real deployment has.
-        NODE_ENV: "production",
-        GRPC_ADDR: "127.0.0.1:0",
-        METRICS_ADDR: "off",
-        REDIS_URL: redis.url,
-        SMTP_URL: sink.url,
-        OTP_SECRET: randomBytes(32).toString("base64"),
-        MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
-        AUTH_TOKENS: `${caller}:${createHash("sha256").update(token).digest("hex")}`,
-        TLS_CERT: server.cert,
-        TLS_KEY: server.key,
-        LIMIT_RESEND_COOLDOWN: "60s",
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    child = started;
-    let buffer = "";
-    started.stdout.on("data", (chunk: Buffer) => {
-      buffer += chunk.toString("utf8");
-      let newline: number;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline);
-        buffer = buffer.slice(newline + 1);
-        if (line.trim() !== "") log.push(JSON.parse(line) as Record<string, unknown>);
-      }
-    });
-    started.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-    const listening = await waitForLog((line) => line["msg"] === "otp-email listening");
-    return { target: String(listening["grpc"]), caFile, token, sink, log, waitForLog, stop };
+    const env = {
+      // Production mode: every safeguard a real deployment has.
+      NODE_ENV: "production",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      REDIS_URL: redis.url,
+      SMTP_URL: sink.url,
+      OTP_SECRET: randomBytes(32).toString("base64"),
+      MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
+      AUTH_TOKENS: `${caller}:${createHash("sha256").update(token).digest("hex")}`,
+      LIMIT_RESEND_COOLDOWN: "60s",
+    };
+    // The twin shares Redis, the sink and the token; it serves plaintext on loopback, as a sidecar's upstream would.
+    const [target, plaintextTarget] = await Promise.all([
+      spawnService({ ...env, TLS_CERT: server.cert, TLS_KEY: server.key }),
+      spawnService(env),
+    ]);
+    return { target, plaintextTarget, caFile, token, sink, log, waitForLog: (predicate, timeoutMs) => waitForLog(predicate, timeoutMs), stop };
   } catch (error) {
     await stop();
     throw error;
@@ -211,6 +232,12 @@ export interface ClientUnderTest {
   readonly run: (args: readonly string[], options?: ClientRunOptions) => Promise<ClientRun>;
   /** Everything the client processes wrote so far beyond the runs' own output (a long-lived session's). */
   readonly otherOutput: () => string;
+  /**
+   * Runs one CLI command in a process of its own with `connection` as its
+   * global flags (`--target`, `--ca-file`, `--allow-plaintext-token`) instead
+   * of the service's TLS target and CA.
+   */
+  readonly runWith: (connection: readonly string[], args: readonly string[], options?: ClientRunOptions) => Promise<ClientRun>;
 }
 
 /**
@@ -333,6 +360,58 @@ export function describeClientContract(language: string, client: () => ClientUnd
       expect(wrong.json).toMatchObject({ code: "UNAUTHENTICATED", reason: "TOKEN_INVALID" });
       expect(wrong.stdout + wrong.stderr + JSON.stringify(service.log)).not.toContain(wrongToken);
       expect(JSON.stringify(service.log) + client().otherOutput()).not.toContain(service.token);
+    });
+  });
+  describe(`the token travels only over TLS or to loopback, through the ${language} client`, () => {
+    const unknownId = "01kb2m7q3c5xw9p8h2g4r6t0vn";
+    const listeners: { close(): Promise<void> }[] = [];
+    afterEach(async () => {
+      await Promise.all(listeners.splice(0).map((listener) => listener.close()));
+    });
+    /** A listener on this machine's non-loopback address that pipes to the plaintext twin. */
+    const watched = async () => {
+      const listener = await watchListener(nonLoopbackIPv4(), client().service.plaintextTarget);
+      listeners.push(listener);
+      return listener;
+    };
+
+    it("a token to a plaintext target that is not loopback is refused before any connection, saying what to do", async () => {
+      const { service, runWith } = client();
+      const listener = await watched();
+      const refused = await runWith(["--target", listener.target], ["status", unknownId], { token: service.token });
+      expect(refused.exitCode).toBe(1);
+      // Refused before dialling, not a call that failed on the wire.
+      expect(refused.json["code"]).toBe("UNKNOWN");
+      expect(refused.json["message"]).toMatch(/TLS/);
+      expect(refused.json["message"]).toMatch(/allow.?plaintext.?token/i);
+      expect(refused.stdout + refused.stderr).not.toContain(service.token);
+      // A connection the client opened before exiting would have been accepted by now; give the loop a turn.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(listener.connections()).toBe(0);
+    });
+
+    it("with the explicit opt-out the token goes over plaintext to that target: the service authenticates the call", async () => {
+      const { service, runWith } = client();
+      const listener = await watched();
+      const sent = await runWith(["--target", listener.target, "--allow-plaintext-token"], ["status", unknownId], { token: service.token });
+      // NOT_FOUND, not UNAUTHENTICATED: the token arrived and was accepted.
+      expect(sent.exitCode).toBe(1);
+      expect(sent.json).toMatchObject({ code: "NOT_FOUND" });
+      expect(listener.connections()).toBeGreaterThan(0);
+    });
+
+    it("without a token, plaintext to that target stays allowed: the call arrives and is refused for want of credentials", async () => {
+      const listener = await watched();
+      const anonymous = await client().runWith(["--target", listener.target], ["status", unknownId]);
+      expect(anonymous.json).toMatchObject({ code: "UNAUTHENTICATED", reason: "CREDENTIALS_MISSING" });
+      expect(listener.connections()).toBeGreaterThan(0);
+    });
+
+    it("a token over plaintext to a loopback target is sent (development, a sidecar on this host)", async () => {
+      const { service, runWith } = client();
+      const local = await runWith(["--target", service.plaintextTarget], ["status", unknownId], { token: service.token });
+      expect(local.exitCode).toBe(1);
+      expect(local.json).toMatchObject({ code: "NOT_FOUND" });
     });
   });
 }

@@ -5,6 +5,7 @@ import com.google.protobuf.ListValue;
 import com.google.protobuf.Message;
 import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
+import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.BufferedReader;
 import java.io.File;
@@ -44,14 +45,16 @@ import otp.v1.OtpEmail.VerifyOtpRequest;
  */
 public final class Main {
   private static final String USAGE = String.join("\n",
-      "usage: java example.otpemail.Main [--target HOST:PORT] [--ca-file PEM] COMMAND",
+      "usage: java example.otpemail.Main [--target HOST:PORT] [--ca-file PEM] [--allow-plaintext-token] COMMAND",
       "  send --recipient ADDRESS --purpose login|signup|password_reset [--locale TAG] [--ttl SECONDS]",
       "       [--idempotency-key KEY] [--end-user-ip IP] [--traceparent HEADER]",
       "  status MESSAGE_ID [--traceparent HEADER]",
       "  verify --recipient ADDRESS --purpose PURPOSE [--traceparent HEADER]   (the code: a line on stdin)",
       "  batch                                    (commands as JSON arrays, one a line on stdin)",
       "The token comes from OTP_EMAIL_TOKEN; --target defaults to OTP_EMAIL_TARGET or 127.0.0.1:50051,",
-      "--ca-file to OTP_EMAIL_CA_FILE (without one the call is plaintext), --traceparent to TRACEPARENT.");
+      "--ca-file to OTP_EMAIL_CA_FILE, --traceparent to TRACEPARENT. Without a CA file the call is plaintext, and",
+      "a token is sent that way only to a loopback target (127.0.0.0/8, ::1, localhost); --allow-plaintext-token",
+      "sends it to another (a service mesh whose sidecar does the TLS).");
 
   private static final Map<String, Set<String>> OPTIONS = Map.of(
       "send", Set.of("--recipient", "--purpose", "--locale", "--ttl", "--idempotency-key", "--end-user-ip",
@@ -79,8 +82,14 @@ public final class Main {
       out.println(USAGE);
       return 0;
     }
+    boolean allowPlaintextToken = false;
     int i = 0;
-    for (; i < argv.size() && argv.get(i).startsWith("--"); i += 2) {
+    while (i < argv.size() && argv.get(i).startsWith("--")) {
+      if (argv.get(i).equals("--allow-plaintext-token")) {
+        allowPlaintextToken = true;
+        i += 1;
+        continue;
+      }
       if (i + 1 >= argv.size()) return usage(err, argv.get(i) + " needs a value");
       switch (argv.get(i)) {
         case "--target" -> target = argv.get(i + 1);
@@ -89,6 +98,7 @@ public final class Main {
           return usage(err, "unknown option " + argv.get(i));
         }
       }
+      i += 2;
     }
     List<String> command = argv.subList(Math.min(i, argv.size()), argv.size());
     if (command.isEmpty()) return usage(err, "no command");
@@ -102,8 +112,13 @@ public final class Main {
       }
     }
     try (OtpEmailClient client = OtpEmailClient.connect(
-        target, System.getenv("OTP_EMAIL_TOKEN"), caFile == null ? null : new File(caFile))) {
+        target, System.getenv("OTP_EMAIL_TOKEN"), caFile == null ? null : new File(caFile), allowPlaintextToken)) {
       return batch ? runBatch(client, in, out) : runOne(client, single, in, out, err);
+    } catch (OtpEmailClient.PlaintextTokenRefusedException refused) {
+      // A local refusal reads as UNKNOWN, so that stderr's last line is JSON like any failed call's.
+      err.println(new ErrorDetails(Status.Code.UNKNOWN, refused.getMessage(), "", "", Map.of(), List.of(), null,
+          List.of()).toJson());
+      return 1;
     } catch (IOException | RuntimeException error) {
       // Reading the CA file or standard input; a call's own failure is handled where it is made.
       err.println("otp-client: " + error.getMessage());

@@ -8,7 +8,12 @@ import io.grpc.netty.GrpcSslContexts;
 import io.grpc.netty.NettyChannelBuilder;
 import io.grpc.stub.MetadataUtils;
 import java.io.File;
+import java.net.InetAddress;
+import java.net.UnknownHostException;
 import java.time.Duration;
+import java.util.Locale;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
 import javax.net.ssl.SSLException;
@@ -62,11 +67,34 @@ public final class OtpEmailClient implements AutoCloseable {
     this.timeout = timeout;
   }
 
+  private static final Pattern DNS_TARGET = Pattern.compile("^dns:(?://[^/]*/)?(.*)$");
+  private static final Pattern BRACKETED = Pattern.compile("^\\[([^\\]]+)\\](?::\\d*)?$");
+  private static final Pattern IPV4 = Pattern.compile("^\\d{1,3}(\\.\\d{1,3}){3}$");
+
   /**
    * Connects over TLS when {@code caFile} (PEM of the CA that signed the server's certificate) is given; else
-   * plaintext, for development only: the token would travel in the clear.
+   * plaintext, and then a token only to a loopback target: {@link #connect(String, String, File, boolean)} with
+   * {@code allowPlaintextToken} false.
    */
   public static OtpEmailClient connect(String target, String token, File caFile) throws SSLException {
+    return connect(target, token, caFile, false);
+  }
+
+  /**
+   * Connects over TLS when {@code caFile} (PEM of the CA that signed the server's certificate) is given; else
+   * plaintext. Over plaintext a token is sent only to a loopback target (127.0.0.0/8, ::1, localhost: development,
+   * a sidecar on this host); to any other target this throws {@link PlaintextTokenRefusedException} before opening
+   * anything, unless {@code allowPlaintextToken} says that something else (a service mesh's sidecar) encrypts the
+   * hop that leaves this host.
+   */
+  public static OtpEmailClient connect(String target, String token, File caFile, boolean allowPlaintextToken)
+      throws SSLException {
+    boolean hasToken = token != null && !token.isEmpty();
+    if (caFile == null && hasToken && !allowPlaintextToken && !isLoopbackTarget(target)) {
+      throw new PlaintextTokenRefusedException("refusing to send the token without TLS to " + target
+          + ", which is not loopback: give caFile (the PEM of the service's CA) for TLS, or allowPlaintextToken "
+          + "(CLI: --allow-plaintext-token) when a sidecar on this host does the TLS");
+    }
     NettyChannelBuilder builder = NettyChannelBuilder.forTarget(target);
     if (caFile == null) {
       builder.usePlaintext();
@@ -82,6 +110,44 @@ public final class OtpEmailClient implements AutoCloseable {
       }
     }
     return new OtpEmailClient(builder.build(), token, DEFAULT_TIMEOUT);
+  }
+
+  /**
+   * Whether a gRPC target ({@code host:port}, {@code [v6]:port}, {@code dns:///host:port}) names this host's
+   * loopback: 127.0.0.0/8, ::1 or localhost. Judged from the name alone, never looked up; other schemes read as not
+   * loopback.
+   */
+  public static boolean isLoopbackTarget(String target) {
+    Matcher dns = DNS_TARGET.matcher(target);
+    String endpoint = dns.matches() ? dns.group(1) : target;
+    if (!dns.matches() && endpoint.contains("://")) return false;
+    Matcher bracketed = BRACKETED.matcher(endpoint);
+    String host;
+    if (bracketed.matches()) {
+      host = bracketed.group(1);
+    } else if (endpoint.chars().filter(c -> c == ':').count() == 1) {
+      host = endpoint.substring(0, endpoint.indexOf(':'));
+    } else {
+      host = endpoint; // a bare name, or an IPv6 address without a port
+    }
+    String name = host.toLowerCase(Locale.ROOT);
+    if (name.equals("localhost") || name.equals("localhost.")) return true;
+    // Only literals reach InetAddress, which parses them without a lookup.
+    if (!IPV4.matcher(host).matches() && !host.contains(":")) return false;
+    try {
+      return InetAddress.getByName(host).isLoopbackAddress();
+    } catch (UnknownHostException notAnAddress) {
+      return false;
+    }
+  }
+
+  /** A token would have gone in the clear to a target that is not loopback; nothing was sent. */
+  public static final class PlaintextTokenRefusedException extends IllegalStateException {
+    private static final long serialVersionUID = 1L;
+
+    PlaintextTokenRefusedException(String message) {
+      super(message);
+    }
   }
 
   /**

@@ -19,6 +19,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	"example.com/otpemail/otpv1"
@@ -37,11 +39,16 @@ type Options struct {
 	// Target is host:port (any grpc-go target: dns:///otp.internal:50051...).
 	Target string
 	// CAFile is the PEM of the CA that signed the server's certificate. Empty
-	// means plaintext, for development only; Dial then refuses a Token.
+	// means plaintext; Dial then refuses a Token unless Target is loopback or
+	// AllowPlaintextToken is set.
 	CAFile string
-	// Token is the bearer token sent in `authorization` on every call, only
-	// ever over TLS. Empty sends none.
+	// Token is the bearer token sent in `authorization` on every call: over
+	// TLS, or over plaintext to a loopback Target (127.0.0.0/8, ::1,
+	// localhost: development, a sidecar on this host). Empty sends none.
 	Token string
+	// AllowPlaintextToken sends Token over plaintext to a Target that is not
+	// loopback: for a service mesh whose sidecar does the TLS, never otherwise.
+	AllowPlaintextToken bool
 	// Timeout is the deadline of a call whose context has none; 0 means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -64,10 +71,16 @@ func Dial(options Options) (*Client, error) {
 		timeout = DefaultTimeout
 	}
 	dialOptions := []grpc.DialOption{grpc.WithUnaryInterceptor(defaultDeadline(timeout))}
+	// With TLS the token's credentials require transport security, so grpc-go itself refuses a plaintext
+	// connection; without, they may only be sent where they cannot cross a network, or where the caller said so.
+	requireTLS := true
 	if options.CAFile == "" {
-		if options.Token != "" {
-			return nil, errors.New("otpclient: refusing to send the token without TLS: set Options.CAFile to the PEM of the service's CA")
+		if options.Token != "" && !options.AllowPlaintextToken && !IsLoopbackTarget(options.Target) {
+			return nil, fmt.Errorf("otpclient: refusing to send the token without TLS to %s, which is not loopback: "+
+				"set Options.CAFile to the PEM of the service's CA, or Options.AllowPlaintextToken "+
+				"(CLI: --allow-plaintext-token) when a sidecar on this host does the TLS", options.Target)
 		}
+		requireTLS = false
 		dialOptions = append(dialOptions, grpc.WithInsecure())
 	} else {
 		tls, err := credentials.NewClientTLSFromFile(options.CAFile, "")
@@ -77,7 +90,7 @@ func Dial(options Options) (*Client, error) {
 		dialOptions = append(dialOptions, grpc.WithTransportCredentials(tls))
 	}
 	if options.Token != "" {
-		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(bearerToken(options.Token)))
+		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(bearerToken{token: options.Token, requireTLS: requireTLS}))
 	}
 	conn, err := grpc.Dial(options.Target, dialOptions...)
 	if err != nil {
@@ -101,15 +114,52 @@ func WithTraceparent(ctx context.Context, traceparent string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "traceparent", traceparent)
 }
 
-// bearerToken puts the token in `authorization` and, by requiring transport
-// security, makes grpc-go refuse to send it over a plaintext connection.
-type bearerToken string
-
-func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+// IsLoopbackTarget reports whether a gRPC target (host:port, [v6]:port,
+// dns:///host:port, passthrough:///host:port) names this host's loopback:
+// 127.0.0.0/8, ::1 or localhost. It is judged from the name alone, before any
+// lookup; other schemes (ipv4:, unix:) read as not loopback.
+func IsLoopbackTarget(target string) bool {
+	endpoint := target
+	for _, scheme := range []string{"dns:", "passthrough:"} {
+		if strings.HasPrefix(endpoint, scheme+"//") {
+			rest := strings.TrimPrefix(endpoint, scheme+"//")
+			slash := strings.Index(rest, "/")
+			if slash < 0 {
+				return false
+			}
+			endpoint = rest[slash+1:]
+			break
+		}
+		endpoint = strings.TrimPrefix(endpoint, scheme)
+	}
+	host := endpoint
+	if h, _, err := net.SplitHostPort(endpoint); err == nil {
+		host = h
+	} else if strings.Contains(endpoint, "://") {
+		return false
+	}
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
-func (bearerToken) RequireTransportSecurity() bool { return true }
+// bearerToken puts the token in `authorization`. requireTLS is true on a TLS
+// connection, so that grpc-go refuses to send it should the connection be
+// plaintext after all; Dial sets it false only for plaintext it allowed (a
+// loopback target, or AllowPlaintextToken), which grpc-go would refuse
+// otherwise.
+type bearerToken struct {
+	token      string
+	requireTLS bool
+}
+
+func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + t.token}, nil
+}
+
+func (t bearerToken) RequireTransportSecurity() bool { return t.requireTLS }
 
 func defaultDeadline(timeout time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply interface{}, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

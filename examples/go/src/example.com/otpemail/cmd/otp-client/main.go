@@ -27,9 +27,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-const usage = `usage: otp-client [--target host:port] [--ca-file ca.pem] COMMAND [flags]
+const usage = `usage: otp-client [--target host:port] [--ca-file ca.pem] [--allow-plaintext-token] COMMAND [flags]
 
-Calls OtpEmail; the bearer token comes from OTP_EMAIL_TOKEN.
+Calls OtpEmail; the bearer token comes from OTP_EMAIL_TOKEN. Without --ca-file the call is plaintext, and a
+token is sent that way only to a loopback target (127.0.0.0/8, ::1, localhost) unless --allow-plaintext-token.
 Commands:
   send --recipient ADDRESS --purpose login|signup|password_reset [--locale ko] [--ttl SECONDS]
        [--idempotency-key KEY] [--end-user-ip IP] [--traceparent TP]    SendOtp
@@ -46,7 +47,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.SetOutput(stderr)
 	global.Usage = func() { fmt.Fprint(stderr, usage) }
 	target := global.String("target", envOr("OTP_EMAIL_TARGET", "127.0.0.1:50051"), "the service's host:port")
-	caFile := global.String("ca-file", os.Getenv("OTP_EMAIL_CA_FILE"), "PEM CA of the server's certificate; without it the call is plaintext")
+	caFile := global.String("ca-file", os.Getenv("OTP_EMAIL_CA_FILE"),
+		"PEM CA of the server's certificate; without it the call is plaintext, and a token is sent that way only to a loopback target")
+	allowPlaintextToken := global.Bool("allow-plaintext-token", false,
+		"send the token over plaintext to a target that is not loopback (a service mesh whose sidecar does the TLS)")
 	if err := global.Parse(args); err != nil {
 		return 2
 	}
@@ -113,7 +117,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	client, err := otpclient.Dial(otpclient.Options{Target: *target, CAFile: *caFile, Token: os.Getenv("OTP_EMAIL_TOKEN")})
+	client, err := otpclient.Dial(otpclient.Options{Target: *target, CAFile: *caFile, Token: os.Getenv("OTP_EMAIL_TOKEN"),
+		AllowPlaintextToken: *allowPlaintextToken})
 	if err != nil {
 		// A local refusal reads as UNKNOWN, so that stderr's last line is JSON like any failed call's.
 		return fail(stderr, err)
