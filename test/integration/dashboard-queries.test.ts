@@ -61,8 +61,9 @@ async function record(
 ): Promise<Run> {
   const service = await startObservedService({
     limiter: unlimited,
-    // Pending after 300 ms; a stalled send stays in flight until the service stops.
-    env: { SEND_WAIT_BUDGET: "300ms", SMTP_SOCKET_TIMEOUT: "60s", ...options.env },
+    // Pending after 1 s (at 300 ms a send the relay accepted at once was once answered pending on a loaded
+    // machine); a stalled send stays in flight until the service stops.
+    env: { SEND_WAIT_BUDGET: "1s", SMTP_SOCKET_TIMEOUT: "60s", ...options.env },
   });
   try {
     const before = await scrape(service);
@@ -165,11 +166,11 @@ describe("the dashboard's send success queries on series from real runs", () => 
     // signup one (its one attempt times out): the final verdicts the per-purpose panel must show.
     late = await record(
       [
-        { purpose: Purpose.LOGIN, relay: behave.accept({ delayMs: 800 }), answered: DeliveryState.SENDING },
+        { purpose: Purpose.LOGIN, relay: behave.accept({ delayMs: 1600 }), answered: DeliveryState.SENDING },
         { purpose: Purpose.SIGNUP, relay: stall, answered: DeliveryState.SENDING },
         { purpose: Purpose.PASSWORD_RESET, relay: accept, answered: DeliveryState.ACCEPTED },
       ],
-      { env: { SMTP_SOCKET_TIMEOUT: "1500ms", SMTP_MAX_ATTEMPTS: "1" }, settle: true },
+      { env: { SMTP_SOCKET_TIMEOUT: "3s", SMTP_MAX_ATTEMPTS: "1" }, settle: true },
     );
     dir = await mkdtemp(join(tmpdir(), "otp-dashboard-"));
   }, 60_000);
