@@ -319,6 +319,27 @@ describe("trace export from a separately started service process", () => {
     }
   });
 
+  it("an unreachable collector: the calls are unaffected, the lost spans counted and the refusal logged once", async () => {
+    const service = await startServiceProcess({
+      ...baseEnv(),
+      // Nothing listens there; the exporter retries within its timeout, then gives the batch up.
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`,
+      OTEL_EXPORTER_OTLP_TIMEOUT: "500",
+    });
+    for (const recipient of ["xena@proton.me", "yara@proton.me"]) {
+      const { status } = await sendTraced(service, recipient, callerContext().traceparent);
+      expect(status.state).toBe(DeliveryState.ACCEPTED);
+    }
+    await expect
+      .poll(async () => /^otp_trace_export_spans_total\{result="failed"\} 8$/m.test(await (await fetch(service.metricsUrl)).text()), {
+        timeout: 15_000,
+      })
+      .toBe(true);
+    const sdkLines = service.lines.filter((line) => line["component"] === "opentelemetry");
+    expect(sdkLines.map((line) => [line["level"], line["msg"]])).toEqual([["error", expect.stringMatching(/ECONNREFUSED/)]]);
+    expect(await service.stop()).toBe(0);
+  });
+
   it("spans the collector took are counted as exported", async () => {
     const receiver = await startOtlpHttpReceiver();
     try {
