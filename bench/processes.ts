@@ -44,7 +44,8 @@ export const repoRoot = resolve(benchDir, "../..");
 
 const children = new Set<ChildProcess>();
 
-function track<T extends ChildProcess>(child: T): T {
+/** Kills `child` with the others if the bench exits early. */
+export function track<T extends ChildProcess>(child: T): T {
   children.add(child);
   child.once("exit", () => children.delete(child));
   return child;

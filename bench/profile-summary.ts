@@ -54,6 +54,11 @@ function packageOf(url: string, functionName: string): string {
   return url;
 }
 
+/** The package or module of a script's URL (`grpc-js`, `src/otp`, `node:internal`...). */
+export function packageOfScript(url: string): string {
+  return packageOf(url, "");
+}
+
 /**
  * Summarizes the profile at `path`. With `sinceUs` (a CLOCK_MONOTONIC time in
  * microseconds, the clock of V8's timestamps on Linux: `process.hrtime`),

@@ -9,6 +9,8 @@
  *   --soak-max-s S  time bound of the soak (default 300)
  *   --pool N        SMTP pool size of the service and of the ceiling (default 5, the service's default)
  *   --cpu-prof      run every service with node --cpu-prof and print where its CPU went
+ *   --perf          sample each measured run of a service with Linux perf (every thread, the
+ *                   compilers and GC included) and print its CPU per request by package
  *   --node-arg ARG  one more node option for every service (repeatable):
  *                   `--node-arg=--trace-gc`, `--node-arg=--import=/path/to/preload.mjs`
  *   --service-env KEY=VALUE  one more environment variable for every service, set last (repeatable):
@@ -22,6 +24,7 @@
  *   --smoke         one short scenario (the smoke test's run)
  *   --out DIR       where results.json and results.svg go (default bench/)
  */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, release, tmpdir, totalmem } from "node:os";
@@ -38,6 +41,7 @@ import {
   startRedis,
   startService,
   startSink,
+  track,
   type BenchRedis,
   type Loadgen,
   type ServiceProcess,
@@ -45,6 +49,7 @@ import {
 } from "./processes.js";
 import { freePort } from "../test/support/ports.js";
 import { makeSelfSigned } from "../test/support/self-signed.js";
+import { formatPerfSummary, summarizePerfScript } from "./perf-summary.js";
 import { formatProfile, summarizeProfile } from "./profile-summary.js";
 import type { GrpcJob, LoadBounds, RequestPlan, RpcMethod, RunResult, SmtpJob, SmtpTarget, VerifyItem } from "./protocol.js";
 import {
@@ -84,6 +89,7 @@ interface BenchOptions {
   readonly soakMaxMs: number;
   readonly poolSize: number;
   readonly cpuProf: boolean;
+  readonly perf: boolean;
   readonly nodeArgs: readonly string[];
   readonly keepLogs: boolean;
   /** --service-env: set on every service after the bench's own settings. */
@@ -97,7 +103,7 @@ interface BenchOptions {
 const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
 type Group = (typeof groups)[number];
 
-const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--perf] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
 
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined) return fallback;
@@ -128,6 +134,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
       "soak-max-s": { type: "string" },
       pool: { type: "string" },
       "cpu-prof": { type: "boolean" },
+      perf: { type: "boolean" },
       "node-arg": { type: "string", multiple: true },
       "keep-logs": { type: "boolean" },
       "service-env": { type: "string", multiple: true },
@@ -149,6 +156,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
     soakMaxMs: wholeNumber("soak-max-s", values["soak-max-s"], 300, 1) * 1000,
     poolSize: wholeNumber("pool", values.pool, 5, 1),
     cpuProf: values["cpu-prof"] === true,
+    perf: values.perf === true,
     nodeArgs: values["node-arg"] ?? [],
     keepLogs: values["keep-logs"] === true,
     serviceEnv: serviceEnvOf(values["service-env"] ?? []),
@@ -269,18 +277,23 @@ const noisyPercent = 10;
 async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | undefined> {
   const before = await bench.sink.count();
   let watch: ReturnType<typeof watchProcess> | undefined;
+  let perf: PerfRecording | undefined;
   try {
     const senderPid = bench.loadgen.pid;
     if (spec.keepLoadgen !== true) await freshLoadgen(bench);
     // The SMTP rows' sender is the load generator itself: watch the new one.
     const watchPid = spec.watch.role === "sender" && spec.watch.pid === senderPid ? bench.loadgen.pid : spec.watch.pid;
+    const sampled = bench.options.perf && spec.watch.role === "service" ? spec.watch.pid : undefined;
     const result = await bench.loadgen.run(spec.job, {
       onMeasuring: () => {
         watch = watchProcess(watchPid, [...ownPids(bench), watchPid]);
+        if (sampled !== undefined) perf = startPerf(bench, spec.id, sampled);
       },
       ...(spec.onMilestone === undefined ? {} : { onMilestone: spec.onMilestone }),
     });
     const window = watch?.stop();
+    const perfReport = perf === undefined ? undefined : await stopPerf(bench, perf, result.measured);
+    perf = undefined;
     const after = await bench.sink.count();
     const run: RunSummary = summaryOf(result);
     const row: ScenarioResult = {
@@ -317,14 +330,58 @@ async function scenario(bench: Bench, spec: ScenarioSpec): Promise<RunResult | u
         // Work outside the bench took cores from it: this row's numbers are not comparable.
         `${window !== undefined && window.othersPercent >= noisyPercent ? `  WARNING: other processes used ${window.othersPercent.toFixed(0)} % of a core meanwhile` : ""}`,
     );
+    if (perfReport !== undefined) progress(`perf, service of ${spec.id} while measured:\n${perfReport}`);
     return result;
   } catch (error) {
     watch?.stop();
+    perf?.child.kill("SIGKILL");
     const note = error instanceof Error ? error.message : String(error);
     bench.scenarios.push({ id: spec.id, title: spec.title, concurrency: spec.job.concurrency, status: "failed", note });
     progress(`  ${spec.id}: FAILED: ${note}`);
     return undefined;
   }
+}
+
+/** perf's sampling rate: not a multiple of the kernel's tick, so the samples do not beat with timers. */
+const perfHz = 999;
+
+interface PerfRecording {
+  readonly child: ChildProcess;
+  readonly dataPath: string;
+  readonly pid: number;
+  readonly exited: Promise<void>;
+}
+
+/** Fails early, with what to install, when --perf cannot work here. */
+function checkPerf(): void {
+  const probe = spawnSync("perf", ["--version"], { encoding: "utf8" });
+  if (probe.error !== undefined || probe.status !== 0) {
+    throw new Error("--perf needs Linux perf on the PATH (Debian: apt-get install linux-perf) and permission to sample other processes (root, or kernel.perf_event_paranoid <= 1)");
+  }
+}
+
+/** Samples every thread of `pid` with call chains until `stopPerf`. */
+function startPerf(bench: Bench, id: string, pid: number): PerfRecording {
+  const dir = join(bench.options.outDir, "perf");
+  mkdirSync(dir, { recursive: true });
+  const dataPath = join(dir, `${id.replace(/[^\w.-]+/g, "_")}.data`);
+  const child = track(spawn("perf", ["record", "-q", "-F", String(perfHz), "-g", "-p", String(pid), "-o", dataPath], { stdio: "ignore" }));
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  return { child, dataPath, pid, exited };
+}
+
+/** Stops the recording and summarizes it per measured request (the data file is kept with --keep-logs). */
+async function stopPerf(bench: Bench, recording: PerfRecording, requests: number): Promise<string> {
+  recording.child.kill("SIGINT");
+  await recording.exited;
+  const script = spawnSync("perf", ["script", "-i", recording.dataPath, "-F", "comm,tid,ip,sym,dso"], {
+    encoding: "utf8",
+    maxBuffer: 2 ** 30,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  if (!bench.options.keepLogs) rmSync(recording.dataPath, { force: true });
+  if (script.error !== undefined || script.status !== 0) return `  perf script failed: ${script.error?.message ?? script.stderr.trim().split("\n").at(-1) ?? ""}`;
+  return formatPerfSummary(summarizePerfScript(script.stdout, recording.pid), perfHz, requests);
 }
 
 function notBuilt(bench: Bench, id: string, title: string, concurrency: number, reason: string): void {
@@ -349,7 +406,15 @@ async function withService<T>(bench: Bench, name: string, env: Env, body: (servi
   }
   const service = await startService({
     env: { ...env, ...bench.options.serviceEnv },
-    extraNodeArgs: [...bench.options.nodeArgs, ...(bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [])],
+    extraNodeArgs: [
+      ...bench.options.nodeArgs,
+      ...(bench.options.cpuProf ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : []),
+      // JIT symbols for perf (/tmp/perf-PID.map), interpreted functions included. The V8 log these turn on
+      // goes with the service logs, not into the working directory as isolate-*.log.
+      ...(bench.options.perf
+        ? ["--perf-basic-prof", "--interpreted-frames-native-stack", "--no-logfile-per-isolate", `--logfile=${join(bench.workDir, `v8-${name}.log`)}`]
+        : []),
+    ],
     logPath: join(bench.workDir, `service-${name}.log`),
     token: bench.caller.token,
     distDir: bench.options.serviceDist,
@@ -361,6 +426,8 @@ async function withService<T>(bench: Bench, name: string, env: Env, body: (servi
   } finally {
     await service.stop();
     if (bench.options.cpuProf) reportProfile(name, profileDir, readyUs);
+    // V8 writes its perf map to /tmp whatever TMPDIR says.
+    if (bench.options.perf && !bench.options.keepLogs) rmSync(`/tmp/perf-${service.pid}.map`, { force: true });
   }
 }
 
@@ -981,6 +1048,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.log(usage);
     return 0;
   }
+  if (options.perf) checkPerf();
   const startedAt = new Date();
   const workDir = mkdtempSync(join(tmpdir(), "otp-bench-"));
   mkdirSync(options.outDir, { recursive: true });
