@@ -9,6 +9,10 @@
  * not slow the JavaScript it samples. Main-thread time is charged to the
  * package whose code caused it (Node internals, V8 builtins and native
  * frames to their nearest JavaScript caller), as profile-summary.ts does.
+ * A function the optimizing compiler inlined has no frame of its own: its
+ * time is its caller's. Where a package's small functions are inlined into
+ * ours (the SDK's setAttribute into our telemetry), the split between the two
+ * moves from one run to the next; their sum is steadier.
  */
 import { packageOfScript, type ProfileEntry } from "./profile-summary.js";
 
