@@ -366,7 +366,11 @@ function startPerf(bench: Bench, id: string, pid: number): PerfRecording {
   mkdirSync(dir, { recursive: true });
   const dataPath = join(dir, `${id.replace(/[^\w.-]+/g, "_")}.data`);
   const child = track(spawn("perf", ["record", "-q", "-F", String(perfHz), "-g", "-p", String(pid), "-o", dataPath], { stdio: "ignore" }));
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  // A perf that cannot start or attach ends the recording too; stopPerf then reports perf script's failure.
+  const exited = new Promise<void>((resolve) => {
+    child.once("exit", () => resolve());
+    child.once("error", () => resolve());
+  });
   return { child, dataPath, pid, exited };
 }
 
