@@ -85,16 +85,16 @@ export function summarizePerfScript(text: string, mainTid: number, top = 15): Pe
       return;
     }
     add(threads, "main thread");
-    const top = frames[0];
-    if (top === undefined) return;
-    const script = scriptOf(top.symbol);
-    add(functions, script === undefined ? top.symbol.slice(0, 100) : top.symbol.replace(/^JS:[*+~^]?'?/, "").replace(/file:\/\/\S*\/(node_modules|dist)\//, ""));
+    const leaf = frames[0];
+    if (leaf === undefined) return;
+    const script = scriptOf(leaf.symbol);
+    add(functions, script === undefined ? leaf.symbol.slice(0, 100) : leaf.symbol.replace(/^JS:[*+~^]?'?/, "").replace(/file:\/\/\S*\/(node_modules|dist)\//, ""));
     let caller: string;
-    if (gcFrame.test(top.symbol) && script === undefined) caller = "(gc)";
+    if (gcFrame.test(leaf.symbol) && script === undefined) caller = "(gc)";
     else {
       // The nearest frame in a package or in our code; Node's own JavaScript and native frames charge their caller.
       const owner = frames.map((frame) => scriptOf(frame.symbol)).find((url) => url !== undefined && !url.startsWith("node:"));
-      caller = owner === undefined ? (top.kernel ? "(kernel)" : script === undefined ? nativeOf(top.symbol) : packageOfScript(script)) : packageOfScript(owner);
+      caller = owner === undefined ? (leaf.kernel ? "(kernel)" : script === undefined ? nativeOf(leaf.symbol) : packageOfScript(script)) : packageOfScript(owner);
     }
     add(callers, caller);
   };
