@@ -958,19 +958,39 @@ function nameList<T extends string>(variable: string, value: string, allowed: re
   return [...chosen];
 }
 
-/** The service name's fallback from OTEL_RESOURCE_ATTRIBUTES' `service.name` (percent-encoded, as the specification says). */
-function resourceServiceName(value: string | undefined): string | undefined {
-  for (const pair of (value ?? "").split(",")) {
-    const equals = pair.indexOf("=");
-    if (equals === -1 || pair.slice(0, equals).trim() !== "service.name") continue;
+/**
+ * OTEL_RESOURCE_ATTRIBUTES as the SDK's env detector reads it: `key=value`
+ * pairs separated by commas, `,` and `=` percent-encoded, keys and values
+ * trimmed, percent-decoded and at most 255 characters. Where the SDK would
+ * drop the whole variable without a word (its log at debug), this refuses
+ * it, naming the entry: a typo here would otherwise lose every attribute.
+ */
+function resourceAttributes(value: string | undefined): Record<string, string> {
+  const parsed: Record<string, string> = {};
+  if (value === undefined) return parsed;
+  for (const entry of value.split(",")) {
+    if (entry.trim() === "") continue;
+    const refuse = (why: string): never => {
+      throw new ConfigError(
+        `OTEL_RESOURCE_ATTRIBUTES=${value}: "${entry.trim()}" ${why}; the variable is key=value pairs separated by commas, with "," and "=" percent-encoded (%2C, %3D)`,
+      );
+    };
+    const parts = entry.split("=");
+    if (parts.length !== 2) refuse(parts.length === 1 ? "has no =" : "has more than one =");
+    const [key, text] = parts.map((part) => part.trim()) as [string, string];
+    if (key === "") refuse("has an empty key");
+    let decodedKey = "";
+    let decoded = "";
     try {
-      const name = decodeURIComponent(pair.slice(equals + 1).trim());
-      if (name !== "") return name;
+      decodedKey = decodeURIComponent(key);
+      decoded = decodeURIComponent(text);
     } catch {
-      return undefined;
+      refuse("is not valid percent-encoding");
     }
+    if (decodedKey.length > 255 || decoded.length > 255) refuse("is longer than 255 characters (key or value)");
+    parsed[decodedKey] = decoded;
   }
-  return undefined;
+  return parsed;
 }
 
 /** Parses the OTEL_* variables the bootstrap decides on. Throws ConfigError naming the variable. */
@@ -1017,11 +1037,12 @@ export function loadTracingConfig(env: Env): TracingConfig {
   }
   const propagators = read.string("OTEL_PROPAGATORS");
   const detectors = read.string("OTEL_NODE_RESOURCE_DETECTORS");
+  const resourceService = resourceAttributes(read.string("OTEL_RESOURCE_ATTRIBUTES"))["service.name"];
   return {
     disabled,
     exporters: [...exporters],
     protocol,
-    serviceName: read.string("OTEL_SERVICE_NAME") ?? resourceServiceName(read.string("OTEL_RESOURCE_ATTRIBUTES")) ?? "otp-email",
+    serviceName: read.string("OTEL_SERVICE_NAME") ?? (resourceService || "otp-email"),
     sampler: { name: samplerName as TraceSamplerName, ratio: samplerName.endsWith("traceidratio") ? ratio : 1 },
     propagators:
       propagators === undefined ? ["tracecontext", "baggage"] : nameList("OTEL_PROPAGATORS", propagators, tracePropagatorNames, undefined),

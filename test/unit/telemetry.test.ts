@@ -95,7 +95,21 @@ describe("tracing configuration (OTEL_*)", () => {
     expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "a=b,service.name=otp%20eu" }).serviceName).toBe("otp eu");
     expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "service.name=x", OTEL_SERVICE_NAME: "otp-eu" }).serviceName).toBe("otp-eu");
     expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=prod" }).serviceName).toBe("otp-email");
-    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "service.name=%E0%A4%A" }).serviceName).toBe("otp-email");
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: " service.name = otp%3Deu , ,a=" }).serviceName).toBe("otp=eu");
+    expect(loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: "service.name=" }).serviceName).toBe("otp-email");
+  });
+
+  it("an OTEL_RESOURCE_ATTRIBUTES the SDK would drop whole is refused, naming the entry", () => {
+    for (const [value, why] of [
+      ["service.name=%E0%A4%A", "is not valid percent-encoding"],
+      ["service.name=otp-eu,region", "has no ="],
+      ["team=a=b", "has more than one ="],
+      ["=eu", "has an empty key"],
+      [`note=${"x".repeat(256)}`, "is longer than 255 characters"],
+    ]) {
+      expect(() => loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: value }), value).toThrow(`OTEL_RESOURCE_ATTRIBUTES=${value}: "`);
+      expect(() => loadTracingConfig({ OTEL_RESOURCE_ATTRIBUTES: value }), value).toThrow(why);
+    }
   });
 
   it("samplers: parentbased_always_on by default; the ratio samplers take OTEL_TRACES_SAMPLER_ARG from 0 to 1", () => {
