@@ -20,7 +20,7 @@
  * shutdown with tracing-lifecycle.ts, so that main.ts can flush spans at
  * exit.
  */
-import { context, diag, propagation, trace, type TextMapPropagator } from "@opentelemetry/api";
+import { context, createNoopMeter, diag, propagation, trace, type Meter, type MeterProvider, type TextMapPropagator } from "@opentelemetry/api";
 import {
   CompositePropagator,
   ExportResultCode,
@@ -174,15 +174,38 @@ async function exporterProcessors(config: TracingConfig): Promise<SpanProcessor[
       config.protocol === "grpc"
         ? new (await import("@opentelemetry/exporter-trace-otlp-grpc")).OTLPTraceExporter()
         : new (await import("@opentelemetry/exporter-trace-otlp-http")).OTLPTraceExporter();
-    processors.push(new BatchSpanProcessor({ exporter: countingExporter(exporter), ...batch }));
+    processors.push(new BatchSpanProcessor({ exporter: countingExporter(exporter), selfObsMeterProvider: droppedSpansMeter, ...batch }));
   }
   return processors;
 }
 
 /**
+ * The BatchSpanProcessor's own metrics, reduced to what the service counts:
+ * spans it dropped because its queue was full, as
+ * otp_trace_export_spans_total{result="dropped"} (what it exported or
+ * failed to is counted by countingExporter). Every other instrument it asks
+ * for is a no-op.
+ */
+const droppedSpansMeter: MeterProvider = {
+  getMeter(): Meter {
+    const noop = createNoopMeter();
+    const meter: Meter = Object.create(noop) as Meter;
+    meter.createCounter = (name, options) => {
+      if (name !== "otel.sdk.processor.span.processed") return noop.createCounter(name, options);
+      return {
+        add(count, attributes) {
+          if (attributes?.["error.type"] === "queue_full") noteTraceExport("dropped", count);
+        },
+      };
+    };
+    return meter;
+  },
+};
+
+/**
  * The stock exporter, with each export's spans counted as exported or
  * failed (otp_trace_export_spans_total). The BatchSpanProcessor's own drops
- * (a full queue) are not seen here; it logs them (sdk-diagnostics.ts).
+ * (a full queue) are not seen here: droppedSpansMeter counts them.
  */
 function countingExporter(exporter: SpanExporter): SpanExporter {
   return {

@@ -11,7 +11,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { once } from "node:events";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -340,6 +340,46 @@ describe("trace export from a separately started service process", () => {
     expect(await service.stop()).toBe(0);
   });
 
+  it("spans dropped for a full export queue are counted as dropped, whatever the protocol", async () => {
+    // A collector that takes the connection and never answers: the first export hangs, the queue fills.
+    const sockets = new Set<Socket>();
+    const hanging = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.resume();
+    });
+    hanging.listen(0, "127.0.0.1");
+    await once(hanging, "listening");
+    const { port } = hanging.address() as AddressInfo;
+    try {
+      for (const protocol of ["http/protobuf", "http/json", "grpc"]) {
+        const service = await startServiceProcess({
+          ...baseEnv(),
+          OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+          OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+          OTEL_EXPORTER_OTLP_TIMEOUT: "30000",
+          OTEL_BSP_MAX_QUEUE_SIZE: "1",
+          OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "1",
+        });
+        for (const recipient of ["ana@proton.me", "bea@proton.me"]) {
+          const { status } = await sendTraced(service, recipient, callerContext().traceparent);
+          expect(status.state).toBe(DeliveryState.ACCEPTED);
+        }
+        // 8 spans: one in the hanging export, one queued, the rest dropped as they end.
+        await expect
+          .poll(
+            async () => Number(/^otp_trace_export_spans_total\{result="dropped"\} (\d+)$/m.exec(await (await fetch(service.metricsUrl)).text())?.[1]),
+            { timeout: 10_000 },
+          )
+          .toBeGreaterThanOrEqual(5);
+        service.child.kill("SIGKILL");
+        running.delete(service.child);
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      hanging.close();
+    }
+  });
+
   it("spans the collector took are counted as exported", async () => {
     const receiver = await startOtlpHttpReceiver();
     try {
@@ -358,12 +398,13 @@ describe("trace export from a separately started service process", () => {
     }
   });
 
-  it("a sampler, propagator, detector, SDK log level or endpoint the SDK cannot use stops the process at start-up (exit 78), naming the variable", async () => {
+  it("a sampler, propagator, detector, resource attribute, SDK log level or endpoint the SDK cannot use stops the process at start-up (exit 78), naming the variable", async () => {
     for (const [variable, value] of [
       ["OTEL_TRACES_SAMPLER", "jaeger_remote"],
       ["OTEL_TRACES_SAMPLER_ARG", "1.5"],
       ["OTEL_PROPAGATORS", "tracecontext,xray"],
       ["OTEL_NODE_RESOURCE_DETECTORS", "gcp"],
+      ["OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,region"],
       ["OTEL_LOG_LEVEL", "loud"],
       ["OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318"],
     ] as const) {
