@@ -89,7 +89,7 @@ describe("the Node client sends its token only over TLS or to loopback", () => {
   it("a token over http:// to a loopback target is sent (development, a sidecar on this host)", async () => {
     const { plaintextTarget, token } = started();
     const port = plaintextTarget.slice(plaintextTarget.lastIndexOf(":") + 1);
-    for (const baseUrl of [`http://${plaintextTarget}`, `http://localhost:${port}`]) {
+    for (const baseUrl of [`http://${plaintextTarget}`, `http://localhost:${port}`, `http://[::ffff:127.0.0.1]:${port}`]) {
       const client = createOtpEmailClient({ baseUrl, token });
       expect(await codeOf(client.getDeliveryStatus({ messageId: unknownId })), baseUrl).toBe(Code.NotFound);
     }

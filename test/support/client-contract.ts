@@ -413,5 +413,12 @@ export function describeClientContract(language: string, client: () => ClientUnd
       expect(local.exitCode).toBe(1);
       expect(local.json).toMatchObject({ code: "NOT_FOUND" });
     });
+
+    it("an IPv4-mapped loopback target ([::ffff:127.0.0.1]:port) is loopback too: the token is sent", async () => {
+      const { service, runWith } = client();
+      const port = service.plaintextTarget.slice(service.plaintextTarget.lastIndexOf(":") + 1);
+      const mapped = await runWith(["--target", `[::ffff:127.0.0.1]:${port}`], ["status", unknownId], { token: service.token });
+      expect(mapped.json, mapped.stderr).toMatchObject({ code: "NOT_FOUND" });
+    });
   });
 }
