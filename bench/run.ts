@@ -105,9 +105,12 @@ type Group = (typeof groups)[number];
 
 const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--perf] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
 
+/** A bad option, or --perf without perf: said in one line with the usage, exit 2, nothing started. */
+class UsageError extends Error {}
+
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`--${name} must be a whole number >= ${min}\n${usage}`);
+  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new UsageError(`--${name} must be a whole number >= ${min}\n${usage}`);
   return Number(raw);
 }
 
@@ -117,13 +120,25 @@ function serviceEnvOf(settings: readonly string[]): Record<string, string> {
   for (const setting of settings) {
     const equals = setting.indexOf("=");
     const key = equals === -1 ? "" : setting.slice(0, equals);
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`--service-env wants KEY=VALUE, got "${setting}"\n${usage}`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new UsageError(`--service-env wants KEY=VALUE, got "${setting}"\n${usage}`);
     env[key] = setting.slice(equals + 1);
   }
   return env;
 }
 
 function readOptions(argv: readonly string[]): BenchOptions | undefined {
+  try {
+    return parseOptions(argv);
+  } catch (error) {
+    // parseArgs' own refusals (an unknown option, a missing value) carry an ERR_PARSE_ARGS_* code.
+    if (error instanceof TypeError && String((error as NodeJS.ErrnoException).code).startsWith("ERR_PARSE_ARGS")) {
+      throw new UsageError(`${error.message}\n${usage}`);
+    }
+    throw error;
+  }
+}
+
+function parseOptions(argv: readonly string[]): BenchOptions | undefined {
   const { values } = parseArgs({
     args: [...argv],
     strict: true,
@@ -147,7 +162,7 @@ function readOptions(argv: readonly string[]): BenchOptions | undefined {
   if (values.help === true) return undefined;
   const only = values.only?.split(",").map((group) => group.trim()) ?? [...groups];
   const unknown = only.filter((group) => !(groups as readonly string[]).includes(group));
-  if (unknown.length > 0) throw new Error(`--only: unknown group ${unknown.join(", ")}\n${usage}`);
+  if (unknown.length > 0) throw new UsageError(`--only: unknown group ${unknown.join(", ")}\n${usage}`);
   return {
     groups: new Set(only as Group[]),
     serviceDist: values["service-dist"],
@@ -356,7 +371,7 @@ interface PerfRecording {
 function checkPerf(): void {
   const probe = spawnSync("perf", ["--version"], { encoding: "utf8" });
   if (probe.error !== undefined || probe.status !== 0) {
-    throw new Error("--perf needs Linux perf on the PATH (Debian: apt-get install linux-perf) and permission to sample other processes (root, or kernel.perf_event_paranoid <= 1)");
+    throw new UsageError("--perf needs Linux perf on the PATH (Debian: apt-get install linux-perf) and permission to sample other processes (root, or kernel.perf_event_paranoid <= 1)");
   }
 }
 
@@ -1047,12 +1062,19 @@ async function soakRun(bench: Bench): Promise<void> {
 // ---------------------------------------------------------------------------
 
 export async function main(argv: readonly string[]): Promise<number> {
-  const options = readOptions(argv);
+  let options: BenchOptions | undefined;
+  try {
+    options = readOptions(argv);
+    if (options?.perf === true) checkPerf();
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`otp-email bench: ${error.message}`);
+    return 2;
+  }
   if (options === undefined) {
     console.log(usage);
     return 0;
   }
-  if (options.perf) checkPerf();
   const startedAt = new Date();
   const workDir = mkdtempSync(join(tmpdir(), "otp-bench-"));
   mkdirSync(options.outDir, { recursive: true });

@@ -81,13 +81,22 @@ describe("npm run bench -- --smoke", () => {
     expect(log).not.toContain('"level":"info"');
   }, 300_000);
 
-  it("refuses a --service-env that is not KEY=VALUE before starting anything", async () => {
-    const failed = await run(process.execPath, ["bench/bench.mjs", "--smoke", "--out", out, "--service-env=1BAD=x"], { cwd: root, timeout: 120_000 }).then(
-      () => undefined,
-      (error: unknown) => error as { code?: number; stderr?: string },
-    );
-    expect(failed?.code).not.toBe(0);
-    expect(failed?.stderr).toContain('--service-env wants KEY=VALUE, got "1BAD=x"');
-    expect(failed?.stderr).not.toContain("service logs");
+  it("refuses a bad option before starting anything: one line saying what is wrong, the usage, exit 2, no stack", async () => {
+    for (const [option, says] of [
+      ["--service-env=1BAD=x", '--service-env wants KEY=VALUE, got "1BAD=x"'],
+      ["--soak=lots", "--soak must be a whole number >= 0"],
+      ["--only=smtp,turbo", "--only: unknown group turbo"],
+      ["--fast", "Unknown option '--fast'"],
+    ] as const) {
+      const failed = await run(process.execPath, ["bench/bench.mjs", "--smoke", "--out", out, option], { cwd: root, timeout: 120_000 }).then(
+        () => undefined,
+        (error: unknown) => error as { code?: number; stderr?: string },
+      );
+      expect(failed?.code, option).toBe(2);
+      expect(failed?.stderr, option).toContain(`otp-email bench: ${says}`);
+      expect(failed?.stderr, option).toContain("usage: npm run bench --");
+      expect(failed?.stderr, option).not.toMatch(/\n\s+at /);
+      expect(failed?.stderr, option).not.toContain("service logs");
+    }
   }, 150_000);
 });
