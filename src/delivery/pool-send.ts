@@ -17,8 +17,9 @@
  * pipelining, dot-stuffing, DSN and abort stay nodemailer's.
  *
  * Only a message that nodemailer would send unchanged takes this path: plain
- * addresses (a dot-atom at an ASCII domain) and no DKIM (signing is part of
- * sendMail's pipeline); everything else goes through `sendMail` as before.
+ * addresses (a dot-atom at an ASCII domain); everything else goes through
+ * `sendMail` as before. With DKIM, the transport signs the message first
+ * (dkim-sign.ts), as nodemailer would have in sendMail's pipeline.
  */
 import type { RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";

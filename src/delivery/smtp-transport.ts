@@ -13,6 +13,7 @@ import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
 import { addressOf, plainAddress, pooledMessage, poolTransportOf, sendThroughPool, type PoolSendInfo } from "./pool-send.js";
 import type { DkimSigningOptions } from "./dkim.js";
+import { createDkimSigner } from "./dkim-sign.js";
 import { parseSmtpUrl } from "./smtp-url.js";
 import {
   SmtpSendError,
@@ -158,9 +159,10 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   let closed: Promise<void> | undefined;
   const random = createRandomPool();
   const deadline = createDeadlines(sendTimeoutMs);
-  // A message we built goes straight to the pool (see pool-send.ts), unless
-  // it must be DKIM-signed, which happens in sendMail's pipeline.
-  const pool = options.dkim === undefined ? poolTransportOf(transporter) : undefined;
+  // A message we built goes straight to the pool (see pool-send.ts), signed
+  // here when DKIM is on (dkim-sign.ts: the RSA work off the event loop).
+  const pool = poolTransportOf(transporter);
+  const dkimSigner = options.dkim === undefined ? undefined : createDkimSigner(options.dkim);
 
   // A connection keeps its EHLO lines (one array) for all its messages: read
   // once per connection, not per message.
@@ -179,7 +181,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     const startedAt = Date.now();
     try {
       const signal = deadline();
-      const pooled = pool === undefined ? undefined : pooledMessage(mail, random);
+      let pooled = pool === undefined ? undefined : pooledMessage(mail, random);
+      if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
       const info: PoolSendInfo =
         pool !== undefined && pooled !== undefined
           ? await sendThroughPool(pool, pooled, signal)
