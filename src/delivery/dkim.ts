@@ -16,6 +16,7 @@
 import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { dkimVerify } from "mailauth";
 import DKIM from "nodemailer/lib/dkim/index.js";
+import { createDkimSigner } from "./dkim-sign.js";
 
 /** What nodemailer's `dkim` option takes for one key. */
 export interface DkimSigningOptions {
@@ -96,29 +97,32 @@ async function assertProbeVerifies(options: DkimSigningOptions, fromAddress: str
       "",
     ].join("\r\n"),
   );
-  const chunks: Buffer[] = [];
+  // Both signers the service uses: ours for the mail it builds (dkim-sign.ts), nodemailer's for the rest.
+  const signed: Buffer[] = [];
   try {
-    const signed = new DKIM({ ...options }).sign(probe);
-    for await (const chunk of signed) chunks.push(chunk as Buffer);
+    const chunks: Buffer[] = [];
+    for await (const chunk of new DKIM({ ...options }).sign(probe)) chunks.push(chunk as Buffer);
+    signed.push(Buffer.concat(chunks), await createDkimSigner(options).sign(probe));
   } catch (error) {
     throw new Error(`DKIM_PRIVATE_KEY cannot sign: ${(error as Error).message}`, { cause: error });
   }
-  const message = Buffer.concat(chunks);
-  if (!/^DKIM-Signature:/im.test(message.toString("latin1"))) {
-    throw new Error("DKIM_PRIVATE_KEY cannot sign: the signer produced no DKIM-Signature (is it an RSA private key?)");
-  }
   const publicRecord = dkimTxtRecord(key.export({ type: "pkcs8", format: "pem" }).toString());
   const name = `${options.keySelector}._domainkey.${options.domainName}`;
-  const result = await dkimVerify(message, {
-    resolver: (domain: string, type: string) =>
-      domain.toLowerCase() === name && type === "TXT"
-        ? Promise.resolve([[publicRecord]])
-        : Promise.reject(Object.assign(new Error(`no ${type} record for ${domain}`), { code: "ENOTFOUND" })),
-  });
-  const verdict = result.results[0]?.status;
-  if (verdict?.result !== "pass") {
-    throw new Error(
-      `DKIM start-up probe did not verify (${verdict?.result ?? "no signature"}${verdict?.comment ? `: ${verdict.comment}` : ""})`,
-    );
+  for (const message of signed) {
+    if (!/^DKIM-Signature:/im.test(message.toString("latin1"))) {
+      throw new Error("DKIM_PRIVATE_KEY cannot sign: the signer produced no DKIM-Signature (is it an RSA private key?)");
+    }
+    const result = await dkimVerify(message, {
+      resolver: (domain: string, type: string) =>
+        domain.toLowerCase() === name && type === "TXT"
+          ? Promise.resolve([[publicRecord]])
+          : Promise.reject(Object.assign(new Error(`no ${type} record for ${domain}`), { code: "ENOTFOUND" })),
+    });
+    const verdict = result.results[0]?.status;
+    if (verdict?.result !== "pass") {
+      throw new Error(
+        `DKIM start-up probe did not verify (${verdict?.result ?? "no signature"}${verdict?.comment ? `: ${verdict.comment}` : ""})`,
+      );
+    }
   }
 }
