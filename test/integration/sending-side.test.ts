@@ -43,7 +43,12 @@ async function relay(options: { dsn: boolean; dkim?: DkimSigningOptions }) {
   return { sink, transport };
 }
 
-function otpMail(locale = "ko"): OutgoingMail {
+/**
+ * The service's message. A sender name that is not ASCII (the default here)
+ * sends through nodemailer's sendMail, which signs it; an ASCII one takes
+ * the pooled path, signed by dkim-sign.ts.
+ */
+function otpMail(locale = "ko", fromName = "Acme 클라우드"): OutgoingMail {
   const rendered = createRenderer({ defaultLocale: "en", productName: "Acme 클라우드" }).render({
     purpose: "login",
     locale,
@@ -53,7 +58,7 @@ function otpMail(locale = "ko"): OutgoingMail {
   return buildOtpMail({
     rendered,
     to: recipient,
-    fromName: "Acme 클라우드",
+    fromName,
     fromAddress: "no-reply@acme.test",
     messageId,
     bounceDomain: "bounces.acme.test",
@@ -82,6 +87,22 @@ describe("DKIM signing", () => {
     const mailauth = await verifyWithMailauth(raw, keyRecord);
     expect(mailauth).toMatchObject({ result: "pass", signingDomain: "acme.test" });
     expect(await verifyWithDkimpy(raw, keyRecord)).toBe(true);
+  });
+
+  it("both paths sign: the pooled one (dkim-sign.ts, RSA on the thread pool) and sendMail's (nodemailer), and both verify", async () => {
+    const dkim = await prepareDkim({ domain: "acme.test", selector: "s2026", privateKey: rsaKey }, "no-reply@acme.test");
+    const { sink, transport } = await relay({ dsn: true, dkim });
+    await transport.send(otpMail("ko", "Acme Cloud"));
+    await transport.send(otpMail("ko"));
+    const [pooled, composed] = await sink.waitForMessages(2);
+    // The one-pass builder's boundary tells the pooled message from nodemailer's.
+    expect(pooled.raw.toString("latin1")).toContain("_OtpEmail-");
+    expect(composed.raw.toString("latin1")).not.toContain("_OtpEmail-");
+    for (const { raw } of [pooled, composed]) {
+      expect(raw.toString("latin1")).toMatch(/^DKIM-Signature: v=1; a=rsa-sha256; c=relaxed\/relaxed; d=acme\.test;/);
+      expect(await verifyWithMailauth(raw, keyRecord)).toMatchObject({ result: "pass", signingDomain: "acme.test" });
+      expect(await verifyWithDkimpy(raw, keyRecord)).toBe(true);
+    }
   });
 
   it("a tampered copy (header or body) fails both verifiers", async () => {
