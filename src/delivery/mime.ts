@@ -7,18 +7,19 @@
  * about 0.3 ms of CPU per message on this project's bench machine, more than
  * half of what the pooled SMTP send costs. An OTP email always has the same
  * shape (multipart/alternative: text and HTML, a handful of headers), so it
- * is written here directly and handed to nodemailer as `raw` (nodemailer
- * still dot-stuffs it on the wire and DKIM-signs it). Headers use
+ * is written here directly and handed to nodemailer's pool (which still
+ * dot-stuffs it on the wire; dkim-sign.ts signs it). Headers use
  * nodemailer's own encoders (encoded-words, folding); the bodies are encoded
  * here, byte by byte straight into Buffers (7bit, quoted-printable or
  * base64): nodemailer's string encoders (`qp.wrap` with a regex per line)
  * were the largest allocator of a send.
  *
- * Only plain ASCII addresses take this path; anything else (a non-ASCII
- * display name or address) returns undefined and nodemailer builds the
- * message from fields, as before.
+ * Only plain ASCII addresses take this path (a From display name that is
+ * not ASCII is written as an encoded-word, as nodemailer writes it); anything
+ * else (an address that is not ASCII) returns undefined and nodemailer builds
+ * the message from fields, as before.
  */
-import { encodeWords, foldLines } from "nodemailer/lib/mime-funcs";
+import { encodeWord, encodeWords, foldLines } from "nodemailer/lib/mime-funcs";
 import type { OutgoingMail } from "./smtp-transport-types.js";
 
 // Printable ASCII and space: what a header may carry without encoding.
@@ -31,7 +32,8 @@ const maxLine = 76;
 
 /** The message, or undefined when it needs what only nodemailer's full builder does. */
 export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: string): Buffer | undefined {
-  if (!plainHeader.test(mail.from) || !plainHeader.test(mail.to) || !plainHeader.test(mail.messageId)) return undefined;
+  const from = fromHeaderValue(mail.from);
+  if (from === undefined || !plainHeader.test(mail.to) || !plainHeader.test(mail.messageId)) return undefined;
   let extra = "";
   for (const name of Object.keys(mail.headers)) {
     const value = mail.headers[name] ?? "";
@@ -41,7 +43,7 @@ export function composeOtpMime(mail: OutgoingMail, date: Date, boundaryId: strin
   const boundary = `--_OtpEmail-${boundaryId}`;
   const head =
     `Content-Type: multipart/alternative;\r\n boundary="${boundary}"\r\n` +
-    `${fold(`From: ${lowerDomain(mail.from)}`)}\r\n` +
+    `${fold(`From: ${from}`)}\r\n` +
     `${fold(`To: ${lowerDomain(mail.to)}`)}\r\n` +
     `${fold(`Subject: ${encodeHeaderText(mail.subject)}`)}\r\n` +
     `Message-ID: ${mail.messageId}\r\n` +
@@ -100,6 +102,30 @@ function writeWithCrlf(out: Buffer, at: number, text: string, bareLf: number): n
   }
   out.copyWithin(to, from, end);
   return to + (end - from) - at;
+}
+
+/**
+ * The From header's value: as is (domain lower-cased) when plain ASCII;
+ * `"Display name" <address>` with a name that is not ASCII gets the name as
+ * one encoded-word, as nodemailer's builder writes it (Q when latin letters
+ * outnumber the rest, else B); undefined for anything else, an address that
+ * is not ASCII above all.
+ */
+function fromHeaderValue(from: string): string | undefined {
+  if (plainHeader.test(from)) return lowerDomain(from);
+  const named = /^"((?:[^"\\]|\\.)*)" <([\x21-\x7e]+)>$/.exec(from);
+  if (named === null) return undefined;
+  const name = (named[1] ?? "").replace(/\\(.)/g, "$1");
+  // Control characters are formatFrom's to remove; one here means the name came from elsewhere.
+  if (/[\p{Cc}]/u.test(name)) return undefined;
+  return `${encodeWord(name, mostlyLatin(name) ? "Q" : "B", 52)} <${lowerDomain(named[2] ?? "")}>`;
+}
+
+/** nodemailer's choice of encoded-word encoding: Q when latin letters outnumber the characters outside ASCII. */
+function mostlyLatin(text: string): boolean {
+  const outside = text.match(nonAscii)?.length ?? 0;
+  const latin = text.match(/[A-Za-z]/g)?.length ?? 0;
+  return outside < latin;
 }
 
 /** A header line folded at 76 characters; most are shorter and need no work. */

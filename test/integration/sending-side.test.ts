@@ -44,11 +44,11 @@ async function relay(options: { dsn: boolean; dkim?: DkimSigningOptions }) {
 }
 
 /**
- * The service's message. A sender name that is not ASCII (the default here)
- * sends through nodemailer's sendMail, which signs it; an ASCII one takes
- * the pooled path, signed by dkim-sign.ts.
+ * The service's message. A recipient whose address is not ASCII sends
+ * through nodemailer's sendMail, which signs it; a plain one takes the
+ * pooled path, signed by dkim-sign.ts.
  */
-function otpMail(locale = "ko", fromName = "Acme 클라우드"): OutgoingMail {
+function otpMail(locale = "ko", to = recipient): OutgoingMail {
   const rendered = createRenderer({ defaultLocale: "en", productName: "Acme 클라우드" }).render({
     purpose: "login",
     locale,
@@ -57,8 +57,8 @@ function otpMail(locale = "ko", fromName = "Acme 클라우드"): OutgoingMail {
   });
   return buildOtpMail({
     rendered,
-    to: recipient,
-    fromName,
+    to,
+    fromName: "Acme 클라우드",
     fromAddress: "no-reply@acme.test",
     messageId,
     bounceDomain: "bounces.acme.test",
@@ -89,11 +89,11 @@ describe("DKIM signing", () => {
     expect(await verifyWithDkimpy(raw, keyRecord)).toBe(true);
   });
 
-  it("both paths sign: the pooled one (dkim-sign.ts, RSA on the thread pool) and sendMail's (nodemailer), and both verify", async () => {
+  it("both paths sign: the pooled one (dkim-sign.ts, RSA on the thread pool) and sendMail's (nodemailer, for an IDN recipient), and both verify", async () => {
     const dkim = await prepareDkim({ domain: "acme.test", selector: "s2026", privateKey: rsaKey }, "no-reply@acme.test");
     const { sink, transport } = await relay({ dsn: true, dkim });
-    await transport.send(otpMail("ko", "Acme Cloud"));
     await transport.send(otpMail("ko"));
+    await transport.send(otpMail("ko", "jane@bücher.example"));
     const [pooled, composed] = await sink.waitForMessages(2);
     // The one-pass builder's boundary tells the pooled message from nodemailer's.
     expect(pooled.raw.toString("latin1")).toContain("_OtpEmail-");

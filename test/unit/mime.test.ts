@@ -100,8 +100,27 @@ describe("composeOtpMime", () => {
     }
   });
 
-  it("leaves to nodemailer what is not plain ASCII: a non-ASCII display name or address", () => {
-    expect(composeOtpMime(mailFor("en", { from: '"Acmé" <no-reply@acme.test>' }), date, "x")).toBeUndefined();
+  it("writes a From display name that is not ASCII as nodemailer does: one encoded-word, Q or B, reading back the same", async () => {
+    for (const fromName of ["Acme 클라우드", "Müller & Söhne", 'Acmé "Cloud" \\ Ltd', "アクメ・クラウド株式会社のサインインサービス窓口", "Ünïcødé 🔐"]) {
+      const rendered = renderer.render({ purpose: "login", locale: "en", code: "482913", ttlMs: 600_000 });
+      const mail = buildOtpMail({ rendered, to: "ana@example.com", fromName, fromAddress: "no-reply@Acme.test", messageId: "01jabc1" });
+      const { raw, parsed } = await ours(mail);
+      const reference = await nodemailerParsed(mail);
+      expect(parsed.from?.value, fromName).toEqual([{ name: fromName, address: "no-reply@acme.test" }]);
+      expect(parsed.from?.value, fromName).toEqual(reference.from?.value);
+      // The same header nodemailer's builder writes, folding included.
+      const fromOf = (message: string): string | undefined => /^From: .*(?:\r\n[ \t].*)*/m.exec(message)?.[0];
+      const referenceRaw = (
+        await new MailComposer({ from: mail.from, to: mail.to, subject: mail.subject, text: mail.text, messageId: mail.messageId, date }).compile().build()
+      ).toString("latin1");
+      expect(fromOf(raw), fromName).toBe(fromOf(referenceRaw));
+      expect(raw).toMatch(/^[\x20-\x7e\r\n\t]*$/);
+    }
+  });
+
+  it("leaves to nodemailer what is not plain ASCII: an address", () => {
+    expect(composeOtpMime(mailFor("en", { from: '"Acme" <nö-reply@acme.test>' }), date, "x")).toBeUndefined();
+    expect(composeOtpMime(mailFor("en", { from: '"Acmé\u0007" <no-reply@acme.test>' }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { to: "ana@bücher.example" }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { to: "añа@example.com" }), date, "x")).toBeUndefined();
     expect(composeOtpMime(mailFor("en", { headers: { "Content-Language": "ko\r\nBcc: x@y" } }), date, "x")).toBeUndefined();
