@@ -5,7 +5,7 @@
  * to the sink. Fixed concurrency, a warm-up, then a measured period; every run
  * is bounded in count and in time.
  */
-import { randomInt } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create, toBinary, type DescMessage } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -155,6 +155,15 @@ async function runGrpc(job: GrpcJob): Promise<RunResult> {
   const metadata = new grpc.Metadata();
   if (job.token !== undefined) metadata.set("authorization", `Bearer ${job.token}`);
 
+  // A caller's span per request: a new trace id and span id, sampled.
+  const callMetadata = (): grpc.Metadata => {
+    if (!job.callerTraceparent) return metadata;
+    const ids = randomBytes(24).toString("hex");
+    const traced = metadata.clone();
+    traced.set("traceparent", `00-${ids.slice(0, 32)}-${ids.slice(32)}-01`);
+    return traced;
+  };
+
   const call = (request: unknown): Promise<unknown> =>
     new Promise((resolve, reject) => {
       client.makeUnaryRequest(
@@ -162,7 +171,7 @@ async function runGrpc(job: GrpcJob): Promise<RunResult> {
         method.requestSerialize,
         method.responseDeserialize,
         request,
-        metadata,
+        callMetadata(),
         { deadline: Date.now() + 30_000 },
         (error, value) => (error ? reject(error) : resolve(value)),
       );

@@ -48,6 +48,8 @@ export interface GrpcJob extends LoadBounds {
   readonly milestones: readonly number[];
   /** Sent as `authorization: Bearer <token>` when set. */
   readonly token: string | undefined;
+  /** Each request carries a fresh sampled W3C `traceparent`, as a traced caller's would (--caller-traceparent). */
+  readonly callerTraceparent: boolean;
   /** Return the message ids (and verify items) of successful SendOtp calls. */
   readonly collect: boolean;
 }

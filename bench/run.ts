@@ -98,12 +98,14 @@ interface BenchOptions {
   readonly plainSmtp: boolean;
   readonly groups: ReadonlySet<Group>;
   readonly serviceDist: string | undefined;
+  /** --caller-traceparent: every gRPC request carries a fresh sampled traceparent. */
+  readonly callerTraceparent: boolean;
 }
 
 const groups = ["smtp", "service", "echo", "relay", "tracing", "dkim", "soak"] as const;
 type Group = (typeof groups)[number];
 
-const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--perf] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--smoke] [--out DIR]`;
+const usage = `usage: npm run bench -- [--soak N] [--soak-max-s S] [--pool N] [--cpu-prof] [--perf] [--node-arg ARG]... [--service-env KEY=VALUE]... [--keep-logs] [--only ${groups.join(",")}] [--service-dist DIR] [--plain-smtp] [--caller-traceparent] [--smoke] [--out DIR]`;
 
 /** A bad option, or --perf without perf: said in one line with the usage, exit 2, nothing started. */
 class UsageError extends Error {}
@@ -145,6 +147,7 @@ function parseOptions(argv: readonly string[]): BenchOptions | undefined {
     options: {
       smoke: { type: "boolean" },
       "plain-smtp": { type: "boolean" },
+      "caller-traceparent": { type: "boolean" },
       soak: { type: "string" },
       "soak-max-s": { type: "string" },
       pool: { type: "string" },
@@ -176,6 +179,7 @@ function parseOptions(argv: readonly string[]): BenchOptions | undefined {
     keepLogs: values["keep-logs"] === true,
     serviceEnv: serviceEnvOf(values["service-env"] ?? []),
     plainSmtp: values["plain-smtp"] === true,
+    callerTraceparent: values["caller-traceparent"] === true,
     outDir: resolve(values.out ?? join(repoRoot, "bench")),
   };
 }
@@ -220,6 +224,7 @@ function grpcJob(
     ...bounds,
     milestones: extra.milestones ?? [],
     token: bench.caller.token,
+    callerTraceparent: bench.options.callerTraceparent,
     collect: extra.collect ?? false,
   };
 }
@@ -1115,6 +1120,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       // Long values (a key, a certificate) shortened: the table names the setting, the caller knows the value.
       const shown = overrides.map(([key, value]) => `${key}=${value.length > 40 ? `${value.slice(0, 37)}...` : value}`);
       bench.features["service env"] = `every service also runs with ${shown.join(" ")} (--service-env)`;
+    }
+    if (options.callerTraceparent) {
+      bench.features["caller trace"] = "every gRPC request carries a fresh sampled traceparent, as a traced caller's would (--caller-traceparent)";
     }
     if (options.profile === "smoke") await smokeRun(bench);
     else await fullRun(bench);

@@ -28,8 +28,9 @@ afterAll(() => {
 describe("npm run bench -- --smoke", () => {
   it("sends SendOtp through the service process, counts Redis round trips and writes the results", async () => {
     // Generous bound: a cold run compiles the service and the benchmark first.
-    // With a setting of the caller's own (--service-env), and the logs kept to show the service ran with it.
-    const args = ["bench/bench.mjs", "--smoke", "--out", out, "--service-env=LOG_LEVEL=warn", "--keep-logs"];
+    // With a setting of the caller's own (--service-env) and a traced caller's context on every request
+    // (--caller-traceparent), and the logs kept to show the service ran with both.
+    const args = ["bench/bench.mjs", "--smoke", "--out", out, "--service-env=NODE_ENV=test", "--caller-traceparent", "--keep-logs"];
     const { stdout } = await run(process.execPath, args, {
       cwd: root,
       timeout: 240_000,
@@ -72,13 +73,21 @@ describe("npm run bench -- --smoke", () => {
     expect(readFileSync(join(out, "results.svg"), "utf8")).toMatch(/^<svg [^>]*>[\s\S]*SendOtp end to end[\s\S]*<\/svg>\n$/);
     expect(stdout).toContain("SendOtp end to end");
 
-    expect(report.features["service env"]).toBe("every service also runs with LOG_LEVEL=warn (--service-env)");
+    expect(report.features["service env"]).toBe("every service also runs with NODE_ENV=test (--service-env)");
+    expect(report.features["caller trace"]).toMatch(/fresh sampled traceparent/);
     keptLogs = /service logs kept in (\S+)/.exec(stdout)?.[1];
     expect(keptLogs).toBeDefined();
-    // LOG_LEVEL=warn reached the service: the bench's own info (every send is logged at info) did not apply.
+    // NODE_ENV=test reached the service: the bench's own production did not apply.
     const log = readFileSync(join(keptLogs ?? "", "service-smoke.log"), "utf8");
-    expect(log).not.toContain('"msg":"otp queued"');
-    expect(log).not.toContain('"level":"info"');
+    expect(log).toContain('"env":"test","msg":"otp-email listening"');
+    // Every send ran in its caller's trace, a trace of its own.
+    const queued = log
+      .split("\n")
+      .filter((line) => line.includes('"msg":"otp queued"'))
+      .map((line) => (JSON.parse(line) as { trace_id?: string }).trace_id);
+    expect(queued.length).toBeGreaterThanOrEqual(45);
+    expect(queued.every((id) => id !== undefined && /^[0-9a-f]{32}$/.test(id))).toBe(true);
+    expect(new Set(queued).size).toBe(queued.length);
   }, 300_000);
 
   it("refuses a bad option before starting anything: one line saying what is wrong, the usage, exit 2, no stack", async () => {
