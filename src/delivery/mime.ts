@@ -112,6 +112,16 @@ function writeWithCrlf(out: Buffer, at: number, text: string, bareLf: number): n
  * is not ASCII above all.
  */
 function fromHeaderValue(from: string): string | undefined {
+  // A process sends from one MAIL_FROM: the encoded value is kept for the next message.
+  if (from === lastFrom.from) return lastFrom.value;
+  const value = encodeFrom(from);
+  lastFrom = { from, value };
+  return value;
+}
+
+let lastFrom: { readonly from: string; readonly value: string | undefined } = { from: "", value: "" };
+
+function encodeFrom(from: string): string | undefined {
   if (plainHeader.test(from)) return lowerDomain(from);
   const named = /^"((?:[^"\\]|\\.)*)" <([\x21-\x7e]+)>$/.exec(from);
   if (named === null) return undefined;
