@@ -70,6 +70,13 @@ export interface AppOptions {
    * they are refused: a key written after its certificate (default 2 s).
    */
   readonly certificateSettleMs?: number;
+  /**
+   * Aborted when a stop is asked for while the app starts (SIGTERM during
+   * start-up): the relay's first check, which a relay that never answers can
+   * hold for its connection and greeting timeouts, is no longer waited for,
+   * so the caller can stop the app at once.
+   */
+  readonly startupSignal?: AbortSignal;
 }
 
 export interface App {
@@ -330,7 +337,8 @@ export async function startApp(options: AppOptions): Promise<App> {
       }
     }
     const address = await server.listen(config.grpcAddr);
-    await relayProbe.runNow();
+    // Calls are taken from here on; the relay's first check sets its health.
+    await untilAborted(relayProbe.runNow(), options.startupSignal);
     const certificates = startCertificateReloader({
       certificates: watchedCertificates(config, grpcCredentials.update, intake),
       intervalMs: config.tlsReloadIntervalMs,
@@ -453,6 +461,17 @@ async function closeAll(closers: (() => Promise<void>)[], logger: Logger): Promi
     }
   }
   closers.length = 0;
+}
+
+/** `work`, or less: resolves as soon as `signal` aborts (`work` goes on; its result is not waited for). */
+function untilAborted(work: Promise<void>, signal: AbortSignal | undefined): Promise<void> {
+  if (signal === undefined) return work;
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => resolve();
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 /** Re-checks a relay that is down, every `intervalMs`, until it is up. */

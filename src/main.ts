@@ -2,12 +2,12 @@
  * The service's entry point: config -> app -> signals (SIGTERM and SIGINT
  * stop it, SIGHUP re-reads the certificate files). Wiring only.
  */
-import { startApp } from "./app.js";
+import { startApp, type App } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
 import { runStartupDoctor } from "./doctor/startup-check.js";
 import { createLogger, type Logger } from "./logger.js";
-import { startMetricsServer } from "./telemetry/metrics-server.js";
+import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-server.js";
 import { attachSdkDiagnostics } from "./telemetry/sdk-diagnostics.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
 
@@ -41,39 +41,16 @@ async function main(): Promise<void> {
   const logger = createLogger({ level: config.logLevel });
   // What the tracing SDK (started by the bootstrap) has to say about itself goes to this log from now on.
   attachSdkDiagnostics(logger);
-  const app = await startApp({ config, logger });
-  const metricsServer =
-    config.metrics.addr === undefined
-      ? undefined
-      : await startMetricsServer({
-          address: config.metrics.addr,
-          metrics: app.metrics,
-          health: app.health,
-          logger,
-          fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
-        });
-  logger.info({ grpc: `${app.address.host}:${app.address.port}`, env: config.env }, "otp-email listening");
-  if (config.env !== "production") devBanner(config, logger, app.address.port, app.address.host, app.captureSinkUrl);
-  // The doctor's checks, as warnings, whenever a real relay is configured: the
-  // operator learns at start-up why Gmail would junk or refuse the mail.
-  // Not awaited: each lookup may take up to DOCTOR_TIMEOUT. In a worker
-  // thread, so that the checks' modules do not stay in the service's heap.
-  if (config.smtp.url !== undefined && config.env !== "test") {
-    runStartupDoctor().then(
-      (report) => logDoctorReport(report, logger),
-      (error: unknown) => logger.warn({ err: error }, "start-up sender-domain checks could not run"),
-    );
-  }
 
+  // The signals are handled from the start: the gRPC port takes calls before
+  // start-up ends (the relay's first check may wait out its timeouts), and a
+  // SIGTERM then must still let those calls' sends finish, not kill them.
+  const starting = new AbortController();
+  let app: App | undefined;
+  let metricsServer: MetricsServer | undefined;
   let signalled = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (signalled) {
-      logger.warn({ signal }, "second signal: exiting now");
-      process.exit(1);
-    }
-    signalled = true;
-    logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down: finishing in-flight sends");
-    app
+  const stopAndExit = (running: App): void => {
+    running
       .stop()
       // Scrapes go on while in-flight sends finish; buffered spans are exported last.
       .then(() => Promise.all([metricsServer?.close(), shutdownTracing()]))
@@ -88,14 +65,64 @@ async function main(): Promise<void> {
         },
       );
   };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (signalled) {
+      logger.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    signalled = true;
+    if (app === undefined) {
+      logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down during start-up: stopping as soon as it is safe");
+      starting.abort();
+      return;
+    }
+    logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down: finishing in-flight sends");
+    stopAndExit(app);
+  };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
   // SIGHUP (whose default would end the process): read the certificate files again now.
   process.on("SIGHUP", () => {
-    if (signalled) return;
+    if (signalled || app === undefined) return;
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void app.reloadCertificates();
   });
+
+  const started = await startApp({ config, logger, startupSignal: starting.signal });
+  if (signalled) {
+    // Asked to stop while starting: no metrics port, no doctor; in-flight sends still finish.
+    app = started;
+    stopAndExit(started);
+    return;
+  }
+  metricsServer =
+    config.metrics.addr === undefined
+      ? undefined
+      : await startMetricsServer({
+          address: config.metrics.addr,
+          metrics: started.metrics,
+          health: started.health,
+          logger,
+          fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
+        });
+  app = started;
+  if (signalled) {
+    // The signal came while the metrics port opened.
+    stopAndExit(started);
+    return;
+  }
+  logger.info({ grpc: `${started.address.host}:${started.address.port}`, env: config.env }, "otp-email listening");
+  if (config.env !== "production") devBanner(config, logger, started.address.port, started.address.host, started.captureSinkUrl);
+  // The doctor's checks, as warnings, whenever a real relay is configured: the
+  // operator learns at start-up why Gmail would junk or refuse the mail.
+  // Not awaited: each lookup may take up to DOCTOR_TIMEOUT. In a worker
+  // thread, so that the checks' modules do not stay in the service's heap.
+  if (config.smtp.url !== undefined && config.env !== "test") {
+    runStartupDoctor().then(
+      (report) => logDoctorReport(report, logger),
+      (error: unknown) => logger.warn({ err: error }, "start-up sender-domain checks could not run"),
+    );
+  }
 }
 
 main().catch((error: unknown) => {

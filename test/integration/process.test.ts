@@ -4,6 +4,7 @@
  * files, and a graceful SIGTERM during a slow send.
  */
 import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -254,6 +255,57 @@ describe("SIGTERM", () => {
       }
     } finally {
       await sink.close();
+    }
+  });
+  it("during start-up, while the relay's first check waits for a greeting that never comes: calls already taken still finish, exit 0, no wait for the check", async () => {
+    // A relay that takes the connection and never says a word: the start-up
+    // check would wait out SMTP_GREETING_TIMEOUT (20 s here) before start-up ends.
+    const silent = createNetServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const relayPort = (silent.address() as AddressInfo).port;
+    const prefix = randomPrefix();
+    const port = await freePort();
+    try {
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        REDIS_URL: redisUrlForTests(),
+        REDIS_PREFIX: prefix,
+        SMTP_URL: `smtp://127.0.0.1:${relayPort}?starttls=off`,
+        SMTP_GREETING_TIMEOUT: "20s",
+        OTP_SECRET: "process-test-secret-0123456789abcdef",
+        SEND_WAIT_BUDGET: "200ms",
+        SHUTDOWN_GRACE: "1s",
+      });
+      // The gRPC port takes calls before start-up has finished.
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      await new Promise<void>((resolve, reject) =>
+        client.waitForReady(Date.now() + 10_000, (error) => (error ? reject(error) : resolve())),
+      );
+      const sent = await grpcUnary(client, sendOtp, { recipient: "early@example.com", purpose: Purpose.LOGIN });
+      client.close();
+      expect(sent.state).toBe(DeliveryState.SENDING);
+      expect(service.lines.some((line) => line["msg"] === "otp-email listening")).toBe(false);
+
+      const signalled = Date.now();
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+      // The grace period and closing, not the 20 s greeting timeout.
+      expect(Date.now() - signalled).toBeLessThan(8000);
+      expect(service.lines.some((line) => /shutting down during start-up/.test(String(line["msg"])))).toBe(true);
+      expect(service.lines.some((line) => line["msg"] === "stopped")).toBe(true);
+
+      const store = createRedisStore({ url: redisUrlForTests(), prefix, logger: createLogger({ level: "silent" }) });
+      try {
+        // The send was under way, not lost: its record says the sender stopped mid-attempt.
+        const record = await store.getRecord(sent.messageId);
+        expect(record?.state).toBe("FAILED");
+        expect(record?.failureReason).toMatch(/the sender stopped/);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await new Promise((resolve) => silent.close(resolve));
     }
   });
 });
