@@ -379,6 +379,20 @@ describe("gRPC server", () => {
       expect(ConnectError.from(error).code).toBe(Code.ResourceExhausted);
       expect(h.otp.sends).toEqual([]);
     });
+
+    it("metadata over HTTP/2's 64 KiB header list: the stream is reset below the service (INTERNAL), nothing runs, the connection goes on", async () => {
+      // What the README's Errors section says: grpc-js has no server option for this limit.
+      const metadata = new grpc.Metadata();
+      metadata.set("x-big", "a".repeat(128 * 1024));
+      const error = await grpcError(grpcUnary(grpcClient, OtpEmailService.method.sendOtp, { recipient: "a@b.test", purpose: Purpose.LOGIN }, metadata));
+      expect(error.code).toBe(grpc.status.INTERNAL);
+      expect(error.details).toMatch(/RST_STREAM/);
+      expect(h.otp.sends).toEqual([]);
+      // Under the limit, the same header is fine; and the same client's connection still works.
+      metadata.set("x-big", "a".repeat(32 * 1024));
+      const status = await grpcUnary(grpcClient, OtpEmailService.method.getDeliveryStatus, { messageId: "msg-1" }, metadata);
+      expect(status.messageId).toBe("msg-1");
+    });
   });
 
   describe("GetDeliveryStatus", () => {
