@@ -30,12 +30,17 @@ export function parseAddress(raw: string): ParsedAddress | string {
   if (raw.length === 0) return "required";
   if (raw.length > 254) return "must be at most 254 characters (RFC 5321)";
   if (hasUnsafeCharacters(raw)) return "must not contain CR, LF or other control characters";
+  // A ',' or ';' after an '@' cannot be part of a domain: it separates a list
+  // (`a@x.com, b@y.com` as copied from a mail client), spaces or not.
+  if (/@.*[,;]/.test(raw)) return "must be one address per request, not a list separated by ',' or ';'";
   if (/\s/.test(raw)) return "must not contain spaces; send only the address, without a display name";
+  if (/[<>]/.test(raw)) return "must not contain angle brackets; send only the address (local@domain), without < >";
   const at = raw.lastIndexOf("@");
   if (at <= 0 || at === raw.length - 1) return "must be an address of the form local@domain";
   const local = raw.slice(0, at);
   const domainInput = raw.slice(at + 1);
-  if (local.includes("@") || local.includes('"')) return "must be a plain address (no quoted local part)";
+  if (local.includes('"')) return "must be a plain address (no quoted local part)";
+  if (local.includes("@")) return "must contain exactly one '@' (one address, of the form local@domain)";
   if (local.length > 64) return "local part must be at most 64 characters (RFC 5321)";
   if (!dotAtom.test(local)) {
     return /[^ -~]/.test(local)

@@ -254,6 +254,11 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       ["NUL in recipient", { recipient: "vic\u0000tim@example.com" }, "recipient"],
       ["bidi override in recipient", { recipient: "vic\u202etim@example.com" }, "recipient"],
       ["display name in recipient", { recipient: "Victim <victim@example.com>" }, "recipient"],
+      ["angle brackets around recipient", { recipient: "<victim@example.com>" }, "recipient"],
+      ["two '@' in recipient", { recipient: "victim@attacker.example@example.com" }, "recipient"],
+      ["',' list in recipient", { recipient: "victim@example.com,all@attacker.example" }, "recipient"],
+      ["';' list in recipient", { recipient: "victim@example.com;all@attacker.example" }, "recipient"],
+      ["quoted local part in recipient", { recipient: '"victim"@example.com' }, "recipient"],
       ["URL syntax after the domain", { recipient: "victim@attacker.example/example.com" }, "recipient"],
       ["1 MB recipient", { recipient: `${mb}@example.com` }, "recipient"],
       ["empty recipient", { recipient: "" }, "recipient"],
@@ -287,6 +292,24 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       expect(error.details.length).toBeLessThan(300);
       expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toContain(field);
       expect(svc.sink.transactions()).toBe(before);
+    });
+
+    // What the caller reads must name its mistake and the fix, never the address.
+    const recipientMessages: [string, string][] = [
+      ["victim@attacker.example@example.com", "recipient: must contain exactly one '@' (one address, of the form local@domain)"],
+      ["victim@example.com,all@attacker.example", "recipient: must be one address per request, not a list separated by ',' or ';'"],
+      ["victim@example.com;all@attacker.example", "recipient: must be one address per request, not a list separated by ',' or ';'"],
+      ["<victim@example.com>", "recipient: must not contain angle brackets; send only the address (local@domain), without < >"],
+      ["Victim <victim@example.com>", "recipient: must not contain spaces; send only the address, without a display name"],
+      ['"victim"@example.com', "recipient: must be a plain address (no quoted local part)"],
+    ];
+    it.each(recipientMessages)("SendOtp: %j is refused with %j", async (recipient, message) => {
+      const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { ...valid, recipient }));
+      expect(error.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+      expect(error.details).toBe(message);
+      expect(errorDetails(error).badRequest?.fieldViolations).toEqual([
+        expect.objectContaining({ field: "recipient", description: message.slice("recipient: ".length) }),
+      ]);
     });
 
     const verifyCases: [string, MessageInitShape<typeof OtpEmailService.method.verifyOtp.input>, string][] = [

@@ -29,7 +29,14 @@ describe("parseAddress", () => {
     ["ana", /local@domain/],
     ['"a b"@example.com', /spaces/],
     ['"ab"@example.com', /quoted/],
-    ["a@b@example.com", /quoted|plain/],
+    ['"a@b"@example.com', /quoted/],
+    ["a@b@example.com", /exactly one '@'/],
+    ["a@@example.com", /exactly one '@'/],
+    ["a@example.com,b@example.com", /not a list/],
+    ["a@example.com, b@example.com", /not a list/],
+    ["a@example.com;", /not a list/],
+    ["<ana@example.com>", /angle brackets/],
+    ["Ana<ana@example.com>", /angle brackets/],
     [".ana@example.com", /dot/],
     ["an..a@example.com", /dot/],
     ["ana.@example.com", /dot/],
@@ -59,6 +66,23 @@ describe("parseAddress", () => {
     const parsed = parseAddress(raw);
     expect(typeof parsed).toBe("string");
     expect(parsed).toMatch(rule);
+  });
+});
+
+describe("parseAddress, what a caller most often gets wrong", () => {
+  // Each message names the mistake and the fix, and none repeats the address:
+  // it reaches API answers, logs and spans.
+  it.each([
+    ["rcpt19@evil.com@example.com", "must contain exactly one '@' (one address, of the form local@domain)"],
+    ["a@example.com,b@evil.com", "must be one address per request, not a list separated by ',' or ';'"],
+    ["a@example.com;b@evil.com", "must be one address per request, not a list separated by ',' or ';'"],
+    ["<rcpt17@example.com>", "must not contain angle brackets; send only the address (local@domain), without < >"],
+    ["Rcpt <rcpt17@example.com>", "must not contain spaces; send only the address, without a display name"],
+    ['"rcpt17"@example.com', "must be a plain address (no quoted local part)"],
+  ])("%j: %s", (raw, message) => {
+    const parsed = parseAddress(raw);
+    expect(parsed).toBe(message);
+    expect(parsed).not.toMatch(/rcpt|evil/);
   });
 });
 
