@@ -703,10 +703,13 @@ function readDkim(read: Reader, fromAddress: string): Config["dkim"] {
   } catch (error) {
     throw new ConfigError(`DKIM_PRIVATE_KEY: not a usable PEM private key (${(error as Error).message})`);
   }
+  // Both signers (ours, src/delivery/dkim-sign.ts, and nodemailer's) sign rsa-sha256 only: an Ed25519 or EC
+  // key cannot sign, and nodemailer would send its mail unsigned without a word. Refused here, as configuration.
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
-  if (!(key.asymmetricKeyType === "rsa" && bits >= 1024) && key.asymmetricKeyType !== "ed25519") {
+  if (key.asymmetricKeyType !== "rsa" || bits < 1024) {
     throw new ConfigError(
-      `DKIM_PRIVATE_KEY: must be an RSA key of at least 1024 bits (2048 recommended) or Ed25519, not ${key.asymmetricKeyType ?? "unknown"}${bits > 0 ? ` ${bits} bits` : ""}`,
+      `DKIM_PRIVATE_KEY: must be an RSA key of at least 1024 bits (2048 recommended: openssl genrsa -out dkim.pem 2048), ` +
+        `not ${key.asymmetricKeyType ?? "an unknown key type"}${bits > 0 ? ` of ${bits} bits` : ""}; the service signs rsa-sha256 only`,
     );
   }
   return { domain: domain ?? fromAddress.slice(fromAddress.lastIndexOf("@") + 1).toLowerCase(), selector, privateKey };

@@ -3,8 +3,9 @@
  * option, rsa-sha256, relaxed/relaxed); this module decides whether the
  * configured key may be used at all, before the first message goes out:
  *
- * - the key is RSA: nodemailer signs rsa-sha256 only, and with any other key
- *   it sends the message unsigned without a word;
+ * - the key is RSA (config.ts refuses any other first): both signers sign
+ *   rsa-sha256 only, and nodemailer, with any other key, sends the message
+ *   unsigned without a word;
  * - the d= domain aligns with the From domain (DMARC relaxed alignment), or
  *   a perfect signature would still fail DMARC;
  * - a probe message signed exactly as real mail is verifies against the
@@ -55,12 +56,13 @@ export async function prepareDkim(config: DkimKeyConfig, fromAddress: string): P
   } catch (error) {
     throw new Error(`DKIM_PRIVATE_KEY is not a usable PEM private key (${(error as Error).message})`, { cause: error });
   }
+  // loadConfig refuses such a key first (exit 78); this guards callers that did not come through it.
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
   if (key.asymmetricKeyType !== "rsa" || bits < minRsaBits) {
     throw new Error(
       `DKIM_PRIVATE_KEY must be an RSA key of at least ${minRsaBits} bits (2048 recommended: ` +
         `\`openssl genrsa -out dkim.pem 2048\`); got ${key.asymmetricKeyType ?? "an unknown key type"}` +
-        `${bits > 0 ? ` of ${bits} bits` : ""}. nodemailer signs rsa-sha256 only`,
+        `${bits > 0 ? ` of ${bits} bits` : ""}. The service signs rsa-sha256 only`,
     );
   }
   const options: DkimSigningOptions = { domainName: domain, keySelector: config.selector, privateKey: config.privateKey };

@@ -68,7 +68,7 @@ export async function checkDkim(options: DkimCheckOptions): Promise<DkimCheck> {
   });
   const signError = signed.errors[0];
   if (signed.signatures === "" || signError !== undefined) {
-    return failed("fail", `our key cannot sign: ${signError?.err.message ?? "no signature produced"}`, "set DKIM_PRIVATE_KEY to a usable RSA (2048-bit) or Ed25519 key", { records });
+    return failed("fail", `our key cannot sign: ${signError?.err.message ?? "no signature produced"}`, "set DKIM_PRIVATE_KEY to an RSA key of at least 1024 bits (2048 recommended): the service signs rsa-sha256 only", { records });
   }
 
   const verified = await dkimVerify(Buffer.concat([Buffer.from(signed.signatures), probe]), {
@@ -111,14 +111,9 @@ export async function checkDkim(options: DkimCheckOptions): Promise<DkimCheck> {
   return failed("fail", `the published record at ${name} is unusable (${String(status?.comment ?? verdict)})`, publish, details);
 }
 
-/** The TXT record that publishes the public half of `privateKeyPem`. */
+/** The TXT record that publishes the public half of `privateKeyPem`, an RSA key (the only kind the service signs with). */
 export function expectedRecord(privateKeyPem: string): string {
-  const key = createPublicKey(privateKeyPem);
-  const der = key.export({ type: "spki", format: "der" });
-  if (key.asymmetricKeyType === "ed25519") {
-    // RFC 8463: the raw 32-byte key, not the SPKI structure.
-    return `v=DKIM1; k=ed25519; p=${der.subarray(der.length - 32).toString("base64")}`;
-  }
+  const der = createPublicKey(privateKeyPem).export({ type: "spki", format: "der" });
   return `v=DKIM1; k=rsa; p=${der.toString("base64")}`;
 }
 

@@ -3,6 +3,7 @@
  * zero-config development mode, SIGHUP re-reading the TLS certificate
  * files, and a graceful SIGTERM during a slow send.
  */
+import { generateKeyPairSync } from "node:crypto";
 import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -81,6 +82,23 @@ describe("npm start with nothing configured", () => {
     const service = startServiceProcess({ NODE_ENV: "test", REDIS_URL: "rediss://127.0.0.1:6380", REDIS_TLS_CA: "/etc/hostname" });
     expect(await service.exited).toBe(78);
     expect(service.stderr.join("")).toMatch(/configuration error: REDIS_TLS_CA: not a usable PEM certificate/);
+  });
+
+  it("refuses an Ed25519 DKIM key with exit 78 and one line naming the variable: the service signs rsa-sha256 only", async () => {
+    const ed25519 = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+    const service = startServiceProcess({
+      NODE_ENV: "test",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      MAIL_FROM: "no-reply@acme.example",
+      DKIM_SELECTOR: "s1",
+      DKIM_PRIVATE_KEY: ed25519,
+    });
+    expect(await service.exited).toBe(78);
+    expect(service.stderr.join("")).toBe(
+      "otp-email: configuration error: DKIM_PRIVATE_KEY: must be an RSA key of at least 1024 bits " +
+        "(2048 recommended: openssl genrsa -out dkim.pem 2048), not ed25519; the service signs rsa-sha256 only\n",
+    );
   });
 
   it("refuses to start when the bounce intake's TLS key does not belong to its certificate: 78, naming the variable, showing no key", async () => {

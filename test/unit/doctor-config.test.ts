@@ -7,12 +7,14 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../../src/config.js";
+import { ConfigError, loadConfig } from "../../src/config.js";
 
 const spki = { type: "spki", format: "pem" } as const;
 const pkcs8 = { type: "pkcs8", format: "pem" } as const;
 const rsaPem = generateKeyPairSync("rsa", { modulusLength: 1024, publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
 const ed25519Pem = generateKeyPairSync("ed25519", { publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
+const ecPem = generateKeyPairSync("ec", { namedCurve: "P-256", publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
+const shortRsaPem = generateKeyPairSync("rsa", { modulusLength: 512, publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
 const from = { MAIL_FROM: "no-reply@acme.example" };
 
 describe("doctor and DKIM configuration", () => {
@@ -34,9 +36,9 @@ describe("doctor and DKIM configuration", () => {
 
     const dir = mkdtempSync(join(tmpdir(), "otp-dkim-"));
     try {
-      writeFileSync(join(dir, "dkim.pem"), ed25519Pem);
-      const fromFile = loadConfig({ ...from, DKIM_DOMAIN: "Mail.Acme.Example", DKIM_SELECTOR: "ed", DKIM_PRIVATE_KEY: join(dir, "dkim.pem") });
-      expect(fromFile.dkim).toEqual({ domain: "mail.acme.example", selector: "ed", privateKey: ed25519Pem });
+      writeFileSync(join(dir, "dkim.pem"), rsaPem);
+      const fromFile = loadConfig({ ...from, DKIM_DOMAIN: "Mail.Acme.Example", DKIM_SELECTOR: "s2026", DKIM_PRIVATE_KEY: join(dir, "dkim.pem") });
+      expect(fromFile.dkim).toEqual({ domain: "mail.acme.example", selector: "s2026", privateKey: rsaPem });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -58,9 +60,22 @@ describe("doctor and DKIM configuration", () => {
     expect(() => loadConfig({ ...from, ...env })).toThrow(message);
   });
 
-  it("refuses a DKIM key that cannot sign for DKIM", () => {
-    const ecPem = generateKeyPairSync("ec", { namedCurve: "P-256", publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
-    expect(() => loadConfig({ ...from, DKIM_SELECTOR: "s1", DKIM_PRIVATE_KEY: ecPem })).toThrow(/RSA key of at least 1024 bits .* or Ed25519, not ec/);
+  // The service signs rsa-sha256 only (its own signer and nodemailer's): any other key is a configuration error.
+  it.each([
+    ["an Ed25519 key", ed25519Pem, "not ed25519"],
+    ["an EC P-256 key", ecPem, "not ec"],
+    ["a 512-bit RSA key", shortRsaPem, "not rsa of 512 bits"],
+  ])("refuses %s as a configuration error: RSA only, because signing is rsa-sha256", (_, pem, got) => {
+    let error: unknown;
+    try {
+      loadConfig({ ...from, DKIM_SELECTOR: "s1", DKIM_PRIVATE_KEY: pem });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toBe(
+      `DKIM_PRIVATE_KEY: must be an RSA key of at least 1024 bits (2048 recommended: openssl genrsa -out dkim.pem 2048), ${got}; the service signs rsa-sha256 only`,
+    );
   });
 
   it("reads the doctor's overrides", () => {
