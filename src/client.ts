@@ -11,13 +11,16 @@
  * HTTP/2 to the service (and to any other gRPC server). With an
  * OpenTelemetry SDK in the calling process, each call is a CLIENT span that
  * carries the active trace to the service (`traceparent`), so the caller's
- * span parents the service's.
+ * span parents the service's. There is nothing to close: an idle connection
+ * does not keep the process alive (see client-session.ts for the one case
+ * connect-node gets wrong).
  */
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { BlockList, isIPv4, isIPv6 } from "node:net";
 import { BadRequestSchema, ErrorInfoSchema, QuotaFailureSchema, RetryInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { OtpEmailService } from "../gen/otp/v1/otp_email_pb.js";
+import { ClientSessionManager } from "./client-session.js";
 import { createClientTracingInterceptor } from "./telemetry/client-tracing.js";
 
 export * from "../gen/otp/v1/otp_email_pb.js";
@@ -61,6 +64,13 @@ export interface OtpEmailClientOptions {
 export type OtpEmailClient = Client<typeof OtpEmailService>;
 
 /**
+ * The largest request the service accepts (its grpc.max_receive_message_length,
+ * `maxRequestBytes` in src/rpc/server.ts, which this package does not ship).
+ * A larger one fails with Code.ResourceExhausted before anything is sent.
+ */
+export const maxRequestBytes = 2 * 1024 * 1024;
+
+/**
  * Makes a client. Throws, before anything is sent, when a token would go over
  * http:// to a host that is not loopback without `allowPlaintextToken`.
  */
@@ -87,7 +97,9 @@ export function createOtpEmailClient(options: OtpEmailClientOptions): OtpEmailCl
     baseUrl: options.baseUrl,
     interceptors,
     defaultTimeoutMs: options.timeoutMs ?? 10_000,
-    ...(options.tls ? { nodeOptions: { ...options.tls } } : {}),
+    // Refused here rather than uploaded for the service to refuse after its first bytes.
+    writeMaxBytes: maxRequestBytes,
+    sessionManager: new ClientSessionManager(options.baseUrl, {}, options.tls ? { ...options.tls } : undefined),
   });
   return createClient(OtpEmailService, transport);
 }

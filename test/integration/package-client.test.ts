@@ -215,7 +215,7 @@ describe("the Node client installed from the package (npm pack)", () => {
   });
 
   it("holds no sources, tests, bench, CI, deploy or examples, no source maps, keys or .env files, and not the server", () => {
-    const shipped = /^dist\/src\/(client|telemetry\/client-tracing|telemetry\/semconv)\.(js|d\.ts)$/;
+    const shipped = /^dist\/src\/(client|client-session|telemetry\/client-tracing|telemetry\/semconv)\.(js|d\.ts)$/;
     const unwanted = packed.filter(
       (path) =>
         /^(src|gen|test|bench|\.ci|deploy|examples|scripts)\//.test(path) ||
@@ -312,6 +312,40 @@ describe("the Node client installed from the package (npm pack)", () => {
     });
     expect(cooldown).toMatchObject({ code: "ResourceExhausted", reason: "RESEND_COOLDOWN" });
     expect(cooldown?.["retryDelayMs"]).toBeGreaterThan(0);
+  });
+
+  it("a consumer script that closes nothing exits at once: after a call, and after a request over the service's 2 MiB, refused before it is sent", async () => {
+    const app = join(consumer, "exit.mjs");
+    await writeFile(
+      app,
+      [
+        'import { Code, createOtpEmailClient, errorDetailsOf, maxRequestBytes, Purpose } from "otp-email-client";',
+        "const [command, baseUrl] = process.argv.slice(2);",
+        "const client = createOtpEmailClient({ baseUrl });",
+        'const recipient = command === "oversized" ? `${"x".repeat(maxRequestBytes + 1024)}@example.com` : "exit@example.com";',
+        "try {",
+        "  await client.sendOtp({ recipient, purpose: Purpose.LOGIN });",
+        '  console.log(JSON.stringify({ code: "OK" }));',
+        "} catch (error) {",
+        "  const { code, message } = errorDetailsOf(error);",
+        "  console.log(JSON.stringify({ code: Code[code], message }));",
+        "}",
+      ].join("\n"),
+    );
+    const baseUrl = `http://${service?.address ?? "?"}`;
+    const exits: Record<string, unknown>[] = [];
+    for (const command of ["ok", "oversized"]) {
+      const started = Date.now();
+      // Far above the 5 s asserted below: a process held open fails the assertion, not the run.
+      const exited = await run(process.execPath, [app, command, baseUrl], consumer, 20_000);
+      expect(exited.stderr).toBe("");
+      exits.push({ command, exitCode: exited.exitCode, fast: Date.now() - started < 5_000, ...(JSON.parse(exited.stdout) as object) });
+    }
+    expect(exits).toEqual([
+      { command: "ok", exitCode: 0, fast: true, code: "OK" },
+      // The client's own refusal: the service's would read "Received message larger than max".
+      { command: "oversized", exitCode: 0, fast: true, code: "ResourceExhausted", message: expect.stringMatching(/writeMaxBytes 2097152$/) as unknown },
+    ]);
   });
 
   it("a consumer TypeScript file typechecks against the packed .d.ts (strict, NodeNext, library files checked), and misuse is an error", async () => {

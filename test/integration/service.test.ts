@@ -6,6 +6,8 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
@@ -18,6 +20,7 @@ import {
   VerifyResult,
 } from "../../gen/otp/v1/otp_email_pb.js";
 import { createOtpEmailClient } from "../../src/client.js";
+import { ClientSessionManager } from "../../src/client-session.js";
 import { bufCurl, errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { codeFromMail, startTestService, type TestService } from "../support/service.js";
 import { behave, startSmtpSink } from "../support/smtp-sink.js";
@@ -103,6 +106,27 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     // What the user typed: spaces, dashes and lower case are forgiven.
     const verified = await client.verifyOtp({ recipient: to, purpose: Purpose.SIGNUP, code: " ab-12 cd " });
     expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
+  it("the client's connection closes a stream the service answered before reading it all, so the connection goes idle and holds no process", async () => {
+    // The client refuses such a request itself (writeMaxBytes); without that
+    // limit the service answers after the first bytes, as a proxy may for a large body.
+    const baseUrl = `http://${svc.address}`;
+    const session = new ClientSessionManager(baseUrl);
+    const client = createClient(OtpEmailService, createGrpcTransport({ baseUrl, sessionManager: session }));
+
+    const error = await client.sendOtp({ recipient: `${"x".repeat(3 * 1024 * 1024)}@example.com`, purpose: Purpose.LOGIN }).then(
+      () => undefined,
+      (reason: unknown) => ConnectError.from(reason),
+    );
+
+    expect(error?.code).toBe(Code.ResourceExhausted);
+    expect(error?.rawMessage).toMatch(/^Received message larger than max/);
+    // "open" while any stream is open, and an open session keeps its socket ref'd.
+    const deadline = Date.now() + 2_000;
+    while (session.state() !== "idle" && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(session.state()).toBe("idle");
+    session.abort();
   });
 
   it("verifies a code typed in full-width forms with a dash of another kind, as an East Asian input method types it", async () => {
