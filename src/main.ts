@@ -10,18 +10,23 @@ import { createLogger, type Logger } from "./logger.js";
 import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-server.js";
 import { attachSdkDiagnostics } from "./telemetry/sdk-diagnostics.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
+import { tryCommands } from "./try-commands.js";
 
 function devBanner(config: Config, logger: Logger, port: number, host: string, sinkUrl: string | undefined): void {
-  const target = `${host}:${port}`;
-  const data = `{"recipient":"you@example.com","purpose":"PURPOSE_LOGIN"}`;
+  const tryIt = tryCommands({
+    target: `${host}:${port}`,
+    tls: config.tls !== undefined,
+    clientCertificates: config.tls?.clientCa !== undefined,
+    tokens: config.auth.tokens.length > 0,
+  });
   logger.warn(
     {
       mode: config.env,
       store: config.redis ? "redis" : "memory (development only; codes vanish on restart)",
       smtp: sinkUrl ? `capture sink ${sinkUrl}, mails written to ${config.outboxDir}/` : "relay from SMTP_URL",
       otp_secret: config.otp.secretGenerated ? "random for this process (set OTP_SECRET to keep codes across restarts)" : "from OTP_SECRET",
-      try_grpcurl: `grpcurl -plaintext -d '${data}' ${target} otp.v1.OtpEmailService/SendOtp`,
-      try_buf_curl: `npx buf curl --protocol grpc --http2-prior-knowledge -d '${data}' http://${target}/otp.v1.OtpEmailService/SendOtp`,
+      try_grpcurl: tryIt.grpcurl,
+      try_buf_curl: tryIt.bufCurl,
     },
     "DEVELOPMENT MODE: not for production (NODE_ENV=production requires REDIS_URL, SMTP_URL, OTP_SECRET, MAIL_FROM and callers: AUTH_TOKENS or TLS_CLIENT_CA)",
   );

@@ -3,11 +3,14 @@
  * zero-config development mode, SIGHUP re-reading the TLS certificate
  * files, and a graceful SIGTERM during a slow send.
  */
-import { generateKeyPairSync } from "node:crypto";
+import { execFile } from "node:child_process";
+import { createHash, generateKeyPairSync } from "node:crypto";
 import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
@@ -35,6 +38,8 @@ describe("npm start with nothing configured", () => {
       const banner = await service.waitForLine((line) => /DEVELOPMENT MODE/.test(String(line["msg"])));
       expect(String(banner["try_grpcurl"])).toContain(`grpcurl -plaintext`);
       expect(String(banner["try_buf_curl"])).toContain(`buf curl --protocol grpc --http2-prior-knowledge`);
+      // Authentication is off: a header would only puzzle.
+      expect(`${String(banner["try_grpcurl"])} ${String(banner["try_buf_curl"])}`).not.toContain("authorization");
       await service.waitForLine((line) => line["msg"] === "otp-email listening");
 
       const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
@@ -61,6 +66,46 @@ describe("npm start with nothing configured", () => {
       expect(await service.exited).toBe(0);
     } finally {
       await rm(outbox, { recursive: true, force: true });
+    }
+  });
+
+  it("with AUTH_TOKENS and TLS, the banner's commands name the token and the CA as placeholders, never the token, and work once they are filled in", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-banner-"));
+    const token = "banner-test-token-that-must-never-be-logged";
+    try {
+      const { cert, key } = makeSelfSigned();
+      await writeFile(join(dir, "cert.pem"), cert);
+      await writeFile(join(dir, "key.pem"), key);
+      const port = await freePort();
+      const service = startServiceProcess({
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        METRICS_ADDR: "off",
+        BOUNCE_SMTP_ADDR: "off",
+        OUTBOX_DIR: dir,
+        AUTH_TOKENS: `banner:${createHash("sha256").update(token).digest("hex")}`,
+        TLS_CERT: join(dir, "cert.pem"),
+        TLS_KEY: join(dir, "key.pem"),
+      });
+      const banner = await service.waitForLine((line) => /DEVELOPMENT MODE/.test(String(line["msg"])));
+      const [grpcurl, bufCurl] = [String(banner["try_grpcurl"]), String(banner["try_buf_curl"])];
+      for (const command of [grpcurl, bufCurl]) expect(command).toContain(`-H 'authorization: Bearer <your token>'`);
+      expect(grpcurl).toMatch(/^grpcurl -cacert '<ca\.pem>' /);
+      expect(bufCurl).toContain(`--cacert '<ca.pem>'`);
+      expect(bufCurl).toContain(`https://127.0.0.1:${port}/`);
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+
+      // As a developer would: the placeholders replaced, the rest run by a shell as printed.
+      const filled = bufCurl
+        .replace(/^npx buf /, `${fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url))} `)
+        .replace("<your token>", token)
+        .replace("<ca.pem>", join(dir, "cert.pem"));
+      const { stdout } = await promisify(execFile)("sh", ["-c", filled], { timeout: 20_000 });
+      expect(JSON.parse(stdout)).toMatchObject({ state: "DELIVERY_STATE_ACCEPTED" });
+      expect(JSON.stringify(service.lines)).not.toContain(token);
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
