@@ -52,13 +52,14 @@ async function main(): Promise<void> {
   // SIGTERM then must still let those calls' sends finish, not kill them.
   const starting = new AbortController();
   let app: App | undefined;
-  let metricsServer: MetricsServer | undefined;
+  // The metrics port, once open (from after start-up): closed last on the way out.
+  const opened: { metricsServer?: MetricsServer } = {};
   let signalled = false;
   const stopAndExit = (running: App): void => {
     running
       .stop()
       // Scrapes go on while in-flight sends finish; buffered spans are exported last.
-      .then(() => Promise.all([metricsServer?.close(), shutdownTracing()]))
+      .then(() => Promise.all([opened.metricsServer?.close(), shutdownTracing()]))
       .then(
         () => {
           logger.info("stopped");
@@ -100,7 +101,7 @@ async function main(): Promise<void> {
     stopAndExit(started);
     return;
   }
-  metricsServer =
+  opened.metricsServer =
     config.metrics.addr === undefined
       ? undefined
       : await startMetricsServer({
