@@ -24,7 +24,7 @@ import { createHealthState, type HealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
 import { createPurposePolicy } from "./auth/purpose-policy.js";
 import { createServerCredentials, type GrpcServerCredentials } from "./auth/server-credentials.js";
-import { createLimiter } from "./limits/limiter.js";
+import { createLimiter, limitIds } from "./limits/limiter.js";
 import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
 import { createHasher } from "./otp/code.js";
@@ -38,7 +38,7 @@ import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
 import { reportCertificateExpiry } from "./telemetry/certificate-expiry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
-import { createGrpcMetricsInterceptor } from "./telemetry/grpc-metrics.js";
+import { createGrpcMetricsInterceptor, zeroGrpcSeries } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
@@ -108,6 +108,8 @@ export async function startApp(options: AppOptions): Promise<App> {
   const { config, logger } = options;
   const clock = options.clock ?? systemClock;
   const health = createHealthState();
+  // Up until a stop begins: otp_health_component_up{component="shutdown"} is there from the start, at 1.
+  health.set("shutdown", true);
   const metrics = options.metrics ?? createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
   metrics.watchHealth(health);
   const bounceTelemetry = createBounceTelemetry({ metrics });
@@ -274,6 +276,12 @@ export async function startApp(options: AppOptions): Promise<App> {
       }),
       credentials: grpcCredentials.credentials,
     });
+    // Every series that can exist is there from the start, at 0: each method's, and each limit's refusals.
+    zeroGrpcSeries(metrics, server.methods);
+    const quotaIds = limitIds(config.limits);
+    for (const [rpc, ids] of [["send", quotaIds.send], ["verify", quotaIds.verify]] as const) {
+      for (const id of ids) metrics.rateLimitRejections.inc({ rpc, limit: metrics.limitLabel(id) }, 0);
+    }
     logAuthentication(config, logger);
     if (config.tls !== undefined) {
       reportCertificateExpiry("grpc", config.tls.cert, { metrics, logger, clock, reloadable: config.tls.paths.cert !== undefined });

@@ -89,6 +89,25 @@ interface NamedLog {
   readonly log: LimitLog;
 }
 
+/**
+ * The quota ids (`recipient:15m`, `global:1d`...) that `limits` can refuse a
+ * send or a verification with: what the metrics count refusals by, made at 0
+ * from the start.
+ */
+export function limitIds(limits: LimitsConfig): { readonly send: readonly string[]; readonly verify: readonly string[] } {
+  const ids = (name: LimitName, windows: readonly LimitWindow[]): string[] => windows.map((window) => `${name}:${formatWindow(window.windowMs)}`);
+  return {
+    send: [
+      ...ids("recipient", limits.recipient),
+      ...ids("resend_cooldown", limits.resendCooldownMs > 0 ? [{ max: 1, windowMs: limits.resendCooldownMs }] : []),
+      ...ids("end_user_ip", limits.endUserIp),
+      ...ids("caller", limits.caller),
+      ...ids("global", limits.global),
+    ],
+    verify: ids("verify_failures", limits.verifyFailures),
+  };
+}
+
 /** Creates the SendLimiter and VerifyLimiter over a store. */
 export function createLimiter(options: LimiterOptions): SendLimiter & VerifyLimiter {
   const { store, limits } = options;

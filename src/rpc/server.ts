@@ -22,6 +22,7 @@ import { createHealthService } from "./health.js";
 import { createOtpHandlers, type IdentifyCaller, type TraceIdOf } from "./otp-handlers.js";
 import { addReflection } from "./reflection.js";
 import { bindService } from "./service-adapter.js";
+import type { RpcMethod } from "../telemetry/grpc-metrics.js";
 
 /**
  * Largest request accepted, in bytes. Above the largest valid request (a few
@@ -82,6 +83,8 @@ export interface GrpcServer {
   shutdown(graceMs: number): Promise<void>;
   /** The underlying grpc-js server, for what this wrapper does not cover. */
   readonly server: Server;
+  /** Every method served (OtpEmailService, health, reflection), for the metrics to start at 0. */
+  readonly methods: readonly RpcMethod[];
 }
 
 /** Creates the gRPC server with every service registered. */
@@ -90,18 +93,29 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const credentials = options.credentials ?? ServerCredentials.createInsecure();
   const server = new Server({ ...serverOptions, interceptors: [...(options.interceptors ?? [])] });
 
+  // Every method registered, as each service is added.
+  const methods: RpcMethod[] = [];
+  const registry: Pick<Server, "addService"> = {
+    addService(definition, implementation) {
+      for (const method of Object.values(definition)) {
+        methods.push({ path: method.path, requestStream: method.requestStream, responseStream: method.responseStream });
+      }
+      server.addService(definition, implementation);
+    },
+  };
+
   const otp = bindService(
     OtpEmailService,
     createOtpHandlers({ otp: options.otp, identify: options.identify, traceIdOf: options.traceIdOf }),
     { logger },
   );
-  server.addService(otp.definition, otp.implementation);
+  registry.addService(otp.definition, otp.implementation);
 
   const healthService = createHealthService({ health: options.health });
   const health = bindService(Health, healthService.impl, { logger });
-  server.addService(health.definition, health.implementation);
+  registry.addService(health.definition, health.implementation);
 
-  addReflection(server, {
+  addReflection(registry, {
     files: [
       file_otp_v1_otp_email,
       file_health_v1_health,
@@ -114,6 +128,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
 
   return {
     server,
+    methods,
 
     listen(address) {
       const host = hostOf(address);

@@ -50,6 +50,43 @@ function grpcType(requestStream: boolean, responseStream: boolean): string {
 type RpcLabels = Readonly<Record<"grpc_type" | "grpc_service" | "grpc_method", string>>;
 type HandledLabels = RpcLabels & Readonly<Record<"grpc_code", string>>;
 
+/** A method the server serves, as grpc-js describes it. */
+export interface RpcMethod {
+  /** `/otp.v1.OtpEmailService/SendOtp` */
+  readonly path: string;
+  readonly requestStream: boolean;
+  readonly responseStream: boolean;
+}
+
+function rpcLabels(method: RpcMethod): RpcLabels {
+  // `/otp.v1.OtpEmailService/SendOtp` -> `otp.v1.OtpEmailService`, `SendOtp`.
+  const slash = method.path.lastIndexOf("/");
+  return {
+    grpc_type: grpcType(method.requestStream, method.responseStream),
+    grpc_service: method.path.slice(1, slash),
+    grpc_method: method.path.slice(slash + 1),
+  };
+}
+
+/**
+ * Makes every series of `methods` at 0 (started, messages, handled for each
+ * of the 17 codes, the latency histogram), as go-grpc-middleware's
+ * InitializeMetrics does: a method's first call, or its first error of a
+ * kind, is then an increase that rate() and increase() see, not the birth of
+ * a series they miss.
+ */
+export function zeroGrpcSeries(metrics: Pick<Metrics, "grpc">, methods: readonly RpcMethod[]): void {
+  const { grpc } = metrics;
+  for (const method of methods) {
+    const labels = rpcLabels(method);
+    grpc.started.inc(labels, 0);
+    grpc.msgReceived.inc(labels, 0);
+    grpc.msgSent.inc(labels, 0);
+    for (const code of goCodeNames) grpc.handled.inc({ ...labels, grpc_code: code }, 0);
+    grpc.handlingSeconds.zero(labels);
+  }
+}
+
 /**
  * A method's label sets, worked out on its first call rather than on every
  * one, and its counts since the counters were last read. prom-client builds
@@ -66,13 +103,7 @@ class MethodSeries {
   private readonly handled = new Map<number, { readonly labels: HandledLabels; count: number }>();
 
   constructor(path: string, requestStream: boolean, responseStream: boolean) {
-    // `/otp.v1.OtpEmailService/SendOtp` -> `otp.v1.OtpEmailService`, `SendOtp`.
-    const slash = path.lastIndexOf("/");
-    this.labels = {
-      grpc_type: grpcType(requestStream, responseStream),
-      grpc_service: path.slice(1, slash),
-      grpc_method: path.slice(slash + 1),
-    };
+    this.labels = rpcLabels({ path, requestStream, responseStream });
   }
 
   /** One call ended with `code`; a code past the bound goes straight into the counter. */
