@@ -17,7 +17,8 @@
  * of javac in beforeAll, and 3-4 s per JVM start.
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -211,6 +212,27 @@ describe("a Java service with the generated client (examples/java)", () => {
     expect(status.exitCode, status.stderr).toBe(0);
     expect(status.json).toMatchObject({ message_id: sent.response?.["message_id"], state: "DELIVERY_STATE_ACCEPTED" });
     expect(status.stdout + status.stderr).not.toContain(started().token);
+  });
+
+  it("loopback is judged from the target's name, never looked up: a name a hosts file maps to 127.0.0.1 is not loopback", async () => {
+    // jdk.net.hosts.file stands in for /etc/hosts: had the client asked the resolver, 300.0.0.1 (not a valid dotted
+    // quad) would have read as loopback and the token would have gone to the plaintext twin.
+    const dir = mkdtempSync(join(tmpdir(), "otp-java-hosts-"));
+    try {
+      const hosts = join(dir, "hosts");
+      writeFileSync(hosts, "127.0.0.1 300.0.0.1\n");
+      const port = started().plaintextTarget.slice(started().plaintextTarget.lastIndexOf(":") + 1);
+      const refused = await runClientCommand("java", [`-Djdk.net.hosts.file=${hosts}`, ...javaArgs(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], ["--target", `300.0.0.1:${port}`])], {
+        token: started().token,
+        label: "example.otpemail.Main",
+        timeoutMs: 30_000,
+      });
+      expect(refused.exitCode).toBe(1);
+      expect(refused.json["code"], refused.stderr).toBe("UNKNOWN");
+      expect(refused.json["message"]).toMatch(/allow.?plaintext.?token/i);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("a bad batch line answers a usage error and the batch stays in step: a refused verify's code line is not read as a command", async () => {

@@ -70,6 +70,7 @@ public final class OtpEmailClient implements AutoCloseable {
   private static final Pattern DNS_TARGET = Pattern.compile("^dns:(?://[^/]*/)?(.*)$");
   private static final Pattern BRACKETED = Pattern.compile("^\\[([^\\]]+)\\](?::\\d*)?$");
   private static final Pattern IPV4 = Pattern.compile("^\\d{1,3}(\\.\\d{1,3}){3}$");
+  private static final Pattern IPV6_START = Pattern.compile("[0-9A-Fa-f:]");
 
   /**
    * Connects over TLS when {@code caFile} (PEM of the CA that signed the server's certificate) is given; else
@@ -132,13 +133,23 @@ public final class OtpEmailClient implements AutoCloseable {
     }
     String name = host.toLowerCase(Locale.ROOT);
     if (name.equals("localhost") || name.equals("localhost.")) return true;
-    // Only literals reach InetAddress, which parses them without a lookup.
-    if (!IPV4.matcher(host).matches() && !host.contains(":")) return false;
+    // Only what InetAddress reads as a literal reaches it: a valid dotted quad, or a string that starts with a hex
+    // digit or ':' and holds a ':' (parsed as IPv6 or refused, never looked up). Anything else, such as
+    // "ipv4:127.0.0.1:1" or "300.0.0.1", would go to the resolver (/etc/hosts, DNS), so it is not loopback.
+    if (!isDottedQuad(host) && !(host.contains(":") && IPV6_START.matcher(host).lookingAt())) return false;
     try {
       return InetAddress.getByName(host).isLoopbackAddress();
     } catch (UnknownHostException notAnAddress) {
       return false;
     }
+  }
+
+  private static boolean isDottedQuad(String host) {
+    if (!IPV4.matcher(host).matches()) return false;
+    for (String octet : host.split("\\.")) {
+      if (Integer.parseInt(octet) > 255) return false;
+    }
+    return true;
   }
 
   /** A token would have gone in the clear to a target that is not loopback; nothing was sent. */
