@@ -377,7 +377,12 @@ describe("gRPC server", () => {
       const error = await rejection(connectClient.sendOtp({ recipient, purpose: Purpose.LOGIN }));
 
       expect(ConnectError.from(error).code).toBe(Code.ResourceExhausted);
+      // The README's Errors table: unlike a limit's refusal, this one (from grpc-js) carries no details.
+      expect(ConnectError.from(error).details).toEqual([]);
       expect(h.otp.sends).toEqual([]);
+      const raw = await grpcError(grpcUnary(grpcClient, OtpEmailService.method.sendOtp, { recipient, purpose: Purpose.LOGIN }));
+      expect(raw.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(raw.metadata.get("grpc-status-details-bin")).toEqual([]);
     });
 
     it("metadata over HTTP/2's 64 KiB header list: the stream is reset below the service (INTERNAL), nothing runs, the connection goes on", async () => {
