@@ -516,7 +516,9 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
   const ttlMinMs = read.duration("OTP_TTL_MIN", 60_000, 10_000, 86_400_000);
   const ttlMaxMs = read.duration("OTP_TTL_MAX", 3_600_000, 10_000, 86_400_000);
   if (ttlMinMs > ttlMaxMs) throw new ConfigError("OTP_TTL_MIN: must not exceed OTP_TTL_MAX");
-  const ttlDefaultMs = read.duration("OTP_TTL", 600_000, ttlMinMs, ttlMaxMs);
+  // Unset, the default 10m is brought into OTP_TTL_MIN..OTP_TTL_MAX: a code sent without a ttl must
+  // not outlive the OTP_TTL_MAX the operator set (nor fall short of OTP_TTL_MIN).
+  const ttlDefaultMs = read.duration("OTP_TTL", Math.min(Math.max(600_000, ttlMinMs), ttlMaxMs), ttlMinMs, ttlMaxMs);
 
   const retentionMs = read.duration("RECORD_RETENTION", 7 * 86_400_000, 3_600_000, 365 * 86_400_000);
   if (retentionMs < ttlMaxMs) throw new ConfigError("RECORD_RETENTION: must be at least OTP_TTL_MAX");

@@ -18,6 +18,14 @@ describe("loadConfig", () => {
     expect(config.recordRetentionMs).toBe(7 * 86_400_000);
   });
 
+  it("OTP_TTL unset: the default 10m brought into OTP_TTL_MIN..OTP_TTL_MAX", () => {
+    expect(loadConfig({ OTP_TTL_MAX: "5m" }).otp.ttlDefaultMs).toBe(300_000);
+    expect(loadConfig({ OTP_TTL_MIN: "15m" }).otp.ttlDefaultMs).toBe(900_000);
+    expect(loadConfig({ OTP_TTL_MIN: "10s", OTP_TTL_MAX: "30s" }).otp.ttlDefaultMs).toBe(30_000);
+    expect(loadConfig({ OTP_TTL_MIN: "2m", OTP_TTL_MAX: "20m" }).otp.ttlDefaultMs).toBe(600_000);
+    expect(loadConfig({ OTP_TTL_MAX: "5m", OTP_TTL: "2m" }).otp.ttlDefaultMs).toBe(120_000);
+  });
+
   it("SMTP_MAX_BACKLOG: 200 messages per pooled connection by default, a whole number, or off", () => {
     expect(loadConfig({}).smtp.maxBacklog).toBe(1000);
     expect(loadConfig({ SMTP_POOL_SIZE: "20" }).smtp.maxBacklog).toBe(4000);
