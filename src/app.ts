@@ -10,11 +10,11 @@
  * production process would carry for nothing.
  */
 import { systemClock, type Clock } from "./clock.js";
-import type { Config } from "./config.js";
+import { ConfigError, type Config } from "./config.js";
 import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
-import { createRenderer } from "./delivery/render.js";
+import { createRenderer, type Renderer } from "./delivery/render.js";
 import { createSmtpTransport } from "./delivery/smtp-transport.js";
 import type { BounceOutcome } from "./bounce/bounce-processor.js";
 import type { BounceIntake } from "./bounce/intake-server.js";
@@ -235,11 +235,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       store,
       delivery,
       backlog,
-      renderer: createRenderer({
-        defaultLocale: config.mail.defaultLocale,
-        productName: config.mail.fromName,
-        templatesDir: config.mail.templatesDir,
-      }),
+      renderer: configuredRenderer(config),
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),
@@ -380,6 +376,28 @@ export async function startApp(options: AppOptions): Promise<App> {
   } catch (error) {
     await closeAll(closers, logger);
     throw error;
+  }
+}
+
+/**
+ * The mail templates: the built-in ones and TEMPLATES_DIR's, checked here.
+ * A folder it cannot use, or a DEFAULT_LOCALE without a template for every
+ * purpose, is a configuration error (exit 78) naming the variable.
+ */
+function configuredRenderer(config: Config): Renderer {
+  const { defaultLocale, fromName, templatesDir } = config.mail;
+  try {
+    return createRenderer({ defaultLocale, productName: fromName, templatesDir });
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    if (/for the default locale/.test(reason)) {
+      throw new ConfigError(
+        `DEFAULT_LOCALE=${defaultLocale}: ${reason.replace(/^renderer: /, "")}; use a locale with templates for every purpose ` +
+          `(built in: en, ko), or add ${defaultLocale} templates in TEMPLATES_DIR`,
+      );
+    }
+    if (/productName/.test(reason)) throw new ConfigError(`MAIL_FROM: the display name must be a non-empty single line (${reason})`);
+    throw new ConfigError(`TEMPLATES_DIR: ${reason}; fix the folder, or unset TEMPLATES_DIR for the built-in templates`);
   }
 }
 

@@ -132,6 +132,11 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
+  // What only start-up can check (TEMPLATES_DIR's files...) is configuration too.
+  if (error instanceof ConfigError) {
+    process.stderr.write(`otp-email: configuration error: ${error.message}\n`);
+    process.exit(78); // EX_CONFIG
+  }
   process.stderr.write(`otp-email: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(1);
 });

@@ -129,6 +129,24 @@ describe("npm start with nothing configured", () => {
     expect(service.stderr.join("")).toMatch(/configuration error: REDIS_TLS_CA: not a usable PEM certificate/);
   });
 
+  it("refuses a TEMPLATES_DIR it cannot use and a DEFAULT_LOCALE without templates with exit 78, naming the variable", async () => {
+    const missing = startServiceProcess({ NODE_ENV: "test", TEMPLATES_DIR: "/nonexistent/templates" });
+    expect(await missing.exited).toBe(78);
+    expect(missing.stderr.join("")).toMatch(/configuration error: TEMPLATES_DIR: templates folder \/nonexistent\/templates cannot be read/);
+    const dir = await mkdtemp(join(tmpdir(), "otp-templates-"));
+    try {
+      await writeFile(join(dir, "login.ja.txt"), "no code here");
+      const broken = startServiceProcess({ NODE_ENV: "test", TEMPLATES_DIR: dir });
+      expect(await broken.exited).toBe(78);
+      expect(broken.stderr.join("")).toMatch(/configuration error: TEMPLATES_DIR: .*login\.ja\.txt: must contain \{\{code\}\}/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    const locale = startServiceProcess({ NODE_ENV: "test", DEFAULT_LOCALE: "fr" });
+    expect(await locale.exited).toBe(78);
+    expect(locale.stderr.join("")).toMatch(/configuration error: DEFAULT_LOCALE=fr: no login template/);
+  });
+
   it("refuses an Ed25519 DKIM key with exit 78 and one line naming the variable: the service signs rsa-sha256 only", async () => {
     const ed25519 = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString();
     const service = startServiceProcess({
