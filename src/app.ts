@@ -14,7 +14,7 @@ import { ConfigError, type Config } from "./config.js";
 import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
-import { createRenderer, type Renderer } from "./delivery/render.js";
+import { createRenderer, RendererSetupError, type Renderer } from "./delivery/render.js";
 import { createSmtpTransport } from "./delivery/smtp-transport.js";
 import type { BounceOutcome } from "./bounce/bounce-processor.js";
 import type { BounceIntake } from "./bounce/intake-server.js";
@@ -389,15 +389,19 @@ function configuredRenderer(config: Config): Renderer {
   try {
     return createRenderer({ defaultLocale, productName: fromName, templatesDir });
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    if (/for the default locale/.test(reason)) {
-      throw new ConfigError(
-        `DEFAULT_LOCALE=${defaultLocale}: ${reason.replace(/^renderer: /, "")}; use a locale with templates for every purpose ` +
-          `(built in: en, ko), or add ${defaultLocale} templates in TEMPLATES_DIR`,
-      );
+    if (!(error instanceof RendererSetupError)) throw error;
+    const reason = error.message.replace(/^renderer: /, "");
+    switch (error.option) {
+      case "defaultLocale":
+        throw new ConfigError(
+          `DEFAULT_LOCALE=${defaultLocale}: ${reason}; use a locale with templates for every purpose ` +
+            `(built in: en, ko), or add ${defaultLocale} templates in TEMPLATES_DIR`,
+        );
+      case "productName":
+        throw new ConfigError(`MAIL_FROM: the display name must be a non-empty single line (${reason})`);
+      case "templatesDir":
+        throw new ConfigError(`TEMPLATES_DIR: ${reason}; fix the folder, or unset TEMPLATES_DIR for the built-in templates`);
     }
-    if (/productName/.test(reason)) throw new ConfigError(`MAIL_FROM: the display name must be a non-empty single line (${reason})`);
-    throw new ConfigError(`TEMPLATES_DIR: ${reason}; fix the folder, or unset TEMPLATES_DIR for the built-in templates`);
   }
 }
 

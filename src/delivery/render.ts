@@ -51,14 +51,29 @@ export interface Renderer {
   render(request: RenderRequest): RenderedMessage;
 }
 
-/** Creates a renderer; throws when the template folder or the default locale is unusable. */
+/** Which of the renderer's options a RendererSetupError is about. */
+export type RendererOption = "productName" | "templatesDir" | "defaultLocale";
+
+/** A renderer cannot be made from these options; `option` says which one to fix. */
+export class RendererSetupError extends Error {
+  constructor(
+    readonly option: RendererOption,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "RendererSetupError";
+  }
+}
+
+/** Creates a renderer; throws a RendererSetupError when the template folder or the default locale is unusable. */
 export function createRenderer(options: RendererOptions): Renderer {
   const productName = options.productName.trim();
   if (productName === "" || /[\p{Cc}\p{Zl}\p{Zp}]/u.test(productName)) {
-    throw new Error("renderer: productName must be a non-empty single line");
+    throw new RendererSetupError("productName", "renderer: productName must be a non-empty single line");
   }
   const catalog: TemplateCatalog =
-    options.templatesDir === undefined ? builtinTemplates() : mergeCatalogs(builtinTemplates(), loadTemplateDir(options.templatesDir));
+    options.templatesDir === undefined ? builtinTemplates() : mergeCatalogs(builtinTemplates(), operatorTemplates(options.templatesDir));
   // Every template is split at its placeholders once, {{product}} filled in:
   // a send then only joins the pieces around its code and minutes.
   const compiled = new Map<Purpose, Map<string, CompiledMessage>>();
@@ -70,7 +85,7 @@ export function createRenderer(options: RendererOptions): Renderer {
   const defaultKey = normalize(options.defaultLocale);
   for (const purpose of purposes) {
     if (lookup(compiled, purpose, defaultKey) === undefined) {
-      throw new Error(`renderer: no ${purpose} template for the default locale "${options.defaultLocale}"`);
+      throw new RendererSetupError("defaultLocale", `renderer: no ${purpose} template for the default locale "${options.defaultLocale}"`);
     }
   }
 
@@ -121,4 +136,13 @@ function lookup<T>(catalog: ReadonlyMap<Purpose, ReadonlyMap<string, T>>, purpos
   const byLocale = catalog.get(purpose);
   if (byLocale === undefined || key === "") return undefined;
   return byLocale.get(key) ?? byLocale.get(key.split("-")[0] ?? "");
+}
+
+/** TEMPLATES_DIR's templates; what is wrong with the folder or a file, as a RendererSetupError. */
+function operatorTemplates(dir: string): TemplateCatalog {
+  try {
+    return loadTemplateDir(dir);
+  } catch (error) {
+    throw new RendererSetupError("templatesDir", error instanceof Error ? error.message : String(error), { cause: error });
+  }
 }

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildOtpMail } from "../../src/delivery/message.js";
-import { createRenderer, type RenderedMessage } from "../../src/delivery/render.js";
+import { createRenderer, RendererSetupError, type RenderedMessage } from "../../src/delivery/render.js";
 import { createSmtpTransport } from "../../src/delivery/smtp-transport.js";
 import type { SmtpTransport } from "../../src/delivery/smtp-transport-types.js";
 import { startSmtpSink, type CapturedMail, type SmtpSink } from "../support/smtp-sink.js";
@@ -217,6 +217,23 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
       expect(() => createRenderer({ defaultLocale: "fr", productName: "Acme" })).toThrow(
         'no login template for the default locale "fr"',
       );
+    });
+
+    it("says which option to fix, so the service can name the variable (exit 78)", () => {
+      const optionOf = (make: () => unknown): unknown => {
+        try {
+          make();
+        } catch (error) {
+          return error instanceof RendererSetupError ? error.option : error;
+        }
+        return "no error";
+      };
+      expect(optionOf(() => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: "/nonexistent/templates" }))).toBe("templatesDir");
+      expect(optionOf(() => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: templatesDir({ "login.txt": "{{code}}" }) }))).toBe(
+        "templatesDir",
+      );
+      expect(optionOf(() => createRenderer({ defaultLocale: "fr", productName: "Acme" }))).toBe("defaultLocale");
+      expect(optionOf(() => createRenderer({ defaultLocale: "en", productName: "Ac\tme" }))).toBe("productName");
     });
   });
 
