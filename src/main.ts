@@ -87,9 +87,16 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
-  // SIGHUP (whose default would end the process): read the certificate files again now.
+  // SIGHUP (whose default would end the process): read the certificate files again now. During start-up the
+  // files may already have been read, so the reading waits until start-up ends rather than being dropped.
+  let reloadAfterStart = false;
   process.on("SIGHUP", () => {
-    if (signalled || app === undefined) return;
+    if (signalled) return;
+    if (app === undefined) {
+      if (!reloadAfterStart) logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the TLS certificate files again once started");
+      reloadAfterStart = true;
+      return;
+    }
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void app.reloadCertificates();
   });
@@ -118,6 +125,10 @@ async function main(): Promise<void> {
     return;
   }
   logger.info({ grpc: `${started.address.host}:${started.address.port}`, env: config.env }, "otp-email listening");
+  if (reloadAfterStart) {
+    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
+    void started.reloadCertificates();
+  }
   if (config.env !== "production") devBanner(config, logger, started.address.port, started.address.host, started.captureSinkUrl);
   // The doctor's checks, as warnings, whenever a real relay is configured: the
   // operator learns at start-up why Gmail would junk or refuse the mail.

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import { createLogger } from "../../src/logger.js";
 import { createRedisStore } from "../../src/store/redis-store.js";
@@ -247,6 +247,58 @@ describe("SIGHUP", () => {
       service.child.kill("SIGTERM");
       expect(await service.exited).toBe(0);
     } finally {
+      await rm(dir, { recursive: true, force: true });
+      await workshop.cleanup();
+    }
+  });
+});
+
+describe("SIGHUP during start-up", () => {
+  it("is not dropped: once start-up ends, the certificate files are read again and new connections get the renewed certificate", async () => {
+    // A relay that never greets holds start-up in its first check for SMTP_GREETING_TIMEOUT, while the gRPC port
+    // already serves TLS with the files read at start.
+    const silent = createNetServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const relayPort = (silent.address() as AddressInfo).port;
+    const workshop = await openCertificateWorkshop();
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-start-"));
+    try {
+      const ca = await workshop.newCa("SIGHUP start-up test CA");
+      const issue = () => ca.issue({ cn: "127.0.0.1", san: "IP:127.0.0.1,DNS:localhost", server: true });
+      const [before, after] = [await issue(), await issue()];
+      const file = (name: string) => join(dir, name);
+      for (const [name, pem] of [["cert.pem", before.cert], ["key.pem", before.key]]) await writeFile(file(name), pem);
+      const port = await freePort();
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        METRICS_ADDR: "off",
+        OUTBOX_DIR: dir,
+        SMTP_URL: `smtp://127.0.0.1:${relayPort}?starttls=off`,
+        SMTP_GREETING_TIMEOUT: "3s",
+        TLS_CERT: file("cert.pem"),
+        TLS_KEY: file("key.pem"),
+        TLS_RELOAD_INTERVAL: "off",
+      });
+      try {
+        await vi.waitFor(async () => expect((await presentedByTls(port)).fingerprint256).toBe(fingerprintOf(before.cert)), { timeout: 10_000, interval: 100 });
+        expect(service.lines.some((line) => line["msg"] === "otp-email listening")).toBe(false);
+        for (const [name, pem] of [["cert.pem", after.cert], ["key.pem", after.key]]) {
+          await writeFile(file(`.${name}.new`), pem);
+          await rename(file(`.${name}.new`), file(name));
+        }
+        service.child.kill("SIGHUP");
+        await service.waitForLine((line) => /SIGHUP during start-up/.test(String(line["msg"])));
+        await service.waitForLine((line) => line["msg"] === "otp-email listening");
+        await service.waitForLine((line) => line["certificate"] === "grpc" && /reloaded/.test(String(line["msg"])));
+        expect((await presentedByTls(port)).fingerprint256).toBe(fingerprintOf(after.cert));
+        expect(service.child.exitCode).toBeNull();
+      } finally {
+        service.child.kill("SIGTERM");
+        expect(await service.exited).toBe(0);
+      }
+    } finally {
+      await new Promise((resolve) => silent.close(resolve));
       await rm(dir, { recursive: true, force: true });
       await workshop.cleanup();
     }
