@@ -118,6 +118,8 @@ interface EnvEntry {
   readonly name: string;
   readonly value: string | undefined;
   readonly secret: { readonly name: string; readonly key: string } | undefined;
+  /** `secretKeyRef.optional`: without the key in the Secret, the kubelet leaves the variable unset. */
+  readonly optional: boolean;
 }
 
 const envEntries: EnvEntry[] = list(container["env"], "env").map((entry, index) => {
@@ -129,6 +131,7 @@ const envEntries: EnvEntry[] = list(container["env"], "env").map((entry, index) 
     name,
     value: e["value"] === undefined ? undefined : str(e["value"], `env ${name}`),
     secret: ref === undefined ? undefined : { name: str(ref["name"], `${name}.secretKeyRef.name`), key: str(ref["key"], `${name}.secretKeyRef.key`) },
+    optional: ref?.["optional"] === true,
   };
 });
 
@@ -160,6 +163,7 @@ function containerEnv(secrets: Record<string, string>, replace: (name: string, v
   const env: Record<string, string> = { ...imageEnv };
   for (const entry of envEntries) {
     const value = entry.secret === undefined ? entry.value : secrets[entry.secret.key];
+    if (value === undefined && entry.optional) continue;
     if (value === undefined) throw new Error(`env ${entry.name}: no value`);
     env[entry.name] = replace(entry.name, value);
   }
@@ -241,6 +245,20 @@ describe("deploy/kubernetes manifests", () => {
     } finally {
       await rm(files, { recursive: true, force: true });
     }
+  });
+
+  it("reads a rotation's OTP_SECRET_PREVIOUS and OTP_SECRET_ROTATED_AT from the Secret when it has them, and only those are optional", () => {
+    const optional = envEntries.filter((e) => e.optional).map((e) => e.name);
+    expect(optional.sort()).toEqual(["OTP_SECRET_PREVIOUS", "OTP_SECRET_ROTATED_AT"]);
+    const unrelated = (name: string, value: string) => (name === "TLS_CERT" || name === "TLS_KEY" ? "" : value);
+    // Without the keys (the Secret as the README creates it): no rotation.
+    expect(loadConfig(containerEnv(secretValues, unrelated)).otp.previousSecret).toBeUndefined();
+    // With them, as the rotation runbook adds them: the previous secret is consulted from that time.
+    const rotatedAt = new Date(Date.now() - 60_000).toISOString();
+    const previous = randomBytes(32).toString("base64");
+    const rotated = loadConfig(containerEnv({ ...secretValues, OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: rotatedAt }, unrelated));
+    expect(rotated.otp.previousSecret?.toString()).toBe(previous);
+    expect(rotated.otp.rotatedAt).toBe(Date.parse(rotatedAt));
   });
 
   it("declares the ports the service listens on; the Services reach them by name and select its pods", () => {
