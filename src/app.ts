@@ -358,6 +358,10 @@ export async function startApp(options: AppOptions): Promise<App> {
       stopping ??= (async () => {
         health.set("shutdown", false, "shutting down");
         const deadline = Date.now() + graceMs;
+        // Messages waiting to retry fail now, not after the calls in flight
+        // are waited for: a caller waiting on one hears UNAVAILABLE ("the
+        // sender stopped"), never RETRYING for a retry that will not come.
+        delivery.stopRetries();
         await server.shutdown(graceMs);
         await delivery.drain(Math.max(0, deadline - Date.now()));
         await closeAll(closers, logger);

@@ -81,6 +81,15 @@ export interface DeliveryService {
    * gets one last try. Later dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
+  /**
+   * Schedules no more retries: a message waiting for its retry is marked
+   * FAILED at once (its caller, if still waiting, hears so), and one whose
+   * attempt fails transiently from now on is not retried. First attempts
+   * still go. Called when shutdown begins, before calls in flight are waited
+   * for: otherwise a caller waiting on a retry would be told RETRYING for a
+   * message that drain() then fails without another attempt.
+   */
+  stopRetries(): void;
   /** Messages not finished: attempts still running, or a final record still being written again. */
   inFlight(): number;
 }
@@ -123,6 +132,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
 
   const jobs = new Set<Job>();
   let stopping = false;
+  /** Set by stopRetries() (and implied by stopping): no retry is scheduled or started any more. */
+  let retriesStopped = false;
 
   function write(job: Job, next: DeliveryRecord): Promise<void> {
     if (job.abandoned) return job.writes;
@@ -215,8 +226,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   /** Sleeps `ms`; resolves false when drain() woke it early. */
   function sleep(job: Job, ms: number): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
-      // drain() may have started while the RETRYING write was in progress.
-      if (stopping) {
+      // drain() or stopRetries() may have come while the RETRYING write was in progress.
+      if (stopping || retriesStopped) {
         resolve(false);
         return;
       }
@@ -239,7 +250,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     const { messageId, expiresAt } = job.record;
     for (;;) {
       const number = job.record.attempts.length + 1;
-      if (stopping) {
+      if (stopping || (retriesStopped && number > 1)) {
         await fail(job, number === 1 ? "the sender stopped before the first attempt" : stoppedBeforeRetry(job.record));
         return;
       }
@@ -329,7 +340,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         await fail(job, expiredBeforeSending({ ...job.record, attempts }), attempts);
         return;
       }
-      if (stopping) {
+      if (stopping || retriesStopped) {
         await fail(job, stoppedBeforeRetry({ ...job.record, attempts }), attempts);
         return;
       }
@@ -391,6 +402,11 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           resolve(job.record);
         });
       });
+    },
+
+    stopRetries(): void {
+      retriesStopped = true;
+      for (const job of jobs) job.wake?.();
     },
 
     async drain(graceMs: number): Promise<void> {

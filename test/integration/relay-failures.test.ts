@@ -29,7 +29,7 @@ import {
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { freePort } from "../support/ports.js";
 import { makeSelfSigned } from "../support/self-signed.js";
-import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 let cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -126,4 +126,35 @@ it("a relay down at start-up: NOT_SERVING, then SERVING once it is back, found b
   cleanups.push(() => new Promise<void>((resolve) => relay.close(() => resolve())));
 
   await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.SERVING), { timeout: 5000, interval: 50 });
+});
+
+it("shutdown while a caller waits on a retry: UNAVAILABLE at once (the sender stopped), not RETRYING for a retry that never comes", async () => {
+  // Every backoff is the longest (random() near 1): the retry would come a minute later, long after the shutdown.
+  vi.spyOn(Math, "random").mockReturnValue(0.99);
+  cleanups.push(() => {
+    vi.restoreAllMocks();
+    return Promise.resolve();
+  });
+  const sink = await startSmtpSink();
+  sink.respondWith(behave.reply("MAIL FROM", 451, "4.3.0", "try again later"));
+  const instance = await instanceFor(sink, sink.url, {
+    SMTP_RETRY_BASE_DELAY: "60s",
+    SMTP_RETRY_MAX_DELAY: "60s",
+    SEND_WAIT_BUDGET: "10s",
+  });
+  const request = { recipient: "ana@example.com", purpose: Purpose.LOGIN, idempotencyKey: "stopped-before-retry-1" };
+  const sending = failure(call(instance.client, sendOtp, request));
+  // The first attempt was refused for now; the message sleeps until its retry.
+  await vi.waitFor(() => expect(instance.logs.some((line) => line["msg"] === "smtp attempt")).toBe(true), { timeout: 5000, interval: 20 });
+
+  const stopped = Date.now();
+  const stopping = instance.app.stop(5000);
+  const error = await sending;
+  // Told at once, well within the grace period and the wait budget.
+  expect(Date.now() - stopped).toBeLessThan(2500);
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(detailsOf(error).errorInfo?.reason).toBe("RELAY_UNAVAILABLE");
+  expect(error.details).toMatch(/the sender stopped before the retry/);
+  await stopping;
+  expect(sink.transactions()).toBe(1);
 });
