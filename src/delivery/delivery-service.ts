@@ -194,8 +194,9 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       ? "ok"
       : result.error.kind === "auth"
         ? "auth_failed"
-        : // A relay that refuses STARTTLS for good replied, but is as unusable as one that is down.
-          result.error.replyCode > 0 && !(result.error.kind === "permanent" && result.error.errorCode === "ETLS")
+        : // A relay that refuses STARTTLS, or the session itself, for good replied, but is as unusable as one that is down.
+          result.error.replyCode > 0 &&
+            !(result.error.kind === "permanent" && (result.error.errorCode === "ETLS" || result.error.errorCode === "ESESSION"))
           ? "ok"
           : "down";
     try {
@@ -326,7 +327,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         return;
       }
       if (error.kind === "permanent") {
-        await fail(job, `the relay ${relay} refused the message: "${error.replyText}"`, attempts);
+        await fail(
+          job,
+          error.errorCode === "ESESSION"
+            ? `the relay ${relay} refused the connection before the message was offered (a relay matter, not the message's): "${error.replyText}"`
+            : `the relay ${relay} refused the message: "${error.replyText}"`,
+          attempts,
+        );
         return;
       }
 

@@ -510,6 +510,13 @@ function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = ""):
     );
   }
 
+  // A 5xx greeting ("554 no SMTP service here") or a refused EHLO/HELO turns the
+  // whole connection away before any message is offered: every message fails
+  // alike until an operator acts, so it is the relay's refusal, not this
+  // message's (ESESSION: no retry of the message, the relay counts as down).
+  if (replyCode >= 500 && (command === "CONN" || command === "EHLO" || command === "HELO")) {
+    return make("permanent", response || message, "ESESSION");
+  }
   // The relay replied: its words are the evidence; errorCode is for replies that never came.
   if (replyCode >= 500) return make("permanent", response || message, "");
   if (replyCode >= 400) return make("transient", response || message, "");

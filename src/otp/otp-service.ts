@@ -558,6 +558,15 @@ function sendFailure(record: DeliveryRecord, limitsAdmitInMs = 0): OtpError {
       { reason: "RELAY_TLS_FAILED", metadata, retryAfterMs: Math.max(60_000, limitsAdmitInMs) },
     );
   }
+  if (last?.errorCode === "ESESSION" && last.outcome === "permanent") {
+    // Refused at the greeting or EHLO: every message fails alike until the relay (or an operator) changes
+    // its mind, so the caller may retry, and the key is not spent.
+    return new OtpError("unavailable", `email not sent: ${reason}; retry later (message_id ${record.messageId})`, {
+      reason: "RELAY_UNAVAILABLE",
+      metadata,
+      retryAfterMs: Math.max(60_000, limitsAdmitInMs),
+    });
+  }
   if (last?.outcome === "permanent") {
     return new OtpError("failed_precondition", `email not sent: ${reason} (message_id ${record.messageId})`, {
       reason: "RELAY_REJECTED",

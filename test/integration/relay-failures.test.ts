@@ -10,6 +10,7 @@
  * (every one the send counted against) will honour, and an instance that started while it was down serves once it
  * is back, though no call reaches it meanwhile.
  */
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { SMTPServer } from "smtp-server";
 import { afterEach, expect, it, vi } from "vitest";
@@ -157,4 +158,24 @@ it("shutdown while a caller waits on a retry: UNAVAILABLE at once (the sender st
   expect(error.details).toMatch(/the sender stopped before the retry/);
   await stopping;
   expect(sink.transactions()).toBe(1);
+});
+
+it("a relay that refuses the connection at its greeting (554): UNAVAILABLE, not the message's refusal; the key is not spent; NOT_SERVING", async () => {
+  // "554 no SMTP service here" instead of 220 (RFC 5321 3.1): the relay turns every connection away, whatever the message.
+  const refusing = createNetServer((socket) => socket.end("554 5.7.1 Service unavailable; client host blocked\r\n"));
+  await new Promise<void>((resolve) => refusing.listen(0, "127.0.0.1", resolve));
+  cleanups.push(() => new Promise<void>((resolve) => refusing.close(() => resolve())));
+  const port = (refusing.address() as AddressInfo).port;
+  const instance = await instanceFor(undefined, `smtp://127.0.0.1:${port}?starttls=off`, { LIMIT_RESEND_COOLDOWN: "0" });
+
+  const { error, messageId } = await sendTwiceFailing(instance, "RELAY_UNAVAILABLE");
+  expect(error.details).toMatch(/554 5\.7\.1 Service unavailable/);
+  expect(retryDelayMs(error)).toBeGreaterThanOrEqual(60_000);
+  const status = await call(instance.client, getDeliveryStatus, { messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  expect(status.attempts[0]?.replyCode).toBe(554);
+  expect(status.failureReason).toMatch(/refused the connection/);
+  // A send's verdict must not call such a relay healthy.
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
 });
