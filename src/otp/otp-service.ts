@@ -169,16 +169,19 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   /**
    * Takes the limits of a send that is not going to happen back. A refund
    * that fails is logged (and the store counts the failed operation), never
-   * thrown: the caller hears what stopped the send.
+   * thrown: the caller hears what stopped the send. Resolves false when the
+   * limits still count the send.
    */
-  async function refund(admission: SendAdmission, messageId: string): Promise<void> {
+  async function refund(admission: SendAdmission, messageId: string): Promise<boolean> {
     try {
       await admission.refund();
+      return true;
     } catch (error) {
       logger.warn(
         { err: error, message_id: messageId },
         "could not take back the limits of a send that did not happen: they refuse its retry until they free up",
       );
+      return false;
     }
   }
 
@@ -320,14 +323,17 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       const permanent = error instanceof OtpError && error.reason === "RELAY_REJECTED";
       const keyId = permanent ? undefined : idempotencyKeyId;
       // Both at once: one round trip of waiting on the way to the caller's error.
-      await Promise.all([
-        unsent === undefined ? undefined : refund(unsent, messageId),
+      const [refunded] = await Promise.all([
+        unsent === undefined ? true : refund(unsent, messageId),
         keyId === undefined
           ? undefined
           : store.releaseIdempotencyKey(keyId, messageId).catch((releaseError: unknown) => {
               logger.warn({ err: releaseError, message_id: messageId }, "could not release idempotency key");
             }),
       ]);
+      // The limits still count the send that did not happen: a retry is refused until they admit it again,
+      // so the retry delay (1 s for storage) must not say sooner.
+      if (!refunded && unsent !== undefined) throw retryNotBefore(error, unsent.resendAvailableAt - clock.now());
       throw error;
     }
   }
@@ -469,6 +475,19 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   }
 
   return { sendOtp, getDeliveryStatus, verifyOtp };
+}
+
+/** `error` with a retry delay of at least `ms`, when it carries one that is shorter; otherwise `error` itself. */
+function retryNotBefore(error: unknown, ms: number): unknown {
+  if (!(error instanceof OtpError) || error.retryAfterMs === undefined || error.retryAfterMs >= ms) return error;
+  return new OtpError(error.kind, error.message, {
+    reason: error.reason,
+    violations: error.violations,
+    retryAfterMs: ms,
+    metadata: error.metadata,
+    quotaViolations: error.quotaViolations,
+    cause: error.cause,
+  });
 }
 
 /** A repeated idempotency_key whose first call has not written its record yet. */

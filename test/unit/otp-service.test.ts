@@ -8,7 +8,7 @@ import { describe, expect, it, vi } from "vitest";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { createRenderer } from "../../src/delivery/render.js";
 import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
-import { OtpError } from "../../src/errors.js";
+import { OtpError, storageUnavailable } from "../../src/errors.js";
 import { createSuppressionList } from "../../src/bounce/suppression.js";
 import { createLimiter } from "../../src/limits/limiter.js";
 import { unlimited, type SendLimiter, type VerifyLimiter } from "../../src/limits/types.js";
@@ -282,5 +282,46 @@ describe("otp service", () => {
     const retried = await service.sendOtp(ctx, { ...send, idempotencyKey: "k4" });
     expect(retried.state).toBe("ACCEPTED");
     expect(sent).toHaveLength(1);
+  });
+
+  it("storage failing after the limits admitted a send, and refusing their refund too: the retry delay waits for the limits", async () => {
+    let now = 1_800_000_000_000;
+    const clock = { now: () => now };
+    const memory = createMemoryStore({ clock });
+    // Storage answers the limits, then fails: the code cannot be stored and the admission cannot be taken back.
+    const store = Object.assign(Object.create(memory) as typeof memory, {
+      addCode: () => Promise.reject(storageUnavailable(new Error("connection lost"))),
+      refundLimits: () => Promise.reject(storageUnavailable(new Error("connection lost"))),
+    });
+    const limiter = createLimiter({
+      store,
+      secret,
+      logger: createLogger({ level: "silent" }),
+      limits: { recipient: [], resendCooldownMs: 30_000, endUserIp: [], caller: [], global: [], verifyFailures: [] },
+    });
+    const service = createOtpService({
+      store,
+      delivery: { dispatch: (record: DeliveryRecord) => Promise.resolve(record) },
+      renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
+      limiter,
+      verifyLimiter: limiter,
+      hasher: createHasher(secret),
+      clock,
+      logger: createLogger({ level: "silent" }),
+      from: { name: "Acme", address: "no-reply@acme.test" },
+      codeLength: 6,
+      ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
+      maxFailedAttempts: 5,
+      recordRetentionMs: 7 * 86_400_000,
+      idempotencyTtlMs: 86_400_000,
+    });
+
+    const failed = (await service.sendOtp(ctx, send).catch((error: unknown) => error)) as OtpError;
+    expect(failed).toMatchObject({ kind: "unavailable", reason: "STORAGE_UNAVAILABLE" });
+    // The cooldown still counts the send that did not happen: a retry sooner than 30 s is refused.
+    expect(failed.retryAfterMs).toBeGreaterThanOrEqual(30_000);
+    now += 1000;
+    const early = await service.sendOtp(ctx, send).catch((error: unknown) => error);
+    expect(early).toMatchObject({ kind: "resource_exhausted", reason: "RESEND_COOLDOWN" });
   });
 });
