@@ -41,6 +41,8 @@ function failedSendOutcome(error: unknown): SendOutcome {
     case "permission_denied":
       return "denied";
     case "failed_precondition":
+      // A suppressed recipient is refused with FAILED_PRECONDITION (nothing sent): its own outcome, not an error.
+      if (error.reason === "RECIPIENT_SUPPRESSED") return "suppressed";
       return error.reason === "RELAY_REJECTED" ? "relay_rejected" : "error";
     case "unavailable":
       if (error.reason === "RELAY_BACKLOG_FULL") return "backlog_full";

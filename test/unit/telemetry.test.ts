@@ -6,6 +6,9 @@ import { grpcCodeName } from "../../src/telemetry/grpc-metrics.js";
 import { startMetricsServer } from "../../src/telemetry/metrics-server.js";
 import { createMetrics, negotiateFormat, traceExemplar } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { instrumentOtpService } from "../../src/telemetry/otp-metrics.js";
+import { OtpError } from "../../src/errors.js";
+import type { OtpService } from "../../src/otp/types.js";
 import { INVALID_SPAN_CONTEXT, ROOT_CONTEXT, TraceFlags, createContextKey } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager, parseTraceparent } from "../../src/telemetry/trace-context.js";
 import { describeSdkError, SdkDiagnostics } from "../../src/telemetry/sdk-diagnostics.js";
@@ -389,5 +392,22 @@ describe("the /metrics server", () => {
     } finally {
       await bare.close();
     }
+  });
+});
+
+describe("SendOtp outcomes", () => {
+  it("counts a send refused for a suppressed recipient as suppressed, not as an error", async () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const refusing = {
+      sendOtp: () =>
+        Promise.reject(new OtpError("failed_precondition", "email not sent: suppressed", { reason: "RECIPIENT_SUPPRESSED" })),
+      getDeliveryStatus: () => Promise.reject(new Error("unused")),
+      verifyOtp: () => Promise.reject(new Error("unused")),
+    } as unknown as OtpService;
+    const otp = instrumentOtpService(refusing, metrics);
+    await expect(otp.sendOtp({} as never, { purpose: "login" } as never)).rejects.toThrow("suppressed");
+    const text = await metrics.render("text");
+    expect(text).toContain('otp_sends_total{purpose="login",outcome="suppressed"} 1');
+    expect(text).toContain('otp_sends_total{purpose="login",outcome="error"} 0');
   });
 });
