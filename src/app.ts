@@ -190,6 +190,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     });
     closers.push(() => Promise.resolve(relayProbe.stop()));
 
+    const deliveryObserver = createDeliveryTelemetry({ metrics, poolSize: config.smtp.maxConnections });
     const delivery = createDeliveryService({
       store,
       transport,
@@ -200,7 +201,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       retryMaxDelayMs: config.smtp.retryMaxDelayMs,
       waitBudgetMs: config.smtp.waitBudgetMs,
       recordTtlMs: config.recordRetentionMs,
-      observer: createDeliveryTelemetry({ metrics, poolSize: config.smtp.maxConnections }),
+      observer: deliveryObserver,
       onRelayHealth: (event) => {
         if (event === "ok") {
           health.set("relay", true);
@@ -230,6 +231,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       previous: previousSecret && { secret: previousSecret.secret, until: previousSecret.suppressionUntil },
     });
     const otp = createOtpService({
+      observer: deliveryObserver,
       suppression,
       bounceDomain,
       store,

@@ -5,6 +5,7 @@
 import type { Clock } from "../clock.js";
 import type { BacklogPlace, SendBacklog } from "../delivery/backlog.js";
 import type { DeliveryService } from "../delivery/delivery-service.js";
+import type { DeliveryObserver } from "../delivery/observer.js";
 import { effectiveState, explain } from "../delivery/explain.js";
 import type { SuppressionList } from "../bounce/suppression.js";
 import { buildOtpMail } from "../delivery/message.js";
@@ -77,6 +78,12 @@ export interface OtpServiceOptions {
    * sender and no DSN is asked for.
    */
   readonly bounceDomain?: string | undefined;
+  /**
+   * Told the SUPPRESSED record of each send refused for a suppressed
+   * recipient (the delivery telemetry counts it as a state transition, as
+   * the dispatcher's records are). Default: nobody.
+   */
+  readonly observer?: Pick<DeliveryObserver, "stateChanged"> | undefined;
 }
 
 /**
@@ -389,6 +396,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     };
     // Support asking about the address sees the refusal too, and why.
     await Promise.all([store.putRecord(record, options.recordRetentionMs), indexForRecipient(request.recipientHash, messageId)]);
+    options.observer?.stateChanged(record);
     logger.info(
       { message_id: messageId, recipient: record.recipientMasked, bounced_message_id: cause.messageId, status: cause.status },
       "otp not sent: recipient suppressed",

@@ -193,6 +193,10 @@ describe("a spam complaint, from SendOtp to the suppression lifted", () => {
     expect(metrics).toContain('otp_feedback_reports_total{kind="applied",feedback_type="abuse"} 1');
     expect(metrics).toContain('otp_spam_complaints_total{feedback_type="abuse",provider="yahoo"} 1');
     expect(metrics).toContain('otp_delivery_state_transitions_total{state="DELIVERED",provider="yahoo"} 1');
+    // The refused send: its own outcome, and a record that entered SUPPRESSED.
+    expect(metrics).toContain('otp_sends_total{purpose="login",outcome="suppressed"} 1');
+    expect(metrics).toContain('otp_sends_total{purpose="login",outcome="error"} 0');
+    expect(metrics).toContain('otp_delivery_state_transitions_total{state="SUPPRESSED",provider="yahoo"} 1');
     expect(metrics).not.toContain(code);
 
     service.child.kill("SIGTERM");
