@@ -178,6 +178,8 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     ...(options.tls === undefined ? {} : { cert: options.tls.cert, key: options.tls.key }),
     disableReverseLookup: true,
     size: maxBytes,
+    // smtp-server would refuse a MAIL with a larger SIZE= itself, with no hook to count or log it; refused in onMailFrom instead.
+    hideSize: true,
     maxClients,
     socketTimeout: options.socketTimeoutMs ?? defaults.socketTimeoutMs,
     closeTimeout: 1000,
@@ -194,12 +196,23 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       callback();
     },
 
-    onMailFrom(_address, session, callback) {
+    onMailFrom(address, session, callback) {
       if (options.tls?.required === true && !session.secure) {
         withoutTls++;
         reject("tls_required");
         logger.warn({ remote: session.remoteAddress, helo: heloOf(session) }, "bounce intake refused MAIL before STARTTLS (BOUNCE_TLS_REQUIRED)");
         callback(smtpError(530, "5.7.0 Must issue a STARTTLS command first"));
+        return;
+      }
+      // A relay declares the size (RFC 1870 SIZE=) and is told at once, before it sends the message.
+      const declared = Number((address.args as Record<string, unknown>)["SIZE"] ?? 0);
+      if (declared > maxBytes) {
+        logger.warn(
+          { remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session), declared_bytes: declared },
+          "bounce larger than the size limit refused (SIZE declared in MAIL)",
+        );
+        reject("too_large");
+        callback(smtpError(552, `5.3.4 Message too big (limit ${maxBytes} bytes)`));
         return;
       }
       // Bounces come with the null sender (`MAIL FROM:<>`); anything else is fine too.

@@ -113,6 +113,30 @@ async function replyCode(to: string | string[], raw: Buffer, via: { host?: strin
   }
 }
 
+/** Speaks `commands` one by one on a raw connection; resolves with the greeting and each command's full reply. */
+function smtpDialogue(commands: readonly string[]): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(intake.address.port, "127.0.0.1");
+    const replies: string[] = [];
+    let pending = "";
+    socket.on("data", (data) => {
+      pending += data.toString("latin1");
+      // A reply ends with a line whose code is followed by a space.
+      while (/^\d{3} .*\r\n/m.test(pending)) {
+        const end = /^\d{3} .*\r\n/m.exec(pending);
+        if (end === null) break;
+        replies.push(pending.slice(0, end.index + end[0].length));
+        pending = pending.slice(end.index + end[0].length);
+        const next = commands[replies.length - 1];
+        if (next === undefined) socket.end();
+        else socket.write(`${next}\r\n`);
+      }
+    });
+    socket.on("error", reject);
+    socket.on("close", () => resolve(replies));
+  });
+}
+
 const verp = (messageId: string): string => `bounce+${messageId}@${bounceDomain}`;
 
 /** Postfix's 5.1.1 bounce (RET=HDRS), about `messageId`. */
@@ -151,6 +175,18 @@ describe("bounce intake: who may send what", () => {
     expect(reported).toEqual(["too_large"]);
     expect(outcomes).toEqual([]);
     expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+  });
+
+  it("refuses a MAIL that declares a size over the limit (SIZE=) with 552, and counts it", async () => {
+    await start({ maxBytes: 10_000 });
+    const record = await acceptedMessage();
+    const replies = await smtpDialogue(["EHLO relay.test", "MAIL FROM:<> SIZE=20000", `MAIL FROM:<> SIZE=9000`, `RCPT TO:<${verp(record.messageId)}>`, "QUIT"]);
+    expect(replies[1]).toMatch(/^250[ -]/m);
+    expect(replies[2]).toMatch(/^552 5\.3\.4 Message too big \(limit 10000 bytes\)/);
+    expect(replies[3]).toMatch(/^250 /);
+    expect(replies[4]).toMatch(/^250 /);
+    expect(reported).toEqual(["too_large"]);
+    expect(outcomes).toEqual([]);
   });
 
   it("limits new connections per address: the one over the limit gets 421", async () => {
