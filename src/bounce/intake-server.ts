@@ -135,7 +135,7 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       if (bytes <= maxBytes) chunks.push(buffer);
     }
     if (stream.sizeExceeded || bytes > maxBytes) {
-      logger.warn({ remote: session.remoteAddress, bytes }, "bounce larger than the size limit refused");
+      logger.warn({ remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session), bytes }, "bounce larger than the size limit refused");
       reject("too_large");
       throw smtpError(552, `5.3.4 Message too big (limit ${maxBytes} bytes)`);
     }
@@ -157,7 +157,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     try {
       await Promise.race([work, timeout]);
     } catch (error) {
-      logger.warn({ err: error, remote: session.remoteAddress }, "could not record a bounce; the sender is asked to retry");
+      logger.warn(
+        { err: error, remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) },
+        "could not record a bounce; the sender is asked to retry",
+      );
       reject("record_failed");
       throw smtpError(451, "4.3.0 Could not record the report now; try again later");
     } finally {

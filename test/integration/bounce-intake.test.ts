@@ -36,7 +36,7 @@ let applied: { record: DeliveryRecord; traceId: string }[];
 let reported: IntakeRejectionReason[];
 const onRejection = (reason: IntakeRejectionReason): void => void reported.push(reason);
 
-async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "maxClients" | "tls">> = {}): Promise<void> {
+async function start(options: Partial<Pick<BounceIntakeOptions, "connectionsPerMinute" | "maxBytes" | "maxClients" | "tls" | "logger">> = {}): Promise<void> {
   await intake.close();
   intake = await startBounceIntake({ host: "127.0.0.1", port: 0, bounceDomain, processor, logger, onRejection, ...options });
 }
@@ -164,7 +164,9 @@ describe("bounce intake: who may send what", () => {
   });
 
   it("refuses a message over the size limit with 552 and records nothing", async () => {
-    await start({ maxBytes: 10_000 });
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    await start({ maxBytes: 10_000, logger: capture });
     const record = await acceptedMessage();
     const big = dsnMessage({
       to: verp(record.messageId),
@@ -175,6 +177,12 @@ describe("bounce intake: who may send what", () => {
     expect(reported).toEqual(["too_large"]);
     expect(outcomes).toEqual([]);
     expect((await status(record.messageId))?.state).toBe("ACCEPTED");
+    // Like every line about a bounce, it names who sent it.
+    expect(lines.find((line) => line["msg"] === "bounce larger than the size limit refused")).toMatchObject({
+      remote: "127.0.0.1",
+      helo: expect.any(String) as unknown,
+      tls: "none",
+    });
   });
 
   it("refuses a MAIL that declares a size over the limit (SIZE=) with 552, and counts it", async () => {
