@@ -7,9 +7,9 @@
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { reportStatus, suppresses, withReports } from "../delivery/reports.js";
+import { appendDropsDecidingReport, reportStatus, suppresses, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
-import type { OtpStore } from "../store/types.js";
+import { maxDeliveryReports, type OtpStore } from "../store/types.js";
 import { parseDsn, type DsnRecipient } from "./dsn.js";
 import type { SuppressionList } from "./suppression.js";
 
@@ -151,7 +151,12 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    await store.addDeliveryReport(messageId, report, options.reportTtlMs);
+    // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
+    if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
+      logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
+    } else {
+      await store.addDeliveryReport(messageId, report, options.reportTtlMs);
+    }
     const updated = withReports(record, [...earlier, report]);
 
     let suppressed = false;

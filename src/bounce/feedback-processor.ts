@@ -14,10 +14,10 @@
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { withReports } from "../delivery/reports.js";
+import { appendDropsDecidingReport, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
-import type { OtpStore } from "../store/types.js";
+import { maxDeliveryReports, type OtpStore } from "../store/types.js";
 import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
 import type { BounceSource } from "./bounce-processor.js";
 import type { SuppressionList } from "./suppression.js";
@@ -148,7 +148,12 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
     };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    await store.addDeliveryReport(messageId, report, options.reportTtlMs);
+    // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
+    if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
+      logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
+    } else {
+      await store.addDeliveryReport(messageId, report, options.reportTtlMs);
+    }
     const updated = withReports(record, [...earlier, report]);
 
     let suppressed = false;

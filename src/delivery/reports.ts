@@ -99,3 +99,16 @@ export function withReports(record: DeliveryRecord, reports: readonly DeliveryRe
   const latest = Math.max(record.updatedAt, ...reports.map((report) => report.receivedAt));
   return { ...record, state, reports: [...reports], updatedAt: latest };
 }
+
+/**
+ * True when appending `report` to a full list (`max` kept, the oldest
+ * dropped) would drop the evidence that decides the state: a final DSN
+ * pushed out by later delay notices or feedback reports would let them
+ * override it. Such a report changes nothing the kept ones do not say, and
+ * is not stored.
+ */
+export function appendDropsDecidingReport(earlier: readonly DeliveryReport[], report: DeliveryReport, max: number): boolean {
+  const all = [...earlier, report];
+  if (all.length <= max) return false;
+  return stateFromReports(all.slice(-max)) !== stateFromReports(all);
+}

@@ -18,7 +18,7 @@ import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { withReports } from "../../src/delivery/reports.js";
 import { newMessageId } from "../../src/otp/code.js";
 import { createMemoryStore } from "../../src/store/memory-store.js";
-import type { OtpStore } from "../../src/store/types.js";
+import { maxDeliveryReports, type OtpStore } from "../../src/store/types.js";
 import { dsnMessage, gmailDmarcDiagnostic, postfixUnknownUserDsn } from "../support/dsn-fixtures.js";
 import { makeSelfSigned } from "../support/self-signed.js";
 
@@ -319,6 +319,20 @@ describe("bounce intake: correlation and evidence", () => {
     await send("delayed", "4.4.1");
     expect((await status(record.messageId))?.state).toBe("BOUNCED");
     expect((await status(record.messageId))?.reports).toHaveLength(3);
+  });
+
+  it("a flood of late delay notices never pushes the final DSN out of the kept reports", async () => {
+    const record = await acceptedMessage();
+    const send = (action: string, status: string): Promise<string> =>
+      deliver(verp(record.messageId), dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action, status }] }));
+
+    await send("failed", "5.2.2");
+    for (let i = 0; i < maxDeliveryReports + 2; i++) await send("delayed", "4.4.1");
+
+    const after = await status(record.messageId);
+    expect(after?.state).toBe("BOUNCED");
+    expect(after?.reports).toHaveLength(maxDeliveryReports);
+    expect(after?.reports?.filter((report) => report.action === "failed")).toHaveLength(1);
   });
 
   it("an Original-Envelope-Id that names another message is not applied to either", async () => {
