@@ -226,11 +226,16 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       if (messageIdOf(address.address) === undefined && !isFeedbackAddress(address.address)) {
         badRecipient++;
         reject("bad_recipient");
+        logger.info(
+          { remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session), recipient: maskAddress(address.address) },
+          "bounce intake refused a recipient: neither a VERP address of ours nor the feedback address",
+        );
         callback(smtpError(550, "5.1.1 No such recipient here: this host only takes bounces and feedback reports of its own messages"));
         return;
       }
       if (session.envelope.rcptTo.length >= maxRecipients) {
         reject("too_many_recipients");
+        logger.warn({ remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) }, "bounce intake refused a recipient: too many in one message");
         callback(smtpError(452, "4.5.3 Too many recipients"));
         return;
       }
@@ -245,7 +250,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
         callback(error, message);
       };
       stream.once("error", (error) => {
-        if (!answered) reject("unreadable");
+        if (!answered) {
+          reject("unreadable");
+          logger.warn({ err: error, remote: session.remoteAddress, helo: heloOf(session), tls: tlsOf(session) }, "bounce intake could not read a message");
+        }
         answer(smtpError(451, `4.3.0 Could not read the message (${error.message})`));
       });
       receive(stream, session).then(
@@ -268,7 +276,10 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     sockets.add(socket);
     // smtp-server answers a connection over maxClients with 421 itself, with no hook
     // to tell us; it counts the same sockets (this listener runs after its own).
-    if (sockets.size > maxClients) reject("too_many_clients");
+    if (sockets.size > maxClients) {
+      reject("too_many_clients");
+      logger.warn({ remote: socket.remoteAddress, max_clients: maxClients }, "bounce intake connection refused: too many simultaneous connections");
+    }
     socket.once("close", () => sockets.delete(socket));
   });
 

@@ -145,6 +145,9 @@ const unknownUserDsn = (messageId: string): Buffer =>
 
 describe("bounce intake: who may send what", () => {
   it("takes a bounce from the null sender for bounce+<id>@<bounce domain>, and 550s every other recipient", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    await start({ logger: capture });
     const record = await acceptedMessage();
     const dsn = dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action: "delayed", status: "4.4.1" }] });
 
@@ -160,6 +163,10 @@ describe("bounce intake: who may send what", () => {
     }
     expect(intake.rejections().badRecipient).toBe(5);
     expect(reported).toEqual(Array(5).fill("bad_recipient"));
+    // Each refusal has its log line, naming the peer (the metric has no peer label), the recipient masked.
+    const refusals = lines.filter((line) => line["msg"] === "bounce intake refused a recipient: neither a VERP address of ours nor the feedback address");
+    expect(refusals).toHaveLength(5);
+    expect(refusals[0]).toMatchObject({ remote: "127.0.0.1", tls: "none", recipient: "p***@bounces.acme.test" });
     expect(outcomes.map((outcome) => outcome.kind)).toEqual(["applied"]);
   });
 
