@@ -172,7 +172,8 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
   }
 
   const server = new SMTPServer({
-    name: `bounces.${domain}`,
+    // The host the bounce domain's MX names: the intake answers as that domain (220 <BOUNCE_DOMAIN> ESMTP).
+    name: domain,
     banner: "OtpEmail bounce intake: delivery status notifications and feedback reports only",
     logger: false,
     authOptional: true,
