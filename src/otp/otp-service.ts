@@ -303,11 +303,24 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // (or a bounce) can never find a message it does not know. They are
       // written concurrently, with the recipient's index: one round trip of
       // waiting instead of two or three.
-      await Promise.all([
+      const [recordWrite, ...otherWrites] = await Promise.allSettled([
         store.putRecord(record, options.recordRetentionMs),
         store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
         indexForRecipient(recipientHash, messageId),
       ]);
+      const failedWrite = [recordWrite, ...otherWrites].find((write) => write.status === "rejected");
+      if (failedWrite !== undefined) {
+        if (recordWrite.status === "fulfilled") {
+          // The record was stored but the code (or the index) was not: the mail will never go, so the record
+          // must not read SENDING (support would see a send in progress). Best effort, not awaited: the caller
+          // hears the storage error without waiting on a store that is failing.
+          const failed: DeliveryRecord = { ...record, state: "FAILED", failureReason: "not sent: the code could not be stored", updatedAt: clock.now() };
+          store.putRecord(failed, options.recordRetentionMs).catch((writeError: unknown) => {
+            logger.warn({ err: writeError, message_id: messageId }, "could not mark the record of an unsent message FAILED");
+          });
+        }
+        throw failedWrite.reason;
+      }
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
         "otp queued",

@@ -324,4 +324,45 @@ describe("otp service", () => {
     const early = await service.sendOtp(ctx, send).catch((error: unknown) => error);
     expect(early).toMatchObject({ kind: "resource_exhausted", reason: "RESEND_COOLDOWN" });
   });
+
+  it("a record stored while its code could not be: marked FAILED, not left SENDING for a mail that never goes", async () => {
+    const memory = createMemoryStore({ clock: { now: () => 1_800_000_000_000 } });
+    const written: DeliveryRecord[] = [];
+    const store = Object.assign(Object.create(memory) as typeof memory, {
+      putRecord: (record: DeliveryRecord, ttlMs: number) => {
+        written.push(record);
+        return memory.putRecord(record, ttlMs);
+      },
+      addCode: () => Promise.reject(storageUnavailable(new Error("connection lost"))),
+    });
+    const dispatched: DeliveryRecord[] = [];
+    const service = createOtpService({
+      store,
+      delivery: {
+        dispatch: (record: DeliveryRecord) => {
+          dispatched.push(record);
+          return Promise.resolve(record);
+        },
+      },
+      renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
+      limiter: unlimited,
+      verifyLimiter: unlimited,
+      hasher: createHasher(secret),
+      clock: { now: () => 1_800_000_000_000 },
+      logger: createLogger({ level: "silent" }),
+      from: { name: "Acme", address: "no-reply@acme.test" },
+      codeLength: 6,
+      ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
+      maxFailedAttempts: 5,
+      recordRetentionMs: 7 * 86_400_000,
+      idempotencyTtlMs: 86_400_000,
+    });
+
+    const failed = await service.sendOtp(ctx, send).catch((error: unknown) => error);
+    expect(failed).toMatchObject({ kind: "unavailable", reason: "STORAGE_UNAVAILABLE" });
+    expect(dispatched).toEqual([]);
+    const messageId = written[0]?.messageId ?? "";
+    await vi.waitFor(async () => expect((await memory.getRecord(messageId))?.state).toBe("FAILED"));
+    expect((await memory.getRecord(messageId))?.failureReason).toBe("not sent: the code could not be stored");
+  });
 });
