@@ -95,7 +95,8 @@ async function diagnose(options: DoctorOptions, resolver: DnsResolver, timeoutMs
     checkDmarc({
       fromAddress,
       envelopeDomain,
-      spfPasses: envelopeSpf.status === "pass",
+      // The SPF result, not the check's status: a record that lets every host pass warns, yet passes.
+      spfPasses: envelopeSpf.details["result"] === "pass",
       dkimDomain: options.dkim?.domain,
       dkimPasses: dkimCheck.verifiedDomain !== undefined,
       resolver,

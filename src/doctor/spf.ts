@@ -55,13 +55,26 @@ export async function checkSpf(options: SpfCheckOptions): Promise<CheckResult> {
   if (verdict === "pass") {
     // `+all` (or a bare `all`) lets every host on the Internet pass: our mail
     // passes, and so does anyone's who forges the domain, DMARC included.
-    if (typeof result.rr === "string" && /(^|\s)\+?all(\s|$)/i.test(result.rr)) {
+    const endsInPlusAll = typeof result.rr === "string" && /(^|\s)\+?all(\s|$)/i.test(result.rr);
+    if (endsInPlusAll) {
       return check(
         id,
         domain,
         "warn",
         `the SPF record of ${domain} ends in "+all": every host passes it, relay ${relayIp} and anyone forging ${domain} alike (${role})`,
         `end the SPF record of ${domain} with "-all" instead, keeping ${mechanism} and the senders you use`,
+        details,
+      );
+    }
+    // The same through an include or a redirect to such a record, or a range
+    // that covers every address: an address no sender uses passes too.
+    if (await passesEveryone(domain, relayIp, resolver)) {
+      return check(
+        id,
+        domain,
+        "warn",
+        `the SPF record of ${domain} lets every host pass (through an include, a redirect or a range covering every address): relay ${relayIp} and anyone forging ${domain} alike (${role})`,
+        `make the SPF record of ${domain}, and every record it includes or redirects to, list only your senders and end in "-all", keeping ${mechanism}`,
         details,
       );
     }
@@ -106,6 +119,24 @@ export async function checkSpf(options: SpfCheckOptions): Promise<CheckResult> {
     "check that DNS answers (DNS_SERVERS, DOCTOR_TIMEOUT) and run the doctor again",
     details,
   );
+}
+
+/**
+ * Addresses no legitimate sender uses (IPv4 240.0.0.0/4 is reserved, IPv6
+ * 100::/64 is the discard prefix): a record that lets them pass lets every host pass.
+ */
+const nobody = { 4: "240.0.0.1", 6: "100::1" } as const;
+
+async function passesEveryone(domain: string, relayIp: string, resolver: DnsResolver): Promise<boolean> {
+  const result = await spf({
+    sender: `postmaster@${domain}`,
+    ip: nobody[isIP(relayIp) === 6 ? 6 : 4],
+    helo: domain,
+    mta: "otp-email-doctor",
+    resolver: mailauthResolver(resolver),
+    maxElapsedTime: resolver.timeoutMs * 4,
+  });
+  return result.status.result === "pass";
 }
 
 /** Our resolver in the shape mailauth's `resolver` option takes. */

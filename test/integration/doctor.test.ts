@@ -192,6 +192,15 @@ describe("a domain with no SPF record", () => {
     });
   });
 
+  it("warns when every host passes through a redirect to +all, and DMARC still counts SPF as passing", async () => {
+    const report = await runDoctor(optionsFor("redirplus.test", { dkim: undefined }));
+    expect(only(report, "spf.from")).toMatchObject({
+      status: "warn",
+      summary: expect.stringContaining("the SPF record of redirplus.test lets every host pass") as unknown,
+    });
+    expect(only(report, "dmarc")).toMatchObject({ status: "pass", summary: expect.stringContaining("passes through SPF (redirplus.test)") as unknown });
+  });
+
   it("fails SPF when the relay IP is not in the record", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "198.51.100.7", bounceDomain: "bounces.good.test" }));
     expect(only(report, "spf.bounce")).toMatchObject({

@@ -9,6 +9,7 @@
  *   esp.test: both pass, neither aligns, so DMARC fails.
  * - listed.test: fine, but its relay IP is listed in the fixture DNSBL.
  * - plusall.test: SPF "+all" (every host passes), otherwise fine.
+ * - redirplus.test: SPF redirects to "+all", otherwise fine.
  *
  * Relay IPs: relayIp reverses to relay.good.test, which resolves back to
  * it; listedRelayIp has no PTR; unconfirmedRelayIp reverses to a name that
@@ -81,6 +82,13 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("_dmarc.plusall.test", "v=DMARC1; p=reject"),
     mx("plusall.test", "mx.plusall.test"),
     a("mx.plusall.test", "192.0.2.30"),
+
+    // redirplus.test, whose SPF redirects to a record that lets every host pass
+    txt("redirplus.test", "v=spf1 redirect=_spf.redirplus.test"),
+    txt("_spf.redirplus.test", "v=spf1 +all"),
+    txt(`${selector}._domainkey.redirplus.test`, ourKey),
+    txt("_dmarc.redirplus.test", "v=DMARC1; p=reject"),
+    mx("redirplus.test", "mx.plusall.test"),
 
     // listed.test, whose relay is on the fixture blocklist
     txt("listed.test", `v=spf1 ip4:${listedRelayIp} -all`),
