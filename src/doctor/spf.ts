@@ -94,7 +94,8 @@ export async function checkSpf(options: SpfCheckOptions): Promise<CheckResult> {
     return check(
       id,
       domain,
-      verdict === "neutral" ? "warn" : severe,
+      // RFC 7208 8.2: neutral is treated exactly like none, which DMARC does not pass.
+      severe,
       `SPF ${verdict}: the record does not authorize relay ${relayIp} (${role})`,
       `add ${mechanism} to the SPF record of ${domain}, before its "all" term`,
       details,

@@ -201,6 +201,17 @@ describe("a domain with no SPF record", () => {
     expect(only(report, "dmarc")).toMatchObject({ status: "pass", summary: expect.stringContaining("passes through SPF (redirplus.test)") as unknown });
   });
 
+  it("fails a neutral (?all) SPF result for the envelope domain, as it fails none (RFC 7208 8.2)", async () => {
+    const report = await runDoctor(optionsFor("neutral.test"));
+    expect(only(report, "spf.from")).toMatchObject({
+      status: "fail",
+      summary: expect.stringContaining("SPF neutral") as unknown,
+      fix: `add ip4:${relayIp} to the SPF record of neutral.test, before its "all" term`,
+    });
+    const elsewhere = await runDoctor(optionsFor("neutral.test", { bounceDomain: "bounces.good.test" }));
+    expect(only(elsewhere, "spf.from").status).toBe("warn");
+  });
+
   it("fails SPF when the relay IP is not in the record", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "198.51.100.7", bounceDomain: "bounces.good.test" }));
     expect(only(report, "spf.bounce")).toMatchObject({

@@ -10,6 +10,7 @@
  * - listed.test: fine, but its relay IP is listed in the fixture DNSBL.
  * - plusall.test: SPF "+all" (every host passes), otherwise fine.
  * - redirplus.test: SPF redirects to "+all", otherwise fine.
+ * - neutral.test: SPF "?all" without the relay IP, otherwise fine.
  *
  * Relay IPs: relayIp reverses to relay.good.test, which resolves back to
  * it; listedRelayIp has no PTR; unconfirmedRelayIp reverses to a name that
@@ -89,6 +90,12 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt(`${selector}._domainkey.redirplus.test`, ourKey),
     txt("_dmarc.redirplus.test", "v=DMARC1; p=reject"),
     mx("redirplus.test", "mx.plusall.test"),
+
+    // neutral.test, whose SPF says nothing about the relay ("?all")
+    txt("neutral.test", "v=spf1 ip4:198.51.100.1 ?all"),
+    txt(`${selector}._domainkey.neutral.test`, ourKey),
+    txt("_dmarc.neutral.test", "v=DMARC1; p=reject"),
+    mx("neutral.test", "mx.plusall.test"),
 
     // listed.test, whose relay is on the fixture blocklist
     txt("listed.test", `v=spf1 ip4:${listedRelayIp} -all`),
