@@ -22,6 +22,10 @@ export interface DmarcCheckOptions {
   readonly dkimDomain: string | undefined;
   /** True when our signature verifies against the published key. */
   readonly dkimPasses: boolean;
+  /** True when SPF for envelopeDomain could not be evaluated (DNS error, relay IP unknown): not passing is no verdict. */
+  readonly spfUnknown?: boolean | undefined;
+  /** True when our DKIM signature could not be checked (DNS error): not passing is no verdict. */
+  readonly dkimUnknown?: boolean | undefined;
   readonly resolver: DnsResolver;
 }
 
@@ -84,6 +88,27 @@ export async function checkDmarc(options: DmarcCheckOptions): Promise<CheckResul
     ].filter((part) => part !== "");
     const monitoring = policy === "none" ? "; p=none only monitors, consider quarantine or reject" : "";
     return check("dmarc", subject, "pass", `DMARC p=${policy} passes through ${via.join(" and ")}${monitoring}`, "", details);
+  }
+
+  // A failure built on what could not be checked is no verdict: alignment
+  // itself needs DNS (the organizational domain), and an SPF or DKIM that
+  // would align may pass once it can be checked.
+  const unknown: string[] = [];
+  if (possible === false || (possible.status.result !== "pass" && possible.status.result !== "fail")) {
+    unknown.push(`alignment (${possible === false ? "no result" : possible.status.result})`);
+  } else {
+    if (spfAligns && !options.spfPasses && options.spfUnknown === true) unknown.push(`SPF for ${envelopeDomain}`);
+    if (dkimAligns && !options.dkimPasses && options.dkimUnknown === true) unknown.push(`DKIM for d=${dkimDomain ?? ""}`);
+  }
+  if (unknown.length > 0) {
+    return check(
+      "dmarc",
+      subject,
+      "warn",
+      `DMARC p=${policy} could not be evaluated: ${unknown.join(" and ")} could not be checked`,
+      "fix what the SPF and DKIM checks report (DNS_SERVERS, DOCTOR_TIMEOUT, RELAY_IP) and run the doctor again",
+      details,
+    );
   }
 
   const reasons: string[] = [];

@@ -99,6 +99,9 @@ async function diagnose(options: DoctorOptions, resolver: DnsResolver, timeoutMs
       spfPasses: envelopeSpf.details["result"] === "pass",
       dkimDomain: options.dkim?.domain,
       dkimPasses: dkimCheck.verifiedDomain !== undefined,
+      // No SPF verdict (temperror, relay IP unknown or private, a crash) / a DKIM key that could not be looked up.
+      spfUnknown: !["pass", "fail", "softfail", "neutral", "none", "permerror"].includes(String(envelopeSpf.details["result"])),
+      dkimUnknown: options.dkim !== undefined && dkimCheck.verifiedDomain === undefined && dkimCheck.result.status === "warn",
       resolver,
     }),
   );

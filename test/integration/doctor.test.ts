@@ -20,7 +20,7 @@ let resolver: DnsResolver;
 
 beforeAll(async () => {
   fixtures = buildDoctorFixtures();
-  dns = await startDnsServer(fixtures.records, { stall: ["stall.test"] });
+  dns = await startDnsServer(fixtures.records, { stall: ["stall.test", "stallspf.good.test", "stalled._domainkey.good.test"] });
   resolver = createDnsResolver({ servers: dns.servers, timeoutMs: 2000 });
 });
 
@@ -306,6 +306,40 @@ describe("DNS that never answers", () => {
         expect(only(report, id), id).toMatchObject({ status: "warn" });
       }
       expect(only(report, "mx.bounce").summary).toMatch(/no answer within 300 ms|timed out/);
+    } finally {
+      slow.close();
+    }
+  });
+});
+
+describe("DMARC when SPF or DKIM could not be checked", () => {
+  it("warns instead of failing: an aligned SPF or DKIM that timed out is no verdict", async () => {
+    const slow = createDnsResolver({ servers: dns.servers, timeoutMs: 300 });
+    try {
+      const report = await runDoctor(
+        optionsFor("good.test", {
+          resolver: slow,
+          dnsblZones: [],
+          bounceDomain: "stallspf.good.test",
+          dkim: { domain: "good.test", selector: "stalled", privateKey: fixtures.privateKey },
+        }),
+      );
+      expect(only(report, "spf.bounce").status).toBe("warn");
+      expect(only(report, "dkim").status).toBe("warn");
+      expect(only(report, "dmarc")).toMatchObject({ status: "warn", summary: expect.stringContaining("could not be evaluated") as unknown });
+    } finally {
+      slow.close();
+    }
+  });
+
+  it("still fails when what could not be checked would not align anyway", async () => {
+    const slow = createDnsResolver({ servers: dns.servers, timeoutMs: 300 });
+    try {
+      const report = await runDoctor(
+        optionsFor("misaligned.test", { resolver: slow, dnsblZones: [], bounceDomain: "esp.test", dkim: { domain: "stall.test", selector, privateKey: fixtures.privateKey } }),
+      );
+      expect(only(report, "dkim").status).toBe("warn");
+      expect(only(report, "dmarc").status).toBe("fail");
     } finally {
       slow.close();
     }
