@@ -165,15 +165,21 @@ function crashed(id: CheckId, subject: string, error: unknown): CheckResult {
 
 /**
  * DoctorOptions from the service's config. `domain` (the doctor's argument)
- * replaces the From address's domain, keeping its local part.
+ * replaces the From address's domain, keeping its local part, and the DKIM
+ * d= domain when that is the From domain (DKIM_DOMAIN unset defaults to it):
+ * the service sending From `domain` would sign as `domain`.
  */
 export function doctorOptionsFromConfig(config: Config, domain?: string): DoctorOptions {
   const from = config.mail.fromAddress;
   const fromAddress = domain === undefined ? from : `${from.slice(0, from.lastIndexOf("@"))}@${domain.toLowerCase()}`;
+  const dkim =
+    config.dkim !== undefined && domain !== undefined && config.dkim.domain.toLowerCase() === domainOf(from)
+      ? { ...config.dkim, domain: domain.toLowerCase() }
+      : config.dkim;
   return {
     fromAddress,
     bounceDomain: config.bounce.domain,
-    dkim: config.dkim,
+    dkim,
     smtpUrl: config.smtp.url,
     tlsCa: config.smtp.tlsCa,
     relayIp: config.doctor.relayIp,

@@ -109,6 +109,19 @@ describe("npm run doctor", () => {
     expect(report.checks.find((result) => result.id === "spf.from")).toMatchObject({ status: "fail", subject: "nospf.test" });
   });
 
+  it("with a domain argument, checks the DKIM key the service would sign with for that From domain", async () => {
+    // MAIL_FROM at good.test, DKIM_DOMAIN unset (it defaults to the From domain): asked about badkey.test,
+    // the service would sign as badkey.test, whose published key is not ours.
+    const run = await doctor(["badkey.test", "--json"], envFor("good.test"));
+    const report = JSON.parse(run.stdout) as DoctorReport;
+    expect(report.context).toMatchObject({ fromAddress: "no-reply@badkey.test", dkimDomain: "badkey.test" });
+    expect(report.checks.find((result) => result.id === "dkim")).toMatchObject({ status: "fail", subject: `${selector}._domainkey.badkey.test` });
+
+    // An explicit DKIM_DOMAIN elsewhere stays.
+    const esp = await doctor(["misaligned.test", "--json"], envFor("good.test", { DKIM_DOMAIN: "esp.test" }));
+    expect((JSON.parse(esp.stdout) as DoctorReport).context.dkimDomain).toBe("esp.test");
+  });
+
   it("exits 2 on a usage error and 78 on a configuration error naming the variable", async () => {
     const usage = await doctor(["good.test", "--jsn"], envFor("good.test"));
     expect(usage.code).toBe(2);
