@@ -36,7 +36,7 @@ async function checkZone(relayIp: string, name: string, zone: string, resolver: 
   try {
     answers = await resolver.a(name);
   } catch (error) {
-    if (isNoRecord(error)) return check("dnsbl", zone, "pass", `relay ${relayIp} is not listed in ${zone}`, "", { relayIp, query: name });
+    if (isNoRecord(error)) return notListed(relayIp, name, zone, resolver);
     return check("dnsbl", zone, "warn", `${zone} could not be asked: ${(error as Error).message}`, "check that DNS answers and run the doctor again", { relayIp, query: name });
   }
   const details = { relayIp, query: name, answers };
@@ -68,6 +68,44 @@ async function checkZone(relayIp: string, name: string, zone: string, resolver: 
     `find why (compromised account, open relay, shared IP), fix it, then request delisting from ${zone}`,
     { ...details, reason },
   );
+}
+
+/**
+ * "Not listed" means something only if the zone answers at all: a DNSBL
+ * lists its test address (RFC 5782 5: 127.0.0.2, for IPv6 ::ffff:7f00:2).
+ * A mistyped or retired zone answers NXDOMAIN for every IP, a "not listed"
+ * that would pass forever.
+ */
+async function notListed(relayIp: string, name: string, zone: string, resolver: DnsResolver): Promise<CheckResult> {
+  const testQuery = `${reverseIp(isIP(relayIp) === 6 ? "::ffff:7f00:2" : "127.0.0.2")}.${zone}`;
+  const details = { relayIp, query: name, testQuery };
+  let answers: string[];
+  try {
+    answers = await resolver.a(testQuery);
+  } catch (error) {
+    if (isNoRecord(error)) {
+      return check(
+        "dnsbl",
+        zone,
+        "warn",
+        `${zone} does not list its test address (${testQuery}), so it is not a working DNSBL: that it does not list relay ${relayIp} says nothing`,
+        `check the zone name in DNSBL_ZONES (such as zen.spamhaus.org), or remove ${zone}`,
+        details,
+      );
+    }
+    return check("dnsbl", zone, "warn", `${zone} could not be asked: ${(error as Error).message}`, "check that DNS answers and run the doctor again", details);
+  }
+  if (answers.some((answer) => answer.startsWith("127.255.255."))) {
+    return check(
+      "dnsbl",
+      zone,
+      "warn",
+      `${zone} refused the query (${answers.join(", ")}): it does not answer public or busy resolvers`,
+      "set DNS_SERVERS to a resolver of your own (not a public one) and run the doctor again",
+      { ...details, answers },
+    );
+  }
+  return check("dnsbl", zone, "pass", `relay ${relayIp} is not listed in ${zone}`, "", details);
 }
 
 /** `192.0.2.1` -> `1.2.0.192`; IPv6 as reversed nibbles (RFC 5782). */

@@ -10,7 +10,7 @@ import { isPrivateIp } from "../../src/doctor/spf.js";
 import { createLogger } from "../../src/logger.js";
 import type { CheckId, CheckResult, DoctorReport } from "../../src/doctor/types.js";
 import { startDnsServer, type DnsFixtureServer } from "../support/dns-server.js";
-import { buildDoctorFixtures, dnsblZone, listedRelayIp, relayIp, selector, unconfirmedRelayIp, type DoctorFixtures } from "../support/doctor-zones.js";
+import { buildDoctorFixtures, cleanDnsblZone, dnsblZone, listedRelayIp, relayIp, selector, unconfirmedRelayIp, type DoctorFixtures } from "../support/doctor-zones.js";
 import { startRelayServer, type RelayServer } from "../support/relay-server.js";
 import { makeSelfSigned, type SelfSigned } from "../support/self-signed.js";
 
@@ -270,7 +270,7 @@ describe("a domain with p=reject and misaligned domains", () => {
 
 describe("a relay IP listed in a DNSBL", () => {
   it("fails the listing zone with the listing code and reason, and passes a zone that does not list it", async () => {
-    const report = await runDoctor(optionsFor("listed.test", { relayIp: listedRelayIp, dnsblZones: [dnsblZone, "clean-bl.test"] }));
+    const report = await runDoctor(optionsFor("listed.test", { relayIp: listedRelayIp, dnsblZones: [dnsblZone, cleanDnsblZone] }));
     const [listed, clean] = report.checks.filter((result) => result.id === "dnsbl");
     expect(listed).toMatchObject({ status: "fail", subject: dnsblZone });
     expect(listed?.summary).toBe(`relay ${listedRelayIp} is listed in ${dnsblZone} (127.0.0.2): listed in the fixture blocklist`);
@@ -278,6 +278,14 @@ describe("a relay IP listed in a DNSBL", () => {
     expect(only(report, "spf.from").status).toBe("pass");
     expect(report.ok).toBe(false);
     expect(dns.queries).toContain(`A 66.2.0.192.${dnsblZone}`);
+  });
+
+  it("warns, rather than passes, a zone that does not list the RFC 5782 test address (mistyped or retired)", async () => {
+    const report = await runDoctor(optionsFor("good.test", { bounceDomain: "bounces.good.test", dnsblZones: [cleanDnsblZone, "zen.spamhas.test"] }));
+    const [clean, typo] = report.checks.filter((result) => result.id === "dnsbl");
+    expect(clean).toMatchObject({ status: "pass", subject: cleanDnsblZone });
+    expect(typo).toMatchObject({ status: "warn", subject: "zen.spamhas.test", summary: expect.stringContaining("not a working DNSBL") as unknown });
+    expect(dns.queries).toContain("A 2.0.0.127.zen.spamhas.test");
   });
 
   it("does not look up a private relay IP, and says to set RELAY_IP", async () => {

@@ -26,6 +26,8 @@ export const relayIp = "192.0.2.10";
 export const listedRelayIp = "192.0.2.66";
 export const unconfirmedRelayIp = "192.0.2.77";
 export const dnsblZone = "dnsbl.test";
+/** A working DNSBL that lists none of the fixture relays. */
+export const cleanDnsblZone = "clean-bl.test";
 export const selector = "s1";
 
 export interface DoctorFixtures {
@@ -104,6 +106,9 @@ export function buildDoctorFixtures(): DoctorFixtures {
     mx("listed.test", "mx.listed.test"),
     a("mx.listed.test", "192.0.2.29"),
     a(`${listedRelayIp.split(".").reverse().join(".")}.${dnsblZone}`, "127.0.0.2"),
+    // Working DNSBLs list their test address 127.0.0.2 (RFC 5782).
+    a(`2.0.0.127.${dnsblZone}`, "127.0.0.2"),
+    a(`2.0.0.127.${cleanDnsblZone}`, "127.0.0.2"),
     txt(`${listedRelayIp.split(".").reverse().join(".")}.${dnsblZone}`, "listed in the fixture blocklist"),
   ];
   return { privateKey: ours, records };
