@@ -35,17 +35,28 @@ export async function checkMx(options: MxCheckOptions): Promise<CheckResult> {
   }
 
   const unresolved: string[] = [];
+  // Hosts whose lookups failed (timeout, SERVFAIL): not "no address", unknown.
+  const unknown: string[] = [];
   for (const { exchange } of hosts) {
     const [v4, v6] = await Promise.allSettled([resolver.a(exchange), resolver.aaaa(exchange)]);
     const addresses = [v4, v6].flatMap((settled) => (settled.status === "fulfilled" ? settled.value : []));
-    if (addresses.length === 0) unresolved.push(exchange);
+    if (addresses.length > 0) continue;
+    const failed = [v4, v6].find((settled): settled is PromiseRejectedResult => settled.status === "rejected" && !isNoRecord(settled.reason));
+    if (failed === undefined) unresolved.push(exchange);
+    else unknown.push(`${exchange} (${(failed.reason as Error).message})`);
   }
   const list = hosts.map((record) => `${record.exchange} (${record.priority})`).join(", ");
+  if (unknown.length > 0 && unresolved.length + unknown.length === hosts.length) {
+    return check("mx.bounce", domain, "warn", `MX ${list}: the address of ${unknown.join(", ")} could not be looked up`, "check that DNS answers and run the doctor again", details);
+  }
   if (unresolved.length === hosts.length) {
     return check("mx.bounce", domain, "fail", `MX ${list}: no MX host has an address`, `publish A/AAAA records for ${unresolved.join(", ")}`, details);
   }
   if (unresolved.length > 0) {
     return check("mx.bounce", domain, "warn", `MX ${list}: ${unresolved.join(", ")} has no address`, `publish A/AAAA records for ${unresolved.join(", ")} or remove it from the MX`, details);
+  }
+  if (unknown.length > 0) {
+    return check("mx.bounce", domain, "warn", `MX ${list}: the address of ${unknown.join(", ")} could not be looked up`, "check that DNS answers and run the doctor again", details);
   }
   return check("mx.bounce", domain, "pass", `bounces go to ${list}`, "", details);
 }

@@ -320,6 +320,21 @@ describe("DNS that never answers", () => {
   });
 });
 
+describe("an MX host whose address lookup times out", () => {
+  it("warns that it could not be looked up, not that it has no address", async () => {
+    const slow = createDnsResolver({ servers: dns.servers, timeoutMs: 300 });
+    try {
+      const report = await runDoctor(optionsFor("good.test", { resolver: slow, dnsblZones: [], bounceDomain: "mxstall.test" }));
+      expect(only(report, "mx.bounce")).toMatchObject({
+        status: "warn",
+        summary: expect.stringContaining("mx.stall.test (A mx.stall.test: no answer within 300 ms) could not be looked up") as unknown,
+      });
+    } finally {
+      slow.close();
+    }
+  });
+});
+
 describe("DMARC when SPF or DKIM could not be checked", () => {
   it("warns instead of failing: an aligned SPF or DKIM that timed out is no verdict", async () => {
     const slow = createDnsResolver({ servers: dns.servers, timeoutMs: 300 });

@@ -99,6 +99,10 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("_dmarc.neutral.test", "v=DMARC1; p=reject"),
     mx("neutral.test", "mx.plusall.test"),
 
+    // mxstall.test, whose MX host is in stall.test (never answered in doctor.test)
+    txt("mxstall.test", spf),
+    mx("mxstall.test", "mx.stall.test"),
+
     // listed.test, whose relay is on the fixture blocklist
     txt("listed.test", `v=spf1 ip4:${listedRelayIp} -all`),
     txt(`${selector}._domainkey.listed.test`, ourKey),
