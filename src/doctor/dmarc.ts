@@ -7,7 +7,7 @@
  * the right thing to change.
  */
 import { dmarc, type DMARCResult } from "mailauth";
-import type { DnsResolver } from "./resolver.js";
+import { txtRecords, type DnsResolver } from "./resolver.js";
 import { mailauthResolver } from "./spf.js";
 import { check, domainOf, type CheckResult } from "./types.js";
 
@@ -52,6 +52,31 @@ export async function checkDmarc(options: DmarcCheckOptions): Promise<CheckResul
   const baseDetails = { result: verdict, record: actual.rr ?? null, policy: actual.policy ?? null, testMode: actual.testMode ?? false };
 
   if (verdict === "none") {
+    // A record may be there and still count as none (RFC 7489 6.6.3): say which, or the fix reads "publish one".
+    const published = await txtRecords(resolver, `_dmarc.${fromDomain}`).then(
+      (records) => records.filter((record) => /^\s*v\s*=\s*DMARC1\s*(;|$)/i.test(record)),
+      () => [],
+    );
+    if (published.length > 1) {
+      return check(
+        "dmarc",
+        `_dmarc.${fromDomain}`,
+        "warn",
+        `${published.length} DMARC records at _dmarc.${fromDomain}: receivers ignore them all (RFC 7489 6.6.3), as if there were none`,
+        `keep exactly one v=DMARC1 record at _dmarc.${fromDomain}`,
+        { ...baseDetails, records: published },
+      );
+    }
+    if (published.length === 1) {
+      return check(
+        "dmarc",
+        `_dmarc.${fromDomain}`,
+        "warn",
+        `the DMARC record at _dmarc.${fromDomain} is not valid, so receivers ignore it, as if there were none: "${published[0] ?? ""}"`,
+        `fix the record at _dmarc.${fromDomain}: it starts with "v=DMARC1; p=" and p= is none, quarantine or reject`,
+        { ...baseDetails, records: published },
+      );
+    }
     return check(
       "dmarc",
       `_dmarc.${fromDomain}`,

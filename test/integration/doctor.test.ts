@@ -261,6 +261,14 @@ describe("a domain with p=reject and misaligned domains", () => {
     expect(report.ok).toBe(false);
   });
 
+  it("says that a DMARC record is invalid, or one of several, rather than that there is none", async () => {
+    const bad = only(await runDoctor(optionsFor("baddmarc.test", { dkim: undefined })), "dmarc");
+    expect(bad).toMatchObject({ status: "warn", summary: expect.stringContaining("the DMARC record at _dmarc.baddmarc.test is not valid") as unknown });
+    expect(bad.fix).toContain("p= is none, quarantine or reject");
+    const two = only(await runDoctor(optionsFor("twodmarc.test", { dkim: undefined })), "dmarc");
+    expect(two).toMatchObject({ status: "warn", summary: expect.stringContaining("2 DMARC records at _dmarc.twodmarc.test") as unknown });
+  });
+
   it("warns when the From domain publishes no DMARC record", async () => {
     const report = await runDoctor(optionsFor("esp.test"));
     expect(only(report, "dmarc")).toMatchObject({ status: "warn", subject: "_dmarc.esp.test" });

@@ -99,6 +99,13 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("_dmarc.neutral.test", "v=DMARC1; p=reject"),
     mx("neutral.test", "mx.plusall.test"),
 
+    // baddmarc.test (p= misspelled) and twodmarc.test (two records), otherwise fine
+    txt("baddmarc.test", spf),
+    txt("_dmarc.baddmarc.test", "v=DMARC1; p=rejekt"),
+    txt("twodmarc.test", spf),
+    txt("_dmarc.twodmarc.test", "v=DMARC1; p=reject"),
+    txt("_dmarc.twodmarc.test", "v=DMARC1; p=none"),
+
     // mxstall.test, whose MX host is in stall.test (never answered in doctor.test)
     txt("mxstall.test", spf),
     mx("mxstall.test", "mx.stall.test"),
