@@ -3,6 +3,7 @@
  * envelope sender go? Without a usable MX they are lost, and a message the
  * relay accepted stays ACCEPTED forever even when it bounced.
  */
+import { isIP } from "node:net";
 import { isNoRecord, type DnsResolver } from "./resolver.js";
 import { check, type CheckResult } from "./types.js";
 
@@ -32,6 +33,19 @@ export async function checkMx(options: MxCheckOptions): Promise<CheckResult> {
   // RFC 7505: a single "." MX says the domain accepts no mail.
   if (hosts.length === 0 || hosts.every((record) => record.exchange === "" || record.exchange === ".")) {
     return check("mx.bounce", domain, "fail", `${domain} has a null MX: it accepts no mail, so bounces are refused`, fix, details);
+  }
+
+  // An MX names a host (RFC 5321 5.1, RFC 1035 3.3.9), never an address; mail servers do not look an address up.
+  const literals = hosts.filter((record) => isIP(record.exchange.replace(/^\[|\]$/g, "")) !== 0).map((record) => record.exchange);
+  if (literals.length > 0) {
+    return check(
+      "mx.bounce",
+      domain,
+      literals.length === hosts.length ? "fail" : "warn",
+      `MX of ${domain} names an IP address (${literals.join(", ")}) instead of a host name: senders cannot deliver bounces there`,
+      `point the MX at a host name whose A/AAAA record is ${literals.join(", ")} (such as bounces-mx.${domain})`,
+      details,
+    );
   }
 
   const unresolved: string[] = [];

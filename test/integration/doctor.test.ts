@@ -328,6 +328,15 @@ describe("DNS that never answers", () => {
   });
 });
 
+describe("an MX that names an IP address", () => {
+  it("fails, saying an MX must name a host, not to publish A records for an address", async () => {
+    const report = await runDoctor(optionsFor("good.test", { bounceDomain: "ipmx.test" }));
+    const result = only(report, "mx.bounce");
+    expect(result).toMatchObject({ status: "fail", summary: expect.stringContaining("names an IP address (192.0.2.25) instead of a host name") as unknown });
+    expect(result.fix).not.toContain("publish A/AAAA records for 192.0.2.25");
+  });
+});
+
 describe("an MX host whose address lookup times out", () => {
   it("warns that it could not be looked up, not that it has no address", async () => {
     const slow = createDnsResolver({ servers: dns.servers, timeoutMs: 300 });

@@ -106,6 +106,10 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("_dmarc.twodmarc.test", "v=DMARC1; p=reject"),
     txt("_dmarc.twodmarc.test", "v=DMARC1; p=none"),
 
+    // ipmx.test, whose MX names an IP address
+    txt("ipmx.test", spf),
+    mx("ipmx.test", "192.0.2.25"),
+
     // mxstall.test, whose MX host is in stall.test (never answered in doctor.test)
     txt("mxstall.test", spf),
     mx("mxstall.test", "mx.stall.test"),
