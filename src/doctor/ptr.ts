@@ -34,8 +34,11 @@ export async function checkPtr(options: PtrCheckOptions): Promise<CheckResult> {
       { relayIp },
     );
   }
-  const family = isIP(relayIp) === 6 ? "ip6" : "in-addr";
-  const query = `${reverseIp(relayIp)}.${family}.arpa`;
+  // An IPv4-mapped IPv6 address (`::ffff:192.0.2.10`, as dual-stack sockets print it) is the IPv4 address:
+  // its reverse DNS lives under in-addr.arpa and its forward record is an A record.
+  const ip = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(relayIp)?.[1] ?? relayIp;
+  const family = isIP(ip) === 6 ? "ip6" : "in-addr";
+  const query = `${reverseIp(ip)}.${family}.arpa`;
   const setPtr =
     `ask whoever runs ${relayIp} (the hosting provider or the ESP) to set its PTR record to a host name ` +
     `whose ${family === "ip6" ? "AAAA" : "A"} record is ${relayIp}`;
@@ -71,7 +74,7 @@ export async function checkPtr(options: PtrCheckOptions): Promise<CheckResult> {
     }),
   );
   const details = { relayIp, query, names, forward: Object.fromEntries(lookups.map((lookup) => [lookup.name, lookup.addresses])) };
-  const confirmed = lookups.find((lookup) => lookup.addresses.some((address) => sameIp(address, relayIp)));
+  const confirmed = lookups.find((lookup) => lookup.addresses.some((address) => sameIp(address, ip)));
   if (confirmed !== undefined) {
     return check("ptr", relayIp, "pass", `relay ${relayIp} reverses to ${confirmed.name}, which resolves back to it`, "", details);
   }

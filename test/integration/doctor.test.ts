@@ -139,6 +139,11 @@ describe("the relay's reverse DNS (Gmail's 2024 sender rules)", () => {
     });
   });
 
+  it("looks up an IPv4-mapped IPv6 relay IP (::ffff:a.b.c.d) under in-addr.arpa, as the IPv4 address it is", async () => {
+    const report = await runDoctor(optionsFor("good.test", { relayIp: `::ffff:${relayIp}`, bounceDomain: "bounces.good.test" }));
+    expect(only(report, "ptr")).toMatchObject({ status: "pass", summary: expect.stringContaining("reverses to relay.good.test") as unknown });
+  });
+
   it("does not look up a private relay IP", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "10.1.2.3", bounceDomain: "bounces.good.test" }));
     expect(only(report, "ptr")).toMatchObject({ status: "warn", fix: "set RELAY_IP to the relay's public egress IP" });
