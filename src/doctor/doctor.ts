@@ -140,7 +140,9 @@ async function findRelayIp(
   host: string | undefined,
   resolver: DnsResolver,
 ): Promise<{ relayIp: string | undefined; relayIpSource: string }> {
-  if (configured !== undefined) return { relayIp: configured, relayIpSource: "RELAY_IP" };
+  // Receivers see an IPv4-mapped address (::ffff:192.0.2.10, as dual-stack sockets print it) as the IPv4 address:
+  // SPF's ip4: (not ip6:), in-addr.arpa, the IPv4 blocklists.
+  if (configured !== undefined) return { relayIp: /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(configured)?.[1] ?? configured, relayIpSource: "RELAY_IP" };
   if (host === undefined) return { relayIp: undefined, relayIpSource: "unknown: no SMTP_URL and no RELAY_IP" };
   if (isIP(host) !== 0) return { relayIp: host, relayIpSource: "SMTP_URL host" };
   if (host === "localhost") return { relayIp: "127.0.0.1", relayIpSource: "SMTP_URL host" };

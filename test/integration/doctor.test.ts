@@ -217,6 +217,12 @@ describe("a domain with no SPF record", () => {
     expect(only(elsewhere, "spf.from").status).toBe("warn");
   });
 
+  it("takes an IPv4-mapped RELAY_IP (::ffff:a.b.c.d) as the IPv4 address receivers see: the record to publish says ip4:", async () => {
+    const report = await runDoctor(optionsFor("nospf.test", { relayIp: `::ffff:${relayIp}` }));
+    expect(report.context.relayIp).toBe(relayIp);
+    expect(only(report, "spf.from").fix).toBe(`publish TXT at nospf.test: "v=spf1 ip4:${relayIp} -all" (keep the senders you already use)`);
+  });
+
   it("fails SPF when the relay IP is not in the record", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "198.51.100.7", bounceDomain: "bounces.good.test" }));
     expect(only(report, "spf.bounce")).toMatchObject({
