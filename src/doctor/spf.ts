@@ -107,7 +107,7 @@ export async function checkSpf(options: SpfCheckOptions): Promise<CheckResult> {
       domain,
       severe,
       `the SPF record of ${domain} is broken (permerror: ${String(result.status.comment ?? "invalid record")})`,
-      `fix the SPF record of ${domain}: one "v=spf1" record, at most 10 DNS-querying terms`,
+      permerrorFix(domain, String(result.status.comment ?? "")),
       details,
     );
   }
@@ -138,6 +138,19 @@ async function passesEveryone(domain: string, relayIp: string, resolver: DnsReso
     maxElapsedTime: resolver.timeoutMs * 4,
   });
   return result.status.result === "pass";
+}
+
+/** The fix for what mailauth's permerror comment names (RFC 7208 4.6.4, 5.2, 4.5), else the general one. */
+function permerrorFix(domain: string, comment: string): string {
+  const missing = /no SPF records? found for (\S+?)\.?$/i.exec(comment)?.[1]?.toLowerCase();
+  if (missing !== undefined && missing !== domain.toLowerCase()) {
+    return `the SPF record of ${domain} includes or redirects to ${missing}, which publishes no SPF record: fix that name or remove the term`;
+  }
+  if (/void/i.test(comment)) {
+    return `remove the terms of the SPF record of ${domain} (a:, mx:, include:...) that name domains without records: receivers allow at most 2 such lookups`;
+  }
+  if (/multiple SPF records/i.test(comment)) return `merge the SPF records of ${domain} into one "v=spf1" record`;
+  return `fix the SPF record of ${domain}: one "v=spf1" record, at most 10 DNS-querying terms`;
 }
 
 /** Our resolver in the shape mailauth's `resolver` option takes. */

@@ -223,6 +223,14 @@ describe("a domain with no SPF record", () => {
     expect(only(report, "spf.from").fix).toBe(`publish TXT at nospf.test: "v=spf1 ip4:${relayIp} -all" (keep the senders you already use)`);
   });
 
+  it("names the broken term of a permerror: an include without SPF, too many void lookups", async () => {
+    const include = only(await runDoctor(optionsFor("good.test", { bounceDomain: "incnx.test" })), "spf.bounce");
+    expect(include).toMatchObject({ status: "fail", fix: "the SPF record of incnx.test includes or redirects to nonexistent.test, which publishes no SPF record: fix that name or remove the term" });
+    const voids = only(await runDoctor(optionsFor("good.test", { bounceDomain: "void.test" })), "spf.bounce");
+    expect(voids.status).toBe("fail");
+    expect(voids.fix).toContain("that name domains without records: receivers allow at most 2 such lookups");
+  });
+
   it("fails SPF when the relay IP is not in the record", async () => {
     const report = await runDoctor(optionsFor("good.test", { relayIp: "198.51.100.7", bounceDomain: "bounces.good.test" }));
     expect(only(report, "spf.bounce")).toMatchObject({

@@ -106,6 +106,10 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("_dmarc.twodmarc.test", "v=DMARC1; p=reject"),
     txt("_dmarc.twodmarc.test", "v=DMARC1; p=none"),
 
+    // incnx.test includes a domain without SPF; void.test names three domains that do not exist
+    txt("incnx.test", `v=spf1 include:nonexistent.test ip4:${relayIp} -all`),
+    txt("void.test", `v=spf1 a:n1.nonexistent.test a:n2.nonexistent.test a:n3.nonexistent.test ip4:${relayIp} -all`),
+
     // ipmx.test, whose MX names an IP address
     txt("ipmx.test", spf),
     mx("ipmx.test", "192.0.2.25"),
