@@ -155,8 +155,24 @@ export async function checkDmarc(options: DmarcCheckOptions): Promise<CheckResul
   }
   else if (!options.spfPasses) fixes.push("or fix the SPF check of the envelope domain");
 
+  // pct=N (RFC 7489 6.6.4) applies the policy to N% of failing mail and the next lower one to the rest;
+  // t=y (DMARCbis) applies the next lower one to all of it.
+  const pct = Math.min(100, Number(/(?:^|;)\s*pct\s*=\s*(\d+)/i.exec(actual.rr ?? "")?.[1] ?? 100));
+  const share = actual.testMode === true ? 0 : pct;
   const consequence =
-    policy === "reject" ? "receivers will reject our mail (550 5.7.26)" : policy === "quarantine" ? "receivers will junk our mail" : "p=none, so receivers only report it, but Gmail and Yahoo treat such mail as unauthenticated";
+    policy === "reject"
+      ? share >= 100
+        ? "receivers will reject our mail (550 5.7.26)"
+        : share > 0
+          ? `receivers will reject ${share}% of our mail (550 5.7.26) and junk the rest (pct=${pct})`
+          : `receivers will junk our mail (${actual.testMode === true ? "t=y" : "pct=0"}: one step below reject)`
+      : policy === "quarantine"
+        ? share >= 100
+          ? "receivers will junk our mail"
+          : share > 0
+            ? `receivers will junk ${share}% of our mail (pct=${pct})`
+            : `receivers only report it for now (${actual.testMode === true ? "t=y" : "pct=0"}), but Gmail and Yahoo treat such mail as unauthenticated`
+        : "p=none, so receivers only report it, but Gmail and Yahoo treat such mail as unauthenticated";
   return check(
     "dmarc",
     subject,

@@ -280,6 +280,16 @@ describe("a domain with p=reject and misaligned domains", () => {
     expect(report.ok).toBe(false);
   });
 
+  it("says what pct= does to the consequence: p=reject with pct=0 junks rather than rejects", async () => {
+    const report = await runDoctor(
+      optionsFor("pctzero.test", { bounceDomain: "esp.test", dkim: { domain: "esp.test", selector, privateKey: fixtures.privateKey } }),
+    );
+    const dmarc = only(report, "dmarc");
+    expect(dmarc.status).toBe("fail");
+    expect(dmarc.summary).toContain("receivers will junk our mail (pct=0: one step below reject)");
+    expect(dmarc.summary).not.toContain("will reject");
+  });
+
   it("says that a DMARC record is invalid, or one of several, rather than that there is none", async () => {
     const bad = only(await runDoctor(optionsFor("baddmarc.test", { dkim: undefined })), "dmarc");
     expect(bad).toMatchObject({ status: "warn", summary: expect.stringContaining("the DMARC record at _dmarc.baddmarc.test is not valid") as unknown });

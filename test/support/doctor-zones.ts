@@ -110,6 +110,9 @@ export function buildDoctorFixtures(): DoctorFixtures {
     txt("incnx.test", `v=spf1 include:nonexistent.test ip4:${relayIp} -all`),
     txt("void.test", `v=spf1 a:n1.nonexistent.test a:n2.nonexistent.test a:n3.nonexistent.test ip4:${relayIp} -all`),
 
+    // pctzero.test: p=reject, pct=0 (misaligned in the tests, through esp.test)
+    txt("_dmarc.pctzero.test", "v=DMARC1; p=reject; pct=0"),
+
     // ipmx.test, whose MX names an IP address
     txt("ipmx.test", spf),
     mx("ipmx.test", "192.0.2.25"),
