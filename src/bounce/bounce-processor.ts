@@ -189,6 +189,8 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
           ? { recipient_hash_before_rotation: true, suppression_consulted_until: new Date(previousUntil).toISOString() }
           : {}),
         reporting_mta: report.reportingMta,
+        // The send's trace (the record's), to go from this line to the SMTP conversation it reports on.
+        ...(record.traceId === "" ? {} : { send_trace_id: record.traceId }),
       },
       "bounce applied",
     );

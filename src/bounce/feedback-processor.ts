@@ -179,6 +179,8 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
         previous_state: previousState,
         state: updated.state,
         suppressed,
+        // The send's trace (the record's), to go from this line to the SMTP conversation complained about.
+        ...(record.traceId === "" ? {} : { send_trace_id: record.traceId }),
       },
       feedback.feedbackType === "not-spam" ? "not-spam feedback applied" : "complaint applied",
     );

@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { connect } from "node:net";
+import { Writable } from "node:stream";
 import { createTransport } from "nodemailer";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -22,7 +23,17 @@ import { maxDeliveryReports, type OtpStore } from "../../src/store/types.js";
 import { dsnMessage, gmailDmarcDiagnostic, postfixUnknownUserDsn } from "../support/dsn-fixtures.js";
 import { makeSelfSigned } from "../support/self-signed.js";
 
-const logger = pino({ level: "silent" });
+let logged: string[] = [];
+const logger = pino(
+  { level: "info" },
+  new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      logged.push(chunk.toString("utf8"));
+      done();
+    },
+  }),
+);
+const loggedLines = (): Record<string, unknown>[] => logged.map((line) => JSON.parse(line) as Record<string, unknown>);
 const bounceDomain = "bounces.acme.test";
 const recipientKey = "jane.doe@gmail.test";
 
@@ -47,6 +58,7 @@ beforeEach(async () => {
   outcomes = [];
   applied = [];
   reported = [];
+  logged = [];
   processor = createBounceProcessor({
     store,
     suppression,
@@ -297,6 +309,8 @@ describe("bounce intake: correlation and evidence", () => {
     expect(outcomes).toMatchObject([{ kind: "applied", previousState: "ACCEPTED", state: "BOUNCED", suppressed: true }]);
     // The hook gets the record as a status query sees it, and the send's trace.
     expect(applied).toMatchObject([{ record: { messageId: record.messageId, state: "BOUNCED" }, traceId: record.traceId }]);
+    // So does the log line: from the bounce to the SMTP conversation it reports on.
+    expect(loggedLines().find((line) => line["msg"] === "bounce applied")).toMatchObject({ message_id: record.messageId, send_trace_id: record.traceId });
   });
 
   it("a 5.7.26 DSN makes the message BOUNCED with the diagnostic and does not suppress", async () => {

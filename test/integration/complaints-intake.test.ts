@@ -204,7 +204,9 @@ describe("feedback reports from real feedback loops", () => {
         expect(kept).not.toContain(secret);
         expect(logged.join("")).not.toContain(secret);
       }
-      expect(logged.join("")).toContain('"msg":"complaint applied"');
+      const line = logged.map((entry) => JSON.parse(entry) as Record<string, unknown>).find((entry) => entry["msg"] === "complaint applied");
+      // The send's trace, to go from the complaint to the SMTP conversation.
+      expect(line).toMatchObject({ message_id: record.messageId, send_trace_id: record.traceId });
     });
   }
 
