@@ -4,7 +4,10 @@
  * An IPv4 address is one subject. An IPv6 user usually holds a whole /64
  * (SLAAC, privacy addresses) and can pick a fresh address per request, so
  * the /64 prefix is the subject. IPv4-mapped IPv6 (`::ffff:192.0.2.1`) is
- * the IPv4 address it maps.
+ * the IPv4 address it maps, and so is an address under the NAT64 well-known
+ * prefix 64:ff9b::/96 (RFC 6052): a service behind IPv4-to-IPv6 translation
+ * (SIIT-DC, NAT46 ingress) sees every IPv4 user as `64:ff9b::<their IPv4>`,
+ * and as one /64 they would all share one limit.
  */
 import { isIP } from "node:net";
 
@@ -14,7 +17,9 @@ export function endUserIpSubject(ip: string): string {
   if (version === 4) return ip;
   if (version !== 6) return "";
   const groups = expandIpv6(ip);
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+  const mapped = groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff;
+  const nat64 = groups[0] === 0x64 && groups[1] === 0xff9b && groups.slice(2, 6).every((g) => g === 0);
+  if (mapped || nat64) {
     const [high = 0, low = 0] = groups.slice(6);
     return [high >> 8, high & 0xff, low >> 8, low & 0xff].join(".");
   }

@@ -35,7 +35,10 @@ describe("the end-user IP subject", () => {
     ["2001:0DB8:0001:0002:ffff:0:0:9", "2001:db8:1:2::/64"],
     ["fe80::1%eth0", "fe80:0:0:0::/64"],
     ["::1", "0:0:0:0::/64"],
-    ["64:ff9b::192.0.2.7", "64:ff9b:0:0::/64"],
+    // NAT64 well-known prefix (RFC 6052): an IPv4 user seen through IPv4-to-IPv6 translation.
+    ["64:ff9b::192.0.2.7", "192.0.2.7"],
+    ["64:ff9b::c000:208", "192.0.2.8"],
+    ["64:ff9b:0:0:1::7", "64:ff9b:0:0::/64"],
     ["not an ip", ""],
   ])("%s -> %s", (ip, subject) => {
     expect(endUserIpSubject(ip)).toBe(subject);
