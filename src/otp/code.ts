@@ -18,11 +18,32 @@ export function generateCode(length: number): string {
 /**
  * What the user typed, made comparable: compatibility forms folded (NFKC:
  * the full-width `１２３` an East Asian input method types by default is
- * `123`), spaces and dashes of any kind (`-`, `–`, `ー`...) dropped, letters
+ * `123`), the decimal digits of other scripts read as ASCII (`١٢٣` from an
+ * Arabic keyboard, `۱۲۳` Persian, `१२३` Devanagari: NFKC leaves them be),
+ * spaces and dashes of any kind (`-`, `–`, `ー`...) dropped, letters
  * upper-cased.
  */
 export function normalizeTypedCode(typed: string): string {
-  return typed.normalize("NFKC").replace(/[\s\p{Pd}\u30FC]/gu, "").toUpperCase();
+  return typed
+    .normalize("NFKC")
+    .replace(/[\s\p{Pd}\u30FC]/gu, "")
+    .replace(/[^ -~]/gu, asciiDigit)
+    .toUpperCase();
+}
+
+const decimalDigit = /^\p{Nd}$/u;
+
+/**
+ * A decimal digit (Unicode Nd) of any script as its ASCII digit; anything
+ * else unchanged. Unicode assigns every script's digits in runs of ten,
+ * zero first, so a digit's value is its distance from the start of its run.
+ */
+function asciiDigit(char: string): string {
+  if (!decimalDigit.test(char)) return char;
+  const point = char.codePointAt(0) ?? 0;
+  let start = point;
+  while (point - start < 60 && decimalDigit.test(String.fromCodePoint(start - 1))) start--;
+  return String((point - start) % 10);
 }
 
 const crockford = "0123456789abcdefghjkmnpqrstvwxyz";

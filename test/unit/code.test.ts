@@ -40,6 +40,16 @@ describe("normalizeTypedCode", () => {
     expect(normalizeTypedCode("123ー456")).toBe("123456");
     expect(normalizeTypedCode("123\u2011456")).toBe("123456");
   });
+
+  it("reads the decimal digits of other scripts as ASCII", () => {
+    expect(normalizeTypedCode("٤٨٢٩١٣")).toBe("482913"); // Arabic-Indic
+    expect(normalizeTypedCode("۴۸۲ ۹۱۳")).toBe("482913"); // Persian (extended Arabic-Indic)
+    expect(normalizeTypedCode("४८२९१३")).toBe("482913"); // Devanagari
+    expect(normalizeTypedCode("০১২৩৪৫৬৭৮৯")).toBe("0123456789"); // Bengali
+    expect(normalizeTypedCode("๐๙-ab")).toBe("09AB"); // Thai
+    expect(normalizeTypedCode("\u{1D7D8}\u{1D7E2}")).toBe("00"); // mathematical digits, folded by NFKC
+    expect(normalizeTypedCode("12é4")).toBe("12É4"); // a letter that is not a digit stays (and fails the pattern)
+  });
 });
 
 describe("newMessageId", () => {
