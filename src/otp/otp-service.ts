@@ -303,15 +303,16 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // (or a bounce) can never find a message it does not know. They are
       // written concurrently, with the recipient's index: one round trip of
       // waiting instead of two or three.
-      const [recordWrite, ...otherWrites] = await Promise.allSettled([
-        store.putRecord(record, options.recordRetentionMs),
-        store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
-        indexForRecipient(recipientHash, messageId),
-      ]);
-      const failedWrite = [recordWrite, ...otherWrites].find((write) => write.status === "rejected");
-      if (failedWrite !== undefined) {
-        if (recordWrite.status === "fulfilled") {
-          // The record was stored but the code (or the index) was not: the mail will never go, so the record
+      const recordWrite = store.putRecord(record, options.recordRetentionMs);
+      try {
+        await Promise.all([
+          recordWrite,
+          store.addCode(set, { id: messageId, hmac: hasher.codeHmac(setId, code), expiresAt }, setOptions(now)),
+          indexForRecipient(recipientHash, messageId),
+        ]);
+      } catch (error) {
+        if (await recordWrite.then(() => true, () => false)) {
+          // The record was stored but the code was not: the mail will never go, so the record
           // must not read SENDING (support would see a send in progress). Best effort, not awaited: the caller
           // hears the storage error without waiting on a store that is failing.
           const failed: DeliveryRecord = { ...record, state: "FAILED", failureReason: "not sent: the code could not be stored", updatedAt: clock.now() };
@@ -319,7 +320,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
             logger.warn({ err: writeError, message_id: messageId }, "could not mark the record of an unsent message FAILED");
           });
         }
-        throw failedWrite.reason;
+        throw error;
       }
       logger.info(
         { message_id: messageId, recipient: record.recipientMasked, purpose: request.purpose, caller: ctx.caller },
