@@ -40,16 +40,8 @@ async function checkZone(relayIp: string, name: string, zone: string, resolver: 
     return check("dnsbl", zone, "warn", `${zone} could not be asked: ${(error as Error).message}`, "check that DNS answers and run the doctor again", { relayIp, query: name });
   }
   const details = { relayIp, query: name, answers };
-  if (answers.some((answer) => answer.startsWith("127.255.255."))) {
-    return check(
-      "dnsbl",
-      zone,
-      "warn",
-      `${zone} refused the query (${answers.join(", ")}): it does not answer public or busy resolvers`,
-      "set DNS_SERVERS to a resolver of your own (not a public one) and run the doctor again",
-      details,
-    );
-  }
+  const refused = refusedQuery(zone, answers, details);
+  if (refused !== undefined) return refused;
   const listings = answers.filter((answer) => answer.startsWith("127."));
   if (listings.length === 0) {
     return check("dnsbl", zone, "warn", `${zone} answered ${answers.join(", ")}, which is not a listing code`, `check that ${zone} is a DNSBL zone (DNSBL_ZONES)`, details);
@@ -95,17 +87,20 @@ async function notListed(relayIp: string, name: string, zone: string, resolver: 
     }
     return check("dnsbl", zone, "warn", `${zone} could not be asked: ${(error as Error).message}`, "check that DNS answers and run the doctor again", details);
   }
-  if (answers.some((answer) => answer.startsWith("127.255.255."))) {
-    return check(
-      "dnsbl",
-      zone,
-      "warn",
-      `${zone} refused the query (${answers.join(", ")}): it does not answer public or busy resolvers`,
-      "set DNS_SERVERS to a resolver of your own (not a public one) and run the doctor again",
-      { ...details, answers },
-    );
-  }
-  return check("dnsbl", zone, "pass", `relay ${relayIp} is not listed in ${zone}`, "", details);
+  return refusedQuery(zone, answers, { ...details, answers }) ?? check("dnsbl", zone, "pass", `relay ${relayIp} is not listed in ${zone}`, "", details);
+}
+
+/** A zone's refusal code (127.255.255.x: Spamhaus and others answer it to public or busy resolvers), as a warning. */
+function refusedQuery(zone: string, answers: readonly string[], details: Record<string, unknown>): CheckResult | undefined {
+  if (!answers.some((answer) => answer.startsWith("127.255.255."))) return undefined;
+  return check(
+    "dnsbl",
+    zone,
+    "warn",
+    `${zone} refused the query (${answers.join(", ")}): it does not answer public or busy resolvers`,
+    "set DNS_SERVERS to a resolver of your own (not a public one) and run the doctor again",
+    details,
+  );
 }
 
 /** `192.0.2.1` -> `1.2.0.192`; IPv6 as reversed nibbles (RFC 5782). */
