@@ -16,17 +16,25 @@ export function generateCode(length: number): string {
 }
 
 /**
+ * Invisible format characters (Unicode Cf) that ride along when a code is
+ * copied: the left-to-right and right-to-left marks of text copied from a
+ * right-to-left (Arabic, Hebrew, Persian) email, zero-width spaces, a BOM.
+ * A typed code may carry them; they are dropped, not refused.
+ */
+export const invisibleMarks = /\p{Cf}/gu;
+
+/**
  * What the user typed, made comparable: compatibility forms folded (NFKC:
  * the full-width `１２３` an East Asian input method types by default is
  * `123`), the decimal digits of other scripts read as ASCII (`١٢٣` from an
  * Arabic keyboard, `۱۲۳` Persian, `१२३` Devanagari: NFKC leaves them be),
- * spaces and dashes of any kind (`-`, `–`, `ー`...) dropped, letters
- * upper-cased.
+ * spaces and dashes of any kind (`-`, `–`, `ー`...) and invisible format
+ * marks (`invisibleMarks`) dropped, letters upper-cased.
  */
 export function normalizeTypedCode(typed: string): string {
   return typed
     .normalize("NFKC")
-    .replace(/[\s\p{Pd}\u30FC]/gu, "")
+    .replace(/[\s\p{Pd}\p{Cf}\u30FC]/gu, "")
     .replace(/[^ -~]/gu, asciiDigit)
     .toUpperCase();
 }

@@ -6,7 +6,7 @@ import { isIP } from "node:net";
 import { OtpError, type FieldViolation } from "../errors.js";
 import { purposes, type Purpose } from "../delivery/record.js";
 import { parseAddress, hasUnsafeCharacters, type ParsedAddress } from "./address.js";
-import { codePattern, messageIdPattern, normalizeTypedCode } from "./code.js";
+import { codePattern, invisibleMarks, messageIdPattern, normalizeTypedCode } from "./code.js";
 import type { SendOtpInput, VerifyOtpInput } from "./types.js";
 
 export interface TtlRule {
@@ -113,7 +113,7 @@ export function validateVerifyOtp(input: VerifyOtpInput): ValidVerifyOtp {
   const code = normalizeTypedCode(input.code.length > 64 ? "" : input.code);
   if (input.code === "") {
     violations.add("code", "CODE_INVALID", "required: the code the user typed");
-  } else if (hasUnsafeCharacters(input.code) || !codePattern.test(code)) {
+  } else if (hasUnsafeCharacters(input.code.replace(invisibleMarks, "")) || !codePattern.test(code)) {
     violations.add("code", "CODE_INVALID", "must be 4-10 letters or digits (spaces and dashes are ignored)");
   }
   violations.throwIfAny();

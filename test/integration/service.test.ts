@@ -351,6 +351,12 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toContain(field);
     });
 
+    it("VerifyOtp: a code copied with invisible marks (RTL marks, a zero-width space, a BOM) is read without them, not refused", async () => {
+      const answer = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: "nobody-here@example.com", purpose: Purpose.LOGIN, code: "\u200F\uFEFF123\u200B456\u200E" });
+      // Valid input: no code was ever sent to this address, so the answer is NOT_FOUND, not INVALID_ARGUMENT.
+      expect(answer.result).toBe(VerifyResult.NOT_FOUND);
+    });
+
     it("reports every broken field at once", async () => {
       const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { recipient: "nope", purpose: Purpose.UNSPECIFIED, code: "x" }));
       expect(errorDetails(error).badRequest?.fieldViolations.map((v) => v.field)).toEqual(["recipient", "purpose", "code"]);

@@ -41,6 +41,13 @@ describe("normalizeTypedCode", () => {
     expect(normalizeTypedCode("123\u2011456")).toBe("123456");
   });
 
+  it("drops the invisible marks a copy carries (left-to-right and right-to-left marks, zero-width spaces, a BOM)", () => {
+    expect(normalizeTypedCode("\u200E482913\u200E")).toBe("482913");
+    expect(normalizeTypedCode("\u200F٤٨٢٩١٣")).toBe("482913");
+    expect(normalizeTypedCode("\uFEFF123\u200B456\u2060")).toBe("123456");
+    expect(normalizeTypedCode("\u061C123456")).toBe("123456");
+  });
+
   it("reads the decimal digits of other scripts as ASCII", () => {
     expect(normalizeTypedCode("٤٨٢٩١٣")).toBe("482913"); // Arabic-Indic
     expect(normalizeTypedCode("۴۸۲ ۹۱۳")).toBe("482913"); // Persian (extended Arabic-Indic)
