@@ -176,7 +176,9 @@ export async function startApp(options: AppOptions): Promise<App> {
     // (recorded FAILED), and a relay that never answers it must not hold up the exit.
     closers.push(() => transport.close({ abandonInFlight: true }));
 
-    // The relay is "up" until proven otherwise; a failed probe or send says so.
+    // The relay is "up" until proven otherwise: a failed probe says so, as do auth refused and
+    // `relayDownAfterFailedSends` sends in a row that found no relay (each earlier one asks the probe).
+    let sendsFailedInARow = 0;
     const relayProbe = createRelayProbe(options.relayProbeIntervalMs ?? 15_000, async () => {
       try {
         await transport.verify();
@@ -204,10 +206,19 @@ export async function startApp(options: AppOptions): Promise<App> {
       observer: deliveryObserver,
       onRelayHealth: (event) => {
         if (event === "ok") {
+          sendsFailedInARow = 0;
           health.set("relay", true);
-        } else {
-          health.set("relay", false, event === "auth_failed" ? "the SMTP relay rejected our credentials" : "the SMTP relay is unreachable");
+        } else if (event === "auth_failed") {
+          health.set("relay", false, "the SMTP relay rejected our credentials");
           relayProbe.schedule();
+        } else if (++sendsFailedInARow >= relayDownAfterFailedSends) {
+          health.set("relay", false, "the SMTP relay is unreachable");
+          relayProbe.schedule();
+        } else {
+          // One send that found no relay (a timeout, a dropped connection) may be that message's or that
+          // connection's bad luck: ask the relay now, and let the answer decide, rather than take the
+          // instance out of rotation for it. A relay that is gone fails the check within its timeouts.
+          relayProbe.checkNow();
         }
       },
     });
@@ -511,9 +522,13 @@ function untilAborted(work: Promise<void>, signal: AbortSignal | undefined): Pro
 }
 
 /** Re-checks a relay that is down, every `intervalMs`, until it is up. */
+/** Sends in a row that found no relay (no connection, a timeout) before health says the relay is down without a check. */
+const relayDownAfterFailedSends = 3;
+
 function createRelayProbe(intervalMs: number, check: () => Promise<boolean>) {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  let running: Promise<void> | undefined;
   const schedule = (): void => {
     if (timer !== undefined || stopped) return;
     timer = setTimeout(() => void runNow(), intervalMs);
@@ -526,6 +541,13 @@ function createRelayProbe(intervalMs: number, check: () => Promise<boolean>) {
   return {
     runNow,
     schedule,
+    /** Checks now, unless a check is already running or waiting on its timer. */
+    checkNow(): void {
+      if (running !== undefined || timer !== undefined || stopped) return;
+      running = runNow().finally(() => {
+        running = undefined;
+      });
+    },
     stop(): void {
       stopped = true;
       if (timer !== undefined) clearTimeout(timer);

@@ -179,3 +179,47 @@ it("a relay that refuses the connection at its greeting (554): UNAVAILABLE, not 
   // A send's verdict must not call such a relay healthy.
   expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
 });
+
+it("one send the relay never answers: the relay is asked at once and answers, so the instance stays SERVING", async () => {
+  // One stuck message (a relay's slow disk, a dead connection) is not a relay that is down: taking the
+  // instance out of rotation for it would turn one slow message into an outage of every instance that saw one.
+  const sink = await startSmtpSink({ route: (recipient) => (recipient.startsWith("stuck@") ? behave.stall() : undefined) });
+  const instance = await instanceFor(sink, sink.url, { SMTP_SOCKET_TIMEOUT: "500ms", SMTP_MAX_ATTEMPTS: "1" });
+  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+
+  const error = await failure(call(instance.client, sendOtp, { recipient: "stuck@example.com", purpose: Purpose.LOGIN }));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  for (let i = 0; i < 10; i++) {
+    expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const sent = await call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN });
+  expect(sent.state).toBe(DeliveryState.ACCEPTED);
+});
+
+it("sends that keep finding no relay: the third in a row takes the instance out of rotation, though the relay still greets", async () => {
+  const sink = await startSmtpSink();
+  const instance = await instanceFor(sink, sink.url, { SMTP_SOCKET_TIMEOUT: "500ms", SMTP_MAX_ATTEMPTS: "1" });
+  sink.respondWith(behave.stall(), behave.stall(), behave.stall());
+  for (const [i, recipient] of ["a@example.com", "b@example.com", "c@example.com"].entries()) {
+    const error = await failure(call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }));
+    expect(error.code).toBe(grpc.status.UNAVAILABLE);
+    if (i < 2) {
+      // The check after each of the first two finds the relay greeting: still in rotation.
+      await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.SERVING), { timeout: 2000, interval: 20 });
+    }
+  }
+  expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+});
+
+it("a relay gone after start: the send that finds it gone has the relay checked at once, and the instance leaves rotation", async () => {
+  const sink = await startSmtpSink();
+  const instance = await instanceFor(sink, sink.url, { SMTP_MAX_ATTEMPTS: "1" });
+  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  await sink.close();
+
+  const error = await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }));
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  // Within the check's connection refusal, not the 15 s re-check interval.
+  await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING), { timeout: 2000, interval: 20 });
+});
