@@ -26,6 +26,21 @@ const ctx = { caller: "tests", traceId: "" };
 
 const secret = Buffer.from("unit-test-secret-0123456789abcdefgh");
 
+/** What every service here is made with besides its store, delivery, limiter and clock. */
+function fixedOptions() {
+  return {
+    renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
+    hasher: createHasher(secret),
+    logger: createLogger({ level: "silent" }),
+    from: { name: "Acme", address: "no-reply@acme.test" },
+    codeLength: 6,
+    ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
+    maxFailedAttempts: 5,
+    recordRetentionMs: 7 * 86_400_000,
+    idempotencyTtlMs: 86_400_000,
+  };
+}
+
 function setup(outcome: DeliveryRecord["state"] = "ACCEPTED", limits: "off" | "on" = "off") {
   let now = 1_800_000_000_000;
   const clock = { now: () => now };
@@ -63,19 +78,11 @@ function setup(outcome: DeliveryRecord["state"] = "ACCEPTED", limits: "off" | "o
         return final;
       },
     },
-    renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
     limiter,
     verifyLimiter: limiter,
     suppression,
-    hasher: createHasher(secret),
     clock,
-    logger: createLogger({ level: "silent" }),
-    from: { name: "Acme", address: "no-reply@acme.test" },
-    codeLength: 6,
-    ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
-    maxFailedAttempts: 5,
-    recordRetentionMs: 7 * 86_400_000,
-    idempotencyTtlMs: 86_400_000,
+    ...fixedOptions(),
   });
   return { service, store, sent, suppression, advance: (ms: number) => (now += ms) };
 }
@@ -302,18 +309,10 @@ describe("otp service", () => {
     const service = createOtpService({
       store,
       delivery: { dispatch: (record: DeliveryRecord) => Promise.resolve(record) },
-      renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
       limiter,
       verifyLimiter: limiter,
-      hasher: createHasher(secret),
       clock,
-      logger: createLogger({ level: "silent" }),
-      from: { name: "Acme", address: "no-reply@acme.test" },
-      codeLength: 6,
-      ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
-      maxFailedAttempts: 5,
-      recordRetentionMs: 7 * 86_400_000,
-      idempotencyTtlMs: 86_400_000,
+      ...fixedOptions(),
     });
 
     const failed = (await service.sendOtp(ctx, send).catch((error: unknown) => error)) as OtpError;
@@ -344,18 +343,10 @@ describe("otp service", () => {
           return Promise.resolve(record);
         },
       },
-      renderer: createRenderer({ defaultLocale: "en", productName: "Acme" }),
       limiter: unlimited,
       verifyLimiter: unlimited,
-      hasher: createHasher(secret),
       clock: { now: () => 1_800_000_000_000 },
-      logger: createLogger({ level: "silent" }),
-      from: { name: "Acme", address: "no-reply@acme.test" },
-      codeLength: 6,
-      ttl: { defaultMs: 600_000, minMs: 60_000, maxMs: 3_600_000 },
-      maxFailedAttempts: 5,
-      recordRetentionMs: 7 * 86_400_000,
-      idempotencyTtlMs: 86_400_000,
+      ...fixedOptions(),
     });
 
     const failed = await service.sendOtp(ctx, send).catch((error: unknown) => error);
