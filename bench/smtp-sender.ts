@@ -56,13 +56,15 @@ export function createBenchSmtpSender(target: SmtpTarget): BenchSmtpSender {
   const signal = new AbortController().signal;
   return {
     async send(recipient) {
-      const rendered = renderer.render({ purpose: "login", locale: "en", code: generateCode(6), ttlMs: 600_000 });
+      const code = generateCode(6);
+      const rendered = renderer.render({ purpose: "login", locale: "en", code, ttlMs: 600_000 });
       const mail = buildOtpMail({
         rendered,
         to: recipient,
         fromName: benchSender.name,
         fromAddress: benchSender.address,
         messageId: newMessageId(Date.now(), random),
+        code,
       });
       try {
         // Exactly what the service hands nodemailer for this mail, the same way.

@@ -23,6 +23,8 @@ export interface BuildOtpMailOptions {
    * message id as ENVID. When unset, the From address is the envelope sender.
    */
   readonly bounceDomain?: string | undefined;
+  /** The code the message carries: kept out of the relay's replies as records and logs show them (OutgoingMail.redact). */
+  readonly code?: string | undefined;
 }
 
 /** The VERP envelope sender of a message: `bounce+<messageId>@<bounceDomain>`. */
@@ -95,6 +97,7 @@ export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
       "X-Auto-Response-Suppress": "All",
       "Content-Language": rendered.locale,
     },
+    ...(options.code === undefined || options.code === "" ? {} : { redact: [options.code] }),
     ...(verpDomain === undefined
       ? {}
       : {

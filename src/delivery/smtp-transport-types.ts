@@ -25,6 +25,12 @@ export interface OutgoingMail {
    * whether it did.
    */
   readonly dsn?: DsnRequest;
+  /**
+   * Texts the relay's replies must not carry into records, logs or errors:
+   * the code, which the Subject holds and a content filter refusing the
+   * message may quote. Each is replaced by `[redacted]`, in any case.
+   */
+  readonly redact?: readonly string[];
 }
 
 /** The DSN parameters of one message: `MAIL FROM ... RET= ENVID=`, `RCPT TO ... NOTIFY=`. */

@@ -191,7 +191,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       // carried this message: the truth about whether DSN went out with it.
       const dsnSupported = dsnIn(info.ehlo);
       noteDsnSupport(dsnSupported);
-      const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined, mail.to);
+      const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined, mail.to, mail.redact);
       if (logger.isLevelEnabled("debug")) {
         logger.debug(
           { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Date.now() - startedAt },
@@ -200,7 +200,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
       return acceptance;
     } catch (error) {
-      const failure = toSmtpSendError(error, sendTimeoutMs, mail.to);
+      const failure = toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact);
       logger.debug(
         {
           kind: failure.kind,
@@ -403,14 +403,35 @@ function ehloHasDsn(ehlo: unknown): boolean {
  * masked, all but the leading reply code and enhanced status (a local part
  * may read `550`). Fields are parsed from the reply as it came.
  */
-function maskReply(reply: string, recipient: string): string {
+function maskReply(reply: string, recipient: string, secrets: readonly string[] = []): string {
   const prefix = replyLine.exec(reply)?.[0] ?? "";
-  return prefix + maskAddressesIn(reply.slice(prefix.length), recipient);
+  return prefix + maskAddressesIn(redactSecrets(reply.slice(prefix.length), secrets), recipient);
 }
 
-function parseAcceptance(relay: string, response: string, dsnSupported: boolean, dsnAsked: boolean, recipient: string): SmtpAcceptance {
+/**
+ * `text` with each of `secrets` (OutgoingMail.redact: the code) replaced by
+ * `[redacted]` wherever it appears, in any case. A content filter that
+ * refuses a message often quotes its Subject, and the Subject holds the code.
+ */
+function redactSecrets(text: string, secrets: readonly string[]): string {
+  let redacted = text;
+  for (const secret of secrets) {
+    if (secret === "" || !redacted.toLowerCase().includes(secret.toLowerCase())) continue;
+    redacted = redacted.replace(new RegExp(secret.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&"), "giu"), "[redacted]");
+  }
+  return redacted;
+}
+
+function parseAcceptance(
+  relay: string,
+  response: string,
+  dsnSupported: boolean,
+  dsnAsked: boolean,
+  recipient: string,
+  secrets: readonly string[] = [],
+): SmtpAcceptance {
   const reply = response.trim();
-  const text = maskReply(reply, recipient);
+  const text = maskReply(reply, recipient, secrets);
   const [, code, enhanced] = replyLine.exec(reply) ?? [];
   let queueId = "";
   for (const pattern of queueIdPatterns) {
@@ -470,15 +491,15 @@ const localPermanentCodes = new Set(["EENVELOPE", "EMESSAGE", "ECONFIG", "EMAXRE
  * SmtpSendError. Never copies the raw error (its message and fields may name
  * the recipient): only the relay's reply and a description, both masked.
  */
-function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = ""): SmtpSendError {
+function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = "", secrets: readonly string[] = []): SmtpSendError {
   if (error instanceof SmtpSendError) return error;
   const fields: NodemailerErrorFields = typeof error === "object" && error !== null ? error : {};
   const code = typeof fields.code === "string" ? fields.code : "";
   const originalCode = typeof fields.originalCode === "string" ? fields.originalCode : "";
   const command = typeof fields.command === "string" ? fields.command : "";
   const reply = typeof fields.response === "string" ? fields.response.trim() : "";
-  const response = maskReply(reply, recipient);
-  const message = maskAddressesIn(typeof fields.message === "string" ? fields.message : String(error), recipient);
+  const response = maskReply(reply, recipient, secrets);
+  const message = maskAddressesIn(redactSecrets(typeof fields.message === "string" ? fields.message : String(error), secrets), recipient);
   const [, replyCodeText, enhanced] = replyLine.exec(reply) ?? [];
   const replyCode =
     typeof fields.responseCode === "number" ? fields.responseCode : replyCodeText === undefined ? 0 : Number(replyCodeText);

@@ -280,6 +280,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         fromAddress: options.from.address,
         messageId,
         bounceDomain: options.bounceDomain,
+        code,
       });
       const record: DeliveryRecord = {
         messageId,

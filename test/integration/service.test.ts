@@ -4,7 +4,7 @@
  * the real app, real Redis and a real SMTP server; buf curl goes through
  * reflection; hostile requests are refused and send nothing.
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -14,6 +14,7 @@ import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb
 import {
   AttemptOutcome,
   DeliveryState,
+  GetDeliveryStatusResponseSchema,
   OtpEmailService,
   Purpose,
   SendOtpRequestSchema,
@@ -258,6 +259,25 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
       enhancedStatusCode: "5.1.1",
     });
     expect(status.failureReason).toContain("No such user here");
+  });
+
+  it("a relay reply that quotes the Subject keeps the code out of the caller's error, the record and the logs", async () => {
+    // Content filters often refuse with the Subject quoted, and the Subject holds the code.
+    const code = "739104";
+    svc.sink.respondWith(
+      behave.reply("DATA", 451, "4.7.1", "Deferred by content filter", { quoteSubject: true }),
+      behave.reply("DATA", 554, "5.7.1", "Rejected by content filter", { quoteSubject: true }),
+    );
+    const error = await grpcError(grpcUnary(svc.grpcClient, sendOtp, { recipient: recipient(), purpose: Purpose.LOGIN, code }));
+    expect(error.code).toBe(GrpcStatus.FAILED_PRECONDITION);
+    expect(error.details).toContain('Rejected by content filter (Subject: "[redacted] is your Acme Login sign-in code")');
+    const messageId = errorDetails(error).errorInfo?.metadata["message_id"] ?? "";
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId });
+    expect(status.attempts.map((a) => a.replyCode)).toEqual([451, 554]);
+    expect(status.attempts[0]?.replyText).toContain('(Subject: "[redacted] is your');
+    const everything = JSON.stringify([error.details, toJson(GetDeliveryStatusResponseSchema, status), svc.logs]);
+    expect(everything).toContain("[redacted] is your");
+    expect(everything).not.toContain(code);
   });
 
   it("answers NOT_FOUND for an unknown message and INVALID_ARGUMENT for a malformed id", async () => {

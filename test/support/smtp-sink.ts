@@ -35,6 +35,8 @@ export type SinkBehaviour =
       readonly code: number;
       readonly enhancedStatus: string;
       readonly text: string;
+      /** At DATA: the text ends with the message's decoded Subject, as content filters quote it. */
+      readonly quoteSubject?: boolean;
     }
   /** Closes the TCP connection as soon as message data arrives. */
   | { readonly kind: "drop-mid-data" }
@@ -46,12 +48,13 @@ export type SinkBehaviour =
 /** Shorthands for SinkBehaviour values. */
 export const behave = {
   accept: (options: { delayMs?: number } = {}): SinkBehaviour => ({ kind: "accept", ...options }),
-  reply: (stage: SinkStage, code: number, enhancedStatus: string, text: string): SinkBehaviour => ({
+  reply: (stage: SinkStage, code: number, enhancedStatus: string, text: string, options: { quoteSubject?: boolean } = {}): SinkBehaviour => ({
     kind: "reply",
     stage,
     code,
     enhancedStatus,
     text,
+    ...options,
   }),
   dropMidData: (): SinkBehaviour => ({ kind: "drop-mid-data" }),
   stall: (): SinkBehaviour => ({ kind: "stall" }),
@@ -219,6 +222,16 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
           stream.resume();
           return;
         case "reply":
+          if (behaviour.stage === "DATA" && behaviour.quoteSubject === true) {
+            capture(stream, session).then(
+              (mail) => callback(smtpError(behaviour.code, behaviour.enhancedStatus, `${behaviour.text} (Subject: "${mail.parsed.subject ?? ""}")`)),
+              (error: unknown) => callback(smtpError(451, "4.3.0", `sink could not parse the message: ${String(error)}`)),
+            );
+            return;
+          }
+          stream.resume();
+          stream.once("end", () => callback(replyAt(behaviour, "DATA")));
+          return;
         case "reject-auth":
           stream.resume();
           stream.once("end", () => callback(replyAt(behaviour, "DATA")));
