@@ -333,7 +333,7 @@ async function redisOnPort(port: number): Promise<BenchRedis> {
       await client.flushall();
     },
     async countCommands<T>(work: () => Promise<T>) {
-      const monitor = await client.monitor();
+      const monitor = await monitorConnection(client);
       const counts: Record<string, number> = {};
       const ownPorts = new Set([client.stream.localPort, monitor.stream.localPort].map(String));
       monitor.on("monitor", (_time: string, args: string[], source: string) => {
@@ -360,6 +360,33 @@ async function redisOnPort(port: number): Promise<BenchRedis> {
       await endChild(child, () => child.kill("SIGTERM"), 5000);
     },
   };
+}
+
+/**
+ * A connection in MONITOR mode. ioredis's own `monitor()` fails when another
+ * client's command is echoed in the same read as MONITOR's OK ("Command queue
+ * state error": the mode is set a microtask after the OK), and the connection
+ * it made then lives on, reconnecting for ever once Redis stops, so the bench
+ * never exits. Here a failed one is closed and another made.
+ */
+async function monitorConnection(client: Redis): Promise<Redis> {
+  for (let attempt = 1; ; attempt++) {
+    const monitor = client.duplicate({ monitor: true, lazyConnect: false, retryStrategy: () => null });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        monitor.once("error", reject);
+        monitor.once("monitoring", () => {
+          monitor.off("error", reject);
+          resolve();
+        });
+      });
+      monitor.on("error", () => undefined);
+      return monitor;
+    } catch (error) {
+      monitor.disconnect();
+      if (attempt === 3) throw error;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
