@@ -5,6 +5,7 @@
  * Exit status: 0 when nothing failed (warnings allowed), 1 when a check
  * failed, 2 for a usage error, 78 (EX_CONFIG) for a configuration error.
  */
+import { domainToASCII } from "node:url";
 import { ConfigError, loadConfigFromProcess } from "../config.js";
 import { doctorOptionsFromConfig, runDoctor } from "./doctor.js";
 import { renderJson, renderText } from "./report.js";
@@ -14,7 +15,8 @@ const usage = `usage: npm run --silent doctor -- [domain] [--json]
 Checks SPF, DKIM, DMARC, the bounce domain's MX, the relay (TLS, AUTH, DSN)
 and DNSBL listings for the sender domain, using the service's environment
 (MAIL_FROM, SMTP_URL, DKIM_*, BOUNCE_DOMAIN, RELAY_IP, DNSBL_ZONES,
-DNS_SERVERS, DOCTOR_TIMEOUT). domain defaults to MAIL_FROM's domain.
+DNS_SERVERS, DOCTOR_TIMEOUT). domain defaults to MAIL_FROM's domain; an
+internationalized one may be typed in Unicode (checked as punycode).
 Exit status: 0 nothing failed, 1 a check failed, 2 usage, 78 configuration.
 `;
 
@@ -26,7 +28,9 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const unknown = argv.filter((arg) => arg.startsWith("-") && arg !== "--json");
   const positional = argv.filter((arg) => !arg.startsWith("-"));
-  const domain = positional[0];
+  // An internationalized domain may be typed as it reads (`bücher.example`): DNS and MAIL_FROM know it as punycode.
+  const given = positional[0];
+  const domain = given === undefined || /^[\x21-\x7e]*$/.test(given) ? given : domainToASCII(given) || given;
   if (unknown.length > 0 || positional.length > 1 || (domain !== undefined && !/^(?:[A-Za-z0-9_-]+\.)+[A-Za-z0-9-]+\.?$/.test(domain))) {
     process.stderr.write(`otp-email doctor: ${unknown[0] !== undefined ? `unknown option ${unknown[0]}` : `expected one domain name, got ${positional.join(" ")}`}\n${usage}`);
     return 2;

@@ -122,6 +122,17 @@ describe("npm run doctor", () => {
     expect((JSON.parse(esp.stdout) as DoctorReport).context.dkimDomain).toBe("esp.test");
   });
 
+  it("takes an internationalized domain as typed and checks its punycode form", async () => {
+    const run = await doctor(["gööd.test", "--json"], envFor("good.test"));
+    const report = JSON.parse(run.stdout) as DoctorReport;
+    expect(report.context).toMatchObject({ fromAddress: "no-reply@xn--gd-fkaa.test", dkimDomain: "xn--gd-fkaa.test" });
+    expect(report.checks.find((result) => result.id === "spf.from")?.subject).toBe("xn--gd-fkaa.test");
+
+    const invalid = await doctor(["gö..d.test"], envFor("good.test"));
+    expect(invalid.code).toBe(2);
+    expect(invalid.stderr).toContain("expected one domain name, got gö..d.test");
+  });
+
   it("exits 2 on a usage error and 78 on a configuration error naming the variable", async () => {
     const usage = await doctor(["good.test", "--jsn"], envFor("good.test"));
     expect(usage.code).toBe(2);
