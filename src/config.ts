@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
 import { parseAddress } from "./otp/address.js";
-import { parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
+import { hasMisreadUserinfo, parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
 
@@ -415,6 +415,11 @@ function checkRedisUrl(raw: string): void {
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
     throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: ${rule}`);
+  }
+  if (hasMisreadUserinfo(raw, url)) {
+    throw new ConfigError(
+      `REDIS_URL=${redactUrl(raw)}: the password is not read as one: percent-encode / ? # @ in it (%2F %3F %23 %40); ${rule}`,
+    );
   }
   if (url.hostname === "") throw new ConfigError(`REDIS_URL=${redactUrl(raw)}: names no host; ${rule}`);
   if (!/^(\/\d{0,5})?$/.test(url.pathname)) {
@@ -1036,7 +1041,7 @@ export function loadTracingConfig(env: Env): TracingConfig {
     const value = read.string(variable);
     if (value !== undefined && !/^https?:$/.test(urlProtocol(value))) {
       throw new ConfigError(
-        `${variable}=${value.replace(/\/\/[^/@]*@/, "//***@")}: must be an http:// or https:// URL (the collector: http://otel-collector:4318 for http/protobuf, :4317 for grpc)`,
+        `${variable}=${redactUrl(value, { hideUser: true })}: must be an http:// or https:// URL (the collector: http://otel-collector:4318 for http/protobuf, :4317 for grpc)`,
       );
     }
   }

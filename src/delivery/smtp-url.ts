@@ -28,7 +28,13 @@ export function parseSmtpUrl(raw: string): RelayEndpoint {
   try {
     url = new URL(raw);
   } catch {
-    throw new Error(`SMTP URL is not a valid URL: ${shown}`);
+    const hint = shown.includes("@") ? " (percent-encode / ? # @ in the user and password: %2F %3F %23 %40)" : "";
+    throw new Error(`SMTP URL is not a valid URL${hint}: ${shown}`);
+  }
+  if (hasMisreadUserinfo(raw, url)) {
+    throw new Error(
+      `SMTP URL: the user or password is not read as such: percent-encode / ? # @ in them (%2F %3F %23 %40): ${shown}`,
+    );
   }
   if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
     throw new Error(
@@ -78,7 +84,37 @@ export function parseSmtpUrl(raw: string): RelayEndpoint {
   return { host, port, secure, requireTls, auth, relay };
 }
 
-/** The URL as it may appear in an error or log: the password replaced. */
-export function redactUrl(raw: string): string {
-  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@?#]*?):[^/@?#]*@/i, "$1:***@");
+/**
+ * The URL as it may appear in an error or log: the password replaced.
+ *
+ * Everything up to the last `@` is the user information, however the URL
+ * parser would read it: a password with an unencoded `#`, `/`, `?` or `@`
+ * (common in generated ones) makes the URL malformed, and that is exactly
+ * when its text goes into an error message. The user is shown only when it
+ * is plainly one (no `/`, `?` or `#` in it), and not with `hideUser` (where a
+ * key may stand in the user's place, as in a collector's URL).
+ */
+export function redactUrl(raw: string, options: { readonly hideUser?: boolean } = {}): string {
+  // Without a scheme (a value that is not a URL at all) the user information starts the text.
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(raw)?.[0] ?? "";
+  const at = raw.lastIndexOf("@");
+  if (at < 0 || at < scheme.length) return raw;
+  const userinfo = raw.slice(scheme.length, at);
+  const colon = userinfo.indexOf(":");
+  const user = colon === -1 ? userinfo : userinfo.slice(0, colon);
+  const shownUser = options.hideUser === true || /[/?#]/.test(user) ? "***" : colon === -1 ? user : `${user}:***`;
+  return `${scheme}${shownUser}${raw.slice(at)}`;
+}
+
+/**
+ * True when the URL's text has user information (something before an `@`
+ * after the scheme) that the URL parser did not read as a user or password:
+ * an unencoded `/`, `?` or `#` in the password moved it into the path, query
+ * or fragment, where error messages would echo it.
+ */
+export function hasMisreadUserinfo(raw: string, url: URL): boolean {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(raw)?.[0];
+  if (scheme === undefined) return false;
+  const at = raw.lastIndexOf("@");
+  return at > scheme.length && url.username === "" && url.password === "";
 }

@@ -1,6 +1,6 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseDuration } from "../../src/config.js";
+import { ConfigError, loadConfig, loadTracingConfig, parseDuration } from "../../src/config.js";
 import { makeSelfSigned } from "../support/self-signed.js";
 
 describe("loadConfig", () => {
@@ -101,6 +101,41 @@ describe("loadConfig", () => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
     expect(() => loadConfig(env)).not.toThrow(/s3cret/);
+  });
+});
+
+describe("a password in a URL is never shown, whatever characters it holds", () => {
+  // Generated passwords hold # / ? and @. Unencoded, they make the URL malformed (or move the password into its
+  // path, query or fragment), which is exactly when the URL's text goes into the start-up error.
+  it.each([
+    { SMTP_URL: "smtp://mailer:s3c#ret@relay.example:587" },
+    { SMTP_URL: "smtp://mailer:s3c/ret@relay.example:587" },
+    { SMTP_URL: "smtp://mailer:9?s3cret@relay.example:587" },
+    { SMTP_URL: "smtp://mailer:1?s3cret=x@relay.example:587" },
+    { REDIS_URL: "redis://:s3c#ret@r:6379" },
+    { REDIS_URL: "redis://default:s3c/ret@r:6379" },
+    { REDIS_URL: "redis://:9?s3cret@r:6379" },
+    { REDIS_URL: "redis://:1?s3cret@r:6379" },
+  ])("%j: refused, the password shown as ***", (env) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    const message = (() => {
+      try {
+        loadConfig(env);
+        return "";
+      } catch (error) {
+        return (error as Error).message;
+      }
+    })();
+    expect(message).toMatch(/^(SMTP_URL|REDIS_URL)/);
+    expect(message).toContain("***@");
+    expect(message).not.toMatch(/s3c/);
+  });
+
+  it("an OTLP endpoint's password is not shown either", () => {
+    for (const value of ["grpc://tenant:s3c/ret@collector:4317", "tenant:s3c#ret@collector:4318"]) {
+      expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: value })).toThrow(/OTEL_EXPORTER_OTLP_ENDPOINT=.*\*\*\*@collector/);
+      expect(() => loadTracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: value })).not.toThrow(/s3c/);
+    }
   });
 });
 
