@@ -260,6 +260,9 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
       receive(stream, session).then(
         (message) => answer(null, message),
         (error: unknown) => {
+          // The stream's own error (the client went away mid-DATA) was answered, counted and logged above:
+          // reading it again here is the same failure, not an internal one.
+          if (answered) return;
           if (error instanceof Error && "responseCode" in error) answer(error);
           else {
             logger.error({ err: error }, "bounce intake failed unexpectedly");

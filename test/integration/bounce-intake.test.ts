@@ -250,6 +250,38 @@ describe("bounce intake: who may send what", () => {
     }
   });
 
+  it("a bounce cut off mid-DATA is one unreadable refusal, logged as a warning: not also an internal error", async () => {
+    const record = await acceptedMessage();
+    await new Promise<void>((resolve) => {
+      const socket = connect(intake.address.port, "127.0.0.1");
+      let text = "";
+      // However the server ends the connection (a reset included), the test looks at what it counted and logged.
+      socket.on("error", () => resolve());
+      socket.on("close", () => resolve());
+      socket.on("data", (data: Buffer) => {
+        text += data.toString("latin1");
+        if (/^220 /m.test(text) && !text.includes("SENT")) {
+          text += "SENT";
+          socket.write(`EHLO mx.relay.test\r\nMAIL FROM:<>\r\nRCPT TO:<${verp(record.messageId)}>\r\nDATA\r\n`);
+        }
+        // The relay goes away in the middle of the message.
+        if (/^354 /m.test(text)) socket.end("Subject: Undelivered Mail Returned to Sender\r\nContent-Type: multipart/report;");
+      });
+    });
+    for (let waited = 0; reported.length === 0; waited += 10) {
+      expect(waited, "the cut-off message was never counted").toBeLessThan(5000);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    // Whatever else the intake does about it happens in the turns right after the stream's error.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+
+    expect(reported).toEqual(["unreadable"]);
+    const lines = loggedLines();
+    expect(lines.filter((line) => (line["level"] as number) >= 50)).toEqual([]);
+    expect(lines.filter((line) => line["msg"] === "bounce intake could not read a message")).toHaveLength(1);
+    expect(outcomes).toEqual([]);
+  });
+
   it("takes a bounce's first recipients and refuses those past the fifth with 452", async () => {
     const record = await acceptedMessage();
     const dsn = dsnMessage({ to: verp(record.messageId), recipients: [{ action: "delayed", status: "4.4.1" }] });
