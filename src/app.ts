@@ -40,7 +40,7 @@ import { reportCertificateExpiry } from "./telemetry/certificate-expiry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
 import { createGrpcMetricsInterceptor, zeroGrpcSeries } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
-import { instrumentOtpService } from "./telemetry/otp-metrics.js";
+import { countRefusedCalls, instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { serverTracingInterceptors } from "./telemetry/server-tracing.js";
 import { activeTraceId } from "./telemetry/tracing.js";
@@ -272,6 +272,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     const grpcCredentials = createServerCredentials(config.tls);
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
+      onRefused: countRefusedCalls(metrics),
       traceIdOf: activeTraceId,
       // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
       // caller's trace context) last, nearest the handler.

@@ -44,12 +44,29 @@ export type IdentifyCaller = (call: ServerCall) => string | Promise<string>;
 /** The W3C trace id of a call, or "" when it is not traced. */
 export type TraceIdOf = (call: ServerCall) => string;
 
+/**
+ * Told of a call refused before it reached the domain: its caller could not
+ * be identified (`identify` threw), or its request did not decode (told by
+ * the server, `rpc/server.ts`). `method` is the handler's name (`sendOtp`),
+ * `purpose` the domain's spelling of the request's purpose ("" when
+ * unknown), `error` what the call is answered with.
+ */
+export type OnRefused = (method: OtpMethod, purpose: string, error: unknown) => void;
+
+/** The OtpEmailService handlers by name. */
+export type OtpMethod = "sendOtp" | "verifyOtp" | "getDeliveryStatus";
+
 export interface OtpHandlersOptions {
   readonly otp: OtpService;
   /** Default: every caller is "dev" (until authentication is wired in). */
   readonly identify?: IdentifyCaller | undefined;
   /** Default: "" (until tracing is wired in). */
   readonly traceIdOf?: TraceIdOf | undefined;
+  /**
+   * Such a call never reaches `otp`, so whoever counts what `otp` answers
+   * (telemetry/otp-metrics.ts) hears of it here. Default: nobody.
+   */
+  readonly onRefused?: OnRefused | undefined;
 }
 
 /** Creates the OtpEmailService handlers over a domain `OtpService`. */
@@ -57,21 +74,35 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
   const { otp } = options;
   const identify = options.identify ?? (() => "dev");
   const traceIdOf = options.traceIdOf ?? (() => "");
+  const { onRefused } = options;
 
   // The caller's identity is usually known at once (a token or a certificate):
   // then the context is too, with no promise and no microtask turn of its own.
-  const contextOf = ({ call }: HandlerContext): CallContext | Promise<CallContext> => {
-    const caller = identify(call);
+  const contextOf = ({ call }: HandlerContext, method: OtpMethod, purpose: string): CallContext | Promise<CallContext> => {
+    let caller: string | Promise<string>;
+    try {
+      caller = identify(call);
+    } catch (error) {
+      onRefused?.(method, purpose, error);
+      throw error;
+    }
     if (typeof caller === "string") return { caller, traceId: traceIdOf(call) };
-    return caller.then((name) => ({ caller: name, traceId: traceIdOf(call) }));
+    return caller.then(
+      (name) => ({ caller: name, traceId: traceIdOf(call) }),
+      (error: unknown) => {
+        onRefused?.(method, purpose, error);
+        throw error;
+      },
+    );
   };
 
   return {
     async sendOtp(request, handler) {
-      const ctx = contextOf(handler);
+      const purpose = domainPurpose(request.purpose);
+      const ctx = contextOf(handler, "sendOtp", purpose);
       const result = await otp.sendOtp(ctx instanceof Promise ? await ctx : ctx, {
         recipient: request.recipient,
-        purpose: domainPurpose(request.purpose),
+        purpose,
         locale: request.locale,
         code: request.code,
         ttlMs: ttlMs(request.ttl),
@@ -87,16 +118,17 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
     },
 
     async getDeliveryStatus(request, handler) {
-      const ctx = contextOf(handler);
+      const ctx = contextOf(handler, "getDeliveryStatus", "");
       const status = await otp.getDeliveryStatus(ctx instanceof Promise ? await ctx : ctx, request.messageId);
       return deliveryStatusResponse(status);
     },
 
     async verifyOtp(request, handler) {
-      const ctx = contextOf(handler);
+      const purpose = domainPurpose(request.purpose);
+      const ctx = contextOf(handler, "verifyOtp", purpose);
       const result = await otp.verifyOtp(ctx instanceof Promise ? await ctx : ctx, {
         recipient: request.recipient,
-        purpose: domainPurpose(request.purpose),
+        purpose,
         code: request.code,
       });
       return { result: protoVerifyResult[result.result], attemptsRemaining: result.attemptsRemaining };

@@ -19,7 +19,7 @@ import type { HealthState } from "../health.js";
 import type { Logger } from "../logger.js";
 import type { OtpService } from "../otp/types.js";
 import { createHealthService } from "./health.js";
-import { createOtpHandlers, type IdentifyCaller, type TraceIdOf } from "./otp-handlers.js";
+import { createOtpHandlers, type IdentifyCaller, type OnRefused, type OtpMethod, type TraceIdOf } from "./otp-handlers.js";
 import { addReflection } from "./reflection.js";
 import { bindService } from "./service-adapter.js";
 import type { RpcMethod } from "../telemetry/grpc-metrics.js";
@@ -62,6 +62,8 @@ export interface GrpcServerOptions {
   readonly identify?: IdentifyCaller | undefined;
   /** The W3C trace id of a call; default "". */
   readonly traceIdOf?: TraceIdOf | undefined;
+  /** Told of each OtpEmailService call refused before it reached `otp` (for the metrics); default nobody. */
+  readonly onRefused?: OnRefused | undefined;
   /** Default: insecure (plaintext HTTP/2). */
   readonly credentials?: ServerCredentials | undefined;
   /** Run around every call, in order (authentication, metrics...). */
@@ -106,8 +108,17 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
 
   const otp = bindService(
     OtpEmailService,
-    createOtpHandlers({ otp: options.otp, identify: options.identify, traceIdOf: options.traceIdOf }),
-    { logger },
+    createOtpHandlers({
+      otp: options.otp,
+      identify: options.identify,
+      traceIdOf: options.traceIdOf,
+      onRefused: options.onRefused,
+    }),
+    {
+      logger,
+      // Only OtpEmailService's handlers are bound here: its local method names are OtpMethod's.
+      onMalformed: (method, error) => options.onRefused?.(method as OtpMethod, "", error),
+    },
   );
   registry.addService(otp.definition, otp.implementation);
 

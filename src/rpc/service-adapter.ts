@@ -123,6 +123,13 @@ export interface BoundService {
 export interface BindServiceOptions {
   /** Where unexpected handler errors are logged. */
   readonly logger: Logger;
+  /**
+   * Told of each call whose request did not decode, with the method's local
+   * name (`sendOtp`) and the INVALID_ARGUMENT it is answered with: no
+   * handler runs for it, so whoever counts what handlers answer hears of it
+   * here. Default: nobody.
+   */
+  readonly onMalformed?: ((method: string, error: OtpError) => void) | undefined;
 }
 
 /**
@@ -189,14 +196,14 @@ export function bindService<S extends DescService>(
         implementation[method.name] = wrapUnary(
           method,
           handler as UnaryImpl<DescMessage, DescMessage>,
-          options.logger,
+          options,
         );
         break;
       case "server_streaming":
         implementation[method.name] = wrapServerStreaming(
           method,
           handler as ServerStreamingImpl<DescMessage, DescMessage>,
-          options.logger,
+          options,
         );
         break;
       case "client_streaming":
@@ -210,9 +217,10 @@ export function bindService<S extends DescService>(
 function wrapUnary(
   method: DescMethod,
   impl: UnaryImpl<DescMessage, DescMessage>,
-  logger: Logger,
+  { logger, onMalformed }: BindServiceOptions,
 ): handleUnaryCall<Incoming<DescMessage>, MessageShape<DescMessage>> {
   const site = { method: methodPath(method) };
+  const decoded = decodedOrThrow(method, onMalformed);
   const output = method.output;
   // No async wrapper around the handler: its promise is settled straight
   // into the callback. Each async layer cost a promise and a microtask turn
@@ -229,7 +237,7 @@ function wrapUnary(
     };
     let pending: Promise<MessageInitShape<DescMessage>>;
     try {
-      pending = impl(decodedOrThrow(call.request), context);
+      pending = impl(decoded(call.request), context);
     } catch (error) {
       // A handler that throws before its first await (or a malformed request).
       fail(error);
@@ -253,16 +261,17 @@ function wrapUnary(
 function wrapServerStreaming(
   method: DescMethod,
   impl: ServerStreamingImpl<DescMessage, DescMessage>,
-  logger: Logger,
+  { logger, onMalformed }: BindServiceOptions,
 ): handleServerStreamingCall<Incoming<DescMessage>, MessageShape<DescMessage>> {
   const site = { method: methodPath(method) };
+  const decoded = decodedOrThrow(method, onMalformed);
   return (call: ServerWritableStream<Incoming<DescMessage>, MessageShape<DescMessage>>) => {
     const context = new CallContext(call);
     const send = (message: MessageInitShape<DescMessage>): void => {
       if (!call.cancelled) call.write(create(method.output, message));
     };
     const stream = async (): Promise<void> => {
-      await impl(decodedOrThrow(call.request), {
+      await impl(decoded(call.request), {
         call,
         get signal() {
           return context.signal;
@@ -305,15 +314,23 @@ function describeDecodeError(error: unknown): string {
   return "the bytes are not a valid protobuf encoding of this message";
 }
 
-function decodedOrThrow<I extends DescMessage>(request: Incoming<I>): MessageShape<I> {
-  if (request instanceof MalformedRequest) {
-    throw new OtpError(
-      "invalid_argument",
-      `request could not be decoded as ${request.typeName}: ${request.problem}`,
-      { reason: "MALFORMED_REQUEST" },
-    );
-  }
-  return request;
+/** The request as decoded; for one that did not decode, tells `onMalformed` and throws INVALID_ARGUMENT. */
+function decodedOrThrow(
+  method: DescMethod,
+  onMalformed: BindServiceOptions["onMalformed"],
+): <I extends DescMessage>(request: Incoming<I>) => MessageShape<I> {
+  return (request) => {
+    if (request instanceof MalformedRequest) {
+      const error = new OtpError(
+        "invalid_argument",
+        `request could not be decoded as ${request.typeName}: ${request.problem}`,
+        { reason: "MALFORMED_REQUEST" },
+      );
+      onMalformed?.(method.localName, error);
+      throw error;
+    }
+    return request;
+  };
 }
 
 /**

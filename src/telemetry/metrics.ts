@@ -62,6 +62,7 @@ export const verifyResults = [
   "not_found",
   "rate_limited",
   "invalid_request",
+  "denied",
   "error",
 ] as const;
 export type VerifyResultLabel = (typeof verifyResults)[number];
@@ -207,13 +208,15 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered after the wait budget, attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
-      "rate_limited, invalid (bad request), denied (caller not allowed), error (anything else).",
+      "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), error (anything else).",
     labelNames: ["purpose", "outcome"] as const,
     registers,
   });
   const verifications = new Counter({
     name: "otp_verifications_total",
-    help: "VerifyOtp requests by purpose and result (verified, invalid, expired, locked, not_found, rate_limited, invalid_request, error).",
+    help:
+      "VerifyOtp requests by purpose and result (verified, invalid, expired, locked, not_found, rate_limited, invalid_request, " +
+      "denied: caller not allowed, error).",
     labelNames: ["purpose", "result"] as const,
     registers,
   });

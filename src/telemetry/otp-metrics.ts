@@ -6,6 +6,7 @@
 import type { DeliveryState } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
 import type { OtpService, VerifyResult } from "../otp/types.js";
+import type { OnRefused } from "../rpc/otp-handlers.js";
 import { purposeLabel, type Metrics, type SendOutcome, type VerifyResultLabel } from "./metrics.js";
 
 type OtpMetrics = Pick<Metrics, "sends" | "verifications" | "rateLimitRejections" | "limitLabel">;
@@ -58,6 +59,7 @@ function failedVerifyResult(error: unknown): VerifyResultLabel {
   if (!(error instanceof OtpError)) return "error";
   if (error.kind === "resource_exhausted") return "rate_limited";
   if (error.kind === "invalid_argument") return "invalid_request";
+  if (error.kind === "unauthenticated" || error.kind === "permission_denied") return "denied";
   return "error";
 }
 
@@ -68,6 +70,20 @@ const verifyLabels: Readonly<Record<VerifyResult, VerifyResultLabel>> = {
   LOCKED: "locked",
   NOT_FOUND: "not_found",
 };
+
+/**
+ * Counts the calls the rpc layer refused before they reached the domain (a
+ * caller that could not be identified, UNAUTHENTICATED: `denied`, like the
+ * callers the domain refuses; a request that did not decode: `invalid` and
+ * `invalid_request`, purpose `unknown`), so that otp_sends_total and
+ * otp_verifications_total count every SendOtp and VerifyOtp call.
+ */
+export function countRefusedCalls(metrics: Pick<Metrics, "sends" | "verifications">): OnRefused {
+  return (method, purpose, error) => {
+    if (method === "sendOtp") metrics.sends.inc({ purpose: purposeLabel(purpose), outcome: failedSendOutcome(error) });
+    else if (method === "verifyOtp") metrics.verifications.inc({ purpose: purposeLabel(purpose), result: failedVerifyResult(error) });
+  };
+}
 
 /** Wraps `otp`, counting into `metrics`; behaviour and errors pass through untouched. */
 export function instrumentOtpService(otp: OtpService, metrics: OtpMetrics): OtpService {

@@ -5,7 +5,7 @@
  * Redis errors counted.
  */
 import { execFile } from "node:child_process";
-import { randomBytes, X509Certificate } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { createTransport } from "nodemailer";
@@ -336,6 +336,85 @@ describe("metrics: a scripted scenario gives exactly the values it implies", () 
     const { code, output } = await promtool("# HELP nodejs_active_handles_total x\n# TYPE nodejs_active_handles_total gauge\nnodejs_active_handles_total 3\n");
     expect(code).not.toBe(0);
     expect(output).toMatch(/non-counter metrics should not have "_total" suffix/);
+  });
+});
+
+describe("metrics: calls refused before they reach the domain", () => {
+  const token = randomBytes(16).toString("hex");
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    service = await startObservedService({
+      limiter: unlimited,
+      env: { AUTH_TOKENS: `beta:${createHash("sha256").update(token).digest("hex")}`, CALLER_PURPOSES: "beta:login" },
+    });
+  });
+  afterAll(() => service.stop());
+
+  it("every SendOtp and VerifyOtp refused for its caller is counted denied: no credentials, a wrong token, a purpose not allowed", async () => {
+    const bearer = (value: string): grpc.Metadata => {
+      const metadata = new grpc.Metadata();
+      metadata.set("authorization", `Bearer ${value}`);
+      return metadata;
+    };
+    const client = service.grpcClient;
+    const refusals: [Promise<unknown>, grpc.status][] = [
+      [grpcUnary(client, sendOtp, { recipient: "ana@gmail.com", purpose: Purpose.LOGIN }), grpc.status.UNAUTHENTICATED],
+      [grpcUnary(client, sendOtp, { recipient: "ana@gmail.com", purpose: Purpose.SIGNUP }, { metadata: bearer("wrong") }), grpc.status.UNAUTHENTICATED],
+      [grpcUnary(client, sendOtp, { recipient: "ana@gmail.com", purpose: Purpose.SIGNUP }, { metadata: bearer(token) }), grpc.status.PERMISSION_DENIED],
+      [grpcUnary(client, verifyOtp, { recipient: "ana@gmail.com", purpose: Purpose.LOGIN, code: "123456" }), grpc.status.UNAUTHENTICATED],
+      [
+        grpcUnary(client, verifyOtp, { recipient: "ana@gmail.com", purpose: Purpose.PASSWORD_RESET, code: "123456" }, { metadata: bearer(token) }),
+        grpc.status.PERMISSION_DENIED,
+      ],
+      [grpcUnary(client, getDeliveryStatus, { messageId: newMessageId(Date.now()) }), grpc.status.UNAUTHENTICATED],
+    ];
+    for (const [call, code] of refusals) expect((await grpcError(call)).code).toBe(code);
+
+    const at = (name: string, labels: Record<string, string>) => sample(service, name, labels);
+    // What the callers were told, call for call.
+    const rpc = (method: string, code: string) =>
+      at("grpc_server_handled_total", { grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: method, grpc_code: code });
+    expect(await rpc("SendOtp", "Unauthenticated")).toBe(2);
+    expect(await rpc("SendOtp", "PermissionDenied")).toBe(1);
+    expect(await rpc("VerifyOtp", "Unauthenticated")).toBe(1);
+    expect(await rpc("VerifyOtp", "PermissionDenied")).toBe(1);
+    // The same calls in the domain's counters, each once, as denied.
+    expect(await at("otp_sends_total", { purpose: "login", outcome: "denied" })).toBe(1);
+    expect(await at("otp_sends_total", { purpose: "signup", outcome: "denied" })).toBe(2);
+    expect(await at("otp_verifications_total", { purpose: "login", result: "denied" })).toBe(1);
+    expect(await at("otp_verifications_total", { purpose: "password_reset", result: "denied" })).toBe(1);
+    for (const purpose of ["login", "signup", "password_reset", "unknown"]) {
+      expect(await at("otp_sends_total", { purpose, outcome: "error" }), purpose).toBe(0);
+      expect(await at("otp_verifications_total", { purpose, result: "error" }), purpose).toBe(0);
+    }
+  });
+
+  it("a request that does not decode is counted invalid, as the INVALID_ARGUMENT its caller gets", async () => {
+    const raw = (path: string, body: Buffer, metadata: grpc.Metadata): Promise<unknown> => {
+      const client = new grpc.Client(service.address, grpc.credentials.createInsecure());
+      return new Promise((resolve, reject) => {
+        client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, body, metadata, (error, response) => {
+          if (error) reject(error);
+          else resolve(response);
+        });
+      }).finally(() => client.close());
+    };
+    const authorized = new grpc.Metadata();
+    authorized.set("authorization", `Bearer ${token}`);
+    // Field 1 (recipient), length 5: "a", an invalid UTF-8 byte, "b@c".
+    const invalidUtf8 = Buffer.from([0x0a, 0x05, 0x61, 0xff, 0x62, 0x40, 0x63]);
+    for (const path of ["/otp.v1.OtpEmailService/SendOtp", "/otp.v1.OtpEmailService/VerifyOtp"]) {
+      expect((await grpcError(raw(path, invalidUtf8, authorized))).code).toBe(grpc.status.INVALID_ARGUMENT);
+    }
+
+    const at = (name: string, labels: Record<string, string>) => sample(service, name, labels);
+    const rpc = (method: string) =>
+      at("grpc_server_handled_total", { grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: method, grpc_code: "InvalidArgument" });
+    expect(await rpc("SendOtp")).toBe(1);
+    expect(await rpc("VerifyOtp")).toBe(1);
+    expect(await at("otp_sends_total", { purpose: "unknown", outcome: "invalid" })).toBe(1);
+    expect(await at("otp_verifications_total", { purpose: "unknown", result: "invalid_request" })).toBe(1);
   });
 });
 
