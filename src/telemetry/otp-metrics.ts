@@ -34,7 +34,9 @@ function sentOutcome(state: DeliveryState): SendOutcome {
 function failedSendOutcome(error: unknown): SendOutcome {
   if (!(error instanceof OtpError)) return "error";
   switch (error.kind) {
+    // already_exists is only ever an idempotency_key reused for a different request: the caller's mistake.
     case "invalid_argument":
+    case "already_exists":
       return "invalid";
     case "resource_exhausted":
       return "rate_limited";
@@ -49,7 +51,6 @@ function failedSendOutcome(error: unknown): SendOutcome {
       if (error.reason === "RELAY_BACKLOG_FULL") return "backlog_full";
       return error.reason.startsWith("RELAY_") ? "relay_unavailable" : "error";
     case "not_found":
-    case "already_exists":
     case "internal":
       return "error";
   }

@@ -418,6 +418,24 @@ describe("metrics: calls refused before they reach the domain", () => {
   });
 });
 
+describe("metrics: an idempotency key reused for another request", () => {
+  it("is the caller's invalid request, not an error of the service's sends (OtpSendFailureRatioHigh counts those)", async () => {
+    const service = await startObservedService({ limiter: unlimited });
+    try {
+      const first = await grpcUnary(service.grpcClient, sendOtp, { recipient: "ana@gmail.com", purpose: Purpose.LOGIN, idempotencyKey: "signup-42" });
+      expect(first.state).toBe(DeliveryState.ACCEPTED);
+      const reused = grpcUnary(service.grpcClient, sendOtp, { recipient: "ben@gmail.com", purpose: Purpose.LOGIN, idempotencyKey: "signup-42" });
+      expect((await grpcError(reused)).code).toBe(grpc.status.ALREADY_EXISTS);
+
+      expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "accepted" })).toBe(1);
+      expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "invalid" })).toBe(1);
+      expect(await sample(service, "otp_sends_total", { purpose: "login", outcome: "error" })).toBe(0);
+    } finally {
+      await service.stop();
+    }
+  });
+});
+
 describe("metrics: Redis errors", () => {
   it("counts failed storage operations by operation while Redis is down", async () => {
     const redis = await startRedisServer();
