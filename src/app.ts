@@ -32,7 +32,7 @@ import { createOtpService, defaultKeepExpiredMs } from "./otp/otp-service.js";
 import { previousSecretFromConfig, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
 import { createGrpcServer } from "./rpc/server.js";
 import { createMemoryStore } from "./store/memory-store.js";
-import { createRedisStore } from "./store/redis-store.js";
+import { createRedisStore, redisOperations } from "./store/redis-store.js";
 import { startStorageProbe } from "./store/storage-probe.js";
 import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
@@ -116,6 +116,8 @@ export async function startApp(options: AppOptions): Promise<App> {
   const closers: (() => Promise<void>)[] = [];
 
   try {
+    // Every operation's failure count is there from the start, at 0, so the first failure of each is an increase.
+    if (config.redis) for (const operation of redisOperations) metrics.redisCommandErrors.inc({ operation }, 0);
     const store: OtpStore = config.redis
       ? createRedisStore({
           url: config.redis.url,

@@ -71,7 +71,7 @@ export interface RedisStoreOptions {
   /** How long one connection attempt may take before it is retried. ioredis default (10 s) when unset. */
   readonly connectTimeoutMs?: number;
   /** Told of every failed operation (by name: `getRecord`...), for the Redis error metric. */
-  readonly onCommandError?: ((operation: string) => void) | undefined;
+  readonly onCommandError?: ((operation: RedisOperation) => void) | undefined;
   /**
    * Told when Redis starts refusing writes for lack of memory (true: an OOM
    * reply) and when one of its writes goes through again (false), for the
@@ -434,6 +434,32 @@ type ScriptCommands = {
  * ever (backoff capped at 2 s); while Redis is unreachable every operation
  * rejects at once with `storageUnavailable` rather than queueing.
  */
+/**
+ * Every storage operation the Redis store runs, as `onCommandError` names
+ * them (`ping` is the health probe's): a closed set, so the failed-operation
+ * counter can have all its series from the start.
+ */
+export const redisOperations = [
+  "addCode",
+  "verifyGuess",
+  "putRecord",
+  "getRecord",
+  "addDeliveryReport",
+  "getDeliveryReports",
+  "addRecipientMessage",
+  "getRecipientMessages",
+  "putSuppression",
+  "getSuppression",
+  "removeSuppression",
+  "claimIdempotencyKey",
+  "releaseIdempotencyKey",
+  "consumeLimits",
+  "peekLimits",
+  "refundLimits",
+  "ping",
+] as const;
+export type RedisOperation = (typeof redisOperations)[number];
+
 export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const { url, prefix } = options;
   if (url === "") throw new TypeError("createRedisStore: url is required");
@@ -492,7 +518,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   }
 
   /** `alsoFailed`: operations one command stands for besides `operation` (each counted as failed too). */
-  function failed(operation: string, error: unknown, alsoFailed: readonly string[]): never {
+  function failed(operation: RedisOperation, error: unknown, alsoFailed: readonly RedisOperation[]): never {
     let unavailable: OtpError;
     if (isOutOfMemory(error)) {
       // Redis answers, it only refuses to store more: not an outage, and not one to call "unreachable".
@@ -513,7 +539,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
    * body: the operations of a SendOtp are the hottest path of the store,
    * and each async layer costs a promise and a tick per call.
    */
-  function run<T>(operation: string, body: () => Promise<T>, alsoFailed: readonly string[] = []): Promise<T> {
+  function run<T>(operation: RedisOperation, body: () => Promise<T>, alsoFailed: readonly RedisOperation[] = []): Promise<T> {
     // Only the very first connection attempt is waited for (at most one
     // command timeout), so calls made right after start-up do not fail for
     // a handshake still in flight. Later outages fail fast: nothing queues.
