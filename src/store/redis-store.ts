@@ -430,11 +430,6 @@ type ScriptCommands = {
 };
 
 /**
- * Creates the Redis store. It connects at once and keeps reconnecting for
- * ever (backoff capped at 2 s); while Redis is unreachable every operation
- * rejects at once with `storageUnavailable` rather than queueing.
- */
-/**
  * Every storage operation the Redis store runs, as `onCommandError` names
  * them (`ping` is the health probe's): a closed set, so the failed-operation
  * counter can have all its series from the start.
@@ -460,6 +455,11 @@ export const redisOperations = [
 ] as const;
 export type RedisOperation = (typeof redisOperations)[number];
 
+/**
+ * Creates the Redis store. It connects at once and keeps reconnecting for
+ * ever (backoff capped at 2 s); while Redis is unreachable every operation
+ * rejects at once with `storageUnavailable` rather than queueing.
+ */
 export function createRedisStore(options: RedisStoreOptions): OtpStore {
   const { url, prefix } = options;
   if (url === "") throw new TypeError("createRedisStore: url is required");
