@@ -93,8 +93,11 @@ export function buildOtpMail(options: BuildOtpMailOptions): OutgoingMail {
     headers: {
       // RFC 3834: machine-generated, so auto-responders and vacation replies stay quiet.
       "Auto-Submitted": "auto-generated",
-      // Exchange/Outlook's equivalent.
-      "X-Auto-Response-Suppress": "All",
+      // Exchange/Outlook's equivalent: out-of-office and other auto-replies
+      // only. `All` would also ask Exchange to suppress its delivery and
+      // non-delivery reports (MS-OXCMAIL 2.1.3.2.20), the bounces that
+      // GetDeliveryStatus rests on.
+      "X-Auto-Response-Suppress": "OOF, AutoReply",
       "Content-Language": rendered.locale,
     },
     ...(options.code === undefined || options.code === "" ? {} : { redact: [options.code] }),

@@ -70,7 +70,7 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
     expect(mail.parsed.messageId).toBe(`<01jabc${sent}@acme.test>`);
     expect(rawHeaders(mail).match(/^Message-ID:/gim)).toHaveLength(1);
     expect(header(mail, "auto-submitted")).toBe("auto-generated");
-    expect(header(mail, "x-auto-response-suppress")).toBe("All");
+    expect(header(mail, "x-auto-response-suppress")).toBe("OOF, AutoReply");
     expect(header(mail, "content-language")).toBe("en");
     expect(mail.parsed.subject).toBe("482913 is your Acme sign-in code");
     expect(mail.parsed.text).toContain("482913");
@@ -80,6 +80,17 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
     expect(mail.parsed.html).not.toMatch(/<a\s|<img/i);
     expect(rawHeaders(mail)).toMatch(/Content-Type: multipart\/alternative/i);
     expect(mail.envelope).toMatchObject({ mailFrom: "no-reply@acme.test", rcptTo: [recipient] });
+  });
+
+  it("asks Exchange to hold back auto-replies, never the delivery reports that bounces are", async () => {
+    const renderer = createRenderer({ defaultLocale: "en", productName: "Acme" });
+    const mail = await deliver(renderer.render({ purpose: "login", locale: "en", code: "482913", ttlMs: tenMinutes }));
+    // MS-OXCMAIL 2.1.3.2.20: All is every bit, DR and NDR (reports from transport) among them.
+    const values = header(mail, "x-auto-response-suppress").split(/\s*,\s*/);
+    expect(values).toEqual(expect.arrayContaining(["OOF", "AutoReply"]));
+    expect(values).not.toContain("All");
+    expect(values).not.toContain("NDR");
+    expect(values).not.toContain("DR");
   });
 
   it("has built-in templates for every purpose in English and Korean, none with links or images", () => {
