@@ -280,7 +280,7 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
       throw new Error(`${file}: "${tag}" is not a BCP 47 language tag such as en, ko or pt-BR`);
     }
     const part = templateParts[suffix as keyof typeof templateParts];
-    let content = readFileSync(file, "utf8").replace(/^\uFEFF/, "");
+    let content = utf8Text(readFileSync(file), file);
     if (part === "subject") {
       content = content.trim();
       if (/[\r\n]/.test(content)) throw new Error(`${file}: a subject must be a single line`);
@@ -306,6 +306,23 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
     catalog.set(purpose, byLocale);
   }
   return catalog;
+}
+
+// ignoreBOM false (the default): a UTF-8 BOM is dropped, not kept as a character.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A template file's text, its BOM dropped; throws, naming the file, when the
+ * bytes are not UTF-8. A file saved as EUC-KR, Windows-1252 or UTF-16 would
+ * otherwise decode to U+FFFD (a question mark in a box) in place of every
+ * character outside ASCII, and mail its readers rows of them.
+ */
+function utf8Text(bytes: Buffer, file: string): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new Error(`${file}: is not UTF-8 text; save it as UTF-8`);
+  }
 }
 
 /** `overrides` replace or add to `base`, template by template. */

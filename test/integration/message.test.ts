@@ -29,7 +29,7 @@ afterEach(() => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function templatesDir(files: Record<string, string>): string {
+function templatesDir(files: Record<string, string | Buffer>): string {
   const dir = mkdtempSync(join(tmpdir(), "otp-templates-"));
   dirs.push(dir);
   for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
@@ -212,6 +212,21 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
     ])("refuses %s, naming the file", (_what, change, message) => {
       const dir = templatesDir({ ...japanese, ...change });
       expect(() => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: dir })).toThrow(message);
+    });
+
+    it("refuses a file that is not UTF-8 (saved as EUC-KR or UTF-16), naming it, and reads one with a BOM", () => {
+      // "로그인 코드" in EUC-KR, as a Korean Windows editor saves it.
+      const eucKr = Buffer.concat([Buffer.from([0xb7, 0xce, 0xb1, 0xd7, 0xc0, 0xce, 0x20, 0xc4, 0xda, 0xb5, 0xe5]), Buffer.from(": {{code}}\n")]);
+      const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from("{{code}}\n", "utf16le")]);
+      for (const [name, bytes] of [["login.ja.txt", eucKr], ["login.ja.html", utf16]] as const) {
+        const dir = templatesDir({ ...japanese, [name]: bytes });
+        expect(() => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: dir })).toThrow(
+          `${join(dir, name)}: is not UTF-8 text`,
+        );
+      }
+      const withBom = templatesDir({ ...japanese, "login.ja.txt": Buffer.from("\uFEFFログイン {{code}}\n") });
+      const renderer = createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: withBom });
+      expect(renderer.render({ purpose: "login", locale: "ja", code: "424242", ttlMs: tenMinutes }).text).toBe("ログイン 424242\n");
     });
 
     it("refuses an incomplete template, naming the missing file", () => {
