@@ -45,8 +45,10 @@ export interface RenderedMessage {
 
 export interface Renderer {
   /**
-   * Locale resolution: the exact tag (case-insensitive), then its language
-   * subtag (`ko-KR` -> `ko`), then the default locale.
+   * Locale resolution (see `localeKeys`): the tag in its canonical form
+   * (case-insensitive; `iw` is `he`), then ever shorter (`zh-Hant-TW` ->
+   * `zh-Hant`), then by its likely script (`zh-TW` -> `zh-Hant`), then its
+   * language alone (`ko-KR` -> `ko`), then the default locale.
    */
   render(request: RenderRequest): RenderedMessage;
 }
@@ -80,19 +82,21 @@ export function createRenderer(options: RendererOptions): Renderer {
   for (const [purpose, byLocale] of catalog) {
     const compiledByLocale = new Map<string, CompiledMessage>();
     for (const [key, template] of byLocale) compiledByLocale.set(key, compileMessage(template, productName));
-    compiled.set(purpose, compiledByLocale);
+    compiled.set(purpose, withLikelyScripts(compiledByLocale));
   }
-  const defaultKey = normalize(options.defaultLocale);
+  const keysOf = cachedLocaleKeys();
+  const defaults = new Map<Purpose, CompiledMessage>();
   for (const purpose of purposes) {
-    if (lookup(compiled, purpose, defaultKey) === undefined) {
+    const message = lookup(compiled, purpose, keysOf(options.defaultLocale));
+    if (message === undefined) {
       throw new RendererSetupError("defaultLocale", `renderer: no ${purpose} template for the default locale "${options.defaultLocale}"`);
     }
+    defaults.set(purpose, message);
   }
 
   return {
     render(request: RenderRequest): RenderedMessage {
-      const message =
-        lookup(compiled, request.purpose, normalize(request.locale)) ?? lookup(compiled, request.purpose, defaultKey);
+      const message = lookup(compiled, request.purpose, keysOf(request.locale)) ?? defaults.get(request.purpose);
       if (message === undefined) throw new Error(`renderer: no template for purpose "${request.purpose}"`);
       const { code } = request;
       // Rounded down: an email must never promise more time than the code has.
@@ -127,15 +131,103 @@ function compileMessage(template: MessageTemplate, productName: string): Compile
   };
 }
 
-function normalize(tag: string): string {
-  return tag.trim().replaceAll("_", "-").toLowerCase();
+/** The first of `keys` that has a template for the purpose. */
+function lookup<T>(catalog: ReadonlyMap<Purpose, ReadonlyMap<string, T>>, purpose: Purpose, keys: readonly string[]): T | undefined {
+  const byLocale = catalog.get(purpose);
+  if (byLocale === undefined) return undefined;
+  for (const key of keys) {
+    const found = byLocale.get(key);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
-/** Exact tag, then language subtag. */
-function lookup<T>(catalog: ReadonlyMap<Purpose, ReadonlyMap<string, T>>, purpose: Purpose, key: string): T | undefined {
-  const byLocale = catalog.get(purpose);
-  if (byLocale === undefined || key === "") return undefined;
-  return byLocale.get(key) ?? byLocale.get(key.split("-")[0] ?? "");
+/**
+ * A tag in the form the catalog is keyed by: canonical (as the names of
+ * TEMPLATES_DIR's files are read: `iw` is `he`, `tl` is `fil`), lower-cased;
+ * as written, lower-cased, when it is not a well-formed tag.
+ */
+function canonicalKey(tag: string): string {
+  const cleaned = tag.trim().replaceAll("_", "-");
+  try {
+    return (Intl.getCanonicalLocales(cleaned)[0] ?? cleaned).toLowerCase();
+  } catch {
+    return cleaned.toLowerCase();
+  }
+}
+
+/** `language-script-region` and `language-script` of a tag's likely subtags (`zh-TW` -> `zh-hant-tw`, `zh-hant`). */
+function likelyKeys(key: string): string[] {
+  let likely: Intl.Locale;
+  try {
+    likely = new Intl.Locale(key).maximize();
+  } catch {
+    return [];
+  }
+  // `und` (undetermined) would be made English: it says nothing about the reader.
+  if (likely.language === "und" || key.split("-")[0] === "und" || likely.script === undefined) return [];
+  const script = `${likely.language}-${likely.script}`.toLowerCase();
+  return likely.region === undefined ? [script] : [`${script}-${likely.region.toLowerCase()}`, script];
+}
+
+/**
+ * The catalog keys a requested tag is looked up under, most specific first:
+ * the canonical tag, then ever shorter (RFC 4647 lookup: `zh-hant-tw`,
+ * `zh-hant`; a singleton is dropped with its extension), then the tag's
+ * likely script with and without its region (`zh-tw` is written in
+ * `zh-hant`, as is `zh-hk`), then the language alone. Empty for an empty tag.
+ */
+function localeKeys(tag: string): string[] {
+  const key = canonicalKey(tag);
+  if (key === "") return [];
+  const subtags = key.split("-");
+  const keys: string[] = [];
+  for (let length = subtags.length; length > 1; length--) {
+    if (subtags[length - 1]?.length === 1) continue;
+    keys.push(subtags.slice(0, length).join("-"));
+  }
+  for (const likely of likelyKeys(key)) if (!keys.includes(likely)) keys.push(likely);
+  keys.push(subtags[0] ?? key);
+  return keys;
+}
+
+/**
+ * Tags come from callers: each one's keys are worked out once, up to a bound
+ * (a caller sending ever new tags only empties the cache).
+ */
+function cachedLocaleKeys(): (tag: string) => readonly string[] {
+  const cache = new Map<string, readonly string[]>();
+  return (tag) => {
+    let keys = cache.get(tag);
+    if (keys === undefined) {
+      keys = localeKeys(tag);
+      if (cache.size >= 1000) cache.clear();
+      cache.set(tag, keys);
+    }
+    return keys;
+  };
+}
+
+/**
+ * The templates of one purpose, each also under its likely
+ * `language-script-region` and `language-script` where no template has that
+ * tag: `zh-TW`'s template then answers `zh-Hant-TW` (and `zh-Hant` when there
+ * is no `zh-Hant` template). Where several templates share one, the full form
+ * goes to the most specific tag (`zh-CN` before `zh`), the script alone to the
+ * least (`zh` before `zh-SG`).
+ */
+function withLikelyScripts<T>(byLocale: ReadonlyMap<string, T>): Map<string, T> {
+  const result = new Map(byLocale);
+  const alias = (key: string | undefined, template: T | undefined): void => {
+    if (key !== undefined && template !== undefined && !result.has(key)) result.set(key, template);
+  };
+  const leastSpecificFirst = [...byLocale.keys()].sort((a, b) => a.split("-").length - b.split("-").length || (a < b ? -1 : 1));
+  for (const key of [...leastSpecificFirst].reverse()) {
+    const likely = likelyKeys(key);
+    if (likely.length === 2) alias(likely[0], byLocale.get(key));
+  }
+  for (const key of leastSpecificFirst) alias(likelyKeys(key).at(-1), byLocale.get(key));
+  return result;
 }
 
 /** TEMPLATES_DIR's templates; what is wrong with the folder or a file, as a RendererSetupError. */

@@ -160,6 +160,56 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
     expect(korean.render({ purpose: "login", locale: "fr", code: "111111", ttlMs: tenMinutes }).locale).toBe("ko");
   });
 
+  it("looks a locale up in its canonical form, ever shorter, then by its likely script, then its language", () => {
+    const loginIn = (...locales: string[]): Record<string, string> =>
+      Object.fromEntries(
+        locales.flatMap((locale) => [
+          [`login.${locale}.subject.txt`, `${locale} {{code}}`],
+          [`login.${locale}.txt`, `${locale} {{code}}`],
+          [`login.${locale}.html`, `<p lang="${locale}">{{code}}</p>`],
+        ]),
+      );
+    const resolve = (dir: string, locale: string): string =>
+      createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: dir }).render({
+        purpose: "login",
+        locale,
+        code: "111111",
+        ttlMs: tenMinutes,
+      }).locale;
+
+    const chinese = templatesDir(loginIn("zh", "zh-Hant", "he", "sr-Latn"));
+    // Traditional Chinese as iOS, browsers and Android name it.
+    expect(resolve(chinese, "zh-Hant-TW")).toBe("zh-Hant");
+    expect(resolve(chinese, "zh-TW")).toBe("zh-Hant");
+    expect(resolve(chinese, "zh-hk")).toBe("zh-Hant");
+    expect(resolve(chinese, "zh-CN")).toBe("zh");
+    expect(resolve(chinese, "zh-Hans-SG")).toBe("zh");
+    // Hebrew as Java's Locale.getLanguage() still spells it; Serbo-Croatian's tag.
+    expect(resolve(chinese, "iw")).toBe("he");
+    expect(resolve(chinese, "iw-IL")).toBe("he");
+    expect(resolve(chinese, "sh")).toBe("sr-Latn");
+    expect(resolve(chinese, "sr-Latn-RS")).toBe("sr-Latn");
+    // Serbian is Cyrillic unless it says otherwise: no template, the default.
+    expect(resolve(chinese, "sr-RS")).toBe("en");
+    expect(resolve(chinese, "en-GB-u-ca-gregory")).toBe("en");
+    expect(resolve(chinese, "ko-Kore-KR")).toBe("ko");
+
+    // A template named by region answers the tag that spells its script out.
+    const taiwan = templatesDir(loginIn("zh-TW", "iw"));
+    expect(resolve(taiwan, "zh-Hant-TW")).toBe("zh-TW");
+    expect(resolve(taiwan, "zh-Hant")).toBe("zh-TW");
+    expect(resolve(taiwan, "zh-CN")).toBe("en");
+    // The file named with the old code is read under the current one, and found under both.
+    expect(resolve(taiwan, "he-IL")).toBe("he");
+    expect(resolve(taiwan, "iw")).toBe("he");
+    expect(createRenderer({ defaultLocale: "ko-KR", productName: "Acme" }).render({
+      purpose: "login",
+      locale: "fr",
+      code: "111111",
+      ttlMs: tenMinutes,
+    }).locale).toBe("ko");
+  });
+
   it("never promises more minutes than the code has", () => {
     const renderer = createRenderer({ defaultLocale: "en", productName: "Acme" });
     expect(renderer.render({ purpose: "login", locale: "en", code: "111111", ttlMs: 90_000 }).text).toContain("valid for 1 min");
