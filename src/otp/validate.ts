@@ -34,7 +34,24 @@ export interface ValidVerifyOtp {
   readonly code: string;
 }
 
-const localePattern = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
+/**
+ * A well-formed BCP 47 tag (RFC 5646 section 2.1) with a 2- or 3-letter
+ * language: language and extended languages (`zh-yue`), script, region,
+ * variants (`de-CH-1996`), extensions (`en-US-u-ca-gregory`), private use.
+ * `en-US-US` (two regions), `en-a` (an extension with nothing in it) or
+ * `ko-x` are not.
+ */
+const localePattern = new RegExp(
+  [
+    "^[a-z]{2,3}(?:-[a-z]{3}){0,3}",
+    "(?:-[a-z]{4})?",
+    "(?:-(?:[a-z]{2}|\\d{3}))?",
+    "(?:-(?:[a-z\\d]{5,8}|\\d[a-z\\d]{3}))*",
+    "(?:-[a-wyz\\d](?:-[a-z\\d]{2,8})+)*",
+    "(?:-x(?:-[a-z\\d]{1,8})+)?$",
+  ].join(""),
+  "i",
+);
 const purposeList = purposes.join(", ");
 
 class Violations {

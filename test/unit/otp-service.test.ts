@@ -103,6 +103,18 @@ describe("otp service", () => {
     expect(spy).toHaveBeenCalledTimes(3);
   });
 
+  it("refuses a locale that is not a well-formed BCP 47 tag, as the proto says, and sends nothing", async () => {
+    const { service, sent } = setup();
+    for (const locale of ["en-US-US", "en-a", "ko-x", "en-US-a-b", "ko-KR-", "en_US", "e"]) {
+      const refused = await service.sendOtp(ctx, { ...send, locale }).catch((error: unknown) => error);
+      expect(refused, locale).toMatchObject({ kind: "invalid_argument", violations: [{ field: "locale" }] });
+    }
+    expect(sent).toHaveLength(0);
+    for (const locale of ["ko-KR", "zh-Hant-TW", "zh-yue-HK", "es-419", "de-CH-1996", "en-US-u-ca-gregory", "sr-Latn-x-private"]) {
+      expect((await service.sendOtp(ctx, { ...send, locale, code: "1111" })).state, locale).toBe("ACCEPTED");
+    }
+  });
+
   it.each(["off", "on"] as const)(
     "refuses a suppressed recipient, records it SUPPRESSED, stores no code and spends no budget (limits %s)",
     async (limits) => {
