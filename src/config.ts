@@ -518,8 +518,10 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     throw new ConfigError(`DEFAULT_LOCALE=${defaultLocale}: must be a BCP 47 language tag such as en or ko`);
   }
 
-  const ttlMinMs = read.duration("OTP_TTL_MIN", 60_000, 10_000, 86_400_000);
-  const ttlMaxMs = read.duration("OTP_TTL_MAX", 3_600_000, 10_000, 86_400_000);
+  // At least a minute: the email states the validity in whole minutes, rounded down, and "1 min" would
+  // promise a 30 s code twice the time it has.
+  const ttlMinMs = read.duration("OTP_TTL_MIN", 60_000, 60_000, 86_400_000);
+  const ttlMaxMs = read.duration("OTP_TTL_MAX", 3_600_000, 60_000, 86_400_000);
   if (ttlMinMs > ttlMaxMs) throw new ConfigError("OTP_TTL_MIN: must not exceed OTP_TTL_MAX");
   // Unset, the default 10m is brought into OTP_TTL_MIN..OTP_TTL_MAX: a code sent without a ttl must
   // not outlive the OTP_TTL_MAX the operator set (nor fall short of OTP_TTL_MIN).

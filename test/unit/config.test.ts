@@ -21,9 +21,17 @@ describe("loadConfig", () => {
   it("OTP_TTL unset: the default 10m brought into OTP_TTL_MIN..OTP_TTL_MAX", () => {
     expect(loadConfig({ OTP_TTL_MAX: "5m" }).otp.ttlDefaultMs).toBe(300_000);
     expect(loadConfig({ OTP_TTL_MIN: "15m" }).otp.ttlDefaultMs).toBe(900_000);
-    expect(loadConfig({ OTP_TTL_MIN: "10s", OTP_TTL_MAX: "30s" }).otp.ttlDefaultMs).toBe(30_000);
+    expect(loadConfig({ OTP_TTL_MIN: "1m", OTP_TTL_MAX: "3m" }).otp.ttlDefaultMs).toBe(180_000);
     expect(loadConfig({ OTP_TTL_MIN: "2m", OTP_TTL_MAX: "20m" }).otp.ttlDefaultMs).toBe(600_000);
     expect(loadConfig({ OTP_TTL_MAX: "5m", OTP_TTL: "2m" }).otp.ttlDefaultMs).toBe(120_000);
+  });
+
+  it("OTP_TTL_MIN and OTP_TTL_MAX: at least 1m, as the email states the validity in whole minutes", () => {
+    // A 30 s code would be mailed as "valid for 1 min": twice the time it has.
+    expect(() => loadConfig({ OTP_TTL_MIN: "30s" })).toThrow(/OTP_TTL_MIN=30s: .* from 1m/);
+    expect(() => loadConfig({ OTP_TTL_MIN: "10s", OTP_TTL_MAX: "30s" })).toThrow(/OTP_TTL_MIN=10s/);
+    expect(() => loadConfig({ OTP_TTL_MAX: "59s" })).toThrow(/OTP_TTL_MAX=59s: .* from 1m/);
+    expect(loadConfig({ OTP_TTL_MIN: "1m", OTP_TTL_MAX: "1m" }).otp.ttlDefaultMs).toBe(60_000);
   });
 
   it("SMTP_MAX_BACKLOG: 200 messages per pooled connection by default, a whole number, or off", () => {
