@@ -258,7 +258,7 @@ function formatMs(ms: number): string {
   return `${ms}ms`;
 }
 
-/** Parses `"Display Name" <addr@domain>`, `Display Name <addr@domain>` or a bare address. */
+/** Parses `"Display Name" <addr@domain>` or `Display Name <addr@domain>`; a bare address lacks the name. */
 function parseMailFrom(raw: string): { name: string; address: string } {
   const angle = /^\s*(?:"?([^"<]*?)"?\s*)?<([^<>\s]+@[^<>\s]+)>\s*$/.exec(raw);
   const bare = /^\s*([^<>\s"]+@[^<>\s"]+)\s*$/.exec(raw);
@@ -269,7 +269,15 @@ function parseMailFrom(raw: string): { name: string; address: string } {
       `MAIL_FROM=${raw}: must be an address with an optional display name, such as "Acme" <no-reply@acme.example>`,
     );
   }
-  return { name: name === "" ? "OtpEmail" : name, address };
+  // The display name is also the product name of the emails ("482913 is your Acme sign-in code"):
+  // without one, users would get mail from, and about, "OtpEmail", the name of this service.
+  if (name === "") {
+    throw new ConfigError(
+      `MAIL_FROM=${raw}: needs a display name, the product name your users know, which the emails also use ` +
+        `("482913 is your Acme sign-in code"): such as "Acme" <${address}>`,
+    );
+  }
+  return { name, address };
 }
 
 function parseHostPort(name: string, raw: string): string {

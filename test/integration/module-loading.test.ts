@@ -40,7 +40,7 @@ describe("a production process with a relay and no bounce intake", () => {
           REDIS_PREFIX: randomPrefix(),
           SMTP_URL: sink.url,
           OTP_SECRET: "module-loading-test-secret-0123456789",
-          MAIL_FROM: "no-reply@example.com",
+          MAIL_FROM: '"Example" <no-reply@example.com>',
           AUTH_TOKENS: `tester:${"0".repeat(64)}`,
           // The start-up checks stay on this machine: no DNSBL, DNS where nothing answers.
           DNSBL_ZONES: "none",

@@ -153,7 +153,7 @@ describe("npm start with nothing configured", () => {
       NODE_ENV: "test",
       GRPC_ADDR: "127.0.0.1:0",
       METRICS_ADDR: "off",
-      MAIL_FROM: "no-reply@acme.example",
+      MAIL_FROM: '"Acme" <no-reply@acme.example>',
       DKIM_SELECTOR: "s1",
       DKIM_PRIVATE_KEY: ed25519,
     });

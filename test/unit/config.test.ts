@@ -84,6 +84,10 @@ describe("loadConfig", () => {
     [{ OTP_SECRET: "short" }, /OTP_SECRET: must be at least 32/],
     [{ MAIL_FROM: "not an address" }, /MAIL_FROM=/],
     [{ MAIL_FROM: "a@b.example\r\nBcc: x@y.example" }, /MAIL_FROM=/],
+    // The display name is the product name in the emails: without it they would come from, and name, "OtpEmail".
+    [{ MAIL_FROM: "no-reply@acme.example" }, /MAIL_FROM=no-reply@acme.example: needs a display name/],
+    [{ MAIL_FROM: "<no-reply@acme.example>" }, /MAIL_FROM=<no-reply@acme.example>: needs a display name/],
+    [{ MAIL_FROM: '"  " <no-reply@acme.example>' }, /needs a display name, .* such as "Acme" <no-reply@acme.example>/],
     [{ GRPC_ADDR: "50051" }, /GRPC_ADDR=50051: must be host:port/],
     [{ NODE_ENV: "staging" }, /NODE_ENV=staging/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL=loud/],

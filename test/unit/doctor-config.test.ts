@@ -15,7 +15,7 @@ const rsaPem = generateKeyPairSync("rsa", { modulusLength: 1024, publicKeyEncodi
 const ed25519Pem = generateKeyPairSync("ed25519", { publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
 const ecPem = generateKeyPairSync("ec", { namedCurve: "P-256", publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
 const shortRsaPem = generateKeyPairSync("rsa", { modulusLength: 512, publicKeyEncoding: spki, privateKeyEncoding: pkcs8 }).privateKey;
-const from = { MAIL_FROM: "no-reply@acme.example" };
+const from = { MAIL_FROM: '"Acme" <no-reply@acme.example>' };
 
 describe("doctor and DKIM configuration", () => {
   it("has defaults: no DKIM, bounces at the From domain, two public DNSBLs, system DNS, 5 s", () => {
