@@ -258,6 +258,9 @@ function formatMs(ms: number): string {
   return `${ms}ms`;
 }
 
+/** Longest MAIL_FROM display name, in characters. */
+const maxDisplayName = 128;
+
 /** Parses `"Display Name" <addr@domain>` or `Display Name <addr@domain>`; a bare address lacks the name. */
 function parseMailFrom(raw: string): { name: string; address: string } {
   const angle = /^\s*(?:"?([^"<]*?)"?\s*)?<([^<>\s]+@[^<>\s]+)>\s*$/.exec(raw);
@@ -275,6 +278,13 @@ function parseMailFrom(raw: string): { name: string; address: string } {
     throw new ConfigError(
       `MAIL_FROM=${raw}: needs a display name, the product name your users know, which the emails also use ` +
         `("482913 is your Acme sign-in code"): such as "Acme" <${address}>`,
+    );
+  }
+  // Also the Subject's: a name past this (one word of a thousand letters cannot be folded) would make
+  // header lines longer than the 998 characters RFC 5322 allows, which relays break or refuse.
+  if ([...name].length > maxDisplayName) {
+    throw new ConfigError(
+      `MAIL_FROM: the display name is ${[...name].length} characters; at most ${maxDisplayName}, as it is also in every Subject`,
     );
   }
   return { name, address };

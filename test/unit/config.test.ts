@@ -88,6 +88,8 @@ describe("loadConfig", () => {
     [{ MAIL_FROM: "no-reply@acme.example" }, /MAIL_FROM=no-reply@acme.example: needs a display name/],
     [{ MAIL_FROM: "<no-reply@acme.example>" }, /MAIL_FROM=<no-reply@acme.example>: needs a display name/],
     [{ MAIL_FROM: '"  " <no-reply@acme.example>' }, /needs a display name, .* such as "Acme" <no-reply@acme.example>/],
+    // One unfoldable word in From and Subject: header lines past RFC 5322's 998 characters.
+    [{ MAIL_FROM: `"${"A".repeat(1100)}" <no-reply@acme.example>` }, /MAIL_FROM: the display name is 1100 characters; at most 128/],
     [{ GRPC_ADDR: "50051" }, /GRPC_ADDR=50051: must be host:port/],
     [{ NODE_ENV: "staging" }, /NODE_ENV=staging/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL=loud/],
