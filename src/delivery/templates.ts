@@ -8,7 +8,7 @@
  * template's own markup is the operator's (simple inline styles, no links,
  * no images).
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { purposes, type Purpose } from "./record.js";
 
@@ -249,8 +249,11 @@ const templateFileName = /^([^.]+)\.([^.]+)\.(subject\.txt|txt|html)$/;
 export function loadTemplateDir(dir: string): TemplateCatalog {
   let names: string[];
   try {
+    // Symbolic links too: a Kubernetes ConfigMap or Secret volume holds
+    // nothing else (`login.ja.txt -> ..data/login.ja.txt`). Where one leads
+    // is looked at below, for the names that are templates.
     names = readdirSync(dir, { withFileTypes: true })
-      .filter((entry) => entry.isFile())
+      .filter((entry) => entry.isFile() || entry.isSymbolicLink())
       .map((entry) => entry.name)
       .sort();
   } catch (error) {
@@ -263,6 +266,8 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
   for (const name of names) {
     if (name.startsWith(".") || !/\.(txt|html)$/.test(name)) continue;
     const file = join(dir, name);
+    // A link to a folder is skipped like a folder; a broken one is a mistake.
+    if (!isFileOrLinkToFile(file)) continue;
     const match = templateFileName.exec(name);
     if (match === null) {
       throw new Error(
@@ -280,7 +285,7 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
       throw new Error(`${file}: "${tag}" is not a BCP 47 language tag such as en, ko or pt-BR`);
     }
     const part = templateParts[suffix as keyof typeof templateParts];
-    let content = utf8Text(readFileSync(file), file);
+    let content = utf8Text(readTemplateFile(file), file);
     if (part === "subject") {
       content = content.trim();
       if (/[\r\n]/.test(content)) throw new Error(`${file}: a subject must be a single line`);
@@ -306,6 +311,23 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
     catalog.set(purpose, byLocale);
   }
   return catalog;
+}
+
+/** True for a file, or a symbolic link that leads to one; throws, naming it, for a link that leads nowhere. */
+function isFileOrLinkToFile(file: string): boolean {
+  try {
+    return statSync(file).isFile();
+  } catch (error) {
+    throw new Error(`${file}: cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+  }
+}
+
+function readTemplateFile(file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (error) {
+    throw new Error(`${file}: cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+  }
 }
 
 // ignoreBOM false (the default): a UTF-8 BOM is dropped, not kept as a character.

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -277,6 +277,26 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
       const withBom = templatesDir({ ...japanese, "login.ja.txt": Buffer.from("\uFEFFログイン {{code}}\n") });
       const renderer = createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: withBom });
       expect(renderer.render({ purpose: "login", locale: "ja", code: "424242", ttlMs: tenMinutes }).text).toBe("ログイン 424242\n");
+    });
+
+    it("reads templates through symbolic links, as a Kubernetes ConfigMap volume holds them, and names a broken one", () => {
+      // A ConfigMap volume: the files live in a timestamped folder reached through `..data`; the names are links.
+      const dir = templatesDir({});
+      mkdirSync(join(dir, "..2026_11_29_10_00_00.000000001"));
+      for (const [name, content] of Object.entries(japanese)) writeFileSync(join(dir, "..2026_11_29_10_00_00.000000001", name), content);
+      symlinkSync("..2026_11_29_10_00_00.000000001", join(dir, "..data"));
+      for (const name of Object.keys(japanese)) symlinkSync(join("..data", name), join(dir, name));
+
+      const renderer = createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: dir });
+      expect(renderer.render({ purpose: "login", locale: "ja", code: "424242", ttlMs: tenMinutes })).toMatchObject({
+        locale: "ja",
+        subject: "Acme ログインコード: 424242",
+      });
+
+      symlinkSync(join("..data", "signup.ja.txt"), join(dir, "signup.ja.txt"));
+      expect(() => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: dir })).toThrow(
+        `${join(dir, "signup.ja.txt")}: cannot be read`,
+      );
     });
 
     it("refuses an incomplete template, naming the missing file", () => {
