@@ -71,9 +71,10 @@ export interface DeliveryService {
    * that attempt starts without another write). Resolves
    * with the latest record as soon as the relay accepted or refused for good,
    * or after the wait budget (then SENDING or RETRYING, with attempts going
-   * on in the background). Never rejects.
+   * on in the background), or at `answerBy` (wall clock, `Date.now()` ms) when
+   * that comes first: the caller's deadline. Never rejects.
    */
-  dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord>;
+  dispatch(record: DeliveryRecord, mail: OutgoingMail, answerBy?: number): Promise<DeliveryRecord>;
   /**
    * Stops sending. An attempt in progress may finish; a message waiting for
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
@@ -388,7 +389,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   }
 
   return {
-    dispatch(record: DeliveryRecord, mail: OutgoingMail): Promise<DeliveryRecord> {
+    dispatch(record: DeliveryRecord, mail: OutgoingMail, answerBy?: number): Promise<DeliveryRecord> {
       const job: Job = {
         record,
         abandoned: false,
@@ -400,9 +401,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         done: Promise.resolve(),
       };
       jobs.add(job);
-      // The record as it stands when the attempts end or the wait budget runs out.
+      // The record as it stands when the attempts end or the wait budget runs out
+      // (sooner when the caller's deadline says so).
+      const waitMs =
+        answerBy === undefined ? options.waitBudgetMs : Math.max(0, Math.min(options.waitBudgetMs, answerBy - Date.now()));
       return new Promise<DeliveryRecord>((resolve) => {
-        const timer = setTimeout(() => resolve(job.record), options.waitBudgetMs);
+        const timer = setTimeout(() => resolve(job.record), waitMs);
         timer.unref();
         job.done = track(job, mail, () => {
           clearTimeout(timer);

@@ -333,7 +333,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // The dispatch hands it to the transport at once, which counts it from there.
       place?.leave();
       place = undefined;
-      const result = await delivery.dispatch(record, mail);
+      const result = await delivery.dispatch(record, mail, ctx.answerBy);
       // A retry is pointless before the limits admit the same send again.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
       return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };

@@ -10,6 +10,13 @@ export interface CallContext {
   readonly caller: string;
   /** W3C trace id of the request, or "" when not traced. */
   readonly traceId: string;
+  /**
+   * When the caller must have its answer (wall clock, `Date.now()` ms), from
+   * its deadline less the time the answer needs to reach it; undefined when
+   * the caller set no deadline. A send still in progress then answers with
+   * its state, as it does when the wait budget runs out.
+   */
+  readonly answerBy?: number | undefined;
 }
 
 export interface SendOtpInput {

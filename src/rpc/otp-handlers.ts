@@ -100,7 +100,9 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
     async sendOtp(request, handler) {
       const purpose = domainPurpose(request.purpose);
       const ctx = contextOf(handler, "sendOtp", purpose);
-      const result = await otp.sendOtp(ctx instanceof Promise ? await ctx : ctx, {
+      const known = ctx instanceof Promise ? await ctx : ctx;
+      const answerBy = answerByOf(handler.call);
+      const result = await otp.sendOtp(answerBy === undefined ? known : { ...known, answerBy }, {
         recipient: request.recipient,
         purpose,
         locale: request.locale,
@@ -135,6 +137,25 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
     },
   };
 }
+
+/**
+ * When a SendOtp must answer for its caller to hear it: the call's deadline
+ * less a tenth of the time the caller gave (50 ms to 1 s), room for the
+ * answer to travel back. Undefined without a deadline. A send the relay has
+ * not answered by then answers with its state (SENDING, RETRYING) and its
+ * message_id, as after the wait budget, instead of leaving the caller with
+ * DEADLINE_EXCEEDED and no message_id for a mail that still goes.
+ */
+function answerByOf(call: ServerCall): number | undefined {
+  const deadline = call.getDeadline();
+  const at = deadline instanceof Date ? deadline.getTime() : deadline;
+  if (!Number.isFinite(at)) return undefined;
+  const margin = Math.min(answerMarginMaxMs, Math.max(answerMarginMinMs, (at - Date.now()) / 10));
+  return at - margin;
+}
+
+const answerMarginMinMs = 50;
+const answerMarginMaxMs = 1000;
 
 const domainPurposeOf: ReadonlyMap<Purpose, DomainPurpose> = new Map([
   [Purpose.LOGIN, "login"],

@@ -385,6 +385,17 @@ describe("gRPC server", () => {
       expect(raw.metadata.get("grpc-status-details-bin")).toEqual([]);
     });
 
+    it("tells the domain when the caller must have its answer: its deadline less a tenth of the time it gave", async () => {
+      const before = Date.now();
+      await connectClient.sendOtp({ recipient: "a@b.test", purpose: Purpose.LOGIN }, { timeoutMs: 5_000 });
+      await connectClient.sendOtp({ recipient: "a@b.test", purpose: Purpose.LOGIN });
+      const [withDeadline, without] = h.otp.sends;
+      expect(withDeadline?.ctx.answerBy).toBeGreaterThan(before + 4_000);
+      expect(withDeadline?.ctx.answerBy).toBeLessThanOrEqual(Date.now() + 4_500);
+      expect(without?.ctx).toEqual({ caller: "anonymous", traceId: "" });
+      expect(without?.ctx).not.toHaveProperty("answerBy");
+    });
+
     it("metadata over HTTP/2's 64 KiB header list: the stream is reset below the service (INTERNAL), nothing runs, the connection goes on", async () => {
       // What the README's Errors section says: grpc-js has no server option for this limit.
       const metadata = new grpc.Metadata();

@@ -203,15 +203,42 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
     expect(svc.sink.transactions()).toBe(before + 1);
   });
 
-  it("loses nothing when the caller's deadline passes mid-send: the mail goes, its record says so, and a retry with the key answers it", async () => {
+  it("answers within a caller's deadline shorter than the wait budget: the message_id, SENDING, and the mail goes on", async () => {
     const to = recipient();
-    const key = `deadline-${Date.now()}`;
+    const before = svc.sink.messages.length;
+    // The relay answers (within SMTP_SOCKET_TIMEOUT, 2 s) after the caller's deadline (1 s), which comes
+    // before the wait budget (3 s) ends.
+    svc.sink.respondWith(behave.accept({ delayMs: 1700 }));
+    const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN }, { deadlineMs: 1000 });
+    expect(sent.state).toBe(DeliveryState.SENDING);
+
+    const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);
+    let status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    for (let i = 0; i < 100 && status.state !== DeliveryState.ACCEPTED; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    }
+    expect(status.state).toBe(DeliveryState.ACCEPTED);
+    expect(status.attempts).toHaveLength(1);
+    expect(status.relayReply?.queueId).toBe(mail?.queueId);
+  });
+
+  it("loses nothing when the caller cancels mid-send: the mail goes, its record says so, and a retry with the key answers it", async () => {
+    const to = recipient();
+    const key = `cancel-${Date.now()}`;
     const before = svc.sink.messages.length;
     const transactions = svc.sink.transactions();
     svc.sink.respondWith(behave.accept({ delayMs: 1500 }));
     const request = { recipient: to, purpose: Purpose.LOGIN, idempotencyKey: key };
-    const gaveUp = await grpcError(grpcUnary(svc.grpcClient, sendOtp, request, { deadlineMs: 200 }));
-    expect(gaveUp.code).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+    const abort = new AbortController();
+    const cancelled = svc.connectClient.sendOtp(request, { signal: abort.signal }).then(
+      () => undefined,
+      (reason: unknown) => ConnectError.from(reason),
+    );
+    // Cancelled once the message is with the relay, which holds its answer for 1.5 s.
+    while (svc.sink.transactions() === transactions) await new Promise((resolve) => setTimeout(resolve, 10));
+    abort.abort();
+    expect((await cancelled)?.code).toBe(Code.Canceled);
 
     // The send goes on without the caller, and the caller's retry finds it.
     const [mail] = (await svc.sink.waitForMessages(before + 1)).slice(before);

@@ -1002,9 +1002,10 @@ export const OtpEmailService: GenService<{
    * SendOtp emails a one-time code to a recipient.
    *
    * It answers as soon as the SMTP relay accepted or refused the message for
-   * good, or after a short wait budget (a few seconds), whichever comes
-   * first. Attempts still running then continue in the background, never
-   * past the code's expiry; follow them with GetDeliveryStatus.
+   * good, or after a short wait budget (a few seconds), or shortly before the
+   * call's deadline, whichever comes first. Attempts still running then
+   * continue in the background, never past the code's expiry; follow them
+   * with GetDeliveryStatus.
    *
    * A relay's acceptance (state DELIVERY_STATE_ACCEPTED) is not delivery: the
    * relay may still bounce the message.
