@@ -26,15 +26,16 @@ import {
   type MessageInitShape,
   type MessageShape,
 } from "@bufbuild/protobuf";
-import type {
-  MethodDefinition,
-  ServerUnaryCall,
-  ServerWritableStream,
-  ServiceDefinition,
-  UntypedServiceImplementation,
-  handleServerStreamingCall,
-  handleUnaryCall,
-  sendUnaryData,
+import {
+  status as GrpcStatus,
+  type MethodDefinition,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  type sendUnaryData,
 } from "@grpc/grpc-js";
 import { OtpError } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -230,6 +231,12 @@ function wrapUnary(
     call: ServerUnaryCall<Incoming<DescMessage>, unknown>,
     callback: sendUnaryData<MessageShape<DescMessage>>,
   ) => {
+    if (isOver(call)) {
+      // Nobody waits for this answer: doing the work would send a code (or use
+      // up a guess) for a caller already told DEADLINE_EXCEEDED.
+      callback({ code: GrpcStatus.DEADLINE_EXCEEDED, details: "Deadline exceeded" });
+      return;
+    }
     const context = new CallContext(call);
     const fail = (error: unknown): void => {
       context.release();
@@ -292,6 +299,19 @@ function wrapServerStreaming(
       },
     );
   };
+}
+
+/**
+ * Whether a call's deadline passed before its handler could start. grpc-js
+ * starts a unary handler in the same turn as it reads the request, before
+ * its own deadline timer can fire: a `grpc-timeout` of a few nanoseconds, or
+ * one past 2^31 ms (about 25 days, which grpc-js overflows into a deadline
+ * already past), reaches the handler with DEADLINE_EXCEEDED already on its
+ * way to the caller. (A call cancelled earlier never reaches it.)
+ */
+function isOver(call: ServerCall): boolean {
+  const deadline = call.getDeadline();
+  return (deadline instanceof Date ? deadline.getTime() : deadline) <= Date.now();
 }
 
 /** Decodes request bytes; never throws (see the module comment). */

@@ -7,11 +7,13 @@
  * reflection, health and shutdown, not the OTP rules.
  */
 import { execFile } from "node:child_process";
+import http2 from "node:http2";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import {
   create,
   fromBinary,
+  toBinary,
   type DescMessage,
   type DescMethodUnary,
   type MessageInitShape,
@@ -38,6 +40,7 @@ import {
   DeliveryState,
   OtpEmailService,
   Purpose,
+  SendOtpRequestSchema,
   VerifyResult,
 } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
@@ -213,6 +216,32 @@ function rawUnary(address: string, path: string, body: Buffer): Promise<Buffer> 
       },
     );
   }).finally(() => client.close());
+}
+
+/**
+ * One gRPC call over a bare HTTP/2 stream, with headers no gRPC client would
+ * send (a `grpc-timeout` of its own choosing); resolves with its grpc-status.
+ */
+function http2Unary(address: string, path: string, headers: http2.OutgoingHttpHeaders, message: Uint8Array): Promise<string> {
+  const frame = Buffer.alloc(5 + message.byteLength);
+  frame.writeUInt32BE(message.byteLength, 1);
+  frame.set(message, 5);
+  const session = http2.connect(`http://${address}`);
+  return new Promise<string>((resolve, reject) => {
+    session.on("error", reject);
+    const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", ...headers });
+    let status: string | undefined;
+    const read = (fields: http2.IncomingHttpHeaders) => {
+      const value = fields["grpc-status"];
+      if (typeof value === "string") status = value;
+    };
+    stream.on("response", read);
+    stream.on("trailers", read);
+    stream.on("error", reject);
+    stream.on("close", () => (status === undefined ? reject(new Error("no grpc-status")) : resolve(status)));
+    stream.resume();
+    stream.end(frame);
+  }).finally(() => session.close());
 }
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
@@ -394,6 +423,20 @@ describe("gRPC server", () => {
       expect(withDeadline?.ctx.answerBy).toBeLessThanOrEqual(Date.now() + 4_500);
       expect(without?.ctx).toEqual({ caller: "anonymous", traceId: "" });
       expect(without?.ctx).not.toHaveProperty("answerBy");
+    });
+
+    it("a call whose deadline passed before its handler could start is not started: DEADLINE_EXCEEDED, nothing sent", async () => {
+      const request = toBinary(SendOtpRequestSchema, create(SendOtpRequestSchema, { recipient: "a@b.test", purpose: Purpose.LOGIN }));
+      // A nanosecond; and 30 days, past the 2^31 ms that grpc-js overflows into a deadline already past.
+      for (const timeout of ["1n", "2592000S"]) {
+        const status = await http2Unary(h.address, "/otp.v1.OtpEmailService/SendOtp", { "grpc-timeout": timeout }, request);
+        expect(status).toBe(String(grpc.status.DEADLINE_EXCEEDED));
+      }
+      expect(h.otp.sends).toEqual([]);
+      // A deadline well ahead is no reason to refuse.
+      const status = await http2Unary(h.address, "/otp.v1.OtpEmailService/SendOtp", { "grpc-timeout": "10S" }, request);
+      expect(status).toBe(String(grpc.status.OK));
+      expect(h.otp.sends).toHaveLength(1);
     });
 
     it("metadata over HTTP/2's 64 KiB header list: the stream is reset below the service (INTERNAL), nothing runs, the connection goes on", async () => {
