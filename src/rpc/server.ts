@@ -11,6 +11,8 @@ import {
   type ServerInterceptor,
   type ServerOptions,
 } from "@grpc/grpc-js";
+import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
+import { file_google_rpc_status } from "../../gen/google/rpc/status_pb.js";
 import { file_health_v1_health, Health } from "../../gen/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
@@ -132,6 +134,10 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       file_health_v1_health,
       file_grpc_reflection_v1_reflection,
       file_grpc_reflection_v1alpha_reflection,
+      // The error details every error carries (grpc-status-details-bin): without their descriptors,
+      // grpcurl and buf curl show them as opaque bytes.
+      file_google_rpc_status,
+      file_google_rpc_error_details,
     ],
   });
 

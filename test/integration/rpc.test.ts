@@ -753,6 +753,19 @@ describe("gRPC server", () => {
       expect(h.otp.sends[0]?.input).toMatchObject({ recipient: "a@b.test", purpose: "login" });
     });
 
+    it("describes the google.rpc error details every error carries, so grpcurl can print them", async () => {
+      for (const symbol of ["google.rpc.Status", "google.rpc.ErrorInfo", "google.rpc.BadRequest", "google.rpc.RetryInfo", "google.rpc.QuotaFailure"]) {
+        const out = await bufCurl([
+          "--data",
+          JSON.stringify({ fileContainingSymbol: symbol }),
+          `http://${h.address}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo`,
+        ]);
+        const response = JSON.parse(out) as { fileDescriptorResponse?: unknown; errorResponse?: unknown };
+        expect(response.errorResponse).toBeUndefined();
+        expect(response.fileDescriptorResponse).toBeDefined();
+      }
+    });
+
     it("calls grpc.health.v1.Health/Check", async () => {
       const out = await bufCurl(["--data", '{"service":""}', `http://${h.address}/grpc.health.v1.Health/Check`]);
 
