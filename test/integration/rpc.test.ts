@@ -439,6 +439,22 @@ describe("gRPC server", () => {
       expect(h.otp.sends).toHaveLength(1);
     });
 
+    it("more than 128 header fields: the stream is reset below the service, which grpc-js reports as RESOURCE_EXHAUSTED, nothing runs", async () => {
+      // What the README's Errors section says: Node's maxHeaderListPairs (128, grpc-js's own headers included).
+      const metadata = new grpc.Metadata();
+      for (let i = 0; i < 130; i++) metadata.set(`x-entry-${i}`, "v");
+      const error = await grpcError(grpcUnary(grpcClient, OtpEmailService.method.sendOtp, { recipient: "a@b.test", purpose: Purpose.LOGIN }, metadata));
+      expect(error.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(error.details).toBe("Bandwidth exhausted or memory limit exceeded");
+      expect(error.metadata.get("grpc-status-details-bin")).toEqual([]);
+      expect(h.otp.sends).toEqual([]);
+      // A hundred entries are fine, on the same connection.
+      const fewer = new grpc.Metadata();
+      for (let i = 0; i < 100; i++) fewer.set(`x-entry-${i}`, "v");
+      const status = await grpcUnary(grpcClient, OtpEmailService.method.getDeliveryStatus, { messageId: "msg-1" }, fewer);
+      expect(status.messageId).toBe("msg-1");
+    });
+
     it("metadata over HTTP/2's 64 KiB header list: the stream is reset below the service (INTERNAL), nothing runs, the connection goes on", async () => {
       // What the README's Errors section says: grpc-js has no server option for this limit.
       const metadata = new grpc.Metadata();
