@@ -63,10 +63,15 @@ export type SendOtpRequest = Message<"otp.v1.SendOtpRequest"> & {
   ttl?: Duration | undefined;
 
   /**
-   * Makes the call safe to retry. The same key repeated within 24 hours
-   * returns the first call's message_id and sends nothing; the same key with
-   * a different request is rejected with ALREADY_EXISTS. At most 128
-   * printable ASCII characters. Optional.
+   * Makes the call safe to retry. The same key from the same caller within
+   * 24 hours returns the first call's message_id and sends nothing (a relay's
+   * refusal for good is answered again); the same key with a different
+   * request is rejected with ALREADY_EXISTS. While the first call has not
+   * recorded its message yet, the key answers UNAVAILABLE (reason
+   * IDEMPOTENT_REQUEST_IN_PROGRESS): retry. A first call that failed in a
+   * way a retry can fix (UNAVAILABLE, or retries used up after it answered)
+   * does not keep its key: the retry really sends. Keys of different callers
+   * never meet. At most 128 printable ASCII characters. Optional.
    *
    * @generated from field: string idempotency_key = 6;
    */
