@@ -34,8 +34,12 @@ import { parseTraceparent } from "./trace-context.js";
 import { tracingMode } from "./tracing-lifecycle.js";
 import { serviceTracer } from "./tracing.js";
 
-/** Methods never traced (grpc.health.v1.Health, grpc.reflection.*). */
-const untracedMethods = new Set(["Check", "Watch", "ServerReflectionInfo"]);
+/**
+ * Services never traced: every method of them (Health's Check, List and
+ * Watch, reflection), and only theirs: an OtpEmailService method is traced
+ * whatever its name.
+ */
+const untracedServices = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 
 const metadataGetter: TextMapGetter<Metadata> = {
   get(metadata, key) {
@@ -58,7 +62,7 @@ function methodSpanInfo(path: string): MethodSpanInfo {
   const service = path.slice(1, slash);
   const name = path.slice(slash + 1);
   return {
-    traced: !untracedMethods.has(name),
+    traced: !untracedServices.has(service),
     spanName: `grpc.${service}/${name}`,
     attributes: { [attributes.rpcSystem]: "grpc", [attributes.rpcService]: service, [attributes.rpcMethod]: name },
   };

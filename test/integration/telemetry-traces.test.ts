@@ -8,16 +8,19 @@
  */
 import { spanExporter, spansOf, parentOf } from "../support/tracing.js";
 import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { unlimited } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
 import { createBounceTelemetry } from "../../src/telemetry/bounce-telemetry.js";
 import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metrics-server.js";
-import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
+import { bufCurl, errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { randomPrefix, redisUrlForTests, scanPrefix } from "../support/redis.js";
 import { behave } from "../support/smtp-sink.js";
@@ -162,6 +165,25 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     const attemptLines = lines.filter((line) => line["msg"] === "smtp attempt");
     expect(attemptLines).toHaveLength(2);
     for (const line of attemptLines) expect(line["trace_id"]).toBe(traceId);
+  });
+
+  it("health probes and reflection make no span, whichever of their methods is called", async () => {
+    const before = spanExporter.getFinishedSpans().length;
+    const transport = createGrpcTransport({ baseUrl: `http://${service.address}` });
+    const health = createClient(Health, transport);
+    await health.check({ service: "" });
+    await health.list({});
+    const abort = new AbortController();
+    for await (const answer of health.watch({ service: "" }, { signal: abort.signal })) {
+      expect(answer.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      break;
+    }
+    abort.abort();
+    await bufCurl(["--list-services", `http://${service.address}`]);
+    // A traced call after them: their spans, had there been any, ended before its own.
+    await service.connectClient.getDeliveryStatus({ messageId: "0".repeat(26) }).catch(() => undefined);
+    const names = spanExporter.getFinishedSpans().slice(before).map((span) => span.name);
+    expect(names.filter((name) => name.startsWith("grpc."))).toEqual(["grpc.otp.v1.OtpEmailService/GetDeliveryStatus"]);
   });
 
   it("the connect-node client's span parents the server span", async () => {
