@@ -205,7 +205,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const sends = new Counter({
     name: "otp_sends_total",
     help:
-      "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered after the wait budget, attempts go on), " +
+      "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered before the relay did: after the wait budget or before the caller's deadline; attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
       "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), error (anything else).",
