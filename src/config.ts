@@ -9,6 +9,7 @@ import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { purposes } from "./delivery/record.js";
+import { isSenderAddress } from "./delivery/message.js";
 import { parseAddress } from "./otp/address.js";
 import { hasMisreadUserinfo, parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
@@ -267,7 +268,8 @@ function parseMailFrom(raw: string): { name: string; address: string } {
   const bare = /^\s*([^<>\s"]+@[^<>\s"]+)\s*$/.exec(raw);
   const name = angle?.[1]?.trim() ?? "";
   const address = angle?.[2] ?? bare?.[1];
-  if (address === undefined || /[\r\n]/.test(raw) || !/^[^@]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$/.test(address)) {
+  // The message builder's own rule: an address it would refuse at every send stops the start instead.
+  if (address === undefined || /[\r\n]/.test(raw) || !isSenderAddress(address)) {
     throw new ConfigError(
       `MAIL_FROM=${raw}: must be an address with an optional display name, such as "Acme" <no-reply@acme.example>`,
     );

@@ -36,6 +36,11 @@ export function verpAddress(messageId: string, bounceDomain: string): string {
 const dotAtom = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
 const plainAddress = /^[^\s@<>"(),;:\\[\]]+@([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)$/;
 
+/** Whether the message builder takes `address` as the From address (MAIL_FROM is checked with this at start-up). */
+export function isSenderAddress(address: string): boolean {
+  return plainAddress.test(address);
+}
+
 /** What a message takes from the sender's settings: checked and formatted once, not per message. */
 interface SenderParts {
   readonly fromName: string;

@@ -84,6 +84,9 @@ describe("loadConfig", () => {
     [{ OTP_SECRET: "short" }, /OTP_SECRET: must be at least 32/],
     [{ MAIL_FROM: "not an address" }, /MAIL_FROM=/],
     [{ MAIL_FROM: "a@b.example\r\nBcc: x@y.example" }, /MAIL_FROM=/],
+    // The message builder refuses these at every send: the start refuses them instead.
+    [{ MAIL_FROM: '"Acme" <no;reply@acme.example>' }, /MAIL_FROM=.*must be an address/],
+    [{ MAIL_FROM: '"Acme" <no-reply@acme..example>' }, /MAIL_FROM=.*must be an address/],
     // The display name is the product name in the emails: without it they would come from, and name, "OtpEmail".
     [{ MAIL_FROM: "no-reply@acme.example" }, /MAIL_FROM=no-reply@acme.example: needs a display name/],
     [{ MAIL_FROM: "<no-reply@acme.example>" }, /MAIL_FROM=<no-reply@acme.example>: needs a display name/],
