@@ -64,6 +64,29 @@ export interface DeliveryServiceOptions {
   readonly observer?: DeliveryObserver | undefined;
 }
 
+/**
+ * A mail whose text states how long its code stays valid, made again for
+ * each retry: a retry starts seconds or minutes after the first attempt,
+ * and a text made for the first would promise time the code no longer has.
+ */
+export interface RetryMail {
+  /**
+   * The least validity a retry may start with. With less, no retry starts
+   * (the message fails): its text could not state what is left (the OTP
+   * mail states whole minutes, so one minute).
+   */
+  readonly minRemainingMs: number;
+  /** The mail for a retry that starts with `remainingMs` of the code's validity left. */
+  make(remainingMs: number): OutgoingMail;
+}
+
+export interface DispatchOptions {
+  /** When the caller must have its answer (wall clock, `Date.now()` ms): its deadline. */
+  readonly answerBy?: number | undefined;
+  /** Makes the mail of each retry; without it every attempt sends `mail` as given, until the code expires. */
+  readonly retryMail?: RetryMail | undefined;
+}
+
 export interface DeliveryService {
   /**
    * Sends `mail`, whose `record` is already stored: QUEUED, or SENDING with
@@ -71,10 +94,10 @@ export interface DeliveryService {
    * that attempt starts without another write). Resolves
    * with the latest record as soon as the relay accepted or refused for good,
    * or after the wait budget (then SENDING or RETRYING, with attempts going
-   * on in the background), or at `answerBy` (wall clock, `Date.now()` ms) when
-   * that comes first: the caller's deadline. Never rejects.
+   * on in the background), or at `options.answerBy` when that comes first.
+   * Never rejects.
    */
-  dispatch(record: DeliveryRecord, mail: OutgoingMail, answerBy?: number): Promise<DeliveryRecord>;
+  dispatch(record: DeliveryRecord, mail: OutgoingMail, options?: DispatchOptions): Promise<DeliveryRecord>;
   /**
    * Stops sending. An attempt in progress may finish; a message waiting for
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
@@ -247,9 +270,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     });
   }
 
-  async function run(job: Job, mail: OutgoingMail): Promise<void> {
+  async function run(job: Job, firstMail: OutgoingMail, retryMail: RetryMail | undefined): Promise<void> {
     const { relay } = transport;
     const { messageId, expiresAt } = job.record;
+    // A retry must leave time for its text to state: none starts with less than this left.
+    const minRemainingMs = retryMail?.minRemainingMs ?? 0;
+    let mail = firstMail;
     for (;;) {
       const number = job.record.attempts.length + 1;
       if (stopping || (retriesStopped && number > 1)) {
@@ -259,6 +285,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       if (clock.now() >= expiresAt) {
         await fail(job, expiredBeforeSending(job.record));
         return;
+      }
+      if (number > 1 && retryMail !== undefined) {
+        // Made now, from what is left now: the text promises no more than the code has.
+        const remainingMs = expiresAt - clock.now();
+        if (remainingMs < minRemainingMs) {
+          await fail(job, tooLittleLeftForRetry(job.record, minRemainingMs));
+          return;
+        }
+        mail = retryMail.make(remainingMs);
       }
 
       // A record stored as SENDING with no attempt yet (the OTP service hands
@@ -348,6 +383,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         await fail(job, expiredBeforeSending({ ...job.record, attempts }), attempts);
         return;
       }
+      if (expiresAt - (clock.now() + delay) < minRemainingMs) {
+        await fail(job, tooLittleLeftForRetry({ ...job.record, attempts }, minRemainingMs), attempts);
+        return;
+      }
       if (stopping || retriesStopped) {
         await fail(job, stoppedBeforeRetry({ ...job.record, attempts }), attempts);
         return;
@@ -367,11 +406,11 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * rejects. One async function rather than a catch, then and finally
    * chained per message (each a promise and a tick).
    */
-  async function track(job: Job, mail: OutgoingMail, answer: () => void): Promise<void> {
+  async function track(job: Job, mail: OutgoingMail, retryMail: RetryMail | undefined, answer: () => void): Promise<void> {
     try {
       try {
         try {
-          await run(job, mail);
+          await run(job, mail, retryMail);
         } catch (error) {
           logger.error({ err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
         }
@@ -389,7 +428,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   }
 
   return {
-    dispatch(record: DeliveryRecord, mail: OutgoingMail, answerBy?: number): Promise<DeliveryRecord> {
+    dispatch(record: DeliveryRecord, mail: OutgoingMail, dispatchOptions: DispatchOptions = {}): Promise<DeliveryRecord> {
+      const { answerBy, retryMail } = dispatchOptions;
       const job: Job = {
         record,
         abandoned: false,
@@ -408,7 +448,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       return new Promise<DeliveryRecord>((resolve) => {
         const timer = setTimeout(() => resolve(job.record), waitMs);
         timer.unref();
-        job.done = track(job, mail, () => {
+        job.done = track(job, mail, retryMail, () => {
           clearTimeout(timer);
           resolve(job.record);
         });
@@ -501,6 +541,13 @@ function expiredBeforeSending(record: DeliveryRecord): string {
   return record.attempts.length === 0
     ? "the code expired before it could be sent"
     : `the code expired before it could be sent (no retry may start after expiry)${lastFailure(record)}`;
+}
+
+function tooLittleLeftForRetry(record: DeliveryRecord, minRemainingMs: number): string {
+  return (
+    `the code would have had less than ${Math.ceil(minRemainingMs / 1000)} s of validity left for a retry, ` +
+    `too little for its email to state (no retry starts then)${lastFailure(record)}`
+  );
 }
 
 function stoppedBeforeRetry(record: DeliveryRecord): string {

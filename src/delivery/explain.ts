@@ -47,7 +47,7 @@ export function explain(record: DeliveryRecord, now: number): string {
       return (
         `Not accepted yet after ${count(record.attempts.length, "attempt")}` +
         `${last === undefined ? "" : `: ${describeAttempt(last)}`}; ` +
-        `another attempt will follow, but none after the code expires at ${utc(record.expiresAt)}.`
+        `another attempt will follow, but none with less than a minute of the code left (it expires at ${utc(record.expiresAt)}).`
       );
     case "ACCEPTED": {
       const reply = record.relayReply;

@@ -26,12 +26,18 @@ export interface RendererOptions {
   readonly templatesDir?: string | undefined;
 }
 
+/**
+ * The unit the templates state a code's validity in (`{{minutes}}`): a
+ * message with less than this left cannot honestly say how long it has.
+ */
+export const validityUnitMs = 60_000;
+
 export interface RenderRequest {
   readonly purpose: Purpose;
   /** BCP 47 tag as requested (`ko-KR`); may be empty. */
   readonly locale: string;
   readonly code: string;
-  /** How long the code is valid; shown in whole minutes. */
+  /** How long the code is valid from now; shown in whole minutes, rounded down. */
   readonly ttlMs: number;
 }
 
@@ -100,7 +106,7 @@ export function createRenderer(options: RendererOptions): Renderer {
       if (message === undefined) throw new Error(`renderer: no template for purpose "${request.purpose}"`);
       const { code } = request;
       // Rounded down: an email must never promise more time than the code has.
-      const minutes = String(Math.max(1, Math.floor(request.ttlMs / 60_000)));
+      const minutes = String(Math.max(1, Math.floor(request.ttlMs / validityUnitMs)));
       const subject = message.subject.fill(code, minutes);
       const htmlCode = escapeHtml(code);
       return {

@@ -11,7 +11,7 @@ import type { SuppressionList } from "../bounce/suppression.js";
 import { buildOtpMail } from "../delivery/message.js";
 import { withReports } from "../delivery/reports.js";
 import { suppressionReason, type DeliveryRecord, type SuppressionEntry } from "../delivery/record.js";
-import type { Renderer } from "../delivery/render.js";
+import { validityUnitMs, type RenderedMessage, type Renderer } from "../delivery/render.js";
 import { OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
 import { unlimited, type SendAdmission, type SendLimiter, type SendLimitRequest, type VerifyLimiter } from "../limits/types.js";
@@ -272,16 +272,20 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       unsent = admission;
       const code = request.code === "" ? generateCode(options.codeLength) : request.code;
       const expiresAt = now + request.ttlMs;
-      const rendered = renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs: request.ttlMs });
-      const mail = buildOtpMail({
-        rendered,
-        to: request.recipient.address,
-        fromName: options.from.name,
-        fromAddress: options.from.address,
-        messageId,
-        bounceDomain: options.bounceDomain,
-        code,
-      });
+      // The email says how long the code is valid (whole minutes): `ttlMs` from now.
+      const render = (ttlMs: number) => renderer.render({ purpose: request.purpose, locale: request.locale, code, ttlMs });
+      const mailOf = (rendered: RenderedMessage) =>
+        buildOtpMail({
+          rendered,
+          to: request.recipient.address,
+          fromName: options.from.name,
+          fromAddress: options.from.address,
+          messageId,
+          bounceDomain: options.bounceDomain,
+          code,
+        });
+      const rendered = render(request.ttlMs);
+      const mail = mailOf(rendered);
       const record: DeliveryRecord = {
         messageId,
         caller: ctx.caller,
@@ -333,7 +337,13 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // The dispatch hands it to the transport at once, which counts it from there.
       place?.leave();
       place = undefined;
-      const result = await delivery.dispatch(record, mail, ctx.answerBy);
+      // A retry's mail states the whole minutes the code has left when it starts, not the ttl
+      // (a retry minutes later must not promise time the code no longer has); with less than a
+      // minute left none starts.
+      const result = await delivery.dispatch(record, mail, {
+        answerBy: ctx.answerBy,
+        retryMail: { minRemainingMs: validityUnitMs, make: (remainingMs) => mailOf(render(remainingMs)) },
+      });
       // A retry is pointless before the limits admit the same send again.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());
       return { messageId, state: result.state, expiresAt, resendAvailableAt: admission.resendAvailableAt };

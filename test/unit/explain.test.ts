@@ -76,7 +76,7 @@ describe("explain", () => {
     });
     expect(explain(retrying, created + 3000)).toBe(
       'Not accepted yet after 2 attempts: attempt 2 at 2026-11-27 10:02:02 UTC failed: "421 4.7.0 Try later"; ' +
-        "another attempt will follow, but none after the code expires at 2026-11-27 10:12:00 UTC.",
+        "another attempt will follow, but none with less than a minute of the code left (it expires at 2026-11-27 10:12:00 UTC).",
     );
   });
 

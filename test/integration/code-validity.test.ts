@@ -1,0 +1,83 @@
+/**
+ * What a code's email promises against what the code really has, when the
+ * email goes out only on a retry: the real app, real Redis and a real SMTP
+ * server, with the service's clock moved on while the relay defers the
+ * first attempt (no sleeps: the clock jumps when the relay is reached).
+ */
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { status as GrpcStatus } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
+import { codeFromMail, startTestService, type TestService } from "../support/service.js";
+import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+const { sendOtp, getDeliveryStatus, verifyOtp } = OtpEmailService.method;
+const minute = 60_000;
+
+let running: { svc: TestService; sink: SmtpSink } | undefined;
+afterEach(async () => {
+  await running?.svc.stop();
+  await running?.sink.close();
+  running = undefined;
+});
+
+/**
+ * The service against a relay that defers the first message (451 at RCPT
+ * TO) and accepts the rest; the service's clock moves `jumpMs` on when
+ * that first message reaches the relay, as if the retry came that much later.
+ */
+async function deferredRelay(jumpMs: number): Promise<{ svc: TestService; sink: SmtpSink }> {
+  let offset = 0;
+  let deferred = false;
+  const sink = await startSmtpSink({
+    route: () => {
+      if (deferred) return undefined;
+      deferred = true;
+      offset += jumpMs;
+      return behave.reply("RCPT TO", 451, "4.3.0", "Temporary failure, try again later");
+    },
+  });
+  // A wait budget a loaded machine cannot outlast: SendOtp answers with the verdict of both attempts.
+  const svc = await startTestService({ sink, clock: { now: () => Date.now() + offset }, env: { SEND_WAIT_BUDGET: "10s" } });
+  running = { svc, sink };
+  return running;
+}
+
+describe("a code whose email goes out on a retry", () => {
+  it("states the whole minutes the code has left when the retry starts, not the ttl it was sent with", async () => {
+    const { svc, sink } = await deferredRelay(2 * minute + 30_000);
+    const to = "retried.later@example.com";
+
+    const sent = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, ttl: durationFromMs(10 * minute) });
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+
+    const [mail] = await sink.waitForMessages(1);
+    // 10 minutes less the 2.5 the retry came later: 7 and some seconds, rounded down.
+    expect(mail?.parsed.text).toContain("The code is valid for 7 min.");
+    expect(mail?.parsed.html).toContain("valid for 7 min.");
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: sent.messageId });
+    expect(status.attempts.map((attempt) => attempt.replyCode)).toEqual([451, 250]);
+    // The code itself is the one sent, with its expiry unchanged.
+    expect(status.expiresAt).toEqual(sent.expiresAt);
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: codeFromMail(mail?.parsed.subject) });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
+  it("is not retried with less than a minute left, which its email could not state: the send fails instead", async () => {
+    const { svc, sink } = await deferredRelay(minute + 30_000);
+    const to = "too.late@example.com";
+
+    const error = await grpcError(
+      grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, ttl: durationFromMs(2 * minute) }),
+    );
+    expect(error.code).toBe(GrpcStatus.UNAVAILABLE);
+    const messageId = errorDetails(error).errorInfo?.metadata["message_id"] ?? "";
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId });
+    expect(status.state).toBe(DeliveryState.FAILED);
+    expect(status.attempts).toHaveLength(1);
+    expect(status.failureReason).toMatch(/less than 60 s of validity left for a retry/);
+    expect(sink.messages).toHaveLength(0);
+    expect(sink.transactions()).toBe(1);
+  });
+});
