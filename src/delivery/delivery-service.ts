@@ -230,9 +230,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     }
   }
 
-  async function attempt(mail: OutgoingMail): Promise<AttemptResult> {
+  /** One SMTP attempt, given up when the code expires: an expired code is never handed to the relay. */
+  async function attempt(mail: OutgoingMail, expiresAt: number): Promise<AttemptResult> {
     try {
-      return { ok: true, acceptance: await transport.send(mail) };
+      return { ok: true, acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now() }) };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };
       // The transport promises SmtpSendError only; anything else is a bug
@@ -305,7 +306,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       }
       const startedAt = clock.now();
       job.observation.attemptStarted(number);
-      const result = await attempt(mail);
+      const result = await attempt(mail, expiresAt);
       const durationMs = clock.now() - startedAt;
       reportHealth(result);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);

@@ -7,9 +7,10 @@ import { classifyStatus, decisiveReport, reportStatus } from "./reports.js";
 
 /**
  * How long after its code expired a record may still honestly be SENDING:
- * an attempt may start just before expiry and then take up to the
- * transport's send timeout. After that, an unfinished record was abandoned
- * (its process died) and reads as FAILED.
+ * an attempt still running when its code expires is given up then, and its
+ * FAILED record takes a moment to be written (longer while Redis is
+ * failing over). After that, an unfinished record was abandoned (its
+ * process died) and reads as FAILED.
  */
 export const abandonAfterExpiryMs = 2 * 60_000;
 

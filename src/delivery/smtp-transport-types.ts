@@ -82,11 +82,23 @@ export class SmtpSendError extends Error {
   }
 }
 
+export interface SendOptions {
+  /**
+   * Gives the send up when it has not finished within this many ms (when the
+   * code it carries expires): it rejects with a transient SmtpSendError whose
+   * errorCode is `EEXPIRED`, whether it still waited for a pooled connection
+   * (nothing went out) or for the relay's reply (the connection is closed
+   * before the relay said it took the message). Only a bound shorter than the
+   * transport's own send timeout changes anything.
+   */
+  readonly withinMs?: number | undefined;
+}
+
 export interface SmtpTransport {
   /** `host:port` of the relay, for records and explanations. */
   readonly relay: string;
   /** Sends one message. Rejects only with SmtpSendError. */
-  send(mail: OutgoingMail): Promise<SmtpAcceptance>;
+  send(mail: OutgoingMail, options?: SendOptions): Promise<SmtpAcceptance>;
   /**
    * Sends given to `send` that have not finished: on a pooled connection or
    * waiting for one (at most the pool's size are on a connection).

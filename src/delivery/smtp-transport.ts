@@ -18,6 +18,7 @@ import { parseSmtpUrl } from "./smtp-url.js";
 import {
   SmtpSendError,
   type OutgoingMail,
+  type SendOptions,
   type SmtpAcceptance,
   type SmtpFailureKind,
   type SmtpTransport,
@@ -177,10 +178,13 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     return found;
   }
 
-  async function sendOnce(mail: OutgoingMail): Promise<SmtpAcceptance> {
+  async function sendOnce(mail: OutgoingMail, withinMs: number | undefined): Promise<SmtpAcceptance> {
     const startedAt = Date.now();
+    // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
+    // near the end of a code's life); every other send shares the timeout's signal.
+    const expiry = withinMs !== undefined && withinMs < sendTimeoutMs ? expiryAfter(withinMs) : undefined;
     try {
-      const signal = deadline();
+      const signal = expiry === undefined ? deadline() : AbortSignal.any([deadline(), expiry.signal]);
       let pooled = pool === undefined ? undefined : pooledMessage(mail, random);
       if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
       const info: PoolSendInfo =
@@ -200,7 +204,16 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
       return acceptance;
     } catch (error) {
-      const failure = toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact);
+      const failure =
+        expiry?.signal.aborted === true && (error as { code?: unknown } | undefined)?.code === "EABORT"
+          ? new SmtpSendError(
+              "transient",
+              "the code expired before the relay took the message; the attempt was given up",
+              0,
+              "",
+              "EEXPIRED",
+            )
+          : toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact);
       logger.debug(
         {
           kind: failure.kind,
@@ -213,19 +226,21 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
         "relay did not accept message",
       );
       throw failure;
+    } finally {
+      expiry?.clear();
     }
   }
 
   return {
     relay: endpoint.relay,
 
-    send(mail: OutgoingMail): Promise<SmtpAcceptance> {
+    send(mail: OutgoingMail, sendOptions: SendOptions = {}): Promise<SmtpAcceptance> {
       if (closed !== undefined) {
         return Promise.reject(
           new SmtpSendError("transient", "the SMTP transport is closed (the service is stopping)", 0, "", "ECONNECTION"),
         );
       }
-      const sending = sendOnce(mail);
+      const sending = sendOnce(mail, sendOptions.withinMs);
       const tracked = sending.then(
         () => undefined,
         () => undefined,
@@ -308,6 +323,14 @@ function createDeadlines(timeoutMs: number): () => AbortSignal {
     }
     return signal;
   };
+}
+
+/** A signal that aborts after `ms` (at once when not positive); `clear` stops its timer. */
+function expiryAfter(ms: number): { readonly signal: AbortSignal; clear(): void } {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new DOMException(`the code expired within ${ms} ms`, "TimeoutError")), Math.max(0, ms));
+  timer.unref();
+  return { signal: controller.signal, clear: () => clearTimeout(timer) };
 }
 
 function positiveInt(name: string, value: number): number {

@@ -283,6 +283,22 @@ describe("delivery service against a real SMTP server", () => {
     expect(sink.transactions()).toBe(0);
   });
 
+  it("gives up an attempt still waiting for the relay when its code expires: no expired code is handed over", async () => {
+    // A relay that takes the message and never answers, with timeouts far longer than the code's life,
+    // and a wait budget that outlasts it: without the expiry the attempt would hold on for a minute.
+    const { sink, service } = await harness({ transport: { socketTimeoutMs: 30_000 }, service: { waitBudgetMs: 20_000 } });
+    sink.respondWith(behave.stall());
+    const record = queuedRecord(1500);
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("FAILED");
+    expect(result.attempts.map((attempt) => [attempt.outcome, attempt.errorCode])).toEqual([["transient", "EEXPIRED"]]);
+    expect(result.attempts[0]?.replyText).toBe("the code expired before the relay took the message; the attempt was given up");
+    expect(result.failureReason).toMatch(/^the code expired before it could be sent/);
+    expect(sink.messages).toHaveLength(0);
+  });
+
   it("answers after the wait budget when the relay stalls; the attempt lands in the store later", async () => {
     const { sink, service, store } = await harness({ service: { waitBudgetMs: 50 } });
     sink.respondWith(behave.stall(), behave.accept());
