@@ -2,6 +2,8 @@
  * The service's entry point: config -> app -> signals (SIGTERM and SIGINT
  * stop it, SIGHUP re-reads the certificate files). Wiring only.
  */
+// First: holds a SIGHUP that comes while the other modules load (its default would end the process).
+import { releaseEarlyHangup } from "./early-hangup.js";
 import { startApp, type App } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
@@ -100,6 +102,10 @@ async function main(): Promise<void> {
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void app.reloadCertificates();
   });
+  if (releaseEarlyHangup()) {
+    logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the TLS certificate files again once started");
+    reloadAfterStart = true;
+  }
 
   const started = await startApp({ config, logger, startupSignal: starting.signal });
   if (signalled) {

@@ -22,6 +22,8 @@
  * Configured by the standard OTEL_* variables (see loadTracingConfig). A bad
  * value stops the process with exit code 78, like any configuration error.
  */
+// First: from here on a SIGHUP (a certificate renewal's) waits for main.ts instead of ending the process.
+import "../early-hangup.js";
 import { createRequire, register } from "node:module";
 import { ConfigError, loadTracingConfig, type TracingConfig } from "../config.js";
 

@@ -3,7 +3,7 @@
  * zero-config development mode, SIGHUP re-reading the TLS certificate
  * files, and a graceful SIGTERM during a slow send.
  */
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash, generateKeyPairSync } from "node:crypto";
 import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
@@ -26,6 +26,7 @@ import { killServiceProcesses, startServiceProcess } from "../support/service-pr
 import { fingerprintOf, presentedAfterStarttls, presentedByTls } from "../support/tls-peer.js";
 
 const { sendOtp, verifyOtp } = OtpEmailService.method;
+const slowAppModule = fileURLToPath(new URL("../support/slow-app-module.mjs", import.meta.url));
 
 afterEach(killServiceProcesses);
 
@@ -439,6 +440,90 @@ describe("SIGTERM", () => {
       }
     } finally {
       await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+});
+
+describe("a second signal during shutdown", () => {
+  it("a moment after the first: exits at once with status 1, saying so, the send in flight left SENDING", async () => {
+    const sink = await startSmtpSink();
+    const prefix = randomPrefix();
+    const port = await freePort();
+    try {
+      sink.respondWith(behave.stall());
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        METRICS_ADDR: "off",
+        REDIS_URL: redisUrlForTests(),
+        REDIS_PREFIX: prefix,
+        SMTP_URL: sink.url,
+        OTP_SECRET: "process-test-secret-0123456789abcdef",
+        SEND_WAIT_BUDGET: "200ms",
+        SHUTDOWN_GRACE: "20s",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const sent = await grpcUnary(client, sendOtp, { recipient: "impatient@example.com", purpose: Purpose.LOGIN });
+      client.close();
+      expect(sent.state).toBe(DeliveryState.SENDING);
+
+      service.child.kill("SIGINT");
+      await service.waitForLine((line) => /shutting down/.test(String(line["msg"])));
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      service.child.kill("SIGINT");
+      expect(await service.exited).toBe(1);
+      expect(service.lines.some((line) => line["msg"] === "second signal: exiting now")).toBe(true);
+      const store = createRedisStore({ url: redisUrlForTests(), prefix, logger: createLogger({ level: "silent" }) });
+      try {
+        expect((await store.getRecord(sent.messageId))?.state).toBe("SENDING");
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await sink.close();
+    }
+  });
+});
+
+describe("SIGHUP while the service's modules are still loading", () => {
+  it("does not end the process (SIGHUP's default): start-up goes on and reads the certificate files once started", async () => {
+    const port = await freePort();
+    // As `npm start` and the image run it: the tracing bootstrap first; then a hook that holds app.js's loading.
+    const child = spawn(process.execPath, ["--import", "./dist/src/telemetry/bootstrap.js", "--import", slowAppModule, "dist/src/main.js"], {
+      cwd: fileURLToPath(new URL("../..", import.meta.url)),
+      env: { PATH: process.env["PATH"] ?? "", NODE_ENV: "test", GRPC_ADDR: `127.0.0.1:${port}`, METRICS_ADDR: "off", BOUNCE_SMTP_ADDR: "off" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const lines: Record<string, unknown>[] = [];
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString("utf8");
+      const complete = stdout.split("\n");
+      stdout = complete.pop() ?? "";
+      for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line) as Record<string, unknown>);
+    });
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on("exit", (code, signal) => resolve({ code, signal })),
+    );
+    try {
+      await vi.waitFor(() => expect(stderr).toContain("loading app.js"), { timeout: 10_000, interval: 10 });
+      child.kill("SIGHUP");
+      await vi.waitFor(
+        () => {
+          expect(child.signalCode).toBeNull();
+          expect(lines.some((line) => line["msg"] === "otp-email listening")).toBe(true);
+        },
+        { timeout: 15_000, interval: 50 },
+      );
+      expect(lines.some((line) => /SIGHUP during start-up/.test(String(line["msg"])))).toBe(true);
+      await vi.waitFor(() => expect(lines.some((line) => line["msg"] === "SIGHUP: reading the TLS certificate files again")).toBe(true));
+      child.kill("SIGTERM");
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     }
   });
 });
