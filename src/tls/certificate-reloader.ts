@@ -23,7 +23,7 @@
  * Parts given as PEM text are never re-read; a listener with no part given
  * as a file is not watched at all.
  */
-import { createHash, type X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
@@ -117,8 +117,9 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     });
     return queue;
   };
-  const checkAll = async (): Promise<void> => {
-    for (const state of states) await state.check(false);
+  /** `requested`: an operator asked (SIGHUP), so every listener answers, even "unchanged". */
+  const checkAll = async (requested: boolean): Promise<void> => {
+    for (const state of states) await state.check(false, requested);
   };
 
   const poll =
@@ -130,13 +131,13 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
           tickQueued = true;
           void enqueue(async () => {
             tickQueued = false;
-            await checkAll();
+            await checkAll(false);
           });
         }, intervalMs);
   poll?.unref();
 
   return {
-    reload: () => enqueue(checkAll),
+    reload: () => enqueue(() => checkAll(true)),
     stop() {
       stopped = true;
       if (poll !== undefined) clearInterval(poll);
@@ -152,6 +153,8 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     const served = new Map<WatchedPart, string>(all.map((part) => [part, part.pem]));
     let servedDigest = digestOf(new Map(files.map((part): [WatchedPart, PartRead] => [part, { text: part.pem }])));
     let refusedDigest: string | undefined;
+    /** Why the files at `refusedDigest` were refused, to answer a reload request while they stay. */
+    let refusal: { changed: string[]; variable: string; reason: string } | undefined;
     /** Files that failed their checks once and get `settleMs` before they are refused. */
     let settling: { digest: string; timer: NodeJS.Timeout } | undefined;
 
@@ -170,8 +173,11 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       settling = { digest, timer };
     };
 
-    /** Reads the files; `confirming`: the re-read `settleMs` after they failed their checks. */
-    async function check(confirming: boolean): Promise<void> {
+    /**
+     * Reads the files; `confirming`: the re-read `settleMs` after they failed their checks; `requested`: a
+     * reload request (SIGHUP), answered in the log whatever the outcome, "unchanged" and "still refused" too.
+     */
+    async function check(confirming: boolean, requested = false): Promise<void> {
       const reads = await Promise.all(
         files.map(async (part): Promise<PartRead> => {
           try {
@@ -189,10 +195,27 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
           refusedDigest = undefined;
           metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
           logger.info({ certificate: role }, "the certificate files hold the certificate in use again");
+        } else if (requested) {
+          const leaf = servedLeaf();
+          const names = files.map((part) => part.variable).join(", ");
+          logger.info(
+            { certificate: role, files: files.map((part) => part.variable), subject: leaf && subjectOf(leaf), not_after: leaf?.validToDate.toISOString() },
+            `${names} unchanged: new connections still get the certificate in use` +
+              (leaf === undefined ? "" : ` (${subjectOf(leaf)}, valid until ${leaf.validToDate.toISOString()})`),
+          );
         }
         return;
       }
-      if (digest === refusedDigest) return;
+      if (digest === refusedDigest) {
+        if (requested && refusal !== undefined) {
+          logger.warn(
+            { certificate: role, changed: refusal.changed, variable: refusal.variable, reason: refusal.reason },
+            `${refusal.changed.join(", ")} still not applied: ${refusal.variable}: ${refusal.reason}. ` +
+              "New connections still get the certificate in use; fix the files",
+          );
+        }
+        return;
+      }
 
       const changed = files.filter((part) => {
         const read = reading.get(part);
@@ -214,7 +237,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
 
       if (!confirming || settling?.digest !== digest) {
         // Perhaps a certificate written before its key: look again before calling it broken.
-        logger.debug(
+        logger[requested ? "info" : "debug"](
           { certificate: role, variable: failure.variable, settle_ms: settleMs },
           "certificate files changed but do not pass their checks (yet?): reading them again before refusing",
         );
@@ -223,6 +246,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       }
       stopSettling();
       refusedDigest = digest;
+      refusal = { changed: changed.map((part) => part.variable), variable: failure.variable, reason: failure.reason };
       metrics.tlsCertificateReloads.inc({ certificate: role, result: "refused" });
       metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 0);
       const names = changed.map((part) => part.variable);
@@ -251,6 +275,15 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
         return { variable: watched.cert.variable, reason: `the listener could not take it (${(error as Error).message})` };
       }
       return { leaf: checked.leaf };
+    }
+
+    /** The leaf certificate served now (undefined only if it no longer parses, which its checks rule out). */
+    function servedLeaf(): X509Certificate | undefined {
+      try {
+        return new X509Certificate(served.get(watched.cert) ?? watched.cert.pem);
+      } catch {
+        return undefined;
+      }
     }
 
     function applied(changed: readonly WatchedPart[], leaf: X509Certificate): void {

@@ -287,6 +287,38 @@ describe("refused replacements: the certificate in use stays", () => {
   });
 });
 
+describe("a reload request (SIGHUP) is answered in the log, whatever comes of it", () => {
+  it("unchanged files: says so, with the certificate still served; refused files read again: says they are still refused and why, counted once", async () => {
+    const folder = await certificateFolder({ "cert.pem": serverA.cert, "key.pem": serverA.key });
+    const service = await startObservedService({
+      env: { TLS_CERT: folder.path("cert.pem"), TLS_KEY: folder.path("key.pem"), TLS_RELOAD_INTERVAL: "off" },
+      certificateSettleMs: 200,
+    });
+    try {
+      const about = (pattern: RegExp) => service.logs().filter((line) => line["certificate"] === "grpc" && pattern.test(String(line["msg"])));
+      await service.app.reloadCertificates();
+      const unchanged = about(/unchanged/);
+      expect(unchanged).toEqual([
+        expect.objectContaining({ level: "info", files: ["TLS_CERT", "TLS_KEY"], subject: expect.stringContaining("CN=127.0.0.1") as string }),
+      ]);
+      expect(String(unchanged[0]?.["msg"])).toMatch(/^TLS_CERT, TLS_KEY unchanged: new connections still get the certificate in use \(.*CN=127\.0\.0\.1.*, valid until \d{4}-/);
+
+      await folder.replace("key.pem", serverB.key);
+      await service.app.reloadCertificates();
+      await until("the refusal", () => about(/not applied/).length > 0);
+      await service.app.reloadCertificates();
+      const still = about(/still not applied/);
+      expect(still).toEqual([expect.objectContaining({ level: "warn", variable: "TLS_KEY", reason: expect.stringMatching(/^does not match TLS_CERT/) as string })]);
+      expect(String(still[0]?.["msg"])).toMatch(/^TLS_KEY still not applied: TLS_KEY: does not match TLS_CERT/);
+      expect(await reloads(service, "grpc", "refused")).toBe(1);
+      expect(service.logLines.join("\n")).not.toContain(keyLines(serverB)[0]);
+    } finally {
+      await service.stop();
+      await folder.remove();
+    }
+  });
+});
+
 describe("a certificate written before its key", () => {
   let folder: Awaited<ReturnType<typeof certificateFolder>>;
   let service: ObservedService;
