@@ -17,7 +17,7 @@
 import type { Config } from "../config.js";
 import { suppressionReason, type SuppressionEntry } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
-import { finishCommand, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
+import { finishCommand, neverSent, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
 import { openOperatorSession, operatorExit } from "./operator-session.js";
 import type { KeyedSuppression } from "./suppression.js";
 
@@ -209,11 +209,11 @@ async function main(argv: readonly string[]): Promise<number> {
     let outcome = "";
     if (invocation.action === "remove") {
       // Never written to Redis (no connection, nothing queued): nothing changed. Sent without a reply: it may have run.
-      const neverSent = error.cause instanceof Error && /isn't writeable/i.test(error.cause.message);
+      const notSent = neverSent(error);
       const fields = { action: "remove", recipient, operator: operatorAccount(), reason };
-      if (neverSent) audit.warn(fields, "suppression not lifted: Redis did not answer");
+      if (notSent) audit.warn(fields, "suppression not lifted: Redis did not answer");
       else audit.warn(fields, "suppression lift failed: Redis did not answer, outcome unknown");
-      outcome = neverSent ? "; nothing was lifted" : "; whether the suppression was lifted is unknown: run show once Redis answers";
+      outcome = notSent ? "; nothing was lifted" : "; whether the suppression was lifted is unknown: run show once Redis answers";
     }
     process.stderr.write(`${prefix}: Redis at ${redisHosts(redis.url)} did not answer: ${reason}${outcome}\n`);
     return exit.unavailable;

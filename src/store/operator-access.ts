@@ -92,10 +92,23 @@ export function unavailableReason(error: OtpError, storeLines: readonly Record<s
   }
   const cause = error.cause instanceof Error ? error.cause.message : "";
   if (timedOut.test(cause)) reasons.add(`no reply within REDIS_COMMAND_TIMEOUT (${commandTimeoutMs} ms)`);
+  else if (/Cluster isn't ready/i.test(cause)) {
+    // A cluster client that reached no node: ioredis keeps the nodes' own errors (ECONNREFUSED...) to itself.
+    if (reasons.size === 0) reasons.add("no node of the Redis Cluster could be reached (REDIS_URL's seed nodes)");
+  }
   else if (notConnected.test(cause)) {
     if (reasons.size === 0) reasons.add(`not connected within REDIS_COMMAND_TIMEOUT (${commandTimeoutMs} ms)`);
   } else if (cause !== "") reasons.add(cause);
   return reasons.size === 0 ? "storage unavailable" : [...reasons].join("; ");
+}
+
+/**
+ * Whether a command that failed as unavailable never left this process: ioredis
+ * queues nothing while it is not connected (standalone or cluster), so such a
+ * command cannot have run; one that was sent and got no reply may have.
+ */
+export function neverSent(error: OtpError): boolean {
+  return error.cause instanceof Error && /isn't writeable|Cluster isn't ready/i.test(error.cause.message);
 }
 
 /**

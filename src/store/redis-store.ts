@@ -816,7 +816,7 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly 
   function markDown(message: string, error?: unknown): void {
     if (down || closing) return;
     down = true;
-    logger.warn({ err: describe(error) }, message);
+    logger.warn({ err: describe(error, lastNodeError) }, message);
   }
 
   function markUp(message: string): void {
@@ -832,6 +832,13 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly 
     redis instanceof Cluster && tls.enabled && !tls.privateCa
       ? "redis is unreachable; retrying (over TLS: if a private CA signs the nodes' certificates, set REDIS_TLS_CA to its PEM file)"
       : "redis is unreachable; retrying";
+  // A cluster node's own connection error (ECONNREFUSED...), which the cluster's "error" does not carry.
+  let lastNodeError: Error | undefined;
+  if (redis instanceof Cluster) {
+    redis.on("node error", (error: unknown) => {
+      if (error instanceof Error) lastNodeError = error;
+    });
+  }
   redis.on("error", (error: unknown) => markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error));
   redis.on("ready", () => {
     if (closing) return;
@@ -1030,10 +1037,14 @@ function toUnavailable(error: unknown): OtpError {
   return storageUnavailable(describe(error));
 }
 
-function describe(error: unknown): Error | undefined {
+function describe(error: unknown, nodeError?: Error): Error | undefined {
   if (error === undefined) return undefined;
   if (!(error instanceof Error)) return new Error(typeof error === "string" ? error : "non-Error failure");
-  const clean = new Error(error.message);
+  // A cluster that reached no node says only "Failed to refresh slots cache." (its last node's error, most often
+  // "Connection is closed."): the node's own error (ECONNREFUSED...) says why.
+  const clusterFailure = "lastNodeError" in error;
+  const cause = clusterFailure ? (nodeError ?? (error as { lastNodeError?: unknown }).lastNodeError) : undefined;
+  const clean = new Error(cause instanceof Error ? `${error.message.replace(/\.$/, "")}: ${cause.message}` : error.message);
   clean.name = error.name;
   const code = (error as { code?: unknown }).code;
   if (typeof code === "string") Object.assign(clean, { code });

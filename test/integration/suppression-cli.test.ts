@@ -378,6 +378,34 @@ describe("when Redis does not answer", () => {
     }
   });
 
+  it("REDIS_CLUSTER=true and no node listening, or a Redis that is no cluster: exit 69 saying so, and remove says nothing was lifted", async () => {
+    const port = await freePort();
+    const env = { NODE_ENV: "test", REDIS_CLUSTER: "true", REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_COMMAND_TIMEOUT: "500ms", OTP_SECRET: secret };
+    const shown = await suppression(["show", "ana@example.com"], env);
+    expect(shown.code).toBe(69);
+    expect(shown.stderr).toMatch(
+      new RegExp(`^otp-email suppression: Redis at 127\\.0\\.0\\.1:${port} did not answer: no node of the Redis Cluster could be reached`, "m"),
+    );
+    // ioredis' own wording for "no connection, nothing queued" is no operator's reason.
+    expect(shown.stderr).not.toMatch(/enableOfflineQueue/);
+    const removed = await suppression(["remove", "ana@example.com"], env);
+    expect(removed.code).toBe(69);
+    // Never sent (the cluster never connected): certain, not "unknown".
+    expect(removed.stderr).toMatch(/; nothing was lifted$/m);
+    expect(removed.stderr).not.toMatch(/unknown/);
+    expect(auditLine(removed)).toMatchObject({ msg: "suppression not lifted: Redis did not answer" });
+
+    // A standalone Redis named as a cluster: its own refusal, not "Failed to refresh slots cache." alone.
+    const standalone = await startRedisServer();
+    try {
+      const wrong = await suppression(["remove", "ana@example.com"], { ...env, REDIS_URL: standalone.url });
+      expect(wrong.code).toBe(69);
+      expect(wrong.stderr).toMatch(/did not answer: Failed to refresh slots cache: ERR This instance has cluster support disabled; nothing was lifted$/m);
+    } finally {
+      await standalone.stop();
+    }
+  });
+
   it("a Redis that holds the connection and never answers: exit 69 within the command timeout's bounds, nothing lifted", async () => {
     const frozen = await startRedisServer();
     frozen.signal("SIGSTOP");
