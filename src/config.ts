@@ -687,9 +687,20 @@ function readSecretRotation(
     throw new ConfigError("OTP_SECRET_ROTATED_AT: required when OTP_SECRET_PREVIOUS is set: when OTP_SECRET changed, such as 2026-11-27T10:00:00Z");
   }
   // A date alone would be read as UTC midnight: ask for the time the rotation really happened.
-  const rotatedAt = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i.test(rotatedAtText)
-    ? Date.parse(rotatedAtText)
-    : Number.NaN;
+  // Date.parse rolls a day or hour that does not exist over (2026-02-30 is March 2nd, 24:00 the next day):
+  // the wall-clock fields as written must be a real time.
+  const fields = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(:(\d{2})(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i.exec(rotatedAtText);
+  const written = fields === null ? undefined : new Date(Date.UTC(+(fields[1] ?? 0), +(fields[2] ?? 0) - 1, +(fields[3] ?? 0), +(fields[4] ?? 0), +(fields[5] ?? 0), +(fields[7] ?? 0)));
+  const real =
+    fields !== null &&
+    written !== undefined &&
+    written.getUTCFullYear() === +(fields[1] ?? 0) &&
+    written.getUTCMonth() === +(fields[2] ?? 0) - 1 &&
+    written.getUTCDate() === +(fields[3] ?? 0) &&
+    written.getUTCHours() === +(fields[4] ?? 0) &&
+    written.getUTCMinutes() === +(fields[5] ?? 0) &&
+    written.getUTCSeconds() === +(fields[7] ?? 0);
+  const rotatedAt = real ? Date.parse(rotatedAtText) : Number.NaN;
   if (Number.isNaN(rotatedAt)) {
     throw new ConfigError(`OTP_SECRET_ROTATED_AT=${rotatedAtText}: must be an ISO-8601 time with a zone, such as 2026-11-27T10:00:00Z`);
   }

@@ -31,6 +31,9 @@ describe("OTP_SECRET_PREVIOUS and OTP_SECRET_ROTATED_AT", () => {
     [{ OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: "yesterday" }, /^OTP_SECRET_ROTATED_AT=yesterday: must be an ISO-8601 time/],
     [{ OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: "2026-11-27" }, /^OTP_SECRET_ROTATED_AT=2026-11-27: must be an ISO-8601 time/],
     [{ OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: "2026-11-27T13:00:00Z" }, /^OTP_SECRET_ROTATED_AT=2026-11-27T13:00:00Z: is in the future/],
+    // No such day or hour: Date.parse would roll them over (March 2nd, the next midnight) and shift every window.
+    [{ OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: "2026-02-30T10:00:00Z" }, /^OTP_SECRET_ROTATED_AT=2026-02-30T10:00:00Z: must be an ISO-8601 time/],
+    [{ OTP_SECRET_PREVIOUS: previous, OTP_SECRET_ROTATED_AT: "2026-11-26T24:00Z" }, /^OTP_SECRET_ROTATED_AT=2026-11-26T24:00Z: must be an ISO-8601 time/],
   ])("refuse %j naming the variable", (env, message) => {
     expect(() => loadConfig({ OTP_SECRET: current, ...env }, now)).toThrow(message);
   });
