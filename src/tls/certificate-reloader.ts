@@ -137,7 +137,19 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
   poll?.unref();
 
   return {
-    reload: () => enqueue(() => checkAll(true)),
+    reload() {
+      if (states.length === 0) {
+        // A SIGHUP that can change nothing says so, rather than "reading the files again" and then silence.
+        logger.info(
+          { variables: inline },
+          inline.length === 0
+            ? "no certificate file to read again: TLS_CERT and BOUNCE_TLS_CERT are not set"
+            : `no certificate file to read again: ${inline.join(", ")} ${inline.length > 1 ? "are" : "is"} PEM text; renewing ${inline.length > 1 ? "them" : "it"} takes a restart`,
+        );
+        return Promise.resolve();
+      }
+      return enqueue(() => checkAll(true));
+    },
     stop() {
       stopped = true;
       if (poll !== undefined) clearInterval(poll);

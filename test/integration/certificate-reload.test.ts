@@ -393,7 +393,7 @@ describe("bounce intake: BOUNCE_TLS_CERT and BOUNCE_TLS_KEY files", () => {
 });
 
 describe("certificates given as PEM text", () => {
-  it("are never re-read: the start-up log says so, there is no reload series, and a reload request changes nothing", async () => {
+  it("are never re-read: the start-up log says so, there is no reload series, and a reload request changes nothing and says so", async () => {
     const service = await startObservedService({
       env: {
         TLS_CERT: serverA.cert,
@@ -418,6 +418,10 @@ describe("certificates given as PEM text", () => {
       await service.app.reloadCertificates();
       await sleep(1500);
       expect(service.logs().slice(linesBefore).filter((line) => line["certificate"] !== undefined)).toEqual([]);
+      // The request is answered all the same: nothing to read, and why.
+      expect(service.logs().slice(linesBefore).map((line) => line["msg"])).toContain(
+        "no certificate file to read again: TLS_CERT, TLS_KEY, BOUNCE_TLS_CERT, BOUNCE_TLS_KEY are PEM text; renewing them takes a restart",
+      );
       expect((await presentedByTls(service.app.address.port)).fingerprint256).toBe(fingerprintOf(serverA.cert));
     } finally {
       await service.stop();
