@@ -250,7 +250,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       store,
       delivery,
       backlog,
-      renderer: configuredRenderer(config),
+      renderer: configuredRenderer(config, logger),
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),
@@ -402,12 +402,21 @@ export async function startApp(options: AppOptions): Promise<App> {
 /**
  * The mail templates: the built-in ones and TEMPLATES_DIR's, checked here.
  * A folder it cannot use, or a DEFAULT_LOCALE without a template for every
- * purpose, is a configuration error (exit 78) naming the variable.
+ * purpose, is a configuration error (exit 78) naming the variable; a locale
+ * with templates for some purposes only is logged as a warning.
  */
-function configuredRenderer(config: Config): Renderer {
+function configuredRenderer(config: Config, logger: Logger): Renderer {
   const { defaultLocale, fromName, templatesDir } = config.mail;
   try {
-    return createRenderer({ defaultLocale, productName: fromName, templatesDir });
+    const renderer = createRenderer({ defaultLocale, productName: fromName, templatesDir });
+    // Allowed (a locale may be translated a purpose at a time), but an operator who meant every purpose should hear it.
+    for (const [locale, missing] of renderer.incompleteLocales) {
+      logger.warn(
+        { locale, missing_purposes: missing, default_locale: defaultLocale },
+        `TEMPLATES_DIR: no ${missing.join(", ")} template for locale ${locale}: such mail in ${locale} goes out in ${defaultLocale}`,
+      );
+    }
+    return renderer;
   } catch (error) {
     if (!(error instanceof RendererSetupError)) throw error;
     const reason = error.message.replace(/^renderer: /, "");

@@ -57,6 +57,12 @@ export interface Renderer {
    * language alone (`ko-KR` -> `ko`), then the default locale.
    */
   render(request: RenderRequest): RenderedMessage;
+  /**
+   * The template locales (catalog keys: `fr`, `zh-hant`) that lack some
+   * purposes, each with those purposes: a request in such a locale for one of
+   * them gets the default locale's mail.
+   */
+  readonly incompleteLocales: ReadonlyMap<string, readonly Purpose[]>;
 }
 
 /** Which of the renderer's options a RendererSetupError is about. */
@@ -99,8 +105,14 @@ export function createRenderer(options: RendererOptions): Renderer {
     }
     defaults.set(purpose, message);
   }
+  const incompleteLocales = new Map<string, readonly Purpose[]>();
+  for (const key of new Set([...catalog.values()].flatMap((byLocale) => [...byLocale.keys()]))) {
+    const missing = purposes.filter((purpose) => lookup(compiled, purpose, keysOf(key)) === undefined);
+    if (missing.length > 0) incompleteLocales.set(key, missing);
+  }
 
   return {
+    incompleteLocales,
     render(request: RenderRequest): RenderedMessage {
       const message = lookup(compiled, request.purpose, keysOf(request.locale)) ?? defaults.get(request.purpose);
       if (message === undefined) throw new Error(`renderer: no template for purpose "${request.purpose}"`);

@@ -249,6 +249,8 @@ describe("an OTP email, rendered, built and sent over real SMTP", () => {
       );
       // Japanese exists for login only: signup falls back to the default.
       expect(renderer.render({ purpose: "signup", locale: "ja", code: "424242", ttlMs: tenMinutes }).locale).toBe("en");
+      // ...which the renderer tells (the service logs it at start-up).
+      expect(renderer.incompleteLocales).toEqual(new Map([["ja", ["signup", "password_reset"]]]));
     });
 
     it.each([

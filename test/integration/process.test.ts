@@ -148,6 +148,24 @@ describe("npm start with nothing configured", () => {
     expect(locale.stderr.join("")).toMatch(/configuration error: DEFAULT_LOCALE=fr: no login template/);
   });
 
+  it("starts with a TEMPLATES_DIR locale that has some purposes only, and says which go out in DEFAULT_LOCALE", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "otp-templates-"));
+    try {
+      await writeFile(join(dir, "login.ja.subject.txt"), "{{product}} ログインコード: {{code}}\n");
+      await writeFile(join(dir, "login.ja.txt"), "ログインコード: {{code}}\n");
+      await writeFile(join(dir, "login.ja.html"), "<p>{{code}}</p>\n");
+      const service = startServiceProcess({ NODE_ENV: "test", GRPC_ADDR: "127.0.0.1:0", METRICS_ADDR: "off", TEMPLATES_DIR: dir });
+      const warning = await service.waitForLine((line) => line["locale"] === "ja");
+      expect(warning).toMatchObject({ level: "warn", missing_purposes: ["signup", "password_reset"], default_locale: "en" });
+      expect(String(warning["msg"])).toBe("TEMPLATES_DIR: no signup, password_reset template for locale ja: such mail in ja goes out in en");
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses an Ed25519 DKIM key with exit 78 and one line naming the variable: the service signs rsa-sha256 only", async () => {
     const ed25519 = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString();
     const service = startServiceProcess({
