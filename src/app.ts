@@ -486,7 +486,11 @@ function logSecrets(config: Config, previous: PreviousSecret | undefined, clock:
     suppression_list_consulted_until: new Date(previous.suppressionUntil).toISOString(),
   };
   if (clock.now() >= untilMs) {
-    logger.warn(fields, `OTP_SECRET_PREVIOUS is no longer consulted (since ${until}): remove it and OTP_SECRET_ROTATED_AT`);
+    logger.warn(
+      fields,
+      `OTP_SECRET_PREVIOUS is no longer consulted (since ${until}): remove it and OTP_SECRET_ROTATED_AT; ` +
+        `if you have just rotated OTP_SECRET, OTP_SECRET_ROTATED_AT is an earlier rotation's: set it to when this one was deployed`,
+    );
   } else {
     logger.info(fields, `OTP secret rotation: the previous secret is still consulted; remove OTP_SECRET_PREVIOUS after ${until}`);
   }

@@ -121,6 +121,15 @@ describe("start-up", () => {
   });
 });
 
+describe("start-up, a rotation whose dates have passed", () => {
+  it("warns to remove OTP_SECRET_PREVIOUS, or, for a rotation just made, to set OTP_SECRET_ROTATED_AT to now", async () => {
+    const { b } = await pair({ rotatedAt: Date.parse("2020-01-01T00:00:00Z"), env: { SUPPRESSION_TTL: "30d", RECORD_RETENTION: "7d" } });
+    const line = b.logs.find((entry) => entry["otp_secret_previous_key_id"] !== undefined);
+    expect(line?.["level"]).toBe("warn");
+    expect(String(line?.["msg"])).toMatch(/no longer consulted .*remove it and OTP_SECRET_ROTATED_AT; if you have just rotated OTP_SECRET, .*set it to when this one was deployed/);
+  });
+});
+
 describe("the suppression list survives the rotation", () => {
   it("a hard bounce of A's message, processed by B, suppresses the recipient on B: refused, nothing mailed, no limit spent", async () => {
     // The rotation is a little ahead of this host's clock (another host's, within the skew allowed): A's message is from before it.
