@@ -150,7 +150,7 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
         }
         let lastExpiry = entry.expiresAt;
         for (const [id, code] of codes.entries) {
-          if (code.expiresAt < now) codes.entries.delete(id);
+          if (code.expiresAt <= now) codes.entries.delete(id);
           else lastExpiry = Math.max(lastExpiry, code.expiresAt);
         }
         codes.entries.set(entry.id, { hmac: entry.hmac, expiresAt: entry.expiresAt });
@@ -164,12 +164,12 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
         const setKey = codeSetKey(set);
         const codes = read(codeSets, setKey);
         if (codes === undefined || codes.entries.size === 0) return { state: "none" };
-        // A code is live while now <= expiresAt ("after which it no longer verifies").
+        // A code is live strictly before its expiresAt, the expiry SendOtp and GetDeliveryStatus report.
         const live: CodeEntry[] = [];
         let lastExpiry = 0;
         for (const [id, code] of codes.entries) {
           lastExpiry = Math.max(lastExpiry, code.expiresAt);
-          if (code.expiresAt >= now) live.push({ id, hmac: code.hmac, expiresAt: code.expiresAt });
+          if (code.expiresAt > now) live.push({ id, hmac: code.hmac, expiresAt: code.expiresAt });
         }
         if (live.length === 0) {
           if (now >= lastExpiry + keepExpiredMs) {

@@ -106,8 +106,9 @@ const maxReconnectDelayMs = 2000;
 //   Redis, where giving memory back is exactly what is wanted.
 // With a shebang a script may touch only keys it is given (KEYS), all in one
 // cluster slot: every script here does.
-// A code is live while now <= expiresAt ("after which it no longer
-// verifies"); the set is dropped once now >= last expiry + keepExpiredMs.
+// A code is live strictly before its expiresAt (the expiry SendOtp and
+// GetDeliveryStatus report); the set is dropped once now >= last expiry +
+// keepExpiredMs.
 // Entry values are "<hmac>:<expiresAt>"; the hmac is matched greedily up to
 // the last colon, so it may itself contain colons.
 
@@ -129,7 +130,7 @@ for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 2) == 'c:' then
     local expiry = tonumber(string.match(fields[i + 1], ':(%d+)$'))
-    if expiry < now then
+    if expiry <= now then
       redis.call('HDEL', key, name)
     elseif expiry > lastExpiry then
       lastExpiry = expiry
@@ -191,7 +192,7 @@ for i = 1, #fields, 2 do
     local expiry = tonumber(expiryText)
     anyCode = true
     if expiry > lastExpiry then lastExpiry = expiry end
-    if expiry >= now then
+    if expiry > now then
       live[#live + 1] = {string.sub(name, 3), hmac}
     end
   end

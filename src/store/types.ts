@@ -27,7 +27,7 @@ export interface CodeEntry {
   readonly id: string;
   /** Hex HMAC-SHA256 of the code under the server secret. */
   readonly hmac: string;
-  /** Epoch ms after which the code no longer verifies. */
+  /** Epoch ms from which the code no longer verifies: it is live strictly before. */
   readonly expiresAt: number;
 }
 

@@ -81,3 +81,29 @@ describe("a code whose email goes out on a retry", () => {
     expect(sink.transactions()).toBe(1);
   });
 });
+
+describe("a code's expiry", () => {
+  it("verifies strictly before the expires_at SendOtp and GetDeliveryStatus report: 1 ms before, yes; at it, EXPIRED", async () => {
+    const sink = await startSmtpSink();
+    let now = Date.UTC(2030, 0, 1);
+    const svc = await startTestService({ sink, clock: { now: () => now } });
+    running = { svc, sink };
+    const to = "on.the.edge@example.com";
+    const ttl = durationFromMs(10 * minute);
+
+    const first = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, ttl });
+    const status = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: first.messageId });
+    expect(status.expiresAt).toEqual(first.expiresAt);
+    const [firstMail] = await sink.waitForMessages(1);
+    now = Date.UTC(2030, 0, 1) + 10 * minute;
+    const atExpiry = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: codeFromMail(firstMail?.parsed.subject) });
+    expect(atExpiry.result).toBe(VerifyResult.EXPIRED);
+
+    const second = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, ttl });
+    const secondMail = (await sink.waitForMessages(2))[1];
+    now += 10 * minute - 1;
+    expect(Number(second.expiresAt?.seconds) * 1000 + (second.expiresAt?.nanos ?? 0) / 1e6 - now).toBe(1);
+    const justBefore = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.PASSWORD_RESET, code: codeFromMail(secondMail?.parsed.subject) });
+    expect(justBefore.result).toBe(VerifyResult.VERIFIED);
+  });
+});

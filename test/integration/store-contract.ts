@@ -99,12 +99,12 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         expect(await store.verifyGuess(set, a.hmac, at(t0))).toEqual({ state: "verified", id: "a" });
       });
 
-      it("keeps a code live until its expiresAt, then answers expired without counting", async () => {
+      it("keeps a code live strictly before its expiresAt; from that instant on answers expired without counting", async () => {
         const a = code("a", "111111", t0 + 1000);
         await store.addCode(set, a, at(t0));
 
-        expect(await store.verifyGuess(set, hmac("000000"), at(t0 + 1000))).toEqual({ state: "invalid", failures: 1 });
-        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1001))).toEqual({ state: "expired" });
+        expect(await store.verifyGuess(set, hmac("000000"), at(t0 + 999))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000))).toEqual({ state: "expired" });
         expect(await store.verifyGuess(set, hmac("000000"), at(t0 + 5000))).toEqual({ state: "expired" });
 
         // A new code prunes the expired one; the expired answers were not counted.
@@ -112,6 +112,26 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         await store.addCode(set, b, at(t0 + 5000));
         expect(await store.verifyGuess(set, a.hmac, at(t0 + 5000))).toEqual({ state: "invalid", failures: 2 });
         expect(await store.verifyGuess(set, b.hmac, at(t0 + 5000))).toEqual({ state: "verified", id: "b" });
+      });
+
+      it("verifies a code 1 ms before its expiresAt, and not at it", async () => {
+        const a = code("a", "111111", t0 + 1000);
+        await store.addCode(set, a, at(t0));
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000))).toEqual({ state: "expired" });
+
+        const b = code("b", "222222", t0 + 2000);
+        await store.addCode(set, b, at(t0 + 1000));
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 1999))).toEqual({ state: "verified", id: "b" });
+      });
+
+      it("a code at its expiresAt, beside a live one, does not verify: the guess counts as wrong", async () => {
+        const a = code("a", "111111", t0 + 1000);
+        const b = code("b", "222222", t0 + minute);
+        await store.addCode(set, a, at(t0));
+        await store.addCode(set, b, at(t0 + 1000));
+
+        expect(await store.verifyGuess(set, a.hmac, at(t0 + 1000))).toEqual({ state: "invalid", failures: 1 });
+        expect(await store.verifyGuess(set, b.hmac, at(t0 + 1000))).toEqual({ state: "verified", id: "b" });
       });
 
       it("verifies only the live codes when some have expired", async () => {
