@@ -7,7 +7,7 @@
  * attempts still running then continue in the background and land in the
  * store.
  */
-import type { Clock } from "../clock.js";
+import { monotonicOf, type Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
 import type { OtpStore } from "../store/types.js";
 import { noopDeliveryObserver, type DeliveryObserver, type SendObservation } from "./observer.js";
@@ -33,7 +33,10 @@ export interface DeliveryServiceOptions {
   /** Where records are written (only `putRecord` is used). */
   readonly store: Pick<OtpStore, "putRecord">;
   readonly transport: SmtpTransport;
-  /** Timestamps of records and attempts. Sleeps use real timers. */
+  /**
+   * Timestamps of records and attempts (`now`) and attempt durations
+   * (`monotonic`). Sleeps use real timers.
+   */
   readonly clock: Clock;
   readonly logger: Logger;
   /** Attempts per message, the first included (>= 1). */
@@ -144,6 +147,9 @@ type AttemptResult =
 
 export function createDeliveryService(options: DeliveryServiceOptions): DeliveryService {
   const { store, transport, clock } = options;
+  // Durations come from the monotonic clock: a wall-clock step (NTP) during an
+  // attempt must not record it as lasting a negative time, or hours.
+  const monotonic = monotonicOf(clock);
   const logger = options.logger.child({ component: "delivery" });
   const random = options.random ?? Math.random;
   const observer = options.observer ?? noopDeliveryObserver;
@@ -182,11 +188,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * Every write is the whole record, so a late one is as good as on time.
    */
   async function rewriteLast(job: Job): Promise<void> {
-    const deadline = Date.now() + (options.recordRewriteMs ?? 60_000);
+    // Monotonic: a wall-clock step must neither cut the rewrites short nor stretch them for hours.
+    const deadline = monotonic() + (options.recordRewriteMs ?? 60_000);
     let delay = rewriteFirstDelayMs;
     let tries = 0;
     while (job.unwritten !== undefined && !job.abandoned) {
-      if (Date.now() + delay > deadline) {
+      if (monotonic() + delay > deadline) {
         logger.error(
           { message_id: job.record.messageId, state: job.record.state, tries },
           "gave up writing delivery record: GetDeliveryStatus shows an earlier state",
@@ -305,9 +312,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         if (job.abandoned) return;
       }
       const startedAt = clock.now();
+      const startedMonotonic = monotonic();
       job.observation.attemptStarted(number);
       const result = await attempt(mail, expiresAt);
-      const durationMs = clock.now() - startedAt;
+      const durationMs = Math.round(monotonic() - startedMonotonic);
       reportHealth(result);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
       job.observation.attemptFinished(attemptRecord);

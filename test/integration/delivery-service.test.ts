@@ -159,6 +159,30 @@ describe("delivery service against a real SMTP server", () => {
     expect(result.relayReply?.relay).toBe(transport.relay);
   });
 
+  it.each([
+    ["back", -3_600_000],
+    ["forward", 3_600_000],
+  ])("an attempt's duration is measured on the monotonic clock: a wall clock set %s an hour mid-attempt changes nothing", async (_direction, stepMs) => {
+    let offset = 0;
+    const { service } = await harness({
+      // The wall clock is set while the relay looks at the recipient.
+      sink: { route: () => void (offset += stepMs) },
+      service: { clock: { now: () => Date.now() + offset } },
+    });
+    const record = queuedRecord(2 * 3_600_000);
+    const before = Date.now();
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("ACCEPTED");
+    const [attempt] = result.attempts;
+    // When it started is the wall clock's reading then; how long it took is not.
+    expect(attempt?.startedAt).toBeGreaterThanOrEqual(before);
+    expect(attempt?.startedAt).toBeLessThan(before + 60_000);
+    expect(attempt?.durationMs).toBeGreaterThanOrEqual(0);
+    expect(attempt?.durationMs).toBeLessThan(60_000);
+  });
+
   it("a record stored as SENDING is not written SENDING again before its first attempt; a retry still is", async () => {
     const { sink, service, store } = await harness();
     sink.respondWith(behave.reply("MAIL FROM", 421, "4.7.0", "Too many connections, try again later"));
