@@ -179,7 +179,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   async function sendOnce(mail: OutgoingMail, withinMs: number | undefined): Promise<SmtpAcceptance> {
-    const startedAt = Date.now();
+    const startedAt = performance.now();
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
     const expiry = withinMs !== undefined && withinMs < sendTimeoutMs ? expiryAfter(withinMs) : undefined;
@@ -198,7 +198,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined, mail.to, mail.redact);
       if (logger.isLevelEnabled("debug")) {
         logger.debug(
-          { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Date.now() - startedAt },
+          { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Math.round(performance.now() - startedAt) },
           "relay accepted message",
         );
       }
@@ -221,7 +221,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
           enhanced_status: failure.enhancedStatus,
           error_code: failure.errorCode,
           reply: failure.replyText,
-          duration_ms: Date.now() - startedAt,
+          duration_ms: Math.round(performance.now() - startedAt),
         },
         "relay did not accept message",
       );
@@ -308,7 +308,9 @@ function createDeadlines(timeoutMs: number): () => AbortSignal {
   let signal: AbortSignal | undefined;
   let windowEnd = 0;
   return () => {
-    const now = Date.now();
+    // Monotonic: were the wall clock set back (NTP), a window measured on it would last until the
+    // clock caught up, and every send in it would get a signal that has long fired.
+    const now = performance.now();
     if (signal === undefined || now >= windowEnd) {
       windowEnd = now + windowMs;
       const controller = new AbortController();

@@ -427,6 +427,24 @@ describe("smtp transport against a real SMTP server", () => {
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
+  it("a wall clock set back (NTP) does not leave later sends with a send timeout that has already fired", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall());
+    const transport = transportFor(sink.url, { socketTimeoutMs: 10_000, sendTimeoutMs: 300 });
+    vi.useFakeTimers({ toFake: ["Date"], now: Date.now() });
+    try {
+      // This send's timeout fires: the relay sits on it.
+      expect(await sendError(transport)).toMatchObject({ errorCode: "ETIMEDOUT" });
+      vi.setSystemTime(Date.now() - 3_600_000);
+
+      const acceptance = await transport.send(mail({ messageId: "<m-2@acme.test>" }));
+
+      expect(acceptance.replyCode).toBe(250);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("refuses to send once closed", async () => {
     const sink = await startSink();
     const transport = transportFor(sink.url);
