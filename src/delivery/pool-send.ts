@@ -116,16 +116,24 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
  * A finished message as nodemailer's connection reads it, without a stream.
  * The connection listens for 'error' on its message while the envelope is
  * sent, pipes the message into its dot-stuffing stream once the relay took
- * the envelope, and destroys it if the connection fails first; the pool
- * reads `readableDidRead` to tell a message none of which went out (another
- * connection may take it) from one that did. A Readable holding one Buffer
- * did all that through a real pipe: listeners on both sides, a tick to
- * start flowing, a 'data' event, all per message. Here the pipe is a single
- * `end(raw)` on the destination: the same bytes, then the same end.
+ * the envelope, and destroys it if the connection fails first. A Readable
+ * holding one Buffer did all that through a real pipe: listeners on both
+ * sides, a tick to start flowing, a 'data' event, all per message. Here the
+ * pipe is a single `end(raw)` on the destination: the same bytes, then the
+ * same end.
  */
 export class MessageSource {
-  /** True once the message was handed to the connection's stream. */
-  readableDidRead = false;
+  /**
+   * Read by the pool as "some of the message went out": always true. When a
+   * reused connection fails transiently before any of a message went out (a
+   * 421 at MAIL FROM or RCPT TO, a connection the relay had dropped), the
+   * pool would hand the message to another connection; with maxRequeues 0
+   * (one send is one attempt: the delivery service owns retries) it fails it
+   * instead, with a generic "connection closed" error in place of the
+   * relay's reply. Read as sent, it fails with the relay's own words, as on
+   * a new connection.
+   */
+  readonly readableDidRead = true;
   readonly #raw: Buffer;
 
   constructor(raw: Buffer) {
@@ -133,7 +141,6 @@ export class MessageSource {
   }
 
   pipe<T extends NodeJS.WritableStream>(destination: T): T {
-    this.readableDidRead = true;
     destination.end(this.#raw);
     return destination;
   }

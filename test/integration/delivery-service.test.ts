@@ -159,6 +159,25 @@ describe("delivery service against a real SMTP server", () => {
     expect(result.relayReply?.relay).toBe(transport.relay);
   });
 
+  it("a 421 on a reused pooled connection is recorded in the relay's words, then retried", async () => {
+    const { sink, service } = await harness({ transport: { maxConnections: 1 } });
+    const earlier = queuedRecord();
+    expect((await service.dispatch(earlier, mailFor(earlier))).state).toBe("ACCEPTED");
+    sink.respondWith(behave.reply("RCPT TO", 421, "4.7.0", `Try again later, closing connection <${recipient}>`));
+    const record = queuedRecord();
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("ACCEPTED");
+    expect(result.attempts[0]).toMatchObject({
+      outcome: "transient",
+      replyCode: 421,
+      enhancedStatus: "4.7.0",
+      replyText: "421 4.7.0 Try again later, closing connection <j***@example.com>",
+      errorCode: "",
+    });
+  });
+
   it.each([
     ["back", -3_600_000],
     ["forward", 3_600_000],

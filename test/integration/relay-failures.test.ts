@@ -223,3 +223,25 @@ it("a relay gone after start: the send that finds it gone has the relay checked 
   // Within the check's connection refusal, not the 15 s re-check interval.
   await vi.waitFor(async () => expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING), { timeout: 2000, interval: 20 });
 });
+
+it("a 421 on a reused pooled connection: the caller and GetDeliveryStatus get the relay's words, not a generic connection error", async () => {
+  const sink = await startSmtpSink();
+  const instance = await instanceFor(sink, sink.url, { SMTP_POOL_SIZE: "1", SMTP_MAX_ATTEMPTS: "1" });
+  await call(instance.client, sendOtp, { recipient: "first@example.com", purpose: Purpose.LOGIN });
+  // The next message goes over the connection the first one used; the relay turns it away at its recipient.
+  sink.respondWith(behave.reply("RCPT TO", 421, "4.7.0", "Try again later, closing connection <ana@example.com>"));
+
+  const error = await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }));
+
+  expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  expect(error.details).toContain('"421 4.7.0 Try again later, closing connection <a***@example.com>"');
+  const status = await call(instance.client, getDeliveryStatus, { messageId: detailsOf(error).errorInfo?.metadata["message_id"] ?? "" });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  expect(status.attempts[0]).toMatchObject({
+    replyCode: 421,
+    enhancedStatusCode: "4.7.0",
+    replyText: "421 4.7.0 Try again later, closing connection <a***@example.com>",
+    errorCode: "",
+  });
+});

@@ -151,6 +151,32 @@ describe("smtp transport against a real SMTP server", () => {
     expect(sink.messages).toHaveLength(1);
   });
 
+  it.each(["MAIL FROM", "RCPT TO"] as const)(
+    "a 421 at %s on a reused pooled connection keeps the relay's words (masked), not a generic connection error",
+    async (stage) => {
+      const sink = await startSink();
+      const transport = transportFor(sink.url, { maxConnections: 1 });
+      await transport.send(mail());
+      sink.respondWith(behave.reply(stage, 421, "4.7.0", `Try again later, closing connection (${recipient}, code 123456)`));
+
+      // The second message goes over the connection the first one used.
+      const failure = await sendError(transport, mail({ messageId: "<m-2@acme.test>", redact: ["123456"] }));
+
+      expect(failure).toMatchObject({
+        kind: "transient",
+        replyCode: 421,
+        enhancedStatus: "4.7.0",
+        replyText: "421 4.7.0 Try again later, closing connection (j***@example.com, code [redacted])",
+        errorCode: "",
+      });
+      expect(sink.transactions()).toBe(2);
+      expect(sink.messages).toHaveLength(1);
+      // The relay closed that connection; the next message takes a new one.
+      await transport.send(mail({ messageId: "<m-3@acme.test>" }));
+      expect(sink.messages).toHaveLength(2);
+    },
+  );
+
   it("a 550 at RCPT TO is permanent, keeps the relay's text and masks the echoed address", async () => {
     const sink = await startSink();
     sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", `<${recipient}>: Recipient address rejected: User unknown`));
