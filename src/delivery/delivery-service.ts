@@ -69,19 +69,35 @@ export interface DeliveryServiceOptions {
 
 /**
  * A mail whose text states how long its code stays valid, made again for
- * each retry: a retry starts seconds or minutes after the first attempt,
- * and a text made for the first would promise time the code no longer has.
+ * each retry, and for any attempt that waited for a pooled connection: a
+ * retry starts seconds or minutes after the first attempt, an attempt may
+ * wait minutes behind a slow relay, and a text made earlier would promise
+ * time the code no longer has.
  */
 export interface RetryMail {
   /**
-   * The least validity a retry may start with. With less, no retry starts
-   * (the message fails): its text could not state what is left (the OTP
-   * mail states whole minutes, so one minute).
+   * The least validity an attempt may start (or leave the queue) with. With
+   * less, it does not (the message fails): its text could not state what is
+   * left (the OTP mail states whole minutes, so one minute).
    */
   readonly minRemainingMs: number;
-  /** The mail for a retry that starts with `remainingMs` of the code's validity left. */
+  /**
+   * The mail for an attempt that starts, or leaves the queue, with
+   * `remainingMs` of the code's validity left: the mail made last (the same
+   * object) while what its text states is still true, so that nothing is
+   * rendered again for nothing.
+   */
   make(remainingMs: number): OutgoingMail;
 }
+
+/**
+ * How long after its mail was made an attempt leaves the transport's queue
+ * with that mail as it is, whatever it states: the fast path, where a
+ * connection is free at once, renders nothing again (and a text stating
+ * whole minutes is not made to say 9 instead of 10 by the milliseconds a
+ * send takes to reach a connection).
+ */
+const departureGraceMs = 1000;
 
 export interface DispatchOptions {
   /** When the caller must have its answer (wall clock, `Date.now()` ms): its deadline. */
@@ -237,10 +253,37 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     }
   }
 
-  /** One SMTP attempt, given up when the code expires: an expired code is never handed to the relay. */
-  async function attempt(mail: OutgoingMail, expiresAt: number): Promise<AttemptResult> {
+  /**
+   * What an attempt sends when it leaves the transport's queue: nothing once
+   * its code has expired (or, with `retryMail`, has too little left for its
+   * text to state); its mail as made when it leaves within departureGraceMs
+   * of `madeAt`; otherwise the mail made for what the code has left then.
+   */
+  function departure(expiresAt: number, madeAt: number, retryMail: RetryMail | undefined) {
+    return (mail: OutgoingMail): OutgoingMail | { readonly withdrawn: string } => {
+      const now = clock.now();
+      if (now >= expiresAt) return { withdrawn: "the code expired while the message waited for a connection to the relay; nothing was sent" };
+      if (retryMail === undefined || now - madeAt < departureGraceMs) return mail;
+      const remainingMs = expiresAt - now;
+      if (remainingMs < retryMail.minRemainingMs) {
+        return {
+          withdrawn:
+            `the code had less than ${Math.ceil(retryMail.minRemainingMs / 1000)} s of validity left when the message got a ` +
+            "connection to the relay, too little for its email to state; nothing was sent",
+        };
+      }
+      return retryMail.make(remainingMs);
+    };
+  }
+
+  /**
+   * One SMTP attempt, given up when the code expires: an expired code is
+   * never handed to the relay. `madeAt`: when `mail`'s text was made.
+   */
+  async function attempt(mail: OutgoingMail, expiresAt: number, madeAt: number, retryMail: RetryMail | undefined): Promise<AttemptResult> {
     try {
-      return { ok: true, acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now() }) };
+      const atDeparture = departure(expiresAt, madeAt, retryMail);
+      return { ok: true, acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture }) };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };
       // The transport promises SmtpSendError only; anything else is a bug
@@ -284,6 +327,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     // A retry must leave time for its text to state: none starts with less than this left.
     const minRemainingMs = retryMail?.minRemainingMs ?? 0;
     let mail = firstMail;
+    // The first mail's text was made for the whole ttl, counted from the record's creation.
+    let madeAt = job.record.createdAt;
     for (;;) {
       const number = job.record.attempts.length + 1;
       if (stopping || (retriesStopped && number > 1)) {
@@ -302,6 +347,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           return;
         }
         mail = retryMail.make(remainingMs);
+        madeAt = clock.now();
       }
 
       // A record stored as SENDING with no attempt yet (the OTP service hands
@@ -314,7 +360,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const startedAt = clock.now();
       const startedMonotonic = monotonic();
       job.observation.attemptStarted(number);
-      const result = await attempt(mail, expiresAt);
+      const result = await attempt(mail, expiresAt, madeAt, retryMail);
       const durationMs = Math.round(monotonic() - startedMonotonic);
       reportHealth(result);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);

@@ -88,23 +88,52 @@ export function pooledMessage(mail: OutgoingMail, random: RandomBytes): PooledMe
   };
 }
 
-/** Sends through the pool; resolves with nodemailer's info, rejects with its error. */
-export function sendThroughPool(pool: PoolTransport, message: PooledMessage, signal: AbortSignal): Promise<PoolSendInfo> {
-  const { raw, from, to, messageId, dsn } = message;
+/**
+ * What a message does when a pooled connection takes it, after any wait in
+ * the pool's queue: go as built (undefined), go with other bytes under the
+ * same envelope (`raw`), or not go at all (`withdrawn`: nothing of it
+ * reaches the relay and the send rejects with that error).
+ */
+export type Departure = undefined | { readonly raw: Buffer | Promise<Buffer> } | { readonly withdrawn: Error };
+
+/**
+ * Sends through the pool; resolves with nodemailer's info, rejects with its
+ * error. `depart` is asked once, when a connection takes the message (just
+ * before its envelope goes out), what the message does then.
+ */
+export function sendThroughPool(
+  pool: PoolTransport,
+  message: PooledMessage,
+  signal: AbortSignal,
+  depart?: () => Departure,
+): Promise<PoolSendInfo> {
+  const { from, to, messageId, dsn } = message;
+  let raw: Buffer | Promise<Buffer> = message.raw;
+  let withdrawn: Error | undefined;
   return new Promise((resolve, reject) => {
     pool.send(
       {
         data: { signal, dsn },
         message: {
-          // Fresh each time: nodemailer's connection writes its state into the envelope object.
-          getEnvelope: () => ({ from, to: [to] }),
+          getEnvelope: () => {
+            const departure = depart?.();
+            if (departure !== undefined) {
+              if ("withdrawn" in departure) withdrawn = departure.withdrawn;
+              else raw = departure.raw;
+            }
+            // Fresh each time: nodemailer's connection writes its state into the envelope object.
+            // A withdrawn message names no recipient: the connection refuses that envelope before
+            // a command goes out, and stays in the pool for the next message.
+            return { from, to: withdrawn === undefined ? [to] : [] };
+          },
           messageId: () => messageId,
           getHeader: (name) => (name.toLowerCase() === "message-id" ? messageId : undefined),
           createReadStream: () => new MessageSource(raw),
         },
       },
       (error, info) => {
-        if (error !== null && error !== undefined) reject(error);
+        if (withdrawn !== undefined) reject(withdrawn);
+        else if (error !== null && error !== undefined) reject(error);
         else if (info === undefined) reject(new Error("the SMTP pool reported no result"));
         else resolve(info);
       },
@@ -120,7 +149,9 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
  * holding one Buffer did all that through a real pipe: listeners on both
  * sides, a tick to start flowing, a 'data' event, all per message. Here the
  * pipe is a single `end(raw)` on the destination: the same bytes, then the
- * same end.
+ * same end. Bytes still being made (a message made again as it left the
+ * queue, being DKIM-signed) are ended into the destination once made; if
+ * making them fails, the connection hears that as the message's 'error'.
  */
 export class MessageSource {
   /**
@@ -134,23 +165,33 @@ export class MessageSource {
    * a new connection.
    */
   readonly readableDidRead = true;
-  readonly #raw: Buffer;
+  readonly #raw: Buffer | Promise<Buffer>;
+  #onError: ((error: Error) => void) | undefined;
 
-  constructor(raw: Buffer) {
+  constructor(raw: Buffer | Promise<Buffer>) {
     this.#raw = raw;
   }
 
   pipe<T extends NodeJS.WritableStream>(destination: T): T {
-    destination.end(this.#raw);
+    const raw = this.#raw;
+    if (Buffer.isBuffer(raw)) destination.end(raw);
+    else {
+      void raw.then(
+        (bytes) => destination.end(bytes),
+        (error: unknown) => this.#onError?.(error instanceof Error ? error : new Error(String(error))),
+      );
+    }
     return destination;
   }
 
-  // A Buffer in memory never fails and holds nothing to release.
-  on(): this {
+  // Only bytes still being made can fail; a Buffer in memory never does and holds nothing to release.
+  on(event: string, listener: (error: Error) => void): this {
+    if (event === "error") this.#onError = listener;
     return this;
   }
 
-  removeListener(): this {
+  removeListener(event: string, listener: (error: Error) => void): this {
+    if (event === "error" && this.#onError === listener) this.#onError = undefined;
     return this;
   }
 

@@ -92,6 +92,17 @@ export interface SendOptions {
    * transport's own send timeout changes anything.
    */
   readonly withinMs?: number | undefined;
+  /**
+   * Asked once, when a pooled connection takes the message (after any wait
+   * for one, just before its envelope goes out), what to send then: `mail`
+   * itself sends the message as built, at no cost; another mail (the same
+   * sender, recipient, Message-ID and headers, another text) is built and
+   * sent instead; `{ withdrawn: reason }` sends nothing: the send rejects
+   * with a transient SmtpSendError, errorCode `EEXPIRED`, text `reason`.
+   * A message only nodemailer's own builder can make (an address that is
+   * not plain ASCII) is asked when handed to nodemailer instead.
+   */
+  readonly atDeparture?: ((mail: OutgoingMail) => OutgoingMail | { readonly withdrawn: string }) | undefined;
 }
 
 export interface SmtpTransport {

@@ -11,7 +11,15 @@ import type { Logger } from "../logger.js";
 import { maskAddressesIn } from "../otp/address.js";
 import { createRandomPool, type RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
-import { addressOf, plainAddress, pooledMessage, poolTransportOf, sendThroughPool, type PoolSendInfo } from "./pool-send.js";
+import {
+  addressOf,
+  plainAddress,
+  pooledMessage,
+  poolTransportOf,
+  sendThroughPool,
+  type Departure,
+  type PoolSendInfo,
+} from "./pool-send.js";
 import type { DkimSigningOptions } from "./dkim.js";
 import { createDkimSigner } from "./dkim-sign.js";
 import { parseSmtpUrl } from "./smtp-url.js";
@@ -178,7 +186,33 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     return found;
   }
 
-  async function sendOnce(mail: OutgoingMail, withinMs: number | undefined): Promise<SmtpAcceptance> {
+  /**
+   * How a pooled message departs (SendOptions.atDeparture): as built, made
+   * again from the mail given then (signed again with DKIM on), or withdrawn.
+   */
+  function departure(mail: OutgoingMail, atDeparture: NonNullable<SendOptions["atDeparture"]>): Departure {
+    let next: ReturnType<typeof atDeparture>;
+    try {
+      next = atDeparture(mail);
+    } catch (error) {
+      // Called from inside nodemailer's pool, where a throw would escape every handler.
+      logger.error({ err: error }, "making a message again as it left the pool's queue failed");
+      return { withdrawn: new SmtpSendError("transient", "internal error while making the message as it left", 0, "", "EINTERNAL") };
+    }
+    if (next === mail) return undefined;
+    if ("withdrawn" in next) return { withdrawn: new SmtpSendError("transient", next.withdrawn, 0, "", "EEXPIRED") };
+    // Same addresses and headers as the mail that took the pooled path: it composes too (else it goes as built).
+    const remade = pooledMessage(next, random);
+    if (remade === undefined) return undefined;
+    if (dkimSigner === undefined) return { raw: remade.raw };
+    const signed = dkimSigner.sign(remade.raw);
+    // Read only if the relay takes the envelope: a failure is the message's error then, and nobody's otherwise.
+    void signed.catch(() => undefined);
+    return { raw: signed };
+  }
+
+  async function sendOnce(mail: OutgoingMail, sendOptions: SendOptions): Promise<SmtpAcceptance> {
+    const { withinMs, atDeparture } = sendOptions;
     const startedAt = performance.now();
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
@@ -187,10 +221,15 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       const signal = expiry === undefined ? deadline() : AbortSignal.any([deadline(), expiry.signal]);
       let pooled = pool === undefined ? undefined : pooledMessage(mail, random);
       if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
-      const info: PoolSendInfo =
-        pool !== undefined && pooled !== undefined
-          ? await sendThroughPool(pool, pooled, signal)
-          : await transporter.sendMail({ ...nodemailerMessage(mail, random), signal });
+      let info: PoolSendInfo;
+      if (pool !== undefined && pooled !== undefined) {
+        info = await sendThroughPool(pool, pooled, signal, atDeparture === undefined ? undefined : () => departure(mail, atDeparture));
+      } else {
+        // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
+        const next = atDeparture?.(mail) ?? mail;
+        if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", "EEXPIRED");
+        info = await transporter.sendMail({ ...nodemailerMessage(next, random), signal });
+      }
       // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that
       // carried this message: the truth about whether DSN went out with it.
       const dsnSupported = dsnIn(info.ehlo);
@@ -240,7 +279,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
           new SmtpSendError("transient", "the SMTP transport is closed (the service is stopping)", 0, "", "ECONNECTION"),
         );
       }
-      const sending = sendOnce(mail, sendOptions.withinMs);
+      const sending = sendOnce(mail, sendOptions);
       const tracked = sending.then(
         () => undefined,
         () => undefined,

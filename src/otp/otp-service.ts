@@ -9,6 +9,7 @@ import type { DeliveryObserver } from "../delivery/observer.js";
 import { effectiveState, explain } from "../delivery/explain.js";
 import type { SuppressionList } from "../bounce/suppression.js";
 import { buildOtpMail } from "../delivery/message.js";
+import type { OutgoingMail } from "../delivery/smtp-transport-types.js";
 import { withReports } from "../delivery/reports.js";
 import { suppressionReason, type DeliveryRecord, type SuppressionEntry } from "../delivery/record.js";
 import { validityUnitMs, type RenderedMessage, type Renderer } from "../delivery/render.js";
@@ -337,12 +338,23 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // The dispatch hands it to the transport at once, which counts it from there.
       place?.leave();
       place = undefined;
-      // A retry's mail states the whole minutes the code has left when it starts, not the ttl
-      // (a retry minutes later must not promise time the code no longer has); with less than a
-      // minute left none starts.
+      // A retry's mail, and that of an attempt that waited for a connection, states the whole
+      // minutes the code has left when it starts or leaves, not the ttl (minutes later it must not
+      // promise time the code no longer has); with less than a minute left none goes. Rendered
+      // again only when that figure changed.
+      let madeMail = mail;
+      let madeMinutes = Math.floor(request.ttlMs / validityUnitMs);
+      const remake = (remainingMs: number): OutgoingMail => {
+        const minutes = Math.floor(remainingMs / validityUnitMs);
+        if (minutes !== madeMinutes) {
+          madeMail = mailOf(render(remainingMs));
+          madeMinutes = minutes;
+        }
+        return madeMail;
+      };
       const result = await delivery.dispatch(record, mail, {
         answerBy: ctx.answerBy,
-        retryMail: { minRemainingMs: validityUnitMs, make: (remainingMs) => mailOf(render(remainingMs)) },
+        retryMail: { minRemainingMs: validityUnitMs, make: remake },
       });
       // A retry is pointless before the limits admit the same send again.
       if (result.state === "FAILED") throw sendFailure(result, admission.resendAvailableAt - clock.now());

@@ -6,7 +6,7 @@
  */
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { codeFromMail, startTestService, type TestService } from "../support/service.js";
@@ -79,6 +79,84 @@ describe("a code whose email goes out on a retry", () => {
     expect(status.failureReason).toMatch(/less than 60 s of validity left for a retry/);
     expect(sink.messages).toHaveLength(0);
     expect(sink.transactions()).toBe(1);
+  });
+});
+
+/**
+ * The service with a one-connection pool against a relay that holds every
+ * message until released: a second message waits in the pool's queue behind
+ * the first while the service's clock is moved on (`jump`).
+ */
+async function slowRelay(): Promise<{ svc: TestService; sink: SmtpSink; jump: (ms: number) => void }> {
+  let offset = 0;
+  const sink = await startSmtpSink();
+  sink.hold();
+  const svc = await startTestService({
+    sink,
+    clock: { now: () => Date.now() + offset },
+    // SendOtp answers SENDING soon (with its message_id) while its message waits for the connection.
+    env: { SMTP_POOL_SIZE: "1", SMTP_SOCKET_TIMEOUT: "30s", SEND_WAIT_BUDGET: "200ms" },
+  });
+  running = { svc, sink };
+  return { svc, sink, jump: (ms) => (offset += ms) };
+}
+
+describe("a code whose first attempt waits for a connection behind a slow relay", () => {
+  it("states the whole minutes the code has left when it leaves, not the ttl it was sent with", async () => {
+    const { svc, sink, jump } = await slowRelay();
+    const ttl = durationFromMs(10 * minute);
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: "first.in.line@example.com", purpose: Purpose.LOGIN, ttl });
+    await vi.waitFor(() => expect(sink.held()).toBe(1), { timeout: 5000 });
+    const to = "waited@example.com";
+    const queued = await grpcUnary(svc.grpcClient, sendOtp, { recipient: to, purpose: Purpose.LOGIN, ttl });
+    expect(queued.state).toBe(DeliveryState.SENDING);
+
+    // The relay takes 3.5 minutes over the first message; the second leaves then.
+    jump(3 * minute + 30_000);
+    sink.release();
+    const [, mail] = await sink.waitForMessages(2);
+
+    expect(mail?.envelope.rcptTo).toEqual([to]);
+    expect(mail?.parsed.text).toContain("The code is valid for 6 min.");
+    expect(mail?.parsed.html).toContain("valid for 6 min.");
+    const verified = await grpcUnary(svc.grpcClient, verifyOtp, { recipient: to, purpose: Purpose.LOGIN, code: codeFromMail(mail?.parsed.subject) });
+    expect(verified.result).toBe(VerifyResult.VERIFIED);
+  });
+
+  it("is never sent once its code expired while it waited: FAILED, nothing reaches the relay", async () => {
+    const { svc, sink, jump } = await slowRelay();
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: "first.in.line@example.com", purpose: Purpose.LOGIN, ttl: durationFromMs(30 * minute) });
+    await vi.waitFor(() => expect(sink.held()).toBe(1), { timeout: 5000 });
+    const queued = await grpcUnary(svc.grpcClient, sendOtp, { recipient: "expired@example.com", purpose: Purpose.LOGIN, ttl: durationFromMs(10 * minute) });
+
+    jump(11 * minute);
+    sink.release();
+    await sink.waitForMessages(1);
+
+    const status = await vi.waitFor(async () => {
+      const read = await grpcUnary(svc.grpcClient, getDeliveryStatus, { messageId: queued.messageId });
+      expect(read.state).toBe(DeliveryState.FAILED);
+      return read;
+    }, { timeout: 5000 });
+    expect(status.attempts).toHaveLength(1);
+    expect(status.attempts[0]?.errorCode).toBe("EEXPIRED");
+    expect(status.attempts[0]?.replyText).toBe("the code expired while the message waited for a connection to the relay; nothing was sent");
+    expect(status.failureReason).toMatch(/^the code expired before it could be sent/);
+    expect(sink.messages.map((mail) => mail.envelope.rcptTo)).toEqual([["first.in.line@example.com"]]);
+    expect(sink.transactions()).toBe(1);
+  });
+});
+
+describe("a code whose relay is free", () => {
+  it("states its whole ttl: the moments it takes to reach a connection render nothing again", async () => {
+    const sink = await startSmtpSink();
+    const svc = await startTestService({ sink });
+    running = { svc, sink };
+
+    await grpcUnary(svc.grpcClient, sendOtp, { recipient: "at.once@example.com", purpose: Purpose.LOGIN, ttl: durationFromMs(10 * minute) });
+
+    const [mail] = await sink.waitForMessages(1);
+    expect(mail?.parsed.text).toContain("The code is valid for 10 min.");
   });
 });
 

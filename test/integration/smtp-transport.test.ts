@@ -1,12 +1,15 @@
 import { execFileSync } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { dkimTxtRecord } from "../../src/delivery/dkim.js";
 import { createSmtpTransport, type SmtpTransportOptions } from "../../src/delivery/smtp-transport.js";
 import { SmtpSendError, type OutgoingMail, type SmtpTransport } from "../../src/delivery/smtp-transport-types.js";
+import { verifyWithMailauth } from "../support/dkim-verifiers.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 const logger = pino({ level: "silent" });
@@ -451,6 +454,76 @@ describe("smtp transport against a real SMTP server", () => {
 
     expect(failure.kind).toBe("transient");
     expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  describe("a message waiting for a pooled connection", () => {
+    /** A one-connection transport whose connection is busy with a message the relay holds. */
+    async function busyTransport(extra: Partial<SmtpTransportOptions> = {}) {
+      const sink = await startSink();
+      const transport = transportFor(sink.url, { maxConnections: 1, socketTimeoutMs: 10_000, ...extra });
+      sink.hold();
+      const first = transport.send(mail());
+      await vi.waitFor(() => expect(sink.held()).toBe(1));
+      return { sink, transport, first };
+    }
+
+    it("is asked what to send when the connection takes it, and sends the mail given then", async () => {
+      const { sink, transport, first } = await busyTransport();
+      let released = false;
+      const asked: boolean[] = [];
+      const second = transport.send(mail({ messageId: "<m-2@acme.test>" }), {
+        atDeparture: (queued) => {
+          asked.push(released);
+          return { ...queued, text: "Your code is 123456, valid for 7 min", html: "<p>valid for 7 min</p>" };
+        },
+      });
+
+      released = true;
+      sink.release();
+      await Promise.all([first, second]);
+
+      expect(asked).toEqual([true]);
+      const [, received] = await sink.waitForMessages(2);
+      expect(received?.parsed.messageId).toBe("<m-2@acme.test>");
+      expect(received?.parsed.text).toBe("Your code is 123456, valid for 7 min");
+    });
+
+    it("made again as it leaves, is DKIM-signed as made then", async () => {
+      const privateKey = generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+      const dkim = { domainName: "acme.test", keySelector: "s2026", privateKey };
+      const { sink, transport, first } = await busyTransport({ dkim });
+      const second = transport.send(mail({ messageId: "<m-2@acme.test>" }), {
+        atDeparture: (queued) => ({ ...queued, text: "Your code is 123456, valid for 7 min" }),
+      });
+
+      sink.release();
+      await Promise.all([first, second]);
+
+      const [, received] = await sink.waitForMessages(2);
+      expect(received?.parsed.text).toBe("Your code is 123456, valid for 7 min");
+      const verdict = await verifyWithMailauth(received?.raw ?? Buffer.alloc(0), { name: "s2026._domainkey.acme.test", txt: dkimTxtRecord(privateKey) });
+      expect(verdict.result).toBe("pass");
+    });
+
+    it("withdrawn as it leaves, sends nothing: EEXPIRED with the reason, and the connection serves the next message", async () => {
+      const { sink, transport, first } = await busyTransport();
+      const refused = transport
+        .send(mail({ messageId: "<m-2@acme.test>" }), { atDeparture: () => ({ withdrawn: "the code expired while it waited" }) })
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+
+      sink.release();
+      await first;
+      const failure = await refused;
+
+      expect(failure).toBeInstanceOf(SmtpSendError);
+      expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "EEXPIRED", replyText: "the code expired while it waited" });
+      expect(sink.transactions()).toBe(1);
+      await transport.send(mail({ messageId: "<m-3@acme.test>" }));
+      expect(sink.messages.map((received) => received.parsed.messageId)).toEqual(["<m-1@acme.test>", "<m-3@acme.test>"]);
+    });
   });
 
   it("a wall clock set back (NTP) does not leave later sends with a send timeout that has already fired", async () => {
