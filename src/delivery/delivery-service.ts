@@ -120,8 +120,9 @@ export interface DeliveryService {
   /**
    * Stops sending. An attempt in progress may finish; a message waiting for
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
-   * flight is marked FAILED, and a final record still failing to be written
-   * gets one last try. Later dispatches fail without an attempt.
+   * flight is marked FAILED, an attempt still waiting for the relay recorded
+   * as `abandoned` (its answer unknown), and a final record still failing to
+   * be written gets one last try. Later dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
   /**
@@ -143,6 +144,8 @@ interface Job {
   record: DeliveryRecord;
   /** Set when drain() gave up on it: nothing about it is written any more. */
   abandoned: boolean;
+  /** When the attempt now with the transport started (clock ms, and monotonic for its duration); undefined between attempts. */
+  attemptStartedAt: { readonly wall: number; readonly monotonic: number } | undefined;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
   wake: (() => void) | undefined;
   /** Follows this send for metrics and traces. */
@@ -234,6 +237,38 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   function fail(job: Job, reason: string, attempts: readonly AttemptRecord[] = job.record.attempts): Promise<void> {
     logger.warn({ message_id: job.record.messageId, attempts: attempts.length, reason }, "message failed");
     return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: clock.now() });
+  }
+
+  /**
+   * Gives up on the attempt in flight (drain's grace ran out while the relay
+   * had the message): recorded as an abandoned attempt, with its start and no
+   * reply, in a FAILED record whose outcome is unknown. Not a relay failure:
+   * the relay did not fail, we stopped; counted and logged as abandoned.
+   */
+  function abandon(job: Job, started: { readonly wall: number; readonly monotonic: number }): Promise<void> {
+    const now = clock.now();
+    const startedAt = started.wall;
+    const number = job.record.attempts.length + 1;
+    const attempt: AttemptRecord = {
+      number,
+      startedAt,
+      durationMs: Math.round(monotonic() - started.monotonic),
+      outcome: "abandoned",
+      replyCode: 0,
+      enhancedStatus: "",
+      replyText: "no reply: the sender stopped while waiting for the relay's answer",
+      errorCode: "",
+    };
+    const reason =
+      `the sender stopped while attempt ${number} was in progress; ` +
+      "the relay's answer is unknown (it may still have accepted the message)";
+    job.observation.attemptFinished(attempt);
+    logger.warn(
+      { message_id: job.record.messageId, attempt: number, attempts: number, outcome: "abandoned", reason },
+      "message abandoned at shutdown: the relay's answer is unknown",
+    );
+    const attempts = [...job.record.attempts, attempt];
+    return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: now });
   }
 
   function reportHealth(result: AttemptResult): void {
@@ -360,10 +395,21 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const startedAt = clock.now();
       const startedMonotonic = monotonic();
       job.observation.attemptStarted(number);
+      job.attemptStartedAt = { wall: startedAt, monotonic: startedMonotonic };
       const result = await attempt(mail, expiresAt, madeAt, retryMail);
+      job.attemptStartedAt = undefined;
       const durationMs = Math.round(monotonic() - startedMonotonic);
-      reportHealth(result);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
+      if (job.abandoned) {
+        // drain() recorded, logged and counted this attempt as abandoned, and the store keeps that. Its end
+        // here is the transport closing under it, not the relay's doing: no relay health, no failure counted.
+        logger.warn(
+          { message_id: messageId, attempt: number, outcome: attemptRecord.outcome, error_code: attemptRecord.errorCode },
+          "attempt finished after the sender stopped",
+        );
+        return;
+      }
+      reportHealth(result);
       job.observation.attemptFinished(attemptRecord);
       const attempts = [...job.record.attempts, attemptRecord];
       logger.info(
@@ -379,11 +425,6 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         },
         "smtp attempt",
       );
-      if (job.abandoned) {
-        // drain() already recorded this message as FAILED; the store keeps that.
-        logger.warn({ message_id: messageId, outcome: attemptRecord.outcome }, "attempt finished after the sender stopped");
-        return;
-      }
 
       if (result.ok) {
         const { acceptance } = result;
@@ -488,6 +529,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const job: Job = {
         record,
         abandoned: false,
+        attemptStartedAt: undefined,
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
         writes: Promise.resolve(),
@@ -526,15 +568,11 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           // The relay answered; only storing that is left: one last try.
           const last = job.unwritten;
           if (last !== undefined) writes.push(store.putRecord(last, options.recordTtlMs).catch(() => undefined));
+        } else if (job.attemptStartedAt === undefined) {
+          // Stuck writing its record (a store that hangs): no attempt was with the relay.
+          writes.push(fail(job, `the sender stopped before attempt ${job.record.attempts.length + 1} reached the relay`));
         } else {
-          const number = job.record.attempts.length + 1;
-          writes.push(
-            fail(
-              job,
-              `the sender stopped while attempt ${number} was in progress; ` +
-                "the relay's answer is unknown (it may still have accepted the message)",
-            ),
-          );
+          writes.push(abandon(job, job.attemptStartedAt));
         }
         job.abandoned = true;
         jobs.delete(job);

@@ -114,6 +114,14 @@ export function explain(record: DeliveryRecord, now: number): string {
       );
     }
     case "FAILED":
+      if (last?.outcome === "abandoned") {
+        // Not "never accepted": the relay had the message when we stopped listening for its answer.
+        return (
+          `The sender stopped at ${utc(last.startedAt + last.durationMs)} while attempt ${last.number} (started at ` +
+          `${utc(last.startedAt)}) waited for the relay's answer: whether the relay accepted the message is unknown, ` +
+          "so it may still arrive; no further attempt will be made."
+        );
+      }
       return `Never accepted by the relay: ${record.failureReason ?? "no reason was recorded"}.`;
     case "SUPPRESSED": {
       const cause = record.suppressedBy;

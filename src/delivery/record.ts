@@ -29,7 +29,12 @@ export const terminalSendStates: ReadonlySet<DeliveryState> = new Set([
 export const purposes = ["login", "signup", "password_reset"] as const;
 export type Purpose = (typeof purposes)[number];
 
-export type AttemptOutcome = "accepted" | "transient" | "permanent";
+/**
+ * How an attempt ended. `abandoned`: the service stopped (its shutdown grace
+ * ran out) while the attempt waited for the relay's reply; no reply came, and
+ * whether the relay took the message is unknown.
+ */
+export type AttemptOutcome = "accepted" | "transient" | "permanent" | "abandoned";
 
 /** One SMTP transaction with the relay. Times in epoch milliseconds. */
 export interface AttemptRecord {

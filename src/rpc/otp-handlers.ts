@@ -204,6 +204,7 @@ const protoAttemptOutcome: Readonly<Record<DomainAttemptOutcome, AttemptOutcome>
   accepted: AttemptOutcome.ACCEPTED,
   transient: AttemptOutcome.TRANSIENT_FAILURE,
   permanent: AttemptOutcome.PERMANENT_FAILURE,
+  abandoned: AttemptOutcome.ABANDONED,
 };
 
 const protoVerifyResult: Readonly<Record<DomainVerifyResult, VerifyResult>> = {

@@ -55,9 +55,15 @@ interface RelayServer {
   readonly port: number | undefined;
 }
 
-/** ok / transient / permanent, as the metrics name attempt outcomes. */
-function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" {
+/** ok / transient / permanent / abandoned, as the metrics name attempt outcomes. */
+function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" {
   return attempt.outcome === "accepted" ? "ok" : attempt.outcome;
+}
+
+/** A send's verdict for otp_smtp_send_duration_seconds: given up at shutdown is not the relay failing it. */
+function sendOutcomeOf(record: DeliveryRecord): "accepted" | "failed" | "abandoned" {
+  if (record.state === "ACCEPTED") return "accepted";
+  return record.attempts.at(-1)?.outcome === "abandoned" ? "abandoned" : "failed";
 }
 
 function replyClassOf(replyCode: number): string {
@@ -66,6 +72,7 @@ function replyClassOf(replyCode: number): string {
 
 /** The low-cardinality error.type of a failed attempt: the connection error code, else the reply code. */
 function errorTypeOf(attempt: AttemptRecord): string {
+  if (attempt.outcome === "abandoned") return "abandoned";
   if (attempt.errorCode !== "") return attempt.errorCode;
   return attempt.replyCode > 0 ? String(attempt.replyCode) : "_OTHER";
 }
@@ -154,7 +161,10 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           if (result !== "ok") {
             const errorType = errorTypeOf(attempt);
             span.setAttribute(attributes.errorType, errorType);
-            span.setStatus({ code: SpanStatusCode.ERROR, message: `${attempt.outcome} failure: ${errorType}` });
+            span.setStatus({
+              code: SpanStatusCode.ERROR,
+              message: attempt.outcome === "abandoned" ? "abandoned" : `${attempt.outcome} failure: ${errorType}`,
+            });
           }
           span.end();
         },
@@ -175,14 +185,14 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             attemptSpan = undefined;
             setInFlight(-1);
           }
-          const outcome = finalRecord.state === "ACCEPTED" ? "accepted" : "failed";
+          const outcome = sendOutcomeOf(finalRecord);
           const purpose = purposeLabel(finalRecord.purpose);
           observeWithTrace(metrics.smtpSendSeconds, { purpose, outcome }, (performance.now() - sendStartedAt) / 1000, sendSpan.spanContext());
           sendSpan.setAttribute(attributes.deliveryState, finalRecord.state);
           sendSpan.setAttribute(attributes.smtpAttempts, finalRecord.attempts.length);
           const queueId = finalRecord.relayReply?.queueId;
           if (queueId) sendSpan.setAttribute(attributes.smtpQueueId, queueId);
-          if (outcome === "failed") {
+          if (outcome !== "accepted") {
             sendSpan.setStatus({ code: SpanStatusCode.ERROR, message: finalRecord.failureReason ?? finalRecord.state });
           }
           sendSpan.end();

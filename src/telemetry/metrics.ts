@@ -74,6 +74,8 @@ export const attemptSeries = [
   { result: "transient", reply_class: "none" },
   { result: "permanent", reply_class: "5xx" },
   { result: "permanent", reply_class: "none" },
+  // Given up at shutdown while the relay had the message: no reply, and not the relay's failure.
+  { result: "abandoned", reply_class: "none" },
 ] as const;
 
 /** A purpose label: one of the domain's purposes, or `unknown` for anything a caller typed. */
@@ -228,7 +230,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const smtpAttempts = new Counter({
     name: "otp_smtp_attempts_total",
-    help: "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent) and reply class (2xx, 4xx, 5xx, none: no reply).",
+    help:
+      "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent, abandoned: given up at shutdown " +
+      "while the relay had the message, its answer unknown) and reply class (2xx, 4xx, 5xx, none: no reply).",
     labelNames: ["result", "reply_class"] as const,
     registers,
   });
@@ -243,7 +247,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const smtpSendSeconds = new Histogram({
     name: "otp_smtp_send_duration_seconds",
     help:
-      "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by purpose and outcome (accepted, failed); " +
+      "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by purpose and outcome " +
+      "(accepted, failed, abandoned: the service stopped while the relay had the message, its answer unknown); " +
       "its count is every send's final verdict, also of those SendOtp answered pending.",
     labelNames: ["purpose", "outcome"] as const,
     buckets: sendBuckets,
@@ -400,8 +405,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
-  for (const result of ["ok", "transient", "permanent"]) smtpAttemptSeconds.zero({ result });
-  for (const purpose of purposes) for (const outcome of ["accepted", "failed"]) smtpSendSeconds.zero({ purpose, outcome });
+  for (const result of ["ok", "transient", "permanent", "abandoned"]) smtpAttemptSeconds.zero({ result });
+  for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);

@@ -69,6 +69,29 @@ describe("explain", () => {
     );
   });
 
+  it("a message abandoned at shutdown says the relay's answer is unknown, not that the relay never accepted it", () => {
+    const abandoned = record({
+      state: "FAILED",
+      attempts: [
+        attempt({
+          outcome: "abandoned",
+          durationMs: 10_000,
+          replyCode: 0,
+          enhancedStatus: "",
+          replyText: "no reply: the sender stopped while waiting for the relay's answer",
+        }),
+      ],
+      failureReason:
+        "the sender stopped while attempt 1 was in progress; the relay's answer is unknown (it may still have accepted the message)",
+    });
+    const sentence = explain(abandoned, created + 20_000);
+    expect(sentence).toBe(
+      "The sender stopped at 2026-11-27 10:02:11 UTC while attempt 1 (started at 2026-11-27 10:02:01 UTC) waited for the " +
+        "relay's answer: whether the relay accepted the message is unknown, so it may still arrive; no further attempt will be made.",
+    );
+    expect(sentence).not.toMatch(/never accepted/i);
+  });
+
   it("a retrying message gives the attempt count and the last error", () => {
     const retrying = record({
       state: "RETRYING",

@@ -1,0 +1,111 @@
+/**
+ * A send the relay is still sitting on when the shutdown grace runs out:
+ * whole instances (real gRPC over a socket, real Redis, a real SMTP server
+ * on loopback that takes the message and never answers). The service gives
+ * the attempt up: it is recorded, logged and counted as abandoned (its
+ * answer unknown), not as a relay failure, and a retry with the same
+ * idempotency key, on another instance, sends no second mail.
+ */
+import { afterEach, expect, it, vi } from "vitest";
+import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { call, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+let cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+  cleanups = [];
+});
+
+/**
+ * The value of sample `name` with exactly `labels` (a histogram's `_count` too); undefined when there is none.
+ */
+async function metric(instance: Instance, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const familyName = name.replace(/_count$/, "");
+  const family = instance.app.metrics.registry.getSingleMetric(familyName);
+  if (family === undefined) return undefined;
+  const { values } = await family.get();
+  const wanted = Object.entries(labels);
+  return values.find((value) => {
+    const sample = (value as { metricName?: string }).metricName ?? familyName;
+    const actual = Object.entries(value.labels);
+    return sample === name && actual.length === wanted.length && wanted.every(([key, text]) => String(value.labels[key]) === text);
+  })?.value;
+}
+
+/** A relay that takes every message and never replies, and an instance on a fresh Redis prefix sending to it. */
+async function stalledRelay(): Promise<{ sink: SmtpSink; prefix: string; instance: Instance }> {
+  const sink = await startSmtpSink();
+  sink.respondWith(behave.stall());
+  cleanups.push(() => sink.close());
+  const prefix = randomPrefix();
+  const instance = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => instance.stop());
+  return { sink, prefix, instance };
+}
+
+function instanceEnv(sink: SmtpSink, prefix: string): Record<string, string> {
+  return {
+    REDIS_URL: redisUrlForTests(),
+    REDIS_PREFIX: prefix,
+    SMTP_URL: sink.url,
+    // Answered SENDING at once; only the shutdown ends the attempt (not the socket timeout).
+    SEND_WAIT_BUDGET: "200ms",
+    SMTP_SOCKET_TIMEOUT: "60s",
+    // The last test's new request goes to the same address at once.
+    LIMIT_RESEND_COOLDOWN: "0",
+  };
+}
+
+/** Stops `instance` with a short grace: the relay still has the message when it runs out. */
+async function stopWhileTheRelayHasIt(instance: Instance, sink: SmtpSink): Promise<void> {
+  await vi.waitFor(() => expect(sink.transactions()).toBe(1), { timeout: 10_000, interval: 20 });
+  instance.client.close();
+  await instance.app.stop(300);
+}
+
+it("a send the relay still had when the shutdown grace ran out is recorded as an abandoned attempt, logged and counted as abandoned, not as a relay failure", async () => {
+  const { sink, prefix, instance } = await stalledRelay();
+  const sent = await call(instance.client, sendOtp, { recipient: "stuck@example.com", purpose: Purpose.LOGIN });
+  expect(sent.state).toBe(DeliveryState.SENDING);
+  const beforeStop = Date.now();
+  await stopWhileTheRelayHasIt(instance, sink);
+
+  // Logged once, as what it is, with the attempt that was in flight; no "message failed" with attempts: 0.
+  const abandoned = instance.logs.filter((line) => line["msg"] === "message abandoned at shutdown: the relay's answer is unknown");
+  expect(abandoned).toHaveLength(1);
+  expect(abandoned[0]).toMatchObject({ level: "warn", message_id: sent.messageId, attempt: 1, attempts: 1, outcome: "abandoned" });
+  expect(instance.logs.filter((line) => line["msg"] === "message failed")).toEqual([]);
+  // The attempt's end (the pool closed under it) is no relay verdict: not logged as an SMTP attempt.
+  expect(instance.logs.filter((line) => line["msg"] === "smtp attempt")).toEqual([]);
+
+  // Counted as abandoned: not a transient relay failure, not a failed send.
+  await vi.waitFor(async () => {
+    expect(await metric(instance, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "abandoned" })).toBe(1);
+  });
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "abandoned", reply_class: "none" })).toBe(1);
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "transient", reply_class: "none" })).toBe(0);
+  expect(await metric(instance, "otp_smtp_attempt_duration_seconds_count", { result: "abandoned" })).toBe(1);
+  expect(await metric(instance, "otp_smtp_attempt_duration_seconds_count", { result: "transient" })).toBe(0);
+  expect(await metric(instance, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(0);
+
+  // GetDeliveryStatus (from another instance: this one has stopped) shows the attempt that was in flight.
+  sink.respondWith(behave.accept());
+  const next = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => next.stop());
+  const status = await call(next.client, getDeliveryStatus, { messageId: sent.messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(1);
+  const [attempt] = status.attempts;
+  expect(attempt?.number).toBe(1);
+  expect(attempt?.outcome).toBe(AttemptOutcome.ABANDONED);
+  expect(attempt?.replyCode).toBe(0);
+  const startedAt = Number(attempt?.startedAt?.seconds ?? 0n) * 1000;
+  expect(startedAt).toBeGreaterThan(beforeStop - 10_000);
+  expect(startedAt).toBeLessThanOrEqual(beforeStop);
+  expect(status.failureReason).toMatch(/the sender stopped while attempt 1 was in progress; the relay's answer is unknown/);
+  expect(status.explanation).toMatch(/whether the relay accepted the message is unknown/);
+  expect(status.explanation).not.toMatch(/Never accepted/);
+  expect(JSON.stringify(instance.logs)).not.toContain("stuck@example.com");
+});
