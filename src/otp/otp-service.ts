@@ -120,7 +120,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
   /**
    * The first call's answer for a repeated idempotency_key, with
    * resend_available_at read from the limits as they stand now (other sends
-   * may have moved it since); undefined when the key may be taken over,
+   * may have moved it since), or the first call's error when the key keeps
+   * it (a permanent refusal; a send given up at shutdown while the relay had
+   * it, which may have gone out); undefined when the key may be taken over,
    * because that call sent nothing in a way a retry can fix but kept the
    * key: it stopped before writing its record and will never write it, or
    * its message failed retryably (retries used up in the background after
@@ -143,9 +145,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const known = withReports(record, reports);
     const state = effectiveState(known, now);
     if (state === "FAILED") {
-      // Only a permanent refusal is replayed; a retryable failure's key is free again, as if it had been released.
+      // A retryable failure's key is free again, as if it had been released; the failures that keep it are replayed.
       const failure = sendFailure({ ...known, state });
-      if (failure.reason !== "RELAY_REJECTED") return undefined;
+      if (!keepsIdempotencyKey(failure)) return undefined;
       throw failure;
     }
     if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
@@ -362,10 +364,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     } catch (error) {
       place?.leave();
       // A retryable failure must not pin its idempotency key for a day: the
-      // caller's retry with the same key should really try again. Only a
-      // permanent refusal by the relay is remembered and replayed.
-      const permanent = error instanceof OtpError && error.reason === "RELAY_REJECTED";
-      const keyId = permanent ? undefined : idempotencyKeyId;
+      // caller's retry with the same key should really try again. A failure
+      // that keeps the key (see keepsIdempotencyKey) is remembered and replayed.
+      const keyId = keepsIdempotencyKey(error) ? undefined : idempotencyKeyId;
       // Both at once: one round trip of waiting on the way to the caller's error.
       const [refunded] = await Promise.all([
         unsent === undefined ? true : refund(unsent, messageId),
@@ -535,6 +536,17 @@ function retryNotBefore(error: unknown, ms: number): unknown {
   });
 }
 
+/**
+ * Whether a failed send keeps its idempotency key, so that a retry with the
+ * key answers this failure again instead of sending: a permanent refusal by
+ * the relay (sending again cannot help), and a send given up at shutdown
+ * while the relay had the message (it may have gone out: a retry with the
+ * same key must never make a second mail with another code).
+ */
+function keepsIdempotencyKey(error: unknown): boolean {
+  return error instanceof OtpError && (error.reason === "RELAY_REJECTED" || error.reason === "SEND_OUTCOME_UNKNOWN");
+}
+
 /** A repeated idempotency_key whose first call has not written its record yet. */
 function requestInProgress(): OtpError {
   return new OtpError("unavailable", "the first request with this idempotency_key is still in progress; retry shortly", {
@@ -606,6 +618,16 @@ function sendFailure(record: DeliveryRecord, limitsAdmitInMs = 0): OtpError {
   const last = record.attempts.at(-1);
   const metadata = { message_id: record.messageId };
   const reason = record.failureReason ?? "the message could not be sent";
+  if (last?.outcome === "abandoned") {
+    // Not a failure anyone can tell: the relay may have taken it. Not UNAVAILABLE either: retrying the same request cannot help.
+    return new OtpError(
+      "failed_precondition",
+      `email may have been sent: the service stopped while the relay had the message and its answer is unknown, so it may ` +
+        `still arrive (message_id ${record.messageId}); a retry with the same idempotency_key sends nothing: ` +
+        "if the user got no code, send with a new idempotency_key",
+      { reason: "SEND_OUTCOME_UNKNOWN", metadata },
+    );
+  }
   if (last?.errorCode === "EAUTH") {
     return new OtpError(
       "unavailable",

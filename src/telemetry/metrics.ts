@@ -46,6 +46,7 @@ export const sendOutcomes = [
   "relay_rejected",
   "relay_unavailable",
   "backlog_full",
+  "abandoned",
   "rate_limited",
   "invalid",
   "denied",
@@ -210,6 +211,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered before the relay did: after the wait budget or before the caller's deadline; attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
+      "abandoned (a send given up at shutdown while the relay had it, its answer unknown, or an idempotent replay of one: nothing sent), " +
       "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), error (anything else).",
     labelNames: ["purpose", "outcome"] as const,
     registers,

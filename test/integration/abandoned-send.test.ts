@@ -6,9 +6,10 @@
  * answer unknown), not as a relay failure, and a retry with the same
  * idempotency key, on another instance, sends no second mail.
  */
+import * as grpc from "@grpc/grpc-js";
 import { afterEach, expect, it, vi } from "vitest";
 import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
-import { call, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
+import { call, detailsOf, failure, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
@@ -108,4 +109,36 @@ it("a send the relay still had when the shutdown grace ran out is recorded as an
   expect(status.explanation).toMatch(/whether the relay accepted the message is unknown/);
   expect(status.explanation).not.toMatch(/Never accepted/);
   expect(JSON.stringify(instance.logs)).not.toContain("stuck@example.com");
+});
+
+it("a retry with the idempotency key of a send abandoned at shutdown sends no second mail: it answers the first message_id and that its outcome is unknown", async () => {
+  const { sink, prefix, instance } = await stalledRelay();
+  const request = { recipient: "twice@example.com", purpose: Purpose.LOGIN, idempotencyKey: "login-twice-1" };
+  const sent = await call(instance.client, sendOtp, request);
+  expect(sent.state).toBe(DeliveryState.SENDING);
+  await stopWhileTheRelayHasIt(instance, sink);
+
+  // The caller retries on the next instance, with the relay answering again.
+  sink.respondWith(behave.accept());
+  const next = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => next.stop());
+  for (let retry = 0; retry < 2; retry++) {
+    const replayed = await failure(call(next.client, sendOtp, request));
+    expect(replayed.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(replayed.details).toMatch(/may have been sent.*answer is unknown/);
+    const details = detailsOf(replayed);
+    expect(details.errorInfo?.reason).toBe("SEND_OUTCOME_UNKNOWN");
+    expect(details.errorInfo?.metadata["message_id"]).toBe(sent.messageId);
+    expect(details.retryInfo).toBeUndefined();
+  }
+  // Nothing more reached the relay: the one transaction is the first call's.
+  expect(sink.transactions()).toBe(1);
+  expect(sink.messages).toHaveLength(0);
+  expect(await metric(next, "otp_sends_total", { purpose: "login", outcome: "abandoned" })).toBe(2);
+
+  // A new key is a new request: it sends.
+  const again = await call(next.client, sendOtp, { ...request, idempotencyKey: "login-twice-2" });
+  expect(again.messageId).not.toBe(sent.messageId);
+  await sink.waitForMessages(1);
+  expect(sink.transactions()).toBe(2);
 });

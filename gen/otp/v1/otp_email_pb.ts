@@ -70,8 +70,10 @@ export type SendOtpRequest = Message<"otp.v1.SendOtpRequest"> & {
    * recorded its message yet, the key answers UNAVAILABLE (reason
    * IDEMPOTENT_REQUEST_IN_PROGRESS): retry. A first call that failed in a
    * way a retry can fix (UNAVAILABLE, or retries used up after it answered)
-   * does not keep its key: the retry really sends. Keys of different callers
-   * never meet. At most 128 printable ASCII characters. Optional.
+   * does not keep its key: the retry really sends. A send the service gave up
+   * at shutdown while the relay had it may have gone out: its key answers
+   * FAILED_PRECONDITION (reason SEND_OUTCOME_UNKNOWN) and sends nothing more.
+   * Keys of different callers never meet. At most 128 printable ASCII characters. Optional.
    *
    * @generated from field: string idempotency_key = 6;
    */
@@ -111,7 +113,8 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
    * accepted it within the wait budget, SENDING or RETRYING when attempts
    * continue in the background. A message the relay never accepted is not a
    * success: the call fails with FAILED_PRECONDITION (the relay refused it
-   * for good) or UNAVAILABLE (relay unreachable, retries used up, our
+   * for good, or reason SEND_OUTCOME_UNKNOWN: the service stopped while the
+   * relay had it, so it may have gone out) or UNAVAILABLE (relay unreachable, retries used up, our
    * credentials rejected or TLS with the relay failed), with the message_id
    * in google.rpc.ErrorInfo. A send refused at once because the relay is not
    * keeping up (UNAVAILABLE, reason RELAY_BACKLOG_FULL) has no message_id:
