@@ -34,6 +34,14 @@ function devBanner(config: Config, logger: Logger, port: number, host: string, s
   );
 }
 
+/**
+ * How soon after the signal that began a stop the same signal again is taken
+ * as its copy (npm passing a terminal's Ctrl-C on), not as a second
+ * signal: npm forwards within milliseconds; a person pressing Ctrl-C again
+ * takes longer. One copy at most: any signal after it exits at once.
+ */
+const sameStopWithinMs = 300;
+
 async function main(): Promise<void> {
   let config: Config;
   try {
@@ -57,6 +65,8 @@ async function main(): Promise<void> {
   // The metrics port, once open (from after start-up): closed last on the way out.
   const opened: { metricsServer?: MetricsServer } = {};
   let signalled = false;
+  /** The signal that began the stop, when it came (performance.now()), and whether its copy came too. */
+  let firstSignal: { readonly signal: NodeJS.Signals; readonly at: number; copied: boolean } | undefined;
   const stopAndExit = (running: App): void => {
     running
       .stop()
@@ -74,17 +84,32 @@ async function main(): Promise<void> {
       );
   };
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (signalled) {
+    if (firstSignal !== undefined) {
+      // One Ctrl-C on `npm start` comes twice: the terminal signals its whole foreground process group, npm
+      // included, and npm passes the signal on to its child, this very process when npm's shell execs the
+      // command (bash does). The same signal again at once is that one Ctrl-C, not a second: keep draining.
+      if (!firstSignal.copied && signal === firstSignal.signal && performance.now() - firstSignal.at < sameStopWithinMs) {
+        firstSignal.copied = true;
+        logger.info({ signal }, `${signal} again at once: taken as the same stop (npm passes a Ctrl-C on too); still shutting down`);
+        return;
+      }
       logger.warn({ signal }, "second signal: exiting now");
       process.exit(1);
     }
+    firstSignal = { signal, at: performance.now(), copied: false };
     signalled = true;
     if (app === undefined) {
-      logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down during start-up: stopping as soon as it is safe");
+      logger.info(
+        { signal, grace_ms: config.shutdownGraceMs },
+        "shutting down during start-up: stopping as soon as it is safe (a second signal, or Ctrl-C again, exits at once)",
+      );
       starting.abort();
       return;
     }
-    logger.info({ signal, grace_ms: config.shutdownGraceMs }, "shutting down: finishing in-flight sends");
+    logger.info(
+      { signal, grace_ms: config.shutdownGraceMs },
+      "shutting down: finishing in-flight sends (a second signal, or Ctrl-C again, exits at once)",
+    );
     stopAndExit(app);
   };
   process.on("SIGTERM", onSignal);

@@ -504,6 +504,174 @@ describe("a second signal during shutdown", () => {
   });
 });
 
+/**
+ * `npm start` in a process group of its own, as a terminal runs a foreground command: Ctrl-C is SIGINT to the
+ * whole group (npm, its shell when it keeps one, the service), and npm also passes it on to its child. With
+ * bash as npm's script shell (Fedora's, macOS's /bin/sh) the child is the service itself, which then gets
+ * the one Ctrl-C twice.
+ */
+function startNpm(env: Record<string, string>, scriptShell: string) {
+  const child = spawn("npm", ["start"], {
+    cwd: fileURLToPath(new URL("../..", import.meta.url)),
+    env: {
+      PATH: process.env["PATH"] ?? "",
+      HOME: process.env["HOME"] ?? tmpdir(),
+      npm_config_update_notifier: "false",
+      npm_config_script_shell: scriptShell,
+      ...env,
+    },
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const group = child.pid ?? 0;
+  const lines: Record<string, unknown>[] = [];
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    stdout += chunk.toString("utf8");
+    const complete = stdout.split("\n");
+    stdout = complete.pop() ?? "";
+    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => resolve({ code, signal })),
+  );
+  npmGroups.add(group);
+  return {
+    lines,
+    exited,
+    stderr: () => stderr,
+    /** Ctrl-C in the terminal: SIGINT to every process of the group. */
+    ctrlC: () => process.kill(-group, "SIGINT"),
+    /** Whether any process of the group (npm, its shell, the service) still runs. */
+    groupAlive: () => {
+      try {
+        process.kill(-group, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    waitForLine: (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
+      vi.waitFor(
+        () => {
+          const found = lines.find(predicate);
+          if (found === undefined) throw new Error(`no such log line yet; stderr: ${stderr}`);
+          return found;
+        },
+        { timeout: timeoutMs, interval: 20 },
+      ),
+  };
+}
+
+/** Process groups of `npm start` runs, killed whole after each test. */
+const npmGroups = new Set<number>();
+afterEach(() => {
+  for (const group of npmGroups) {
+    try {
+      process.kill(-group, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
+  npmGroups.clear();
+});
+
+describe("Ctrl-C on npm start", () => {
+  for (const scriptShell of ["sh", "bash"]) {
+    it(`(script shell ${scriptShell}) drains: the slow send finishes and is recorded, the service says so, and npm returns only once the service has exited`, async () => {
+      const sink = await startSmtpSink();
+      const prefix = randomPrefix();
+      const port = await freePort();
+      try {
+        sink.respondWith(behave.accept({ delayMs: 1500 }));
+        const npm = startNpm(
+          {
+            NODE_ENV: "test",
+            GRPC_ADDR: `127.0.0.1:${port}`,
+            METRICS_ADDR: "off",
+            REDIS_URL: redisUrlForTests(),
+            REDIS_PREFIX: prefix,
+            SMTP_URL: sink.url,
+            OTP_SECRET: "process-test-secret-0123456789abcdef",
+            SEND_WAIT_BUDGET: "200ms",
+            SHUTDOWN_GRACE: "10s",
+          },
+          scriptShell,
+        );
+        await npm.waitForLine((line) => line["msg"] === "otp-email listening");
+        const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+        const sent = await grpcUnary(client, sendOtp, { recipient: "ctrl-c@example.com", purpose: Purpose.LOGIN });
+        client.close();
+        expect(sent.state).toBe(DeliveryState.SENDING);
+
+        npm.ctrlC();
+        await npm.exited;
+        // The prompt comes back with nothing left running: the service exited before npm did.
+        expect(npm.groupAlive()).toBe(false);
+        // One Ctrl-C is one stop, however many copies of it arrive: the send finished and was recorded.
+        expect(npm.lines.some((line) => line["msg"] === "second signal: exiting now")).toBe(false);
+        expect(npm.lines.some((line) => line["msg"] === "stopped")).toBe(true);
+        expect(sink.messages).toHaveLength(1);
+        const store = createRedisStore({ url: redisUrlForTests(), prefix, logger: createLogger({ level: "silent" }) });
+        try {
+          expect((await store.getRecord(sent.messageId))?.state).toBe("ACCEPTED");
+        } finally {
+          await store.close();
+        }
+        // The terminal says what is going on and how to stop at once.
+        const shutdown = npm.lines.find((line) => /^shutting down: finishing in-flight sends/.test(String(line["msg"])));
+        expect(shutdown).toMatchObject({ signal: "SIGINT" });
+        expect(String(shutdown?.["msg"])).toMatch(/Ctrl-C again, exits at once/);
+      } finally {
+        await sink.close();
+      }
+    });
+  }
+
+  it("a second Ctrl-C stops the service at once, saying so, and npm returns with it", async () => {
+    const sink = await startSmtpSink();
+    const port = await freePort();
+    try {
+      sink.respondWith(behave.stall());
+      const npm = startNpm(
+        {
+          NODE_ENV: "test",
+          GRPC_ADDR: `127.0.0.1:${port}`,
+          METRICS_ADDR: "off",
+          REDIS_URL: redisUrlForTests(),
+          REDIS_PREFIX: randomPrefix(),
+          SMTP_URL: sink.url,
+          OTP_SECRET: "process-test-secret-0123456789abcdef",
+          SEND_WAIT_BUDGET: "200ms",
+          SHUTDOWN_GRACE: "60s",
+        },
+        "bash",
+      );
+      await npm.waitForLine((line) => line["msg"] === "otp-email listening");
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const sent = await grpcUnary(client, sendOtp, { recipient: "impatient@example.com", purpose: Purpose.LOGIN });
+      client.close();
+      expect(sent.state).toBe(DeliveryState.SENDING);
+
+      npm.ctrlC();
+      await npm.waitForLine((line) => /^shutting down/.test(String(line["msg"])));
+      // Still draining (the relay never answers, the grace is a minute) a moment later.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      expect(npm.groupAlive()).toBe(true);
+      npm.ctrlC();
+      const exit = await npm.exited;
+      expect(exit.code === 0 && exit.signal === null).toBe(false);
+      expect(npm.groupAlive()).toBe(false);
+      expect(npm.lines.some((line) => line["msg"] === "second signal: exiting now")).toBe(true);
+      expect(npm.lines.some((line) => line["msg"] === "stopped")).toBe(false);
+    } finally {
+      await sink.close();
+    }
+  });
+});
+
 describe("SIGHUP while the service's modules are still loading", () => {
   it("does not end the process (SIGHUP's default): start-up goes on and reads the certificate files once started", async () => {
     const port = await freePort();
