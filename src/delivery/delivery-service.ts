@@ -11,7 +11,7 @@ import { monotonicOf, type Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
 import type { OtpStore } from "../store/types.js";
 import { noopDeliveryObserver, type DeliveryObserver, type SendObservation } from "./observer.js";
-import type { AttemptRecord, DeliveryRecord } from "./record.js";
+import { terminalSendStates, type AttemptRecord, type DeliveryRecord } from "./record.js";
 import {
   SmtpSendError,
   type OutgoingMail,
@@ -564,15 +564,16 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       if (finished) return;
       const writes: Array<Promise<void>> = [];
       for (const job of jobs) {
-        if (job.attemptsOver) {
-          // The relay answered; only storing that is left: one last try.
-          const last = job.unwritten;
-          if (last !== undefined) writes.push(store.putRecord(last, options.recordTtlMs).catch(() => undefined));
-        } else if (job.attemptStartedAt === undefined) {
-          // Stuck writing its record (a store that hangs): no attempt was with the relay.
-          writes.push(fail(job, `the sender stopped before attempt ${job.record.attempts.length + 1} reached the relay`));
-        } else {
+        if (job.attemptStartedAt !== undefined) {
           writes.push(abandon(job, job.attemptStartedAt));
+        } else if (job.attemptsOver || terminalSendStates.has(job.record.state)) {
+          // The relay answered (or the message failed for good); only storing that is left: one last try, or
+          // the write still in progress (a store that hangs) waited for. Never a FAILED written over it.
+          const last = job.unwritten;
+          writes.push(last === undefined ? job.writes : store.putRecord(last, options.recordTtlMs).catch(() => undefined));
+        } else {
+          // Stuck writing its SENDING or RETRYING record (a store that hangs): no attempt was with the relay.
+          writes.push(fail(job, job.record.attempts.length === 0 ? "the sender stopped before the first attempt" : stoppedBeforeRetry(job.record)));
         }
         job.abandoned = true;
         jobs.delete(job);

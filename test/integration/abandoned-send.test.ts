@@ -9,6 +9,11 @@
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, expect, it, vi } from "vitest";
 import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { systemClock } from "../../src/clock.js";
+import { createDeliveryService } from "../../src/delivery/delivery-service.js";
+import type { DeliveryRecord } from "../../src/delivery/record.js";
+import { createSmtpTransport } from "../../src/delivery/smtp-transport.js";
+import { createLogger } from "../../src/logger.js";
 import { call, detailsOf, failure, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
@@ -141,4 +146,71 @@ it("a retry with the idempotency key of a send abandoned at shutdown sends no se
   expect(again.messageId).not.toBe(sent.messageId);
   await sink.waitForMessages(1);
   expect(sink.transactions()).toBe(2);
+});
+
+it("a message the relay accepted while its record write still hangs at shutdown stays ACCEPTED: the drain does not write FAILED over it", async () => {
+  const sink = await startSmtpSink();
+  cleanups.push(() => sink.close());
+  const logger = createLogger({ level: "silent" });
+  const transport = createSmtpTransport({ url: sink.url, logger });
+  cleanups.push(() => transport.close({ abandonInFlight: true }));
+  // Storage that holds the ACCEPTED write (a Redis stalling at shutdown) until the test lets it through.
+  const stored = new Map<string, DeliveryRecord>();
+  let letThrough: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => (letThrough = resolve));
+  let acceptedWriteStarted = false;
+  const delivery = createDeliveryService({
+    store: {
+      putRecord: async (record) => {
+        if (record.state === "ACCEPTED") {
+          acceptedWriteStarted = true;
+          await held;
+        }
+        stored.set(record.messageId, record);
+      },
+    },
+    transport,
+    clock: systemClock,
+    logger,
+    maxAttempts: 3,
+    retryBaseDelayMs: 100,
+    retryMaxDelayMs: 100,
+    waitBudgetMs: 50,
+    recordTtlMs: 60_000,
+  });
+  const now = Date.now();
+  const record: DeliveryRecord = {
+    messageId: "held-accept-1",
+    caller: "test",
+    state: "SENDING",
+    recipientMasked: "h***@example.com",
+    recipientDomain: "example.com",
+    purpose: "login",
+    locale: "en",
+    createdAt: now,
+    updatedAt: now,
+    expiresAt: now + 60_000,
+    attempts: [],
+    traceId: "",
+  };
+  void delivery.dispatch(record, {
+    from: '"Acme" <no-reply@acme.test>',
+    to: "held@example.com",
+    subject: "Your Acme code",
+    text: "Your code is in the subject",
+    html: "<p>Your code is in the subject</p>",
+    messageId: "<held-accept-1@acme.test>",
+    headers: {},
+  });
+  await vi.waitFor(() => expect(acceptedWriteStarted).toBe(true), { timeout: 10_000, interval: 10 });
+
+  // The grace runs out while the ACCEPTED write hangs; storage answers again within the drain's last second.
+  const draining = delivery.drain(100);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  letThrough();
+  await draining;
+
+  expect(sink.messages).toHaveLength(1);
+  expect(stored.get("held-accept-1")).toMatchObject({ state: "ACCEPTED", failureReason: undefined });
+  expect(stored.get("held-accept-1")?.attempts.map((attempt) => attempt.outcome)).toEqual(["accepted"]);
 });
