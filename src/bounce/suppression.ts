@@ -8,7 +8,7 @@
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { Clock } from "../clock.js";
-import type { SuppressionEntry, SuppressionReason } from "../delivery/record.js";
+import { suppressionReason, type SuppressionEntry, type SuppressionReason } from "../delivery/record.js";
 import type { OtpStore } from "../store/types.js";
 
 export interface SuppressionListOptions {
@@ -51,7 +51,12 @@ export interface SuppressionList {
   previousRecipientHash(recipientKey: string): string | undefined;
   /** The suppression in force for a recipient (either hash; the current one's first), or undefined. */
   check(recipientHash: string, previousRecipientHash?: string): Promise<SuppressionEntry | undefined>;
-  /** Suppresses a recipient from now for the configured time; returns the entry stored. */
+  /**
+   * Suppresses a recipient from now for the configured time; returns the
+   * entry in force. A cause about the message whose report already
+   * suppresses the recipient (a DSN or feedback report received twice)
+   * leaves that entry as it is: it does not restart the clock.
+   */
   suppress(recipientHash: string, cause: SuppressionCause): Promise<SuppressionEntry>;
   /**
    * Every suppression SendOtp would find for a recipient (`recipientKey` as
@@ -101,6 +106,14 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
       return store.getSuppression(previousRecipientHash);
     },
     async suppress(recipientHash, cause) {
+      // Relays resend DSNs and the intake may be handed one report twice: the same
+      // report again is no news about the mailbox, so the suppression it already
+      // caused keeps its start and end. A report about another message (a newer
+      // bounce) does start the clock again. Two copies read at the same moment
+      // by two instances may both write; the later one then moves the clock by
+      // that moment only.
+      const existing = await store.getSuppression(recipientHash);
+      if (existing !== undefined && sameCause(existing, cause)) return existing;
       const now = clock.now();
       const entry: SuppressionEntry = { ...cause, bouncedAt: now, expiresAt: now + ttlMs };
       await store.putSuppression(recipientHash, entry, ttlMs);
@@ -109,4 +122,9 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
     find: (recipientKey) => each(recipientKey, (recipientHash) => store.getSuppression(recipientHash)),
     lift: (recipientKey) => each(recipientKey, (recipientHash) => store.removeSuppression(recipientHash)),
   };
+}
+
+/** Whether `cause` is the report an entry was already made from: the same message, for the same reason. */
+function sameCause(entry: SuppressionEntry, cause: SuppressionCause): boolean {
+  return entry.messageId === cause.messageId && suppressionReason(entry) === suppressionReason(cause);
 }

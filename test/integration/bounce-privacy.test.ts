@@ -1,0 +1,110 @@
+/**
+ * What bounces tell, and to whom, on real parts: the app in the test process
+ * on a private Redis prefix, the SMTP sink as its relay, DSNs handed to its
+ * bounce intake over SMTP as a relay sends them, two callers with tokens.
+ * The same DSN twice does not restart the suppression.
+ */
+import { createTransport } from "nodemailer";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import type { Clock } from "../../src/clock.js";
+import { dsnMessage, type DsnRecipientFields } from "../support/dsn-fixtures.js";
+import { bearer, call, detailsOf, failure, getDeliveryStatus, newToken, sendOtp, startInstance, untilServing, type Instance } from "../support/otp-instances.js";
+import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+
+const bounceDomain = "bounces.acme.test";
+const alpha = newToken("alpha");
+const beta = newToken("beta");
+const hour = 3_600_000;
+
+let sink: SmtpSink;
+const running: Instance[] = [];
+
+beforeAll(async () => {
+  sink = await startSmtpSink();
+});
+
+beforeEach(() => {
+  sink.messages.length = 0;
+});
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((instance) => instance.stop()));
+});
+
+afterAll(async () => {
+  await sink.close();
+});
+
+/** One instance with a bounce intake and the callers alpha and beta; returns it and its Redis prefix. */
+async function start(clock?: Clock): Promise<{ instance: Instance; prefix: string }> {
+  const prefix = randomPrefix();
+  const instance = await startInstance({
+    env: {
+      LOG_LEVEL: "debug",
+      AUTH_TOKENS: `${alpha.entry},${beta.entry}`,
+      SMTP_URL: sink.url,
+      REDIS_URL: redisUrlForTests(),
+      REDIS_PREFIX: prefix,
+      BOUNCE_SMTP_ADDR: "127.0.0.1:0",
+      BOUNCE_DOMAIN: bounceDomain,
+      LIMIT_RESEND_COOLDOWN: "0",
+    },
+    ...(clock === undefined ? {} : { clock }),
+  });
+  running.push(instance);
+  await untilServing(instance);
+  return { instance, prefix };
+}
+
+/** Hands a DSN about `messageId` with one recipient block to the instance's intake, as the relay would. */
+async function bounce(instance: Instance, messageId: string, block: DsnRecipientFields): Promise<void> {
+  const to = `bounce+${messageId}@${bounceDomain}`;
+  const intake = createTransport({ host: "127.0.0.1", port: instance.app.bounceIntake?.port, secure: false, ignoreTLS: true, logger: false });
+  try {
+    const reply = await intake.sendMail({ envelope: { from: "", to }, raw: dsnMessage({ to, envelopeId: messageId, recipients: [block] }) });
+    expect(reply.response).toMatch(/^250 /);
+  } finally {
+    intake.close();
+  }
+}
+
+const unknownUser = (recipient: string): DsnRecipientFields => ({
+  action: "failed",
+  status: "5.1.1",
+  finalRecipient: recipient,
+  diagnosticCode: `smtp; 550 5.1.1 <${recipient}>: Recipient address rejected: User unknown`,
+});
+
+/** SendOtp as `token`'s caller, expected to be refused: the error and its ErrorInfo metadata. */
+async function refusedSend(instance: Instance, recipient: string, token: string) {
+  const error = await failure(call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }, bearer(token)));
+  return { error, metadata: detailsOf(error).errorInfo?.metadata ?? {} };
+}
+
+describe("the same DSN received twice", () => {
+  it("leaves the suppression it caused as it was; a bounce of another message starts it anew", async () => {
+    let offset = 0;
+    const clock: Clock = { now: () => Date.now() + offset };
+    const { instance } = await start(clock);
+    const recipient = "bob@example.com";
+    const first = await call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }, bearer(alpha.token));
+    const second = await call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }, bearer(alpha.token));
+    const suppressedUntil = async (): Promise<number> => Date.parse((await refusedSend(instance, recipient, alpha.token)).metadata["suppressed_until"] ?? "");
+
+    await bounce(instance, first.messageId, unknownUser(recipient));
+    const until = await suppressedUntil();
+    expect(until).toBeGreaterThan(clock.now());
+
+    // The relay sends the same report again an hour later.
+    offset += hour;
+    await bounce(instance, first.messageId, unknownUser(recipient));
+    expect(await suppressedUntil()).toBe(until);
+
+    // The other message bounces too: news about the mailbox, an hour later still.
+    offset += hour;
+    await bounce(instance, second.messageId, unknownUser(recipient));
+    expect(await suppressedUntil()).toBeGreaterThanOrEqual(until + 2 * hour);
+  });
+});
