@@ -170,6 +170,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       } else {
         await suppression.suppress(record.recipientHash, {
           messageId,
+          caller: record.caller,
           status: reportStatus(report),
           diagnosticCode: report.diagnosticCode,
         });

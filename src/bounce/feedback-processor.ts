@@ -163,6 +163,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       } else {
         await suppression.suppress(record.recipientHash, {
           messageId,
+          caller: record.caller,
           status: "",
           diagnosticCode: "",
           reason: "complaint",

@@ -29,6 +29,8 @@ export interface SuppressionListOptions {
 /** What caused a suppression: the bounced message and its DSN, or the message complained about. */
 export interface SuppressionCause {
   readonly messageId: string;
+  /** The caller that sent that message: only it is told the message's id (see SuppressionEntry.caller). */
+  readonly caller?: string | undefined;
   readonly status: string;
   readonly diagnosticCode: string;
   /** Absent: a hard bounce. */

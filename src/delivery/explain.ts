@@ -129,13 +129,13 @@ export function explain(record: DeliveryRecord, now: number): string {
       if (suppressionReason(cause) === "complaint") {
         return (
           `Not sent: the recipient marked an earlier message as spam (their mailbox provider's feedback report, type ` +
-          `${cause.feedbackType ?? "abuse"}, at ${utc(cause.bouncedAt)}; message ${cause.messageId}), so sends to it are refused until ` +
+          `${cause.feedbackType ?? "abuse"}, at ${utc(cause.bouncedAt)}${whichMessage(cause.messageId)}), so sends to it are refused until ` +
           `${utc(cause.expiresAt)}. Nothing was sent and no rate budget was spent.`
         );
       }
       return (
         `Not sent: the recipient hard-bounced at ${utc(cause.bouncedAt)} (status ${cause.status}` +
-        `${cause.diagnosticCode === "" ? "" : `, "${cause.diagnosticCode}"`}; message ${cause.messageId}), ` +
+        `${cause.diagnosticCode === "" ? "" : `, "${cause.diagnosticCode}"`}${whichMessage(cause.messageId)}), ` +
         `so sends to it are refused until ${utc(cause.expiresAt)}. Nothing was sent and no rate budget was spent.`
       );
     }
@@ -205,6 +205,11 @@ function describeAttempt(attempt: DeliveryRecord["attempts"][number]): string {
 
 function count(n: number, noun: string): string {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
+/** `; message <id>`, or "" when the message is not named (another caller's: see causeSeenBy in otp/otp-service.ts). */
+function whichMessage(messageId: string): string {
+  return messageId === "" ? "" : `; message ${messageId}`;
 }
 
 function detail(reason: string | undefined): string {

@@ -119,6 +119,12 @@ export interface DeliveryReport {
 export interface SuppressionEntry {
   /** The message whose bounce (or complaint) caused the suppression. */
   readonly messageId: string;
+  /**
+   * The caller that sent that message. Callers are told the message's id
+   * only when it is their own: another caller's message id is not theirs
+   * to know. Absent on entries written before it was kept.
+   */
+  readonly caller?: string | undefined;
   /** The DSN's status (`5.1.1`); "" for a complaint. */
   readonly status: string;
   readonly diagnosticCode: string;

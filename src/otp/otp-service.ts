@@ -150,7 +150,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       if (!keepsIdempotencyKey(failure)) return undefined;
       throw failure;
     }
-    if (known.suppressedBy !== undefined) throw suppressedError(known, known.suppressedBy);
+    if (known.suppressedBy !== undefined) throw suppressedError(known, causeSeenBy(ctx.caller, known.suppressedBy));
     const limits = await nextSend;
     if ("error" in limits) {
       // Still a lower bound: since the first call answered, sends were only added to its limits.
@@ -393,7 +393,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       });
     }
     // DSNs are stored beside the record by the bounce intake; join them here.
-    const known = withReports(record, reports);
+    const joined = withReports(record, reports);
+    const known = joined.suppressedBy === undefined ? joined : { ...joined, suppressedBy: causeSeenBy(ctx.caller, joined.suppressedBy) };
     const now = clock.now();
     return { record: { ...known, state: effectiveState(known, now) }, explanation: explain(known, now) };
   }
@@ -439,7 +440,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       { message_id: messageId, recipient: record.recipientMasked, bounced_message_id: cause.messageId, status: cause.status },
       "otp not sent: recipient suppressed",
     );
-    throw suppressedError(record, cause);
+    throw suppressedError(record, causeSeenBy(ctx.caller, cause));
   }
 
   async function verifyOtp(ctx: CallContext, input: VerifyOtpInput): Promise<VerifyOtpResult> {
@@ -569,6 +570,20 @@ function backlogFull(): OtpError {
   );
 }
 
+/**
+ * A suppression as `caller` is told it: the message whose bounce or
+ * complaint caused it is named (messageId) only to the caller that sent it.
+ * Callers share recipients, not messages: another caller's message id is
+ * not theirs to know (GetDeliveryStatus answers it NOT_FOUND to them), and
+ * what they can act on, that the address bounced or complained, when, with
+ * what status and until when, is all still there. An entry that does not
+ * say whose message it was (written before entries did) names it to nobody.
+ * The stored record keeps the whole cause, for support.
+ */
+function causeSeenBy(caller: string, cause: SuppressionEntry): SuppressionEntry {
+  return cause.caller === caller ? cause : { ...cause, messageId: "" };
+}
+
 /** The error SendOtp answers for a suppressed recipient (`record` is the SUPPRESSED message). */
 function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpError {
   if (suppressionReason(cause) === "complaint") {
@@ -584,7 +599,7 @@ function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpEr
         metadata: {
           message_id: record.messageId,
           suppression_reason: "complaint",
-          complained_message_id: cause.messageId,
+          ...(cause.messageId === "" ? {} : { complained_message_id: cause.messageId }),
           feedback_type: feedbackType,
           suppressed_until: new Date(cause.expiresAt).toISOString(),
         },
@@ -600,7 +615,7 @@ function suppressedError(record: DeliveryRecord, cause: SuppressionEntry): OtpEr
       reason: "RECIPIENT_SUPPRESSED",
       metadata: {
         message_id: record.messageId,
-        bounced_message_id: cause.messageId,
+        ...(cause.messageId === "" ? {} : { bounced_message_id: cause.messageId }),
         bounce_status: cause.status,
         suppression_reason: "hard_bounce",
         suppressed_until: new Date(cause.expiresAt).toISOString(),

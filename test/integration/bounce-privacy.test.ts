@@ -2,11 +2,14 @@
  * What bounces tell, and to whom, on real parts: the app in the test process
  * on a private Redis prefix, the SMTP sink as its relay, DSNs handed to its
  * bounce intake over SMTP as a relay sends them, two callers with tokens.
- * The same DSN twice does not restart the suppression.
+ * The same DSN twice does not restart the suppression; a caller refused for
+ * a recipient that another caller's message bounced is not told that
+ * message's id.
  */
+import { toJsonString } from "@bufbuild/protobuf";
 import { createTransport } from "nodemailer";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { DeliveryState, GetDeliveryStatusResponseSchema, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import type { Clock } from "../../src/clock.js";
 import { dsnMessage, type DsnRecipientFields } from "../support/dsn-fixtures.js";
 import { bearer, call, detailsOf, failure, getDeliveryStatus, newToken, sendOtp, startInstance, untilServing, type Instance } from "../support/otp-instances.js";
@@ -106,5 +109,35 @@ describe("the same DSN received twice", () => {
     offset += hour;
     await bounce(instance, second.messageId, unknownUser(recipient));
     expect(await suppressedUntil()).toBeGreaterThanOrEqual(until + 2 * hour);
+  });
+});
+
+describe("a recipient suppressed by another caller's message", () => {
+  it("is refused with the bounce's status and dates, but the bounced message is named only to the caller that sent it", async () => {
+    const { instance } = await start();
+    const recipient = "carol@example.com";
+    const sent = await call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }, bearer(alpha.token));
+    await bounce(instance, sent.messageId, unknownUser(recipient));
+
+    // beta: refused, actionable, and nothing of alpha's message id.
+    const other = await refusedSend(instance, recipient, beta.token);
+    expect(other.error.details).toMatch(/^email not sent: c\*\*\*@example\.com hard-bounced \(status 5\.1\.1\) at .*, so sends to it are suppressed until /);
+    expect(other.metadata).toMatchObject({ suppression_reason: "hard_bounce", bounce_status: "5.1.1" });
+    expect(other.metadata["suppressed_until"]).toMatch(/^\d{4}-/);
+    expect(other.metadata["bounced_message_id"]).toBeUndefined();
+    const otherRecord = await call(instance.client, getDeliveryStatus, { messageId: other.metadata["message_id"] ?? "" }, bearer(beta.token));
+    expect(otherRecord.state).toBe(DeliveryState.SUPPRESSED);
+    expect(otherRecord.suppression).toMatchObject({ bouncedMessageId: "", status: "5.1.1" });
+    expect(otherRecord.suppression?.diagnosticCode).toContain("User unknown");
+    expect(otherRecord.explanation).toMatch(/^Not sent: the recipient hard-bounced at .* \(status 5\.1\.1, ".*User unknown"\), so sends to it are refused until /);
+    const shownToBeta = [other.error.details, JSON.stringify(other.metadata), toJsonString(GetDeliveryStatusResponseSchema, otherRecord)].join("\n");
+    expect(shownToBeta).not.toContain(sent.messageId);
+
+    // alpha, whose message it was: named in the error, the record and its explanation.
+    const own = await refusedSend(instance, recipient, alpha.token);
+    expect(own.metadata["bounced_message_id"]).toBe(sent.messageId);
+    const ownRecord = await call(instance.client, getDeliveryStatus, { messageId: own.metadata["message_id"] ?? "" }, bearer(alpha.token));
+    expect(ownRecord.suppression?.bouncedMessageId).toBe(sent.messageId);
+    expect(ownRecord.explanation).toContain(`message ${sent.messageId}`);
   });
 });

@@ -403,7 +403,8 @@ export const DeliveryReportSchema: GenMessage<DeliveryReport> = /*@__PURE__*/
  */
 export type Suppression = Message<"otp.v1.Suppression"> & {
   /**
-   * The message whose bounce (or complaint) caused the suppression.
+   * The message whose bounce (or complaint) caused the suppression; empty
+   * when another caller sent that message (its id is told to its own caller only).
    *
    * @generated from field: string bounced_message_id = 1;
    */
