@@ -243,6 +243,8 @@ export async function startApp(options: AppOptions): Promise<App> {
       clock,
       previous: previousSecret && { secret: previousSecret.secret, until: previousSecret.suppressionUntil },
     });
+    const hasher = createHasher(config.otp.secret);
+    const previousHasher = previousSecret && createHasher(previousSecret.secret);
     const otp = createOtpService({
       observer: deliveryObserver,
       suppression,
@@ -254,7 +256,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),
-      hasher: createHasher(config.otp.secret),
+      hasher,
       clock,
       logger,
       from: { name: config.mail.fromName, address: config.mail.fromAddress },
@@ -264,7 +266,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       recordRetentionMs: config.recordRetentionMs,
       idempotencyTtlMs: config.idempotencyTtlMs,
       previousSecret: previousSecret && {
-        hasher: createHasher(previousSecret.secret),
+        hasher: previousHasher ?? createHasher(previousSecret.secret),
         // The old set's own failure cap, as the instances with the old secret counted it.
         verifyLimiter: createLimiter({ store, limits: config.limits, secret: previousSecret.secret, logger }),
         codesUntil: previousSecret.codesUntil,
@@ -300,11 +302,14 @@ export async function startApp(options: AppOptions): Promise<App> {
     }
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
-      const [{ startBounceIntake }, { createBounceProcessor }, { createFeedbackProcessor }] = await Promise.all([
+      const [{ startBounceIntake }, { createBounceProcessor }, { createFeedbackProcessor }, { createReportRedactor }] = await Promise.all([
         import("./bounce/intake-server.js"),
         import("./bounce/bounce-processor.js"),
         import("./bounce/feedback-processor.js"),
+        import("./bounce/report-redaction.js"),
       ]);
+      // A report may quote a message's code (its Subject): recognised under the secret its record was made with.
+      const redactor = createReportRedactor(previousHasher === undefined ? [hasher] : [hasher, previousHasher]);
       const separator = config.bounce.smtpAddr.lastIndexOf(":");
       intake = await startBounceIntake({
         host: config.bounce.smtpAddr.slice(0, separator).replace(/^\[|\]$/g, ""),
@@ -323,6 +328,7 @@ export async function startApp(options: AppOptions): Promise<App> {
             clock,
             logger,
             reportTtlMs: config.recordRetentionMs,
+            redactor,
             bounceDomain,
             messageIdDomain: config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1).toLowerCase(),
             onApplied: (record, sendTraceId, previousState) => {
@@ -338,6 +344,7 @@ export async function startApp(options: AppOptions): Promise<App> {
           clock,
           logger,
           reportTtlMs: config.recordRetentionMs,
+          redactor,
           previousSecret,
           onBounceApplied: (record, sendTraceId, previousState) => {
             bounceTelemetry.applied(record, sendTraceId, previousState);

@@ -11,6 +11,7 @@ import { appendDropsDecidingReport, reportStatus, suppresses, withReports } from
 import type { Logger } from "../logger.js";
 import { maxDeliveryReports, type OtpStore } from "../store/types.js";
 import { parseDsn, type DsnRecipient } from "./dsn.js";
+import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
 import type { SuppressionList } from "./suppression.js";
 
 export type UnmatchedReason =
@@ -41,6 +42,12 @@ export interface BounceProcessorOptions {
   readonly logger: Logger;
   /** How long reports are kept (the record retention). */
   readonly reportTtlMs: number;
+  /**
+   * Takes the message's code out of the DSN's texts (a Diagnostic-Code may
+   * quote the Subject) before anything is stored, logged or shown. Default:
+   * one without hashers, which redacts everything that could be a code.
+   */
+  readonly redactor?: ReportRedactor | undefined;
   /**
    * While OTP_SECRET rotates: a record made before `rotatedAt` carries its
    * recipient's hash under the previous secret, which SendOtp consults only
@@ -99,6 +106,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
   const { store, suppression, clock } = options;
   const baseLogger = options.logger.child({ component: "bounce" });
   const counts = { applied: 0, unmatched: 0, not_dsn: 0 };
+  const redactor = options.redactor ?? createReportRedactor([]);
 
   function finish(outcome: BounceOutcome): BounceOutcome {
     counts[outcome.kind]++;
@@ -118,17 +126,19 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       return finish({ kind: "not_dsn", messageId, reason: parsed.reason });
     }
     const { dsn } = parsed;
+    // Before the record is known: whatever could be a code is kept out of the log.
+    const unmatchedMta = (): string => redactor.redact(dsn.reportingMta);
     // The VERP address names the message; an ENVID, when present, must agree.
     if (dsn.envelopeId !== "" && dsn.envelopeId.toLowerCase() !== messageId) {
       logger.warn(
-        { message_id: messageId, envelope_id: dsn.envelopeId.slice(0, 64), reporting_mta: dsn.reportingMta },
+        { message_id: messageId, envelope_id: redactor.redact(dsn.envelopeId.slice(0, 64)), reporting_mta: unmatchedMta() },
         "bounce's Original-Envelope-Id does not match its VERP address; not applied",
       );
       return finish({ kind: "unmatched", messageId, reason: "envelope_id_mismatch" });
     }
     const record = await store.getRecord(messageId);
     if (record === undefined) {
-      logger.warn({ message_id: messageId, reporting_mta: dsn.reportingMta }, "bounce for an unknown message; not applied");
+      logger.warn({ message_id: messageId, reporting_mta: unmatchedMta() }, "bounce for an unknown message; not applied");
       return finish({ kind: "unmatched", messageId, reason: "unknown_message" });
     }
     if (record.state === "QUEUED" || record.state === "SUPPRESSED") {
@@ -139,13 +149,14 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     // One recipient per message: the most severe block speaks for it.
     const block = [...dsn.recipients].sort((a, b) => severity[b.action] - severity[a.action])[0];
     if (block === undefined) return finish({ kind: "not_dsn", messageId, reason: "no recipient block" });
+    const redact = (text: string): string => redactor.redact(text, record);
     const report: DeliveryReport = {
       receivedAt: clock.now(),
       action: block.action,
       status: block.status,
-      diagnosticCode: block.diagnosticCode,
-      remoteMta: block.remoteMta,
-      reportingMta: dsn.reportingMta,
+      diagnosticCode: redact(block.diagnosticCode),
+      remoteMta: redact(block.remoteMta),
+      reportingMta: redact(dsn.reportingMta),
       finalRecipient: block.finalRecipient,
       envelopeId: dsn.envelopeId,
     };

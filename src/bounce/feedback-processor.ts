@@ -20,6 +20,7 @@ import { messageIdPattern } from "../otp/code.js";
 import { maxDeliveryReports, type OtpStore } from "../store/types.js";
 import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
 import type { BounceSource } from "./bounce-processor.js";
+import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
 import type { SuppressionList } from "./suppression.js";
 
 export type FeedbackUnmatchedReason =
@@ -55,6 +56,12 @@ export interface FeedbackProcessorOptions {
   readonly logger: Logger;
   /** How long reports are kept (the record retention). */
   readonly reportTtlMs: number;
+  /**
+   * Takes the message's code out of the report's texts before anything is
+   * stored, logged or shown (as BounceProcessorOptions.redactor). Default:
+   * one without hashers, which redacts everything that could be a code.
+   */
+  readonly redactor?: ReportRedactor | undefined;
   /** BOUNCE_DOMAIN: a VERP address `bounce+<id>@<bounceDomain>` names a message. */
   readonly bounceDomain: string;
   /** The From address's domain: a Message-ID `<id@messageIdDomain>` names a message. */
@@ -78,6 +85,7 @@ export interface FeedbackProcessor {
 export function createFeedbackProcessor(options: FeedbackProcessorOptions): FeedbackProcessor {
   const { store, suppression, clock } = options;
   const baseLogger = options.logger.child({ component: "feedback" });
+  const redactor = options.redactor ?? createReportRedactor([]);
   const escape = (text: string): string => text.toLowerCase().replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const verp = new RegExp(`^bounce\\+([0-9a-z]+)@${escape(options.bounceDomain)}$`, "i");
   const ownMessageId = new RegExp(`^([0-9a-z]+)@${escape(options.messageIdDomain)}$`, "i");
@@ -103,7 +111,8 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       return finish({ kind: "not_arf", reason: read.reason });
     }
     const { report: feedback } = read;
-    const described = { feedback_type: feedback.feedbackType, user_agent: feedback.userAgent };
+    // Until the record is known, whatever could be a code is kept out of the log.
+    const described = { feedback_type: feedback.feedbackType, user_agent: redactor.redact(feedback.userAgent) };
 
     // Every place that may name the message must name the same one.
     const ids = [
@@ -133,17 +142,20 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       return finish({ kind: "unmatched", feedbackType: feedback.feedbackType, reason: "not_sent" });
     }
 
+    const redact = (text: string): string => redactor.redact(text, record);
     const report: DeliveryReport = {
       receivedAt: clock.now(),
       action: feedback.feedbackType === "not-spam" ? "not_spam" : "complained",
       status: "",
       diagnosticCode: "",
       remoteMta: "",
-      reportingMta: feedback.reportingMta,
+      reportingMta: redact(feedback.reportingMta),
       finalRecipient: feedback.originalRcptTo,
       envelopeId: "",
       feedbackType: feedback.feedbackType,
-      userAgent: feedback.userAgent,
+      userAgent: redact(feedback.userAgent),
+      // A date-time (RFC 5965 section 3.1), which quotes nothing of the original: kept as
+      // given, its numbers never taken for a code (as they would be for a record without a fingerprint).
       arrivalDate: feedback.arrivalDate,
     };
     const earlier = await store.getDeliveryReports(messageId);
@@ -175,6 +187,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
     logger.info(
       {
         ...described,
+        user_agent: report.userAgent,
         message_id: messageId,
         arrival_date: feedback.arrivalDate,
         previous_state: previousState,

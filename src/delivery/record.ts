@@ -136,6 +136,14 @@ export interface SuppressionEntry {
   readonly expiresAt: number;
 }
 
+/** A message's code as a report quoting it can be recognised by, without the code. */
+export interface CodeFingerprint {
+  /** The code's length: the run of characters each candidate in a report is. */
+  readonly length: number;
+  /** Keyed HMAC of the code, bound to its message (Hasher.reportCodeHmac). */
+  readonly hmac: string;
+}
+
 /** `hard_bounce`: a "no such mailbox" DSN; `complaint`: the recipient marked a message as spam (ARF). */
 export type SuppressionReason = "hard_bounce" | "complaint";
 
@@ -168,6 +176,12 @@ export interface DeliveryRecord {
    * hard bounce of this message suppresses. Never shown to callers.
    */
   readonly recipientHash?: string | undefined;
+  /**
+   * What recognises this message's code where a bounce or feedback report
+   * quotes it (see bounce/report-redaction.ts); a keyed HMAC, never the
+   * code. Never shown to callers. Absent on older records.
+   */
+  readonly codeFingerprint?: CodeFingerprint | undefined;
   /**
    * DSNs tied to this message, oldest first. Stored apart from the record
    * (the sender and the bounce intake never overwrite each other) and joined

@@ -108,6 +108,12 @@ export interface Hasher {
   idempotencyKeyId(caller: string, key: string): string;
   /** Fingerprint of the fields that make two SendOtp requests "the same request". */
   requestFingerprint(parts: readonly string[]): string;
+  /**
+   * HMAC of a message's code, bound to the message: how a bounce or
+   * feedback report that quotes the code is recognised (CodeFingerprint).
+   * The code upper-cased, as reports may quote it in another case.
+   */
+  reportCodeHmac(messageId: string, code: string): string;
 }
 
 export function createHasher(secret: Buffer): Hasher {
@@ -123,6 +129,7 @@ export function createHasher(secret: Buffer): Hasher {
     codeHmac: (setId, code) => mac("code", [setId, code]),
     idempotencyKeyId: (caller, key) => mac("idempotency", [caller, key]).slice(0, 32),
     requestFingerprint: (parts) => mac("request", parts),
+    reportCodeHmac: (messageId, code) => mac("report-code", [messageId, code.toUpperCase()]).slice(0, 32),
   };
 }
 

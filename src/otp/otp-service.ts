@@ -305,6 +305,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         attempts: [],
         traceId: ctx.traceId,
         recipientHash,
+        // A bounce or complaint that quotes the code (its Subject) is recognised by this, and redacted.
+        codeFingerprint: { length: code.length, hmac: hasher.reportCodeHmac(messageId, code) },
         resendAvailableAt: admission.resendAvailableAt,
       };
       // Record and code are both stored before any attempt, so a status query

@@ -2,18 +2,19 @@
  * What bounces tell, and to whom, on real parts: the app in the test process
  * on a private Redis prefix, the SMTP sink as its relay, DSNs handed to its
  * bounce intake over SMTP as a relay sends them, two callers with tokens.
- * The same DSN twice does not restart the suppression; a caller refused for
- * a recipient that another caller's message bounced is not told that
- * message's id.
+ * A DSN that quotes the Subject leaves the code nowhere; the same DSN twice
+ * does not restart the suppression; a caller refused for a recipient that
+ * another caller's message bounced is not told that message's id.
  */
 import { toJsonString } from "@bufbuild/protobuf";
+import { Redis } from "ioredis";
 import { createTransport } from "nodemailer";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { DeliveryState, GetDeliveryStatusResponseSchema, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import type { Clock } from "../../src/clock.js";
 import { dsnMessage, type DsnRecipientFields } from "../support/dsn-fixtures.js";
 import { bearer, call, detailsOf, failure, getDeliveryStatus, newToken, sendOtp, startInstance, untilServing, type Instance } from "../support/otp-instances.js";
-import { randomPrefix, redisUrlForTests } from "../support/redis.js";
+import { randomPrefix, redisUrlForTests, scanPrefix } from "../support/redis.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 const bounceDomain = "bounces.acme.test";
@@ -22,10 +23,13 @@ const beta = newToken("beta");
 const hour = 3_600_000;
 
 let sink: SmtpSink;
+let redis: Redis;
 const running: Instance[] = [];
 
 beforeAll(async () => {
   sink = await startSmtpSink();
+  redis = new Redis(redisUrlForTests(), { lazyConnect: true });
+  await redis.connect();
 });
 
 beforeEach(() => {
@@ -37,6 +41,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
+  redis.disconnect();
   await sink.close();
 });
 
@@ -85,6 +90,81 @@ async function refusedSend(instance: Instance, recipient: string, token: string)
   const error = await failure(call(instance.client, sendOtp, { recipient, purpose: Purpose.LOGIN }, bearer(token)));
   return { error, metadata: detailsOf(error).errorInfo?.metadata ?? {} };
 }
+
+/** Every value under `prefix`, as text. */
+async function dumpRedis(prefix: string): Promise<string> {
+  const parts: string[] = [];
+  for (const key of await scanPrefix(redis, prefix)) {
+    const type = await redis.type(key);
+    const value =
+      type === "string" ? await redis.get(key)
+      : type === "list" ? await redis.lrange(key, 0, -1)
+      : type === "zset" ? await redis.zrange(key, "0", "-1")
+      : type === "hash" ? await redis.hgetall(key)
+      : `(${type})`;
+    parts.push(`${key} ${JSON.stringify(value)}`);
+  }
+  return parts.join("\n");
+}
+
+describe("a DSN that quotes the message's Subject", () => {
+  it("leaves the code in no report, suppression, answer, log line or Redis key: in clear or encoded, it reads [redacted]", async () => {
+    const { instance, prefix } = await start();
+    // Codes of our choosing, which no id, hash or timestamp can hold by chance.
+    const code = "QX7ZK4W9";
+    const koreanCode = "ZW94KQ7X";
+    const sent = await call(instance.client, sendOtp, { recipient: "Jane.Doe@example.com", purpose: Purpose.LOGIN, code }, bearer(alpha.token));
+    const [mail] = await sink.waitForMessages(1);
+    const subject = mail?.parsed.subject ?? "";
+    expect(subject).toBe(`${code} is your Acme Login sign-in code`);
+    const korean = await call(instance.client, sendOtp, { recipient: "min@example.com", purpose: Purpose.LOGIN, locale: "ko", code: koreanCode }, bearer(alpha.token));
+    const koreanMail = (await sink.waitForMessages(2))[1];
+    // The Subject header as it went out (encoded words, folded), unfolded as a DSN quotes it.
+    const rawSubject = /^Subject: (.*(?:\r\n[ \t].*)*)/m.exec(koreanMail?.raw.toString("latin1") ?? "")?.[1]?.replace(/\r\n[ \t]+/g, " ") ?? "";
+    expect(rawSubject).toMatch(/=\?UTF-8\?/i);
+    // A whole Subject as one base64 word, as some servers quote it.
+    const encodedSubject = `=?UTF-8?B?${Buffer.from(subject, "utf8").toString("base64")}?=`;
+
+    // A content filter refuses the first, quoting the Subject twice; the second is delayed, quoting the header.
+    await bounce(instance, sent.messageId, {
+      ...unknownUser("Jane.Doe@example.com"),
+      diagnosticCode: `smtp; 550 5.1.1 <Jane.Doe@example.com>: mailbox unavailable; message "${subject}" refused (Subject: ${encodedSubject})`,
+      remoteMta: `dns; mx.example.com (re: ${subject})`,
+    });
+    await bounce(instance, korean.messageId, {
+      action: "delayed",
+      status: "4.7.1",
+      finalRecipient: "min@example.com",
+      diagnosticCode: `smtp; 451 4.7.1 greylisted, try later; Subject: ${rawSubject}`,
+    });
+
+    const status = await call(instance.client, getDeliveryStatus, { messageId: sent.messageId }, bearer(alpha.token));
+    expect(status.state).toBe(DeliveryState.BOUNCED);
+    expect(status.deliveryReports[0]?.diagnosticCode).toBe(
+      'smtp; 550 5.1.1 <J***@example.com>: mailbox unavailable; message "[redacted] is your Acme Login sign-in code" refused (Subject: [redacted])',
+    );
+    expect(status.deliveryReports[0]?.remoteMta).toBe("dns; mx.example.com (re: [redacted] is your Acme Login sign-in code)");
+    const koreanStatus = await call(instance.client, getDeliveryStatus, { messageId: korean.messageId }, bearer(alpha.token));
+    expect(koreanStatus.state).toBe(DeliveryState.DELAYED);
+    // The header as it went out: the code, wherever nodemailer put it (in clear or in an encoded word), is gone.
+    expect(koreanStatus.deliveryReports[0]?.diagnosticCode).toMatch(/^smtp; 451 4\.7\.1 greylisted, try later; Subject: .*\[redacted\]$/);
+    // The suppression the first caused keeps the diagnostic, redacted, and shows it on the next send.
+    const refused = await refusedSend(instance, "jane.doe@example.com", alpha.token);
+    expect(refused.metadata["bounce_status"]).toBe("5.1.1");
+    const suppressed = await call(instance.client, getDeliveryStatus, { messageId: refused.metadata["message_id"] ?? "" }, bearer(alpha.token));
+    expect(suppressed.suppression?.diagnosticCode).toContain('message "[redacted] is your Acme Login sign-in code" refused');
+
+    const answers = [status, koreanStatus, suppressed].map((answer) => toJsonString(GetDeliveryStatusResponseSchema, answer)).join("\n") +
+      `\n${refused.error.details}\n${JSON.stringify(refused.metadata)}`;
+    const logs = JSON.stringify(instance.logs);
+    const stored = await dumpRedis(prefix);
+    expect(stored).toContain(sent.messageId);
+    for (const [where, text] of [["answers", answers], ["logs", logs], ["Redis", stored]] as const) {
+      for (const secret of [code, koreanCode, encodedSubject, rawSubject]) expect(text, `${where}: ${secret}`).not.toContain(secret);
+      expect(text.toLowerCase(), where).not.toContain("jane.doe@");
+    }
+  });
+});
 
 describe("the same DSN received twice", () => {
   it("leaves the suppression it caused as it was; a bounce of another message starts it anew", async () => {

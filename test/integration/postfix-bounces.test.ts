@@ -5,7 +5,8 @@
  *
  *   SendOtp -> service -> Postfix (250, ACCEPTED) -> local(8) or the fake
  *   "Gmail" MX (an in-test smtp-server) -> DSN -> bounce intake -> BOUNCED /
- *   DELAYED in GetDeliveryStatus, and a suppressed recipient.
+ *   DELAYED in GetDeliveryStatus, and a suppressed recipient; a content
+ *   filter's refusal that quotes the Subject keeps the code out of it all.
  *
  * The intake requires TLS (BOUNCE_TLS_REQUIRED, a certificate from a test CA)
  * and Postfix delivers to it only over TLS, trusting that CA: every DSN here
@@ -18,12 +19,14 @@ import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { toJsonString } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import {
   DeliveryReportAction,
   DeliveryState,
+  GetDeliveryStatusResponseSchema,
   Purpose,
   type GetDeliveryStatusResponse,
 } from "../../gen/otp/v1/otp_email_pb.js";
@@ -55,14 +58,17 @@ let client: OtpEmailClient;
 const admissions: string[] = [];
 
 beforeAll(async () => {
-  // The fake Gmail MX: refuses dmarc-* for good (5.7.26) and defers greylist-* (4xx).
+  // The fake Gmail MX: refuses dmarc-* for good (5.7.26), defers greylist-* (4xx), and refuses the content of
+  // filtered-* after DATA, quoting its Subject (which holds the code) as content filters do.
   fakeGmail = await startSmtpSink({
     route: (recipient) =>
       recipient.startsWith("dmarc-")
         ? behave.reply("RCPT TO", 550, "5.7.26", dmarcRefusal)
         : recipient.startsWith("greylist-")
           ? behave.reply("RCPT TO", 451, "4.7.1", "Greylisted, please try again later")
-          : undefined,
+          : recipient.startsWith("filtered-")
+            ? behave.reply("DATA", 550, "5.7.1", "Message content rejected", { quoteSubject: true })
+            : undefined,
   });
   const smtpPort = await freePort();
   // The intake's certificate, signed by a CA that Postfix is told to trust; given to the service as PEM files.
@@ -222,5 +228,21 @@ describe("bounces through a real Postfix relay", () => {
     expect(delayed.deliveryReports[0]).toMatchObject({ action: DeliveryReportAction.DELAYED, status: "4.7.1" });
     expect(delayed.deliveryReports[0]?.diagnosticCode).toBe("smtp; 451 4.7.1 Greylisted, please try again later");
     expect(delayed.explanation).toMatch(/said delivery is delayed \(status 4\.7\.1, .*\); the relay is still trying/);
+  });
+
+  it("(4) the fake Gmail MX refuses the content, quoting the Subject: Postfix's DSN says so, and the code reads [redacted]", async () => {
+    const recipient = `filtered-${randomBytes(4).toString("hex")}@${gmailDomain}`;
+    // A code of our choosing: letters and digits that no id, hash or timestamp can contain by chance.
+    const code = "QX7ZK4W9";
+
+    const sent = await client.sendOtp({ recipient, purpose: Purpose.LOGIN, code });
+
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const [bounced] = await waitForState(sent.messageId, DeliveryState.BOUNCED, Date.now());
+    expect(bounced.deliveryReports[0]).toMatchObject({ action: DeliveryReportAction.FAILED, status: "5.7.1" });
+    // Postfix quotes the MX's reply, Subject and all; the code is kept out of the record and the answer.
+    expect(postfix?.maillog()).toContain(`(Subject: "${code} is your Acme sign-in code")`);
+    expect(bounced.deliveryReports[0]?.diagnosticCode).toBe('smtp; 550 5.7.1 Message content rejected (Subject: "[redacted] is your Acme sign-in code")');
+    expect(toJsonString(GetDeliveryStatusResponseSchema, bounced)).not.toContain(code);
   });
 });
