@@ -99,8 +99,9 @@ export function feedbackReportFrom(raw: Buffer): FeedbackParseResult {
     ok: true,
     report: {
       feedbackType,
-      userAgent: limit(fields.get("user-agent") ?? ""),
-      arrivalDate: limit(fields.get("arrival-date") ?? fields.get("received-date") ?? ""),
+      // Free texts, like Reporting-MTA: an address in them is masked too.
+      userAgent: limit(maskAddressesIn(fields.get("user-agent") ?? "", rcpt)),
+      arrivalDate: limit(maskAddressesIn(fields.get("arrival-date") ?? fields.get("received-date") ?? "", rcpt)),
       reportingMta: limit(maskAddressesIn(fields.get("reporting-mta") ?? "", rcpt)),
       originalRcptTo: rcpt === "" ? "" : `rfc822; ${maskAddress(rcpt)}`,
       candidates: {

@@ -9,6 +9,7 @@ import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
 import { appendDropsDecidingReport, reportStatus, suppresses, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
+import { maskAddressesIn } from "../otp/address.js";
 import { maxDeliveryReports, type OtpStore } from "../store/types.js";
 import { parseDsn, type DsnRecipient } from "./dsn.js";
 import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
@@ -131,7 +132,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     // The VERP address names the message; an ENVID, when present, must agree.
     if (dsn.envelopeId !== "" && dsn.envelopeId.toLowerCase() !== messageId) {
       logger.warn(
-        { message_id: messageId, envelope_id: redactor.redact(dsn.envelopeId.slice(0, 64)), reporting_mta: unmatchedMta() },
+        { message_id: messageId, envelope_id: redactor.redact(maskAddressesIn(dsn.envelopeId.slice(0, 64))), reporting_mta: unmatchedMta() },
         "bounce's Original-Envelope-Id does not match its VERP address; not applied",
       );
       return finish({ kind: "unmatched", messageId, reason: "envelope_id_mismatch" });

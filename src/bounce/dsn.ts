@@ -72,6 +72,8 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
   if (perMessage === undefined) return { ok: false, reason: "empty delivery-status part" };
 
   const recipients: DsnRecipient[] = [];
+  /** Every recipient address the blocks name: the per-message fields may echo them too. */
+  const named: string[] = [];
   let skipped = 0;
   for (const fields of groups.slice(0, maxRecipientBlocks)) {
     const action = (fields.get("action") ?? "").toLowerCase().split(/[\s(]/)[0] ?? "";
@@ -84,6 +86,7 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
     // After an alias or forward the two differ, and the texts may quote either.
     const original = addressOf(fields.get("original-recipient") ?? "");
     const mask = (text: string): string => maskAddressesIn(maskAddressesIn(text, address), original);
+    named.push(address, original);
     recipients.push({
       action,
       status: /^[245]\.\d{1,3}\.\d{1,3}/.exec(fields.get("status") ?? "")?.[0] ?? "",
@@ -105,7 +108,8 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
     ok: true,
     dsn: {
       envelopeId: decodeXtext(perMessage.get("original-envelope-id") ?? ""),
-      reportingMta: perMessage.get("reporting-mta") ?? "",
+      // As free a text as the others: an address in it is masked too.
+      reportingMta: named.reduce((text, address) => maskAddressesIn(text, address), perMessage.get("reporting-mta") ?? ""),
       recipients,
     },
   };

@@ -124,6 +124,14 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
     expect(JSON.stringify(result)).not.toMatch(/jane\.doe|jd4711/);
   });
 
+  it("masks the recipient in the Reporting-MTA too: it is free text, stored and logged like the others", async () => {
+    const raw = dsnMessage({ to, reportingMta: "relay.test (for jane.doe@gmail.test)", recipients: [{ action: "failed", status: "5.1.1" }] });
+
+    const result = await parseDsn(raw);
+
+    expect(result.ok && result.dsn.reportingMta).toBe("dns; relay.test (for j***@gmail.test)");
+  });
+
   it("decodes an xtext Original-Envelope-Id and reads every action", async () => {
     for (const action of ["failed", "delayed", "delivered", "relayed", "expanded"]) {
       const result = await parseDsn(

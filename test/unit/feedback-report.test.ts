@@ -81,6 +81,17 @@ describe("parsing feedback reports", () => {
     expect(parsed.ok && parsed.report.arrivalDate).toBe("Fri, 27 Nov 2026");
   });
 
+  it("masks an address in the user agent and the arrival date, as in the Reporting-MTA", () => {
+    const parsed = parse(
+      arfMessage({
+        to: "fbl@x.test",
+        report: ["Feedback-Type: abuse", "User-Agent: FBL/1 (for jane.doe@isp.test)", "Arrival-Date: Fri, 27 Nov 2026 (jane.doe@isp.test)", "Original-Rcpt-To: <jane.doe@isp.test>"],
+      }),
+    );
+    expect(parsed).toMatchObject({ ok: true, report: { userAgent: "FBL/1 (for j***@isp.test)", arrivalDate: "Fri, 27 Nov 2026 (j***@isp.test)" } });
+    expect(JSON.stringify(parsed)).not.toContain("jane.doe");
+  });
+
   it("tells a feedback report from a DSN by its top-level Content-Type", () => {
     expect(looksLikeFeedbackReport(arfFixture("rfc5965-example"))).toBe(true);
     expect(looksLikeFeedbackReport(arfFixture("isp-rfc822-headers"))).toBe(true);
