@@ -84,8 +84,16 @@ export function purposeLabel(purpose: string): string {
   return (purposes as readonly string[]).includes(purpose) ? purpose : "unknown";
 }
 
-/** Seconds buckets of grpc-ecosystem (Prometheus' DefBuckets). */
-const grpcBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/**
+ * Seconds buckets of an RPC, from 100 µs to a minute. grpc-ecosystem's
+ * (Prometheus' DefBuckets) start at 5 ms, where GetDeliveryStatus, VerifyOtp
+ * and health checks, answered in a fraction of a millisecond, all fall into
+ * the first bucket: their p50 and p90 read 2.5-5 ms whatever they are. A
+ * SendOtp may wait up to SEND_WAIT_BUDGET (at most 60 s). 18 buckets: 7 more
+ * series per method than DefBuckets, whose boundaries from 5 ms to 10 s
+ * (2.5 s: OtpSendLatencyP99High) all stay.
+ */
+const grpcBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 /** One SMTP transaction: a pooled connection answers in ms, a cold TLS handshake in 100s of ms, a stalled relay in 10s of s. */
 const attemptBuckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 /** A whole send, backoff included: up to the code's lifetime. */

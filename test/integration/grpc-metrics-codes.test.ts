@@ -64,3 +64,53 @@ describe("grpc metrics: status codes", () => {
     expect(started.find((value) => value.labels["grpc_method"] === check.grpc_method)?.value).toBe(120);
   });
 });
+
+describe("grpc metrics: latency buckets", () => {
+  /** The cumulative bucket counts of one method's histogram, by `le`. */
+  async function buckets(registry: Metrics, method: string): Promise<Map<string, number>> {
+    const values = (await registry.registry.getSingleMetric("grpc_server_handling_seconds")?.get())?.values ?? [];
+    return new Map(
+      values
+        .filter((value) => value.labels["grpc_method"] === method && (value as { metricName?: string }).metricName?.endsWith("_bucket"))
+        .map((value) => [String(value.labels["le"]), value.value]),
+    );
+  }
+
+  it("tell a call of a fraction of a millisecond from one of 4 ms, and a SendOtp that waited a long SEND_WAIT_BUDGET from one of 10 s", async () => {
+    const fresh = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const labels = { grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: "GetDeliveryStatus" };
+    // A health check, a GetDeliveryStatus on loopback, a slower one, a 4 ms one; SendOtps answered after 20 s and 55 s.
+    for (const seconds of [0.00008, 0.0003, 0.0008, 0.004, 20, 55]) fresh.grpc.handlingSeconds.observe({ labels, value: seconds });
+    const counts = await buckets(fresh, "GetDeliveryStatus");
+    expect(Object.fromEntries(counts)).toEqual({
+      "0.0001": 1,
+      "0.00025": 1,
+      "0.0005": 2,
+      "0.001": 3,
+      "0.0025": 3,
+      "0.005": 4,
+      "0.01": 4,
+      "0.025": 4,
+      "0.05": 4,
+      "0.1": 4,
+      "0.25": 4,
+      "0.5": 4,
+      "1": 4,
+      // OtpSendLatencyP99High's threshold is a boundary.
+      "2.5": 4,
+      "5": 4,
+      "10": 4,
+      "30": 5,
+      "60": 6,
+      "+Inf": 6,
+    });
+  });
+
+  it("every call through the interceptor is one observation, in those buckets", async () => {
+    const before = (await buckets(metrics, check.grpc_method)).get("+Inf") ?? 0;
+    for (let i = 0; i < 3; i++) await grpcError(grpcUnary(client, Health.method.check, { service: "5" }));
+    const after = await buckets(metrics, check.grpc_method);
+    expect(after.get("+Inf")).toBe(before + 3);
+    expect([...after.keys()].slice(0, 3)).toEqual(["0.0001", "0.00025", "0.0005"]);
+  });
+});
