@@ -38,7 +38,7 @@ import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
 import { reportCertificateExpiry } from "./telemetry/certificate-expiry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
-import { createGrpcMetricsInterceptor, zeroGrpcSeries } from "./telemetry/grpc-metrics.js";
+import { countUnroutedCalls, createGrpcMetricsInterceptor, zeroGrpcSeries } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { countRefusedCalls, instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
@@ -277,6 +277,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       onRefused: countRefusedCalls(metrics),
+      onUnrouted: countUnroutedCalls(metrics),
       traceIdOf: activeTraceId,
       // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
       // caller's trace context) last, nearest the handler.

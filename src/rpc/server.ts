@@ -5,6 +5,7 @@
  * Built here, started by whoever owns the process (`main.ts`, tests): the
  * factory binds nothing until `listen`.
  */
+import type { IncomingHttpHeaders } from "node:http2";
 import {
   Server,
   ServerCredentials,
@@ -70,7 +71,23 @@ export interface GrpcServerOptions {
   readonly credentials?: ServerCredentials | undefined;
   /** Run around every call, in order (authentication, metrics...). */
   readonly interceptors?: readonly ServerInterceptor[] | undefined;
+  /**
+   * Told of each call grpc-js answers before any interceptor runs (so the
+   * metrics interceptor never sees it): a method this server does not serve,
+   * or a request that is not gRPC at all. Default: nobody.
+   */
+  readonly onUnrouted?: OnUnrouted | undefined;
 }
+
+/**
+ * Why a call was refused before routing. `unimplemented`: no such method
+ * (UNIMPLEMENTED, what a caller built against another contract gets).
+ * `not_grpc`: a content-type other than application/grpc (a browser, curl,
+ * a Connect or JSON client), answered HTTP 415 with no gRPC status. The path
+ * is not passed on: it is whatever the caller sent.
+ */
+export type UnroutedRefusal = "unimplemented" | "not_grpc";
+export type OnUnrouted = (refusal: UnroutedRefusal) => void;
 
 export interface GrpcServer {
   /**
@@ -107,6 +124,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       server.addService(definition, implementation);
     },
   };
+  if (options.onUnrouted !== undefined) watchUnroutedCalls(server, options.onUnrouted, logger);
 
   const otp = bindService(
     OtpEmailService,
@@ -176,6 +194,40 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       });
       return shuttingDown;
     },
+  };
+}
+
+/** The two steps of grpc-js's routing of a new stream, which its typings keep private. */
+interface GrpcJsRouting {
+  _verifyContentType: (this: unknown, stream: unknown, headers: IncomingHttpHeaders) => boolean;
+  _retrieveHandler: (this: unknown, path: string) => unknown;
+}
+
+/**
+ * Tells `onUnrouted` of the calls grpc-js refuses while routing a stream:
+ * it answers them (HTTP 415, or UNIMPLEMENTED) before building the call
+ * that interceptors see, and offers no hook for them. Its two routing steps
+ * are wrapped on this instance; a grpc-js without them (a future version)
+ * is logged and leaves those calls uncounted, as they were.
+ */
+function watchUnroutedCalls(server: Server, onUnrouted: OnUnrouted, logger: Logger): void {
+  const routing = server as unknown as Partial<GrpcJsRouting>;
+  const verifyContentType = routing._verifyContentType;
+  const retrieveHandler = routing._retrieveHandler;
+  if (typeof verifyContentType !== "function" || typeof retrieveHandler !== "function") {
+    logger.warn("this grpc-js routes calls differently: calls to unknown methods and non-gRPC requests are not counted in the metrics");
+    return;
+  }
+  routing._verifyContentType = function (stream, headers) {
+    const grpc = verifyContentType.call(this, stream, headers);
+    if (!grpc) onUnrouted("not_grpc");
+    return grpc;
+  };
+  routing._retrieveHandler = function (path) {
+    const handler = retrieveHandler.call(this, path);
+    // grpc-js's "no handler" is null.
+    if (handler === null || handler === undefined) onUnrouted("unimplemented");
+    return handler;
   };
 }
 

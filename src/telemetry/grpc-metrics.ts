@@ -11,8 +11,13 @@
  *
  * `grpc_code` is Go's spelling of the status (`OK`, `InvalidArgument`,
  * `ResourceExhausted`...), as those dashboards expect.
+ *
+ * Calls grpc-js refuses before any interceptor runs are counted too
+ * (`countUnroutedCalls`), under one `unknown` method whatever the path: a
+ * method not served, and a request that is not gRPC (HTTP 415).
  */
 import { ServerInterceptingCall, status as Status, type ServerInterceptor } from "@grpc/grpc-js";
+import type { OnUnrouted } from "../rpc/server.js";
 import { observeWithTrace, type Metrics } from "./metrics.js";
 
 /** grpc-go's `codes.Code.String()`, indexed by the numeric code. */
@@ -69,6 +74,21 @@ function rpcLabels(method: RpcMethod): RpcLabels {
 }
 
 /**
+ * The labels of a call refused before routing: one series for all of them,
+ * since the path is whatever the caller sent. A request that is not gRPC is
+ * counted here even when it names a served method: that method's series add
+ * up to what its handler answered (otp_sends_total's outcomes to SendOtp's).
+ */
+const unknownMethod: RpcLabels = { grpc_type: "unknown", grpc_service: "unknown", grpc_method: "unknown" };
+
+/**
+ * `grpc_code` of a request refused with HTTP 415 (not gRPC): it has no gRPC
+ * status, and the gRPC spec's HTTP-to-status mapping makes a 415 UNKNOWN at
+ * the client.
+ */
+const notGrpcCode = grpcCodeName(Status.UNKNOWN);
+
+/**
  * Makes every series of `methods` at 0 (started, messages, handled for each
  * of the 17 codes, the latency histogram), as go-grpc-middleware's
  * InitializeMetrics does: a method's first call, or its first error of a
@@ -85,6 +105,24 @@ export function zeroGrpcSeries(metrics: Pick<Metrics, "grpc">, methods: readonly
     for (const code of goCodeNames) grpc.handled.inc({ ...labels, grpc_code: code }, 0);
     grpc.handlingSeconds.zero(labels);
   }
+  // What countUnroutedCalls counts for an unknown method (never handled, so no messages or latency).
+  grpc.started.inc(unknownMethod, 0);
+  for (const code of [grpcCodeName(Status.UNIMPLEMENTED), notGrpcCode]) grpc.handled.inc({ ...unknownMethod, grpc_code: code }, 0);
+}
+
+/**
+ * Counts the calls grpc-js refuses before any interceptor runs (the
+ * server's `onUnrouted`) as started and handled under the `unknown` method:
+ * a method not served as `Unimplemented`, a request that is not gRPC as
+ * `Unknown`. So an operator sees callers built against another contract,
+ * and browsers, curl or Connect clients pointed at the gRPC port.
+ */
+export function countUnroutedCalls(metrics: Pick<Metrics, "grpc">): OnUnrouted {
+  const { grpc } = metrics;
+  return (refusal) => {
+    grpc.started.inc(unknownMethod);
+    grpc.handled.inc({ ...unknownMethod, grpc_code: refusal === "not_grpc" ? notGrpcCode : grpcCodeName(Status.UNIMPLEMENTED) });
+  };
 }
 
 /**

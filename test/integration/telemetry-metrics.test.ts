@@ -6,6 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
+import http2 from "node:http2";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { createTransport } from "nodemailer";
@@ -112,6 +113,11 @@ describe("metrics: a service that has taken no call yet", () => {
     const text = await service.metrics.render("text");
     const handled = text.split("\n").filter((line) => line.startsWith('grpc_server_handled_total{') && line.includes('grpc_method="SendOtp"'));
     expect(handled).toHaveLength(17);
+    // What calls refused before routing count in: an unknown method, a request that is not gRPC.
+    const unknown = { grpc_type: "unknown", grpc_service: "unknown", grpc_method: "unknown" };
+    expect(await at("grpc_server_started_total", unknown)).toBe(0);
+    expect(await at("grpc_server_handled_total", { ...unknown, grpc_code: "Unimplemented" })).toBe(0);
+    expect(await at("grpc_server_handled_total", { ...unknown, grpc_code: "Unknown" })).toBe(0);
 
     for (const limit of ["recipient:15m", "recipient:1d", "resend_cooldown:30s", "end_user_ip:1h"]) {
       expect(await at("otp_rate_limit_rejections_total", { rpc: "send", limit }), limit).toBe(0);
@@ -392,6 +398,45 @@ describe("metrics: calls refused before they reach the domain", () => {
       expect(await at("otp_sends_total", { purpose, outcome: "error" }), purpose).toBe(0);
       expect(await at("otp_verifications_total", { purpose, result: "error" }), purpose).toBe(0);
     }
+  });
+
+  it("a call to a method the service does not have, and a request that is not gRPC, are counted under one unknown method", async () => {
+    const unimplemented = (path: string): Promise<unknown> => {
+      const client = new grpc.Client(service.address, grpc.credentials.createInsecure());
+      return new Promise((resolve, reject) => {
+        client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), (error, response) => {
+          if (error) reject(error);
+          else resolve(response);
+        });
+      }).finally(() => client.close());
+    };
+    // A client built against a newer contract, and one pointed at the wrong service.
+    expect((await grpcError(unimplemented("/otp.v1.OtpEmailService/SendOtpV2"))).code).toBe(grpc.status.UNIMPLEMENTED);
+    expect((await grpcError(unimplemented("/billing.v1.Invoices/Create"))).code).toBe(grpc.status.UNIMPLEMENTED);
+    // curl or a browser posting JSON to a real method: HTTP 415, no gRPC status at all.
+    const session = http2.connect(`http://${service.address}`);
+    try {
+      const httpStatus = await new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ":method": "POST", ":path": "/otp.v1.OtpEmailService/SendOtp", "content-type": "application/json" });
+        stream.on("response", (headers) => resolve(Number(headers[":status"])));
+        stream.on("error", reject);
+        stream.end('{"recipient":"ana@gmail.com"}');
+      });
+      expect(httpStatus).toBe(415);
+    } finally {
+      session.close();
+    }
+
+    const at = (name: string, labels: Record<string, string>) => sample(service, name, labels);
+    const unknown = { grpc_type: "unknown", grpc_service: "unknown", grpc_method: "unknown" };
+    expect(await at("grpc_server_started_total", unknown)).toBe(3);
+    expect(await at("grpc_server_handled_total", { ...unknown, grpc_code: "Unimplemented" })).toBe(2);
+    expect(await at("grpc_server_handled_total", { ...unknown, grpc_code: "Unknown" })).toBe(1);
+    // The 415 is not a SendOtp: SendOtp's series and otp_sends_total still add up to what its handler answered.
+    expect(await at("grpc_server_handled_total", { grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: "SendOtp", grpc_code: "Unknown" })).toBe(0);
+    // The paths the callers sent name no series.
+    const text = await service.metrics.render("text");
+    for (const sent of ["SendOtpV2", "billing", "Invoices"]) expect(text).not.toContain(sent);
   });
 
   it("a request that does not decode is counted invalid, as the INVALID_ARGUMENT its caller gets", async () => {
