@@ -278,6 +278,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       otp: instrumentOtpService(otp, metrics),
       onRefused: countRefusedCalls(metrics),
       onUnrouted: countUnroutedCalls(metrics),
+      maxConcurrentStreams: config.grpcMaxConcurrentStreams,
       traceIdOf: activeTraceId,
       // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
       // caller's trace context) last, nearest the handler.

@@ -21,6 +21,8 @@ export interface Config {
   readonly env: Environment;
   /** `host:port` the gRPC server listens on. */
   readonly grpcAddr: string;
+  /** GRPC_MAX_CONCURRENT_STREAMS: most calls in progress at once on one client connection (HTTP/2). */
+  readonly grpcMaxConcurrentStreams: number;
   readonly logLevel: string;
   /** Who may call: bearer tokens, client certificates (with `tls.clientCa`), purposes per caller. */
   readonly auth: {
@@ -566,6 +568,9 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
   return {
     env: nodeEnv,
     grpcAddr: parseHostPort("GRPC_ADDR", read.string("GRPC_ADDR") ?? "127.0.0.1:50051"),
+    // The default is rpc/server.ts's defaultMaxConcurrentStreams (RFC 9113's advised least), not imported
+    // here: config is read by the CLIs too, which load no gRPC server.
+    grpcMaxConcurrentStreams: read.int("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 1_000_000),
     logLevel: validLogLevel(read.string("LOG_LEVEL") ?? "info"),
     ...callers,
     tlsReloadIntervalMs: readTlsReloadInterval(read),

@@ -37,12 +37,27 @@ import type { RpcMethod } from "../telemetry/grpc-metrics.js";
 export const maxRequestBytes = 2 * 1024 * 1024;
 
 /**
- * grpc-js options: the size cap above and keepalive that notices dead peers
- * (the bench's echo server uses the same options).
+ * Most calls one connection may have in progress at once (HTTP/2
+ * SETTINGS_MAX_CONCURRENT_STREAMS; GRPC_MAX_CONCURRENT_STREAMS). Unset, Node
+ * allows 2^32 - 1: one client could hold any number of SendOtps, each waiting
+ * up to SEND_WAIT_BUDGET. 100 is what RFC 9113 advises as the least. A
+ * client at the limit holds its further calls until one ends (HTTP/2 clients
+ * do: grpc-js through Node's nghttp2, grpc-go, grpc-java); one that ignores
+ * it has the streams over it refused (REFUSED_STREAM), or, once it has
+ * acknowledged the setting, its connection ended (GOAWAY PROTOCOL_ERROR).
+ * The bench's 64 concurrent calls share one connection: under the bound.
+ */
+export const defaultMaxConcurrentStreams = 100;
+
+/**
+ * grpc-js options: the size cap above, the concurrent-stream bound and
+ * keepalive that notices dead peers (the bench's echo server uses the same
+ * options).
  */
 export const serverOptions: ServerOptions = {
   "grpc.max_receive_message_length": maxRequestBytes,
   "grpc.max_send_message_length": 4 * 1024 * 1024,
+  "grpc.max_concurrent_streams": defaultMaxConcurrentStreams,
   // Ping an idle connection every minute and drop it if the ping goes
   // unanswered for 20 s: half-open TCP connections otherwise live for hours.
   "grpc.keepalive_time_ms": 60_000,
@@ -71,6 +86,8 @@ export interface GrpcServerOptions {
   readonly credentials?: ServerCredentials | undefined;
   /** Run around every call, in order (authentication, metrics...). */
   readonly interceptors?: readonly ServerInterceptor[] | undefined;
+  /** Most calls in progress at once on one connection; default `defaultMaxConcurrentStreams`. */
+  readonly maxConcurrentStreams?: number | undefined;
   /**
    * Told of each call grpc-js answers before any interceptor runs (so the
    * metrics interceptor never sees it): a method this server does not serve,
@@ -112,7 +129,11 @@ export interface GrpcServer {
 export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const { logger } = options;
   const credentials = options.credentials ?? ServerCredentials.createInsecure();
-  const server = new Server({ ...serverOptions, interceptors: [...(options.interceptors ?? [])] });
+  const server = new Server({
+    ...serverOptions,
+    "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? defaultMaxConcurrentStreams,
+    interceptors: [...(options.interceptors ?? [])],
+  });
 
   // Every method registered, as each service is added.
   const methods: RpcMethod[] = [];

@@ -8,6 +8,8 @@
  */
 import { execFile } from "node:child_process";
 import http2 from "node:http2";
+import { connect as connectTcp } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import {
@@ -58,6 +60,7 @@ import type {
 } from "../../src/otp/types.js";
 import { createGrpcServer, type GrpcServer } from "../../src/rpc/server.js";
 import { serviceDefinition } from "../../src/rpc/service-adapter.js";
+import { startTestService } from "../support/service.js";
 
 const run = promisify(execFile);
 const bufBin = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
@@ -156,7 +159,7 @@ interface Harness {
   readonly logLines: string[];
 }
 
-async function startHarness(): Promise<Harness> {
+async function startHarness(options: { readonly maxConcurrentStreams?: number } = {}): Promise<Harness> {
   const otp = new FakeOtpService();
   const health = createHealthState({ components: ["storage", "relay"] });
   health.set("storage", true);
@@ -170,6 +173,7 @@ async function startHarness(): Promise<Harness> {
     // Stand-ins for the auth and tracing issues: read what the test sends.
     identify: (call) => String(call.metadata.get("x-test-caller")[0] ?? "anonymous"),
     traceIdOf: (call) => String(call.metadata.get("x-test-trace")[0] ?? ""),
+    maxConcurrentStreams: options.maxConcurrentStreams,
   });
   const { host, port } = await server.listen("127.0.0.1:0");
   return { server, otp, health, address: `${host}:${port}`, logLines };
@@ -905,5 +909,184 @@ describe("shutdown", () => {
     await watching; // ends normally (status OK) rather than throwing
     expect(seen).toEqual([ServingStatus.SERVING, ServingStatus.NOT_SERVING]);
     await h.server.shutdown(30_000);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Concurrent streams on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+
+/** The server's SETTINGS, as an HTTP/2 client receives them on connecting. */
+async function serverSettings(address: string): Promise<http2.Settings> {
+  const session = http2.connect(`http://${address}`);
+  try {
+    return await new Promise<http2.Settings>((resolve, reject) => {
+      session.once("remoteSettings", resolve);
+      session.once("error", reject);
+    });
+  } finally {
+    session.close();
+  }
+}
+
+/** What a server answered on each stream of a raw HTTP/2 connection. */
+interface RawAnswers {
+  /** Streams answered with response headers. */
+  readonly answered: number[];
+  /** Streams reset by the server, with the RST_STREAM error code (7: REFUSED_STREAM). */
+  readonly reset: Map<number, number>;
+  /** The GOAWAY error code (1: PROTOCOL_ERROR), if the server ended the connection. */
+  readonly goaway: number | undefined;
+}
+
+/**
+ * Opens `count` health Watch streams at once on one HTTP/2 connection spoken
+ * by hand, as a client that ignores the server's SETTINGS_MAX_CONCURRENT_STREAMS
+ * does (every real HTTP/2 library holds such streams back): before it
+ * acknowledges the server's SETTINGS, or after. Watch streams stay open, so
+ * each one the server takes keeps its place. Resolves once every stream is
+ * answered or reset, or the connection ends.
+ */
+function openStreamsIgnoringTheLimit(address: string, count: number, when: "before acknowledging" | "after acknowledging"): Promise<RawAnswers> {
+  const [host = "", port = ""] = address.split(":");
+  const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
+    const header = Buffer.alloc(9);
+    header.writeUIntBE(payload.length, 0, 3);
+    header.writeUInt8(type, 3);
+    header.writeUInt8(flags, 4);
+    header.writeUInt32BE(stream, 5);
+    return Buffer.concat([header, payload]);
+  };
+  // HPACK "literal header field without indexing, new name", no Huffman: short names and values only.
+  const field = (name: string, value: string): Buffer =>
+    Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+  const headerBlock = Buffer.concat([
+    field(":method", "POST"),
+    field(":scheme", "http"),
+    field(":path", "/grpc.health.v1.Health/Watch"),
+    field(":authority", address),
+    field("content-type", "application/grpc"),
+    field("te", "trailers"),
+  ]);
+  // One gRPC message: an empty HealthCheckRequest (service "").
+  const emptyRequest = Buffer.alloc(5);
+
+  return new Promise<RawAnswers>((resolve, reject) => {
+    const answered: number[] = [];
+    const reset = new Map<number, number>();
+    let goaway: number | undefined;
+    let pending = Buffer.alloc(0);
+    let sent = false;
+    const socket = connectTcp(Number(port), host, () => {
+      socket.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, Buffer.alloc(0))]));
+    });
+    const done = (): void => {
+      socket.destroy();
+      resolve({ answered, reset, goaway });
+    };
+    socket.on("error", reject);
+    socket.on("close", done);
+    socket.on("data", (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 9) {
+        const length = pending.readUIntBE(0, 3);
+        if (pending.length < 9 + length) break;
+        const [type, flags, stream] = [pending.readUInt8(3), pending.readUInt8(4), pending.readUInt32BE(5) & 0x7fffffff];
+        const payload = pending.subarray(9, 9 + length);
+        pending = pending.subarray(9 + length);
+        if (type === 4 && (flags & 1) === 0 && !sent) {
+          // The server's SETTINGS: every stream at once, and the acknowledgement that puts them in force.
+          sent = true;
+          const ack = frame(4, 1, 0, Buffer.alloc(0));
+          const streams = Array.from({ length: count }, (_, index) => 2 * index + 1).flatMap((id) => [
+            frame(1, 0x4, id, headerBlock),
+            frame(0, 0x1, id, emptyRequest),
+          ]);
+          socket.write(Buffer.concat(when === "after acknowledging" ? [ack, ...streams] : [...streams, ack]));
+        } else if (type === 1 && !answered.includes(stream)) {
+          answered.push(stream);
+        } else if (type === 3) {
+          reset.set(stream, payload.readUInt32BE(0));
+        } else if (type === 7) {
+          goaway = payload.readUInt32BE(4);
+        }
+      }
+      if (answered.length + reset.size >= count) done();
+    });
+  });
+}
+
+describe("concurrent streams on one connection", () => {
+  it("the server announces a bound: 100 by default, RFC 9113's advised least, over the bench's 64 calls on one connection", async () => {
+    const h = await startHarness();
+    try {
+      expect((await serverSettings(h.address)).maxConcurrentStreams).toBe(100);
+    } finally {
+      await h.server.shutdown(1_000);
+    }
+  });
+
+  it("the service announces GRPC_MAX_CONCURRENT_STREAMS", async () => {
+    const service = await startTestService({ store: "memory", env: { GRPC_MAX_CONCURRENT_STREAMS: "250" } });
+    try {
+      expect((await serverSettings(service.address)).maxConcurrentStreams).toBe(250);
+    } finally {
+      await service.stop();
+    }
+  });
+
+  describe("at a bound of 4", () => {
+    let h: Harness;
+    beforeAll(async () => {
+      h = await startHarness({ maxConcurrentStreams: 4 });
+    });
+    afterAll(async () => {
+      await h.server.shutdown(1_000);
+    });
+
+    it("a grpc-js client with 6 calls at once has 4 in progress and the other 2 held, not failed, until calls end", async () => {
+      const release = deferred();
+      h.otp.onStatus = async () => {
+        await release.promise;
+        return { record: acceptedRecord, explanation: "" };
+      };
+      const client = new GrpcOtpClient(h.address, grpc.credentials.createInsecure());
+      try {
+        const calls = Array.from({ length: 6 }, () => grpcUnary(client, OtpEmailService.method.getDeliveryStatus, { messageId: "msg-1" }));
+        for (let waited = 0; h.otp.statusQueries.length < 4; waited++) {
+          expect(waited, "4 calls never reached the service").toBeLessThan(200);
+          await sleep(10);
+        }
+        // Given time, the held calls would have arrived by now; they wait for a place instead.
+        await sleep(300);
+        expect(h.otp.statusQueries).toHaveLength(4);
+        release.resolve();
+        const answers = await Promise.all(calls);
+        expect(answers.map((answer) => answer.messageId)).toEqual(Array(6).fill("msg-1"));
+        expect(h.otp.statusQueries).toHaveLength(6);
+      } finally {
+        client.close();
+      }
+    });
+
+    it("a client that ignores the bound has the streams over it refused (REFUSED_STREAM: safe to retry), or its connection ended once it knew the bound", async () => {
+      // Streams sent before the client has acknowledged the bound: the first 4 are served, the rest refused.
+      const early = await openStreamsIgnoringTheLimit(h.address, 6, "before acknowledging");
+      expect(early.answered.sort((a, b) => a - b)).toEqual([1, 3, 5, 7]);
+      expect([...early.reset]).toEqual([
+        [9, 7],
+        [11, 7],
+      ]);
+      expect(early.goaway).toBeUndefined();
+      // After acknowledging it, the client breaks the protocol: Node's HTTP/2 (nghttp2) ends the connection.
+      const late = await openStreamsIgnoringTheLimit(h.address, 6, "after acknowledging");
+      expect(late.goaway).toBe(1);
+      // Other connections are served as before.
+      const client = new GrpcHealthClient(h.address, grpc.credentials.createInsecure());
+      try {
+        expect((await grpcUnary(client, Health.method.check, { service: "" })).status).toBe(ServingStatus.SERVING);
+      } finally {
+        client.close();
+      }
+    });
   });
 });

@@ -34,6 +34,16 @@ describe("loadConfig", () => {
     expect(loadConfig({ OTP_TTL_MIN: "1m", OTP_TTL_MAX: "1m" }).otp.ttlDefaultMs).toBe(60_000);
   });
 
+  it("GRPC_MAX_CONCURRENT_STREAMS: 100 calls at once per connection by default, a whole number from 1", () => {
+    expect(loadConfig({}).grpcMaxConcurrentStreams).toBe(100);
+    expect(loadConfig({ GRPC_MAX_CONCURRENT_STREAMS: "500" }).grpcMaxConcurrentStreams).toBe(500);
+    for (const bad of ["0", "-1", "many", "1.5"]) {
+      expect(() => loadConfig({ GRPC_MAX_CONCURRENT_STREAMS: bad })).toThrow(
+        new ConfigError(`GRPC_MAX_CONCURRENT_STREAMS=${bad}: must be a whole number from 1 to 1000000`),
+      );
+    }
+  });
+
   it("SMTP_MAX_BACKLOG: 200 messages per pooled connection by default, a whole number, or off", () => {
     expect(loadConfig({}).smtp.maxBacklog).toBe(1000);
     expect(loadConfig({ SMTP_POOL_SIZE: "20" }).smtp.maxBacklog).toBe(4000);
