@@ -66,6 +66,11 @@ export interface AppOptions {
   /** Where the app counts (a fresh registry with process metrics by default). */
   readonly metrics?: Metrics;
   /**
+   * The instance's health (`createAppHealth`'s by default): given, so that
+   * `main.ts` can serve /metrics and /readyz while the app starts.
+   */
+  readonly health?: HealthState;
+  /**
    * How long changed certificate files that fail their checks get before
    * they are refused: a key written after its certificate (default 2 s).
    */
@@ -104,12 +109,23 @@ export interface App {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startApp(options: AppOptions): Promise<App> {
-  const { config, logger } = options;
-  const clock = options.clock ?? systemClock;
+/**
+ * The health of an instance that has not started yet: not serving until the
+ * relay's first check has answered (start-up waits for it, but the gRPC port
+ * and /readyz are open before), storage as its store reports it.
+ */
+export function createAppHealth(): HealthState {
   const health = createHealthState();
   // Up until a stop begins: otp_health_component_up{component="shutdown"} is there from the start, at 1.
   health.set("shutdown", true);
+  health.set("relay", false, "the SMTP relay has not answered its first check yet");
+  return health;
+}
+
+export async function startApp(options: AppOptions): Promise<App> {
+  const { config, logger } = options;
+  const clock = options.clock ?? systemClock;
+  const health = options.health ?? createAppHealth();
   const metrics = options.metrics ?? createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
   metrics.watchHealth(health);
   const bounceTelemetry = createBounceTelemetry({ metrics });
@@ -178,8 +194,9 @@ export async function startApp(options: AppOptions): Promise<App> {
     // (recorded FAILED), and a relay that never answers it must not hold up the exit.
     closers.push(() => transport.close({ abandonInFlight: true }));
 
-    // The relay is "up" until proven otherwise: a failed probe says so, as do auth refused and
-    // `relayDownAfterFailedSends` sends in a row that found no relay (each earlier one asks the probe).
+    // Once its first check (or a send) has answered, the relay is "up" until proven otherwise: a failed probe
+    // says so, as do auth refused and `relayDownAfterFailedSends` sends in a row that found no relay (each
+    // earlier one asks the probe).
     let sendsFailedInARow = 0;
     const relayProbe = createRelayProbe(options.relayProbeIntervalMs ?? 15_000, async () => {
       try {

@@ -4,12 +4,14 @@
  */
 // First: holds a SIGHUP that comes while the other modules load (its default would end the process).
 import { releaseEarlyHangup } from "./early-hangup.js";
-import { startApp, type App } from "./app.js";
+import { createAppHealth, startApp, type App } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
 import { runStartupDoctor } from "./doctor/startup-check.js";
 import { createLogger, type Logger } from "./logger.js";
+import { createMetrics } from "./telemetry/metrics.js";
 import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-server.js";
+import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { attachSdkDiagnostics } from "./telemetry/sdk-diagnostics.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
 import { tryCommands } from "./try-commands.js";
@@ -61,8 +63,10 @@ async function main(): Promise<void> {
   // start-up ends (the relay's first check may wait out its timeouts), and a
   // SIGTERM then must still let those calls' sends finish, not kill them.
   const starting = new AbortController();
+  // Set once, when start-up ends; the signal handlers below read it before then.
+  // eslint-disable-next-line prefer-const
   let app: App | undefined;
-  // The metrics port, once open (from after start-up): closed last on the way out.
+  // The metrics port, once open (before start-up): closed last on the way out.
   const opened: { metricsServer?: MetricsServer } = {};
   let signalled = false;
   /** The signal that began the stop, when it came (performance.now()), and whether its copy came too. */
@@ -132,26 +136,25 @@ async function main(): Promise<void> {
     reloadAfterStart = true;
   }
 
-  const started = await startApp({ config, logger, startupSignal: starting.signal });
-  if (signalled) {
-    // Asked to stop while starting: no metrics port, no doctor; in-flight sends still finish.
-    app = started;
-    stopAndExit(started);
-    return;
-  }
+  // /metrics and /readyz open first: start-up waits for the relay's first check, which a slow or silent relay
+  // holds for its connection and greeting timeouts, and Prometheus must see the service saying so (relay down,
+  // NOT_SERVING), not a target that is down.
+  const metrics = createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
+  const health = createAppHealth();
   opened.metricsServer =
     config.metrics.addr === undefined
       ? undefined
       : await startMetricsServer({
           address: config.metrics.addr,
-          metrics: started.metrics,
-          health: started.health,
+          metrics,
+          health,
           logger,
           fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
         });
+  const started = await startApp({ config, logger, metrics, health, startupSignal: starting.signal });
   app = started;
   if (signalled) {
-    // The signal came while the metrics port opened.
+    // Asked to stop while starting: no doctor; in-flight sends still finish, scrapes go on meanwhile.
     stopAndExit(started);
     return;
   }

@@ -573,7 +573,15 @@ describe("the service with the manifest's environment, under a read-only root", 
   it("passes the startup probe within its budget, then readiness and liveness", async () => {
     const startup = probe("startupProbe");
     expect(startedInMs, "the startup probe passed (beforeAll)").toBeLessThan(startup.periodSeconds * startup.failureThreshold * 1000);
-    expect(await httpProbe("readinessProbe", ports)).toEqual({ ok: true, status: 200, body: "SERVING\n" });
+    // The metrics port opens before the relay's first check has answered: readiness follows within the
+    // kubelet's next few tries (every 100 ms here), never before that check.
+    const readiness = probe("readinessProbe");
+    let ready = await httpProbe("readinessProbe", ports);
+    for (const since = Date.now(); !ready.ok && Date.now() - since < readiness.periodSeconds * 1000; ready = await httpProbe("readinessProbe", ports)) {
+      expect(ready.body).toMatch(/^NOT_SERVING\n/);
+      await sleep(100);
+    }
+    expect(ready).toEqual({ ok: true, status: 200, body: "SERVING\n" });
     expect(await httpProbe("livenessProbe", ports)).toEqual({ ok: true, status: 200, body: "alive\n" });
   });
 
