@@ -111,6 +111,25 @@ export function isStorageFull(error: unknown): boolean {
   return error instanceof OtpError && refusedWhole.has(error);
 }
 
+/** The errors of `asReplay`: told apart by identity, like `storageFull`'s. */
+const replays = new WeakSet<OtpError>();
+
+/**
+ * Marks `error` as the answer to a repeated idempotency_key: the first
+ * request's refusal, or its "still in progress", given again with nothing
+ * attempted for this call. The caller gets the error as it is; the metrics
+ * count the call as a replay, not as one more refusal. Returns `error`.
+ */
+export function asReplay(error: OtpError): OtpError {
+  replays.add(error);
+  return error;
+}
+
+/** Whether `error` answers a repeated idempotency_key (`asReplay`). */
+export function isReplay(error: unknown): boolean {
+  return error instanceof OtpError && replays.has(error);
+}
+
 /** Storage (Redis) could not be reached or answered in time: retryable. */
 export function storageUnavailable(cause: unknown): OtpError {
   return new OtpError("unavailable", "storage is unavailable; retry shortly", {

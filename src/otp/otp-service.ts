@@ -13,7 +13,7 @@ import type { OutgoingMail } from "../delivery/smtp-transport-types.js";
 import { withReports } from "../delivery/reports.js";
 import { suppressionReason, type DeliveryRecord, type SuppressionEntry } from "../delivery/record.js";
 import { validityUnitMs, type RenderedMessage, type Renderer } from "../delivery/render.js";
-import { OtpError } from "../errors.js";
+import { asReplay, OtpError } from "../errors.js";
 import type { PurposePolicy } from "../auth/purpose-policy.js";
 import { unlimited, type SendAdmission, type SendLimiter, type SendLimitRequest, type VerifyLimiter } from "../limits/types.js";
 import type { Logger } from "../logger.js";
@@ -140,7 +140,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
     const now = clock.now();
     if (record === undefined || record.caller !== ctx.caller) {
       if (now - messageIdTime(messageId) >= unrecordedClaimMs) return undefined;
-      throw requestInProgress();
+      throw asReplay(requestInProgress());
     }
     const known = withReports(record, reports);
     const state = effectiveState(known, now);
@@ -148,9 +148,9 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       // A retryable failure's key is free again, as if it had been released; the failures that keep it are replayed.
       const failure = sendFailure({ ...known, state });
       if (!keepsIdempotencyKey(failure)) return undefined;
-      throw failure;
+      throw asReplay(failure);
     }
-    if (known.suppressedBy !== undefined) throw suppressedError(known, causeSeenBy(ctx.caller, known.suppressedBy));
+    if (known.suppressedBy !== undefined) throw asReplay(suppressedError(known, causeSeenBy(ctx.caller, known.suppressedBy)));
     const limits = await nextSend;
     if ("error" in limits) {
       // Still a lower bound: since the first call answered, sends were only added to its limits.
@@ -160,7 +160,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       );
     }
     const resendAvailableAt = Math.max(now, "at" in limits ? limits.at : (record.resendAvailableAt ?? now));
-    return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt };
+    return { messageId, state, expiresAt: known.expiresAt, resendAvailableAt, replayed: true };
   }
 
   /**
@@ -237,7 +237,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         logger.warn({ message_id: claim.existing.messageId }, "idempotency key held by a message that was never sent; taking it over");
         await store.releaseIdempotencyKey(idempotencyKeyId, claim.existing.messageId);
         const retaken = await store.claimIdempotencyKey(idempotencyKeyId, { fingerprint, messageId }, options.idempotencyTtlMs);
-        if (!retaken.claimed) throw requestInProgress();
+        if (!retaken.claimed) throw asReplay(requestInProgress());
       }
     }
 

@@ -40,6 +40,8 @@ export interface SendOtpResult {
   readonly state: DeliveryState;
   readonly expiresAt: number;
   readonly resendAvailableAt: number;
+  /** True when this is the first request's answer to a repeated idempotency_key: nothing was sent for this call. */
+  readonly replayed?: boolean;
 }
 
 /** A delivery record as a caller sees it: effective state and a plain-words explanation. */

@@ -50,6 +50,7 @@ export const sendOutcomes = [
   "rate_limited",
   "invalid",
   "denied",
+  "replayed",
   "error",
 ] as const;
 export type SendOutcome = (typeof sendOutcomes)[number];
@@ -219,8 +220,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered before the relay did: after the wait budget or before the caller's deadline; attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
-      "abandoned (a send given up at shutdown while the relay had it, its answer unknown, or an idempotent replay of one: nothing sent), " +
-      "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), error (anything else).",
+      "abandoned (a send given up at shutdown while the relay had it, its answer unknown), " +
+      "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), " +
+      "replayed (a repeated idempotency_key answered with the first request's outcome: nothing sent, the first request counted under its own outcome), " +
+      "error (anything else).",
     labelNames: ["purpose", "outcome"] as const,
     registers,
   });

@@ -4,7 +4,7 @@
  * free of metrics; every label comes from a closed set.
  */
 import type { DeliveryState } from "../delivery/record.js";
-import { OtpError } from "../errors.js";
+import { isReplay, OtpError } from "../errors.js";
 import type { OtpService, VerifyResult } from "../otp/types.js";
 import type { OnRefused } from "../rpc/otp-handlers.js";
 import { purposeLabel, type Metrics, type SendOutcome, type VerifyResultLabel } from "./metrics.js";
@@ -26,13 +26,14 @@ function sentOutcome(state: DeliveryState): SendOutcome {
     case "DELAYED":
     case "DELIVERED":
     case "BOUNCED":
-      // A replayed idempotent request may find the message further along.
       return "accepted";
   }
 }
 
 function failedSendOutcome(error: unknown): SendOutcome {
   if (!(error instanceof OtpError)) return "error";
+  // The first request's refusal (or "in progress") again: that request counted it.
+  if (isReplay(error)) return "replayed";
   switch (error.kind) {
     // already_exists is only ever an idempotency_key reused for a different request: the caller's mistake.
     case "invalid_argument":
@@ -108,7 +109,8 @@ export function instrumentOtpService(otp: OtpService, metrics: OtpMetrics): OtpS
       const purpose = purposeLabel(input.purpose);
       try {
         const result = await otp.sendOtp(ctx, input);
-        metrics.sends.inc({ purpose, outcome: sentOutcome(result.state) });
+        // A replay sent nothing: counted apart, so that `accepted` counts each mail the relay took once.
+        metrics.sends.inc({ purpose, outcome: result.replayed === true ? "replayed" : sentOutcome(result.state) });
         return result;
       } catch (error) {
         metrics.sends.inc({ purpose, outcome: failedSendOutcome(error) });

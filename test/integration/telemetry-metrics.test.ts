@@ -485,6 +485,41 @@ describe("metrics: an idempotency key reused for another request", () => {
   });
 });
 
+describe("metrics: an idempotent replay", () => {
+  it("is counted replayed, not as another mail the relay accepted or refused: accepted and relay_rejected count each mail once", async () => {
+    const service = await startObservedService({ limiter: unlimited });
+    try {
+      const client = service.grpcClient;
+      const request = { recipient: "ana@gmail.com", purpose: Purpose.LOGIN, idempotencyKey: "login-7" };
+      const first = await grpcUnary(client, sendOtp, request);
+      expect(first.state).toBe(DeliveryState.ACCEPTED);
+      // The caller retries twice (a lost answer, a restarted worker): the same message, nothing sent.
+      for (let retry = 0; retry < 2; retry++) expect((await grpcUnary(client, sendOtp, request)).messageId).toBe(first.messageId);
+      // Refused for good by the relay, then retried: the same refusal, nothing sent.
+      service.sink.respondWith(behave.reply("RCPT TO", 550, "5.1.1", "User unknown"));
+      const refused = { recipient: "cho@naver.com", purpose: Purpose.SIGNUP, idempotencyKey: "signup-8" };
+      for (let attempt = 0; attempt < 2; attempt++) {
+        expect((await grpcError(grpcUnary(client, sendOtp, refused))).code).toBe(grpc.status.FAILED_PRECONDITION);
+      }
+      // One mail taken by the relay: the first login's.
+      expect(service.sink.messages).toHaveLength(1);
+
+      const sends = (purpose: string, outcome: string) => sample(service, "otp_sends_total", { purpose, outcome });
+      expect(await sends("login", "accepted")).toBe(1);
+      expect(await sends("login", "replayed")).toBe(2);
+      expect(await sends("signup", "relay_rejected")).toBe(1);
+      expect(await sends("signup", "replayed")).toBe(1);
+      // Every call still counted once: the outcomes add up to SendOtp's calls.
+      const handled = (code: string) =>
+        sample(service, "grpc_server_handled_total", { grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: "SendOtp", grpc_code: code });
+      expect((await handled("OK")) + (await handled("FailedPrecondition"))).toBe(5);
+      expect((await sends("login", "accepted")) + (await sends("login", "replayed")) + (await sends("signup", "relay_rejected")) + (await sends("signup", "replayed"))).toBe(5);
+    } finally {
+      await service.stop();
+    }
+  });
+});
+
 describe("metrics: Redis errors", () => {
   it("counts failed storage operations by operation while Redis is down", async () => {
     const redis = await startRedisServer();
