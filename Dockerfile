@@ -40,8 +40,9 @@ COPY package.json ./
 COPY scripts/healthcheck.mjs scripts/build-if-needed.mjs ./scripts/
 # `node` (uid 1000) comes with the official image.
 USER node
-# gRPC (GRPC_ADDR) and Prometheus /metrics (METRICS_ADDR).
-EXPOSE 50051 9464
+# gRPC (GRPC_ADDR), Prometheus /metrics (METRICS_ADDR) and the bounce intake (SMTP) where
+# docker-compose.yml and deploy/kubernetes put it, BOUNCE_SMTP_ADDR=0.0.0.0:2525 (off unless set).
+EXPOSE 50051 9464 2525
 # A real grpc.health.v1.Health/Check: healthy only while the service reports
 # SERVING (Redis connected, the SMTP relay usable, not shutting down).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

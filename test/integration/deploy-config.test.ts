@@ -631,6 +631,9 @@ describe("Dockerfile", () => {
     expect(env["METRICS_ADDR"]).toBe(composeEnv["METRICS_ADDR"]);
     const exposed = finalInstructions("EXPOSE").flatMap((i) => i.args.split(/\s+/)).map((p) => Number(p.replace(/\/tcp$/, "")));
     expect(exposed).toEqual(expect.arrayContaining([splitAddress(env["GRPC_ADDR"] ?? "").port, splitAddress(env["METRICS_ADDR"] ?? "").port]));
+    // Every port compose publishes for the service, the bounce intake's (BOUNCE_SMTP_ADDR) too: `docker run -P`
+    // and tools that read the image's ports find it.
+    expect(exposed).toEqual(expect.arrayContaining(otpEmail.ports.map((p) => p.target)));
   });
 
   it("the operator commands README gives for the image (npm run doctor, suppression, deliveries) run there without a build step", async () => {
