@@ -8,7 +8,8 @@
  * pending share says what is going on, and the final verdict per purpose
  * (otp_smtp_send_duration_seconds_count by purpose) what became of the sends
  * SendOtp answered pending. The spam complaint ratio panel is checked on
- * synthetic series: which feedback types count, over which window.
+ * synthetic series: which feedback types count, over which window; the read
+ * latency panel on the service's own histogram buckets.
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -20,6 +21,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import { unlimited } from "../../src/limits/types.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { behave, type SinkBehaviour } from "../support/smtp-sink.js";
@@ -302,6 +305,63 @@ describe("the dashboard's spam complaint ratio", () => {
     try {
       await writeFile(join(dir, "complaints.test.yml"), stringify(tests));
       const result = await promtool(["test", "rules", "complaints.test.yml"], dir);
+      expect(result.output).toContain("SUCCESS");
+      expect(result.code, result.output).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the dashboard's read latency percentiles", () => {
+  it("read sub-millisecond GetDeliveryStatus and VerifyOtp calls as what they took, from the service's own buckets", async () => {
+    // The service's histogram, with calls of known durations: 60 GetDeliveryStatus of 0.2 ms and 40 of
+    // 0.4 ms, 100 VerifyOtp of 0.8 ms. Rendered as Prometheus scrapes it, before and after.
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const method = (name: string) => ({ grpc_type: "unary", grpc_service: "otp.v1.OtpEmailService", grpc_method: name });
+    const observe = (name: string, seconds: number, count: number): void => {
+      for (let i = 0; i < count; i++) metrics.grpc.handlingSeconds.observe({ labels: method(name), value: seconds });
+    };
+    observe("GetDeliveryStatus", 0.0002, 60);
+    observe("GetDeliveryStatus", 0.0004, 40);
+    observe("VerifyOtp", 0.0008, 100);
+    const after: Scrape = new Map();
+    for (const match of (await metrics.render("text")).matchAll(/^(grpc_server_handling_seconds_bucket)\{([^}]*)\} (\S+)$/gm)) {
+      after.set(`${match[1]}{${match[2]}}`, Number(match[3]));
+    }
+    const run: Run = { before: new Map(), after };
+    // Rounded to 0.1 µs: promtool compares exactly, and the interpolation leaves float noise.
+    const percentile = (refId: string) => `round(${query("GetDeliveryStatus and VerifyOtp latency percentiles", refId)}, 0.0000001)`;
+    const tests = {
+      rule_files: [],
+      evaluation_interval: "1m",
+      tests: [
+        promtoolCase("p50 and p90 per method, interpolated within sub-millisecond buckets", run, [
+          {
+            // GetDeliveryStatus: the 50th of 100 lies in (0.1 ms, 0.25 ms], which holds 60: 0.1 + 0.15 x 50/60 ms.
+            // VerifyOtp: every call lies in (0.5 ms, 1 ms]: 0.5 + 0.5 x 50/100 ms.
+            expr: percentile("A"),
+            samples: [
+              { labels: '{grpc_method="GetDeliveryStatus"}', value: 0.000225 },
+              { labels: '{grpc_method="VerifyOtp"}', value: 0.00075 },
+            ],
+          },
+          {
+            // GetDeliveryStatus: the 90th lies in (0.25 ms, 0.5 ms], which holds 40: 0.25 + 0.25 x 30/40 ms.
+            // VerifyOtp: 0.5 + 0.5 x 90/100 ms.
+            expr: percentile("B"),
+            samples: [
+              { labels: '{grpc_method="GetDeliveryStatus"}', value: 0.0004375 },
+              { labels: '{grpc_method="VerifyOtp"}', value: 0.00095 },
+            ],
+          },
+        ]),
+      ],
+    };
+    const dir = await mkdtemp(join(tmpdir(), "otp-dashboard-latency-"));
+    try {
+      await writeFile(join(dir, "latency.test.yml"), stringify(tests));
+      const result = await promtool(["test", "rules", "latency.test.yml"], dir);
       expect(result.output).toContain("SUCCESS");
       expect(result.code, result.output).toBe(0);
     } finally {
