@@ -60,7 +60,9 @@ export interface DeliveryServiceOptions {
   /**
    * Told after every attempt: "ok" when the relay replied at all (2xx, 4xx or
    * 5xx), "down" when it could not be reached or talked to, "auth_failed"
-   * when it rejected the service's credentials.
+   * when it rejected the service's credentials. Not told of an attempt given
+   * up because its code expired before the relay took it (`EEXPIRED`): that
+   * says nothing about the relay.
    */
   readonly onRelayHealth?: (event: RelayHealthEvent) => void;
   /** Told of every send, attempt and state change (metrics, traces); nothing by default. */
@@ -272,6 +274,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   }
 
   function reportHealth(result: AttemptResult): void {
+    // Given up because its code expired, or had too little left, before the relay took it (withdrawn as it
+    // left the pool's queue behind a slow relay, or timed out by its expiry): the message's clock ran out,
+    // the relay did not fail. Counted as "down" it would take an instance whose relay answers out of rotation.
+    if (!result.ok && result.error.errorCode === "EEXPIRED") return;
     const event: RelayHealthEvent | undefined = result.ok
       ? "ok"
       : result.error.kind === "auth"

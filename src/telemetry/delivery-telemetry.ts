@@ -55,9 +55,12 @@ interface RelayServer {
   readonly port: number | undefined;
 }
 
-/** ok / transient / permanent / abandoned, as the metrics name attempt outcomes. */
-function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" {
-  return attempt.outcome === "accepted" ? "ok" : attempt.outcome;
+/** ok / transient / permanent / abandoned / expired, as the metrics name attempt outcomes. */
+function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" | "expired" {
+  if (attempt.outcome === "accepted") return "ok";
+  // Recorded transient (the message fails or retries as for one), but the code's time ran out, not the
+  // relay: counted as a transient failure it would read as a relay problem during a mere backlog.
+  return attempt.errorCode === "EEXPIRED" ? "expired" : attempt.outcome;
 }
 
 /** A send's verdict for otp_smtp_send_duration_seconds: given up at shutdown is not the relay failing it. */

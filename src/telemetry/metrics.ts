@@ -78,6 +78,8 @@ export const attemptSeries = [
   { result: "permanent", reply_class: "none" },
   // Given up at shutdown while the relay had the message: no reply, and not the relay's failure.
   { result: "abandoned", reply_class: "none" },
+  // Given up because the code expired (or had under a minute left) before the relay took the message.
+  { result: "expired", reply_class: "none" },
 ] as const;
 
 /** A purpose label: one of the domain's purposes, or `unknown` for anything a caller typed. */
@@ -245,7 +247,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_smtp_attempts_total",
     help:
       "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent, abandoned: given up at shutdown " +
-      "while the relay had the message, its answer unknown) and reply class (2xx, 4xx, 5xx, none: no reply).",
+      "while the relay had the message, its answer unknown; expired: given up because the code expired, or had less than a " +
+      "minute left, before the relay took the message, mostly while it waited for a connection behind a slow relay; " +
+      "not a relay failure) and reply class (2xx, 4xx, 5xx, none: no reply).",
     labelNames: ["result", "reply_class"] as const,
     registers,
   });
@@ -418,7 +422,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
-  for (const result of ["ok", "transient", "permanent", "abandoned"]) smtpAttemptSeconds.zero({ result });
+  for (const result of ["ok", "transient", "permanent", "abandoned", "expired"]) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);

@@ -9,7 +9,12 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, expect, it } from "vitest";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { createAppHealth } from "../../src/app.js";
+import type { Clock } from "../../src/clock.js";
+import type { HealthChange, HealthState } from "../../src/health.js";
 import {
   call,
   detailsOf,
@@ -17,6 +22,7 @@ import {
   getDeliveryStatus,
   retryDelayMs,
   sendOtp,
+  servingStatus,
   startInstance,
   verifyOtp,
   type Instance,
@@ -31,7 +37,10 @@ afterEach(async () => {
 });
 
 /** A sink that holds every message until released, and an instance sending to it. */
-async function stalledRelay(env: Record<string, string>): Promise<{ sink: SmtpSink; instance: Instance }> {
+async function stalledRelay(
+  env: Record<string, string>,
+  extra: { clock?: Clock; health?: HealthState } = {},
+): Promise<{ sink: SmtpSink; instance: Instance }> {
   const sink = await startSmtpSink();
   sink.hold();
   // Released before it closes, so the instance's stop finds no send still waiting.
@@ -50,6 +59,7 @@ async function stalledRelay(env: Record<string, string>): Promise<{ sink: SmtpSi
       LIMIT_RESEND_COOLDOWN: "30s",
       ...env,
     },
+    ...extra,
   });
   cleanups.push(() => instance.stop());
   return { sink, instance };
@@ -202,4 +212,42 @@ it("with the backlog full, a repeated idempotency_key still answers its first ca
   expect(replayed.messageId).toBe(sent.messageId);
   expect(sent.state).toBe(DeliveryState.ACCEPTED);
   expect(queued.state).toBe(DeliveryState.ACCEPTED);
+});
+
+it("messages whose codes expired while they waited behind a slow relay are withdrawn unsent, counted as expired, and leave the relay up and the instance SERVING", async () => {
+  const minute = 60_000;
+  let offset = 0;
+  const health = createAppHealth();
+  const relayFlips: HealthChange[] = [];
+  health.onChange((change) => {
+    if (change.component === "relay") relayFlips.push(change);
+  });
+  const { sink, instance } = await stalledRelay({ SMTP_POOL_SIZE: "1" }, { clock: { now: () => Date.now() + offset }, health });
+  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  relayFlips.length = 0;
+
+  const first = call(instance.client, sendOtp, { ...login("first@example.com"), ttl: durationFromMs(30 * minute) });
+  await until("the relay holds a message", () => sink.held() === 1);
+  // Three more wait for the one connection, with codes that expire long before the relay answers.
+  const waiting = ["a", "b", "c"].map((name) =>
+    failure(call(instance.client, sendOtp, { ...login(`${name}@example.com`), ttl: durationFromMs(10 * minute) })),
+  );
+  await until("four attempts are in flight", async () => (await metric(instance, "otp_smtp_attempts_in_flight")) === 4);
+
+  // The relay takes 11 minutes over the first message, then answers it: the others leave the queue expired.
+  offset += 11 * minute;
+  sink.release();
+  expect((await first).state).toBe(DeliveryState.ACCEPTED);
+  for (const refused of await Promise.all(waiting)) {
+    expect(refused.code).toBe(grpc.status.UNAVAILABLE);
+    expect(refused.details).toMatch(/the code expired before it could be sent/);
+  }
+  expect(sink.transactions()).toBe(1);
+
+  // Three in a row with no reply from the relay, yet no evidence against it: it answered all along.
+  expect(relayFlips).toEqual([]);
+  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "expired", reply_class: "none" })).toBe(3);
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "transient", reply_class: "none" })).toBe(0);
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "ok", reply_class: "2xx" })).toBe(1);
 });

@@ -15,6 +15,7 @@ import { OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
 import { startApp, type App } from "../../src/app.js";
 import type { Clock } from "../../src/clock.js";
 import { loadConfig } from "../../src/config.js";
+import type { HealthState } from "../../src/health.js";
 import { createLogger } from "../../src/logger.js";
 import { serviceDefinition } from "../../src/rpc/service-adapter.js";
 import { errorDetails, grpcError, grpcUnary } from "./grpc.js";
@@ -61,6 +62,8 @@ export interface InstanceOptions {
   readonly relayProbeIntervalMs?: number;
   /** The Redis PING probe's timing (its defaults: every 5 s, down after 3 failures). */
   readonly storageProbe?: { readonly intervalMs?: number; readonly failuresBeforeDown?: number };
+  /** The instance's health (`createAppHealth()` by default): given, a test can follow every flip with `onChange`. */
+  readonly health?: HealthState;
   /** Client credentials (TLS); plaintext by default. */
   readonly credentials?: grpc.ChannelCredentials;
   /** Channel options of the instance's clients (`grpc.ssl_target_name_override`...). */
@@ -104,6 +107,7 @@ export async function startInstance(options: InstanceOptions): Promise<Instance>
     ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.relayProbeIntervalMs === undefined ? {} : { relayProbeIntervalMs: options.relayProbeIntervalMs }),
     ...(options.storageProbe === undefined ? {} : { storageProbe: options.storageProbe }),
+    ...(options.health === undefined ? {} : { health: options.health }),
   });
   const address = `${app.address.host}:${app.address.port}`;
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
