@@ -122,9 +122,11 @@ export interface DeliveryService {
   /**
    * Stops sending. An attempt in progress may finish; a message waiting for
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
-   * flight is marked FAILED, an attempt still waiting for the relay recorded
-   * as `abandoned` (its answer unknown), and a final record still failing to
-   * be written gets one last try. Later dispatches fail without an attempt.
+   * flight is marked FAILED: an attempt still waiting for a pooled
+   * connection as not sent (and it is withdrawn should a connection take it
+   * later), one the relay has as `abandoned` (its answer unknown), and a
+   * final record still failing to be written gets one last try. Later
+   * dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
   /**
@@ -148,6 +150,11 @@ interface Job {
   abandoned: boolean;
   /** When the attempt now with the transport started (clock ms, and monotonic for its duration); undefined between attempts. */
   attemptStartedAt: { readonly wall: number; readonly monotonic: number } | undefined;
+  /**
+   * Set when the attempt now with the transport left its queue for a connection to the relay (or was
+   * handed to nodemailer's own builder, which queues it out of sight): from then on the relay may have it.
+   */
+  departed: boolean;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
   wake: (() => void) | undefined;
   /** Follows this send for metrics and traces. */
@@ -273,6 +280,22 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: now });
   }
 
+  /**
+   * Gives up on the attempt in flight while it still waited for a pooled
+   * connection (drain's grace ran out behind a slow relay): nothing of it
+   * reached the relay, so the message failed, with no attempt to record,
+   * and a retry may send it. From now on the departure hook withdraws it,
+   * should a connection take it before the pool is closed.
+   */
+  function withdraw(job: Job): Promise<void> {
+    job.observation.attemptWithdrawn();
+    const reason =
+      job.record.attempts.length === 0
+        ? "the sender stopped before the message reached the relay (it waited for a connection); nothing was sent"
+        : `the sender stopped before the retry reached the relay (it waited for a connection); nothing was sent${lastFailure(job.record)}`;
+    return fail(job, reason);
+  }
+
   function reportHealth(result: AttemptResult): void {
     // Given up because its code expired, or had too little left, before the relay took it (withdrawn as it
     // left the pool's queue behind a slow relay, or timed out by its expiry): the message's clock ran out,
@@ -300,11 +323,16 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * text to state); its mail as made when it leaves within departureGraceMs
    * of `madeAt`; otherwise the mail made for what the code has left then.
    */
-  function departure(expiresAt: number, madeAt: number, retryMail: RetryMail | undefined) {
+  function departure(job: Job, expiresAt: number, madeAt: number, retryMail: RetryMail | undefined) {
     return (mail: OutgoingMail): OutgoingMail | { readonly withdrawn: string } => {
+      // drain() gave it up as not sent while it waited, and its record says so: it must not go now.
+      if (job.abandoned) return { withdrawn: "the sender stopped while the message waited for a connection to the relay; nothing was sent" };
       const now = clock.now();
       if (now >= expiresAt) return { withdrawn: "the code expired while the message waited for a connection to the relay; nothing was sent" };
-      if (retryMail === undefined || now - madeAt < departureGraceMs) return mail;
+      if (retryMail === undefined || now - madeAt < departureGraceMs) {
+        job.departed = true;
+        return mail;
+      }
       const remainingMs = expiresAt - now;
       if (remainingMs < retryMail.minRemainingMs) {
         return {
@@ -313,6 +341,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
             "connection to the relay, too little for its email to state; nothing was sent",
         };
       }
+      job.departed = true;
       return retryMail.make(remainingMs);
     };
   }
@@ -321,9 +350,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * One SMTP attempt, given up when the code expires: an expired code is
    * never handed to the relay. `madeAt`: when `mail`'s text was made.
    */
-  async function attempt(mail: OutgoingMail, expiresAt: number, madeAt: number, retryMail: RetryMail | undefined): Promise<AttemptResult> {
+  async function attempt(
+    job: Job,
+    mail: OutgoingMail,
+    expiresAt: number,
+    madeAt: number,
+    retryMail: RetryMail | undefined,
+  ): Promise<AttemptResult> {
     try {
-      const atDeparture = departure(expiresAt, madeAt, retryMail);
+      const atDeparture = departure(job, expiresAt, madeAt, retryMail);
       return { ok: true, acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture }) };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };
@@ -402,13 +437,14 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const startedMonotonic = monotonic();
       job.observation.attemptStarted(number);
       job.attemptStartedAt = { wall: startedAt, monotonic: startedMonotonic };
-      const result = await attempt(mail, expiresAt, madeAt, retryMail);
+      job.departed = false;
+      const result = await attempt(job, mail, expiresAt, madeAt, retryMail);
       job.attemptStartedAt = undefined;
       const durationMs = Math.round(monotonic() - startedMonotonic);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
       if (job.abandoned) {
-        // drain() recorded, logged and counted this attempt as abandoned, and the store keeps that. Its end
-        // here is the transport closing under it, not the relay's doing: no relay health, no failure counted.
+        // drain() recorded, logged and counted this attempt as abandoned or not sent, and the store keeps that. Its end
+        // here is the transport closing under it (or withdrawing it), not the relay's doing: no relay health, no failure counted.
         logger.warn(
           { message_id: messageId, attempt: number, outcome: attemptRecord.outcome, error_code: attemptRecord.errorCode },
           "attempt finished after the sender stopped",
@@ -536,6 +572,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         record,
         abandoned: false,
         attemptStartedAt: undefined,
+        departed: false,
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
         writes: Promise.resolve(),
@@ -571,7 +608,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const writes: Array<Promise<void>> = [];
       for (const job of jobs) {
         if (job.attemptStartedAt !== undefined) {
-          writes.push(abandon(job, job.attemptStartedAt));
+          // Still in the pool's queue, nothing of it sent: not sent, and it never will be (see departure). Else
+          // the relay may have it: its answer is unknown.
+          if (job.departed) {
+            writes.push(abandon(job, job.attemptStartedAt));
+          } else {
+            writes.push(withdraw(job));
+          }
         } else if (job.attemptsOver || terminalSendStates.has(job.record.state)) {
           // The relay answered (or the message failed for good); only storing that is left: one last try, or
           // the write still in progress (a store that hangs) waited for. Never a FAILED written over it.

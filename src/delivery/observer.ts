@@ -16,6 +16,12 @@ export interface SendObservation {
   attemptStarted(number: number): void;
   /** The attempt ended with the relay's answer (or a connection failure). */
   attemptFinished(attempt: AttemptRecord): void;
+  /**
+   * The attempt was given up while it still waited for a pooled connection
+   * (the sender stopped): nothing of it reached the relay, and no attempt is
+   * recorded for it.
+   */
+  attemptWithdrawn(): void;
   /** After attempt `number` failed transiently, the next one starts in `delayMs`. */
   retryScheduled(number: number, delayMs: number): void;
   /** No attempt will follow; `record` is the last state written (ACCEPTED, FAILED...). */
@@ -39,6 +45,7 @@ export interface DeliveryObserver {
 const noopSend: SendObservation = {
   attemptStarted: () => undefined,
   attemptFinished: () => undefined,
+  attemptWithdrawn: () => undefined,
   retryScheduled: () => undefined,
   finished: () => undefined,
 };

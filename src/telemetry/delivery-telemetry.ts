@@ -172,6 +172,17 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           span.end();
         },
 
+        attemptWithdrawn() {
+          // No transaction with the relay took place: not an SMTP attempt for the metrics, only its span ends.
+          const span = attemptSpan;
+          attemptSpan = undefined;
+          if (span === undefined) return;
+          setInFlight(-1);
+          span.setAttribute(attributes.errorType, "withdrawn");
+          span.setStatus({ code: SpanStatusCode.ERROR, message: "withdrawn: the sender stopped before the message reached the relay" });
+          span.end();
+        },
+
         retryScheduled(number, delayMs) {
           sendSpan.addEvent(eventNames.smtpRetry, {
             [attributes.smtpNextAttempt]: number + 1,

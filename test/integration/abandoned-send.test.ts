@@ -216,3 +216,125 @@ it("a message the relay accepted while its record write still hangs at shutdown 
   expect(stored.get("held-accept-1")).toMatchObject({ state: "ACCEPTED", failureReason: undefined });
   expect(stored.get("held-accept-1")?.attempts.map((attempt) => attempt.outcome)).toEqual(["accepted"]);
 });
+
+/**
+ * A delivery service on a one-connection pool whose relay holds every reply:
+ * message A is on the connection, the relay sitting on it; message B waits in
+ * the pool's queue behind it. Records land in `stored`.
+ */
+async function oneConnectionBehindAHeldMessage() {
+  const sink = await startSmtpSink();
+  sink.hold();
+  cleanups.push(async () => {
+    sink.release();
+    await sink.close();
+  });
+  const logger = createLogger({ level: "silent" });
+  const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 1, socketTimeoutMs: 60_000 });
+  cleanups.push(() => transport.close({ abandonInFlight: true }));
+  const stored = new Map<string, DeliveryRecord>();
+  const delivery = createDeliveryService({
+    store: {
+      putRecord: (record) => {
+        stored.set(record.messageId, record);
+        return Promise.resolve();
+      },
+    },
+    transport,
+    clock: systemClock,
+    logger,
+    maxAttempts: 3,
+    retryBaseDelayMs: 100,
+    retryMaxDelayMs: 100,
+    waitBudgetMs: 50,
+    recordTtlMs: 60_000,
+  });
+  const send = (name: string): void => {
+    const now = Date.now();
+    const record: DeliveryRecord = {
+      messageId: name,
+      caller: "test",
+      state: "SENDING",
+      recipientMasked: "q***@example.com",
+      recipientDomain: "example.com",
+      purpose: "login",
+      locale: "en",
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: now + 10 * 60_000,
+      attempts: [],
+      traceId: "",
+    };
+    void delivery.dispatch(record, {
+      from: '"Acme" <no-reply@acme.test>',
+      to: `${name}@example.com`,
+      subject: "Your Acme code",
+      text: "Your code is in the subject",
+      html: "<p>Your code is in the subject</p>",
+      messageId: `<${name}@acme.test>`,
+      headers: {},
+    });
+  };
+  send("on-the-connection");
+  await vi.waitFor(() => expect(sink.held()).toBe(1), { timeout: 10_000, interval: 10 });
+  send("in-the-queue");
+  await vi.waitFor(() => expect(transport.inProgress()).toBe(2), { timeout: 10_000, interval: 10 });
+  return { sink, transport, delivery, stored };
+}
+
+it("a message still waiting for a pooled connection when the shutdown grace runs out is recorded FAILED, not sent, with no abandoned attempt, and never goes out even if a connection frees before the pool closes", async () => {
+  const { sink, transport, delivery, stored } = await oneConnectionBehindAHeldMessage();
+
+  await delivery.drain(100);
+  // The relay answers the message it had only now, after the drain: the connection frees while the pool is still open.
+  sink.release();
+  await vi.waitFor(() => expect(transport.inProgress()).toBe(0), { timeout: 10_000, interval: 10 });
+
+  const queued = stored.get("in-the-queue");
+  expect(queued).toMatchObject({ state: "FAILED", attempts: [] });
+  expect(queued?.failureReason).toBe("the sender stopped before the message reached the relay (it waited for a connection); nothing was sent");
+  // Only the message the relay had went out; the queued one never reached MAIL FROM.
+  expect(sink.messages.map((mail) => mail.envelope.rcptTo)).toEqual([["on-the-connection@example.com"]]);
+  expect(sink.transactions()).toBe(1);
+  // The one the relay had is abandoned, its answer unknown: it came after the drain's last writes.
+  expect(stored.get("on-the-connection")?.attempts.map((attempt) => attempt.outcome)).toEqual(["abandoned"]);
+});
+
+it("a send still waiting for a pooled connection when the shutdown grace ran out failed unsent: a retry with its idempotency key, on another instance, really sends", async () => {
+  const sink = await startSmtpSink();
+  sink.respondWith(behave.stall());
+  cleanups.push(() => sink.close());
+  const prefix = randomPrefix();
+  const instance = await startInstance({ env: { ...instanceEnv(sink, prefix), SMTP_POOL_SIZE: "1" } });
+  cleanups.push(() => instance.stop());
+  // The one connection carries a message the relay sits on; the keyed send waits behind it.
+  await call(instance.client, sendOtp, { recipient: "ahead@example.com", purpose: Purpose.LOGIN });
+  await vi.waitFor(() => expect(sink.transactions()).toBe(1), { timeout: 10_000, interval: 20 });
+  const request = { recipient: "behind@example.com", purpose: Purpose.LOGIN, idempotencyKey: "behind-1" };
+  const queued = await call(instance.client, sendOtp, request);
+  expect(queued.state).toBe(DeliveryState.SENDING);
+  instance.client.close();
+  await instance.app.stop(300);
+
+  // Only the message the relay had is abandoned; the queued one failed, and says why.
+  const abandoned = instance.logs.filter((line) => line["msg"] === "message abandoned at shutdown: the relay's answer is unknown");
+  expect(abandoned.map((line) => line["message_id"])).not.toContain(queued.messageId);
+  expect(abandoned).toHaveLength(1);
+  expect(await metric(instance, "otp_smtp_attempts_total", { result: "abandoned", reply_class: "none" })).toBe(1);
+
+  const next = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => next.stop());
+  const status = await call(next.client, getDeliveryStatus, { messageId: queued.messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(0);
+  expect(status.failureReason).toMatch(/^the sender stopped before the message reached the relay/);
+  expect(status.explanation).toMatch(/^Never accepted by the relay/);
+
+  // Nothing was sent, so the key is free: the retry sends, under a new message_id.
+  const retried = await call(next.client, sendOtp, request);
+  expect(retried.state).toBe(DeliveryState.ACCEPTED);
+  expect(retried.messageId).not.toBe(queued.messageId);
+  const [mail] = await sink.waitForMessages(1);
+  expect(mail?.envelope.rcptTo).toEqual(["behind@example.com"]);
+  expect(sink.transactions()).toBe(2);
+});
