@@ -124,9 +124,10 @@ export interface DeliveryService {
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
    * flight is marked FAILED: an attempt still waiting for a pooled
    * connection as not sent (and it is withdrawn should a connection take it
-   * later), one the relay has as `abandoned` (its answer unknown), and a
-   * final record still failing to be written gets one last try. Later
-   * dispatches fail without an attempt.
+   * later), one the relay has as `abandoned` (its answer unknown, unless the
+   * relay accepts it within the last writes: then ACCEPTED), and a final
+   * record still failing to be written gets one last try. The last writes
+   * take at most a second. Later dispatches fail without an attempt.
    */
   drain(graceMs: number): Promise<void>;
   /**
@@ -155,6 +156,8 @@ interface Job {
    * handed to nodemailer's own builder, which queues it out of sight): from then on the relay may have it.
    */
   departed: boolean;
+  /** Set when drain() recorded the attempt in flight as abandoned, the relay's answer unknown. */
+  answerUnknown: boolean;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
   wake: (() => void) | undefined;
   /** Follows this send for metrics and traces. */
@@ -190,11 +193,18 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
 
   const jobs = new Set<Job>();
   let stopping = false;
+  /** Set when drain()'s last writes are over: nothing about a job it gave up is written after that. */
+  let finalWritesOver = false;
   /** Set by stopRetries() (and implied by stopping): no retry is scheduled or started any more. */
   let retriesStopped = false;
 
   function write(job: Job, next: DeliveryRecord): Promise<void> {
     if (job.abandoned) return job.writes;
+    return append(job, next);
+  }
+
+  /** Writes `next` after the job's earlier writes, whatever drain() decided: write() is the guarded way. */
+  function append(job: Job, next: DeliveryRecord): Promise<void> {
     if (next.state !== job.record.state) observer.stateChanged(next);
     job.record = next;
     // Chained, so a slow write can never be overtaken by a later state.
@@ -277,6 +287,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       "message abandoned at shutdown: the relay's answer is unknown",
     );
     const attempts = [...job.record.attempts, attempt];
+    job.answerUnknown = true;
     return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: now });
   }
 
@@ -294,6 +305,24 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         ? "the sender stopped before the message reached the relay (it waited for a connection); nothing was sent"
         : `the sender stopped before the retry reached the relay (it waited for a connection); nothing was sent${lastFailure(job.record)}`;
     return fail(job, reason);
+  }
+
+  /** The ACCEPTED record of `job` after the relay's `acceptance`, with `attempts`. */
+  function acceptedRecord(job: Job, attempts: readonly AttemptRecord[], acceptance: SmtpAcceptance): DeliveryRecord {
+    return {
+      ...job.record,
+      state: "ACCEPTED",
+      attempts,
+      relayReply: {
+        relay: acceptance.relay,
+        text: acceptance.text,
+        queueId: acceptance.queueId,
+        acceptedAt: clock.now(),
+        dsnRequested: acceptance.dsnRequested,
+      },
+      failureReason: undefined,
+      updatedAt: clock.now(),
+    };
   }
 
   function reportHealth(result: AttemptResult): void {
@@ -443,6 +472,16 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const durationMs = Math.round(monotonic() - startedMonotonic);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
       if (job.abandoned) {
+        if (result.ok && job.answerUnknown && !finalWritesOver) {
+          // drain() recorded the relay's answer as unknown, and here it is, within drain's last writes (the pool
+          // is closed after them): the truth goes in over the guess, behind it in the job's writes.
+          logger.warn(
+            { message_id: messageId, attempt: number, reply_code: attemptRecord.replyCode, queue_id: result.acceptance.queueId },
+            "the relay accepted a message given up at shutdown: recorded ACCEPTED",
+          );
+          await append(job, acceptedRecord(job, [...job.record.attempts.slice(0, number - 1), attemptRecord], result.acceptance));
+          return;
+        }
         // drain() recorded, logged and counted this attempt as abandoned or not sent, and the store keeps that. Its end
         // here is the transport closing under it (or withdrawing it), not the relay's doing: no relay health, no failure counted.
         logger.warn(
@@ -469,21 +508,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       );
 
       if (result.ok) {
-        const { acceptance } = result;
-        await write(job, {
-          ...job.record,
-          state: "ACCEPTED",
-          attempts,
-          relayReply: {
-            relay: acceptance.relay,
-            text: acceptance.text,
-            queueId: acceptance.queueId,
-            acceptedAt: clock.now(),
-            dsnRequested: acceptance.dsnRequested,
-          },
-          failureReason: undefined,
-          updatedAt: clock.now(),
-        });
+        await write(job, acceptedRecord(job, attempts, result.acceptance));
         return;
       }
 
@@ -573,6 +598,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         abandoned: false,
         attemptStartedAt: undefined,
         departed: false,
+        answerUnknown: false,
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
         writes: Promise.resolve(),
@@ -609,9 +635,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       for (const job of jobs) {
         if (job.attemptStartedAt !== undefined) {
           // Still in the pool's queue, nothing of it sent: not sent, and it never will be (see departure). Else
-          // the relay may have it: its answer is unknown.
+          // the relay may have it: its answer is unknown, unless it comes within the last writes.
           if (job.departed) {
             writes.push(abandon(job, job.attemptStartedAt));
+            writes.push(job.done);
           } else {
             writes.push(withdraw(job));
           }
@@ -627,8 +654,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         job.abandoned = true;
         jobs.delete(job);
       }
-      // Bounded too: a store that hangs must not hang shutdown.
+      // Bounded too: a store that hangs must not hang shutdown. A relay that answers a message given up on
+      // within it has its answer recorded (run()); after it, the pool is closed and nothing more is written.
       await settleWithin(Promise.all(writes), finalWriteGraceMs);
+      finalWritesOver = true;
     },
 
     inFlight: () => jobs.size,

@@ -300,6 +300,27 @@ it("a message still waiting for a pooled connection when the shutdown grace runs
   expect(stored.get("on-the-connection")?.attempts.map((attempt) => attempt.outcome)).toEqual(["abandoned"]);
 });
 
+it("a message the relay accepts within the drain's last writes, after the grace gave it up, is recorded ACCEPTED with the relay's reply, not as an answer unknown", async () => {
+  const { sink, transport, delivery, stored } = await oneConnectionBehindAHeldMessage();
+
+  const draining = delivery.drain(100);
+  // The grace (100 ms) runs out; the relay answers within the last writes' second.
+  await vi.waitFor(() => expect(stored.get("on-the-connection")?.state).toBe("FAILED"), { timeout: 5000, interval: 5 });
+  sink.release();
+  await draining;
+  await transport.close({ abandonInFlight: true });
+
+  const [mail] = await sink.waitForMessages(1);
+  const accepted = stored.get("on-the-connection");
+  expect(accepted).toMatchObject({ state: "ACCEPTED", failureReason: undefined });
+  expect(accepted?.relayReply?.queueId).toBe(mail?.queueId);
+  expect(accepted?.relayReply?.text).toMatch(/^250 /);
+  expect(accepted?.attempts.map((attempt) => [attempt.number, attempt.outcome, attempt.replyCode])).toEqual([[1, "accepted", 250]]);
+  // The queued one was still not sent.
+  expect(stored.get("in-the-queue")).toMatchObject({ state: "FAILED", attempts: [] });
+  expect(sink.transactions()).toBe(1);
+});
+
 it("a send still waiting for a pooled connection when the shutdown grace ran out failed unsent: a retry with its idempotency key, on another instance, really sends", async () => {
   const sink = await startSmtpSink();
   sink.respondWith(behave.stall());
