@@ -767,6 +767,27 @@ describe("Grafana provisioning", () => {
     expect(dashboard["uid"]).toBe("otp-email");
   });
 
+  it("lays out its panels (rows included) on the 24-column grid with no two overlapping", () => {
+    // Grafana does not refuse overlapping gridPos: it pushes panels down on load, so a row header lands among
+    // the panels of the row above it and they read as that row's.
+    const boxes = panels.map((panel) => {
+      const title = str(panel["title"], "title");
+      const grid = dict(panel["gridPos"], `${title}.gridPos`);
+      const [x, y, w, h] = (["x", "y", "w", "h"] as const).map((key) => Number(grid[key]));
+      return { title, x: x ?? 0, y: y ?? 0, w: w ?? 0, h: h ?? 0 };
+    });
+    for (const box of boxes) {
+      expect(box.w > 0 && box.h > 0 && box.x >= 0 && box.y >= 0 && box.x + box.w <= 24, `${box.title}: ${JSON.stringify(box)}`).toBe(true);
+    }
+    const overlaps = boxes.flatMap((a, i) =>
+      boxes
+        .slice(i + 1)
+        .filter((b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h)
+        .map((b) => `${a.title} / ${b.title}`),
+    );
+    expect(overlaps).toEqual([]);
+  });
+
   it("has the panels the issue asks for", () => {
     const exprs = (pattern: RegExp) => dashboardQueries().filter((q) => pattern.test(q.expr));
     expect(exprs(/otp_sends_total/).length, "send rate and success ratio").toBeGreaterThanOrEqual(2);
