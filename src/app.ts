@@ -112,20 +112,27 @@ export interface App {
 /**
  * The health of an instance that has not started yet: not serving until the
  * relay's first check has answered (start-up waits for it, but the gRPC port
- * and /readyz are open before), storage as its store reports it.
+ * and /readyz are open before) and, with `redis`, until Redis has first
+ * connected; then storage as its store reports it.
  */
-export function createAppHealth(): HealthState {
+export function createAppHealth(options: { readonly redis?: boolean } = {}): HealthState {
   const health = createHealthState();
   // Up until a stop begins: otp_health_component_up{component="shutdown"} is there from the start, at 1.
   health.set("shutdown", true);
   health.set("relay", false, "the SMTP relay has not answered its first check yet");
+  // Down from the start, not from when the store is made: a Redis that never connects (a wrong host, down at
+  // deploy) must keep the instance out of rotation once the relay answers, and /readyz must say why.
+  if (options.redis === true) health.set("storage", false, storageNotConnectedYet);
   return health;
 }
+
+/** Why storage is down before Redis ever connected. */
+const storageNotConnectedYet = "storage has not connected yet";
 
 export async function startApp(options: AppOptions): Promise<App> {
   const { config, logger } = options;
   const clock = options.clock ?? systemClock;
-  const health = options.health ?? createAppHealth();
+  const health = options.health ?? createAppHealth({ redis: config.redis !== undefined });
   const metrics = options.metrics ?? createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
   metrics.watchHealth(health);
   const bounceTelemetry = createBounceTelemetry({ metrics });
@@ -158,7 +165,8 @@ export async function startApp(options: AppOptions): Promise<App> {
           const before = health.components().get("storage");
           if (before?.up === true && !up && store.isReady()) logger.warn({ reason }, "storage is down: health NOT_SERVING");
           if (before?.up === false && up && before.reason.startsWith("storage does not answer")) logger.info("storage answers again");
-          health.set("storage", up, reason);
+          // Never connected yet says more than "unreachable": the host or port may be wrong.
+          health.set("storage", up, !up && before?.reason === storageNotConnectedYet ? storageNotConnectedYet : reason);
         },
       });
       // Pushed after the store's closer, so run before it: no PING of a closing store.

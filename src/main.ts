@@ -140,7 +140,7 @@ async function main(): Promise<void> {
   // holds for its connection and greeting timeouts, and Prometheus must see the service saying so (relay down,
   // NOT_SERVING), not a target that is down.
   const metrics = createMetrics({ providers: createProviderClassifier(config.metrics.providerDomains) });
-  const health = createAppHealth();
+  const health = createAppHealth({ redis: config.redis !== undefined });
   opened.metricsServer =
     config.metrics.addr === undefined
       ? undefined

@@ -4,12 +4,16 @@
  * answer from the start and say the relay has not answered (NOT_SERVING),
  * instead of being a port Prometheus cannot scrape; once the relay answers,
  * the instance is SERVING. The relay is a real SMTP sink behind a gate that
- * holds connections, unanswered, until the test opens it.
+ * holds connections, unanswered, until the test opens it. With a Redis that
+ * has never connected (a private redis-server, stopped before the service
+ * starts), storage is down from the start and stays down, named, after the
+ * relay has answered.
  */
 import { createServer as createNetServer, connect, type AddressInfo, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
 import { freePort } from "../support/ports.js";
+import { randomPrefix, startRedisServer } from "../support/redis.js";
 import { killServiceProcesses, startServiceProcess } from "../support/service-process.js";
 import { startSmtpSink } from "../support/smtp-sink.js";
 
@@ -93,6 +97,45 @@ describe("the metrics port during start-up", () => {
     } finally {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => gate.close(resolve));
+      await sink.close();
+    }
+  });
+
+  it("with a Redis that has never connected (down at deploy): storage down from the start, NOT_SERVING after the relay answered, SERVING once Redis connects", async () => {
+    const sink = await startSmtpSink();
+    const redis = await startRedisServer();
+    await redis.stop();
+    const metricsUrl = `http://127.0.0.1:${await freePort()}`;
+    try {
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${await freePort()}`,
+        METRICS_ADDR: metricsUrl.slice("http://".length),
+        SMTP_URL: sink.url,
+        REDIS_URL: redis.url,
+        REDIS_PREFIX: randomPrefix(),
+        OTP_SECRET: "metrics-startup-test-secret-0123456789abcdef",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+
+      // The relay answered; storage alone keeps the instance out of rotation, and says it never connected.
+      const notReady = "NOT_SERVING\nstorage: down (storage has not connected yet)\n";
+      for (let i = 0; i < 5; i++) {
+        expect(await get(`${metricsUrl}/readyz`)).toEqual({ status: 503, body: notReady });
+        await sleep(100);
+      }
+      const scrape = await get(`${metricsUrl}/metrics`);
+      expect(scrape?.body).toMatch(/^otp_health_component_up\{component="storage"\} 0$/m);
+      expect(scrape?.body).toMatch(/^otp_health_component_up\{component="relay"\} 1$/m);
+
+      await redis.start();
+      await until(`${metricsUrl}/readyz`, (answer) => answer.status === 200);
+      expect((await get(`${metricsUrl}/metrics`))?.body).toMatch(/^otp_health_component_up\{component="storage"\} 1$/m);
+
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await redis.stop();
       await sink.close();
     }
   });

@@ -61,6 +61,35 @@ async function healthBecomes(wanted: ServingStatus, timeoutMs: number): Promise<
   }
 }
 
+it("an instance whose Redis has never answered (down at deploy) is NOT_SERVING, naming storage, until Redis first connects", async () => {
+  const never = await startRedisServer();
+  await never.stop();
+  const starting = await startInstance({
+    env: { REDIS_URL: never.url, REDIS_PREFIX: randomPrefix(), REDIS_COMMAND_TIMEOUT: "500ms", SMTP_URL: sink.url, AUTH_TOKENS: caller.entry },
+  });
+  try {
+    // The relay answered (start-up waited for it): storage alone keeps the instance out of rotation.
+    expect(starting.app.health.components().get("relay")?.up).toBe(true);
+    for (let i = 0; i < 5; i++) {
+      expect(await servingStatus(starting)).toBe(ServingStatus.NOT_SERVING);
+      expect(starting.app.health.components().get("storage")).toEqual({ up: false, reason: "storage has not connected yet" });
+      await sleep(100);
+    }
+    const error = await failure(call(starting.client, sendOtp, { recipient: "early@example.com", purpose: Purpose.LOGIN }, bearer(caller.token)));
+    expect(error.code).toBe(grpc.status.UNAVAILABLE);
+
+    await never.start();
+    const deadline = Date.now() + 10_000;
+    while ((await servingStatus(starting)) !== ServingStatus.SERVING) {
+      if (Date.now() > deadline) throw new Error("not SERVING within 10 s of Redis starting");
+      await sleep(50);
+    }
+  } finally {
+    await starting.stop();
+    await never.stop();
+  }
+});
+
 it("answers UNAVAILABLE within the deadline while Redis is down, and recovers by itself", async () => {
   const auth = bearer(caller.token);
   const recipient = "outage@example.com";

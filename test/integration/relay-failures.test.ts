@@ -25,6 +25,7 @@ import {
   sendOtp,
   servingStatus,
   startInstance,
+  untilServing,
   type Instance,
 } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
@@ -185,7 +186,8 @@ it("one send the relay never answers: the relay is asked at once and answers, so
   // instance out of rotation for it would turn one slow message into an outage of every instance that saw one.
   const sink = await startSmtpSink({ route: (recipient) => (recipient.startsWith("stuck@") ? behave.stall() : undefined) });
   const instance = await instanceFor(sink, sink.url, { SMTP_SOCKET_TIMEOUT: "500ms", SMTP_MAX_ATTEMPTS: "1" });
-  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  // Storage reads down until Redis's first connection: wait for it, as a load balancer does.
+  await untilServing(instance);
 
   const error = await failure(call(instance.client, sendOtp, { recipient: "stuck@example.com", purpose: Purpose.LOGIN }));
   expect(error.code).toBe(grpc.status.UNAVAILABLE);
@@ -215,7 +217,7 @@ it("sends that keep finding no relay: the third in a row takes the instance out 
 it("a relay gone after start: the send that finds it gone has the relay checked at once, and the instance leaves rotation", async () => {
   const sink = await startSmtpSink();
   const instance = await instanceFor(sink, sink.url, { SMTP_MAX_ATTEMPTS: "1" });
-  expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  await untilServing(instance);
   await sink.close();
 
   const error = await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }));

@@ -9,7 +9,7 @@ import { DurationSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import {
   AttemptOutcome,
@@ -426,8 +426,15 @@ describe("OtpEmail end to end (Redis store, real SMTP)", () => {
   });
 
   it("reports SERVING on the health service", async () => {
-    const response = await svc.connectHealth.check({ service: "otp.v1.OtpEmailService" });
-    expect(response.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    // Storage reads down until Redis's first connection, which may still be on its way when this runs first:
+    // wait for it as a load balancer would.
+    await vi.waitFor(
+      async () => {
+        const response = await svc.connectHealth.check({ service: "otp.v1.OtpEmailService" });
+        expect(response.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      },
+      { timeout: 10_000, interval: 20 },
+    );
   });
 });
 
