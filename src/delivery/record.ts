@@ -109,6 +109,12 @@ export interface DeliveryReport {
   readonly userAgent?: string | undefined;
   /** Feedback reports only: Arrival-Date as given (when the provider received the message), or "". */
   readonly arrivalDate?: string | undefined;
+  /**
+   * What makes two copies of one report the same report (`reportIdentity`):
+   * a message's reports hold one copy of each. Never shown; absent on
+   * reports stored before it was kept.
+   */
+  readonly identity?: string | undefined;
 }
 
 /**

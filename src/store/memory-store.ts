@@ -223,10 +223,14 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
-    addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
+    addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<boolean> {
       return run(() => {
-        const list = [...(read(reports, messageId) ?? []), JSON.stringify(report)].slice(-maxDeliveryReports);
+        const kept = read(reports, messageId) ?? [];
+        const { identity } = report;
+        if (identity !== undefined && kept.some((value) => (JSON.parse(value) as DeliveryReport).identity === identity)) return false;
+        const list = [...kept, JSON.stringify(report)].slice(-maxDeliveryReports);
         expireIn(reports, messageId, list, Math.max(1, ttlMs));
+        return true;
       });
     },
 

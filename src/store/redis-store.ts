@@ -354,6 +354,27 @@ return 1
 `;
 
 /**
+ * KEYS[1] a message's reports; ARGV report JSON, its identity ('' for none),
+ * max reports, ttlMs. Returns 1 when appended (then capped and expired), 0
+ * when a kept report has that identity: one script, so that two copies of a
+ * DSN landing at once on two instances cannot both be appended (see
+ * OtpStore.addDeliveryReport).
+ */
+const addReportLua = `#!lua
+local identity = ARGV[2]
+if identity ~= '' then
+  for _, kept in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local ok, report = pcall(cjson.decode, kept)
+    if ok and type(report) == 'table' and report.identity == identity then return 0 end
+  end
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], '-' .. ARGV[3], -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+`;
+
+/**
  * KEYS[1] delivery record, KEYS[2] its reports (one hash tag: the message id).
  * Returns {record or false, {report, ...}}: GetDeliveryStatus in one command
  * rather than a GET and an LRANGE (each command is a Command object, a timer
@@ -421,6 +442,7 @@ const scripts = {
   otpRelease: { lua: releaseLua, numberOfKeys: 1 },
   otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
   otpAddRecipientMessage: { lua: addRecipientMessageLua, numberOfKeys: 1 },
+  otpAddReport: { lua: addReportLua, numberOfKeys: 1 },
   otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
 
@@ -607,19 +629,12 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       );
     },
 
-    async addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void> {
+    async addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<boolean> {
       const px = ttl(ttlMs);
-      const key = reportsKey(messageId);
+      const value = JSON.stringify(report);
       return run("addDeliveryReport", async () => {
-        // One key, one MULTI: append, cap and expire together.
-        const replies = await redis
-          .multi()
-          .rpush(key, JSON.stringify(report))
-          .ltrim(key, -maxDeliveryReports, -1)
-          .pexpire(key, px)
-          .exec();
-        const failed = replies?.find(([error]) => error !== null);
-        if (replies === null || failed !== undefined) throw failed?.[0] ?? new Error("MULTI was discarded");
+        const appended = await redis.otpAddReport(reportsKey(messageId), value, report.identity ?? "", maxDeliveryReports, px);
+        return appended === 1;
       });
     },
 

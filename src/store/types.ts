@@ -217,9 +217,14 @@ export interface OtpStore {
    * Appends a DSN to the reports of `messageId` (oldest first; beyond
    * `maxDeliveryReports` the oldest are dropped); the reports live `ttlMs`
    * from now. Kept apart from the record so the sender's writes and the
-   * bounce intake's never overwrite each other.
+   * bounce intake's never overwrite each other. A report whose `identity`
+   * one of the kept reports already has is a copy (a resent DSN) and is not
+   * appended: checked and appended in one atomic step, so of two copies
+   * arriving at once, on two instances, exactly one is. Resolves true when
+   * `report` was appended, false for a copy. A report without an identity
+   * is always appended.
    */
-  addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<void>;
+  addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<boolean>;
 
   /** The reports of a message, oldest first; empty when none. */
   getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]>;

@@ -406,6 +406,31 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         expect([...kept].sort((x, y) => x.receivedAt - y.receivedAt)).toEqual(many);
       });
 
+      it("appends a report whose identity a kept one has only once, and says which write appended it", async () => {
+        const failed = { ...report("failed", "5.1.1", t0 + 1000), identity: "id-failed" };
+        const copy = { ...failed, receivedAt: t0 + 2000 };
+
+        expect(await store.addDeliveryReport("msg-1", failed, minute)).toBe(true);
+        expect(await store.addDeliveryReport("msg-1", copy, minute)).toBe(false);
+        // Another message's report list, another identity, or none at all: appended.
+        expect(await store.addDeliveryReport("msg-2", copy, minute)).toBe(true);
+        expect(await store.addDeliveryReport("msg-1", { ...failed, identity: "id-other" }, minute)).toBe(true);
+        expect(await store.addDeliveryReport("msg-1", report("delayed", "4.4.1", t0), minute)).toBe(true);
+        expect(await store.addDeliveryReport("msg-1", report("delayed", "4.4.1", t0), minute)).toBe(true);
+
+        expect((await store.getDeliveryReports("msg-1")).map((kept) => kept.identity)).toEqual(["id-failed", "id-other", undefined, undefined]);
+        expect(await store.getDeliveryReports("msg-2")).toEqual([copy]);
+      });
+
+      it("of many copies of one report arriving at once, appends exactly one", async () => {
+        const copies = Array.from({ length: 10 }, (_, i) => ({ ...report("failed", "5.1.1", t0 + i), identity: "id-failed" }));
+
+        const appended = await Promise.all(copies.map((copy) => store.addDeliveryReport("msg-1", copy, minute)));
+
+        expect(appended.filter(Boolean)).toHaveLength(1);
+        expect(await store.getDeliveryReports("msg-1")).toHaveLength(1);
+      });
+
       it("forgets reports after their TTL", async () => {
         await store.addDeliveryReport("msg-1", report("failed", "5.1.1", t0), 50);
         await subject.elapse(120);
