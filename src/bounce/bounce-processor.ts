@@ -7,7 +7,7 @@
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { appendDropsDecidingReport, reportStatus, suppresses, withReports } from "../delivery/reports.js";
+import { appendDropsDecidingReport, reportIdentity, reportStatus, suppresses, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { maskAddressesIn } from "../otp/address.js";
 import { maxDeliveryReports, type OtpStore } from "../store/types.js";
@@ -151,8 +151,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     const block = [...dsn.recipients].sort((a, b) => severity[b.action] - severity[a.action])[0];
     if (block === undefined) return finish({ kind: "not_dsn", messageId, reason: "no recipient block" });
     const redact = (text: string): string => redactor.redact(text, record);
-    const report: DeliveryReport = {
-      receivedAt: clock.now(),
+    const said: Omit<DeliveryReport, "receivedAt" | "identity"> = {
       action: block.action,
       status: block.status,
       diagnosticCode: redact(block.diagnosticCode),
@@ -161,22 +160,20 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       finalRecipient: block.finalRecipient,
       envelopeId: dsn.envelopeId,
     };
+    const report: DeliveryReport = { receivedAt: clock.now(), ...said, identity: reportIdentity(said, [dsn.arrivalDate, block.lastAttemptDate]) };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
-    if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
-      logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
-    } else {
-      await store.addDeliveryReport(messageId, report, options.reportTtlMs);
-    }
-    const updated = withReports(record, [...earlier, report]);
+    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
+    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
 
     let suppressed = false;
     // Which secret the record's recipient hash was made under, when it is not the current one.
     const { previousSecret } = options;
     const previousUntil =
       previousSecret !== undefined && record.createdAt < previousSecret.rotatedAt ? previousSecret.suppressionUntil : undefined;
-    if (suppresses(report)) {
+    // Only a new report may touch the suppression: a copy (a relay resending its DSN, maybe on another
+    // instance at the same moment) would otherwise move its expiry.
+    if (fresh && suppresses(report)) {
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "hard bounce for a record without a recipient hash; recipient not suppressed");
       } else {
@@ -195,6 +192,7 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
         message_id: messageId,
         action: report.action,
         status: reportStatus(report),
+        ...(fresh ? {} : { duplicate: true }),
         previous_state: previousState,
         state: updated.state,
         suppressed,
@@ -216,4 +214,28 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
   }
 
   return { process: processBounce, counts: () => ({ ...counts }) };
+}
+
+/**
+ * Stores a report unless it is a copy of one already kept, or would push the
+ * deciding report out of a full list (then it is logged instead). Resolves
+ * whether the report is new: only a new one may change the suppression.
+ * Shared with the feedback processor.
+ */
+export async function storeReport(
+  store: Pick<OtpStore, "addDeliveryReport">,
+  messageId: string,
+  report: DeliveryReport,
+  earlier: readonly DeliveryReport[],
+  ttlMs: number,
+  logger: Logger,
+): Promise<boolean> {
+  if (earlier.some((kept) => kept.identity !== undefined && kept.identity === report.identity)) return false;
+  // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
+  if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
+    logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
+    return true;
+  }
+  // Atomic: of two copies read as new at once (two instances), the store appends one.
+  return store.addDeliveryReport(messageId, report, ttlMs);
 }

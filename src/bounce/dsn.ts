@@ -21,12 +21,16 @@ export interface DsnRecipient {
   readonly remoteMta: string;
   /** `rfc822; j***@gmail.com`. */
   readonly finalRecipient: string;
+  /** Last-Attempt-Date as given, or "": with Arrival-Date, tells a later notice from a copy of one. */
+  readonly lastAttemptDate: string;
 }
 
 export interface ParsedDsn {
   /** Original-Envelope-Id, xtext-decoded; "" when absent. */
   readonly envelopeId: string;
   readonly reportingMta: string;
+  /** Arrival-Date as given (when the reporting MTA received the message), or "". */
+  readonly arrivalDate: string;
   /** At least one. */
   readonly recipients: readonly DsnRecipient[];
 }
@@ -93,6 +97,7 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
       diagnosticCode: mask(fields.get("diagnostic-code") ?? ""),
       remoteMta: mask(fields.get("remote-mta") ?? ""),
       finalRecipient: address === "" ? "" : `${typeOf(final)}; ${maskAddress(address)}`,
+      lastAttemptDate: fields.get("last-attempt-date") ?? "",
     });
   }
   if (recipients.length === 0) {
@@ -110,6 +115,7 @@ export function parseDeliveryStatus(text: string): DsnParseResult {
       envelopeId: decodeXtext(perMessage.get("original-envelope-id") ?? ""),
       // As free a text as the others: an address in it is masked too.
       reportingMta: named.reduce((text, address) => maskAddressesIn(text, address), perMessage.get("reporting-mta") ?? ""),
+      arrivalDate: perMessage.get("arrival-date") ?? "",
       recipients,
     },
   };

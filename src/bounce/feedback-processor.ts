@@ -14,12 +14,12 @@
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { appendDropsDecidingReport, withReports } from "../delivery/reports.js";
+import { reportIdentity, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
-import { maxDeliveryReports, type OtpStore } from "../store/types.js";
+import type { OtpStore } from "../store/types.js";
 import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
-import type { BounceSource } from "./bounce-processor.js";
+import { storeReport, type BounceSource } from "./bounce-processor.js";
 import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
 import type { SuppressionList } from "./suppression.js";
 
@@ -143,8 +143,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
     }
 
     const redact = (text: string): string => redactor.redact(text, record);
-    const report: DeliveryReport = {
-      receivedAt: clock.now(),
+    const said: Omit<DeliveryReport, "receivedAt" | "identity"> = {
       action: feedback.feedbackType === "not-spam" ? "not_spam" : "complained",
       status: "",
       diagnosticCode: "",
@@ -158,18 +157,15 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       // given, its numbers never taken for a code (as they would be for a record without a fingerprint).
       arrivalDate: feedback.arrivalDate,
     };
+    const report: DeliveryReport = { receivedAt: clock.now(), ...said, identity: reportIdentity(said) };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
-    if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
-      logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
-    } else {
-      await store.addDeliveryReport(messageId, report, options.reportTtlMs);
-    }
-    const updated = withReports(record, [...earlier, report]);
+    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
+    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
 
     let suppressed = false;
-    if (suppressingFeedbackTypes.has(feedback.feedbackType)) {
+    // Only a new report may touch the suppression: a copy of a complaint would otherwise move its expiry.
+    if (fresh && suppressingFeedbackTypes.has(feedback.feedbackType)) {
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "complaint about a record without a recipient hash; recipient not suppressed");
       } else {
@@ -190,6 +186,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
         user_agent: report.userAgent,
         message_id: messageId,
         arrival_date: feedback.arrivalDate,
+        ...(fresh ? {} : { duplicate: true }),
         previous_state: previousState,
         state: updated.state,
         suppressed,

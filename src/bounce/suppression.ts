@@ -111,9 +111,9 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
       // Relays resend DSNs and the intake may be handed one report twice: the same
       // report again is no news about the mailbox, so the suppression it already
       // caused keeps its start and end. A report about another message (a newer
-      // bounce) does start the clock again. Two copies read at the same moment
-      // by two instances may both write; the later one then moves the clock by
-      // that moment only.
+      // bounce) does start the clock again. Two copies landing at the same
+      // moment on two instances never both get here: the processors call this
+      // only for a report the store appended as new (see storeReport).
       const existing = await store.getSuppression(recipientHash);
       if (existing !== undefined && sameCause(existing, cause)) return existing;
       const now = clock.now();

@@ -4,6 +4,7 @@
  * query joins the two here. Neither writer can overwrite the other's truth,
  * whichever instance runs it and in whatever order the writes land.
  */
+import { createHash } from "node:crypto";
 import { feedbackActions, type DeliveryRecord, type DeliveryReport, type DeliveryState } from "./record.js";
 
 /** How an RFC 3463 status reads for a sender. */
@@ -111,4 +112,32 @@ export function appendDropsDecidingReport(earlier: readonly DeliveryReport[], re
   const all = [...earlier, report];
   if (all.length <= max) return false;
   return stateFromReports(all.slice(-max)) !== stateFromReports(all);
+}
+
+/**
+ * The identity of a report, for telling a copy (relays resend DSNs when
+ * they did not see our 250; the intake may be handed one report twice) from
+ * a new report: a hash of everything the report says but when it arrived,
+ * and of the dates its sender gave (`dates`: a DSN's Arrival-Date and
+ * Last-Attempt-Date), so that a later notice in the same words (a second
+ * delay notice) is a report of its own. Not the DSN's Message-ID: it is
+ * optional, and a relay that writes the notice again gives it a new one.
+ * Made from the texts as stored (codes already redacted): a hash of a text
+ * quoting a code would give the code away to anyone who tried them all.
+ */
+export function reportIdentity(report: Omit<DeliveryReport, "receivedAt" | "identity">, dates: readonly string[] = []): string {
+  const said = [
+    report.action,
+    report.status,
+    report.diagnosticCode,
+    report.remoteMta,
+    report.reportingMta,
+    report.finalRecipient,
+    report.envelopeId,
+    report.feedbackType ?? "",
+    report.userAgent ?? "",
+    report.arrivalDate ?? "",
+    ...dates,
+  ];
+  return createHash("sha256").update(JSON.stringify(said)).digest("hex").slice(0, 32);
 }

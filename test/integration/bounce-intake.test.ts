@@ -314,6 +314,13 @@ describe("bounce intake: who may send what", () => {
   });
 });
 
+let notices = 0;
+/** A DSN about `record` attempted later than the ones before it (Last-Attempt-Date): a new notice, not a copy. */
+function laterNotice(record: DeliveryRecord, action: string, status: string): Buffer {
+  const lastAttempt = new Date(Date.UTC(2026, 10, 27, 8) + ++notices * 60_000).toUTCString();
+  return dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action, status, extra: [`Last-Attempt-Date: ${lastAttempt}`] }] });
+}
+
 describe("bounce intake: correlation and evidence", () => {
   it("a failed 5.1.1 DSN makes the message BOUNCED with its evidence and suppresses the recipient (by HMAC)", async () => {
     const record = await acceptedMessage();
@@ -363,8 +370,7 @@ describe("bounce intake: correlation and evidence", () => {
 
   it("delayed, then failed, then a late delay: DELAYED, BOUNCED, still BOUNCED", async () => {
     const record = await acceptedMessage();
-    const send = (action: string, status: string): Promise<string> =>
-      deliver(verp(record.messageId), dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action, status }] }));
+    const send = (action: string, status: string): Promise<string> => deliver(verp(record.messageId), laterNotice(record, action, status));
 
     await send("delayed", "4.4.1");
     expect((await status(record.messageId))?.state).toBe("DELAYED");
@@ -375,10 +381,26 @@ describe("bounce intake: correlation and evidence", () => {
     expect((await status(record.messageId))?.reports).toHaveLength(3);
   });
 
+  it("the same DSN again (a relay resending it) is one report, and does not suppress again what support lifted", async () => {
+    const record = await acceptedMessage();
+    const raw = Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", record.messageId), "latin1");
+
+    expect(await deliver(verp(record.messageId), raw)).toMatch(/^250 /);
+    expect(await suppression.lift(recipientKey)).toHaveLength(1);
+    expect(await deliver(verp(record.messageId), raw)).toMatch(/^250 /);
+
+    expect((await status(record.messageId))?.reports).toHaveLength(1);
+    expect(await suppression.check(suppression.recipientHash(recipientKey))).toBeUndefined();
+    expect(outcomes).toMatchObject([
+      { kind: "applied", state: "BOUNCED", suppressed: true },
+      { kind: "applied", previousState: "BOUNCED", state: "BOUNCED", suppressed: false },
+    ]);
+    expect(loggedLines().filter((line) => line["msg"] === "bounce applied").map((line) => line["duplicate"])).toEqual([undefined, true]);
+  });
+
   it("a flood of late delay notices never pushes the final DSN out of the kept reports", async () => {
     const record = await acceptedMessage();
-    const send = (action: string, status: string): Promise<string> =>
-      deliver(verp(record.messageId), dsnMessage({ to: verp(record.messageId), envelopeId: record.messageId, recipients: [{ action, status }] }));
+    const send = (action: string, status: string): Promise<string> => deliver(verp(record.messageId), laterNotice(record, action, status));
 
     await send("failed", "5.2.2");
     for (let i = 0; i < maxDeliveryReports + 2; i++) await send("delayed", "4.4.1");

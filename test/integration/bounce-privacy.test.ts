@@ -3,7 +3,8 @@
  * on a private Redis prefix, the SMTP sink as its relay, DSNs handed to its
  * bounce intake over SMTP as a relay sends them, two callers with tokens.
  * A DSN that quotes the Subject leaves the code nowhere; the same DSN twice
- * does not restart the suppression; a caller refused for a recipient that
+ * is one report and does not restart the suppression, even when the copies
+ * land at once on two instances; a caller refused for a recipient that
  * another caller's message bounced is not told that message's id.
  */
 import { toJsonString } from "@bufbuild/protobuf";
@@ -45,9 +46,8 @@ afterAll(async () => {
   await sink.close();
 });
 
-/** One instance with a bounce intake and the callers alpha and beta; returns it and its Redis prefix. */
-async function start(clock?: Clock): Promise<{ instance: Instance; prefix: string }> {
-  const prefix = randomPrefix();
+/** One instance with a bounce intake and the callers alpha and beta; returns it and its Redis prefix (given: shared with another). */
+async function start(clock?: Clock, prefix = randomPrefix()): Promise<{ instance: Instance; prefix: string }> {
   const instance = await startInstance({
     env: {
       LOG_LEVEL: "debug",
@@ -189,6 +189,51 @@ describe("the same DSN received twice", () => {
     offset += hour;
     await bounce(instance, second.messageId, unknownUser(recipient));
     expect(await suppressedUntil()).toBeGreaterThanOrEqual(until + 2 * hour);
+  });
+});
+
+describe("the same DSN received twice, as GetDeliveryStatus shows it", () => {
+  const reports = async (instance: Instance, messageId: string) =>
+    (await call(instance.client, getDeliveryStatus, { messageId }, bearer(alpha.token))).deliveryReports.map((r) => `${r.status}`);
+
+  it("is one report however often it comes; a later notice in the same words (a later Last-Attempt-Date) is a report of its own", async () => {
+    const { instance } = await start();
+    const sent = await call(instance.client, sendOtp, { recipient: "dora@example.com", purpose: Purpose.LOGIN }, bearer(alpha.token));
+    const delayed = (lastAttempt: string): DsnRecipientFields => ({
+      action: "delayed",
+      status: "4.4.1",
+      finalRecipient: "dora@example.com",
+      diagnosticCode: "smtp; 451 4.4.1 Try again later",
+      extra: [`Last-Attempt-Date: ${lastAttempt}`],
+    });
+
+    await bounce(instance, sent.messageId, delayed("Sun, 29 Nov 2026 08:00:00 +0000"));
+    await bounce(instance, sent.messageId, delayed("Sun, 29 Nov 2026 08:00:00 +0000"));
+    await bounce(instance, sent.messageId, delayed("Sun, 29 Nov 2026 12:00:00 +0000"));
+    await bounce(instance, sent.messageId, unknownUser("dora@example.com"));
+    await bounce(instance, sent.messageId, unknownUser("dora@example.com"));
+
+    expect(await reports(instance, sent.messageId)).toEqual(["4.4.1", "4.4.1", "5.1.1"]);
+  });
+
+  it("two copies landing at once on two instances: one report, and only one copy touches the suppression", async () => {
+    // The second instance's clock runs an hour ahead: had its copy rewritten the suppression, the expiry would move.
+    const { instance: first, prefix } = await start();
+    const { instance: second } = await start({ now: () => Date.now() + hour }, prefix);
+    const sent = await call(first.client, sendOtp, { recipient: "eve@example.com", purpose: Purpose.LOGIN }, bearer(alpha.token));
+
+    await Promise.all([bounce(first, sent.messageId, unknownUser("eve@example.com")), bounce(second, sent.messageId, unknownUser("eve@example.com"))]);
+
+    expect(await reports(first, sent.messageId)).toEqual(["5.1.1"]);
+    const applied = [...first.logs, ...second.logs].filter((line) => line["msg"] === "bounce applied");
+    expect(applied).toHaveLength(2);
+    expect(applied.filter((line) => line["suppressed"] === true)).toHaveLength(1);
+    expect(applied.filter((line) => line["duplicate"] === true)).toHaveLength(1);
+    // The suppression in force is the one the new copy wrote (SUPPRESSION_TTL, 30 days, on its instance's clock).
+    const writerClock = first.logs.some((line) => line["msg"] === "bounce applied" && line["suppressed"] === true) ? 0 : hour;
+    const { metadata } = await refusedSend(first, "eve@example.com", alpha.token);
+    const until = Date.parse(metadata["suppressed_until"] ?? "");
+    expect(Math.abs(until - (Date.now() + writerClock + 30 * 24 * hour))).toBeLessThan(10 * 60_000);
   });
 });
 

@@ -192,6 +192,7 @@ describe("feedback reports from real feedback loops", () => {
           feedbackType: sample.feedbackType,
           userAgent: sample.userAgent,
           arrivalDate: sample.arrivalDate,
+          identity: expect.stringMatching(/^[0-9a-f]{32}$/) as string,
         },
       ]);
       expect(await suppressionOf()).toMatchObject({ messageId: record.messageId, reason: "complaint", feedbackType: sample.feedbackType, status: "" });

@@ -22,6 +22,7 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
       dsn: {
         envelopeId: postfixFixtureMessageId,
         reportingMta: "dns; relay.local.test",
+        arrivalDate: "Fri, 27 Nov 2026 07:59:33 +0000 (UTC)",
         recipients: [
           {
             action: "failed",
@@ -30,6 +31,7 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
             diagnosticCode: 'X-Postfix; unknown user: "n***"',
             remoteMta: "",
             finalRecipient: "rfc822; n***@local.test",
+            lastAttemptDate: "",
           },
         ],
       },
@@ -60,6 +62,7 @@ describe("parseDsn (RFC 3464 over mailparser)", () => {
         "Please contact the administrator of acme.test domain if this was a legitimate mail.",
       remoteMta: "dns; gmail-smtp-in.l.google.com",
       finalRecipient: "rfc822; j***@gmail.test",
+      lastAttemptDate: "",
     });
   });
 
