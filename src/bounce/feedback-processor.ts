@@ -44,6 +44,8 @@ export type FeedbackOutcome =
       readonly previousState: DeliveryState;
       readonly state: DeliveryState;
       readonly suppressed: boolean;
+      /** A copy of a report already kept (a provider resending it): nothing stored or suppressed, not a new complaint. */
+      readonly duplicate: boolean;
     }
   | { readonly kind: "unmatched"; readonly feedbackType: FeedbackType; readonly reason: FeedbackUnmatchedReason }
   /** Not a usable RFC 5965 feedback report (a DSN sent to the feedback address, an auth-failure report, garbage). */
@@ -209,6 +211,7 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       previousState,
       state: updated.state,
       suppressed,
+      duplicate: !fresh,
     });
   }
 

@@ -35,6 +35,8 @@ export interface FeedbackReportOutcome {
   readonly feedbackType?: string;
   /** For applied: the message's record (its recipient domain gives the provider class). */
   readonly record?: Pick<DeliveryRecord, "recipientDomain">;
+  /** For applied: a copy of a report already counted, which is no new complaint. */
+  readonly duplicate?: boolean;
 }
 
 export interface BounceTelemetry {
@@ -91,7 +93,8 @@ export function createBounceTelemetry(options: {
       const type = outcome.feedbackType ?? "none";
       const feedbackType = kind === "not_arf" || !(feedbackTypes as readonly string[]).includes(type) ? "none" : type;
       metrics.feedbackReports.inc({ kind, feedback_type: feedbackType });
-      if (kind === "applied" && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
+      // A resent report is read (otp_feedback_reports_total) but is not a second complaint: it would inflate the rate.
+      if (kind === "applied" && outcome.duplicate !== true && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
         metrics.spamComplaints.inc({ feedback_type: feedbackType, provider: metrics.providers.classify(outcome.record.recipientDomain) });
       }
     },

@@ -338,7 +338,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const spamComplaints = new Counter({
     name: "otp_spam_complaints_total",
     help:
-      "Spam complaints applied to a message (feedback reports of type abuse, fraud, virus or other; not-spam is not one), by " +
+      "Spam complaints applied to a message (feedback reports of type abuse, fraud, virus or other; not-spam is not one; a " +
+      "resent copy of one is not counted again), by " +
       "feedback_type and the recipient's provider class. abuse and fraud suppress the recipient. Over accepted sends " +
       "(otp_delivery_state_transitions_total{state=\"ACCEPTED\"}) this is the complaint rate mailbox providers judge senders by.",
     labelNames: ["feedback_type", "provider"] as const,

@@ -21,6 +21,9 @@ import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { withReports } from "../../src/delivery/reports.js";
 import { newMessageId } from "../../src/otp/code.js";
 import { createMemoryStore } from "../../src/store/memory-store.js";
+import { createBounceTelemetry } from "../../src/telemetry/bounce-telemetry.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import type { OtpStore } from "../../src/store/types.js";
 import { arfFixture, arfMessage, type ArfFixture } from "../support/arf-fixtures.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
@@ -232,6 +235,30 @@ describe("feedback reports from real feedback loops", () => {
       expect((await status(record.messageId))?.reports, given).toMatchObject([{ action: "complained", feedbackType: stored }]);
     }
     expect(await suppressionOf()).toBeUndefined();
+  });
+
+  it("the same complaint received again is one report and one complaint counted, and does not suppress again what support lifted", async () => {
+    const record = await acceptedMessage();
+    const raw = arfFixture("yahoo-cfl", record.messageId);
+    expect(await deliver(feedbackAddress, raw)).toMatch(/^250 /);
+    expect(await suppression.lift(recipientKey)).toHaveLength(1);
+
+    expect(await deliver(feedbackAddress, raw)).toMatch(/^250 /);
+
+    expect((await status(record.messageId))?.reports).toHaveLength(1);
+    expect(await suppressionOf()).toBeUndefined();
+    expect(outcomes).toMatchObject([
+      { kind: "applied", suppressed: true, duplicate: false },
+      { kind: "applied", suppressed: false, duplicate: true },
+    ]);
+    // Both are counted as read, the complaint once: a resent report would inflate the complaint rate.
+    const metrics = createMetrics({ providers: createProviderClassifier() });
+    const telemetry = createBounceTelemetry({ metrics });
+    for (const outcome of outcomes) telemetry.feedback(outcome);
+    const text = await metrics.render("text");
+    expect(text).toMatch(/^otp_feedback_reports_total\{kind="applied",feedback_type="abuse"\} 2$/m);
+    const complaints = [...text.matchAll(/^otp_spam_complaints_total\{feedback_type="abuse",provider="[a-z]+"\} (\d+)$/gm)];
+    expect(complaints.reduce((sum, match) => sum + Number(match[1]), 0)).toBe(1);
   });
 
   it("a complaint about a message that hard-bounced keeps it BOUNCED, with the complaint beside the DSN", async () => {
