@@ -14,11 +14,11 @@ import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-serv
 import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { attachSdkDiagnostics } from "./telemetry/sdk-diagnostics.js";
 import { shutdownTracing } from "./telemetry/tracing-lifecycle.js";
-import { tryCommands } from "./try-commands.js";
+import { dialTarget, tryCommands, tryCommandsText } from "./try-commands.js";
 
 function devBanner(config: Config, logger: Logger, port: number, host: string, sinkUrl: string | undefined): void {
   const tryIt = tryCommands({
-    target: `${host}:${port}`,
+    target: dialTarget(host, port),
     tls: config.tls !== undefined,
     clientCertificates: config.tls?.clientCa !== undefined,
     tokens: config.auth.tokens.length > 0,
@@ -34,6 +34,8 @@ function devBanner(config: Config, logger: Logger, port: number, host: string, s
     },
     "DEVELOPMENT MODE: not for production (NODE_ENV=production requires REDIS_URL, SMTP_URL, OTP_SECRET, MAIL_FROM and callers: AUTH_TOKENS or TLS_CLIENT_CA)",
   );
+  // Also as plain lines: copied from the JSON line above, each `"` of a command would read `\"`, which no shell undoes.
+  process.stderr.write(tryCommandsText(tryIt));
 }
 
 /**

@@ -4,9 +4,30 @@
  * asks of callers. Secrets and file paths are placeholders, quoted so that a
  * shell passes them on as they are; the service never prints a real token.
  */
+import { isIPv6 } from "node:net";
+
+/**
+ * The `host:port` a caller on this machine dials to reach a listener bound to
+ * `host`: a wildcard address (`0.0.0.0`, `::`) is reached through loopback
+ * (dialling a wildcard works on Linux only), and an IPv6 host is bracketed,
+ * as grpcurl and URLs want it (`[::1]:50051`, never `::1:50051`).
+ */
+export function dialTarget(host: string, port: number): string {
+  if (host === "0.0.0.0") return `127.0.0.1:${port}`;
+  if (!isIPv6(host)) return `${host}:${port}`;
+  return `[${/^[0:]+$/.test(host) ? "::1" : host}]:${port}`;
+}
+
+/**
+ * The commands as lines a terminal shows as they are. In the JSON log every
+ * `"` of the request reads `\"`, and a command copied from there fails.
+ */
+export function tryCommandsText(commands: TryCommands): string {
+  return `otp-email: try it (copy a line into a shell):\n  ${commands.grpcurl}\n  ${commands.bufCurl}\n`;
+}
 
 export interface TryCommandsOptions {
-  /** `host:port` of the gRPC listener. */
+  /** `host:port` of the gRPC listener, as a caller dials it (see dialTarget). */
   readonly target: string;
   /** The listener speaks TLS (TLS_CERT). */
   readonly tls: boolean;
