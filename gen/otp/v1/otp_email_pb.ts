@@ -111,7 +111,9 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
   /**
    * The message's state when the call returned: ACCEPTED when the relay
    * accepted it within the wait budget, SENDING or RETRYING when attempts
-   * continue in the background. A message the relay never accepted is not a
+   * continue in the background (not a failure: follow them with
+   * GetDeliveryStatus). A replay (a repeated idempotency_key) answers the
+   * message's state now, which may be later (DELIVERED, BOUNCED...). A message the relay never accepted is not a
    * success: the call fails with FAILED_PRECONDITION (the relay refused it
    * for good, or reason SEND_OUTCOME_UNKNOWN: the service stopped while the
    * relay had it, so it may have gone out) or UNAVAILABLE (relay unreachable, retries used up, our
@@ -1008,10 +1010,19 @@ export const VerifyResultSchema: GenEnum<VerifyResult> = /*@__PURE__*/
  *   NOT_FOUND            unknown message_id
  *   ALREADY_EXISTS       idempotency_key reused with a different request
  *   RESOURCE_EXHAUSTED   a limit was hit (google.rpc.RetryInfo says when to retry)
- *   FAILED_PRECONDITION  the request cannot be served in the current state
- *   UNAVAILABLE          storage or the SMTP relay is down or not keeping up; safe to retry
+ *   FAILED_PRECONDITION  the request cannot be served in the current state; retrying
+ *                        the same request cannot help (reasons RELAY_REJECTED,
+ *                        RECIPIENT_SUPPRESSED, SEND_OUTCOME_UNKNOWN)
+ *   UNAVAILABLE          storage or the SMTP relay is down or not keeping up; safe to
+ *                        retry after RetryInfo (SendOtp: with the same idempotency_key)
+ *   DEADLINE_EXCEEDED    the call's deadline passed, before the call started (nothing
+ *                        was done) or on the way back; SendOtp: retry with the same
+ *                        idempotency_key
  *   UNAUTHENTICATED      the caller could not be identified
  *   PERMISSION_DENIED    the caller may not do this
+ *
+ * No error is a SendOtp answered with state SENDING or RETRYING: the relay has
+ * not answered yet and attempts go on; follow them with GetDeliveryStatus.
  *
  * @generated from service otp.v1.OtpEmailService
  */
