@@ -4,7 +4,9 @@
  * ```ts
  * import { createOtpEmailClient, Purpose } from "otp-email-client";
  * const client = createOtpEmailClient({ baseUrl: "http://127.0.0.1:50051" });
- * const { messageId } = await client.sendOtp({ recipient: "ana@example.com", purpose: Purpose.LOGIN });
+ * // The same idempotencyKey when retrying: the retry then answers this send's messageId and sends nothing.
+ * const { messageId, state } = await client.sendOtp({ recipient: "ana@example.com", purpose: Purpose.LOGIN, idempotencyKey });
+ * // state SENDING or RETRYING is no failure: the relay has not answered yet; follow it with getDeliveryStatus.
  * ```
  *
  * Built on connect-node's gRPC transport, so it speaks plain gRPC over
