@@ -299,6 +299,33 @@ export function describeClientContract(language: string, client: () => ClientUnd
       expect(queued["trace_id"]).toBe(traceId);
     });
 
+    it("a relay that has not answered within the wait budget: SendOtp succeeds with SENDING and a message_id, and the status follows the send to ACCEPTED", async () => {
+      const { service, run } = client();
+      const { sink, token } = service;
+      sink.hold();
+      let sent: ClientRun;
+      try {
+        sent = await run(["send", "--recipient", "gus@example.com", "--purpose", "login", "--idempotency-key", `slow-${randomBytes(6).toString("hex")}`], { token });
+        // Not a failure: the CLI exits 0 and prints where the message stands.
+        expect(sent.exitCode, sent.stderr).toBe(0);
+        expect(sent.json["state"]).toBe("DELIVERY_STATE_SENDING");
+        expect(String(sent.json["message_id"])).toMatch(/^[0-9a-z]{26}$/);
+        const pending = await run(["status", String(sent.json["message_id"])], { token });
+        expect(pending.json["state"]).toBe("DELIVERY_STATE_SENDING");
+      } finally {
+        sink.release();
+      }
+      // The attempt went on in the background: the relay's answer reaches the record.
+      let state = "";
+      for (let polls = 0; polls < 40 && state !== "DELIVERY_STATE_ACCEPTED"; polls++) {
+        if (polls > 0) await new Promise((resolve) => setTimeout(resolve, 250));
+        const status = await run(["status", String(sent.json["message_id"])], { token });
+        expect(status.exitCode, status.stderr).toBe(0);
+        state = String(status.json["state"]);
+      }
+      expect(state).toBe("DELIVERY_STATE_ACCEPTED");
+    });
+
     it("verifies: a wrong code is INVALID with attempts left, the right one VERIFIED, then it is used up", async () => {
       const { service, run } = client();
       const { sink, token } = service;
