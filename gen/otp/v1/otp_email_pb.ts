@@ -113,8 +113,8 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
    * accepted it within the wait budget, SENDING or RETRYING when attempts
    * continue in the background (not a failure: follow them with
    * GetDeliveryStatus). A replay (a repeated idempotency_key) answers the
-   * message's state now, which may be later (DELIVERED, BOUNCED...). A message the relay never accepted is not a
-   * success: the call fails with FAILED_PRECONDITION (the relay refused it
+   * message's state now, which may be later (DELIVERED, BOUNCED...).
+   * A message the relay never accepted is not a success: the call fails with FAILED_PRECONDITION (the relay refused it
    * for good, or reason SEND_OUTCOME_UNKNOWN: the service stopped while the
    * relay had it, so it may have gone out) or UNAVAILABLE (relay unreachable, retries used up, our
    * credentials rejected or TLS with the relay failed), with the message_id
@@ -1021,7 +1021,7 @@ export const VerifyResultSchema: GenEnum<VerifyResult> = /*@__PURE__*/
  *   UNAUTHENTICATED      the caller could not be identified
  *   PERMISSION_DENIED    the caller may not do this
  *
- * No error is a SendOtp answered with state SENDING or RETRYING: the relay has
+ * A SendOtp answered with state SENDING or RETRYING is no error: the relay has
  * not answered yet and attempts go on; follow them with GetDeliveryStatus.
  *
  * @generated from service otp.v1.OtpEmailService
