@@ -27,12 +27,23 @@ import { Http2SessionManager } from "@connectrpc/connect-node";
 export class ClientSessionManager extends Http2SessionManager {
   /** The connection whose SETTINGS have been applied, while it takes new streams. */
   private settled: Http2Session | undefined;
-  /** While a new connection's first stream is out and its SETTINGS awaited: other calls wait for it. */
-  private settling: Promise<void> | undefined;
+  /**
+   * While a new connection's first stream is out and its SETTINGS awaited:
+   * other calls wait for it. Resolves whether the connection got that far.
+   */
+  private settling: Promise<boolean> | undefined;
 
   override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<ClientHttp2Stream> {
-    while (this.settling !== undefined) await this.settling;
-    const stream = this.isSettled() ? await super.request(...args) : await this.firstRequest(args);
+    let gated = true;
+    while (this.settling !== undefined) {
+      // A connection that failed before its SETTINGS: the waiting calls go as connect-node sends them, sharing its
+      // next attempt, rather than each making one of its own in turn (20 s apiece for a host that never answers).
+      if (!(await this.settling)) {
+        gated = false;
+        break;
+      }
+    }
+    const stream = gated && !this.isSettled() ? await this.firstRequest(args) : await super.request(...args);
     stream.once("end", () => {
       // After the turn in which connect-node reads the end of the response
       // and settles the call, so that closing cannot change its outcome.
@@ -50,33 +61,34 @@ export class ClientSessionManager extends Http2SessionManager {
 
   /** Opens a stream (and with it a connection, when there is none) and holds other calls until its SETTINGS are applied. */
   private async firstRequest(args: Parameters<Http2SessionManager["request"]>): Promise<ClientHttp2Stream> {
-    let release: () => void = () => undefined;
+    let release: (opened: boolean) => void = () => undefined;
     this.settling = new Promise((resolve) => (release = resolve));
-    const done = (): void => {
+    const done = (opened: boolean): void => {
       this.settling = undefined;
-      release();
+      release(opened);
     };
     let stream: ClientHttp2Stream;
     try {
       stream = await super.request(...args);
     } catch (error) {
-      done();
+      done(false);
       throw error;
     }
     const session = stream.session;
     if (session === undefined) {
-      done();
+      done(false);
       return stream;
     }
     void settingsApplied(session).then(() => {
-      if (!session.closed && !session.destroyed) {
+      const opened = !session.closed && !session.destroyed;
+      if (opened) {
         this.settled = session;
         // After a GOAWAY connect-node opens another connection, whose SETTINGS are awaited again.
         session.once("goaway", () => {
           if (this.settled === session) this.settled = undefined;
         });
       }
-      done();
+      done(opened);
     });
     return stream;
   }

@@ -4,6 +4,8 @@
  * free port, called over a real socket by a fresh client, as a service that
  * has just started and sends a burst of calls would.
  */
+import { once } from "node:events";
+import { createServer, type AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOtpEmailClient, errorDetailsOf, Code, Purpose } from "../../src/client.js";
 import { startTestService, type TestService } from "../support/service.js";
@@ -47,5 +49,26 @@ describe("a burst of calls on a fresh Node client, to a service that takes 2 cal
     const sends = Array.from({ length: 6 }, (_, i) => client.sendOtp({ recipient: `burst${i}@example.com`, purpose: Purpose.LOGIN }));
     expect(await outcomes(sends)).toEqual(Array(6).fill("ok"));
     expect(await started().sink.waitForMessages(before + 6)).toHaveLength(before + 6);
+  });
+});
+
+describe("a burst of calls on a fresh Node client, to a server that drops every connection", () => {
+  it("the calls fail together on shared connection attempts, not one attempt after another", async () => {
+    let connections = 0;
+    const dropping = createServer((socket) => {
+      connections++;
+      socket.destroy();
+    });
+    dropping.listen(0, "127.0.0.1");
+    await once(dropping, "listening");
+    try {
+      const client = createOtpEmailClient({ baseUrl: `http://127.0.0.1:${(dropping.address() as AddressInfo).port}` });
+      const answers = await outcomes(Array.from({ length: 10 }, () => client.getDeliveryStatus({ messageId: "01kb2m7q3c5xw9p8h2g4r6t0vn" })));
+      expect(answers.filter((answer) => answer === "ok")).toEqual([]);
+      // The first call's connection, then one more shared by the calls that waited for it.
+      expect(connections).toBeLessThanOrEqual(2);
+    } finally {
+      dropping.close();
+    }
   });
 });
