@@ -524,24 +524,12 @@ function startNpm(env: Record<string, string>, scriptShell: string) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const group = child.pid ?? 0;
-  const lines: Record<string, unknown>[] = [];
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    stdout += chunk.toString("utf8");
-    const complete = stdout.split("\n");
-    stdout = complete.pop() ?? "";
-    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("exit", (code, signal) => resolve({ code, signal })),
-  );
+  const { lines, stderr: stderrText, exited } = followOutput(child);
   npmGroups.add(group);
   return {
     lines,
     exited,
-    stderr: () => stderr,
+    stderr: stderrText,
     /** Ctrl-C in the terminal: SIGINT to every process of the group. */
     ctrlC: () => process.kill(-group, "SIGINT"),
     /** Whether any process of the group (npm, its shell, the service) still runs. */
@@ -557,7 +545,7 @@ function startNpm(env: Record<string, string>, scriptShell: string) {
       vi.waitFor(
         () => {
           const found = lines.find(predicate);
-          if (found === undefined) throw new Error(`no such log line yet; stderr: ${stderr}`);
+          if (found === undefined) throw new Error(`no such log line yet; stderr: ${stderrText()}`);
           return found;
         },
         { timeout: timeoutMs, interval: 20 },
@@ -681,21 +669,9 @@ describe("SIGHUP while the service's modules are still loading", () => {
       env: { PATH: process.env["PATH"] ?? "", NODE_ENV: "test", GRPC_ADDR: `127.0.0.1:${port}`, METRICS_ADDR: "off", BOUNCE_SMTP_ADDR: "off" },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const lines: Record<string, unknown>[] = [];
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString("utf8");
-      const complete = stdout.split("\n");
-      stdout = complete.pop() ?? "";
-      for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line) as Record<string, unknown>);
-    });
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.on("exit", (code, signal) => resolve({ code, signal })),
-    );
+    const { lines, stderr: stderrText, exited } = followOutput(child);
     try {
-      await vi.waitFor(() => expect(stderr).toContain("loading app.js"), { timeout: 10_000, interval: 10 });
+      await vi.waitFor(() => expect(stderrText()).toContain("loading app.js"), { timeout: 10_000, interval: 10 });
       child.kill("SIGHUP");
       await vi.waitFor(
         () => {
@@ -713,3 +689,25 @@ describe("SIGHUP while the service's modules are still loading", () => {
     }
   });
 });
+
+/** A child's JSON log lines (stdout) as they come, its stderr so far, and its exit. */
+function followOutput(child: { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream; on(event: "exit", listener: (code: number | null, signal: NodeJS.Signals | null) => void): unknown }): {
+  lines: Record<string, unknown>[];
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+} {
+  const lines: Record<string, unknown>[] = [];
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    stdout += chunk.toString("utf8");
+    const complete = stdout.split("\n");
+    stdout = complete.pop() ?? "";
+    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => resolve({ code, signal })),
+  );
+  return { lines, stderr: () => stderr, exited };
+}
