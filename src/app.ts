@@ -43,7 +43,7 @@ import { createMetrics, type Metrics } from "./telemetry/metrics.js";
 import { countRefusedCalls, instrumentOtpService } from "./telemetry/otp-metrics.js";
 import { createProviderClassifier } from "./telemetry/provider-class.js";
 import { serverTracingInterceptors } from "./telemetry/server-tracing.js";
-import { activeTraceId } from "./telemetry/tracing.js";
+import { activeSpanId, activeTraceId } from "./telemetry/tracing.js";
 import { startCertificateReloader, type WatchedCertificate } from "./tls/certificate-reloader.js";
 
 export interface AppOptions {
@@ -305,6 +305,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       onUnrouted: countUnroutedCalls(metrics),
       maxConcurrentStreams: config.grpcMaxConcurrentStreams,
       traceIdOf: activeTraceId,
+      spanIdOf: activeSpanId,
       // Metrics first, so that calls refused by later interceptors are counted too; the server span (or the
       // caller's trace context) last, nearest the handler.
       interceptors: [createGrpcMetricsInterceptor(metrics), ...serverTracingInterceptors()],

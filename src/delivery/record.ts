@@ -178,6 +178,16 @@ export interface DeliveryRecord {
   readonly failureReason?: string | undefined;
   readonly traceId: string;
   /**
+   * The span of the SendOtp call that wrote the record (its gRPC server
+   * span; the caller's span when nothing is exported): what a delivery
+   * report's span, hours later, links to. That span, not smtp.send, because
+   * it exists when the record is first written (before the first attempt)
+   * and is where the trace starts in this service: its children are the
+   * send and every attempt. Absent on records written before it was kept,
+   * and when the call was not traced.
+   */
+  readonly spanId?: string | undefined;
+  /**
    * Opaque keyed HMAC of the recipient (see bounce/suppression.ts): what a
    * hard bounce of this message suppresses. Never shown to callers.
    */

@@ -304,6 +304,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
         expiresAt,
         attempts: [],
         traceId: ctx.traceId,
+        spanId: ctx.spanId,
         recipientHash,
         // A bounce or complaint that quotes the code (its Subject) is recognised by this, and redacted.
         codeFingerprint: { length: code.length, hmac: hasher.reportCodeHmac(messageId, code) },
@@ -432,6 +433,7 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
       expiresAt: now,
       attempts: [],
       traceId: ctx.traceId,
+      spanId: ctx.spanId,
       recipientHash: request.recipientHash,
       suppressedBy: cause,
     };

@@ -10,6 +10,8 @@ export interface CallContext {
   readonly caller: string;
   /** W3C trace id of the request, or "" when not traced. */
   readonly traceId: string;
+  /** The request's span id (its SendOtp server span), or undefined when not traced. */
+  readonly spanId?: string | undefined;
   /**
    * When the caller must have its answer (wall clock, `Date.now()` ms), from
    * its deadline less the time the answer needs to reach it; undefined when

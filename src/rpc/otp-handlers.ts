@@ -44,6 +44,9 @@ export type IdentifyCaller = (call: ServerCall) => string | Promise<string>;
 /** The W3C trace id of a call, or "" when it is not traced. */
 export type TraceIdOf = (call: ServerCall) => string;
 
+/** The id of a call's span (16 hex digits), or undefined when it is not traced. */
+export type SpanIdOf = (call: ServerCall) => string | undefined;
+
 /**
  * Told of a call refused before it reached the domain: its caller could not
  * be identified (`identify` threw), or its request did not decode (told by
@@ -62,6 +65,8 @@ export interface OtpHandlersOptions {
   readonly identify?: IdentifyCaller | undefined;
   /** Default: "" (until tracing is wired in). */
   readonly traceIdOf?: TraceIdOf | undefined;
+  /** Default: none (until tracing is wired in). */
+  readonly spanIdOf?: SpanIdOf | undefined;
   /**
    * Such a call never reaches `otp`, so whoever counts what `otp` answers
    * (telemetry/otp-metrics.ts) hears of it here. Default: nobody.
@@ -74,6 +79,7 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
   const { otp } = options;
   const identify = options.identify ?? (() => "dev");
   const traceIdOf = options.traceIdOf ?? (() => "");
+  const spanIdOf = options.spanIdOf ?? (() => undefined);
   const { onRefused } = options;
 
   // The caller's identity is usually known at once (a token or a certificate):
@@ -86,9 +92,9 @@ export function createOtpHandlers(options: OtpHandlersOptions): ServiceImpl<type
       onRefused?.(method, purpose, error);
       throw error;
     }
-    if (typeof caller === "string") return { caller, traceId: traceIdOf(call) };
+    if (typeof caller === "string") return { caller, traceId: traceIdOf(call), spanId: spanIdOf(call) };
     return caller.then(
-      (name) => ({ caller: name, traceId: traceIdOf(call) }),
+      (name) => ({ caller: name, traceId: traceIdOf(call), spanId: spanIdOf(call) }),
       (error: unknown) => {
         onRefused?.(method, purpose, error);
         throw error;

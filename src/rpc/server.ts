@@ -22,7 +22,7 @@ import type { HealthState } from "../health.js";
 import type { Logger } from "../logger.js";
 import type { OtpService } from "../otp/types.js";
 import { createHealthService } from "./health.js";
-import { createOtpHandlers, type IdentifyCaller, type OnRefused, type OtpMethod, type TraceIdOf } from "./otp-handlers.js";
+import { createOtpHandlers, type IdentifyCaller, type OnRefused, type OtpMethod, type SpanIdOf, type TraceIdOf } from "./otp-handlers.js";
 import { addReflection } from "./reflection.js";
 import { bindService } from "./service-adapter.js";
 import type { RpcMethod } from "../telemetry/grpc-metrics.js";
@@ -80,6 +80,8 @@ export interface GrpcServerOptions {
   readonly identify?: IdentifyCaller | undefined;
   /** The W3C trace id of a call; default "". */
   readonly traceIdOf?: TraceIdOf | undefined;
+  /** The id of a call's span (kept in its delivery record); default none. */
+  readonly spanIdOf?: SpanIdOf | undefined;
   /** Told of each OtpEmailService call refused before it reached `otp` (for the metrics); default nobody. */
   readonly onRefused?: OnRefused | undefined;
   /** Default: insecure (plaintext HTTP/2). */
@@ -153,6 +155,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       otp: options.otp,
       identify: options.identify,
       traceIdOf: options.traceIdOf,
+      spanIdOf: options.spanIdOf,
       onRefused: options.onRefused,
     }),
     {

@@ -4,9 +4,12 @@
  * the send's trace, and the reports (DSNs and feedback reports) are counted,
  * as is what the intake refused.
  *
- * Records keep the send's trace id but not a span id, so the link names the
- * trace with a fixed placeholder span id (`0000000000000001`): Jaeger and
- * Tempo open the linked trace from it.
+ * The link names the span of the SendOtp call that sent the message (the
+ * record's `spanId`: its gRPC server span, parent of smtp.send and its
+ * attempts), so Jaeger and Tempo land on a span that exists. Records written
+ * before they kept a span id link to their trace with a fixed placeholder
+ * span id (`0000000000000001`), from which Jaeger and Tempo still open the
+ * trace.
  */
 import { SpanKind, TraceFlags, type Link, type Tracer } from "@opentelemetry/api";
 import { feedbackTypes } from "../bounce/arf.js";
@@ -16,8 +19,11 @@ import type { Metrics } from "./metrics.js";
 import { attributes, spanNames } from "./semconv.js";
 import { serviceTracer } from "./tracing.js";
 
-/** The span id a link to a send's trace carries (see the module comment). */
+/** The span id a link to a send's trace carries when its record has none (see the module comment). */
 export const linkedTraceSpanId = "0000000000000001";
+
+const validTraceId = /^(?!0{32})[0-9a-f]{32}$/;
+const validSpanId = /^(?!0{16})[0-9a-f]{16}$/;
 
 /** What the bounce processor reports for every message it reads. */
 export interface BounceReportOutcome {
@@ -42,7 +48,8 @@ export interface FeedbackReportOutcome {
 export interface BounceTelemetry {
   /**
    * A report was applied to a record (now `record.state`, `previousState`
-   * before it); `sendTraceId` is the trace of its send. A transition is
+   * before it); `sendTraceId` is the trace of its send, `record.spanId`
+   * (when kept) the span its link names. A transition is
    * counted only when the state changed: a duplicate DSN or a late delay
    * notice after a final one enters no state.
    */
@@ -67,8 +74,9 @@ export function createBounceTelemetry(options: {
     applied(record, sendTraceId, previousState) {
       const provider = metrics.providers.classify(record.recipientDomain);
       if (record.state !== previousState) metrics.deliveryTransitions.inc({ state: record.state, provider });
-      const links: Link[] = /^(?!0{32})[0-9a-f]{32}$/.test(sendTraceId)
-        ? [{ context: { traceId: sendTraceId, spanId: linkedTraceSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true } }]
+      const spanId = record.spanId !== undefined && validSpanId.test(record.spanId) ? record.spanId : linkedTraceSpanId;
+      const links: Link[] = validTraceId.test(sendTraceId)
+        ? [{ context: { traceId: sendTraceId, spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true } }]
         : [];
       tracer
         .startSpan(spanNames.deliveryReport, {

@@ -20,3 +20,15 @@ export function activeTraceId(): string {
   const spanContext = trace.getSpanContext(context.active());
   return spanContext !== undefined && isSpanContextValid(spanContext) ? spanContext.traceId : "";
 }
+
+/**
+ * The span id of the active context, or undefined when there is none: in a
+ * gRPC handler, the server span's (the caller's span with nothing to
+ * export). Records keep it beside the trace id, so that what happens to a
+ * message later (a bounce) links to the very span of its SendOtp. The rpc
+ * layer's `spanIdOf` hook.
+ */
+export function activeSpanId(): string | undefined {
+  const spanContext = trace.getSpanContext(context.active());
+  return spanContext !== undefined && isSpanContextValid(spanContext) ? spanContext.spanId : undefined;
+}

@@ -12,14 +12,16 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { Redis } from "ioredis";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTransport } from "nodemailer";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { unlimited } from "../../src/limits/types.js";
 import { createLogger } from "../../src/logger.js";
-import { createBounceTelemetry } from "../../src/telemetry/bounce-telemetry.js";
+import { createBounceTelemetry, linkedTraceSpanId } from "../../src/telemetry/bounce-telemetry.js";
 import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metrics-server.js";
+import { dsnMessage, type DsnRecipientFields } from "../support/dsn-fixtures.js";
 import { bufCurl, errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { randomPrefix, redisUrlForTests, scanPrefix } from "../support/redis.js";
@@ -51,6 +53,20 @@ const one = <T>(items: readonly T[], what: string): T => {
   return items[0];
 };
 
+const bounceDomain = "bounces.acme.test";
+
+/** Hands a DSN about `messageId` to the service's bounce intake over SMTP, as the relay would hours after the send. */
+async function bounceThroughIntake(service: ObservedService, messageId: string, block: DsnRecipientFields): Promise<void> {
+  const to = `bounce+${messageId}@${bounceDomain}`;
+  const intake = createTransport({ host: "127.0.0.1", port: service.app.bounceIntake?.port, secure: false, ignoreTLS: true, logger: false });
+  try {
+    const reply = await intake.sendMail({ envelope: { from: "", to }, raw: dsnMessage({ to, envelopeId: messageId, recipients: [block] }) });
+    expect(reply.response).toMatch(/^250 /);
+  } finally {
+    intake.close();
+  }
+}
+
 /** Every key under `prefix` with its value, as text. */
 async function redisDump(prefix: string): Promise<string> {
   const redis = new Redis(redisUrlForTests());
@@ -78,7 +94,10 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
   let metricsServer: MetricsServer;
 
   beforeAll(async () => {
-    service = await startObservedService({ limiter: unlimited, env: { REDIS_PREFIX: redisPrefix } });
+    service = await startObservedService({
+      limiter: unlimited,
+      env: { REDIS_PREFIX: redisPrefix, BOUNCE_SMTP_ADDR: "127.0.0.1:0", BOUNCE_DOMAIN: bounceDomain },
+    });
     metricsServer = await startMetricsServer({ address: "127.0.0.1:0", metrics: service.metrics, logger: createLogger({ level: "silent" }) });
   });
   afterAll(async () => {
@@ -234,32 +253,45 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     expect(textBody).toContain("# TYPE grpc_server_started_total counter");
   });
 
-  it("a delivery report read later is a span of its own, linked to the send's trace, and counted", async () => {
+  it("a bounce read later is a span of its own, linked to the SendOtp server span of the send's trace, and counted", async () => {
     const { result: sent, traceId } = await inCallerSpan("bounce-caller", () =>
       grpcUnary(service.grpcClient, sendOtp, { recipient: "late@yahoo.co.uk", purpose: Purpose.LOGIN }, callerMetadata()),
     );
-    const bounced = {
-      messageId: sent.messageId,
-      state: "BOUNCED",
-      recipientMasked: "l***@yahoo.co.uk",
-      recipientDomain: "yahoo.co.uk",
-    } satisfies Partial<DeliveryRecord> as DeliveryRecord;
-    // What the bounce intake calls (app.ts wires it to its processor's hooks).
-    const telemetry = createBounceTelemetry({ metrics: service.metrics });
-    telemetry.applied(bounced, traceId);
-    telemetry.outcome({ kind: "applied", state: "BOUNCED" });
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    const server = one(spansOf(traceId).filter((span) => span.kind === SpanKind.SERVER), "server span");
 
-    const report = one(
-      spanExporter.getFinishedSpans().filter((span) => span.name === "otp.delivery_report" && span.attributes["otp.message_id"] === sent.messageId),
-      "delivery report span",
+    await bounceThroughIntake(service, sent.messageId, { action: "failed", status: "5.1.1", finalRecipient: "late@yahoo.co.uk" });
+    const report = await vi.waitFor(() =>
+      one(
+        spanExporter.getFinishedSpans().filter((span) => span.name === "otp.delivery_report" && span.attributes["otp.message_id"] === sent.messageId),
+        "delivery report span",
+      ),
     );
     expect(parentOf(report)).toBeUndefined();
     expect(report.spanContext().traceId).not.toBe(traceId);
-    expect(report.links.map((link) => link.context.traceId)).toEqual([traceId]);
+    // A span that exists, so Jaeger and Tempo land on it: the SendOtp server span, parent of the send and its attempts.
+    expect(report.links.map((link) => [link.context.traceId, link.context.spanId])).toEqual([[traceId, server.spanContext().spanId]]);
     expect(report.attributes).toMatchObject({ "otp.delivery.state": "BOUNCED", "otp.recipient.provider": "yahoo" });
     const text = await service.metrics.render("text");
     expect(text).toMatch(/^otp_bounce_reports_total\{kind="applied",state="BOUNCED"\} 1$/m);
     expect(text).toMatch(/^otp_delivery_state_transitions_total\{state="BOUNCED",provider="yahoo"\} 1$/m);
+  });
+
+  it("a report on a record written before span ids were kept links to the send's trace with the placeholder span id", () => {
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const older = {
+      messageId: "01kb0000000000000000000000",
+      state: "DELIVERED",
+      recipientMasked: "o***@example.org",
+      recipientDomain: "example.org",
+      traceId,
+    } satisfies Partial<DeliveryRecord> as DeliveryRecord;
+    createBounceTelemetry({ metrics: service.metrics }).applied(older, traceId);
+    const report = one(
+      spanExporter.getFinishedSpans().filter((span) => span.name === "otp.delivery_report" && span.attributes["otp.message_id"] === older.messageId),
+      "delivery report span",
+    );
+    expect(report.links.map((link) => [link.context.traceId, link.context.spanId])).toEqual([[traceId, linkedTraceSpanId]]);
   });
 
   it("no code and no full address in any span, event, log line, metric, gRPC answer or Redis key or value", async () => {
@@ -323,4 +355,3 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
     }
   });
 });
-
