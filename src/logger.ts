@@ -32,6 +32,9 @@ function stdoutDestination(): DestinationStream {
  * JSON logs. Never log a code or a full address: use `maskAddress` from
  * `otp/address.ts`. Every line written inside a traced request carries
  * `trace_id` and `span_id` (a mixin reading the active OpenTelemetry context).
+ * A line about a span that is not the active one (an SMTP attempt) puts that
+ * span's ids in the line itself, which win over the mixin's (pino merges the
+ * line's fields over the mixin's).
  */
 export function createLogger(options: LoggerOptions): Logger {
   return pino(

@@ -214,7 +214,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         job.unwritten = undefined;
       } catch (error) {
         job.unwritten = next;
-        logger.error({ err: error, message_id: next.messageId, state: next.state }, "could not write delivery record");
+        logger.error({ ...job.observation.logFields("send"), err: error, message_id: next.messageId, state: next.state }, "could not write delivery record");
       }
     });
     return job.writes;
@@ -233,7 +233,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     while (job.unwritten !== undefined && !job.abandoned) {
       if (monotonic() + delay > deadline) {
         logger.error(
-          { message_id: job.record.messageId, state: job.record.state, tries },
+          { ...job.observation.logFields("send"), message_id: job.record.messageId, state: job.record.state, tries },
           "gave up writing delivery record: GetDeliveryStatus shows an earlier state",
         );
         return;
@@ -246,7 +246,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       try {
         await store.putRecord(record, options.recordTtlMs);
         if (job.unwritten === record) job.unwritten = undefined;
-        logger.info({ message_id: record.messageId, state: record.state, tries }, "delivery record written after storage came back");
+        logger.info(
+          { ...job.observation.logFields("send"), message_id: record.messageId, state: record.state, tries },
+          "delivery record written after storage came back",
+        );
       } catch {
         // Still down: the next try says so if it is the last.
       }
@@ -254,7 +257,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   }
 
   function fail(job: Job, reason: string, attempts: readonly AttemptRecord[] = job.record.attempts): Promise<void> {
-    logger.warn({ message_id: job.record.messageId, attempts: attempts.length, reason }, "message failed");
+    logger.warn({ ...job.observation.logFields("send"), message_id: job.record.messageId, attempts: attempts.length, reason }, "message failed");
     return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: clock.now() });
   }
 
@@ -283,7 +286,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       "the relay's answer is unknown (it may still have accepted the message)";
     job.observation.attemptFinished(attempt);
     logger.warn(
-      { message_id: job.record.messageId, attempt: number, attempts: number, outcome: "abandoned", reason },
+      { ...job.observation.logFields("attempt"), message_id: job.record.messageId, attempt: number, attempts: number, outcome: "abandoned", reason },
       "message abandoned at shutdown: the relay's answer is unknown",
     );
     const attempts = [...job.record.attempts, attempt];
@@ -388,12 +391,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   ): Promise<AttemptResult> {
     try {
       const atDeparture = departure(job, expiresAt, madeAt, retryMail);
-      return { ok: true, acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture }) };
+      return {
+        ok: true,
+        acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture, logFields: job.observation.logFields("attempt") }),
+      };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };
       // The transport promises SmtpSendError only; anything else is a bug
       // there, treated like a failed connection so the message still retries.
-      logger.error({ err: error }, "SMTP transport failed with an unexpected error");
+      logger.error({ ...job.observation.logFields("attempt"), err: error }, "SMTP transport failed with an unexpected error");
       return { ok: false, error: new SmtpSendError("transient", "internal error in the SMTP transport", 0, "", "EINTERNAL") };
     }
   }
@@ -476,7 +482,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           // drain() recorded the relay's answer as unknown, and here it is, within drain's last writes (the pool
           // is closed after them): the truth goes in over the guess, behind it in the job's writes.
           logger.warn(
-            { message_id: messageId, attempt: number, reply_code: attemptRecord.replyCode, queue_id: result.acceptance.queueId },
+            {
+              ...job.observation.logFields("attempt"),
+              message_id: messageId,
+              attempt: number,
+              reply_code: attemptRecord.replyCode,
+              queue_id: result.acceptance.queueId,
+            },
             "the relay accepted a message given up at shutdown: recorded ACCEPTED",
           );
           await append(job, acceptedRecord(job, [...job.record.attempts.slice(0, number - 1), attemptRecord], result.acceptance));
@@ -485,7 +497,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         // drain() recorded, logged and counted this attempt as abandoned or not sent, and the store keeps that. Its end
         // here is the transport closing under it (or withdrawing it), not the relay's doing: no relay health, no failure counted.
         logger.warn(
-          { message_id: messageId, attempt: number, outcome: attemptRecord.outcome, error_code: attemptRecord.errorCode },
+          { ...job.observation.logFields("attempt"), message_id: messageId, attempt: number, outcome: attemptRecord.outcome, error_code: attemptRecord.errorCode },
           "attempt finished after the sender stopped",
         );
         return;
@@ -493,8 +505,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       reportHealth(result);
       job.observation.attemptFinished(attemptRecord);
       const attempts = [...job.record.attempts, attemptRecord];
+      // The attempt's span, not the request's (the active one): the line sits beside its attempt in the trace.
       logger.info(
         {
+          ...job.observation.logFields("attempt"),
           message_id: messageId,
           attempt: number,
           outcome: attemptRecord.outcome,
@@ -515,7 +529,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const { error } = result;
       if (error.kind === "auth") {
         logger.error(
-          { message_id: messageId, relay, reply: error.replyText },
+          { ...job.observation.logFields("attempt"), message_id: messageId, relay, reply: error.replyText },
           "the SMTP relay rejected the service's credentials: fix the SMTP URL's user and password",
         );
         await fail(
@@ -575,7 +589,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         try {
           await run(job, mail, retryMail);
         } catch (error) {
-          logger.error({ err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
+          logger.error({ ...job.observation.logFields("send"), err: error, message_id: job.record.messageId }, "delivery failed unexpectedly");
         }
         await job.writes;
       } finally {

@@ -26,6 +26,16 @@ export interface SendObservation {
   retryScheduled(number: number, delayMs: number): void;
   /** No attempt will follow; `record` is the last state written (ACCEPTED, FAILED...). */
   finished(record: DeliveryRecord): void;
+  /**
+   * Fields for a log line about this send (`"send"`: its failure, its record
+   * writes) or about its latest attempt (`"attempt"`: the attempt's outcome,
+   * the relay's reply; the send's before the first attempt), to spread into
+   * the line: the `trace_id` and `span_id` of that span, so that the line
+   * can be found beside it in a trace. Without them a line names the active
+   * span, the request's. `{}` when not traced. Stays valid after the span
+   * ended (lines about an attempt are written once it has).
+   */
+  logFields(of: "send" | "attempt"): Readonly<Record<string, string>>;
 }
 
 export interface DeliveryObserver {
@@ -42,12 +52,15 @@ export interface DeliveryObserver {
   stateChanged(record: DeliveryRecord): void;
 }
 
+const noLogFields: Readonly<Record<string, string>> = Object.freeze({});
+
 const noopSend: SendObservation = {
   attemptStarted: () => undefined,
   attemptFinished: () => undefined,
   attemptWithdrawn: () => undefined,
   retryScheduled: () => undefined,
   finished: () => undefined,
+  logFields: () => noLogFields,
 };
 
 /** Observes nothing: the default. */

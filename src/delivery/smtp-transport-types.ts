@@ -103,6 +103,12 @@ export interface SendOptions {
    * not plain ASCII) is asked when handed to nodemailer instead.
    */
   readonly atDeparture?: ((mail: OutgoingMail) => OutgoingMail | { readonly withdrawn: string }) | undefined;
+  /**
+   * Fields put in the transport's log lines about this send (the attempt's
+   * `trace_id` and `span_id`): they are written where the active context is
+   * the request's, or for a pooled connection's departure another request's.
+   */
+  readonly logFields?: Readonly<Record<string, string>> | undefined;
 }
 
 export interface SmtpTransport {

@@ -190,13 +190,13 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
    * How a pooled message departs (SendOptions.atDeparture): as built, made
    * again from the mail given then (signed again with DKIM on), or withdrawn.
    */
-  function departure(mail: OutgoingMail, atDeparture: NonNullable<SendOptions["atDeparture"]>): Departure {
+  function departure(mail: OutgoingMail, atDeparture: NonNullable<SendOptions["atDeparture"]>, logFields: SendOptions["logFields"]): Departure {
     let next: ReturnType<typeof atDeparture>;
     try {
       next = atDeparture(mail);
     } catch (error) {
       // Called from inside nodemailer's pool, where a throw would escape every handler.
-      logger.error({ err: error }, "making a message again as it left the pool's queue failed");
+      logger.error({ ...logFields, err: error }, "making a message again as it left the pool's queue failed");
       return { withdrawn: new SmtpSendError("transient", "internal error while making the message as it left", 0, "", "EINTERNAL") };
     }
     if (next === mail) return undefined;
@@ -212,7 +212,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   async function sendOnce(mail: OutgoingMail, sendOptions: SendOptions): Promise<SmtpAcceptance> {
-    const { withinMs, atDeparture } = sendOptions;
+    const { withinMs, atDeparture, logFields } = sendOptions;
     const startedAt = performance.now();
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
@@ -223,7 +223,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
       let info: PoolSendInfo;
       if (pool !== undefined && pooled !== undefined) {
-        info = await sendThroughPool(pool, pooled, signal, atDeparture === undefined ? undefined : () => departure(mail, atDeparture));
+        info = await sendThroughPool(pool, pooled, signal, atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields));
       } else {
         // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
         const next = atDeparture?.(mail) ?? mail;
@@ -237,7 +237,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       const acceptance = parseAcceptance(endpoint.relay, info.response, dsnSupported, mail.dsn !== undefined, mail.to, mail.redact);
       if (logger.isLevelEnabled("debug")) {
         logger.debug(
-          { reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Math.round(performance.now() - startedAt) },
+          { ...logFields, reply_code: acceptance.replyCode, queue_id: acceptance.queueId, duration_ms: Math.round(performance.now() - startedAt) },
           "relay accepted message",
         );
       }
@@ -255,6 +255,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
           : toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact);
       logger.debug(
         {
+          ...logFields,
           kind: failure.kind,
           reply_code: failure.replyCode,
           enhanced_status: failure.enhancedStatus,

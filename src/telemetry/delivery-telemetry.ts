@@ -11,11 +11,15 @@
  *
  * plus otp_smtp_attempts_total, the attempt and send duration histograms
  * (with the trace as exemplar), the pool gauges and
- * otp_delivery_state_transitions_total by provider class.
+ * otp_delivery_state_transitions_total by provider class; and the trace
+ * fields of log lines about a send or one of its attempts (logFields): the
+ * attempt span is never made active, so the logger's mixin alone would name
+ * the request's span.
  */
 import { context, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
 import type { DeliveryObserver, SendObservation } from "../delivery/observer.js";
 import type { AttemptRecord, DeliveryRecord } from "../delivery/record.js";
+import { spanLogFields } from "./log-correlation.js";
 import { observeWithTrace, purposeLabel, type Metrics } from "./metrics.js";
 import { attributes, eventNames, spanNames } from "./semconv.js";
 import { serviceTracer } from "./tracing.js";
@@ -127,12 +131,18 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
       const sendContext = trace.setSpan(parent, sendSpan);
       const sendStartedAt = performance.now();
       let attemptSpan: Span | undefined;
+      // Kept after the attempt ends (attemptSpan is cleared then): lines about the attempt are written after it.
+      let latestAttemptSpan: Span | undefined;
       let attemptStartedAt = 0;
+      // Log fields, made when a line first asks (most sends log one attempt line and no send line), then kept.
+      let sendLogFields: Readonly<Record<string, string>> | undefined;
+      let attemptLogFields: Readonly<Record<string, string>> | undefined;
 
       return {
         attemptStarted(number) {
           attemptStartedAt = performance.now();
           setInFlight(+1);
+          attemptLogFields = undefined;
           attemptSpan = tracer.startSpan(
             spanNames.smtpAttempt,
             {
@@ -146,6 +156,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             },
             sendContext,
           );
+          latestAttemptSpan = attemptSpan;
         },
 
         attemptFinished(attempt) {
@@ -210,6 +221,13 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             sendSpan.setStatus({ code: SpanStatusCode.ERROR, message: finalRecord.failureReason ?? finalRecord.state });
           }
           sendSpan.end();
+        },
+
+        logFields(of) {
+          if (of === "attempt" && latestAttemptSpan !== undefined) {
+            return (attemptLogFields ??= spanLogFields(latestAttemptSpan.spanContext()));
+          }
+          return (sendLogFields ??= spanLogFields(sendSpan.spanContext()));
         },
       };
     },

@@ -8,6 +8,7 @@
  */
 import { spanExporter, spansOf, parentOf } from "../support/tracing.js";
 import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import type { ReadableSpan } from "@opentelemetry/sdk-trace";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -65,6 +66,20 @@ async function bounceThroughIntake(service: ObservedService, messageId: string, 
   } finally {
     intake.close();
   }
+}
+
+/** The smtp.send span of `messageId` and its attempts (first first), once the send span has ended. */
+async function sendSpansOf(messageId: string): Promise<{ send: ReadableSpan; attempts: ReadableSpan[] }> {
+  const send = await vi.waitFor(
+    () => one(spanExporter.getFinishedSpans().filter((span) => span.name === "smtp.send" && span.attributes["otp.message_id"] === messageId), "send span"),
+    { timeout: 10_000 },
+  );
+  const sendId = send.spanContext().spanId;
+  const attempts = spanExporter
+    .getFinishedSpans()
+    .filter((span) => span.name === "smtp.attempt" && parentOf(span) === sendId)
+    .sort((a, b) => Number(a.attributes["smtp.attempt.number"]) - Number(b.attributes["smtp.attempt.number"]));
+  return { send, attempts };
 }
 
 /** Every key under `prefix` with its value, as text. */
@@ -292,6 +307,35 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
       "delivery report span",
     );
     expect(report.links.map((link) => [link.context.traceId, link.context.spanId])).toEqual([[traceId, linkedTraceSpanId]]);
+  });
+
+  it("log lines about an SMTP attempt name the attempt's span, and the send's verdict names the send span", async () => {
+    service.sink.respondWith(
+      behave.reply("RCPT TO", 421, "4.7.0", "Try again later"),
+      behave.reply("RCPT TO", 550, "5.7.1", "Message refused"),
+    );
+    const { result: refused, traceId } = await inCallerSpan("log-caller", () =>
+      grpcError(grpcUnary(service.grpcClient, sendOtp, { recipient: "logs@outlook.com", purpose: Purpose.LOGIN }, callerMetadata())),
+    );
+    expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+    const messageId = errorDetails(refused).errorInfo?.metadata["message_id"] ?? "";
+    const { send, attempts } = await sendSpansOf(messageId);
+    expect(attempts).toHaveLength(2);
+    const attemptIds = attempts.map((attempt) => attempt.spanContext().spanId);
+    const lines = service.logs().filter((line) => line["trace_id"] === traceId);
+
+    const attemptLines = lines.filter((line) => line["msg"] === "smtp attempt" && line["message_id"] === messageId);
+    expect(attemptLines.map((line) => [line["attempt"], line["span_id"]])).toEqual([
+      [1, attemptIds[0]],
+      [2, attemptIds[1]],
+    ]);
+    // The transport's own lines (debug) about each attempt's reply, written while the request's span is active.
+    expect(lines.filter((line) => line["msg"] === "relay did not accept message").map((line) => [line["reply_code"], line["span_id"]])).toEqual([
+      [421, attemptIds[0]],
+      [550, attemptIds[1]],
+    ]);
+    const failed = one(lines.filter((line) => line["msg"] === "message failed" && line["message_id"] === messageId), "message failed line");
+    expect(failed["span_id"]).toBe(send.spanContext().spanId);
   });
 
   it("no code and no full address in any span, event, log line, metric, gRPC answer or Redis key or value", async () => {
