@@ -7,7 +7,8 @@
  * address.
  */
 import { spanExporter, spansOf, parentOf } from "../support/tracing.js";
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type HrTime } from "@opentelemetry/api";
+import { hrTimeToMilliseconds } from "@opentelemetry/core";
 import type { ReadableSpan } from "@opentelemetry/sdk-trace";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -81,6 +82,8 @@ async function sendSpansOf(messageId: string): Promise<{ send: ReadableSpan; att
     .sort((a, b) => Number(a.attributes["smtp.attempt.number"]) - Number(b.attributes["smtp.attempt.number"]));
   return { send, attempts };
 }
+
+const ms = hrTimeToMilliseconds;
 
 /** Every key under `prefix` with its value, as text. */
 async function redisDump(prefix: string): Promise<string> {
@@ -397,5 +400,62 @@ describe("tracing: one trace from the caller to every SMTP attempt", () => {
         expect(text.includes(secret), `${secret} found in ${what}`).toBe(false);
       }
     }
+  });
+});
+
+
+describe("tracing: a send that outlives its SendOtp call", () => {
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    // The caller is answered at once (SENDING), before the relay has said anything: every attempt ends after the call.
+    service = await startObservedService({ limiter: unlimited, env: { SEND_WAIT_BUDGET: "0ms" } });
+  });
+  afterAll(async () => {
+    await service.stop();
+  });
+
+  it("its attempts, the retry after a backoff too, stay in the caller's trace under smtp.send, timed after the server span ended", async () => {
+    service.sink.respondWith(behave.reply("RCPT TO", 421, "4.7.0", "Try again later"), behave.accept({ delayMs: 300 }));
+    const { result: sent, traceId, spanId: callerSpanId } = await inCallerSpan("early-answer-caller", () =>
+      grpcUnary(service.grpcClient, sendOtp, { recipient: "later@gmail.com", purpose: Purpose.LOGIN }, callerMetadata()),
+    );
+    expect([DeliveryState.SENDING, DeliveryState.RETRYING]).toContain(sent.state);
+
+    const { send, attempts } = await sendSpansOf(sent.messageId);
+    const server = one(spansOf(traceId).filter((span) => span.kind === SpanKind.SERVER), "server span");
+    expect(parentOf(server)).toBe(callerSpanId);
+    expect(send.spanContext().traceId).toBe(traceId);
+    expect(parentOf(send)).toBe(server.spanContext().spanId);
+    expect(send.attributes["otp.delivery.state"]).toBe("ACCEPTED");
+    expect(attempts.map((attempt) => [attempt.spanContext().traceId, attempt.attributes["smtp.outcome"]])).toEqual([
+      [traceId, "transient"],
+      [traceId, "accepted"],
+    ]);
+    // Not orphaned, not in a trace of their own: no attempt span of this send anywhere else.
+    const sendId = send.spanContext().spanId;
+    expect(spanExporter.getFinishedSpans().filter((span) => parentOf(span) === sendId)).toHaveLength(2);
+
+    // Timing: the send inside the call's start, each attempt inside the send, the retry after the first attempt
+    // ended, and the relay's late acceptance after the server span ended (the caller had its answer by then).
+    // The SDK takes each span's start from Date.now() (whole milliseconds) and its end from the monotonic clock
+    // after it: two spans' times can disagree by under a millisecond, hence the 1 ms of slack.
+    const notBefore = (later: HrTime, earlier: HrTime) => expect(ms(later)).toBeGreaterThanOrEqual(ms(earlier) - 1);
+    const [first, retry] = attempts as [ReadableSpan, ReadableSpan];
+    notBefore(send.startTime, server.startTime);
+    for (const attempt of attempts) {
+      notBefore(attempt.startTime, send.startTime);
+      notBefore(send.endTime, attempt.endTime);
+    }
+    notBefore(retry.startTime, first.endTime);
+    expect(ms(retry.endTime)).toBeGreaterThan(ms(server.endTime) + 100);
+    expect(ms(retry.duration)).toBeGreaterThanOrEqual(250);
+
+    // The retry's log line, written after a timer, still names this trace and its own attempt span.
+    const retryLine = one(
+      service.logs().filter((line) => line["msg"] === "smtp attempt" && line["message_id"] === sent.messageId && line["attempt"] === 2),
+      "retry's smtp attempt line",
+    );
+    expect(retryLine).toMatchObject({ trace_id: traceId, span_id: retry.spanContext().spanId });
   });
 });
