@@ -37,7 +37,7 @@ export type BounceOutcome =
   | { readonly kind: "not_dsn"; readonly messageId: string; readonly reason: string };
 
 export interface BounceProcessorOptions {
-  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport">;
+  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport" | "removeDeliveryReport">;
   readonly suppression: SuppressionList;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -177,12 +177,15 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "hard bounce for a record without a recipient hash; recipient not suppressed");
       } else {
-        await suppression.suppress(record.recipientHash, {
-          messageId,
-          caller: record.caller,
-          status: reportStatus(report),
-          diagnosticCode: report.diagnosticCode,
-        });
+        const { recipientHash } = record;
+        await suppressOrTakeBack(store, messageId, report, logger, () =>
+          suppression.suppress(recipientHash, {
+            messageId,
+            caller: record.caller,
+            status: reportStatus(report),
+            diagnosticCode: report.diagnosticCode,
+          }),
+        );
         suppressed = true;
       }
     }
@@ -238,4 +241,36 @@ export async function storeReport(
   }
   // Atomic: of two copies read as new at once (two instances), the store appends one.
   return store.addDeliveryReport(messageId, report, ttlMs);
+}
+
+/**
+ * Suppresses for a report just stored as new. Should the suppression fail
+ * (Redis, or the Cluster node holding the suppression, down), the report is
+ * taken back out before the failure goes on and the intake answers 4xx: the
+ * sender's retry is then a new report again and suppresses. Left stored, the
+ * retry would be a copy, which never suppresses, and the recipient would stay
+ * unsuppressed for good. Shared with the feedback processor.
+ */
+export async function suppressOrTakeBack(
+  store: Pick<OtpStore, "removeDeliveryReport">,
+  messageId: string,
+  report: DeliveryReport,
+  logger: Logger,
+  suppress: () => Promise<unknown>,
+): Promise<void> {
+  try {
+    await suppress();
+  } catch (error) {
+    if (report.identity !== undefined) {
+      try {
+        await store.removeDeliveryReport(messageId, report.identity);
+      } catch (takeBackError) {
+        logger.error(
+          { err: takeBackError, message_id: messageId, action: report.action },
+          "recipient not suppressed, and its report could not be taken back: a resent copy will not suppress it (check the address with npm run suppression)",
+        );
+      }
+    }
+    throw error;
+  }
 }

@@ -19,7 +19,7 @@ import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { OtpStore } from "../store/types.js";
 import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
-import { storeReport, type BounceSource } from "./bounce-processor.js";
+import { storeReport, suppressOrTakeBack, type BounceSource } from "./bounce-processor.js";
 import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
 import type { SuppressionList } from "./suppression.js";
 
@@ -52,7 +52,7 @@ export type FeedbackOutcome =
   | { readonly kind: "not_arf"; readonly reason: string };
 
 export interface FeedbackProcessorOptions {
-  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport">;
+  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport" | "removeDeliveryReport">;
   readonly suppression: SuppressionList;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -171,14 +171,17 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "complaint about a record without a recipient hash; recipient not suppressed");
       } else {
-        await suppression.suppress(record.recipientHash, {
-          messageId,
-          caller: record.caller,
-          status: "",
-          diagnosticCode: "",
-          reason: "complaint",
-          feedbackType: feedback.feedbackType,
-        });
+        const { recipientHash } = record;
+        await suppressOrTakeBack(store, messageId, report, logger, () =>
+          suppression.suppress(recipientHash, {
+            messageId,
+            caller: record.caller,
+            status: "",
+            diagnosticCode: "",
+            reason: "complaint",
+            feedbackType: feedback.feedbackType,
+          }),
+        );
         suppressed = true;
       }
     }

@@ -226,6 +226,14 @@ export interface OtpStore {
    */
   addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<boolean>;
 
+  /**
+   * Takes the report with `identity` back out of the reports of
+   * `messageId`, in one atomic step: for a report whose consequence (the
+   * suppression) could not be written, so that its sender's retry is a new
+   * report again rather than a copy. Resolves whether one was removed.
+   */
+  removeDeliveryReport(messageId: string, identity: string): Promise<boolean>;
+
   /** The reports of a message, oldest first; empty when none. */
   getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]>;
 
