@@ -31,6 +31,8 @@ export type BounceOutcome =
       readonly previousState: DeliveryState;
       readonly state: DeliveryState;
       readonly suppressed: boolean;
+      /** A copy of a report already kept (a relay resending its DSN): nothing stored, suppressed or changed. */
+      readonly duplicate: boolean;
     }
   | { readonly kind: "unmatched"; readonly messageId: string; readonly reason: UnmatchedReason }
   /** Not an RFC 3464 DSN (auto-reply, home-made bounce text, garbage). */
@@ -60,8 +62,9 @@ export interface BounceProcessorOptions {
    * record as a status query now sees it, the trace id of the send (so the
    * change can be traced as a span linked to that trace) and the state the
    * record read as before this report (the same state when the report
-   * changed none: a duplicate, or a late delay notice). Must not throw (a
-   * throw is logged and ignored).
+   * changed none, like a late delay notice). Not called for a copy of a
+   * report already kept (a duplicate), which changed nothing. Must not
+   * throw (a throw is logged and ignored).
    */
   readonly onBounceApplied?: ((record: DeliveryRecord, previousTraceId: string, previousState: DeliveryState) => void) | undefined;
   /** Told every outcome (metrics). Must not throw. */
@@ -208,12 +211,15 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
       },
       "bounce applied",
     );
-    try {
-      options.onBounceApplied?.(updated, record.traceId, previousState);
-    } catch (error) {
-      logger.error({ err: error, message_id: messageId }, "onBounceApplied listener threw");
+    // A copy is no news about the message: no span says it changed.
+    if (fresh) {
+      try {
+        options.onBounceApplied?.(updated, record.traceId, previousState);
+      } catch (error) {
+        logger.error({ err: error, message_id: messageId }, "onBounceApplied listener threw");
+      }
     }
-    return finish({ kind: "applied", messageId, report, previousState, state: updated.state, suppressed });
+    return finish({ kind: "applied", messageId, report, previousState, state: updated.state, suppressed, duplicate: !fresh });
   }
 
   return { process: processBounce, counts: () => ({ ...counts }) };

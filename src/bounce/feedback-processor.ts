@@ -68,7 +68,7 @@ export interface FeedbackProcessorOptions {
   readonly bounceDomain: string;
   /** The From address's domain: a Message-ID `<id@messageIdDomain>` names a message. */
   readonly messageIdDomain: string;
-  /** As BounceProcessorOptions.onBounceApplied: after a report changed what is known. Must not throw. */
+  /** As BounceProcessorOptions.onBounceApplied: after a report changed what is known (never for a copy). Must not throw. */
   readonly onApplied?: ((record: DeliveryRecord, previousTraceId: string, previousState: DeliveryState) => void) | undefined;
   /** Told every outcome (metrics). Must not throw. */
   readonly onOutcome?: ((outcome: FeedbackOutcome) => void) | undefined;
@@ -200,10 +200,13 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
       },
       feedback.feedbackType === "not-spam" ? "not-spam feedback applied" : "complaint applied",
     );
-    try {
-      options.onApplied?.(updated, record.traceId, previousState);
-    } catch (error) {
-      logger.error({ err: error, message_id: messageId }, "feedback onApplied listener threw");
+    // A copy is no news about the message: no span says it changed.
+    if (fresh) {
+      try {
+        options.onApplied?.(updated, record.traceId, previousState);
+      } catch (error) {
+        logger.error({ err: error, message_id: messageId }, "feedback onApplied listener threw");
+      }
     }
     return finish({
       kind: "applied",

@@ -31,6 +31,8 @@ export interface BounceReportOutcome {
   readonly kind: string;
   /** The record's state after an applied report (DELIVERED, DELAYED, BOUNCED...). */
   readonly state?: string;
+  /** For applied: a copy of a report already kept, which changed nothing (counted as kind="duplicate"). */
+  readonly duplicate?: boolean;
 }
 
 /** What the feedback processor reports for every message it reads. */
@@ -93,7 +95,9 @@ export function createBounceTelemetry(options: {
         .end();
     },
     outcome(outcome) {
-      const kind = ["applied", "unmatched", "not_dsn"].includes(outcome.kind) ? outcome.kind : "other";
+      const read = ["applied", "unmatched", "not_dsn"].includes(outcome.kind) ? outcome.kind : "other";
+      // A resent DSN changed nothing: counted apart, or the applied rate would read as news that is not there.
+      const kind = read === "applied" && outcome.duplicate === true ? "duplicate" : read;
       metrics.bounceReports.inc({ kind, state: kind === "applied" ? (outcome.state ?? "unknown") : "none" });
     },
     feedback(outcome) {

@@ -321,8 +321,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const bounceReports = new Counter({
     name: "otp_bounce_reports_total",
     help:
-      "Messages read by the bounce intake, by kind (applied: a DSN that changed a record; unmatched: no record for it; " +
-      "not_dsn: not a delivery report) and, when applied, the record's new state (DELIVERED, DELAYED, BOUNCED).",
+      "Messages read by the bounce intake, by kind (applied: a DSN recorded on its message; duplicate: a copy of a DSN " +
+      "already recorded, which changed nothing; unmatched: no record for it; not_dsn: not a delivery report) and, when " +
+      "applied, the record's state after it (DELIVERED, DELAYED, BOUNCED).",
     labelNames: ["kind", "state"] as const,
     registers,
   });
@@ -426,7 +427,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   for (const result of ["ok", "transient", "permanent", "abandoned", "expired"]) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
-  for (const kind of ["unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
+  for (const kind of ["duplicate", "unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);
   for (const type of feedbackTypes) {
     for (const kind of ["applied", "unmatched"]) feedbackReports.labels(kind, type).inc(0);

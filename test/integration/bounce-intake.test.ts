@@ -381,7 +381,7 @@ describe("bounce intake: correlation and evidence", () => {
     expect((await status(record.messageId))?.reports).toHaveLength(3);
   });
 
-  it("the same DSN again (a relay resending it) is one report, and does not suppress again what support lifted", async () => {
+  it("the same DSN again (a relay resending it) is one report, changes nothing, and does not suppress again what support lifted", async () => {
     const record = await acceptedMessage();
     const raw = Buffer.from(postfixUnknownUserDsn().toString("latin1").replaceAll("01kbf3vq0m4x2c9d8e7f6g5h4j", record.messageId), "latin1");
 
@@ -392,10 +392,12 @@ describe("bounce intake: correlation and evidence", () => {
     expect((await status(record.messageId))?.reports).toHaveLength(1);
     expect(await suppression.check(suppression.recipientHash(recipientKey))).toBeUndefined();
     expect(outcomes).toMatchObject([
-      { kind: "applied", state: "BOUNCED", suppressed: true },
-      { kind: "applied", previousState: "BOUNCED", state: "BOUNCED", suppressed: false },
+      { kind: "applied", state: "BOUNCED", suppressed: true, duplicate: false },
+      { kind: "applied", previousState: "BOUNCED", state: "BOUNCED", suppressed: false, duplicate: true },
     ]);
     expect(loggedLines().filter((line) => line["msg"] === "bounce applied").map((line) => line["duplicate"])).toEqual([undefined, true]);
+    // Only the first told the listeners (the delivery report span): the copy changed nothing.
+    expect(applied.map(({ record: { messageId } }) => messageId)).toEqual([record.messageId]);
   });
 
   it("a flood of late delay notices never pushes the final DSN out of the kept reports", async () => {

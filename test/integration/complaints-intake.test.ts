@@ -251,6 +251,8 @@ describe("feedback reports from real feedback loops", () => {
       { kind: "applied", suppressed: true, duplicate: false },
       { kind: "applied", suppressed: false, duplicate: true },
     ]);
+    // Only the first told the listeners (the delivery report span): the copy changed nothing.
+    expect(applied.map(({ messageId }) => messageId)).toEqual([record.messageId]);
     // Both are counted as read, the complaint once: a resent report would inflate the complaint rate.
     const metrics = createMetrics({ providers: createProviderClassifier() });
     const telemetry = createBounceTelemetry({ metrics });
