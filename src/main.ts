@@ -8,6 +8,7 @@ import { createAppHealth, startApp, type App } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
 import { runStartupDoctor } from "./doctor/startup-check.js";
+import { hostPort } from "./host-port.js";
 import { createLogger, type Logger } from "./logger.js";
 import { createMetrics } from "./telemetry/metrics.js";
 import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-server.js";
@@ -160,7 +161,7 @@ async function main(): Promise<void> {
     stopAndExit(started);
     return;
   }
-  logger.info({ grpc: `${started.address.host}:${started.address.port}`, env: config.env }, "otp-email listening");
+  logger.info({ grpc: hostPort(started.address.host, started.address.port), env: config.env }, "otp-email listening");
   if (reloadAfterStart) {
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void started.reloadCertificates();

@@ -22,6 +22,7 @@
  */
 import type { Socket } from "node:net";
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
+import { hostPort } from "../host-port.js";
 import type { Logger } from "../logger.js";
 import { maskAddress } from "../otp/address.js";
 import { messageIdPattern } from "../otp/code.js";
@@ -291,19 +292,19 @@ export async function startBounceIntake(options: BounceIntakeOptions): Promise<B
     if (!(options.fallbackToFreePort === true && (error as NodeJS.ErrnoException).code === "EADDRINUSE")) throw error;
     const free = await listen(server, options.host, 0);
     logger.warn(
-      { wanted: `${options.host}:${options.port}`, using: `${options.host}:${free}` },
+      { wanted: hostPort(options.host, options.port), using: hostPort(options.host, free) },
       "bounce intake port is taken (another instance?); listening on a free port instead",
     );
     return free;
   });
   const starttls = options.tls === undefined ? "off" : options.tls.required ? "required" : "offered";
   logger.info(
-    { address: `${options.host}:${port}`, bounce_domain: domain, feedback_address: feedbackAddress === undefined ? "off" : maskAddress(feedbackAddress), starttls },
+    { address: hostPort(options.host, port), bounce_domain: domain, feedback_address: feedbackAddress === undefined ? "off" : maskAddress(feedbackAddress), starttls },
     "bounce intake listening",
   );
   if (options.tls === undefined && !isLoopback(options.host)) {
     logger.warn(
-      { address: `${options.host}:${port}` },
+      { address: hostPort(options.host, port) },
       "bounce intake listens beyond loopback without STARTTLS: DSNs, whose returned headers hold the code, reach it in clear; set BOUNCE_TLS_CERT and BOUNCE_TLS_KEY",
     );
   }

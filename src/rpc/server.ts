@@ -19,6 +19,7 @@ import { file_grpc_reflection_v1_reflection } from "../../gen/grpc/reflection/v1
 import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { file_otp_v1_otp_email, OtpEmailService } from "../../gen/otp/v1/otp_email_pb.js";
 import type { HealthState } from "../health.js";
+import { hostPort } from "../host-port.js";
 import type { Logger } from "../logger.js";
 import type { OtpService } from "../otp/types.js";
 import { createHealthService } from "./health.js";
@@ -197,7 +198,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
             reject(error);
             return;
           }
-          logger.info({ address: `${host}:${port}` }, "gRPC server listening");
+          logger.info({ address: hostPort(host, port) }, "gRPC server listening");
           resolve({ host, port });
         });
       });

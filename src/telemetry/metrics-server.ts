@@ -13,6 +13,7 @@
  */
 import { createServer, type ServerResponse, type Server } from "node:http";
 import type { HealthState } from "../health.js";
+import { hostPort } from "../host-port.js";
 import type { Logger } from "../logger.js";
 import { contentTypes, negotiateFormat, type Metrics } from "./metrics.js";
 
@@ -90,9 +91,8 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   }
   const bound = server.address();
   const boundPort = typeof bound === "object" && bound !== null ? bound.port : port;
-  const shownHost = host.includes(":") ? `[${host}]` : host;
-  const url = `http://${shownHost}:${boundPort}/metrics`;
-  logger.info({ address: `${shownHost}:${boundPort}` }, "metrics listening");
+  const url = `http://${hostPort(host, boundPort)}/metrics`;
+  logger.info({ address: hostPort(host, boundPort) }, "metrics listening");
 
   let closing: Promise<void> | undefined;
   return {

@@ -294,7 +294,7 @@ describe("bounce intake: who may send what", () => {
     expect(reported).toEqual(["too_many_recipients", "too_many_recipients"]);
   });
 
-  it("on a dual-stack listener, counts an IPv6 peer by its /64 (::1 here) and each IPv4 peer by its own address", async () => {
+  it("on a dual-stack listener, counts an IPv6 peer by its /64 (::1 here) and each IPv4 peer by its own address, and logs its own address bracketed", async () => {
     const lines: Record<string, unknown>[] = [];
     const capture = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
     await intake.close();
@@ -311,6 +311,8 @@ describe("bounce intake: who may send what", () => {
     expect(lines.filter((line) => line["msg"] === "bounce intake connection refused: rate limit")).toMatchObject([
       { remote: "::1", peer: "0:0:0:0::/64" },
     ]);
+    // The listener's address as BOUNCE_SMTP_ADDR writes it: "::" in brackets.
+    expect(lines.find((line) => line["msg"] === "bounce intake listening")?.["address"]).toMatch(/^\[::\]:\d+$/);
   });
 });
 

@@ -63,9 +63,12 @@ describe("npm start prints commands to try it that work when copied from the ter
     expect(answer).toMatchObject({ state: "DELIVERY_STATE_ACCEPTED", messageId: expect.stringMatching(/^[0-9a-z]{26}$/) as unknown });
   });
 
-  it("on an IPv6 address, the commands bracket it, and the buf curl line works", async () => {
+  it("on an IPv6 address, the commands and the log lines bracket it, and the buf curl line works", async () => {
     const service = await startZeroConfig((port) => `[::1]:${port}`);
     expect(await printedLine(service, "grpcurl")).toMatch(/ \[::1\]:\d+ otp\.v1\.OtpEmailService\/SendOtp$/);
+    // As GRPC_ADDR and URLs write it: "::1:50051" reads as another address.
+    expect(service.lines.find((line) => line["msg"] === "otp-email listening")?.["grpc"]).toMatch(/^\[::1\]:\d+$/);
+    expect(service.lines.find((line) => line["msg"] === "gRPC server listening")?.["address"]).toMatch(/^\[::1\]:\d+$/);
 
     const answer = JSON.parse(await runAsPasted(await printedLine(service, "npx buf curl"))) as Record<string, unknown>;
     expect(answer).toMatchObject({ state: "DELIVERY_STATE_ACCEPTED" });
