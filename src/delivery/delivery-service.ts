@@ -17,6 +17,7 @@ import {
   type OutgoingMail,
   type SmtpAcceptance,
   type SmtpTransport,
+  type Withdrawal,
 } from "./smtp-transport-types.js";
 
 /** How long drain() waits for the FAILED writes it makes after its grace period. */
@@ -356,9 +357,11 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * of `madeAt`; otherwise the mail made for what the code has left then.
    */
   function departure(job: Job, expiresAt: number, madeAt: number, retryMail: RetryMail | undefined) {
-    return (mail: OutgoingMail): OutgoingMail | { readonly withdrawn: string } => {
+    return (mail: OutgoingMail): OutgoingMail | Withdrawal => {
       // drain() gave it up as not sent while it waited, and its record says so: it must not go now.
-      if (job.abandoned) return { withdrawn: "the sender stopped while the message waited for a connection to the relay; nothing was sent" };
+      if (job.abandoned) {
+        return { withdrawn: "the sender stopped while the message waited for a connection to the relay; nothing was sent", errorCode: "ESTOPPED" };
+      }
       const now = clock.now();
       if (now >= expiresAt) return { withdrawn: "the code expired while the message waited for a connection to the relay; nothing was sent" };
       if (retryMail === undefined || now - madeAt < departureGraceMs) {

@@ -74,7 +74,11 @@ export class SmtpSendError extends Error {
     /** SMTP reply code; 0 when the relay never replied. */
     readonly replyCode: number,
     readonly enhancedStatus: string,
-    /** nodemailer/Node error code (`ECONNECTION`, `ETIMEDOUT`, `EAUTH`...), or "". */
+    /**
+     * nodemailer/Node error code (`ECONNECTION`, `ETIMEDOUT`, `EAUTH`...), one
+     * of ours (`EEXPIRED`, `ESTOPPED`: see SendOptions; `EINTERNAL`: a bug of
+     * ours, no evidence about the relay), or "".
+     */
     readonly errorCode: string,
     options?: { cause?: unknown },
   ) {
@@ -97,18 +101,32 @@ export interface SendOptions {
    * for one, just before its envelope goes out), what to send then: `mail`
    * itself sends the message as built, at no cost; another mail (the same
    * sender, recipient, Message-ID and headers, another text) is built and
-   * sent instead; `{ withdrawn: reason }` sends nothing: the send rejects
-   * with a transient SmtpSendError, errorCode `EEXPIRED`, text `reason`.
-   * A message only nodemailer's own builder can make (an address that is
-   * not plain ASCII) is asked when handed to nodemailer instead.
+   * sent instead; `{ withdrawn: reason, errorCode }` sends nothing: the send
+   * rejects with a transient SmtpSendError, text `reason`, errorCode as given
+   * (`EEXPIRED` when not). A message only nodemailer's own builder can make
+   * (an address that is not plain ASCII) is asked when handed to nodemailer
+   * instead.
    */
-  readonly atDeparture?: ((mail: OutgoingMail) => OutgoingMail | { readonly withdrawn: string }) | undefined;
+  readonly atDeparture?: ((mail: OutgoingMail) => OutgoingMail | Withdrawal) | undefined;
   /**
    * Fields put in the transport's log lines about this send (the attempt's
    * `trace_id` and `span_id`): they are written where the active context is
    * the request's, or for a pooled connection's departure another request's.
    */
   readonly logFields?: Readonly<Record<string, string>> | undefined;
+}
+
+/** A message withdrawn as it leaves the pool's queue (SendOptions.atDeparture): nothing of it is sent. */
+export interface Withdrawal {
+  /** Why, in words: the failure's replyText. */
+  readonly withdrawn: string;
+  /**
+   * Why, as the failure's errorCode: `EEXPIRED` (the default), its code
+   * expired or has too little left for its text to state; `ESTOPPED`, the
+   * sender stopped (a shutdown gave the send up). Neither says anything
+   * about the relay.
+   */
+  readonly errorCode?: "EEXPIRED" | "ESTOPPED" | undefined;
 }
 
 export interface SmtpTransport {

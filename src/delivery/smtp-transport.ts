@@ -200,7 +200,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       return { withdrawn: new SmtpSendError("transient", "internal error while making the message as it left", 0, "", "EINTERNAL") };
     }
     if (next === mail) return undefined;
-    if ("withdrawn" in next) return { withdrawn: new SmtpSendError("transient", next.withdrawn, 0, "", "EEXPIRED") };
+    if ("withdrawn" in next) return { withdrawn: new SmtpSendError("transient", next.withdrawn, 0, "", next.errorCode ?? "EEXPIRED") };
     // Same addresses and headers as the mail that took the pooled path: it composes too (else it goes as built).
     const remade = pooledMessage(next, random);
     if (remade === undefined) return undefined;
@@ -227,7 +227,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       } else {
         // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
         const next = atDeparture?.(mail) ?? mail;
-        if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", "EEXPIRED");
+        if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", next.errorCode ?? "EEXPIRED");
         info = await transporter.sendMail({ ...nodemailerMessage(next, random), signal });
       }
       // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that

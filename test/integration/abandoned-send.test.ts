@@ -220,7 +220,7 @@ it("a message the relay accepted while its record write still hangs at shutdown 
 /**
  * A delivery service on a one-connection pool whose relay holds every reply:
  * message A is on the connection, the relay sitting on it; message B waits in
- * the pool's queue behind it. Records land in `stored`.
+ * the pool's queue behind it. Records land in `stored`, warnings and errors in `logs`.
  */
 async function oneConnectionBehindAHeldMessage() {
   const sink = await startSmtpSink();
@@ -229,7 +229,8 @@ async function oneConnectionBehindAHeldMessage() {
     sink.release();
     await sink.close();
   });
-  const logger = createLogger({ level: "silent" });
+  const logs: Record<string, unknown>[] = [];
+  const logger = createLogger({ level: "warn", destination: { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) } });
   const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 1, socketTimeoutMs: 60_000 });
   cleanups.push(() => transport.close({ abandonInFlight: true }));
   const stored = new Map<string, DeliveryRecord>();
@@ -279,11 +280,11 @@ async function oneConnectionBehindAHeldMessage() {
   await vi.waitFor(() => expect(sink.held()).toBe(1), { timeout: 10_000, interval: 10 });
   send("in-the-queue");
   await vi.waitFor(() => expect(transport.inProgress()).toBe(2), { timeout: 10_000, interval: 10 });
-  return { sink, transport, delivery, stored };
+  return { sink, transport, delivery, stored, logs };
 }
 
 it("a message still waiting for a pooled connection when the shutdown grace runs out is recorded FAILED, not sent, with no abandoned attempt, and never goes out even if a connection frees before the pool closes", async () => {
-  const { sink, transport, delivery, stored } = await oneConnectionBehindAHeldMessage();
+  const { sink, transport, delivery, stored, logs } = await oneConnectionBehindAHeldMessage();
 
   await delivery.drain(100);
   // The relay answers the message it had only now, after the drain: the connection frees while the pool is still open.
@@ -298,6 +299,9 @@ it("a message still waiting for a pooled connection when the shutdown grace runs
   expect(sink.transactions()).toBe(1);
   // The one the relay had is abandoned, its answer unknown: it came after the drain's last writes.
   expect(stored.get("on-the-connection")?.attempts.map((attempt) => attempt.outcome)).toEqual(["abandoned"]);
+  // Withdrawn as the connection took it, because the sender stopped: its code did not expire.
+  const withdrawn = logs.filter((line) => line["msg"] === "attempt finished after the sender stopped" && line["message_id"] === "in-the-queue");
+  expect(withdrawn).toMatchObject([{ error_code: "ESTOPPED" }]);
 });
 
 it("a message the relay accepts within the drain's last writes, after the grace gave it up, is recorded ACCEPTED with the relay's reply, not as an answer unknown", async () => {
