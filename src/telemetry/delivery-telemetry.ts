@@ -167,7 +167,8 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           attemptSpan = undefined;
           observeWithTrace(metrics.smtpAttemptSeconds, { result }, (performance.now() - attemptStartedAt) / 1000, span?.spanContext());
           if (span === undefined) return;
-          span.setAttribute(attributes.smtpOutcome, attempt.outcome);
+          // An expired attempt is recorded transient (the message fails as for one) but counted as expired: its span agrees.
+          span.setAttribute(attributes.smtpOutcome, result === "expired" ? "expired" : attempt.outcome);
           span.setAttribute(attributes.smtpReplyCode, attempt.replyCode);
           // Masked by the transport: relays echo the recipient in their replies.
           span.setAttribute(attributes.smtpReplyText, attempt.replyText);
@@ -177,7 +178,10 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
             span.setAttribute(attributes.errorType, errorType);
             span.setStatus({
               code: SpanStatusCode.ERROR,
-              message: attempt.outcome === "abandoned" ? "abandoned" : `${attempt.outcome} failure: ${errorType}`,
+              message:
+                result === "abandoned" ? "abandoned"
+                : result === "expired" ? "expired: the code expired before the relay took the message"
+                : `${attempt.outcome} failure: ${errorType}`,
             });
           }
           span.end();
