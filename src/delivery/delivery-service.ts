@@ -20,6 +20,9 @@ import {
   type Withdrawal,
 } from "./smtp-transport-types.js";
 
+/** The transport's own error codes for an attempt that ended without the relay having a say (see reportHealth). */
+const noEvidenceAboutTheRelay: ReadonlySet<string> = new Set(["EEXPIRED", "ESTOPPED", "EINTERNAL"]);
+
 /** How long drain() waits for the FAILED writes it makes after its grace period. */
 const finalWriteGraceMs = 1000;
 
@@ -62,8 +65,10 @@ export interface DeliveryServiceOptions {
    * Told after every attempt: "ok" when the relay replied at all (2xx, 4xx or
    * 5xx), "down" when it could not be reached or talked to, "auth_failed"
    * when it rejected the service's credentials. Not told of an attempt given
-   * up because its code expired before the relay took it (`EEXPIRED`): that
-   * says nothing about the relay.
+   * up because its code expired before the relay took it (`EEXPIRED`) or the
+   * sender stopped (`ESTOPPED`), nor of one our own code broke
+   * (`EINTERNAL`, logged as an error and counted as result="internal"):
+   * none of them says anything about the relay.
    */
   readonly onRelayHealth?: (event: RelayHealthEvent) => void;
   /** Told of every send, attempt and state change (metrics, traces); nothing by default. */
@@ -332,8 +337,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   function reportHealth(result: AttemptResult): void {
     // Given up because its code expired, or had too little left, before the relay took it (withdrawn as it
     // left the pool's queue behind a slow relay, or timed out by its expiry): the message's clock ran out,
-    // the relay did not fail. Counted as "down" it would take an instance whose relay answers out of rotation.
-    if (!result.ok && result.error.errorCode === "EEXPIRED") return;
+    // the relay did not fail. Likewise a send the sender stopped, or one our own code broke (a bug, logged
+    // as an error where it happened). Counted as "down" any of them would take an instance whose relay
+    // answers out of rotation.
+    if (!result.ok && noEvidenceAboutTheRelay.has(result.error.errorCode)) return;
     const event: RelayHealthEvent | undefined = result.ok
       ? "ok"
       : result.error.kind === "auth"

@@ -59,12 +59,14 @@ interface RelayServer {
   readonly port: number | undefined;
 }
 
-/** ok / transient / permanent / abandoned / expired, as the metrics name attempt outcomes. */
-function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" | "expired" {
+/** ok / transient / permanent / abandoned / expired / internal, as the metrics name attempt outcomes. */
+function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" | "expired" | "internal" {
   if (attempt.outcome === "accepted") return "ok";
-  // Recorded transient (the message fails or retries as for one), but the code's time ran out, not the
-  // relay: counted as a transient failure it would read as a relay problem during a mere backlog.
-  return attempt.errorCode === "EEXPIRED" ? "expired" : attempt.outcome;
+  // Recorded transient (the message fails or retries as for one), but the code's time ran out, or our own
+  // code broke, not the relay: counted as a transient failure either would read as a relay problem.
+  if (attempt.errorCode === "EEXPIRED") return "expired";
+  if (attempt.errorCode === "EINTERNAL") return "internal";
+  return attempt.outcome;
 }
 
 /** A send's verdict for otp_smtp_send_duration_seconds: given up at shutdown is not the relay failing it. */
@@ -167,8 +169,8 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           attemptSpan = undefined;
           observeWithTrace(metrics.smtpAttemptSeconds, { result }, (performance.now() - attemptStartedAt) / 1000, span?.spanContext());
           if (span === undefined) return;
-          // An expired attempt is recorded transient (the message fails as for one) but counted as expired: its span agrees.
-          span.setAttribute(attributes.smtpOutcome, result === "expired" ? "expired" : attempt.outcome);
+          // An expired or internal attempt is recorded transient (the message fails as for one) but counted apart: its span agrees.
+          span.setAttribute(attributes.smtpOutcome, result === "expired" || result === "internal" ? result : attempt.outcome);
           span.setAttribute(attributes.smtpReplyCode, attempt.replyCode);
           // Masked by the transport: relays echo the recipient in their replies.
           span.setAttribute(attributes.smtpReplyText, attempt.replyText);
@@ -181,6 +183,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
               message:
                 result === "abandoned" ? "abandoned"
                 : result === "expired" ? "expired: the code expired before the relay took the message"
+                : result === "internal" ? "internal error: EINTERNAL (a bug of the service, not the relay's doing)"
                 : `${attempt.outcome} failure: ${errorType}`,
             });
           }

@@ -80,6 +80,8 @@ export const attemptSeries = [
   { result: "abandoned", reply_class: "none" },
   // Given up because the code expired (or had under a minute left) before the relay took the message.
   { result: "expired", reply_class: "none" },
+  // Ended by a bug of ours (EINTERNAL), logged as an error: no evidence about the relay.
+  { result: "internal", reply_class: "none" },
 ] as const;
 
 /** A purpose label: one of the domain's purposes, or `unknown` for anything a caller typed. */
@@ -249,7 +251,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent, abandoned: given up at shutdown " +
       "while the relay had the message, its answer unknown; expired: given up because the code expired, or had less than a " +
       "minute left, before the relay took the message, mostly while it waited for a connection behind a slow relay; " +
-      "not a relay failure) and reply class (2xx, 4xx, 5xx, none: no reply).",
+      "not a relay failure; internal: ended by a bug of the service, logged as an error, not a relay failure either) " +
+      "and reply class (2xx, 4xx, 5xx, none: no reply).",
     labelNames: ["result", "reply_class"] as const,
     registers,
   });
@@ -424,7 +427,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
-  for (const result of ["ok", "transient", "permanent", "abandoned", "expired"]) smtpAttemptSeconds.zero({ result });
+  for (const result of ["ok", "transient", "permanent", "abandoned", "expired", "internal"]) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["duplicate", "unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);

@@ -7,6 +7,9 @@ import type { DeliveryRecord, DeliveryState } from "../../src/delivery/record.js
 import { createSmtpTransport, type SmtpTransportOptions } from "../../src/delivery/smtp-transport.js";
 import type { OutgoingMail, SmtpTransport } from "../../src/delivery/smtp-transport-types.js";
 import type { OtpStore } from "../../src/store/types.js";
+import { createDeliveryTelemetry } from "../../src/telemetry/delivery-telemetry.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 const recipient = "jane.doe@example.com";
@@ -509,6 +512,40 @@ describe("delivery service against a real SMTP server", () => {
     } finally {
       relay.close();
     }
+  });
+
+  it("an attempt our own code broke (EINTERNAL) is logged as an error and counted as internal, and is no evidence that the relay is down", async () => {
+    let offset = 0;
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const { sink, transport, service, health, logs } = await harness({
+      transport: { maxConnections: 1, socketTimeoutMs: 60_000 },
+      service: { clock: { now: () => Date.now() + offset }, maxAttempts: 1, observer: createDeliveryTelemetry({ metrics, poolSize: 1 }) },
+    });
+    // One connection, the relay sitting on the first message; the second waits for the connection.
+    sink.hold();
+    const ahead = queuedRecord(10 * 60_000);
+    const accepted = service.dispatch(ahead, mailFor(ahead));
+    await eventually(() => (sink.held() === 1 ? true : undefined));
+    const behind = queuedRecord(10 * 60_000);
+    // Leaving the queue seconds after it was made, its mail is made again: a template that throws is our bug.
+    const broken = { minRemainingMs: 60_000, make: (): OutgoingMail => { throw new Error("the template broke"); } };
+    const failed = service.dispatch(behind, mailFor(behind), { retryMail: broken });
+    await eventually(() => (transport.inProgress() === 2 ? true : undefined));
+    offset += 5000;
+    sink.release();
+
+    expect((await accepted).state).toBe("ACCEPTED");
+    const record = await failed;
+    expect(record.state).toBe("FAILED");
+    expect(record.attempts.map((attempt) => attempt.errorCode)).toEqual(["EINTERNAL"]);
+    // The relay answered the first message and never failed the second: nothing says it is down.
+    expect(health).toEqual(["ok"]);
+    const errors = logs.map((line) => JSON.parse(line) as Record<string, unknown>).filter((line) => line["level"] === 50);
+    expect(errors.map((line) => line["msg"])).toEqual(["making a message again as it left the pool's queue failed"]);
+    const text = await metrics.render("text");
+    expect(text).toMatch(/^otp_smtp_attempts_total\{result="internal",reply_class="none"\} 1$/m);
+    expect(text).toMatch(/^otp_smtp_attempts_total\{result="transient",reply_class="none"\} 0$/m);
+    expect(sink.transactions()).toBe(1);
   });
 
   it("never logs the recipient's address", async () => {

@@ -11,14 +11,15 @@ import { createDeliveryTelemetry } from "../../src/telemetry/delivery-telemetry.
 import { createMetrics } from "../../src/telemetry/metrics.js";
 import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 
-it("an attempt given up because its code expired (EEXPIRED) is an expired attempt in its span, as in the metrics: not a transient failure", async () => {
+/** One send with one attempt ending as `ended` says; resolves that attempt's span and the metrics' text. */
+async function oneAttempt(ended: Pick<AttemptRecord, "replyText" | "errorCode">) {
   const exporter = new InMemorySpanExporter();
   const tracer = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] }).getTracer("test");
   const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
   const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1, tracer });
   const now = Date.now();
   const record: DeliveryRecord = {
-    messageId: "expired-1",
+    messageId: "attempt-1",
     caller: "test",
     state: "SENDING",
     recipientMasked: "a***@example.com",
@@ -31,24 +32,33 @@ it("an attempt given up because its code expired (EEXPIRED) is an expired attemp
     attempts: [],
     traceId: "",
   };
-  const expired: AttemptRecord = {
-    number: 1,
-    startedAt: now,
-    durationMs: 5,
-    outcome: "transient",
-    replyCode: 0,
-    enhancedStatus: "",
-    replyText: "the code expired while the message waited for a connection to the relay; nothing was sent",
-    errorCode: "EEXPIRED",
-  };
+  const attempt: AttemptRecord = { number: 1, startedAt: now, durationMs: 5, outcome: "transient", replyCode: 0, enhancedStatus: "", ...ended };
 
   const send = telemetry.sendStarted(record, "relay.example:587");
   send.attemptStarted(1);
-  send.attemptFinished(expired);
-  send.finished({ ...record, state: "FAILED", attempts: [expired], failureReason: "the code expired before it could be sent" });
+  send.attemptFinished(attempt);
+  send.finished({ ...record, state: "FAILED", attempts: [attempt], failureReason: "gave up" });
 
-  const [attempt] = exporter.getFinishedSpans().filter((span) => span.name === "smtp.attempt");
-  expect(attempt?.attributes).toMatchObject({ "smtp.outcome": "expired", "error.type": "EEXPIRED" });
-  expect(attempt?.status).toEqual({ code: SpanStatusCode.ERROR, message: "expired: the code expired before the relay took the message" });
-  expect(await metrics.render("text")).toMatch(/^otp_smtp_attempts_total\{result="expired",reply_class="none"\} 1$/m);
+  const spans = exporter.getFinishedSpans().filter((span) => span.name === "smtp.attempt");
+  expect(spans).toHaveLength(1);
+  return { span: spans[0], metrics: await metrics.render("text") };
+}
+
+it("an attempt given up because its code expired (EEXPIRED) is an expired attempt in its span, as in the metrics: not a transient failure", async () => {
+  const { span, metrics } = await oneAttempt({
+    replyText: "the code expired while the message waited for a connection to the relay; nothing was sent",
+    errorCode: "EEXPIRED",
+  });
+
+  expect(span?.attributes).toMatchObject({ "smtp.outcome": "expired", "error.type": "EEXPIRED" });
+  expect(span?.status).toEqual({ code: SpanStatusCode.ERROR, message: "expired: the code expired before the relay took the message" });
+  expect(metrics).toMatch(/^otp_smtp_attempts_total\{result="expired",reply_class="none"\} 1$/m);
+});
+
+it("an attempt a bug of ours ended (EINTERNAL) is an internal error in its span, as in the metrics: not a transient failure", async () => {
+  const { span, metrics } = await oneAttempt({ replyText: "internal error in the SMTP transport", errorCode: "EINTERNAL" });
+
+  expect(span?.attributes).toMatchObject({ "smtp.outcome": "internal", "error.type": "EINTERNAL" });
+  expect(span?.status).toEqual({ code: SpanStatusCode.ERROR, message: "internal error: EINTERNAL (a bug of the service, not the relay's doing)" });
+  expect(metrics).toMatch(/^otp_smtp_attempts_total\{result="internal",reply_class="none"\} 1$/m);
 });
