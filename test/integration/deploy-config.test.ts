@@ -735,6 +735,18 @@ describe("Prometheus config and alert rules (promtool)", () => {
     expect(byName.get("OtpSendLatencyP99High")).toMatch(/histogram_quantile\(0\.99,[\s\S]*grpc_server_handling_seconds_bucket/);
     expect(byName.get("OtpRateLimitSurge")).toContain("otp_rate_limit_rejections_total");
     expect(byName.get("OtpBounceRateHigh")).toMatch(/otp_delivery_state_transitions_total\{state="BOUNCED"\}/);
+    // An attempt our own code broke is no relay failure, so nothing else would page on it.
+    expect(byName.get("OtpEmailInternalSendErrors")).toMatch(/increase\(otp_smtp_attempts_total\{result="internal"\}/);
+  });
+
+  it("the README's alerts table lists every alert in alerts.yml, and no other", () => {
+    const readme = text("README.md");
+    const start = readme.indexOf("| alert | fires when | severity |");
+    expect(start, "README has the alerts table").toBeGreaterThan(-1);
+    const table = readme.slice(start).split("\n\n")[0] ?? "";
+    const documented = [...table.matchAll(/^\| `(\w+)` \|.*\| (\w+) \|$/gm)].map((match) => `${match[1]} ${match[2]}`);
+    const rules = readAlertRules().map((rule) => `${rule.alert} ${str(rule.labels["severity"], `${rule.alert}.severity`)}`);
+    expect(documented.toSorted()).toEqual(rules.toSorted());
   });
 });
 
