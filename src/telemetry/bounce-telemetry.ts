@@ -43,7 +43,7 @@ export interface FeedbackReportOutcome {
   readonly feedbackType?: string;
   /** For applied: the message's record (its recipient domain gives the provider class). */
   readonly record?: Pick<DeliveryRecord, "recipientDomain">;
-  /** For applied: a copy of a report already counted, which is no new complaint. */
+  /** For applied: a copy of a report already kept, which is no new complaint (counted as kind="duplicate"). */
   readonly duplicate?: boolean;
 }
 
@@ -101,12 +101,14 @@ export function createBounceTelemetry(options: {
       metrics.bounceReports.inc({ kind, state: kind === "applied" ? (outcome.state ?? "unknown") : "none" });
     },
     feedback(outcome) {
-      const kind = ["applied", "unmatched", "not_arf"].includes(outcome.kind) ? outcome.kind : "other";
+      const read = ["applied", "unmatched", "not_arf"].includes(outcome.kind) ? outcome.kind : "other";
+      // A resent report changed nothing: counted apart, as a resent DSN is, and not as a second complaint
+      // (otp_spam_complaints_total), which would inflate the rate.
+      const kind = read === "applied" && outcome.duplicate === true ? "duplicate" : read;
       const type = outcome.feedbackType ?? "none";
       const feedbackType = kind === "not_arf" || !(feedbackTypes as readonly string[]).includes(type) ? "none" : type;
       metrics.feedbackReports.inc({ kind, feedback_type: feedbackType });
-      // A resent report is read (otp_feedback_reports_total) but is not a second complaint: it would inflate the rate.
-      if (kind === "applied" && outcome.duplicate !== true && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
+      if (kind === "applied" && feedbackType !== "none" && feedbackType !== "not-spam" && outcome.record !== undefined) {
         metrics.spamComplaints.inc({ feedback_type: feedbackType, provider: metrics.providers.classify(outcome.record.recipientDomain) });
       }
     },

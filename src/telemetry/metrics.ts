@@ -334,8 +334,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_feedback_reports_total",
     help:
       "Feedback reports (RFC 5965 ARF: spam complaints from mailbox providers' feedback loops) read by the bounce intake, by " +
-      "kind (applied: tied to a message and recorded; unmatched: names no message, an unknown one, or two; not_arf: not a " +
-      "usable feedback report) and feedback_type (abuse, fraud, virus, other, not-spam; none for not_arf).",
+      "kind (applied: tied to a message and recorded; duplicate: a copy of a report already recorded, which changed " +
+      "nothing; unmatched: names no message, an unknown one, or two; not_arf: not a usable feedback report) and " +
+      "feedback_type (abuse, fraud, virus, other, not-spam; none for not_arf).",
     labelNames: ["kind", "feedback_type"] as const,
     registers,
   });
@@ -433,7 +434,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   for (const kind of ["duplicate", "unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
   for (const reason of intakeRejectionReasons) bounceIntakeRejections.labels(reason).inc(0);
   for (const type of feedbackTypes) {
-    for (const kind of ["applied", "unmatched"]) feedbackReports.labels(kind, type).inc(0);
+    for (const kind of ["applied", "duplicate", "unmatched"]) feedbackReports.labels(kind, type).inc(0);
     if (type !== "not-spam") for (const provider of providers.classes) spamComplaints.labels(type, provider).inc(0);
   }
   feedbackReports.labels("not_arf", "none").inc(0);

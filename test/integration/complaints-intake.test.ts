@@ -237,7 +237,7 @@ describe("feedback reports from real feedback loops", () => {
     expect(await suppressionOf()).toBeUndefined();
   });
 
-  it("the same complaint received again is one report and one complaint counted, and does not suppress again what support lifted", async () => {
+  it("the same complaint received again is one report, counted once applied and once duplicate, one complaint, and does not suppress again what support lifted", async () => {
     const record = await acceptedMessage();
     const raw = arfFixture("yahoo-cfl", record.messageId);
     expect(await deliver(feedbackAddress, raw)).toMatch(/^250 /);
@@ -253,12 +253,14 @@ describe("feedback reports from real feedback loops", () => {
     ]);
     // Only the first told the listeners (the delivery report span): the copy changed nothing.
     expect(applied.map(({ messageId }) => messageId)).toEqual([record.messageId]);
-    // Both are counted as read, the complaint once: a resent report would inflate the complaint rate.
+    // Both are counted as read, the copy apart (as a resent DSN is), the complaint once: a resent report
+    // would inflate the complaint rate.
     const metrics = createMetrics({ providers: createProviderClassifier() });
     const telemetry = createBounceTelemetry({ metrics });
     for (const outcome of outcomes) telemetry.feedback(outcome);
     const text = await metrics.render("text");
-    expect(text).toMatch(/^otp_feedback_reports_total\{kind="applied",feedback_type="abuse"\} 2$/m);
+    expect(text).toMatch(/^otp_feedback_reports_total\{kind="applied",feedback_type="abuse"\} 1$/m);
+    expect(text).toMatch(/^otp_feedback_reports_total\{kind="duplicate",feedback_type="abuse"\} 1$/m);
     const complaints = [...text.matchAll(/^otp_spam_complaints_total\{feedback_type="abuse",provider="[a-z]+"\} (\d+)$/gm)];
     expect(complaints.reduce((sum, match) => sum + Number(match[1]), 0)).toBe(1);
   });

@@ -13,10 +13,12 @@ import { createTransport } from "nodemailer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, OtpEmailService, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
+import { feedbackTypes } from "../../src/bounce/arf.js";
 import { intakeRejectionReasons } from "../../src/bounce/intake-rejections.js";
 import { OtpError } from "../../src/errors.js";
 import { newMessageId } from "../../src/otp/code.js";
 import { unlimited, type SendLimiter } from "../../src/limits/types.js";
+import { arfFixture } from "../support/arf-fixtures.js";
 import { openCertificateWorkshop, type KeyPair } from "../support/certs.js";
 import { dsnMessage } from "../support/dsn-fixtures.js";
 import { GrpcHealthClient, grpcError, grpcUnary } from "../support/grpc.js";
@@ -570,6 +572,36 @@ describe("metrics: delivery reports from the bounce intake", () => {
       // Every report read is counted once: the copy, which changed nothing, apart.
       expect(await sample(service, "otp_bounce_reports_total", { kind: "applied", state: "BOUNCED" })).toBe(2);
       expect(await sample(service, "otp_bounce_reports_total", { kind: "duplicate", state: "none" })).toBe(1);
+    } finally {
+      await service.stop();
+    }
+  });
+
+  it("a resent feedback report counts as a duplicate of its feedback type, as a resent DSN does, and is no second complaint", async () => {
+    const service = await startObservedService({
+      limiter: unlimited,
+      env: { BOUNCE_SMTP_ADDR: "127.0.0.1:0", BOUNCE_DOMAIN: "bounces.acme.test" },
+    });
+    try {
+      // Every feedback type's duplicates are there from the start, so increase() sees the first.
+      for (const feedbackType of feedbackTypes) {
+        expect(await series(service, "otp_feedback_reports_total", { kind: "duplicate", feedback_type: feedbackType }), feedbackType).toBe(0);
+      }
+      const sent = await grpcUnary(service.grpcClient, sendOtp, { recipient: "fi@yahoo.com", purpose: Purpose.LOGIN });
+      expect(sent.state).toBe(DeliveryState.ACCEPTED);
+      const intake = createTransport({ host: "127.0.0.1", port: service.app.bounceIntake?.port, secure: false, ignoreTLS: true, logger: false });
+      try {
+        // Yahoo's complaint (Feedback-Type abuse), then the same report again (a provider resending it).
+        const raw = arfFixture("yahoo-cfl", sent.messageId);
+        for (let copy = 0; copy < 2; copy++) await intake.sendMail({ envelope: { from: "", to: "fbl@bounces.acme.test" }, raw });
+      } finally {
+        intake.close();
+      }
+
+      expect(await sample(service, "otp_feedback_reports_total", { kind: "applied", feedback_type: "abuse" })).toBe(1);
+      expect(await sample(service, "otp_feedback_reports_total", { kind: "duplicate", feedback_type: "abuse" })).toBe(1);
+      expect(await sample(service, "otp_spam_complaints_total", { feedback_type: "abuse", provider: "yahoo" })).toBe(1);
+      expect(await sample(service, "otp_delivery_state_transitions_total", { state: "DELIVERED", provider: "yahoo" })).toBe(1);
     } finally {
       await service.stop();
     }
