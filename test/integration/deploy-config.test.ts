@@ -700,6 +700,25 @@ describe("Prometheus config and alert rules (promtool)", () => {
     expect(result.code, result.stdout + result.stderr).toBe(0);
   });
 
+  it("alerts.test.yml has, for every alert in alerts.yml, a case where it fires and one where it must stay quiet, and names no other", () => {
+    const ruleTests = dict(readYaml("deploy/prometheus/alerts.test.yml"), "alerts.test.yml");
+    const checks = list(ruleTests["tests"], "tests").flatMap((test, t) =>
+      list(dict(test, `tests[${t}]`)["alert_rule_test"], `tests[${t}].alert_rule_test`).map((check, c) => {
+        const where = `tests[${t}].alert_rule_test[${c}]`;
+        const entry = dict(check, where);
+        // promtool reads a missing exp_alerts as none expected.
+        return { alert: str(entry["alertname"], `${where}.alertname`), fires: list(entry["exp_alerts"], `${where}.exp_alerts`).length > 0 };
+      }),
+    );
+    const alerts = readAlertRules().map((rule) => rule.alert);
+    const firing = new Set(checks.filter((check) => check.fires).map((check) => check.alert));
+    const quiet = new Set(checks.filter((check) => !check.fires).map((check) => check.alert));
+    expect(alerts.filter((alert) => !firing.has(alert)), "alerts no case expects to fire").toEqual([]);
+    expect(alerts.filter((alert) => !quiet.has(alert)), "alerts no case expects to stay quiet").toEqual([]);
+    // A misspelt alertname would pass its quiet check whatever the rule does.
+    expect(checks.map((check) => check.alert).filter((alert) => !alerts.includes(alert)), "alertnames not in alerts.yml").toEqual([]);
+  });
+
   it("scrapes the service at the METRICS_ADDR port, as the job the rules name", () => {
     const config = dict(readYaml("deploy/prometheus/prometheus.yml"), "prometheus.yml");
     const jobs = list(config["scrape_configs"], "scrape_configs").map((job) => dict(job, "scrape_configs[]"));
