@@ -3,7 +3,8 @@
  * every variable once and fails with a message naming the variable; nothing
  * else in the service reads `process.env`.
  *
- * Durations accept `500ms`, `30s`, `10m`, `2h`, `7d` (or plain milliseconds).
+ * Durations accept `500ms`, `30s`, `10m`, `2h`, `7d`, and `0`; any other
+ * number needs its unit (see parseDuration).
  */
 import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -191,10 +192,16 @@ type Env = Readonly<Record<string, string | undefined>>;
 
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses `500ms`, `30s`, `10m`, `2h`, `7d` or plain milliseconds. */
+/**
+ * Parses `500ms`, `30s`, `10m`, `2h`, `7d`, or `0` (no unit needed). Any
+ * other number without a unit is refused (undefined): `SHUTDOWN_GRACE=10` or
+ * `SUPPRESSION_TTL=2592000` was meant in seconds, and read as milliseconds it
+ * would start the service with a grace of 10 ms or a 43-minute suppression.
+ */
 export function parseDuration(text: string): number | undefined {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
   if (match === null) return undefined;
+  if (match[2] === undefined && Number(match[1]) !== 0) return undefined;
   const value = Number(match[1]) * (durationUnits[match[2] ?? "ms"] ?? 1);
   return Number.isFinite(value) ? Math.round(value) : undefined;
 }
@@ -223,7 +230,7 @@ class Reader {
     const value = parseDuration(raw);
     if (value === undefined || value < minMs || value > maxMs) {
       throw new ConfigError(
-        `${name}=${raw}: must be a duration such as 500ms, 30s, 10m, 2h or 7d, from ${formatMs(minMs)} to ${formatMs(maxMs)}`,
+        `${name}=${raw}: must be a duration such as 500ms, 30s, 10m, 2h or 7d, from ${formatMs(minMs)} to ${formatMs(maxMs)}${unitHint(raw)}`,
       );
     }
     return value;
@@ -239,7 +246,7 @@ class Reader {
       const windowMs = parseDuration(match?.[2] ?? "");
       if (match === null || max < 1 || max > 1_000_000 || windowMs === undefined || windowMs < 1000 || windowMs > 31 * 86_400_000) {
         throw new ConfigError(
-          `${name}=${raw}: must be COUNT/WINDOW pairs separated by commas, such as 5/15m,20/1d (count 1-1000000, window 1s-31d), or off`,
+          `${name}=${raw}: must be COUNT/WINDOW pairs separated by commas, such as 5/15m,20/1d (count 1-1000000, window 1s-31d), or off${unitHint(match?.[2] ?? "")}`,
         );
       }
       return { max, windowMs };
@@ -252,6 +259,12 @@ class Reader {
     if (raw === "true" || raw === "1") return true;
     throw new ConfigError(`${name}=${raw}: must be true or false`);
   }
+}
+
+/** Said after a duration's rule when the value was a bare number: which unit it meant, only its writer knows. */
+function unitHint(raw: string): string {
+  const bare = raw.trim();
+  return /^\d+(?:\.\d+)?$/.test(bare) ? ` (${bare} has no unit: write ${bare}s or ${bare}m, whichever was meant)` : "";
 }
 
 function formatMs(ms: number): string {
@@ -820,7 +833,7 @@ function readTlsReloadInterval(read: Reader): number | undefined {
   if (raw.toLowerCase() === "off") return undefined;
   const value = parseDuration(raw);
   if (value === undefined || value < 1000 || value > 86_400_000) {
-    throw new ConfigError(`TLS_RELOAD_INTERVAL=${raw}: must be a duration such as 30s, 5m or 1h, from 1s to 1d, or off`);
+    throw new ConfigError(`TLS_RELOAD_INTERVAL=${raw}: must be a duration such as 30s, 5m or 1h, from 1s to 1d, or off${unitHint(raw)}`);
   }
   return value;
 }

@@ -173,12 +173,36 @@ describe("parseDuration", () => {
     ["10m", 600_000],
     ["2h", 7_200_000],
     ["7d", 604_800_000],
-    ["1500", 1500],
     ["1.5s", 1500],
+    ["0", 0],
   ])("%s = %d ms", (text, ms) => expect(parseDuration(text)).toBe(ms));
   it("rejects nonsense", () => {
     expect(parseDuration("5 minutes")).toBeUndefined();
     expect(parseDuration("-5s")).toBeUndefined();
+  });
+  it("rejects a number without its unit, but 0: seconds or minutes were meant, never milliseconds", () => {
+    for (const bare of ["1500", "10", "2592000", "1.5"]) expect(parseDuration(bare)).toBeUndefined();
+  });
+});
+
+describe("a duration written without its unit", () => {
+  // What operators write when they think in seconds: read as milliseconds, each started a broken service.
+  it.each([
+    ["SHUTDOWN_GRACE", "10", /^SHUTDOWN_GRACE=10: must be a duration such as 500ms, 30s, 10m, 2h or 7d, from 0ms to 10m \(10 has no unit: write 10s or 10m, whichever was meant\)$/],
+    ["LIMIT_RESEND_COOLDOWN", "30", /^LIMIT_RESEND_COOLDOWN=30: must be a duration .* \(30 has no unit: write 30s or 30m, whichever was meant\)$/],
+    ["SUPPRESSION_TTL", "2592000", /^SUPPRESSION_TTL=2592000: must be a duration .* \(2592000 has no unit/],
+    ["IDEMPOTENCY_TTL", "86400", /^IDEMPOTENCY_TTL=86400: must be a duration .* \(86400 has no unit/],
+    ["SEND_WAIT_BUDGET", "3", /^SEND_WAIT_BUDGET=3: must be a duration .* \(3 has no unit/],
+    ["TLS_RELOAD_INTERVAL", "3600", /^TLS_RELOAD_INTERVAL=3600: must be a duration .* \(3600 has no unit/],
+    ["LIMIT_RECIPIENT", "5/3600", /^LIMIT_RECIPIENT=5\/3600: must be COUNT\/WINDOW pairs .* \(3600 has no unit/],
+  ])("%s=%s stops the start, naming the variable and the missing unit", (name, value, message) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
+    expect(() => loadConfig({ [name]: value })).toThrow(message);
+  });
+
+  it("0 needs no unit: LIMIT_RESEND_COOLDOWN=0 is off, SHUTDOWN_GRACE=0 stops at once", () => {
+    expect(loadConfig({ LIMIT_RESEND_COOLDOWN: "0" }).limits.resendCooldownMs).toBe(0);
+    expect(loadConfig({ SHUTDOWN_GRACE: "0" }).shutdownGraceMs).toBe(0);
   });
 });
 
