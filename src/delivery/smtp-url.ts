@@ -28,8 +28,10 @@ export function parseSmtpUrl(raw: string): RelayEndpoint {
   try {
     url = new URL(raw);
   } catch {
+    const port = badPortText(raw);
+    if (port !== undefined) throw new Error(`SMTP URL port must be a number from 1 to 65535, not "${port}": ${shown}`);
     const hint = shown.includes("@") ? " (percent-encode / ? # @ in the user and password: %2F %3F %23 %40)" : "";
-    throw new Error(`SMTP URL is not a valid URL${hint}: ${shown}`);
+    throw new Error(`SMTP URL is not a valid URL${hint}: ${shown}; ${urlForms}`);
   }
   if (hasMisreadUserinfo(raw, url)) {
     throw new Error(
@@ -47,7 +49,7 @@ export function parseSmtpUrl(raw: string): RelayEndpoint {
   if (host === "") throw new Error(`SMTP URL has no host: ${shown}`);
   const port = url.port === "" ? (secure ? 465 : 587) : Number(url.port);
   if (!Number.isInteger(port) || port < 1 || port > 65_535) {
-    throw new Error(`SMTP URL port must be 1 to 65535: ${shown}`);
+    throw new Error(`SMTP URL port must be a number from 1 to 65535, not "${url.port}": ${shown}`);
   }
   if (url.pathname !== "" && url.pathname !== "/") {
     throw new Error(`SMTP URL must not have a path (${url.pathname}): ${shown}`);
@@ -82,6 +84,24 @@ export function parseSmtpUrl(raw: string): RelayEndpoint {
 
   const relay = `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
   return { host, port, secure, requireTls, auth, relay };
+}
+
+/** What a relay URL looks like, for the error that finds none. */
+const urlForms = "such as smtp://user:pass@smtp.example.com:587 (STARTTLS) or smtps://user:pass@smtp.example.com:465 (TLS)";
+
+/**
+ * The port as written in a URL the parser refused, when that port is what is
+ * wrong (`:58x7`, `:99999`); else undefined. Read after the last `@`, so
+ * never from the password.
+ */
+function badPortText(raw: string): string | undefined {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(raw)?.[0];
+  if (scheme === undefined) return undefined;
+  const rest = raw.slice(scheme.length);
+  const hostPort = rest.slice(rest.lastIndexOf("@") + 1).split(/[/?#]/)[0] ?? "";
+  const port = /^(?:\[[^\]]*\]|[^:[\]]*):(.*)$/.exec(hostPort)?.[1];
+  if (port === undefined || port === "") return undefined;
+  return /^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65_535 ? undefined : port;
 }
 
 /**

@@ -110,7 +110,12 @@ describe("loadConfig", () => {
     // Else a key repeated after its record expired answered "still in progress" until the key did.
     [{ RECORD_RETENTION: "1h" }, /RECORD_RETENTION: must be at least IDEMPOTENCY_TTL/],
     // Malformed URLs and unusable files fail here (exit 78), not later as "failed to start: Invalid URL".
-    [{ SMTP_URL: "smtp://relay:99999" }, /SMTP_URL: not a valid URL/],
+    [{ SMTP_URL: "smtp://relay:99999" }, /^SMTP_URL: port must be a number from 1 to 65535, not "99999": smtp:\/\/relay:99999$/],
+    // A port typo: the error says it is the port, and what a port is.
+    [{ SMTP_URL: "smtp://user:s3cret@relay:58x7" }, /^SMTP_URL: port must be a number from 1 to 65535, not "58x7": smtp:\/\/user:\*\*\*@relay:58x7$/],
+    [{ SMTP_URL: "smtp://relay:0" }, /^SMTP_URL: port must be a number from 1 to 65535, not "0"/],
+    // Any other malformed URL: what a relay URL looks like.
+    [{ SMTP_URL: "smtp://re lay:587" }, /^SMTP_URL: not a valid URL: smtp:\/\/re lay:587; such as smtp:\/\/user:pass@smtp\.example\.com:587 \(STARTTLS\)/],
     [{ SMTP_URL: "smtp://user:s3cret@relay?starttls=maybe" }, /SMTP_URL: starttls must be "off" or "required".*user:\*\*\*@relay/],
     [{ SMTP_URL: "smtps://relay/path" }, /SMTP_URL: must not have a path/],
     [{ REDIS_URL: "redis://:s3cret@127.0.0.1:port" }, /REDIS_URL=redis:\/\/:\*\*\*@127\.0\.0\.1:port: not a valid URL/],
