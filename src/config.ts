@@ -9,6 +9,7 @@
 import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
+import { isAbsolute, resolve } from "node:path";
 import { purposes } from "./delivery/record.js";
 import { isSenderAddress } from "./delivery/message.js";
 import { parseAddress } from "./otp/address.js";
@@ -327,8 +328,21 @@ function readPem(name: string, raw: string | undefined, secret = false): string 
   try {
     return readFileSync(raw, "utf8");
   } catch (error) {
-    throw new ConfigError(`${name}: cannot read ${shownPath(raw, secret)}: ${unreadableReason(error)}; give PEM text or the path of a PEM file`);
+    throw new ConfigError(
+      `${name}: cannot read ${shownPath(raw, secret)}${relativeTo(raw, secret)}: ${unreadableReason(error)}; give PEM text or the path of a PEM file`,
+    );
   }
+}
+
+/**
+ * Where a relative path was looked for: the process's directory, which for
+ * `npm start` is the package's root whatever directory it was typed in, and
+ * `/app` in the image. Not said of a secret's value that is not plainly a
+ * path (see readPem): it may be a pasted key, not a path at all.
+ */
+function relativeTo(raw: string, secret: boolean): string {
+  if (isAbsolute(raw) || (secret && !/^\.{0,2}\//.test(raw))) return "";
+  return ` (a relative path, looked for as ${resolve(raw)})`;
 }
 
 /** A file name as a message may show it: a secret's value only when it is plainly a path (see readPem). */

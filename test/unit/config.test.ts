@@ -1,4 +1,5 @@
 import { generateKeyPairSync } from "node:crypto";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, loadTracingConfig, parseDuration } from "../../src/config.js";
 import { makeSelfSigned } from "../support/self-signed.js";
@@ -187,6 +188,27 @@ describe("parseDuration", () => {
   });
   it("rejects a number without its unit, but 0: seconds or minutes were meant, never milliseconds", () => {
     for (const bare of ["1500", "10", "2592000", "1.5"]) expect(parseDuration(bare)).toBeUndefined();
+  });
+});
+
+describe("a certificate given as a relative path", () => {
+  // npm start runs in the package's root whatever directory it was typed in, and the image in /app: the error
+  // says where a relative path was looked for.
+  it("that is not there: the error names the variable and the absolute path it was looked for as", () => {
+    const looked = join(process.cwd(), "certs", "missing-server.pem");
+    expect(() => loadConfig({ TLS_CERT: "certs/missing-server.pem", TLS_KEY: "/nonexistent/key.pem" })).toThrow(
+      new ConfigError(
+        `TLS_CERT: cannot read certs/missing-server.pem (a relative path, looked for as ${looked}): no such file (ENOENT); give PEM text or the path of a PEM file`,
+      ),
+    );
+    expect(() => loadConfig({ SMTP_TLS_CA: "./relay-ca.pem" })).toThrow(`(a relative path, looked for as ${join(process.cwd(), "relay-ca.pem")})`);
+  });
+
+  it("an absolute path, or a key's value that is not plainly a path, gets no such note", () => {
+    expect(() => loadConfig({ SMTP_TLS_CA: "/nonexistent/ca.pem" })).toThrow(/^SMTP_TLS_CA: cannot read \/nonexistent\/ca\.pem: no such file/);
+    expect(() => loadConfig({ DKIM_SELECTOR: "s1", DKIM_PRIVATE_KEY: "keys/dkim.pem" })).toThrow(
+      /^DKIM_PRIVATE_KEY: cannot read the file it names: no such file/,
+    );
   });
 });
 
