@@ -393,11 +393,22 @@ function callerEntries(name: string, raw: string | undefined, rule: string): { c
     });
 }
 
+/** SHA-256 of the empty string. */
+const emptyTokenSha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /** AUTH_TOKENS, CALLER_PURPOSES, TLS_*: who may call, and how the server proves who it is. */
 function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "tls"> {
   const tokenRule = "CALLER:SHA256 with the token's SHA-256 in 64 hex digits (printf %s \"$TOKEN\" | sha256sum)";
   const tokens = callerEntries("AUTH_TOKENS", read.string("AUTH_TOKENS"), tokenRule).map(({ caller, value }, index) => {
     if (!/^[0-9a-fA-F]{64}$/.test(value)) throw new ConfigError(`AUTH_TOKENS: entry ${index + 1} must be ${tokenRule}`);
+    // What `printf %s "$TOKEN" | sha256sum` prints when $TOKEN was never set: a caller no request can be
+    // (an empty bearer token is malformed), which would still count as "a caller is configured".
+    if (value.toLowerCase() === emptyTokenSha256) {
+      throw new ConfigError(
+        `AUTH_TOKENS: entry ${index + 1} (${caller}) is the SHA-256 of an empty token, which no caller can send: ` +
+          `was $TOKEN unset when it was hashed? Make one (TOKEN=$(openssl rand -base64 32)) and hash that`,
+      );
+    }
     return { caller, sha256: Buffer.from(value, "hex") };
   });
   const hashes = new Set(tokens.map((t) => t.sha256.toString("hex")));

@@ -41,6 +41,9 @@ describe("callers in the configuration", () => {
     [{ AUTH_TOKENS: "billing:not-a-hash" }, /AUTH_TOKENS: entry 1 must be CALLER:SHA256/],
     [{ AUTH_TOKENS: `:${sha("a")}` }, /AUTH_TOKENS: entry 1/],
     [{ AUTH_TOKENS: `a:${sha("a")},b:${sha("a")}` }, /AUTH_TOKENS: the same token hash is listed twice/],
+    // README's `AUTH_TOKENS=my-app:$(printf %s "$TOKEN" | sha256sum ...)` pasted where $TOKEN was never set.
+    [{ AUTH_TOKENS: `web:${sha("a")},my-app:${sha("")}` }, /^AUTH_TOKENS: entry 2 \(my-app\) is the SHA-256 of an empty token, which no caller can send: was \$TOKEN unset/],
+    [{ AUTH_TOKENS: `my-app:${sha("").toUpperCase()}` }, /AUTH_TOKENS: entry 1 \(my-app\) is the SHA-256 of an empty token/],
     [{ AUTH_TOKENS: `a:${sha("a")}`, CALLER_PURPOSES: "a:login|billing" }, /CALLER_PURPOSES: a: must be/],
     [{ AUTH_TOKENS: `a:${sha("a")}`, CALLER_PURPOSES: "b:login" }, /CALLER_PURPOSES: b is not a caller of AUTH_TOKENS/],
     [{ TLS_CERT: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----" }, /TLS_KEY: required with TLS_CERT/],
