@@ -3,9 +3,10 @@
  * and retries where retrying helps. Transient failures (connection errors,
  * timeouts, 4xx) are retried with exponential backoff and full jitter,
  * never past the code's expiry; permanent refusals (5xx) and rejected
- * credentials stop at once. The caller gets an answer within a wait budget;
- * attempts still running then continue in the background and land in the
- * store.
+ * credentials stop at once, and so does an attempt the relay had whole and
+ * never answered (its outcome unknown: a retry could send a second mail).
+ * The caller gets an answer within a wait budget; attempts still running
+ * then continue in the background and land in the store.
  */
 import { monotonicOf, type Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
@@ -63,7 +64,9 @@ export interface DeliveryServiceOptions {
   readonly random?: () => number;
   /**
    * Told after every attempt: "ok" when the relay replied at all (2xx, 4xx or
-   * 5xx), "down" when it could not be reached or talked to, "auth_failed"
+   * 5xx), "down" when it could not be reached or talked to (a relay that had
+   * the whole message and gave no final reply included: an unanswered attempt
+   * counts against the relay as any timeout does), "auth_failed"
    * when it rejected the service's credentials. Not told of an attempt given
    * up because its code expired before the relay took it (`EEXPIRED`) or the
    * sender stopped (`ESTOPPED`), nor of one our own code broke
@@ -542,19 +545,24 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           { ...job.observation.logFields("attempt"), message_id: messageId, relay, reply: error.replyText },
           "the SMTP relay rejected the service's credentials: fix the SMTP URL's user and password",
         );
-        await fail(
-          job,
-          `the relay ${relay} rejected the service's SMTP credentials (an operator error, not the recipient's): "${error.replyText}"`,
-          attempts,
-        );
+        await fail(job, refusalReason(relay, error), attempts);
         return;
       }
       if (error.kind === "permanent") {
+        await fail(job, refusalReason(relay, error), attempts);
+        return;
+      }
+      if (error.kind === "unanswered") {
+        // The relay may have taken it: a second attempt could make a second mail (with a code the first one's
+        // reader is not told is stale). Never retried, whatever attempts and time are left.
+        logger.warn(
+          { ...job.observation.logFields("attempt"), message_id: messageId, attempt: number, error_code: error.errorCode, relay },
+          "the relay had the whole message and gave no final reply: whether it took it is unknown, so it is not sent again",
+        );
         await fail(
           job,
-          error.errorCode === "ESESSION"
-            ? `the relay ${relay} refused the connection before the message was offered (a relay matter, not the message's): "${error.replyText}"`
-            : `the relay ${relay} refused the message: "${error.replyText}"`,
+          `the relay ${relay} had the whole message and gave no final reply, so whether it took it is unknown: the mail may ` +
+            `still arrive, and it is not sent again (attempt ${number}: "${error.replyText}")`,
           attempts,
         );
         return;
@@ -700,6 +708,16 @@ function settleWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
   });
 }
 
+/** Why a message failed that the relay refused for good (`error.kind` permanent or auth). */
+function refusalReason(relay: string, error: SmtpSendError): string {
+  if (error.kind === "auth") {
+    return `the relay ${relay} rejected the service's SMTP credentials (an operator error, not the recipient's): "${error.replyText}"`;
+  }
+  return error.errorCode === "ESESSION"
+    ? `the relay ${relay} refused the connection before the message was offered (a relay matter, not the message's): "${error.replyText}"`
+    : `the relay ${relay} refused the message: "${error.replyText}"`;
+}
+
 function toAttemptRecord(number: number, startedAt: number, durationMs: number, result: AttemptResult): AttemptRecord {
   if (result.ok) {
     const { acceptance } = result;
@@ -720,7 +738,7 @@ function toAttemptRecord(number: number, startedAt: number, durationMs: number, 
     startedAt,
     durationMs,
     // Rejected credentials are permanent for the message: retrying cannot fix them.
-    outcome: error.kind === "transient" ? "transient" : "permanent",
+    outcome: error.kind === "transient" || error.kind === "unanswered" ? error.kind : "permanent",
     replyCode: error.replyCode,
     enhancedStatus: error.enhancedStatus,
     replyText: error.replyText,

@@ -122,6 +122,14 @@ export function explain(record: DeliveryRecord, now: number): string {
           "so it may still arrive; no further attempt will be made."
         );
       }
+      if (last?.outcome === "unanswered") {
+        // Not "never accepted" either: the relay had all of it and never said.
+        return (
+          `Attempt ${last.number} (started at ${utc(last.startedAt)}) handed the relay the whole message, and the relay gave ` +
+          `no final reply (${last.errorCode === "" ? "no reply" : last.errorCode}): whether the relay accepted the message is unknown, ` +
+          "so it may still arrive; it is not sent again."
+        );
+      }
       return `Never accepted by the relay: ${record.failureReason ?? "no reason was recorded"}.`;
     case "SUPPRESSED": {
       const cause = record.suppressedBy;

@@ -21,6 +21,7 @@
  * `sendMail` as before. With DKIM, the transport signs the message first
  * (dkim-sign.ts), as nodemailer would have in sendMail's pipeline.
  */
+import { Socket } from "node:net";
 import type { RandomBytes } from "../random-pool.js";
 import { composeOtpMime } from "./mime.js";
 import type { OutgoingMail } from "./smtp-transport-types.js";
@@ -99,13 +100,17 @@ export type Departure = undefined | { readonly raw: Buffer | Promise<Buffer> } |
 /**
  * Sends through the pool; resolves with nodemailer's info, rejects with its
  * error. `depart` is asked once, when a connection takes the message (just
- * before its envelope goes out), what the message does then.
+ * before its envelope goes out), what the message does then. `onEndOfData`
+ * is called once the whole message, end-of-data dot included, has been
+ * written to the relay's connection (see MessageSource): from then on the
+ * relay may have taken it, whatever happens to its reply.
  */
 export function sendThroughPool(
   pool: PoolTransport,
   message: PooledMessage,
   signal: AbortSignal,
   depart?: () => Departure,
+  onEndOfData?: () => void,
 ): Promise<PoolSendInfo> {
   const { from, to, messageId, dsn } = message;
   let raw: Buffer | Promise<Buffer> = message.raw;
@@ -128,7 +133,7 @@ export function sendThroughPool(
           },
           messageId: () => messageId,
           getHeader: (name) => (name.toLowerCase() === "message-id" ? messageId : undefined),
-          createReadStream: () => new MessageSource(raw),
+          createReadStream: () => new MessageSource(raw, onEndOfData),
         },
       },
       (error, info) => {
@@ -152,6 +157,13 @@ export function sendThroughPool(
  * same end. Bytes still being made (a message made again as it left the
  * queue, being DKIM-signed) are ended into the destination once made; if
  * making them fails, the connection hears that as the message's 'error'.
+ *
+ * It also tells (`onEndOfData`) when the last of those bytes, the
+ * end-of-data dot that the destination adds, has been written to the
+ * relay's socket: handed to the operating system, not just to a stream.
+ * A failure after that (no final reply in time, the connection dropped)
+ * leaves it unknown whether the relay took the message; one before it
+ * cannot have delivered it.
  */
 export class MessageSource {
   /**
@@ -166,14 +178,17 @@ export class MessageSource {
    */
   readonly readableDidRead = true;
   readonly #raw: Buffer | Promise<Buffer>;
+  readonly #onEndOfData: (() => void) | undefined;
   #onError: ((error: Error) => void) | undefined;
 
-  constructor(raw: Buffer | Promise<Buffer>) {
+  constructor(raw: Buffer | Promise<Buffer>, onEndOfData?: () => void) {
     this.#raw = raw;
+    this.#onEndOfData = onEndOfData;
   }
 
   pipe<T extends NodeJS.WritableStream>(destination: T): T {
     const raw = this.#raw;
+    if (this.#onEndOfData !== undefined) whenAllWritten(destination, this.#onEndOfData);
     if (Buffer.isBuffer(raw)) destination.end(raw);
     else {
       void raw.then(
@@ -198,6 +213,38 @@ export class MessageSource {
   destroy(): void {
     // Nothing to release.
   }
+}
+
+/**
+ * Calls `then` once every byte `dataStream` produces (nodemailer's
+ * dot-stuffing stream, which ends the data with `.` and is piped into the
+ * connection's socket with `end: false`) has been written to that socket;
+ * never if the socket is destroyed first.
+ *
+ * The stream's 'end' comes after its last chunk went through the pipe's
+ * socket.write() (the pipe pauses the stream while the socket pushes back),
+ * but socket.write() may still hold bytes the operating system did not take
+ * yet (a relay that stopped reading): written means the socket's buffer is
+ * empty too. The pipe has no public accessor for its destination; should
+ * the socket not be found there, the stream's end is the best point left.
+ */
+function whenAllWritten(dataStream: NodeJS.WritableStream, then: () => void): void {
+  (dataStream as NodeJS.WritableStream & NodeJS.ReadableStream).once("end", () => {
+    const pipes = (dataStream as { _readableState?: { pipes?: unknown } })._readableState?.pipes;
+    const socket = (Array.isArray(pipes) ? (pipes as unknown[]) : [pipes]).find((pipe): pipe is Socket => pipe instanceof Socket);
+    if (socket === undefined) {
+      then();
+      return;
+    }
+    const check = (): void => {
+      if (socket.destroyed) return;
+      if (socket.writableLength === 0) then();
+      // 'drain' only follows a write that filled the buffer; otherwise look again shortly.
+      else if (socket.writableNeedDrain) socket.once("drain", check);
+      else setTimeout(check, 10).unref();
+    };
+    check();
+  });
 }
 
 /** The address of a From header (`"Name" <a@b>` or `a@b`). */

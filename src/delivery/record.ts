@@ -32,9 +32,12 @@ export type Purpose = (typeof purposes)[number];
 /**
  * How an attempt ended. `abandoned`: the service stopped (its shutdown grace
  * ran out) while the attempt waited for the relay's reply; no reply came, and
- * whether the relay took the message is unknown.
+ * whether the relay took the message is unknown. `unanswered`: the relay had
+ * the whole message (end of data written) and gave no final reply in time,
+ * or dropped the connection without one; whether it took the message is
+ * unknown, so it is not sent again.
  */
-export type AttemptOutcome = "accepted" | "transient" | "permanent" | "abandoned";
+export type AttemptOutcome = "accepted" | "transient" | "permanent" | "abandoned" | "unanswered";
 
 /** One SMTP transaction with the relay. Times in epoch milliseconds. */
 export interface AttemptRecord {

@@ -59,11 +59,18 @@ export interface SmtpAcceptance {
 }
 
 /**
- * - transient: worth retrying (connection refused/reset, timeout, 4xx).
+ * - transient: worth retrying (connection refused/reset, timeout, 4xx), and
+ *   nothing says the relay has the message: whatever failed, failed before the
+ *   end of the message's data was written to the connection.
  * - permanent: retrying cannot help (5xx).
  * - auth: the relay rejected our credentials: an operator error.
+ * - unanswered: the whole message, end-of-data dot included, was written to
+ *   the relay's connection, and no final reply came (a timeout, the code's
+ *   expiry, a connection the relay dropped). The relay may well have taken
+ *   it (RFC 5321 4.5.3.2.6, 6.1): a resend could make a second mail, so it
+ *   must not be retried. replyCode is 0; errorCode says what ended the wait.
  */
-export type SmtpFailureKind = "transient" | "permanent" | "auth";
+export type SmtpFailureKind = "transient" | "permanent" | "auth" | "unanswered";
 
 export class SmtpSendError extends Error {
   override readonly name = "SmtpSendError";
@@ -89,10 +96,12 @@ export class SmtpSendError extends Error {
 export interface SendOptions {
   /**
    * Gives the send up when it has not finished within this many ms (when the
-   * code it carries expires): it rejects with a transient SmtpSendError whose
-   * errorCode is `EEXPIRED`, whether it still waited for a pooled connection
-   * (nothing went out) or for the relay's reply (the connection is closed
-   * before the relay said it took the message). Only a bound shorter than the
+   * code it carries expires): it rejects with an SmtpSendError whose
+   * errorCode is `EEXPIRED`, transient when the end of the message's data had
+   * not been written to the relay yet (it still waited for a pooled
+   * connection, or the relay for the envelope), `unanswered` when the relay
+   * had the whole message and had not replied (the connection is closed
+   * before the relay said whether it took it). Only a bound shorter than the
    * transport's own send timeout changes anything.
    */
   readonly withinMs?: number | undefined;

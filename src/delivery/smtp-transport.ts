@@ -217,13 +217,24 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
     const expiry = withinMs !== undefined && withinMs < sendTimeoutMs ? expiryAfter(withinMs) : undefined;
+    // Set once the whole message, end-of-data dot included, was written to the relay's connection (pooled
+    // path only: sendMail's own message stream does not tell). A failure after it is no failure to send.
+    let endOfDataWritten = false;
     try {
       const signal = expiry === undefined ? deadline() : AbortSignal.any([deadline(), expiry.signal]);
       let pooled = pool === undefined ? undefined : pooledMessage(mail, random);
       if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
       let info: PoolSendInfo;
       if (pool !== undefined && pooled !== undefined) {
-        info = await sendThroughPool(pool, pooled, signal, atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields));
+        info = await sendThroughPool(
+          pool,
+          pooled,
+          signal,
+          atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
+          () => {
+            endOfDataWritten = true;
+          },
+        );
       } else {
         // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
         const next = atDeparture?.(mail) ?? mail;
@@ -243,15 +254,11 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       }
       return acceptance;
     } catch (error) {
-      const failure =
-        expiry?.signal.aborted === true && (error as { code?: unknown } | undefined)?.code === "EABORT"
-          ? new SmtpSendError(
-              "transient",
-              "the code expired before the relay took the message; the attempt was given up",
-              0,
-              "",
-              "EEXPIRED",
-            )
+      const expired = expiry?.signal.aborted === true && (error as { code?: unknown } | undefined)?.code === "EABORT";
+      const failure = endOfDataWritten
+        ? unansweredIfNoReply(expired ? expiredAwaitingReply() : toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact))
+        : expired
+          ? new SmtpSendError("transient", "the code expired before the relay took the message; the attempt was given up", 0, "", "EEXPIRED")
           : toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact);
       logger.debug(
         {
@@ -614,6 +621,29 @@ function toSmtpSendError(error: unknown, sendTimeoutMs: number, recipient = "", 
   if (localPermanentCodes.has(code)) return make("permanent", `the message could not be sent: ${message}`, code);
   const errorCode = originalCode || code || "ECONNECTION";
   return make("transient", describeConnectionFailure(errorCode, fields.timeoutType, message), errorCode);
+}
+
+/** The code expired while the relay, with the whole message, had not replied: see unansweredIfNoReply. */
+function expiredAwaitingReply(): SmtpSendError {
+  return new SmtpSendError("unanswered", "the code expired while the relay had the whole message and had not replied; the attempt was given up", 0, "", "EEXPIRED");
+}
+
+/**
+ * A failure that came after the whole message, end-of-data dot included,
+ * was written to the relay: a reply (4xx, 5xx) is the relay's verdict as
+ * ever, but no reply at all (a timeout, the connection dropped) leaves it
+ * unknown whether the relay took the message (RFC 5321 4.5.3.2.6 and 6.1:
+ * no resend after a timeout past the end of data, or duplicates follow).
+ */
+function unansweredIfNoReply(failure: SmtpSendError): SmtpSendError {
+  if (failure.kind !== "transient" || failure.replyCode !== 0) return failure;
+  return new SmtpSendError(
+    "unanswered",
+    `the relay had the whole message and gave no final reply (${failure.replyText}); whether it took the message is unknown`,
+    0,
+    "",
+    failure.errorCode,
+  );
 }
 
 function describeConnectionFailure(errorCode: string, timeoutType: unknown, message: string): string {

@@ -122,7 +122,8 @@ export function createOtpService(options: OtpServiceOptions): OtpService {
    * resend_available_at read from the limits as they stand now (other sends
    * may have moved it since), or the first call's error when the key keeps
    * it (a permanent refusal; a send given up at shutdown while the relay had
-   * it, which may have gone out); undefined when the key may be taken over,
+   * it, or that the relay had whole and never answered, which may have gone
+   * out); undefined when the key may be taken over,
    * because that call sent nothing in a way a retry can fix but kept the
    * key: it stopped before writing its record and will never write it, or
    * its message failed retryably (retries used up in the background after
@@ -545,8 +546,9 @@ function retryNotBefore(error: unknown, ms: number): unknown {
  * Whether a failed send keeps its idempotency key, so that a retry with the
  * key answers this failure again instead of sending: a permanent refusal by
  * the relay (sending again cannot help), and a send given up at shutdown
- * while the relay had the message (it may have gone out: a retry with the
- * same key must never make a second mail with another code).
+ * while the relay had the message, or that the relay had whole and never
+ * answered (it may have gone out: a retry with the same key must never make
+ * a second mail with another code).
  */
 function keepsIdempotencyKey(error: unknown): boolean {
   return error instanceof OtpError && (error.reason === "RELAY_REJECTED" || error.reason === "SEND_OUTCOME_UNKNOWN");
@@ -637,14 +639,19 @@ function sendFailure(record: DeliveryRecord, limitsAdmitInMs = 0): OtpError {
   const last = record.attempts.at(-1);
   const metadata = { message_id: record.messageId };
   const reason = record.failureReason ?? "the message could not be sent";
-  if (last?.outcome === "abandoned") {
+  if (last?.outcome === "abandoned" || last?.outcome === "unanswered") {
     // Not a failure anyone can tell: the relay may have taken it. Not UNAVAILABLE either: retrying the same request cannot help.
+    const why =
+      last.outcome === "abandoned"
+        ? "the service stopped while the relay had the message and its answer is unknown"
+        : "the relay had the whole message and gave no final reply, so whether it took it is unknown";
     return new OtpError(
       "failed_precondition",
-      `email may have been sent: the service stopped while the relay had the message and its answer is unknown, so it may ` +
+      `email may have been sent: ${why}, so it may ` +
         `still arrive (message_id ${record.messageId}); a retry with the same idempotency_key sends nothing: ` +
         "if the user got no code, send with a new idempotency_key",
-      { reason: "SEND_OUTCOME_UNKNOWN", metadata },
+      // attempt_outcome: which of the two, for callers and for otp_sends_total's outcome.
+      { reason: "SEND_OUTCOME_UNKNOWN", metadata: { ...metadata, attempt_outcome: last.outcome } },
     );
   }
   if (last?.errorCode === "EAUTH") {

@@ -211,6 +211,7 @@ const protoAttemptOutcome: Readonly<Record<DomainAttemptOutcome, AttemptOutcome>
   transient: AttemptOutcome.TRANSIENT_FAILURE,
   permanent: AttemptOutcome.PERMANENT_FAILURE,
   abandoned: AttemptOutcome.ABANDONED,
+  unanswered: AttemptOutcome.UNANSWERED,
 };
 
 const protoVerifyResult: Readonly<Record<DomainVerifyResult, VerifyResult>> = {

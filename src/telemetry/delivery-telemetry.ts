@@ -59,9 +59,11 @@ interface RelayServer {
   readonly port: number | undefined;
 }
 
-/** ok / transient / permanent / abandoned / expired / internal, as the metrics name attempt outcomes. */
-function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" | "expired" | "internal" {
+/** ok / transient / permanent / abandoned / unanswered / expired / internal, as the metrics name attempt outcomes. */
+function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "abandoned" | "unanswered" | "expired" | "internal" {
   if (attempt.outcome === "accepted") return "ok";
+  // Before expired: the relay had the whole message when the code's expiry ended the wait, and whether it took it is unknown.
+  if (attempt.outcome === "unanswered") return "unanswered";
   // Recorded transient (the message fails or retries as for one), but the code's time ran out, or our own
   // code broke, not the relay: counted as a transient failure either would read as a relay problem.
   if (attempt.errorCode === "EEXPIRED") return "expired";
@@ -69,7 +71,10 @@ function resultOf(attempt: AttemptRecord): "ok" | "transient" | "permanent" | "a
   return attempt.outcome;
 }
 
-/** A send's verdict for otp_smtp_send_duration_seconds: given up at shutdown is not the relay failing it. */
+/**
+ * A send's verdict for otp_smtp_send_duration_seconds: given up at shutdown is not the relay failing it. One the
+ * relay had whole and never answered is: it counts as failed (OtpSendFailureRatioHigh must see a relay that hangs).
+ */
 function sendOutcomeOf(record: DeliveryRecord): "accepted" | "failed" | "abandoned" {
   if (record.state === "ACCEPTED") return "accepted";
   return record.attempts.at(-1)?.outcome === "abandoned" ? "abandoned" : "failed";
@@ -182,6 +187,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
               code: SpanStatusCode.ERROR,
               message:
                 result === "abandoned" ? "abandoned"
+                : result === "unanswered" ? `unanswered: the relay had the whole message and gave no final reply (${errorType}); whether it took it is unknown`
                 : result === "expired" ? "expired: the code expired before the relay took the message"
                 : result === "internal" ? "internal error: EINTERNAL (a bug of the service, not the relay's doing)"
                 : `${attempt.outcome} failure: ${errorType}`,

@@ -47,6 +47,7 @@ export const sendOutcomes = [
   "relay_unavailable",
   "backlog_full",
   "abandoned",
+  "unanswered",
   "rate_limited",
   "invalid",
   "denied",
@@ -78,6 +79,8 @@ export const attemptSeries = [
   { result: "permanent", reply_class: "none" },
   // Given up at shutdown while the relay had the message: no reply, and not the relay's failure.
   { result: "abandoned", reply_class: "none" },
+  // The relay had the whole message and gave no final reply (timeout, dropped connection): its answer unknown, not retried.
+  { result: "unanswered", reply_class: "none" },
   // Given up because the code expired (or had under a minute left) before the relay took the message.
   { result: "expired", reply_class: "none" },
   // Ended by a bug of ours (EINTERNAL), logged as an error: no evidence about the relay.
@@ -225,6 +228,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
       "abandoned (a send given up at shutdown while the relay had it, its answer unknown), " +
+      "unanswered (the relay had the whole message and gave no final reply: its answer unknown, not sent again), " +
       "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), " +
       "replayed (a repeated idempotency_key answered with the first request's outcome: nothing sent, the first request counted under its own outcome), " +
       "error (anything else).",
@@ -249,7 +253,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_smtp_attempts_total",
     help:
       "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent, abandoned: given up at shutdown " +
-      "while the relay had the message, its answer unknown; expired: given up because the code expired, or had less than a " +
+      "while the relay had the message, its answer unknown; unanswered: the relay had the whole message and gave no final " +
+      "reply (timeout, dropped connection), its answer unknown, not retried; expired: given up because the code expired, or had less than a " +
       "minute left, before the relay took the message, mostly while it waited for a connection behind a slow relay; " +
       "not a relay failure; internal: ended by a bug of the service, logged as an error, not a relay failure either) " +
       "and reply class (2xx, 4xx, 5xx, none: no reply).",
@@ -268,7 +273,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_smtp_send_duration_seconds",
     help:
       "Duration of a message's whole SMTP send, first attempt to final verdict with retries and backoff, by purpose and outcome " +
-      "(accepted, failed, abandoned: the service stopped while the relay had the message, its answer unknown); " +
+      "(accepted, failed: never accepted, a send the relay had whole and never answered included, abandoned: the service " +
+      "stopped while the relay had the message, its answer unknown); " +
       "its count is every send's final verdict, also of those SendOtp answered pending.",
     labelNames: ["purpose", "outcome"] as const,
     buckets: sendBuckets,
@@ -428,7 +434,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
-  for (const result of ["ok", "transient", "permanent", "abandoned", "expired", "internal"]) smtpAttemptSeconds.zero({ result });
+  for (const result of ["ok", "transient", "permanent", "abandoned", "unanswered", "expired", "internal"]) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["duplicate", "unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);

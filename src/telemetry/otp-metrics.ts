@@ -48,7 +48,8 @@ function failedSendOutcome(error: unknown): SendOutcome {
       // A suppressed recipient is refused with FAILED_PRECONDITION (nothing sent): its own outcome, not an error.
       if (error.reason === "RECIPIENT_SUPPRESSED") return "suppressed";
       // Given up at shutdown while the relay had it (or the replay of such a send): not the relay's failure, nor ours.
-      if (error.reason === "SEND_OUTCOME_UNKNOWN") return "abandoned";
+      // The relay had it whole and never answered: its outcome unknown too, but the relay's doing.
+      if (error.reason === "SEND_OUTCOME_UNKNOWN") return error.metadata["attempt_outcome"] === "unanswered" ? "unanswered" : "abandoned";
       return error.reason === "RELAY_REJECTED" ? "relay_rejected" : "error";
     case "unavailable":
       if (error.reason === "RELAY_BACKLOG_FULL") return "backlog_full";

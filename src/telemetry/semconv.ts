@@ -54,7 +54,7 @@ export const attributes = {
   smtpRetryCount: "smtp.retry.count",
   /** How many attempts a send made in all. */
   smtpAttempts: "smtp.attempts",
-  /** accepted, transient or permanent. */
+  /** accepted, transient, permanent, abandoned, unanswered, expired or internal. */
   smtpOutcome: "smtp.outcome",
   /** The relay's reply code (250, 421, 550); 0 when it never replied. */
   smtpReplyCode: "smtp.reply.code",

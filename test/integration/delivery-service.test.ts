@@ -330,10 +330,10 @@ describe("delivery service against a real SMTP server", () => {
   });
 
   it("gives up an attempt still waiting for the relay when its code expires: no expired code is handed over", async () => {
-    // A relay that takes the message and never answers, with timeouts far longer than the code's life,
+    // A relay that never answers the envelope, with timeouts far longer than the code's life,
     // and a wait budget that outlasts it: without the expiry the attempt would hold on for a minute.
     const { sink, service } = await harness({ transport: { socketTimeoutMs: 30_000 }, service: { waitBudgetMs: 20_000 } });
-    sink.respondWith(behave.stall());
+    sink.respondWith(behave.stall("RCPT TO"));
     const record = queuedRecord(1500);
 
     const result = await service.dispatch(record, mailFor(record));
@@ -343,11 +343,47 @@ describe("delivery service against a real SMTP server", () => {
     expect(result.attempts[0]?.replyText).toBe("the code expired before the relay took the message; the attempt was given up");
     expect(result.failureReason).toMatch(/^the code expired before it could be sent/);
     expect(sink.messages).toHaveLength(0);
+    expect(sink.unanswered).toHaveLength(0);
+  });
+
+  it("a code that expires while the relay has the whole message and has not replied: unanswered, its outcome unknown, no relay health event", async () => {
+    const { sink, service, health } = await harness({ transport: { socketTimeoutMs: 30_000 }, service: { waitBudgetMs: 20_000 } });
+    sink.respondWith(behave.stall());
+    const record = queuedRecord(1500);
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("FAILED");
+    expect(result.attempts.map((attempt) => [attempt.outcome, attempt.errorCode])).toEqual([["unanswered", "EEXPIRED"]]);
+    expect(result.failureReason).toMatch(/had the whole message and gave no final reply, so whether it took it is unknown/);
+    expect(sink.unanswered).toHaveLength(1);
+    // The code's clock ended the wait, not the relay's silence: as for any expiry, no verdict on the relay.
+    expect(health).toEqual([]);
+  });
+
+  it("a relay that has the whole message and gives no final reply is not retried: FAILED, unanswered, one mail, and the relay counts as down", async () => {
+    const { sink, service, health, store } = await harness();
+    sink.respondWith(behave.stall(), behave.accept());
+    const record = queuedRecord();
+
+    const result = await service.dispatch(record, mailFor(record));
+
+    expect(result.state).toBe("FAILED");
+    expect(result.attempts.map((attempt) => [attempt.outcome, attempt.errorCode])).toEqual([["unanswered", "ETIMEDOUT"]]);
+    expect(result.failureReason).toMatch(
+      /^the relay 127\.0\.0\.1:\d+ had the whole message and gave no final reply, so whether it took it is unknown: the mail may still arrive, and it is not sent again \(attempt 1: "the relay had the whole message/,
+    );
+    expect(store.writes.map((write) => write.state)).not.toContain("RETRYING");
+    expect(sink.transactions()).toBe(1);
+    expect(sink.unanswered).toHaveLength(1);
+    expect(sink.messages).toHaveLength(0);
+    expect(health).toEqual(["down"]);
   });
 
   it("answers after the wait budget when the relay stalls; the attempt lands in the store later", async () => {
     const { sink, service, store } = await harness({ service: { waitBudgetMs: 50 } });
-    sink.respondWith(behave.stall(), behave.accept());
+    // Stalled before any of the message went out: retried.
+    sink.respondWith(behave.stall("RCPT TO"), behave.accept());
     const record = queuedRecord();
 
     const early = await service.dispatch(record, mailFor(record));

@@ -272,7 +272,7 @@ describe("smtp transport against a real SMTP server", () => {
     await expect(transport.verify()).rejects.toMatchObject({ kind: "transient", errorCode: "ECONNREFUSED" });
   });
 
-  it("a relay that never answers DATA fails as a transient timeout, bounded by socketTimeoutMs", async () => {
+  it("a relay that has the whole message and never answers fails as unanswered (ETIMEDOUT), not transient, bounded by socketTimeoutMs", async () => {
     const sink = await startSink();
     sink.respondWith(behave.stall());
     const transport = transportFor(sink.url, { socketTimeoutMs: 300 });
@@ -280,8 +280,33 @@ describe("smtp transport against a real SMTP server", () => {
     const started = Date.now();
     const failure = await sendError(transport);
 
-    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ETIMEDOUT" });
+    expect(failure).toMatchObject({ kind: "unanswered", replyCode: 0, errorCode: "ETIMEDOUT" });
+    expect(failure.replyText).toMatch(/^the relay had the whole message and gave no final reply \(timed out waiting for the relay's reply .*\); whether it took the message is unknown$/);
     expect(Date.now() - started).toBeLessThan(5000);
+    expect(sink.unanswered).toHaveLength(1);
+  });
+
+  it("a relay that never answers RCPT TO fails as a transient timeout: none of the message went out", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall("RCPT TO"));
+    const transport = transportFor(sink.url, { socketTimeoutMs: 300 });
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ETIMEDOUT" });
+    expect(sink.unanswered).toHaveLength(0);
+  });
+
+  it("a relay that stops reading mid-DATA, before the end of a large message could be written, fails as a transient timeout", async () => {
+    // Larger than what the loopback connection's buffers hold: the end of data never leaves the client. The
+    // bytes were all handed to nodemailer's stream, so only the socket can tell that they were not written.
+    const sink = await startSink();
+    sink.respondWith(behave.stall("mid-DATA"));
+    const transport = transportFor(sink.url, { socketTimeoutMs: 500 });
+
+    const failure = await sendError(transport, mail({ text: "Your code is 123456\n" + "x".repeat(76).concat("\n").repeat(260_000) }));
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ETIMEDOUT" });
   });
 
   it("sendTimeoutMs bounds a send even when the socket timeout is long", async () => {
@@ -292,21 +317,67 @@ describe("smtp transport against a real SMTP server", () => {
     const started = Date.now();
     const failure = await sendError(transport);
 
-    expect(failure).toMatchObject({ kind: "transient", errorCode: "ETIMEDOUT" });
+    // The relay had the whole message: its answer is unknown.
+    expect(failure).toMatchObject({ kind: "unanswered", errorCode: "ETIMEDOUT" });
     expect(failure.replyText).toContain("300 ms");
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
-  it("a connection dropped mid-DATA is transient", async () => {
+  it("sendTimeoutMs before the end of data went out is a transient timeout", async () => {
     const sink = await startSink();
-    sink.respondWith(behave.dropMidData());
+    sink.respondWith(behave.stall("MAIL FROM"));
+    const transport = transportFor(sink.url, { socketTimeoutMs: 60_000, sendTimeoutMs: 300 });
+
+    const failure = await sendError(transport);
+
+    expect(failure).toMatchObject({ kind: "transient", errorCode: "ETIMEDOUT" });
+    expect(failure.replyText).toBe("the relay gave no final reply within 300 ms");
+  });
+
+  it("the code's expiry while the relay has the whole message and has not replied is unanswered (EEXPIRED); before, transient", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.stall(), behave.stall("RCPT TO"));
+    const transport = transportFor(sink.url, { socketTimeoutMs: 60_000, sendTimeoutMs: 60_000 });
+
+    const after = await transport.send(mail(), { withinMs: 300 }).catch((error: unknown) => error);
+    const before = await transport.send(mail({ messageId: "<m-2@acme.test>" }), { withinMs: 300 }).catch((error: unknown) => error);
+
+    expect(after).toMatchObject({
+      kind: "unanswered",
+      errorCode: "EEXPIRED",
+      replyText: "the code expired while the relay had the whole message and had not replied; the attempt was given up",
+    });
+    expect(before).toMatchObject({
+      kind: "transient",
+      errorCode: "EEXPIRED",
+      replyText: "the code expired before the relay took the message; the attempt was given up",
+    });
+    expect(sink.unanswered).toHaveLength(1);
+  });
+
+  it("a connection the relay drops after the whole message, with no reply, is unanswered", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.dropAfterData());
     const transport = transportFor(sink.url);
 
     const failure = await sendError(transport);
 
-    expect(failure).toMatchObject({ kind: "transient", replyCode: 0 });
-    expect(["ECONNECTION", "ECONNRESET", "ESOCKET"]).toContain(failure.errorCode);
+    expect(failure).toMatchObject({ kind: "unanswered", replyCode: 0 });
+    expect(["ECONNECTION", "ECONNRESET", "EPIPE"]).toContain(failure.errorCode);
     // One send is one transaction: the pool did not silently resend it.
+    expect(sink.transactions()).toBe(1);
+    expect(sink.unanswered).toHaveLength(1);
+  });
+
+  it("a connection dropped mid-DATA, before the end of a large message went out, is transient", async () => {
+    const sink = await startSink();
+    sink.respondWith(behave.dropMidData());
+    const transport = transportFor(sink.url);
+
+    const failure = await sendError(transport, mail({ text: "Your code is 123456\n" + "x".repeat(76).concat("\n").repeat(260_000) }));
+
+    expect(failure).toMatchObject({ kind: "transient", replyCode: 0 });
+    expect(["ECONNECTION", "ECONNRESET", "ESOCKET", "EPIPE"]).toContain(failure.errorCode);
     expect(sink.transactions()).toBe(1);
     expect(sink.messages).toHaveLength(0);
   });
@@ -452,7 +523,8 @@ describe("smtp transport against a real SMTP server", () => {
     await transport.close({ abandonInFlight: true });
     const failure = await sending;
 
-    expect(failure.kind).toBe("transient");
+    // Closed under a message the relay had whole: its answer is unknown.
+    expect(failure.kind).toBe("unanswered");
     expect(Date.now() - started).toBeLessThan(5000);
   });
 

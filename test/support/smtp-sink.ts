@@ -1,8 +1,10 @@
 /**
  * A real SMTP server (smtp-server) in the test process, on a free loopback
  * port, that captures what it receives and answers the way a test tells it
- * to: accept, reply 421/451/550... at MAIL FROM, RCPT TO or end of DATA,
- * drop the connection mid-DATA, stall, or refuse AUTH.
+ * to: accept, reply 421/451/550... at MAIL FROM, RCPT TO or end of DATA
+ * (at once or late), drop the connection mid-DATA or after the whole message,
+ * stall (at MAIL FROM, RCPT TO, mid-DATA or after the whole message), or
+ * refuse AUTH.
  *
  *   const sink = await startSmtpSink();
  *   sink.respondWith(behave.reply("RCPT TO", 451, "4.3.0", "try later"), behave.accept());
@@ -37,18 +39,34 @@ export type SinkBehaviour =
       readonly text: string;
       /** At DATA: the text ends with the message's decoded Subject, as content filters quote it. */
       readonly quoteSubject?: boolean;
+      /** At DATA: the reply comes this long after the whole message (a relay answering late). */
+      readonly delayMs?: number;
     }
   /** Closes the TCP connection as soon as message data arrives. */
   | { readonly kind: "drop-mid-data" }
-  /** Takes the whole message and never answers it. */
-  | { readonly kind: "stall" }
+  /** Takes the whole message (it joins `unanswered`), then closes the TCP connection without a reply. */
+  | { readonly kind: "drop-after-data" }
+  /**
+   * Never answers. At "DATA" (the default): takes the whole message (it joins
+   * `unanswered`) and never replies to it. At "MAIL FROM" or "RCPT TO": never
+   * replies to that command, so no message data is ever sent. At "mid-DATA":
+   * answers DATA with 354 and then reads nothing, so a client with a message
+   * larger than the connection's buffers cannot write all of it.
+   */
+  | { readonly kind: "stall"; readonly stage?: SinkStage | "mid-DATA" }
   /** Answers the next AUTH with `535 5.7.8`, whatever the credentials. */
   | { readonly kind: "reject-auth" };
 
 /** Shorthands for SinkBehaviour values. */
 export const behave = {
   accept: (options: { delayMs?: number } = {}): SinkBehaviour => ({ kind: "accept", ...options }),
-  reply: (stage: SinkStage, code: number, enhancedStatus: string, text: string, options: { quoteSubject?: boolean } = {}): SinkBehaviour => ({
+  reply: (
+    stage: SinkStage,
+    code: number,
+    enhancedStatus: string,
+    text: string,
+    options: { quoteSubject?: boolean; delayMs?: number } = {},
+  ): SinkBehaviour => ({
     kind: "reply",
     stage,
     code,
@@ -57,7 +75,8 @@ export const behave = {
     ...options,
   }),
   dropMidData: (): SinkBehaviour => ({ kind: "drop-mid-data" }),
-  stall: (): SinkBehaviour => ({ kind: "stall" }),
+  dropAfterData: (): SinkBehaviour => ({ kind: "drop-after-data" }),
+  stall: (stage?: SinkStage | "mid-DATA"): SinkBehaviour => ({ kind: "stall", ...(stage === undefined ? {} : { stage }) }),
   rejectAuth: (): SinkBehaviour => ({ kind: "reject-auth" }),
 };
 
@@ -101,6 +120,8 @@ export interface SmtpSink {
   readonly port: number;
   /** Accepted messages, in order. */
   readonly messages: CapturedMail[];
+  /** Messages taken whole and never answered (`stall()`, `dropAfterData()`), in order. */
+  readonly unanswered: CapturedMail[];
   /** How many mail transactions (MAIL FROM commands) the sink has seen. */
   transactions(): number;
   /** Queues behaviours, consumed one per transaction; then every transaction is accepted. */
@@ -116,6 +137,8 @@ export interface SmtpSink {
   held(): number;
   /** Resolves once `count` messages were accepted; rejects after `timeoutMs`. */
   waitForMessages(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
+  /** Resolves once `count` messages were taken whole and left unanswered; rejects after `timeoutMs`. */
+  waitForUnanswered(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
   /** Destroys every connection (stalled ones too) and stops listening. */
   close(): Promise<void>;
 }
@@ -135,6 +158,7 @@ function smtpError(code: number, enhancedStatus: string, text: string): Error {
 export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<SmtpSink> {
   const queue: SinkBehaviour[] = [];
   const messages: CapturedMail[] = [];
+  const unanswered: CapturedMail[] = [];
   const current = new Map<string, SinkBehaviour>();
   const sockets = new Set<Socket>();
   const socketsByClientPort = new Map<number, Socket>();
@@ -148,6 +172,12 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     behaviour.kind === "reply" && behaviour.stage === stage
       ? smtpError(behaviour.code, behaviour.enhancedStatus, behaviour.text)
       : undefined;
+  const stallsAt = (behaviour: SinkBehaviour, stage: SinkStage): boolean => behaviour.kind === "stall" && behaviour.stage === stage;
+  /** Keeps a message taken whole and left without a reply. */
+  const leftUnanswered = (mail: CapturedMail): void => {
+    unanswered.push(mail);
+    for (const wake of waiters) wake();
+  };
 
   async function capture(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<CapturedMail> {
     const chunks: Buffer[] = [];
@@ -202,12 +232,14 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       const next = queue[0]?.kind === "reject-auth" ? undefined : queue.shift();
       const behaviour = next ?? { kind: "accept" };
       current.set(session.id, behaviour);
+      if (stallsAt(behaviour, "MAIL FROM")) return;
       callback(replyAt(behaviour, "MAIL FROM"));
     },
 
     onRcptTo(address, session, callback) {
       const routed = options.route?.(address.address);
       if (routed !== undefined) current.set(session.id, routed);
+      if (stallsAt(behaviourOf(session), "RCPT TO")) return;
       callback(replyAt(behaviourOf(session), "RCPT TO"));
     },
 
@@ -217,9 +249,20 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
         case "drop-mid-data":
           stream.once("data", () => socketsByClientPort.get(session.remotePort)?.destroy());
           return;
+        case "drop-after-data":
+          capture(stream, session).then(
+            (mail) => {
+              leftUnanswered(mail);
+              socketsByClientPort.get(session.remotePort)?.destroy();
+            },
+            () => socketsByClientPort.get(session.remotePort)?.destroy(),
+          );
+          return;
         case "stall":
-          // Read everything, answer nothing: the client is left waiting for the final reply.
-          stream.resume();
+          // Mid-DATA: read nothing, so the connection pushes back on the client. Else read everything and
+          // answer nothing: the client is left waiting for the final reply.
+          if (behaviour.stage === "mid-DATA") return;
+          capture(stream, session).then(leftUnanswered, () => undefined);
           return;
         case "reply":
           if (behaviour.stage === "DATA" && behaviour.quoteSubject === true) {
@@ -230,7 +273,10 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
             return;
           }
           stream.resume();
-          stream.once("end", () => callback(replyAt(behaviour, "DATA")));
+          stream.once("end", () => {
+            if (behaviour.delayMs === undefined) callback(replyAt(behaviour, "DATA"));
+            else setTimeout(() => callback(replyAt(behaviour, "DATA")), behaviour.delayMs);
+          });
           return;
         case "reject-auth":
           stream.resume();
@@ -284,11 +330,29 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       : `${encodeURIComponent(options.auth.user)}:${encodeURIComponent(options.auth.pass)}@`;
   const url = `smtp://${credentials}127.0.0.1:${port}${options.tls === undefined ? "?starttls=off" : ""}`;
 
+  function waitFor(list: CapturedMail[], what: string, count: number, timeoutMs: number): Promise<CapturedMail[]> {
+    return new Promise<CapturedMail[]>((resolve, reject) => {
+      const check = (): void => {
+        if (list.length < count) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve(list.slice(0, count));
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`smtp sink: ${list.length} of ${count} ${what} after ${timeoutMs} ms`));
+      }, timeoutMs);
+      waiters.add(check);
+      check();
+    });
+  }
+
   let closing: Promise<void> | undefined;
   return {
     url,
     port,
     messages,
+    unanswered,
     transactions: () => transactions,
     respondWith(...behaviours) {
       queue.push(...behaviours);
@@ -301,22 +365,8 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       for (const accept of heldReplies.splice(0)) accept();
     },
     held: () => heldReplies.length,
-    waitForMessages(count, timeoutMs = 5000) {
-      return new Promise<CapturedMail[]>((resolve, reject) => {
-        const check = (): void => {
-          if (messages.length < count) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve(messages.slice(0, count));
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`smtp sink: ${messages.length} of ${count} messages after ${timeoutMs} ms`));
-        }, timeoutMs);
-        waiters.add(check);
-        check();
-      });
-    },
+    waitForMessages: (count, timeoutMs = 5000) => waitFor(messages, "messages", count, timeoutMs),
+    waitForUnanswered: (count, timeoutMs = 5000) => waitFor(unanswered, "unanswered messages", count, timeoutMs),
     close() {
       closing ??= new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();

@@ -92,6 +92,20 @@ describe("explain", () => {
     expect(sentence).not.toMatch(/never accepted/i);
   });
 
+  it("a message the relay had whole and never answered says its answer is unknown and that it is not sent again", () => {
+    const unanswered = record({
+      state: "FAILED",
+      attempts: [attempt({ outcome: "unanswered", durationMs: 30_000, replyCode: 0, enhancedStatus: "", errorCode: "ETIMEDOUT" })],
+      failureReason: "the relay smtp.example.com:587 had the whole message and gave no final reply",
+    });
+    const sentence = explain(unanswered, created + 40_000);
+    expect(sentence).toBe(
+      "Attempt 1 (started at 2026-11-27 10:02:01 UTC) handed the relay the whole message, and the relay gave no final reply " +
+        "(ETIMEDOUT): whether the relay accepted the message is unknown, so it may still arrive; it is not sent again.",
+    );
+    expect(sentence).not.toMatch(/never accepted/i);
+  });
+
   it("a retrying message gives the attempt count and the last error", () => {
     const retrying = record({
       state: "RETRYING",
