@@ -134,7 +134,8 @@ export interface DeliveryService {
    * flight is marked FAILED: an attempt still waiting for a pooled
    * connection as not sent (and it is withdrawn should a connection take it
    * later), one the relay has as `abandoned` (its answer unknown, unless the
-   * relay accepts it within the last writes: then ACCEPTED), and a final
+   * relay answers within the last writes: then ACCEPTED, or FAILED with its
+   * refusal, a 4xx as not retried because the sender stopped), and a final
    * record still failing to be written gets one last try. The last writes
    * take at most a second. Later dispatches fail without an attempt.
    */
@@ -491,6 +492,35 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const durationMs = Math.round(monotonic() - startedMonotonic);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
       if (job.abandoned) {
+        if (!result.ok && result.error.replyCode > 0 && job.answerUnknown && !finalWritesOver) {
+          // A refusal is the relay's answer as much as an acceptance is: it goes in over the guess the same way.
+          // A 5xx fails the message for good (its key kept, as for any refusal); a 4xx would have been retried
+          // but for the shutdown: the relay did not take the message, so nothing keeps a retry from sending it.
+          const { error } = result;
+          logger.warn(
+            {
+              ...job.observation.logFields("attempt"),
+              message_id: messageId,
+              attempt: number,
+              outcome: attemptRecord.outcome,
+              reply_code: attemptRecord.replyCode,
+              enhanced_status: attemptRecord.enhancedStatus,
+            },
+            "the relay refused a message given up at shutdown: recorded FAILED with its reply",
+          );
+          const reason =
+            error.kind === "transient"
+              ? `the relay ${relay} refused the message for now ("${error.replyText}"); not retried because the sender stopped`
+              : refusalReason(relay, error);
+          await append(job, {
+            ...job.record,
+            state: "FAILED",
+            attempts: [...job.record.attempts.slice(0, number - 1), attemptRecord],
+            failureReason: reason,
+            updatedAt: clock.now(),
+          });
+          return;
+        }
         if (result.ok && job.answerUnknown && !finalWritesOver) {
           // drain() recorded the relay's answer as unknown, and here it is, within drain's last writes (the pool
           // is closed after them): the truth goes in over the guess, behind it in the job's writes.

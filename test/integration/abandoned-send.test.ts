@@ -363,3 +363,69 @@ it("a send still waiting for a pooled connection when the shutdown grace ran out
   expect(mail?.envelope.rcptTo).toEqual(["behind@example.com"]);
   expect(sink.transactions()).toBe(2);
 });
+
+/**
+ * Sends a keyed message to a relay that takes it whole and answers `reply`
+ * a second later, and stops the instance with a short grace meanwhile: the
+ * grace runs out (the attempt is recorded abandoned) and the relay answers
+ * within the drain's last second of writes.
+ */
+async function refusedAfterTheGrace(reply: ReturnType<typeof behave.reply>, idempotencyKey: string) {
+  const sink = await startSmtpSink();
+  sink.respondWith(reply);
+  cleanups.push(() => sink.close());
+  const prefix = randomPrefix();
+  const instance = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => instance.stop());
+  const request = { recipient: "refused-late@example.com", purpose: Purpose.LOGIN, idempotencyKey };
+  const sent = await call(instance.client, sendOtp, request);
+  expect(sent.state).toBe(DeliveryState.SENDING);
+  await stopWhileTheRelayHasIt(instance, sink);
+  const refused = instance.logs.filter((line) => line["msg"] === "the relay refused a message given up at shutdown: recorded FAILED with its reply");
+  expect(refused).toMatchObject([{ message_id: sent.messageId }]);
+
+  const next = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => next.stop());
+  const status = await call(next.client, getDeliveryStatus, { messageId: sent.messageId });
+  return { sink, next, request, sent, status };
+}
+
+it("a relay that refuses for good (5xx) within the drain's last writes, after the grace gave the message up, is recorded FAILED with its words, not as an answer unknown; the key is kept as for any refusal", async () => {
+  const { sink, next, request, sent, status } = await refusedAfterTheGrace(
+    behave.reply("DATA", 550, "5.7.1", "Message rejected as spam", { delayMs: 1000 }),
+    "refused-late-1",
+  );
+
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts.map((attempt) => [attempt.number, attempt.outcome, attempt.replyCode])).toEqual([[1, AttemptOutcome.PERMANENT_FAILURE, 550]]);
+  expect(status.failureReason).toBe(`the relay 127.0.0.1:${sink.port} refused the message: "550 5.7.1 Message rejected as spam"`);
+  expect(status.explanation).toMatch(/^Never accepted by the relay/);
+
+  // A refusal for good: the same key answers it again, and sends nothing.
+  const replayed = await failure(call(next.client, sendOtp, request));
+  expect(replayed.code).toBe(grpc.status.FAILED_PRECONDITION);
+  expect(detailsOf(replayed).errorInfo?.reason).toBe("RELAY_REJECTED");
+  expect(detailsOf(replayed).errorInfo?.metadata["message_id"]).toBe(sent.messageId);
+  expect(sink.transactions()).toBe(1);
+});
+
+it("a relay that refuses for now (4xx) within the drain's last writes is recorded FAILED, not retried because the sender stopped; the relay did not take it, so a retry with the key sends", async () => {
+  const { sink, next, request, sent, status } = await refusedAfterTheGrace(
+    behave.reply("DATA", 451, "4.3.0", "Try again later", { delayMs: 1000 }),
+    "refused-late-2",
+  );
+
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts.map((attempt) => [attempt.number, attempt.outcome, attempt.replyCode])).toEqual([[1, AttemptOutcome.TRANSIENT_FAILURE, 451]]);
+  expect(status.failureReason).toBe(
+    `the relay 127.0.0.1:${sink.port} refused the message for now ("451 4.3.0 Try again later"); not retried because the sender stopped`,
+  );
+
+  // Answered within SEND_WAIT_BUDGET (200 ms) or pending: either way it goes, under a new message_id.
+  const retried = await call(next.client, sendOtp, request);
+  expect([DeliveryState.SENDING, DeliveryState.ACCEPTED]).toContain(retried.state);
+  expect(retried.messageId).not.toBe(sent.messageId);
+  const [mail] = await sink.waitForMessages(1);
+  expect(mail?.envelope.rcptTo).toEqual(["refused-late@example.com"]);
+  expect(sink.transactions()).toBe(2);
+});
