@@ -99,28 +99,40 @@ export type Departure = undefined | { readonly raw: Buffer | Promise<Buffer> } |
 
 /**
  * Sends through the pool; resolves with nodemailer's info, rejects with its
- * error. `depart` is asked once, when a connection takes the message (just
- * before its envelope goes out), what the message does then. `onEndOfData`
- * is called once the whole message, end-of-data dot included, has been
- * written to the relay's connection (see MessageSource): from then on the
- * relay may have taken it, whatever happens to its reply.
+ * error. `taken` is told once, when the pool takes the message off its queue
+ * for a connection (before connecting it, when the connection is new).
+ * `depart` is asked once, when that connection is ready (just before the
+ * envelope goes out), what the message does then. `onEndOfData` is called
+ * once the whole message, end-of-data dot included, has been written to the
+ * relay's connection (see MessageSource): from then on the relay may have
+ * taken it, whatever happens to its reply.
  */
 export function sendThroughPool(
   pool: PoolTransport,
   message: PooledMessage,
   signal: AbortSignal,
   depart?: () => Departure,
+  taken?: () => void,
   onEndOfData?: () => void,
 ): Promise<PoolSendInfo> {
   const { from, to, messageId, dsn } = message;
   let raw: Buffer | Promise<Buffer> = message.raw;
   let withdrawn: Error | undefined;
+  let tookIt = taken === undefined;
+  // The pool reads the Message-ID when it assigns the message to a connection, before connecting a new one
+  // (nodemailer's smtp-pool `_processMessages`); the envelope, once connected. Whichever comes first.
+  const take = (): void => {
+    if (tookIt) return;
+    tookIt = true;
+    taken?.();
+  };
   return new Promise((resolve, reject) => {
     pool.send(
       {
         data: { signal, dsn },
         message: {
           getEnvelope: () => {
+            take();
             const departure = depart?.();
             if (departure !== undefined) {
               if ("withdrawn" in departure) withdrawn = departure.withdrawn;
@@ -132,7 +144,10 @@ export function sendThroughPool(
             return { from, to: withdrawn === undefined ? [to] : [] };
           },
           messageId: () => messageId,
-          getHeader: (name) => (name.toLowerCase() === "message-id" ? messageId : undefined),
+          getHeader: (name) => {
+            take();
+            return name.toLowerCase() === "message-id" ? messageId : undefined;
+          },
           createReadStream: () => new MessageSource(raw, onEndOfData),
         },
       },

@@ -118,6 +118,16 @@ export interface SendOptions {
    */
   readonly atDeparture?: ((mail: OutgoingMail) => OutgoingMail | Withdrawal) | undefined;
   /**
+   * Told once, when a pooled connection takes the message off the pool's
+   * queue: before it connects, when the connection is new (then atDeparture
+   * is asked once connected), at once when one is free. The time before is
+   * the wait for a connection (a backlog of the sender's own); the time after
+   * is the relay's. Not told for a send that got no connection. A message only
+   * nodemailer's own builder can make is told when handed to nodemailer,
+   * whose queue it then waits in out of sight. Must not throw.
+   */
+  readonly onTaken?: (() => void) | undefined;
+  /**
    * Fields put in the transport's log lines about this send (the attempt's
    * `trace_id` and `span_id`): they are written where the active context is
    * the request's, or for a pooled connection's departure another request's.

@@ -212,7 +212,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   async function sendOnce(mail: OutgoingMail, sendOptions: SendOptions): Promise<SmtpAcceptance> {
-    const { withinMs, atDeparture, logFields } = sendOptions;
+    const { withinMs, atDeparture, logFields, onTaken } = sendOptions;
     const startedAt = performance.now();
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
@@ -231,6 +231,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
           pooled,
           signal,
           atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
+          onTaken,
           () => {
             endOfDataWritten = true;
           },
@@ -239,6 +240,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
         // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
         const next = atDeparture?.(mail) ?? mail;
         if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", next.errorCode ?? "EEXPIRED");
+        // Its wait in the pool's queue is out of sight: counted from here as the relay's (see SendOptions.onTaken).
+        onTaken?.();
         info = await transporter.sendMail({ ...nodemailerMessage(next, random), signal });
       }
       // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that

@@ -512,6 +512,37 @@ describe("smtp transport against a real SMTP server", () => {
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
+  it("a message is taken when the pool gives it a new connection, before connecting: a relay that never greets has it, and it is never asked to depart", async () => {
+    const silent = createServer((socket) => {
+      cleanups.push(() => {
+        socket.destroy();
+        return Promise.resolve();
+      });
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())));
+    const { port } = silent.address() as { port: number };
+    const transport = transportFor(`smtp://127.0.0.1:${port}?starttls=off`, { greetingTimeoutMs: 300, socketTimeoutMs: 10_000 });
+
+    const events: string[] = [];
+    const failure = await transport
+      .send(mail(), {
+        onTaken: () => events.push("taken"),
+        atDeparture: (queued) => {
+          events.push("departure");
+          return queued;
+        },
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+
+    expect(failure).toMatchObject({ kind: "transient", errorCode: "ETIMEDOUT" });
+    // Connecting to the relay was the relay's time (a greeting that never came), not a wait for a connection.
+    expect(events).toEqual(["taken"]);
+  });
+
   it("close with abandonInFlight fails a send the relay is sitting on at once; a plain close would wait for it", async () => {
     const sink = await startSink();
     sink.respondWith(behave.stall());
@@ -538,6 +569,25 @@ describe("smtp transport against a real SMTP server", () => {
       await vi.waitFor(() => expect(sink.held()).toBe(1));
       return { sink, transport, first };
     }
+
+    it("is told it was taken only when the busy connection frees up, once, before it is asked what to send", async () => {
+      const { sink, transport, first } = await busyTransport();
+      const events: string[] = [];
+      const second = transport.send(mail({ messageId: "<m-2@acme.test>" }), {
+        onTaken: () => events.push("taken"),
+        atDeparture: (queued) => {
+          events.push("departure");
+          return queued;
+        },
+      });
+      // Queued behind the held message, several turns of the event loop: still waiting, not taken.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(events).toEqual([]);
+
+      sink.release();
+      await Promise.all([first, second]);
+      expect(events).toEqual(["taken", "departure"]);
+    });
 
     it("is asked what to send when the connection takes it, and sends the mail given then", async () => {
       const { sink, transport, first } = await busyTransport();
