@@ -405,9 +405,11 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
   ): Promise<AttemptResult> {
     try {
       const atDeparture = departure(job, expiresAt, madeAt, retryMail);
+      // Where the wait for a connection ends and the relay's time starts (metrics).
+      const onTaken = (): void => job.observation.attemptTaken();
       return {
         ok: true,
-        acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture, logFields: job.observation.logFields("attempt") }),
+        acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture, logFields: job.observation.logFields("attempt"), onTaken }),
       };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };

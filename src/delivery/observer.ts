@@ -14,6 +14,14 @@ import type { AttemptRecord, DeliveryRecord } from "./record.js";
 export interface SendObservation {
   /** Attempt `number` (1 for the first) is about to be handed to the transport. */
   attemptStarted(number: number): void;
+  /**
+   * A pooled connection took the attempt off the transport's queue: its wait
+   * for a free connection is over, and what follows (connecting, greeting, TLS
+   * and AUTH on a new connection, then the transaction) is the relay's time.
+   * At most once per attempt, never for one that got no connection; may come
+   * after attemptWithdrawn (a connection freed after drain() gave it up).
+   */
+  attemptTaken(): void;
   /** The attempt ended with the relay's answer (or a connection failure). */
   attemptFinished(attempt: AttemptRecord): void;
   /**
@@ -56,6 +64,7 @@ const noLogFields: Readonly<Record<string, string>> = Object.freeze({});
 
 const noopSend: SendObservation = {
   attemptStarted: () => undefined,
+  attemptTaken: () => undefined,
   attemptFinished: () => undefined,
   attemptWithdrawn: () => undefined,
   retryScheduled: () => undefined,

@@ -9,8 +9,9 @@
  *                and port, reply code, enhanced status, error.type, attempt
  *                and retry number.
  *
- * plus otp_smtp_attempts_total, the attempt and send duration histograms
- * (with the trace as exemplar), the pool gauges and
+ * plus otp_smtp_attempts_total, the relay's time per attempt, the wait for a
+ * pooled connection and the send duration histograms (with the trace as
+ * exemplar), the pool gauges and
  * otp_delivery_state_transitions_total by provider class; and the trace
  * fields of log lines about a send or one of its attempts (logFields): the
  * attempt span is never made active, so the logger's mixin alone would name
@@ -20,7 +21,7 @@ import { context, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from
 import type { DeliveryObserver, SendObservation } from "../delivery/observer.js";
 import type { AttemptRecord, DeliveryRecord } from "../delivery/record.js";
 import { spanLogFields } from "./log-correlation.js";
-import { observeWithTrace, purposeLabel, type Metrics } from "./metrics.js";
+import { observeWithTrace, purposeLabel, resultsWithoutRelayTime, type Metrics } from "./metrics.js";
 import { attributes, eventNames, spanNames } from "./semconv.js";
 import { serviceTracer } from "./tracing.js";
 
@@ -30,6 +31,7 @@ export interface DeliveryTelemetryOptions {
     | "providers"
     | "smtpAttempts"
     | "smtpAttemptSeconds"
+    | "smtpPoolWaitSeconds"
     | "smtpSendSeconds"
     | "smtpAttemptsInFlight"
     | "smtpPoolConnectionsInUse"
@@ -141,6 +143,8 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
       // Kept after the attempt ends (attemptSpan is cleared then): lines about the attempt are written after it.
       let latestAttemptSpan: Span | undefined;
       let attemptStartedAt = 0;
+      // When a pooled connection took the attempt in flight; undefined while it waits for one (or between attempts).
+      let attemptTakenAt: number | undefined;
       // Log fields, made when a line first asks (most sends log one attempt line and no send line), then kept.
       let sendLogFields: Readonly<Record<string, string>> | undefined;
       let attemptLogFields: Readonly<Record<string, string>> | undefined;
@@ -148,6 +152,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
       return {
         attemptStarted(number) {
           attemptStartedAt = performance.now();
+          attemptTakenAt = undefined;
           setInFlight(+1);
           attemptLogFields = undefined;
           attemptSpan = tracer.startSpan(
@@ -166,13 +171,27 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           latestAttemptSpan = attemptSpan;
         },
 
+        attemptTaken() {
+          // Once per attempt, and only while it is in flight: a connection may take one drain() withdrew.
+          if (attemptSpan === undefined || attemptTakenAt !== undefined) return;
+          attemptTakenAt = performance.now();
+          observeWithTrace(metrics.smtpPoolWaitSeconds, {}, (attemptTakenAt - attemptStartedAt) / 1000, attemptSpan.spanContext());
+        },
+
         attemptFinished(attempt) {
           setInFlight(-1);
           const result = resultOf(attempt);
           metrics.smtpAttempts.inc({ result, reply_class: replyClassOf(attempt.replyCode) });
           const span = attemptSpan;
           attemptSpan = undefined;
-          observeWithTrace(metrics.smtpAttemptSeconds, { result }, (performance.now() - attemptStartedAt) / 1000, span?.spanContext());
+          const now = performance.now();
+          if (attemptTakenAt === undefined) {
+            // It never got a connection (its code expired, its send timed out, the transport was closed): all of it was
+            // the wait, and none of it the relay's.
+            observeWithTrace(metrics.smtpPoolWaitSeconds, {}, (now - attemptStartedAt) / 1000, span?.spanContext());
+          } else if (!resultsWithoutRelayTime.has(result)) {
+            observeWithTrace(metrics.smtpAttemptSeconds, { result }, (now - attemptTakenAt) / 1000, span?.spanContext());
+          }
           if (span === undefined) return;
           // An expired or internal attempt is recorded transient (the message fails as for one) but counted apart: its span agrees.
           span.setAttribute(attributes.smtpOutcome, result === "expired" || result === "internal" ? result : attempt.outcome);

@@ -87,6 +87,14 @@ export const attemptSeries = [
   { result: "internal", reply_class: "none" },
 ] as const;
 
+/**
+ * Attempt results (`otp_smtp_attempts_total`) that say nothing of how fast the relay is, left out of
+ * otp_smtp_attempt_duration_seconds: abandoned (the service stopped; its length is the shutdown's grace),
+ * expired (the code's time ran out, mostly while the message still waited for a connection) and internal
+ * (a bug of ours). Only these: any other result, a new one included, is an attempt the relay had.
+ */
+export const resultsWithoutRelayTime: ReadonlySet<string> = new Set(["abandoned", "expired", "internal"]);
+
 /** A purpose label: one of the domain's purposes, or `unknown` for anything a caller typed. */
 export function purposeLabel(purpose: string): string {
   return (purposes as readonly string[]).includes(purpose) ? purpose : "unknown";
@@ -104,6 +112,11 @@ export function purposeLabel(purpose: string): string {
 const grpcBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 /** One SMTP transaction: a pooled connection answers in ms, a cold TLS handshake in 100s of ms, a stalled relay in 10s of s. */
 const attemptBuckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/**
+ * The wait for a pooled connection: well under a millisecond when one is free, seconds to minutes in a
+ * backlog behind a slow relay or too small a pool, up to the code's lifetime (EEXPIRED).
+ */
+const poolWaitBuckets = [0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 /** A whole send, backoff included: up to the code's lifetime. */
 const sendBuckets = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
@@ -140,6 +153,7 @@ export interface Metrics {
   readonly rateLimitRejections: Counter<"rpc" | "limit">;
   readonly smtpAttempts: Counter<"result" | "reply_class">;
   readonly smtpAttemptSeconds: Histogram<"result">;
+  readonly smtpPoolWaitSeconds: Histogram;
   readonly smtpSendSeconds: Histogram<"purpose" | "outcome">;
   readonly smtpAttemptsInFlight: Gauge;
   readonly smtpPoolConnectionsInUse: Gauge;
@@ -263,9 +277,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const smtpAttemptSeconds = new Histogram({
     name: "otp_smtp_attempt_duration_seconds",
-    help: "Duration of one SMTP attempt, from handing the message to the pool to the relay's final reply, by result.",
+    help:
+      "The relay's time for one SMTP attempt: from a pooled connection taking the message (connecting, greeting, TLS and AUTH " +
+      "first when the connection is new) to the relay's final reply or the connection failing, by result (as " +
+      "otp_smtp_attempts_total). The wait for a connection before that is otp_smtp_pool_wait_seconds. Attempts that say " +
+      "nothing of the relay's speed are not observed: abandoned (the service stopped), expired (the code ran out) and " +
+      "internal (a bug of the service), nor an attempt that never got a connection.",
     labelNames: ["result"] as const,
     buckets: attemptBuckets,
+    enableExemplars: true,
+    registers,
+  });
+  const smtpPoolWaitSeconds = new Histogram({
+    name: "otp_smtp_pool_wait_seconds",
+    help:
+      "Time an SMTP attempt waited for a pooled connection (all SMTP_POOL_SIZE busy: a backlog of the service's own), from " +
+      "being handed to the transport to a connection taking it; an attempt that never got one (its code expired, its send " +
+      "timed out) counts with how long it waited, one given up at shutdown does not.",
+    buckets: poolWaitBuckets,
     enableExemplars: true,
     registers,
   });
@@ -434,7 +463,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   for (const series of attemptSeries) smtpAttempts.labels(series).inc(0);
   for (const result of traceExportResults) traceExportSpans.labels(result).inc(0);
-  for (const result of ["ok", "transient", "permanent", "abandoned", "unanswered", "expired", "internal"]) smtpAttemptSeconds.zero({ result });
+  for (const { result } of attemptSeries) if (!resultsWithoutRelayTime.has(result)) smtpAttemptSeconds.zero({ result });
   for (const purpose of purposes) for (const outcome of ["accepted", "failed", "abandoned"]) smtpSendSeconds.zero({ purpose, outcome });
   for (const state of ["DELIVERED", "DELAYED", "BOUNCED"]) bounceReports.labels("applied", state).inc(0);
   for (const kind of ["duplicate", "unmatched", "not_dsn"]) bounceReports.labels(kind, "none").inc(0);
@@ -473,6 +502,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     rateLimitRejections,
     smtpAttempts,
     smtpAttemptSeconds,
+    smtpPoolWaitSeconds,
     smtpSendSeconds,
     smtpAttemptsInFlight,
     smtpPoolConnectionsInUse,

@@ -62,3 +62,88 @@ it("an attempt a bug of ours ended (EINTERNAL) is an internal error in its span,
   expect(span?.status).toEqual({ code: SpanStatusCode.ERROR, message: "internal error: EINTERNAL (a bug of the service, not the relay's doing)" });
   expect(metrics).toMatch(/^otp_smtp_attempts_total\{result="internal",reply_class="none"\} 1$/m);
 });
+
+/** A send on a real registry, its metrics read back as text; the attempt's steps are the test's to play. */
+function observedSend() {
+  const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1 });
+  const now = Date.now();
+  const record: DeliveryRecord = {
+    messageId: "attempt-2",
+    caller: "test",
+    state: "SENDING",
+    recipientMasked: "a***@example.com",
+    recipientDomain: "example.com",
+    purpose: "login",
+    locale: "en",
+    createdAt: now,
+    updatedAt: now,
+    expiresAt: now + 600_000,
+    attempts: [],
+    traceId: "",
+  };
+  const attempt = (ended: Pick<AttemptRecord, "outcome" | "replyCode" | "errorCode">): AttemptRecord => ({
+    number: 1,
+    startedAt: now,
+    durationMs: 5,
+    enhancedStatus: "",
+    replyText: "",
+    ...ended,
+  });
+  return { send: telemetry.sendStarted(record, "relay.example:587"), attempt, text: () => metrics.render("text") };
+}
+
+/** The `_count` of every series of histogram `name` in `text`, by its labels as written. */
+function counts(text: string, name: string): Record<string, number> {
+  return Object.fromEntries([...text.matchAll(new RegExp(`^${name}_count(\\{[^}]*\\})? (\\S+)$`, "gm"))].map((m) => [m[1] ?? "", Number(m[2])]));
+}
+
+it("the relay's time starts when a connection takes the attempt; the wait before it is the pool's, observed apart", async () => {
+  const { send, attempt, text } = observedSend();
+  send.attemptStarted(1);
+  send.attemptTaken();
+  send.attemptTaken();
+  send.attemptFinished(attempt({ outcome: "accepted", replyCode: 250, errorCode: "" }));
+
+  const metrics = await text();
+  expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 1 });
+  expect(counts(metrics, "otp_smtp_attempt_duration_seconds")).toEqual({ '{result="ok"}': 1, '{result="transient"}': 0, '{result="permanent"}': 0 });
+});
+
+it("an attempt whose code expired while it waited for a connection is all wait: in the pool's histogram, not in the relay's time", async () => {
+  const { send, attempt, text } = observedSend();
+  send.attemptStarted(1);
+  send.attemptFinished(attempt({ outcome: "transient", replyCode: 0, errorCode: "EEXPIRED" }));
+
+  const metrics = await text();
+  expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 1 });
+  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0]);
+});
+
+it("attempts a connection took that say nothing of the relay's speed (expired, internal, abandoned) are not in its time", async () => {
+  for (const ended of [
+    { outcome: "transient", replyCode: 0, errorCode: "EEXPIRED" },
+    { outcome: "transient", replyCode: 0, errorCode: "EINTERNAL" },
+    { outcome: "abandoned", replyCode: 0, errorCode: "" },
+  ] as const) {
+    const { send, attempt, text } = observedSend();
+    send.attemptStarted(1);
+    send.attemptTaken();
+    send.attemptFinished(attempt(ended));
+
+    const metrics = await text();
+    expect(counts(metrics, "otp_smtp_pool_wait_seconds"), ended.errorCode || ended.outcome).toEqual({ "": 1 });
+    expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds")), ended.errorCode || ended.outcome).toEqual([0, 0, 0]);
+  }
+});
+
+it("a connection that takes an attempt drain() withdrew while it waited observes nothing: the shutdown ended that wait", async () => {
+  const { send, text } = observedSend();
+  send.attemptStarted(1);
+  send.attemptWithdrawn();
+  send.attemptTaken();
+
+  const metrics = await text();
+  expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 0 });
+  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0]);
+});
