@@ -175,6 +175,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           // Once per attempt, and only while it is in flight: a connection may take one drain() withdrew.
           if (attemptSpan === undefined || attemptTakenAt !== undefined) return;
           attemptTakenAt = performance.now();
+          attemptSpan.addEvent(eventNames.smtpConnection);
           observeWithTrace(metrics.smtpPoolWaitSeconds, {}, (attemptTakenAt - attemptStartedAt) / 1000, attemptSpan.spanContext());
         },
 

@@ -72,4 +72,9 @@ export const attributes = {
 export const eventNames = {
   /** On the smtp.send span: a transient failure, another attempt follows after a backoff. */
   smtpRetry: "smtp.retry",
+  /**
+   * On the smtp.attempt span: a pooled connection took the message. Before it the attempt waited for one
+   * (otp_smtp_pool_wait_seconds); from it on, the time is the relay's (otp_smtp_attempt_duration_seconds).
+   */
+  smtpConnection: "smtp.connection",
 } as const;

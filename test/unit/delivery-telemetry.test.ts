@@ -3,7 +3,7 @@
  * memory) and a real metrics registry: a span says of an attempt what
  * otp_smtp_attempts_total counts it as.
  */
-import { SpanStatusCode } from "@opentelemetry/api";
+import { SpanStatusCode, type Tracer } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from "@opentelemetry/sdk-trace";
 import { expect, it } from "vitest";
 import type { AttemptRecord, DeliveryRecord } from "../../src/delivery/record.js";
@@ -64,9 +64,9 @@ it("an attempt a bug of ours ended (EINTERNAL) is an internal error in its span,
 });
 
 /** A send on a real registry, its metrics read back as text; the attempt's steps are the test's to play. */
-function observedSend() {
+function observedSend(tracer?: Tracer) {
   const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1 });
+  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1, ...(tracer === undefined ? {} : { tracer }) });
   const now = Date.now();
   const record: DeliveryRecord = {
     messageId: "attempt-2",
@@ -146,4 +146,16 @@ it("a connection that takes an attempt drain() withdrew while it waited observes
   const metrics = await text();
   expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 0 });
   expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0]);
+});
+
+it("the attempt's span marks where a pooled connection took the message (smtp.connection): the wait before it, the relay's time after", () => {
+  const exporter = new InMemorySpanExporter();
+  const tracer = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] }).getTracer("test");
+  const { send, attempt } = observedSend(tracer);
+  send.attemptStarted(1);
+  send.attemptTaken();
+  send.attemptFinished(attempt({ outcome: "accepted", replyCode: 250, errorCode: "" }));
+
+  const [span] = exporter.getFinishedSpans().filter((finished) => finished.name === "smtp.attempt");
+  expect(span?.events.map((event) => event.name)).toEqual(["smtp.connection"]);
 });
