@@ -107,7 +107,7 @@ it("the relay's time starts when a connection takes the attempt; the wait before
 
   const metrics = await text();
   expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 1 });
-  expect(counts(metrics, "otp_smtp_attempt_duration_seconds")).toEqual({ '{result="ok"}': 1, '{result="transient"}': 0, '{result="permanent"}': 0 });
+  expect(counts(metrics, "otp_smtp_attempt_duration_seconds")).toEqual({ '{result="ok"}': 1, '{result="transient"}': 0, '{result="permanent"}': 0, '{result="unanswered"}': 0 });
 });
 
 it("an attempt whose code expired while it waited for a connection is all wait: in the pool's histogram, not in the relay's time", async () => {
@@ -117,7 +117,7 @@ it("an attempt whose code expired while it waited for a connection is all wait: 
 
   const metrics = await text();
   expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 1 });
-  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0]);
+  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0, 0]);
 });
 
 it("attempts a connection took that say nothing of the relay's speed (expired, internal, abandoned) are not in its time", async () => {
@@ -133,7 +133,7 @@ it("attempts a connection took that say nothing of the relay's speed (expired, i
 
     const metrics = await text();
     expect(counts(metrics, "otp_smtp_pool_wait_seconds"), ended.errorCode || ended.outcome).toEqual({ "": 1 });
-    expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds")), ended.errorCode || ended.outcome).toEqual([0, 0, 0]);
+    expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds")), ended.errorCode || ended.outcome).toEqual([0, 0, 0, 0]);
   }
 });
 
@@ -145,7 +145,7 @@ it("a connection that takes an attempt drain() withdrew while it waited observes
 
   const metrics = await text();
   expect(counts(metrics, "otp_smtp_pool_wait_seconds")).toEqual({ "": 0 });
-  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0]);
+  expect(Object.values(counts(metrics, "otp_smtp_attempt_duration_seconds"))).toEqual([0, 0, 0, 0]);
 });
 
 it("the attempt's span marks where a pooled connection took the message (smtp.connection): the wait before it, the relay's time after", () => {
