@@ -27,6 +27,7 @@ import { createServerCredentials, type GrpcServerCredentials } from "./auth/serv
 import { createLimiter, limitIds } from "./limits/limiter.js";
 import type { SendLimiter } from "./limits/types.js";
 import type { Logger } from "./logger.js";
+import { listenFailure } from "./listen-error.js";
 import { createHasher } from "./otp/code.js";
 import { createOtpService, defaultKeepExpiredMs } from "./otp/otp-service.js";
 import { previousSecretFromConfig, secretKeyId, type PreviousSecret } from "./otp/secret-rotation.js";
@@ -339,6 +340,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       // A report may quote a message's code (its Subject): recognised under the secret its record was made with.
       const redactor = createReportRedactor(previousHasher === undefined ? [hasher] : [hasher, previousHasher]);
       const separator = config.bounce.smtpAddr.lastIndexOf(":");
+      const intakeAddr = config.bounce.smtpAddr;
       intake = await startBounceIntake({
         host: config.bounce.smtpAddr.slice(0, separator).replace(/^\[|\]$/g, ""),
         port: Number(config.bounce.smtpAddr.slice(separator + 1)),
@@ -383,6 +385,8 @@ export async function startApp(options: AppOptions): Promise<App> {
             options.onBounceOutcome?.(outcome);
           },
         }),
+      }).catch((error: unknown) => {
+        throw listenFailure("BOUNCE_SMTP_ADDR", intakeAddr, error);
       });
       const running = intake;
       closers.push(() => running.close());
@@ -391,7 +395,9 @@ export async function startApp(options: AppOptions): Promise<App> {
         reportCertificateExpiry("bounce_intake", config.bounce.tls.cert, { metrics, logger, clock, reloadable });
       }
     }
-    const address = await server.listen(config.grpcAddr);
+    const address = await server.listen(config.grpcAddr).catch((error: unknown) => {
+      throw listenFailure("GRPC_ADDR", config.grpcAddr, error);
+    });
     // Calls are taken from here on; the relay's first check sets its health.
     await untilAborted(relayProbe.runNow(), options.startupSignal);
     const certificates = startCertificateReloader({

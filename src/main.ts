@@ -9,6 +9,7 @@ import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
 import { runStartupDoctor } from "./doctor/startup-check.js";
 import { hostPort } from "./host-port.js";
+import { listenFailure } from "./listen-error.js";
 import { createLogger, type Logger } from "./logger.js";
 import { createMetrics } from "./telemetry/metrics.js";
 import { startMetricsServer, type MetricsServer } from "./telemetry/metrics-server.js";
@@ -153,6 +154,8 @@ async function main(): Promise<void> {
           health,
           logger,
           fallbackToFreePort: config.metrics.addrIsDefault && config.env !== "production",
+        }).catch((error: unknown) => {
+          throw listenFailure("METRICS_ADDR", config.metrics.addr ?? "", error);
         });
   const started = await startApp({ config, logger, metrics, health, startupSignal: starting.signal });
   app = started;

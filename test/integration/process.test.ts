@@ -110,6 +110,35 @@ describe("npm start with nothing configured", () => {
     }
   });
 
+  // A second `npm start` on the same machine, or an address set by hand that another process holds.
+  it.each(["GRPC_ADDR", "METRICS_ADDR", "BOUNCE_SMTP_ADDR"])(
+    "a %s whose port is taken stops the start with one line naming the variable, the address and what to do (exit 1)",
+    async (variable) => {
+      const taken = createNetServer();
+      await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+      const address = `127.0.0.1:${(taken.address() as AddressInfo).port}`;
+      const outbox = await mkdtemp(join(tmpdir(), "otp-taken-"));
+      try {
+        const service = startServiceProcess({
+          NODE_ENV: "test",
+          OUTBOX_DIR: outbox,
+          GRPC_ADDR: `127.0.0.1:${await freePort()}`,
+          METRICS_ADDR: "off",
+          BOUNCE_SMTP_ADDR: "off",
+          [variable]: address,
+        });
+        expect(await service.exited).toBe(1);
+        expect(service.stderr.join("")).toContain(
+          `otp-email: failed to start: ${variable}=${address}: the port is taken (another otp-email, or npm start already running?): ` +
+            `stop that, or set ${variable} to a free port\n`,
+        );
+      } finally {
+        taken.close();
+        await rm(outbox, { recursive: true, force: true });
+      }
+    },
+  );
+
   it("refuses to start in production without its required settings, naming the variable", async () => {
     const service = startServiceProcess({ NODE_ENV: "production" });
     expect(await service.exited).toBe(78);
