@@ -265,7 +265,8 @@ class Reader {
 /** Said after a duration's rule when the value was a bare number: which unit it meant, only its writer knows. */
 function unitHint(raw: string): string {
   const bare = raw.trim();
-  return /^\d+(?:\.\d+)?$/.test(bare) ? ` (${bare} has no unit: write ${bare}s or ${bare}m, whichever was meant)` : "";
+  // 0 needs no unit: when it is refused, its range is why, not a unit.
+  return /^\d+(?:\.\d+)?$/.test(bare) && Number(bare) !== 0 ? ` (${bare} has no unit: write ${bare}s or ${bare}m, whichever was meant)` : "";
 }
 
 function formatMs(ms: number): string {

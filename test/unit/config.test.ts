@@ -227,6 +227,12 @@ describe("a duration written without its unit", () => {
     expect(() => loadConfig({ [name]: value })).toThrow(message);
   });
 
+  it("a 0 out of range is refused for its range, not for a missing unit", () => {
+    expect(() => loadConfig({ DOCTOR_TIMEOUT: "0" })).toThrow(
+      new ConfigError("DOCTOR_TIMEOUT=0: must be a duration such as 500ms, 30s, 10m, 2h or 7d, from 100ms to 1m"),
+    );
+  });
+
   it("0 needs no unit: LIMIT_RESEND_COOLDOWN=0 is off, SHUTDOWN_GRACE=0 stops at once", () => {
     expect(loadConfig({ LIMIT_RESEND_COOLDOWN: "0" }).limits.resendCooldownMs).toBe(0);
     expect(loadConfig({ SHUTDOWN_GRACE: "0" }).shutdownGraceMs).toBe(0);
