@@ -505,7 +505,8 @@ function readRedisTlsCa(raw: string | undefined, redisUrl: string | undefined): 
 function readLimits(read: Reader): LimitsConfig {
   return {
     recipient: read.windows("LIMIT_RECIPIENT", "5/15m,20/1d"),
-    resendCooldownMs: read.duration("LIMIT_RESEND_COOLDOWN", 30_000, 0, 3_600_000),
+    // `off`, as the other LIMIT_* variables take it, is 0.
+    resendCooldownMs: read.string("LIMIT_RESEND_COOLDOWN")?.toLowerCase() === "off" ? 0 : read.duration("LIMIT_RESEND_COOLDOWN", 30_000, 0, 3_600_000),
     endUserIp: read.windows("LIMIT_END_USER_IP", "30/10m,300/1d"),
     caller: read.windows("LIMIT_CALLER", "300/1m"),
     global: read.windows("LIMIT_GLOBAL", "1000/1m,50000/1d"),

@@ -98,6 +98,11 @@ describe("limits in the configuration", () => {
     });
   });
 
+  it("LIMIT_RESEND_COOLDOWN takes off, as the other LIMIT_* variables do: no cooldown", () => {
+    expect(loadConfig({ LIMIT_RESEND_COOLDOWN: "off" }).limits.resendCooldownMs).toBe(0);
+    expect(loadConfig({ LIMIT_RESEND_COOLDOWN: "OFF" }).limits.resendCooldownMs).toBe(0);
+  });
+
   it.each([
     [{ LIMIT_RECIPIENT: "5 per 15m" }, /LIMIT_RECIPIENT=5 per 15m: must be COUNT\/WINDOW pairs/],
     [{ LIMIT_CALLER: "0/1m" }, /LIMIT_CALLER=0\/1m/],
