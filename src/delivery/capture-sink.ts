@@ -41,6 +41,10 @@ export async function startCaptureSink(options: CaptureSinkOptions): Promise<Cap
     banner: "OtpEmail development capture sink; nothing leaves this machine",
     authOptional: true,
     disabledCommands: ["STARTTLS", "AUTH"],
+    // Advertise DSN, as the relays the service is meant for do (smtp-server hides it by default): nodemailer
+    // then sends RET/ENVID/NOTIFY, the record says a bounce was asked for, and a report fed to the development
+    // bounce intake is one the message requested; no start-up warning about a relay the developer never chose.
+    hideDSN: false,
     size: options.maxBytes ?? 1024 * 1024,
     logger: false,
     onData(stream, session, callback) {

@@ -25,7 +25,7 @@ import { openCertificateWorkshop, type CertificateAuthority } from "../support/c
 import { killServiceProcesses, startServiceProcess } from "../support/service-process.js";
 import { fingerprintOf, presentedAfterStarttls, presentedByTls } from "../support/tls-peer.js";
 
-const { sendOtp, verifyOtp } = OtpEmailService.method;
+const { sendOtp, verifyOtp, getDeliveryStatus } = OtpEmailService.method;
 const slowAppModule = fileURLToPath(new URL("../support/slow-app-module.mjs", import.meta.url));
 
 afterEach(killServiceProcesses);
@@ -60,6 +60,13 @@ describe("npm start with nothing configured", () => {
 
         const verified = await grpcUnary(client, verifyOtp, { recipient: "dev@example.com", purpose: Purpose.LOGIN, code });
         expect(verified.result).toBe(VerifyResult.VERIFIED);
+
+        // The capture sink takes DSN requests as a relay would, so the record tells the whole story (a bounce fed
+        // to the development intake is one asked for) and the log has no warning about the developer's own sink.
+        const status = await grpcUnary(client, getDeliveryStatus, { messageId: sent.messageId });
+        expect(status.relayReply?.dsnRequested).toBe(true);
+        expect(status.explanation).toContain("A delivery status notification (DSN) was requested");
+        expect(service.lines.filter((line) => line["level"] !== "info" && /DSN/.test(String(line["msg"])))).toEqual([]);
       } finally {
         client.close();
       }
