@@ -4,6 +4,8 @@
  */
 // First: holds a SIGHUP that comes while the other modules load (its default would end the process).
 import { releaseEarlyHangup } from "./early-hangup.js";
+import { format } from "node:util";
+import * as grpc from "@grpc/grpc-js";
 import { createAppHealth, startApp, type App } from "./app.js";
 import { ConfigError, loadConfigFromProcess, type Config } from "./config.js";
 import { logDoctorReport } from "./doctor/report.js";
@@ -62,6 +64,13 @@ async function main(): Promise<void> {
   const logger = createLogger({ level: config.logLevel });
   // What the tracing SDK (started by the bootstrap) has to say about itself goes to this log from now on.
   attachSdkDiagnostics(logger);
+  // So does what grpc-js says (by default "E <text>" on stderr: a taken GRPC_ADDR's "No address added out of
+  // total 1 resolved", just before the line that names the variable and what to do).
+  grpc.setLogger({
+    error: (...args: unknown[]) => logger.warn({ component: "grpc-js" }, format(...args)),
+    info: (...args: unknown[]) => logger.info({ component: "grpc-js" }, format(...args)),
+    debug: (...args: unknown[]) => logger.debug({ component: "grpc-js" }, format(...args)),
+  });
 
   // The signals are handled from the start: the gRPC port takes calls before
   // start-up ends (the relay's first check may wait out its timeouts), and a
