@@ -66,10 +66,12 @@ async function main(): Promise<void> {
   attachSdkDiagnostics(logger);
   // So does what grpc-js says (by default "E <text>" on stderr: a taken GRPC_ADDR's "No address added out of
   // total 1 resolved", just before the line that names the variable and what to do).
+  // grpc-js filters by GRPC_VERBOSITY itself (errors only by default): its info and debug lines, GRPC_TRACE's
+  // included, come only when an operator asked for them, so they are written at info, seen at the default LOG_LEVEL.
   grpc.setLogger({
     error: (...args: unknown[]) => logger.warn({ component: "grpc-js" }, format(...args)),
     info: (...args: unknown[]) => logger.info({ component: "grpc-js" }, format(...args)),
-    debug: (...args: unknown[]) => logger.debug({ component: "grpc-js" }, format(...args)),
+    debug: (...args: unknown[]) => logger.info({ component: "grpc-js", grpc_severity: "debug" }, format(...args)),
   });
 
   // The signals are handled from the start: the gRPC port takes calls before

@@ -147,6 +147,31 @@ describe("npm start with nothing configured", () => {
     },
   );
 
+  it("grpc-js's own diagnostics an operator asks for (GRPC_VERBOSITY=DEBUG, GRPC_TRACE) are JSON log lines at the default LOG_LEVEL", async () => {
+    const outbox = await mkdtemp(join(tmpdir(), "otp-grpc-trace-"));
+    try {
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        OUTBOX_DIR: outbox,
+        GRPC_ADDR: `127.0.0.1:${await freePort()}`,
+        METRICS_ADDR: "off",
+        BOUNCE_SMTP_ADDR: "off",
+        GRPC_VERBOSITY: "DEBUG",
+        GRPC_TRACE: "server",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const traced = await service.waitForLine((line) => line["component"] === "grpc-js" && line["grpc_severity"] === "debug");
+      expect(traced["level"]).toBe("info");
+      expect(String(traced["msg"])).toContain("| server |");
+      // Nothing of grpc-js on stderr: it all went to the log.
+      expect(service.stderr.join("")).not.toMatch(/\| server \|/);
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await rm(outbox, { recursive: true, force: true });
+    }
+  });
+
   it("refuses to start in production without its required settings, naming the variable", async () => {
     const service = startServiceProcess({ NODE_ENV: "production" });
     expect(await service.exited).toBe(78);
