@@ -578,10 +578,10 @@ function untilAborted(work: Promise<void>, signal: AbortSignal | undefined): Pro
   });
 }
 
-/** Re-checks a relay that is down, every `intervalMs`, until it is up. */
 /** Sends in a row that found no relay (no connection, a timeout) before health says the relay is down without a check. */
 const relayDownAfterFailedSends = 3;
 
+/** Re-checks a relay that is down, every `intervalMs`, until it is up. */
 function createRelayProbe(intervalMs: number, check: () => Promise<boolean>) {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
