@@ -541,6 +541,9 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
   }
   if (redisUrl !== undefined) for (const seed of redisUrl.split(",")) checkRedisUrl(seed.trim());
   const redisTlsCa = readRedisTlsCa(read.string("REDIS_TLS_CA"), redisUrl);
+  // Checked whether or not REDIS_URL is set: a typo must stop the start, not wait for the day Redis is configured.
+  const redisPrefix = validPrefix(read.string("REDIS_PREFIX") ?? "otp:");
+  const redisCommandTimeoutMs = read.duration("REDIS_COMMAND_TIMEOUT", 1000, 10, 60_000);
 
   const smtpUrl = read.string("SMTP_URL");
   if (smtpUrl !== undefined && !/^smtps?:\/\//.test(smtpUrl)) {
@@ -620,8 +623,8 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
         ? undefined
         : {
             url: redisUrl,
-            prefix: validPrefix(read.string("REDIS_PREFIX") ?? "otp:"),
-            commandTimeoutMs: read.duration("REDIS_COMMAND_TIMEOUT", 1000, 10, 60_000),
+            prefix: redisPrefix,
+            commandTimeoutMs: redisCommandTimeoutMs,
             cluster: redisCluster,
             tlsCa: redisTlsCa,
           },

@@ -212,6 +212,20 @@ describe("a certificate given as a relative path", () => {
   });
 });
 
+describe("Redis settings without REDIS_URL (the in-memory store)", () => {
+  // Ignored until Redis is configured, yet a typo is refused now, not on the day REDIS_URL is set in production.
+  it.each([
+    ["REDIS_COMMAND_TIMEOUT", "1", /^REDIS_COMMAND_TIMEOUT=1: must be a duration/],
+    ["REDIS_PREFIX", "otp key", /^REDIS_PREFIX=otp key: must be 1-64 characters/],
+  ])("a bad %s stops the start", (name, value, message) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(message);
+  });
+
+  it("good ones are accepted and unused", () => {
+    expect(loadConfig({ REDIS_COMMAND_TIMEOUT: "2s", REDIS_PREFIX: "app1:" }).redis).toBeUndefined();
+  });
+});
+
 describe("a duration written without its unit", () => {
   // What operators write when they think in seconds: read as milliseconds, each started a broken service.
   it.each([
