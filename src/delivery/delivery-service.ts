@@ -133,7 +133,10 @@ export interface DeliveryService {
    * its retry is marked FAILED at once; after `graceMs` whatever is still in
    * flight is marked FAILED: an attempt still waiting for a pooled
    * connection as not sent (and it is withdrawn should a connection take it
-   * later), one the relay has as `abandoned` (its answer unknown, unless the
+   * later), one on a connection whose relay stalled before the end of its
+   * data was let go (at MAIL FROM, RCPT TO, mid-DATA) as not sent too (it is
+   * stopped so that this end never goes, whatever the relay does later),
+   * one the relay may have whole as `abandoned` (its answer unknown, unless the
    * relay answers within the last writes: then ACCEPTED, or FAILED with its
    * refusal, a 4xx as not retried because the sender stopped), and a final
    * record still failing to be written gets one last try. The last writes
@@ -166,6 +169,13 @@ interface Job {
    * handed to nodemailer's own builder, which queues it out of sight): from then on the relay may have it.
    */
   departed: boolean;
+  /**
+   * Set when the relay may have the whole message of the attempt now with the transport: the end of its data
+   * was let go to the relay's connection (SendOptions.onEndOfData). Until then drain() can stop it for good.
+   */
+  endOfData: boolean;
+  /** Stops the attempt now with the transport before the end of its data goes (SendOptions.signal); undefined between attempts. */
+  stop: AbortController | undefined;
   /** Set when drain() recorded the attempt in flight as abandoned, the relay's answer unknown. */
   answerUnknown: boolean;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
@@ -320,6 +330,24 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     return fail(job, reason);
   }
 
+  /**
+   * Gives up on the attempt in flight on a connection whose relay stalled
+   * before the end of the message's data was let go (at MAIL FROM, RCPT TO,
+   * or reading the data), drain() having stopped it so that this end never
+   * goes: the relay cannot take the message, so it failed, not sent, with no
+   * attempt recorded (the relay had no message to answer for), and a retry
+   * may send it. Logged and counted as a withdrawn send.
+   */
+  function stopBeforeEndOfData(job: Job): Promise<void> {
+    job.observation.attemptWithdrawn();
+    const number = job.record.attempts.length + 1;
+    return fail(
+      job,
+      `the sender stopped before the relay had the whole message (attempt ${number} was stopped before the end of its data ` +
+        `was sent); nothing was delivered${lastFailure(job.record)}`,
+    );
+  }
+
   /** The ACCEPTED record of `job` after the relay's `acceptance`, with `attempts`. */
   function acceptedRecord(job: Job, attempts: readonly AttemptRecord[], acceptance: SmtpAcceptance): DeliveryRecord {
     return {
@@ -407,9 +435,21 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const atDeparture = departure(job, expiresAt, madeAt, retryMail);
       // Where the wait for a connection ends and the relay's time starts (metrics).
       const onTaken = (): void => job.observation.attemptTaken();
+      const onEndOfData = (): void => {
+        job.endOfData = true;
+      };
+      const stop = new AbortController();
+      job.stop = stop;
       return {
         ok: true,
-        acceptance: await transport.send(mail, { withinMs: expiresAt - clock.now(), atDeparture, logFields: job.observation.logFields("attempt"), onTaken }),
+        acceptance: await transport.send(mail, {
+          withinMs: expiresAt - clock.now(),
+          atDeparture,
+          logFields: job.observation.logFields("attempt"),
+          onTaken,
+          onEndOfData,
+          signal: stop.signal,
+        }),
       };
     } catch (error) {
       if (error instanceof SmtpSendError) return { ok: false, error };
@@ -489,8 +529,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       job.observation.attemptStarted(number);
       job.attemptStartedAt = { wall: startedAt, monotonic: startedMonotonic };
       job.departed = false;
+      job.endOfData = false;
       const result = await attempt(job, mail, expiresAt, madeAt, retryMail);
       job.attemptStartedAt = undefined;
+      job.stop = undefined;
       const durationMs = Math.round(monotonic() - startedMonotonic);
       const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
       if (job.abandoned) {
@@ -662,6 +704,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         abandoned: false,
         attemptStartedAt: undefined,
         departed: false,
+        endOfData: false,
+        stop: undefined,
         answerUnknown: false,
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
@@ -698,9 +742,14 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       const writes: Array<Promise<void>> = [];
       for (const job of jobs) {
         if (job.attemptStartedAt !== undefined) {
-          // Still in the pool's queue, nothing of it sent: not sent, and it never will be (see departure). Else
-          // the relay may have it: its answer is unknown, unless it comes within the last writes.
-          if (job.departed) {
+          // Still in the pool's queue, nothing of it sent: not sent, and it never will be (see departure). On a
+          // connection, the end of its data not let go yet (the relay stalled before it): stopped here, in the same
+          // tick as the look at endOfData, so that end is never written, and not sent either. Else the relay may
+          // have it: its answer is unknown, unless it comes within the last writes.
+          if (job.departed && !job.endOfData && job.stop !== undefined) {
+            job.stop.abort();
+            writes.push(stopBeforeEndOfData(job));
+          } else if (job.departed) {
             writes.push(abandon(job, job.attemptStartedAt));
             writes.push(job.done);
           } else {

@@ -97,24 +97,29 @@ export function pooledMessage(mail: OutgoingMail, random: RandomBytes): PooledMe
  */
 export type Departure = undefined | { readonly raw: Buffer | Promise<Buffer> } | { readonly withdrawn: Error };
 
+/** What sendThroughPool tells, and is told, about a message on its way (all optional). */
+export interface PoolSendHooks {
+  /**
+   * Asked once, when the connection that took the message is ready (just
+   * before the envelope goes out), what the message does then.
+   */
+  readonly depart?: (() => Departure) | undefined;
+  /**
+   * Told once, when the pool takes the message off its queue for a
+   * connection (before connecting it, when the connection is new).
+   */
+  readonly taken?: (() => void) | undefined;
+  /** How the end of the message's data is let go, and what is told about it: see EndOfDataHooks. */
+  readonly endOfData?: EndOfDataHooks | undefined;
+}
+
 /**
  * Sends through the pool; resolves with nodemailer's info, rejects with its
- * error. `taken` is told once, when the pool takes the message off its queue
- * for a connection (before connecting it, when the connection is new).
- * `depart` is asked once, when that connection is ready (just before the
- * envelope goes out), what the message does then. `onEndOfData` is called
- * once the whole message, end-of-data dot included, has been written to the
- * relay's connection (see MessageSource): from then on the relay may have
- * taken it, whatever happens to its reply.
+ * error. `signal` is nodemailer's (an abort fails the send and closes its
+ * connection); `hooks` tell and ask about the message on its way.
  */
-export function sendThroughPool(
-  pool: PoolTransport,
-  message: PooledMessage,
-  signal: AbortSignal,
-  depart?: () => Departure,
-  taken?: () => void,
-  onEndOfData?: () => void,
-): Promise<PoolSendInfo> {
+export function sendThroughPool(pool: PoolTransport, message: PooledMessage, signal: AbortSignal, hooks: PoolSendHooks = {}): Promise<PoolSendInfo> {
+  const { depart, taken, endOfData } = hooks;
   const { from, to, messageId, dsn } = message;
   let raw: Buffer | Promise<Buffer> = message.raw;
   let withdrawn: Error | undefined;
@@ -148,7 +153,7 @@ export function sendThroughPool(
             take();
             return name.toLowerCase() === "message-id" ? messageId : undefined;
           },
-          createReadStream: () => new MessageSource(raw, onEndOfData),
+          createReadStream: () => new MessageSource(raw, endOfData),
         },
       },
       (error, info) => {
@@ -162,23 +167,53 @@ export function sendThroughPool(
 }
 
 /**
+ * The end of a message's data: when it is let go to the relay's connection,
+ * what is told about it, and what keeps it from ever going.
+ *
+ * The end-of-data dot is only ever written because the message source ends
+ * nodemailer's dot-stuffing stream: until then the relay cannot have the
+ * whole message, however much of the rest it has read. The source ends it
+ * (lets it go) only once every byte before it has left for the relay's
+ * socket, so a relay that stopped reading mid-DATA leaves it not let go.
+ */
+export interface EndOfDataHooks {
+  /**
+   * Once aborted, the end of the data is never let go, if it was not yet
+   * (`letGo` was not told): the send fails when it gets to the data (nothing
+   * more of the message is written then), or with its connection. Checked
+   * synchronously where the end would be let go, so an abort decided in the
+   * same tick as a look at `letGo` is certain either way.
+   */
+  readonly stop?: AbortSignal | undefined;
+  /**
+   * Told once, synchronously, as the end of the data is let go (just before
+   * it is written): from then on the relay may have the whole message.
+   */
+  readonly letGo?: (() => void) | undefined;
+  /**
+   * Told once the end of the data has been written to the relay's socket
+   * (handed to the operating system, not just to a stream): a failure after
+   * it leaves it unknown whether the relay took the message.
+   */
+  readonly written?: (() => void) | undefined;
+}
+
+/**
  * A finished message as nodemailer's connection reads it, without a stream.
  * The connection listens for 'error' on its message while the envelope is
  * sent, pipes the message into its dot-stuffing stream once the relay took
  * the envelope, and destroys it if the connection fails first. A Readable
  * holding one Buffer did all that through a real pipe: listeners on both
  * sides, a tick to start flowing, a 'data' event, all per message. Here the
- * pipe is a single `end(raw)` on the destination: the same bytes, then the
- * same end. Bytes still being made (a message made again as it left the
- * queue, being DKIM-signed) are ended into the destination once made; if
- * making them fails, the connection hears that as the message's 'error'.
+ * pipe is a `write(raw)` then an `end()` on the destination: the same
+ * bytes, then the same end. Bytes still being made (a message made again as
+ * it left the queue, being DKIM-signed) are written once made; if making
+ * them fails, the connection hears that as the message's 'error'.
  *
- * It also tells (`onEndOfData`) when the last of those bytes, the
- * end-of-data dot that the destination adds, has been written to the
- * relay's socket: handed to the operating system, not just to a stream.
- * A failure after that (no final reply in time, the connection dropped)
- * leaves it unknown whether the relay took the message; one before it
- * cannot have delivered it.
+ * The end (the end-of-data dot that the destination adds) is let go only
+ * once every byte before it has left for the relay's socket, and never once
+ * `endOfData.stop` is aborted: see EndOfDataHooks. A small message leaves at
+ * once, and its end with it, in the same tick.
  */
 export class MessageSource {
   /**
@@ -193,28 +228,60 @@ export class MessageSource {
    */
   readonly readableDidRead = true;
   readonly #raw: Buffer | Promise<Buffer>;
-  readonly #onEndOfData: (() => void) | undefined;
+  readonly #endOfData: EndOfDataHooks;
   #onError: ((error: Error) => void) | undefined;
 
-  constructor(raw: Buffer | Promise<Buffer>, onEndOfData?: () => void) {
+  constructor(raw: Buffer | Promise<Buffer>, endOfData: EndOfDataHooks = {}) {
     this.#raw = raw;
-    this.#onEndOfData = onEndOfData;
+    this.#endOfData = endOfData;
   }
 
   pipe<T extends NodeJS.WritableStream>(destination: T): T {
     const raw = this.#raw;
-    if (this.#onEndOfData !== undefined) whenAllWritten(destination, this.#onEndOfData);
-    if (Buffer.isBuffer(raw)) destination.end(raw);
+    if (Buffer.isBuffer(raw)) this.#write(destination, raw);
     else {
       void raw.then(
-        (bytes) => destination.end(bytes),
+        (bytes) => this.#write(destination, bytes),
         (error: unknown) => this.#onError?.(error instanceof Error ? error : new Error(String(error))),
       );
     }
     return destination;
   }
 
-  // Only bytes still being made can fail; a Buffer in memory never does and holds nothing to release.
+  #write(destination: NodeJS.WritableStream, bytes: Buffer): void {
+    const { stop, letGo, written } = this.#endOfData;
+    if (stop === undefined) {
+      // Nobody may stop it: the end goes with the bytes, as a plain pipe would.
+      if (written !== undefined) whenAllWritten(destination, written);
+      letGo?.();
+      destination.end(bytes);
+      return;
+    }
+    if (stop.aborted) {
+      this.#stopped();
+      return;
+    }
+    destination.write(bytes);
+    whenSent(destination, stop, () => {
+      // The one place the end is let go: after this check nothing can stop it, before it nothing lets it go.
+      if (stop.aborted) {
+        this.#stopped();
+        return;
+      }
+      letGo?.();
+      if (written !== undefined) whenAllWritten(destination, written);
+      destination.end();
+    });
+  }
+
+  /** Fails the send (nodemailer closes the connection): nothing more of the message is written. */
+  #stopped(): void {
+    const onError = this.#onError;
+    // Not from inside nodemailer's own call to pipe().
+    if (onError !== undefined) process.nextTick(onError, new Error("the sender stopped the message before the end of its data"));
+  }
+
+  // Only bytes still being made, or a stopped message, can fail; a Buffer in memory holds nothing to release.
   on(event: string, listener: (error: Error) => void): this {
     if (event === "error") this.#onError = listener;
     return this;
@@ -230,6 +297,51 @@ export class MessageSource {
   }
 }
 
+/** The socket nodemailer's dot-stuffing stream is piped into, when it can be found (the pipe has no public accessor). */
+function socketOf(dataStream: NodeJS.WritableStream): Socket | undefined {
+  const pipes = (dataStream as { _readableState?: { pipes?: unknown } })._readableState?.pipes;
+  return (Array.isArray(pipes) ? (pipes as unknown[]) : [pipes]).find((pipe): pipe is Socket => pipe instanceof Socket);
+}
+
+/**
+ * Calls `then` once every byte written so far to `dataStream` (nodemailer's
+ * dot-stuffing stream, piped into the connection's socket) has left the
+ * stream and the socket's buffer for the operating system: at once (in the
+ * same tick) when the socket took it all, as it does with a message of a few
+ * kilobytes; else when the relay has read enough, checked again as the socket
+ * drains, or when `stop` aborts (then still `then`, which looks at it). Never
+ * if the socket is destroyed first. Should the socket not be found, at once.
+ */
+function whenSent(dataStream: NodeJS.WritableStream, stop: AbortSignal, then: () => void): void {
+  const socket = socketOf(dataStream);
+  const stream = dataStream as NodeJS.WritableStream & { readonly readableLength?: number; readonly writableLength?: number };
+  const sent = (): boolean =>
+    socket === undefined || ((stream.readableLength ?? 0) === 0 && (stream.writableLength ?? 0) === 0 && socket.writableLength === 0);
+  if (sent()) {
+    then();
+    return;
+  }
+  let done = false;
+  let timer: NodeJS.Timeout | undefined;
+  const finish = (): void => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket?.off("drain", check);
+    stop.removeEventListener("abort", finish);
+    if (socket?.destroyed !== true) then();
+  };
+  function check(): void {
+    if (done) return;
+    if (socket?.destroyed === true || sent()) finish();
+    // 'drain' only follows a write that filled the buffer; otherwise look again shortly.
+    else if (socket?.writableNeedDrain === true) socket.once("drain", check);
+    else timer = setTimeout(check, 10).unref();
+  }
+  stop.addEventListener("abort", finish, { once: true });
+  check();
+}
+
 /**
  * Calls `then` once every byte `dataStream` produces (nodemailer's
  * dot-stuffing stream, which ends the data with `.` and is piped into the
@@ -240,13 +352,12 @@ export class MessageSource {
  * socket.write() (the pipe pauses the stream while the socket pushes back),
  * but socket.write() may still hold bytes the operating system did not take
  * yet (a relay that stopped reading): written means the socket's buffer is
- * empty too. The pipe has no public accessor for its destination; should
- * the socket not be found there, the stream's end is the best point left.
+ * empty too. Should the socket not be found, the stream's end is the best
+ * point left.
  */
 function whenAllWritten(dataStream: NodeJS.WritableStream, then: () => void): void {
   (dataStream as NodeJS.WritableStream & NodeJS.ReadableStream).once("end", () => {
-    const pipes = (dataStream as { _readableState?: { pipes?: unknown } })._readableState?.pipes;
-    const socket = (Array.isArray(pipes) ? (pipes as unknown[]) : [pipes]).find((pipe): pipe is Socket => pipe instanceof Socket);
+    const socket = socketOf(dataStream);
     if (socket === undefined) {
       then();
       return;

@@ -128,6 +128,28 @@ export interface SendOptions {
    */
   readonly onTaken?: (() => void) | undefined;
   /**
+   * Told once, synchronously, when the relay may have the whole message
+   * from then on: as the end of its data (the final dot) is let go to the
+   * relay's connection, every byte before it already written there (a relay
+   * that stopped reading mid-DATA keeps it from being let go). A message only
+   * nodemailer's own builder can make (its stream does not tell) is told when
+   * handed to nodemailer. Not told for a send that never got that far. Must
+   * not throw.
+   */
+  readonly onEndOfData?: (() => void) | undefined;
+  /**
+   * Stops the send, when aborted before onEndOfData was told: the end of the
+   * message's data is then never let go (no bytes of it are written after
+   * the abort), so the relay cannot take the message whatever it does later;
+   * the send rejects with a transient SmtpSendError, errorCode `ESTOPPED`,
+   * once it gets to the data, or when its connection closes (a relay stalled
+   * before DATA: close the transport). The transport only looks at it: an
+   * abort and a look at whether onEndOfData was told, in the same tick, are
+   * certain either way. Aborted after onEndOfData, it changes nothing. A
+   * message only nodemailer's own builder can make is never stopped.
+   */
+  readonly signal?: AbortSignal | undefined;
+  /**
    * Fields put in the transport's log lines about this send (the attempt's
    * `trace_id` and `span_id`): they are written where the active context is
    * the request's, or for a pooled connection's departure another request's.

@@ -212,11 +212,14 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   async function sendOnce(mail: OutgoingMail, sendOptions: SendOptions): Promise<SmtpAcceptance> {
-    const { withinMs, atDeparture, logFields, onTaken } = sendOptions;
+    const { withinMs, atDeparture, logFields, onTaken, onEndOfData, signal: stop } = sendOptions;
     const startedAt = performance.now();
     // Only a send whose code expires before the send timeout gets a timer of its own (rare: a retry
     // near the end of a code's life); every other send shares the timeout's signal.
     const expiry = withinMs !== undefined && withinMs < sendTimeoutMs ? expiryAfter(withinMs) : undefined;
+    // Set once the end of the message's data was let go to the relay's connection (pooled path only): from then
+    // on `stop` cannot keep the relay from having the whole message.
+    let endOfDataLetGo = false;
     // Set once the whole message, end-of-data dot included, was written to the relay's connection (pooled
     // path only: sendMail's own message stream does not tell). A failure after it is no failure to send.
     let endOfDataWritten = false;
@@ -226,22 +229,29 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       if (pooled !== undefined && dkimSigner !== undefined) pooled = { ...pooled, raw: await dkimSigner.sign(pooled.raw) };
       let info: PoolSendInfo;
       if (pool !== undefined && pooled !== undefined) {
-        info = await sendThroughPool(
-          pool,
-          pooled,
-          signal,
-          atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
-          onTaken,
-          () => {
-            endOfDataWritten = true;
+        info = await sendThroughPool(pool, pooled, signal, {
+          depart: atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
+          taken: onTaken,
+          endOfData: {
+            stop,
+            letGo: () => {
+              endOfDataLetGo = true;
+              onEndOfData?.();
+            },
+            written: () => {
+              endOfDataWritten = true;
+            },
           },
-        );
+        });
       } else {
         // nodemailer's builder makes the message before it queues: asked now, not when a connection takes it.
         const next = atDeparture?.(mail) ?? mail;
         if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", next.errorCode ?? "EEXPIRED");
         // Its wait in the pool's queue is out of sight: counted from here as the relay's (see SendOptions.onTaken).
         onTaken?.();
+        // Nor does its message stream tell when its end goes: the relay may have all of it from now on.
+        endOfDataLetGo = true;
+        onEndOfData?.();
         info = await transporter.sendMail({ ...nodemailerMessage(next, random), signal });
       }
       // `ehlo` is the EHLO reply (after STARTTLS) of the very connection that
@@ -258,7 +268,11 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       return acceptance;
     } catch (error) {
       const expired = expiry?.signal.aborted === true && (error as { code?: unknown } | undefined)?.code === "EABORT";
-      const failure = endOfDataWritten
+      // Stopped before its end of data was let go: the relay cannot have it, whatever the connection said after.
+      const failure =
+        stop?.aborted === true && !endOfDataLetGo && !(error instanceof SmtpSendError)
+        ? new SmtpSendError("transient", "the sender stopped the message before the end of its data went to the relay; nothing was delivered", 0, "", "ESTOPPED")
+        : endOfDataWritten
         ? unansweredIfNoReply(expired ? expiredAwaitingReply() : toSmtpSendError(error, sendTimeoutMs, mail.to, mail.redact))
         : expired
           ? new SmtpSendError("transient", "the code expired before the relay took the message; the attempt was given up", 0, "", "EEXPIRED")

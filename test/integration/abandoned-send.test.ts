@@ -16,7 +16,7 @@ import { createSmtpTransport } from "../../src/delivery/smtp-transport.js";
 import { createLogger } from "../../src/logger.js";
 import { call, detailsOf, failure, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
-import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
+import { behave, startSmtpSink, type SinkBehaviour, type SmtpSink } from "../support/smtp-sink.js";
 
 let cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -433,4 +433,153 @@ it("a relay that refuses for now (4xx) within the drain's last writes is recorde
   const [mail] = await sink.waitForMessages(1);
   expect(mail?.envelope.rcptTo).toEqual(["refused-late@example.com"]);
   expect(sink.transactions()).toBe(2);
+});
+
+/**
+ * A delivery service whose relay stalls as `stall` says (a one-connection pool, long socket timeout), with one
+ * message (`text` as its body) on the connection, stalled: records land in `stored`, warnings and errors in `logs`.
+ */
+async function oneMessageStalled(stall: SinkBehaviour, text = "Your code is in the subject") {
+  const sink = await startSmtpSink();
+  sink.respondWith(stall);
+  cleanups.push(() => sink.close());
+  const logs: Record<string, unknown>[] = [];
+  const logger = createLogger({ level: "warn", destination: { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) } });
+  const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 1, socketTimeoutMs: 60_000 });
+  cleanups.push(() => transport.close({ abandonInFlight: true }));
+  const stored = new Map<string, DeliveryRecord>();
+  const delivery = createDeliveryService({
+    store: {
+      putRecord: (record) => {
+        stored.set(record.messageId, record);
+        return Promise.resolve();
+      },
+    },
+    transport,
+    clock: systemClock,
+    logger,
+    maxAttempts: 3,
+    retryBaseDelayMs: 100,
+    retryMaxDelayMs: 100,
+    waitBudgetMs: 50,
+    recordTtlMs: 60_000,
+  });
+  const now = Date.now();
+  void delivery.dispatch(
+    {
+      messageId: "stalled",
+      caller: "test",
+      state: "SENDING",
+      recipientMasked: "s***@example.com",
+      recipientDomain: "example.com",
+      purpose: "login",
+      locale: "en",
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: now + 10 * 60_000,
+      attempts: [],
+      traceId: "",
+    },
+    {
+      from: '"Acme" <no-reply@acme.test>',
+      to: "stalled@example.com",
+      subject: "Your Acme code",
+      text,
+      html: "<p>Your code is in the subject</p>",
+      messageId: "<stalled@acme.test>",
+      headers: {},
+    },
+  );
+  await vi.waitFor(() => expect(sink.stalled()).toBe(1), { timeout: 10_000, interval: 10 });
+  return { sink, transport, delivery, stored, logs };
+}
+
+it("a message whose relay stalls at RCPT TO when the shutdown grace runs out is recorded FAILED, not sent, with no abandoned attempt, and never goes out even if the relay recovers before the pool closes", async () => {
+  const { sink, transport, delivery, stored, logs } = await oneMessageStalled(behave.stall("RCPT TO"));
+
+  await delivery.drain(100);
+  const failed = stored.get("stalled");
+  expect(failed).toMatchObject({ state: "FAILED", attempts: [] });
+  expect(failed?.failureReason).toBe(
+    "the sender stopped before the relay had the whole message (attempt 1 was stopped before the end of its data was sent); nothing was delivered",
+  );
+  expect(logs.filter((line) => line["msg"] === "message abandoned at shutdown: the relay's answer is unknown")).toEqual([]);
+  expect(logs.filter((line) => line["msg"] === "message failed")).toMatchObject([{ message_id: "stalled", attempts: 0 }]);
+
+  // The relay answers RCPT TO now, the pool still open: the transaction reaches DATA, and the message still does not go.
+  sink.resume();
+  await vi.waitFor(() => expect(transport.inProgress()).toBe(0), { timeout: 10_000, interval: 10 });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  expect(sink.messages).toEqual([]);
+  expect(sink.unanswered).toEqual([]);
+  expect(sink.transactions()).toBe(1);
+  expect(stored.get("stalled")).toBe(failed);
+  const ended = logs.filter((line) => line["msg"] === "attempt finished after the sender stopped" && line["message_id"] === "stalled");
+  expect(ended).toMatchObject([{ error_code: "ESTOPPED" }]);
+});
+
+it("a message whose relay stopped reading mid-DATA, before the end of its data could be written, is recorded FAILED, not sent, and its end of data never goes even if the relay reads again", async () => {
+  // Larger than what the loopback connection's buffers hold: the relay has part of the message, never its end.
+  const { sink, transport, delivery, stored } = await oneMessageStalled(
+    behave.stall("mid-DATA"),
+    "Your code is in the subject\n" + "x".repeat(76).concat("\n").repeat(260_000),
+  );
+
+  await delivery.drain(100);
+  expect(stored.get("stalled")).toMatchObject({ state: "FAILED", attempts: [] });
+  expect(stored.get("stalled")?.failureReason).toMatch(/^the sender stopped before the relay had the whole message/);
+
+  // The relay reads everything it is sent now: all of the message but its end, so nothing to deliver.
+  sink.resume();
+  await vi.waitFor(() => expect(transport.inProgress()).toBe(0), { timeout: 10_000, interval: 10 });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  expect(sink.messages).toEqual([]);
+  expect(sink.unanswered).toEqual([]);
+});
+
+it("a keyed send whose relay stalled at RCPT TO when the shutdown grace ran out failed unsent, counted as withdrawn, not abandoned: a retry with its idempotency key, on another instance, sends", async () => {
+  const sink = await startSmtpSink();
+  sink.respondWith(behave.stall("RCPT TO"));
+  cleanups.push(() => sink.close());
+  const prefix = randomPrefix();
+  const instance = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => instance.stop());
+  const request = { recipient: "rcpt-stall@example.com", purpose: Purpose.LOGIN, idempotencyKey: "rcpt-stall-1" };
+  const sent = await call(instance.client, sendOtp, request);
+  expect(sent.state).toBe(DeliveryState.SENDING);
+  await vi.waitFor(() => expect(sink.stalled()).toBe(1), { timeout: 10_000, interval: 20 });
+  instance.client.close();
+  await instance.app.stop(300);
+
+  // Not sent: logged as a failed message, no abandoned attempt, not counted as an SMTP attempt at all.
+  expect(instance.logs.filter((line) => line["msg"] === "message abandoned at shutdown: the relay's answer is unknown")).toEqual([]);
+  expect(instance.logs.filter((line) => line["msg"] === "message failed")).toMatchObject([{ message_id: sent.messageId, attempts: 0 }]);
+  for (const result of ["abandoned", "transient", "unanswered"]) {
+    expect(await metric(instance, "otp_smtp_attempts_total", { result, reply_class: "none" }), result).toBe(0);
+  }
+  await vi.waitFor(async () => {
+    expect(await metric(instance, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "failed" })).toBe(1);
+  });
+  expect(await metric(instance, "otp_smtp_send_duration_seconds_count", { purpose: "login", outcome: "abandoned" })).toBe(0);
+
+  const next = await startInstance({ env: instanceEnv(sink, prefix) });
+  cleanups.push(() => next.stop());
+  const status = await call(next.client, getDeliveryStatus, { messageId: sent.messageId });
+  expect(status.state).toBe(DeliveryState.FAILED);
+  expect(status.attempts).toHaveLength(0);
+  expect(status.failureReason).toMatch(/^the sender stopped before the relay had the whole message .*; nothing was delivered$/);
+  expect(status.explanation).toMatch(/^Never accepted by the relay/);
+
+  // The relay recovers: the stalled transaction (its connection closed at shutdown) delivers nothing.
+  sink.resume();
+  // Nothing was delivered, so the key is free: the retry sends, under a new message_id.
+  const retried = await call(next.client, sendOtp, request);
+  expect(retried.state).toBe(DeliveryState.ACCEPTED);
+  expect(retried.messageId).not.toBe(sent.messageId);
+  const [mail] = await sink.waitForMessages(1);
+  expect(mail?.envelope.rcptTo).toEqual(["rcpt-stall@example.com"]);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  expect(sink.messages).toHaveLength(1);
+  expect(sink.transactions()).toBe(2);
+  expect(JSON.stringify(instance.logs)).not.toContain("rcpt-stall@example.com");
 });

@@ -18,6 +18,9 @@
  * `hold()` makes a relay that has stalled but will recover: every message it
  * would accept is taken whole and left unanswered (the client waits for the
  * final reply, its connection busy) until `release()` answers them all 250.
+ *
+ * `resume()` makes a relay that stalled (at MAIL FROM, RCPT TO or mid-DATA)
+ * recover: the stalled transactions go on and are accepted.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
@@ -135,6 +138,14 @@ export interface SmtpSink {
   release(): void;
   /** How many messages wait for their reply now. */
   held(): number;
+  /**
+   * Ends every stall now waiting at MAIL FROM, RCPT TO or mid-DATA: the
+   * command is answered 250 (the data read), and the transaction goes on
+   * as accepted, its message joining `messages` if its end of data comes.
+   */
+  resume(): void;
+  /** How many transactions wait on a stall that `resume()` would end. */
+  stalled(): number;
   /** Resolves once `count` messages were accepted; rejects after `timeoutMs`. */
   waitForMessages(count: number, timeoutMs?: number): Promise<CapturedMail[]>;
   /** Resolves once `count` messages were taken whole and left unanswered; rejects after `timeoutMs`. */
@@ -166,6 +177,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   let transactions = 0;
   let holding = false;
   const heldReplies: (() => void)[] = [];
+  const stalls: (() => void)[] = [];
 
   const behaviourOf = (session: SMTPServerSession): SinkBehaviour => current.get(session.id) ?? { kind: "accept" };
   const replyAt = (behaviour: SinkBehaviour, stage: SinkStage): Error | undefined =>
@@ -194,6 +206,29 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       envelope: { mailFrom, rcptTo, mailFromArgs, rcptArgs },
       queueId: randomBytes(5).toString("hex").toUpperCase(),
     };
+  }
+
+  /** Takes the whole message and answers 250 (after `delayMs`; when released, if holding). */
+  function accept(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+    delayMs: number | undefined,
+    callback: (error?: Error | null, message?: string) => void,
+  ): void {
+    capture(stream, session).then(
+      (mail) => {
+        const take = (): void => {
+          messages.push(mail);
+          for (const wake of waiters) wake();
+          const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
+          if (delayMs === undefined) reply();
+          else setTimeout(reply, delayMs);
+        };
+        if (holding) heldReplies.push(take);
+        else take();
+      },
+      (error: unknown) => callback(smtpError(451, "4.3.0", `sink could not parse the message: ${String(error)}`)),
+    );
   }
 
   const disabledCommands: string[] = [];
@@ -232,14 +267,26 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       const next = queue[0]?.kind === "reject-auth" ? undefined : queue.shift();
       const behaviour = next ?? { kind: "accept" };
       current.set(session.id, behaviour);
-      if (stallsAt(behaviour, "MAIL FROM")) return;
+      if (stallsAt(behaviour, "MAIL FROM")) {
+        stalls.push(() => {
+          current.set(session.id, { kind: "accept" });
+          callback();
+        });
+        return;
+      }
       callback(replyAt(behaviour, "MAIL FROM"));
     },
 
     onRcptTo(address, session, callback) {
       const routed = options.route?.(address.address);
       if (routed !== undefined) current.set(session.id, routed);
-      if (stallsAt(behaviourOf(session), "RCPT TO")) return;
+      if (stallsAt(behaviourOf(session), "RCPT TO")) {
+        stalls.push(() => {
+          current.set(session.id, { kind: "accept" });
+          callback();
+        });
+        return;
+      }
       callback(replyAt(behaviourOf(session), "RCPT TO"));
     },
 
@@ -261,7 +308,10 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
         case "stall":
           // Mid-DATA: read nothing, so the connection pushes back on the client. Else read everything and
           // answer nothing: the client is left waiting for the final reply.
-          if (behaviour.stage === "mid-DATA") return;
+          if (behaviour.stage === "mid-DATA") {
+            stalls.push(() => accept(stream, session, undefined, callback));
+            return;
+          }
           capture(stream, session).then(leftUnanswered, () => undefined);
           return;
         case "reply":
@@ -283,20 +333,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
           stream.once("end", () => callback(replyAt(behaviour, "DATA")));
           return;
         case "accept":
-          capture(stream, session).then(
-            (mail) => {
-              const accept = (): void => {
-                messages.push(mail);
-                for (const wake of waiters) wake();
-                const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
-                if (behaviour.delayMs === undefined) reply();
-                else setTimeout(reply, behaviour.delayMs);
-              };
-              if (holding) heldReplies.push(accept);
-              else accept();
-            },
-            (error: unknown) => callback(smtpError(451, "4.3.0", `sink could not parse the message: ${String(error)}`)),
-          );
+          accept(stream, session, behaviour.delayMs, callback);
           return;
       }
     },
@@ -365,6 +402,10 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       for (const accept of heldReplies.splice(0)) accept();
     },
     held: () => heldReplies.length,
+    resume() {
+      for (const go of stalls.splice(0)) go();
+    },
+    stalled: () => stalls.length,
     waitForMessages: (count, timeoutMs = 5000) => waitFor(messages, "messages", count, timeoutMs),
     waitForUnanswered: (count, timeoutMs = 5000) => waitFor(unanswered, "unanswered messages", count, timeoutMs),
     close() {

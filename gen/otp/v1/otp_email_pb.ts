@@ -71,9 +71,11 @@ export type SendOtpRequest = Message<"otp.v1.SendOtpRequest"> & {
    * IDEMPOTENT_REQUEST_IN_PROGRESS): retry. A first call that failed in a
    * way a retry can fix (UNAVAILABLE, or retries used up after it answered)
    * does not keep its key: the retry really sends. A send the service gave up
-   * at shutdown while the relay had it, or that the relay had whole and never
-   * answered, may have gone out: its key answers FAILED_PRECONDITION (reason
-   * SEND_OUTCOME_UNKNOWN) and sends nothing more.
+   * at shutdown after its end of data went to the relay, or that the relay
+   * had whole and never answered, may have gone out: its key answers
+   * FAILED_PRECONDITION (reason SEND_OUTCOME_UNKNOWN) and sends nothing more.
+   * One given up at shutdown before its end of data went (the relay stalled
+   * earlier) sent nothing: its key is free.
    * Keys of different callers never meet. At most 128 printable ASCII characters. Optional.
    *
    * @generated from field: string idempotency_key = 6;
@@ -117,7 +119,7 @@ export type SendOtpResponse = Message<"otp.v1.SendOtpResponse"> & {
    * message's state now, which may be later (DELIVERED, BOUNCED...).
    * A message the relay never accepted is not a success: the call fails with FAILED_PRECONDITION (the relay refused it
    * for good, or reason SEND_OUTCOME_UNKNOWN: the service stopped while the
-   * relay had it, or the relay had the whole message and gave no final
+   * relay may have had it whole, or the relay had the whole message and gave no final
    * reply, so it may have gone out) or UNAVAILABLE (relay unreachable, retries used up, our
    * credentials rejected or TLS with the relay failed), with the message_id
    * in google.rpc.ErrorInfo. A send refused at once because the relay is not
@@ -930,8 +932,10 @@ export enum AttemptOutcome {
 
   /**
    * No reply: the service stopped (its shutdown grace period ran out) while
-   * the attempt waited for the relay's answer. Whether the relay took the
-   * message is unknown: it may still arrive.
+   * the attempt waited for the relay's answer, its end of data sent. Whether
+   * the relay took the message is unknown: it may still arrive. (Stopped
+   * before its end of data was sent, nothing was delivered: no attempt is
+   * recorded for it.)
    *
    * @generated from enum value: ATTEMPT_OUTCOME_ABANDONED = 4;
    */
