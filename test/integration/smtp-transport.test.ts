@@ -666,6 +666,61 @@ describe("smtp transport against a real SMTP server", () => {
     }
   });
 
+  describe("a send stopped before the end of its data (SendOptions.signal)", () => {
+    it("a relay stalled at RCPT TO, the send stopped: onEndOfData is never told, the relay that recovers reaches DATA and gets nothing, and the send rejects ESTOPPED", async () => {
+      const sink = await startSink();
+      sink.respondWith(behave.stall("RCPT TO"));
+      const transport = transportFor(sink.url, { socketTimeoutMs: 10_000 });
+      const stop = new AbortController();
+      let told = false;
+      const sending = transport.send(mail(), { signal: stop.signal, onEndOfData: () => (told = true) });
+      await vi.waitFor(() => expect(sink.stalled()).toBe(1));
+
+      stop.abort();
+      sink.resume();
+      const failure: unknown = await sending.catch((error: unknown) => error);
+
+      expect(failure).toBeInstanceOf(SmtpSendError);
+      expect(failure).toMatchObject({ kind: "transient", replyCode: 0, errorCode: "ESTOPPED" });
+      expect(told).toBe(false);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(sink.messages).toEqual([]);
+      expect(sink.unanswered).toEqual([]);
+    });
+
+    it("onEndOfData is told as the end of the data goes, before the relay's reply; a stop then changes nothing", async () => {
+      const sink = await startSink();
+      const transport = transportFor(sink.url);
+      const stop = new AbortController();
+      const events: string[] = [];
+      const acceptance = await transport.send(mail(), {
+        signal: stop.signal,
+        onEndOfData: () => {
+          events.push("end of data");
+          stop.abort();
+        },
+      });
+      events.push("accepted");
+
+      expect(acceptance.replyCode).toBe(250);
+      expect(events).toEqual(["end of data", "accepted"]);
+      expect(sink.messages).toHaveLength(1);
+    });
+
+    it("a message only nodemailer's builder can make is told onEndOfData as it is handed over: it cannot be stopped", async () => {
+      const sink = await startSink();
+      sink.respondWith(behave.stall("RCPT TO"));
+      const transport = transportFor(sink.url, { socketTimeoutMs: 10_000 });
+      let told = false;
+      const sending = transport.send(mail({ to: "jöhn@example.com" }), { signal: new AbortController().signal, onEndOfData: () => (told = true) });
+      void sending.catch(() => undefined);
+
+      await vi.waitFor(() => expect(sink.stalled()).toBe(1));
+      expect(told).toBe(true);
+      await transport.close({ abandonInFlight: true });
+    });
+  });
+
   it("refuses to send once closed", async () => {
     const sink = await startSink();
     const transport = transportFor(sink.url);
