@@ -317,7 +317,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const smtpPoolConnectionsInUse = new Gauge({
     name: "otp_smtp_pool_connections_in_use",
-    help: "Pooled SMTP connections carrying a message now (attempts in flight, capped at the pool size).",
+    help:
+      "Pooled SMTP connections carrying a message now: from when a connection takes an attempt off the pool's queue " +
+      "(connecting to the relay included) until its send ends, whatever the outcome; at most otp_smtp_pool_size.",
     registers,
   });
   const smtpPoolSize = new Gauge({
