@@ -176,6 +176,11 @@ interface Job {
   endOfData: boolean;
   /** Stops the attempt now with the transport before the end of its data goes (SendOptions.signal); undefined between attempts. */
   stop: AbortController | undefined;
+  /**
+   * When a pooled connection took the attempt now with the transport (monotonic ms, SendOptions.onTaken): its
+   * wait for a connection ended then. Undefined while it waits, and between attempts.
+   */
+  attemptTakenAt: number | undefined;
   /** Set when drain() recorded the attempt in flight as abandoned, the relay's answer unknown. */
   answerUnknown: boolean;
   /** Wakes a backoff sleep early (drain); undefined when not sleeping. */
@@ -291,10 +296,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     const now = clock.now();
     const startedAt = started.wall;
     const number = job.record.attempts.length + 1;
+    const durationMs = Math.round(monotonic() - started.monotonic);
     const attempt: AttemptRecord = {
       number,
       startedAt,
-      durationMs: Math.round(monotonic() - started.monotonic),
+      durationMs,
+      poolWaitMs: poolWaitOf(job, started.monotonic, durationMs),
       outcome: "abandoned",
       replyCode: 0,
       enhancedStatus: "",
@@ -434,7 +441,10 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     try {
       const atDeparture = departure(job, expiresAt, madeAt, retryMail);
       // Where the wait for a connection ends and the relay's time starts (metrics).
-      const onTaken = (): void => job.observation.attemptTaken();
+      const onTaken = (): void => {
+        job.attemptTakenAt ??= monotonic();
+        job.observation.attemptTaken();
+      };
       const onEndOfData = (): void => {
         job.endOfData = true;
       };
@@ -461,6 +471,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       // Whatever drain() decided meanwhile: a connection that took the send carries it until now.
       job.observation.attemptSettled();
     }
+  }
+
+  /** How much of an attempt that started at `startedMonotonic` and lasted `durationMs` was the wait for a pooled connection. */
+  function poolWaitOf(job: Job, startedMonotonic: number, durationMs: number): number {
+    // Never taken: all of it was the wait (its code expired in the queue, the transport was closed...).
+    if (job.attemptTakenAt === undefined) return durationMs;
+    return Math.min(durationMs, Math.max(0, Math.round(job.attemptTakenAt - startedMonotonic)));
   }
 
   /** Backoff before the attempt after attempt `n`: full jitter over a capped exponential. */
@@ -533,11 +550,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       job.attemptStartedAt = { wall: startedAt, monotonic: startedMonotonic };
       job.departed = false;
       job.endOfData = false;
+      job.attemptTakenAt = undefined;
       const result = await attempt(job, mail, expiresAt, madeAt, retryMail);
       job.attemptStartedAt = undefined;
       job.stop = undefined;
       const durationMs = Math.round(monotonic() - startedMonotonic);
-      const attemptRecord = toAttemptRecord(number, startedAt, durationMs, result);
+      const poolWaitMs = poolWaitOf(job, startedMonotonic, durationMs);
+      const attemptRecord = toAttemptRecord(number, startedAt, durationMs, poolWaitMs, result);
       if (job.abandoned) {
         if (!result.ok && result.error.replyCode > 0 && job.answerUnknown && !finalWritesOver) {
           // A refusal is the relay's answer as much as an acceptance is: it goes in over the guess the same way.
@@ -607,6 +626,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           error_code: attemptRecord.errorCode,
           relay,
           duration_ms: durationMs,
+          // Of duration_ms, the wait for a free pooled connection: the rest is the relay's time.
+          pool_wait_ms: poolWaitMs,
         },
         "smtp attempt",
       );
@@ -709,6 +730,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         departed: false,
         endOfData: false,
         stop: undefined,
+        attemptTakenAt: undefined,
         answerUnknown: false,
         wake: undefined,
         observation: observer.sendStarted(record, transport.relay),
@@ -802,13 +824,14 @@ function refusalReason(relay: string, error: SmtpSendError): string {
     : `the relay ${relay} refused the message: "${error.replyText}"`;
 }
 
-function toAttemptRecord(number: number, startedAt: number, durationMs: number, result: AttemptResult): AttemptRecord {
+function toAttemptRecord(number: number, startedAt: number, durationMs: number, poolWaitMs: number, result: AttemptResult): AttemptRecord {
   if (result.ok) {
     const { acceptance } = result;
     return {
       number,
       startedAt,
       durationMs,
+      poolWaitMs,
       outcome: "accepted",
       replyCode: acceptance.replyCode,
       enhancedStatus: acceptance.enhancedStatus,
@@ -821,6 +844,7 @@ function toAttemptRecord(number: number, startedAt: number, durationMs: number, 
     number,
     startedAt,
     durationMs,
+    poolWaitMs,
     // Rejected credentials are permanent for the message: retrying cannot fix them.
     outcome: error.kind === "transient" || error.kind === "unanswered" ? error.kind : "permanent",
     replyCode: error.replyCode,

@@ -43,7 +43,16 @@ export type AttemptOutcome = "accepted" | "transient" | "permanent" | "abandoned
 export interface AttemptRecord {
   readonly number: number;
   readonly startedAt: number;
+  /** From handing the message to the transport to its end: the wait for a pooled connection included. */
   readonly durationMs: number;
+  /**
+   * Of durationMs, how long the attempt waited for a free pooled connection
+   * (the sender's own backlog) before one took it; durationMs minus this is
+   * the relay's time (connecting, TLS, AUTH, the transaction). All of
+   * durationMs for an attempt no connection took. Absent on attempts recorded
+   * before it was kept: unknown.
+   */
+  readonly poolWaitMs?: number | undefined;
   readonly outcome: AttemptOutcome;
   /** SMTP reply code; 0 when the relay never replied. */
   readonly replyCode: number;

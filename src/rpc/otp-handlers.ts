@@ -299,6 +299,8 @@ function deliveryAttempt(attempt: AttemptRecord): Init<typeof DeliveryAttemptSch
     enhancedStatusCode: attempt.enhancedStatus,
     replyText: attempt.replyText,
     errorCode: attempt.errorCode,
+    // Unset, not zero, for an attempt recorded before the wait was kept: unknown.
+    ...(attempt.poolWaitMs === undefined ? {} : { poolWait: duration(attempt.poolWaitMs) }),
   };
 }
 

@@ -97,6 +97,7 @@ const acceptedRecord: DeliveryRecord = {
       number: 2,
       startedAt: t0 + 2_000,
       durationMs: 480,
+      poolWaitMs: 120,
       outcome: "accepted",
       replyCode: 250,
       enhancedStatus: "2.0.0",
@@ -475,7 +476,7 @@ describe("gRPC server", () => {
   });
 
   describe("GetDeliveryStatus", () => {
-    it("translates the record: state, purpose, timestamps, attempts and relay reply", async () => {
+    it("translates the record: state, purpose, timestamps, attempts (their wait for a connection unset where an older record lacks it) and relay reply", async () => {
       for (const response of [
         await grpcUnary(grpcClient, OtpEmailService.method.getDeliveryStatus, { messageId: "msg-1" }),
         await connectClient.getDeliveryStatus({ messageId: "msg-1" }),
@@ -495,6 +496,7 @@ describe("gRPC server", () => {
             number: a.number,
             startedAt: timestampMs(a.startedAt!),
             durationMs: durationMs(a.duration!),
+            poolWaitMs: a.poolWait === undefined ? "unset" : durationMs(a.poolWait),
             outcome: a.outcome,
             replyCode: a.replyCode,
             enhanced: a.enhancedStatusCode,
@@ -505,6 +507,8 @@ describe("gRPC server", () => {
             number: 1,
             startedAt: t0 + 10,
             durationMs: 1_250,
+            // Recorded before the wait was kept (no poolWaitMs): unknown, so unset rather than 0.
+            poolWaitMs: "unset",
             outcome: AttemptOutcome.TRANSIENT_FAILURE,
             replyCode: 421,
             enhanced: "4.7.0",
@@ -514,6 +518,7 @@ describe("gRPC server", () => {
             number: 2,
             startedAt: t0 + 2_000,
             durationMs: 480,
+            poolWaitMs: 120,
             outcome: AttemptOutcome.ACCEPTED,
             replyCode: 250,
             enhanced: "2.0.0",

@@ -1,14 +1,21 @@
 /**
- * What the pool gauges say about waiting for a pooled connection, on the real service (real gRPC over a socket, real Redis, a
+ * What the pool gauges and the attempt record say about waiting for a pooled
+ * connection, on the real service (real gRPC over a socket, real Redis, a
  * real SMTP server on loopback, or a port nothing listens on):
  *
- * otp_smtp_pool_connections_in_use counts the connections that carry a
+ * - otp_smtp_pool_connections_in_use counts the connections that carry a
  *   message, not the attempts in flight: with messages queued behind one
  *   slow connection it says 1 (and the backlog the rest); with the relay
  *   refusing connections, attempts wait in the pool's queue while no
  *   connection is in use, and it says 0. Never above the pool size, never
  *   above the attempts in flight, never negative.
+ * - GetDeliveryStatus shows, per attempt, the wait for a connection
+ *   (`pool_wait`) apart from its whole duration, and so does the
+ *   "smtp attempt" log line (`pool_wait_ms`): a message that waited 2 s
+ *   behind others for a relay that answers in 1 s does not read as a
+ *   relay that took 3 s.
  */
+import { durationMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import { grpcUnary } from "../support/grpc.js";
@@ -16,7 +23,7 @@ import { startObservedService, type ObservedService } from "../support/observed-
 import { freePort } from "../support/ports.js";
 import { behave } from "../support/smtp-sink.js";
 
-const { sendOtp } = OtpEmailService.method;
+const { sendOtp, getDeliveryStatus } = OtpEmailService.method;
 
 interface PoolSample {
   readonly inUse: number;
@@ -64,8 +71,8 @@ function expectBounded(samples: readonly PoolSample[], poolSize: number): void {
   }
 }
 
-describe("one pooled connection, a relay that answers each message in 600 ms, three sends at once", () => {
-  const relayMs = 600;
+describe("one pooled connection, a relay that answers each message in 1 s, three sends at once", () => {
+  const relayMs = 1000;
   let service: ObservedService;
 
   beforeAll(async () => {
@@ -73,7 +80,7 @@ describe("one pooled connection, a relay that answers each message in 600 ms, th
   });
   afterAll(() => service.stop());
 
-  it("the gauge says one connection in use and the backlog two waiting while three attempts are in flight", async () => {
+  it("the gauge says one connection in use and the backlog two waiting while three attempts are in flight; the record and the log line show each wait apart", async () => {
     service.sink.respondWith(...Array.from({ length: 3 }, () => behave.accept({ delayMs: relayMs })));
     const { result: answers, samples } = await sampled(
       service,
@@ -86,6 +93,30 @@ describe("one pooled connection, a relay that answers each message in 600 ms, th
     expectBounded(samples, 1);
     expect(samples).toContainEqual({ inUse: 1, inFlight: 3, backlog: 2 });
     expect(await poolGauges(service)).toEqual({ inUse: 0, inFlight: 0, backlog: 0 });
+
+    const attempts = await Promise.all(
+      answers.map(async (answer) => {
+        const status = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: answer.messageId });
+        expect(status.attempts).toHaveLength(1);
+        const attempt = status.attempts[0];
+        expect(attempt.poolWait).toBeDefined();
+        return { messageId: answer.messageId, duration: durationMs(attempt.duration!), poolWait: durationMs(attempt.poolWait!) };
+      }),
+    );
+    for (const attempt of attempts) {
+      // The relay's own time: its 1 s, whatever the wait before it.
+      expect(attempt.duration - attempt.poolWait, JSON.stringify(attempt)).toBeGreaterThanOrEqual(relayMs - 50);
+      expect(attempt.duration - attempt.poolWait, JSON.stringify(attempt)).toBeLessThan(relayMs + 900);
+    }
+    // The one that went last waited for both before it (about 2 s of its 3 s; the calls reach the pool a little apart).
+    const longest = attempts.reduce((a, b) => (b.poolWait > a.poolWait ? b : a));
+    expect(longest.poolWait).toBeGreaterThanOrEqual(relayMs + 500);
+    expect(longest.duration).toBeGreaterThanOrEqual(longest.poolWait + relayMs - 50);
+
+    for (const attempt of attempts) {
+      const line = service.logs().find((entry) => entry["msg"] === "smtp attempt" && entry["message_id"] === attempt.messageId);
+      expect(line).toMatchObject({ duration_ms: attempt.duration, pool_wait_ms: attempt.poolWait });
+    }
   });
 });
 
@@ -119,5 +150,14 @@ describe("one pooled connection, a relay that refuses connections, four sends at
     // The pool waits before it tries the next queued message after a connection failed: attempts in flight, none on a connection.
     expect(samples.some((sample) => sample.inFlight >= 2 && sample.inUse === 0)).toBe(true);
     expect(await poolGauges(service)).toEqual({ inUse: 0, inFlight: 0, backlog: 0 });
+
+    // Every attempt that could not connect was taken by the connection that tried: its wait ended then, and the
+    // record says how much of it was the wait.
+    const status = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: messageIds[0]! });
+    expect(status.attempts.length).toBeGreaterThanOrEqual(1);
+    for (const attempt of status.attempts) {
+      expect(attempt.errorCode).toBe("ECONNREFUSED");
+      expect(durationMs(attempt.poolWait!)).toBeLessThanOrEqual(durationMs(attempt.duration!));
+    }
   });
 });
