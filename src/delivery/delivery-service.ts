@@ -134,7 +134,7 @@ export interface DeliveryService {
    * flight is marked FAILED: an attempt still waiting for a pooled
    * connection as not sent (and it is withdrawn should a connection take it
    * later), one on a connection whose relay stalled before the end of its
-   * data was let go (at MAIL FROM, RCPT TO, mid-DATA) as not sent too (it is
+   * data was let go (at MAIL FROM, RCPT TO, DATA) as not sent too (it is
    * stopped so that this end never goes, whatever the relay does later),
    * one the relay may have whole as `abandoned` (its answer unknown, unless the
    * relay answers within the last writes: then ACCEPTED, or FAILED with its

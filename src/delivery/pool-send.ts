@@ -172,9 +172,13 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
  *
  * The end-of-data dot is only ever written because the message source ends
  * nodemailer's dot-stuffing stream: until then the relay cannot have the
- * whole message, however much of the rest it has read. The source ends it
- * (lets it go) only once every byte before it has left for the relay's
- * socket, so a relay that stopped reading mid-DATA leaves it not let go.
+ * whole message. The source ends it (lets it go) with the message's bytes,
+ * at once, as the relay takes the envelope and DATA is under way: an OTP
+ * message is a few kilobytes, which the socket takes in one write, so the
+ * end does not wait for the rest to drain (waiting, even a tick, cost every
+ * message a turn of the event loop; a relay that stalls mid-DATA of a
+ * message this small is not seen in practice). An attempt stopped after
+ * that is treated as one the relay may have whole: the safe side.
  */
 export interface EndOfDataHooks {
   /**
@@ -205,15 +209,14 @@ export interface EndOfDataHooks {
  * the envelope, and destroys it if the connection fails first. A Readable
  * holding one Buffer did all that through a real pipe: listeners on both
  * sides, a tick to start flowing, a 'data' event, all per message. Here the
- * pipe is a `write(raw)` then an `end()` on the destination: the same
- * bytes, then the same end. Bytes still being made (a message made again as
- * it left the queue, being DKIM-signed) are written once made; if making
- * them fails, the connection hears that as the message's 'error'.
+ * pipe is a single `end(raw)` on the destination: the same bytes, then the
+ * same end. Bytes still being made (a message made again as it left the
+ * queue, being DKIM-signed) are ended into the destination once made; if
+ * making them fails, the connection hears that as the message's 'error'.
  *
- * The end (the end-of-data dot that the destination adds) is let go only
- * once every byte before it has left for the relay's socket, and never once
- * `endOfData.stop` is aborted: see EndOfDataHooks. A small message leaves at
- * once, and its end with it, in the same tick.
+ * The end (the end-of-data dot that the destination adds) goes with the
+ * bytes, at once, unless `endOfData.stop` was aborted before: see
+ * EndOfDataHooks.
  */
 export class MessageSource {
   /**
@@ -250,28 +253,14 @@ export class MessageSource {
 
   #write(destination: NodeJS.WritableStream, bytes: Buffer): void {
     const { stop, letGo, written } = this.#endOfData;
-    if (stop === undefined) {
-      // Nobody may stop it: the end goes with the bytes, as a plain pipe would.
-      if (written !== undefined) whenAllWritten(destination, written);
-      letGo?.();
-      destination.end(bytes);
-      return;
-    }
-    if (stop.aborted) {
+    // The one place the end is let go: after this check nothing can stop it, before it nothing lets it go.
+    if (stop?.aborted === true) {
       this.#stopped();
       return;
     }
-    destination.write(bytes);
-    whenSent(destination, stop, () => {
-      // The one place the end is let go: after this check nothing can stop it, before it nothing lets it go.
-      if (stop.aborted) {
-        this.#stopped();
-        return;
-      }
-      letGo?.();
-      if (written !== undefined) whenAllWritten(destination, written);
-      destination.end();
-    });
+    letGo?.();
+    if (written !== undefined) whenAllWritten(destination, written);
+    destination.end(bytes);
   }
 
   /** Fails the send (nodemailer closes the connection): nothing more of the message is written. */
@@ -301,45 +290,6 @@ export class MessageSource {
 function socketOf(dataStream: NodeJS.WritableStream): Socket | undefined {
   const pipes = (dataStream as { _readableState?: { pipes?: unknown } })._readableState?.pipes;
   return (Array.isArray(pipes) ? (pipes as unknown[]) : [pipes]).find((pipe): pipe is Socket => pipe instanceof Socket);
-}
-
-/**
- * Calls `then` once every byte written so far to `dataStream` (nodemailer's
- * dot-stuffing stream, piped into the connection's socket) has left the
- * stream and the socket's buffer for the operating system: at once (in the
- * same tick) when the socket took it all, as it does with a message of a few
- * kilobytes; else when the relay has read enough, checked again as the socket
- * drains, or when `stop` aborts (then still `then`, which looks at it). Never
- * if the socket is destroyed first. Should the socket not be found, at once.
- */
-function whenSent(dataStream: NodeJS.WritableStream, stop: AbortSignal, then: () => void): void {
-  const socket = socketOf(dataStream);
-  const stream = dataStream as NodeJS.WritableStream & { readonly readableLength?: number; readonly writableLength?: number };
-  const sent = (): boolean =>
-    socket === undefined || ((stream.readableLength ?? 0) === 0 && (stream.writableLength ?? 0) === 0 && socket.writableLength === 0);
-  if (sent()) {
-    then();
-    return;
-  }
-  let done = false;
-  let timer: NodeJS.Timeout | undefined;
-  const finish = (): void => {
-    if (done) return;
-    done = true;
-    clearTimeout(timer);
-    socket?.off("drain", check);
-    stop.removeEventListener("abort", finish);
-    if (socket?.destroyed !== true) then();
-  };
-  function check(): void {
-    if (done) return;
-    if (socket?.destroyed === true || sent()) finish();
-    // 'drain' only follows a write that filled the buffer; otherwise look again shortly.
-    else if (socket?.writableNeedDrain === true) socket.once("drain", check);
-    else timer = setTimeout(check, 10).unref();
-  }
-  stop.addEventListener("abort", finish, { once: true });
-  check();
 }
 
 /**

@@ -130,8 +130,8 @@ export interface SendOptions {
   /**
    * Told once, synchronously, when the relay may have the whole message
    * from then on: as the end of its data (the final dot) is let go to the
-   * relay's connection, every byte before it already written there (a relay
-   * that stopped reading mid-DATA keeps it from being let go). A message only
+   * relay's connection, with the rest of the message, once the relay has
+   * taken the envelope and DATA is under way. A message only
    * nodemailer's own builder can make (its stream does not tell) is told when
    * handed to nodemailer. Not told for a send that never got that far. Must
    * not throw.

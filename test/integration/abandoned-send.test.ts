@@ -518,23 +518,18 @@ it("a message whose relay stalls at RCPT TO when the shutdown grace runs out is 
   expect(ended).toMatchObject([{ error_code: "ESTOPPED" }]);
 });
 
-it("a message whose relay stopped reading mid-DATA, before the end of its data could be written, is recorded FAILED, not sent, and its end of data never goes even if the relay reads again", async () => {
-  // Larger than what the loopback connection's buffers hold: the relay has part of the message, never its end.
-  const { sink, transport, delivery, stored } = await oneMessageStalled(
+it("a message whose relay stopped reading mid-DATA is recorded abandoned, its answer unknown: its end of data went with its bytes, the safe side", async () => {
+  // Larger than what the loopback connection's buffers hold: the relay has part of the message and may read the rest.
+  // The end of data is let go with the bytes (an OTP mail leaves in one write; waiting for each to drain cost every
+  // message a turn of the event loop), so the sender cannot promise the relay never gets it whole.
+  const { sink, delivery, stored } = await oneMessageStalled(
     behave.stall("mid-DATA"),
     "Your code is in the subject\n" + "x".repeat(76).concat("\n").repeat(260_000),
   );
 
   await delivery.drain(100);
-  expect(stored.get("stalled")).toMatchObject({ state: "FAILED", attempts: [] });
-  expect(stored.get("stalled")?.failureReason).toMatch(/^the sender stopped before the relay had the whole message/);
-
-  // The relay reads everything it is sent now: all of the message but its end, so nothing to deliver.
+  expect(stored.get("stalled")).toMatchObject({ state: "FAILED", attempts: [{ outcome: "abandoned" }] });
   sink.resume();
-  await vi.waitFor(() => expect(transport.inProgress()).toBe(0), { timeout: 10_000, interval: 10 });
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  expect(sink.messages).toEqual([]);
-  expect(sink.unanswered).toEqual([]);
 });
 
 it("a keyed send whose relay stalled at RCPT TO when the shutdown grace ran out failed unsent, counted as withdrawn, not abandoned: a retry with its idempotency key, on another instance, sends", async () => {
