@@ -252,7 +252,7 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
           if (span === undefined) return;
           setInFlight(-1);
           span.setAttribute(attributes.errorType, "withdrawn");
-          span.setStatus({ code: SpanStatusCode.ERROR, message: "withdrawn: the sender stopped before the message reached the relay" });
+          span.setStatus({ code: SpanStatusCode.ERROR, message: "withdrawn: the sender stopped before the relay had the whole message (nothing was delivered)" });
           span.end();
         },
 

@@ -241,7 +241,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
       "SendOtp requests by purpose and outcome: accepted (the relay replied 2xx), pending (answered before the relay did: after the wait budget or before the caller's deadline; attempts go on), " +
       "suppressed (recipient hard-bounced recently), relay_rejected (5xx), relay_unavailable (unreachable, retries used up, credentials refused), " +
       "backlog_full (refused before anything was spent: the relay is not keeping up and SMTP_MAX_BACKLOG messages wait for a connection), " +
-      "abandoned (a send given up at shutdown while the relay had it, its answer unknown), " +
+      "abandoned (a send given up at shutdown after its whole message went to the relay, its answer unknown), " +
       "unanswered (the relay had the whole message and gave no final reply: its answer unknown, not sent again), " +
       "rate_limited, invalid (bad request), denied (caller unauthenticated or not allowed the purpose), " +
       "replayed (a repeated idempotency_key answered with the first request's outcome: nothing sent, the first request counted under its own outcome), " +
@@ -267,7 +267,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_smtp_attempts_total",
     help:
       "SMTP attempts (one transaction with the relay each) by result (ok, transient, permanent, abandoned: given up at shutdown " +
-      "while the relay had the message, its answer unknown; unanswered: the relay had the whole message and gave no final " +
+      "after the whole message went to the relay, its answer unknown; unanswered: the relay had the whole message and gave no final " +
       "reply (timeout, dropped connection), its answer unknown, not retried; expired: given up because the code expired, or had less than a " +
       "minute left, before the relay took the message, mostly while it waited for a connection behind a slow relay; " +
       "not a relay failure; internal: ended by a bug of the service, logged as an error, not a relay failure either) " +
