@@ -11,21 +11,13 @@ import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_em
 import { grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { behave } from "../support/smtp-sink.js";
+import { sampleValue } from "../support/metric-samples.js";
 
 const { sendOtp } = OtpEmailService.method;
 
-/** One sample's value (a histogram's `_bucket`, `_sum` or `_count` too), by name and exact labels; undefined when absent. */
-async function series(service: ObservedService, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
-    for (const value of metric.values) {
-      const metricName = (value as { metricName?: string }).metricName ?? metric.name;
-      if (metricName !== name) continue;
-      const actual = value.labels as Record<string, string | number>;
-      const keys = Object.keys(actual);
-      if (keys.length === Object.keys(labels).length && keys.every((key) => String(actual[key]) === labels[key])) return value.value;
-    }
-  }
-  return undefined;
+/** One sample's value from the service's registry, by name and exact labels; undefined when the series does not exist. */
+function series(service: ObservedService, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  return sampleValue(service.metrics.registry, name, labels);
 }
 
 describe("a relay that answers each message in 400 ms, one pooled connection, five sends at once", () => {

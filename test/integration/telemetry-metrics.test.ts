@@ -25,6 +25,7 @@ import { GrpcHealthClient, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 import { startRedisServer } from "../support/redis.js";
 import { behave } from "../support/smtp-sink.js";
+import { sampleValue } from "../support/metric-samples.js";
 
 const { sendOtp, verifyOtp, getDeliveryStatus } = OtpEmailService.method;
 
@@ -43,18 +44,9 @@ const scriptedLimiter: SendLimiter = {
   },
 };
 
-/** One sample's value from the registry, by metric name and exact labels; undefined when the series does not exist. */
-async function series(service: ObservedService, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
-    for (const value of metric.values) {
-      const metricName = (value as { metricName?: string }).metricName ?? metric.name;
-      if (metricName !== name) continue;
-      const actual = value.labels as Record<string, string | number>;
-      const keys = Object.keys(actual);
-      if (keys.length === Object.keys(labels).length && keys.every((key) => String(actual[key]) === labels[key])) return value.value;
-    }
-  }
-  return undefined;
+/** One sample's value from the service's registry, by name and exact labels; undefined when the series does not exist. */
+function series(service: ObservedService, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  return sampleValue(service.metrics.registry, name, labels);
 }
 
 /** The same, 0 when absent. */

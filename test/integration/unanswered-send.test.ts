@@ -14,6 +14,7 @@ import { AttemptOutcome, DeliveryState, Purpose } from "../../gen/otp/v1/otp_ema
 import { call, detailsOf, failure, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink, type SinkBehaviour, type SmtpSink } from "../support/smtp-sink.js";
+import { sampleValue } from "../support/metric-samples.js";
 
 let cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -22,17 +23,8 @@ afterEach(async () => {
 });
 
 /** The value of sample `name` with exactly `labels` (a histogram's `_count` too); undefined when there is none. */
-async function metric(instance: Instance, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const familyName = name.replace(/_count$/, "");
-  const family = instance.app.metrics.registry.getSingleMetric(familyName);
-  if (family === undefined) return undefined;
-  const { values } = await family.get();
-  const wanted = Object.entries(labels);
-  return values.find((value) => {
-    const sample = (value as { metricName?: string }).metricName ?? familyName;
-    const actual = Object.entries(value.labels);
-    return sample === name && actual.length === wanted.length && wanted.every(([key, text]) => String(value.labels[key]) === text);
-  })?.value;
+function metric(instance: Instance, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  return sampleValue(instance.app.metrics.registry, name, labels);
 }
 
 /**
