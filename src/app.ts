@@ -254,7 +254,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     const backlog = createSendBacklog({
       limit: config.smtp.maxBacklog,
       connections: config.smtp.maxConnections,
-      sendsInProgress: () => transport.inProgress(),
+      transport,
       logger,
     });
     metrics.watchBacklog(backlog);

@@ -8,21 +8,28 @@
  * wait beyond it is turned away before anything is rendered, stored or
  * spent, so SendOtp can answer at once and truthfully.
  *
- * Waiting are: messages that took a place and were not handed to the
- * transport yet (SendOtp between its checks and the dispatch), and the
- * transport's sends beyond its connections (at most that many are on a
- * connection; the rest queue in the pool). Retries of messages already taken
- * on go to the transport without a place: they are counted, never turned away.
+ * Waiting are: the transport's sends no pooled connection has taken yet,
+ * counted as the pool takes them (SmtpTransport.waitingForConnection), so
+ * that a send waits here however many connections the pool has: behind busy
+ * ones, and while the pool pauses before it opens one again (after one
+ * failed, or was recycled after SMTP_MAX_MESSAGES_PER_CONNECTION); and the
+ * messages that took a place and were not handed to the transport yet
+ * (SendOtp between its checks and the dispatch), those beyond the
+ * connections free for them: a connection that carries nothing and that no
+ * waiting send is first in line for takes one at once. Retries of messages
+ * already taken on go to the transport without a place: they are counted,
+ * never turned away.
  */
 import type { Logger } from "../logger.js";
+import type { SmtpTransport } from "./smtp-transport-types.js";
 
 export interface SendBacklogOptions {
   /** Most messages that may wait for a connection (SMTP_MAX_BACKLOG); undefined: no bound. */
   readonly limit: number | undefined;
-  /** The transport's pooled connections (SMTP_POOL_SIZE): that many sends in it are on a connection. */
+  /** The transport's pooled connections (SMTP_POOL_SIZE). */
   readonly connections: number;
-  /** Sends in the transport now, on a connection or waiting for one (SmtpTransport.inProgress). */
-  readonly sendsInProgress: () => number;
+  /** The transport's sends as it counts them: those no connection has taken yet, and those on one. */
+  readonly transport: Pick<SmtpTransport, "waitingForConnection" | "onConnection">;
   readonly logger: Logger;
 }
 
@@ -45,7 +52,7 @@ export interface SendBacklog {
 }
 
 export function createSendBacklog(options: SendBacklogOptions): SendBacklog {
-  const { limit, connections, sendsInProgress } = options;
+  const { limit, connections, transport } = options;
   if (!Number.isInteger(connections) || connections < 1) {
     throw new Error(`send backlog: connections must be a positive integer, got ${connections}`);
   }
@@ -58,7 +65,12 @@ export function createSendBacklog(options: SendBacklogOptions): SendBacklog {
   /** Refusals since the backlog last had room; 0 while it has room. */
   let refused = 0;
 
-  const size = (): number => Math.max(0, placed + sendsInProgress() - connections);
+  const size = (): number => {
+    const waiting = transport.waitingForConnection();
+    // Free for a place: connections carrying nothing, less those the waiting sends are first in line for.
+    const free = connections - transport.onConnection() - waiting;
+    return waiting + Math.max(0, placed - Math.max(0, free));
+  };
 
   const leaveOnce = (): BacklogPlace => {
     let left = false;

@@ -180,6 +180,18 @@ export interface SmtpTransport {
    * waiting for one (at most the pool's size are on a connection).
    */
   inProgress(): number;
+  /**
+   * Of inProgress, the sends no pooled connection has taken yet: in the
+   * pool's queue (or being DKIM-signed before it). Counted as the pool takes
+   * them (see SendOptions.onTaken), not estimated from the pool's size: a
+   * send waits here while connections are free but not taking it (the pool
+   * pauses before it opens a connection again after one failed or was
+   * recycled). A message only nodemailer's own builder can make counts as
+   * taken once handed to nodemailer, whose queue it then waits in out of sight.
+   */
+  waitingForConnection(): number;
+  /** Of inProgress, the sends a pooled connection has taken (connecting it first, when new) and not finished. */
+  onConnection(): number;
   /** Connects, negotiates TLS and authenticates, then hangs up. Rejects with SmtpSendError. */
   verify(): Promise<void>;
   /**

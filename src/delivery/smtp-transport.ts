@@ -165,6 +165,10 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   const inFlight = new Set<Promise<unknown>>();
+  // Of the sends in flight, those no pooled connection has taken yet and those on one: counted as each is
+  // taken and settles, for the send backlog (read per SendOtp: a count, not a look through the pool).
+  let sendsWaiting = 0;
+  let sendsOnConnection = 0;
   let closed: Promise<void> | undefined;
   const random = createRandomPool();
   const deadline = createDeadlines(sendTimeoutMs);
@@ -223,6 +227,16 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     // Set once the whole message, end-of-data dot included, was written to the relay's connection (pooled
     // path only: sendMail's own message stream does not tell). A failure after it is no failure to send.
     let endOfDataWritten = false;
+    // Waiting for a connection until one takes it (or the send ends without one), then on it until the send ends.
+    let taken = false;
+    sendsWaiting++;
+    const take = (): void => {
+      if (taken) return;
+      taken = true;
+      sendsWaiting--;
+      sendsOnConnection++;
+      onTaken?.();
+    };
     try {
       const signal = expiry === undefined ? deadline() : AbortSignal.any([deadline(), expiry.signal]);
       let pooled = pool === undefined ? undefined : pooledMessage(mail, random);
@@ -231,7 +245,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       if (pool !== undefined && pooled !== undefined) {
         info = await sendThroughPool(pool, pooled, signal, {
           depart: atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
-          taken: onTaken,
+          taken: take,
           endOfData: {
             stop,
             letGo: () => {
@@ -248,7 +262,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
         const next = atDeparture?.(mail) ?? mail;
         if ("withdrawn" in next) throw new SmtpSendError("transient", next.withdrawn, 0, "", next.errorCode ?? "EEXPIRED");
         // Its wait in the pool's queue is out of sight: counted from here as the relay's (see SendOptions.onTaken).
-        onTaken?.();
+        take();
         // Nor does its message stream tell when its end goes: the relay may have all of it from now on.
         endOfDataLetGo = true;
         onEndOfData?.();
@@ -292,6 +306,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       throw failure;
     } finally {
       expiry?.clear();
+      if (taken) sendsOnConnection--;
+      else sendsWaiting--;
     }
   }
 
@@ -315,6 +331,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     },
 
     inProgress: () => inFlight.size,
+    waitingForConnection: () => sendsWaiting,
+    onConnection: () => sendsOnConnection,
 
     async verify(): Promise<void> {
       // verify() opens its own connection outside the pool; bound it like a send.

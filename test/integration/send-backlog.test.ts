@@ -1,7 +1,8 @@
 /**
  * The send backlog (src/delivery/backlog.ts) over a real pooled transport and
  * a real SMTP server that holds its replies: what it counts as waiting for a
- * connection, that only new messages are turned away, and that a message
+ * connection (what the pool really has not taken, also while it has no
+ * connection up), that only new messages are turned away, and that a message
  * already taken on keeps its retries even while the backlog is full.
  */
 import { pino } from "pino";
@@ -12,6 +13,9 @@ import { createDeliveryService } from "../../src/delivery/delivery-service.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { createSmtpTransport } from "../../src/delivery/smtp-transport.js";
 import type { OutgoingMail } from "../../src/delivery/smtp-transport-types.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { freePort } from "../support/ports.js";
 import { behave, startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 
 let cleanups: Array<() => Promise<void>> = [];
@@ -65,24 +69,32 @@ async function until(what: string, condition: () => boolean, timeoutMs = 10_000)
   }
 }
 
+/** Counts as a transport reports them (SmtpTransport.waitingForConnection, onConnection), set by the test. */
+function countedTransport() {
+  const counts = { waiting: 0, onConnection: 0 };
+  return { counts, transport: { waitingForConnection: () => counts.waiting, onConnection: () => counts.onConnection } };
+}
+
 describe("send backlog", () => {
-  it("counts what waits for a connection: places taken and sends beyond the pool's connections", () => {
-    let inTransport = 0;
+  it("counts what waits for a connection: the transport's sends no connection took, and places beyond the connections free", () => {
+    const { counts, transport } = countedTransport();
     const { logger } = logCollector();
-    const backlog = createSendBacklog({ limit: 2, connections: 3, sendsInProgress: () => inTransport, logger });
+    const backlog = createSendBacklog({ limit: 2, connections: 3, transport, logger });
     // Three free connections: the first three places wait for nothing.
     const places = [backlog.enter(), backlog.enter(), backlog.enter()];
     expect(backlog.size()).toBe(0);
     places.push(backlog.enter(), backlog.enter());
     expect(backlog.size()).toBe(2);
     expect(backlog.enter()).toBeUndefined();
-    // Handed to the transport: the same five messages, counted there now.
+    // Handed to the transport: the same five messages, three on the connections and two waiting.
     for (const place of places) place?.leave();
-    inTransport = 5;
+    counts.onConnection = 3;
+    counts.waiting = 2;
     expect(backlog.size()).toBe(2);
     expect(backlog.enter()).toBeUndefined();
+    // One went out and its connection took the next.
+    counts.waiting = 1;
     // Leaving twice frees one place, once.
-    inTransport = 4;
     const place = backlog.enter();
     expect(place).toBeDefined();
     place?.leave();
@@ -90,11 +102,36 @@ describe("send backlog", () => {
     expect(backlog.size()).toBe(1);
   });
 
+  it("a send waits while connections are free but none takes it (the pool pausing before it opens one again): counted, and a place is counted beyond the connections left", () => {
+    const { counts, transport } = countedTransport();
+    const { logger } = logCollector();
+    const backlog = createSendBacklog({ limit: 3, connections: 3, transport, logger });
+    // No connection carries anything, two sends wait: two waiting, not "two of three connections busy".
+    counts.waiting = 2;
+    expect(backlog.size()).toBe(2);
+    // The one connection those two leave free is a new place's...
+    const first = backlog.enter();
+    expect(first).toBeDefined();
+    expect(backlog.size()).toBe(2);
+    // ...and the next place waits.
+    const second = backlog.enter();
+    expect(second).toBeDefined();
+    expect(backlog.size()).toBe(3);
+    expect(backlog.enter()).toBeUndefined();
+    first?.leave();
+    second?.leave();
+  });
+
   it("without a limit it still counts, and never refuses", () => {
     const { logger } = logCollector();
-    const backlog = createSendBacklog({ limit: undefined, connections: 1, sendsInProgress: () => 1000, logger });
+    const backlog = createSendBacklog({
+      limit: undefined,
+      connections: 1,
+      transport: { waitingForConnection: () => 1000, onConnection: () => 1 },
+      logger,
+    });
     expect(backlog.enter()).toBeDefined();
-    expect(backlog.size()).toBe(1000);
+    expect(backlog.size()).toBe(1001);
   });
 
   it("a message already taken on retries while the backlog is full, is counted in it, and goes out when the relay answers", async () => {
@@ -115,7 +152,7 @@ describe("send backlog", () => {
     const { logger, lines } = logCollector();
     const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 1, socketTimeoutMs: 60_000 });
     cleanups.push(() => transport.close());
-    const backlog = createSendBacklog({ limit: 1, connections: 1, sendsInProgress: () => transport.inProgress(), logger });
+    const backlog = createSendBacklog({ limit: 1, connections: 1, transport, logger });
     const store = new Map<string, DeliveryRecord>();
     const delivery = createDeliveryService({
       store: {
@@ -173,5 +210,67 @@ describe("send backlog", () => {
     const room = lines.filter((line) => String(line["msg"]).includes("room again"));
     expect(room).toHaveLength(1);
     expect(room[0]).toMatchObject({ level: 30, refused: 2 });
+  });
+
+  it("a connection recycled after its messages (SMTP_MAX_MESSAGES_PER_CONNECTION): the message behind it waits while no connection is up, and the backlog and its gauge count it and refuse the next", async () => {
+    const sink = await startSmtpSink();
+    sink.hold();
+    cleanups.push(async () => {
+      sink.release();
+      await sink.close();
+    });
+    const { logger } = logCollector();
+    // One message per connection: each connection is closed after its message, and the pool opens the next one.
+    const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 1, maxMessages: 1 });
+    cleanups.push(() => transport.close());
+    const backlog = createSendBacklog({ limit: 1, connections: 1, transport, logger });
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    metrics.watchBacklog(backlog);
+    const gauge = async (): Promise<number | undefined> => (await metrics.smtpBacklog.get()).values[0]?.value;
+
+    const first = transport.send(record("first@example.com").mail);
+    const second = transport.send(record("second@example.com").mail);
+    // Awaited below; a failed assertion before then must not leave them unhandled.
+    for (const sent of [first, second]) sent.catch(() => undefined);
+    await until("the relay holds the first message", () => sink.held() === 1);
+    expect([transport.onConnection(), transport.waitingForConnection(), backlog.size()]).toEqual([1, 1, 1]);
+
+    sink.release();
+    await first;
+    // The connection that carried it is closed now; nodemailer's pool opens the next one after a pause (100 ms).
+    await new Promise((resolve) => setImmediate(resolve));
+    // One send in the transport and one connection in the pool, yet it waits: counted so, not as on the connection.
+    expect(transport.inProgress()).toBe(1);
+    expect([transport.onConnection(), transport.waitingForConnection()]).toEqual([0, 1]);
+    expect(backlog.size()).toBe(1);
+    expect(await gauge()).toBe(1);
+    expect(backlog.enter()).toBeUndefined();
+
+    // The new connection takes it, and it goes out: nothing waits.
+    await second;
+    expect(sink.messages.map((mail) => mail.envelope.rcptTo)).toEqual([["first@example.com"], ["second@example.com"]]);
+    expect([transport.onConnection(), transport.waitingForConnection(), backlog.size()]).toEqual([0, 0, 0]);
+    expect(await gauge()).toBe(0);
+    backlog.enter()?.leave();
+  });
+
+  it("a relay that refuses connections: the message behind a failed connection waits while the pool pauses with none up, and is counted", async () => {
+    const { logger } = logCollector();
+    const transport = createSmtpTransport({ url: `smtp://127.0.0.1:${await freePort()}?starttls=off`, logger, maxConnections: 1 });
+    cleanups.push(() => transport.close());
+    const backlog = createSendBacklog({ limit: 1, connections: 1, transport, logger });
+
+    const first = transport.send(record("first@example.com").mail);
+    const second = transport.send(record("second@example.com").mail);
+    // Awaited below; a failed assertion before then must not leave it unhandled.
+    second.catch(() => undefined);
+    await expect(first).rejects.toMatchObject({ errorCode: "ECONNREFUSED" });
+    // Its connection failed and is gone; the pool tries the next message only after a pause (100 ms).
+    expect([transport.onConnection(), transport.waitingForConnection()]).toEqual([0, 1]);
+    expect(backlog.size()).toBe(1);
+    expect(backlog.enter()).toBeUndefined();
+
+    await expect(second).rejects.toMatchObject({ errorCode: "ECONNREFUSED" });
+    expect([transport.onConnection(), transport.waitingForConnection(), backlog.size()]).toEqual([0, 0, 0]);
   });
 });
