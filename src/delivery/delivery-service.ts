@@ -162,8 +162,8 @@ interface Job {
   record: DeliveryRecord;
   /** Set when drain() gave up on it: nothing about it is written any more. */
   abandoned: boolean;
-  /** When the attempt now with the transport started (clock ms, and monotonic for its duration); undefined between attempts. */
-  attemptStartedAt: { readonly wall: number; readonly monotonic: number } | undefined;
+  /** When the attempt now with the transport started; undefined between attempts. */
+  attemptStartedAt: AttemptStart | undefined;
   /**
    * Set when the attempt now with the transport left its queue for a connection to the relay (or was
    * handed to nodemailer's own builder, which queues it out of sight): from then on the relay may have it.
@@ -195,6 +195,18 @@ interface Job {
   attemptsOver: boolean;
   /** Settles when the job has finished (never rejects). */
   done: Promise<void>;
+}
+
+/** When an attempt started: clock ms for its record, and monotonic ms for its duration. */
+interface AttemptStart {
+  readonly wall: number;
+  readonly monotonic: number;
+}
+
+/** An attempt's times as the "smtp attempt" log line gives them (milliseconds). */
+interface AttemptTimes {
+  readonly duration_ms: number;
+  readonly pool_wait_ms: number;
 }
 
 type AttemptResult =
@@ -281,8 +293,20 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     }
   }
 
-  function fail(job: Job, reason: string, attempts: readonly AttemptRecord[] = job.record.attempts): Promise<void> {
-    logger.warn({ ...job.observation.logFields("send"), message_id: job.record.messageId, attempts: attempts.length, reason }, "message failed");
+  /**
+   * Records `job` FAILED for `reason`, and logs so; `attemptTimes` (see
+   * timesOf) when the attempt in flight was given up unrecorded at shutdown.
+   */
+  function fail(
+    job: Job,
+    reason: string,
+    attempts: readonly AttemptRecord[] = job.record.attempts,
+    attemptTimes?: AttemptTimes,
+  ): Promise<void> {
+    logger.warn(
+      { ...job.observation.logFields("send"), message_id: job.record.messageId, attempts: attempts.length, reason, ...attemptTimes },
+      "message failed",
+    );
     return write(job, { ...job.record, state: "FAILED", attempts, failureReason: reason, updatedAt: clock.now() });
   }
 
@@ -292,7 +316,7 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * reply, in a FAILED record whose outcome is unknown. Not a relay failure:
    * the relay did not fail, we stopped; counted and logged as abandoned.
    */
-  function abandon(job: Job, started: { readonly wall: number; readonly monotonic: number }): Promise<void> {
+  function abandon(job: Job, started: AttemptStart): Promise<void> {
     const now = clock.now();
     const startedAt = started.wall;
     const number = job.record.attempts.length + 1;
@@ -313,7 +337,16 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       "the relay's answer is unknown (it may still have accepted the message)";
     job.observation.attemptFinished(attempt);
     logger.warn(
-      { ...job.observation.logFields("attempt"), message_id: job.record.messageId, attempt: number, attempts: number, outcome: "abandoned", reason },
+      {
+        ...job.observation.logFields("attempt"),
+        message_id: job.record.messageId,
+        attempt: number,
+        attempts: number,
+        outcome: "abandoned",
+        reason,
+        duration_ms: durationMs,
+        pool_wait_ms: attempt.poolWaitMs,
+      },
       "message abandoned at shutdown: the relay's answer is unknown",
     );
     const attempts = [...job.record.attempts, attempt];
@@ -328,13 +361,13 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * and a retry may send it. From now on the departure hook withdraws it,
    * should a connection take it before the pool is closed.
    */
-  function withdraw(job: Job): Promise<void> {
+  function withdraw(job: Job, started: AttemptStart): Promise<void> {
     job.observation.attemptWithdrawn();
     const reason =
       job.record.attempts.length === 0
         ? "the sender stopped before the message reached the relay (it waited for a connection); nothing was sent"
         : `the sender stopped before the retry reached the relay (it waited for a connection); nothing was sent${lastFailure(job.record)}`;
-    return fail(job, reason);
+    return fail(job, reason, job.record.attempts, timesOf(job, started));
   }
 
   /**
@@ -345,13 +378,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
    * attempt recorded (the relay had no message to answer for), and a retry
    * may send it. Logged and counted as a withdrawn send.
    */
-  function stopBeforeEndOfData(job: Job): Promise<void> {
+  function stopBeforeEndOfData(job: Job, started: AttemptStart): Promise<void> {
     job.observation.attemptWithdrawn();
     const number = job.record.attempts.length + 1;
     return fail(
       job,
       `the sender stopped before the relay had the whole message (attempt ${number} was stopped before the end of its data ` +
         `was sent); nothing was delivered${lastFailure(job.record)}`,
+      job.record.attempts,
+      timesOf(job, started),
     );
   }
 
@@ -473,6 +508,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
     }
   }
 
+  /**
+   * The log fields of the attempt in flight, started at `started`, given up at shutdown before it ended: how
+   * long it has run, and how much of that it waited for a pooled connection (the rest was the relay's).
+   */
+  function timesOf(job: Job, started: AttemptStart): AttemptTimes {
+    const durationMs = Math.round(monotonic() - started.monotonic);
+    return { duration_ms: durationMs, pool_wait_ms: poolWaitOf(job, started.monotonic, durationMs) };
+  }
+
   /** How much of an attempt that started at `startedMonotonic` and lasted `durationMs` was the wait for a pooled connection. */
   function poolWaitOf(job: Job, startedMonotonic: number, durationMs: number): number {
     // Never taken: all of it was the wait (its code expired in the queue, the transport was closed...).
@@ -571,6 +615,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
               outcome: attemptRecord.outcome,
               reply_code: attemptRecord.replyCode,
               enhanced_status: attemptRecord.enhancedStatus,
+              duration_ms: durationMs,
+              pool_wait_ms: poolWaitMs,
             },
             "the relay refused a message given up at shutdown: recorded FAILED with its reply",
           );
@@ -597,6 +643,8 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
               attempt: number,
               reply_code: attemptRecord.replyCode,
               queue_id: result.acceptance.queueId,
+              duration_ms: durationMs,
+              pool_wait_ms: poolWaitMs,
             },
             "the relay accepted a message given up at shutdown: recorded ACCEPTED",
           );
@@ -606,7 +654,15 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
         // drain() recorded, logged and counted this attempt as abandoned or not sent, and the store keeps that. Its end
         // here is the transport closing under it (or withdrawing it), not the relay's doing: no relay health, no failure counted.
         logger.warn(
-          { ...job.observation.logFields("attempt"), message_id: messageId, attempt: number, outcome: attemptRecord.outcome, error_code: attemptRecord.errorCode },
+          {
+            ...job.observation.logFields("attempt"),
+            message_id: messageId,
+            attempt: number,
+            outcome: attemptRecord.outcome,
+            error_code: attemptRecord.errorCode,
+            duration_ms: durationMs,
+            pool_wait_ms: poolWaitMs,
+          },
           "attempt finished after the sender stopped",
         );
         return;
@@ -773,12 +829,12 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
           // have it: its answer is unknown, unless it comes within the last writes.
           if (job.departed && !job.endOfData && job.stop !== undefined) {
             job.stop.abort();
-            writes.push(stopBeforeEndOfData(job));
+            writes.push(stopBeforeEndOfData(job, job.attemptStartedAt));
           } else if (job.departed) {
             writes.push(abandon(job, job.attemptStartedAt));
             writes.push(job.done);
           } else {
-            writes.push(withdraw(job));
+            writes.push(withdraw(job, job.attemptStartedAt));
           }
         } else if (job.attemptsOver || terminalSendStates.has(job.record.state)) {
           // The relay answered (or the message failed for good); only storing that is left: one last try, or

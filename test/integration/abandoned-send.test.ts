@@ -297,6 +297,22 @@ it("a message still waiting for a pooled connection when the shutdown grace runs
   // Withdrawn as the connection took it, because the sender stopped: its code did not expire.
   const withdrawn = logs.filter((line) => line["msg"] === "attempt finished after the sender stopped" && line["message_id"] === "in-the-queue");
   expect(withdrawn).toMatchObject([{ error_code: "ESTOPPED" }]);
+
+  // The shutdown's lines tell the message stuck waiting for a connection from the one stuck at the relay, as the
+  // "smtp attempt" line would: how long each attempt ran, and how much of that was the wait for a connection.
+  const times = (line: Record<string, unknown> | undefined) => ({ duration: Number(line?.["duration_ms"]), poolWait: Number(line?.["pool_wait_ms"]) });
+  const atTheRelay = times(logs.find((line) => line["msg"] === "message abandoned at shutdown: the relay's answer is unknown"));
+  // Taken by the free connection at once: the grace (100 ms) and more went by at the relay.
+  expect(atTheRelay.poolWait).toBeGreaterThanOrEqual(0);
+  expect(atTheRelay.duration - atTheRelay.poolWait, JSON.stringify(atTheRelay)).toBeGreaterThanOrEqual(90);
+  const waiting = times(logs.find((line) => line["msg"] === "message failed" && line["message_id"] === "in-the-queue"));
+  // Never taken before the grace ran out: all of it was the wait.
+  expect(waiting.poolWait, JSON.stringify(waiting)).toBe(waiting.duration);
+  expect(waiting.poolWait).toBeGreaterThanOrEqual(90);
+  // Taken (and withdrawn) once the relay freed the connection: at least as long a wait.
+  const [late] = withdrawn.map(times);
+  expect(late?.poolWait, JSON.stringify(late)).toBeGreaterThanOrEqual(waiting.poolWait);
+  expect(late?.duration).toBeGreaterThanOrEqual(late?.poolWait ?? Number.NaN);
 });
 
 it("a message the relay accepts within the drain's last writes, after the grace gave it up, is recorded ACCEPTED with the relay's reply, not as an answer unknown", async () => {
