@@ -8,7 +8,7 @@
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { Clock } from "../clock.js";
-import { suppressionReason, type SuppressionEntry, type SuppressionReason } from "../delivery/record.js";
+import type { SuppressionEntry, SuppressionReason } from "../delivery/record.js";
 import type { OtpStore } from "../store/types.js";
 
 export interface SuppressionListOptions {
@@ -107,26 +107,16 @@ export function createSuppressionList(options: SuppressionListOptions): Suppress
       if (current !== undefined || previousRecipientHash === undefined) return current;
       return store.getSuppression(previousRecipientHash);
     },
-    async suppress(recipientHash, cause) {
+    suppress(recipientHash, cause) {
       // Relays resend DSNs and the intake may be handed one report twice: the same
       // report again is no news about the mailbox, so the suppression it already
-      // caused keeps its start and end. A report about another message (a newer
-      // bounce) does start the clock again. Two copies landing at the same
-      // moment on two instances never both get here: the processors call this
-      // only for a report the store appended as new (see storeReport).
-      const existing = await store.getSuppression(recipientHash);
-      if (existing !== undefined && sameCause(existing, cause)) return existing;
+      // caused keeps its start and end (the store checks and writes in one step,
+      // so two instances handling it at once agree). A report about another
+      // message (a newer bounce) does start the clock again.
       const now = clock.now();
-      const entry: SuppressionEntry = { ...cause, bouncedAt: now, expiresAt: now + ttlMs };
-      await store.putSuppression(recipientHash, entry, ttlMs);
-      return entry;
+      return store.putSuppression(recipientHash, { ...cause, bouncedAt: now, expiresAt: now + ttlMs }, ttlMs);
     },
     find: (recipientKey) => each(recipientKey, (recipientHash) => store.getSuppression(recipientHash)),
     lift: (recipientKey) => each(recipientKey, (recipientHash) => store.removeSuppression(recipientHash)),
   };
-}
-
-/** Whether `cause` is the report an entry was already made from: the same message, for the same reason. */
-function sameCause(entry: SuppressionEntry, cause: SuppressionCause): boolean {
-  return entry.messageId === cause.messageId && suppressionReason(entry) === suppressionReason(cause);
 }

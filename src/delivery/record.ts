@@ -170,6 +170,18 @@ export function suppressionReason(entry: Pick<SuppressionEntry, "reason">): Supp
   return entry.reason ?? "hard_bounce";
 }
 
+/**
+ * Whether two suppressions have one cause: the same message, for the same
+ * reason (its DSN or its complaint, received again). The Redis store's
+ * suppression script compares entries the same way.
+ */
+export function sameSuppressionCause(
+  a: Pick<SuppressionEntry, "messageId" | "reason">,
+  b: Pick<SuppressionEntry, "messageId" | "reason">,
+): boolean {
+  return a.messageId === b.messageId && suppressionReason(a) === suppressionReason(b);
+}
+
 export interface DeliveryRecord {
   readonly messageId: string;
   /** The caller that sent it; records are only visible to their caller. */

@@ -10,7 +10,7 @@
  */
 import { timingSafeEqual } from "node:crypto";
 import type { Clock } from "../clock.js";
-import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
+import { sameSuppressionCause, type DeliveryRecord, type DeliveryReport, type SuppressionEntry } from "../delivery/record.js";
 import { storageUnavailable } from "../errors.js";
 import type {
   ClaimResult,
@@ -258,8 +258,14 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
-    putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
-      return run(() => expireIn(suppressions, recipientHash, JSON.stringify(entry), Math.max(1, ttlMs)));
+    putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<SuppressionEntry> {
+      return run(() => {
+        const value = read(suppressions, recipientHash);
+        const kept = value === undefined ? undefined : (JSON.parse(value) as SuppressionEntry);
+        if (kept !== undefined && sameSuppressionCause(kept, entry)) return kept;
+        expireIn(suppressions, recipientHash, JSON.stringify(entry), Math.max(1, ttlMs));
+        return entry;
+      });
     },
 
     getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined> {

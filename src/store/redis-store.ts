@@ -37,7 +37,7 @@
  */
 import { rootCertificates } from "node:tls";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
-import type { DeliveryRecord, DeliveryReport, SuppressionEntry } from "../delivery/record.js";
+import { suppressionReason, type DeliveryRecord, type DeliveryReport, type SuppressionEntry } from "../delivery/record.js";
 import { storageFull, storageUnavailable, type OtpError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type {
@@ -393,6 +393,29 @@ return 0
 `;
 
 /**
+ * KEYS[1] a recipient's suppression; ARGV entry JSON, its message id, its
+ * reason ('hard_bounce' or 'complaint'), ttlMs. Writes the entry unless the
+ * one in force has the same cause (the same message and reason; an entry
+ * without a reason is a hard bounce, as suppressionReason reads it), and
+ * returns the entry in force: one script, so that the same report handled
+ * at once on two instances cannot move the suppression's end (see
+ * OtpStore.putSuppression).
+ */
+const putSuppressionLua = `#!lua
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  local ok, entry = pcall(cjson.decode, kept)
+  if ok and type(entry) == 'table' and entry.messageId == ARGV[2] then
+    local reason = entry.reason
+    if type(reason) ~= 'string' then reason = 'hard_bounce' end
+    if reason == ARGV[3] then return kept end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+return ARGV[1]
+`;
+
+/**
  * KEYS[1] delivery record, KEYS[2] its reports (one hash tag: the message id).
  * Returns {record or false, {report, ...}}: GetDeliveryStatus in one command
  * rather than a GET and an LRANGE (each command is a Command object, a timer
@@ -462,6 +485,7 @@ const scripts = {
   otpAddRecipientMessage: { lua: addRecipientMessageLua, numberOfKeys: 1 },
   otpAddReport: { lua: addReportLua, numberOfKeys: 1 },
   otpRemoveReport: { lua: removeReportLua, numberOfKeys: 1 },
+  otpPutSuppression: { lua: putSuppressionLua, numberOfKeys: 1 },
   otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
 
@@ -702,10 +726,13 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       return run("getRecipientMessages", () => redis.lrange(recipientMessagesKey(recipientHash), 0, -1));
     },
 
-    async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void> {
+    async putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<SuppressionEntry> {
       const px = ttl(ttlMs);
+      const value = JSON.stringify(entry);
       return run("putSuppression", async () => {
-        await redis.set(suppressionKey(recipientHash), JSON.stringify(entry), "PX", px);
+        const inForce = await redis.otpPutSuppression(suppressionKey(recipientHash), value, entry.messageId, suppressionReason(entry), px);
+        // The script answers `value` itself when it wrote it; only a kept entry needs reading.
+        return inForce === value ? entry : (parseJsonObject<SuppressionEntry>(String(inForce), "messageId") ?? entry);
       });
     },
 

@@ -246,9 +246,14 @@ export interface OtpStore {
 
   /**
    * Suppresses a recipient, identified by an opaque HMAC (never the address),
-   * for `ttlMs` from now; replaces an earlier suppression.
+   * for `ttlMs` from now, replacing an earlier suppression; resolves with the
+   * entry in force. An entry in force with the same cause as `entry` (the
+   * same message, the same reason: see sameSuppressionCause) is kept as it
+   * is, with its own start and end, and resolved instead: checked and
+   * written in one atomic step, so that the same report handled twice,
+   * even at once on two instances, never moves the suppression's end.
    */
-  putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<void>;
+  putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<SuppressionEntry>;
 
   /** The recipient's suppression, or undefined when none is in force. */
   getSuppression(recipientHash: string): Promise<SuppressionEntry | undefined>;

@@ -515,8 +515,34 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         expect(await store.getSuppression("hash-2")).toBeUndefined();
 
         const later = { ...entry, messageId: "msg-2", bouncedAt: t0 + 1000 };
-        await store.putSuppression("hash-1", later, minute);
+        expect(await store.putSuppression("hash-1", later, minute)).toEqual(later);
         expect(await store.getSuppression("hash-1")).toEqual(later);
+      });
+
+      it("keeps a suppression in force with the same cause (the same report again) as it is, TTL included, and answers it", async () => {
+        await store.putSuppression("hash-1", entry, 400);
+        // The same message and reason, written later for longer: the entry in force stays as it was.
+        const again = { ...entry, diagnosticCode: "smtp; 550 5.1.1 again", bouncedAt: t0 + 100, expiresAt: t0 + 100 + minute };
+        expect(await store.putSuppression("hash-1", again, minute)).toEqual(entry);
+        expect(await store.getSuppression("hash-1")).toEqual(entry);
+        await subject.elapse(600);
+        expect(await store.getSuppression("hash-1")).toBeUndefined();
+
+        // A complaint about the same message is another cause: it replaces the entry; the same complaint again does not.
+        const complaint = { ...again, status: "", diagnosticCode: "", reason: "complaint" as const, feedbackType: "abuse" };
+        await store.putSuppression("hash-2", entry, minute);
+        expect(await store.putSuppression("hash-2", complaint, minute)).toEqual(complaint);
+        expect(await store.putSuppression("hash-2", { ...complaint, bouncedAt: t0 + 500 }, minute)).toEqual(complaint);
+        expect(await store.getSuppression("hash-2")).toEqual(complaint);
+      });
+
+      it("of the same suppression written at once many times, keeps the first", async () => {
+        const copies = Array.from({ length: 10 }, (_, i) => ({ ...entry, bouncedAt: t0 + i, expiresAt: t0 + i + minute }));
+        const inForce = await Promise.all(copies.map((copy) => store.putSuppression("hash-1", copy, minute)));
+
+        const kept = await store.getSuppression("hash-1");
+        expect(copies).toContainEqual(kept);
+        expect(inForce.every((answer) => answer.bouncedAt === kept?.bouncedAt)).toBe(true);
       });
 
       it("lifts a suppression after its TTL", async () => {
