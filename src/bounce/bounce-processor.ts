@@ -1,13 +1,13 @@
 /**
  * Turns one received bounce into evidence on its message: parse (RFC 3464),
- * correlate (VERP id and Original-Envelope-Id), append the report beside the
- * record, suppress the recipient on a "no such mailbox" failure, and tell
+ * correlate (VERP id and Original-Envelope-Id), suppress the recipient on a
+ * "no such mailbox" failure, append the report beside the record, and tell
  * listeners. A bounce that cannot be tied to exactly one sent message is
  * counted and logged, never applied.
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { appendDropsDecidingReport, reportIdentity, reportStatus, suppresses, withReports } from "../delivery/reports.js";
+import { appendDropsDecidingReport, isCopy, reportIdentity, reportStatus, suppresses, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { maskAddressesIn } from "../otp/address.js";
 import { maxDeliveryReports, type OtpStore } from "../store/types.js";
@@ -39,7 +39,7 @@ export type BounceOutcome =
   | { readonly kind: "not_dsn"; readonly messageId: string; readonly reason: string };
 
 export interface BounceProcessorOptions {
-  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport" | "removeDeliveryReport">;
+  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport">;
   readonly suppression: SuppressionList;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -166,32 +166,31 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
     const report: DeliveryReport = { receivedAt: clock.now(), ...said, identity: reportIdentity(said, [dsn.arrivalDate, block.lastAttemptDate]) };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
-    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
 
     let suppressed = false;
     // Which secret the record's recipient hash was made under, when it is not the current one.
     const { previousSecret } = options;
     const previousUntil =
       previousSecret !== undefined && record.createdAt < previousSecret.rotatedAt ? previousSecret.suppressionUntil : undefined;
-    // Only a new report may touch the suppression: a copy (a relay resending its DSN, maybe on another
-    // instance at the same moment) would otherwise move its expiry.
-    if (fresh && suppresses(report)) {
+    // A copy never touches the suppression (it would undo a lift by support, or push back the end of
+    // a newer bounce's), so the suppression is written before the report: see storeReport.
+    if (!isCopy(report, earlier) && suppresses(report)) {
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "hard bounce for a record without a recipient hash; recipient not suppressed");
       } else {
-        const { recipientHash } = record;
-        await suppressOrTakeBack(store, messageId, report, logger, () =>
-          suppression.suppress(recipientHash, {
-            messageId,
-            caller: record.caller,
-            status: reportStatus(report),
-            diagnosticCode: report.diagnosticCode,
-          }),
-        );
+        await suppression.suppress(record.recipientHash, {
+          messageId,
+          caller: record.caller,
+          status: reportStatus(report),
+          diagnosticCode: report.diagnosticCode,
+        });
         suppressed = true;
       }
     }
+    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
+    // Stored first by another instance (two copies at once): that one tells of the suppression.
+    suppressed &&= fresh;
+    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
 
     logger.info(
       {
@@ -228,8 +227,16 @@ export function createBounceProcessor(options: BounceProcessorOptions): BouncePr
 /**
  * Stores a report unless it is a copy of one already kept, or would push the
  * deciding report out of a full list (then it is logged instead). Resolves
- * whether the report is new: only a new one may change the suppression.
- * Shared with the feedback processor.
+ * whether the report is new. Shared with the feedback processor.
+ *
+ * The processors call this only after a report's suppression was written:
+ * once stored, every later delivery of the report is a copy, and a copy
+ * never suppresses. Should the suppression fail (Redis, or the Cluster node
+ * holding it, down), or the report's own write, or this process stop in
+ * between, the report is not stored, the intake answers 4xx (or nothing),
+ * and the sender's retry is a new report: it suppresses, and a suppression
+ * the first try did write keeps its start, end and cause (the same cause:
+ * see OtpStore.putSuppression).
  */
 export async function storeReport(
   store: Pick<OtpStore, "addDeliveryReport">,
@@ -239,7 +246,7 @@ export async function storeReport(
   ttlMs: number,
   logger: Logger,
 ): Promise<boolean> {
-  if (earlier.some((kept) => kept.identity !== undefined && kept.identity === report.identity)) return false;
+  if (isCopy(report, earlier)) return false;
   // A full list drops its oldest report: never the one that decides (a final DSN before a flood of delay notices).
   if (appendDropsDecidingReport(earlier, report, maxDeliveryReports)) {
     logger.info({ message_id: messageId, action: report.action, kept: earlier.length }, "report not stored: the message's report list is full and it would push out the deciding one");
@@ -247,36 +254,4 @@ export async function storeReport(
   }
   // Atomic: of two copies read as new at once (two instances), the store appends one.
   return store.addDeliveryReport(messageId, report, ttlMs);
-}
-
-/**
- * Suppresses for a report just stored as new. Should the suppression fail
- * (Redis, or the Cluster node holding the suppression, down), the report is
- * taken back out before the failure goes on and the intake answers 4xx: the
- * sender's retry is then a new report again and suppresses. Left stored, the
- * retry would be a copy, which never suppresses, and the recipient would stay
- * unsuppressed for good. Shared with the feedback processor.
- */
-export async function suppressOrTakeBack(
-  store: Pick<OtpStore, "removeDeliveryReport">,
-  messageId: string,
-  report: DeliveryReport,
-  logger: Logger,
-  suppress: () => Promise<unknown>,
-): Promise<void> {
-  try {
-    await suppress();
-  } catch (error) {
-    if (report.identity !== undefined) {
-      try {
-        await store.removeDeliveryReport(messageId, report.identity);
-      } catch (takeBackError) {
-        logger.error(
-          { err: takeBackError, message_id: messageId, action: report.action },
-          "recipient not suppressed, and its report could not be taken back: a resent copy will not suppress it (check the address with npm run suppression)",
-        );
-      }
-    }
-    throw error;
-  }
 }

@@ -2,8 +2,8 @@
  * Turns one received feedback report (RFC 5965 ARF: a recipient marked our
  * message as spam, or as not spam) into evidence on its message: parse,
  * correlate (VERP address, Original-Mail-From, the original's Return-Path
- * and Message-ID), append the report beside the record, suppress the
- * recipient on an abuse or fraud complaint, and tell listeners. Like a
+ * and Message-ID), suppress the recipient on an abuse or fraud complaint,
+ * append the report beside the record, and tell listeners. Like a
  * bounce, a report that cannot be tied to exactly one sent message is
  * counted and logged, never applied.
  *
@@ -14,12 +14,12 @@
  */
 import type { Clock } from "../clock.js";
 import type { DeliveryRecord, DeliveryReport, DeliveryState } from "../delivery/record.js";
-import { reportIdentity, withReports } from "../delivery/reports.js";
+import { isCopy, reportIdentity, withReports } from "../delivery/reports.js";
 import type { Logger } from "../logger.js";
 import { messageIdPattern } from "../otp/code.js";
 import type { OtpStore } from "../store/types.js";
 import { feedbackReportFrom, suppressingFeedbackTypes, type FeedbackType } from "./arf.js";
-import { storeReport, suppressOrTakeBack, type BounceSource } from "./bounce-processor.js";
+import { storeReport, type BounceSource } from "./bounce-processor.js";
 import { createReportRedactor, type ReportRedactor } from "./report-redaction.js";
 import type { SuppressionList } from "./suppression.js";
 
@@ -52,7 +52,7 @@ export type FeedbackOutcome =
   | { readonly kind: "not_arf"; readonly reason: string };
 
 export interface FeedbackProcessorOptions {
-  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport" | "removeDeliveryReport">;
+  readonly store: Pick<OtpStore, "getRecord" | "getDeliveryReports" | "addDeliveryReport">;
   readonly suppression: SuppressionList;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -162,29 +162,29 @@ export function createFeedbackProcessor(options: FeedbackProcessorOptions): Feed
     const report: DeliveryReport = { receivedAt: clock.now(), ...said, identity: reportIdentity(said) };
     const earlier = await store.getDeliveryReports(messageId);
     const previousState = withReports(record, earlier).state;
-    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
-    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
 
     let suppressed = false;
-    // Only a new report may touch the suppression: a copy of a complaint would otherwise move its expiry.
-    if (fresh && suppressingFeedbackTypes.has(feedback.feedbackType)) {
+    // As for a bounce: a copy never touches the suppression, so it is written before the report (see storeReport).
+    if (!isCopy(report, earlier) && suppressingFeedbackTypes.has(feedback.feedbackType)) {
       if (record.recipientHash === undefined) {
         logger.warn({ message_id: messageId }, "complaint about a record without a recipient hash; recipient not suppressed");
       } else {
-        const { recipientHash } = record;
-        await suppressOrTakeBack(store, messageId, report, logger, () =>
-          suppression.suppress(recipientHash, {
-            messageId,
-            caller: record.caller,
-            status: "",
-            diagnosticCode: "",
-            reason: "complaint",
-            feedbackType: feedback.feedbackType,
-          }),
-        );
+        await suppression.suppress(record.recipientHash, {
+          messageId,
+          caller: record.caller,
+          status: "",
+          diagnosticCode: "",
+          reason: "complaint",
+          feedbackType: feedback.feedbackType,
+        });
         suppressed = true;
       }
     }
+    const fresh = await storeReport(store, messageId, report, earlier, options.reportTtlMs, logger);
+    // Stored first by another instance (two copies at once): that one tells of the suppression.
+    suppressed &&= fresh;
+    const updated = fresh ? withReports(record, [...earlier, report]) : withReports(record, earlier);
+
     logger.info(
       {
         ...described,

@@ -141,3 +141,8 @@ export function reportIdentity(report: Omit<DeliveryReport, "receivedAt" | "iden
   ];
   return createHash("sha256").update(JSON.stringify(said)).digest("hex").slice(0, 32);
 }
+
+/** Whether `report` is a copy of one of `kept`: a report with its identity is already stored. */
+export function isCopy(report: DeliveryReport, kept: readonly DeliveryReport[]): boolean {
+  return report.identity !== undefined && kept.some((earlier) => earlier.identity === report.identity);
+}

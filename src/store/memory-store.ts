@@ -234,18 +234,6 @@ export function createMemoryStore(options: MemoryStoreOptions): OtpStore {
       });
     },
 
-    removeDeliveryReport(messageId: string, identity: string): Promise<boolean> {
-      return run(() => {
-        const kept = read(reports, messageId) ?? [];
-        const index = kept.findIndex((value) => (JSON.parse(value) as DeliveryReport).identity === identity);
-        const slot = reports.get(messageId);
-        if (slot === undefined || index < 0) return false;
-        // The list keeps its expiry, as LREM leaves the key's TTL in Redis.
-        slot.value = kept.filter((_, i) => i !== index);
-        return true;
-      });
-    },
-
     getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {
       return run(() => (read(reports, messageId) ?? []).map((value) => JSON.parse(value) as DeliveryReport));
     },

@@ -375,24 +375,6 @@ return 1
 `;
 
 /**
- * KEYS[1] a message's reports; ARGV[1] an identity. Removes the report with
- * that identity; returns 1 when one was removed, else 0 (see
- * OtpStore.removeDeliveryReport). It only frees memory, so it runs on a full
- * Redis too (allow-oom): the suppression it makes up for may have failed
- * because Redis was full.
- */
-const removeReportLua = `#!lua flags=allow-oom
-for _, kept in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local ok, report = pcall(cjson.decode, kept)
-  if ok and type(report) == 'table' and report.identity == ARGV[1] then
-    redis.call('LREM', KEYS[1], 1, kept)
-    return 1
-  end
-end
-return 0
-`;
-
-/**
  * KEYS[1] a recipient's suppression; ARGV entry JSON, its message id, its
  * reason ('hard_bounce' or 'complaint'), ttlMs. Writes the entry unless the
  * one in force has the same cause (the same message and reason; an entry
@@ -484,7 +466,6 @@ const scripts = {
   otpReadRecord: { lua: readRecordLua, numberOfKeys: 2 },
   otpAddRecipientMessage: { lua: addRecipientMessageLua, numberOfKeys: 1 },
   otpAddReport: { lua: addReportLua, numberOfKeys: 1 },
-  otpRemoveReport: { lua: removeReportLua, numberOfKeys: 1 },
   otpPutSuppression: { lua: putSuppressionLua, numberOfKeys: 1 },
   otpRoomProbe: { lua: roomProbeLua, numberOfKeys: 0 },
 } as const;
@@ -506,7 +487,6 @@ export const redisOperations = [
   "putRecord",
   "getRecord",
   "addDeliveryReport",
-  "removeDeliveryReport",
   "getDeliveryReports",
   "addRecipientMessage",
   "getRecipientMessages",
@@ -680,10 +660,6 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
         const appended = await redis.otpAddReport(reportsKey(messageId), value, report.identity ?? "", maxDeliveryReports, px);
         return appended === 1;
       });
-    },
-
-    removeDeliveryReport(messageId: string, identity: string): Promise<boolean> {
-      return run("removeDeliveryReport", async () => (await redis.otpRemoveReport(reportsKey(messageId), identity)) === 1);
     },
 
     getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]> {

@@ -226,14 +226,6 @@ export interface OtpStore {
    */
   addDeliveryReport(messageId: string, report: DeliveryReport, ttlMs: number): Promise<boolean>;
 
-  /**
-   * Takes the report with `identity` back out of the reports of
-   * `messageId`, in one atomic step: for a report whose consequence (the
-   * suppression) could not be written, so that its sender's retry is a new
-   * report again rather than a copy. Resolves whether one was removed.
-   */
-  removeDeliveryReport(messageId: string, identity: string): Promise<boolean>;
-
   /** The reports of a message, oldest first; empty when none. */
   getDeliveryReports(messageId: string): Promise<readonly DeliveryReport[]>;
 
@@ -250,8 +242,9 @@ export interface OtpStore {
    * entry in force. An entry in force with the same cause as `entry` (the
    * same message, the same reason: see sameSuppressionCause) is kept as it
    * is, with its own start and end, and resolved instead: checked and
-   * written in one atomic step, so that the same report handled twice,
-   * even at once on two instances, never moves the suppression's end.
+   * written in one atomic step, so that the same report handled at once on
+   * two instances, or again after its report could not be stored, never
+   * moves the suppression's end.
    */
   putSuppression(recipientHash: string, entry: SuppressionEntry, ttlMs: number): Promise<SuppressionEntry>;
 

@@ -422,20 +422,6 @@ export function describeStoreContract(name: string, open: () => Promise<StoreUnd
         expect(await store.getDeliveryReports("msg-2")).toEqual([copy]);
       });
 
-      it("takes a report back by its identity, so that a copy of it is appended again", async () => {
-        const delayed = { ...report("delayed", "4.4.1", t0 + 1000), identity: "id-delayed" };
-        const failed = { ...report("failed", "5.1.1", t0 + 2000), identity: "id-failed" };
-        await store.addDeliveryReport("msg-1", delayed, minute);
-        await store.addDeliveryReport("msg-1", failed, minute);
-
-        expect(await store.removeDeliveryReport("msg-1", "id-failed")).toBe(true);
-        expect(await store.removeDeliveryReport("msg-1", "id-failed")).toBe(false);
-        expect(await store.removeDeliveryReport("msg-2", "id-delayed")).toBe(false);
-        expect(await store.getDeliveryReports("msg-1")).toEqual([delayed]);
-        expect(await store.addDeliveryReport("msg-1", failed, minute)).toBe(true);
-        expect(await store.getDeliveryReports("msg-1")).toEqual([delayed, failed]);
-      });
-
       it("of many copies of one report arriving at once, appends exactly one", async () => {
         const copies = Array.from({ length: 10 }, (_, i) => ({ ...report("failed", "5.1.1", t0 + i), identity: "id-failed" }));
 
