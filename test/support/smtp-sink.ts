@@ -21,6 +21,10 @@
  *
  * `resume()` makes a relay that stalled (at MAIL FROM, RCPT TO or mid-DATA)
  * recover: the stalled transactions go on and are accepted.
+ *
+ * `replyAfter(ms)` makes a relay that takes a moment over each message, so
+ * that concurrent sends overlap there; `countAwaitingReply()` tells how many
+ * messages at most waited for their reply at once.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
@@ -139,6 +143,17 @@ export interface SmtpSink {
   /** How many messages wait for their reply now. */
   held(): number;
   /**
+   * From now on, a message the sink would accept at once is answered
+   * `delayMs` after it arrived whole (a relay that takes a moment over each
+   * message); 0 answers at once again. A behaviour's own `delayMs` wins.
+   */
+  replyAfter(delayMs: number): void;
+  /**
+   * Starts counting the messages taken whole and waiting for their reply
+   * (delayed or held) at once; the function returned tells the most so far.
+   */
+  countAwaitingReply(): () => number;
+  /**
    * Ends every stall now waiting at MAIL FROM, RCPT TO or mid-DATA: the
    * command is answered 250 (the data read), and the transaction goes on
    * as accepted, its message joining `messages` if its end of data comes.
@@ -176,6 +191,10 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   const waiters = new Set<() => void>();
   let transactions = 0;
   let holding = false;
+  let replyDelayMs = 0;
+  let awaitingReply = 0;
+  /** The counts `countAwaitingReply()` handed out, each the most messages awaiting their reply since it began. */
+  const awaitingPeaks = new Set<{ most: number }>();
   const heldReplies: (() => void)[] = [];
   const stalls: (() => void)[] = [];
 
@@ -208,7 +227,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     };
   }
 
-  /** Takes the whole message and answers 250 (after `delayMs`; when released, if holding). */
+  /** Takes the whole message and answers 250 (after `delayMs`, else `replyAfter`'s; when released, if holding). */
   function accept(
     stream: SMTPServerDataStream,
     session: SMTPServerSession,
@@ -217,12 +236,18 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   ): void {
     capture(stream, session).then(
       (mail) => {
+        awaitingReply++;
+        for (const peak of awaitingPeaks) peak.most = Math.max(peak.most, awaitingReply);
         const take = (): void => {
           messages.push(mail);
           for (const wake of waiters) wake();
-          const reply = (): void => callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
-          if (delayMs === undefined) reply();
-          else setTimeout(reply, delayMs);
+          const reply = (): void => {
+            awaitingReply--;
+            callback(null, `2.0.0 Ok: queued as ${mail.queueId}`);
+          };
+          const delay = delayMs ?? replyDelayMs;
+          if (delay === 0) reply();
+          else setTimeout(reply, delay);
         };
         if (holding) heldReplies.push(take);
         else take();
@@ -402,6 +427,14 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       for (const accept of heldReplies.splice(0)) accept();
     },
     held: () => heldReplies.length,
+    replyAfter(delayMs) {
+      replyDelayMs = delayMs;
+    },
+    countAwaitingReply() {
+      const peak = { most: awaitingReply };
+      awaitingPeaks.add(peak);
+      return () => peak.most;
+    },
     resume() {
       for (const go of stalls.splice(0)) go();
     },
