@@ -60,6 +60,8 @@ const debianPackages: readonly DebianPackage[] = [
 let service: ServiceForClients | undefined;
 let tmp = "";
 let binary = "";
+let burstBinary = "";
+const burstGopath = join(root, "test/support/client-burst/go");
 
 function started(): ServiceForClients {
   if (service === undefined) throw new Error("the service did not start (see beforeAll)");
@@ -78,19 +80,29 @@ function runGoWith(connection: readonly string[], args: readonly string[], optio
   return runClientCommand(binary, [...connection, ...args], { ...options, label: "otp-client" });
 }
 
-/** Builds examples/go's CLI as its README says: GOPATH mode over Debian's /usr/share/gocode, offline. */
-async function buildGoClient(output: string): Promise<void> {
+/** test/support/client-burst's otp-burst: a SendOtp to each recipient, all at once on one connection of otpclient. */
+function burstGo(recipients: readonly string[]): Promise<ClientRun> {
+  const { target, caFile, token } = started();
+  return runClientCommand(burstBinary, ["--target", target, "--ca-file", caFile, ...recipients], { token, label: "otp-burst" });
+}
+
+/**
+ * Builds examples/go's CLI as its README says (GOPATH mode over Debian's
+ * /usr/share/gocode, offline) into `outputDir`, and the burst program beside it.
+ */
+async function buildGoClient(outputDir: string): Promise<void> {
   const generated = spawnSync(join(example, "generate.sh"), { encoding: "utf8" });
   if (generated.status !== 0) throw new Error(`examples/go/generate.sh failed: ${generated.stderr || String(generated.error)}`);
   // Asynchronous: a cold build takes most of a minute, and the worker must stay responsive meanwhile.
   try {
-    await execFileAsync("go", ["build", "-o", output, "example.com/otpemail/cmd/otp-client"], {
+    // With -o a folder, one command builds both, each named after its package's folder.
+    await execFileAsync("go", ["build", "-o", `${outputDir}/`, "example.com/otpemail/cmd/otp-client", "otp-burst"], {
       cwd: example,
       // HOME stays: the default GOCACHE (~/.cache/go-build) keeps later builds quick.
       env: {
         ...process.env,
         GO111MODULE: "off",
-        GOPATH: `${example}:${join(example, "gen")}:/usr/share/gocode`,
+        GOPATH: `${example}:${join(example, "gen")}:${burstGopath}:/usr/share/gocode`,
         GOFLAGS: "",
         GOPROXY: "off",
       },
@@ -105,7 +117,8 @@ beforeAll(async () => {
   requireDebianPackages("Go client test", debianPackages);
   tmp = await mkdtemp(join(tmpdir(), "otp-go-"));
   binary = join(tmp, "otp-client");
-  await buildGoClient(binary);
+  burstBinary = join(tmp, "otp-burst");
+  await buildGoClient(tmp);
   service = await startServiceForClients("go-app");
 }, 300_000);
 
@@ -115,5 +128,5 @@ afterAll(async () => {
 });
 
 describe("a Go service with the generated client (examples/go)", () => {
-  describeClientContract("Go", () => ({ service: started(), run: runGo, runWith: runGoWith, otherOutput: () => "" }));
+  describeClientContract("Go", () => ({ service: started(), run: runGo, runWith: runGoWith, burst: burstGo, otherOutput: () => "" }));
 });

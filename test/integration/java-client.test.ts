@@ -99,6 +99,21 @@ function runJavaWith(connection: readonly string[], args: readonly string[], opt
 }
 
 /**
+ * test/support/client-burst/Burst.java, run from source on the example's
+ * class path (no second javac): a SendOtp to each recipient, all at once on
+ * one channel of OtpEmailClient.
+ */
+function burstJava(recipients: readonly string[]): Promise<ClientRun> {
+  const { target, caFile, token } = started();
+  const burst = join(root, "test/support/client-burst/Burst.java");
+  return runClientCommand("java", ["-cp", classpath, burst, "--target", target, "--ca-file", caFile, ...recipients], {
+    token,
+    label: "Burst.java",
+    timeoutMs: 30_000,
+  });
+}
+
+/**
  * The contract's runner: calls with the caller's token go through the batch
  * JVM (a verify's code, given on standard input, is the next line), the
  * others through a JVM of their own.
@@ -201,7 +216,7 @@ afterAll(async () => {
 });
 
 describe("a Java service with the generated client (examples/java)", () => {
-  describeClientContract("Java", () => ({ service: started(), run: runContract, runWith: runJavaWith, otherOutput: () => session().stdout + session().stderr }));
+  describeClientContract("Java", () => ({ service: started(), run: runContract, runWith: runJavaWith, burst: burstJava, otherOutput: () => session().stdout + session().stderr }));
 
   it("the single-command CLI, as the README shows it: a JVM of its own prints the response with a token, exit 0", async () => {
     const missing = await runJava(["status", "01kb2m7q3c5xw9p8h2g4r6t0vn"], { token: started().token });

@@ -65,6 +65,13 @@ function runPythonWith(connection: readonly string[], args: readonly string[], o
   return runClientCommand(python, [join(example, "otp_client.py"), ...connection, ...args], { ...options, label: "otp_client.py" });
 }
 
+/** test/support/client-burst/burst.py: a SendOtp to each recipient, all at once on one channel of the example's client. */
+function burstPython(recipients: readonly string[]) {
+  const { target, caFile, token } = started();
+  const burst = join(root, "test/support/client-burst/burst.py");
+  return runClientCommand(python, [burst, "--target", target, "--ca-file", caFile, ...recipients], { token, label: "burst.py" });
+}
+
 beforeAll(async () => {
   requireDebianPackages("Python client test", debianPackages);
   const generated = spawnSync(join(example, "generate.sh"), { encoding: "utf8" });
@@ -77,5 +84,5 @@ afterAll(async () => {
 });
 
 describe("a Python service with the generated client (examples/python)", () => {
-  describeClientContract("Python", () => ({ service: started(), run: runPython, runWith: runPythonWith, otherOutput: () => "" }));
+  describeClientContract("Python", () => ({ service: started(), run: runPython, runWith: runPythonWith, burst: burstPython, otherOutput: () => "" }));
 });

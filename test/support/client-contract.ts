@@ -8,6 +8,12 @@
  * Each example's CLI prints the same JSON: the response with proto field
  * names on stdout (exit 0), or a failed call's error details on the last line
  * of stderr (exit 1).
+ *
+ * The service takes few calls at once per connection (`clientStreamBound`),
+ * so that one channel's burst of calls meets the bound, as the README's
+ * GRPC_MAX_CONCURRENT_STREAMS promises it may: each language's burst program
+ * (test/support/client-burst/) fires many SendOtps at once on one channel of
+ * its example's client.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -23,6 +29,13 @@ import { codeFromMail } from "./service.js";
 import { startSmtpSink, type SmtpSink } from "./smtp-sink.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
+
+/**
+ * The service's GRPC_MAX_CONCURRENT_STREAMS in the client tests: under the
+ * SMTP pool's 5 connections, so that the most messages at the relay at once
+ * is this bound's doing, not the pool's.
+ */
+export const clientStreamBound = 4;
 
 /** A Debian package a client test needs, and how to tell it is installed. */
 export interface DebianPackage {
@@ -124,7 +137,11 @@ export interface ServiceForClients {
   stop(): Promise<void>;
 }
 
-/** Starts the compiled service in production mode with TLS and one token caller named `caller`, and its plaintext twin. */
+/**
+ * Starts the compiled service in production mode with TLS and one token
+ * caller named `caller`, and its plaintext twin; both take `clientStreamBound`
+ * calls at once per connection.
+ */
 export async function startServiceForClients(caller: string): Promise<ServiceForClients> {
   const tmp = await mkdtemp(join(tmpdir(), `otp-${caller}-`));
   const token = randomBytes(24).toString("base64url");
@@ -211,6 +228,7 @@ export async function startServiceForClients(caller: string): Promise<ServiceFor
       MAIL_FROM: '"Acme Login" <no-reply@acme.test>',
       AUTH_TOKENS: `${caller}:${createHash("sha256").update(token).digest("hex")}`,
       LIMIT_RESEND_COOLDOWN: "60s",
+      GRPC_MAX_CONCURRENT_STREAMS: String(clientStreamBound),
     };
     // The twin shares Redis, the sink and the token; it serves plaintext on loopback, as a sidecar's upstream would.
     const [target, plaintextTarget] = await Promise.all([
@@ -238,6 +256,14 @@ export interface ClientUnderTest {
    * of the service's TLS target and CA.
    */
   readonly runWith: (connection: readonly string[], args: readonly string[], options?: ClientRunOptions) => Promise<ClientRun>;
+  /**
+   * Runs the language's burst program (test/support/client-burst/) against
+   * the service's TLS target with its token: one channel of the example's
+   * client, a SendOtp (purpose login) to each recipient, all started at once.
+   * It prints `{"outcomes": [...]}`, one a recipient in order: the state the
+   * call answered, or `CODE: message` of its error.
+   */
+  readonly burst: (recipients: readonly string[]) => Promise<ClientRun>;
 }
 
 /**
@@ -373,6 +399,30 @@ export function describeClientContract(language: string, client: () => ClientUnd
       expect(limited.json["quota_violations"]).toEqual([
         expect.objectContaining({ subject: "recipient+purpose", quota_id: "resend_cooldown:1m", quota_value: 1, future_quota_value: null }),
       ]);
+    });
+
+    it(`a burst of 40 SendOtps at once on one channel, to a service that takes ${clientStreamBound} calls at once per connection: every call succeeds, the client holding those over the bound`, async () => {
+      const { service, burst } = client();
+      const { sink } = service;
+      const before = sink.messages.length;
+      const run = randomBytes(4).toString("hex");
+      const recipients = Array.from({ length: 40 }, (_, index) => `burst-${run}-${index}@example.com`);
+      // Each call holds its stream for the relay's moment over its message, so the burst's calls overlap.
+      sink.replyAfter(200);
+      const mostAtOnce = sink.countAwaitingReply();
+      let sent: ClientRun;
+      try {
+        sent = await burst(recipients);
+      } finally {
+        sink.replyAfter(0);
+      }
+      expect(sent.exitCode, sent.stderr).toBe(0);
+      // None refused (REFUSED_STREAM reads as UNAVAILABLE or INTERNAL), none cut short by a GOAWAY.
+      expect(sent.json["outcomes"]).toEqual(Array(40).fill("DELIVERY_STATE_ACCEPTED"));
+      const mails = (await sink.waitForMessages(before + 40)).slice(before);
+      expect(mails.flatMap((mail) => mail.envelope.rcptTo).sort()).toEqual([...recipients].sort());
+      // The calls met the bound and never went past it: the pool could have taken one more message at once.
+      expect(mostAtOnce()).toBe(clientStreamBound);
     });
 
     it("no token, or a wrong one: UNAUTHENTICATED with the reason, and the token is echoed nowhere", async () => {
