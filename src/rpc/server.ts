@@ -43,7 +43,8 @@ export const maxRequestBytes = 2 * 1024 * 1024;
  * allows 2^32 - 1: one client could hold any number of SendOtps, each waiting
  * up to SEND_WAIT_BUDGET. 100 is what RFC 9113 advises as the least. A
  * client at the limit holds its further calls until one ends (HTTP/2 clients
- * do: grpc-js through Node's nghttp2, grpc-go, grpc-java); one that ignores
+ * do: grpc-js through Node's nghttp2, grpc-go, grpc-java, Python's grpcio; the
+ * client tests burst each example's client at a bound of 4); one that ignores
  * it has the streams over it refused (REFUSED_STREAM), or, once it has
  * acknowledged the setting, its connection ended (GOAWAY PROTOCOL_ERROR).
  * The bench's 64 concurrent calls share one connection: under the bound.
