@@ -37,7 +37,7 @@ import { createRedisStore, redisOperations } from "./store/redis-store.js";
 import { startStorageProbe } from "./store/storage-probe.js";
 import type { OtpStore } from "./store/types.js";
 import { createBounceTelemetry } from "./telemetry/bounce-telemetry.js";
-import { reportCertificateExpiry } from "./telemetry/certificate-expiry.js";
+import { reportCertificateExpiry, reportClientCrlExpiry } from "./telemetry/certificate-expiry.js";
 import { createDeliveryTelemetry } from "./telemetry/delivery-telemetry.js";
 import { countUnroutedCalls, createGrpcMetricsInterceptor, zeroGrpcSeries } from "./telemetry/grpc-metrics.js";
 import { createMetrics, type Metrics } from "./telemetry/metrics.js";
@@ -299,7 +299,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
-    const grpcCredentials = createServerCredentials(config.tls);
+    const grpcCredentials = createServerCredentials(config.tls && { ...config.tls, clientCrl: config.tls.clientCrl?.checked });
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       onRefused: countRefusedCalls(metrics),
@@ -328,6 +328,9 @@ export async function startApp(options: AppOptions): Promise<App> {
     logAuthentication(config, logger);
     if (config.tls !== undefined) {
       reportCertificateExpiry("grpc", config.tls.cert, { metrics, logger, clock, reloadable: config.tls.paths.cert !== undefined });
+      if (config.tls.clientCrl !== undefined) {
+        reportClientCrlExpiry(config.tls.clientCrl.checked, { metrics, logger, clock, reloadable: config.tls.paths.clientCrl !== undefined });
+      }
     }
     let intake: BounceIntake | undefined;
     if (config.bounce.smtpAddr !== undefined) {
@@ -489,7 +492,8 @@ function watchedCertificates(
       cert: { variable: "TLS_CERT", path: tls.paths.cert, pem: tls.cert },
       key: { variable: "TLS_KEY", path: tls.paths.key, pem: tls.key },
       ca: tls.clientCa === undefined ? undefined : { variable: "TLS_CLIENT_CA", path: tls.paths.clientCa, pem: tls.clientCa },
-      apply: (set) => updateGrpc({ cert: set.cert, key: set.key, clientCa: set.ca }),
+      crl: tls.clientCrl === undefined ? undefined : { variable: "TLS_CLIENT_CRL", path: tls.paths.clientCrl, pem: tls.clientCrl.pem },
+      apply: (set) => updateGrpc({ cert: set.cert, key: set.key, clientCa: set.ca, clientCrl: set.crl }),
     });
   }
   if (config.bounce.tls !== undefined && intake !== undefined) {
@@ -548,7 +552,13 @@ function logAuthentication(config: Config, logger: Logger): void {
   }
   const tokenCallers = [...new Set(config.auth.tokens.map((t) => t.caller))];
   logger.info(
-    { token_callers: tokenCallers, client_certificates: config.tls?.clientCa !== undefined, tls: config.tls !== undefined },
+    {
+      token_callers: tokenCallers,
+      client_certificates: config.tls?.clientCa !== undefined,
+      // Whether a revoked client certificate is refused (TLS_CLIENT_CRL): without CRLs, only its expiry ends it.
+      client_certificate_crl: config.tls?.clientCrl !== undefined,
+      tls: config.tls !== undefined,
+    },
     "callers must authenticate",
   );
   if (config.tls === undefined && config.env === "production") {

@@ -16,6 +16,7 @@ import { parseAddress } from "./otp/address.js";
 import { hasMisreadUserinfo, parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
+import type { ClientCrls } from "./tls/client-crl.js";
 
 export type Environment = "production" | "development" | "test";
 
@@ -37,23 +38,30 @@ export interface Config {
   };
   /**
    * TLS of the gRPC server; undefined: plaintext. `clientCa` turns on client
-   * certificates (mTLS callers). `paths`: the file each part was read from,
-   * undefined for a part given as PEM text (files are re-read, see
-   * `tlsReloadIntervalMs`; PEM text never is).
+   * certificates (mTLS callers), `clientCrl` checks them against CRLs (the
+   * text as given, and the CRLs as checked, see tls/client-crl.ts). `paths`:
+   * the file each part was read from, undefined for a part given as PEM text
+   * (files are re-read, see `tlsReloadIntervalMs`; PEM text never is).
    */
   readonly tls:
     | {
         readonly cert: string;
         readonly key: string;
         readonly clientCa: string | undefined;
-        readonly paths: { readonly cert: string | undefined; readonly key: string | undefined; readonly clientCa: string | undefined };
+        readonly clientCrl: { readonly pem: string; readonly checked: ClientCrls } | undefined;
+        readonly paths: {
+          readonly cert: string | undefined;
+          readonly key: string | undefined;
+          readonly clientCa: string | undefined;
+          readonly clientCrl: string | undefined;
+        };
       }
     | undefined;
   /**
    * TLS_RELOAD_INTERVAL: how often certificate files (TLS_CERT, TLS_KEY,
-   * TLS_CLIENT_CA, BOUNCE_TLS_CERT, BOUNCE_TLS_KEY given as paths) are read
-   * again, a renewed set then served to new connections; undefined (`off`):
-   * only on SIGHUP.
+   * TLS_CLIENT_CA, TLS_CLIENT_CRL, BOUNCE_TLS_CERT, BOUNCE_TLS_KEY given as
+   * paths) are read again, a renewed set then served to new connections;
+   * undefined (`off`): only on SIGHUP.
    */
   readonly tlsReloadIntervalMs: number | undefined;
   readonly limits: LimitsConfig;
@@ -359,19 +367,21 @@ function readCertificatePart(variable: string, raw: string, secret: boolean): Ce
 }
 
 /**
- * A listener's certificate, key and (gRPC with mTLS) client CA, given as PEM
- * text or file paths, checked as a reload checks them (a failure stops the
- * start, exit 78); the key's content never appears in a message.
+ * A listener's certificate, key and (gRPC with mTLS) client CA and CRL,
+ * given as PEM text or file paths, checked at `now` as a reload checks them
+ * (a failure stops the start, exit 78); the key's content never appears in
+ * a message.
  */
-function readCertificateSet(cert: [string, string], key: [string, string], ca?: [string, string]) {
+function readCertificateSet(now: number, cert: [string, string], key: [string, string], ca?: [string, string], crl?: [string, string]) {
   const parts = {
     cert: readCertificatePart(cert[0], cert[1], false),
     key: readCertificatePart(key[0], key[1], true),
     ca: ca === undefined ? undefined : readCertificatePart(ca[0], ca[1], false),
+    crl: crl === undefined ? undefined : readCertificatePart(crl[0], crl[1], false),
   };
-  const checked = checkCertificateSet(parts);
+  const checked = checkCertificateSet(parts, now);
   if (!checked.ok) throw new ConfigError(`${checked.variable}: ${checked.reason}`);
-  return parts;
+  return { ...parts, checked };
 }
 
 /** Caller names: printable ASCII without commas (a SPIFFE id like spiffe://acme/billing is fine). */
@@ -398,7 +408,7 @@ function callerEntries(name: string, raw: string | undefined, rule: string): { c
 const emptyTokenSha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /** AUTH_TOKENS, CALLER_PURPOSES, TLS_*: who may call, and how the server proves who it is. */
-function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "tls"> {
+function readCallers(read: Reader, production: boolean, now: number): Pick<Config, "auth" | "tls"> {
   const tokenRule = "CALLER:SHA256 with the token's SHA-256 in 64 hex digits (printf %s \"$TOKEN\" | sha256sum)";
   const tokens = callerEntries("AUTH_TOKENS", read.string("AUTH_TOKENS"), tokenRule).map(({ caller, value }, index) => {
     if (!/^[0-9a-fA-F]{64}$/.test(value)) throw new ConfigError(`AUTH_TOKENS: entry ${index + 1} must be ${tokenRule}`);
@@ -418,16 +428,32 @@ function readCallers(read: Reader, production: boolean): Pick<Config, "auth" | "
   const certRaw = read.string("TLS_CERT");
   const keyRaw = read.string("TLS_KEY");
   const caRaw = read.string("TLS_CLIENT_CA");
+  const crlRaw = read.string("TLS_CLIENT_CRL");
   if ((certRaw === undefined) !== (keyRaw === undefined)) {
     throw new ConfigError(`${certRaw === undefined ? "TLS_CERT" : "TLS_KEY"}: required with ${certRaw === undefined ? "TLS_KEY" : "TLS_CERT"} (PEM text or a file path)`);
   }
   if (caRaw !== undefined && certRaw === undefined) {
     throw new ConfigError("TLS_CLIENT_CA: client certificates need TLS: also set TLS_CERT and TLS_KEY");
   }
+  if (crlRaw !== undefined && caRaw === undefined) {
+    throw new ConfigError("TLS_CLIENT_CRL: revokes client certificates, which need TLS_CLIENT_CA (the CA that signs them and the CRL)");
+  }
   let tls: Config["tls"];
   if (certRaw !== undefined && keyRaw !== undefined) {
-    const { cert, key, ca } = readCertificateSet(["TLS_CERT", certRaw], ["TLS_KEY", keyRaw], caRaw === undefined ? undefined : ["TLS_CLIENT_CA", caRaw]);
-    tls = { cert: cert.pem, key: key.pem, clientCa: ca?.pem, paths: { cert: cert.path, key: key.path, clientCa: ca?.path } };
+    const { cert, key, ca, crl, checked } = readCertificateSet(
+      now,
+      ["TLS_CERT", certRaw],
+      ["TLS_KEY", keyRaw],
+      caRaw === undefined ? undefined : ["TLS_CLIENT_CA", caRaw],
+      crlRaw === undefined ? undefined : ["TLS_CLIENT_CRL", crlRaw],
+    );
+    tls = {
+      cert: cert.pem,
+      key: key.pem,
+      clientCa: ca?.pem,
+      clientCrl: crl === undefined || checked.set.crl === undefined ? undefined : { pem: crl.pem, checked: checked.set.crl },
+      paths: { cert: cert.path, key: key.path, clientCa: ca?.path, clientCrl: crl?.path },
+    };
   }
   if (production && tokens.length === 0 && tls?.clientCa === undefined) {
     throw new ConfigError(
@@ -576,7 +602,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
   }
   const from = parseMailFrom(mailFrom ?? '"OtpEmail" <no-reply@otp-email.localhost>');
   const bounceDomain = optionalDomain("BOUNCE_DOMAIN", read.string("BOUNCE_DOMAIN"));
-  const callers = readCallers(read, production);
+  const callers = readCallers(read, production, now);
 
   const defaultLocale = (read.string("DEFAULT_LOCALE") ?? "en").toLowerCase();
   if (!/^[a-z]{2,3}(-[a-z0-9]{2,8})*$/.test(defaultLocale)) {
@@ -669,7 +695,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
       feedbackAddress: readFeedbackAddress(read.string("FEEDBACK_ADDRESS"), bounceDomain ?? from.address.slice(from.address.lastIndexOf("@") + 1)),
       ...readBounceSmtpAddr(read.string("BOUNCE_SMTP_ADDR"), nodeEnv),
       connectionsPerMinute: read.int("BOUNCE_CONNECTIONS_PER_MINUTE", 60, 1, 100_000),
-      tls: readBounceTls(read),
+      tls: readBounceTls(read, now),
       suppressionTtlMs: read.duration("SUPPRESSION_TTL", 30 * 86_400_000, 60_000, 365 * 86_400_000),
     },
     doctor: {
@@ -840,7 +866,7 @@ function readBounceSmtpAddr(
  * instead of failing every relay's STARTTLS later; the key's value and
  * content never appear in a message.
  */
-function readBounceTls(read: Reader): Config["bounce"]["tls"] {
+function readBounceTls(read: Reader, now: number): Config["bounce"]["tls"] {
   const certRaw = read.string("BOUNCE_TLS_CERT");
   const keyRaw = read.string("BOUNCE_TLS_KEY");
   const required = read.boolean("BOUNCE_TLS_REQUIRED");
@@ -852,7 +878,7 @@ function readBounceTls(read: Reader): Config["bounce"]["tls"] {
     const [missing, given] = certRaw === undefined ? ["BOUNCE_TLS_CERT", "BOUNCE_TLS_KEY"] : ["BOUNCE_TLS_KEY", "BOUNCE_TLS_CERT"];
     throw new ConfigError(`${missing}: required with ${given} (PEM text or a file path)`);
   }
-  const { cert, key } = readCertificateSet(["BOUNCE_TLS_CERT", certRaw], ["BOUNCE_TLS_KEY", keyRaw]);
+  const { cert, key } = readCertificateSet(now, ["BOUNCE_TLS_CERT", certRaw], ["BOUNCE_TLS_KEY", keyRaw]);
   return { cert: cert.pem, key: key.pem, required, paths: { cert: cert.path, key: key.path } };
 }
 

@@ -7,7 +7,9 @@
  *   are configured; the presented token's hash is compared with every one of
  *   them in constant time.
  * - a client certificate that the TLS layer verified against TLS_CLIENT_CA
- *   (grpc-js shows a certificate only when it verified). The caller is its
+ *   and, with TLS_CLIENT_CRL, found not revoked (grpc-js shows a
+ *   certificate only when it verified, and does not say why one did not:
+ *   a revoked certificate reads as none). The caller is its
  *   first URI SAN (a SPIFFE id), else its first DNS SAN, else its CN.
  *
  * Both present must name the same caller. Nothing valid: UNAUTHENTICATED,
@@ -43,7 +45,8 @@ export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCa
     if (token.sha256.length !== 32) throw new TypeError(`token hash of ${token.caller} is not 32 bytes`);
   }
   const missing = clientCertificates
-    ? "no credentials: send the metadata `authorization: Bearer <token>` or a client certificate signed by the configured CA"
+    ? "no credentials: send the metadata `authorization: Bearer <token>` or a client certificate signed by the configured CA " +
+      "(an expired, revoked or otherwise unverified one counts as none)"
     : "no credentials: send the metadata `authorization: Bearer <token>`";
 
   return (call) => {

@@ -18,6 +18,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import type { Clock } from "../clock.js";
+import type { ClientCrls } from "../tls/client-crl.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "./metrics.js";
 
@@ -70,5 +71,46 @@ export function reportCertificateExpiry(role: CertificateRole, pem: string, opti
       { ...fields, not_before: new Date(notBefore).toISOString() },
       `${variable} is not valid yet: clients that verify it refuse the connection until then (is this host's clock right?)`,
     );
+  }
+}
+
+export interface ClientCrlExpiryOptions {
+  readonly metrics: Pick<Metrics, "tlsClientCrlNextUpdate">;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  /** The CRLs are a file that is re-read. */
+  readonly reloadable: boolean;
+}
+
+/**
+ * How long before a CRL's nextUpdate a warning is logged (the alert
+ * OtpTlsClientCrlExpiresSoon uses the same). CAs publish CRLs from days to
+ * minutes ahead of nextUpdate; six hours leaves time to act on a publisher
+ * that stopped without warning about most CAs' routine.
+ */
+export const clientCrlWarnWithinMs = 6 * 3_600_000;
+
+/**
+ * Sets otp_tls_client_crl_next_update_timestamp_seconds to the CRLs now
+ * in use (TLS_CLIENT_CRL) and warns of a CA whose newest CRL expires soon:
+ * an expired CRL is refused by the checks, but the one in use expires
+ * while it is served, and from then on TLS refuses every client
+ * certificate of its CA.
+ */
+export function reportClientCrlExpiry(crls: ClientCrls, options: ClientCrlExpiryOptions): void {
+  const { metrics, logger } = options;
+  metrics.tlsClientCrlNextUpdate.reset();
+  const now = options.clock.now();
+  for (const { subject, nextUpdate } of crls.authorities) {
+    if (nextUpdate === undefined) continue;
+    metrics.tlsClientCrlNextUpdate.set({ issuer: subject }, Math.floor(nextUpdate / 1000));
+    if (nextUpdate - now <= clientCrlWarnWithinMs) {
+      const hoursLeft = Math.floor(((nextUpdate - now) / 3_600_000) * 10) / 10;
+      logger.warn(
+        { issuer: subject, next_update: new Date(nextUpdate).toISOString(), hours_left: hoursLeft },
+        `the CRL of ${subject} (TLS_CLIENT_CRL) expires in ${hoursLeft} hours, and then TLS refuses every client certificate of that CA: ` +
+          (options.reloadable ? "publish a new CRL; the file is re-read without a restart" : "publish a new CRL and restart (it is PEM text, read at start-up only)"),
+      );
+    }
   }
 }

@@ -169,6 +169,7 @@ export interface Metrics {
   readonly tlsCertificateExpiry: Gauge<"certificate">;
   readonly tlsCertificateReloads: Counter<"certificate" | "result">;
   readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
+  readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
   readonly healthComponentUp: Gauge<"component">;
   readonly traceExportSpans: Counter<"result">;
 
@@ -410,10 +411,19 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const tlsCertificateReloads = new Counter({
     name: "otp_tls_certificate_reloads_total",
     help:
-      "Changes of a listener's certificate files (grpc: TLS_CERT, TLS_KEY, TLS_CLIENT_CA; bounce_intake: BOUNCE_TLS_CERT, BOUNCE_TLS_KEY) by " +
+      "Changes of a listener's certificate files (grpc: TLS_CERT, TLS_KEY, TLS_CLIENT_CA, TLS_CLIENT_CRL; bounce_intake: BOUNCE_TLS_CERT, BOUNCE_TLS_KEY) by " +
       "result: applied (new connections get them), refused (they failed the start-up checks; the certificate in use stays). A change is " +
       "counted once, however often the same files are read. Series only for certificates given as files.",
     labelNames: ["certificate", "result"] as const,
+    registers,
+  });
+  const tlsClientCrlNextUpdate = new Gauge({
+    name: "otp_tls_client_crl_next_update_timestamp_seconds",
+    help:
+      "When the newest CRL (TLS_CLIENT_CRL) of a client CA expires (its nextUpdate, Unix seconds), by issuer (the CA's subject): from then " +
+      "on TLS refuses every client certificate of that CA until a current CRL is read. It follows reloaded CRLs. No series without " +
+      "TLS_CLIENT_CRL, nor for a CRL without nextUpdate.",
+    labelNames: ["issuer"] as const,
     registers,
   });
   const tlsCertificateLastReloadSuccessful = new Gauge({
@@ -521,6 +531,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsCertificateExpiry,
     tlsCertificateReloads,
     tlsCertificateLastReloadSuccessful,
+    tlsClientCrlNextUpdate,
     healthComponentUp,
     traceExportSpans,
     watchHealth(source) {

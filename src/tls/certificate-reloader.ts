@@ -4,10 +4,10 @@
  *
  * Every part given as a file path is read again every TLS_RELOAD_INTERVAL
  * and on SIGHUP (`reload`). When the files changed, the whole set (a
- * listener's certificate, key and client CA) is checked as at start-up
- * (tls/certificate-set.ts) and then:
+ * listener's certificate, key, client CA and client CRL) is checked as at
+ * start-up (tls/certificate-set.ts) and then:
  * - applied: handed to the listener, so new connections get it while open
- *   ones keep what they negotiated; the expiry gauge follows it;
+ *   ones keep what they negotiated; the expiry gauges follow it;
  * - refused: the certificate in use stays, and an error names the variable
  *   and the reason (never the content). The same files are reported once,
  *   however often they are read again.
@@ -27,7 +27,7 @@ import { createHash, X509Certificate } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
-import { reportCertificateExpiry, type CertificateRole } from "../telemetry/certificate-expiry.js";
+import { reportCertificateExpiry, reportClientCrlExpiry, type CertificateRole } from "../telemetry/certificate-expiry.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import { checkCertificateSet, subjectOf, unreadableReason, type CertificatePart, type CertificateSet } from "./certificate-set.js";
 
@@ -48,6 +48,8 @@ export interface WatchedCertificate {
   readonly key: WatchedPart;
   /** The client CA (gRPC with TLS_CLIENT_CA). */
   readonly ca?: WatchedPart | undefined;
+  /** The client CRLs (gRPC with TLS_CLIENT_CRL). */
+  readonly crl?: WatchedPart | undefined;
   /** Serves a checked set to new connections. */
   apply(set: CertificateSet): void;
 }
@@ -58,7 +60,7 @@ export interface CertificateReloaderOptions {
   readonly intervalMs: number | undefined;
   /** How long files that fail their checks get to settle before they are refused (default 2 s). */
   readonly settleMs?: number | undefined;
-  readonly metrics: Pick<Metrics, "tlsCertificateReloads" | "tlsCertificateLastReloadSuccessful" | "tlsCertificateExpiry">;
+  readonly metrics: Pick<Metrics, "tlsCertificateReloads" | "tlsCertificateLastReloadSuccessful" | "tlsCertificateExpiry" | "tlsClientCrlNextUpdate">;
   readonly logger: Logger;
   readonly clock: Clock;
 }
@@ -84,7 +86,12 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
   const { metrics, clock, intervalMs } = options;
   const logger = options.logger.child({ component: "certificates" });
   const settleMs = options.settleMs ?? defaultSettleMs;
-  const parts = (watched: WatchedCertificate): WatchedPart[] => [watched.cert, watched.key, ...(watched.ca === undefined ? [] : [watched.ca])];
+  const parts = (watched: WatchedCertificate): WatchedPart[] => [
+    watched.cert,
+    watched.key,
+    ...(watched.ca === undefined ? [] : [watched.ca]),
+    ...(watched.crl === undefined ? [] : [watched.crl]),
+  ];
 
   const inline = options.certificates.flatMap((watched) => parts(watched).filter((part) => part.path === undefined).map((part) => part.variable));
   if (inline.length > 0) {
@@ -242,7 +249,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
           const read = reading.get(part);
           if (read !== undefined && "text" in read) served.set(part, read.text);
         }
-        applied(changed, outcome.leaf);
+        applied(changed, outcome.leaf, outcome.set);
         return;
       }
       const failure = outcome;
@@ -270,23 +277,31 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     }
 
     /** Checks the set the files make with the parts given inline and applies it: its leaf when applied, else why not. */
-    function tryApply(reading: Reading): { leaf: X509Certificate } | { variable: string; reason: string } {
+    function tryApply(reading: Reading): { leaf: X509Certificate; set: CertificateSet } | { variable: string; reason: string } {
       const pemOf = (part: WatchedPart): CertificatePart | { variable: string; reason: string } => {
         const read = reading.get(part);
         if (read === undefined) return { variable: part.variable, pem: part.pem, origin: "the value" };
         if ("error" in read) return { variable: part.variable, reason: `cannot read ${part.path ?? ""}: ${unreadableReason(read.error)}` };
         return { variable: part.variable, pem: read.text, origin: part.path ?? "the value" };
       };
-      const [cert, key, ca] = [pemOf(watched.cert), pemOf(watched.key), watched.ca === undefined ? undefined : pemOf(watched.ca)];
-      for (const part of [cert, key, ca]) if (part !== undefined && "reason" in part) return part;
-      const checked = checkCertificateSet({ cert: cert as CertificatePart, key: key as CertificatePart, ca: ca as CertificatePart | undefined });
+      const [cert, key, ca, crl] = [
+        pemOf(watched.cert),
+        pemOf(watched.key),
+        watched.ca === undefined ? undefined : pemOf(watched.ca),
+        watched.crl === undefined ? undefined : pemOf(watched.crl),
+      ];
+      for (const part of [cert, key, ca, crl]) if (part !== undefined && "reason" in part) return part;
+      const checked = checkCertificateSet(
+        { cert: cert as CertificatePart, key: key as CertificatePart, ca: ca as CertificatePart | undefined, crl: crl as CertificatePart | undefined },
+        clock.now(),
+      );
       if (!checked.ok) return checked;
       try {
         watched.apply(checked.set);
       } catch (error) {
         return { variable: watched.cert.variable, reason: `the listener could not take it (${(error as Error).message})` };
       }
-      return { leaf: checked.leaf };
+      return { leaf: checked.leaf, set: checked.set };
     }
 
     /** The leaf certificate served now (undefined only if it no longer parses, which its checks rule out). */
@@ -298,7 +313,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       }
     }
 
-    function applied(changed: readonly WatchedPart[], leaf: X509Certificate): void {
+    function applied(changed: readonly WatchedPart[], leaf: X509Certificate, set: CertificateSet): void {
       const names = changed.map((part) => part.variable);
       const cert = served.get(watched.cert) ?? watched.cert.pem;
       metrics.tlsCertificateReloads.inc({ certificate: role, result: "applied" });
@@ -308,6 +323,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
         `${names.join(", ")} reloaded: new connections use ${names.length > 1 ? "them" : "it"}, connections already open keep what they negotiated`,
       );
       reportCertificateExpiry(role, cert, { metrics, logger, clock, reloadable: watched.cert.path !== undefined });
+      if (set.crl !== undefined) reportClientCrlExpiry(set.crl, { metrics, logger, clock, reloadable: watched.crl?.path !== undefined });
     }
 
     return {

@@ -1,15 +1,17 @@
 /**
- * The checks a listener's certificate, key and CA pass before they are used:
- * at start-up (config.ts, where a failure stops the start with exit 78) and
- * again whenever their files change (certificate-reloader.ts, where a
- * failure keeps the certificate in use). One function, so that what starts
- * the service and what a reload applies can never disagree.
+ * The checks a listener's certificate, key, client CA and client CRL pass
+ * before they are used: at start-up (config.ts, where a failure stops the
+ * start with exit 78) and again whenever their files change
+ * (certificate-reloader.ts, where a failure keeps the set in use). One
+ * function, so that what starts the service and what a reload applies can
+ * never disagree.
  *
  * A reason names what is wrong and where (the file), never the content: a
  * private key's text appears in no message.
  */
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
 import { createSecureContext } from "node:tls";
+import { checkClientCrl, type ClientCrls } from "./client-crl.js";
 
 /** What a TLS listener presents, and (gRPC with mTLS callers) whom it trusts. */
 export interface CertificateSet {
@@ -19,6 +21,8 @@ export interface CertificateSet {
   readonly key: string;
   /** PEM CA certificate(s) that sign client certificates; undefined: none asked for. */
   readonly ca?: string | undefined;
+  /** The CRLs client certificates are checked against (TLS_CLIENT_CRL); undefined: none. */
+  readonly crl?: ClientCrls | undefined;
 }
 
 /** One part of a set: the variable it comes from, its text, and how to name where the text came from in a message. */
@@ -33,6 +37,8 @@ export interface CertificateSetParts {
   readonly cert: CertificatePart;
   readonly key: CertificatePart;
   readonly ca?: CertificatePart | undefined;
+  /** Only with `ca`. */
+  readonly crl?: CertificatePart | undefined;
 }
 
 export type CertificateSetCheck =
@@ -44,8 +50,10 @@ export type CertificateSetCheck =
  * parse, the key is an unencrypted private key that belongs to the first
  * certificate, and Node builds a TLS context from them (the last guard: a
  * set that got this far cannot make the listener's context update throw).
+ * With a CRL, also the checks of tls/client-crl.ts at `now` (ms): a CRL
+ * past its nextUpdate is refused here, so it depends on the time.
  */
-export function checkCertificateSet(parts: CertificateSetParts): CertificateSetCheck {
+export function checkCertificateSet(parts: CertificateSetParts, now: number): CertificateSetCheck {
   const refuse = (variable: string, reason: string): CertificateSetCheck => ({ ok: false, variable, reason });
 
   const noBlock = pemBlockMissing(parts.cert, "CERTIFICATE");
@@ -82,12 +90,27 @@ export function checkCertificateSet(parts: CertificateSetParts): CertificateSetC
     }
   }
 
-  const set: CertificateSet = { cert: parts.cert.pem, key: parts.key.pem, ca: parts.ca?.pem };
+  let crl: ClientCrls | undefined;
+  if (parts.crl !== undefined) {
+    if (parts.ca === undefined) return refuse(parts.crl.variable, "a CRL needs the CA whose certificates it revokes (TLS_CLIENT_CA)");
+    const checked = checkClientCrl(parts.crl.pem, parts.ca.pem, parts.crl.origin, now);
+    if (!checked.ok) return refuse(parts.crl.variable, checked.reason);
+    crl = checked.crls;
+  }
+
+  const set: CertificateSet = { cert: parts.cert.pem, key: parts.key.pem, ca: parts.ca?.pem, crl };
   try {
     createSecureContext({ cert: set.cert, key: set.key, ...(set.ca === undefined ? {} : { ca: set.ca }) });
   } catch (error) {
     // OpenSSL's words (a key too small for its security level, a CA bundle it cannot load): no key text in them.
     return refuse(parts.cert.variable, `TLS cannot use this certificate and key (${(error as Error).message})`);
+  }
+  if (set.crl !== undefined) {
+    try {
+      createSecureContext({ ca: set.ca, crl: [...set.crl.pems] });
+    } catch (error) {
+      return refuse(parts.crl?.variable ?? "TLS_CLIENT_CRL", `TLS cannot use this CRL (${(error as Error).message})`);
+    }
   }
   return { ok: true, set, leaf };
 }

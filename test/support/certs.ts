@@ -1,9 +1,11 @@
 /**
  * Throw-away X.509 material for TLS tests, made with the system's openssl in
  * a temporary directory: a CA, a server certificate for 127.0.0.1/localhost,
- * and client certificates (valid, expired, or from another CA).
+ * client certificates (valid, expired, or from another CA), and the CA's
+ * certificate revocation lists.
  */
 import { execFile } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,6 +22,17 @@ export interface KeyPair {
 export interface CertificateAuthority extends KeyPair {
   /** Issues a certificate signed by this CA. */
   issue(options: IssueOptions): Promise<KeyPair>;
+  /** A PEM CRL signed by this CA (`openssl ca -gencrl`). */
+  crl(options?: CrlOptions): Promise<string>;
+}
+
+export interface CrlOptions {
+  /** Certificates of this CA that the CRL revokes. */
+  readonly revoked?: readonly KeyPair[];
+  /** thisUpdate; default now. */
+  readonly lastUpdate?: Date;
+  /** nextUpdate; default a day from now. In the past: an expired CRL. */
+  readonly nextUpdate?: Date;
 }
 
 export interface IssueOptions {
@@ -79,6 +92,29 @@ export async function openCertificateWorkshop(): Promise<CertificateWorkshop> {
             "-CAcreateserial", "-out", path(`${leaf}.pem`), "-days", String(options.days ?? 1), "-extfile", path(`${leaf}.ext`),
           ]);
           return { cert: await readFile(path(`${leaf}.pem`), "utf8"), key: await readFile(path(`${leaf}.key`), "utf8") };
+        },
+        async crl(options = {}) {
+          const list = `crl-${++counter}`;
+          // `openssl ca` keeps its revocations in an index file: one R line per revoked certificate.
+          const time = (date: Date): string => date.toISOString().replace(/[-:T]/g, "").slice(2, 14) + "Z";
+          const revoked = (options.revoked ?? []).map((pair) => {
+            const certificate = new X509Certificate(pair.cert);
+            const subject = certificate.subject.split("\n").map((rdn) => `/${rdn}`).join("");
+            return ["R", time(certificate.validToDate), time(new Date(Date.now() - 60_000)), certificate.serialNumber, "unknown", subject].join("\t");
+          });
+          await writeFile(path(`${list}.index`), revoked.map((line) => `${line}\n`).join(""));
+          await writeFile(path(`${list}.number`), "01\n");
+          await writeFile(
+            path(`${list}.cnf`),
+            ["[ca]", "default_ca = crl", "[crl]", `database = ${path(`${list}.index`)}`, `crlnumber = ${path(`${list}.number`)}`, "default_md = sha256", ""].join("\n"),
+          );
+          const lastUpdate = options.lastUpdate ?? new Date();
+          const nextUpdate = options.nextUpdate ?? new Date(Date.now() + 86_400_000);
+          await run(openssl, [
+            "ca", "-gencrl", "-batch", "-config", path(`${list}.cnf`), "-keyfile", path(`${base}.key`), "-cert", path(`${base}.pem`),
+            "-crl_lastupdate", time(lastUpdate), "-crl_nextupdate", time(nextUpdate), "-out", path(`${list}.pem`),
+          ]);
+          return readFile(path(`${list}.pem`), "utf8");
         },
       };
     },

@@ -1,0 +1,222 @@
+/**
+ * TLS_CLIENT_CRL: a revoked client certificate names no caller. The real
+ * app, real TLS handshakes on the gRPC port, callers with certificates from
+ * two client CAs (TLS_CLIENT_CA holds both, TLS_CLIENT_CRL a CRL of each,
+ * made with `openssl ca -gencrl`), and a token caller on the same port.
+ *
+ * - a revoked certificate is UNAUTHENTICATED, one the CRL does not list is
+ *   a caller, whichever of the two CAs signed it; a token caller is not
+ *   affected;
+ * - a renewed CRL file, picked up at a reload, revokes a certificate that
+ *   was fine before, for new connections;
+ * - a renewed CRL that fails the checks (expired, from a CA that is not a
+ *   client CA) is refused: the CRL in use stays, the log names
+ *   TLS_CLIENT_CRL and why;
+ * - otp_tls_client_crl_next_update_timestamp_seconds follows the CRLs in use;
+ * - the service as `npm start` runs it refuses to start on an expired CRL
+ *   (exit 78), naming TLS_CLIENT_CRL.
+ */
+import { createHash } from "node:crypto";
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { openCertificateWorkshop, type CertificateAuthority, type CertificateWorkshop, type KeyPair } from "../support/certs.js";
+import { errorDetails, grpcError, GrpcOtpClient, grpcUnary } from "../support/grpc.js";
+import { sampleValue } from "../support/metric-samples.js";
+import { startObservedService, type ObservedService } from "../support/observed-service.js";
+import { killServiceProcesses, startServiceProcess } from "../support/service-process.js";
+
+const { sendOtp } = OtpEmailService.method;
+const token = "client-crl-test-token-0123456789";
+
+let workshop: CertificateWorkshop;
+let caA: CertificateAuthority;
+let caB: CertificateAuthority;
+let server: KeyPair;
+/** Client certificates: alpha and beta from CA A, gamma from CA B. */
+let alpha: KeyPair;
+let beta: KeyPair;
+let gamma: KeyPair;
+/** When the CRLs in the first file expire. */
+const firstNextUpdate = new Date(Date.now() + 3 * 86_400_000);
+
+let folder: string;
+let service: ObservedService;
+let port = 0;
+const clients: grpc.Client[] = [];
+
+const file = (name: string): string => join(folder, name);
+/** Replaced the way cert-manager and ACME clients do: a new file renamed over the old. */
+async function replace(name: string, pem: string): Promise<void> {
+  await writeFile(file(`.${name}.tmp`), pem);
+  await rename(file(`.${name}.tmp`), file(name));
+}
+
+beforeAll(async () => {
+  workshop = await openCertificateWorkshop();
+  caA = await workshop.newCa("crl test CA A");
+  caB = await workshop.newCa("crl test CA B");
+  server = await caA.issue({ cn: "127.0.0.1", san: "IP:127.0.0.1,DNS:localhost", server: true });
+  alpha = await caA.issue({ cn: "alpha", san: "URI:spiffe://test/alpha" });
+  beta = await caA.issue({ cn: "beta", san: "URI:spiffe://test/beta" });
+  gamma = await caB.issue({ cn: "gamma", san: "URI:spiffe://test/gamma" });
+
+  folder = await mkdtemp(join(tmpdir(), "otp-client-crl-"));
+  await writeFile(file("cert.pem"), server.cert);
+  await writeFile(file("key.pem"), server.key);
+  await writeFile(file("ca.pem"), caA.cert + caB.cert);
+  // One file, two CRLs: beta is revoked.
+  await writeFile(
+    file("crl.pem"),
+    (await caA.crl({ revoked: [beta], nextUpdate: firstNextUpdate })) + (await caB.crl({ nextUpdate: new Date(firstNextUpdate.getTime() + 86_400_000) })),
+  );
+  service = await startObservedService({
+    env: {
+      TLS_CERT: file("cert.pem"),
+      TLS_KEY: file("key.pem"),
+      TLS_CLIENT_CA: file("ca.pem"),
+      TLS_CLIENT_CRL: file("crl.pem"),
+      AUTH_TOKENS: `tokens:${createHash("sha256").update(token).digest("hex")}`,
+      // Only reload requests read the files, so that each step is seen exactly once.
+      TLS_RELOAD_INTERVAL: "off",
+    },
+    certificateSettleMs: 100,
+  });
+  port = service.app.address.port;
+});
+
+afterAll(async () => {
+  killServiceProcesses();
+  for (const made of clients) made.close();
+  await service?.stop();
+  await workshop?.cleanup();
+  if (folder !== undefined) await rm(folder, { recursive: true, force: true });
+});
+
+/** A grpc-js client with a connection of its own (no subchannel shared with other clients). */
+function client(identity?: KeyPair): grpc.Client {
+  const credentials = grpc.credentials.createSsl(
+    Buffer.from(caA.cert),
+    identity === undefined ? null : Buffer.from(identity.key),
+    identity === undefined ? null : Buffer.from(identity.cert),
+  );
+  const made = new GrpcOtpClient(`127.0.0.1:${port}`, credentials, {
+    "grpc.ssl_target_name_override": "localhost",
+    "grpc.use_local_subchannel_pool": 1,
+  });
+  clients.push(made);
+  return made;
+}
+
+let recipients = 0;
+const send = (caller: grpc.Client, metadata?: grpc.Metadata) =>
+  grpcUnary(caller, sendOtp, { recipient: `crl-${++recipients}@example.com`, purpose: Purpose.LOGIN }, metadata === undefined ? {} : { metadata });
+const bearer = (): grpc.Metadata => {
+  const metadata = new grpc.Metadata();
+  metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+};
+const lastCaller = (): unknown => service.logs().filter((line) => line["msg"] === "otp queued").at(-1)?.["caller"];
+
+async function refusedAsNoCredential(identity: KeyPair): Promise<void> {
+  const error = await grpcError(send(client(identity)));
+  expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+  expect(errorDetails(error).errorInfo?.reason).toBe("CREDENTIALS_MISSING");
+  expect(error.details).toMatch(/revoked/);
+}
+
+/** Retries `check` until it returns true (every 50 ms, for up to 10 s). */
+async function until(what: string, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+const reloads = (result: string) => sampleValue(service.metrics.registry, "otp_tls_certificate_reloads_total", { certificate: "grpc", result });
+const nextUpdate = (issuer: string) => sampleValue(service.metrics.registry, "otp_tls_client_crl_next_update_timestamp_seconds", { issuer });
+const seconds = (date: Date): number => Math.floor(date.getTime() / 1000);
+
+describe("TLS_CLIENT_CRL", () => {
+  it("a revoked certificate is no credential (UNAUTHENTICATED); unrevoked ones of both client CAs name their callers; a token caller is unaffected", async () => {
+    await refusedAsNoCredential(beta);
+
+    expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
+    expect(lastCaller()).toBe("spiffe://test/alpha");
+    // The second CRL of the file is in force too: without it, TLS could not check CA B's certificates and would refuse them all.
+    expect((await send(client(gamma))).state).toBe(DeliveryState.ACCEPTED);
+    expect(lastCaller()).toBe("spiffe://test/gamma");
+
+    expect((await send(client(), bearer())).state).toBe(DeliveryState.ACCEPTED);
+    expect(lastCaller()).toBe("tokens");
+    expect(service.sink.messages).toHaveLength(3);
+  });
+
+  it("says at start-up that client certificates are checked against CRLs, and tells when each client CA's CRL expires", async () => {
+    expect(service.logs().find((line) => line["msg"] === "callers must authenticate")).toMatchObject({ client_certificates: true, client_certificate_crl: true });
+    expect(await nextUpdate("CN=crl test CA A")).toBe(seconds(firstNextUpdate));
+    expect(await nextUpdate("CN=crl test CA B")).toBe(seconds(firstNextUpdate) + 86_400);
+  });
+
+  it("a renewed CRL read at a reload revokes a certificate that was fine before, for new connections", async () => {
+    const before = client(gamma);
+    expect((await send(before)).state).toBe(DeliveryState.ACCEPTED);
+
+    const renewed = new Date(Date.now() + 7 * 86_400_000);
+    await replace("crl.pem", (await caA.crl({ revoked: [beta], nextUpdate: renewed })) + (await caB.crl({ revoked: [gamma], nextUpdate: renewed })));
+    await service.app.reloadCertificates();
+    expect(await reloads("applied")).toBe(1);
+    expect(service.logs().filter((line) => line["certificate"] === "grpc" && line["changed"] !== undefined)).toEqual([
+      expect.objectContaining({ level: "info", changed: ["TLS_CLIENT_CRL"], msg: expect.stringMatching(/^TLS_CLIENT_CRL reloaded/) as string }),
+    ]);
+
+    await refusedAsNoCredential(gamma);
+    await refusedAsNoCredential(beta);
+    expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
+    expect(await nextUpdate("CN=crl test CA B")).toBe(seconds(renewed));
+    // TLS checks a certificate at the handshake: a connection opened before goes on until it closes.
+    expect((await send(before)).state).toBe(DeliveryState.ACCEPTED);
+  });
+
+  it.each([
+    ["an expired CRL", async () => (await caA.crl({ lastUpdate: new Date(Date.now() - 2 * 86_400_000), nextUpdate: new Date(Date.now() - 3_600_000) })) + (await caB.crl()), /^the CRL from CN=crl test CA A expired at /],
+    ["a CRL of a CA that is not a client CA", async () => (await (await workshop.newCa("crl test CA C")).crl()) + (await caA.crl()) + (await caB.crl()), /^CRL 1 of .* comes from CN=crl test CA C, which is not a CA of TLS_CLIENT_CA$/],
+  ])("%s is refused at a reload: the CRL in use stays, the log names TLS_CLIENT_CRL and why", async (_name, make, reason) => {
+    const refusedBefore = (await reloads("refused")) ?? 0;
+    const errorsBefore = service.logs().filter((line) => line["level"] === "error").length;
+    await replace("crl.pem", await make());
+    await service.app.reloadCertificates();
+    // Refused once the files stay so for the settle time.
+    await until("the refusal", async () => (await reloads("refused")) === refusedBefore + 1);
+    const errors = service.logs().filter((line) => line["level"] === "error").slice(errorsBefore);
+    expect(errors).toEqual([expect.objectContaining({ certificate: "grpc", changed: ["TLS_CLIENT_CRL"], variable: "TLS_CLIENT_CRL", reason: expect.stringMatching(reason) as string })]);
+
+    // Still the renewed CRL of the test before: gamma and beta revoked, alpha a caller.
+    await refusedAsNoCredential(gamma);
+    expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
+  });
+});
+
+
+describe("TLS_CLIENT_CRL at start-up", () => {
+  it("an expired CRL stops the start with exit 78, naming TLS_CLIENT_CRL and why", async () => {
+    const expired = file("expired-crl.pem");
+    await writeFile(expired, await caA.crl({ lastUpdate: new Date(Date.now() - 2 * 86_400_000), nextUpdate: new Date(Date.now() - 60_000) }));
+    const started = startServiceProcess({
+      NODE_ENV: "test",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      TLS_CERT: file("cert.pem"),
+      TLS_KEY: file("key.pem"),
+      TLS_CLIENT_CA: caA.cert,
+      TLS_CLIENT_CRL: expired,
+    });
+    expect(await started.exited).toBe(78);
+    expect(started.stderr.join("")).toMatch(/configuration error: TLS_CLIENT_CRL: the CRL from CN=crl test CA A expired at \S+ \(its nextUpdate\)/);
+  });
+});
