@@ -47,9 +47,14 @@ export interface IssueOptions {
   readonly alsoClient?: boolean;
 }
 
+export interface CaOptions {
+  /** The CA's key, and so how it signs: ECDSA P-256 (default), RSA (PKCS#1 v1.5), RSA-PSS, Ed25519. */
+  readonly key?: "ec" | "rsa" | "rsa-pss" | "ed25519";
+}
+
 export interface CertificateWorkshop {
-  /** A new self-signed CA. */
-  newCa(name: string): Promise<CertificateAuthority>;
+  /** A new self-signed CA, with a P-256 key unless told otherwise. */
+  newCa(name: string, options?: CaOptions): Promise<CertificateAuthority>;
   /** Deletes the temporary directory. */
   cleanup(): Promise<void>;
 }
@@ -68,10 +73,14 @@ export async function openCertificateWorkshop(): Promise<CertificateWorkshop> {
   }
 
   return {
-    async newCa(name) {
+    async newCa(name, caOptions = {}) {
       const base = `ca-${++counter}`;
+      const key = caOptions.key ?? "ec";
+      const newKey = { ec: ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], rsa: ["rsa:2048"], "rsa-pss": ["rsa:2048"], ed25519: ["ed25519"] }[key];
+      // How `openssl ca` signs with that key: Ed25519 takes no separate digest, PSS is asked for.
+      const signing = { ec: ["-md", "sha256"], rsa: ["-md", "sha256"], "rsa-pss": ["-md", "sha256", "-sigopt", "rsa_padding_mode:pss"], ed25519: [] }[key];
       await run(openssl, [
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "req", "-x509", "-newkey", ...newKey, "-nodes",
         "-keyout", path(`${base}.key`), "-out", path(`${base}.pem`), "-subj", `/CN=${name}`, "-days", "2",
         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
       ]);
@@ -106,12 +115,12 @@ export async function openCertificateWorkshop(): Promise<CertificateWorkshop> {
           await writeFile(path(`${list}.number`), "01\n");
           await writeFile(
             path(`${list}.cnf`),
-            ["[ca]", "default_ca = crl", "[crl]", `database = ${path(`${list}.index`)}`, `crlnumber = ${path(`${list}.number`)}`, "default_md = sha256", ""].join("\n"),
+            ["[ca]", "default_ca = crl", "[crl]", `database = ${path(`${list}.index`)}`, `crlnumber = ${path(`${list}.number`)}`, "default_md = default", ""].join("\n"),
           );
           const lastUpdate = options.lastUpdate ?? new Date();
           const nextUpdate = options.nextUpdate ?? new Date(Date.now() + 86_400_000);
           await run(openssl, [
-            "ca", "-gencrl", "-batch", "-config", path(`${list}.cnf`), "-keyfile", path(`${base}.key`), "-cert", path(`${base}.pem`),
+            "ca", "-gencrl", "-batch", "-config", path(`${list}.cnf`), "-keyfile", path(`${base}.key`), "-cert", path(`${base}.pem`), ...signing,
             "-crl_lastupdate", time(lastUpdate), "-crl_nextupdate", time(nextUpdate), "-out", path(`${list}.pem`),
           ]);
           return readFile(path(`${list}.pem`), "utf8");

@@ -63,6 +63,15 @@ describe("TLS_CLIENT_CRL", () => {
     expect(loadConfig(env(caA.cert, await caA.crl())).tls?.paths.clientCrl).toBeUndefined();
   });
 
+  it.each(["rsa", "rsa-pss", "ed25519"] as const)("takes the CRL of a CA with an %s key, and refuses one its namesake signed", async (key) => {
+    const ca = await workshop.newCa(`config ${key} CA`, { key });
+    const namesake = await workshop.newCa(`config ${key} CA`, { key });
+    expect(loadConfig(env(ca.cert, await ca.crl({ nextUpdate }))).tls?.clientCrl?.checked.authorities).toEqual([
+      { subject: `CN=config ${key} CA`, nextUpdate: Math.floor(nextUpdate.getTime() / 1000) * 1000 },
+    ]);
+    expect(refusal(env(ca.cert, await namesake.crl()))).toMatch(/did not sign it$/);
+  });
+
   it("needs TLS_CLIENT_CA", async () => {
     expect(refusal({ TLS_CERT: server.cert, TLS_KEY: server.key, TLS_CLIENT_CRL: await caA.crl() })).toBe(
       "TLS_CLIENT_CRL: revokes client certificates, which need TLS_CLIENT_CA (the CA that signs them and the CRL)",
