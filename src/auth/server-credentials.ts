@@ -64,7 +64,8 @@ class ReloadableServerCredentials extends ServerCredentials {
   constructor(tls: ServerTls) {
     // rejectUnauthorized false: ask for a certificate, decide in the call (module comment). Node's
     // default for a server that requests certificates is to end the handshake instead.
-    super({ requestCert: tls.clientCa !== undefined, rejectUnauthorized: false }, contextOptions(tls));
+    // ciphers: grpc-js's own TLS credentials take GRPC_SSL_CIPHER_SUITES (undefined: Node's default); so do these.
+    super({ requestCert: tls.clientCa !== undefined, rejectUnauthorized: false, ciphers: process.env["GRPC_SSL_CIPHER_SUITES"] }, contextOptions(tls));
   }
 
   serve(tls: ServerTls): void {
