@@ -130,7 +130,8 @@ describe("otp service", () => {
       expect(sent).toHaveLength(0);
       expect((await service.verifyOtp(ctx, { recipient: "ana@example.com", purpose: "login", code: "1111" })).result).toBe("NOT_FOUND");
       // Once the suppression lapses, the recipient's one send per 15 minutes (limits on) is still unspent.
-      await store.putSuppression(hash, { messageId: "bounced-1", status: "5.1.1", diagnosticCode: "", bouncedAt: 0, expiresAt: 0 }, 1);
+      // (putSuppression keeps an entry of the same cause in force, as a resent DSN does: the entry goes instead.)
+      await store.removeSuppression(hash);
       advance(2);
       expect((await service.sendOtp(ctx, { ...send, code: "2222" })).state).toBe("ACCEPTED");
     },
