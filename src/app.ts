@@ -220,7 +220,7 @@ export async function startApp(options: AppOptions): Promise<App> {
     });
     closers.push(() => Promise.resolve(relayProbe.stop()));
 
-    const deliveryObserver = createDeliveryTelemetry({ metrics, poolSize: config.smtp.maxConnections });
+    const deliveryObserver = createDeliveryTelemetry({ metrics });
     const delivery = createDeliveryService({
       store,
       transport,
@@ -258,6 +258,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       logger,
     });
     metrics.watchBacklog(backlog);
+    metrics.watchPool(transport, config.smtp.maxConnections);
 
     const bounceDomain = config.bounce.domain ?? config.mail.fromAddress.slice(config.mail.fromAddress.lastIndexOf("@") + 1);
     const previousSecret = previousSecretFromConfig(config, defaultKeepExpiredMs);

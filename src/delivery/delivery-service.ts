@@ -502,9 +502,6 @@ export function createDeliveryService(options: DeliveryServiceOptions): Delivery
       // there, treated like a failed connection so the message still retries.
       logger.error({ ...job.observation.logFields("attempt"), err: error }, "SMTP transport failed with an unexpected error");
       return { ok: false, error: new SmtpSendError("transient", "internal error in the SMTP transport", 0, "", "EINTERNAL") };
-    } finally {
-      // Whatever drain() decided meanwhile: a connection that took the send carries it until now.
-      job.observation.attemptSettled();
     }
   }
 

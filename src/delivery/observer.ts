@@ -22,15 +22,6 @@ export interface SendObservation {
    * after attemptWithdrawn (a connection freed after drain() gave it up).
    */
   attemptTaken(): void;
-  /**
-   * The transport's send for the attempt settled (resolved or rejected): a
-   * connection that took it (attemptTaken) carries it no more. Once per
-   * attempt handed to the transport, before attemptFinished; for one that
-   * drain() withdrew or abandoned, when the transport lets it go (after
-   * attemptWithdrawn, or after attemptFinished with outcome `abandoned`:
-   * the relay still had it then).
-   */
-  attemptSettled(): void;
   /** The attempt ended with the relay's answer (or a connection failure). */
   attemptFinished(attempt: AttemptRecord): void;
   /**
@@ -74,7 +65,6 @@ const noLogFields: Readonly<Record<string, string>> = Object.freeze({});
 const noopSend: SendObservation = {
   attemptStarted: () => undefined,
   attemptTaken: () => undefined,
-  attemptSettled: () => undefined,
   attemptFinished: () => undefined,
   attemptWithdrawn: () => undefined,
   retryScheduled: () => undefined,

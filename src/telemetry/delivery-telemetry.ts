@@ -11,7 +11,7 @@
  *
  * plus otp_smtp_attempts_total, the relay's time per attempt, the wait for a
  * pooled connection and the send duration histograms (with the trace as
- * exemplar), the pool gauges and
+ * exemplar), the attempts in flight and
  * otp_delivery_state_transitions_total by provider class; and the trace
  * fields of log lines about a send or one of its attempts (logFields): the
  * attempt span is never made active, so the logger's mixin alone would name
@@ -34,12 +34,8 @@ export interface DeliveryTelemetryOptions {
     | "smtpPoolWaitSeconds"
     | "smtpSendSeconds"
     | "smtpAttemptsInFlight"
-    | "smtpPoolConnectionsInUse"
-    | "smtpPoolSize"
     | "deliveryTransitions"
   >;
-  /** The transport's pool size (SMTP_POOL_SIZE): attempts beyond it wait for a connection. */
-  readonly poolSize: number;
   readonly tracer?: Tracer;
 }
 
@@ -94,21 +90,12 @@ function errorTypeOf(attempt: AttemptRecord): string {
 }
 
 export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): DeliveryObserver {
-  const { metrics, poolSize } = options;
+  const { metrics } = options;
   const tracer = options.tracer ?? serviceTracer();
-  metrics.smtpPoolSize.set(poolSize);
   let inFlight = 0;
   const setInFlight = (delta: number): void => {
     inFlight += delta;
     metrics.smtpAttemptsInFlight.set(inFlight);
-  };
-  // Sends a pooled connection took (attemptTaken) and still carries (until attemptSettled): counted, not
-  // estimated from the attempts in flight, which include those waiting for a connection or for the relay to
-  // accept one. Bounded all the same: a send handed to nodemailer's own builder is told taken when handed over.
-  let connectionsInUse = 0;
-  const setConnectionsInUse = (delta: number): void => {
-    connectionsInUse += delta;
-    metrics.smtpPoolConnectionsInUse.set(Math.max(0, Math.min(connectionsInUse, poolSize)));
   };
   const providerOf = (record: DeliveryRecord): string => metrics.providers.classify(record.recipientDomain);
   let lastRelay: RelayServer | undefined;
@@ -152,10 +139,6 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
       let attemptStartedAt = 0;
       // When a pooled connection took the attempt in flight; undefined while it waits for one (or between attempts).
       let attemptTakenAt: number | undefined;
-      // A connection took the latest attempt and its send has not settled: it counts in connectionsInUse.
-      let holdsConnection = false;
-      // A connection took the latest attempt (once per attempt, whether or not it is still in flight).
-      let connectionTaken = false;
       // Log fields, made when a line first asks (most sends log one attempt line and no send line), then kept.
       let sendLogFields: Readonly<Record<string, string>> | undefined;
       let attemptLogFields: Readonly<Record<string, string>> | undefined;
@@ -164,12 +147,6 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
         attemptStarted(number) {
           attemptStartedAt = performance.now();
           attemptTakenAt = undefined;
-          connectionTaken = false;
-          // The previous attempt's send settled before this one started: an observer that was not told frees it here.
-          if (holdsConnection) {
-            holdsConnection = false;
-            setConnectionsInUse(-1);
-          }
           setInFlight(+1);
           attemptLogFields = undefined;
           attemptSpan = tracer.startSpan(
@@ -189,23 +166,11 @@ export function createDeliveryTelemetry(options: DeliveryTelemetryOptions): Deli
         },
 
         attemptTaken() {
-          // The connection is busy from now until the send settles, even with one drain() withdrew or gave up on.
-          if (!connectionTaken) {
-            connectionTaken = true;
-            holdsConnection = true;
-            setConnectionsInUse(+1);
-          }
           // Once per attempt, and only while it is in flight: a connection may take one drain() withdrew.
           if (attemptSpan === undefined || attemptTakenAt !== undefined) return;
           attemptTakenAt = performance.now();
           attemptSpan.addEvent(eventNames.smtpConnection);
           observeWithTrace(metrics.smtpPoolWaitSeconds, {}, (attemptTakenAt - attemptStartedAt) / 1000, attemptSpan.spanContext());
-        },
-
-        attemptSettled() {
-          if (!holdsConnection) return;
-          holdsConnection = false;
-          setConnectionsInUse(-1);
         },
 
         attemptFinished(attempt) {

@@ -177,6 +177,11 @@ export interface Metrics {
   watchHealth(health: Pick<HealthState, "components">): void;
   /** Reports the send backlog's size in otp_smtp_backlog at every scrape (nothing per message). */
   watchBacklog(backlog: { size(): number }): void;
+  /**
+   * Reports `size` (SMTP_POOL_SIZE) in otp_smtp_pool_size, and at every scrape the sends on a pooled connection
+   * as `transport` counts them (SmtpTransport.onConnection) in otp_smtp_pool_connections_in_use, at most `size`.
+   */
+  watchPool(transport: { onConnection(): number }, size: number): void;
   /** `limit` as a label: the first `maxLimitLabels` distinct values as given (sanitized), then `other`. */
   limitLabel(limit: string): string;
   /** Renders every metric in `format`. */
@@ -316,12 +321,17 @@ export function createMetrics(options: MetricsOptions): Metrics {
     help: "SMTP attempts in progress, including those waiting for a free pooled connection.",
     registers,
   });
+  let pool: { readonly source: { onConnection(): number }; readonly size: number } | undefined;
   const smtpPoolConnectionsInUse = new Gauge({
     name: "otp_smtp_pool_connections_in_use",
     help:
-      "Pooled SMTP connections carrying a message now: from when a connection takes an attempt off the pool's queue " +
-      "(connecting to the relay included) until its send ends, whatever the outcome; at most otp_smtp_pool_size.",
+      "Pooled SMTP connections carrying a message, read at each scrape: from when a connection takes a send off the pool's " +
+      "queue (connecting to the relay included) until the send ends, whatever the outcome; at most otp_smtp_pool_size.",
     registers,
+    collect() {
+      // A send only nodemailer's own builder can make counts from when it is handed over, queued out of sight: bounded.
+      this.set(pool === undefined ? 0 : Math.max(0, Math.min(pool.source.onConnection(), pool.size)));
+    },
   });
   const smtpPoolSize = new Gauge({
     name: "otp_smtp_pool_size",
@@ -539,6 +549,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
     },
     watchBacklog(source) {
       backlog = source;
+    },
+    watchPool(source, size) {
+      pool = { source, size };
+      smtpPoolSize.set(size);
     },
     limitLabel(limit: string): string {
       const label = limit.toLowerCase().replace(/[^a-z0-9_:.-]/g, "_").slice(0, 64) || "unknown";

@@ -555,7 +555,7 @@ describe("delivery service against a real SMTP server", () => {
     const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
     const { sink, transport, service, health, logs } = await harness({
       transport: { maxConnections: 1, socketTimeoutMs: 60_000 },
-      service: { clock: { now: () => Date.now() + offset }, maxAttempts: 1, observer: createDeliveryTelemetry({ metrics, poolSize: 1 }) },
+      service: { clock: { now: () => Date.now() + offset }, maxAttempts: 1, observer: createDeliveryTelemetry({ metrics }) },
     });
     // One connection, the relay sitting on the first message; the second waits for the connection.
     sink.hold();

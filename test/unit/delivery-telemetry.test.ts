@@ -16,7 +16,7 @@ async function oneAttempt(ended: Pick<AttemptRecord, "replyText" | "errorCode">)
   const exporter = new InMemorySpanExporter();
   const tracer = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] }).getTracer("test");
   const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1, tracer });
+  const telemetry = createDeliveryTelemetry({ metrics, tracer });
   const now = Date.now();
   const record: DeliveryRecord = {
     messageId: "attempt-1",
@@ -66,7 +66,7 @@ it("an attempt a bug of ours ended (EINTERNAL) is an internal error in its span,
 /** A send on a real registry, its metrics read back as text; the attempt's steps are the test's to play. */
 function observedSend(tracer?: Tracer) {
   const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1, ...(tracer === undefined ? {} : { tracer }) });
+  const telemetry = createDeliveryTelemetry({ metrics, ...(tracer === undefined ? {} : { tracer }) });
   const now = Date.now();
   const record: DeliveryRecord = {
     messageId: "attempt-2",
@@ -165,70 +165,12 @@ function gauge(text: string, name: string): number {
   return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
 }
 
-it("a connection is in use from taking an attempt until its send settles, not while the attempt waits for one", async () => {
+it("an attempt is in flight from its start to its end, its wait for a connection included", async () => {
   const { send, attempt, text } = observedSend();
   send.attemptStarted(1);
   expect(gauge(await text(), "otp_smtp_attempts_in_flight")).toBe(1);
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(0);
   send.attemptTaken();
-  send.attemptTaken();
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(1);
-  send.attemptSettled();
-  send.attemptSettled();
+  expect(gauge(await text(), "otp_smtp_attempts_in_flight")).toBe(1);
   send.attemptFinished(attempt({ outcome: "transient", replyCode: 421, errorCode: "" }));
-  const metrics = await text();
-  expect(gauge(metrics, "otp_smtp_pool_connections_in_use")).toBe(0);
-  expect(gauge(metrics, "otp_smtp_attempts_in_flight")).toBe(0);
-});
-
-it("an attempt abandoned at shutdown holds its connection until the relay or the closing pool lets it go", async () => {
-  const { send, attempt, text } = observedSend();
-  send.attemptStarted(1);
-  send.attemptTaken();
-  send.attemptFinished(attempt({ outcome: "abandoned", replyCode: 0, errorCode: "" }));
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(1);
-  send.attemptSettled();
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(0);
-});
-
-it("a connection that takes an attempt drain() withdrew is in use until the departure withdraws it", async () => {
-  const { send, text } = observedSend();
-  send.attemptStarted(1);
-  send.attemptWithdrawn();
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(0);
-  send.attemptTaken();
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(1);
-  send.attemptSettled();
-  expect(gauge(await text(), "otp_smtp_pool_connections_in_use")).toBe(0);
-});
-
-it("the connections in use never read above the pool size nor below 0", async () => {
-  const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-  const telemetry = createDeliveryTelemetry({ metrics, poolSize: 1 });
-  const now = Date.now();
-  const record: DeliveryRecord = {
-    messageId: "attempt-3",
-    caller: "test",
-    state: "SENDING",
-    recipientMasked: "a***@example.com",
-    recipientDomain: "example.com",
-    purpose: "login",
-    locale: "en",
-    createdAt: now,
-    updatedAt: now,
-    expiresAt: now + 600_000,
-    attempts: [],
-    traceId: "",
-  };
-  // Handed to nodemailer's own builder, two sends are told taken at once: its queue is out of sight.
-  const sends = [telemetry.sendStarted(record, "relay.example:587"), telemetry.sendStarted(record, "relay.example:587")];
-  for (const send of sends) {
-    send.attemptStarted(1);
-    send.attemptTaken();
-  }
-  expect(gauge(await metrics.render("text"), "otp_smtp_pool_connections_in_use")).toBe(1);
-  for (const send of sends) send.attemptSettled();
-  // A settle with no connection taken frees nothing.
-  sends[0].attemptSettled();
-  expect(gauge(await metrics.render("text"), "otp_smtp_pool_connections_in_use")).toBe(0);
+  expect(gauge(await text(), "otp_smtp_attempts_in_flight")).toBe(0);
 });

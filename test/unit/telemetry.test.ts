@@ -338,6 +338,28 @@ describe("exposition", () => {
   });
 });
 
+describe("the SMTP pool gauges", () => {
+  /** The value of gauge `name` in `text`. */
+  const gauge = (text: string, name: string): number => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+
+  it("read the connections in use from the watched transport at each scrape, never above the pool size; 0 with none watched", async () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    expect(gauge(await metrics.render("text"), "otp_smtp_pool_connections_in_use")).toBe(0);
+
+    let onConnection = 2;
+    metrics.watchPool({ onConnection: () => onConnection }, 3);
+    let text = await metrics.render("text");
+    expect(gauge(text, "otp_smtp_pool_connections_in_use")).toBe(2);
+    expect(gauge(text, "otp_smtp_pool_size")).toBe(3);
+    onConnection = 0;
+    expect(gauge(await metrics.render("text"), "otp_smtp_pool_connections_in_use")).toBe(0);
+    // Sends only nodemailer's own builder can make count from when they are handed over, queued out of sight.
+    onConnection = 5;
+    text = await metrics.render("openmetrics");
+    expect(gauge(text, "otp_smtp_pool_connections_in_use")).toBe(3);
+  });
+});
+
 describe("the /metrics server", () => {
   it("serves GET /metrics only, and falls back to a free port only when told to", async () => {
     const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
