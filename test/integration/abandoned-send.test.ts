@@ -14,6 +14,8 @@ import { createDeliveryService } from "../../src/delivery/delivery-service.js";
 import type { DeliveryRecord } from "../../src/delivery/record.js";
 import { createSmtpTransport } from "../../src/delivery/smtp-transport.js";
 import { createLogger } from "../../src/logger.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { call, detailsOf, failure, getDeliveryStatus, sendOtp, startInstance, type Instance } from "../support/otp-instances.js";
 import { randomPrefix, redisUrlForTests } from "../support/redis.js";
 import { behave, startSmtpSink, type SinkBehaviour, type SmtpSink } from "../support/smtp-sink.js";
@@ -280,11 +282,18 @@ async function oneConnectionBehindAHeldMessage() {
 
 it("a message still waiting for a pooled connection when the shutdown grace runs out is recorded FAILED, not sent, with no abandoned attempt, and never goes out even if a connection frees before the pool closes", async () => {
   const { sink, transport, delivery, stored, logs } = await oneConnectionBehindAHeldMessage();
+  const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+  metrics.watchPool(transport, 1);
+  const connectionsInUse = async (): Promise<number | undefined> => (await metrics.smtpPoolConnectionsInUse.get()).values[0]?.value;
 
   await delivery.drain(100);
+  // Given up on, the message the relay has still holds its connection; the one withdrawn behind it holds none.
+  expect(await connectionsInUse()).toBe(1);
   // The relay answers the message it had only now, after the drain: the connection frees while the pool is still open.
   sink.release();
   await vi.waitFor(() => expect(transport.inProgress()).toBe(0), { timeout: 10_000, interval: 10 });
+  // The connection took the withdrawn one, sent nothing of it, and carries nothing now.
+  expect(await connectionsInUse()).toBe(0);
 
   const queued = stored.get("in-the-queue");
   expect(queued).toMatchObject({ state: "FAILED", attempts: [] });
