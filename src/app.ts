@@ -10,7 +10,7 @@
  * production process would carry for nothing.
  */
 import { systemClock, type Clock } from "./clock.js";
-import { ConfigError, type Config } from "./config.js";
+import { ConfigError, parseTokenCallers, type Config } from "./config.js";
 import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
@@ -22,6 +22,7 @@ import { createSuppressionList } from "./bounce/suppression.js";
 import type { DeliveryRecord } from "./delivery/record.js";
 import { createHealthState, type HealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
+import { startTokenFileReloader, type TokenFileReloader } from "./auth/token-file-reloader.js";
 import { createPurposePolicy } from "./auth/purpose-policy.js";
 import { createServerCredentials, type GrpcServerCredentials } from "./auth/server-credentials.js";
 import { createLimiter, limitIds } from "./limits/limiter.js";
@@ -102,6 +103,12 @@ export interface App {
    * connections. Resolves when done; never rejects.
    */
   reloadCertificates(): Promise<void>;
+  /**
+   * Reads the AUTH_TOKENS file again now (`main.ts` calls it on SIGHUP): a
+   * list that passes the start-up checks judges the next call. Resolves
+   * when done; never rejects.
+   */
+  reloadAuthTokens(): Promise<void>;
   /**
    * Graceful stop: health goes NOT_SERVING, the server stops accepting calls
    * and lets running ones finish, background sends get `graceMs` to finish,
@@ -300,6 +307,8 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
+    const tokenFile = startTokenFile(config, metrics, logger);
+    if (tokenFile !== undefined) closers.push(() => Promise.resolve(tokenFile.stop()));
     const grpcCredentials = createServerCredentials(config.tls && { ...config.tls, clientCrl: config.tls.clientCrl?.checked });
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
@@ -314,7 +323,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       health,
       logger,
       identify: createCallerIdentity({
-        tokens: config.auth.tokens,
+        tokens: tokenFile === undefined ? config.auth.tokens : () => tokenFile.tokens(),
         clientCertificates: config.tls?.clientCa !== undefined,
         anonymousCaller: config.auth.anonymous ? anonymousDevCaller : undefined,
       }),
@@ -436,6 +445,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       metrics,
       health,
       reloadCertificates: () => certificates.reload(),
+      reloadAuthTokens: () => reloadAuthTokens(config, tokenFile, logger),
       stop,
     };
   } catch (error) {
@@ -542,6 +552,35 @@ function logSecrets(config: Config, previous: PreviousSecret | undefined, clock:
   }
 }
 
+/** AUTH_TOKENS given as a file: watched, each new version checked as at start-up. */
+function startTokenFile(config: Config, metrics: Metrics, logger: Logger): TokenFileReloader | undefined {
+  const file = config.auth.tokensFile;
+  if (file === undefined) return undefined;
+  const rules = {
+    production: config.env === "production",
+    clientCertificates: config.tls?.clientCa !== undefined,
+    purposeCallers: [...config.auth.purposes.keys()],
+  };
+  return startTokenFileReloader({
+    path: file.path,
+    text: file.text,
+    tokens: config.auth.tokens,
+    parse: (text) => parseTokenCallers(text, file.path, rules),
+    intervalMs: config.tlsReloadIntervalMs,
+    metrics,
+    logger,
+  });
+}
+
+/** A reload request (SIGHUP) for the token callers: the file read again, or a word on why there is none. */
+function reloadAuthTokens(config: Config, tokenFile: TokenFileReloader | undefined, logger: Logger): Promise<void> {
+  if (tokenFile !== undefined) return tokenFile.reload();
+  if (config.auth.tokens.length > 0) {
+    logger.info({ component: "auth_tokens" }, "AUTH_TOKENS lists its entries itself, never re-read: changing them takes a restart (give a file path instead)");
+  }
+  return Promise.resolve();
+}
+
 /** Says at start-up who may call, and warns when nobody needs to prove it. */
 function logAuthentication(config: Config, logger: Logger): void {
   if (config.auth.anonymous) {
@@ -562,6 +601,12 @@ function logAuthentication(config: Config, logger: Logger): void {
     },
     "callers must authenticate",
   );
+  if (config.auth.tokensFile !== undefined && config.auth.tokens.length === 0 && config.tls?.clientCa === undefined) {
+    logger.warn(
+      { file: config.auth.tokensFile.path },
+      "the AUTH_TOKENS file lists no token: every call is refused (UNAUTHENTICATED) until one is added",
+    );
+  }
   if (config.tls === undefined && config.env === "production") {
     logger.warn("bearer tokens travel in plaintext: set TLS_CERT and TLS_KEY unless a proxy or mesh terminates TLS");
   }

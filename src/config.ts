@@ -14,6 +14,7 @@ import { purposes } from "./delivery/record.js";
 import { isSenderAddress } from "./delivery/message.js";
 import { parseAddress } from "./otp/address.js";
 import { hasMisreadUserinfo, parseSmtpUrl, redactUrl } from "./delivery/smtp-url.js";
+import type { TokenCaller } from "./auth/caller-identity.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
 import type { ClientCrls } from "./tls/client-crl.js";
@@ -30,7 +31,14 @@ export interface Config {
   /** Who may call: bearer tokens, client certificates (with `tls.clientCa`), purposes per caller. */
   readonly auth: {
     /** One entry per accepted token (a caller may have several, for rotation): the token's SHA-256. */
-    readonly tokens: readonly { readonly caller: string; readonly sha256: Buffer }[];
+    readonly tokens: readonly TokenCaller[];
+    /**
+     * AUTH_TOKENS given as a file path: the file and its text as read at
+     * start-up (it is re-read every `tlsReloadIntervalMs` and on SIGHUP,
+     * see auth/token-file-reloader.ts); undefined when the variable lists
+     * the entries itself.
+     */
+    readonly tokensFile: { readonly path: string; readonly text: string } | undefined;
     /** Callers limited to some purposes; a caller not listed may use every purpose. */
     readonly purposes: ReadonlyMap<string, readonly string[]>;
     /** No caller configured (never in production): every call is the anonymous caller "dev". */
@@ -407,23 +415,97 @@ function callerEntries(name: string, raw: string | undefined, rule: string): { c
 /** SHA-256 of the empty string. */
 const emptyTokenSha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/** AUTH_TOKENS, CALLER_PURPOSES, TLS_*: who may call, and how the server proves who it is. */
-function readCallers(read: Reader, production: boolean, now: number): Pick<Config, "auth" | "tls"> {
-  const tokenRule = "CALLER:SHA256 with the token's SHA-256 in 64 hex digits (printf %s \"$TOKEN\" | sha256sum)";
-  const tokens = callerEntries("AUTH_TOKENS", read.string("AUTH_TOKENS"), tokenRule).map(({ caller, value }, index) => {
-    if (!/^[0-9a-fA-F]{64}$/.test(value)) throw new ConfigError(`AUTH_TOKENS: entry ${index + 1} must be ${tokenRule}`);
+const tokenRule = "CALLER:SHA256 with the token's SHA-256 in 64 hex digits (printf %s \"$TOKEN\" | sha256sum)";
+
+/**
+ * AUTH_TOKENS is a file path when it starts with `/`, `./` or `../`, as a
+ * Kubernetes Secret mounted as a file would be; anything else is the entries
+ * themselves. A caller name cannot start so usefully: the shape of a path
+ * decides, not whether such a file happens to exist.
+ */
+function isTokensPath(raw: string): boolean {
+  return /^\.{0,2}\//.test(raw);
+}
+
+/** What the whole list of token callers is checked against, at start-up and at each reload of a token file. */
+export interface TokenListRules {
+  /** NODE_ENV=production: some caller must be configured. */
+  readonly production: boolean;
+  /** TLS_CLIENT_CA is set: callers may also come with client certificates. */
+  readonly clientCertificates: boolean;
+  /** The callers CALLER_PURPOSES names: each must stay a token caller unless client certificates may name it. */
+  readonly purposeCallers: readonly string[];
+}
+
+/**
+ * The token callers of AUTH_TOKENS entries (`file` undefined) or of a token
+ * file's text (one entry per line or comma-separated, `#` comments, blank
+ * lines), checked as a whole against `rules`. Throws ConfigError naming
+ * AUTH_TOKENS and the entry (or the file's line), never a hash.
+ */
+export function parseTokenCallers(text: string, file: string | undefined, rules: TokenListRules): TokenCaller[] {
+  const entries: { caller: string; value: string; where: string }[] = [];
+  if (file === undefined) {
+    for (const [index, entry] of callerEntries("AUTH_TOKENS", text, tokenRule).entries()) entries.push({ ...entry, where: `entry ${index + 1}` });
+  } else {
+    for (const [index, line] of text.split(/\r?\n/).entries()) {
+      // A `#` that starts the line or follows a blank starts a comment (a caller name may hold `#` itself).
+      const content = line.replace(/(^|\s)#.*$/, "");
+      const where = `${file} line ${index + 1}`;
+      try {
+        for (const entry of callerEntries("AUTH_TOKENS", content, tokenRule)) entries.push({ ...entry, where });
+      } catch {
+        throw new ConfigError(`AUTH_TOKENS: ${where} must be ${tokenRule}`);
+      }
+    }
+  }
+  const seen = new Map<string, string>();
+  const tokens = entries.map(({ caller, value, where }) => {
+    if (!/^[0-9a-fA-F]{64}$/.test(value)) throw new ConfigError(`AUTH_TOKENS: ${where} must be ${tokenRule}`);
     // What `printf %s "$TOKEN" | sha256sum` prints when $TOKEN was never set: a caller no request can be
     // (an empty bearer token is malformed), which would still count as "a caller is configured".
     if (value.toLowerCase() === emptyTokenSha256) {
       throw new ConfigError(
-        `AUTH_TOKENS: entry ${index + 1} (${caller}) is the SHA-256 of an empty token, which no caller can send: ` +
+        `AUTH_TOKENS: ${where} (${caller}) is the SHA-256 of an empty token, which no caller can send: ` +
           `was $TOKEN unset when it was hashed? Make one (TOKEN=$(openssl rand -base64 32)) and hash that`,
       );
     }
+    const key = value.toLowerCase();
+    const first = seen.get(key);
+    if (first !== undefined) {
+      throw new ConfigError(`AUTH_TOKENS: the same token hash is listed twice${file === undefined ? "" : ` (${first} and ${where})`}`);
+    }
+    seen.set(key, where);
     return { caller, sha256: Buffer.from(value, "hex") };
   });
-  const hashes = new Set(tokens.map((t) => t.sha256.toString("hex")));
-  if (hashes.size !== tokens.length) throw new ConfigError("AUTH_TOKENS: the same token hash is listed twice");
+  if (rules.production && tokens.length === 0 && !rules.clientCertificates) {
+    throw new ConfigError(
+      `AUTH_TOKENS: required when NODE_ENV=production (or TLS_CLIENT_CA for callers with client certificates): ${file === undefined ? "no caller is configured" : `${file} lists no token`}`,
+    );
+  }
+  if (!rules.clientCertificates) {
+    const missing = rules.purposeCallers.find((caller) => !tokens.some((t) => t.caller === caller));
+    if (missing !== undefined) throw new ConfigError(`CALLER_PURPOSES: ${missing} is not a caller of AUTH_TOKENS`);
+  }
+  return tokens;
+}
+
+/** A token file as read at start-up; undefined when AUTH_TOKENS lists entries (or is not set). */
+function readTokensFile(raw: string | undefined): { path: string; text: string } | undefined {
+  if (raw === undefined || !isTokensPath(raw)) return undefined;
+  try {
+    return { path: raw, text: readFileSync(raw, "utf8") };
+  } catch (error) {
+    throw new ConfigError(
+      `AUTH_TOKENS: cannot read ${raw}${relativeTo(raw, false)}: ${unreadableReason(error)}; a value starting with / or ./ is the path of a file of CALLER:SHA256 entries`,
+    );
+  }
+}
+
+/** AUTH_TOKENS, CALLER_PURPOSES, TLS_*: who may call, and how the server proves who it is. */
+function readCallers(read: Reader, production: boolean, now: number): Pick<Config, "auth" | "tls"> {
+  const tokensRaw = read.string("AUTH_TOKENS");
+  const tokensFile = readTokensFile(tokensRaw);
 
   const certRaw = read.string("TLS_CERT");
   const keyRaw = read.string("TLS_KEY");
@@ -455,12 +537,6 @@ function readCallers(read: Reader, production: boolean, now: number): Pick<Confi
       paths: { cert: cert.path, key: key.path, clientCa: ca?.path, clientCrl: crl?.path },
     };
   }
-  if (production && tokens.length === 0 && tls?.clientCa === undefined) {
-    throw new ConfigError(
-      "AUTH_TOKENS: required when NODE_ENV=production (or TLS_CLIENT_CA for callers with client certificates): no caller is configured",
-    );
-  }
-
   const purposeRule = `CALLER:PURPOSE|PURPOSE with purposes among ${purposes.join(", ")}`;
   const restricted = new Map<string, readonly string[]>();
   for (const { caller, value } of callerEntries("CALLER_PURPOSES", read.string("CALLER_PURPOSES"), purposeRule)) {
@@ -468,12 +544,23 @@ function readCallers(read: Reader, production: boolean, now: number): Pick<Confi
     if (list.some((p) => !(purposes as readonly string[]).includes(p)) || restricted.has(caller)) {
       throw new ConfigError(`CALLER_PURPOSES: ${caller}: must be ${purposeRule}, one entry per caller`);
     }
-    if (tls?.clientCa === undefined && !tokens.some((t) => t.caller === caller)) {
-      throw new ConfigError(`CALLER_PURPOSES: ${caller} is not a caller of AUTH_TOKENS`);
-    }
     restricted.set(caller, list);
   }
-  return { auth: { tokens, purposes: restricted, anonymous: tokens.length === 0 && tls?.clientCa === undefined }, tls };
+  const tokens = parseTokenCallers(tokensFile?.text ?? tokensRaw ?? "", tokensFile?.path, {
+    production,
+    clientCertificates: tls?.clientCa !== undefined,
+    purposeCallers: [...restricted.keys()],
+  });
+  return {
+    auth: {
+      tokens,
+      tokensFile,
+      purposes: restricted,
+      // A token file turns authentication on even while it lists no token: emptying it must not open the door.
+      anonymous: tokens.length === 0 && tls?.clientCa === undefined && tokensFile === undefined,
+    },
+    tls,
+  };
 }
 
 /** A PEM certificate (or bundle) given inline or as a file path, checked to parse. */

@@ -1,6 +1,7 @@
 /**
  * The service's entry point: config -> app -> signals (SIGTERM and SIGINT
- * stop it, SIGHUP re-reads the certificate files). Wiring only.
+ * stop it, SIGHUP re-reads the certificate files and the AUTH_TOKENS file).
+ * Wiring only.
  */
 // First: holds a SIGHUP that comes while the other modules load (its default would end the process).
 import { releaseEarlyHangup } from "./early-hangup.js";
@@ -145,6 +146,7 @@ async function main(): Promise<void> {
     }
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void app.reloadCertificates();
+    void app.reloadAuthTokens();
   });
   if (releaseEarlyHangup()) {
     logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the TLS certificate files again once started");
@@ -179,6 +181,7 @@ async function main(): Promise<void> {
   if (reloadAfterStart) {
     logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
     void started.reloadCertificates();
+    void started.reloadAuthTokens();
   }
   if (config.env !== "production") devBanner(config, logger, started.address.port, started.address.host, started.captureSinkUrl);
   // The doctor's checks, as warnings, whenever a real relay is configured: the

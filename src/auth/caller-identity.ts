@@ -28,7 +28,12 @@ export interface TokenCaller {
 }
 
 export interface CallerIdentityOptions {
-  readonly tokens: readonly TokenCaller[];
+  /**
+   * The token callers, or where to find the list in use when each call
+   * comes (a token file re-read while the service runs): a call is judged
+   * by the list of its own moment, even on a connection opened before.
+   */
+  readonly tokens: readonly TokenCaller[] | (() => readonly TokenCaller[]);
   /** The server verifies client certificates (TLS_CLIENT_CA): a verified one names the caller. */
   readonly clientCertificates: boolean;
   /** Every call is this caller, credentials or not (development with no caller configured). */
@@ -41,7 +46,8 @@ export const anonymousDevCaller = "dev";
 export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCaller {
   const { tokens, clientCertificates, anonymousCaller } = options;
   if (anonymousCaller !== undefined) return () => anonymousCaller;
-  for (const token of tokens) {
+  const current = typeof tokens === "function" ? tokens : () => tokens;
+  for (const token of current()) {
     if (token.sha256.length !== 32) throw new TypeError(`token hash of ${token.caller} is not 32 bytes`);
   }
   const missing = clientCertificates
@@ -51,7 +57,7 @@ export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCa
 
   return (call) => {
     const byCertificate = clientCertificates ? callerOfCertificate(call) : undefined;
-    const byToken = callerOfToken(call, tokens);
+    const byToken = callerOfToken(call, current());
     if (byCertificate !== undefined && byToken !== undefined && byCertificate !== byToken) {
       throw unauthenticated("the bearer token and the client certificate name different callers", "CREDENTIALS_DISAGREE");
     }

@@ -170,6 +170,8 @@ export interface Metrics {
   readonly tlsCertificateReloads: Counter<"certificate" | "result">;
   readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
   readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
+  readonly authTokensReloads: Counter<"result">;
+  readonly authTokensLastReloadSuccessful: Gauge;
   readonly healthComponentUp: Gauge<"component">;
   readonly traceExportSpans: Counter<"result">;
 
@@ -444,6 +446,22 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["certificate"] as const,
     registers,
   });
+  const authTokensReloads = new Counter({
+    name: "otp_auth_tokens_reloads_total",
+    help:
+      "Changes of the AUTH_TOKENS file by result: applied (the next call is judged by the new list), refused (it failed the start-up " +
+      "checks; the list in use stays). A change is counted once, however often the same file is read. No series when AUTH_TOKENS " +
+      "lists the entries itself.",
+    labelNames: ["result"] as const,
+    registers,
+  });
+  const authTokensLastReloadSuccessful = new Gauge({
+    name: "otp_auth_tokens_last_reload_successful",
+    help:
+      "0 while the AUTH_TOKENS file holds a change that was refused (calls are judged by the previous list, and the service would not " +
+      "start with this file), 1 otherwise. No series when AUTH_TOKENS lists the entries itself.",
+    registers,
+  });
   let health: Pick<HealthState, "components"> | undefined;
   const healthComponentUp = new Gauge({
     name: "otp_health_component_up",
@@ -542,6 +560,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsCertificateReloads,
     tlsCertificateLastReloadSuccessful,
     tlsClientCrlNextUpdate,
+    authTokensReloads,
+    authTokensLastReloadSuccessful,
     healthComponentUp,
     traceExportSpans,
     watchHealth(source) {

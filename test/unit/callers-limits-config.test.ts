@@ -1,5 +1,8 @@
 import { createHash } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../../src/config.js";
 
 const sha = (token: string): string => createHash("sha256").update(token).digest("hex");
@@ -52,6 +55,68 @@ describe("callers in the configuration", () => {
   ])("names the variable in the error: %j", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);
+  });
+});
+
+describe("AUTH_TOKENS as a file path (starting with /, ./ or ../)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "otp-tokens-config-"));
+  let files = 0;
+  const file = (text: string): string => {
+    const path = join(dir, `tokens-${++files}`);
+    writeFileSync(path, text);
+    return path;
+  };
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("reads entries one per line or comma-separated, with # comments and blank lines", () => {
+    const path = file(`# OtpEmail callers\n\nbilling:${sha("a")}  # since 2026-11\n  billing:${sha("b")}, web:${sha("c")}\r\nspiffe://acme/x#1:${sha("d")}\n`);
+    const config = loadConfig({ ...production, AUTH_TOKENS: path });
+    expect(config.auth.tokens.map((t) => [t.caller, t.sha256.toString("hex")])).toEqual([
+      ["billing", sha("a")],
+      ["billing", sha("b")],
+      ["web", sha("c")],
+      ["spiffe://acme/x#1", sha("d")],
+    ]);
+    expect(config.auth.tokensFile?.path).toBe(path);
+    expect(config.auth.anonymous).toBe(false);
+  });
+
+  it("a relative path (./) is a file too", () => {
+    const path = file(`web:${sha("a")}\n`);
+    const config = loadConfig({ AUTH_TOKENS: `./${relative(process.cwd(), path)}` });
+    expect(config.auth.tokens.map((t) => t.caller)).toEqual(["web"]);
+  });
+
+  it("an empty file outside production: no token caller, yet authentication stays on", () => {
+    const config = loadConfig({ AUTH_TOKENS: file("# nobody yet\n") });
+    expect(config.auth.tokens).toEqual([]);
+    expect(config.auth.anonymous).toBe(false);
+  });
+
+  it.each([
+    [() => `web:${sha("a")}\n# next\nbilling:${sha("b").slice(1)}\n`, /^AUTH_TOKENS: \/.* line 3 must be CALLER:SHA256/],
+    [() => `web:${sha("a")}\n\nbilling:${sha("")}\n`, /^AUTH_TOKENS: \/.* line 3 \(billing\) is the SHA-256 of an empty token/],
+    [() => `web:${sha("a")}\nbilling:${sha("a")}\n`, /^AUTH_TOKENS: the same token hash is listed twice \(\/.* line 1 and \/.* line 2\)$/],
+    [() => "# nobody\n", /^AUTH_TOKENS: required when NODE_ENV=production .*: \/.* lists no token$/],
+  ])("production refuses a bad file, naming the line and no hash: %#", (text, message) => {
+    const env = { ...production, AUTH_TOKENS: file(text()) };
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(message);
+    try {
+      loadConfig(env);
+    } catch (error) {
+      for (const token of ["a", "b"]) expect((error as Error).message).not.toContain(sha(token).slice(1, 20));
+    }
+  });
+
+  it("an unreadable file: the variable, the path and why", () => {
+    expect(() => loadConfig({ AUTH_TOKENS: join(dir, "missing") })).toThrow(/^AUTH_TOKENS: cannot read \/.*missing: .*a value starting with \/ or \.\/ is the path of a file/);
+  });
+
+  it("CALLER_PURPOSES must name callers of the file", () => {
+    expect(() => loadConfig({ AUTH_TOKENS: file(`web:${sha("a")}\n`), CALLER_PURPOSES: "billing:login" })).toThrow(
+      /CALLER_PURPOSES: billing is not a caller of AUTH_TOKENS/,
+    );
   });
 });
 

@@ -1,0 +1,177 @@
+/**
+ * AUTH_TOKENS given as a file (a Kubernetes Secret mounted as a file,
+ * updated in place): a caller added or a leaked token removed takes effect
+ * without a restart.
+ *
+ * The file is read again every TLS_RELOAD_INTERVAL (the certificates'
+ * cadence) and on SIGHUP (`reload`). When it changed, its text is checked
+ * as at start-up (the same parser, see config.ts `parseTokenCallers`) and
+ * then:
+ * - applied: the list is swapped at once, so the next call is judged by it,
+ *   on connections already open too (a token is checked on every call);
+ * - refused: the list in use stays, and an error names AUTH_TOKENS, the
+ *   line and the reason. Log lines name callers and lines, never a hash.
+ * Each change is counted once in otp_auth_tokens_reloads_total, and
+ * otp_auth_tokens_last_reload_successful is 0 while a refused file sits on
+ * disk (a restart would fail on it).
+ */
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../telemetry/metrics.js";
+import { unreadableReason } from "../tls/certificate-set.js";
+import type { TokenCaller } from "./caller-identity.js";
+
+export interface TokenFileReloaderOptions {
+  /** The file AUTH_TOKENS names. */
+  readonly path: string;
+  /** Its text as read at start-up, and the list made of it. */
+  readonly text: string;
+  readonly tokens: readonly TokenCaller[];
+  /** The start-up checks: the file's list, or a thrown error whose message says why not (never a hash). */
+  readonly parse: (text: string) => readonly TokenCaller[];
+  /** How often the file is read; undefined: only on `reload` (SIGHUP). */
+  readonly intervalMs: number | undefined;
+  readonly metrics: Pick<Metrics, "authTokensReloads" | "authTokensLastReloadSuccessful">;
+  readonly logger: Logger;
+}
+
+export interface TokenFileReloader {
+  /** The list calls are judged by now. */
+  tokens(): readonly TokenCaller[];
+  /** Reads the file now (what SIGHUP does) and answers in the log whatever the outcome; never rejects. */
+  reload(): Promise<void>;
+  /** Stops the poll. */
+  stop(): void;
+}
+
+/** Starts watching the token file (and says so in the log). */
+export function startTokenFileReloader(options: TokenFileReloaderOptions): TokenFileReloader {
+  const { path, parse, intervalMs, metrics } = options;
+  const logger = options.logger.child({ component: "auth_tokens" });
+  let inUse = options.tokens;
+  let servedDigest = digestOf({ text: options.text });
+  let refused: { digest: string; reason: string } | undefined;
+
+  metrics.authTokensReloads.labels("applied").inc(0);
+  metrics.authTokensReloads.labels("refused").inc(0);
+  metrics.authTokensLastReloadSuccessful.set(1);
+  logger.info(
+    { file: path, interval_ms: intervalMs ?? null },
+    intervalMs === undefined
+      ? `AUTH_TOKENS file ${path} is re-read on SIGHUP only (TLS_RELOAD_INTERVAL=off)`
+      : `AUTH_TOKENS file ${path} is re-read every ${intervalMs / 1000} s and on SIGHUP: token changes apply without a restart`,
+  );
+
+  let stopped = false;
+  let queue: Promise<void> = Promise.resolve();
+  let tickQueued = false;
+  /** One read of the file at a time. */
+  const enqueue = (work: () => Promise<void>): Promise<void> => {
+    queue = queue.then(() => (stopped ? undefined : work())).catch((error: unknown) => {
+      logger.error({ err: error }, "reading the AUTH_TOKENS file failed unexpectedly");
+    });
+    return queue;
+  };
+
+  /** `requested`: an operator asked (SIGHUP), so the outcome is logged even when nothing changed. */
+  async function check(requested: boolean): Promise<void> {
+    let read: { text: string } | { error: unknown };
+    try {
+      read = { text: await readFile(path, "utf8") };
+    } catch (error) {
+      read = { error };
+    }
+    const digest = digestOf(read);
+    if (digest === servedDigest) {
+      if (refused !== undefined) {
+        refused = undefined;
+        metrics.authTokensLastReloadSuccessful.set(1);
+        logger.info({ file: path }, `AUTH_TOKENS file ${path} holds the list in use again`);
+      } else if (requested) {
+        logger.info({ file: path, callers: callersOf(inUse), tokens: inUse.length }, `AUTH_TOKENS file ${path} unchanged: ${describe(inUse)}`);
+      }
+      return;
+    }
+    if (digest === refused?.digest) {
+      if (requested) {
+        logger.warn({ file: path, reason: refused.reason }, `AUTH_TOKENS file ${path} still not applied: ${refused.reason}. Calls are judged by the list in use; fix the file`);
+      }
+      return;
+    }
+
+    let next: readonly TokenCaller[];
+    try {
+      if ("error" in read) throw new Error(`AUTH_TOKENS: cannot read ${path}: ${unreadableReason(read.error)}`);
+      next = parse(read.text);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      refused = { digest, reason };
+      metrics.authTokensReloads.inc({ result: "refused" });
+      metrics.authTokensLastReloadSuccessful.set(0);
+      logger.error(
+        { file: path, reason },
+        `AUTH_TOKENS file ${path} changed but was not applied: ${reason}. ` +
+          "Calls are judged by the list in use; fix the file (the service would not start with it either)",
+      );
+      return;
+    }
+    const before = new Set(callersOf(inUse));
+    const after = callersOf(next);
+    inUse = next;
+    servedDigest = digest;
+    refused = undefined;
+    metrics.authTokensReloads.inc({ result: "applied" });
+    metrics.authTokensLastReloadSuccessful.set(1);
+    logger.info(
+      {
+        file: path,
+        callers: after,
+        tokens: next.length,
+        added_callers: after.filter((caller) => !before.has(caller)),
+        removed_callers: [...before].filter((caller) => !after.includes(caller)),
+      },
+      `AUTH_TOKENS file ${path} reloaded: ${describe(next)}; the next call is judged by it`,
+    );
+  }
+
+  const poll =
+    intervalMs === undefined
+      ? undefined
+      : setInterval(() => {
+          // A slow file system must not pile up reads.
+          if (tickQueued) return;
+          tickQueued = true;
+          void enqueue(async () => {
+            tickQueued = false;
+            await check(false);
+          });
+        }, intervalMs);
+  poll?.unref();
+
+  return {
+    tokens: () => inUse,
+    reload: () => enqueue(() => check(true)),
+    stop() {
+      stopped = true;
+      if (poll !== undefined) clearInterval(poll);
+    },
+  };
+}
+
+/** Each caller once, in the file's order. */
+function callersOf(tokens: readonly TokenCaller[]): string[] {
+  return [...new Set(tokens.map((token) => token.caller))];
+}
+
+function describe(tokens: readonly TokenCaller[]): string {
+  const callers = callersOf(tokens);
+  if (tokens.length === 0) return "no token caller";
+  return `${tokens.length} token${tokens.length > 1 ? "s" : ""} of ${callers.length} caller${callers.length > 1 ? "s" : ""} (${callers.join(", ")})`;
+}
+
+/** The same file content (or the same read failure) gives the same digest. */
+function digestOf(read: { text: string } | { error: unknown }): string {
+  const text = "text" in read ? `=${read.text}` : `!${(read.error as NodeJS.ErrnoException | undefined)?.code ?? "error"}`;
+  return createHash("sha256").update(text).digest("hex");
+}

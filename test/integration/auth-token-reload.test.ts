@@ -1,0 +1,247 @@
+/**
+ * AUTH_TOKENS given as a file, changed while the service runs: the real app
+ * on real Redis and a real SMTP sink, called over a real gRPC socket by one
+ * grpc-js client whose channel stays open throughout. The file is replaced
+ * the way a mounted Kubernetes Secret is (a new file renamed over the old),
+ * then the poll (TLS_RELOAD_INTERVAL) or a reload request (what SIGHUP does)
+ * picks it up.
+ *
+ * - a token added works after the poll; a token removed is refused on the
+ *   next call of the same channel; a caller that stays keeps its records;
+ * - a file that fails the start-up checks is refused: the list in use stays,
+ *   the log names AUTH_TOKENS and the line and holds no hash, the metrics
+ *   say so; putting it right applies it at once on a reload request.
+ */
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
+import { bearer, newToken } from "../support/otp-instances.js";
+import { startObservedService, type ObservedService } from "../support/observed-service.js";
+
+const { sendOtp, getDeliveryStatus } = OtpEmailService.method;
+
+/** A token file in a folder of its own, replaced by renaming a new file over it. */
+async function tokenFile(text: string): Promise<{ path: string; replace(text: string): Promise<void>; remove(): Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), "otp-token-reload-"));
+  const path = join(dir, "tokens");
+  await writeFile(path, text);
+  return {
+    path,
+    async replace(next) {
+      await writeFile(join(dir, ".tokens.tmp"), next);
+      await rename(join(dir, ".tokens.tmp"), path);
+    },
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+/** One sample's value from the app's registry (undefined when the series does not exist). */
+async function sample(service: ObservedService, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+  for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
+    if (metric.name !== name) continue;
+    for (const value of metric.values) {
+      const actual = value.labels as Record<string, string | number>;
+      const keys = Object.keys(actual);
+      if (keys.length === Object.keys(labels).length && keys.every((key) => String(actual[key]) === labels[key])) return value.value;
+    }
+  }
+  return undefined;
+}
+
+const reloads = (service: ObservedService, result: string) => sample(service, "otp_auth_tokens_reloads_total", { result });
+const lastReloadSuccessful = (service: ObservedService) => sample(service, "otp_auth_tokens_last_reload_successful");
+
+/** Retries `check` until it returns true (every 100 ms, for up to `timeoutMs`). */
+async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+let recipients = 0;
+const send = (service: ObservedService, token: string) =>
+  grpcUnary(service.grpcClient, sendOtp, { recipient: `token-reload-${++recipients}@example.com`, purpose: Purpose.LOGIN }, { metadata: bearer(token) });
+
+/** The reason in the ErrorInfo of a call refused UNAUTHENTICATED. */
+async function refusedReason(call: Promise<unknown>): Promise<string | undefined> {
+  const error = await grpcError(call);
+  expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+  return errorDetails(error).errorInfo?.reason;
+}
+
+/** Every token and hash of `tokens`, which no log line may hold. */
+const secretsOf = (...tokens: { token: string; entry: string }[]): string[] =>
+  tokens.flatMap(({ token, entry }) => [token, entry.slice(entry.lastIndexOf(":") + 1)]);
+
+describe("AUTH_TOKENS file re-read every TLS_RELOAD_INTERVAL", () => {
+  const alpha = newToken("alpha");
+  const beta = newToken("beta");
+  let file: Awaited<ReturnType<typeof tokenFile>>;
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    file = await tokenFile(`# callers of OtpEmail\n${alpha.entry}\n`);
+    service = await startObservedService({ env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "1s" } });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await file.remove();
+  });
+
+  it("a token added to the file works after the poll, without a restart; counted and logged by caller name", async () => {
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await refusedReason(send(service, beta.token))).toBe("TOKEN_INVALID");
+    expect(await reloads(service, "applied")).toBe(0);
+    expect(await lastReloadSuccessful(service)).toBe(1);
+
+    await file.replace(`# callers of OtpEmail\n${alpha.entry}\n\n${beta.entry} # added for the beta team\n`);
+    await until("the new token accepted", async () => {
+      try {
+        return (await send(service, beta.token)).state === DeliveryState.ACCEPTED;
+      } catch {
+        return false;
+      }
+    });
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await reloads(service, "applied")).toBe(1);
+    expect(await reloads(service, "refused")).toBe(0);
+    const applied = service.logs().filter((line) => line["component"] === "auth_tokens" && line["added_callers"] !== undefined);
+    expect(applied).toEqual([
+      expect.objectContaining({ level: "info", callers: ["alpha", "beta"], added_callers: ["beta"], removed_callers: [], tokens: 2 }),
+    ]);
+    const logged = service.logLines.join("\n");
+    for (const secret of secretsOf(alpha, beta)) expect(logged).not.toContain(secret);
+  });
+
+  it("a token removed is refused from the next call on, on the same open channel; the caller that stays keeps its records", async () => {
+    const kept = await send(service, beta.token);
+    const state = service.grpcClient.getChannel().getConnectivityState(false);
+    expect(state).toBe(grpc.connectivityState.READY);
+
+    await file.replace(`${beta.entry}\n`);
+    await until("the removal applied", async () => (await reloads(service, "applied")) === 2);
+    expect(await refusedReason(send(service, alpha.token))).toBe("TOKEN_INVALID");
+    // Same channel, never reconnected: the token is judged per call, not per connection.
+    expect(service.grpcClient.getChannel().getConnectivityState(false)).toBe(grpc.connectivityState.READY);
+
+    const status = await grpcUnary(service.grpcClient, getDeliveryStatus, { messageId: kept.messageId }, { metadata: bearer(beta.token) });
+    expect(status.messageId).toBe(kept.messageId);
+    expect(service.logs().filter((line) => line["component"] === "auth_tokens" && line["removed_callers"] !== undefined).at(-1)).toMatchObject({
+      callers: ["beta"],
+      removed_callers: ["alpha"],
+    });
+  });
+});
+
+describe("refused token files: the list in use stays (reload requests only, as SIGHUP)", () => {
+  const alpha = newToken("alpha");
+  const beta = newToken("beta");
+  const gamma = newToken("gamma");
+  let file: Awaited<ReturnType<typeof tokenFile>>;
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    file = await tokenFile(`${alpha.entry}, ${beta.entry}\n`);
+    service = await startObservedService({
+      env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off", CALLER_PURPOSES: "beta:login" },
+    });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await file.remove();
+  });
+
+  const refusals = () => service.logs().filter((line) => line["component"] === "auth_tokens" && line["level"] === "error");
+
+  it("a malformed line: refused naming AUTH_TOKENS and the line, counted once, the old tokens still work, no hash in the log", async () => {
+    await file.replace(`# rotation\n${alpha.entry}\n${gamma.entry.slice(0, -3)}\n`);
+    await service.app.reloadAuthTokens();
+    expect(await reloads(service, "refused")).toBe(1);
+    expect(await lastReloadSuccessful(service)).toBe(0);
+    expect(refusals()).toEqual([
+      expect.objectContaining({ file: file.path, reason: expect.stringMatching(new RegExp(`^AUTH_TOKENS: ${file.path} line 3 must be CALLER:SHA256`)) as string }),
+    ]);
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await refusedReason(send(service, gamma.token))).toBe("TOKEN_INVALID");
+
+    // Asked again with the same file: answered, not counted again.
+    await service.app.reloadAuthTokens();
+    expect(await reloads(service, "refused")).toBe(1);
+    expect(service.logs().filter((line) => line["component"] === "auth_tokens").at(-1)).toMatchObject({
+      level: "warn",
+      msg: expect.stringContaining("still not applied") as string,
+    });
+    const logged = service.logLines.join("\n");
+    for (const secret of secretsOf(alpha, beta, gamma)) expect(logged).not.toContain(secret);
+  });
+
+  it.each([
+    ["the hash of an empty token", () => `${alpha.entry}\nbeta:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n`, /line 2 \(beta\) is the SHA-256 of an empty token/],
+    ["the same hash twice", () => `${beta.entry}\n${alpha.entry}\n${alpha.entry.replace("alpha:", "alpha2:")}\n`, /the same token hash is listed twice \(.* line 2 and .* line 3\)/],
+    ["a caller CALLER_PURPOSES names dropped", () => `${alpha.entry}\n`, /^CALLER_PURPOSES: beta is not a caller of AUTH_TOKENS/],
+  ])("%s: refused, the old list stays", async (_name, text, reason) => {
+    const before = (await reloads(service, "refused")) ?? 0;
+    await file.replace(text());
+    await service.app.reloadAuthTokens();
+    expect(await reloads(service, "refused")).toBe(before + 1);
+    expect(refusals().at(-1)).toMatchObject({ reason: expect.stringMatching(reason) as string });
+    expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await lastReloadSuccessful(service)).toBe(0);
+  });
+
+  it("put right: a reload request applies it at once, the metrics recover", async () => {
+    await file.replace(`${beta.entry}\n${gamma.entry}\n`);
+    await service.app.reloadAuthTokens();
+    expect(await lastReloadSuccessful(service)).toBe(1);
+    expect(await reloads(service, "applied")).toBe(1);
+    expect((await send(service, gamma.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await refusedReason(send(service, alpha.token))).toBe("TOKEN_INVALID");
+
+    // Asked again, nothing changed: answered in the log by caller name.
+    await service.app.reloadAuthTokens();
+    expect(service.logs().filter((line) => line["component"] === "auth_tokens").at(-1)).toMatchObject({
+      level: "info",
+      callers: ["beta", "gamma"],
+      msg: expect.stringContaining("unchanged") as string,
+    });
+    expect(await reloads(service, "applied")).toBe(1);
+  });
+});
+
+describe("an empty token file", () => {
+  const alpha = newToken("alpha");
+  let file: Awaited<ReturnType<typeof tokenFile>>;
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    file = await tokenFile(`${alpha.entry}\n`);
+    service = await startObservedService({ env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off" } });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await file.remove();
+  });
+
+  it("not in production, no CALLER_PURPOSES to keep: applied, every token refused, and no call turns anonymous", async () => {
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+    await file.replace("# every caller revoked\n");
+    await service.app.reloadAuthTokens();
+    expect(await lastReloadSuccessful(service)).toBe(1);
+    expect(await reloads(service, "applied")).toBe(1);
+    expect(await refusedReason(send(service, alpha.token))).toBe("TOKEN_INVALID");
+    expect(await refusedReason(grpcUnary(service.grpcClient, sendOtp, { recipient: "anon@example.com", purpose: Purpose.LOGIN }))).toBe(
+      "CREDENTIALS_MISSING",
+    );
+  });
+});
