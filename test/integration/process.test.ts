@@ -334,6 +334,55 @@ describe("SIGHUP", () => {
   });
 });
 
+describe("SIGHUP and the AUTH_TOKENS file", () => {
+  it("re-reads the token file: a removed token is refused, an added one works, on the same connection", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-tokens-"));
+    const token = (caller: string) => {
+      const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
+      return { value, entry: `${caller}:${createHash("sha256").update(value).digest("hex")}` };
+    };
+    const [alpha, beta] = [token("alpha"), token("beta")];
+    const path = join(dir, "tokens");
+    await writeFile(path, `${alpha.entry}\n`);
+    const service = startServiceProcess({
+      NODE_ENV: "test",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      OUTBOX_DIR: dir,
+      AUTH_TOKENS: path,
+      // No poll: only the signal reads the file again.
+      TLS_RELOAD_INTERVAL: "off",
+    });
+    let channel: grpc.Client | undefined;
+    try {
+      const listening = await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const port = Number(String(listening["grpc"]).split(":").at(-1));
+      const opened = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      channel = opened;
+      let sent = 0;
+      const send = (bearer: string) => {
+        const metadata = new grpc.Metadata();
+        metadata.set("authorization", `Bearer ${bearer}`);
+        return grpcUnary(opened, sendOtp, { recipient: `tokens-${++sent}@example.com`, purpose: Purpose.LOGIN }, { metadata });
+      };
+      expect((await send(alpha.value)).state).toBe(DeliveryState.ACCEPTED);
+
+      await writeFile(join(dir, ".tokens.new"), `${beta.entry}\n`);
+      await rename(join(dir, ".tokens.new"), path);
+      service.child.kill("SIGHUP");
+      await service.waitForLine((line) => line["component"] === "auth_tokens" && /reloaded/.test(String(line["msg"])));
+      await expect(send(alpha.value)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      expect((await send(beta.value)).state).toBe(DeliveryState.ACCEPTED);
+      expect(service.child.exitCode).toBeNull();
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      channel?.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("SIGHUP during start-up", () => {
   it("is not dropped: once start-up ends, the certificate files are read again and new connections get the renewed certificate", async () => {
     // A relay that never greets holds start-up in its first check for SMTP_GREETING_TIMEOUT, while the gRPC port
