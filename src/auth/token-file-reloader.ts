@@ -45,6 +45,9 @@ export interface TokenFileReloader {
   stop(): void;
 }
 
+/** The one series of otp_auth_tokens_last_reload_successful. */
+const series = { variable: "AUTH_TOKENS" };
+
 /** Starts watching the token file (and says so in the log). */
 export function startTokenFileReloader(options: TokenFileReloaderOptions): TokenFileReloader {
   const { path, parse, intervalMs, metrics } = options;
@@ -55,7 +58,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
 
   metrics.authTokensReloads.labels("applied").inc(0);
   metrics.authTokensReloads.labels("refused").inc(0);
-  metrics.authTokensLastReloadSuccessful.set(1);
+  metrics.authTokensLastReloadSuccessful.set(series, 1);
   logger.info(
     { file: path, interval_ms: intervalMs ?? null },
     intervalMs === undefined
@@ -86,7 +89,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     if (digest === servedDigest) {
       if (refused !== undefined) {
         refused = undefined;
-        metrics.authTokensLastReloadSuccessful.set(1);
+        metrics.authTokensLastReloadSuccessful.set(series, 1);
         logger.info({ file: path }, `AUTH_TOKENS file ${path} holds the list in use again`);
       } else if (requested) {
         logger.info({ file: path, callers: callersOf(inUse), tokens: inUse.length }, `AUTH_TOKENS file ${path} unchanged: ${describe(inUse)}`);
@@ -108,7 +111,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       const reason = error instanceof Error ? error.message : String(error);
       refused = { digest, reason };
       metrics.authTokensReloads.inc({ result: "refused" });
-      metrics.authTokensLastReloadSuccessful.set(0);
+      metrics.authTokensLastReloadSuccessful.set(series, 0);
       logger.error(
         { file: path, reason },
         `AUTH_TOKENS file ${path} changed but was not applied: ${reason}. ` +
@@ -122,7 +125,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     servedDigest = digest;
     refused = undefined;
     metrics.authTokensReloads.inc({ result: "applied" });
-    metrics.authTokensLastReloadSuccessful.set(1);
+    metrics.authTokensLastReloadSuccessful.set(series, 1);
     logger.info(
       {
         file: path,

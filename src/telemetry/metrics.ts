@@ -171,7 +171,7 @@ export interface Metrics {
   readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
   readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
   readonly authTokensReloads: Counter<"result">;
-  readonly authTokensLastReloadSuccessful: Gauge;
+  readonly authTokensLastReloadSuccessful: Gauge<"variable">;
   readonly healthComponentUp: Gauge<"component">;
   readonly traceExportSpans: Counter<"result">;
 
@@ -460,6 +460,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     help:
       "0 while the AUTH_TOKENS file holds a change that was refused (calls are judged by the previous list, and the service would not " +
       "start with this file), 1 otherwise. No series when AUTH_TOKENS lists the entries itself.",
+    // A label, though it has one value: an unlabelled gauge is exported at 0 from the start, which would read as
+    // "refused" (and fire OtpAuthTokensReloadRefused) on every instance without a token file.
+    labelNames: ["variable"] as const,
     registers,
   });
   let health: Pick<HealthState, "components"> | undefined;

@@ -54,7 +54,7 @@ async function sample(service: ObservedService, name: string, labels: Record<str
 }
 
 const reloads = (service: ObservedService, result: string) => sample(service, "otp_auth_tokens_reloads_total", { result });
-const lastReloadSuccessful = (service: ObservedService) => sample(service, "otp_auth_tokens_last_reload_successful");
+const lastReloadSuccessful = (service: ObservedService) => sample(service, "otp_auth_tokens_last_reload_successful", { variable: "AUTH_TOKENS" });
 
 /** Retries `check` until it returns true (every 100 ms, for up to `timeoutMs`). */
 async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
@@ -243,5 +243,29 @@ describe("an empty token file", () => {
     expect(await refusedReason(grpcUnary(service.grpcClient, sendOtp, { recipient: "anon@example.com", purpose: Purpose.LOGIN }))).toBe(
       "CREDENTIALS_MISSING",
     );
+  });
+});
+
+describe("AUTH_TOKENS listing its entries itself", () => {
+  const alpha = newToken("alpha");
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    service = await startObservedService({ env: { AUTH_TOKENS: alpha.entry, TLS_RELOAD_INTERVAL: "1s" } });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+  });
+
+  it("no reload series (nothing for OtpAuthTokensReloadRefused to fire on); a reload request says a restart is needed", async () => {
+    for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
+      if (metric.name.startsWith("otp_auth_tokens_")) expect(metric.values, metric.name).toEqual([]);
+    }
+    await service.app.reloadAuthTokens();
+    expect(service.logs().filter((line) => line["component"] === "auth_tokens")).toEqual([
+      expect.objectContaining({ level: "info", msg: expect.stringMatching(/^AUTH_TOKENS lists its entries itself, never re-read: changing them takes a restart/) as string }),
+    ]);
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
   });
 });
