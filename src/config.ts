@@ -68,7 +68,8 @@ export interface Config {
   /**
    * TLS_RELOAD_INTERVAL: how often certificate files (TLS_CERT, TLS_KEY,
    * TLS_CLIENT_CA, TLS_CLIENT_CRL, BOUNCE_TLS_CERT, BOUNCE_TLS_KEY given as
-   * paths) are read again, a renewed set then served to new connections;
+   * paths) and the AUTH_TOKENS file are read again, a renewed set then
+   * served to new connections, a new token list judging the next call;
    * undefined (`off`): only on SIGHUP.
    */
   readonly tlsReloadIntervalMs: number | undefined;

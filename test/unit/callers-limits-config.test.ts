@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../../src/config.js";
+import { ConfigError, loadConfig, parseTokenCallers } from "../../src/config.js";
 
 const sha = (token: string): string => createHash("sha256").update(token).digest("hex");
 const production = {
@@ -107,6 +107,15 @@ describe("AUTH_TOKENS as a file path (starting with /, ./ or ../)", () => {
     } catch (error) {
       for (const token of ["a", "b"]) expect((error as Error).message).not.toContain(sha(token).slice(1, 20));
     }
+  });
+
+  it("a reload's checks: in production an empty file is refused unless client certificates can name callers", () => {
+    const rules = { production: true, clientCertificates: false, purposeCallers: [] };
+    expect(() => parseTokenCallers("# everyone revoked\n", "/etc/otp/tokens", rules)).toThrow(
+      /^AUTH_TOKENS: required when NODE_ENV=production .*: \/etc\/otp\/tokens lists no token$/,
+    );
+    expect(parseTokenCallers("# everyone revoked\n", "/etc/otp/tokens", { ...rules, clientCertificates: true })).toEqual([]);
+    expect(parseTokenCallers("", "/etc/otp/tokens", { ...rules, production: false })).toEqual([]);
   });
 
   it("an unreadable file: the variable, the path and why", () => {
