@@ -15,6 +15,8 @@ import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
 import { createRenderer, RendererSetupError, type Renderer } from "./delivery/render.js";
+import { startTemplateReloader } from "./delivery/template-reloader.js";
+import { readTemplateDir, type TemplateDirRead } from "./delivery/templates.js";
 import { createSmtpTransport } from "./delivery/smtp-transport.js";
 import type { BounceOutcome } from "./bounce/bounce-processor.js";
 import type { BounceIntake } from "./bounce/intake-server.js";
@@ -78,6 +80,11 @@ export interface AppOptions {
    */
   readonly certificateSettleMs?: number;
   /**
+   * How long a changed TEMPLATES_DIR that fails its checks, or changed while
+   * it was read, gets before it is refused or read again (default 2 s).
+   */
+  readonly templatesSettleMs?: number;
+  /**
    * Aborted when a stop is asked for while the app starts (SIGTERM during
    * start-up): the relay's first check, which a relay that never answers can
    * hold for its connection and greeting timeouts, is no longer waited for,
@@ -109,6 +116,11 @@ export interface App {
    * when done; never rejects.
    */
   reloadAuthTokens(): Promise<void>;
+   * Reads TEMPLATES_DIR again now (`main.ts` calls it on SIGHUP): a changed
+   * set that passes the start-up checks is used for the next mail. Answers
+   * in the log whatever comes of it. Resolves when done; never rejects.
+   */
+  reloadTemplates(): Promise<void>;
   /**
    * Graceful stop: health goes NOT_SERVING, the server stops accepting calls
    * and lets running ones finish, background sends get `graceMs` to finish,
@@ -277,6 +289,8 @@ export async function startApp(options: AppOptions): Promise<App> {
       clock,
       previous: previousSecret && { secret: previousSecret.secret, until: previousSecret.suppressionUntil },
     });
+    const templates = await startTemplates(config, logger, metrics, options.templatesSettleMs);
+    closers.push(() => Promise.resolve(templates.stop()));
     const hasher = createHasher(config.otp.secret);
     const previousHasher = previousSecret && createHasher(previousSecret.secret);
     const otp = createOtpService({
@@ -286,7 +300,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       store,
       delivery,
       backlog,
-      renderer: configuredRenderer(config, logger),
+      renderer: templates.renderer,
       limiter: options.limiter ?? limits,
       verifyLimiter: limits,
       purposes: createPurposePolicy(config.auth.purposes),
@@ -446,6 +460,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       health,
       reloadCertificates: () => certificates.reload(),
       reloadAuthTokens: () => reloadAuthTokens(config, tokenFile, logger),
+      reloadTemplates: () => templates.reload(),
       stop,
     };
   } catch (error) {
@@ -455,23 +470,58 @@ export async function startApp(options: AppOptions): Promise<App> {
 }
 
 /**
- * The mail templates: the built-in ones and TEMPLATES_DIR's, checked here.
- * A folder it cannot use, or a DEFAULT_LOCALE without a template for every
- * purpose, is a configuration error (exit 78) naming the variable; a locale
- * with templates for some purposes only is logged as a warning.
+ * The mail templates: the built-in ones and TEMPLATES_DIR's, checked here,
+ * and TEMPLATES_DIR re-read every TEMPLATES_RELOAD_INTERVAL and on SIGHUP
+ * (`reload`), a changed set checked the same way. A folder it cannot use,
+ * or a DEFAULT_LOCALE without a template for every purpose, is a
+ * configuration error (exit 78) naming the variable; a locale with templates
+ * for some purposes only is logged as a warning.
  */
-function configuredRenderer(config: Config, logger: Logger): Renderer {
-  const { defaultLocale, fromName, templatesDir } = config.mail;
+async function startTemplates(
+  config: Config,
+  logger: Logger,
+  metrics: Metrics,
+  settleMs: number | undefined,
+): Promise<{ renderer: Renderer; reload(): Promise<void>; stop(): void }> {
+  const dir = config.mail.templatesDir;
+  if (dir === undefined) {
+    const renderer = checkedRenderer(config, undefined);
+    warnIncompleteLocales(renderer, config, logger);
+    return {
+      renderer,
+      reload() {
+        // A SIGHUP answers for every part it could re-read, this one too.
+        logger.info({ component: "templates" }, "no template folder to read again: TEMPLATES_DIR is not set (the built-in templates are in use)");
+        return Promise.resolve();
+      },
+      stop: () => undefined,
+    };
+  }
+  let read: TemplateDirRead;
   try {
-    const renderer = createRenderer({ defaultLocale, productName: fromName, templatesDir });
-    // Allowed (a locale may be translated a purpose at a time), but an operator who meant every purpose should hear it.
-    for (const [locale, missing] of renderer.incompleteLocales) {
-      logger.warn(
-        { locale, missing_purposes: missing, default_locale: defaultLocale },
-        `TEMPLATES_DIR: no ${missing.join(", ")} template for locale ${locale}: such mail in ${locale} goes out in ${defaultLocale}`,
-      );
-    }
-    return renderer;
+    read = await readTemplateDir(dir);
+  } catch (error) {
+    throw templatesDirError(error instanceof Error ? error.message : String(error));
+  }
+  const renderer = checkedRenderer(config, read);
+  warnIncompleteLocales(renderer, config, logger);
+  return startTemplateReloader({
+    dir,
+    initial: { read, renderer },
+    build: (changed) => checkedRenderer(config, changed),
+    onApplied: (applied) => warnIncompleteLocales(applied, config, logger),
+    intervalMs: config.mail.templatesReloadIntervalMs,
+    settleMs,
+    metrics,
+    logger,
+  });
+}
+
+/** A renderer of these templates, checked as at start-up; throws a ConfigError naming the variable to fix. */
+function checkedRenderer(config: Config, templatesDir: TemplateDirRead | undefined): Renderer {
+  const { defaultLocale, fromName } = config.mail;
+  try {
+    return createRenderer({ defaultLocale, productName: fromName, templatesDir });
   } catch (error) {
     if (!(error instanceof RendererSetupError)) throw error;
     const reason = error.message.replace(/^renderer: /, "");
@@ -484,8 +534,23 @@ function configuredRenderer(config: Config, logger: Logger): Renderer {
       case "productName":
         throw new ConfigError(`MAIL_FROM: the display name must be a non-empty single line (${reason})`);
       case "templatesDir":
-        throw new ConfigError(`TEMPLATES_DIR: ${reason}; fix the folder, or unset TEMPLATES_DIR for the built-in templates`);
+        throw templatesDirError(reason);
     }
+  }
+}
+
+function templatesDirError(reason: string): ConfigError {
+  return new ConfigError(`TEMPLATES_DIR: ${reason}; fix the folder, or unset TEMPLATES_DIR for the built-in templates`);
+}
+
+/** Allowed (a locale may be translated a purpose at a time), but an operator who meant every purpose should hear it. */
+function warnIncompleteLocales(renderer: Renderer, config: Config, logger: Logger): void {
+  const { defaultLocale } = config.mail;
+  for (const [locale, missing] of renderer.incompleteLocales) {
+    logger.warn(
+      { locale, missing_purposes: missing, default_locale: defaultLocale },
+      `TEMPLATES_DIR: no ${missing.join(", ")} template for locale ${locale}: such mail in ${locale} goes out in ${defaultLocale}`,
+    );
   }
 }
 

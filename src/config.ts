@@ -112,6 +112,12 @@ export interface Config {
     readonly fromAddress: string;
     readonly defaultLocale: string;
     readonly templatesDir: string | undefined;
+    /**
+     * TEMPLATES_RELOAD_INTERVAL: how often TEMPLATES_DIR is read again, a
+     * changed set that passes the start-up checks then used for the next
+     * mail; undefined (`off`): only on SIGHUP.
+     */
+    readonly templatesReloadIntervalMs: number | undefined;
   };
   readonly otp: {
     readonly secret: Buffer;
@@ -730,7 +736,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     grpcMaxConcurrentStreams: read.int("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 1_000_000),
     logLevel: validLogLevel(read.string("LOG_LEVEL") ?? "info"),
     ...callers,
-    tlsReloadIntervalMs: readTlsReloadInterval(read),
+    tlsReloadIntervalMs: readReloadInterval(read, "TLS_RELOAD_INTERVAL"),
     limits: readLimits(read),
     redis:
       redisUrl === undefined
@@ -761,6 +767,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
       fromAddress: from.address,
       defaultLocale,
       templatesDir: read.string("TEMPLATES_DIR"),
+      templatesReloadIntervalMs: readReloadInterval(read, "TEMPLATES_RELOAD_INTERVAL"),
     },
     otp: {
       secret: secretText === undefined ? randomBytes(32) : Buffer.from(secretText, "utf8"),
@@ -970,14 +977,14 @@ function readBounceTls(read: Reader, now: number): Config["bounce"]["tls"] {
   return { cert: cert.pem, key: key.pem, required, paths: { cert: cert.path, key: key.path } };
 }
 
-/** TLS_RELOAD_INTERVAL: a duration from 1s to 1d (default 1m), or `off`. */
-function readTlsReloadInterval(read: Reader): number | undefined {
-  const raw = read.string("TLS_RELOAD_INTERVAL");
+/** TLS_RELOAD_INTERVAL, TEMPLATES_RELOAD_INTERVAL: a duration from 1s to 1d (default 1m), or `off`. */
+function readReloadInterval(read: Reader, name: "TLS_RELOAD_INTERVAL" | "TEMPLATES_RELOAD_INTERVAL"): number | undefined {
+  const raw = read.string(name);
   if (raw === undefined) return 60_000;
   if (raw.toLowerCase() === "off") return undefined;
   const value = parseDuration(raw);
   if (value === undefined || value < 1000 || value > 86_400_000) {
-    throw new ConfigError(`TLS_RELOAD_INTERVAL=${raw}: must be a duration such as 30s, 5m or 1h, from 1s to 1d, or off${unitHint(raw)}`);
+    throw new ConfigError(`${name}=${raw}: must be a duration such as 30s, 5m or 1h, from 1s to 1d, or off${unitHint(raw)}`);
   }
   return value;
 }

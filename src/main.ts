@@ -1,7 +1,7 @@
 /**
  * The service's entry point: config -> app -> signals (SIGTERM and SIGINT
- * stop it, SIGHUP re-reads the certificate files and the AUTH_TOKENS file).
- * Wiring only.
+ * stop it, SIGHUP re-reads the certificate files, the AUTH_TOKENS file and
+ * TEMPLATES_DIR). Wiring only.
  */
 // First: holds a SIGHUP that comes while the other modules load (its default would end the process).
 import { releaseEarlyHangup } from "./early-hangup.js";
@@ -134,22 +134,24 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
-  // SIGHUP (whose default would end the process): read the certificate files again now. During start-up the
-  // files may already have been read, so the reading waits until start-up ends rather than being dropped.
+  // SIGHUP (whose default would end the process): read the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again now (each
+  // answers in the log for itself). During start-up the files may already have been read, so the reading waits
+  // until start-up ends rather than being dropped.
   let reloadAfterStart = false;
   process.on("SIGHUP", () => {
     if (signalled) return;
     if (app === undefined) {
-      if (!reloadAfterStart) logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the TLS certificate files again once started");
+      if (!reloadAfterStart) logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again once started");
       reloadAfterStart = true;
       return;
     }
-    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
+    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again");
     void app.reloadCertificates();
     void app.reloadAuthTokens();
+    void app.reloadTemplates();
   });
   if (releaseEarlyHangup()) {
-    logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the TLS certificate files again once started");
+    logger.info({ signal: "SIGHUP" }, "SIGHUP during start-up: reading the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again once started");
     reloadAfterStart = true;
   }
 
@@ -179,9 +181,10 @@ async function main(): Promise<void> {
   }
   logger.info({ grpc: hostPort(started.address.host, started.address.port), env: config.env }, "otp-email listening");
   if (reloadAfterStart) {
-    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the TLS certificate files again");
+    logger.info({ signal: "SIGHUP" }, "SIGHUP: reading the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again");
     void started.reloadCertificates();
     void started.reloadAuthTokens();
+    void started.reloadTemplates();
   }
   if (config.env !== "production") devBanner(config, logger, started.address.port, started.address.host, started.captureSinkUrl);
   // The doctor's checks, as warnings, whenever a real relay is configured: the

@@ -9,9 +9,11 @@ import {
   escapeHtml,
   loadTemplateDir,
   mergeCatalogs,
+  parseTemplateDir,
   type CompiledText,
   type MessageTemplate,
   type TemplateCatalog,
+  type TemplateDirRead,
 } from "./templates.js";
 
 export interface RendererOptions {
@@ -20,10 +22,12 @@ export interface RendererOptions {
   /** The `{{product}}` of the templates: the product's name as users know it. */
   readonly productName: string;
   /**
-   * Operator folder of templates that override or add to the built-in ones,
-   * read once here; see `loadTemplateDir` in templates.ts for the file format.
+   * Operator folder of templates that override or add to the built-in ones:
+   * its path, read once here, or the folder as already read (`readTemplateDir`:
+   * a reload checks exactly what it compared with the set in use); see
+   * `parseTemplateDir` in templates.ts for the file format.
    */
-  readonly templatesDir?: string | undefined;
+  readonly templatesDir?: string | TemplateDirRead | undefined;
 }
 
 /**
@@ -249,9 +253,9 @@ function withLikelyScripts<T>(byLocale: ReadonlyMap<string, T>): Map<string, T> 
 }
 
 /** TEMPLATES_DIR's templates; what is wrong with the folder or a file, as a RendererSetupError. */
-function operatorTemplates(dir: string): TemplateCatalog {
+function operatorTemplates(dir: string | TemplateDirRead): TemplateCatalog {
   try {
-    return loadTemplateDir(dir);
+    return typeof dir === "string" ? loadTemplateDir(dir) : parseTemplateDir(dir);
   } catch (error) {
     throw new RendererSetupError("templatesDir", error instanceof Error ? error.message : String(error), { cause: error });
   }

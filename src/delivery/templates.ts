@@ -8,7 +8,8 @@
  * template's own markup is the operator's (simple inline styles, no links,
  * no images).
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, type Dirent } from "node:fs";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { purposes, type Purpose } from "./record.js";
 
@@ -233,8 +234,102 @@ const templateParts = { "subject.txt": "subject", txt: "text", html: "html" } as
 type TemplatePart = (typeof templateParts)[keyof typeof templateParts];
 const templateFileName = /^([^.]+)\.([^.]+)\.(subject\.txt|txt|html)$/;
 
+/** One template file of a folder as read: its bytes, or why they could not be read. */
+export type TemplateFileRead =
+  | { readonly name: string; readonly bytes: Buffer }
+  | { readonly name: string; readonly error: Error };
+
 /**
- * Reads an operator's template folder (synchronously, once at start-up).
+ * A template folder as read, before any check: what `parseTemplateDir`
+ * checks, and what a reload compares with the folder in use.
+ */
+export interface TemplateDirRead {
+  readonly dir: string;
+  /** The files that may be templates (`*.txt`, `*.html`, not hidden), by name. */
+  readonly files: readonly TemplateFileRead[];
+}
+
+/**
+ * Reads an operator's template folder (synchronously); see `parseTemplateDir`
+ * for the file format. Throws an Error naming the folder when it cannot be
+ * listed; a file that cannot be read is kept as its error, for the check.
+ */
+export function readTemplateDirSync(dir: string): TemplateDirRead {
+  let names: string[];
+  try {
+    names = templateCandidates(readdirSync(dir, { withFileTypes: true }));
+  } catch (error) {
+    throw unreadableFolder(dir, error);
+  }
+  const files: TemplateFileRead[] = [];
+  for (const name of names) {
+    const file = join(dir, name);
+    try {
+      // A link to a folder is skipped like a folder; a broken one is a mistake.
+      if (!statSync(file).isFile()) continue;
+      files.push({ name, bytes: readFileSync(file) });
+    } catch (error) {
+      files.push({ name, error: unreadableFile(file, error) });
+    }
+  }
+  return { dir, files };
+}
+
+/** `readTemplateDirSync`, without holding the event loop while the files are read (reloads). */
+export async function readTemplateDir(dir: string): Promise<TemplateDirRead> {
+  let names: string[];
+  try {
+    names = templateCandidates(await readdir(dir, { withFileTypes: true }));
+  } catch (error) {
+    throw unreadableFolder(dir, error);
+  }
+  const files = await Promise.all(
+    names.map(async (name): Promise<TemplateFileRead | undefined> => {
+      const file = join(dir, name);
+      try {
+        if (!(await stat(file)).isFile()) return undefined;
+        return { name, bytes: await readFile(file) };
+      } catch (error) {
+        return { name, error: unreadableFile(file, error) };
+      }
+    }),
+  );
+  return { dir, files: files.filter((read) => read !== undefined) };
+}
+
+/**
+ * The names in a folder listing that may be templates, sorted. Symbolic links
+ * too: a Kubernetes ConfigMap or Secret volume holds nothing else
+ * (`login.ja.txt -> ..data/login.ja.txt`); where one leads is looked at when
+ * it is read. Hidden names (`..data`, an editor's `.login.ja.txt.swp`) and
+ * other files (README.md...) are ignored.
+ */
+function templateCandidates(entries: readonly Dirent[]): string[] {
+  return entries
+    .filter((entry) => entry.isFile() || entry.isSymbolicLink())
+    .map((entry) => entry.name)
+    .filter((name) => !name.startsWith(".") && /\.(txt|html)$/.test(name))
+    .sort();
+}
+
+function unreadableFolder(dir: string, error: unknown): Error {
+  return new Error(`templates folder ${dir} cannot be read: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+}
+
+function unreadableFile(file: string, error: unknown): Error {
+  return new Error(`${file}: cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+}
+
+/**
+ * Reads an operator's template folder (synchronously) and checks it; see
+ * `parseTemplateDir`. Throws an Error naming the offending file on any mistake.
+ */
+export function loadTemplateDir(dir: string): TemplateCatalog {
+  return parseTemplateDir(readTemplateDirSync(dir));
+}
+
+/**
+ * Checks a template folder as read and makes its catalog.
  *
  * Files are named `<purpose>.<locale>.subject.txt`, `<purpose>.<locale>.txt`
  * and `<purpose>.<locale>.html`, e.g. `login.ja.subject.txt`; purpose is one
@@ -242,32 +337,17 @@ const templateFileName = /^([^.]+)\.([^.]+)\.(subject\.txt|txt|html)$/;
  * files of a purpose and locale must be present. Files are UTF-8; the
  * subject is one line. Placeholders: `{{code}}` (required in every file),
  * `{{minutes}}` (validity, whole minutes) and `{{product}}`; values are
- * HTML-escaped in the .html file. Other files (README.md...) are ignored.
+ * HTML-escaped in the .html file.
  *
  * Throws an Error naming the offending file on any mistake.
  */
-export function loadTemplateDir(dir: string): TemplateCatalog {
-  let names: string[];
-  try {
-    // Symbolic links too: a Kubernetes ConfigMap or Secret volume holds
-    // nothing else (`login.ja.txt -> ..data/login.ja.txt`). Where one leads
-    // is looked at below, for the names that are templates.
-    names = readdirSync(dir, { withFileTypes: true })
-      .filter((entry) => entry.isFile() || entry.isSymbolicLink())
-      .map((entry) => entry.name)
-      .sort();
-  } catch (error) {
-    throw new Error(`templates folder ${dir} cannot be read: ${error instanceof Error ? error.message : String(error)}`, {
-      cause: error,
-    });
-  }
-
+export function parseTemplateDir(read: TemplateDirRead): TemplateCatalog {
+  const { dir } = read;
   const found = new Map<string, { purpose: Purpose; locale: string; parts: Partial<Record<TemplatePart, string>> }>();
-  for (const name of names) {
-    if (name.startsWith(".") || !/\.(txt|html)$/.test(name)) continue;
+  for (const fileRead of read.files) {
+    if ("error" in fileRead) throw fileRead.error;
+    const { name, bytes } = fileRead;
     const file = join(dir, name);
-    // A link to a folder is skipped like a folder; a broken one is a mistake.
-    if (!isFileOrLinkToFile(file)) continue;
     const match = templateFileName.exec(name);
     if (match === null) {
       throw new Error(
@@ -285,7 +365,7 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
       throw new Error(`${file}: "${tag}" is not a BCP 47 language tag such as en, ko or pt-BR`);
     }
     const part = templateParts[suffix as keyof typeof templateParts];
-    let content = utf8Text(readTemplateFile(file), file);
+    let content = utf8Text(bytes, file);
     if (part === "subject") {
       content = content.trim();
       if (/[\r\n]/.test(content)) throw new Error(`${file}: a subject must be a single line`);
@@ -311,23 +391,6 @@ export function loadTemplateDir(dir: string): TemplateCatalog {
     catalog.set(purpose, byLocale);
   }
   return catalog;
-}
-
-/** True for a file, or a symbolic link that leads to one; throws, naming it, for a link that leads nowhere. */
-function isFileOrLinkToFile(file: string): boolean {
-  try {
-    return statSync(file).isFile();
-  } catch (error) {
-    throw new Error(`${file}: cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
-  }
-}
-
-function readTemplateFile(file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (error) {
-    throw new Error(`${file}: cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
-  }
 }
 
 // ignoreBOM false (the default): a UTF-8 BOM is dropped, not kept as a character.

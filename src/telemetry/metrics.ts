@@ -172,6 +172,8 @@ export interface Metrics {
   readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
   readonly authTokensReloads: Counter<"result">;
   readonly authTokensLastReloadSuccessful: Gauge<"variable">;
+  readonly templatesReloads: Counter<"result">;
+  readonly templatesLastReloadSuccessful: Gauge;
   readonly healthComponentUp: Gauge<"component">;
   readonly traceExportSpans: Counter<"result">;
 
@@ -465,6 +467,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["variable"] as const,
     registers,
   });
+  const templatesReloads = new Counter({
+    name: "otp_templates_reloads_total",
+    help:
+      "Changes of TEMPLATES_DIR (re-read every TEMPLATES_RELOAD_INTERVAL and on SIGHUP) by result: applied (the next mail uses " +
+      "them), refused (they failed the start-up checks; the templates in use stay). A change is counted once, however often the " +
+      "same files are read. Series only with TEMPLATES_DIR.",
+    labelNames: ["result"] as const,
+    registers,
+  });
+  const templatesLastReloadSuccessful = new Gauge({
+    name: "otp_templates_last_reload_successful",
+    help:
+      "0 while TEMPLATES_DIR holds a change that was refused (mail goes out with the previous templates, and the service would not " +
+      "start with these files), 1 otherwise (without TEMPLATES_DIR too).",
+    registers,
+  });
+  // 1 from the start: a gauge without labels has its one series from its creation, and 0 would say "refused".
+  templatesLastReloadSuccessful.set(1);
   let health: Pick<HealthState, "components"> | undefined;
   const healthComponentUp = new Gauge({
     name: "otp_health_component_up",
@@ -565,6 +585,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsClientCrlNextUpdate,
     authTokensReloads,
     authTokensLastReloadSuccessful,
+    templatesReloads,
+    templatesLastReloadSuccessful,
     healthComponentUp,
     traceExportSpans,
     watchHealth(source) {

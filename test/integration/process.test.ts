@@ -1,7 +1,7 @@
 /**
  * The compiled service as a separate process, as `npm start` runs it: the
  * zero-config development mode, SIGHUP re-reading the TLS certificate
- * files, and a graceful SIGTERM during a slow send.
+ * files and TEMPLATES_DIR, and a graceful SIGTERM during a slow send.
  */
 import { execFile, spawn } from "node:child_process";
 import { createHash, generateKeyPairSync } from "node:crypto";
@@ -378,6 +378,58 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
       expect(await service.exited).toBe(0);
     } finally {
       channel?.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("SIGHUP and TEMPLATES_DIR", () => {
+  it("re-reads the folder at once: the next mail uses the changed template, and each part answers in the log", async () => {
+    const sink = await startSmtpSink();
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-templates-"));
+    const port = await freePort();
+    const login = (version: string): [string, string][] => [
+      ["login.ja.subject.txt", `${version} ログイン {{code}}`],
+      ["login.ja.txt", `${version} {{code}}`],
+      ["login.ja.html", `<p>${version} {{code}}</p>`],
+    ];
+    try {
+      for (const [name, content] of login("before")) await writeFile(join(dir, name), content);
+      const service = startServiceProcess({
+        NODE_ENV: "test",
+        GRPC_ADDR: `127.0.0.1:${port}`,
+        METRICS_ADDR: "off",
+        SMTP_URL: sink.url,
+        TEMPLATES_DIR: dir,
+        // No poll: only the signal reads the folder again.
+        TEMPLATES_RELOAD_INTERVAL: "off",
+        LIMIT_RESEND_COOLDOWN: "0",
+      });
+      await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const client = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      try {
+        const subject = async (): Promise<string> => {
+          const before = sink.messages.length;
+          await grpcUnary(client, sendOtp, { recipient: "templates@example.com", purpose: Purpose.LOGIN, locale: "ja" });
+          return (await sink.waitForMessages(before + 1)).at(-1)?.parsed.subject ?? "";
+        };
+        expect(await subject()).toMatch(/^before ログイン \d{6}$/);
+        for (const [name, content] of login("after")) {
+          await writeFile(join(dir, `.${name}.new`), content);
+          await rename(join(dir, `.${name}.new`), join(dir, name));
+        }
+        service.child.kill("SIGHUP");
+        await service.waitForLine((line) => line["component"] === "templates" && /^TEMPLATES_DIR reloaded/.test(String(line["msg"])));
+        // The certificates answered too: there are none to read.
+        await service.waitForLine((line) => /^no certificate file to read again/.test(String(line["msg"])));
+        expect(await subject()).toMatch(/^after ログイン \d{6}$/);
+      } finally {
+        client.close();
+      }
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+    } finally {
+      await sink.close();
       await rm(dir, { recursive: true, force: true });
     }
   });
@@ -792,7 +844,7 @@ describe("SIGHUP while the service's modules are still loading", () => {
         { timeout: 15_000, interval: 50 },
       );
       expect(lines.some((line) => /SIGHUP during start-up/.test(String(line["msg"])))).toBe(true);
-      await vi.waitFor(() => expect(lines.some((line) => line["msg"] === "SIGHUP: reading the TLS certificate files again")).toBe(true));
+      await vi.waitFor(() => expect(lines.some((line) => line["msg"] === "SIGHUP: reading the certificate files, the AUTH_TOKENS file and TEMPLATES_DIR again")).toBe(true));
       child.kill("SIGTERM");
       expect(await exited).toEqual({ code: 0, signal: null });
     } finally {

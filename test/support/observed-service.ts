@@ -38,6 +38,8 @@ export interface ObservedServiceOptions {
   readonly metrics?: Metrics;
   /** How long changed certificate files that fail their checks get to settle before they are refused (the app's default otherwise). */
   readonly certificateSettleMs?: number;
+  /** How long a changed TEMPLATES_DIR that fails its checks gets to settle before it is refused (the app's default otherwise). */
+  readonly templatesSettleMs?: number;
 }
 
 export async function startObservedService(options: ObservedServiceOptions = {}): Promise<ObservedService> {
@@ -72,6 +74,7 @@ export async function startObservedService(options: ObservedServiceOptions = {})
     ...(options.limiter ? { limiter: options.limiter } : {}),
     ...(options.metrics ? { metrics: options.metrics } : {}),
     ...(options.certificateSettleMs === undefined ? {} : { certificateSettleMs: options.certificateSettleMs }),
+    ...(options.templatesSettleMs === undefined ? {} : { templatesSettleMs: options.templatesSettleMs }),
   });
   const address = `${app.address.host}:${app.address.port}`;
   const grpcClient = new GrpcOtpClient(address, grpc.credentials.createInsecure());

@@ -44,6 +44,16 @@ describe("TLS_RELOAD_INTERVAL", () => {
   });
 });
 
+describe("TEMPLATES_RELOAD_INTERVAL", () => {
+  it("is 1 minute by default, takes a duration from 1s to 1d, and off; apart from TLS_RELOAD_INTERVAL", () => {
+    expect(loadConfig({}).mail.templatesReloadIntervalMs).toBe(60_000);
+    expect(loadConfig({ TEMPLATES_RELOAD_INTERVAL: "30s", TLS_RELOAD_INTERVAL: "off" }).mail.templatesReloadIntervalMs).toBe(30_000);
+    expect(loadConfig({ TEMPLATES_RELOAD_INTERVAL: "off", TLS_RELOAD_INTERVAL: "10s" }).mail.templatesReloadIntervalMs).toBeUndefined();
+    expect(refusal({ TEMPLATES_RELOAD_INTERVAL: "500ms" })).toMatch(/^TEMPLATES_RELOAD_INTERVAL=500ms: must be a duration such as .* from 1s to 1d, or off$/);
+    expect(refusal({ TEMPLATES_RELOAD_INTERVAL: "2d" })).toMatch(/^TEMPLATES_RELOAD_INTERVAL=2d: must be a duration/);
+  });
+});
+
 describe("certificate files, remembered for reloading", () => {
   it("keeps the path of each value given as a file, and none for PEM text", () => {
     expect(loadConfig({ TLS_CERT: certFile, TLS_KEY: keyFile, TLS_CLIENT_CA: caFile }).tls).toEqual({
