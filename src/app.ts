@@ -116,6 +116,7 @@ export interface App {
    * when done; never rejects.
    */
   reloadAuthTokens(): Promise<void>;
+  /**
    * Reads TEMPLATES_DIR again now (`main.ts` calls it on SIGHUP): a changed
    * set that passes the start-up checks is used for the next mail. Answers
    * in the log whatever comes of it. Resolves when done; never rejects.
