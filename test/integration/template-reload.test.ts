@@ -16,12 +16,19 @@
  * - a template copied before its sibling files is no refusal: it is applied
  *   once they follow.
  */
+import { writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { createRenderer } from "../../src/delivery/render.js";
+import { startTemplateReloader } from "../../src/delivery/template-reloader.js";
+import { readTemplateDir } from "../../src/delivery/templates.js";
+import { createLogger } from "../../src/logger.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
 import { grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
 
@@ -295,9 +302,51 @@ describe("a template copied before its sibling files", () => {
       await service.app.reloadTemplates();
       expect(await reloads(service, "applied")).toBe(1);
       expect((await mailed(service, "fr")).subject).toMatch(/^Code \d{6}$/);
+      // As at start-up: a locale with some purposes only is allowed, and named.
+      expect(service.logs().filter((line) => line["locale"] === "fr")).toEqual([
+        expect.objectContaining({ level: "warn", missing_purposes: ["signup", "password_reset"], default_locale: "en" }),
+      ]);
       expect(service.logs().filter((line) => line["level"] === "error")).toEqual([]);
     } finally {
       await service.stop();
+      await folder.cleanup();
+    }
+  });
+});
+
+describe("a folder that changes while it is read", () => {
+  it("is not served from the read the change overtook: it is read again once settled, and only the settled folder is applied", async () => {
+    const folder = await templateFolder(loginJa("one"));
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
+    const initial = await readTemplateDir(folder.dir);
+    let checks = 0;
+    const reloader = startTemplateReloader({
+      dir: folder.dir,
+      initial: { read: initial, renderer: makeRenderer(initial) },
+      // The start-up check, with a writer that changes a file just after the folder was read (once).
+      build: (read) => {
+        if (++checks === 1) writeFileSync(join(folder.dir, "login.ja.txt"), "three {{code}}\n");
+        return makeRenderer(read);
+      },
+      intervalMs: undefined,
+      settleMs: 200,
+      metrics,
+      logger: createLogger({ level: "silent" }),
+    });
+    const text = () => reloader.renderer.render({ purpose: "login", locale: "ja", code: "482913", ttlMs: 600_000 }).text;
+    const applied = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "applied")?.value;
+    try {
+      await folder.replace(loginJa("two"));
+      await reloader.reload();
+      // The set read first (all "two") passed its checks, but the folder no longer holds it: not applied.
+      expect(text()).toBe("one ログインコード: 482913\n");
+      expect(await applied()).toBe(0);
+      await until("the settled folder to be applied", async () => (await applied()) === 1);
+      expect(text()).toBe("three 482913\n");
+      expect(checks).toBe(2);
+    } finally {
+      reloader.stop();
       await folder.cleanup();
     }
   });
