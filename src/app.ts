@@ -85,6 +85,11 @@ export interface AppOptions {
    */
   readonly templatesSettleMs?: number;
   /**
+   * How long a changed AUTH_TOKENS file must read the same before it is
+   * applied or refused: a file caught while written in place (default 2 s).
+   */
+  readonly authTokensSettleMs?: number;
+  /**
    * Aborted when a stop is asked for while the app starts (SIGTERM during
    * start-up): the relay's first check, which a relay that never answers can
    * hold for its connection and greeting timeouts, is no longer waited for,
@@ -112,8 +117,10 @@ export interface App {
   reloadCertificates(): Promise<void>;
   /**
    * Reads the AUTH_TOKENS file again now (`main.ts` calls it on SIGHUP): a
-   * list that passes the start-up checks judges the next call. Resolves
-   * when done; never rejects.
+   * changed list that passes the start-up checks, and reads the same a
+   * settle time later, judges the next call. Answers in the log whatever
+   * comes of it. Resolves once a change, if any, is applied, refused or
+   * waiting to settle; never rejects.
    */
   reloadAuthTokens(): Promise<void>;
   /**
@@ -322,7 +329,7 @@ export async function startApp(options: AppOptions): Promise<App> {
       },
     });
 
-    const tokenFile = startTokenFile(config, metrics, logger);
+    const tokenFile = startTokenFile(config, metrics, logger, options.authTokensSettleMs);
     if (tokenFile !== undefined) closers.push(() => Promise.resolve(tokenFile.stop()));
     const grpcCredentials = createServerCredentials(config.tls && { ...config.tls, clientCrl: config.tls.clientCrl?.checked });
     const server = createGrpcServer({
@@ -619,7 +626,7 @@ function logSecrets(config: Config, previous: PreviousSecret | undefined, clock:
 }
 
 /** AUTH_TOKENS given as a file: watched, each new version checked as at start-up. */
-function startTokenFile(config: Config, metrics: Metrics, logger: Logger): TokenFileReloader | undefined {
+function startTokenFile(config: Config, metrics: Metrics, logger: Logger, settleMs: number | undefined): TokenFileReloader | undefined {
   const file = config.auth.tokensFile;
   if (file === undefined) return undefined;
   const rules = {
@@ -633,6 +640,7 @@ function startTokenFile(config: Config, metrics: Metrics, logger: Logger): Token
     tokens: config.auth.tokens,
     parse: (text) => parseTokenCallers(text, file.path, rules),
     intervalMs: config.tlsReloadIntervalMs,
+    settleMs,
     metrics,
     logger,
   });

@@ -5,8 +5,8 @@
  *
  * The file is read again every TLS_RELOAD_INTERVAL (the certificates'
  * cadence) and on SIGHUP (`reload`). When it changed, its text is checked
- * as at start-up (the same parser, see config.ts `parseTokenCallers`) and
- * then:
+ * as at start-up (the same parser, see config.ts `parseTokenCallers`) and,
+ * once it settled (below):
  * - applied: the list is swapped at once, so the next call is judged by it,
  *   on connections already open too (a token is checked on every call);
  * - refused: the list in use stays, and an error names AUTH_TOKENS, the
@@ -14,6 +14,13 @@
  * Each change is counted once in otp_auth_tokens_reloads_total, and
  * otp_auth_tokens_last_reload_successful is 0 while a refused file sits on
  * disk (a restart would fail on it).
+ *
+ * A file written in place (an editor, `cat > file`, a tool that does not
+ * rename) can be read half-written, and cut at a line boundary it is still a
+ * valid, shorter list: applied, it would refuse the callers of the missing
+ * lines until the next poll. So a changed file is acted on only once it
+ * reads the same twice, `settleMs` apart: applied if it passes the checks,
+ * refused if not.
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -32,6 +39,8 @@ export interface TokenFileReloaderOptions {
   readonly parse: (text: string) => readonly TokenCaller[];
   /** How often the file is read; undefined: only on `reload` (SIGHUP). */
   readonly intervalMs: number | undefined;
+  /** How long a changed file must read the same before it is applied or refused (default 2 s). */
+  readonly settleMs?: number | undefined;
   readonly metrics: Pick<Metrics, "authTokensReloads" | "authTokensLastReloadSuccessful">;
   readonly logger: Logger;
 }
@@ -39,22 +48,37 @@ export interface TokenFileReloaderOptions {
 export interface TokenFileReloader {
   /** The list calls are judged by now. */
   tokens(): readonly TokenCaller[];
-  /** Reads the file now (what SIGHUP does) and answers in the log whatever the outcome; never rejects. */
+  /**
+   * Reads the file now (what SIGHUP does) and answers in the log whatever the
+   * outcome. Resolves once a change, if any, is applied, refused or waiting to
+   * settle; never rejects.
+   */
   reload(): Promise<void>;
-  /** Stops the poll. */
+  /** Stops the poll and any pending re-read. */
   stop(): void;
+}
+
+/** A changed file's content, and the timer that reads the file again to see whether it still holds it. */
+interface Settling {
+  readonly digest: string;
+  readonly timer: NodeJS.Timeout;
 }
 
 /** The one series of otp_auth_tokens_last_reload_successful. */
 const series = { variable: "AUTH_TOKENS" };
 
+const defaultSettleMs = 2000;
+
 /** Starts watching the token file (and says so in the log). */
 export function startTokenFileReloader(options: TokenFileReloaderOptions): TokenFileReloader {
   const { path, parse, intervalMs, metrics } = options;
   const logger = options.logger.child({ component: "auth_tokens" });
+  const settleMs = options.settleMs ?? defaultSettleMs;
   let inUse = options.tokens;
   let servedDigest = digestOf({ text: options.text });
   let refused: { digest: string; reason: string } | undefined;
+  /** A changed file read once, read again after `settleMs` before it is applied or refused. */
+  let settling: Settling | undefined;
 
   metrics.authTokensReloads.labels("applied").inc(0);
   metrics.authTokensReloads.labels("refused").inc(0);
@@ -76,9 +100,23 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     });
     return queue;
   };
+  const stopSettling = (): void => {
+    if (settling !== undefined) clearTimeout(settling.timer);
+    settling = undefined;
+  };
+  const settle = (digest: string): void => {
+    stopSettling();
+    const entry: Settling = { digest, timer: setTimeout(() => void enqueue(() => check(entry, false)), settleMs) };
+    entry.timer.unref();
+    settling = entry;
+  };
 
-  /** `requested`: an operator asked (SIGHUP), so the outcome is logged even when nothing changed. */
-  async function check(requested: boolean): Promise<void> {
+  /**
+   * Reads the file; `confirming`: the settle whose re-read this is (it confirms only if no other change
+   * replaced it meanwhile); `requested`: an operator asked (SIGHUP), so the outcome is logged even when
+   * nothing changed.
+   */
+  async function check(confirming: Settling | undefined, requested: boolean): Promise<void> {
     let read: { text: string } | { error: unknown };
     try {
       read = { text: await readFile(path, "utf8") };
@@ -87,6 +125,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     }
     const digest = digestOf(read);
     if (digest === servedDigest) {
+      stopSettling();
       if (refused !== undefined) {
         refused = undefined;
         metrics.authTokensLastReloadSuccessful.set(series, 1);
@@ -97,18 +136,36 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       return;
     }
     if (digest === refused?.digest) {
+      stopSettling();
       if (requested) {
         logger.warn({ file: path, reason: refused.reason }, `AUTH_TOKENS file ${path} still not applied: ${refused.reason}. Calls are judged by the list in use; fix the file`);
       }
       return;
     }
 
-    let next: readonly TokenCaller[];
+    let outcome: { next: readonly TokenCaller[] } | { reason: string };
     try {
       if ("error" in read) throw new Error(`AUTH_TOKENS: cannot read ${path}: ${unreadableReason(read.error)}`);
-      next = parse(read.text);
+      outcome = { next: parse(read.text) };
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
+      outcome = { reason: error instanceof Error ? error.message : String(error) };
+    }
+
+    if (confirming === undefined || confirming !== settling || confirming.digest !== digest) {
+      // Perhaps caught while being written: a valid prefix would refuse the callers of the lines still to come.
+      logger[requested ? "info" : "debug"](
+        { file: path, settle_ms: settleMs, ...("reason" in outcome ? { reason: outcome.reason } : {}) },
+        "reason" in outcome
+          ? `AUTH_TOKENS file ${path} changed but does not pass the checks (yet?): reading it again within ${settleMs / 1000} s before refusing it`
+          : `AUTH_TOKENS file ${path} changed: reading it again within ${settleMs / 1000} s before applying it`,
+      );
+      if (settling?.digest !== digest) settle(digest);
+      return;
+    }
+    stopSettling();
+
+    if ("reason" in outcome) {
+      const { reason } = outcome;
       refused = { digest, reason };
       metrics.authTokensReloads.inc({ result: "refused" });
       metrics.authTokensLastReloadSuccessful.set(series, 0);
@@ -119,6 +176,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       );
       return;
     }
+    const { next } = outcome;
     const before = new Set(callersOf(inUse));
     const after = callersOf(next);
     inUse = next;
@@ -147,17 +205,18 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
           tickQueued = true;
           void enqueue(async () => {
             tickQueued = false;
-            await check(false);
+            await check(undefined, false);
           });
         }, intervalMs);
   poll?.unref();
 
   return {
     tokens: () => inUse,
-    reload: () => enqueue(() => check(true)),
+    reload: () => enqueue(() => check(undefined, true)),
     stop() {
       stopped = true;
       if (poll !== undefined) clearInterval(poll);
+      stopSettling();
     },
   };
 }

@@ -8,11 +8,15 @@
  *
  * - a token added works after the poll; a token removed is refused on the
  *   next call of the same channel; a caller that stays keeps its records;
- * - a file that fails the start-up checks is refused: the list in use stays,
- *   the log names AUTH_TOKENS and the line and holds no hash, the metrics
- *   say so; putting it right applies it at once on a reload request.
+ * - a file that fails the start-up checks is refused once it still does a
+ *   settle time later: the list in use stays, the log names AUTH_TOKENS and
+ *   the line and holds no hash, the metrics say so; putting it right applies
+ *   it on a reload request once it reads the same a settle time later;
+ * - a file written in place, caught half-written by a read, is never
+ *   applied nor refused as it read: a valid prefix would refuse the callers
+ *   of the lines still to come.
  */
-import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, open, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -152,6 +156,7 @@ describe("refused token files: the list in use stays (reload requests only, as S
     file = await tokenFile(`${alpha.entry}, ${beta.entry}\n`);
     service = await startObservedService({
       env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off", CALLER_PURPOSES: "beta:login" },
+      authTokensSettleMs: 200,
     });
   });
 
@@ -162,10 +167,10 @@ describe("refused token files: the list in use stays (reload requests only, as S
 
   const refusals = () => service.logs().filter((line) => line["component"] === "auth_tokens" && line["level"] === "error");
 
-  it("a malformed line: refused naming AUTH_TOKENS and the line, counted once, the old tokens still work, no hash in the log", async () => {
+  it("a malformed line: refused once it stays so, naming AUTH_TOKENS and the line, counted once, the old tokens still work, no hash in the log", async () => {
     await file.replace(`# rotation\n${alpha.entry}\n${gamma.entry.slice(0, -3)}\n`);
     await service.app.reloadAuthTokens();
-    expect(await reloads(service, "refused")).toBe(1);
+    await until("the refusal", async () => (await reloads(service, "refused")) === 1);
     expect(await lastReloadSuccessful(service)).toBe(0);
     expect(refusals()).toEqual([
       expect.objectContaining({ file: file.path, reason: expect.stringMatching(new RegExp(`^AUTH_TOKENS: ${file.path} line 3 must be CALLER:SHA256`)) as string }),
@@ -176,7 +181,9 @@ describe("refused token files: the list in use stays (reload requests only, as S
 
     // Asked again with the same file: answered, not counted again.
     await service.app.reloadAuthTokens();
+    await sleep(400);
     expect(await reloads(service, "refused")).toBe(1);
+    expect(refusals()).toHaveLength(1);
     expect(service.logs().filter((line) => line["component"] === "auth_tokens").at(-1)).toMatchObject({
       level: "warn",
       msg: expect.stringContaining("still not applied") as string,
@@ -193,17 +200,17 @@ describe("refused token files: the list in use stays (reload requests only, as S
     const before = (await reloads(service, "refused")) ?? 0;
     await file.replace(text());
     await service.app.reloadAuthTokens();
-    expect(await reloads(service, "refused")).toBe(before + 1);
+    await until("the refusal", async () => (await reloads(service, "refused")) === before + 1);
     expect(refusals().at(-1)).toMatchObject({ reason: expect.stringMatching(reason) as string });
     expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
     expect(await lastReloadSuccessful(service)).toBe(0);
   });
 
-  it("put right: a reload request applies it at once, the metrics recover", async () => {
+  it("put right: a reload request applies it once it reads the same after the settle time, the metrics recover", async () => {
     await file.replace(`${beta.entry}\n${gamma.entry}\n`);
     await service.app.reloadAuthTokens();
+    await until("applied", async () => (await reloads(service, "applied")) === 1);
     expect(await lastReloadSuccessful(service)).toBe(1);
-    expect(await reloads(service, "applied")).toBe(1);
     expect((await send(service, gamma.token)).state).toBe(DeliveryState.ACCEPTED);
     expect(await refusedReason(send(service, alpha.token))).toBe("TOKEN_INVALID");
 
@@ -218,6 +225,87 @@ describe("refused token files: the list in use stays (reload requests only, as S
   });
 });
 
+describe("a token file written in place (an editor, `cat > file`): read again after the settle time before it counts", () => {
+  const alpha = newToken("alpha");
+  const beta = newToken("beta");
+  const gamma = newToken("gamma");
+  let file: Awaited<ReturnType<typeof tokenFile>>;
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    file = await tokenFile(`${alpha.entry}\n${beta.entry}\n`);
+    // The default settle time (2 s); only reload requests and the settle's own re-reads read the file.
+    service = await startObservedService({ env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off" } });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await file.remove();
+  });
+
+  const tokenLines = () => service.logs().filter((line) => line["component"] === "auth_tokens");
+
+  /** Rewrites the file in place in two writes, `between` running after the first; the file is truncated first. */
+  async function writeInTwoSteps(first: string, second: string, between: () => Promise<void>): Promise<void> {
+    const writer = await open(file.path, "w");
+    try {
+      await writer.write(first);
+      await between();
+      await writer.write(second);
+    } finally {
+      await writer.close();
+    }
+  }
+
+  /** Waits for `applied` reloads, checking on each try that `caller`'s token is never refused meanwhile. */
+  async function untilApplied(applied: number, caller: { token: string }): Promise<void> {
+    await until(`${applied} applied`, async () => {
+      expect((await send(service, caller.token)).state).toBe(DeliveryState.ACCEPTED);
+      return (await reloads(service, "applied")) === applied;
+    });
+  }
+
+  it("a valid prefix caught by a reload request is never applied: the callers of the lines still to come are never refused, then the whole list applies", async () => {
+    await writeInTwoSteps(`${alpha.entry}\n`, `${beta.entry}\n${gamma.entry}\n`, async () => {
+      // What SIGHUP does, while the writer is between its two writes: the file reads as a list of alpha alone.
+      await service.app.reloadAuthTokens();
+      expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
+      expect(tokenLines().at(-1)).toMatchObject({ level: "info", settle_ms: 2000, msg: expect.stringMatching(/changed: reading it again within 2 s before applying it$/) as string });
+    });
+    await untilApplied(1, beta);
+    expect((await send(service, gamma.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+    // Applied once, the whole list: the prefix was never applied, nor counted.
+    expect(tokenLines().filter((line) => line["added_callers"] !== undefined)).toEqual([
+      expect.objectContaining({ level: "info", callers: ["alpha", "beta", "gamma"], added_callers: ["gamma"], removed_callers: [] }),
+    ]);
+    expect(await reloads(service, "refused")).toBe(0);
+    expect(await lastReloadSuccessful(service)).toBe(1);
+  });
+
+  it("a line caught half-written is no refusal: nothing is logged as an error or counted, and the finished file applies", async () => {
+    const cut = 20;
+    await writeInTwoSteps(`${gamma.entry}\n${alpha.entry.slice(0, cut)}`, `${alpha.entry.slice(cut)}\n`, async () => {
+      await service.app.reloadAuthTokens();
+      expect(await reloads(service, "refused")).toBe(0);
+      expect(await lastReloadSuccessful(service)).toBe(1);
+      expect(tokenLines().at(-1)).toMatchObject({
+        level: "info",
+        reason: expect.stringMatching(/line 2 must be CALLER:SHA256/) as string,
+        msg: expect.stringMatching(/changed but does not pass the checks \(yet\?\): reading it again within 2 s before refusing it$/) as string,
+      });
+    });
+    await untilApplied(2, alpha);
+    expect(await refusedReason(send(service, beta.token))).toBe("TOKEN_INVALID");
+    expect(tokenLines().filter((line) => line["removed_callers"] !== undefined).at(-1)).toMatchObject({ callers: ["gamma", "alpha"], removed_callers: ["beta"] });
+    expect(await reloads(service, "refused")).toBe(0);
+    expect(await lastReloadSuccessful(service)).toBe(1);
+    expect(tokenLines().filter((line) => line["level"] === "error")).toEqual([]);
+    const logged = service.logLines.join("\n");
+    for (const secret of secretsOf(alpha, beta, gamma)) expect(logged).not.toContain(secret);
+  });
+});
+
 describe("an empty token file", () => {
   const alpha = newToken("alpha");
   let file: Awaited<ReturnType<typeof tokenFile>>;
@@ -225,7 +313,7 @@ describe("an empty token file", () => {
 
   beforeAll(async () => {
     file = await tokenFile(`${alpha.entry}\n`);
-    service = await startObservedService({ env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off" } });
+    service = await startObservedService({ env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off" }, authTokensSettleMs: 200 });
   });
 
   afterAll(async () => {
@@ -237,8 +325,8 @@ describe("an empty token file", () => {
     expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
     await file.replace("# every caller revoked\n");
     await service.app.reloadAuthTokens();
+    await until("applied", async () => (await reloads(service, "applied")) === 1);
     expect(await lastReloadSuccessful(service)).toBe(1);
-    expect(await reloads(service, "applied")).toBe(1);
     expect(await refusedReason(send(service, alpha.token))).toBe("TOKEN_INVALID");
     expect(await refusedReason(grpcUnary(service.grpcClient, sendOtp, { recipient: "anon@example.com", purpose: Purpose.LOGIN }))).toBe(
       "CREDENTIALS_MISSING",

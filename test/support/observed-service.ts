@@ -40,6 +40,8 @@ export interface ObservedServiceOptions {
   readonly certificateSettleMs?: number;
   /** How long a changed TEMPLATES_DIR that fails its checks gets to settle before it is refused (the app's default otherwise). */
   readonly templatesSettleMs?: number;
+  /** How long a changed AUTH_TOKENS file must read the same before it is applied or refused (the app's default otherwise). */
+  readonly authTokensSettleMs?: number;
 }
 
 export async function startObservedService(options: ObservedServiceOptions = {}): Promise<ObservedService> {
@@ -75,6 +77,7 @@ export async function startObservedService(options: ObservedServiceOptions = {})
     ...(options.metrics ? { metrics: options.metrics } : {}),
     ...(options.certificateSettleMs === undefined ? {} : { certificateSettleMs: options.certificateSettleMs }),
     ...(options.templatesSettleMs === undefined ? {} : { templatesSettleMs: options.templatesSettleMs }),
+    ...(options.authTokensSettleMs === undefined ? {} : { authTokensSettleMs: options.authTokensSettleMs }),
   });
   const address = `${app.address.host}:${app.address.port}`;
   const grpcClient = new GrpcOtpClient(address, grpc.credentials.createInsecure());
