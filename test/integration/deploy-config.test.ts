@@ -830,6 +830,20 @@ describe("Grafana provisioning", () => {
     expect(exprs(/state="BOUNCED"/), "bounces").not.toHaveLength(0);
   });
 
+  it("charts every file the service re-reads (its reload count and whether a refused change is in place), the panels side by side", () => {
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false }).registry.getMetricsAsArray();
+    const reloadMetrics = metrics.map((metric) => metric.name).filter((name) => /_reloads_total$|_last_reload_successful$/.test(name));
+    // Certificates, TEMPLATES_DIR and the AUTH_TOKENS file.
+    expect(reloadMetrics.length).toBeGreaterThanOrEqual(6);
+    const panelsOf = (name: string) => [...new Set(dashboardQueries().filter((q) => new RegExp(`\\b${name}\\b`).test(q.expr)).map((q) => q.panel))];
+    expect(reloadMetrics.filter((name) => panelsOf(name).length === 0), "reload metrics no panel shows").toEqual([]);
+    const rows = reloadMetrics
+      .filter((name) => name.endsWith("_reloads_total"))
+      .flatMap(panelsOf)
+      .map((title) => dict(dataPanels.find((panel) => panel["title"] === title)?.["gridPos"], `${title}.gridPos`)["y"]);
+    expect(new Set(rows).size, "the reload panels share one row").toBe(1);
+  });
+
   it("documents every panel in the README's dashboard section", () => {
     const readme = text("README.md");
     const start = readme.indexOf("\n### Dashboard and alerts");
