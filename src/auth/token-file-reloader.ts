@@ -25,6 +25,7 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "../logger.js";
+import { createSettler, startReloadLoop, type Settle } from "../reload-loop.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import { unreadableReason } from "../tls/certificate-set.js";
 import type { TokenCaller } from "./caller-identity.js";
@@ -58,12 +59,6 @@ export interface TokenFileReloader {
   stop(): void;
 }
 
-/** A changed file's content, and the timer that reads the file again to see whether it still holds it. */
-interface Settling {
-  readonly digest: string;
-  readonly timer: NodeJS.Timeout;
-}
-
 /** The one series of otp_auth_tokens_last_reload_successful. */
 const series = { variable: "AUTH_TOKENS" };
 
@@ -77,8 +72,6 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
   let inUse = options.tokens;
   let servedDigest = digestOf({ text: options.text });
   let refused: { digest: string; reason: string } | undefined;
-  /** A changed file read once, read again after `settleMs` before it is applied or refused. */
-  let settling: Settling | undefined;
 
   metrics.authTokensReloads.labels("applied").inc(0);
   metrics.authTokensReloads.labels("refused").inc(0);
@@ -90,33 +83,20 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       : `AUTH_TOKENS file ${path} is re-read every ${intervalMs / 1000} s and on SIGHUP: token changes apply without a restart`,
   );
 
-  let stopped = false;
-  let queue: Promise<void> = Promise.resolve();
-  let tickQueued = false;
-  /** One read of the file at a time. */
-  const enqueue = (work: () => Promise<void>): Promise<void> => {
-    queue = queue.then(() => (stopped ? undefined : work())).catch((error: unknown) => {
-      logger.error({ err: error }, "reading the AUTH_TOKENS file failed unexpectedly");
-    });
-    return queue;
-  };
-  const stopSettling = (): void => {
-    if (settling !== undefined) clearTimeout(settling.timer);
-    settling = undefined;
-  };
-  const settle = (digest: string): void => {
-    stopSettling();
-    const entry: Settling = { digest, timer: setTimeout(() => void enqueue(() => check(entry, false)), settleMs) };
-    entry.timer.unref();
-    settling = entry;
-  };
+  const loop = startReloadLoop({
+    intervalMs,
+    poll: () => check(undefined, false),
+    onError: (error) => logger.error({ err: error }, "reading the AUTH_TOKENS file failed unexpectedly"),
+  });
+  /** A changed file read once, read again after `settleMs` before it is applied or refused. */
+  const settler = createSettler({ settleMs, loop, reread: (settle) => check(settle, false) });
 
   /**
    * Reads the file; `confirming`: the settle whose re-read this is (it confirms only if no other change
    * replaced it meanwhile); `requested`: an operator asked (SIGHUP), so the outcome is logged even when
    * nothing changed.
    */
-  async function check(confirming: Settling | undefined, requested: boolean): Promise<void> {
+  async function check(confirming: Settle | undefined, requested: boolean): Promise<void> {
     let read: { text: string } | { error: unknown };
     try {
       read = { text: await readFile(path, "utf8") };
@@ -125,7 +105,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     }
     const digest = digestOf(read);
     if (digest === servedDigest) {
-      stopSettling();
+      settler.stop();
       if (refused !== undefined) {
         refused = undefined;
         metrics.authTokensLastReloadSuccessful.set(series, 1);
@@ -136,7 +116,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       return;
     }
     if (digest === refused?.digest) {
-      stopSettling();
+      settler.stop();
       if (requested) {
         logger.warn({ file: path, reason: refused.reason }, `AUTH_TOKENS file ${path} still not applied: ${refused.reason}. Calls are judged by the list in use; fix the file`);
       }
@@ -151,7 +131,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       outcome = { reason: error instanceof Error ? error.message : String(error) };
     }
 
-    if (confirming === undefined || confirming !== settling || confirming.digest !== digest) {
+    if (!settler.confirms(confirming, digest)) {
       // Perhaps caught while being written: a valid prefix would refuse the callers of the lines still to come.
       logger[requested ? "info" : "debug"](
         { file: path, settle_ms: settleMs, ...("reason" in outcome ? { reason: outcome.reason } : {}) },
@@ -159,10 +139,10 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
           ? `AUTH_TOKENS file ${path} changed but does not pass the checks (yet?): reading it again within ${settleMs / 1000} s before refusing it`
           : `AUTH_TOKENS file ${path} changed: reading it again within ${settleMs / 1000} s before applying it`,
       );
-      if (settling?.digest !== digest) settle(digest);
+      if (!settler.settling(digest)) settler.settle(digest);
       return;
     }
-    stopSettling();
+    settler.stop();
 
     if ("reason" in outcome) {
       const { reason } = outcome;
@@ -196,27 +176,12 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     );
   }
 
-  const poll =
-    intervalMs === undefined
-      ? undefined
-      : setInterval(() => {
-          // A slow file system must not pile up reads.
-          if (tickQueued) return;
-          tickQueued = true;
-          void enqueue(async () => {
-            tickQueued = false;
-            await check(undefined, false);
-          });
-        }, intervalMs);
-  poll?.unref();
-
   return {
     tokens: () => inUse,
-    reload: () => enqueue(() => check(undefined, true)),
+    reload: () => loop.enqueue(() => check(undefined, true)),
     stop() {
-      stopped = true;
-      if (poll !== undefined) clearInterval(poll);
-      stopSettling();
+      loop.stop();
+      settler.stop();
     },
   };
 }
