@@ -27,6 +27,7 @@ import { createHash, X509Certificate } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Clock } from "../clock.js";
 import type { Logger } from "../logger.js";
+import { createSettler, startReloadLoop, type Settle } from "../reload-loop.js";
 import { reportCertificateExpiry, reportClientCrlExpiry, type CertificateRole } from "../telemetry/certificate-expiry.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import { checkCertificateSet, subjectOf, unreadableReason, type CertificatePart, type CertificateSet } from "./certificate-set.js";
@@ -101,9 +102,14 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     );
   }
 
-  const states = options.certificates
-    .filter((watched) => parts(watched).some((part) => part.path !== undefined))
-    .map((watched) => createState(watched));
+  const withFiles = options.certificates.filter((watched) => parts(watched).some((part) => part.path !== undefined));
+  // Before the states: each state's settle re-reads on this loop.
+  const loop = startReloadLoop({
+    intervalMs: withFiles.length === 0 ? undefined : intervalMs,
+    poll: () => checkAll(false),
+    onError: (error) => logger.error({ err: error }, "reading the certificate files failed unexpectedly"),
+  });
+  const states = withFiles.map((watched) => createState(watched));
   if (states.length > 0) {
     const files = states.flatMap((state) => state.files.map((part) => part.variable));
     logger.info(
@@ -114,34 +120,10 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     );
   }
 
-  let stopped = false;
-  let queue: Promise<void> = Promise.resolve();
-  let tickQueued = false;
-  /** Runs `work` after whatever is running: one read of the files at a time. */
-  const enqueue = (work: () => Promise<void>): Promise<void> => {
-    queue = queue.then(() => (stopped ? undefined : work())).catch((error: unknown) => {
-      logger.error({ err: error }, "reading the certificate files failed unexpectedly");
-    });
-    return queue;
-  };
   /** `requested`: an operator asked (SIGHUP), so every listener answers, even "unchanged". */
-  const checkAll = async (requested: boolean): Promise<void> => {
-    for (const state of states) await state.check(false, requested);
-  };
-
-  const poll =
-    intervalMs === undefined || states.length === 0
-      ? undefined
-      : setInterval(() => {
-          // A slow file system must not pile up reads.
-          if (tickQueued) return;
-          tickQueued = true;
-          void enqueue(async () => {
-            tickQueued = false;
-            await checkAll(false);
-          });
-        }, intervalMs);
-  poll?.unref();
+  async function checkAll(requested: boolean): Promise<void> {
+    for (const state of states) await state.check(undefined, requested);
+  }
 
   return {
     reload() {
@@ -155,11 +137,10 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
         );
         return Promise.resolve();
       }
-      return enqueue(() => checkAll(true));
+      return loop.enqueue(() => checkAll(true));
     },
     stop() {
-      stopped = true;
-      if (poll !== undefined) clearInterval(poll);
+      loop.stop();
       for (const state of states) state.stop();
     },
   };
@@ -175,28 +156,18 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     /** Why the files at `refusedDigest` were refused, to answer a reload request while they stay. */
     let refusal: { changed: string[]; variable: string; reason: string } | undefined;
     /** Files that failed their checks once and get `settleMs` before they are refused. */
-    let settling: { digest: string; timer: NodeJS.Timeout } | undefined;
+    const settler = createSettler({ settleMs, loop, reread: (settle) => check(settle) });
 
     metrics.tlsCertificateReloads.labels(role, "applied").inc(0);
     metrics.tlsCertificateReloads.labels(role, "refused").inc(0);
     metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
 
-    const stopSettling = (): void => {
-      if (settling !== undefined) clearTimeout(settling.timer);
-      settling = undefined;
-    };
-    const settle = (digest: string): void => {
-      stopSettling();
-      const timer = setTimeout(() => void enqueue(() => check(true)), settleMs);
-      timer.unref();
-      settling = { digest, timer };
-    };
-
     /**
-     * Reads the files; `confirming`: the re-read `settleMs` after they failed their checks; `requested`: a
+     * Reads the files; `confirming`: the settle whose re-read this is, `settleMs` after they failed their checks
+     * (it confirms only if no other change replaced it meanwhile); `requested`: a
      * reload request (SIGHUP), answered in the log whatever the outcome, "unchanged" and "still refused" too.
      */
-    async function check(confirming: boolean, requested = false): Promise<void> {
+    async function check(confirming: Settle | undefined, requested = false): Promise<void> {
       const reads = await Promise.all(
         files.map(async (part): Promise<PartRead> => {
           try {
@@ -209,7 +180,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       const reading: Reading = new Map(files.map((part, index) => [part, reads[index] ?? { error: undefined }]));
       const digest = digestOf(reading);
       if (digest === servedDigest) {
-        stopSettling();
+        settler.stop();
         if (refusedDigest !== undefined) {
           refusedDigest = undefined;
           metrics.tlsCertificateLastReloadSuccessful.set({ certificate: role }, 1);
@@ -242,7 +213,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       });
       const outcome = tryApply(reading);
       if ("leaf" in outcome) {
-        stopSettling();
+        settler.stop();
         servedDigest = digest;
         refusedDigest = undefined;
         for (const part of files) {
@@ -254,16 +225,16 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       }
       const failure = outcome;
 
-      if (!confirming || settling?.digest !== digest) {
+      if (!settler.confirms(confirming, digest)) {
         // Perhaps a certificate written before its key: look again before calling it broken.
         logger[requested ? "info" : "debug"](
           { certificate: role, variable: failure.variable, settle_ms: settleMs },
           "certificate files changed but do not pass their checks (yet?): reading them again before refusing",
         );
-        if (settling?.digest !== digest) settle(digest);
+        if (!settler.settling(digest)) settler.settle(digest);
         return;
       }
-      stopSettling();
+      settler.stop();
       refusedDigest = digest;
       refusal = { changed: changed.map((part) => part.variable), variable: failure.variable, reason: failure.reason };
       metrics.tlsCertificateReloads.inc({ certificate: role, result: "refused" });
@@ -329,7 +300,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     return {
       files,
       check,
-      stop: stopSettling,
+      stop: () => settler.stop(),
     };
   }
 }

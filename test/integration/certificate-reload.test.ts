@@ -24,8 +24,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { systemClock } from "../../src/clock.js";
+import { createLogger } from "../../src/logger.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { startCertificateReloader } from "../../src/tls/certificate-reloader.js";
 import { openCertificateWorkshop, type CertificateAuthority, type CertificateWorkshop, type KeyPair } from "../support/certs.js";
 import { GrpcOtpClient, grpcError, grpcUnary } from "../support/grpc.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
@@ -351,6 +356,51 @@ describe("a certificate written before its key", () => {
     expect(await reloads(service, "grpc", "applied")).toBe(1);
     expect(await reloads(service, "grpc", "refused")).toBe(0);
     expect(service.logs().filter((line) => line["level"] === "error")).toEqual([]);
+  });
+});
+
+describe("a settle overtaken by a newer change", () => {
+  it("does not refuse the newer files at the older ones' re-read: the newer files wait their own full settle", async () => {
+    const folder = await certificateFolder({ "cert.pem": serverA.cert, "key.pem": serverA.key });
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
+    const reloader = startCertificateReloader({
+      certificates: [
+        {
+          role: "grpc",
+          cert: { variable: "TLS_CERT", path: folder.path("cert.pem"), pem: serverA.cert },
+          key: { variable: "TLS_KEY", path: folder.path("key.pem"), pem: serverA.key },
+          apply: () => undefined,
+        },
+      ],
+      intervalMs: undefined,
+      settleMs: 1000,
+      metrics,
+      logger: createLogger({ level: "silent" }),
+      clock: systemClock,
+    });
+    const refused = async () => (await metrics.registry.getSingleMetric("otp_tls_certificate_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "refused")?.value;
+    try {
+      await folder.replace("key.pem", serverB.key);
+      await reloader.reload();
+      await vi.advanceTimersByTimeAsync(999);
+      // Another change, read by a request queued just before the first change's settle ends and queues its re-read.
+      await folder.replace("key.pem", betaB.key);
+      const request = reloader.reload();
+      vi.advanceTimersByTime(1);
+      await request;
+      await reloader.reload();
+      // The re-read found the newer key, seen for the first time a moment ago: it is not refused yet.
+      expect(await refused()).toBe(0);
+
+      await vi.advanceTimersByTimeAsync(1000);
+      await reloader.reload();
+      expect(await refused()).toBe(1);
+    } finally {
+      reloader.stop();
+      vi.useRealTimers();
+      await folder.remove();
+    }
   });
 });
 
