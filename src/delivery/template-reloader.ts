@@ -23,6 +23,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../logger.js";
+import { createSettler, startReloadLoop, type Settle } from "../reload-loop.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import type { Renderer } from "./render.js";
 import { readTemplateDir, type TemplateDirRead } from "./templates.js";
@@ -77,11 +78,6 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
   let refusedDigest: string | undefined;
   /** Why the files at `refusedDigest` were refused, to answer a reload request while they stay. */
   let refusal: { changed: string[]; reason: string } | undefined;
-  /** A folder that failed its checks, or changed between two reads, read again after `settleMs`. */
-  let settling: { digest: string; timer: NodeJS.Timeout } | undefined;
-  let stopped = false;
-  let queue: Promise<void> = Promise.resolve();
-  let tickQueued = false;
 
   metrics.templatesReloads.labels("applied").inc(0);
   metrics.templatesReloads.labels("refused").inc(0);
@@ -93,48 +89,25 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       : `TEMPLATES_DIR is re-read every ${intervalMs / 1000} s and on SIGHUP: changed templates are mailed without a restart`,
   );
 
-  /** Runs `work` after whatever is running: one read of the folder at a time. */
-  const enqueue = (work: () => Promise<void>): Promise<void> => {
-    queue = queue.then(() => (stopped ? undefined : work())).catch((error: unknown) => {
-      logger.error({ err: error, templates_dir: dir }, "reading TEMPLATES_DIR failed unexpectedly");
-    });
-    return queue;
-  };
-  const stopSettling = (): void => {
-    if (settling !== undefined) clearTimeout(settling.timer);
-    settling = undefined;
-  };
-  const settle = (digest: string): void => {
-    stopSettling();
-    const timer = setTimeout(() => void enqueue(() => check(true, false)), settleMs);
-    timer.unref();
-    settling = { digest, timer };
-  };
-
-  const poll =
-    intervalMs === undefined
-      ? undefined
-      : setInterval(() => {
-          // A slow file system must not pile up reads.
-          if (tickQueued) return;
-          tickQueued = true;
-          void enqueue(async () => {
-            tickQueued = false;
-            await check(false, false);
-          });
-        }, intervalMs);
-  poll?.unref();
+  const loop = startReloadLoop({
+    intervalMs,
+    poll: () => check(undefined, false),
+    onError: (error) => logger.error({ err: error, templates_dir: dir }, "reading TEMPLATES_DIR failed unexpectedly"),
+  });
+  /** A folder that failed its checks, or changed between two reads, read again after `settleMs`. */
+  const settler = createSettler({ settleMs, loop, reread: (settle) => check(settle, false) });
 
   /**
-   * Reads the folder; `confirming`: the re-read `settleMs` after it failed its checks or changed under a read;
+   * Reads the folder; `confirming`: the settle whose re-read this is, `settleMs` after the folder failed its checks
+   * or changed under a read (it confirms only if no other change replaced it meanwhile);
    * `requested`: a reload request (SIGHUP), answered in the log whatever the outcome.
    */
-  async function check(confirming: boolean, requested: boolean): Promise<void> {
+  async function check(confirming: Settle | undefined, requested: boolean): Promise<void> {
     const folder = await readFolder(dir);
     const files = fileDigests(folder);
     const digest = digestOf(files);
     if (digest === servedDigest) {
-      stopSettling();
+      settler.stop();
       if (refusedDigest !== undefined) {
         refusedDigest = undefined;
         metrics.templatesLastReloadSuccessful.set(1);
@@ -174,10 +147,10 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
           { templates_dir: dir, settle_ms: settleMs },
           "TEMPLATES_DIR changed while it was read: reading it again before applying",
         );
-        settle(digest);
+        settler.settle(digest);
         return;
       }
-      stopSettling();
+      settler.stop();
       current = outcome.renderer;
       servedFiles = files;
       servedDigest = digest;
@@ -192,16 +165,16 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       return;
     }
 
-    if (!confirming || settling?.digest !== digest) {
+    if (!settler.confirms(confirming, digest)) {
       // Perhaps a template copied before its sibling files: look again before calling it broken.
       logger[requested ? "info" : "debug"](
         { templates_dir: dir, settle_ms: settleMs },
         "TEMPLATES_DIR changed but does not pass its checks (yet?): reading it again before refusing",
       );
-      if (settling?.digest !== digest) settle(digest);
+      if (!settler.settling(digest)) settler.settle(digest);
       return;
     }
-    stopSettling();
+    settler.stop();
     refusedDigest = digest;
     refusal = { changed, reason: outcome.reason };
     metrics.templatesReloads.inc({ result: "refused" });
@@ -221,12 +194,11 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       },
     },
     reload() {
-      return enqueue(() => check(false, true));
+      return loop.enqueue(() => check(undefined, true));
     },
     stop() {
-      stopped = true;
-      if (poll !== undefined) clearInterval(poll);
-      stopSettling();
+      loop.stop();
+      settler.stop();
     },
   };
 }

@@ -21,7 +21,7 @@ import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
 import { createRenderer } from "../../src/delivery/render.js";
 import { startTemplateReloader } from "../../src/delivery/template-reloader.js";
@@ -347,6 +347,47 @@ describe("a folder that changes while it is read", () => {
       expect(checks).toBe(2);
     } finally {
       reloader.stop();
+      await folder.cleanup();
+    }
+  });
+});
+
+describe("a settle overtaken by a newer change", () => {
+  it("does not refuse the newer change at the older one's re-read: the newer change waits its own full settle", async () => {
+    const folder = await templateFolder(loginJa("one"));
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
+    const initial = await readTemplateDir(folder.dir);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
+    const reloader = startTemplateReloader({
+      dir: folder.dir,
+      initial: { read: initial, renderer: makeRenderer(initial) },
+      build: makeRenderer,
+      intervalMs: undefined,
+      settleMs: 1000,
+      metrics,
+      logger: createLogger({ level: "silent" }),
+    });
+    const refused = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "refused")?.value;
+    try {
+      await folder.replace({ "login.ja.txt": "two, no code\n" });
+      await reloader.reload();
+      await vi.advanceTimersByTimeAsync(999);
+      // Another change, read by a request queued just before the first change's settle ends and queues its re-read.
+      await folder.replace({ "login.ja.txt": "three, no code\n" });
+      const request = reloader.reload();
+      vi.advanceTimersByTime(1);
+      await request;
+      await reloader.reload();
+      // The re-read found "three", seen for the first time a moment ago: it is not refused yet.
+      expect(await refused()).toBe(0);
+
+      await vi.advanceTimersByTimeAsync(1000);
+      await reloader.reload();
+      expect(await refused()).toBe(1);
+    } finally {
+      reloader.stop();
+      vi.useRealTimers();
       await folder.cleanup();
     }
   });
