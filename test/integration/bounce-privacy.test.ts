@@ -229,11 +229,13 @@ describe("the same DSN received twice, as GetDeliveryStatus shows it", () => {
     expect(applied).toHaveLength(2);
     expect(applied.filter((line) => line["suppressed"] === true)).toHaveLength(1);
     expect(applied.filter((line) => line["duplicate"] === true)).toHaveLength(1);
-    // The suppression in force is the one the new copy wrote (SUPPRESSION_TTL, 30 days, on its instance's clock).
-    const writerClock = first.logs.some((line) => line["msg"] === "bounce applied" && line["suppressed"] === true) ? 0 : hour;
+    // The suppression in force is one copy's whole write (SUPPRESSION_TTL, 30 days, on its instance's clock): the
+    // store keeps the first write of a cause and the other copy leaves it. Which copy wrote first is not the one
+    // whose report was stored first (the suppression is written before the report), so either clock may be the one.
     const { metadata } = await refusedSend(first, "eve@example.com", alpha.token);
     const until = Date.parse(metadata["suppressed_until"] ?? "");
-    expect(Math.abs(until - (Date.now() + writerClock + 30 * 24 * hour))).toBeLessThan(10 * 60_000);
+    const off = (writerClock: number): number => Math.abs(until - (Date.now() + writerClock + 30 * 24 * hour));
+    expect(Math.min(off(0), off(hour))).toBeLessThan(10 * 60_000);
   });
 });
 
