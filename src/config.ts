@@ -57,6 +57,8 @@ export interface Config {
         readonly key: string;
         readonly clientCa: string | undefined;
         readonly clientCrl: { readonly pem: string; readonly checked: ClientCrls } | undefined;
+        /** GRPC_SSL_CIPHER_SUITES (grpc-js's variable): an OpenSSL cipher list; undefined: Node's default. */
+        readonly cipherSuites: string | undefined;
         readonly paths: {
           readonly cert: string | undefined;
           readonly key: string | undefined;
@@ -541,6 +543,7 @@ function readCallers(read: Reader, production: boolean, now: number): Pick<Confi
       key: key.pem,
       clientCa: ca?.pem,
       clientCrl: crl === undefined || checked.set.crl === undefined ? undefined : { pem: crl.pem, checked: checked.set.crl },
+      cipherSuites: read.string("GRPC_SSL_CIPHER_SUITES"),
       paths: { cert: cert.path, key: key.path, clientCa: ca?.path, clientCrl: crl?.path },
     };
   }

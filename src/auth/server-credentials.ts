@@ -38,6 +38,8 @@ export interface ServerTls {
   readonly clientCa: string | undefined;
   /** CRLs of the client CA(s), checked (tls/client-crl.ts); undefined: no revocation check. Only with `clientCa`. */
   readonly clientCrl?: ClientCrls | undefined;
+  /** An OpenSSL cipher list narrowing the TLS 1.2 suites (GRPC_SSL_CIPHER_SUITES); undefined: Node's default. */
+  readonly cipherSuites?: string | undefined;
 }
 
 export interface GrpcServerCredentials {
@@ -65,7 +67,7 @@ class ReloadableServerCredentials extends ServerCredentials {
     // rejectUnauthorized false: ask for a certificate, decide in the call (module comment). Node's
     // default for a server that requests certificates is to end the handshake instead.
     // ciphers: grpc-js's own TLS credentials take GRPC_SSL_CIPHER_SUITES (undefined: Node's default); so do these.
-    super({ requestCert: tls.clientCa !== undefined, rejectUnauthorized: false, ciphers: process.env["GRPC_SSL_CIPHER_SUITES"] }, contextOptions(tls));
+    super({ requestCert: tls.clientCa !== undefined, rejectUnauthorized: false, ciphers: tls.cipherSuites }, contextOptions(tls));
   }
 
   serve(tls: ServerTls): void {

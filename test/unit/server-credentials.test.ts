@@ -3,12 +3,13 @@
  * do with GRPC_SSL_CIPHER_SUITES: an operator who narrowed the TLS 1.2
  * cipher suites with it gets only those. (Ours replaced grpc-js's
  * certificate-provider credentials to carry CRLs; those passed the
- * variable on.)
+ * variable on.) The variable reaches the credentials through the config.
  */
 import { connect, type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createServerCredentials } from "../../src/auth/server-credentials.js";
+import { loadConfig } from "../../src/config.js";
 import { openCertificateWorkshop, type CertificateWorkshop, type KeyPair } from "../support/certs.js";
 
 let workshop: CertificateWorkshop;
@@ -27,11 +28,13 @@ afterAll(async () => {
 const running: grpc.Server[] = [];
 afterEach(() => {
   for (const made of running.splice(0)) made.forceShutdown();
-  delete process.env["GRPC_SSL_CIPHER_SUITES"];
 });
 
-async function serve(): Promise<number> {
-  const { credentials } = createServerCredentials({ cert: server.cert, key: server.key, clientCa: undefined });
+/** A server with the TLS settings the config makes of these variables. */
+async function serve(env: Record<string, string> = {}): Promise<number> {
+  const tls = loadConfig({ NODE_ENV: "test", TLS_CERT: server.cert, TLS_KEY: server.key, ...env }).tls;
+  if (tls === undefined) throw new Error("the config made no TLS settings");
+  const { credentials } = createServerCredentials({ ...tls, clientCrl: undefined });
   const made = new grpc.Server();
   running.push(made);
   return new Promise((resolve, reject) => {
@@ -53,8 +56,7 @@ function handshake(port: number, cipher: string): Promise<string> {
 
 describe("gRPC server TLS credentials", () => {
   it("narrowed by GRPC_SSL_CIPHER_SUITES: a client offering another TLS 1.2 cipher is refused, one offering the named cipher gets it", async () => {
-    process.env["GRPC_SSL_CIPHER_SUITES"] = "ECDHE-ECDSA-AES256-GCM-SHA384";
-    const port = await serve();
+    const port = await serve({ GRPC_SSL_CIPHER_SUITES: "ECDHE-ECDSA-AES256-GCM-SHA384" });
     expect(await handshake(port, "ECDHE-ECDSA-AES128-GCM-SHA256")).toMatch(/^error: .*handshake failure/);
     expect(await handshake(port, "ECDHE-ECDSA-AES256-GCM-SHA384")).toBe("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384");
   });
