@@ -80,8 +80,8 @@ export interface AppOptions {
    */
   readonly certificateSettleMs?: number;
   /**
-   * How long a changed TEMPLATES_DIR that fails its checks, or changed while
-   * it was read, gets before it is refused or read again (default 2 s).
+   * How long a changed TEMPLATES_DIR must read the same before it is applied
+   * or refused: a folder caught while copied file by file (default 2 s).
    */
   readonly templatesSettleMs?: number;
   /**

@@ -16,10 +16,11 @@
  * folder (a restart would fail on them).
  *
  * A folder caught mid-change (files copied one by one, a ConfigMap's `..data`
- * link swapped between two reads) is never served: a set that passes its
- * checks is applied only when a second read finds the same files, and one
- * that fails them is read again after `settleMs` and refused only when it
- * still holds the same thing.
+ * link swapped between two reads) is never served: each file of a change
+ * may pass its checks alone (a new subject copied before its new text), so a
+ * changed folder is acted on only once it reads the same twice, `settleMs`
+ * apart, as the token file is: applied if it passes the checks, refused if
+ * not. A read on SIGHUP is such a first read too; the settle's re-read acts.
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../logger.js";
@@ -42,7 +43,7 @@ export interface TemplateReloaderOptions {
   readonly onApplied?: ((renderer: Renderer) => void) | undefined;
   /** TEMPLATES_RELOAD_INTERVAL: how often the folder is read; undefined: only on `reload` (SIGHUP). */
   readonly intervalMs: number | undefined;
-  /** How long a folder that fails its checks, or is still changing, gets to settle (default 2 s). */
+  /** How long a changed folder must read the same before it is applied or refused (default 2 s). */
   readonly settleMs?: number | undefined;
   readonly metrics: Pick<Metrics, "templatesReloads" | "templatesLastReloadSuccessful">;
   readonly logger: Logger;
@@ -53,8 +54,8 @@ export interface TemplateReloader {
   readonly renderer: Renderer;
   /**
    * Reads the folder now (what SIGHUP does), answering in the log whatever
-   * comes of it. Resolves once a change, if any, is applied, refused or
-   * waiting to settle; never rejects.
+   * comes of it. Resolves once a change, if any, is waiting to settle (a
+   * change is applied or refused only by the settle's re-read); never rejects.
    */
   reload(): Promise<void>;
   /** Stops the poll and any pending re-read. */
@@ -65,6 +66,9 @@ const defaultSettleMs = 2000;
 
 /** One read of the folder: what it held, or why it could not be listed. */
 type FolderRead = { readonly read: TemplateDirRead } | { readonly error: Error };
+
+/** What the start-up checks made of a folder: its renderer, or why not. */
+type Outcome = { readonly renderer: Renderer } | { readonly reason: string };
 
 /** Starts watching TEMPLATES_DIR (logs how often). */
 export function startTemplateReloader(options: TemplateReloaderOptions): TemplateReloader {
@@ -78,6 +82,8 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
   let refusedDigest: string | undefined;
   /** Why the files at `refusedDigest` were refused, to answer a reload request while they stay. */
   let refusal: { changed: string[]; reason: string } | undefined;
+  /** The last changed folder checked, so that its settle's re-read, finding the same files, need not check them again. */
+  let checked: { digest: string; outcome: Outcome } | undefined;
 
   metrics.templatesReloads.labels("applied").inc(0);
   metrics.templatesReloads.labels("refused").inc(0);
@@ -94,13 +100,13 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
     poll: () => check(undefined, false),
     onError: (error) => logger.error({ err: error, templates_dir: dir }, "reading TEMPLATES_DIR failed unexpectedly"),
   });
-  /** A folder that failed its checks, or changed between two reads, read again after `settleMs`. */
+  /** A changed folder read once, read again after `settleMs` before it is applied or refused. */
   const settler = createSettler({ settleMs, loop, reread: (settle) => check(settle, false) });
 
   /**
-   * Reads the folder; `confirming`: the settle whose re-read this is, `settleMs` after the folder failed its checks
-   * or changed under a read (it confirms only if no other change replaced it meanwhile);
-   * `requested`: a reload request (SIGHUP), answered in the log whatever the outcome.
+   * Reads the folder; `confirming`: the settle whose re-read this is, `settleMs` after the folder changed (it
+   * confirms only if no other change replaced it meanwhile); `requested`: a reload request (SIGHUP), answered
+   * in the log whatever the outcome.
    */
   async function check(confirming: Settle | undefined, requested: boolean): Promise<void> {
     const folder = await readFolder(dir);
@@ -108,6 +114,7 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
     const digest = digestOf(files);
     if (digest === servedDigest) {
       settler.stop();
+      checked = undefined;
       if (refusedDigest !== undefined) {
         refusedDigest = undefined;
         metrics.templatesLastReloadSuccessful.set(1);
@@ -118,6 +125,8 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       return;
     }
     if (digest === refusedDigest) {
+      settler.stop();
+      checked = undefined;
       if (requested && refusal !== undefined) {
         logger.warn(
           { templates_dir: dir, changed: refusal.changed, reason: refusal.reason },
@@ -128,29 +137,25 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
     }
 
     const changed = changedNames(servedFiles, files);
-    let outcome: { renderer: Renderer } | { reason: string };
-    if ("error" in folder) {
-      outcome = { reason: `TEMPLATES_DIR: ${folder.error.message}` };
-    } else {
-      try {
-        outcome = { renderer: options.build(folder.read) };
-      } catch (error) {
-        outcome = { reason: error instanceof Error ? error.message : String(error) };
-      }
+    if (checked?.digest !== digest) checked = { digest, outcome: checkFolder(folder) };
+    const { outcome } = checked;
+
+    if (!settler.confirms(confirming, digest)) {
+      // Files copied one by one each pass the checks alone (a new subject before its new text), and a template
+      // copied before its siblings fails them: either way, wait for the folder to hold still.
+      logger[requested ? "info" : "debug"](
+        { templates_dir: dir, changed, settle_ms: settleMs, ...("reason" in outcome ? { reason: outcome.reason } : {}) },
+        "reason" in outcome
+          ? `TEMPLATES_DIR changed but does not pass its checks (yet?): reading it again within ${settleMs / 1000} s before refusing it`
+          : `TEMPLATES_DIR changed: reading it again within ${settleMs / 1000} s before applying it`,
+      );
+      if (!settler.settling(digest)) settler.settle(digest);
+      return;
     }
+    settler.stop();
+    checked = undefined;
 
     if ("renderer" in outcome) {
-      // The set was read file by file: a folder being written, or a ConfigMap whose `..data` moved between two
-      // files, could pass its checks half old, half new. Served only once a second read finds the same files.
-      if (digestOf(fileDigests(await readFolder(dir))) !== digest) {
-        logger[requested ? "info" : "debug"](
-          { templates_dir: dir, settle_ms: settleMs },
-          "TEMPLATES_DIR changed while it was read: reading it again before applying",
-        );
-        settler.settle(digest);
-        return;
-      }
-      settler.stop();
       current = outcome.renderer;
       servedFiles = files;
       servedDigest = digest;
@@ -165,16 +170,6 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       return;
     }
 
-    if (!settler.confirms(confirming, digest)) {
-      // Perhaps a template copied before its sibling files: look again before calling it broken.
-      logger[requested ? "info" : "debug"](
-        { templates_dir: dir, settle_ms: settleMs },
-        "TEMPLATES_DIR changed but does not pass its checks (yet?): reading it again before refusing",
-      );
-      if (!settler.settling(digest)) settler.settle(digest);
-      return;
-    }
-    settler.stop();
     refusedDigest = digest;
     refusal = { changed, reason: outcome.reason };
     metrics.templatesReloads.inc({ result: "refused" });
@@ -184,6 +179,16 @@ export function startTemplateReloader(options: TemplateReloaderOptions): Templat
       `TEMPLATES_DIR changed but was not applied: ${outcome.reason}. ` +
         "Mail still goes out with the templates in use (the service would not start with these files either)",
     );
+  }
+
+  /** The start-up checks of the folder as read. */
+  function checkFolder(folder: FolderRead): Outcome {
+    if ("error" in folder) return { reason: `TEMPLATES_DIR: ${folder.error.message}` };
+    try {
+      return { renderer: options.build(folder.read) };
+    } catch (error) {
+      return { reason: error instanceof Error ? error.message : String(error) };
+    }
   }
 
   return {

@@ -384,7 +384,7 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
 });
 
 describe("SIGHUP and TEMPLATES_DIR", () => {
-  it("re-reads the folder at once: the next mail uses the changed template, and each part answers in the log", async () => {
+  it("re-reads the folder: once it held still for the settle, the next mail uses the changed template, and each part answers in the log", async () => {
     const sink = await startSmtpSink();
     const dir = await mkdtemp(join(tmpdir(), "otp-process-templates-"));
     const port = await freePort();

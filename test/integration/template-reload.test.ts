@@ -14,7 +14,10 @@
  *   and the reason, the refusal is counted once and the gauge reads 0 until
  *   the folder is put right;
  * - a template copied before its sibling files is no refusal: it is applied
- *   once they follow.
+ *   once they follow;
+ * - a change copied file by file is served only once the folder reads the
+ *   same twice, the settle time apart (poll or request alike): never a new
+ *   file with the old files it was meant to go with.
  */
 import { writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises";
@@ -238,10 +241,11 @@ describe("refused changes: the templates in use keep being mailed", () => {
     expect((await mailed(service)).subject).toMatch(/^good /);
   });
 
-  it("the folder put right: applied at once on the request, the gauge back to 1", async () => {
+  it("the folder put right: the request is answered at once, the folder applied once it held still for the settle, the gauge back to 1", async () => {
     await folder.replace(loginJa("fixed"));
     await service.app.reloadTemplates();
-    expect(await reloads(service, "applied")).toBe(1);
+    expect(templateLines(service).at(-1)).toMatchObject({ level: "info", msg: "TEMPLATES_DIR changed: reading it again within 0.2 s before applying it" });
+    await until("the settle's re-read to apply it", async () => (await reloads(service, "applied")) === 1);
     expect(await lastReloadSuccessful(service)).toBe(1);
     expect((await mailed(service)).subject).toMatch(/^fixed /);
   });
@@ -287,8 +291,8 @@ describe("a template copied before its sibling files", () => {
     const folder = await templateFolder(loginJa("whole"));
     const service = await startObservedService({
       env: { TEMPLATES_DIR: folder.dir, TEMPLATES_RELOAD_INTERVAL: "off" },
-      // Far longer than the test: a half-copied set is only ever "not yet".
-      templatesSettleMs: 60_000,
+      // Far longer than the step from the first file to the rest: the half-copied set is only ever "not yet".
+      templatesSettleMs: 1500,
     });
     try {
       const french = { "login.fr.subject.txt": "Code {{code}}", "login.fr.txt": "Votre code : {{code}}", "login.fr.html": "<p>{{code}}</p>" };
@@ -300,7 +304,8 @@ describe("a template copied before its sibling files", () => {
 
       await folder.replace(french);
       await service.app.reloadTemplates();
-      expect(await reloads(service, "applied")).toBe(1);
+      await until("the whole set to be applied once it held still", async () => (await reloads(service, "applied")) === 1);
+      expect(await reloads(service, "refused")).toBe(0);
       expect((await mailed(service, "fr")).subject).toMatch(/^Code \d{6}$/);
       // As at start-up: a locale with some purposes only is allowed, and named.
       expect(service.logs().filter((line) => line["locale"] === "fr")).toEqual([
@@ -309,6 +314,91 @@ describe("a template copied before its sibling files", () => {
       expect(service.logs().filter((line) => line["level"] === "error")).toEqual([]);
     } finally {
       await service.stop();
+      await folder.cleanup();
+    }
+  });
+});
+
+describe("a change copied file by file, each file valid alone", () => {
+  // login.ja's subject and text change together; the subject lands first. Alone it passes every check, and served,
+  // it would mail the new subject over the old text.
+  const half = { "login.ja.subject.txt": "v2 {{product}} ログインコード: {{code}}\n" };
+  const rest = { "login.ja.txt": "v2 ログインコード: {{code}}\n" };
+
+  it("a poll that reads the first file serves the old set until the second lands and the folder holds still for the settle", async () => {
+    const folder = await templateFolder(loginJa("v1"));
+    const service = await startObservedService({ env: { TEMPLATES_DIR: folder.dir, TEMPLATES_RELOAD_INTERVAL: "1s" }, templatesSettleMs: 3000 });
+    /** The reloader's lines about a change it read: waiting to settle, or (as it was) applied at once, so that doing so fails below. */
+    const seen = () => templateLines(service).filter((line) => /^TEMPLATES_DIR (changed|reloaded)/.test(String(line["msg"])));
+    try {
+      await folder.replace(half);
+      await until("a poll to read the first file", () => seen().length > 0);
+      let mail = await mailed(service);
+      expect(mail.subject).toMatch(/^v1 /);
+      expect(mail.text).toMatch(/^v1 /);
+
+      await folder.replace(rest);
+      await until("a poll to read the second file", () => seen().length > 1);
+      mail = await mailed(service);
+      expect(mail.subject).toMatch(/^v1 /);
+      expect(await reloads(service, "applied")).toBe(0);
+
+      await until("the settled folder to be applied", async () => ((await reloads(service, "applied")) ?? 0) > 0);
+      mail = await mailed(service);
+      expect(mail.subject).toMatch(/^v2 /);
+      expect(mail.text).toBe(`v2 ログインコード: ${mail.code}\n`);
+      // The half-copied set was never applied: one change, counted once, naming both files.
+      expect(await reloads(service, "applied")).toBe(1);
+      expect(templateLines(service).filter((line) => /reloaded/.test(String(line["msg"])))).toEqual([
+        expect.objectContaining({ changed: ["login.ja.subject.txt", "login.ja.txt"] }),
+      ]);
+    } finally {
+      await service.stop();
+      await folder.cleanup();
+    }
+  });
+
+  it("a reload request (SIGHUP) that reads the first file serves the old set too, and the whole change only once it held still for the settle", async () => {
+    const folder = await templateFolder(loginJa("v1"));
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
+    const initial = await readTemplateDir(folder.dir);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
+    const reloader = startTemplateReloader({
+      dir: folder.dir,
+      initial: { read: initial, renderer: makeRenderer(initial) },
+      build: makeRenderer,
+      intervalMs: undefined,
+      settleMs: 1000,
+      metrics,
+      logger: createLogger({ level: "silent" }),
+    });
+    const render = () => reloader.renderer.render({ purpose: "login", locale: "ja", code: "482913", ttlMs: 600_000 });
+    const applied = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "applied")?.value;
+    try {
+      await folder.replace(half);
+      await reloader.reload();
+      expect(render().subject).toBe("v1 Acme ログインコード: 482913");
+      expect(render().text).toBe("v1 ログインコード: 482913\n");
+
+      await vi.advanceTimersByTimeAsync(500);
+      await folder.replace(rest);
+      await reloader.reload();
+      expect(render().subject).toBe("v1 Acme ログインコード: 482913");
+      // Past the end of the first file's settle: the whole change waits its own full settle, from its first read.
+      await vi.advanceTimersByTimeAsync(999);
+      await reloader.reload();
+      expect(render().subject).toBe("v1 Acme ログインコード: 482913");
+      expect(await applied()).toBe(0);
+
+      await vi.advanceTimersByTimeAsync(1);
+      await reloader.reload();
+      expect(render().subject).toBe("v2 Acme ログインコード: 482913");
+      expect(render().text).toBe("v2 ログインコード: 482913\n");
+      expect(await applied()).toBe(1);
+    } finally {
+      reloader.stop();
+      vi.useRealTimers();
       await folder.cleanup();
     }
   });

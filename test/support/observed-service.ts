@@ -38,7 +38,7 @@ export interface ObservedServiceOptions {
   readonly metrics?: Metrics;
   /** How long changed certificate files that fail their checks get to settle before they are refused (the app's default otherwise). */
   readonly certificateSettleMs?: number;
-  /** How long a changed TEMPLATES_DIR that fails its checks gets to settle before it is refused (the app's default otherwise). */
+  /** How long a changed TEMPLATES_DIR must read the same before it is applied or refused (the app's default otherwise). */
   readonly templatesSettleMs?: number;
   /** How long a changed AUTH_TOKENS file must read the same before it is applied or refused (the app's default otherwise). */
   readonly authTokensSettleMs?: number;
