@@ -8,17 +8,22 @@
  * wait beyond it is turned away before anything is rendered, stored or
  * spent, so SendOtp can answer at once and truthfully.
  *
- * Waiting are: the transport's sends no pooled connection has taken yet,
- * counted as the pool takes them (SmtpTransport.waitingForConnection), so
- * that a send waits here however many connections the pool has: behind busy
- * ones, and while the pool pauses before it opens one again (after one
- * failed, or was recycled after SMTP_MAX_MESSAGES_PER_CONNECTION); and the
- * messages that took a place and were not handed to the transport yet
- * (SendOtp between its checks and the dispatch), those beyond the
- * connections free for them: a connection that carries nothing and that no
- * waiting send is first in line for takes one at once. Retries of messages
- * already taken on go to the transport without a place: they are counted,
- * never turned away.
+ * Waiting are: the transport's sends that the pool had its turn at and no
+ * pooled connection took, counted as the pool takes them
+ * (SmtpTransport.waitingForConnection), so that a send waits here however
+ * many connections the pool has: behind busy ones, and while the pool pauses
+ * before it opens one again (after one failed, or was recycled after
+ * SMTP_MAX_MESSAGES_PER_CONNECTION); and, beyond the connections free for
+ * them, the messages on their way to a connection: those that took a place
+ * and were not handed to the transport yet (SendOtp between its checks and
+ * the dispatch), and those handed to the transport that the pool has not had
+ * its turn at yet (SmtpTransport.handingOver: being DKIM-signed, or queued
+ * until the pool's next turn of the event loop). A connection that carries
+ * nothing and that no waiting send is first in line for takes one of those
+ * at once: counted as waiting, a send just handed over while connections sit
+ * idle would fill a small backlog and turn the next send away for nothing.
+ * Retries of messages already taken on go to the transport without a place:
+ * they are counted, never turned away.
  */
 import type { Logger } from "../logger.js";
 import type { SmtpTransport } from "./smtp-transport-types.js";
@@ -28,8 +33,8 @@ export interface SendBacklogOptions {
   readonly limit: number | undefined;
   /** The transport's pooled connections (SMTP_POOL_SIZE). */
   readonly connections: number;
-  /** The transport's sends as it counts them: those no connection has taken yet, and those on one. */
-  readonly transport: Pick<SmtpTransport, "waitingForConnection" | "onConnection">;
+  /** The transport's sends as it counts them: those on their way to the pool, those waiting for a connection, and those on one. */
+  readonly transport: Pick<SmtpTransport, "handingOver" | "waitingForConnection" | "onConnection">;
   readonly logger: Logger;
 }
 
@@ -67,9 +72,9 @@ export function createSendBacklog(options: SendBacklogOptions): SendBacklog {
 
   const size = (): number => {
     const waiting = transport.waitingForConnection();
-    // Free for a place: connections carrying nothing, less those the waiting sends are first in line for.
+    // Free for the messages on their way: connections carrying nothing, less those the waiting sends are first in line for.
     const free = connections - transport.onConnection() - waiting;
-    return waiting + Math.max(0, placed - Math.max(0, free));
+    return waiting + Math.max(0, placed + transport.handingOver() - Math.max(0, free));
   };
 
   const leaveOnce = (): BacklogPlace => {

@@ -109,6 +109,14 @@ export interface PoolSendHooks {
    * connection (before connecting it, when the connection is new).
    */
   readonly taken?: (() => void) | undefined;
+  /**
+   * Told once the pool has had its turn at the message: nodemailer's pool
+   * gives queued messages to connections in a setImmediate that each send
+   * schedules, so this is told in one scheduled just after it. A message not
+   * `taken` by then waits for a connection (none was free, or the pool is
+   * pausing before it opens one again).
+   */
+  readonly poolTurn?: (() => void) | undefined;
   /** How the end of the message's data is let go, and what is told about it: see EndOfDataHooks. */
   readonly endOfData?: EndOfDataHooks | undefined;
 }
@@ -119,7 +127,7 @@ export interface PoolSendHooks {
  * connection); `hooks` tell and ask about the message on its way.
  */
 export function sendThroughPool(pool: PoolTransport, message: PooledMessage, signal: AbortSignal, hooks: PoolSendHooks = {}): Promise<PoolSendInfo> {
-  const { depart, taken, endOfData } = hooks;
+  const { depart, taken, poolTurn, endOfData } = hooks;
   const { from, to, messageId, dsn } = message;
   let raw: Buffer | Promise<Buffer> = message.raw;
   let withdrawn: Error | undefined;
@@ -163,6 +171,8 @@ export function sendThroughPool(pool: PoolTransport, message: PooledMessage, sig
         else resolve(info);
       },
     );
+    // After the pool's own setImmediate, which send() has just scheduled: immediates run in the order they were set.
+    if (poolTurn !== undefined) setImmediate(poolTurn);
   });
 }
 

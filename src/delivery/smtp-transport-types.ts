@@ -181,8 +181,17 @@ export interface SmtpTransport {
    */
   inProgress(): number;
   /**
-   * Of inProgress, the sends no pooled connection has taken yet: in the
-   * pool's queue (or being DKIM-signed before it). Counted as the pool takes
+   * Of inProgress, the sends the pool has not had its turn at yet: being
+   * DKIM-signed, or in its queue until its next turn (in the same turn of
+   * the event loop as `send`), when an idle connection takes each at once.
+   * They wait only if that turn gives them none: then they count in
+   * waitingForConnection. A message only nodemailer's own builder can make
+   * counts as taken once handed to nodemailer.
+   */
+  handingOver(): number;
+  /**
+   * Of inProgress, the sends the pool had its turn at and no pooled
+   * connection has taken yet: in the pool's queue. Counted as the pool takes
    * them (see SendOptions.onTaken), not estimated from the pool's size: a
    * send waits here while connections are free but not taking it (the pool
    * pauses before it opens a connection again after one failed or was

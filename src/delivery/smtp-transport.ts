@@ -165,8 +165,10 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
   }
 
   const inFlight = new Set<Promise<unknown>>();
-  // Of the sends in flight, those no pooled connection has taken yet and those on one: counted as each is
-  // taken and settles, for the send backlog (read per SendOtp: a count, not a look through the pool).
+  // Of the sends in flight, those the pool has not had its turn at yet, those it had and gave no connection, and
+  // those on one: counted as each moves on and settles, for the send backlog (read per SendOtp: a count, not a
+  // look through the pool).
+  let sendsHandingOver = 0;
   let sendsWaiting = 0;
   let sendsOnConnection = 0;
   let closed: Promise<void> | undefined;
@@ -227,15 +229,28 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     // Set once the whole message, end-of-data dot included, was written to the relay's connection (pooled
     // path only: sendMail's own message stream does not tell). A failure after it is no failure to send.
     let endOfDataWritten = false;
-    // Waiting for a connection until one takes it (or the send ends without one), then on it until the send ends.
-    let taken = false;
-    sendsWaiting++;
+    // Handed over until the pool has had its turn at it (signed first, with DKIM), then waiting for a connection
+    // until one takes it, then on it until the send ends. A send handed over is not counted as waiting: an idle
+    // connection takes it at the pool's turn, and counted so it would fill a small backlog for nothing.
+    let stage: "handing over" | "waiting" | "taken" | "ended" = "handing over";
+    sendsHandingOver++;
+    const leaveStage = (): void => {
+      if (stage === "handing over") sendsHandingOver--;
+      else if (stage === "waiting") sendsWaiting--;
+      else if (stage === "taken") sendsOnConnection--;
+    };
     const take = (): void => {
-      if (taken) return;
-      taken = true;
-      sendsWaiting--;
+      if (stage !== "handing over" && stage !== "waiting") return;
+      leaveStage();
+      stage = "taken";
       sendsOnConnection++;
       onTaken?.();
+    };
+    const poolTurn = (): void => {
+      if (stage !== "handing over") return;
+      leaveStage();
+      stage = "waiting";
+      sendsWaiting++;
     };
     try {
       const signal = expiry === undefined ? deadline() : AbortSignal.any([deadline(), expiry.signal]);
@@ -246,6 +261,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
         info = await sendThroughPool(pool, pooled, signal, {
           depart: atDeparture === undefined ? undefined : () => departure(mail, atDeparture, logFields),
           taken: take,
+          poolTurn,
           endOfData: {
             stop,
             letGo: () => {
@@ -306,8 +322,8 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
       throw failure;
     } finally {
       expiry?.clear();
-      if (taken) sendsOnConnection--;
-      else sendsWaiting--;
+      leaveStage();
+      stage = "ended";
     }
   }
 
@@ -331,6 +347,7 @@ export function createSmtpTransport(options: SmtpTransportOptions): SmtpTranspor
     },
 
     inProgress: () => inFlight.size,
+    handingOver: () => sendsHandingOver,
     waitingForConnection: () => sendsWaiting,
     onConnection: () => sendsOnConnection,
 

@@ -346,9 +346,10 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const smtpBacklog = new Gauge({
     name: "otp_smtp_backlog",
     help:
-      "Messages taken on that wait for a pooled SMTP connection: sends no connection has taken yet, retries included (counted as " +
-      "the pool takes them, so also while it has connections free but is not opening one), and sends about to be handed over " +
-      "beyond the connections free for them; at SMTP_MAX_BACKLOG new sends are refused (otp_sends_total{outcome=\"backlog_full\"}).",
+      "Messages taken on that wait for a pooled SMTP connection: sends the pool had its turn at and gave no connection, retries " +
+      "included (counted as the pool takes them, so also while it has connections free but is not opening one), and sends on " +
+      "their way to the pool (about to be handed over, being DKIM-signed, or not yet looked at by the pool) beyond the " +
+      "connections free for them; at SMTP_MAX_BACKLOG new sends are refused (otp_sends_total{outcome=\"backlog_full\"}).",
     registers,
     collect() {
       if (backlog !== undefined) this.set(backlog.size());

@@ -2,7 +2,8 @@
  * The send backlog (src/delivery/backlog.ts) over a real pooled transport and
  * a real SMTP server that holds its replies: what it counts as waiting for a
  * connection (what the pool really has not taken, also while it has no
- * connection up), that only new messages are turned away, and that a message
+ * connection up; not a send just handed over while idle connections are there
+ * to take it), that only new messages are turned away, and that a message
  * already taken on keeps its retries even while the backlog is full.
  */
 import { pino } from "pino";
@@ -69,10 +70,13 @@ async function until(what: string, condition: () => boolean, timeoutMs = 10_000)
   }
 }
 
-/** Counts as a transport reports them (SmtpTransport.waitingForConnection, onConnection), set by the test. */
+/** Counts as a transport reports them (SmtpTransport.handingOver, waitingForConnection, onConnection), set by the test. */
 function countedTransport() {
-  const counts = { waiting: 0, onConnection: 0 };
-  return { counts, transport: { waitingForConnection: () => counts.waiting, onConnection: () => counts.onConnection } };
+  const counts = { handingOver: 0, waiting: 0, onConnection: 0 };
+  return {
+    counts,
+    transport: { handingOver: () => counts.handingOver, waitingForConnection: () => counts.waiting, onConnection: () => counts.onConnection },
+  };
 }
 
 describe("send backlog", () => {
@@ -86,8 +90,13 @@ describe("send backlog", () => {
     places.push(backlog.enter(), backlog.enter());
     expect(backlog.size()).toBe(2);
     expect(backlog.enter()).toBeUndefined();
-    // Handed to the transport: the same five messages, three on the connections and two waiting.
+    // Handed to the transport, before the pool's turn: still three for the free connections, two beyond them.
     for (const place of places) place?.leave();
+    counts.handingOver = 5;
+    expect(backlog.size()).toBe(2);
+    expect(backlog.enter()).toBeUndefined();
+    // The pool's turn: three on the connections and two waiting.
+    counts.handingOver = 0;
     counts.onConnection = 3;
     counts.waiting = 2;
     expect(backlog.size()).toBe(2);
@@ -127,7 +136,7 @@ describe("send backlog", () => {
     const backlog = createSendBacklog({
       limit: undefined,
       connections: 1,
-      transport: { waitingForConnection: () => 1000, onConnection: () => 1 },
+      transport: { handingOver: () => 0, waitingForConnection: () => 1000, onConnection: () => 1 },
       logger,
     });
     expect(backlog.enter()).toBeDefined();
@@ -210,6 +219,48 @@ describe("send backlog", () => {
     const room = lines.filter((line) => String(line["msg"]).includes("room again"));
     expect(room).toHaveLength(1);
     expect(room[0]).toMatchObject({ level: 30, refused: 2 });
+  });
+
+  it("sends handed to a pool of idle connections wait for nothing: five in one turn of the event loop, each taking its place first as SendOtp does, all get one with a limit of 1", async () => {
+    const sink = await startSmtpSink();
+    sink.hold();
+    cleanups.push(async () => {
+      sink.release();
+      await sink.close();
+    });
+    const { logger } = logCollector();
+    const transport = createSmtpTransport({ url: sink.url, logger, maxConnections: 5 });
+    cleanups.push(() => transport.close());
+    const backlog = createSendBacklog({ limit: 1, connections: 5, transport, logger });
+    // Five connections up: each took a message held by the relay before the next was sent...
+    const warming: Promise<unknown>[] = [];
+    for (let n = 1; n <= 5; n++) {
+      warming.push(transport.send(record(`warm-${n}@example.com`).mail));
+      await until(`the relay holds ${n} messages`, () => sink.held() === n);
+    }
+    // ...then answered: five idle connections (the pool makes each available again a turn after its reply).
+    sink.release();
+    await Promise.all(warming);
+    await new Promise((resolve) => setImmediate(resolve));
+
+    // A burst in one turn, before nodemailer's pool has had its turn at any of them (it gives queued
+    // messages to idle connections in a setImmediate): what SendOtp calls whose admissions and
+    // hand-overs interleave in one turn see.
+    const sends: Promise<unknown>[] = [];
+    for (let n = 1; n <= 5; n++) {
+      const place = backlog.enter();
+      expect(place, `a place for burst message ${n}`).toBeDefined();
+      place?.leave();
+      sends.push(transport.send(record(`burst-${n}@example.com`).mail));
+    }
+    // Awaited below; a failed assertion before then must not leave them unhandled.
+    for (const sent of sends) sent.catch(() => undefined);
+    expect(backlog.size()).toBe(0);
+    // The pool's turn: each on a connection of its own, none waiting.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect([transport.onConnection(), transport.waitingForConnection(), backlog.size()]).toEqual([5, 0, 0]);
+    await Promise.all(sends);
+    expect(sink.messages).toHaveLength(10);
   });
 
   it("a connection recycled after its messages (SMTP_MAX_MESSAGES_PER_CONNECTION): the message behind it waits while no connection is up, and the backlog and its gauge count it and refuse the next", async () => {
