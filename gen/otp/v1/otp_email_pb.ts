@@ -76,7 +76,7 @@ export type SendOtpRequest = Message<"otp.v1.SendOtpRequest"> & {
    * FAILED_PRECONDITION (reason SEND_OUTCOME_UNKNOWN) and sends nothing more.
    * One given up at shutdown before its end of data went (the relay stalled
    * earlier) sent nothing: its key is free.
-   * Keys of different callers never meet. At most 128 printable ASCII characters. Optional.
+   * Keys of different callers never meet. At most 128 printable ASCII characters, no spaces. Optional.
    *
    * @generated from field: string idempotency_key = 6;
    */
@@ -625,8 +625,8 @@ export type VerifyOtpRequest = Message<"otp.v1.VerifyOtpRequest"> & {
   purpose: Purpose;
 
   /**
-   * The code as typed. Surrounding spaces are ignored and letters compared
-   * case-insensitively. Required.
+   * The code as typed. Spaces and dashes anywhere in it are ignored, and
+   * letters compared case-insensitively. Required.
    *
    * @generated from field: string code = 3;
    */
