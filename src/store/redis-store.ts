@@ -40,6 +40,7 @@ import { Cluster, Redis, type RedisOptions } from "ioredis";
 import { suppressionReason, type DeliveryRecord, type DeliveryReport, type SuppressionEntry } from "../delivery/record.js";
 import { storageFull, storageUnavailable, type OtpError } from "../errors.js";
 import type { Logger } from "../logger.js";
+import { connectSentinel, type SentinelConnection, type SentinelOptions } from "./redis-sentinel.js";
 import type {
   ClaimResult,
   CodeEntry,
@@ -83,6 +84,14 @@ export interface RedisStoreOptions {
    * (`redis://a:7000,redis://b:7001`); the client discovers the rest.
    */
   readonly cluster?: boolean;
+  /**
+   * Redis Sentinel: `url` is one or more comma-separated sentinels
+   * (`redis://:password@s1:26379,redis://s2:26379`), the first URL's user,
+   * password and database the data nodes'; the client connects to the master
+   * they name for `sentinel.master`, and follows it through failovers (see
+   * redis-sentinel.ts). Exclusive with `cluster`.
+   */
+  readonly sentinel?: SentinelOptions | undefined;
   /**
    * PEM of a private CA that signs the server's certificate, trusted besides
    * the system's CAs (REDIS_TLS_CA). Only for `rediss://` URLs.
@@ -538,15 +547,17 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
   if (options.connectTimeoutMs !== undefined) redisOptions.connectTimeout = options.connectTimeoutMs;
   // Node's TLS trusts only this CA when `ca` is given: add it to the system's, as SMTP_TLS_CA does.
   if (options.tlsCa !== undefined && /^rediss:/i.test(url.trim())) redisOptions.tls = { ca: [...rootCertificates, options.tlsCa] };
+  if (options.cluster === true && options.sentinel !== undefined) throw new TypeError("createRedisStore: cluster and sentinel exclude each other");
+  const sentinel = options.sentinel === undefined ? undefined : connectSentinel({ urls: url, sentinel: options.sentinel, redisOptions, logger });
   // ioredis defines the script commands from `scripts` in its constructor.
-  const redis = (options.cluster === true ? connectCluster(url, redisOptions) : new Redis(url, redisOptions)) as (
+  const redis = (sentinel?.redis ?? (options.cluster === true ? connectCluster(url, redisOptions) : new Redis(url, redisOptions))) as (
     | Redis
     | Cluster
   ) &
     ScriptCommands;
 
-  const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined });
-  checkRedisOnConnect(redis, logger);
+  const readiness = trackReadiness(redis, logger, { enabled: /^rediss:/i.test(url.trim()), privateCa: options.tlsCa !== undefined }, sentinel);
+  checkRedisOnConnect(redis, logger, options.sentinel?.master);
   const fullness = trackFullness(logger, options.onFullChange);
 
   const codeKey = (set: CodeSetRef): string => `${prefix}code:{${set.group}}:${set.id}`;
@@ -810,6 +821,7 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
       if (readiness.isClosing()) return;
       const wasReady = redis.status === "ready";
       readiness.markClosed();
+      sentinel?.stop();
       if (wasReady) {
         try {
           // QUIT lets replies already on their way arrive first.
@@ -828,7 +840,12 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
  * Follows ioredis' connection events: readiness for health checks, and one
  * warning per outage (not one per reconnect attempt or failed command).
  */
-function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly enabled: boolean; readonly privateCa: boolean }) {
+function trackReadiness(
+  redis: Redis | Cluster,
+  logger: Logger,
+  tls: { readonly enabled: boolean; readonly privateCa: boolean },
+  sentinel: SentinelConnection | undefined,
+) {
   const listeners = new Set<(ready: boolean) => void>();
   let ready = false;
   let down = false;
@@ -874,7 +891,9 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly 
   const unreachable =
     redis instanceof Cluster && tls.enabled && !tls.privateCa
       ? "redis is unreachable; retrying (over TLS: if a private CA signs the nodes' certificates, set REDIS_TLS_CA to its PEM file)"
-      : "redis is unreachable; retrying";
+      : sentinel === undefined
+        ? "redis is unreachable; retrying"
+        : `redis is unreachable (${sentinel.description}); retrying`;
   // A cluster node's own connection error (ECONNREFUSED...), which the cluster's "error" does not carry.
   let lastNodeError: Error | undefined;
   if (redis instanceof Cluster) {
@@ -882,7 +901,13 @@ function trackReadiness(redis: Redis | Cluster, logger: Logger, tls: { readonly 
       if (error instanceof Error) lastNodeError = error;
     });
   }
-  redis.on("error", (error: unknown) => markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error));
+  redis.on("error", (error: unknown) => {
+    // A sentinel's account of why it named no master says more than ioredis' "All sentinels are unreachable".
+    const explained = sentinel?.explainError(error);
+    if (explained === "ignore") return;
+    if (explained !== undefined) markDown(explained.message, explained.err);
+    else markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
+  });
   redis.on("ready", () => {
     if (closing) return;
     markUp("redis connection restored");
@@ -970,13 +995,17 @@ function untrustedCertificate(error: unknown, privateCa: boolean): string | unde
  *   would vanish before their TTL, with no error anywhere. Under noeviction
  *   a full Redis refuses writes instead, which callers see as UNAVAILABLE.
  *   Warned once.
+ * - With Sentinel, a first master with no replica: a failover would have
+ *   nothing to promote. Warned once.
  * INFO may be disabled (some managed Redis): then there is nothing to say.
  */
-function checkRedisOnConnect(redis: Redis | Cluster, logger: Logger): void {
+function checkRedisOnConnect(redis: Redis | Cluster, logger: Logger, sentinelSet: string | undefined): void {
   let warnedVersion = false;
   let warnedEviction = false;
+  // Only the first master is asked about its replicas: one a failover just promoted has none for a while.
+  let replicasChecked = sentinelSet === undefined;
   redis.on("ready", () => {
-    if (warnedVersion && warnedEviction) return;
+    if (warnedVersion && warnedEviction && replicasChecked) return;
     redis.info().then(
       (info) => {
         const tooOld = redisTooOld(info);
@@ -987,6 +1016,17 @@ function checkRedisOnConnect(redis: Redis | Cluster, logger: Logger): void {
             `Redis ${tooOld} is too old: OtpEmail needs Redis 7.0 or later (its scripts declare Redis 7 flags), ` +
               "and every call that reaches Redis fails until it is upgraded",
           );
+        }
+        if (!replicasChecked) {
+          replicasChecked = true;
+          const replicas = /^connected_slaves:(\d+)/m.exec(info)?.[1];
+          if (replicas === "0") {
+            logger.warn(
+              { redis_master_set: sentinelSet },
+              `the Redis master of ${sentinelSet ?? ""} has no replica connected: should it fail, the sentinels have none to promote, ` +
+                "and storage stays down until it is back",
+            );
+          }
         }
         const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
         const maxmemory = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? "0");

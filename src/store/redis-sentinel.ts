@@ -1,0 +1,293 @@
+/**
+ * Redis Sentinel (REDIS_SENTINEL_MASTER): a client that asks the sentinels
+ * where the master of a set is, connects to it, and leaves it as soon as it
+ * stops being the master.
+ *
+ * ioredis resolves the master through the sentinels on every (re)connect and
+ * refuses a node that reports itself a replica (its INFO role check). Left
+ * alone, it would still stay connected to an old master that a failover
+ * demoted, and writes there are lost: after a `SENTINEL FAILOVER` the old
+ * master keeps taking writes until the sentinels get round to reconfiguring
+ * it (8 s and more), and what it took is then thrown away when it syncs from
+ * the new master. So:
+ * - each sentinel's `+switch-master` announcement for our set drops the
+ *   connection at once, and the reconnect asks the sentinels again
+ *   (`watchFailovers`; ioredis' own `failoverDetector` is not used: it
+ *   reacts to any master set's failover, and its sentinel connections have
+ *   no error listener, so a sentinel restart would print ioredis' "Unhandled
+ *   error event" to stderr, outside the JSON log);
+ * - a READONLY reply (a write that reached a node which is a replica now,
+ *   say a demoted master whose connections were not dropped) reconnects too
+ *   (`reconnectOnError`), the write itself failing as unavailable: it is
+ *   never resent, as no command is.
+ */
+import type { ConnectionOptions } from "node:tls";
+import { Redis, type RedisOptions } from "ioredis";
+import type { Logger } from "../logger.js";
+
+export interface SentinelOptions {
+  /** The master set's name, as the sentinels monitor it (REDIS_SENTINEL_MASTER). */
+  readonly master: string;
+  /** The sentinels' own credentials (REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD), not the data nodes'. */
+  readonly username?: string | undefined;
+  readonly password?: string | undefined;
+  /**
+   * Whether to follow the sentinels' failover announcements (default true).
+   * A command that runs for a moment needs no such watch: it would only
+   * open a connection to each sentinel and add their errors to its own.
+   */
+  readonly watchFailovers?: boolean;
+}
+
+/** Where one sentinel listens. */
+export interface SentinelAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** The sentinels' default port, for a REDIS_URL entry that names none. */
+export const defaultSentinelPort = 26379;
+
+/** Host and port of each comma-separated REDIS_URL entry (26379 when an entry names no port). */
+export function sentinelAddresses(urls: string): SentinelAddress[] {
+  return urls.split(",").map((raw) => {
+    const url = new URL(raw.trim());
+    return { host: url.hostname.replace(/^\[|\]$/g, ""), port: url.port === "" ? defaultSentinelPort : Number(url.port) };
+  });
+}
+
+/** What `connectSentinel` opens: the client, the failover watch to stop with it, and its error wording. */
+export interface SentinelConnection {
+  readonly redis: Redis;
+  /**
+   * Says what one of the client's "error" events means for an operator:
+   * a message and a cleaned error; `ignore` for ioredis' "All sentinels are
+   * unreachable" when no sentinel failed (it says that each time it reaches
+   * the end of its sentinel list, which a reconnect may do); undefined when
+   * the error is a data node's own (ECONNREFUSED, WRONGPASS...).
+   */
+  explainError(error: unknown): { readonly message: string; readonly err: Error } | "ignore" | undefined;
+  /** What to call the Redis this client reaches, for "... is unreachable". */
+  readonly description: string;
+  /** Stops watching the sentinels (the client itself is closed by its owner). */
+  stop(): void;
+}
+
+export interface ConnectSentinelOptions {
+  /** REDIS_URL: the sentinels; the first URL's user, password and database are the data nodes'. */
+  readonly urls: string;
+  readonly sentinel: SentinelOptions;
+  /** The store's options for a data node connection (timeouts, scripts, retry, TLS CA...). */
+  readonly redisOptions: RedisOptions;
+  readonly logger: Logger;
+}
+
+/**
+ * A client of the master of `sentinel.master`, found through the sentinels
+ * of `urls`. With rediss:// URLs both the sentinels and the data nodes are
+ * reached over TLS, trusting `redisOptions.tls` (REDIS_TLS_CA) or the
+ * system CAs.
+ */
+export function connectSentinel(options: ConnectSentinelOptions): SentinelConnection {
+  const { sentinel, logger } = options;
+  const addresses = sentinelAddresses(options.urls);
+  const first = new URL(options.urls.split(",")[0]?.trim() ?? "");
+  const { tls: tlsOption, ...nodeOptions } = options.redisOptions;
+  // Node verifies against the system CAs when no `ca` is given (REDIS_TLS_CA adds its CA to them: redis-store.ts).
+  const tls: ConnectionOptions | undefined = first.protocol === "rediss:" ? (tlsOption ?? {}) : undefined;
+  const sentinelCredentials = {
+    ...(sentinel.username === undefined ? {} : { username: sentinel.username }),
+    ...(sentinel.password === undefined ? {} : { password: sentinel.password }),
+  };
+  const set = sentinel.master;
+
+  let readOnlySeen = false;
+  const redis = new Redis({
+    ...nodeOptions,
+    sentinels: addresses.map(({ host, port }) => ({ host, port })),
+    name: set,
+    role: "master",
+    ...(first.username === "" ? {} : { username: decodeURIComponent(first.username) }),
+    ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
+    db: Number(first.pathname.slice(1) || "0"),
+    ...(sentinel.username === undefined ? {} : { sentinelUsername: sentinel.username }),
+    ...(sentinel.password === undefined ? {} : { sentinelPassword: sentinel.password }),
+    ...(tls === undefined ? {} : { tls, enableTLSForSentinelMode: true, sentinelTLS: tls }),
+    // A sentinel that takes the connection but never answers must not hold up finding the master.
+    ...(nodeOptions.commandTimeout === undefined ? {} : { sentinelCommandTimeout: nodeOptions.commandTimeout }),
+    // The pause between rounds over every sentinel when none named a reachable master: the store's backoff.
+    ...(typeof nodeOptions.retryStrategy === "function" ? { sentinelRetryStrategy: nodeOptions.retryStrategy } : {}),
+    failoverDetector: false,
+    reconnectOnError: (error: Error) => {
+      if (!/^READONLY\b/.test(error.message)) return false;
+      if (!readOnlySeen) {
+        readOnlySeen = true;
+        logger.warn(
+          { redis_master_set: set, master: connectedTo(redis) },
+          "redis answered READONLY: the node this instance was writing to is a replica now (a demoted master); " +
+            "reconnecting to the master the sentinels name",
+        );
+      }
+      return true;
+    },
+  });
+
+  let master: string | undefined;
+  redis.on("ready", () => {
+    readOnlySeen = false;
+    const now = connectedTo(redis);
+    if (now === master) return;
+    if (master === undefined) logger.info({ redis_master_set: set, master: now }, "redis: connected to the master the sentinels name");
+    else logger.warn({ redis_master_set: set, master: now, previous_master: master }, "redis: the master moved (a Sentinel failover); connected to the new one");
+    master = now;
+  });
+
+  const explain = (reason: string): string => sentinelFailure(reason, set, tls !== undefined, tlsOption?.ca !== undefined);
+  // The watch's own connection error to each sentinel it cannot reach: ioredis' lookup of the master drops the
+  // reason of a failed connection (a certificate that does not verify...) and only says "Connection is closed.".
+  const unreachableSentinels = new Map<string, Error>();
+  // Why the sentinels gave no master, each in an operator's words, since the last round over them.
+  const sentinelFailures = new Map<string, string>();
+  redis.on("sentinelError", (error: unknown) => {
+    const text = error instanceof Error ? error.message : String(error);
+    const where = /sentinel (\S+:\d+)/.exec(text)?.[1] ?? "?";
+    const reason = text.replace(/^failed to connect to sentinel \S+ because /, "");
+    const known = /^Connection is closed/.test(reason) ? unreachableSentinels.get(where)?.message : undefined;
+    sentinelFailures.set(where, explain(known ?? reason));
+  });
+  redis.on("ready", () => sentinelFailures.clear());
+
+  const follow = (to: string): void => {
+    // Already there (a reconnect that found the new master first, or another sentinel's announcement): stay.
+    if (connectedTo(redis) === to) return;
+    if (redis.status === "ready" || redis.status === "connect") redis.disconnect(true);
+  };
+  const stopWatching =
+    sentinel.watchFailovers === false
+      ? () => undefined
+      : watchFailovers({
+          addresses,
+          set,
+          redisOptions: {
+            ...sentinelCredentials,
+            ...(tls === undefined ? {} : { tls }),
+            ...(nodeOptions.connectTimeout === undefined ? {} : { connectTimeout: nodeOptions.connectTimeout }),
+          },
+          logger,
+          explain,
+          unreachable: unreachableSentinels,
+          onSwitch: follow,
+        });
+
+  return {
+    redis,
+    description: `the master of ${set} (REDIS_SENTINEL_MASTER)`,
+    explainError(error) {
+      if (!(error instanceof Error) || !error.message.startsWith("All sentinels are unreachable")) return undefined;
+      if (sentinelFailures.size === 0) return "ignore";
+      const reasons = [...sentinelFailures].map(([where, reason]) => `sentinel ${where}: ${reason}`);
+      sentinelFailures.clear();
+      return {
+        message: `no redis sentinel named the master of ${set}; retrying`,
+        err: Object.assign(new Error(reasons.join("; ")), { name: "SentinelError" }),
+      };
+    },
+    stop: stopWatching,
+  };
+}
+
+/** `host:port` of the node the client is connected to, or undefined. */
+function connectedTo(redis: Redis): string | undefined {
+  const stream = redis.stream as { remoteAddress?: string; remotePort?: number } | undefined;
+  return stream?.remoteAddress === undefined ? undefined : `${stream.remoteAddress}:${stream.remotePort ?? ""}`;
+}
+
+/** One sentinel's failure to name the master, with what to check. */
+function sentinelFailure(reason: string, set: string, tls: boolean, privateCa: boolean): string {
+  if (/No such master with that name/i.test(reason) || /invalid reply: null/.test(reason)) {
+    return `monitors no master set named ${set}: check REDIS_SENTINEL_MASTER`;
+  }
+  if (/^NOAUTH\b/.test(reason)) return "requires a password: set REDIS_SENTINEL_PASSWORD (the sentinels' own, not REDIS_URL's)";
+  if (/^WRONGPASS\b/.test(reason)) return "refused REDIS_SENTINEL_PASSWORD (or REDIS_SENTINEL_USERNAME): check them (the sentinels' own, not REDIS_URL's)";
+  // ioredis' lookup says no more than this of a connection that failed (refused, reset, a certificate that did
+  // not verify); the failover watch's own connection, when it failed first, has said why (see `unreachable`).
+  const closed = /^Connection is closed/.test(reason);
+  const said = closed ? "could not be reached, or closed the connection before answering" : reason;
+  // Over TLS, such a closed connection is most often a certificate that did not verify.
+  if (!tls || (!closed && !/certificate|self[- ]signed/i.test(reason))) return said;
+  return privateCa
+    ? `${said} (check that REDIS_TLS_CA is the CA that signs the sentinels' certificates)`
+    : `${said} (if a private CA signs the sentinels' certificates, set REDIS_TLS_CA to its PEM file)`;
+}
+
+interface WatchOptions {
+  readonly addresses: readonly SentinelAddress[];
+  readonly set: string;
+  /** Credentials, TLS and connect timeout of a sentinel connection. */
+  readonly redisOptions: RedisOptions;
+  readonly logger: Logger;
+  /** An error of a sentinel connection in an operator's words. */
+  readonly explain: (reason: string) => string;
+  /** Kept up to date: the last connection error (as ioredis words it) of each sentinel that cannot be reached now, by `host:port`. */
+  readonly unreachable: Map<string, Error>;
+  /** A sentinel announced that the set's master is now `to` (`host:port`). */
+  readonly onSwitch: (to: string) => void;
+}
+
+/**
+ * Subscribes to `+switch-master` on every sentinel. Each sentinel announces
+ * a failover once it has switched, so the last announcement comes after the
+ * last sentinel has: a reconnect that asked a sentinel still naming the old
+ * master is put right by that sentinel's own announcement. A sentinel that
+ * cannot be reached is said once (the others still announce), and retried
+ * every few seconds.
+ */
+function watchFailovers(options: WatchOptions): () => void {
+  const { set, logger } = options;
+  let announced: string | undefined;
+  const clients = options.addresses.map(({ host, port }) => {
+    const where = `${host}:${port}`;
+    const client = new Redis({
+      ...options.redisOptions,
+      host,
+      port,
+      enableReadyCheck: false,
+      maxRetriesPerRequest: null,
+      retryStrategy: (attempt) => Math.min(500 * attempt, 5000),
+    });
+    let down = false;
+    client.on("error", (error: unknown) => {
+      const text = error instanceof Error ? error.message : String(error);
+      options.unreachable.set(where, new Error(text));
+      if (down) return;
+      down = true;
+      logger.warn(
+        { sentinel: where, redis_master_set: set, err: new Error(options.explain(text)) },
+        "redis sentinel unreachable: failovers are heard from the other sentinels; retrying",
+      );
+    });
+    client.on("ready", () => {
+      options.unreachable.delete(where);
+      if (!down) return;
+      down = false;
+      logger.info({ sentinel: where, redis_master_set: set }, "redis sentinel reachable again");
+    });
+    client.on("message", (channel: string, message: string) => {
+      // "<set> <old ip> <old port> <new ip> <new port>"
+      const [name, oldHost, oldPort, newHost, newPort] = message.split(" ");
+      if (channel !== "+switch-master" || name !== set || newHost === undefined || newPort === undefined) return;
+      const to = `${newHost}:${newPort}`;
+      if (to !== announced) {
+        announced = to;
+        logger.warn({ sentinel: where, redis_master_set: set, from: `${oldHost ?? "?"}:${oldPort ?? "?"}`, to }, "redis sentinel announced a failover: moving to the new master");
+      }
+      options.onSwitch(to);
+    });
+    // Queued until connected, and subscribed again after every reconnect.
+    client.subscribe("+switch-master").catch(() => undefined);
+    return client;
+  });
+  return () => {
+    for (const client of clients) client.disconnect();
+  };
+}
