@@ -176,6 +176,7 @@ export async function startApp(options: AppOptions): Promise<App> {
           logger,
           commandTimeoutMs: config.redis.commandTimeoutMs,
           cluster: config.redis.cluster,
+          sentinel: config.redis.sentinel,
           tlsCa: config.redis.tlsCa,
           onCommandError: (operation) => metrics.redisCommandErrors.inc({ operation }),
           onFullChange: (full) => metrics.redisFull.set(full ? 1 : 0),

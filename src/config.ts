@@ -21,6 +21,18 @@ import type { ClientCrls } from "./tls/client-crl.js";
 
 export type Environment = "production" | "development" | "test";
 
+/**
+ * Redis Sentinel mode (REDIS_SENTINEL_MASTER): REDIS_URL lists the sentinels;
+ * the data nodes' credentials, database and TLS come from its first URL.
+ */
+export interface RedisSentinelConfig {
+  /** REDIS_SENTINEL_MASTER: the master set's name, as the sentinels monitor it (`mymaster`). */
+  readonly master: string;
+  /** REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD: what the sentinels themselves ask for (not the data nodes'). */
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+}
+
 export interface Config {
   readonly env: Environment;
   /** `host:port` the gRPC server listens on. */
@@ -76,13 +88,18 @@ export interface Config {
    */
   readonly tlsReloadIntervalMs: number | undefined;
   readonly limits: LimitsConfig;
-  /** undefined: the in-memory store (development only). `cluster`: url lists seed nodes of a Redis Cluster. */
+  /**
+   * undefined: the in-memory store (development only). `cluster`: url lists
+   * seed nodes of a Redis Cluster. `sentinel`: url lists Redis Sentinels,
+   * which name the master of the set `sentinel.master`.
+   */
   readonly redis:
     | {
         readonly url: string;
         readonly prefix: string;
         readonly commandTimeoutMs: number;
         readonly cluster: boolean;
+        readonly sentinel: RedisSentinelConfig | undefined;
         /** REDIS_TLS_CA: PEM text of a private CA that signs the server's certificate (rediss:// only). */
         readonly tlsCa: string | undefined;
       }
@@ -612,6 +629,69 @@ function checkRedisUrl(raw: string): void {
 }
 
 /**
+ * REDIS_SENTINEL_MASTER and the sentinels' credentials: sentinel mode, or
+ * undefined. Every setting that would be ignored is refused instead.
+ */
+function readRedisSentinel(read: Reader, redisUrl: string | undefined, cluster: boolean): RedisSentinelConfig | undefined {
+  const master = read.string("REDIS_SENTINEL_MASTER");
+  const username = read.string("REDIS_SENTINEL_USERNAME");
+  const password = read.string("REDIS_SENTINEL_PASSWORD");
+  if (master === undefined) {
+    for (const [name, value] of [["REDIS_SENTINEL_PASSWORD", password], ["REDIS_SENTINEL_USERNAME", username]] as const) {
+      if (value !== undefined) throw new ConfigError(`${name}: only used with Redis Sentinel: set REDIS_SENTINEL_MASTER too, or unset ${name}`);
+    }
+    return undefined;
+  }
+  if (!/^[\x21-\x7e]{1,128}$/.test(master)) {
+    throw new ConfigError(
+      "REDIS_SENTINEL_MASTER: must be the master set's name as the sentinels monitor it (`sentinel monitor <name> ...`), " +
+        "such as mymaster: 1-128 printable characters, no spaces",
+    );
+  }
+  if (cluster) {
+    throw new ConfigError(
+      "REDIS_SENTINEL_MASTER: Redis Sentinel and Redis Cluster exclude each other (a Cluster fails over by itself): unset REDIS_CLUSTER or REDIS_SENTINEL_MASTER",
+    );
+  }
+  if (redisUrl === undefined) {
+    throw new ConfigError(
+      "REDIS_SENTINEL_MASTER: set REDIS_URL to the sentinels too, such as redis://:password@sentinel-0:26379,redis://sentinel-1:26379 " +
+        "(the password is the data nodes'; the sentinels' is REDIS_SENTINEL_PASSWORD)",
+    );
+  }
+  if (username !== undefined && password === undefined) {
+    throw new ConfigError("REDIS_SENTINEL_USERNAME: needs REDIS_SENTINEL_PASSWORD (a sentinel ACL user logs in with both)");
+  }
+  return { master, username, password };
+}
+
+/**
+ * The sentinels' URLs, each already a valid REDIS_URL: all with TLS or all
+ * without (the data nodes are reached as the sentinels are), and the data
+ * nodes' user, password and database given once: on the first URL, or the
+ * same on every one. A different one on another URL would be ignored.
+ */
+function checkSentinelUrls(redisUrl: string): void {
+  const urls = redisUrl.split(",").map((raw) => new URL(raw.trim()));
+  const [first, ...others] = urls;
+  if (first === undefined) return;
+  if (others.some((url) => url.protocol !== first.protocol)) {
+    throw new ConfigError(
+      "REDIS_URL: mixes redis:// and rediss:// sentinels: with Redis Sentinel the sentinels and the data nodes are all reached over TLS (rediss://) or all without (redis://)",
+    );
+  }
+  const same = (url: URL): boolean =>
+    (url.username === "" && url.password === "" && (url.pathname === "" || url.pathname === "/")) ||
+    (url.username === first.username && url.password === first.password && url.pathname === first.pathname);
+  if (!others.every(same)) {
+    throw new ConfigError(
+      "REDIS_URL: with Redis Sentinel the data nodes' user, password and database are the first URL's: give them there only " +
+        "(another URL's differ and would be ignored; the sentinels' own password is REDIS_SENTINEL_PASSWORD)",
+    );
+  }
+}
+
+/**
  * REDIS_TLS_CA: a certificate (or bundle) that must parse, and is only
  * accepted with rediss:// URLs: with redis:// it would silently do nothing.
  */
@@ -659,10 +739,14 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
     throw new ConfigError("REDIS_URL: required when NODE_ENV=production (the in-memory store is for development only)");
   }
   const redisCluster = read.boolean("REDIS_CLUSTER");
-  if (redisUrl?.includes(",") === true && !redisCluster) {
-    throw new ConfigError("REDIS_URL: several URLs are only for a cluster's seed nodes: set REDIS_CLUSTER=true");
+  const redisSentinel = readRedisSentinel(read, redisUrl, redisCluster);
+  if (redisUrl?.includes(",") === true && !redisCluster && redisSentinel === undefined) {
+    throw new ConfigError(
+      "REDIS_URL: several URLs are only for a Redis Cluster's seed nodes (set REDIS_CLUSTER=true) or Redis Sentinels (set REDIS_SENTINEL_MASTER)",
+    );
   }
   if (redisUrl !== undefined) for (const seed of redisUrl.split(",")) checkRedisUrl(seed.trim());
+  if (redisUrl !== undefined && redisSentinel !== undefined) checkSentinelUrls(redisUrl);
   const redisTlsCa = readRedisTlsCa(read.string("REDIS_TLS_CA"), redisUrl);
   // Checked whether or not REDIS_URL is set: a typo must stop the start, not wait for the day Redis is configured.
   const redisPrefix = validPrefix(read.string("REDIS_PREFIX") ?? "otp:");
@@ -749,6 +833,7 @@ export function loadConfig(env: Env, now: number = Date.now()): Config {
             prefix: redisPrefix,
             commandTimeoutMs: redisCommandTimeoutMs,
             cluster: redisCluster,
+            sentinel: redisSentinel,
             tlsCa: redisTlsCa,
           },
     smtp: {

@@ -17,7 +17,7 @@
 import type { Config } from "../config.js";
 import { suppressionReason, type SuppressionEntry } from "../delivery/record.js";
 import { OtpError } from "../errors.js";
-import { finishCommand, neverSent, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
+import { finishCommand, neverSent, operatorAccount, printable, redisWhere, unavailableReason } from "../store/operator-access.js";
 import { openOperatorSession, operatorExit } from "./operator-session.js";
 import type { KeyedSuppression } from "./suppression.js";
 
@@ -30,9 +30,10 @@ remove  lifts that suppression (under OTP_SECRET and, during a rotation,
         OTP_SECRET_PREVIOUS), printing what it removed and writing an audit
         line to stderr
 
-Uses the service's environment: REDIS_URL, REDIS_CLUSTER, REDIS_PREFIX,
-REDIS_TLS_CA, REDIS_COMMAND_TIMEOUT, OTP_SECRET, OTP_SECRET_PREVIOUS,
-OTP_SECRET_ROTATED_AT. The address is checked and keyed as SendOtp does
+Uses the service's environment: REDIS_URL, REDIS_CLUSTER,
+REDIS_SENTINEL_MASTER, REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD,
+REDIS_PREFIX, REDIS_TLS_CA, REDIS_COMMAND_TIMEOUT, OTP_SECRET,
+OTP_SECRET_PREVIOUS, OTP_SECRET_ROTATED_AT. The address is checked and keyed as SendOtp does
 (case does not matter; another +subaddress is another address).
 Exit status: 0 suppressed / lifted, 3 not suppressed (nothing to lift),
 2 usage or invalid address, 69 Redis did not answer, 78 configuration.
@@ -215,7 +216,7 @@ async function main(argv: readonly string[]): Promise<number> {
       else audit.warn(fields, "suppression lift failed: Redis did not answer, outcome unknown");
       outcome = notSent ? "; nothing was lifted" : "; whether the suppression was lifted is unknown: run show once Redis answers";
     }
-    process.stderr.write(`${prefix}: Redis at ${redisHosts(redis.url)} did not answer: ${reason}${outcome}\n`);
+    process.stderr.write(`${prefix}: ${redisWhere(redis)} did not answer: ${reason}${outcome}\n`);
     return exit.unavailable;
   } finally {
     await store.close();

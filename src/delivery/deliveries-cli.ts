@@ -23,7 +23,7 @@ import { systemClock } from "../clock.js";
 import type { Config } from "../config.js";
 import { OtpError } from "../errors.js";
 import { maskAddressesIn } from "../otp/address.js";
-import { finishCommand, operatorAccount, printable, redisHosts, unavailableReason } from "../store/operator-access.js";
+import { finishCommand, operatorAccount, printable, redisWhere, unavailableReason } from "../store/operator-access.js";
 import { maxRecipientMessages } from "../store/types.js";
 import { suppressionReason, type SuppressionEntry } from "./record.js";
 import { createRecipientHistory, type RecipientHistory, type RecipientMessage } from "./recipient-history.js";
@@ -45,9 +45,10 @@ and whether SendOtp refuses the address as suppressed now.
 Every address in the output is masked, the one asked about too. Each lookup
 writes an audit line to stderr.
 
-Uses the service's environment: REDIS_URL, REDIS_CLUSTER, REDIS_PREFIX,
-REDIS_TLS_CA, REDIS_COMMAND_TIMEOUT, OTP_SECRET, OTP_SECRET_PREVIOUS,
-OTP_SECRET_ROTATED_AT. The address is checked and keyed as SendOtp does
+Uses the service's environment: REDIS_URL, REDIS_CLUSTER,
+REDIS_SENTINEL_MASTER, REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD,
+REDIS_PREFIX, REDIS_TLS_CA, REDIS_COMMAND_TIMEOUT, OTP_SECRET,
+OTP_SECRET_PREVIOUS, OTP_SECRET_ROTATED_AT. The address is checked and keyed as SendOtp does
 (case does not matter; another +subaddress is another address).
 Exit status: 0 listed, 3 nothing known for the address, 2 usage or invalid
 address, 69 Redis did not answer, 78 configuration.
@@ -286,7 +287,7 @@ async function main(argv: readonly string[]): Promise<number> {
     if (!(error instanceof OtpError) || error.kind !== "unavailable") throw error;
     const reason = unavailableReason(error, storeLines, redis.commandTimeoutMs);
     audit.warn({ action: "lookup", recipient, operator: operatorAccount(), reason }, "delivery history not read: Redis did not answer");
-    process.stderr.write(`${prefix}: Redis at ${redisHosts(redis.url)} did not answer: ${reason}\n`);
+    process.stderr.write(`${prefix}: ${redisWhere(redis)} did not answer: ${reason}\n`);
     return exit.unavailable;
   } finally {
     await store.close();

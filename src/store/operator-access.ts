@@ -9,6 +9,7 @@ import { userInfo } from "node:os";
 import type { Config } from "../config.js";
 import type { OtpError } from "../errors.js";
 import { createLogger } from "../logger.js";
+import { defaultSentinelPort } from "./redis-sentinel.js";
 import { createRedisStore } from "./redis-store.js";
 import type { OtpStore } from "./types.js";
 
@@ -19,7 +20,7 @@ export interface OperatorStore {
 }
 
 /**
- * Opens the service's Redis as the service does (prefix, cluster, TLS CA,
+ * Opens the service's Redis as the service does (prefix, cluster or sentinel, TLS CA,
  * command timeout), waiting at most one command timeout to connect. Its
  * warnings are kept rather than printed as they come ("retrying" is the
  * service's story, not a command's).
@@ -37,24 +38,32 @@ export function openOperatorStore(redis: NonNullable<Config["redis"]>): Operator
     commandTimeoutMs: redis.commandTimeoutMs,
     connectTimeoutMs: redis.commandTimeoutMs,
     cluster: redis.cluster,
+    // A command's moment needs no watch for failovers (a READONLY reply still moves it to the new master).
+    sentinel: redis.sentinel === undefined ? undefined : { ...redis.sentinel, watchFailovers: false },
     tlsCa: redis.tlsCa,
   });
   return { store, storeLines };
 }
 
-/** `host:port` of each REDIS_URL seed, without credentials. */
-export function redisHosts(url: string): string {
-  return url
+/**
+ * The Redis a command tried, without credentials, to start "... did not
+ * answer": `Redis at host:port` for each REDIS_URL entry, or with Sentinel
+ * `the Redis master of <set> (sentinels host:port, ...)`.
+ */
+export function redisWhere(redis: Pick<NonNullable<Config["redis"]>, "url" | "sentinel">): string {
+  const defaultPort = redis.sentinel === undefined ? "6379" : String(defaultSentinelPort);
+  const hosts = redis.url
     .split(",")
     .map((seed) => {
       try {
         const parsed = new URL(seed.trim());
-        return `${parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`;
+        return `${parsed.hostname}:${parsed.port === "" ? defaultPort : parsed.port}`;
       } catch {
         return "?";
       }
     })
     .join(", ");
+  return redis.sentinel === undefined ? `Redis at ${hosts}` : `the Redis master of ${redis.sentinel.master} (sentinels ${hosts})`;
 }
 
 /** Drops what a terminal would interpret (control and format characters) from stored text before printing it. */
