@@ -21,6 +21,7 @@ import { errorDetails, grpcError, GrpcOtpClient, grpcUnary } from "../support/gr
 import { freePort } from "../support/ports.js";
 import { randomPrefix, startRedisServer, type RedisServer } from "../support/redis.js";
 import { startRedisCluster, type RedisCluster } from "../support/redis-cluster.js";
+import { startRedisSentinels, type RedisSentinelSet } from "../support/redis-sentinel.js";
 import { codeFromMail } from "../support/service.js";
 import { killServiceProcesses, runCommand, startServiceProcess, type CommandRun, type ServiceProcess } from "../support/service-process.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
@@ -282,6 +283,78 @@ describe("on a Redis Cluster", () => {
     expect(removed.code).toBe(0);
     expect((await service.send("ana@example.com")).state).toBe(DeliveryState.ACCEPTED);
     await service.stop();
+  });
+});
+
+describe("on Redis Sentinel (a password on the data nodes and on the sentinels)", () => {
+  const sentinelPassword = "sentinel-s3cret";
+  let set: RedisSentinelSet;
+
+  beforeAll(async () => {
+    set = await startRedisSentinels({ password: "data-s3cret", sentinelPassword });
+  });
+
+  afterAll(async () => {
+    await set.stop();
+  });
+
+  const sentinelEnv = (): Record<string, string> => ({
+    REDIS_URL: set.url,
+    REDIS_SENTINEL_MASTER: set.master,
+    REDIS_SENTINEL_PASSWORD: sentinelPassword,
+    REDIS_PREFIX: randomPrefix(),
+  });
+
+  it("shows the suppression the service wrote through the sentinels, after a failover too; lifts it on the new master, and SendOtp then sends", async () => {
+    const service = await startService(sentinelEnv());
+    const sent = await service.send("ana@example.com");
+    await sink.waitForMessages(1);
+    await service.hardBounce(sent.messageId, "ana@example.com");
+    expect(reasonOf(await service.refusal("ana@example.com"))).toBe("RECIPIENT_SUPPRESSED");
+    const shown = await suppression(["show", "ana@example.com", "--json"], service.env);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(JSON.parse(shown.stdout)).toMatchObject({ suppressed: true, entries: [{ messageId: sent.messageId }] });
+
+    // The suppression reached the replica; the sentinels promote it.
+    await set.synced();
+    const oldMaster = await set.masterPort();
+    const newMaster = await set.failover();
+    expect(newMaster).not.toBe(oldMaster);
+    const after = await suppression(["show", "ana@example.com", "--json"], service.env);
+    expect(after.code, after.stderr).toBe(0);
+    expect(JSON.parse(after.stdout)).toMatchObject({ suppressed: true, entries: [{ messageId: sent.messageId }] });
+    const removed = await suppression(["remove", "ana@example.com"], service.env);
+    expect(removed.code, removed.stderr).toBe(0);
+    // The service, never restarted, followed the failover: it sees the lift on the new master.
+    expect((await service.send("ana@example.com")).state).toBe(DeliveryState.ACCEPTED);
+    expect(`${shown.stderr}${after.stderr}${removed.stderr}`).not.toMatch(/s3cret/);
+    await service.stop();
+  });
+
+  it("no sentinel answering, or one that refuses the password: exit 69 naming the master set, the sentinels and why; nothing lifted", async () => {
+    const port = await freePort();
+    const env = {
+      NODE_ENV: "test",
+      REDIS_URL: `redis://:data-s3cret@127.0.0.1:${port}`,
+      REDIS_SENTINEL_MASTER: "mymaster",
+      REDIS_COMMAND_TIMEOUT: "500ms",
+      OTP_SECRET: secret,
+    };
+    const removed = await suppression(["remove", "ana@example.com"], env);
+    expect(removed.code).toBe(69);
+    expect(removed.stderr).toMatch(
+      new RegExp(
+        `^otp-email suppression: the Redis master of mymaster \\(sentinels 127\\.0\\.0\\.1:${port}\\) did not answer: ` +
+          `sentinel 127\\.0\\.0\\.1:${port}: could not be reached, or closed the connection before answering; nothing was lifted$`,
+        "m",
+      ),
+    );
+    expect(auditLine(removed)).toMatchObject({ msg: "suppression not lifted: Redis did not answer" });
+
+    const refused = await suppression(["show", "ana@example.com"], { ...env, ...sentinelEnv(), REDIS_SENTINEL_PASSWORD: "wrong-s3cret" });
+    expect(refused.code).toBe(69);
+    expect(refused.stderr).toMatch(/^otp-email suppression: the Redis master of mymaster \(sentinels (127\.0\.0\.1:\d+(, )?){3}\) did not answer: sentinel 127\.0\.0\.1:\d+: refused REDIS_SENTINEL_PASSWORD/m);
+    expect(`${removed.stderr}${refused.stderr}`).not.toMatch(/s3cret|enableOfflineQueue/);
   });
 });
 
