@@ -56,6 +56,15 @@ export function killChildren(): void {
   for (const child of children) child.kill("SIGKILL");
 }
 process.once("exit", killChildren);
+// A signal ends the process without "exit": the children (the service and a redis-server have no IPC channel to
+// notice) would live on, holding their ports and CPU. A terminal's Ctrl-C reaches them too; `kill` or a timeout
+// reaches only the bench.
+for (const [signal, number] of [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]] as const) {
+  process.once(signal, () => {
+    killChildren();
+    process.exit(128 + number);
+  });
+}
 
 /** Ends a child: `polite` first, SIGKILL if it is still there after `graceMs`. */
 async function endChild(child: ChildProcess, polite: () => void, graceMs: number): Promise<void> {
