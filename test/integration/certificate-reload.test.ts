@@ -293,7 +293,7 @@ describe("refused replacements: the certificate in use stays", () => {
 });
 
 describe("a reload request (SIGHUP) is answered in the log, whatever comes of it", () => {
-  it("unchanged files: says so, with the certificate still served; refused files read again: says they are still refused and why, counted once", async () => {
+  it("unchanged files: says so, with the certificate still served; refused files read again: says they are still refused and why, counted once; put back: says they hold the certificate in use again", async () => {
     const folder = await certificateFolder({ "cert.pem": serverA.cert, "key.pem": serverA.key });
     const service = await startObservedService({
       env: { TLS_CERT: folder.path("cert.pem"), TLS_KEY: folder.path("key.pem"), TLS_RELOAD_INTERVAL: "off" },
@@ -317,6 +317,15 @@ describe("a reload request (SIGHUP) is answered in the log, whatever comes of it
       expect(String(still[0]?.["msg"])).toMatch(/^TLS_KEY still not applied: TLS_KEY: does not match TLS_CERT/);
       expect(await reloads(service, "grpc", "refused")).toBe(1);
       expect(service.logLines.join("\n")).not.toContain(keyLines(serverB)[0]);
+
+      // The refused file put back as it was: the answer says the files hold the certificate in use again.
+      await folder.replace("key.pem", serverA.key);
+      await service.app.reloadCertificates();
+      expect(about(/hold the certificate in use again/)).toEqual([
+        expect.objectContaining({ level: "info", msg: "the certificate files hold the certificate in use again" }),
+      ]);
+      expect(await sample(service, "otp_tls_certificate_last_reload_successful", { certificate: "grpc" })).toBe(1);
+      expect(await reloads(service, "grpc", "applied")).toBe(0);
     } finally {
       await service.stop();
       await folder.remove();
