@@ -12,11 +12,11 @@ import { renderJson, renderText } from "./report.js";
 
 const usage = `usage: npm run --silent doctor -- [domain] [--json]
 
-Checks SPF, DKIM, DMARC, the bounce domain's MX, the relay (TLS, AUTH, DSN)
-and DNSBL listings for the sender domain, using the service's environment
-(MAIL_FROM, SMTP_URL, DKIM_*, BOUNCE_DOMAIN, RELAY_IP, DNSBL_ZONES,
-DNS_SERVERS, DOCTOR_TIMEOUT). domain defaults to MAIL_FROM's domain; an
-internationalized one may be typed in Unicode (checked as punycode).
+Checks SPF, DKIM, DMARC, the bounce domain's MX, the relay (TLS, AUTH, DSN),
+its reverse DNS (PTR) and DNSBL listings for the sender domain, using the
+service's environment (MAIL_FROM, SMTP_URL, DKIM_*, BOUNCE_DOMAIN, RELAY_IP,
+DNSBL_ZONES, DNS_SERVERS, DOCTOR_TIMEOUT). domain defaults to MAIL_FROM's
+domain; an internationalized one may be typed in Unicode (checked as punycode).
 Exit status: 0 nothing failed, 1 a check failed, 2 usage, 78 configuration.
 `;
 

@@ -133,6 +133,13 @@ describe("npm run doctor", () => {
     expect(invalid.stderr).toContain("expected one domain name, got gö..d.test");
   });
 
+  it("--help exits 0 and names every kind of check the report holds, the relay's reverse DNS (PTR) too", async () => {
+    const help = await doctor(["--help"], envFor("good.test"));
+    expect(help.code).toBe(0);
+    const text = help.stdout.replace(/\s+/g, " ");
+    for (const check of ["SPF", "DKIM", "DMARC", "MX", "relay", "reverse DNS (PTR)", "DNSBL"]) expect(text).toContain(check);
+  });
+
   it("exits 2 on a usage error and 78 on a configuration error naming the variable", async () => {
     const usage = await doctor(["good.test", "--jsn"], envFor("good.test"));
     expect(usage.code).toBe(2);
