@@ -14,6 +14,14 @@
  * sentinels use it to reach them (auth-pass); with `sentinelPassword`, the
  * sentinels require theirs (requirepass, which they also present to each
  * other).
+ *
+ * With `hostnames` (the Bitnami chart's default, `sentinel.useHostnames`),
+ * every node goes by a name rather than an IP: the data nodes announce
+ * themselves by it (replica-announce-ip), the sentinels too (announce-ip),
+ * and the sentinels resolve names (resolve-hostnames) and give names, not
+ * IPs, to their clients (announce-hostnames): SENTINEL
+ * GET-MASTER-ADDR-BY-NAME and `+switch-master` say `localhost`, not
+ * `127.0.0.1`.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -30,11 +38,13 @@ export interface RedisSentinelSet {
   /**
    * REDIS_URL for sentinel mode: every sentinel, the data nodes' password on
    * the first (`redis://:pw@127.0.0.1:S1,redis://127.0.0.1:S2,...`;
-   * rediss:// with TLS).
+   * rediss:// with TLS; the name instead of 127.0.0.1 with `hostnames`).
    */
   readonly url: string;
   /** The master set's name (REDIS_SENTINEL_MASTER). */
   readonly master: string;
+  /** What every node goes by: `127.0.0.1`, or with `hostnames` the name. */
+  readonly host: string;
   readonly sentinelPorts: readonly number[];
   /** The data nodes' ports: the first primary, then its replica. */
   readonly dataPorts: readonly [number, number];
@@ -61,6 +71,15 @@ export interface RedisSentinelSet {
   replicating(port: number, timeoutMs?: number): Promise<void>;
   /** Kills the data node on `port` (SIGKILL: a crash, no goodbye). */
   kill(port: number): Promise<void>;
+  /**
+   * Freezes the `index`th sentinel (SIGSTOP): its connections stay open but
+   * it hears and says nothing, as a sentinel that is slow to learn a
+   * failover. `masterPort`, `masterOtherThan` and `failover` ask only the
+   * others meanwhile.
+   */
+  pauseSentinel(index: number): void;
+  /** Lets a paused sentinel go on (SIGCONT): it learns what it missed from the others and announces it. */
+  resumeSentinel(index: number): void;
   stop(): Promise<void>;
 }
 
@@ -75,6 +94,12 @@ export interface RedisSentinelOptions {
   readonly master?: string;
   /** How long the primary must not answer before the sentinels call it down (`down-after-milliseconds`). Default 1000. */
   readonly downAfterMs?: number;
+  /**
+   * Nodes go by this name, which must resolve to 127.0.0.1 (`localhost`),
+   * and the sentinels announce it instead of IPs (resolve-hostnames and
+   * announce-hostnames). Default: IPs only.
+   */
+  readonly hostnames?: string;
 }
 
 const missingBinaryHelp =
@@ -91,6 +116,8 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
   const master = options.master ?? "mymaster";
   const { password, sentinelPassword, tls } = options;
   const scheme = tls === undefined ? "redis" : "rediss";
+  const host = options.hostnames ?? "127.0.0.1";
+  const announce = options.hostnames === undefined ? [] : ["--replica-announce-ip", options.hostnames];
   const dir = await mkdtemp(join(tmpdir(), "otp-redis-sentinel-"));
   const children = new Map<number, ChildProcess>();
   const clients: Redis[] = [];
@@ -121,7 +148,7 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
       ...listen(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
       "--dbfilename", `dump-${port}.rdb`, "--logfile", join(dir, `redis-${port}.log`), ...auth,
       // A replica's first sync starts at once, not after Redis's 5 s wait for more replicas to share it.
-      "--repl-diskless-sync-delay", "0",
+      "--repl-diskless-sync-delay", "0", ...announce,
     ];
 
     const clientOptions = (port: number, pass: string | undefined) => ({
@@ -152,7 +179,7 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
     });
 
     children.set(primary, await spawnRedis(dataArgs(primary), join(dir, `redis-${primary}.log`)));
-    children.set(replica, await spawnRedis([...dataArgs(replica), "--replicaof", "127.0.0.1", String(primary)], join(dir, `redis-${replica}.log`)));
+    children.set(replica, await spawnRedis([...dataArgs(replica), "--replicaof", host, String(primary)], join(dir, `redis-${replica}.log`)));
     await until(`the replica on ${replica} to reach its primary`, 15_000, async () => /master_link_status:up/.test(await node(replica).info("replication")));
 
     // Each sentinel is told the replica and the other sentinels (by their ids) from the start: learnt from the
@@ -169,13 +196,17 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
         "bind 127.0.0.1",
         `dir ${dir}`,
         `logfile ${join(dir, `sentinel-${port}.log`)}`,
-        `sentinel monitor ${master} 127.0.0.1 ${primary} 2`,
+        // Before the monitor line, which names the primary by its name.
+        ...(options.hostnames === undefined
+          ? []
+          : ["sentinel resolve-hostnames yes", "sentinel announce-hostnames yes", `sentinel announce-ip ${options.hostnames}`]),
+        `sentinel monitor ${master} ${host} ${primary} 2`,
         `sentinel down-after-milliseconds ${master} ${options.downAfterMs ?? 1000}`,
         `sentinel failover-timeout ${master} 5000`,
         `sentinel parallel-syncs ${master} 1`,
         `sentinel myid ${ids[index] ?? ""}`,
-        `sentinel known-replica ${master} 127.0.0.1 ${replica}`,
-        ...sentinelPorts.flatMap((other, otherIndex) => (other === port ? [] : [`sentinel known-sentinel ${master} 127.0.0.1 ${other} ${ids[otherIndex] ?? ""}`])),
+        `sentinel known-replica ${master} ${host} ${replica}`,
+        ...sentinelPorts.flatMap((other, otherIndex) => (other === port ? [] : [`sentinel known-sentinel ${master} ${host} ${other} ${ids[otherIndex] ?? ""}`])),
         ...(password === undefined ? [] : [`sentinel auth-pass ${master} ${password}`]),
         ...(sentinelPassword === undefined ? [] : [`requirepass ${sentinelPassword}`]),
       ];
@@ -194,12 +225,20 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
       return true;
     });
 
+    const paused = new Set<number>();
+    const awake = (): Redis[] => sentinelClients.filter((_, index) => !paused.has(index));
+    const sentinelChild = (index: number): ChildProcess => {
+      const child = children.get(sentinelPorts[index] ?? -1);
+      if (child === undefined) throw new Error(`no sentinel ${index}`);
+      return child;
+    };
+
     const masterNamedBy = async (sentinel: Redis): Promise<number | undefined> => {
       const reply = (await sentinel.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)) as [string, string] | null;
       return reply === null ? undefined : Number(reply[1]);
     };
     const masterPort = async (): Promise<number> => {
-      for (const sentinel of sentinelClients) {
+      for (const sentinel of awake()) {
         try {
           const port = await masterNamedBy(sentinel);
           if (port !== undefined) return port;
@@ -212,7 +251,7 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
     const masterOtherThan = async (oldPort: number, timeoutMs = 30_000): Promise<number> => {
       let found = 0;
       await until(`every sentinel to name a master other than ${oldPort}`, timeoutMs, async () => {
-        const named = await Promise.all(sentinelClients.map((sentinel) => masterNamedBy(sentinel)));
+        const named = await Promise.all(awake().map((sentinel) => masterNamedBy(sentinel)));
         const port = named[0];
         if (port === undefined || port === oldPort || named.some((other) => other !== port)) return false;
         if (!/^role:master/m.test(await node(port).info("replication"))) return false;
@@ -224,10 +263,11 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
 
     return {
       url: [
-        `${scheme}://${password === undefined ? "" : `:${encodeURIComponent(password)}@`}127.0.0.1:${sentinelPorts[0]}`,
-        ...sentinelPorts.slice(1).map((port) => `${scheme}://127.0.0.1:${port}`),
+        `${scheme}://${password === undefined ? "" : `:${encodeURIComponent(password)}@`}${host}:${sentinelPorts[0]}`,
+        ...sentinelPorts.slice(1).map((port) => `${scheme}://${host}:${port}`),
       ].join(","),
       master,
+      host,
       sentinelPorts,
       dataPorts: [primary, replica],
       node,
@@ -251,7 +291,7 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
         // Refused (NOGOODSLAVE) while the sentinels have not yet seen the replica as fit: ask again.
         await until("a sentinel to accept SENTINEL FAILOVER", 15_000, async () => {
           try {
-            return String(await sentinelClients[0]?.call("SENTINEL", "FAILOVER", master)) === "OK";
+            return String(await awake()[0]?.call("SENTINEL", "FAILOVER", master)) === "OK";
           } catch (error) {
             if (/INPROG/.test(String(error))) return true;
             return false;
@@ -271,6 +311,14 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
         if (child === undefined) throw new Error(`no data node on port ${port}`);
         children.delete(port);
         await killChild(child);
+      },
+      pauseSentinel(index) {
+        sentinelChild(index).kill("SIGSTOP");
+        paused.add(index);
+      },
+      resumeSentinel(index) {
+        sentinelChild(index).kill("SIGCONT");
+        paused.delete(index);
       },
       stop,
     };
