@@ -11,16 +11,23 @@
  * it (8 s and more), and what it took is then thrown away when it syncs from
  * the new master. So:
  * - each sentinel's `+switch-master` announcement for our set drops the
- *   connection at once, and the reconnect asks the sentinels again
- *   (`watchFailovers`; ioredis' own `failoverDetector` is not used: it
+ *   connection at once unless it is already to the node announced, and
+ *   the reconnect asks the sentinels again (`watchFailovers`). Sentinels
+ *   with `announce-hostnames` (the Bitnami chart's default) announce a
+ *   node by name: the connection's peer is then compared with the name's
+ *   addresses, or every announcement, the other sentinels' too, would drop
+ *   a connection already on the new master, failing the commands in
+ *   flight. (ioredis' own `failoverDetector` is not used: it
  *   reacts to any master set's failover, and its sentinel connections have
  *   no error listener, so a sentinel restart would print ioredis' "Unhandled
- *   error event" to stderr, outside the JSON log);
+ *   error event" to stderr, outside the JSON log.)
  * - a READONLY reply (a write that reached a node which is a replica now,
  *   say a demoted master whose connections were not dropped) reconnects too
  *   (`reconnectOnError`), the write itself failing as unavailable: it is
  *   never resent, as no command is.
  */
+import { lookup } from "node:dns/promises";
+import { isIP } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { Redis, type RedisOptions } from "ioredis";
 import type { Logger } from "../logger.js";
@@ -39,7 +46,7 @@ export interface SentinelOptions {
   readonly watchFailovers?: boolean;
 }
 
-/** Where one sentinel listens. */
+/** Where one sentinel listens; also a data node as a sentinel announces it. */
 export interface SentinelAddress {
   readonly host: string;
   readonly port: number;
@@ -157,10 +164,26 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
   });
   redis.on("ready", () => sentinelFailures.clear());
 
-  const follow = (to: string): void => {
+  const follow = (to: SentinelAddress): void => {
+    const leave = (): void => {
+      if (redis.status === "ready" || redis.status === "connect") redis.disconnect(true);
+    };
     // Already there (a reconnect that found the new master first, or another sentinel's announcement): stay.
-    if (connectedTo(redis) === to) return;
-    if (redis.status === "ready" || redis.status === "connect") redis.disconnect(true);
+    const stayOrLeave = (addresses: readonly string[]): void => {
+      const now = connectedTo(redis);
+      if (now === undefined || !addresses.some((address) => now === `${address}:${to.port}`)) leave();
+    };
+    if (isIP(to.host) !== 0) {
+      stayOrLeave([to.host]);
+      return;
+    }
+    // Named (announce-hostnames): the connection's peer is one of the name's addresses, looked up as ioredis'
+    // connection looked them up. A name that does not resolve now leaves all the same: better a needless
+    // reconnect than writes to an old master.
+    void lookup(to.host, { all: true }).then(
+      (found) => stayOrLeave(found.map(({ address }) => address)),
+      leave,
+    );
   };
   const stopWatching =
     sentinel.watchFailovers === false
@@ -230,8 +253,8 @@ interface WatchOptions {
   readonly explain: (reason: string) => string;
   /** Kept up to date: the last connection error (as ioredis words it) of each sentinel that cannot be reached now, by `host:port`. */
   readonly unreachable: Map<string, Error>;
-  /** A sentinel announced that the set's master is now `to` (`host:port`). */
-  readonly onSwitch: (to: string) => void;
+  /** A sentinel announced that the set's master is now `to` (`host` an IP, or a name with announce-hostnames). */
+  readonly onSwitch: (to: SentinelAddress) => void;
 }
 
 /**
@@ -273,7 +296,7 @@ function watchFailovers(options: WatchOptions): () => void {
       logger.info({ sentinel: where, redis_master_set: set }, "redis sentinel reachable again");
     });
     client.on("message", (channel: string, message: string) => {
-      // "<set> <old ip> <old port> <new ip> <new port>"
+      // "<set> <old ip> <old port> <new ip> <new port>" (names instead of IPs with announce-hostnames)
       const [name, oldHost, oldPort, newHost, newPort] = message.split(" ");
       if (channel !== "+switch-master" || name !== set || newHost === undefined || newPort === undefined) return;
       const to = `${newHost}:${newPort}`;
@@ -281,7 +304,7 @@ function watchFailovers(options: WatchOptions): () => void {
         announced = to;
         logger.warn({ sentinel: where, redis_master_set: set, from: `${oldHost ?? "?"}:${oldPort ?? "?"}`, to }, "redis sentinel announced a failover: moving to the new master");
       }
-      options.onSwitch(to);
+      options.onSwitch({ host: newHost, port: Number(newPort) });
     });
     // Queued until connected, and subscribed again after every reconnect.
     client.subscribe("+switch-master").catch(() => undefined);

@@ -14,14 +14,21 @@
  *   and NOT_SERVING while no master is known, then serving again), and a
  *   demoted master that kept our connection (READONLY: reconnect). Each
  *   time a code sent before the failover, replicated, verifies after it.
+ * - Nodes named by hostname (sentinels with resolve-hostnames and
+ *   announce-hostnames, the Bitnami chart's default): a whole instance
+ *   sends, verifies and follows a failover; a sentinel that announces the
+ *   failover after the client reached the new master (`localhost:<port>`,
+ *   the connection's peer being 127.0.0.1:<port>) does not drop it again.
  * - Over TLS (rediss://, REDIS_TLS_CA) to the sentinels and the data nodes.
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
+import type { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { DeliveryState, Purpose, VerifyResult } from "../../gen/otp/v1/otp_email_pb.js";
 import { createLogger } from "../../src/logger.js";
+import { connectSentinel } from "../../src/store/redis-sentinel.js";
 import { createRedisStore } from "../../src/store/redis-store.js";
 import { openCertificateWorkshop } from "../support/certs.js";
 import {
@@ -39,7 +46,7 @@ import {
   type InstanceOptions,
 } from "../support/otp-instances.js";
 import { randomPrefix, scanPrefix } from "../support/redis.js";
-import { startRedisSentinels, type RedisSentinelSet } from "../support/redis-sentinel.js";
+import { startRedisSentinels, type RedisSentinelOptions, type RedisSentinelSet } from "../support/redis-sentinel.js";
 import { codeFromMail } from "../support/service.js";
 import { startSmtpSink, type SmtpSink } from "../support/smtp-sink.js";
 import { describeStoreContract } from "./store-contract.js";
@@ -92,8 +99,8 @@ function recordKey(instance: Instance, messageId: string): string {
 }
 
 /** A Sentinel set of its own, for a test that moves its master. */
-async function ownSet(downAfterMs?: number): Promise<RedisSentinelSet> {
-  const set = await startRedisSentinels({ password: dataPassword, sentinelPassword, ...(downAfterMs === undefined ? {} : { downAfterMs }) });
+async function ownSet(options: Pick<RedisSentinelOptions, "downAfterMs" | "hostnames"> = {}): Promise<RedisSentinelSet> {
+  const set = await startRedisSentinels({ password: dataPassword, sentinelPassword, ...options });
   sets.push(set);
   return set;
 }
@@ -258,7 +265,7 @@ describe("failovers, the instance never restarted", () => {
 
   it("the primary crashes: UNAVAILABLE and NOT_SERVING while no master is known, then sends and verifies on the promoted replica", async () => {
     // The sentinels wait 2 s before calling the primary down: time to see the outage before the promotion ends it.
-    const set = await ownSet(2000);
+    const set = await ownSet({ downAfterMs: 2000 });
     const instance = await start(sentinelEnv(set), { storageProbe: { intervalMs: 200 } });
     await untilServing(instance);
     const before = await sendTo(instance, "crash@example.com");
@@ -318,6 +325,130 @@ describe("failovers, the instance never restarted", () => {
       level: "warn",
       master: `127.0.0.1:${oldPort}`,
     });
+  });
+});
+
+describe("nodes named by hostname (the Bitnami chart's default: sentinels with resolve-hostnames and announce-hostnames)", () => {
+  const subscribers: Redis[] = [];
+  afterEach(() => {
+    for (const subscriber of subscribers.splice(0)) subscriber.disconnect();
+  });
+
+  /** Resolves, once subscribed, with `heard`: the `index`th sentinel's `+switch-master` to `port`, when it says it. */
+  async function announcementOf(set: RedisSentinelSet, index: number, port: number): Promise<{ heard: Promise<string> }> {
+    const subscriber = set.sentinel(index).duplicate();
+    subscribers.push(subscriber);
+    subscriber.on("error", () => undefined);
+    const heard = new Promise<string>((resolve) => {
+      subscriber.on("message", (channel: string, message: string) => {
+        if (channel === "+switch-master" && message.endsWith(` ${port}`)) {
+          subscriber.disconnect();
+          resolve(message);
+        }
+      });
+    });
+    await subscriber.subscribe("+switch-master");
+    return { heard };
+  }
+
+  /** Polls `check` every 50 ms until it is true, or throws naming `what`. */
+  async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await sleep(50);
+    }
+  }
+
+  // The failover is announced late by one sentinel (paused during it, as one that learns of it late): by then the
+  // client has reconnected to the new master. A sentinel naming nodes by hostname says `localhost:<port>` where the
+  // connection's peer is 127.0.0.1:<port>: that must still count as "already there". By IP, the control.
+  it.each([
+    { by: "IP", hostnames: undefined },
+    { by: "hostname", hostnames: "localhost" },
+  ])("named by $by: a sentinel announcing the failover after the client is on the new master does not drop it again", async ({ hostnames }) => {
+    const set = await ownSet(hostnames === undefined ? {} : { hostnames });
+    const [oldPort, newPort] = set.dataPorts;
+    const connection = connectSentinel({
+      urls: set.url,
+      sentinel: { master: set.master, password: sentinelPassword },
+      redisOptions: { commandTimeout: 1000, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => 100 },
+      logger: createLogger({ level: "silent" }),
+    });
+    const { redis } = connection;
+    redis.on("error", () => undefined);
+    const peerPort = (): number | undefined => (redis.stream as { remotePort?: number } | undefined)?.remotePort;
+    const readyOn: (number | undefined)[] = [];
+    let drops = 0;
+    redis.on("ready", () => readyOn.push(peerPort()));
+    redis.on("close", () => (drops += 1));
+    const onMaster = (port: number) => () => redis.status === "ready" && peerPort() === port;
+    try {
+      await until("the client to connect to the first master", onMaster(oldPort));
+      const early = await Promise.all([0, 1].map((index) => announcementOf(set, index, newPort)));
+      const late = await announcementOf(set, 2, newPort);
+      set.pauseSentinel(2);
+      expect(await set.failover()).toBe(newPort);
+      await Promise.all(early.map(({ heard }) => heard));
+      await until("the client to reconnect to the new master", onMaster(newPort));
+      // Settled: whatever the two announcements did is done.
+      await sleep(300);
+      await until("the client to be on the new master", onMaster(newPort));
+      const settled = { readyOn: [...readyOn], drops };
+      expect(settled.readyOn.at(-1)).toBe(newPort);
+
+      set.resumeSentinel(2);
+      expect(await late.heard).toMatch(new RegExp(` ${newPort}$`));
+      // The watch heard the same announcement at the same moment; give it time to act on it (a name lookup).
+      await sleep(500);
+      expect({ readyOn, drops }).toEqual(settled);
+      expect(onMaster(newPort)()).toBe(true);
+    } finally {
+      connection.stop();
+      redis.disconnect();
+    }
+  });
+
+  it("a whole instance sends and verifies, follows a SENTINEL FAILOVER, and keeps its connection when a late sentinel announces it", async () => {
+    const set = await ownSet({ hostnames: "localhost" });
+    const [oldPort, newPort] = set.dataPorts;
+    const instance = await start(sentinelEnv(set), { storageProbe: { intervalMs: 200 } });
+    await untilServing(instance);
+    // The sentinels name the master by hostname, and the client reaches it by that name.
+    expect(set.url).toMatch(/^redis:\/\/:[^@]+@localhost:\d+,redis:\/\/localhost:\d+,redis:\/\/localhost:\d+$/);
+    expect(await set.sentinel(0).call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", set.master)).toEqual(["localhost", String(oldPort)]);
+    const before = await sendTo(instance, "named@example.com");
+    await set.synced();
+
+    const late = await announcementOf(set, 2, newPort);
+    set.pauseSentinel(2);
+    expect(await set.failover()).toBe(newPort);
+    const { result: after } = await eventually(() => sendTo(instance, "renamed@example.com"));
+    expect(await set.node(newPort).exists(recordKey(instance, after.messageId))).toBe(1);
+    expect((await verify(instance, "named@example.com", before.code)).result).toBe(VerifyResult.VERIFIED);
+    expect(instance.logs.find((line) => line["msg"] === "redis sentinel announced a failover: moving to the new master")).toMatchObject({
+      from: `localhost:${oldPort}`,
+      to: `localhost:${newPort}`,
+    });
+
+    // The instance's one connection to the new master (not a sentinel's, a replica's or this test's).
+    const ownId = String(await set.node(newPort).call("CLIENT", "ID"));
+    const instanceConnections = async (): Promise<string[]> =>
+      String(await set.node(newPort).call("CLIENT", "LIST", "TYPE", "NORMAL"))
+        .split("\n")
+        .filter((line) => / name= /.test(line) && !line.startsWith(`id=${ownId} `))
+        .map((line) => /^id=(\d+)/.exec(line)?.[1] ?? "?");
+    const connections = await instanceConnections();
+    expect(connections).toHaveLength(1);
+
+    set.resumeSentinel(2);
+    await late.heard;
+    await sleep(500);
+    expect(await instanceConnections()).toEqual(connections);
+    const last = await sendTo(instance, "still@example.com");
+    expect((await verify(instance, "renamed@example.com", after.code)).result).toBe(VerifyResult.VERIFIED);
+    expect((await verify(instance, "still@example.com", last.code)).result).toBe(VerifyResult.VERIFIED);
+    expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
   });
 });
 
