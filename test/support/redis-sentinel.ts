@@ -80,6 +80,13 @@ export interface RedisSentinelSet {
   pauseSentinel(index: number): void;
   /** Lets a paused sentinel go on (SIGCONT): it learns what it missed from the others and announces it. */
   resumeSentinel(index: number): void;
+  /**
+   * Freezes the data node on `port` (SIGSTOP), as a master that hangs: its
+   * connections stay open, and new ones wait in its accept queue, unanswered.
+   */
+  pauseNode(port: number): void;
+  /** Lets a paused data node go on (SIGCONT). */
+  resumeNode(port: number): void;
   stop(): Promise<void>;
 }
 
@@ -233,6 +240,12 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
       return child;
     };
 
+    const dataChild = (port: number): ChildProcess => {
+      const child = port === primary || port === replica ? children.get(port) : undefined;
+      if (child === undefined) throw new Error(`no data node on port ${port}`);
+      return child;
+    };
+
     const masterNamedBy = async (sentinel: Redis): Promise<number | undefined> => {
       const reply = (await sentinel.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)) as [string, string] | null;
       return reply === null ? undefined : Number(reply[1]);
@@ -319,6 +332,12 @@ export async function startRedisSentinels(options: RedisSentinelOptions = {}): P
       resumeSentinel(index) {
         sentinelChild(index).kill("SIGCONT");
         paused.delete(index);
+      },
+      pauseNode(port) {
+        dataChild(port).kill("SIGSTOP");
+      },
+      resumeNode(port) {
+        dataChild(port).kill("SIGCONT");
       },
       stop,
     };
