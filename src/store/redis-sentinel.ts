@@ -17,7 +17,11 @@
  *   node by name: the connection's peer is then compared with the name's
  *   addresses, or every announcement, the other sentinels' too, would drop
  *   a connection already on the new master, failing the commands in
- *   flight. (ioredis' own `failoverDetector` is not used: it
+ *   flight. An announcement heard while the client is not connected (it
+ *   is looking the master up, or reconnecting) is kept: once connected, a
+ *   client that a sentinel not yet switched sent to the old master leaves
+ *   it once more (once per announcement, so no loop while the sentinels
+ *   keep naming it). (ioredis' own `failoverDetector` is not used: it
  *   reacts to any master set's failover, and its sentinel connections have
  *   no error listener, so a sentinel restart would print ioredis' "Unhandled
  *   error event" to stderr, outside the JSON log.)
@@ -164,27 +168,47 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
   });
   redis.on("ready", () => sentinelFailures.clear());
 
-  const follow = (to: SentinelAddress): void => {
-    const leave = (): void => {
-      if (redis.status === "ready" || redis.status === "connect") redis.disconnect(true);
-    };
-    // Already there (a reconnect that found the new master first, or another sentinel's announcement): stay.
-    const stayOrLeave = (addresses: readonly string[]): void => {
-      const now = connectedTo(redis);
-      if (now === undefined || !addresses.some((address) => now === `${address}:${to.port}`)) leave();
-    };
-    if (isIP(to.host) !== 0) {
-      stayOrLeave([to.host]);
-      return;
-    }
-    // Named (announce-hostnames): the connection's peer is one of the name's addresses, looked up as ioredis'
-    // connection looked them up. A name that does not resolve now leaves all the same: better a needless
-    // reconnect than writes to an old master.
-    void lookup(to.host, { all: true }).then(
-      (found) => stayOrLeave(found.map(({ address }) => address)),
-      leave,
-    );
+  /** Whether the client is connected to `to` now: its peer is `to`'s IP, or one of its name's addresses. */
+  const connectedToNode = async (to: SentinelAddress): Promise<boolean> => {
+    // Named (announce-hostnames): the name's addresses, looked up as ioredis' connection looked them up. A name
+    // that does not resolve now counts as elsewhere: better a needless reconnect than writes to an old master.
+    const addresses = isIP(to.host) !== 0 ? [to.host] : await lookup(to.host, { all: true }).then((found) => found.map(({ address }) => address), () => []);
+    const now = connectedTo(redis);
+    return now !== undefined && addresses.some((address) => now === `${address}:${to.port}`);
   };
+  // The latest master announced while the client was not connected (looking the master up, reconnecting): the
+  // reconnect may have asked a sentinel that had not switched yet, and got the old master.
+  let announcedWhileAway: SentinelAddress | undefined;
+  const follow = (to: SentinelAddress): void => {
+    void connectedToNode(to).then((there) => {
+      // Already there (a reconnect that found the new master first, or another sentinel's announcement): stay.
+      if (there) return;
+      if (redis.status === "ready" || redis.status === "connect") redis.disconnect(true);
+      else announcedWhileAway = to;
+    });
+  };
+  // Once connected, to the master announced meanwhile or not. Once per announcement, so a reconnect that is
+  // told the old master again (by sentinels that keep naming it) does not loop: their own announcement, when
+  // they switch, or a READONLY reply after the demotion moves the client then.
+  let warnedOf: string | undefined;
+  redis.on("ready", () => {
+    const announced = announcedWhileAway;
+    announcedWhileAway = undefined;
+    if (announced === undefined) return;
+    void connectedToNode(announced).then((there) => {
+      if (there || redis.status !== "ready") return;
+      const to = `${announced.host}:${announced.port}`;
+      if (warnedOf !== to) {
+        warnedOf = to;
+        logger.warn(
+          { redis_master_set: set, master: connectedTo(redis), announced: to },
+          "redis: connected to a node other than the master announced while reconnecting (a sentinel that had not " +
+            "switched yet named it); reconnecting",
+        );
+      }
+      redis.disconnect(true);
+    });
+  });
   const stopWatching =
     sentinel.watchFailovers === false
       ? () => undefined

@@ -21,6 +21,8 @@
  *   the connection's peer being 127.0.0.1:<port>) does not drop it again.
  * - Over TLS (rediss://, REDIS_TLS_CA) to the sentinels and the data nodes.
  */
+import { once } from "node:events";
+import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import type { Redis } from "ioredis";
@@ -328,38 +330,39 @@ describe("failovers, the instance never restarted", () => {
   });
 });
 
-describe("nodes named by hostname (the Bitnami chart's default: sentinels with resolve-hostnames and announce-hostnames)", () => {
-  const subscribers: Redis[] = [];
-  afterEach(() => {
-    for (const subscriber of subscribers.splice(0)) subscriber.disconnect();
-  });
+/** Sentinel subscriptions of `announcementOf`, closed after each test. */
+const subscribers: Redis[] = [];
+afterEach(() => {
+  for (const subscriber of subscribers.splice(0)) subscriber.disconnect();
+});
 
-  /** Resolves, once subscribed, with `heard`: the `index`th sentinel's `+switch-master` to `port`, when it says it. */
-  async function announcementOf(set: RedisSentinelSet, index: number, port: number): Promise<{ heard: Promise<string> }> {
-    const subscriber = set.sentinel(index).duplicate();
-    subscribers.push(subscriber);
-    subscriber.on("error", () => undefined);
-    const heard = new Promise<string>((resolve) => {
-      subscriber.on("message", (channel: string, message: string) => {
-        if (channel === "+switch-master" && message.endsWith(` ${port}`)) {
-          subscriber.disconnect();
-          resolve(message);
-        }
-      });
+/** Resolves, once subscribed, with `heard`: the `index`th sentinel's `+switch-master` to `port`, when it says it. */
+async function announcementOf(set: RedisSentinelSet, index: number, port: number): Promise<{ heard: Promise<string> }> {
+  const subscriber = set.sentinel(index).duplicate();
+  subscribers.push(subscriber);
+  subscriber.on("error", () => undefined);
+  const heard = new Promise<string>((resolve) => {
+    subscriber.on("message", (channel: string, message: string) => {
+      if (channel === "+switch-master" && message.endsWith(` ${port}`)) {
+        subscriber.disconnect();
+        resolve(message);
+      }
     });
-    await subscriber.subscribe("+switch-master");
-    return { heard };
-  }
+  });
+  await subscriber.subscribe("+switch-master");
+  return { heard };
+}
 
-  /** Polls `check` every 50 ms until it is true, or throws naming `what`. */
-  async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!(await check())) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await sleep(50);
-    }
+/** Polls `check` every 50 ms until it is true, or throws naming `what`. */
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
   }
+}
 
+describe("nodes named by hostname (the Bitnami chart's default: sentinels with resolve-hostnames and announce-hostnames)", () => {
   // The failover is announced late by one sentinel (paused during it, as one that learns of it late): by then the
   // client has reconnected to the new master. A sentinel naming nodes by hostname says `localhost:<port>` where the
   // connection's peer is 127.0.0.1:<port>: that must still count as "already there". By IP, the control.
@@ -449,6 +452,84 @@ describe("nodes named by hostname (the Bitnami chart's default: sentinels with r
     expect((await verify(instance, "renamed@example.com", after.code)).result).toBe(VerifyResult.VERIFIED);
     expect((await verify(instance, "still@example.com", last.code)).result).toBe(VerifyResult.VERIFIED);
     expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+  });
+});
+
+describe("an announcement heard while the client is reconnecting", () => {
+  const fillers: Socket[] = [];
+  afterEach(() => {
+    for (const socket of fillers.splice(0)) socket.destroy();
+  });
+
+  /**
+   * Opens connections to the paused node on `port` until one is not even
+   * accepted by the kernel: its accept queue is full, and a client's new
+   * connection now waits for its SYN to be sent again (1 s, 3 s...), as to a
+   * master that hangs.
+   */
+  async function fillAcceptQueue(port: number): Promise<void> {
+    for (let opened = 0; opened < 10_000; opened++) {
+      const socket = connect({ host: "127.0.0.1", port });
+      socket.on("error", () => undefined);
+      fillers.push(socket);
+      if (!(await Promise.race([once(socket, "connect").then(() => true), sleep(300).then(() => false)]))) return;
+    }
+    throw new Error(`the accept queue of the node on ${port} never filled`);
+  }
+
+  // The client reconnects (for whatever reason) while the master hangs: a sentinel, the failover not yet begun, names
+  // the old master, and the connection to it waits. The sentinels fail over meanwhile, and every one of them
+  // announces it while the client is still connecting. The old master then wakes up and takes the connection; it is
+  // still a master (the sentinels demote it 8 s and more later), and what is written to it until then is lost. The
+  // announcements heard while connecting must take the client to the new master once connected.
+  it.each([
+    { by: "IP", hostnames: undefined },
+    { by: "hostname", hostnames: "localhost" },
+  ])("named by $by: connected to the old master after every announcement, the client moves to the new one before it writes there", async ({ hostnames }) => {
+    const set = await ownSet(hostnames === undefined ? {} : { hostnames });
+    const [oldPort, newPort] = set.dataPorts;
+    const lines: Record<string, unknown>[] = [];
+    const connection = connectSentinel({
+      urls: set.url,
+      sentinel: { master: set.master, password: sentinelPassword },
+      redisOptions: { commandTimeout: 1000, connectTimeout: 20_000, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => 100 },
+      logger: createLogger({ level: "info", destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) } }),
+    });
+    const { redis } = connection;
+    redis.on("error", () => undefined);
+    const peerPort = (): number | undefined => (redis.stream as { remotePort?: number } | undefined)?.remotePort;
+    const onMaster = (port: number) => () => redis.status === "ready" && peerPort() === port;
+    try {
+      await until("the client to connect to the first master", onMaster(oldPort));
+      const announcements = await Promise.all([0, 1, 2].map((index) => announcementOf(set, index, newPort)));
+
+      set.pauseNode(oldPort);
+      await fillAcceptQueue(oldPort);
+      const before = redis.stream;
+      redis.disconnect(true);
+      // A sentinel named the old master (no failover yet), and the client is connecting to it.
+      await until("the client to connect to the master a sentinel named", () => redis.stream !== before && redis.stream.connecting);
+
+      expect(await set.failover()).toBe(newPort);
+      await Promise.all(announcements.map(({ heard }) => heard));
+      // The watch heard them too; give it time to act on them (a name lookup).
+      await sleep(300);
+      expect(redis.status).toBe("connecting");
+
+      set.resumeNode(oldPort);
+      for (const socket of fillers.splice(0)) socket.destroy();
+      await until("the client to connect", () => redis.status === "ready");
+      await until("the client to be on the new master", onMaster(newPort), 3000).catch(() => undefined);
+      const key = `reconnecting:${randomPrefix()}`;
+      await redis.set(key, "written after the failover");
+      // Still a master when written to (not yet demoted): a write there would have been lost.
+      expect(/^role:(\w+)/m.exec(await set.node(oldPort).info("replication"))?.[1]).toBe("master");
+      expect({ onNew: await set.node(newPort).exists(key), onOld: await set.node(oldPort).exists(key) }).toEqual({ onNew: 1, onOld: 0 });
+      expect(lines.filter((line) => String(line["msg"]).startsWith("redis: connected to a node other than the master announced"))).toHaveLength(1);
+    } finally {
+      connection.stop();
+      redis.disconnect();
+    }
   });
 });
 
