@@ -37,6 +37,34 @@ import { startObservedService, type ObservedService } from "../support/observed-
 
 const { sendOtp } = OtpEmailService.method;
 
+type TemplateRead = Awaited<ReturnType<typeof readTemplateDir>>;
+const rendererOf = (read: TemplateRead) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
+
+/**
+ * A reloader of `dir` driven by hand (no poll: it reads on `reload()` only), with its own metrics, and how many
+ * changes it applied or refused; `fakeTimers` fakes the timers after the folder's first read, before the start.
+ */
+async function handReloader(
+  dir: string,
+  options: { readonly settleMs: number; readonly fakeTimers?: boolean; readonly build?: (read: TemplateRead) => ReturnType<typeof rendererOf> },
+) {
+  const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+  const initial = await readTemplateDir(dir);
+  if (options.fakeTimers === true) vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
+  const reloader = startTemplateReloader({
+    dir,
+    initial: { read: initial, renderer: rendererOf(initial) },
+    build: options.build ?? rendererOf,
+    intervalMs: undefined,
+    settleMs: options.settleMs,
+    metrics,
+    logger: createLogger({ level: "silent" }),
+  });
+  const reloads = async (result: "applied" | "refused") =>
+    (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === result)?.value;
+  return { reloader, reloads };
+}
+
 /** The three files of a `login` template in Japanese, its words marked with `version`. */
 function loginJa(version: string): Record<string, string> {
   return {
@@ -360,21 +388,9 @@ describe("a change copied file by file, each file valid alone", () => {
 
   it("a reload request (SIGHUP) that reads the first file serves the old set too, and the whole change only once it held still for the settle", async () => {
     const folder = await templateFolder(loginJa("v1"));
-    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
-    const initial = await readTemplateDir(folder.dir);
-    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
-    const reloader = startTemplateReloader({
-      dir: folder.dir,
-      initial: { read: initial, renderer: makeRenderer(initial) },
-      build: makeRenderer,
-      intervalMs: undefined,
-      settleMs: 1000,
-      metrics,
-      logger: createLogger({ level: "silent" }),
-    });
+    const { reloader, reloads } = await handReloader(folder.dir, { settleMs: 1000, fakeTimers: true });
     const render = () => reloader.renderer.render({ purpose: "login", locale: "ja", code: "482913", ttlMs: 600_000 });
-    const applied = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "applied")?.value;
+    const applied = () => reloads("applied");
     try {
       await folder.replace(half);
       await reloader.reload();
@@ -407,25 +423,17 @@ describe("a change copied file by file, each file valid alone", () => {
 describe("a folder that changes while it is read", () => {
   it("is not served from the read the change overtook: it is read again once settled, and only the settled folder is applied", async () => {
     const folder = await templateFolder(loginJa("one"));
-    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
-    const initial = await readTemplateDir(folder.dir);
     let checks = 0;
-    const reloader = startTemplateReloader({
-      dir: folder.dir,
-      initial: { read: initial, renderer: makeRenderer(initial) },
+    const { reloader, reloads } = await handReloader(folder.dir, {
+      settleMs: 200,
       // The start-up check, with a writer that changes a file just after the folder was read (once).
       build: (read) => {
         if (++checks === 1) writeFileSync(join(folder.dir, "login.ja.txt"), "three {{code}}\n");
-        return makeRenderer(read);
+        return rendererOf(read);
       },
-      intervalMs: undefined,
-      settleMs: 200,
-      metrics,
-      logger: createLogger({ level: "silent" }),
     });
     const text = () => reloader.renderer.render({ purpose: "login", locale: "ja", code: "482913", ttlMs: 600_000 }).text;
-    const applied = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "applied")?.value;
+    const applied = () => reloads("applied");
     try {
       await folder.replace(loginJa("two"));
       await reloader.reload();
@@ -445,20 +453,8 @@ describe("a folder that changes while it is read", () => {
 describe("a settle overtaken by a newer change", () => {
   it("does not refuse the newer change at the older one's re-read: the newer change waits its own full settle", async () => {
     const folder = await templateFolder(loginJa("one"));
-    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
-    const makeRenderer = (read: Awaited<ReturnType<typeof readTemplateDir>>) => createRenderer({ defaultLocale: "en", productName: "Acme", templatesDir: read });
-    const initial = await readTemplateDir(folder.dir);
-    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval"] });
-    const reloader = startTemplateReloader({
-      dir: folder.dir,
-      initial: { read: initial, renderer: makeRenderer(initial) },
-      build: makeRenderer,
-      intervalMs: undefined,
-      settleMs: 1000,
-      metrics,
-      logger: createLogger({ level: "silent" }),
-    });
-    const refused = async () => (await metrics.registry.getSingleMetric("otp_templates_reloads_total")?.get())?.values.find((v) => v.labels["result"] === "refused")?.value;
+    const { reloader, reloads } = await handReloader(folder.dir, { settleMs: 1000, fakeTimers: true });
+    const refused = () => reloads("refused");
     try {
       await folder.replace({ "login.ja.txt": "two, no code\n" });
       await reloader.reload();
