@@ -1084,6 +1084,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   const workDir = mkdtempSync(join(tmpdir(), "otp-bench-"));
   mkdirSync(options.outDir, { recursive: true });
   progress(`otp-email bench (${options.profile}); service logs in ${workDir}`);
+  // An interrupted or crashed run keeps its logs (they may say why), and says where they are.
+  let logsSettled = false;
+  process.once("exit", () => {
+    if (!logsSettled) console.error(`otp-email bench: stopped before the end; service logs kept in ${workDir}`);
+  });
 
   const redis = await startRedis();
   let sink: Sink | undefined;
@@ -1186,5 +1191,6 @@ export async function main(argv: readonly string[]): Promise<number> {
   // The service logs (about 1 KB per SendOtp) are kept only when something failed, or when asked.
   if (failed || options.keepLogs) console.log(`service logs kept in ${workDir}`);
   else rmSync(workDir, { recursive: true, force: true });
+  logsSettled = true;
   return failed ? 1 : 0;
 }
