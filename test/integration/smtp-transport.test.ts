@@ -372,7 +372,8 @@ describe("smtp transport against a real SMTP server", () => {
   it("a connection dropped mid-DATA, before the end of a large message went out, is transient", async () => {
     const sink = await startSink();
     sink.respondWith(behave.dropMidData());
-    const transport = transportFor(sink.url);
+    // A socket idle for 300 ms while a loaded machine writes the 20 MB would end the attempt first (ETIMEDOUT).
+    const transport = transportFor(sink.url, { socketTimeoutMs: 5_000 });
 
     const failure = await sendError(transport, mail({ text: "Your code is 123456\n" + "x".repeat(76).concat("\n").repeat(260_000) }));
 
