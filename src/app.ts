@@ -10,7 +10,7 @@
  * production process would carry for nothing.
  */
 import { systemClock, type Clock } from "./clock.js";
-import { ConfigError, parseTokenCallers, type Config } from "./config.js";
+import { ConfigError, readTokenList, type Config } from "./config.js";
 import { createSendBacklog } from "./delivery/backlog.js";
 import type { CaptureSink } from "./delivery/capture-sink.js";
 import { createDeliveryService } from "./delivery/delivery-service.js";
@@ -639,7 +639,8 @@ function startTokenFile(config: Config, metrics: Metrics, logger: Logger, settle
     path: file.path,
     text: file.text,
     tokens: config.auth.tokens,
-    parse: (text) => parseTokenCallers(text, file.path, rules),
+    // Not parseTokenCallers: a file dropping a caller CALLER_PURPOSES names is a revocation, applied with a warning.
+    parse: (text) => readTokenList(text, file.path, rules),
     intervalMs: config.tlsReloadIntervalMs,
     settleMs,
     metrics,

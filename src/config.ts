@@ -459,17 +459,40 @@ export interface TokenListRules {
   readonly production: boolean;
   /** TLS_CLIENT_CA is set: callers may also come with client certificates. */
   readonly clientCertificates: boolean;
-  /** The callers CALLER_PURPOSES names: each must stay a token caller unless client certificates may name it. */
+  /** The callers CALLER_PURPOSES names: each must be a token caller unless client certificates may name it. */
   readonly purposeCallers: readonly string[];
+}
+
+/** A token list that passed its checks, and the callers of CALLER_PURPOSES that only a token can make and it lacks. */
+export interface TokenList {
+  readonly tokens: TokenCaller[];
+  /**
+   * Empty with TLS_CLIENT_CA (a certificate may name them). At start-up a typo, which stops it; at a reload of a
+   * token file a revocation, which must never be refused (see auth/token-file-reloader.ts).
+   */
+  readonly unlistedPurposeCallers: readonly string[];
+}
+
+/**
+ * The token callers of AUTH_TOKENS entries (`file` undefined) or of a token
+ * file's text, with every check of start-up: a caller CALLER_PURPOSES names
+ * that the list lacks is a ConfigError too (see `readTokenList`).
+ */
+export function parseTokenCallers(text: string, file: string | undefined, rules: TokenListRules): TokenCaller[] {
+  const { tokens, unlistedPurposeCallers } = readTokenList(text, file, rules);
+  const [missing] = unlistedPurposeCallers;
+  if (missing !== undefined) throw new ConfigError(`CALLER_PURPOSES: ${missing} is not a caller of AUTH_TOKENS`);
+  return tokens;
 }
 
 /**
  * The token callers of AUTH_TOKENS entries (`file` undefined) or of a token
  * file's text (one entry per line or comma-separated, `#` comments, blank
  * lines), checked as a whole against `rules`. Throws ConfigError naming
- * AUTH_TOKENS and the entry (or the file's line), never a hash.
+ * AUTH_TOKENS and the entry (or the file's line), never a hash; the callers
+ * of CALLER_PURPOSES it lacks are returned, the caller decides.
  */
-export function parseTokenCallers(text: string, file: string | undefined, rules: TokenListRules): TokenCaller[] {
+export function readTokenList(text: string, file: string | undefined, rules: TokenListRules): TokenList {
   const entries: { caller: string; value: string; where: string }[] = [];
   if (file === undefined) {
     for (const [index, entry] of callerEntries("AUTH_TOKENS", text, tokenRule).entries()) entries.push({ ...entry, where: `entry ${index + 1}` });
@@ -509,11 +532,10 @@ export function parseTokenCallers(text: string, file: string | undefined, rules:
       `AUTH_TOKENS: required when NODE_ENV=production (or TLS_CLIENT_CA for callers with client certificates): ${file === undefined ? "no caller is configured" : `${file} lists no token`}`,
     );
   }
-  if (!rules.clientCertificates) {
-    const missing = rules.purposeCallers.find((caller) => !tokens.some((t) => t.caller === caller));
-    if (missing !== undefined) throw new ConfigError(`CALLER_PURPOSES: ${missing} is not a caller of AUTH_TOKENS`);
-  }
-  return tokens;
+  const unlistedPurposeCallers = rules.clientCertificates
+    ? []
+    : rules.purposeCallers.filter((caller) => !tokens.some((t) => t.caller === caller));
+  return { tokens, unlistedPurposeCallers };
 }
 
 /** A token file as read at start-up; undefined when AUTH_TOKENS lists entries (or is not set). */

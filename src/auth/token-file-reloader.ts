@@ -15,6 +15,13 @@
  * otp_auth_tokens_last_reload_successful is 0 while a refused file sits on
  * disk (a restart would fail on it).
  *
+ * One start-up check is no refusal here: a file that no longer lists a
+ * caller CALLER_PURPOSES names. At start-up that is a typo to stop on; at a
+ * reload it is an operator cutting a caller off, perhaps a compromised one,
+ * and refusing it would keep that caller in. So it is applied, and the log
+ * line warns that CALLER_PURPOSES still names the caller, which stops the
+ * next start-up (exit 78) until it is removed there.
+ *
  * A file written in place (an editor, `cat > file`, a tool that does not
  * rename) can be read half-written, and cut at a line boundary it is still a
  * valid, shorter list: applied, it would refuse the callers of the missing
@@ -36,8 +43,11 @@ export interface TokenFileReloaderOptions {
   /** Its text as read at start-up, and the list made of it. */
   readonly text: string;
   readonly tokens: readonly TokenCaller[];
-  /** The start-up checks: the file's list, or a thrown error whose message says why not (never a hash). */
-  readonly parse: (text: string) => readonly TokenCaller[];
+  /**
+   * The start-up checks: the file's list, or a thrown error whose message says why not (never a hash). The callers
+   * of CALLER_PURPOSES it lacks are returned rather than thrown: such a file is applied, with a warning.
+   */
+  readonly parse: (text: string) => { readonly tokens: readonly TokenCaller[]; readonly unlistedPurposeCallers: readonly string[] };
   /** How often the file is read; undefined: only on `reload` (SIGHUP). */
   readonly intervalMs: number | undefined;
   /** How long a changed file must read the same before it is applied or refused (default 2 s). */
@@ -70,6 +80,8 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
   const logger = options.logger.child({ component: "auth_tokens" });
   const settleMs = options.settleMs ?? defaultSettleMs;
   let inUse = options.tokens;
+  // Start-up refuses a list that lacks one, so the first list lacks none.
+  let unlistedInUse: readonly string[] = [];
   let servedDigest = digestOf({ text: options.text });
   let refused: { digest: string; reason: string } | undefined;
 
@@ -111,7 +123,10 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
         metrics.authTokensLastReloadSuccessful.set(series, 1);
         logger.info({ file: path }, `AUTH_TOKENS file ${path} holds the list in use again`);
       } else if (requested) {
-        logger.info({ file: path, callers: callersOf(inUse), tokens: inUse.length }, `AUTH_TOKENS file ${path} unchanged: ${describe(inUse)}`);
+        logger[unlistedInUse.length > 0 ? "warn" : "info"](
+          { file: path, callers: callersOf(inUse), tokens: inUse.length, ...unlistedFields(unlistedInUse) },
+          `AUTH_TOKENS file ${path} unchanged: ${describe(inUse)}${unlistedWarning(unlistedInUse)}`,
+        );
       }
       return;
     }
@@ -123,10 +138,11 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       return;
     }
 
-    let outcome: { next: readonly TokenCaller[] } | { reason: string };
+    let outcome: { next: readonly TokenCaller[]; unlisted: readonly string[] } | { reason: string };
     try {
       if ("error" in read) throw new Error(`AUTH_TOKENS: cannot read ${path}: ${unreadableReason(read.error)}`);
-      outcome = { next: parse(read.text) };
+      const list = parse(read.text);
+      outcome = { next: list.tokens, unlisted: list.unlistedPurposeCallers };
     } catch (error) {
       outcome = { reason: error instanceof Error ? error.message : String(error) };
     }
@@ -156,23 +172,28 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       );
       return;
     }
-    const { next } = outcome;
+    const { next, unlisted } = outcome;
     const before = new Set(callersOf(inUse));
     const after = callersOf(next);
     inUse = next;
+    unlistedInUse = unlisted;
     servedDigest = digest;
     refused = undefined;
     metrics.authTokensReloads.inc({ result: "applied" });
+    // Applied, so 1 even when a restart would stop on CALLER_PURPOSES: 0 means "calls are judged by the previous
+    // list", and OtpAuthTokensReloadRefused says so; this line's warning tells the other story.
     metrics.authTokensLastReloadSuccessful.set(series, 1);
-    logger.info(
+    // One line, a warning when a caller CALLER_PURPOSES names is gone: the revocation and what it leaves to do.
+    logger[unlisted.length > 0 ? "warn" : "info"](
       {
         file: path,
         callers: after,
         tokens: next.length,
         added_callers: after.filter((caller) => !before.has(caller)),
         removed_callers: [...before].filter((caller) => !after.includes(caller)),
+        ...unlistedFields(unlisted),
       },
-      `AUTH_TOKENS file ${path} reloaded: ${describe(next)}; the next call is judged by it`,
+      `AUTH_TOKENS file ${path} reloaded: ${describe(next)}; the next call is judged by it${unlistedWarning(unlisted)}`,
     );
   }
 
@@ -184,6 +205,22 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
       settler.stop();
     },
   };
+}
+
+/** The log field naming the callers of CALLER_PURPOSES the list lacks, only when there are some. */
+function unlistedFields(unlisted: readonly string[]): { unlisted_purpose_callers?: readonly string[] } {
+  return unlisted.length > 0 ? { unlisted_purpose_callers: unlisted } : {};
+}
+
+/** What a list lacking callers CALLER_PURPOSES names means now and at the next start-up ("" when it lacks none). */
+function unlistedWarning(unlisted: readonly string[]): string {
+  if (unlisted.length === 0) return "";
+  const one = unlisted.length === 1;
+  const names = one ? unlisted[0] : `${unlisted.slice(0, -1).join(", ")} and ${unlisted.at(-1)}`;
+  return (
+    `. CALLER_PURPOSES names ${names}, which the file no longer lists: ${one ? "its" : "their"} calls are refused (TOKEN_INVALID). ` +
+    `A restart with this file stops at start-up (exit 78) while CALLER_PURPOSES names ${one ? "it" : "them"}: remove ${one ? "it" : "them"} there before the next restart`
+  );
 }
 
 /** Each caller once, in the file's order. */

@@ -462,7 +462,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_auth_tokens_last_reload_successful",
     help:
       "0 while the AUTH_TOKENS file holds a change that was refused (calls are judged by the previous list, and the service would not " +
-      "start with this file), 1 otherwise. No series when AUTH_TOKENS lists the entries itself.",
+      "start with this file), 1 otherwise (also after a file that dropped a caller CALLER_PURPOSES names: it was applied, and its " +
+      "log line warns that a restart stops on it). No series when AUTH_TOKENS lists the entries itself.",
     // A label, though it has one value: an unlabelled gauge is exported at 0 from the start, which would read as
     // "refused" (and fire OtpAuthTokensReloadRefused) on every instance without a token file.
     labelNames: ["variable"] as const,

@@ -12,6 +12,9 @@
  *   settle time later: the list in use stays, the log names AUTH_TOKENS and
  *   the line and holds no hash, the metrics say so; putting it right applies
  *   it on a reload request once it reads the same a settle time later;
+ * - a file that drops a caller CALLER_PURPOSES names is a revocation, never
+ *   refused: applied, that caller's token refused, with a warning that a
+ *   restart would stop on CALLER_PURPOSES;
  * - a file written in place, caught half-written by a read, is never
  *   applied nor refused as it read: a valid prefix would refuse the callers
  *   of the lines still to come.
@@ -195,7 +198,6 @@ describe("refused token files: the list in use stays (reload requests only, as S
   it.each([
     ["the hash of an empty token", () => `${alpha.entry}\nbeta:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n`, /line 2 \(beta\) is the SHA-256 of an empty token/],
     ["the same hash twice", () => `${beta.entry}\n${alpha.entry}\n${alpha.entry.replace("alpha:", "alpha2:")}\n`, /the same token hash is listed twice \(.* line 2 and .* line 3\)/],
-    ["a caller CALLER_PURPOSES names dropped", () => `${alpha.entry}\n`, /^CALLER_PURPOSES: beta is not a caller of AUTH_TOKENS/],
   ])("%s: refused, the old list stays", async (_name, text, reason) => {
     const before = (await reloads(service, "refused")) ?? 0;
     await file.replace(text());
@@ -222,6 +224,81 @@ describe("refused token files: the list in use stays (reload requests only, as S
       msg: expect.stringContaining("unchanged") as string,
     });
     expect(await reloads(service, "applied")).toBe(1);
+  });
+});
+
+describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, applied with a warning", () => {
+  const alpha = newToken("alpha");
+  const beta = newToken("beta");
+  let file: Awaited<ReturnType<typeof tokenFile>>;
+  let service: ObservedService;
+
+  beforeAll(async () => {
+    file = await tokenFile(`${alpha.entry}\n${beta.entry}\n`);
+    service = await startObservedService({
+      env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off", CALLER_PURPOSES: "beta:login" },
+      authTokensSettleMs: 200,
+    });
+  });
+
+  afterAll(async () => {
+    await service.stop();
+    await file.remove();
+  });
+
+  const tokenLines = () => service.logs().filter((line) => line["component"] === "auth_tokens");
+
+  it("applied: the caller's token is refused on the next call, the other caller still works, the warning names the caller and no hash", async () => {
+    expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
+
+    await file.replace(`${alpha.entry} # beta cut off: its token leaked\n`);
+    await service.app.reloadAuthTokens();
+    await until("applied", async () => (await reloads(service, "applied")) === 1);
+    expect(await reloads(service, "refused")).toBe(0);
+    // It was applied: nothing for OtpAuthTokensReloadRefused to fire on.
+    expect(await lastReloadSuccessful(service)).toBe(1);
+    expect(await refusedReason(send(service, beta.token))).toBe("TOKEN_INVALID");
+    expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
+
+    expect(tokenLines().filter((line) => line["removed_callers"] !== undefined)).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        callers: ["alpha"],
+        removed_callers: ["beta"],
+        unlisted_purpose_callers: ["beta"],
+        msg: expect.stringMatching(
+          new RegExp(
+            `^AUTH_TOKENS file ${file.path} reloaded: 1 token of 1 caller \\(alpha\\); the next call is judged by it\\. ` +
+              "CALLER_PURPOSES names beta, which the file no longer lists: its calls are refused \\(TOKEN_INVALID\\)\\. " +
+              "A restart with this file stops at start-up \\(exit 78\\) while CALLER_PURPOSES names it: remove it there before the next restart$",
+          ),
+        ) as string,
+      }),
+    ]);
+    expect(tokenLines().filter((line) => line["level"] === "error")).toEqual([]);
+    const logged = service.logLines.join("\n");
+    for (const secret of secretsOf(alpha, beta)) expect(logged).not.toContain(secret);
+  });
+
+  it("a reload request with the file unchanged repeats the warning; the caller listed again, the warning is gone", async () => {
+    await service.app.reloadAuthTokens();
+    expect(tokenLines().at(-1)).toMatchObject({
+      level: "warn",
+      callers: ["alpha"],
+      unlisted_purpose_callers: ["beta"],
+      msg: expect.stringMatching(/ unchanged: 1 token of 1 caller \(alpha\)\. CALLER_PURPOSES names beta, .* stops at start-up \(exit 78\)/) as string,
+    });
+
+    const beta2 = newToken("beta");
+    await file.replace(`${alpha.entry}\n${beta2.entry}\n`);
+    await service.app.reloadAuthTokens();
+    await until("applied", async () => (await reloads(service, "applied")) === 2);
+    expect((await send(service, beta2.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await refusedReason(send(service, beta.token))).toBe("TOKEN_INVALID");
+    const reloaded = tokenLines().filter((line) => line["added_callers"] !== undefined).at(-1);
+    expect(reloaded).toMatchObject({ level: "info", callers: ["alpha", "beta"], added_callers: ["beta"] });
+    expect(reloaded).not.toHaveProperty("unlisted_purpose_callers");
+    expect(String(reloaded?.["msg"])).not.toContain("CALLER_PURPOSES");
   });
 });
 

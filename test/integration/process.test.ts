@@ -383,6 +383,65 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
   });
 });
 
+describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
+  it("a file dropping a caller CALLER_PURPOSES names is applied with a warning; a restart with it stops at start-up (exit 78), naming the caller", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-purposes-"));
+    const token = (caller: string) => {
+      const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
+      return { value, hash: createHash("sha256").update(value).digest("hex") };
+    };
+    const [alpha, beta] = [token("alpha"), token("beta")];
+    const path = join(dir, "tokens");
+    await writeFile(path, `alpha:${alpha.hash}\nbeta:${beta.hash}\n`);
+    const env = {
+      NODE_ENV: "test",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      BOUNCE_SMTP_ADDR: "off",
+      OUTBOX_DIR: dir,
+      AUTH_TOKENS: path,
+      CALLER_PURPOSES: "beta:login",
+      TLS_RELOAD_INTERVAL: "off",
+    };
+    const service = startServiceProcess(env);
+    let channel: grpc.Client | undefined;
+    try {
+      const listening = await service.waitForLine((line) => line["msg"] === "otp-email listening");
+      const port = Number(String(listening["grpc"]).split(":").at(-1));
+      const opened = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      channel = opened;
+      let sent = 0;
+      const send = (bearer: string) => {
+        const metadata = new grpc.Metadata();
+        metadata.set("authorization", `Bearer ${bearer}`);
+        return grpcUnary(opened, sendOtp, { recipient: `purposes-${++sent}@example.com`, purpose: Purpose.LOGIN }, { metadata });
+      };
+      expect((await send(beta.value)).state).toBe(DeliveryState.ACCEPTED);
+
+      await writeFile(join(dir, ".tokens.new"), `alpha:${alpha.hash}\n`);
+      await rename(join(dir, ".tokens.new"), path);
+      service.child.kill("SIGHUP");
+      const reloaded = await service.waitForLine((line) => line["component"] === "auth_tokens" && /reloaded/.test(String(line["msg"])));
+      expect(reloaded).toMatchObject({ level: "warn", unlisted_purpose_callers: ["beta"] });
+      expect(String(reloaded["msg"])).toMatch(/CALLER_PURPOSES names beta, .* A restart with this file stops at start-up \(exit 78\)/);
+      await expect(send(beta.value)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      expect((await send(alpha.value)).state).toBe(DeliveryState.ACCEPTED);
+      service.child.kill("SIGTERM");
+      expect(await service.exited).toBe(0);
+
+      // What the warning said: the same file and CALLER_PURPOSES stop the next start.
+      const restarted = startServiceProcess(env);
+      expect(await restarted.exited).toBe(78);
+      expect(restarted.stderr.join("")).toMatch(/configuration error: CALLER_PURPOSES: beta is not a caller of AUTH_TOKENS/);
+      const output = [...service.stderr, ...restarted.stderr, ...[...service.lines, ...restarted.lines].map((line) => JSON.stringify(line))].join("\n");
+      for (const secret of [alpha.value, alpha.hash, beta.value, beta.hash]) expect(output).not.toContain(secret);
+    } finally {
+      channel?.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("SIGHUP and TEMPLATES_DIR", () => {
   it("re-reads the folder: once it held still for the settle, the next mail uses the changed template, and each part answers in the log", async () => {
     const sink = await startSmtpSink();

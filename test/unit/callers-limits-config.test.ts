@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseTokenCallers } from "../../src/config.js";
+import { ConfigError, loadConfig, parseTokenCallers, readTokenList } from "../../src/config.js";
 
 const sha = (token: string): string => createHash("sha256").update(token).digest("hex");
 const production = {
@@ -126,6 +126,16 @@ describe("AUTH_TOKENS as a file path (starting with /, ./ or ../)", () => {
     expect(() => loadConfig({ AUTH_TOKENS: file(`web:${sha("a")}\n`), CALLER_PURPOSES: "billing:login" })).toThrow(
       /CALLER_PURPOSES: billing is not a caller of AUTH_TOKENS/,
     );
+  });
+
+  it("a reload's list names the CALLER_PURPOSES callers it lacks instead of throwing; none with client certificates", () => {
+    const rules = { production: true, clientCertificates: false, purposeCallers: ["billing", "web", "audit"] };
+    const text = `web:${sha("a")}\n`;
+    expect(readTokenList(text, "/etc/otp/tokens", rules)).toEqual({ tokens: [{ caller: "web", sha256: Buffer.from(sha("a"), "hex") }], unlistedPurposeCallers: ["billing", "audit"] });
+    expect(() => parseTokenCallers(text, "/etc/otp/tokens", rules)).toThrow(/^CALLER_PURPOSES: billing is not a caller of AUTH_TOKENS$/);
+    expect(readTokenList(text, "/etc/otp/tokens", { ...rules, clientCertificates: true }).unlistedPurposeCallers).toEqual([]);
+    // The list's own checks still throw.
+    expect(() => readTokenList(`web:${sha("a").slice(1)}\n`, "/etc/otp/tokens", rules)).toThrow(/line 1 must be CALLER:SHA256/);
   });
 });
 
