@@ -20,7 +20,10 @@
  * reload it is an operator cutting a caller off, perhaps a compromised one,
  * and refusing it would keep that caller in. So it is applied, and the log
  * line warns that CALLER_PURPOSES still names the caller, which stops the
- * next start-up (exit 78) until it is removed there.
+ * next start-up (exit 78) until it is removed there. A log line is easily
+ * missed, and a rolling update or an evicted pod then never comes back, so
+ * otp_auth_tokens_unlisted_purpose_callers counts those callers while the
+ * list in use lacks them (OtpCallerPurposesNamesUnlistedCaller).
  *
  * A file written in place (an editor, `cat > file`, a tool that does not
  * rename) can be read half-written, and cut at a line boundary it is still a
@@ -52,7 +55,7 @@ export interface TokenFileReloaderOptions {
   readonly intervalMs: number | undefined;
   /** How long a changed file must read the same before it is applied or refused (default 2 s). */
   readonly settleMs?: number | undefined;
-  readonly metrics: Pick<Metrics, "authTokensReloads" | "authTokensLastReloadSuccessful">;
+  readonly metrics: Pick<Metrics, "authTokensReloads" | "authTokensLastReloadSuccessful" | "authTokensUnlistedPurposeCallers">;
   readonly logger: Logger;
 }
 
@@ -69,7 +72,7 @@ export interface TokenFileReloader {
   stop(): void;
 }
 
-/** The one series of otp_auth_tokens_last_reload_successful. */
+/** The one series of otp_auth_tokens_last_reload_successful and otp_auth_tokens_unlisted_purpose_callers. */
 const series = { variable: "AUTH_TOKENS" };
 
 const defaultSettleMs = 2000;
@@ -88,6 +91,7 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
   metrics.authTokensReloads.labels("applied").inc(0);
   metrics.authTokensReloads.labels("refused").inc(0);
   metrics.authTokensLastReloadSuccessful.set(series, 1);
+  metrics.authTokensUnlistedPurposeCallers.set(series, unlistedInUse.length);
   logger.info(
     { file: path, interval_ms: intervalMs ?? null },
     intervalMs === undefined
@@ -181,8 +185,10 @@ export function startTokenFileReloader(options: TokenFileReloaderOptions): Token
     refused = undefined;
     metrics.authTokensReloads.inc({ result: "applied" });
     // Applied, so 1 even when a restart would stop on CALLER_PURPOSES: 0 means "calls are judged by the previous
-    // list", and OtpAuthTokensReloadRefused says so; this line's warning tells the other story.
+    // list", and OtpAuthTokensReloadRefused says so. The other story is told by the warning below and, for an
+    // alert, by the unlisted count: a log line alone is often read only at the restart that fails.
     metrics.authTokensLastReloadSuccessful.set(series, 1);
+    metrics.authTokensUnlistedPurposeCallers.set(series, unlisted.length);
     // One line, a warning when a caller CALLER_PURPOSES names is gone: the revocation and what it leaves to do.
     logger[unlisted.length > 0 ? "warn" : "info"](
       {

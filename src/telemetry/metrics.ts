@@ -172,6 +172,7 @@ export interface Metrics {
   readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
   readonly authTokensReloads: Counter<"result">;
   readonly authTokensLastReloadSuccessful: Gauge<"variable">;
+  readonly authTokensUnlistedPurposeCallers: Gauge<"variable">;
   readonly templatesReloads: Counter<"result">;
   readonly templatesLastReloadSuccessful: Gauge;
   readonly healthComponentUp: Gauge<"component">;
@@ -462,10 +463,22 @@ export function createMetrics(options: MetricsOptions): Metrics {
     name: "otp_auth_tokens_last_reload_successful",
     help:
       "0 while the AUTH_TOKENS file holds a change that was refused (calls are judged by the previous list, and the service would not " +
-      "start with this file), 1 otherwise (also after a file that dropped a caller CALLER_PURPOSES names: it was applied, and its " +
-      "log line warns that a restart stops on it). No series when AUTH_TOKENS lists the entries itself.",
+      "start with this file), 1 otherwise (also after a file that dropped a caller CALLER_PURPOSES names: it was applied; its log " +
+      "line warns that a restart stops on it, and otp_auth_tokens_unlisted_purpose_callers counts such callers). No series when " +
+      "AUTH_TOKENS lists the entries itself.",
     // A label, though it has one value: an unlabelled gauge is exported at 0 from the start, which would read as
     // "refused" (and fire OtpAuthTokensReloadRefused) on every instance without a token file.
+    labelNames: ["variable"] as const,
+    registers,
+  });
+  const authTokensUnlistedPurposeCallers = new Gauge({
+    name: "otp_auth_tokens_unlisted_purpose_callers",
+    help:
+      "How many callers CALLER_PURPOSES names that the AUTH_TOKENS file in use no longer lists (it was applied: their calls are " +
+      "refused), else 0. While above 0 a restart stops at start-up (exit 78) until CALLER_PURPOSES stops naming them; the log line " +
+      "of the reload names them. No series when AUTH_TOKENS lists the entries itself.",
+    // Labelled as otp_auth_tokens_last_reload_successful is, so that it has no series without a token file. No caller
+    // name: names are not a closed set, and the log has them.
     labelNames: ["variable"] as const,
     registers,
   });
@@ -587,6 +600,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsClientCrlNextUpdate,
     authTokensReloads,
     authTokensLastReloadSuccessful,
+    authTokensUnlistedPurposeCallers,
     templatesReloads,
     templatesLastReloadSuccessful,
     healthComponentUp,

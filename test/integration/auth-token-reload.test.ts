@@ -14,7 +14,8 @@
  *   it on a reload request once it reads the same a settle time later;
  * - a file that drops a caller CALLER_PURPOSES names is a revocation, never
  *   refused: applied, that caller's token refused, with a warning that a
- *   restart would stop on CALLER_PURPOSES;
+ *   restart would stop on CALLER_PURPOSES, and /metrics counting such
+ *   callers until the file lists them again;
  * - a file written in place, caught half-written by a read, is never
  *   applied nor refused as it read: a valid prefix would refuse the callers
  *   of the lines still to come.
@@ -26,6 +27,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { createLogger } from "../../src/logger.js";
+import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metrics-server.js";
 import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { bearer, newToken } from "../support/otp-instances.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
@@ -232,6 +235,7 @@ describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, ap
   const beta = newToken("beta");
   let file: Awaited<ReturnType<typeof tokenFile>>;
   let service: ObservedService;
+  let metricsServer: MetricsServer;
 
   beforeAll(async () => {
     file = await tokenFile(`${alpha.entry}\n${beta.entry}\n`);
@@ -239,24 +243,36 @@ describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, ap
       env: { AUTH_TOKENS: file.path, TLS_RELOAD_INTERVAL: "off", CALLER_PURPOSES: "beta:login" },
       authTokensSettleMs: 200,
     });
+    // The app's registry as Prometheus reads it: what OtpCallerPurposesNamesUnlistedCaller fires on.
+    metricsServer = await startMetricsServer({ address: "127.0.0.1:0", metrics: service.metrics, logger: createLogger({ level: "silent" }) });
   });
 
   afterAll(async () => {
+    await metricsServer.close();
     await service.stop();
     await file.remove();
   });
+
+  /** otp_auth_tokens_unlisted_purpose_callers as scraped from /metrics (undefined without the series). */
+  async function scrapedUnlisted(): Promise<number | undefined> {
+    const body = await (await fetch(metricsServer.url)).text();
+    const match = /^otp_auth_tokens_unlisted_purpose_callers\{variable="AUTH_TOKENS"\} (\S+)$/m.exec(body);
+    return match === null ? undefined : Number(match[1]);
+  }
 
   const tokenLines = () => service.logs().filter((line) => line["component"] === "auth_tokens");
 
   it("applied: the caller's token is refused on the next call, the other caller still works, the warning names the caller and no hash", async () => {
     expect((await send(service, beta.token)).state).toBe(DeliveryState.ACCEPTED);
+    expect(await scrapedUnlisted()).toBe(0);
 
     await file.replace(`${alpha.entry} # beta cut off: its token leaked\n`);
     await service.app.reloadAuthTokens();
     await until("applied", async () => (await reloads(service, "applied")) === 1);
     expect(await reloads(service, "refused")).toBe(0);
-    // It was applied: nothing for OtpAuthTokensReloadRefused to fire on.
+    // It was applied: nothing for OtpAuthTokensReloadRefused to fire on; the restart it would stop is counted instead.
     expect(await lastReloadSuccessful(service)).toBe(1);
+    expect(await scrapedUnlisted()).toBe(1);
     expect(await refusedReason(send(service, beta.token))).toBe("TOKEN_INVALID");
     expect((await send(service, alpha.token)).state).toBe(DeliveryState.ACCEPTED);
 
@@ -280,7 +296,7 @@ describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, ap
     for (const secret of secretsOf(alpha, beta)) expect(logged).not.toContain(secret);
   });
 
-  it("a reload request with the file unchanged repeats the warning; the caller listed again, the warning is gone", async () => {
+  it("a reload request with the file unchanged repeats the warning; the caller listed again, the warning is gone and /metrics counts 0", async () => {
     await service.app.reloadAuthTokens();
     expect(tokenLines().at(-1)).toMatchObject({
       level: "warn",
@@ -288,6 +304,7 @@ describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, ap
       unlisted_purpose_callers: ["beta"],
       msg: expect.stringMatching(/ unchanged: 1 token of 1 caller \(alpha\)\. CALLER_PURPOSES names beta, .* stops at start-up \(exit 78\)/) as string,
     });
+    expect(await scrapedUnlisted()).toBe(1);
 
     const beta2 = newToken("beta");
     await file.replace(`${alpha.entry}\n${beta2.entry}\n`);
@@ -299,6 +316,7 @@ describe("a token file dropping a caller CALLER_PURPOSES names: a revocation, ap
     expect(reloaded).toMatchObject({ level: "info", callers: ["alpha", "beta"], added_callers: ["beta"] });
     expect(reloaded).not.toHaveProperty("unlisted_purpose_callers");
     expect(String(reloaded?.["msg"])).not.toContain("CALLER_PURPOSES");
+    expect(await scrapedUnlisted()).toBe(0);
   });
 });
 
@@ -423,10 +441,10 @@ describe("AUTH_TOKENS listing its entries itself", () => {
     await service.stop();
   });
 
-  it("no reload series (nothing for OtpAuthTokensReloadRefused to fire on); a reload request says a restart is needed", async () => {
-    for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
-      if (metric.name.startsWith("otp_auth_tokens_")) expect(metric.values, metric.name).toEqual([]);
-    }
+  it("no reload series (nothing for OtpAuthTokensReloadRefused nor OtpCallerPurposesNamesUnlistedCaller to fire on); a reload request says a restart is needed", async () => {
+    const tokenMetrics = (await service.metrics.registry.getMetricsAsJSON()).filter((metric) => metric.name.startsWith("otp_auth_tokens_"));
+    expect(tokenMetrics.map((metric) => metric.name)).toContain("otp_auth_tokens_unlisted_purpose_callers");
+    for (const metric of tokenMetrics) expect(metric.values, metric.name).toEqual([]);
     await service.app.reloadAuthTokens();
     expect(service.logs().filter((line) => line["component"] === "auth_tokens")).toEqual([
       expect.objectContaining({ level: "info", msg: expect.stringMatching(/^AUTH_TOKENS lists its entries itself, never re-read: changing them takes a restart/) as string }),

@@ -384,7 +384,7 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
 });
 
 describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
-  it("a file dropping a caller CALLER_PURPOSES names is applied with a warning; a restart with it stops at start-up (exit 78), naming the caller", async () => {
+  it("a file dropping a caller CALLER_PURPOSES names is applied with a warning and counted on /metrics; a restart with it stops at start-up (exit 78), naming the caller", async () => {
     const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-purposes-"));
     const token = (caller: string) => {
       const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
@@ -396,7 +396,7 @@ describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
     const env = {
       NODE_ENV: "test",
       GRPC_ADDR: "127.0.0.1:0",
-      METRICS_ADDR: "off",
+      METRICS_ADDR: "127.0.0.1:0",
       BOUNCE_SMTP_ADDR: "off",
       OUTBOX_DIR: dir,
       AUTH_TOKENS: path,
@@ -408,6 +408,13 @@ describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
     try {
       const listening = await service.waitForLine((line) => line["msg"] === "otp-email listening");
       const port = Number(String(listening["grpc"]).split(":").at(-1));
+      const metricsAt = String((await service.waitForLine((line) => line["msg"] === "metrics listening"))["address"]);
+      /** otp_auth_tokens_unlisted_purpose_callers as Prometheus scrapes it. */
+      const unlisted = async () => {
+        const body = await (await fetch(`http://${metricsAt}/metrics`)).text();
+        return /^otp_auth_tokens_unlisted_purpose_callers\{variable="AUTH_TOKENS"\} (\S+)$/m.exec(body)?.[1];
+      };
+      expect(await unlisted()).toBe("0");
       const opened = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
       channel = opened;
       let sent = 0;
@@ -426,6 +433,8 @@ describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
       expect(String(reloaded["msg"])).toMatch(/CALLER_PURPOSES names beta, .* A restart with this file stops at start-up \(exit 78\)/);
       await expect(send(beta.value)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
       expect((await send(alpha.value)).state).toBe(DeliveryState.ACCEPTED);
+      // What OtpCallerPurposesNamesUnlistedCaller fires on, before the restart below proves it right.
+      expect(await unlisted()).toBe("1");
       service.child.kill("SIGTERM");
       expect(await service.exited).toBe(0);
 
