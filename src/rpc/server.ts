@@ -6,6 +6,7 @@
  * factory binds nothing until `listen`.
  */
 import type { IncomingHttpHeaders } from "node:http2";
+import { Server as TlsServer, type TLSSocket } from "node:tls";
 import {
   Server,
   ServerCredentials,
@@ -98,6 +99,13 @@ export interface GrpcServerOptions {
    * or a request that is not gRPC at all. Default: nobody.
    */
   readonly onUnrouted?: OnUnrouted | undefined;
+  /**
+   * Told of each TLS connection once its handshake is done, before any call
+   * on it: whether its client certificate verified, and why not
+   * (`authorized`, `authorizationError`), which grpc-js does not tell calls.
+   * Default: nobody.
+   */
+  readonly onSecureConnection?: ((socket: TLSSocket) => void) | undefined;
 }
 
 /**
@@ -150,6 +158,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     },
   };
   if (options.onUnrouted !== undefined) watchUnroutedCalls(server, options.onUnrouted, logger);
+  if (options.onSecureConnection !== undefined) watchSecureConnections(server, options.onSecureConnection, logger);
 
   const otp = bindService(
     OtpEmailService,
@@ -254,6 +263,34 @@ function watchUnroutedCalls(server: Server, onUnrouted: OnUnrouted, logger: Logg
     // grpc-js's "no handler" is null.
     if (handler === null || handler === undefined) onUnrouted("unimplemented");
     return handler;
+  };
+}
+
+/** The step of grpc-js's binding that is given each HTTP/2 server it makes, which its typings keep private. */
+interface GrpcJsServerSetup {
+  _setupHandlers: (this: unknown, http2Server: unknown, ...rest: unknown[]) => void;
+}
+
+/**
+ * Tells `onSecureConnection` of each TLS connection: grpc-js makes its
+ * HTTP/2 servers inside `bindAsync` and offers no hook for their
+ * connections, but hands each to its handler setup, wrapped here on this
+ * instance (before any bind, so no connection is missed). A grpc-js
+ * without that step (a future version) is logged, and calls refused for
+ * an unverified certificate are told only that it counts as none: the
+ * mTLS tests (callers-and-limits, client-crl) then fail on the message.
+ */
+function watchSecureConnections(server: Server, onSecureConnection: (socket: TLSSocket) => void, logger: Logger): void {
+  const setup = server as unknown as Partial<GrpcJsServerSetup>;
+  const setupHandlers = setup._setupHandlers;
+  if (typeof setupHandlers !== "function") {
+    logger.warn("this grpc-js sets up its servers differently: a call refused for a client certificate that did not verify is not told why, nor is the log");
+    return;
+  }
+  setup._setupHandlers = function (http2Server, ...rest) {
+    // An Http2SecureServer is a tls.Server; a plaintext one has no TLS connections.
+    if (http2Server instanceof TlsServer) http2Server.on("secureConnection", onSecureConnection);
+    setupHandlers.call(this, http2Server, ...rest);
   };
 }
 
