@@ -24,6 +24,7 @@ import { createSuppressionList } from "./bounce/suppression.js";
 import type { DeliveryRecord } from "./delivery/record.js";
 import { createHealthState, type HealthState } from "./health.js";
 import { anonymousDevCaller, createCallerIdentity } from "./auth/caller-identity.js";
+import { certificateRefusalReasons, createCertificateRefusals } from "./auth/certificate-refusals.js";
 import { startTokenFileReloader, type TokenFileReloader } from "./auth/token-file-reloader.js";
 import { createPurposePolicy } from "./auth/purpose-policy.js";
 import { createServerCredentials, type GrpcServerCredentials } from "./auth/server-credentials.js";
@@ -333,6 +334,12 @@ export async function startApp(options: AppOptions): Promise<App> {
     const tokenFile = startTokenFile(config, metrics, logger, options.authTokensSettleMs);
     if (tokenFile !== undefined) closers.push(() => Promise.resolve(tokenFile.stop()));
     const grpcCredentials = createServerCredentials(config.tls && { ...config.tls, clientCrl: config.tls.clientCrl?.checked });
+    // Why a client certificate counted as none, for the call's message, the log and the counter.
+    const certificateRefusals =
+      config.tls?.clientCa === undefined
+        ? undefined
+        : createCertificateRefusals({ logger, clock, onRefused: (reason) => metrics.tlsClientCertificateRefusals.inc({ reason }) });
+    if (certificateRefusals !== undefined) for (const reason of certificateRefusalReasons) metrics.tlsClientCertificateRefusals.inc({ reason }, 0);
     const server = createGrpcServer({
       otp: instrumentOtpService(otp, metrics),
       onRefused: countRefusedCalls(metrics),
@@ -349,8 +356,10 @@ export async function startApp(options: AppOptions): Promise<App> {
         tokens: tokenFile === undefined ? config.auth.tokens : () => tokenFile.tokens(),
         clientCertificates: config.tls?.clientCa !== undefined,
         anonymousCaller: config.auth.anonymous ? anonymousDevCaller : undefined,
+        certificateRefusalOf: certificateRefusals && ((call) => certificateRefusals.refusalOf(call.getPeer())),
       }),
       credentials: grpcCredentials.credentials,
+      onSecureConnection: certificateRefusals && ((socket) => certificateRefusals.watch(socket)),
     });
     // Every series that can exist is there from the start, at 0: each method's, and each limit's refusals.
     zeroGrpcSeries(metrics, server.methods);

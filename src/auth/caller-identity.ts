@@ -8,18 +8,23 @@
  *   them in constant time.
  * - a client certificate that the TLS layer verified against TLS_CLIENT_CA
  *   and, with TLS_CLIENT_CRL, found not revoked (grpc-js shows a
- *   certificate only when it verified, and does not say why one did not:
- *   a revoked certificate reads as none). The caller is its
- *   first URI SAN (a SPIFFE id), else its first DNS SAN, else its CN.
+ *   certificate only when it verified: a revoked one reads as none). The
+ *   caller is its first URI SAN (a SPIFFE id), else its first DNS SAN,
+ *   else its CN.
  *
  * Both present must name the same caller. Nothing valid: UNAUTHENTICATED,
  * unless anonymous calls are allowed (development with no caller configured).
+ * When the call's connection brought a certificate that did not verify, the
+ * message says why (certificate-refusals.ts learns it from the TLS socket),
+ * under the same reason, CREDENTIALS_MISSING, so callers handle it as
+ * before; ErrorInfo's `certificate_refusal` gives the why to programs.
  */
 import { hash, timingSafeEqual } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import { OtpError } from "../errors.js";
 import type { IdentifyCaller } from "../rpc/otp-handlers.js";
 import type { ServerCall } from "../rpc/service-adapter.js";
+import type { CertificateRefusal } from "./certificate-refusals.js";
 
 export interface TokenCaller {
   readonly caller: string;
@@ -38,13 +43,15 @@ export interface CallerIdentityOptions {
   readonly clientCertificates: boolean;
   /** Every call is this caller, credentials or not (development with no caller configured). */
   readonly anonymousCaller?: string | undefined;
+  /** Why the certificate of a call's connection did not verify, when it brought one that did not (certificate-refusals.ts). */
+  readonly certificateRefusalOf?: ((call: ServerCall) => CertificateRefusal | undefined) | undefined;
 }
 
 /** The name anonymous development calls go by. */
 export const anonymousDevCaller = "dev";
 
 export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCaller {
-  const { tokens, clientCertificates, anonymousCaller } = options;
+  const { tokens, clientCertificates, anonymousCaller, certificateRefusalOf } = options;
   if (anonymousCaller !== undefined) return () => anonymousCaller;
   const current = typeof tokens === "function" ? tokens : () => tokens;
   for (const token of current()) {
@@ -54,6 +61,13 @@ export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCa
     ? "no credentials: send the metadata `authorization: Bearer <token>` or a client certificate signed by the configured CA " +
       "(an expired, revoked or otherwise unverified one counts as none)"
     : "no credentials: send the metadata `authorization: Bearer <token>`";
+  const refused = (refusal: CertificateRefusal): OtpError =>
+    new OtpError(
+      "unauthenticated",
+      `no credentials: ${refusal.description}, so it counts as none; ` +
+        "send the metadata `authorization: Bearer <token>` or a valid client certificate signed by the configured CA",
+      { reason: "CREDENTIALS_MISSING", metadata: { certificate_refusal: refusal.reason } },
+    );
 
   return (call) => {
     const byCertificate = clientCertificates ? callerOfCertificate(call) : undefined;
@@ -62,7 +76,10 @@ export function createCallerIdentity(options: CallerIdentityOptions): IdentifyCa
       throw unauthenticated("the bearer token and the client certificate name different callers", "CREDENTIALS_DISAGREE");
     }
     const caller = byCertificate ?? byToken;
-    if (caller === undefined) throw unauthenticated(missing, "CREDENTIALS_MISSING");
+    if (caller === undefined) {
+      const refusal = clientCertificates ? certificateRefusalOf?.(call) : undefined;
+      throw refusal === undefined ? unauthenticated(missing, "CREDENTIALS_MISSING") : refused(refusal);
+    }
     return caller;
   };
 }

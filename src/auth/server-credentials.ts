@@ -9,7 +9,8 @@
  * certificate gets a gRPC UNAUTHENTICATED it can read rather than a TLS
  * alert that looks like UNAVAILABLE. grpc-js only exposes a certificate to
  * the call when the TLS layer verified it (`getAuthContext().sslPeerCertificate`),
- * so an unverified one is no credential at all.
+ * so an unverified one is no credential at all; why it did not verify,
+ * auth/certificate-refusals.ts reads from the connection's TLS socket.
  *
  * Revocation is left to TLS too: with CRLs (TLS_CLIENT_CRL) the context
  * gets Node's `crl` option, and OpenSSL marks a revoked certificate (and

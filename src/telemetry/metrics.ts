@@ -170,6 +170,7 @@ export interface Metrics {
   readonly tlsCertificateReloads: Counter<"certificate" | "result">;
   readonly tlsCertificateLastReloadSuccessful: Gauge<"certificate">;
   readonly tlsClientCrlNextUpdate: Gauge<"issuer">;
+  readonly tlsClientCertificateRefusals: Counter<"reason">;
   readonly authTokensReloads: Counter<"result">;
   readonly authTokensLastReloadSuccessful: Gauge<"variable">;
   readonly authTokensUnlistedPurposeCallers: Gauge<"variable">;
@@ -442,6 +443,15 @@ export function createMetrics(options: MetricsOptions): Metrics {
     labelNames: ["issuer"] as const,
     registers,
   });
+  const tlsClientCertificateRefusals = new Counter({
+    name: "otp_tls_client_certificate_refusals_total",
+    help:
+      "gRPC connections whose client certificate did not verify, so that it counts as none (token callers on them still are callers), by " +
+      "reason: revoked (TLS_CLIENT_CRL), expired, not_yet_valid, untrusted (not signed by a CA of TLS_CLIENT_CA), crl_expired (its CA's " +
+      "CRL has expired: every certificate of that CA is refused), other (the log names OpenSSL's error). Series only with TLS_CLIENT_CA.",
+    labelNames: ["reason"] as const,
+    registers,
+  });
   const tlsCertificateLastReloadSuccessful = new Gauge({
     name: "otp_tls_certificate_last_reload_successful",
     help:
@@ -598,6 +608,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     tlsCertificateReloads,
     tlsCertificateLastReloadSuccessful,
     tlsClientCrlNextUpdate,
+    tlsClientCertificateRefusals,
     authTokensReloads,
     authTokensLastReloadSuccessful,
     authTokensUnlistedPurposeCallers,

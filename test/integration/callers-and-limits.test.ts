@@ -9,11 +9,13 @@
  *   memory store
  * - windows pass on an injected clock, resend_available_at is exact
  * - failed verifications are capped per recipient across fresh codes
- * - callers: tokens, client certificates (valid, expired, untrusted),
+ * - callers: tokens, client certificates (valid; expired, untrusted or for
+ *   servers only, each refused with its reason in the message and the log),
  *   purposes, and one caller never seeing another's messages or codes
  * - afterwards no key under any prefix used lacks a TTL
  */
 import { execFile } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
@@ -408,7 +410,7 @@ describe("callers with client certificates (mTLS)", () => {
   let instance: Instance;
   let caPem: string;
   const clients: grpc.Client[] = [];
-  let certs: Record<"alpha" | "dnsOnly" | "expired" | "untrusted", KeyPair>;
+  let certs: Record<"alpha" | "dnsOnly" | "expired" | "untrusted" | "serverOnly", KeyPair>;
 
   beforeAll(async () => {
     workshop = await openCertificateWorkshop();
@@ -421,6 +423,8 @@ describe("callers with client certificates (mTLS)", () => {
       dnsOnly: await ca.issue({ cn: "ignored-cn", san: "DNS:reports.internal" }),
       expired: await ca.issue({ cn: "old", san: "URI:spiffe://test/alpha", days: -1 }),
       untrusted: await otherCa.issue({ cn: "intruder", san: "URI:spiffe://test/alpha" }),
+      // A server certificate (serverAuth, no clientAuth) handed to a caller by mistake.
+      serverOnly: await ca.issue({ cn: "otp-email-peer", san: "DNS:peer.internal", server: true }),
     };
     [instance] = (await fleet(1, {
       TLS_CERT: server.cert,
@@ -468,21 +472,62 @@ describe("callers with client certificates (mTLS)", () => {
     ]);
   });
 
+  /** The warnings about client certificates that did not verify, so far. */
+  const refusalLines = () => instance.logs.filter((l) => String(l["msg"]).startsWith("a client certificate did not verify"));
+
   it.each([
-    ["an expired certificate", "expired"],
-    ["a certificate from an untrusted CA", "untrusted"],
-  ] as const)("%s is no credential: UNAUTHENTICATED, no mail", async (_name, which) => {
-    const error = await failure(call(clientWith(certs[which]), sendOtp, login("tls-x@example.com")));
+    ["an expired certificate", "expired", "expired", "CERT_HAS_EXPIRED", "spiffe://test/alpha", /the client certificate \(spiffe:\/\/test\/alpha\) has expired/],
+    ["a certificate from an untrusted CA", "untrusted", "untrusted", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "spiffe://test/alpha", /the client certificate \(spiffe:\/\/test\/alpha\) is not signed by a client CA of this service \(TLS_CLIENT_CA\)/],
+    ["a certificate for servers only", "serverOnly", "other", "INVALID_PURPOSE", "peer.internal", /the client certificate \(peer.internal\) did not verify \(OpenSSL: INVALID_PURPOSE\)/],
+  ] as const)("%s is no credential: UNAUTHENTICATED saying why, no mail; the log names the certificate and why, once per connection", async (_name, which, reason, code, name, said) => {
+    const before = refusalLines().length;
+    const refused = clientWith(certs[which]);
+    const error = await failure(call(refused, sendOtp, login("tls-x@example.com")));
     expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+    // The reason callers handle stays; the why is in the message and in ErrorInfo's metadata.
     expect(detailsOf(error).errorInfo?.reason).toBe("CREDENTIALS_MISSING");
-    expect(error.details).toMatch(/client certificate signed by the configured CA/);
+    expect(detailsOf(error).errorInfo?.metadata).toEqual({ certificate_refusal: reason });
+    expect(error.details).toMatch(said);
+    expect(error.details).toMatch(/so it counts as none; send the metadata `authorization: Bearer <token>` or a valid client certificate signed by the configured CA$/);
     expect(transactions()).toBe(0);
+
+    // A retry on the same connection is refused alike and adds no line.
+    expect((await failure(call(refused, sendOtp, login("tls-x@example.com")))).details).toMatch(said);
+    const lines = refusalLines().slice(before);
+    const certificate = new X509Certificate(certs[which].cert);
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        reason,
+        openssl_error: code,
+        client_certificate: {
+          name,
+          subject: certificate.subject.replace(/\n/g, ", "),
+          issuer: certificate.issuer.replace(/\n/g, ", "),
+          serial: certificate.serialNumber,
+          not_before: certificate.validFromDate.toISOString(),
+          not_after: certificate.validToDate.toISOString(),
+        },
+      }),
+    ]);
+    // Nothing of the peer's address.
+    expect(JSON.stringify(lines)).not.toMatch(/127\.0\.0\.1/);
+  });
+
+  it("a token caller whose connection brought a certificate that did not verify is the token's caller", async () => {
+    const sent = await call(clientWith(certs.expired), sendOtp, login("tls-t@example.com"), bearer(beta.token));
+    expect(sent.state).toBe(DeliveryState.ACCEPTED);
+    expect(instance.logs.filter((l) => l["msg"] === "otp queued").at(-1)).toMatchObject({ caller: "beta" });
   });
 
   it("over the same TLS port a token caller needs no certificate; nothing at all is UNAUTHENTICATED", async () => {
     const plain = clientWith(undefined);
     await call(plain, sendOtp, login("tls-b@example.com"), bearer(beta.token));
-    expect((await failure(call(plain, sendOtp, login("tls-b@example.com")))).code).toBe(grpc.status.UNAUTHENTICATED);
+    const error = await failure(call(plain, sendOtp, login("tls-b@example.com")));
+    expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+    // No certificate is no refused certificate: the message says what to send, no ErrorInfo metadata.
+    expect(error.details).toMatch(/^no credentials: send the metadata `authorization: Bearer <token>` or a client certificate signed by the configured CA/);
+    expect(detailsOf(error).errorInfo?.metadata).toEqual({});
   });
 
   it("a certificate and a token naming different callers are refused", async () => {

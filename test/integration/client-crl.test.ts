@@ -4,19 +4,24 @@
  * two client CAs (TLS_CLIENT_CA holds both, TLS_CLIENT_CRL a CRL of each,
  * made with `openssl ca -gencrl`), and a token caller on the same port.
  *
- * - a revoked certificate is UNAUTHENTICATED, one the CRL does not list is
- *   a caller, whichever of the two CAs signed it; a token caller is not
- *   affected;
+ * - a revoked certificate is UNAUTHENTICATED saying it is revoked, one the
+ *   CRL does not list is a caller, whichever of the two CAs signed it; a
+ *   token caller is not affected;
+ * - each refused connection is counted
+ *   (otp_tls_client_certificate_refusals_total), and logged once, naming
+ *   the certificate: the same certificate again within a minute is not;
  * - a renewed CRL file, picked up at a reload, revokes a certificate that
  *   was fine before, for new connections;
  * - a renewed CRL that fails the checks (expired, from a CA that is not a
  *   client CA) is refused: the CRL in use stays, the log names
  *   TLS_CLIENT_CRL and why;
  * - otp_tls_client_crl_next_update_timestamp_seconds follows the CRLs in use;
+ * - a CRL that expires while the service runs: every certificate of its CA
+ *   is refused, and the caller and the log are told the CRL expired;
  * - the service as `npm start` runs it refuses to start on an expired CRL
  *   (exit 78), naming TLS_CLIENT_CRL.
  */
-import { createHash } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -122,12 +127,18 @@ const bearer = (): grpc.Metadata => {
 };
 const lastCaller = (): unknown => service.logs().filter((line) => line["msg"] === "otp queued").at(-1)?.["caller"];
 
-async function refusedAsNoCredential(identity: KeyPair): Promise<void> {
+/** `identity`, named `name`, is refused on a new connection as revoked. */
+async function refusedAsRevoked(identity: KeyPair, name: string): Promise<void> {
   const error = await grpcError(send(client(identity)));
   expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
   expect(errorDetails(error).errorInfo?.reason).toBe("CREDENTIALS_MISSING");
-  expect(error.details).toMatch(/revoked/);
+  expect(errorDetails(error).errorInfo?.metadata).toEqual({ certificate_refusal: "revoked" });
+  expect(error.details).toContain(`no credentials: the client certificate (${name}) is revoked (TLS_CLIENT_CRL), so it counts as none; `);
 }
+
+/** The warnings about client certificates that did not verify, so far. */
+const refusalLines = () => service.logs().filter((line) => String(line["msg"]).startsWith("a client certificate did not verify"));
+const refusals = (reason: string) => sampleValue(service.metrics.registry, "otp_tls_client_certificate_refusals_total", { reason });
 
 /** Retries `check` until it returns true (every 50 ms, for up to 10 s). */
 async function until(what: string, check: () => Promise<boolean>): Promise<void> {
@@ -144,7 +155,7 @@ const seconds = (date: Date): number => Math.floor(date.getTime() / 1000);
 
 describe("TLS_CLIENT_CRL", () => {
   it("a revoked certificate is no credential (UNAUTHENTICATED); unrevoked ones of both client CAs name their callers; a token caller is unaffected", async () => {
-    await refusedAsNoCredential(beta);
+    await refusedAsRevoked(beta, "spiffe://test/beta");
 
     expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
     expect(lastCaller()).toBe("spiffe://test/alpha");
@@ -155,6 +166,30 @@ describe("TLS_CLIENT_CRL", () => {
     expect((await send(client(), bearer())).state).toBe(DeliveryState.ACCEPTED);
     expect(lastCaller()).toBe("tokens");
     expect(service.sink.messages).toHaveLength(3);
+  });
+
+  it("each refused connection is counted; the log names the revoked certificate once, not again within a minute", async () => {
+    // The first test's connection with beta was the first refusal: one line, naming beta.
+    const certificate = new X509Certificate(beta.cert);
+    expect(refusalLines()).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        reason: "revoked",
+        openssl_error: "CERT_REVOKED",
+        client_certificate: expect.objectContaining({ name: "spiffe://test/beta", serial: certificate.serialNumber, issuer: "CN=crl test CA A" }) as unknown,
+        msg: "a client certificate did not verify (revoked: CERT_REVOKED): it counts as none on its connection",
+      }),
+    ]);
+    expect(await refusals("revoked")).toBe(1);
+    expect(await refusals("expired")).toBe(0);
+
+    // Two more connections with beta, calls retried on one: counted per connection, no new line.
+    const again = client(beta);
+    await grpcError(send(again));
+    await grpcError(send(again));
+    await refusedAsRevoked(beta, "spiffe://test/beta");
+    expect(await refusals("revoked")).toBe(3);
+    expect(refusalLines()).toHaveLength(1);
   });
 
   it("says at start-up that client certificates are checked against CRLs, and tells when each client CA's CRL expires", async () => {
@@ -175,8 +210,8 @@ describe("TLS_CLIENT_CRL", () => {
       expect.objectContaining({ level: "info", changed: ["TLS_CLIENT_CRL"], msg: expect.stringMatching(/^TLS_CLIENT_CRL reloaded/) as string }),
     ]);
 
-    await refusedAsNoCredential(gamma);
-    await refusedAsNoCredential(beta);
+    await refusedAsRevoked(gamma, "spiffe://test/gamma");
+    await refusedAsRevoked(beta, "spiffe://test/beta");
     expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
     expect(await nextUpdate("CN=crl test CA B")).toBe(seconds(renewed));
     // TLS checks a certificate at the handshake: a connection opened before goes on until it closes.
@@ -197,11 +232,41 @@ describe("TLS_CLIENT_CRL", () => {
     expect(errors).toEqual([expect.objectContaining({ certificate: "grpc", changed: ["TLS_CLIENT_CRL"], variable: "TLS_CLIENT_CRL", reason: expect.stringMatching(reason) as string })]);
 
     // Still the renewed CRL of the test before: gamma and beta revoked, alpha a caller.
-    await refusedAsNoCredential(gamma);
+    await refusedAsRevoked(gamma, "spiffe://test/gamma");
     expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
   });
 });
 
+describe("a CRL that expires while the service runs", () => {
+  let expiring: ObservedService | undefined;
+  afterAll(async () => {
+    await expiring?.stop();
+  });
+
+  it("refuses every certificate of its CA, telling the caller and the log that the CRL expired", async () => {
+    // Passes the start-up checks (not expired yet), then expires.
+    const nextUpdate = new Date(Date.now() + 3_000);
+    await writeFile(file("expiring-crl.pem"), await caA.crl({ lastUpdate: new Date(Date.now() - 60_000), nextUpdate }));
+    expiring = await startObservedService({
+      env: { TLS_CERT: file("cert.pem"), TLS_KEY: file("key.pem"), TLS_CLIENT_CA: caA.cert, TLS_CLIENT_CRL: file("expiring-crl.pem"), TLS_RELOAD_INTERVAL: "off" },
+    });
+    const at = expiring.app.address.port;
+    await sleep(Math.max(0, nextUpdate.getTime() + 1_000 - Date.now()));
+
+    const made = new GrpcOtpClient(`127.0.0.1:${at}`, grpc.credentials.createSsl(Buffer.from(caA.cert), Buffer.from(alpha.key), Buffer.from(alpha.cert)), {
+      "grpc.ssl_target_name_override": "localhost",
+      "grpc.use_local_subchannel_pool": 1,
+    });
+    clients.push(made);
+    const error = await grpcError(send(made));
+    expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(errorDetails(error).errorInfo).toMatchObject({ reason: "CREDENTIALS_MISSING", metadata: { certificate_refusal: "crl_expired" } });
+    expect(error.details).toContain("the client certificate (spiffe://test/alpha) cannot be checked: the CRL of its CA has expired (TLS_CLIENT_CRL;");
+    const lines = expiring.logs().filter((line) => String(line["msg"]).startsWith("a client certificate did not verify"));
+    expect(lines).toEqual([expect.objectContaining({ reason: "crl_expired", openssl_error: "CRL_HAS_EXPIRED" })]);
+    expect(await sampleValue(expiring.metrics.registry, "otp_tls_client_certificate_refusals_total", { reason: "crl_expired" })).toBe(1);
+  });
+});
 
 describe("TLS_CLIENT_CRL at start-up", () => {
   it("an expired CRL stops the start with exit 78, naming TLS_CLIENT_CRL and why", async () => {
