@@ -135,9 +135,10 @@ export function createCertificateRefusals(options: CertificateRefusalsOptions): 
       const key = peerOf(socket);
       let refusal: CertificateRefusal | undefined;
       if (!socket.authorized) {
-        const peer = socket.getPeerCertificate();
+        // Node gives null for a socket destroyed meanwhile, though its typings do not say so.
+        const peer = socket.getPeerCertificate() as PeerCertificate | null;
         // No certificate at all (a token caller) is unauthorized too, with an error about the missing issuer.
-        if (peer.raw !== undefined) {
+        if (peer?.raw !== undefined) {
           const code = codeOf(socket.authorizationError);
           const reason = reasonOfCode[code] ?? "other";
           const name = certificateCallerName(peer);
