@@ -32,6 +32,7 @@ import { startMetricsServer, type MetricsServer } from "../../src/telemetry/metr
 import { errorDetails, grpcError, grpcUnary } from "../support/grpc.js";
 import { bearer, newToken } from "../support/otp-instances.js";
 import { startObservedService, type ObservedService } from "../support/observed-service.js";
+import { sampleValue } from "../support/metric-samples.js";
 
 const { sendOtp, getDeliveryStatus } = OtpEmailService.method;
 
@@ -51,17 +52,7 @@ async function tokenFile(text: string): Promise<{ path: string; replace(text: st
 }
 
 /** One sample's value from the app's registry (undefined when the series does not exist). */
-async function sample(service: ObservedService, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
-  for (const metric of await service.metrics.registry.getMetricsAsJSON()) {
-    if (metric.name !== name) continue;
-    for (const value of metric.values) {
-      const actual = value.labels as Record<string, string | number>;
-      const keys = Object.keys(actual);
-      if (keys.length === Object.keys(labels).length && keys.every((key) => String(actual[key]) === labels[key])) return value.value;
-    }
-  }
-  return undefined;
-}
+const sample = (service: ObservedService, name: string, labels: Record<string, string> = {}) => sampleValue(service.metrics.registry, name, labels);
 
 const reloads = (service: ObservedService, result: string) => sample(service, "otp_auth_tokens_reloads_total", { result });
 const lastReloadSuccessful = (service: ObservedService) => sample(service, "otp_auth_tokens_last_reload_successful", { variable: "AUTH_TOKENS" });
