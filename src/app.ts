@@ -196,7 +196,10 @@ export async function startApp(options: AppOptions): Promise<App> {
           if (before?.up === true && !up && store.isReady()) logger.warn({ reason }, "storage is down: health NOT_SERVING");
           if (before?.up === false && up && before.reason.startsWith("storage does not answer")) logger.info("storage answers again");
           // Never connected yet says more than "unreachable": the host or port may be wrong.
-          health.set("storage", up, !up && before?.reason === storageNotConnectedYet ? storageNotConnectedYet : reason);
+          if (!up && before?.reason.startsWith(storageNotConnectedYet) === true) {
+            const why = store.unreadyReason?.();
+            health.set("storage", false, why === undefined ? storageNotConnectedYet : `${storageNotConnectedYet}: ${why}`);
+          } else health.set("storage", up, reason);
         },
       });
       // Pushed after the store's closer, so run before it: no PING of a closing store.

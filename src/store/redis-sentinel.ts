@@ -35,6 +35,7 @@ import { isIP } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { Redis, type RedisOptions } from "ioredis";
 import type { Logger } from "../logger.js";
+import { diagnoseSentinels, sentinelWording } from "./sentinel-diagnosis.js";
 
 export interface SentinelOptions {
   /** The master set's name, as the sentinels monitor it (REDIS_SENTINEL_MASTER). */
@@ -67,17 +68,29 @@ export function sentinelAddresses(urls: string): SentinelAddress[] {
   });
 }
 
-/** What `connectSentinel` opens: the client, the failover watch to stop with it, and its error wording. */
+/** Why no usable master was found: a log message and an error listing each sentinel's answer. */
+export interface SentinelFailure {
+  readonly message: string;
+  readonly err: Error;
+}
+
+/** What `connectSentinel` opens: the client, the failover watch to stop with it, and why it fails to connect. */
 export interface SentinelConnection {
   readonly redis: Redis;
   /**
-   * Says what one of the client's "error" events means for an operator:
-   * a message and a cleaned error; `ignore` for ioredis' "All sentinels are
-   * unreachable" when no sentinel failed (it says that each time it reaches
-   * the end of its sentinel list, which a reconnect may do); undefined when
-   * the error is a data node's own (ECONNREFUSED, WRONGPASS...).
+   * Whether one of the client's "error" events says nothing: ioredis' "All
+   * sentinels are unreachable" when no sentinel failed since it last said
+   * so (it says that each time it reaches the end of its sentinel list,
+   * which a reconnect may do). Called for every "error" event.
    */
-  explainError(error: unknown): { readonly message: string; readonly err: Error } | "ignore" | undefined;
+  isNoise(error: unknown): boolean;
+  /**
+   * Why the client found no usable master, asked of the sentinels
+   * themselves (sentinel-diagnosis.ts); undefined when one of them names a
+   * master that answers as one (the failure was the connection's own, or is
+   * over). Never rejects.
+   */
+  explainFailure(): Promise<SentinelFailure | undefined>;
   /** What to call the Redis this client reaches, for "... is unreachable". */
   readonly description: string;
   /** Stops watching the sentinels (the client itself is closed by its owner). */
@@ -111,6 +124,10 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     ...(sentinel.password === undefined ? {} : { password: sentinel.password }),
   };
   const set = sentinel.master;
+  const dataCredentials = {
+    ...(first.username === "" ? {} : { username: decodeURIComponent(first.username) }),
+    ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
+  };
 
   let readOnlySeen = false;
   const redis = new Redis({
@@ -118,8 +135,7 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     sentinels: addresses.map(({ host, port }) => ({ host, port })),
     name: set,
     role: "master",
-    ...(first.username === "" ? {} : { username: decodeURIComponent(first.username) }),
-    ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
+    ...dataCredentials,
     db: Number(first.pathname.slice(1) || "0"),
     ...(sentinel.username === undefined ? {} : { sentinelUsername: sentinel.username }),
     ...(sentinel.password === undefined ? {} : { sentinelPassword: sentinel.password }),
@@ -153,20 +169,38 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     master = now;
   });
 
-  const explain = (reason: string): string => sentinelFailure(reason, set, tls !== undefined, tlsOption?.ca !== undefined);
-  // The watch's own connection error to each sentinel it cannot reach: ioredis' lookup of the master drops the
-  // reason of a failed connection (a certificate that does not verify...) and only says "Connection is closed.".
-  const unreachableSentinels = new Map<string, Error>();
-  // Why the sentinels gave no master, each in an operator's words, since the last round over them.
-  const sentinelFailures = new Map<string, string>();
-  redis.on("sentinelError", (error: unknown) => {
-    const text = error instanceof Error ? error.message : String(error);
-    const where = /sentinel (\S+:\d+)/.exec(text)?.[1] ?? "?";
-    const reason = text.replace(/^failed to connect to sentinel \S+ because /, "");
-    const known = /^Connection is closed/.test(reason) ? unreachableSentinels.get(where)?.message : undefined;
-    sentinelFailures.set(where, explain(known ?? reason));
+  const wording = sentinelWording({
+    set,
+    tls: tls !== undefined,
+    privateCa: tlsOption?.ca !== undefined,
+    commandTimeoutMs: nodeOptions.commandTimeout,
   });
-  redis.on("ready", () => sentinelFailures.clear());
+  const timeouts = {
+    ...(nodeOptions.connectTimeout === undefined ? {} : { connectTimeout: nodeOptions.connectTimeout }),
+    ...(nodeOptions.commandTimeout === undefined ? {} : { commandTimeout: nodeOptions.commandTimeout }),
+  };
+  const explainFailure = async (): Promise<SentinelFailure | undefined> => {
+    const found = await diagnoseSentinels({
+      sentinels: addresses,
+      set,
+      sentinelOptions: { ...sentinelCredentials, ...timeouts, ...(tls === undefined ? {} : { tls }) },
+      nodeOptions: { ...dataCredentials, ...timeouts, ...(tls === undefined ? {} : { tls }) },
+      wording,
+    }).catch(() => undefined);
+    if (found === undefined) return undefined;
+    return {
+      message: found.named ? `no master the redis sentinels name for ${set} can be used; retrying` : `no redis sentinel named the master of ${set}; retrying`,
+      err: Object.assign(new Error(found.reasons.join("; ")), { name: "SentinelError" }),
+    };
+  };
+  // Whether a sentinel failed to name a master since ioredis last said "All sentinels are unreachable".
+  let sentinelFailed = false;
+  redis.on("sentinelError", () => {
+    sentinelFailed = true;
+  });
+  redis.on("ready", () => {
+    sentinelFailed = false;
+  });
 
   /** Whether the client is connected to `to` now: its peer is `to`'s IP, or one of its name's addresses. */
   const connectedToNode = async (to: SentinelAddress): Promise<boolean> => {
@@ -221,24 +255,20 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
             ...(nodeOptions.connectTimeout === undefined ? {} : { connectTimeout: nodeOptions.connectTimeout }),
           },
           logger,
-          explain,
-          unreachable: unreachableSentinels,
+          explain: (error) => wording.sentinel(error),
           onSwitch: follow,
         });
 
   return {
     redis,
     description: `the master of ${set} (REDIS_SENTINEL_MASTER)`,
-    explainError(error) {
-      if (!(error instanceof Error) || !error.message.startsWith("All sentinels are unreachable")) return undefined;
-      if (sentinelFailures.size === 0) return "ignore";
-      const reasons = [...sentinelFailures].map(([where, reason]) => `sentinel ${where}: ${reason}`);
-      sentinelFailures.clear();
-      return {
-        message: `no redis sentinel named the master of ${set}; retrying`,
-        err: Object.assign(new Error(reasons.join("; ")), { name: "SentinelError" }),
-      };
+    isNoise(error) {
+      if (!(error instanceof Error) || !error.message.startsWith("All sentinels are unreachable")) return false;
+      const noise = !sentinelFailed;
+      sentinelFailed = false;
+      return noise;
     },
+    explainFailure,
     stop: stopWatching,
   };
 }
@@ -249,24 +279,6 @@ function connectedTo(redis: Redis): string | undefined {
   return stream?.remoteAddress === undefined ? undefined : `${stream.remoteAddress}:${stream.remotePort ?? ""}`;
 }
 
-/** One sentinel's failure to name the master, with what to check. */
-function sentinelFailure(reason: string, set: string, tls: boolean, privateCa: boolean): string {
-  if (/No such master with that name/i.test(reason) || /invalid reply: null/.test(reason)) {
-    return `monitors no master set named ${set}: check REDIS_SENTINEL_MASTER`;
-  }
-  if (/^NOAUTH\b/.test(reason)) return "requires a password: set REDIS_SENTINEL_PASSWORD (the sentinels' own, not REDIS_URL's)";
-  if (/^WRONGPASS\b/.test(reason)) return "refused REDIS_SENTINEL_PASSWORD (or REDIS_SENTINEL_USERNAME): check them (the sentinels' own, not REDIS_URL's)";
-  // ioredis' lookup says no more than this of a connection that failed (refused, reset, a certificate that did
-  // not verify); the failover watch's own connection, when it failed first, has said why (see `unreachable`).
-  const closed = /^Connection is closed/.test(reason);
-  const said = closed ? "could not be reached, or closed the connection before answering" : reason;
-  // Over TLS, such a closed connection is most often a certificate that did not verify.
-  if (!tls || (!closed && !/certificate|self[- ]signed/i.test(reason))) return said;
-  return privateCa
-    ? `${said} (check that REDIS_TLS_CA is the CA that signs the sentinels' certificates)`
-    : `${said} (if a private CA signs the sentinels' certificates, set REDIS_TLS_CA to its PEM file)`;
-}
-
 interface WatchOptions {
   readonly addresses: readonly SentinelAddress[];
   readonly set: string;
@@ -274,9 +286,7 @@ interface WatchOptions {
   readonly redisOptions: RedisOptions;
   readonly logger: Logger;
   /** An error of a sentinel connection in an operator's words. */
-  readonly explain: (reason: string) => string;
-  /** Kept up to date: the last connection error (as ioredis words it) of each sentinel that cannot be reached now, by `host:port`. */
-  readonly unreachable: Map<string, Error>;
+  readonly explain: (error: unknown) => string;
   /** A sentinel announced that the set's master is now `to` (`host` an IP, or a name with announce-hostnames). */
   readonly onSwitch: (to: SentinelAddress) => void;
 }
@@ -304,17 +314,14 @@ function watchFailovers(options: WatchOptions): () => void {
     });
     let down = false;
     client.on("error", (error: unknown) => {
-      const text = error instanceof Error ? error.message : String(error);
-      options.unreachable.set(where, new Error(text));
       if (down) return;
       down = true;
       logger.warn(
-        { sentinel: where, redis_master_set: set, err: new Error(options.explain(text)) },
+        { sentinel: where, redis_master_set: set, err: new Error(options.explain(error)) },
         "redis sentinel unreachable: failovers are heard from the other sentinels; retrying",
       );
     });
     client.on("ready", () => {
-      options.unreachable.delete(where);
       if (!down) return;
       down = false;
       logger.info({ sentinel: where, redis_master_set: set }, "redis sentinel reachable again");

@@ -815,6 +815,8 @@ export function createRedisStore(options: RedisStoreOptions): OtpStore {
 
     isReady: () => readiness.isReady(),
 
+    unreadyReason: () => readiness.unreadyReason(),
+
     onReadyChange: (listener) => readiness.subscribe(listener),
 
     async close(): Promise<void> {
@@ -850,15 +852,21 @@ function trackReadiness(
   let ready = false;
   let down = false;
   let closing = false;
+  // Why the store is not connected, when more is known than "unreachable" (with Sentinel: each sentinel's answer).
+  let unreadyReason: string | undefined;
   let firstAttemptDone = false;
+  let settleFirstAttempt = (): void => undefined;
   const firstAttemptSettled = new Promise<void>((resolve) => {
-    const done = (): void => {
+    settleFirstAttempt = (): void => {
       firstAttemptDone = true;
       resolve();
     };
-    redis.once("ready", done);
-    redis.once("error", done);
-    redis.once("close", done);
+    redis.once("ready", settleFirstAttempt);
+    // With Sentinel, once the failure is explained (below): the first command then fails saying why.
+    if (sentinel === undefined) {
+      redis.once("error", settleFirstAttempt);
+      redis.once("close", settleFirstAttempt);
+    }
   });
 
   function setReady(next: boolean): void {
@@ -901,26 +909,51 @@ function trackReadiness(
       if (error instanceof Error) lastNodeError = error;
     });
   }
+  // With Sentinel, the first failed attempt of an outage is explained by asking the sentinels (a round trip or
+  // two) before it is said: ioredis' own errors ("All sentinels are unreachable", a data node's ECONNREFUSED)
+  // name neither the sentinel nor the master at fault, and a named master that answers as a replica is only
+  // closed, with no error at all.
+  let explaining = false;
+  function attemptFailed(error: unknown): void {
+    if (sentinel === undefined) {
+      markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
+      return;
+    }
+    if (down || closing || explaining) return;
+    explaining = true;
+    void sentinel.explainFailure().then((explained) => {
+      explaining = false;
+      if (ready || closing) return;
+      if (explained !== undefined) {
+        unreadyReason = `${explained.message.replace(/; retrying$/, "")}: ${explained.err.message}`;
+        markDown(explained.message, explained.err);
+      } else if (error !== undefined) {
+        markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
+      }
+      settleFirstAttempt();
+    });
+  }
   redis.on("error", (error: unknown) => {
-    // A sentinel's account of why it named no master says more than ioredis' "All sentinels are unreachable".
-    const explained = sentinel?.explainError(error);
-    if (explained === "ignore") return;
-    if (explained !== undefined) markDown(explained.message, explained.err);
-    else markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
+    if (sentinel?.isNoise(error) !== true) attemptFailed(error);
   });
   redis.on("ready", () => {
     if (closing) return;
+    unreadyReason = undefined;
     markUp("redis connection restored");
     setReady(true);
   });
   redis.on("close", () => {
     if (ready) markDown("redis connection lost; retrying");
+    // Closed before it was ready, with no error: the sentinel connector left a node that says it is a replica.
+    else if (sentinel !== undefined) attemptFailed(undefined);
     setReady(false);
   });
   redis.on("end", () => setReady(false));
 
   return {
     isReady: () => ready,
+    /** Why the store is not connected, when more is known than that it is unreachable. */
+    unreadyReason: () => (ready ? undefined : unreadyReason),
     /**
      * Resolves when the first connection attempt succeeded or failed, or
      * after `timeoutMs`; undefined when there is nothing to wait for.

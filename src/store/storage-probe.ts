@@ -13,7 +13,7 @@
 import type { OtpStore } from "./types.js";
 
 export interface StorageProbeOptions {
-  readonly store: Pick<OtpStore, "ping" | "isReady" | "onReadyChange">;
+  readonly store: Pick<OtpStore, "ping" | "isReady" | "onReadyChange" | "unreadyReason">;
   /** Time between the end of one PING and the start of the next. Default 5 s. */
   readonly intervalMs?: number;
   /** PINGs failed in a row before storage is down. Default 3. */
@@ -45,9 +45,14 @@ export function startStorageProbe(options: StorageProbeOptions): StorageProbe {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
 
+  const unreachable = (): string => {
+    const why = store.unreadyReason?.();
+    return why === undefined ? "storage is unreachable" : `storage is unreachable: ${why}`;
+  };
+
   const publish = (): void => {
     if (stopped) return;
-    if (!store.isReady()) report(false, "storage is unreachable");
+    if (!store.isReady()) report(false, unreachable());
     else if (failures >= failuresBeforeDown) report(false, `storage does not answer: ${failures} PINGs in a row failed`);
     else report(true, "");
   };

@@ -276,6 +276,13 @@ export interface OtpStore {
   /** Whether the backend is connected right now (for health), without a round trip. */
   isReady(): boolean;
 
+  /**
+   * Why the backend is not connected, when it knows more than that (for
+   * health): with Redis Sentinel, what each sentinel answered. Undefined
+   * while connected, or when nothing more is known.
+   */
+  unreadyReason?(): string | undefined;
+
   /** Subscribes to readiness changes (connected / lost). Returns an unsubscribe function. */
   onReadyChange(listener: (ready: boolean) => void): () => void;
 

@@ -468,4 +468,21 @@ describe("when Redis does not answer", () => {
     expect(auditLine(run)).toMatchObject({ level: "warn", msg: "delivery history not read: Redis did not answer", recipient: "a***@example.com" });
     expect(run.elapsedMs).toBeLessThan(10_000);
   });
+
+  it("REDIS_SENTINEL_MASTER and no sentinel listening: exit 69 naming the sentinel and why it was not reached", async () => {
+    const port = await freePort();
+    const run = await deliveries(["ana@example.com"], {
+      NODE_ENV: "test",
+      REDIS_URL: `redis://:hunter2-password@127.0.0.1:${port}`,
+      REDIS_SENTINEL_MASTER: "mymaster",
+      REDIS_COMMAND_TIMEOUT: "500ms",
+      OTP_SECRET: secret,
+    });
+    expect(run.code).toBe(69);
+    expect(run.stderr).toContain(
+      `otp-email deliveries: the Redis master of mymaster (sentinels 127.0.0.1:${port}) did not answer: ` +
+        `sentinel 127.0.0.1:${port}: unreachable (connect ECONNREFUSED 127.0.0.1:${port})\n`,
+    );
+    expect(run.stderr).not.toContain("hunter2");
+  });
 });

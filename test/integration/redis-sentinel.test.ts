@@ -47,6 +47,7 @@ import {
   type Instance,
   type InstanceOptions,
 } from "../support/otp-instances.js";
+import { freePort } from "../support/ports.js";
 import { randomPrefix, scanPrefix } from "../support/redis.js";
 import { startRedisSentinels, type RedisSentinelOptions, type RedisSentinelSet } from "../support/redis-sentinel.js";
 import { codeFromMail } from "../support/service.js";
@@ -148,6 +149,12 @@ function verify(instance: Instance, recipient: string, code: string) {
   return call(instance.client, verifyOtp, { recipient, purpose: Purpose.LOGIN, code }, auth());
 }
 
+/** The first line the instance logs that `matches`, once it has. */
+async function logLine(instance: Instance, matches: (line: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<Record<string, unknown>> {
+  await until("the log line", () => instance.logs.some(matches), timeoutMs);
+  return instance.logs.find(matches) ?? {};
+}
+
 /** Every line the instance logged, as text, to look for what must never be there. */
 function logText(instance: Instance): string {
   return instance.logs.map((line) => JSON.stringify(line)).join("\n");
@@ -219,20 +226,63 @@ describe("a whole instance through Redis Sentinel", () => {
       env: { REDIS_SENTINEL_MASTER: "othermaster" },
       says: /^sentinel 127\.0\.0\.1:\d+: monitors no master set named othermaster: check REDIS_SENTINEL_MASTER/,
     },
-  ])("$what: NOT_SERVING, UNAVAILABLE, and the log says what to check, once", async ({ env, says }) => {
-    const instance = await start({ ...sentinelEnv(shared), ...env });
+  ])("$what: NOT_SERVING, UNAVAILABLE, and the log and /readyz's reason say what to check, once", async ({ env, says }) => {
+    const instance = await start({ ...sentinelEnv(shared), ...env }, { storageProbe: { intervalMs: 100 } });
     const error = await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }, auth()));
     expect(error.code).toBe(grpc.status.UNAVAILABLE);
     expect(error.details).toBe("storage is unavailable; retry shortly");
     expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
-    const said = (): Record<string, unknown>[] => instance.logs.filter((line) => line["msg"] === "no redis sentinel named the master of " + (env["REDIS_SENTINEL_MASTER"] ?? "mymaster") + "; retrying");
+    const message = "no redis sentinel named the master of " + (env["REDIS_SENTINEL_MASTER"] ?? "mymaster");
+    const said = (): Record<string, unknown>[] => instance.logs.filter((line) => line["msg"] === `${message}; retrying`);
     const deadline = Date.now() + 5000;
     while (said().length === 0 && Date.now() < deadline) await sleep(50);
-    expect((said()[0]?.["err"] as { message?: string } | undefined)?.message).toMatch(says);
+    const reasons = ((said()[0]?.["err"] as { message?: string } | undefined)?.message ?? "").split("; ");
+    // One per sentinel, each saying what to check.
+    expect(reasons).toHaveLength(3);
+    for (const reason of reasons) expect(reason).toMatch(says);
+    // /readyz names the component and why: the same account.
+    const storage = (): string | undefined => instance.app.health.components().get("storage")?.reason;
+    while (!(storage() ?? "").includes(":") && Date.now() < deadline) await sleep(50);
+    expect(storage()).toBe(`storage has not connected yet: ${message}: ${reasons.join("; ")}`);
     // Once per outage, not once per round over the sentinels.
     await sleep(1000);
     expect(said()).toHaveLength(1);
     expect(logText(instance)).not.toMatch(/s3cret/);
+  });
+
+  it("a sentinel that is not listening: the log says unreachable and why (ECONNREFUSED), not only that the connection closed", async () => {
+    const port = await freePort();
+    const instance = await start({ ...sentinelEnv(shared), REDIS_URL: `redis://:pw@127.0.0.1:${port}` });
+    const said = await logLine(instance, (line) => line["msg"] === "no redis sentinel named the master of mymaster; retrying");
+    expect((said["err"] as { message?: string }).message).toBe(`sentinel 127.0.0.1:${port}: unreachable (connect ECONNREFUSED 127.0.0.1:${port})`);
+  });
+
+  // The sentinels name a master (their down-after-milliseconds not yet over, they still believe in it) that cannot
+  // be used: ioredis says only ECONNREFUSED of one that is down, and nothing at all of one that answers as a replica.
+  it("the master the sentinels name answers as a replica, or is down: the log and /readyz name it and say which, for each sentinel", async () => {
+    const set = await ownSet({ downAfterMs: 60_000 });
+    const [master, replica] = set.dataPorts;
+    await set.node(master).call("REPLICAOF", "127.0.0.1", String(replica));
+    const demoted = await start(sentinelEnv(set), { storageProbe: { intervalMs: 100 } });
+    const unusable = "no master the redis sentinels name for mymaster can be used; retrying";
+    const asReplica = await logLine(demoted, (line) => line["msg"] === unusable);
+    const reasons = (asReplica["err"] as { message: string }).message.split("; ");
+    expect(reasons).toHaveLength(3);
+    for (const reason of reasons) {
+      expect(reason).toMatch(new RegExp(`^sentinel 127\\.0\\.0\\.1:\\d+: names 127\\.0\\.0\\.1:${master} as the master, which answers as a replica \\(writes there fail READONLY\\)`));
+    }
+    await until("/readyz to say why", () => (demoted.app.health.components().get("storage")?.reason ?? "").includes("answers as a replica"));
+    // A master again: the same instance connects, without a restart.
+    await set.node(master).call("REPLICAOF", "NO", "ONE");
+    await untilServing(demoted);
+
+    await set.kill(master);
+    const refused = await start(sentinelEnv(set));
+    const down = await logLine(refused, (line) => line["msg"] === unusable);
+    expect((down["err"] as { message: string }).message.split("; ")).toEqual(
+      set.sentinelPorts.map((port) => `sentinel 127.0.0.1:${port}: names 127.0.0.1:${master} as the master, which is unreachable (connect ECONNREFUSED 127.0.0.1:${master})`),
+    );
+    expect(`${logText(demoted)}${logText(refused)}`).not.toMatch(/s3cret/);
   });
 });
 
