@@ -129,6 +129,11 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     ...(first.password === "" ? {} : { password: decodeURIComponent(first.password) }),
   };
 
+  // The master as the sentinel that named it said it (a hostname with announce-hostnames), for the log: the
+  // connection only knows the address that name resolved to. ioredis hands every address a sentinel gives it (the
+  // other sentinels', then the master's) to natMap just before it connects to the master; returning null keeps
+  // each address as given.
+  let lastNamed: string | undefined;
   let readOnlySeen = false;
   const redis = new Redis({
     ...nodeOptions,
@@ -145,12 +150,16 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     // The pause between rounds over every sentinel when none named a reachable master: the store's backoff.
     ...(typeof nodeOptions.retryStrategy === "function" ? { sentinelRetryStrategy: nodeOptions.retryStrategy } : {}),
     failoverDetector: false,
+    natMap: (key: string) => {
+      lastNamed = key;
+      return null;
+    },
     reconnectOnError: (error: Error) => {
       if (!/^READONLY\b/.test(error.message)) return false;
       if (!readOnlySeen) {
         readOnlySeen = true;
         logger.warn(
-          { redis_master_set: set, master: connectedTo(redis) },
+          { redis_master_set: set, ...masterFields() },
           "redis answered READONLY: the node this instance was writing to is a replica now (a demoted master); " +
             "reconnecting to the master the sentinels name",
         );
@@ -159,14 +168,28 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     },
   });
 
+  /**
+   * The node the client is connected to for the log: `master` as the
+   * sentinel named it, and `master_address`, the address it reached, when
+   * that is another (a name).
+   */
+  const masterFields = (): { master?: string; master_address?: string } => {
+    const peer = connectedTo(redis);
+    if (peer === undefined) return {};
+    const named = lastNamed;
+    // Only a name for this very port is the master's (a sentinel's would be for another).
+    if (named === undefined || named === peer || portOf(named) !== portOf(peer)) return { master: peer };
+    return { master: named, master_address: peer };
+  };
+
   let master: string | undefined;
   redis.on("ready", () => {
     readOnlySeen = false;
-    const now = connectedTo(redis);
-    if (now === master) return;
-    if (master === undefined) logger.info({ redis_master_set: set, master: now }, "redis: connected to the master the sentinels name");
-    else logger.warn({ redis_master_set: set, master: now, previous_master: master }, "redis: the master moved (a Sentinel failover); connected to the new one");
-    master = now;
+    const now = masterFields();
+    if (now.master === master) return;
+    if (master === undefined) logger.info({ redis_master_set: set, ...now }, "redis: connected to the master the sentinels name");
+    else logger.warn({ redis_master_set: set, ...now, previous_master: master }, "redis: the master moved (a Sentinel failover); connected to the new one");
+    master = now.master;
   });
 
   const wording = sentinelWording({
@@ -235,7 +258,7 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
       if (warnedOf !== to) {
         warnedOf = to;
         logger.warn(
-          { redis_master_set: set, master: connectedTo(redis), announced: to },
+          { redis_master_set: set, ...masterFields(), announced: to },
           "redis: connected to a node other than the master announced while reconnecting (a sentinel that had not " +
             "switched yet named it); reconnecting",
         );
@@ -277,6 +300,11 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
 function connectedTo(redis: Redis): string | undefined {
   const stream = redis.stream as { remoteAddress?: string; remotePort?: number } | undefined;
   return stream?.remoteAddress === undefined ? undefined : `${stream.remoteAddress}:${stream.remotePort ?? ""}`;
+}
+
+/** The port of a `host:port`. */
+function portOf(address: string): string {
+  return address.slice(address.lastIndexOf(":") + 1);
 }
 
 interface WatchOptions {

@@ -470,6 +470,11 @@ describe("nodes named by hostname (the Bitnami chart's default: sentinels with r
     // The sentinels name the master by hostname, and the client reaches it by that name.
     expect(set.url).toMatch(/^redis:\/\/:[^@]+@localhost:\d+,redis:\/\/localhost:\d+,redis:\/\/localhost:\d+$/);
     expect(await set.sentinel(0).call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", set.master)).toEqual(["localhost", String(oldPort)]);
+    // The log names it as the sentinels do, and says the address that name led to.
+    expect(instance.logs.find((line) => line["msg"] === "redis: connected to the master the sentinels name")).toMatchObject({
+      master: `localhost:${oldPort}`,
+      master_address: `127.0.0.1:${oldPort}`,
+    });
     const before = await sendTo(instance, "named@example.com");
     await set.synced();
 
@@ -482,6 +487,11 @@ describe("nodes named by hostname (the Bitnami chart's default: sentinels with r
     expect(instance.logs.find((line) => line["msg"] === "redis sentinel announced a failover: moving to the new master")).toMatchObject({
       from: `localhost:${oldPort}`,
       to: `localhost:${newPort}`,
+    });
+    expect(instance.logs.find((line) => line["msg"] === "redis: the master moved (a Sentinel failover); connected to the new one")).toMatchObject({
+      master: `localhost:${newPort}`,
+      master_address: `127.0.0.1:${newPort}`,
+      previous_master: `localhost:${oldPort}`,
     });
 
     // The instance's one connection to the new master (not a sentinel's, a replica's or this test's).
