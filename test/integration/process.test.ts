@@ -28,6 +28,23 @@ import { fingerprintOf, presentedAfterStarttls, presentedByTls } from "../suppor
 const { sendOtp, verifyOtp, getDeliveryStatus } = OtpEmailService.method;
 const slowAppModule = fileURLToPath(new URL("../support/slow-app-module.mjs", import.meta.url));
 
+/** A bearer token of `caller`, its hash and its AUTH_TOKENS entry. */
+function newToken(caller: string): { value: string; hash: string; entry: string } {
+  const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
+  const hash = createHash("sha256").update(value).digest("hex");
+  return { value, hash, entry: `${caller}:${hash}` };
+}
+
+/** Sends a login code to a new `<prefix>-N@example.com` with `bearer` as the call's token. */
+function bearerSender(client: grpc.Client, prefix: string): (bearer: string) => Promise<{ state: DeliveryState }> {
+  let sent = 0;
+  return (bearer) => {
+    const metadata = new grpc.Metadata();
+    metadata.set("authorization", `Bearer ${bearer}`);
+    return grpcUnary(client, sendOtp, { recipient: `${prefix}-${++sent}@example.com`, purpose: Purpose.LOGIN }, { metadata });
+  };
+}
+
 afterEach(killServiceProcesses);
 
 describe("npm start with nothing configured", () => {
@@ -337,11 +354,7 @@ describe("SIGHUP", () => {
 describe("SIGHUP and the AUTH_TOKENS file", () => {
   it("re-reads the token file: a removed token is refused, an added one works, on the same connection", async () => {
     const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-tokens-"));
-    const token = (caller: string) => {
-      const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
-      return { value, entry: `${caller}:${createHash("sha256").update(value).digest("hex")}` };
-    };
-    const [alpha, beta] = [token("alpha"), token("beta")];
+    const [alpha, beta] = [newToken("alpha"), newToken("beta")];
     const path = join(dir, "tokens");
     await writeFile(path, `${alpha.entry}\n`);
     const service = startServiceProcess({
@@ -359,12 +372,7 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
       const port = Number(String(listening["grpc"]).split(":").at(-1));
       const opened = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
       channel = opened;
-      let sent = 0;
-      const send = (bearer: string) => {
-        const metadata = new grpc.Metadata();
-        metadata.set("authorization", `Bearer ${bearer}`);
-        return grpcUnary(opened, sendOtp, { recipient: `tokens-${++sent}@example.com`, purpose: Purpose.LOGIN }, { metadata });
-      };
+      const send = bearerSender(opened, "tokens");
       expect((await send(alpha.value)).state).toBe(DeliveryState.ACCEPTED);
 
       await writeFile(join(dir, ".tokens.new"), `${beta.entry}\n`);
@@ -386,13 +394,9 @@ describe("SIGHUP and the AUTH_TOKENS file", () => {
 describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
   it("a file dropping a caller CALLER_PURPOSES names is applied with a warning and counted on /metrics; a restart with it stops at start-up (exit 78), naming the caller", async () => {
     const dir = await mkdtemp(join(tmpdir(), "otp-process-sighup-purposes-"));
-    const token = (caller: string) => {
-      const value = `${caller}-token-${Math.random().toString(36).slice(2)}`;
-      return { value, hash: createHash("sha256").update(value).digest("hex") };
-    };
-    const [alpha, beta] = [token("alpha"), token("beta")];
+    const [alpha, beta] = [newToken("alpha"), newToken("beta")];
     const path = join(dir, "tokens");
-    await writeFile(path, `alpha:${alpha.hash}\nbeta:${beta.hash}\n`);
+    await writeFile(path, `${alpha.entry}\n${beta.entry}\n`);
     const env = {
       NODE_ENV: "test",
       GRPC_ADDR: "127.0.0.1:0",
@@ -417,15 +421,10 @@ describe("SIGHUP, the AUTH_TOKENS file and CALLER_PURPOSES", () => {
       expect(await unlisted()).toBe("0");
       const opened = new GrpcOtpClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
       channel = opened;
-      let sent = 0;
-      const send = (bearer: string) => {
-        const metadata = new grpc.Metadata();
-        metadata.set("authorization", `Bearer ${bearer}`);
-        return grpcUnary(opened, sendOtp, { recipient: `purposes-${++sent}@example.com`, purpose: Purpose.LOGIN }, { metadata });
-      };
+      const send = bearerSender(opened, "purposes");
       expect((await send(beta.value)).state).toBe(DeliveryState.ACCEPTED);
 
-      await writeFile(join(dir, ".tokens.new"), `alpha:${alpha.hash}\n`);
+      await writeFile(join(dir, ".tokens.new"), `${alpha.entry}\n`);
       await rename(join(dir, ".tokens.new"), path);
       service.child.kill("SIGHUP");
       const reloaded = await service.waitForLine((line) => line["component"] === "auth_tokens" && /reloaded/.test(String(line["msg"])));
