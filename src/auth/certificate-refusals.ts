@@ -25,7 +25,7 @@ import type { Logger } from "../logger.js";
 import { certificateCallerName } from "./caller-identity.js";
 
 /** Why a certificate did not verify, as `otp_tls_client_certificate_refusals_total{reason}` and ErrorInfo `certificate_refusal`. */
-export const certificateRefusalReasons = ["revoked", "expired", "not_yet_valid", "untrusted", "crl_expired", "other"] as const;
+export const certificateRefusalReasons = ["revoked", "expired", "not_yet_valid", "untrusted", "crl_expired", "crl_not_yet_valid", "other"] as const;
 export type CertificateRefusalReason = (typeof certificateRefusalReasons)[number];
 
 /** OpenSSL's verify errors (as Node names them) by reason; any other is `other`. */
@@ -43,6 +43,9 @@ const reasonOfCode: Readonly<Record<string, CertificateRefusalReason>> = {
   CERT_SIGNATURE_FAILURE: "untrusted",
   CERT_UNTRUSTED: "untrusted",
   CRL_HAS_EXPIRED: "crl_expired",
+  // The CA's CRL starts later than our clock says (clock skew): tls/client-crl.ts keeps the CRL in force meanwhile
+  // at a reload, so this is a start-up with a CRL a few minutes early, or a CA that had none in force.
+  CRL_NOT_YET_VALID: "crl_not_yet_valid",
 };
 
 /** What the caller is told its certificate is (after "the client certificate"). */
@@ -53,6 +56,9 @@ const phrases: Readonly<Record<CertificateRefusalReason, (code: string) => strin
   untrusted: () => "is not signed by a client CA of this service (TLS_CLIENT_CA)",
   // The service's side: the caller can only tell its operator.
   crl_expired: () => "cannot be checked: the CRL of its CA has expired (TLS_CLIENT_CRL; the service's operator must publish a current one)",
+  // Clears itself when the CRL's thisUpdate passes, minutes at most at start-up: retrying is what the caller can do.
+  crl_not_yet_valid: () =>
+    "cannot be checked: the CRL of its CA is not valid yet (TLS_CLIENT_CRL; its thisUpdate is ahead of the service's clock: retry in a few minutes, or tell the service's operator)",
   other: (code) => `did not verify (OpenSSL: ${code})`,
 };
 

@@ -448,7 +448,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     help:
       "gRPC connections whose client certificate did not verify, so that it counts as none (token callers on them still are callers), by " +
       "reason: revoked (TLS_CLIENT_CRL), expired, not_yet_valid, untrusted (not signed by a CA of TLS_CLIENT_CA), crl_expired (its CA's " +
-      "CRL has expired: every certificate of that CA is refused), other (the log names OpenSSL's error). Series only with TLS_CLIENT_CA.",
+      "CRL has expired: every certificate of that CA is refused), crl_not_yet_valid (its CA's CRL starts later than this host's clock " +
+      "says: clock skew), other (the log names OpenSSL's error). Series only with TLS_CLIENT_CA.",
     labelNames: ["reason"] as const,
     registers,
   });
