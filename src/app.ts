@@ -590,6 +590,7 @@ function watchedCertificates(
       key: { variable: "TLS_KEY", path: tls.paths.key, pem: tls.key },
       ca: tls.clientCa === undefined ? undefined : { variable: "TLS_CLIENT_CA", path: tls.paths.clientCa, pem: tls.clientCa },
       crl: tls.clientCrl === undefined ? undefined : { variable: "TLS_CLIENT_CRL", path: tls.paths.clientCrl, pem: tls.clientCrl.pem },
+      crls: tls.clientCrl?.checked,
       apply: (set) => updateGrpc({ cert: set.cert, key: set.key, clientCa: set.ca, clientCrl: set.crl }),
     });
   }

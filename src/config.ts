@@ -17,7 +17,7 @@ import { hasMisreadUserinfo, parseSmtpUrl, redactUrl } from "./delivery/smtp-url
 import type { TokenCaller } from "./auth/caller-identity.js";
 import type { LimitsConfig, LimitWindow } from "./limits/types.js";
 import { checkCertificateSet, unreadableReason, type CertificatePart } from "./tls/certificate-set.js";
-import type { ClientCrls } from "./tls/client-crl.js";
+import { crlAheadLimitMs, type ClientCrls } from "./tls/client-crl.js";
 
 export type Environment = "production" | "development" | "test";
 
@@ -413,7 +413,8 @@ function readCertificateSet(now: number, cert: [string, string], key: [string, s
     ca: ca === undefined ? undefined : readCertificatePart(ca[0], ca[1], false),
     crl: crl === undefined ? undefined : readCertificatePart(crl[0], crl[1], false),
   };
-  const checked = checkCertificateSet(parts, now);
+  // A CRL a few minutes early starts the service (its CA's certificates refused until then); more stops it.
+  const checked = checkCertificateSet(parts, now, { aheadLimitMs: crlAheadLimitMs });
   if (!checked.ok) throw new ConfigError(`${checked.variable}: ${checked.reason}`);
   return { ...parts, checked };
 }

@@ -18,7 +18,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import type { Clock } from "../clock.js";
-import type { ClientCrls } from "../tls/client-crl.js";
+import { crlAheadLimitMs, durationText, type ClientCrls } from "../tls/client-crl.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "./metrics.js";
 
@@ -95,13 +95,16 @@ export const clientCrlWarnWithinMs = 6 * 3_600_000;
  * in use (TLS_CLIENT_CRL) and warns of a CA whose newest CRL expires soon:
  * an expired CRL is refused by the checks, but the one in use expires
  * while it is served, and from then on TLS refuses every client
- * certificate of its CA.
+ * certificate of its CA. Also warns of a CA whose CRL is still to come
+ * (tls/client-crl.ts, `pending`): what TLS does until then, and that a
+ * clock is off; an error when it is further ahead than start-up takes.
  */
 export function reportClientCrlExpiry(crls: ClientCrls, options: ClientCrlExpiryOptions): void {
   const { metrics, logger } = options;
   metrics.tlsClientCrlNextUpdate.reset();
   const now = options.clock.now();
-  for (const { subject, nextUpdate } of crls.authorities) {
+  for (const { subject, nextUpdate, pending } of crls.authorities) {
+    if (pending !== undefined) reportPending(subject, pending, now, options);
     if (nextUpdate === undefined) continue;
     metrics.tlsClientCrlNextUpdate.set({ issuer: subject }, Math.floor(nextUpdate / 1000));
     if (nextUpdate - now <= clientCrlWarnWithinMs) {
@@ -112,5 +115,24 @@ export function reportClientCrlExpiry(crls: ClientCrls, options: ClientCrlExpiry
           (options.reloadable ? "publish a new CRL; the file is re-read without a restart" : "publish a new CRL and restart (it is PEM text, read at start-up only)"),
       );
     }
+  }
+}
+
+function reportPending(subject: string, pending: { thisUpdate: number; kept: boolean }, now: number, options: ClientCrlExpiryOptions): void {
+  const ahead = pending.thisUpdate - now;
+  const at = new Date(pending.thisUpdate).toISOString();
+  const what = `the ${pending.kept ? "new " : ""}CRL of ${subject} (TLS_CLIENT_CRL) is not valid until ${at} (its thisUpdate, ${durationText(ahead)} ahead of this host's clock: clock skew?): `;
+  const meanwhile = pending.kept
+    ? "TLS keeps using the CRL in force for that CA until then, and the new one from then on"
+    : "TLS refuses every client certificate of that CA until then (certificate_refusal crl_not_yet_valid)";
+  const fields = { issuer: subject, this_update: at, clock: new Date(now).toISOString(), ahead_seconds: Math.ceil(ahead / 1000), crl_in_force_kept: pending.kept };
+  if (ahead > crlAheadLimitMs) {
+    // Only a reload gets here (start-up refuses it): what is served is right, but a restart would stop on this file.
+    options.logger.error(
+      fields,
+      `${what}${meanwhile}. The service would not start with this file (exit 78, more than ${durationText(crlAheadLimitMs)} ahead): check this host's clock and the CA's`,
+    );
+  } else {
+    options.logger.warn(fields, `${what}${meanwhile}`);
   }
 }

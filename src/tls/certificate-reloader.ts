@@ -20,6 +20,14 @@
  * checks is therefore not refused at once: it is read again after
  * `settleMs`, and refused only when the files still hold the same thing.
  *
+ * A CRL still to come (tls/client-crl.ts, `pending`: its thisUpdate ahead
+ * of our clock) is applied, counted once like any change, beside the CRL
+ * in force for its CA, which TLS goes on using until then. The files do
+ * not change when that time comes, so their digest would never let them be
+ * looked at again: the set in use is checked again then (a timer, and
+ * every read after it), which drops the kept CRL and says the new one is
+ * in force. Nothing is counted then: no file changed.
+ *
  * Parts given as PEM text are never re-read; a listener with no part given
  * as a file is not watched at all.
  */
@@ -31,6 +39,7 @@ import { createSettler, startReloadLoop, type Settle } from "../reload-loop.js";
 import { reportCertificateExpiry, reportClientCrlExpiry, type CertificateRole } from "../telemetry/certificate-expiry.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import { checkCertificateSet, subjectOf, unreadableReason, type CertificatePart, type CertificateSet } from "./certificate-set.js";
+import { pendingUntil, type ClientCrls } from "./client-crl.js";
 
 /** One part of a listener's set as configured. */
 export interface WatchedPart {
@@ -51,6 +60,8 @@ export interface WatchedCertificate {
   readonly ca?: WatchedPart | undefined;
   /** The client CRLs (gRPC with TLS_CLIENT_CRL). */
   readonly crl?: WatchedPart | undefined;
+  /** The CRLs TLS uses at start (`crl` as start-up checked it): a reload keeps a CA's CRL from these while its new one is still to come. */
+  readonly crls?: ClientCrls | undefined;
   /** Serves a checked set to new connections. */
   apply(set: CertificateSet): void;
 }
@@ -157,6 +168,13 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
     let refusal: { changed: string[]; variable: string; reason: string } | undefined;
     /** Files that failed their checks once and get `settleMs` before they are refused. */
     const settler = createSettler({ settleMs, loop, reread: (settle) => check(settle) });
+    /** The CRLs TLS uses now, with any kept for a CA whose new CRL is still to come. */
+    let inForce = watched.crls;
+    /** Set when a CA's CRL is still to come: checks the set in use again once it is valid. */
+    let pendingTimer: NodeJS.Timeout | undefined;
+    /** The CRLs in force whose check once their pending CRL was due failed: not checked again until others are in force. */
+    let recheckFailed: ClientCrls | undefined;
+    schedulePending();
 
     metrics.tlsCertificateReloads.labels(role, "applied").inc(0);
     metrics.tlsCertificateReloads.labels(role, "refused").inc(0);
@@ -168,6 +186,8 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
      * reload request (SIGHUP), answered in the log whatever the outcome, "unchanged" and "still refused" too.
      */
     async function check(confirming: Settle | undefined, requested = false): Promise<void> {
+      // Before the files: what is served is checked again whatever they hold (unchanged, refused or new).
+      recheckPending();
       const reads = await Promise.all(
         files.map(async (part): Promise<PartRead> => {
           try {
@@ -265,6 +285,7 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       const checked = checkCertificateSet(
         { cert: cert as CertificatePart, key: key as CertificatePart, ca: ca as CertificatePart | undefined, crl: crl as CertificatePart | undefined },
         clock.now(),
+        { inForce },
       );
       if (!checked.ok) return checked;
       try {
@@ -272,7 +293,59 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       } catch (error) {
         return { variable: watched.cert.variable, reason: `the listener could not take it (${(error as Error).message})` };
       }
+      inForce = checked.set.crl;
       return { leaf: checked.leaf, set: checked.set };
+    }
+
+    /** Checks the set in use again when a CRL it holds for later is due (a timer; `recheckPending` waits for it otherwise). */
+    function schedulePending(): void {
+      if (pendingTimer !== undefined) clearTimeout(pendingTimer);
+      pendingTimer = undefined;
+      const until = pendingUntil(inForce);
+      if (until === undefined) return;
+      // A second after: thisUpdate counts in whole seconds, and TLS must take the CRL by then too.
+      pendingTimer = setTimeout(
+        () => {
+          pendingTimer = undefined;
+          void loop.enqueue(() => Promise.resolve(recheckPending()));
+        },
+        // At most a day at a time (setTimeout takes under 25 days); an early wake-up only schedules the next.
+        Math.min(Math.max(0, until - clock.now()) + 1000, 86_400_000),
+      );
+      pendingTimer.unref();
+    }
+
+    /**
+     * Once a CRL held for later is due, checks the set in use (the text served, not the files, which may hold
+     * another change) again and applies it: the CRL kept for its CA is dropped, the gauges follow.
+     */
+    function recheckPending(): void {
+      const until = pendingUntil(inForce);
+      if (until === undefined || inForce === recheckFailed) return;
+      if (clock.now() < until) {
+        if (pendingTimer === undefined) schedulePending();
+        return;
+      }
+      const before = inForce?.authorities ?? [];
+      const reading: Reading = new Map(files.map((part): [WatchedPart, PartRead] => [part, { text: served.get(part) ?? part.pem }]));
+      const outcome = tryApply(reading);
+      if (!("leaf" in outcome)) {
+        // Another CRL of the set expired meanwhile (its alert says so). TLS still holds the CRL that is due and uses it.
+        recheckFailed = inForce;
+        logger.debug({ certificate: role, variable: outcome.variable, reason: outcome.reason }, "the certificate set in use no longer passes its checks");
+        return;
+      }
+      for (const { subject, pending } of before) {
+        if (pending === undefined || outcome.set.crl?.authorities.find((now) => now.subject === subject)?.pending !== undefined) continue;
+        const at = new Date(pending.thisUpdate).toISOString();
+        logger.info(
+          { certificate: role, issuer: subject, this_update: at },
+          `the ${pending.kept ? "new " : ""}CRL of ${subject} (TLS_CLIENT_CRL) is in force now (its thisUpdate ${at} has passed)` +
+            (pending.kept ? ": the CRL kept for that CA until then is dropped" : ": client certificates of that CA verify again"),
+        );
+      }
+      if (outcome.set.crl !== undefined) reportClientCrlExpiry(outcome.set.crl, { metrics, logger, clock, reloadable: watched.crl?.path !== undefined });
+      schedulePending();
     }
 
     /** The leaf certificate served now (undefined only if it no longer parses, which its checks rule out). */
@@ -295,12 +368,17 @@ export function startCertificateReloader(options: CertificateReloaderOptions): C
       );
       reportCertificateExpiry(role, cert, { metrics, logger, clock, reloadable: watched.cert.path !== undefined });
       if (set.crl !== undefined) reportClientCrlExpiry(set.crl, { metrics, logger, clock, reloadable: watched.crl?.path !== undefined });
+      schedulePending();
     }
 
     return {
       files,
       check,
-      stop: () => settler.stop(),
+      stop: () => {
+        settler.stop();
+        if (pendingTimer !== undefined) clearTimeout(pendingTimer);
+        pendingTimer = undefined;
+      },
     };
   }
 }

@@ -11,7 +11,7 @@
  */
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
 import { createSecureContext } from "node:tls";
-import { checkClientCrl, type ClientCrls } from "./client-crl.js";
+import { checkClientCrl, type ClientCrlCheckOptions, type ClientCrls } from "./client-crl.js";
 
 /** What a TLS listener presents, and (gRPC with mTLS callers) whom it trusts. */
 export interface CertificateSet {
@@ -51,9 +51,11 @@ export type CertificateSetCheck =
  * certificate, and Node builds a TLS context from them (the last guard: a
  * set that got this far cannot make the listener's context update throw).
  * With a CRL, also the checks of tls/client-crl.ts at `now` (ms): a CRL
- * past its nextUpdate is refused here, so it depends on the time.
+ * past its nextUpdate is refused here, so it depends on the time; `crl`
+ * tells those checks what start-up and a reload do differently about a CRL
+ * still to come (the CRLs in force, the bound on how early it may be).
  */
-export function checkCertificateSet(parts: CertificateSetParts, now: number): CertificateSetCheck {
+export function checkCertificateSet(parts: CertificateSetParts, now: number, crl: ClientCrlCheckOptions = {}): CertificateSetCheck {
   const refuse = (variable: string, reason: string): CertificateSetCheck => ({ ok: false, variable, reason });
 
   const noBlock = pemBlockMissing(parts.cert, "CERTIFICATE");
@@ -90,15 +92,15 @@ export function checkCertificateSet(parts: CertificateSetParts, now: number): Ce
     }
   }
 
-  let crl: ClientCrls | undefined;
+  let crls: ClientCrls | undefined;
   if (parts.crl !== undefined) {
     if (parts.ca === undefined) return refuse(parts.crl.variable, "a CRL needs the CA whose certificates it revokes (TLS_CLIENT_CA)");
-    const checked = checkClientCrl(parts.crl.pem, parts.ca.pem, parts.crl.origin, now);
+    const checked = checkClientCrl(parts.crl.pem, parts.ca.pem, parts.crl.origin, now, crl);
     if (!checked.ok) return refuse(parts.crl.variable, checked.reason);
-    crl = checked.crls;
+    crls = checked.crls;
   }
 
-  const set: CertificateSet = { cert: parts.cert.pem, key: parts.key.pem, ca: parts.ca?.pem, crl };
+  const set: CertificateSet = { cert: parts.cert.pem, key: parts.key.pem, ca: parts.ca?.pem, crl: crls };
   try {
     createSecureContext({ cert: set.cert, key: set.key, ...(set.ca === undefined ? {} : { ca: set.ca }) });
   } catch (error) {

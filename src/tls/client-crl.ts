@@ -7,11 +7,23 @@
  * OpenSSL then marks a revoked client certificate unauthorized, and grpc-js
  * shows the call no certificate at all. But OpenSSL also marks unauthorized
  * every certificate it cannot check: it wants a CRL from every CA of the
- * chain, and one whose nextUpdate has not passed. The checks here refuse
- * what would turn every certificate caller of a CA away with a bare
- * UNAUTHENTICATED: a CRL that does not parse, one no CA of TLS_CLIENT_CA
- * signed, a CA of TLS_CLIENT_CA without a CRL, and a CA whose newest CRL
- * has expired.
+ * chain, and one whose nextUpdate has not passed and whose thisUpdate has.
+ * The checks here refuse what would turn every certificate caller of a CA
+ * away with a bare UNAUTHENTICATED: a CRL that does not parse, one no CA of
+ * TLS_CLIENT_CA signed, a CA of TLS_CLIENT_CA without a CRL, and a CA whose
+ * newest CRL has expired.
+ *
+ * A CA whose CRLs are all still to come (thisUpdate ahead of our clock: the
+ * CA's clock is ahead of ours, or a CRL published a moment ago and our
+ * clock a little behind) is not refused: the CRL is right, only early, and
+ * refusing it would leave the old one to expire. It is `pending` instead.
+ * OpenSSL, given several CRLs of a CA, uses one within its validity period
+ * and of those the newest, and decides at each handshake: so the CRL in
+ * force for that CA (`inForce`) is kept beside the early one, and TLS moves
+ * to the early one by itself the moment its thisUpdate passes. At start-up
+ * there is no CRL in force: a little early (`aheadLimitMs`) starts, with
+ * that CA's certificates refused until then; more is refused, since our
+ * clock or the CA's is then wrong by more than clocks drift.
  *
  * Node reads no CRL fields, so the few we need come from the DER here
  * (RFC 5280 5.1): issuer, thisUpdate, nextUpdate, the signature.
@@ -20,24 +32,59 @@ import { constants, verify, X509Certificate, type KeyObject } from "node:crypto"
 
 /** Checked CRLs, as TLS gets them and as the expiry gauge tells them. */
 export interface ClientCrls {
-  /** PEM text of each CRL alone (Node's `crl` option takes one CRL per string). */
+  /** PEM text of each CRL alone (Node's `crl` option takes one CRL per string); with the CRLs kept for a pending CA. */
   readonly pems: readonly string[];
+  /** Each CA of TLS_CLIENT_CA, in TLS_CLIENT_CA's order. */
+  readonly authorities: readonly ClientCrlAuthority[];
+}
+
+export interface ClientCrlAuthority {
+  /** `CN=Acme CA, O=Acme`. */
+  readonly subject: string;
   /**
-   * Each CA of TLS_CLIENT_CA (`CN=Acme CA, O=Acme`) and when its newest CRL
-   * expires (nextUpdate, ms since the epoch; undefined: none given, never):
-   * from then on TLS refuses every client certificate of that CA.
+   * When its newest CRL expires (nextUpdate, ms since the epoch; undefined:
+   * none given, never): from then on TLS refuses every client certificate
+   * of that CA.
    */
-  readonly authorities: readonly { readonly subject: string; readonly nextUpdate: number | undefined }[];
+  readonly nextUpdate: number | undefined;
+  /**
+   * Set when every CRL given for this CA is still to come: `thisUpdate`,
+   * the earliest of theirs (ms since the epoch), is when TLS starts using
+   * them. `kept`: the CRL in force before is kept (and used) until then;
+   * false: TLS refuses every certificate of this CA until then
+   * (CRL_NOT_YET_VALID).
+   */
+  readonly pending?: { readonly thisUpdate: number; readonly kept: boolean } | undefined;
 }
 
 export type ClientCrlCheck = { readonly ok: true; readonly crls: ClientCrls } | { readonly ok: false; readonly reason: string };
+
+export interface ClientCrlCheckOptions {
+  /** The CRLs TLS uses now (a reload): a pending CA keeps its CRL from these. Undefined at start-up. */
+  readonly inForce?: ClientCrls | undefined;
+  /** Refuse a pending CA whose CRL starts more than this after `now` (start-up); undefined: no bound. */
+  readonly aheadLimitMs?: number | undefined;
+}
+
+/**
+ * How far ahead of our clock a CRL's thisUpdate may be at start-up (5
+ * minutes). Clocks kept by NTP agree within a second; a host or a CA
+ * without it drifts by seconds a day, and a CRL fetched the moment it is
+ * published is ahead by the skew between the two: minutes cover both, and
+ * the service starts (refusing that CA's certificates for those minutes,
+ * and saying so) rather than stopping token callers too. Hours mean a
+ * clock that is wrong (which breaks certificates' validity as well) or a
+ * CRL signed for later: that stops the start. 5 minutes is also the skew
+ * Kerberos tolerates by default.
+ */
+export const crlAheadLimitMs = 5 * 60_000;
 
 /**
  * Checks `crlPem` (one or more PEM CRLs) against `caPem` (TLS_CLIENT_CA,
  * one or more PEM certificates) at `now`. `origin` names where the CRLs
  * came from in a reason (`/etc/tls/crl.pem`, `the value`).
  */
-export function checkClientCrl(crlPem: string, caPem: string, origin: string, now: number): ClientCrlCheck {
+export function checkClientCrl(crlPem: string, caPem: string, origin: string, now: number, options: ClientCrlCheckOptions = {}): ClientCrlCheck {
   const refuse = (reason: string): ClientCrlCheck => ({ ok: false, reason });
   const blocks = pemBlocks(crlPem, "X509 CRL");
   if (blocks.length === 0) return refuse(`${origin} holds no PEM CRL (a -----BEGIN X509 CRL----- block)`);
@@ -49,7 +96,7 @@ export function checkClientCrl(crlPem: string, caPem: string, origin: string, no
     return refuse(`cannot read the CAs of TLS_CLIENT_CA (${(error as Error).message})`);
   }
 
-  const crls: { readonly pem: string; readonly nextUpdate: number | undefined; readonly ca: CaCertificate }[] = [];
+  const crls: CaCrl[] = [];
   for (const [index, pem] of blocks.entries()) {
     const which = blocks.length > 1 ? `CRL ${index + 1} of ${origin}` : `the CRL of ${origin}`;
     let crl: ParsedCrl;
@@ -63,26 +110,89 @@ export function checkClientCrl(crlPem: string, caPem: string, origin: string, no
     if (named.length === 0) return refuse(`${which} comes from ${crl.issuer}, which is not a CA of TLS_CLIENT_CA`);
     const signer = named.find((ca) => signedBy(crl, ca.publicKey));
     if (signer === undefined) return refuse(`${which} names ${crl.issuer} as its issuer but that CA of TLS_CLIENT_CA did not sign it`);
-    crls.push({ pem, nextUpdate: crl.nextUpdate, ca: signer });
+    crls.push({ pem, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate, ca: signer });
   }
 
-  const authorities: { subject: string; nextUpdate: number | undefined }[] = [];
+  const pems = crls.map((crl) => crl.pem);
+  const authorities: ClientCrlAuthority[] = [];
   for (const ca of cas) {
     const own = crls.filter((crl) => crl.ca === ca);
     if (own.length === 0) {
       return refuse(`no CRL from ${ca.subject} (a CA of TLS_CLIENT_CA): TLS would refuse every client certificate it signs; add its CRL`);
     }
-    // OpenSSL uses a CA's current CRL when it has several: only when all have expired is the CA cut off.
-    const newest = own.some((crl) => crl.nextUpdate === undefined) ? undefined : Math.max(...own.map((crl) => crl.nextUpdate ?? 0));
-    if (newest !== undefined && newest <= now) {
+    // OpenSSL uses a CA's current CRL when it has several: only when none is current is the CA cut off.
+    if (own.some((crl) => current(crl, now))) {
+      authorities.push({ subject: ca.subject, nextUpdate: newestNextUpdate(own) });
+      continue;
+    }
+    const early = own.filter((crl) => crl.thisUpdate > now);
+    if (early.length === 0) {
       return refuse(
-        `the CRL from ${ca.subject} expired at ${new Date(newest).toISOString()} (its nextUpdate): ` +
+        `the CRL from ${ca.subject} expired at ${new Date(newestNextUpdate(own) ?? now).toISOString()} (its nextUpdate): ` +
           "TLS refuses every client certificate of that CA until a current CRL is given; publish a new one",
       );
     }
-    authorities.push({ subject: ca.subject, nextUpdate: newest });
+    const thisUpdate = Math.min(...early.map((crl) => crl.thisUpdate));
+    if (options.aheadLimitMs !== undefined && thisUpdate - now > options.aheadLimitMs) {
+      return refuse(
+        `the CRL from ${ca.subject} is not valid until ${new Date(thisUpdate).toISOString()} (its thisUpdate), ` +
+          `${durationText(thisUpdate - now)} ahead of this host's clock (${new Date(now).toISOString()}): ` +
+          "TLS would refuse every client certificate of that CA until then. Check this host's clock and the CA's (clock skew?), " +
+          "or give the CA's current CRL as well (one file may hold both)",
+      );
+    }
+    // The CRLs of this CA that TLS uses now and that are still current: TLS goes on using them until the early one starts.
+    const kept = inForceCrls(options.inForce, ca).filter((crl) => current(crl, now));
+    pems.push(...kept.map((crl) => crl.pem));
+    authorities.push({ subject: ca.subject, nextUpdate: newestNextUpdate([...own, ...kept]), pending: { thisUpdate, kept: kept.length > 0 } });
   }
-  return { ok: true, crls: { pems: crls.map((crl) => crl.pem), authorities } };
+  return { ok: true, crls: { pems, authorities } };
+}
+
+/** The earliest thisUpdate among pending CAs (when TLS starts using a CRL it does not use yet), or undefined. */
+export function pendingUntil(crls: ClientCrls | undefined): number | undefined {
+  const times = (crls?.authorities ?? []).flatMap((authority) => (authority.pending === undefined ? [] : [authority.pending.thisUpdate]));
+  return times.length === 0 ? undefined : Math.min(...times);
+}
+
+/** `45 s`, `4 min`, `3.5 hours`, `2 days`: how far ahead, for a message. */
+export function durationText(ms: number): string {
+  if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 2 * 3_600_000) return `${Math.round(ms / 60_000)} min`;
+  if (ms < 2 * 86_400_000) return `${Math.round(ms / 360_000) / 10} hours`;
+  return `${Math.round(ms / 8_640_000) / 10} days`;
+}
+
+/** A CRL and the CA of TLS_CLIENT_CA that signed it. */
+interface CaCrl {
+  readonly pem: string;
+  readonly thisUpdate: number;
+  readonly nextUpdate: number | undefined;
+  readonly ca: CaCertificate;
+}
+
+/** Whether OpenSSL takes `crl` at `now`: its thisUpdate has passed and its nextUpdate has not. */
+function current(crl: CaCrl, now: number): boolean {
+  return crl.thisUpdate <= now && (crl.nextUpdate === undefined || crl.nextUpdate > now);
+}
+
+/** The latest nextUpdate of a CA's CRLs; undefined when one has none (it never expires). */
+function newestNextUpdate(crls: readonly CaCrl[]): number | undefined {
+  return crls.some((crl) => crl.nextUpdate === undefined) ? undefined : Math.max(...crls.map((crl) => crl.nextUpdate ?? 0));
+}
+
+/** The CRLs in force that `ca` issued and signed (they passed these checks once; any that no longer parses is skipped). */
+function inForceCrls(inForce: ClientCrls | undefined, ca: CaCertificate): CaCrl[] {
+  const found: CaCrl[] = [];
+  for (const pem of inForce?.pems ?? []) {
+    try {
+      const crl = parseCrl(pem);
+      if (crl.issuerDer.equals(ca.subjectDer) && signedBy(crl, ca.publicKey)) found.push({ pem, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate, ca });
+    } catch {
+      continue;
+    }
+  }
+  return found;
 }
 
 /** The PEM blocks of one label in `text`, each with its BEGIN and END lines. */
@@ -109,6 +219,7 @@ function caCertificate(certificate: X509Certificate): CaCertificate {
 interface ParsedCrl {
   readonly issuer: string;
   readonly issuerDer: Buffer;
+  readonly thisUpdate: number;
   readonly nextUpdate: number | undefined;
   readonly delta: boolean;
   readonly tbs: Buffer;
@@ -131,7 +242,7 @@ function parseCrl(pem: string): ParsedCrl {
   const issuer = fields[at + 1];
   const thisUpdate = fields[at + 2];
   if (issuer?.tag !== 0x30 || thisUpdate === undefined) throw new Error("no issuer or thisUpdate");
-  time(der, thisUpdate);
+  const thisUpdateMs = time(der, thisUpdate);
   at += 3;
   let nextUpdate: number | undefined;
   const next = fields[at];
@@ -152,6 +263,7 @@ function parseCrl(pem: string): ParsedCrl {
   return {
     issuer: nameText(der, issuer),
     issuerDer: der.subarray(issuer.offset, issuer.end),
+    thisUpdate: thisUpdateMs,
     nextUpdate,
     delta,
     tbs: der.subarray(tbs.offset, tbs.end),

@@ -16,10 +16,18 @@
  *   client CA) is refused: the CRL in use stays, the log names
  *   TLS_CLIENT_CRL and why;
  * - otp_tls_client_crl_next_update_timestamp_seconds follows the CRLs in use;
+ * - a renewed CRL still to come (its thisUpdate a few seconds ahead: clock
+ *   skew) is applied beside the CRL in force for its CA, which TLS keeps
+ *   using until then; then the new one is in force, with no reload request
+ *   (a timer), or at the next periodic read of the unchanged file (an
+ *   injected clock: the reloader alone);
  * - a CRL that expires while the service runs: every certificate of its CA
  *   is refused, and the caller and the log are told the CRL expired;
- * - the service as `npm start` runs it refuses to start on an expired CRL
- *   (exit 78), naming TLS_CLIENT_CRL.
+ * - a CRL a few seconds early at start-up: the service starts, warns, and
+ *   refuses that CA's certificates saying why (crl_not_yet_valid) until
+ *   its thisUpdate, then takes them;
+ * - the service as `npm start` runs it refuses to start on an expired CRL,
+ *   and on one hours early (exit 78), naming TLS_CLIENT_CRL.
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
@@ -29,6 +37,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliveryState, OtpEmailService, Purpose } from "../../gen/otp/v1/otp_email_pb.js";
+import { createLogger } from "../../src/logger.js";
+import { createMetrics } from "../../src/telemetry/metrics.js";
+import { createProviderClassifier } from "../../src/telemetry/provider-class.js";
+import { startCertificateReloader } from "../../src/tls/certificate-reloader.js";
+import type { CertificateSet } from "../../src/tls/certificate-set.js";
+import { checkClientCrl } from "../../src/tls/client-crl.js";
 import { openCertificateWorkshop, type CertificateAuthority, type CertificateWorkshop, type KeyPair } from "../support/certs.js";
 import { errorDetails, grpcError, GrpcOtpClient, grpcUnary } from "../support/grpc.js";
 import { sampleValue } from "../support/metric-samples.js";
@@ -237,6 +251,102 @@ describe("TLS_CLIENT_CRL", () => {
   });
 });
 
+describe("a renewed CRL still to come (clock skew)", () => {
+  it("is applied beside the CRL in force for its CA, which TLS keeps using until its thisUpdate; then it is in force, with no reload and nothing counted", async () => {
+    const appliedBefore = await reloads("applied");
+    const refusedBefore = await reloads("refused");
+    const linesBefore = service.logs().length;
+    // CA B's new CRL no longer lists gamma, and starts a few seconds from now (CRL times are whole seconds).
+    const thisUpdate = new Date(Math.ceil((Date.now() + 5_000) / 1000) * 1000);
+    const later = new Date(Date.now() + 8 * 86_400_000);
+    await replace("crl.pem", (await caA.crl({ revoked: [beta], nextUpdate: later })) + (await caB.crl({ lastUpdate: thisUpdate, nextUpdate: later })));
+    await service.app.reloadCertificates();
+
+    // Applied (counted once), so the files on disk are no refused change.
+    expect(await reloads("applied")).toBe((appliedBefore ?? 0) + 1);
+    expect(await reloads("refused")).toBe(refusedBefore);
+    expect(await sampleValue(service.metrics.registry, "otp_tls_certificate_last_reload_successful", { certificate: "grpc" })).toBe(1);
+    expect(service.logs().slice(linesBefore).filter((line) => line["issuer"] === "CN=crl test CA B" && line["this_update"] !== undefined)).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        this_update: thisUpdate.toISOString(),
+        crl_in_force_kept: true,
+        msg: expect.stringMatching(
+          /^the new CRL of CN=crl test CA B \(TLS_CLIENT_CRL\) is not valid until \S+ \(its thisUpdate, \d+ s ahead of this host's clock: clock skew\?\): TLS keeps using the CRL in force for that CA until then/,
+        ) as string,
+      }),
+    ]);
+
+    // Until then CA B's CRL in force is the one before: gamma is still revoked, and CA B's certificates are checked, not turned away.
+    await refusedAsRevoked(gamma, "spiffe://test/gamma");
+    expect((await send(client(alpha))).state).toBe(DeliveryState.ACCEPTED);
+    expect(Date.now()).toBeLessThan(thisUpdate.getTime());
+
+    // TLS_RELOAD_INTERVAL is off and no reload is asked for: the set in use is checked again once the new CRL is valid.
+    await until("the new CRL in force", () => Promise.resolve(service.logs().some((line) => String(line["msg"]).startsWith("the new CRL of CN=crl test CA B (TLS_CLIENT_CRL) is in force now"))));
+    expect((await send(client(gamma))).state).toBe(DeliveryState.ACCEPTED);
+    expect(lastCaller()).toBe("spiffe://test/gamma");
+    await refusedAsRevoked(beta, "spiffe://test/beta");
+    expect(await nextUpdate("CN=crl test CA B")).toBe(seconds(later));
+    expect(await reloads("applied")).toBe((appliedBefore ?? 0) + 1);
+    expect(await refusals("crl_not_yet_valid")).toBe(0);
+  });
+
+  it("an unchanged file is looked at again by the periodic read once its CRL is due: the kept CRL is dropped (the reloader alone, on an injected clock)", async () => {
+    let time = Date.now();
+    const clock = { now: () => time };
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger({ level: "info", destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) } });
+    const metrics = createMetrics({ providers: createProviderClassifier(), processMetrics: false });
+    const current = await caA.crl({ nextUpdate: new Date(time + 86_400_000) });
+    await writeFile(file("periodic-crl.pem"), current);
+    const startUp = checkClientCrl(current, caA.cert, "start-up", time);
+    if (!startUp.ok) throw new Error(startUp.reason);
+    const applied: CertificateSet[] = [];
+    const reloader = startCertificateReloader({
+      certificates: [
+        {
+          role: "grpc",
+          cert: { variable: "TLS_CERT", path: file("cert.pem"), pem: server.cert },
+          key: { variable: "TLS_KEY", path: file("key.pem"), pem: server.key },
+          ca: { variable: "TLS_CLIENT_CA", path: undefined, pem: caA.cert },
+          crl: { variable: "TLS_CLIENT_CRL", path: file("periodic-crl.pem"), pem: current },
+          crls: startUp.crls,
+          apply: (set) => void applied.push(set),
+        },
+      ],
+      intervalMs: 50,
+      metrics,
+      logger,
+      clock,
+    });
+    try {
+      // An hour early on this clock: the timer that would look again is an hour away.
+      const early = await caA.crl({ revoked: [beta], lastUpdate: new Date(time + 3_600_000), nextUpdate: new Date(time + 2 * 86_400_000) });
+      await replace("periodic-crl.pem", early);
+      await until("the early CRL applied", () => Promise.resolve(applied.length === 1));
+      expect(applied[0]?.crl?.pems).toEqual([early.trim(), current.trim()]);
+      expect(applied[0]?.crl?.authorities[0]?.pending).toMatchObject({ kept: true });
+      expect(lines.find((line) => line["issuer"] === "CN=crl test CA A" && line["this_update"] !== undefined)).toMatchObject({ level: "error" });
+
+      time += 2 * 3_600_000;
+      await until("the unchanged file checked again", () => Promise.resolve(applied.length === 2));
+      expect(applied[1]?.crl?.pems).toEqual([early.trim()]);
+      expect(applied[1]?.crl?.authorities[0]?.pending).toBeUndefined();
+      expect(lines.filter((line) => String(line["msg"]).includes("is in force now"))).toEqual([
+        expect.objectContaining({ level: "info", issuer: "CN=crl test CA A", msg: expect.stringMatching(/: the CRL kept for that CA until then is dropped$/) as string }),
+      ]);
+      const counted = await metrics.registry.getSingleMetric("otp_tls_certificate_reloads_total")?.get();
+      expect(counted?.values.find((value) => value.labels["result"] === "applied")?.value).toBe(1);
+      // Once done, later reads of the same file change nothing.
+      await sleep(200);
+      expect(applied).toHaveLength(2);
+    } finally {
+      reloader.stop();
+    }
+  });
+});
+
 describe("a CRL that expires while the service runs", () => {
   let expiring: ObservedService | undefined;
   afterAll(async () => {
@@ -268,6 +378,69 @@ describe("a CRL that expires while the service runs", () => {
   });
 });
 
+describe("a CRL a few seconds early at start-up (clock skew)", () => {
+  let early: ObservedService | undefined;
+  afterAll(async () => {
+    await early?.stop();
+  });
+
+  it("starts and warns; its CA's certificates are refused as crl_not_yet_valid (message, log, counter) until its thisUpdate, then they are callers", async () => {
+    const thisUpdate = new Date(Math.ceil((Date.now() + 5_000) / 1000) * 1000);
+    await writeFile(file("early-crl.pem"), await caA.crl({ revoked: [beta], lastUpdate: thisUpdate }));
+    early = await startObservedService({
+      env: {
+        TLS_CERT: file("cert.pem"),
+        TLS_KEY: file("key.pem"),
+        TLS_CLIENT_CA: caA.cert,
+        TLS_CLIENT_CRL: file("early-crl.pem"),
+        AUTH_TOKENS: `tokens:${createHash("sha256").update(token).digest("hex")}`,
+        TLS_RELOAD_INTERVAL: "off",
+      },
+    });
+    expect(early.logs().filter((line) => line["this_update"] !== undefined)).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        issuer: "CN=crl test CA A",
+        this_update: thisUpdate.toISOString(),
+        crl_in_force_kept: false,
+        msg: expect.stringMatching(
+          /^the CRL of CN=crl test CA A \(TLS_CLIENT_CRL\) is not valid until \S+ \(its thisUpdate, \d+ s ahead of this host's clock: clock skew\?\): TLS refuses every client certificate of that CA until then \(certificate_refusal crl_not_yet_valid\)$/,
+        ) as string,
+      }),
+    ]);
+    const at = early.app.address.port;
+    const caller = (identity?: KeyPair) => {
+      const made = new GrpcOtpClient(
+        `127.0.0.1:${at}`,
+        grpc.credentials.createSsl(Buffer.from(caA.cert), identity === undefined ? null : Buffer.from(identity.key), identity === undefined ? null : Buffer.from(identity.cert)),
+        { "grpc.ssl_target_name_override": "localhost", "grpc.use_local_subchannel_pool": 1 },
+      );
+      clients.push(made);
+      return made;
+    };
+
+    const error = await grpcError(send(caller(alpha)));
+    expect(error.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(errorDetails(error).errorInfo).toMatchObject({ reason: "CREDENTIALS_MISSING", metadata: { certificate_refusal: "crl_not_yet_valid" } });
+    expect(error.details).toContain(
+      "the client certificate (spiffe://test/alpha) cannot be checked: the CRL of its CA is not valid yet (TLS_CLIENT_CRL; its thisUpdate is ahead of the service's clock: retry in a few minutes",
+    );
+    const refused = early.logs().filter((line) => String(line["msg"]).startsWith("a client certificate did not verify"));
+    expect(refused).toEqual([expect.objectContaining({ reason: "crl_not_yet_valid", openssl_error: "CRL_NOT_YET_VALID" })]);
+    expect(await sampleValue(early.metrics.registry, "otp_tls_client_certificate_refusals_total", { reason: "crl_not_yet_valid" })).toBe(1);
+    expect(await sampleValue(early.metrics.registry, "otp_tls_client_certificate_refusals_total", { reason: "other" })).toBe(0);
+    // Token callers are not affected.
+    expect((await send(caller(), bearer())).state).toBe(DeliveryState.ACCEPTED);
+    expect(Date.now()).toBeLessThan(thisUpdate.getTime());
+
+    const running = early;
+    await until("the CRL in force", () => Promise.resolve(running.logs().some((line) => String(line["msg"]).startsWith("the CRL of CN=crl test CA A (TLS_CLIENT_CRL) is in force now"))));
+    expect((await send(caller(alpha))).state).toBe(DeliveryState.ACCEPTED);
+    const revoked = await grpcError(send(caller(beta)));
+    expect(errorDetails(revoked).errorInfo?.metadata).toEqual({ certificate_refusal: "revoked" });
+  });
+});
+
 describe("TLS_CLIENT_CRL at start-up", () => {
   it("an expired CRL stops the start with exit 78, naming TLS_CLIENT_CRL and why", async () => {
     const expired = file("expired-crl.pem");
@@ -283,5 +456,25 @@ describe("TLS_CLIENT_CRL at start-up", () => {
     });
     expect(await started.exited).toBe(78);
     expect(started.stderr.join("")).toMatch(/configuration error: TLS_CLIENT_CRL: the CRL from CN=crl test CA A expired at \S+ \(its nextUpdate\)/);
+  });
+
+  it("a CRL hours early stops the start with exit 78, naming the CA, its thisUpdate and this host's clock", async () => {
+    const thisUpdate = new Date(Math.floor((Date.now() + 3 * 3_600_000) / 1000) * 1000);
+    await writeFile(file("future-crl.pem"), await caA.crl({ lastUpdate: thisUpdate, nextUpdate: new Date(Date.now() + 86_400_000) }));
+    const started = startServiceProcess({
+      NODE_ENV: "test",
+      GRPC_ADDR: "127.0.0.1:0",
+      METRICS_ADDR: "off",
+      TLS_CERT: file("cert.pem"),
+      TLS_KEY: file("key.pem"),
+      TLS_CLIENT_CA: caA.cert,
+      TLS_CLIENT_CRL: file("future-crl.pem"),
+    });
+    expect(await started.exited).toBe(78);
+    const stderr = started.stderr.join("");
+    expect(stderr).toContain(
+      `configuration error: TLS_CLIENT_CRL: the CRL from CN=crl test CA A is not valid until ${thisUpdate.toISOString()} (its thisUpdate), 3 hours ahead of this host's clock (`,
+    );
+    expect(stderr).toContain("(clock skew?)");
   });
 });

@@ -1,7 +1,8 @@
 /**
  * TLS_CLIENT_CRL at start-up: what would make TLS refuse every client
  * certificate of a CA stops the start (ConfigError: exit 78) with a message
- * naming TLS_CLIENT_CRL and why. CRLs made with `openssl ca -gencrl`.
+ * naming TLS_CLIENT_CRL and why; a CRL a few minutes early (clock skew)
+ * starts, its CA marked pending. CRLs made with `openssl ca -gencrl`.
  */
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -40,9 +41,9 @@ async function file(name: string, content: string): Promise<string> {
 
 const env = (ca: string, crl: string) => ({ TLS_CERT: server.cert, TLS_KEY: server.key, TLS_CLIENT_CA: ca, TLS_CLIENT_CRL: crl });
 
-function refusal(values: Record<string, string>): string {
+function refusal(values: Record<string, string>, now?: number): string {
   try {
-    loadConfig(values);
+    loadConfig(values, now);
   } catch (error) {
     expect(error).toBeInstanceOf(ConfigError);
     return (error as Error).message;
@@ -110,5 +111,31 @@ describe("TLS_CLIENT_CRL", () => {
     expect(loadConfig(env(caA.cert, expired + (await caA.crl()))).tls?.clientCrl?.checked.pems).toHaveLength(2);
     // Checked against the time given: the same CRL was fine two hours before.
     expect(loadConfig(env(caA.cert, expired), Date.now() - 2 * 3_600_000).tls?.clientCrl).toBeDefined();
+  });
+
+  it("takes a CRL at most 5 minutes early (clock skew): its CA is pending until its thisUpdate, with no CRL in force", async () => {
+    const now = Date.now();
+    const thisUpdate = new Date(now + 4 * 60_000);
+    const early = await caA.crl({ lastUpdate: thisUpdate, nextUpdate });
+    expect(loadConfig(env(caA.cert, early), now).tls?.clientCrl?.checked.authorities).toEqual([
+      { subject: "CN=config CA A", nextUpdate: Math.floor(nextUpdate.getTime() / 1000) * 1000, pending: { thisUpdate: Math.floor(thisUpdate.getTime() / 1000) * 1000, kept: false } },
+    ]);
+    // With the CA's current CRL beside it, TLS uses that one until then: nothing is pending.
+    const both = loadConfig(env(caA.cert, (await caA.crl()) + early), now).tls?.clientCrl?.checked;
+    expect(both?.pems).toHaveLength(2);
+    expect(both?.authorities[0]?.pending).toBeUndefined();
+    // Beside an expired one it is pending, not an expired CRL.
+    const expired = await caA.crl({ lastUpdate: new Date(now - 86_400_000), nextUpdate: new Date(now - 3_600_000) });
+    expect(loadConfig(env(caA.cert, expired + early), now).tls?.clientCrl?.checked.authorities[0]?.pending?.kept).toBe(false);
+  });
+
+  it("refuses a CRL hours early, naming the CA, its thisUpdate and this host's clock", async () => {
+    const now = Date.now();
+    const thisUpdate = new Date(Math.floor((now + 3 * 3_600_000) / 1000) * 1000);
+    expect(refusal(env(caA.cert + caB.cert, (await caA.crl()) + (await caB.crl({ lastUpdate: thisUpdate, nextUpdate }))), now)).toBe(
+      `TLS_CLIENT_CRL: the CRL from CN=config CA B is not valid until ${thisUpdate.toISOString()} (its thisUpdate), 3 hours ahead of this host's clock ` +
+        `(${new Date(now).toISOString()}): TLS would refuse every client certificate of that CA until then. Check this host's clock and the CA's ` +
+        "(clock skew?), or give the CA's current CRL as well (one file may hold both)",
+    );
   });
 });
