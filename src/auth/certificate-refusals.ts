@@ -17,7 +17,10 @@
  * certificate refused for the same reason at most once a minute (a caller
  * that reconnects for every try adds one line a minute; the counter counts
  * every refused connection). The log names the certificate (subject, SANs'
- * caller name, issuer, serial), never the peer's address.
+ * caller name, issuer, serial), never the peer's address. A client making a
+ * new certificate for every connection would escape that bound, so all
+ * certificates together get at most 20 lines a minute; the first line after
+ * says how many were left out (the counter has them all).
  */
 import type { PeerCertificate, TLSSocket } from "node:tls";
 import { monotonicOf, systemClock, type Clock } from "../clock.js";
@@ -81,6 +84,8 @@ export interface CertificateRefusalsOptions {
   readonly onRefused?: ((reason: CertificateRefusalReason) => void) | undefined;
   /** How long a certificate refused for one reason stays out of the log after a line about it; default a minute. */
   readonly logIntervalMs?: number | undefined;
+  /** Lines about all certificates together per `logIntervalMs`; default 20. */
+  readonly maxLinesPerInterval?: number | undefined;
 }
 
 export interface CertificateRefusals {
@@ -103,11 +108,16 @@ export function createCertificateRefusals(options: CertificateRefusalsOptions): 
   const { logger, onRefused } = options;
   const now = monotonicOf(options.clock ?? systemClock);
   const interval = options.logIntervalMs ?? 60_000;
+  const maxLines = options.maxLinesPerInterval ?? 20;
   // Every watched connection, refused or not, by peer address: a call's peer names one connection only when it is the only one open.
   const connections = new Map<string, Connection[]>();
   // When each certificate was last logged, per reason; entries a minute old are dropped, a minute at a time.
   const logged = new Map<string, number>();
   let pruned = now();
+  // The bound on all certificates together: lines in the window that began at `windowStart`, and those left out.
+  let windowStart = pruned;
+  let linesInWindow = 0;
+  let leftOut = 0;
 
   function log(peer: PeerCertificate, refusal: CertificateRefusal): void {
     const at = now();
@@ -118,7 +128,18 @@ export function createCertificateRefusals(options: CertificateRefusalsOptions): 
     const key = `${peer.fingerprint256} ${refusal.code}`;
     const last = logged.get(key);
     if (last !== undefined && at - last < interval) return;
+    if (at - windowStart >= interval) {
+      windowStart = at;
+      linesInWindow = 0;
+    }
+    if (linesInWindow >= maxLines) {
+      leftOut++;
+      return;
+    }
+    linesInWindow++;
     logged.set(key, at);
+    const notLogged = leftOut;
+    leftOut = 0;
     logger.warn(
       {
         client_certificate: {
@@ -131,8 +152,13 @@ export function createCertificateRefusals(options: CertificateRefusalsOptions): 
         },
         reason: refusal.reason,
         openssl_error: refusal.code,
+        ...(notLogged > 0 ? { refusals_not_logged: notLogged } : {}),
       },
-      `a client certificate did not verify (${refusal.reason}: ${refusal.code}): it counts as none on its connection`,
+      `a client certificate did not verify (${refusal.reason}: ${refusal.code}): it counts as none on its connection` +
+        (notLogged > 0
+          ? ` (${notLogged} other refused certificate${notLogged === 1 ? " was" : "s were"} not logged before it: at most ${maxLines} lines a minute; ` +
+            `otp_tls_client_certificate_refusals_total counts them all)`
+          : ""),
     );
   }
 

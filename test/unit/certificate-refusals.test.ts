@@ -17,6 +17,8 @@ let caPem: string;
 let server: KeyPair;
 let expired: KeyPair;
 let valid: KeyPair;
+/** Four more expired certificates, each of its own caller: a client making a new one per connection. */
+let others: KeyPair[];
 
 beforeAll(async () => {
   workshop = await openCertificateWorkshop();
@@ -25,6 +27,8 @@ beforeAll(async () => {
   server = await ca.issue({ cn: "localhost", san: "DNS:localhost", server: true });
   expired = await ca.issue({ cn: "old", san: "URI:spiffe://test/old", days: -1 });
   valid = await ca.issue({ cn: "fine", san: "URI:spiffe://test/fine" });
+  others = [];
+  for (let i = 0; i < 4; i++) others.push(await ca.issue({ cn: `made-${i}`, san: `URI:spiffe://test/made-${i}`, days: -1 }));
 });
 
 afterAll(async () => {
@@ -32,7 +36,7 @@ afterAll(async () => {
 });
 
 /** A TLS server asking for client certificates as the gRPC server does, every connection watched. */
-async function watchedServer() {
+async function watchedServer(maxLinesPerInterval?: number) {
   let time = 0;
   const lines: Record<string, unknown>[] = [];
   const counted: CertificateRefusalReason[] = [];
@@ -40,6 +44,7 @@ async function watchedServer() {
     logger: createLogger({ level: "info", destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) } }),
     clock: { now: () => time, monotonic: () => time },
     onRefused: (reason) => counted.push(reason),
+    maxLinesPerInterval,
   });
   const tls: Server = createServer({ cert: server.cert, key: server.key, ca: caPem, requestCert: true, rejectUnauthorized: false });
   /** The server's end of each connection, once watched. */
@@ -90,6 +95,27 @@ describe("client certificate refusals", () => {
     sockets.push((await watched.open(expired)).socket);
     expect(watched.lines).toHaveLength(2);
     expect(watched.counted).toHaveLength(5);
+
+    for (const socket of sockets) socket.destroy();
+    await watched.close();
+  });
+
+  it("all certificates together are logged a bounded number of times a minute; the next line says how many were left out", async () => {
+    const watched = await watchedServer(2);
+    const sockets: TLSSocket[] = [];
+    for (const identity of others) sockets.push((await watched.open(identity)).socket);
+    expect(watched.counted).toEqual(["expired", "expired", "expired", "expired"]);
+    expect(watched.lines.map((line) => (line["client_certificate"] as { name: string }).name)).toEqual(["spiffe://test/made-0", "spiffe://test/made-1"]);
+    expect(watched.lines.every((line) => !("refusals_not_logged" in line))).toBe(true);
+
+    watched.advance(60_000);
+    sockets.push((await watched.open(expired)).socket);
+    expect(watched.lines).toHaveLength(3);
+    expect(watched.lines[2]).toMatchObject({ client_certificate: { name: "spiffe://test/old" }, refusals_not_logged: 2 });
+    expect(String(watched.lines[2]?.["msg"])).toContain("(2 other refused certificates were not logged before it: at most 2 lines a minute;");
+    // Left out once: the count starts again.
+    sockets.push((await watched.open(others[3])).socket);
+    expect(watched.lines[3]).not.toHaveProperty("refusals_not_logged");
 
     for (const socket of sockets) socket.destroy();
     await watched.close();
