@@ -198,8 +198,12 @@ export function connectSentinel(options: ConnectSentinelOptions): SentinelConnec
     privateCa: tlsOption?.ca !== undefined,
     commandTimeoutMs: nodeOptions.commandTimeout,
   });
+  // Without a connect timeout of the store's own, ioredis' 10 s would let a sentinel that drops packets hold the
+  // account back long after calls and the health PING failed (each within the command timeout): the command
+  // timeout bounds the diagnosis's connections too, so it is told within a couple of them.
+  const diagnosisConnectTimeout = nodeOptions.connectTimeout ?? nodeOptions.commandTimeout;
   const timeouts = {
-    ...(nodeOptions.connectTimeout === undefined ? {} : { connectTimeout: nodeOptions.connectTimeout }),
+    ...(diagnosisConnectTimeout === undefined ? {} : { connectTimeout: diagnosisConnectTimeout }),
     ...(nodeOptions.commandTimeout === undefined ? {} : { commandTimeout: nodeOptions.commandTimeout }),
   };
   const explainFailure = async (): Promise<SentinelFailure | undefined> => {

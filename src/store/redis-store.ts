@@ -883,6 +883,11 @@ function trackReadiness(
 
   function markDown(message: string, error?: unknown): void {
     if (down || closing) return;
+    warnDown(message, error);
+  }
+
+  /** Says `message` even when the store is down already (a failed call said so first): an account of why. */
+  function warnDown(message: string, error?: unknown): void {
     down = true;
     logger.warn({ err: describe(error, lastNodeError) }, message);
   }
@@ -909,24 +914,33 @@ function trackReadiness(
       if (error instanceof Error) lastNodeError = error;
     });
   }
-  // With Sentinel, the first failed attempt of an outage is explained by asking the sentinels (a round trip or
-  // two) before it is said: ioredis' own errors ("All sentinels are unreachable", a data node's ECONNREFUSED)
-  // name neither the sentinel nor the master at fault, and a named master that answers as a replica is only
-  // closed, with no error at all.
+  // With Sentinel, an outage is explained by asking the sentinels (a round trip or two): ioredis' own errors ("All
+  // sentinels are unreachable", a data node's ECONNREFUSED) name neither the sentinel nor the master at fault, and a
+  // named master that answers as a replica is only closed, with no error at all. Once per outage (before the first
+  // connection, or after a lost one), never two at once. What starts it is a failed connection attempt, not the loss
+  // of a live connection: a failover's reconnect asks sentinels that have switched and succeeds at once, and a
+  // diagnosis that finds a sentinel naming a master that answers as one says nothing anyway. A failed call while not
+  // connected starts the outage's first diagnosis too: ioredis' attempt only fails after its connect timeout (10 s)
+  // per sentinel that drops packets, long after calls and the health PING have failed.
   let explaining = false;
-  function attemptFailed(error: unknown): void {
-    if (sentinel === undefined) {
-      markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
-      return;
-    }
-    if (down || closing || explaining) return;
+  // This outage's account was given (logged, and the reason for /readyz): no second one until connected again.
+  let explained = false;
+  // A diagnosis ran in this outage: a failed call starts only the first, the connection's failed attempts the others.
+  let diagnosed = false;
+  // Counts connections, so that a diagnosis finished after its outage ended does not speak for the next one.
+  let outage = 0;
+  function explain(error: unknown): void {
+    if (sentinel === undefined || ready || closing || explaining || explained) return;
     explaining = true;
-    void sentinel.explainFailure().then((explained) => {
+    diagnosed = true;
+    const during = outage;
+    void sentinel.explainFailure().then((found) => {
       explaining = false;
-      if (ready || closing) return;
-      if (explained !== undefined) {
-        unreadyReason = `${explained.message.replace(/; retrying$/, "")}: ${explained.err.message}`;
-        markDown(explained.message, explained.err);
+      if (ready || closing || during !== outage) return;
+      if (found !== undefined) {
+        explained = true;
+        unreadyReason = `${found.message.replace(/; retrying$/, "")}: ${found.err.message}`;
+        warnDown(found.message, found.err);
       } else if (error !== undefined) {
         markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
       }
@@ -934,10 +948,18 @@ function trackReadiness(
     });
   }
   redis.on("error", (error: unknown) => {
-    if (sentinel?.isNoise(error) !== true) attemptFailed(error);
+    if (sentinel === undefined) {
+      markDown(untrustedCertificate(error, tls.privateCa) ?? unreachable, error);
+      return;
+    }
+    // A live connection's own error (ECONNRESET...) is its loss, which the close that follows says: no failed attempt.
+    if (!sentinel.isNoise(error) && !ready) explain(error);
   });
   redis.on("ready", () => {
     if (closing) return;
+    outage += 1;
+    explained = false;
+    diagnosed = false;
     unreadyReason = undefined;
     markUp("redis connection restored");
     setReady(true);
@@ -945,7 +967,7 @@ function trackReadiness(
   redis.on("close", () => {
     if (ready) markDown("redis connection lost; retrying");
     // Closed before it was ready, with no error: the sentinel connector left a node that says it is a replica.
-    else if (sentinel !== undefined) attemptFailed(undefined);
+    else if (sentinel !== undefined) explain(undefined);
     setReady(false);
   });
   redis.on("end", () => setReady(false));
@@ -982,6 +1004,8 @@ function trackReadiness(
     },
     noteFailure(operation: string, error: OtpError): void {
       markDown(`redis ${operation} failed; storage unavailable`, error.cause);
+      // Failed for want of a connection: the outage's first diagnosis need not wait for ioredis' attempt to fail.
+      if (!ready && !diagnosed) explain(undefined);
     },
   };
 }

@@ -257,6 +257,27 @@ describe("a whole instance through Redis Sentinel", () => {
     expect((said["err"] as { message?: string }).message).toBe(`sentinel 127.0.0.1:${port}: unreachable (connect ECONNREFUSED 127.0.0.1:${port})`);
   });
 
+  // ioredis waits its connect timeout (10 s) for each sentinel that drops packets before its attempt fails, while a call
+  // fails after REDIS_COMMAND_TIMEOUT (1 s) and marks storage down: the account must not wait for the one, nor be
+  // silenced by the other.
+  it("sentinels that drop packets (a call failed first): the log and /readyz say each is unreachable (ETIMEDOUT), within seconds", async () => {
+    const set = await ownSet();
+    for (const [index, port] of set.sentinelPorts.entries()) {
+      set.pauseSentinel(index);
+      await fillAcceptQueue(port);
+    }
+    const started = Date.now();
+    const instance = await start(sentinelEnv(set), { storageProbe: { intervalMs: 100 } });
+    const error = await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }, auth()));
+    expect(error.code).toBe(grpc.status.UNAVAILABLE);
+    const message = "no redis sentinel named the master of mymaster";
+    const said = await logLine(instance, (line) => line["msg"] === `${message}; retrying`, 6000);
+    expect(Date.now() - started).toBeLessThan(8000);
+    const reasons = (said["err"] as { message: string }).message.split("; ");
+    expect(reasons).toEqual(set.sentinelPorts.map((port) => `sentinel 127.0.0.1:${port}: unreachable (connect ETIMEDOUT)`));
+    await until("/readyz to say why", () => instance.app.health.components().get("storage")?.reason === `storage has not connected yet: ${message}: ${reasons.join("; ")}`, 3000);
+  });
+
   // The sentinels name a master (their down-after-milliseconds not yet over, they still believe in it) that cannot
   // be used: ioredis says only ECONNREFUSED of one that is down, and nothing at all of one that answers as a replica.
   it("the master the sentinels name answers as a replica, or is down: the log and /readyz name it and say which, for each sentinel", async () => {
@@ -313,6 +334,8 @@ describe("failovers, the instance never restarted", () => {
       previous_master: `127.0.0.1:${oldPort}`,
     });
     expect(await servingStatus(instance)).toBe(ServingStatus.SERVING);
+    // A failover reconnects at once: no outage to explain, sentinel by sentinel.
+    expect(instance.logs.filter((line) => accountLine(line))).toEqual([]);
   });
 
   it("the primary crashes: UNAVAILABLE and NOT_SERVING while no master is known, then sends and verifies on the promoted replica", async () => {
@@ -328,6 +351,11 @@ describe("failovers, the instance never restarted", () => {
     await set.kill(oldPort);
     await healthBecomes(instance, ServingStatus.NOT_SERVING, 5000);
     expect(instance.app.health.components().get("storage")?.up).toBe(false);
+    // Reconnects fail while the sentinels still name the crashed primary: the log says so, sentinel by sentinel.
+    const account = await logLine(instance, (line) => line["msg"] === "no master the redis sentinels name for mymaster can be used; retrying");
+    for (const reason of (account["err"] as { message: string }).message.split("; ")) {
+      expect(reason).toMatch(new RegExp(`^sentinel 127\\.0\\.0\\.1:\\d+: names 127\\.0\\.0\\.1:${oldPort} as the master, which is unreachable \\(connect ECONNREFUSED`));
+    }
     for (const attempt of [
       () => call(instance.client, sendOtp, { recipient: "during@example.com", purpose: Purpose.LOGIN }, auth(), 3000),
       () => call(instance.client, verifyOtp, { recipient: "crash@example.com", purpose: Purpose.LOGIN, code: before.code }, auth(), 3000),
@@ -379,6 +407,99 @@ describe("failovers, the instance never restarted", () => {
     });
   });
 });
+
+/** A line of the per-sentinel account of an outage. */
+function accountLine(line: Record<string, unknown>): boolean {
+  return /^no (master the redis sentinels name|redis sentinel named the master)/.test(String(line["msg"]));
+}
+
+/** Closes the instances' connections to the data node on `port` (not the sentinels', nor the test's own). */
+async function dropClients(set: RedisSentinelSet, port: number): Promise<void> {
+  const node = set.node(port);
+  const ownId = String(await node.call("CLIENT", "ID"));
+  const list = String(await node.call("CLIENT", "LIST", "TYPE", "NORMAL")).split("\n");
+  for (const line of list) {
+    const id = /^id=(\d+)/.exec(line)?.[1];
+    if (id === undefined || id === ownId || / name=sentinel-/.test(line)) continue;
+    await node.call("CLIENT", "KILL", "ID", id).catch(() => undefined);
+  }
+}
+
+describe("an outage after the first connection", () => {
+  // The data nodes' password changed under a connected instance (the sentinels, 60 s from calling the master down,
+  // keep naming it): each reconnect is refused WRONGPASS, which ioredis says without naming a sentinel or a master.
+  it("reconnects keep failing: one warn line gives each sentinel's account, /readyz gives it, recovery clears it, the next outage is told again", async () => {
+    const set = await ownSet({ downAfterMs: 60_000 });
+    const [master] = set.dataPorts;
+    const instance = await start(sentinelEnv(set), { storageProbe: { intervalMs: 100 } });
+    await untilServing(instance);
+    const unusable = "no master the redis sentinels name for mymaster can be used; retrying";
+    const said = (): Record<string, unknown>[] => instance.logs.filter((line) => line["msg"] === unusable);
+    const storage = (): { up: boolean; reason: string } | undefined => instance.app.health.components().get("storage");
+    const outage = async (): Promise<void> => {
+      await set.node(master).call("CONFIG", "SET", "requirepass", "changed-s3cret");
+      await dropClients(set, master);
+    };
+    const recover = async (): Promise<void> => {
+      await set.node(master).call("CONFIG", "SET", "requirepass", dataPassword);
+      await untilServing(instance);
+    };
+
+    await outage();
+    await until("the account", () => said().length === 1, 10_000);
+    expect(said()[0]).toMatchObject({ level: "warn" });
+    const reasons = (said()[0]?.["err"] as { message: string }).message.split("; ");
+    expect(reasons).toEqual(
+      set.sentinelPorts.map(
+        (port) =>
+          `sentinel 127.0.0.1:${port}: names 127.0.0.1:${master} as the master, which refused REDIS_URL's password (WRONGPASS): ` +
+          "check the data nodes' password on REDIS_URL's first entry (not REDIS_SENTINEL_PASSWORD)",
+      ),
+    );
+    const reason = `storage is unreachable: no master the redis sentinels name for mymaster can be used: ${reasons.join("; ")}`;
+    await until("/readyz to give it", () => storage()?.reason === reason, 3000);
+    expect(await servingStatus(instance)).toBe(ServingStatus.NOT_SERVING);
+    // Once per outage, not once per failed reconnect (every 2 s at most) or failed call.
+    for (let i = 0; i < 5; i++) await failure(call(instance.client, sendOtp, { recipient: "ana@example.com", purpose: Purpose.LOGIN }, auth()));
+    await sleep(3000);
+    expect(said()).toHaveLength(1);
+    expect(storage()?.reason).toBe(reason);
+
+    await recover();
+    expect(storage()).toEqual({ up: true, reason: "" });
+    expect(instance.logs.some((line) => line["msg"] === "redis connection restored")).toBe(true);
+
+    // A new outage is a new account.
+    await outage();
+    await until("the next outage's account", () => said().length === 2, 10_000);
+    await recover();
+    expect(said()).toHaveLength(2);
+    expect(instance.logs.filter((line) => line["msg"] === "redis connection lost; retrying")).toHaveLength(2);
+    expect(logText(instance)).not.toMatch(/s3cret/);
+  });
+});
+
+/** Connections opened by `fillAcceptQueue`, closed after each test. */
+const fillers: Socket[] = [];
+afterEach(() => {
+  for (const socket of fillers.splice(0)) socket.destroy();
+});
+
+/**
+ * Opens connections to the paused process on `port` until one is not even
+ * accepted by the kernel: its accept queue is full, and a client's new
+ * connection now waits for its SYN to be sent again (1 s, 3 s...), as to a
+ * host that hangs or drops packets.
+ */
+async function fillAcceptQueue(port: number): Promise<void> {
+  for (let opened = 0; opened < 10_000; opened++) {
+    const socket = connect({ host: "127.0.0.1", port });
+    socket.on("error", () => undefined);
+    fillers.push(socket);
+    if (!(await Promise.race([once(socket, "connect").then(() => true), sleep(300).then(() => false)]))) return;
+  }
+  throw new Error(`the accept queue of the process on ${port} never filled`);
+}
 
 /** Sentinel subscriptions of `announcementOf`, closed after each test. */
 const subscribers: Redis[] = [];
@@ -516,27 +637,6 @@ describe("nodes named by hostname (the Bitnami chart's default: sentinels with r
 });
 
 describe("an announcement heard while the client is reconnecting", () => {
-  const fillers: Socket[] = [];
-  afterEach(() => {
-    for (const socket of fillers.splice(0)) socket.destroy();
-  });
-
-  /**
-   * Opens connections to the paused node on `port` until one is not even
-   * accepted by the kernel: its accept queue is full, and a client's new
-   * connection now waits for its SYN to be sent again (1 s, 3 s...), as to a
-   * master that hangs.
-   */
-  async function fillAcceptQueue(port: number): Promise<void> {
-    for (let opened = 0; opened < 10_000; opened++) {
-      const socket = connect({ host: "127.0.0.1", port });
-      socket.on("error", () => undefined);
-      fillers.push(socket);
-      if (!(await Promise.race([once(socket, "connect").then(() => true), sleep(300).then(() => false)]))) return;
-    }
-    throw new Error(`the accept queue of the node on ${port} never filled`);
-  }
-
   // The client reconnects (for whatever reason) while the master hangs: a sentinel, the failover not yet begun, names
   // the old master, and the connection to it waits. The sentinels fail over meanwhile, and every one of them
   // announces it while the client is still connecting. The old master then wakes up and takes the connection; it is
