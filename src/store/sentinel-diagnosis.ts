@@ -9,8 +9,9 @@
  * reach fails with "Connection is closed." (not ECONNREFUSED, a timeout or a
  * certificate), a named master it could not reach fails with an error that
  * names no sentinel, and a named master that answers as a replica is left
- * without a word. So the service's start-up log, its /readyz and the
- * operator commands (which read that log line) all say what this finds.
+ * without a word. So the service's log (at start-up, and in an outage
+ * after it connected), its /readyz and the operator commands (which read
+ * that log line) all say what this finds.
  */
 import { Redis, type RedisOptions } from "ioredis";
 import { hostPort } from "../host-port.js";
