@@ -442,18 +442,22 @@ describe("a CRL a few seconds early at start-up (clock skew)", () => {
 });
 
 describe("TLS_CLIENT_CRL at start-up", () => {
-  it("an expired CRL stops the start with exit 78, naming TLS_CLIENT_CRL and why", async () => {
-    const expired = file("expired-crl.pem");
-    await writeFile(expired, await caA.crl({ lastUpdate: new Date(Date.now() - 2 * 86_400_000), nextUpdate: new Date(Date.now() - 60_000) }));
-    const started = startServiceProcess({
+  /** The compiled service with CA A's client certificates and `crl`, as a process (its exit code is the test). */
+  const startWithCrl = (crl: string) =>
+    startServiceProcess({
       NODE_ENV: "test",
       GRPC_ADDR: "127.0.0.1:0",
       METRICS_ADDR: "off",
       TLS_CERT: file("cert.pem"),
       TLS_KEY: file("key.pem"),
       TLS_CLIENT_CA: caA.cert,
-      TLS_CLIENT_CRL: expired,
+      TLS_CLIENT_CRL: crl,
     });
+
+  it("an expired CRL stops the start with exit 78, naming TLS_CLIENT_CRL and why", async () => {
+    const expired = file("expired-crl.pem");
+    await writeFile(expired, await caA.crl({ lastUpdate: new Date(Date.now() - 2 * 86_400_000), nextUpdate: new Date(Date.now() - 60_000) }));
+    const started = startWithCrl(expired);
     expect(await started.exited).toBe(78);
     expect(started.stderr.join("")).toMatch(/configuration error: TLS_CLIENT_CRL: the CRL from CN=crl test CA A expired at \S+ \(its nextUpdate\)/);
   });
@@ -461,15 +465,7 @@ describe("TLS_CLIENT_CRL at start-up", () => {
   it("a CRL hours early stops the start with exit 78, naming the CA, its thisUpdate and this host's clock", async () => {
     const thisUpdate = new Date(Math.floor((Date.now() + 3 * 3_600_000) / 1000) * 1000);
     await writeFile(file("future-crl.pem"), await caA.crl({ lastUpdate: thisUpdate, nextUpdate: new Date(Date.now() + 86_400_000) }));
-    const started = startServiceProcess({
-      NODE_ENV: "test",
-      GRPC_ADDR: "127.0.0.1:0",
-      METRICS_ADDR: "off",
-      TLS_CERT: file("cert.pem"),
-      TLS_KEY: file("key.pem"),
-      TLS_CLIENT_CA: caA.cert,
-      TLS_CLIENT_CRL: file("future-crl.pem"),
-    });
+    const started = startWithCrl(file("future-crl.pem"));
     expect(await started.exited).toBe(78);
     const stderr = started.stderr.join("");
     expect(stderr).toContain(
