@@ -50,6 +50,8 @@ async function watchedServer(maxLinesPerInterval?: number) {
   /** The server's end of each connection, once watched. */
   const served: TLSSocket[] = [];
   tls.on("secureConnection", (socket: TLSSocket) => {
+    // The test ends connections by destroying the client's end: a reset here is expected, not an uncaught error.
+    socket.on("error", () => undefined);
     refusals.watch(socket);
     served.push(socket);
   });
@@ -64,6 +66,7 @@ async function watchedServer(maxLinesPerInterval?: number) {
   async function open(identity: KeyPair | undefined): Promise<{ socket: TLSSocket; peer: string; served: TLSSocket }> {
     const before = served.length;
     const socket = connect({ host: "127.0.0.1", port, servername: "localhost", ca: caPem, ...(identity ?? {}) });
+    socket.on("error", () => undefined);
     await once(socket, "secureConnect");
     while (served.length === before) await new Promise((resolve) => setImmediate(resolve));
     const end = served[before];
